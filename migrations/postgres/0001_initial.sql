@@ -1,0 +1,119 @@
+-- reverify schema, Postgres flavour. Keep in step with migrations/sqlite.
+-- Every time is BIGINT Unix milliseconds (UTC): one binding for both engines,
+-- and the worker's injected clock, never the database's, decides what "now" is.
+
+CREATE TABLE users (
+    user_id              TEXT PRIMARY KEY,
+    email                TEXT NOT NULL,
+    first_name           TEXT,
+    last_name            TEXT,
+    locale               TEXT,
+    timezone             TEXT,
+    region               TEXT NOT NULL CHECK (region IN ('intl', 'us')),
+    country              TEXT,
+    verification_state   TEXT NOT NULL CHECK (verification_state IN ('UNVERIFIED', 'PENDING', 'VERIFIED', 'REJECTED')),
+    state_changed_at     BIGINT,
+    rejected_at          BIGINT,
+    consecutive_failures BIGINT NOT NULL DEFAULT 0,
+    last_failure_at      BIGINT,
+    -- nonce || ciphertext of the refresh token; the user id is the AEAD's associated data
+    refresh_token_enc    BYTEA,
+    token_key_id         TEXT,
+    -- set when the refresh token was refused (invalid_grant): the user must consent again
+    consent_required_at  BIGINT,
+    -- tags as ',a,b,' so that a tag filter is a portable LIKE '%,tag,%'
+    tags                 TEXT NOT NULL DEFAULT '',
+    signed_up_at         BIGINT,
+    created_at           BIGINT NOT NULL,
+    updated_at           BIGINT NOT NULL,
+    synced_at            BIGINT
+);
+CREATE INDEX users_by_state ON users (verification_state, region);
+
+CREATE TABLE campaigns (
+    campaign_id      BIGSERIAL PRIMARY KEY,
+    name             TEXT NOT NULL UNIQUE,
+    spec             TEXT NOT NULL,
+    spec_hash        TEXT NOT NULL,
+    version          BIGINT NOT NULL DEFAULT 1,
+    status           TEXT NOT NULL CHECK (status IN ('active', 'paused', 'cancelled', 'finished')),
+    schedule         TEXT,
+    timezone         TEXT,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    last_run_at      BIGINT,
+    next_run_at      BIGINT,
+    -- per-campaign run lease: one run of a campaign at a time
+    lease_owner      TEXT,
+    lease_expires_at BIGINT
+);
+
+CREATE TABLE campaign_runs (
+    run_id      BIGSERIAL PRIMARY KEY,
+    campaign_id BIGINT NOT NULL REFERENCES campaigns (campaign_id),
+    worker_id   TEXT NOT NULL,
+    started_at  BIGINT NOT NULL,
+    finished_at BIGINT,
+    outcome     TEXT NOT NULL CHECK (outcome IN ('running', 'finished', 'interrupted', 'failed')),
+    error       TEXT,
+    targeted    BIGINT NOT NULL DEFAULT 0,
+    notified    BIGINT NOT NULL DEFAULT 0,
+    skipped     BIGINT NOT NULL DEFAULT 0,
+    deferred    BIGINT NOT NULL DEFAULT 0,
+    failed      BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX campaign_runs_by_campaign ON campaign_runs (campaign_id, run_id);
+
+CREATE TABLE campaign_targets (
+    campaign_id      BIGINT NOT NULL REFERENCES campaigns (campaign_id),
+    user_id          TEXT NOT NULL REFERENCES users (user_id),
+    -- 0 = the first message, n = the n-th reminder
+    step             BIGINT NOT NULL DEFAULT 0,
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'claimed', 'notified', 'skipped', 'deferred', 'failed', 'converted')),
+    reason           TEXT,
+    attempts         BIGINT NOT NULL DEFAULT 0,
+    not_before       BIGINT,
+    lease_owner      TEXT,
+    lease_expires_at BIGINT,
+    sessions         BIGINT NOT NULL DEFAULT 0,
+    notifications    BIGINT NOT NULL DEFAULT 0,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    claimed_at       BIGINT,
+    notified_at      BIGINT,
+    finalized_at     BIGINT,
+    PRIMARY KEY (campaign_id, user_id)
+);
+CREATE INDEX campaign_targets_claim ON campaign_targets (campaign_id, status, not_before);
+
+-- The ledger that enforces the per-user limits. It never holds a session URL.
+CREATE TABLE verification_sessions (
+    session_id  BIGSERIAL PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users (user_id),
+    campaign_id BIGINT REFERENCES campaigns (campaign_id),
+    status      TEXT NOT NULL CHECK (status IN ('reserved', 'issued', 'delivered', 'delivery_failed', 'api_failed', 'unknown')),
+    reserved_at BIGINT NOT NULL,
+    issued_at   BIGINT,
+    expires_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+CREATE INDEX verification_sessions_by_user ON verification_sessions (user_id, reserved_at);
+
+-- Append-only audit trail.
+CREATE TABLE events (
+    event_id    BIGSERIAL PRIMARY KEY,
+    at          BIGINT NOT NULL,
+    actor       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    campaign_id BIGINT,
+    user_id     TEXT,
+    detail      TEXT
+);
+CREATE INDEX events_by_campaign ON events (campaign_id, event_id);
+CREATE INDEX events_by_user ON events (user_id, event_id);
+
+-- Webhook event ids already processed (deduplication of at-least-once delivery).
+CREATE TABLE webhook_events (
+    event_id    TEXT PRIMARY KEY,
+    received_at BIGINT NOT NULL
+);

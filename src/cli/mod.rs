@@ -1,0 +1,117 @@
+//! Command-line interface: one file per command group. Each command loads the
+//! settings, calls the library, and maps the outcome to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use reverify::Settings;
+use reverify::config::LogFormat;
+use reverify::store::Store;
+
+mod campaign;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// The command did what it was asked.
+    pub const OK: u8 = 0;
+    /// It failed: the message on standard error says why.
+    pub const FAILURE: u8 = 1;
+    /// The command line itself was wrong (clap's own code).
+    #[allow(dead_code)] // returned by clap itself; listed for the README
+    pub const USAGE: u8 = 2;
+    /// Input was partly bad (an import with rejected rows): the good part was kept.
+    #[allow(dead_code)] // used by `users import`
+    pub const PARTIAL: u8 = 3;
+}
+
+/// reverify: identity re-verification campaigns on the Baanx API.
+///
+/// Describe a campaign in a TOML file under jobs/, apply it, and let a scheduled
+/// run select the users, generate a verification session for each within every
+/// Baanx limit, notify them, and record every step.
+///
+/// Settings come from --config (or ./reverify.toml) and REVERIFY_* environment
+/// variables; secrets only from the environment or from files. See the README.
+#[derive(Debug, Parser)]
+#[command(name = "reverify", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Settings file (TOML). Default: ./reverify.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE", env = "REVERIFY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log line format; overrides the log_format setting.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update the database schema (every command that needs it does this too).
+    Migrate,
+    /// Print a new random token encryption key (32 bytes, base64) for REVERIFY_TOKEN_KEY.
+    Keygen,
+    /// Validate, apply, list and control campaigns.
+    #[command(subcommand)]
+    Campaign(campaign::CampaignCommand),
+}
+
+/// What every command starts from.
+pub struct Context {
+    pub settings: Settings,
+}
+
+impl Context {
+    /// Opens the database and brings its schema up to date.
+    pub async fn store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.settings.database_url)
+            .await
+            .with_context(|| "failed to open the database (database_url)".to_string())
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: invalid settings: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let format = cli.log_format.unwrap_or(settings.log_format);
+    reverify::telemetry::init(format, &settings.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let ctx = Context { settings };
+    match runtime.block_on(run(cli.command, ctx)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
+    match command {
+        Command::Migrate => {
+            let store = ctx.store().await?;
+            println!("database schema is up to date ({})", store.backend().as_str());
+            Ok(exit::OK)
+        }
+        Command::Keygen => {
+            println!("{}", reverify::crypto::TokenCipher::generate_key());
+            Ok(exit::OK)
+        }
+        Command::Campaign(c) => campaign::run(c, &ctx).await,
+    }
+}

@@ -1,0 +1,435 @@
+//! Settings: one struct, read from an optional TOML file and overlaid by
+//! `REVERIFY_*` environment variables.
+//!
+//! Secrets (the Baanx client key, the token encryption key, the SMTP password, the
+//! webhook keys) are never read from the TOML file or the command line: only from
+//! an environment variable or from the file another variable names (`REVERIFY_X_FILE`,
+//! or `x_file` in the TOML), the way Kubernetes mounts a Secret. They are held in
+//! [`Secret`], whose `Debug` prints nothing of them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The production API.
+pub const DEFAULT_BAANX_BASE_URL: &str = "https://api.baanx.com";
+/// The embedded default database, created when missing.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://reverify.db";
+
+/// A secret string; `Debug` shows `[REDACTED]`.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(SecretString::from(s.into()))
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([REDACTED])")
+    }
+}
+
+/// Why the settings could not be loaded. Each names the key (and the file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for Kubernetes and log shippers).
+    Json,
+}
+
+/// Everything reverify can be told, with its default. The README's configuration
+/// reference and `reverify.example.toml` list the same keys.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub baanx_base_url: url::Url,
+    pub baanx_client_key: Option<Secret>,
+    /// 32 bytes, base64: encrypts refresh tokens at rest.
+    pub token_key: Option<Secret>,
+    /// Earlier token keys (comma-separated base64), still accepted for reading until
+    /// `reverify users rekey` has moved every token to `token_key`.
+    pub token_keys_previous: Option<Secret>,
+    pub smtp_url: Option<String>,
+    pub smtp_password: Option<Secret>,
+    pub outbox_dir: Option<PathBuf>,
+    /// Verifies incoming Baanx `kyc.status.changed` webhooks.
+    pub webhook_key: Option<Secret>,
+    /// Signs the webhook notification channel's POSTs.
+    pub notify_webhook_key: Option<Secret>,
+    pub jobs_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    pub http_connect_timeout_ms: u64,
+    pub http_request_timeout_ms: u64,
+    /// The worker's total request rate to Baanx, per region (requests per second).
+    pub requests_per_second: f64,
+    pub burst: u32,
+    /// The most requests in flight at once, over all campaigns.
+    pub max_concurrency: u32,
+    pub lease_seconds: u64,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub metrics_listen: Option<String>,
+    pub metrics_push_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.into(),
+            baanx_base_url: url::Url::parse(DEFAULT_BAANX_BASE_URL).expect("valid default"),
+            baanx_client_key: None,
+            token_key: None,
+            token_keys_previous: None,
+            smtp_url: None,
+            smtp_password: None,
+            outbox_dir: None,
+            webhook_key: None,
+            notify_webhook_key: None,
+            jobs_dir: "jobs".into(),
+            templates_dir: "jobs/templates".into(),
+            http_connect_timeout_ms: 5_000,
+            http_request_timeout_ms: 30_000,
+            requests_per_second: 50.0,
+            burst: 10,
+            max_concurrency: 64,
+            lease_seconds: 30,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            metrics_listen: None,
+            metrics_push_url: None,
+        }
+    }
+}
+
+/// The TOML file's shape: every key optional, unknown keys refused, secrets only
+/// as `*_file` paths.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database_url: Option<String>,
+    baanx_base_url: Option<String>,
+    baanx_client_key_file: Option<PathBuf>,
+    token_key_file: Option<PathBuf>,
+    token_keys_previous_file: Option<PathBuf>,
+    smtp_url: Option<String>,
+    smtp_password_file: Option<PathBuf>,
+    outbox_dir: Option<PathBuf>,
+    webhook_key_file: Option<PathBuf>,
+    notify_webhook_key_file: Option<PathBuf>,
+    jobs_dir: Option<PathBuf>,
+    templates_dir: Option<PathBuf>,
+    http_connect_timeout_ms: Option<u64>,
+    http_request_timeout_ms: Option<u64>,
+    requests_per_second: Option<f64>,
+    burst: Option<u32>,
+    max_concurrency: Option<u32>,
+    lease_seconds: Option<u64>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    metrics_listen: Option<String>,
+    metrics_push_url: Option<String>,
+}
+
+/// The secret keys: (settings key, environment variable stem).
+const SECRET_KEYS: [&str; 6] =
+    ["baanx_client_key", "token_key", "token_keys_previous", "smtp_password", "webhook_key", "notify_webhook_key"];
+
+impl Settings {
+    /// Loads settings: defaults, then the TOML file (`explicit`, else `reverify.toml`
+    /// when present), then the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the key.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("REVERIFY_")).collect();
+        Self::load_from(explicit, &env)
+    }
+
+    /// [`Settings::load`] with the environment given, for tests.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the key.
+    pub fn load_from(explicit: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => {
+                let p = PathBuf::from("reverify.toml");
+                p.exists().then_some(p)
+            }
+        };
+        let file = match &path {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::File { file: name.clone(), message: format!("cannot read: {e}") })?;
+                toml::from_str::<FileSettings>(&text).map_err(|e| {
+                    let (line, col) = e
+                        .span()
+                        .map(|s| {
+                            let before = &text[..s.start.min(text.len())];
+                            (before.matches('\n').count() + 1, before.rsplit('\n').next().map_or(0, str::len) + 1)
+                        })
+                        .unwrap_or((1, 1));
+                    ConfigError::File { file: format!("{name}:{line}:{col}"), message: e.message().to_owned() }
+                })?
+            }
+            None => FileSettings::default(),
+        };
+        let mut s = Settings::default();
+
+        // plain keys: file, then environment
+        let get =
+            |key: &str, from_file: Option<String>| -> Option<String> { env.get(&env_name(key)).cloned().or(from_file) };
+        if let Some(v) = get("database_url", file.database_url) {
+            s.database_url = v;
+        }
+        if let Some(v) = get("baanx_base_url", file.baanx_base_url) {
+            s.baanx_base_url = parse_url("baanx_base_url", &v)?;
+        }
+        s.smtp_url = get("smtp_url", file.smtp_url);
+        if let Some(u) = &s.smtp_url {
+            let parsed = parse_url("smtp_url", u)?;
+            if !matches!(parsed.scheme(), "smtp" | "smtps") {
+                return Err(invalid("smtp_url", format!("{u:?} must start with smtp:// or smtps://")));
+            }
+        }
+        s.outbox_dir = get("outbox_dir", file.outbox_dir.map(path_string)).map(PathBuf::from);
+        if let Some(v) = get("jobs_dir", file.jobs_dir.map(path_string)) {
+            s.jobs_dir = v.into();
+        }
+        if let Some(v) = get("templates_dir", file.templates_dir.map(path_string)) {
+            s.templates_dir = v.into();
+        }
+        s.http_connect_timeout_ms = number(
+            env,
+            "http_connect_timeout_ms",
+            file.http_connect_timeout_ms,
+            s.http_connect_timeout_ms,
+            1..=600_000,
+        )?;
+        s.http_request_timeout_ms = number(
+            env,
+            "http_request_timeout_ms",
+            file.http_request_timeout_ms,
+            s.http_request_timeout_ms,
+            1..=3_600_000,
+        )?;
+        s.burst = number(env, "burst", file.burst, s.burst, 1..=100_000)?;
+        s.max_concurrency = number(env, "max_concurrency", file.max_concurrency, s.max_concurrency, 1..=10_000)?;
+        s.lease_seconds = number(env, "lease_seconds", file.lease_seconds, s.lease_seconds, 2..=86_400)?;
+        s.requests_per_second = match env.get(&env_name("requests_per_second")) {
+            Some(v) => {
+                v.trim().parse::<f64>().map_err(|_| invalid("requests_per_second", format!("{v:?} is not a number")))?
+            }
+            None => file.requests_per_second.unwrap_or(s.requests_per_second),
+        };
+        if !(s.requests_per_second.is_finite() && s.requests_per_second > 0.0) {
+            return Err(invalid("requests_per_second", "must be a number above 0".into()));
+        }
+        s.log_format = match env.get(&env_name("log_format")) {
+            Some(v) => match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(invalid("log_format", format!("{other:?} is not one of text, json"))),
+            },
+            None => file.log_format.unwrap_or_default(),
+        };
+        if let Some(v) = get("log_level", file.log_level) {
+            s.log_level = v;
+        }
+        s.metrics_listen = get("metrics_listen", file.metrics_listen);
+        s.metrics_push_url = get("metrics_push_url", file.metrics_push_url);
+        if let Some(u) = &s.metrics_push_url {
+            parse_url("metrics_push_url", u)?;
+        }
+
+        // secrets: environment value, else environment _FILE, else the TOML's *_file
+        let file_paths: [Option<PathBuf>; 6] = [
+            file.baanx_client_key_file,
+            file.token_key_file,
+            file.token_keys_previous_file,
+            file.smtp_password_file,
+            file.webhook_key_file,
+            file.notify_webhook_key_file,
+        ];
+        let mut secrets: Vec<Option<Secret>> = Vec::with_capacity(SECRET_KEYS.len());
+        for (key, from_file) in SECRET_KEYS.iter().zip(file_paths) {
+            secrets.push(secret(env, key, from_file)?);
+        }
+        let mut it = secrets.into_iter();
+        s.baanx_client_key = it.next().flatten();
+        s.token_key = it.next().flatten();
+        s.token_keys_previous = it.next().flatten();
+        s.smtp_password = it.next().flatten();
+        s.webhook_key = it.next().flatten();
+        s.notify_webhook_key = it.next().flatten();
+        Ok(s)
+    }
+}
+
+/// `database_url` -> `REVERIFY_DATABASE_URL`.
+pub fn env_name(key: &str) -> String {
+    format!("REVERIFY_{}", key.to_ascii_uppercase())
+}
+
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), message }
+}
+
+fn path_string(p: PathBuf) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn parse_url(key: &str, v: &str) -> Result<url::Url, ConfigError> {
+    url::Url::parse(v.trim()).map_err(|e| invalid(key, format!("{v:?} is not a URL: {e}")))
+}
+
+fn number<T>(
+    env: &HashMap<String, String>,
+    key: &str,
+    from_file: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let v = match env.get(&env_name(key)) {
+        Some(raw) => raw
+            .trim()
+            .parse::<T>()
+            .map_err(|_| invalid(key, format!("{raw:?} (from {}) is not a whole number", env_name(key))))?,
+        None => from_file.unwrap_or(default),
+    };
+    if !range.contains(&v) {
+        return Err(invalid(key, format!("{v} is outside {}..={}", range.start(), range.end())));
+    }
+    Ok(v)
+}
+
+fn secret(env: &HashMap<String, String>, key: &str, from_file: Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
+    let var = env_name(key);
+    let file_var = format!("{var}_FILE");
+    if let Some(v) = env.get(&var) {
+        if env.contains_key(&file_var) {
+            return Err(invalid(key, format!("set {var} or {file_var}, not both")));
+        }
+        return Ok(Some(Secret::new(v.trim())));
+    }
+    let path = env.get(&file_var).map(PathBuf::from).or(from_file);
+    match path {
+        None => Ok(None),
+        Some(p) => {
+            let v = std::fs::read_to_string(&p)
+                .map_err(|e| invalid(key, format!("cannot read secret file {}: {e}", p.display())))?;
+            let v = v.trim();
+            if v.is_empty() {
+                return Err(invalid(key, format!("secret file {} is empty", p.display())));
+            }
+            Ok(Some(Secret::new(v)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        // an explicit file that does not exist is an error naming it
+        let err = Settings::load_from(Some(&missing), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("none.toml"), "{err}");
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.baanx_base_url.as_str(), "https://api.baanx.com/");
+        assert_eq!(s.lease_seconds, 30);
+    }
+
+    #[test]
+    fn env_overlays_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.toml");
+        std::fs::write(&f, "database_url = \"sqlite://a.db\"\nlease_seconds = 10\n").unwrap();
+        let s = Settings::load_from(Some(&f), &env(&[("REVERIFY_DATABASE_URL", "postgres://x/y")])).unwrap();
+        assert_eq!(s.database_url, "postgres://x/y");
+        assert_eq!(s.lease_seconds, 10);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let e = Settings::load_from(None, &env(&[("REVERIFY_LEASE_SECONDS", "soon")])).unwrap_err();
+        assert!(e.to_string().starts_with("lease_seconds:"), "{e}");
+        let e = Settings::load_from(None, &env(&[("REVERIFY_BAANX_BASE_URL", "not a url")])).unwrap_err();
+        assert!(e.to_string().starts_with("baanx_base_url:"), "{e}");
+        let e = Settings::load_from(None, &env(&[("REVERIFY_SMTP_URL", "http://x")])).unwrap_err();
+        assert!(e.to_string().starts_with("smtp_url:"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.toml");
+        std::fs::write(&f, "# comment\nbaanx_client_key = \"inline secrets are refused\"\n").unwrap();
+        let e = Settings::load_from(Some(&f), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("r.toml:2:1"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_env_or_file_and_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyfile = dir.path().join("key");
+        std::fs::write(&keyfile, "file-secret-value\n").unwrap();
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("REVERIFY_BAANX_CLIENT_KEY", "env-secret-value"),
+                ("REVERIFY_SMTP_PASSWORD_FILE", keyfile.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.baanx_client_key.as_ref().unwrap().expose(), "env-secret-value");
+        assert_eq!(s.smtp_password.as_ref().unwrap().expose(), "file-secret-value");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("env-secret-value") && !debug.contains("file-secret-value"), "{debug}");
+        let e = Settings::load_from(
+            None,
+            &env(&[("REVERIFY_TOKEN_KEY", "a"), ("REVERIFY_TOKEN_KEY_FILE", keyfile.to_str().unwrap())]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("token_key:"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("reverify.example.toml");
+        let s = Settings::load_from(Some(&f), &env(&[])).unwrap();
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.max_concurrency, 64);
+    }
+}

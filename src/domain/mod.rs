@@ -1,0 +1,17 @@
+//! Pure types and rules: identifiers parsed at the edge, the eligibility policy,
+//! campaign specs and cron schedules. Nothing here does I/O; time comes in through
+//! [`Clock`] so that every rule can be tested at its boundaries.
+
+pub mod clock;
+pub mod ids;
+pub mod policy;
+pub mod schedule;
+pub mod session_url;
+pub mod spec;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use ids::{CampaignName, EmailAddress, IdError, Region, UserId, VerificationState};
+pub use policy::{DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
+pub use schedule::{CronSchedule, ScheduleError};
+pub use session_url::SessionUrl;
+pub use spec::{CampaignSpec, SpecError};

@@ -1,0 +1,477 @@
+//! Campaign files: the TOML a compliance team writes under `jobs/`, parsed into a
+//! [`CampaignSpec`] whose every field is already valid.
+//!
+//! Parsing has two steps. serde reads the TOML with unknown keys refused, so a typo
+//! is an error with a line and column; then [`CampaignSpec::validate`] checks what
+//! types cannot (a real time zone, a cron expression, a positive rate).
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::{CampaignName, CronSchedule, Region, VerificationState};
+
+/// Why a campaign file was refused. Every variant names the file; parse errors
+/// also name the line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse { file: String, line: usize, column: usize, message: String },
+    #[error("{file}: `{field}`: {message}")]
+    Invalid { file: String, field: String, message: String },
+    #[error("{file}: cannot read: {message}")]
+    Read { file: String, message: String },
+}
+
+/// A duration written as text, such as `"72h"`, `"90m"` or `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| format!("{s:?} is not a duration like \"72h\" or \"30m\": {e}"))
+    }
+}
+
+impl From<HumanDuration> for String {
+    fn from(d: HumanDuration) -> String {
+        humantime::format_duration(d.0).to_string()
+    }
+}
+
+/// The notification channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    #[default]
+    Email,
+    Webhook,
+}
+
+/// Who a campaign targets. Every list that is present must match; an absent list
+/// matches everyone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audience {
+    /// Verification states to target; PENDING and VERIFIED users are never sent a
+    /// session, whatever this says.
+    #[serde(default = "default_states")]
+    pub states: Vec<VerificationState>,
+    #[serde(default)]
+    pub regions: Vec<Region>,
+    /// ISO 3166-1 alpha-2 country codes, upper case.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    /// A user matches when they carry any of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub signed_up_before: Option<DateTime<Utc>>,
+    pub signed_up_after: Option<DateTime<Utc>>,
+    /// At most this many users are ever targeted by the campaign.
+    pub max_users: Option<u64>,
+}
+
+fn default_states() -> Vec<VerificationState> {
+    vec![VerificationState::Unverified, VerificationState::Rejected]
+}
+
+impl Default for Audience {
+    fn default() -> Self {
+        Self {
+            states: default_states(),
+            regions: vec![],
+            countries: vec![],
+            tags: vec![],
+            signed_up_before: None,
+            signed_up_after: None,
+            max_users: None,
+        }
+    }
+}
+
+/// How users are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    #[serde(default)]
+    pub channel: Channel,
+    /// A template directory name under `jobs/templates/`.
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// The From header, e.g. `Compliance <compliance@example.com>`.
+    pub from: Option<String>,
+    pub reply_to: Option<String>,
+    pub subject: Option<String>,
+    /// For the webhook channel: where to POST.
+    pub webhook_url: Option<String>,
+}
+
+fn default_template() -> String {
+    "default".into()
+}
+
+/// How fast this campaign may go; the global limits still apply on top.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    #[serde(default = "default_rps")]
+    pub requests_per_second: f64,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Requests allowed above the steady rate in a burst.
+    pub burst: Option<u32>,
+}
+
+fn default_rps() -> f64 {
+    10.0
+}
+
+fn default_concurrency() -> u32 {
+    8
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self { requests_per_second: default_rps(), concurrency: default_concurrency(), burst: None }
+    }
+}
+
+/// Reminders to users who were notified and have not verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reminders {
+    /// How long after the last message a reminder is due (and after the last session expired).
+    pub after: HumanDuration,
+    /// At most this many reminders per user.
+    #[serde(default = "default_max_reminders")]
+    pub max: u32,
+    #[serde(default = "default_reminder_template")]
+    pub template: String,
+    /// Re-queue users who were rejected, once their 24 h cooldown is over.
+    #[serde(default)]
+    pub include_rejected: bool,
+}
+
+fn default_max_reminders() -> u32 {
+    2
+}
+
+fn default_reminder_template() -> String {
+    "reminder".into()
+}
+
+/// A whole campaign file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    pub name: CampaignName,
+    #[serde(default)]
+    pub description: String,
+    /// Cron, 5-field crontab or 6/7-field with seconds; absent means "only when run by hand".
+    pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// A tick missed by more than this is not run late.
+    #[serde(default = "default_deadline")]
+    pub starting_deadline: HumanDuration,
+    #[serde(default)]
+    pub audience: Audience,
+    #[serde(default = "default_delivery")]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub throttle: Throttle,
+    pub reminders: Option<Reminders>,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+fn default_delivery() -> Delivery {
+    Delivery {
+        channel: Channel::Email,
+        template: default_template(),
+        from: None,
+        reply_to: None,
+        subject: None,
+        webhook_url: None,
+    }
+}
+
+impl CampaignSpec {
+    /// Reads and validates a campaign file.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the file, and the line and column or the field.
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError::Read { file: file.clone(), message: e.to_string() })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Parses and validates campaign TOML; `file` is only used in errors.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming `file`, and the line and column or the field.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, SpecError> {
+        let spec: CampaignSpec = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            SpecError::Parse { file: file.to_owned(), line, column, message: e.message().to_owned() }
+        })?;
+        spec.validate(file)?;
+        Ok(spec)
+    }
+
+    /// The checks that types cannot express.
+    ///
+    /// # Errors
+    /// [`SpecError::Invalid`] naming the field.
+    pub fn validate(&self, file: &str) -> Result<(), SpecError> {
+        let invalid = |field: &str, message: String| {
+            Err(SpecError::Invalid { file: file.to_owned(), field: field.to_owned(), message })
+        };
+        if self.timezone.parse::<Tz>().is_err() {
+            return invalid("timezone", format!("{:?} is not an IANA time zone", self.timezone));
+        }
+        if let Some(s) = &self.schedule
+            && let Err(e) = CronSchedule::parse(s)
+        {
+            return invalid("schedule", e.to_string());
+        }
+        let a = &self.audience;
+        if a.states.is_empty() {
+            return invalid("audience.states", "must name at least one state".into());
+        }
+        for s in &a.states {
+            if matches!(s, VerificationState::Pending | VerificationState::Verified) {
+                return invalid(
+                    "audience.states",
+                    format!("{s} users are never sent a session; use UNVERIFIED and/or REJECTED"),
+                );
+            }
+        }
+        for c in &a.countries {
+            if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
+                return invalid("audience.countries", format!("{c:?} is not an ISO 3166-1 alpha-2 code like \"GB\""));
+            }
+        }
+        for t in &a.tags {
+            if !is_tag(t) {
+                return invalid("audience.tags", format!("{t:?} is not a tag: use 1-64 of A-Z a-z 0-9 . _ : -"));
+            }
+        }
+        if let (Some(b), Some(af)) = (a.signed_up_before, a.signed_up_after)
+            && af >= b
+        {
+            return invalid("audience.signed_up_after", "must be before audience.signed_up_before".into());
+        }
+        if a.max_users == Some(0) {
+            return invalid("audience.max_users", "must be at least 1".into());
+        }
+        let d = &self.delivery;
+        if !is_template_name(&d.template) {
+            return invalid("delivery.template", format!("{:?} is not a template directory name", d.template));
+        }
+        match d.channel {
+            Channel::Email => {
+                for (field, value) in [("delivery.from", &d.from), ("delivery.reply_to", &d.reply_to)] {
+                    if let Some(v) = value
+                        && let Err(e) = v.parse::<lettre::message::Mailbox>()
+                    {
+                        return invalid(field, format!("{v:?} is not a mailbox: {e}"));
+                    }
+                }
+            }
+            Channel::Webhook => match &d.webhook_url {
+                None => return invalid("delivery.webhook_url", "the webhook channel needs a URL".into()),
+                Some(u) => match url::Url::parse(u) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => return invalid("delivery.webhook_url", format!("{u:?} is not an http(s) URL")),
+                },
+            },
+        }
+        let t = &self.throttle;
+        if !(t.requests_per_second.is_finite() && t.requests_per_second > 0.0 && t.requests_per_second <= 100_000.0) {
+            return invalid("throttle.requests_per_second", "must be more than 0 and at most 100000".into());
+        }
+        if t.concurrency == 0 || t.concurrency > 1024 {
+            return invalid("throttle.concurrency", "must be 1 to 1024".into());
+        }
+        if let Some(r) = &self.reminders {
+            if r.after.0 < Duration::from_secs(3600) {
+                return invalid("reminders.after", "must be at least 1h".into());
+            }
+            if r.max > 10 {
+                return invalid("reminders.max", "must be at most 10".into());
+            }
+            if !is_template_name(&r.template) {
+                return invalid("reminders.template", format!("{:?} is not a template directory name", r.template));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed schedule, when there is one. Validation has already accepted it.
+    pub fn cron(&self) -> Option<CronSchedule> {
+        self.schedule.as_deref().and_then(|s| CronSchedule::parse(s).ok())
+    }
+
+    /// The parsed time zone. Validation has already accepted it.
+    pub fn tz(&self) -> Tz {
+        self.timezone.parse().unwrap_or(Tz::UTC)
+    }
+}
+
+/// A user tag: 1-64 of `[A-Za-z0-9._:-]`. Tags are stored as `,a,b,` so a comma
+/// can never be part of one.
+pub fn is_tag(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+fn is_template_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+name = "kyc-refresh-q4"
+description = "Unverified users and rejections older than 24 h"
+schedule = "0 9 * * 1-5"
+timezone = "Europe/London"
+
+[audience]
+states = ["UNVERIFIED", "REJECTED"]
+regions = ["intl", "us"]
+
+[delivery]
+channel = "email"
+from = "Compliance <compliance@example.com>"
+subject = "Please verify your identity"
+
+[throttle]
+requests_per_second = 20
+concurrency = 8
+"#;
+
+    #[test]
+    fn the_issue_example_is_a_whole_campaign() {
+        let spec = CampaignSpec::from_toml(EXAMPLE, "jobs/x.toml").unwrap();
+        assert_eq!(spec.name.as_str(), "kyc-refresh-q4");
+        assert_eq!(spec.audience.regions, vec![Region::Intl, Region::Us]);
+        assert_eq!(spec.throttle.concurrency, 8);
+        assert_eq!(spec.starting_deadline.0, Duration::from_secs(3600));
+        assert!(spec.cron().is_some());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let text = EXAMPLE.replace("concurrency = 8", "concurency = 8");
+        let err = CampaignSpec::from_toml(&text, "jobs/x.toml").unwrap_err();
+        match &err {
+            SpecError::Parse { file, line, column, message } => {
+                assert_eq!(file, "jobs/x.toml");
+                assert_eq!(*line, 18);
+                assert_eq!(*column, 1);
+                assert!(message.contains("concurency"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().starts_with("jobs/x.toml:18:1: "));
+    }
+
+    #[test]
+    fn type_error_names_the_line() {
+        let text = EXAMPLE.replace("concurrency = 8", "concurrency = \"eight\"");
+        let SpecError::Parse { line, .. } = CampaignSpec::from_toml(&text, "f").unwrap_err() else {
+            panic!("expected a parse error")
+        };
+        assert_eq!(line, 18);
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = [
+            ("timezone = \"Europe/London\"", "timezone = \"Mars/Olympus\"", "timezone"),
+            ("schedule = \"0 9 * * 1-5\"", "schedule = \"0 9 * *\"", "schedule"),
+            ("states = [\"UNVERIFIED\", \"REJECTED\"]", "states = [\"VERIFIED\"]", "audience.states"),
+            ("from = \"Compliance <compliance@example.com>\"", "from = \"not a mailbox\"", "delivery.from"),
+            ("requests_per_second = 20", "requests_per_second = 0", "throttle.requests_per_second"),
+            ("concurrency = 8", "concurrency = 0", "throttle.concurrency"),
+        ];
+        for (from, to, field) in cases {
+            let text = EXAMPLE.replace(from, to);
+            match CampaignSpec::from_toml(&text, "f") {
+                Err(SpecError::Invalid { field: f, .. }) => assert_eq!(f, field, "{to}"),
+                Err(SpecError::Parse { message, .. }) => {
+                    // states and names are checked by serde: still an error, with a line
+                    assert_eq!(field, "audience.states", "{to}: {message}");
+                }
+                other => panic!("{to}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_name_is_a_parse_error_with_position() {
+        let text = EXAMPLE.replace("kyc-refresh-q4", "KYC refresh");
+        let SpecError::Parse { line, message, .. } = CampaignSpec::from_toml(&text, "f").unwrap_err() else { panic!() };
+        assert_eq!(line, 2);
+        assert!(message.contains("campaign name"), "{message}");
+    }
+
+    #[test]
+    fn webhook_channel_needs_a_url() {
+        let text = EXAMPLE.replace("channel = \"email\"", "channel = \"webhook\"");
+        assert!(matches!(
+            CampaignSpec::from_toml(&text, "f"),
+            Err(SpecError::Invalid { field, .. }) if field == "delivery.webhook_url"
+        ));
+    }
+
+    #[test]
+    fn reminders_parse() {
+        let text = format!("{EXAMPLE}\n[reminders]\nafter = \"72h\"\nmax = 2\n");
+        let spec = CampaignSpec::from_toml(&text, "f").unwrap();
+        let r = spec.reminders.unwrap();
+        assert_eq!(r.after.0, Duration::from_secs(72 * 3600));
+        assert_eq!(r.max, 2);
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                CampaignSpec::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the example campaigns in jobs/");
+    }
+}

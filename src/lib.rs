@@ -1,0 +1,14 @@
+//! reverify: identity re-verification campaigns on the Baanx API.
+//!
+//! The library holds every piece of logic; the `reverify` binary maps commands and
+//! settings onto it and owns the exit codes. See `../shared/design.md` for the
+//! architecture: `domain` (pure rules) at the bottom, then `store`, `baanx`, `notify`,
+//! then `engine` and `schedule` on top.
+
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod store;
+pub mod telemetry;
+
+pub use config::{Secret, Settings};

@@ -1,0 +1,237 @@
+//! Every SQL statement, for both engines.
+//!
+//! One [`Store`] wraps a `sqlx::AnyPool` on Postgres or SQLite. Statements are
+//! written once with `$1..$n` placeholders (SQLite accepts them too) wherever the
+//! dialects agree, and per engine where they do not (`FOR UPDATE SKIP LOCKED`, bulk
+//! upserts). Every time is a BIGINT of Unix milliseconds, bound from the worker's
+//! clock, never the database's.
+//!
+//! Statement functions are named noun first (`user_upsert_batch`,
+//! `campaign_get_by_name`, `session_reserve`) and live in one file per table.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+#[doc(hidden)]
+pub mod testing;
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Which engine a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    /// The engine's name, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A failure of the store. Messages never carry a password or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database_url {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{op}: {source}")]
+    Query { op: &'static str, source: sqlx::Error },
+    #[error("{what} not found: {key}")]
+    NotFound { what: &'static str, key: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Wraps a sqlx error with the name of the statement that failed.
+#[doc(hidden)]
+pub fn query_err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// The database: a connection pool and its engine.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Replaces the password in a URL with `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Connects to `database_url` (`postgres://…` or `sqlite://FILE`, created when
+    /// missing) without running migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for an unknown scheme, [`StoreError::Connect`] when the
+    /// database does not answer.
+    pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let shown = redact_url(database_url);
+        let backend = if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if database_url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Url { url: shown, message: "use postgres://USER@HOST/DB or sqlite://FILE".into() });
+        };
+        let url = match backend {
+            // create the file when missing, unless the URL says otherwise
+            Backend::Sqlite if !database_url.contains("mode=") => {
+                let sep = if database_url.contains('?') { '&' } else { '?' };
+                format!("{database_url}{sep}mode=rwc")
+            }
+            _ => database_url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| StoreError::Url { url: shown.clone(), message: e.to_string() })?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+        let pool_options = match backend {
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16).min_connections(0),
+            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
+        }
+        .acquire_timeout(Duration::from_secs(30));
+        let pool =
+            pool_options.connect_with(options).await.map_err(|source| StoreError::Connect { url: shown, source })?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Connects and brings the schema up to date.
+    ///
+    /// # Errors
+    /// As [`Store::connect`] and [`Store::migrate`].
+    pub async fn open(database_url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(database_url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the engine's pending migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Migrate`].
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for statements in this module.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`), so that two writers wait for each other instead of
+    /// failing when a read lock cannot be upgraded.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        match self.backend {
+            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        }
+        .map_err(query_err("begin transaction"))
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Unix milliseconds of an instant, as stored.
+pub fn to_millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The instant of stored Unix milliseconds.
+pub fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::both_engines;
+    use crate::store::testing::TestDb;
+    use sqlx::Row;
+
+    both_engines!(migrations_are_idempotent_and_writes_commit, |db: TestDb| async move {
+        db.store.migrate().await.unwrap();
+        let mut tx = db.store.begin_write().await.unwrap();
+        sqlx::query(
+            "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) VALUES ($1, $2, $3, NULL, NULL, NULL)",
+        )
+        .bind(to_millis(Utc::now()))
+        .bind("test")
+        .bind("probe")
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("event insert"))
+        .unwrap();
+        tx.commit().await.unwrap();
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(n, 1);
+    });
+
+    #[tokio::test]
+    async fn unknown_scheme_is_a_clear_error() {
+        let e = Store::connect("mysql://root:pw@localhost/x").await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("postgres://") && !msg.contains("pw@"), "{msg}");
+    }
+
+    #[test]
+    fn millis_round_trip() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(from_millis(to_millis(t)), t);
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+}
