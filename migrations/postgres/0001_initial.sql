@@ -85,12 +85,16 @@ CREATE TABLE campaign_targets (
     PRIMARY KEY (campaign_id, user_id)
 );
 CREATE INDEX campaign_targets_claim ON campaign_targets (campaign_id, status, not_before);
+-- the heartbeat renews, and a stopping worker releases, its own claims
+CREATE INDEX campaign_targets_claimed ON campaign_targets (lease_owner) WHERE status = 'claimed';
 
 -- The ledger that enforces the per-user limits. It never holds a session URL.
 CREATE TABLE verification_sessions (
     session_id  BIGSERIAL PRIMARY KEY,
     user_id     TEXT NOT NULL REFERENCES users (user_id),
     campaign_id BIGINT REFERENCES campaigns (campaign_id),
+    -- the target step this session was for (0 = first message, n = n-th reminder)
+    step        BIGINT NOT NULL DEFAULT 0,
     status      TEXT NOT NULL CHECK (status IN ('reserved', 'issued', 'delivered', 'delivery_failed', 'api_failed', 'unknown')),
     reserved_at BIGINT NOT NULL,
     issued_at   BIGINT,
@@ -98,6 +102,7 @@ CREATE TABLE verification_sessions (
     updated_at  BIGINT NOT NULL
 );
 CREATE INDEX verification_sessions_by_user ON verification_sessions (user_id, reserved_at);
+CREATE INDEX verification_sessions_by_campaign ON verification_sessions (campaign_id, user_id, step);
 
 -- Append-only audit trail.
 CREATE TABLE events (

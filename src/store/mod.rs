@@ -17,6 +17,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+#[cfg(test)]
+mod ledger_tests;
+pub mod progress;
+pub mod runs;
+pub mod sessions;
+pub mod targets;
 #[doc(hidden)]
 pub mod testing;
 

@@ -1,0 +1,343 @@
+//! One campaign run: targeting, claiming, the per-user pipeline under the
+//! campaign's concurrency and rate, lease heartbeats, and a graceful stop.
+//!
+//! A run claims users in batches, keeps at most `throttle.concurrency` of them in
+//! flight, and exits when nothing is due. Stopping (`--max-duration`, SIGTERM)
+//! stops claiming, gives back claims not yet started, lets users in flight finish
+//! within a grace period, and records the run as interrupted; the next run resumes.
+
+mod pipeline;
+pub mod ports;
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::domain::{CampaignSpec, Clock};
+use crate::store::runs::{RunCounts, RunOutcome};
+use crate::store::{Store, StoreError};
+pub use ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
+
+/// How a run behaves; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Identifies this worker's claims; unique per process.
+    pub worker_id: String,
+    /// How long a claim lasts without a heartbeat (`lease_seconds`).
+    pub lease: Duration,
+    /// Users claimed per statement.
+    pub batch_size: usize,
+    /// How long a Baanx session lives (the ledger counts it as active until then).
+    pub session_ttl: Duration,
+    /// How long users in flight may take to finish once a stop is asked for.
+    pub grace: Duration,
+    /// Ask `GET /v1/user` before each session.
+    pub fresh_state: bool,
+    /// Transient failures per target before it is failed.
+    pub max_attempts: i64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: default_worker_id(),
+            lease: Duration::from_secs(30),
+            batch_size: 100,
+            session_ttl: Duration::from_secs(24 * 3600),
+            grace: Duration::from_secs(20),
+            fresh_state: true,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// `host-pid-random`: readable in the database, unique per process.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Notified,
+    Skipped(&'static str),
+    Deferred(&'static str),
+    Failed(&'static str),
+    /// Nothing recorded (claim lost, or the store failed): the lease will expire.
+    Abandoned,
+}
+
+/// Live counters of a run, for progress bars and metrics.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub targeted: AtomicI64,
+    pub claimed: AtomicI64,
+    pub notified: AtomicI64,
+    pub skipped: AtomicI64,
+    pub deferred: AtomicI64,
+    pub failed: AtomicI64,
+    pub abandoned: AtomicI64,
+}
+
+impl Progress {
+    fn record(&self, o: Outcome) {
+        let c = match o {
+            Outcome::Notified => &self.notified,
+            Outcome::Skipped(_) => &self.skipped,
+            Outcome::Deferred(_) => &self.deferred,
+            Outcome::Failed(_) => &self.failed,
+            Outcome::Abandoned => &self.abandoned,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot for the run record.
+    pub fn counts(&self) -> RunCounts {
+        RunCounts {
+            targeted: self.targeted.load(Ordering::Relaxed),
+            notified: self.notified.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Users with a recorded outcome so far.
+    pub fn done(&self) -> i64 {
+        let c = self.counts();
+        c.notified + c.skipped + c.deferred + c.failed + self.abandoned.load(Ordering::Relaxed)
+    }
+}
+
+/// What a run needs: the campaign, the store, the two ports, a clock.
+pub struct Run {
+    pub store: Store,
+    pub api: Arc<dyn VerificationApi>,
+    pub deliverer: Arc<dyn Deliverer>,
+    pub clock: Arc<dyn Clock>,
+    pub config: EngineConfig,
+    pub campaign_id: i64,
+    pub spec: CampaignSpec,
+    pub progress: Arc<Progress>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub outcome: RunOutcome,
+    pub counts: RunCounts,
+}
+
+pub(crate) struct RunShared {
+    store: Store,
+    api: Arc<dyn VerificationApi>,
+    deliverer: Arc<dyn Deliverer>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    campaign_id: i64,
+    campaign_name: String,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl RunShared {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The campaign's own rate (`throttle.requests_per_second`); the client's global
+    /// limiter applies on top of it.
+    async fn throttle(&self) {
+        self.limiter.until_ready().await;
+    }
+}
+
+fn campaign_quota(spec: &CampaignSpec) -> Quota {
+    let rps = spec.throttle.requests_per_second.max(0.001);
+    let period = Duration::from_secs_f64(1.0 / rps);
+    let burst = spec.throttle.burst.unwrap_or(1).max(1);
+    Quota::with_period(period).expect("period is positive").allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
+}
+
+impl Run {
+    /// Runs the campaign until nothing is due, or until `stop` is cancelled.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the store fails outside a single user's processing.
+    pub async fn execute(self, stop: CancellationToken) -> Result<RunReport, EngineError> {
+        let worker = self.config.worker_id.clone();
+        let (store, clock, campaign_id) = (self.store.clone(), self.clock.clone(), self.campaign_id);
+        let run_id = store.run_start(campaign_id, &worker, clock.now()).await?;
+        let result = self.execute_inner(stop).await;
+        let (outcome, error, counts) = match &result {
+            Ok((o, counts)) => (*o, None, *counts),
+            Err((e, p)) => (RunOutcome::Failed, Some(e.to_string()), p.counts()),
+        };
+        if let Err(e) =
+            store.run_finish(run_id, campaign_id, &worker, outcome, counts, error.as_deref(), clock.now()).await
+        {
+            warn!(error = %e, "could not record the end of the run");
+        }
+        match result {
+            Ok((outcome, counts)) => Ok(RunReport { run_id, outcome, counts }),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    async fn execute_inner(
+        self,
+        stop: CancellationToken,
+    ) -> Result<(RunOutcome, RunCounts), (EngineError, Arc<Progress>)> {
+        let progress = self.progress.clone();
+        let fail = |e: StoreError, p: &Arc<Progress>| (EngineError::Store(e), p.clone());
+        let now = self.clock.now();
+        self.store.target_requeue_delivery_failed(self.campaign_id, now).await.map_err(|e| fail(e, &progress))?;
+        let added = self
+            .store
+            .target_add_matching(self.campaign_id, &self.spec.audience, now)
+            .await
+            .map_err(|e| fail(e, &progress))?;
+        progress.targeted.store(i64::try_from(added).unwrap_or(i64::MAX), Ordering::Relaxed);
+        info!(campaign = %self.spec.name, added, "targeting done");
+
+        let concurrency = usize::try_from(self.spec.throttle.concurrency).unwrap_or(1).max(1);
+        let shared = Arc::new(RunShared {
+            store: self.store.clone(),
+            api: self.api,
+            deliverer: self.deliverer,
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            campaign_id: self.campaign_id,
+            campaign_name: self.spec.name.to_string(),
+            limiter: RateLimiter::direct(campaign_quota(&self.spec)),
+        });
+
+        // heartbeat: renew our claims while we live
+        let hb_stop = CancellationToken::new();
+        let heartbeat = {
+            let (store, clock, worker, lease, hb_stop) = (
+                self.store.clone(),
+                self.clock.clone(),
+                self.config.worker_id.clone(),
+                self.config.lease,
+                hb_stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = hb_stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            if let Err(e) = store.target_heartbeat(&worker, clock.now(), lease).await {
+                                warn!(error = %e, "lease heartbeat failed");
+                            }
+                        }
+                    }
+                }
+            })
+        };
+
+        let mut queue: VecDeque<crate::store::targets::ClaimedTarget> = VecDeque::new();
+        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        let mut exhausted = false;
+        let mut store_error: Option<StoreError> = None;
+        while !stop.is_cancelled() {
+            if queue.is_empty() && !exhausted {
+                let want = self.config.batch_size.max(concurrency);
+                match self
+                    .store
+                    .target_claim_batch(
+                        self.campaign_id,
+                        &self.config.worker_id,
+                        i64::try_from(want).unwrap_or(100),
+                        self.clock.now(),
+                        self.config.lease,
+                    )
+                    .await
+                {
+                    Ok(batch) => {
+                        progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
+                        exhausted = batch.is_empty();
+                        queue.extend(batch);
+                    }
+                    Err(e) => {
+                        store_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            while in_flight.len() < concurrency {
+                let Some(t) = queue.pop_front() else { break };
+                in_flight.spawn(pipeline::process(shared.clone(), t));
+            }
+            if in_flight.is_empty() {
+                if exhausted && queue.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                joined = in_flight.join_next() => {
+                    if let Some(r) = joined {
+                        progress.record(r.unwrap_or(Outcome::Abandoned));
+                    }
+                }
+            }
+            // Refill before the queue runs dry, so that claiming overlaps the work.
+            if exhausted && queue.is_empty() && in_flight.is_empty() {
+                break;
+            }
+        }
+
+        let interrupted = stop.is_cancelled() || store_error.is_some();
+        // Give back what was claimed but not started.
+        if !queue.is_empty() {
+            let ids: Vec<String> = queue.drain(..).map(|t| t.user_id).collect();
+            if let Err(e) =
+                self.store.target_release(self.campaign_id, &self.config.worker_id, &ids, self.clock.now()).await
+            {
+                warn!(error = %e, "could not release unstarted claims; they will expire with their lease");
+            }
+        }
+        // Let users in flight finish, within the grace period.
+        let deadline = tokio::time::Instant::now() + self.config.grace;
+        while !in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
+                Ok(Some(r)) => progress.record(r.unwrap_or(Outcome::Abandoned)),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(left = in_flight.len(), "grace period over; unfinished users are left to their leases");
+                    in_flight.abort_all();
+                    break;
+                }
+            }
+        }
+        hb_stop.cancel();
+        let _ = heartbeat.await;
+        if let Some(e) = store_error {
+            return Err((EngineError::Store(e), progress));
+        }
+        let outcome = if interrupted { RunOutcome::Interrupted } else { RunOutcome::Finished };
+        Ok((outcome, progress.counts()))
+    }
+}

@@ -1,0 +1,182 @@
+//! One user, in the order that keeps design.md's invariants 1-3:
+//! fresh state → reserve in the ledger → (limiters) → session → message → record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
+use super::{Outcome, RunShared};
+use crate::domain::{Region, UserId};
+use crate::store::sessions::Reservation;
+use crate::store::targets::ClaimedTarget;
+
+/// Processes one claimed target to a recorded outcome.
+pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Outcome {
+    let span = info_span!("user", user_id = %target.user_id, step = target.step);
+    async move {
+        match process_inner(&shared, &target).await {
+            Ok(o) => o,
+            Err(e) => {
+                // A store error mid-user leaves the claim in place; the lease expires
+                // and a later run picks the user up again. Nothing is lost.
+                warn!(error = %e, "could not record an outcome; the claim will be retried after its lease");
+                Outcome::Abandoned
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crate::store::StoreError> {
+    let user = match (UserId::parse(&t.user_id), t.region.parse::<Region>()) {
+        (Ok(user_id), Ok(region)) => ApiUser { user_id, region },
+        _ => return settle(s, t, "failed", "invalid_user_record", None).await,
+    };
+
+    // 1. a fresh state, so that a user who verified since the import is not asked again
+    if s.config.fresh_state {
+        s.throttle().await;
+        match s.api.fresh_state(&user).await {
+            Ok(state) => s.store.user_record_fresh_state(&t.user_id, state, s.now()).await?,
+            Err(f) => return api_failed_before_reserve(s, t, f).await,
+        }
+    }
+
+    // 2. reserve a ledger row under every per-user limit
+    let session_id = match s
+        .store
+        .session_reserve(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now(), s.config.session_ttl)
+        .await?
+    {
+        Reservation::Reserved { session_id } => session_id,
+        Reservation::Deferred { reason, .. } => return Ok(Outcome::Deferred(reason.as_str())),
+        Reservation::Skipped(reason) => return Ok(Outcome::Skipped(reason.as_str())),
+        Reservation::Ambiguous => return Ok(Outcome::Failed("delivery_unknown")),
+        Reservation::LostClaim => return Ok(Outcome::Abandoned),
+    };
+
+    // 3-4. the limiters, then the session
+    s.throttle().await;
+    let url = match s.api.start_session(&user).await {
+        Ok(url) => url,
+        Err(f) => {
+            let (definite, status, reason, not_before) = classify_session_failure(s, t, &f);
+            s.store
+                .session_record_api_failure(
+                    s.campaign_id,
+                    &t.user_id,
+                    session_id,
+                    definite,
+                    &s.config.worker_id,
+                    status,
+                    reason,
+                    not_before,
+                    s.now(),
+                )
+                .await?;
+            return Ok(outcome_of(status, reason));
+        }
+    };
+    let issued_at = s.now();
+    s.store.session_mark_issued(session_id, issued_at).await?;
+    let expires_at =
+        issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
+
+    // 5. the message; the URL moves into it and is dropped with it
+    let delivered = match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await
+    {
+        Ok(()) => true,
+        Err(DeliveryFailure::Permanent(why) | DeliveryFailure::GaveUp(why)) => {
+            warn!(reason = %why, "delivery failed");
+            false
+        }
+    };
+
+    // 6. the record
+    let kept = s
+        .store
+        .session_record_delivery(s.campaign_id, &t.user_id, session_id, delivered, &s.config.worker_id, s.now())
+        .await?;
+    if !kept {
+        warn!("the claim expired while the message was being sent; the ledger row stands");
+    }
+    debug!(delivered, "user done");
+    Ok(if delivered { Outcome::Notified } else { Outcome::Failed("delivery_failed") })
+}
+
+fn outcome_of(status: &str, reason: &'static str) -> Outcome {
+    match status {
+        "skipped" => Outcome::Skipped(reason),
+        "failed" => Outcome::Failed(reason),
+        _ => Outcome::Deferred(reason),
+    }
+}
+
+async fn settle(
+    s: &RunShared,
+    t: &ClaimedTarget,
+    status: &str,
+    reason: &'static str,
+    not_before: Option<DateTime<Utc>>,
+) -> Result<Outcome, crate::store::StoreError> {
+    s.store.target_settle(s.campaign_id, &t.user_id, &s.config.worker_id, status, reason, not_before, s.now()).await?;
+    Ok(outcome_of(status, reason))
+}
+
+/// Exponential backoff for a target that hit a transient failure: 1, 2, 4 … 60 min.
+fn retry_at(s: &RunShared, attempts: i64, hint: Option<Duration>) -> DateTime<Utc> {
+    let exp = u32::try_from(attempts.clamp(1, 7) - 1).unwrap_or(0);
+    let backoff = Duration::from_secs(60 * 2u64.pow(exp)).min(Duration::from_secs(3600));
+    let wait = hint.map_or(backoff, |h| h.max(Duration::from_secs(1)));
+    s.now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::minutes(1))
+}
+
+async fn api_failed_before_reserve(
+    s: &RunShared,
+    t: &ClaimedTarget,
+    f: ApiFailure,
+) -> Result<Outcome, crate::store::StoreError> {
+    match f {
+        ApiFailure::ConsentRequired => settle(s, t, "skipped", "consent_required", None).await,
+        ApiFailure::Forbidden(_) => settle(s, t, "failed", "forbidden", None).await,
+        ApiFailure::Refused(_) => settle(s, t, "failed", "api_refused", None).await,
+        ApiFailure::RateLimited { retry_after } => {
+            if t.attempts >= s.config.max_attempts {
+                return settle(s, t, "failed", "rate_limited", None).await;
+            }
+            let at = retry_at(s, t.attempts, retry_after);
+            settle(s, t, "pending", "rate_limited", Some(at)).await
+        }
+        ApiFailure::Unavailable(_) => {
+            if t.attempts >= s.config.max_attempts {
+                return settle(s, t, "failed", "api_unavailable", None).await;
+            }
+            let at = retry_at(s, t.attempts, None);
+            settle(s, t, "pending", "api_unavailable", Some(at)).await
+        }
+    }
+}
+
+/// (definite, target status, reason, retry time) for a failed session call.
+fn classify_session_failure(
+    s: &RunShared,
+    t: &ClaimedTarget,
+    f: &ApiFailure,
+) -> (bool, &'static str, &'static str, Option<DateTime<Utc>>) {
+    let out_of_attempts = t.attempts >= s.config.max_attempts;
+    match f {
+        ApiFailure::ConsentRequired => (true, "skipped", "consent_required", None),
+        ApiFailure::Forbidden(_) => (true, "failed", "forbidden", None),
+        ApiFailure::Refused(_) => (true, "failed", "api_refused", None),
+        ApiFailure::RateLimited { .. } if out_of_attempts => (true, "failed", "rate_limited", None),
+        ApiFailure::RateLimited { retry_after } => {
+            (true, "pending", "rate_limited", Some(retry_at(s, t.attempts, *retry_after)))
+        }
+        ApiFailure::Unavailable(_) if out_of_attempts => (false, "failed", "api_unavailable", None),
+        ApiFailure::Unavailable(_) => (false, "pending", "api_unavailable", Some(retry_at(s, t.attempts, None))),
+    }
+}

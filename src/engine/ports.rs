@@ -1,0 +1,74 @@
+//! What the engine needs from the outside world, as two small traits: the Baanx API
+//! and a way to deliver a message. The production implementations wrap
+//! `baanx::BaanxClient` and `notify::Notifier`; the engine knows neither.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Region, SessionUrl, UserId, VerificationState};
+use crate::store::targets::ClaimedTarget;
+
+/// A user as the API needs to address them.
+#[derive(Debug, Clone)]
+pub struct ApiUser {
+    pub user_id: UserId,
+    pub region: Region,
+}
+
+/// An API failure, already classified (retries have been spent where they help).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiFailure {
+    /// The refresh token was refused: the user must consent again.
+    #[error("the user must consent again (invalid_grant)")]
+    ConsentRequired,
+    /// 403: suspended, or not this client's user. Permanent.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// 429 that outlasted the retries. The API created nothing.
+    #[error("rate limited")]
+    RateLimited { retry_after: Option<Duration> },
+    /// A refusal that is certain to have created nothing (another 4xx).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// 5xx, timeouts, connection errors after retries: a session may or may not exist.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The Baanx calls a run makes.
+#[async_trait]
+pub trait VerificationApi: Send + Sync {
+    /// `GET /v1/user`: the user's current state.
+    async fn fresh_state(&self, user: &ApiUser) -> Result<VerificationState, ApiFailure>;
+    /// `GET /v1/user/verification`: a new session URL.
+    async fn start_session(&self, user: &ApiUser) -> Result<SessionUrl, ApiFailure>;
+}
+
+/// What a run asks a channel to send.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub campaign: &'a str,
+    pub target: &'a ClaimedTarget,
+    pub url: SessionUrl,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A delivery that did not happen, after the channel's own retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryFailure {
+    /// The channel refused for good (a 5xx from SMTP, a bad address).
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The channel stayed unavailable through every retry.
+    #[error("gave up: {0}")]
+    GaveUp(String),
+}
+
+/// Sends one message carrying a session URL.
+#[async_trait]
+pub trait Deliverer: Send + Sync {
+    /// Sends it; retries transient failures itself.
+    async fn deliver(&self, message: Outgoing<'_>) -> Result<(), DeliveryFailure>;
+}

@@ -1,0 +1,221 @@
+//! Targeting, claiming and the ledger, on both engines.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::Row;
+
+use super::sessions::Reservation;
+use super::{Store, to_millis};
+use crate::both_engines;
+use crate::domain::spec::Audience;
+use crate::domain::{DeferReason, Region, VerificationState};
+use crate::store::testing::TestDb;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+}
+
+fn uid(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+async fn user(store: &Store, n: u32, state: &str, region: &str, rejected_at: Option<DateTime<Utc>>, tags: &str) {
+    sqlx::query(
+        "INSERT INTO users (user_id, email, region, verification_state, rejected_at, refresh_token_enc, token_key_id, \
+           tags, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'k', $7, 0, 0)",
+    )
+    .bind(uid(n))
+    .bind(format!("u{n}@example.test"))
+    .bind(region)
+    .bind(state)
+    .bind(rejected_at.map(to_millis))
+    .bind(vec![1u8, 2, 3])
+    .bind(tags)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn campaign(store: &Store, name: &str) -> i64 {
+    sqlx::query(
+        "INSERT INTO campaigns (name, spec, spec_hash, status, created_at, updated_at) \
+         VALUES ($1, '', '', 'active', 0, 0) RETURNING campaign_id",
+    )
+    .bind(name)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+    .try_get("campaign_id")
+    .unwrap()
+}
+
+async fn status_of(store: &Store, campaign_id: i64, n: u32) -> (String, Option<String>, Option<i64>) {
+    let r =
+        sqlx::query("SELECT status, reason, not_before FROM campaign_targets WHERE campaign_id = $1 AND user_id = $2")
+            .bind(campaign_id)
+            .bind(uid(n))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    (r.get("status"), r.get("reason"), r.get("not_before"))
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+const DAY: Duration = Duration::from_secs(86_400);
+
+both_engines!(targeting_is_set_based_filtered_and_idempotent, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    user(s, 1, "UNVERIFIED", "intl", None, ",vip,").await;
+    user(s, 2, "UNVERIFIED", "us", None, "").await;
+    user(s, 3, "REJECTED", "intl", Some(now - chrono::Duration::hours(30)), "").await;
+    user(s, 4, "REJECTED", "intl", Some(now - chrono::Duration::hours(2)), "").await;
+    user(s, 5, "VERIFIED", "intl", None, "").await;
+    user(s, 6, "PENDING", "intl", None, "").await;
+    user(s, 7, "UNVERIFIED", "intl", None, ",vip_x,").await;
+    sqlx::query("UPDATE users SET refresh_token_enc = NULL WHERE user_id = $1")
+        .bind(uid(2))
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let c = campaign(s, "c").await;
+    let audience = Audience::default();
+    let plan = s.campaign_plan(c, &audience, now).await.unwrap();
+    let get = |b: &str| plan.iter().find(|p| p.bucket == b).map_or(0, |p| p.count);
+    assert_eq!(get("target"), 3, "{plan:?}");
+    assert_eq!(get("target_deferred"), 1, "{plan:?}");
+    assert_eq!(get("no_refresh_token"), 1, "{plan:?}");
+    assert_eq!(get("not_matching_state"), 2, "{plan:?}");
+
+    assert_eq!(s.target_add_matching(c, &audience, now).await.unwrap(), 4);
+    assert_eq!(s.target_add_matching(c, &audience, now).await.unwrap(), 0, "idempotent");
+    assert_eq!(status_of(s, c, 1).await.0, "pending");
+    let (st, reason, nb) = status_of(s, c, 4).await;
+    assert_eq!((st.as_str(), reason.as_deref()), ("deferred", Some("rejection_cooldown")));
+    assert_eq!(nb, Some(to_millis(now + chrono::Duration::hours(22))), "deferred until the cooldown ends");
+
+    // filters: a tag (with '_' taken literally), a region, a cap
+    let c2 = campaign(s, "c2").await;
+    let tagged = Audience { tags: vec!["vip".into()], ..Audience::default() };
+    assert_eq!(s.target_add_matching(c2, &tagged, now).await.unwrap(), 1);
+    let c3 = campaign(s, "c3").await;
+    let us = Audience { regions: vec![Region::Intl], max_users: Some(2), ..Audience::default() };
+    assert_eq!(s.target_add_matching(c3, &us, now).await.unwrap(), 2);
+    assert_eq!(s.target_add_matching(c3, &us, now).await.unwrap(), 0, "max_users holds across runs");
+    let c4 = campaign(s, "c4").await;
+    let rejected = Audience { states: vec![VerificationState::Rejected], ..Audience::default() };
+    assert_eq!(s.target_add_matching(c4, &rejected, now).await.unwrap(), 2);
+});
+
+both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    for n in 0..50 {
+        user(s, n, "UNVERIFIED", "intl", None, "").await;
+    }
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    let (a, b) = tokio::join!(
+        s.target_claim_batch(c, "worker-a", 30, now, LEASE),
+        s.target_claim_batch(c, "worker-b", 30, now, LEASE)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 50);
+    let mut ids: Vec<&str> = a.iter().chain(&b).map(|t| t.user_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 50, "no user claimed twice");
+    assert!(s.target_claim_batch(c, "worker-c", 10, now, LEASE).await.unwrap().is_empty());
+
+    // a's heartbeat keeps its claims; b dies: its claims come back after the lease
+    let later = now + chrono::Duration::seconds(20);
+    s.target_heartbeat("worker-a", later, LEASE).await.unwrap();
+    let after = now + chrono::Duration::seconds(31);
+    let rescued = s.target_claim_batch(c, "worker-c", 100, after, LEASE).await.unwrap();
+    assert_eq!(rescued.len(), b.len(), "only the dead worker's claims are rescued");
+    assert!(rescued.iter().all(|t| t.attempts == 2));
+
+    // released claims are due at once and the attempt is not counted
+    let ids: Vec<String> = rescued.iter().map(|t| t.user_id.clone()).collect();
+    assert_eq!(s.target_release(c, "worker-c", &ids, after).await.unwrap(), ids.len() as u64);
+    let again = s.target_claim_batch(c, "worker-d", 100, after, LEASE).await.unwrap();
+    assert_eq!(again.len(), ids.len());
+});
+
+both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns, |db: TestDb| async move {
+    let s = &db.store;
+    let mut now = t0();
+    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    // three campaigns reserve for the same user with 24 h sessions: 3 fit, the 4th waits
+    let mut reserved = 0;
+    for i in 0..4 {
+        let c = campaign(s, &format!("c{i}")).await;
+        s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+        s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
+        match s.session_reserve(c, &uid(1), 0, "w", now, DAY).await.unwrap() {
+            Reservation::Reserved { .. } => reserved += 1,
+            Reservation::Deferred { reason, until } => {
+                assert_eq!(reason, DeferReason::Concurrency);
+                assert_eq!(until, now + chrono::Duration::days(1));
+                assert_eq!(status_of(s, c, 1).await.0, "deferred");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(reserved, 3);
+
+    // short sessions: the daily cap of 10 is what stops the 11th
+    user(s, 2, "UNVERIFIED", "intl", None, "").await;
+    let mut ok = 0;
+    for i in 0..11 {
+        let c = campaign(s, &format!("d{i}")).await;
+        s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+        s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
+        match s.session_reserve(c, &uid(2), 0, "w", now, Duration::from_secs(60)).await.unwrap() {
+            Reservation::Reserved { .. } => ok += 1,
+            Reservation::Deferred { reason, .. } => assert_eq!(reason, DeferReason::DailyCap, "at {i}"),
+            Reservation::Skipped(_) => {}
+            other => panic!("{other:?}"),
+        }
+        now += chrono::Duration::minutes(10);
+    }
+    assert_eq!(ok, 10);
+});
+
+both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    user(s, 2, "UNVERIFIED", "intl", None, "").await;
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    s.target_claim_batch(c, "dead", 10, now, LEASE).await.unwrap();
+    // user 1: died after the API answered (issued); user 2: died before it answered (reserved)
+    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "dead", now, DAY).await.unwrap() else {
+        panic!()
+    };
+    s.session_mark_issued(session_id, now).await.unwrap();
+    s.session_reserve(c, &uid(2), 0, "dead", now, DAY).await.unwrap();
+
+    let after = now + chrono::Duration::seconds(31);
+    assert_eq!(s.target_claim_batch(c, "next", 10, after, LEASE).await.unwrap().len(), 2);
+    assert_eq!(s.session_reserve(c, &uid(1), 0, "next", after, DAY).await.unwrap(), Reservation::Ambiguous);
+    assert_eq!(status_of(s, c, 1).await, ("failed".into(), Some("delivery_unknown".into()), None));
+    assert!(matches!(
+        s.session_reserve(c, &uid(2), 0, "next", after, DAY).await.unwrap(),
+        Reservation::Reserved { .. }
+    ));
+    // the interrupted reservation still counts against the user's limits
+    let counted: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM verification_sessions WHERE user_id = $1 AND status IN ('unknown', 'reserved')",
+    )
+    .bind(uid(2))
+    .fetch_one(s.pool())
+    .await
+    .unwrap()
+    .get("n");
+    assert_eq!(counted, 2);
+    // a worker whose claim was taken cannot reserve
+    assert_eq!(s.session_reserve(c, &uid(2), 0, "dead", after, DAY).await.unwrap(), Reservation::LostClaim);
+});

@@ -1,0 +1,121 @@
+//! Campaign runs: one row per run, for `campaign status` and the audit trail.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Store, StoreError, query_err, to_millis};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    Finished,
+    Interrupted,
+    Failed,
+}
+
+impl RunOutcome {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Finished => "finished",
+            RunOutcome::Interrupted => "interrupted",
+            RunOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What one run did, counted by the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunCounts {
+    pub targeted: i64,
+    pub notified: i64,
+    pub skipped: i64,
+    pub deferred: i64,
+    pub failed: i64,
+}
+
+impl Store {
+    /// Records the start of a run and returns its id.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn run_start(&self, campaign_id: i64, worker: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO campaign_runs (campaign_id, worker_id, started_at, outcome) VALUES ($1, $2, $3, 'running') \
+             RETURNING run_id",
+        )
+        .bind(campaign_id)
+        .bind(worker)
+        .bind(to_millis(now))
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|r| r.try_get("run_id"))
+        .map_err(query_err("run_start"))?;
+        sqlx::query("UPDATE campaigns SET last_run_at = $2 WHERE campaign_id = $1")
+            .bind(campaign_id)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("run_start campaign"))?;
+        super::sessions::event_in_tx(
+            &mut tx,
+            now,
+            worker,
+            "run_started",
+            Some(campaign_id),
+            None,
+            &serde_json::json!({ "run_id": id }),
+        )
+        .await?;
+        tx.commit().await.map_err(query_err("run_start commit"))?;
+        Ok(id)
+    }
+
+    /// Records the end of a run.
+    #[allow(clippy::too_many_arguments)]
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn run_finish(
+        &self,
+        run_id: i64,
+        campaign_id: i64,
+        worker: &str,
+        outcome: RunOutcome,
+        counts: RunCounts,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE campaign_runs SET finished_at = $2, outcome = $3, error = $4, targeted = $5, notified = $6, \
+               skipped = $7, deferred = $8, failed = $9 WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(to_millis(now))
+        .bind(outcome.as_str())
+        .bind(error)
+        .bind(counts.targeted)
+        .bind(counts.notified)
+        .bind(counts.skipped)
+        .bind(counts.deferred)
+        .bind(counts.failed)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("run_finish"))?;
+        super::sessions::event_in_tx(
+            &mut tx,
+            now,
+            worker,
+            &format!("run_{}", outcome.as_str()),
+            Some(campaign_id),
+            None,
+            &serde_json::json!({ "run_id": run_id, "counts": counts, "error": error }),
+        )
+        .await?;
+        tx.commit().await.map_err(query_err("run_finish commit"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,408 @@
+//! The session ledger: one row per verification session the worker asked for,
+//! written (`reserved`) *before* the API call, in the same transaction that checks
+//! every per-user limit. A crash can only leave a row that counts against the
+//! limits without a session behind it, never a session the ledger does not know.
+//!
+//! Row states: `reserved` → `issued` (the API answered with a URL, held in memory
+//! only) → `delivered` | `delivery_failed`; `api_failed` (the API definitely
+//! refused: it does not count); `unknown` (a crash or an unclear API failure left
+//! the outcome unknown: it counts). The URL itself is never stored.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
+use crate::domain::VerificationState;
+use crate::domain::policy::{self, DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
+
+/// What reserving a session for a claimed target came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// A ledger row is reserved: call the API now.
+    Reserved { session_id: i64 },
+    /// A limit or cooldown holds; the target is deferred until then.
+    Deferred { reason: DeferReason, until: DateTime<Utc> },
+    /// The user is not to be sent a session (the target is skipped).
+    Skipped(SkipReason),
+    /// An earlier attempt fetched a session and may have delivered it before the
+    /// worker died; to never notify twice the target is failed `delivery_unknown`.
+    Ambiguous,
+    /// The claim was lost (the lease expired and another worker took it).
+    LostClaim,
+}
+
+/// Appends an audit event inside a transaction.
+pub(crate) async fn event_in_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    at: DateTime<Utc>,
+    actor: &str,
+    kind: &str,
+    campaign_id: Option<i64>,
+    user_id: Option<&str>,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(to_millis(at))
+        .bind(actor)
+        .bind(kind)
+        .bind(campaign_id)
+        .bind(user_id)
+        .bind(detail.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("event insert"))?;
+    Ok(())
+}
+
+impl Store {
+    /// Reserves a session for a target `worker` has claimed, if every per-user limit
+    /// allows it now; otherwise settles the target as deferred or skipped. One
+    /// transaction; on Postgres the user's row is locked so that two campaigns
+    /// reserving for one user at once are serialised.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn session_reserve(
+        &self,
+        campaign_id: i64,
+        user_id: &str,
+        step: i64,
+        worker: &str,
+        now: DateTime<Utc>,
+        session_ttl: Duration,
+    ) -> Result<Reservation, StoreError> {
+        let now_ms = to_millis(now);
+        let mut tx = self.begin_write().await?;
+        let lock = match self.backend() {
+            Backend::Postgres => {
+                "SELECT verification_state, rejected_at, consecutive_failures, last_failure_at \
+                 FROM users WHERE user_id = $1 FOR UPDATE"
+            }
+            Backend::Sqlite => {
+                "SELECT verification_state, rejected_at, consecutive_failures, last_failure_at \
+                 FROM users WHERE user_id = $1"
+            }
+        };
+        let user =
+            sqlx::query(lock).bind(user_id).fetch_one(&mut *tx).await.map_err(query_err("session_reserve user"))?;
+        // fence: the target must still be ours
+        let mine: Option<i64> = sqlx::query(
+            "SELECT attempts FROM campaign_targets \
+             WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
+        )
+        .bind(campaign_id)
+        .bind(user_id)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err("session_reserve fence"))?
+        .map(|r| r.try_get("attempts"))
+        .transpose()
+        .map_err(query_err("session_reserve fence"))?;
+        if mine.is_none() {
+            return Ok(Reservation::LostClaim);
+        }
+        // what an earlier, interrupted attempt at this step left behind
+        let earlier = sqlx::query(
+            "SELECT session_id, status FROM verification_sessions \
+             WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status IN ('reserved', 'issued', 'delivered')",
+        )
+        .bind(campaign_id)
+        .bind(user_id)
+        .bind(step)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_err("session_reserve earlier"))?;
+        let mut ambiguous = false;
+        for row in &earlier {
+            let status: String = row.try_get("status").map_err(query_err("session_reserve earlier"))?;
+            let id: i64 = row.try_get("session_id").map_err(query_err("session_reserve earlier"))?;
+            // A reserved row never reached a message: the session may exist, so it
+            // keeps counting, as `unknown`. An issued or delivered one may have
+            // reached the user.
+            if status != "reserved" {
+                ambiguous = true;
+            }
+            sqlx::query("UPDATE verification_sessions SET status = 'unknown', updated_at = $2 WHERE session_id = $1")
+                .bind(id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("session_reserve mark unknown"))?;
+        }
+        if ambiguous {
+            settle_in_tx(&mut tx, campaign_id, user_id, worker, "failed", "delivery_unknown", None, now).await?;
+            tx.commit().await.map_err(query_err("session_reserve commit"))?;
+            return Ok(Reservation::Ambiguous);
+        }
+
+        let standing = standing_from_row(&user)?;
+        let window_start = now_ms - policy::session_window().num_milliseconds();
+        let slots = sqlx::query(
+            "SELECT reserved_at, expires_at FROM verification_sessions \
+             WHERE user_id = $1 AND status <> 'api_failed' AND (reserved_at > $2 OR expires_at > $3)",
+        )
+        .bind(user_id)
+        .bind(window_start)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_err("session_reserve ledger"))?
+        .iter()
+        .map(|r| {
+            Ok(SessionSlot {
+                reserved_at: from_millis(r.try_get("reserved_at")?),
+                expires_at: from_millis(r.try_get("expires_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(query_err("session_reserve ledger"))?;
+
+        let outcome = match policy::evaluate(&standing, &slots, now) {
+            Verdict::Eligible => {
+                let expires = now_ms + i64::try_from(session_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                let id: i64 = sqlx::query(
+                    "INSERT INTO verification_sessions \
+                       (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at) \
+                     VALUES ($1, $2, $3, 'reserved', $4, $5, $4) RETURNING session_id",
+                )
+                .bind(user_id)
+                .bind(campaign_id)
+                .bind(step)
+                .bind(now_ms)
+                .bind(expires)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(query_err("session_reserve insert"))?
+                .try_get("session_id")
+                .map_err(query_err("session_reserve insert"))?;
+                Reservation::Reserved { session_id: id }
+            }
+            Verdict::Defer { reason, until } => {
+                settle_in_tx(&mut tx, campaign_id, user_id, worker, "deferred", reason.as_str(), Some(until), now)
+                    .await?;
+                Reservation::Deferred { reason, until }
+            }
+            Verdict::Skip(reason) => {
+                settle_in_tx(&mut tx, campaign_id, user_id, worker, "skipped", reason.as_str(), None, now).await?;
+                Reservation::Skipped(reason)
+            }
+        };
+        tx.commit().await.map_err(query_err("session_reserve commit"))?;
+        Ok(outcome)
+    }
+
+    /// The API answered with a session: from here a message may reach the user.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn session_mark_issued(&self, session_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE verification_sessions SET status = 'issued', issued_at = $2, updated_at = $2 \
+             WHERE session_id = $1 AND status = 'reserved'",
+        )
+        .bind(session_id)
+        .bind(to_millis(now))
+        .execute(self.pool())
+        .await
+        .map_err(query_err("session_mark_issued"))?;
+        Ok(())
+    }
+
+    /// The API call failed. `definite` means the API surely created no session (a
+    /// 4xx answer): the row stops counting. Otherwise it is `unknown` and keeps
+    /// counting. The target is settled as given.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn session_record_api_failure(
+        &self,
+        campaign_id: i64,
+        user_id: &str,
+        session_id: i64,
+        definite: bool,
+        worker: &str,
+        target_status: &str,
+        reason: &str,
+        not_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
+            .bind(session_id)
+            .bind(if definite { "api_failed" } else { "unknown" })
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("session_record_api_failure"))?;
+        let kept = settle_in_tx(&mut tx, campaign_id, user_id, worker, target_status, reason, not_before, now).await?;
+        tx.commit().await.map_err(query_err("session_record_api_failure commit"))?;
+        Ok(kept)
+    }
+
+    /// The message was delivered (or permanently refused): records the ledger row and
+    /// the target in one transaction. Delivered targets become `notified`; a refused
+    /// one becomes `failed` / `delivery_failed` and is re-queued by a later run.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn session_record_delivery(
+        &self,
+        campaign_id: i64,
+        user_id: &str,
+        session_id: i64,
+        delivered: bool,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let now_ms = to_millis(now);
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
+            .bind(session_id)
+            .bind(if delivered { "delivered" } else { "delivery_failed" })
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("session_record_delivery"))?;
+        let n = if delivered {
+            sqlx::query(
+                "UPDATE campaign_targets SET status = 'notified', reason = NULL, lease_owner = NULL, \
+                   lease_expires_at = NULL, sessions = sessions + 1, notifications = notifications + 1, \
+                   notified_at = $4, updated_at = $4 \
+                 WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
+            )
+        } else {
+            sqlx::query(
+                "UPDATE campaign_targets SET status = 'failed', reason = 'delivery_failed', lease_owner = NULL, \
+                   lease_expires_at = NULL, sessions = sessions + 1, finalized_at = $4, updated_at = $4 \
+                 WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
+            )
+        }
+        .bind(campaign_id)
+        .bind(user_id)
+        .bind(worker)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("session_record_delivery target"))?
+        .rows_affected();
+        event_in_tx(
+            &mut tx,
+            now,
+            worker,
+            if delivered { "target_notified" } else { "target_failed" },
+            Some(campaign_id),
+            Some(user_id),
+            &serde_json::json!({ "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") } }),
+        )
+        .await?;
+        tx.commit().await.map_err(query_err("session_record_delivery commit"))?;
+        Ok(n == 1)
+    }
+
+    /// Stores the state `GET /v1/user` just reported. A change to REJECTED with no
+    /// known time is dated now (the conservative start of the 24 h cooldown).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn user_record_fresh_state(
+        &self,
+        user_id: &str,
+        state: VerificationState,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE users SET \
+               state_changed_at = CASE WHEN verification_state <> $2 THEN $3 ELSE state_changed_at END, \
+               rejected_at = CASE WHEN $2 = 'REJECTED' AND verification_state <> 'REJECTED' THEN $3 ELSE rejected_at END, \
+               verification_state = $2, synced_at = $3, updated_at = $3 \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(state.as_str())
+        .bind(to_millis(now))
+        .execute(self.pool())
+        .await
+        .map_err(query_err("user_record_fresh_state"))?;
+        Ok(())
+    }
+
+    /// Sessions the ledger counts for a campaign (everything but definite API refusals).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn session_count(&self, campaign_id: i64) -> Result<i64, StoreError> {
+        sqlx::query(
+            "SELECT COUNT(*) AS n FROM verification_sessions WHERE campaign_id = $1 AND status <> 'api_failed' \
+             AND status <> 'reserved'",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(query_err("session_count"))
+    }
+}
+
+fn standing_from_row(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> {
+    let state: String = r.try_get("verification_state").map_err(query_err("user standing"))?;
+    let state = state.parse::<VerificationState>().map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let rejected_at: Option<i64> = r.try_get("rejected_at").map_err(query_err("user standing"))?;
+    let failures: i64 = r.try_get("consecutive_failures").map_err(query_err("user standing"))?;
+    let last_failure_at: Option<i64> = r.try_get("last_failure_at").map_err(query_err("user standing"))?;
+    Ok(UserStanding {
+        state,
+        rejected_at: rejected_at.map(from_millis),
+        consecutive_failures: u32::try_from(failures).unwrap_or(u32::MAX),
+        last_failure_at: last_failure_at.map(from_millis),
+    })
+}
+
+/// [`Store::target_settle`] inside a transaction already open.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn settle_in_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    campaign_id: i64,
+    user_id: &str,
+    worker: &str,
+    status: &str,
+    reason: &str,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let now_ms = to_millis(now);
+    let n = sqlx::query(
+        "UPDATE campaign_targets SET status = $4, reason = $5, not_before = $6, lease_owner = NULL, \
+           lease_expires_at = NULL, updated_at = $7, \
+           finalized_at = CASE WHEN $4 IN ('skipped', 'failed') THEN $7 ELSE NULL END \
+         WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
+    )
+    .bind(campaign_id)
+    .bind(user_id)
+    .bind(worker)
+    .bind(status)
+    .bind(reason)
+    .bind(not_before.map(to_millis))
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("target_settle"))?
+    .rows_affected();
+    if n == 1 {
+        event_in_tx(
+            tx,
+            now,
+            worker,
+            &format!("target_{status}"),
+            Some(campaign_id),
+            Some(user_id),
+            &serde_json::json!({ "reason": reason, "not_before": not_before }),
+        )
+        .await?;
+    }
+    Ok(n == 1)
+}

@@ -1,0 +1,406 @@
+//! Campaign targets: who a campaign will notify, and the claims that keep two
+//! workers from processing the same user.
+//!
+//! Targeting is one set-based `INSERT … SELECT`; claiming is one statement that
+//! flips a batch to `claimed` under a lease (Postgres: `FOR UPDATE SKIP LOCKED`;
+//! SQLite: its single writer). A heartbeat renews the lease while the worker lives;
+//! a worker that dies leaves claims that expire and are claimed again by the next.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Backend, Store, StoreError, query_err, to_millis};
+use crate::domain::spec::Audience;
+
+/// A target just claimed, with what the pipeline needs to know of its user.
+#[derive(Debug, Clone)]
+pub struct ClaimedTarget {
+    pub user_id: String,
+    pub step: i64,
+    pub attempts: i64,
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub locale: Option<String>,
+    pub timezone: Option<String>,
+    pub region: String,
+    pub country: Option<String>,
+    pub verification_state: String,
+}
+
+/// One row of a campaign's progress: how many targets have this status and reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusCount {
+    pub status: String,
+    pub reason: Option<String>,
+    pub count: i64,
+}
+
+/// The audience as SQL over `users u`: one predicate per filter (so that `campaign
+/// plan` can say which filter excluded a user), with bound values numbered from
+/// `first`.
+pub(crate) struct AudienceSql {
+    pub predicates: Vec<(&'static str, String)>,
+    pub binds: Vec<Bind>,
+    first: usize,
+}
+
+/// A bound value of a built statement.
+#[derive(Debug, Clone)]
+pub(crate) enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+impl AudienceSql {
+    pub(crate) fn build(a: &Audience, first: usize) -> Self {
+        let mut this = Self { predicates: vec![], binds: vec![], first };
+        let list = |this: &mut Self, name: &'static str, column: &str, values: Vec<String>| {
+            if !values.is_empty() {
+                let marks: Vec<String> = values.into_iter().map(|v| this.mark(Bind::Text(v))).collect();
+                this.predicates.push((name, format!("u.{column} IN ({})", marks.join(", "))));
+            }
+        };
+        list(&mut this, "state", "verification_state", a.states.iter().map(|s| s.as_str().to_owned()).collect());
+        list(&mut this, "region", "region", a.regions.iter().map(|r| r.as_str().to_owned()).collect());
+        list(&mut this, "country", "country", a.countries.clone());
+        if !a.tags.is_empty() {
+            // tags are [A-Za-z0-9._:-]: only '_' is a LIKE wildcard
+            let likes: Vec<String> = a
+                .tags
+                .iter()
+                .map(|t| {
+                    let m = this.mark(Bind::Text(format!("%,{},%", t.replace('_', "\\_"))));
+                    format!("u.tags LIKE {m} ESCAPE '\\'")
+                })
+                .collect();
+            this.predicates.push(("tags", format!("({})", likes.join(" OR "))));
+        }
+        if let Some(b) = a.signed_up_before {
+            let m = this.mark(Bind::Int(to_millis(b)));
+            this.predicates.push(("signed_up_before", format!("u.signed_up_at < {m}")));
+        }
+        if let Some(af) = a.signed_up_after {
+            let m = this.mark(Bind::Int(to_millis(af)));
+            this.predicates.push(("signed_up_after", format!("u.signed_up_at >= {m}")));
+        }
+        this
+    }
+
+    /// Binds a value and returns its placeholder.
+    fn mark(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        format!("${}", self.first + self.binds.len() - 1)
+    }
+
+    /// All predicates joined with AND.
+    pub(crate) fn clause(&self) -> String {
+        if self.predicates.is_empty() {
+            return "TRUE".into();
+        }
+        self.predicates.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(" AND ")
+    }
+}
+
+pub(crate) fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    binds: &'q [Bind],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for b in binds {
+        q = match b {
+            Bind::Int(i) => q.bind(*i),
+            Bind::Text(s) => q.bind(s.as_str()),
+        };
+    }
+    q
+}
+
+/// A user reachable by a campaign: a refresh token on file and no pending re-consent.
+pub(crate) const REACHABLE: &str = "u.refresh_token_enc IS NOT NULL AND u.consent_required_at IS NULL";
+
+const DAY_MS: i64 = 86_400_000;
+
+impl Store {
+    /// Adds every user who matches `audience`, is reachable, and is not a target of
+    /// the campaign yet. A REJECTED user still inside the 24 h cooldown is added as
+    /// `deferred` until it ends, never dropped. Respects `audience.max_users`.
+    /// Returns how many targets were added.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_add_matching(
+        &self,
+        campaign_id: i64,
+        audience: &Audience,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let now_ms = to_millis(now);
+        let mut tx = self.begin_write().await?;
+        if self.backend() == Backend::Postgres {
+            // one targeting pass per campaign at a time, so max_users holds
+            sqlx::query("SELECT pg_advisory_xact_lock(7305, CAST($1 AS INTEGER))")
+                .bind(campaign_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("target_add_matching lock"))?;
+        }
+        let limit = match audience.max_users {
+            None => None,
+            Some(max) => {
+                let have: i64 = sqlx::query("SELECT COUNT(*) AS n FROM campaign_targets WHERE campaign_id = $1")
+                    .bind(campaign_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query_err("target_add_matching count"))?
+                    .try_get("n")
+                    .map_err(query_err("target_add_matching count"))?;
+                let room = i64::try_from(max).unwrap_or(i64::MAX).saturating_sub(have);
+                if room <= 0 {
+                    tx.commit().await.map_err(query_err("target_add_matching commit"))?;
+                    return Ok(0);
+                }
+                Some(room)
+            }
+        };
+        let aud = AudienceSql::build(audience, 3);
+        let cooling = "u.verification_state = 'REJECTED' AND COALESCE(u.rejected_at, $2) + 86400000 > $2";
+        let sql = format!(
+            "INSERT INTO campaign_targets \
+               (campaign_id, user_id, step, status, reason, attempts, not_before, sessions, notifications, created_at, updated_at) \
+             SELECT $1, u.user_id, 0, \
+               CASE WHEN {cooling} THEN 'deferred' ELSE 'pending' END, \
+               CASE WHEN {cooling} THEN 'rejection_cooldown' ELSE NULL END, \
+               0, \
+               CASE WHEN {cooling} THEN COALESCE(u.rejected_at, $2) + {DAY_MS} ELSE NULL END, \
+               0, 0, $2, $2 \
+             FROM users u \
+             WHERE {clause} AND {REACHABLE} \
+               AND NOT EXISTS (SELECT 1 FROM campaign_targets t WHERE t.campaign_id = $1 AND t.user_id = u.user_id) \
+             {limit} \
+             ON CONFLICT DO NOTHING",
+            clause = aud.clause(),
+            limit = match limit {
+                Some(n) => format!("ORDER BY u.user_id LIMIT {n}"),
+                None => String::new(),
+            },
+        );
+        let q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(now_ms);
+        let added =
+            bind_all(q, &aud.binds).execute(&mut *tx).await.map_err(query_err("target_add_matching"))?.rows_affected();
+        tx.commit().await.map_err(query_err("target_add_matching commit"))?;
+        Ok(added)
+    }
+
+    /// Targets whose message could not be delivered become eligible again: a later
+    /// run calls this first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_requeue_delivery_failed(
+        &self,
+        campaign_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        sqlx::query(
+            "UPDATE campaign_targets SET status = 'pending', reason = NULL, not_before = NULL, updated_at = $2 \
+             WHERE campaign_id = $1 AND status = 'failed' AND reason = 'delivery_failed'",
+        )
+        .bind(campaign_id)
+        .bind(to_millis(now))
+        .execute(self.pool())
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(query_err("target_requeue_delivery_failed"))
+    }
+
+    /// Re-queues every failed target of a campaign (`campaign retry-failed`).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_requeue_failed(&self, campaign_id: i64, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        sqlx::query(
+            "UPDATE campaign_targets SET status = 'pending', reason = NULL, not_before = NULL, attempts = 0, updated_at = $2 \
+             WHERE campaign_id = $1 AND status = 'failed'",
+        )
+        .bind(campaign_id)
+        .bind(to_millis(now))
+        .execute(self.pool())
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(query_err("target_requeue_failed"))
+    }
+
+    /// Claims up to `limit` targets that are due (pending, or deferred until now or
+    /// earlier) or whose claim expired, for `worker`, until `now + lease`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_claim_batch(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        limit: i64,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedTarget>, StoreError> {
+        let now_ms = to_millis(now);
+        let expires = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let due = "campaign_id = $1 AND ( \
+                     (status IN ('pending', 'deferred') AND (not_before IS NULL OR not_before <= $2)) \
+                     OR (status = 'claimed' AND lease_expires_at < $2))";
+        let sql = match self.backend() {
+            Backend::Postgres => format!(
+                "WITH picked AS ( \
+                   SELECT campaign_id, user_id FROM campaign_targets WHERE {due} \
+                   LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 UPDATE campaign_targets t SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
+                   claimed_at = $2, attempts = t.attempts + 1, updated_at = $2 \
+                 FROM picked WHERE t.campaign_id = picked.campaign_id AND t.user_id = picked.user_id"
+            ),
+            Backend::Sqlite => format!(
+                "UPDATE campaign_targets SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
+                   claimed_at = $2, attempts = attempts + 1, updated_at = $2 \
+                 WHERE campaign_id = $1 AND user_id IN ( \
+                   SELECT user_id FROM campaign_targets WHERE {due} LIMIT $3)"
+            ),
+        };
+        let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query(AssertSqlSafe(sql))
+            .bind(campaign_id)
+            .bind(now_ms)
+            .bind(limit)
+            .bind(worker)
+            .bind(expires)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("target_claim_batch"))?
+            .rows_affected();
+        let rows = if claimed == 0 {
+            vec![]
+        } else {
+            sqlx::query(
+                "SELECT t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, u.timezone, \
+                        u.region, u.country, u.verification_state \
+                 FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
+                 WHERE t.campaign_id = $1 AND t.lease_owner = $2 AND t.status = 'claimed' AND t.claimed_at = $3",
+            )
+            .bind(campaign_id)
+            .bind(worker)
+            .bind(now_ms)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_err("target_claim_batch read"))?
+        };
+        tx.commit().await.map_err(query_err("target_claim_batch commit"))?;
+        rows.iter().map(claimed_from_row).collect::<Result<_, _>>().map_err(query_err("target_claim_batch row"))
+    }
+
+    /// Renews every claim `worker` holds until `now + lease`. Returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_heartbeat(&self, worker: &str, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
+        let expires = to_millis(now) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query("UPDATE campaign_targets SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'claimed'")
+            .bind(expires)
+            .bind(worker)
+            .execute(self.pool())
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(query_err("target_heartbeat"))
+    }
+
+    /// Gives back claims that `worker` has not started on (a stopping run), so that
+    /// the next run takes them at once. The attempt is not counted.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_release(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        user_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for chunk in user_ids.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+            let sql = format!(
+                "UPDATE campaign_targets SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+                   attempts = attempts - 1, updated_at = $3 \
+                 WHERE campaign_id = $1 AND lease_owner = $2 AND status = 'claimed' AND user_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(worker).bind(to_millis(now));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            released += q.execute(self.pool()).await.map_err(query_err("target_release"))?.rows_affected();
+        }
+        Ok(released)
+    }
+
+    /// Records a final or waiting outcome for a target `worker` holds: `status` is
+    /// one of `skipped`, `failed`, `deferred` (with `not_before`), or `pending` (retry
+    /// later, with `not_before`). Returns false when the claim was lost.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn target_settle(
+        &self,
+        campaign_id: i64,
+        user_id: &str,
+        worker: &str,
+        status: &str,
+        reason: &str,
+        not_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let kept =
+            super::sessions::settle_in_tx(&mut tx, campaign_id, user_id, worker, status, reason, not_before, now)
+                .await?;
+        tx.commit().await.map_err(query_err("target_settle commit"))?;
+        Ok(kept)
+    }
+
+    /// The campaign's targets counted by status and reason.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_counts(&self, campaign_id: i64) -> Result<Vec<StatusCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, reason, COUNT(*) AS n FROM campaign_targets WHERE campaign_id = $1 \
+             GROUP BY status, reason ORDER BY status, reason",
+        )
+        .bind(campaign_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_err("target_counts"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StatusCount { status: r.try_get("status")?, reason: r.try_get("reason")?, count: r.try_get("n")? })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_err("target_counts row"))
+    }
+}
+
+fn claimed_from_row(r: &sqlx::any::AnyRow) -> Result<ClaimedTarget, sqlx::Error> {
+    Ok(ClaimedTarget {
+        user_id: r.try_get("user_id")?,
+        step: r.try_get("step")?,
+        attempts: r.try_get("attempts")?,
+        email: r.try_get("email")?,
+        first_name: r.try_get("first_name")?,
+        last_name: r.try_get("last_name")?,
+        locale: r.try_get("locale")?,
+        timezone: r.try_get("timezone")?,
+        region: r.try_get("region")?,
+        country: r.try_get("country")?,
+        verification_state: r.try_get("verification_state")?,
+    })
+}
