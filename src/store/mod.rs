@@ -17,6 +17,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+pub mod campaigns;
+pub mod events;
 #[cfg(test)]
 mod ledger_tests;
 pub mod progress;
@@ -25,6 +27,7 @@ pub mod sessions;
 pub mod targets;
 #[doc(hidden)]
 pub mod testing;
+pub mod users;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -1,0 +1,374 @@
+//! Campaign records: each applied campaign file, its version and its status.
+//!
+//! The stored spec is the file's own TOML text, and its version changes when the
+//! SHA-256 of that text changes: the audit trail can then show exactly what was
+//! applied, comments included. Applying keeps the status (a paused campaign stays
+//! paused), except that a cancelled campaign cannot be changed at all: cancelling is
+//! final, so a new campaign needs a new name.
+//!
+//! Every applied version and every status change writes an event in the same
+//! transaction.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::events::{NewEvent, event_insert};
+use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
+use crate::domain::{CampaignName, CampaignSpec, SpecError};
+
+/// Where a campaign stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CampaignStatus {
+    /// Runs when due.
+    Active,
+    /// Kept, but not run until resumed.
+    Paused,
+    /// Stopped for good.
+    Cancelled,
+    /// Ran to its end (a one-off campaign); can be cancelled, not resumed.
+    Finished,
+}
+
+impl CampaignStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignStatus::Active => "active",
+            CampaignStatus::Paused => "paused",
+            CampaignStatus::Cancelled => "cancelled",
+            CampaignStatus::Finished => "finished",
+        }
+    }
+}
+
+impl fmt::Display for CampaignStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CampaignStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(CampaignStatus::Active),
+            "paused" => Ok(CampaignStatus::Paused),
+            "cancelled" => Ok(CampaignStatus::Cancelled),
+            "finished" => Ok(CampaignStatus::Finished),
+            other => Err(format!("campaign status {other:?} is not one of active, paused, cancelled, finished")),
+        }
+    }
+}
+
+/// A status change asked for by a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl StatusChange {
+    fn verb(self) -> &'static str {
+        match self {
+            StatusChange::Pause => "paused",
+            StatusChange::Resume => "resumed",
+            StatusChange::Cancel => "cancelled",
+        }
+    }
+
+    /// The status after the change from `from`: `Ok(None)` when it is already there,
+    /// an error message when the change is not allowed.
+    pub fn apply_to(self, from: CampaignStatus) -> Result<Option<CampaignStatus>, String> {
+        use CampaignStatus::*;
+        match (self, from) {
+            (StatusChange::Pause, Active) => Ok(Some(Paused)),
+            (StatusChange::Pause, Paused) | (StatusChange::Resume, Active) | (StatusChange::Cancel, Cancelled) => {
+                Ok(None)
+            }
+            (StatusChange::Resume, Paused) => Ok(Some(Active)),
+            (StatusChange::Cancel, Active | Paused | Finished) => Ok(Some(Cancelled)),
+            (StatusChange::Pause | StatusChange::Resume, Cancelled) => {
+                Err("it is cancelled, which is final; apply the file under a new name to start again".into())
+            }
+            (StatusChange::Pause | StatusChange::Resume, Finished) => {
+                Err("it has finished; apply the file under a new name to run it again".into())
+            }
+        }
+    }
+}
+
+/// A campaign as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CampaignRecord {
+    pub campaign_id: i64,
+    pub name: CampaignName,
+    /// The applied file's TOML text.
+    pub spec_toml: String,
+    /// Lower-case hex SHA-256 of `spec_toml`.
+    pub spec_hash: String,
+    pub version: i64,
+    pub status: CampaignStatus,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub next_run_at: Option<DateTime<Utc>>,
+}
+
+impl CampaignRecord {
+    /// The stored spec, parsed again.
+    ///
+    /// # Errors
+    /// [`SpecError`] when the stored text no longer parses (a newer binary refusing
+    /// an older file), naming the campaign.
+    pub fn spec(&self) -> Result<CampaignSpec, SpecError> {
+        CampaignSpec::from_toml(&self.spec_toml, &format!("campaign {} (version {})", self.name, self.version))
+    }
+}
+
+/// What `campaign apply` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyOutcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl fmt::Display for ApplyOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Updated => "updated",
+            ApplyOutcome::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// The lower-case hex SHA-256 of a campaign file's text.
+pub fn spec_hash(toml_text: &str) -> String {
+    hex::encode(Sha256::digest(toml_text.as_bytes()))
+}
+
+const CAMPAIGN_COLUMNS: &str = "campaign_id, name, spec, spec_hash, version, status, schedule, timezone, \
+     created_at, updated_at, last_run_at, next_run_at";
+
+fn decode(message: String) -> sqlx::Error {
+    sqlx::Error::Decode(message.into())
+}
+
+fn campaign_from_row(row: &AnyRow) -> Result<CampaignRecord, sqlx::Error> {
+    let opt_time = |col: &str| -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(row.try_get::<Option<i64>, _>(col)?.map(from_millis))
+    };
+    Ok(CampaignRecord {
+        campaign_id: row.try_get("campaign_id")?,
+        name: CampaignName::parse(&row.try_get::<String, _>("name")?).map_err(|e| decode(e.to_string()))?,
+        spec_toml: row.try_get("spec")?,
+        spec_hash: row.try_get("spec_hash")?,
+        version: row.try_get("version")?,
+        status: row.try_get::<String, _>("status")?.parse().map_err(decode)?,
+        schedule: row.try_get("schedule")?,
+        timezone: row.try_get("timezone")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        updated_at: from_millis(row.try_get("updated_at")?),
+        last_run_at: opt_time("last_run_at")?,
+        next_run_at: opt_time("next_run_at")?,
+    })
+}
+
+impl Store {
+    /// Creates the campaign `spec` describes, or updates it when `toml_text` differs
+    /// from the applied version (bumping the version and keeping the status), and
+    /// records the applied version in the audit trail. `toml_text` is the file `spec`
+    /// was parsed from.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the campaign is cancelled and the file changed,
+    /// [`StoreError::Query`].
+    pub async fn campaign_apply(
+        &self,
+        spec: &CampaignSpec,
+        toml_text: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(ApplyOutcome, CampaignRecord), StoreError> {
+        let hash = spec_hash(toml_text);
+        let next_run = spec.cron().and_then(|c| c.next_after(now, spec.tz())).map(to_millis);
+        let mut tx = self.begin_write().await?;
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "", // BEGIN IMMEDIATE already holds the write lock
+        };
+        let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE name = $1{lock}");
+        let existing = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(spec.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err("campaign_apply select"))?
+            .map(|r| campaign_from_row(&r))
+            .transpose()
+            .map_err(query_err("campaign_apply select"))?;
+        let (outcome, id, version) = match existing {
+            Some(c) if c.spec_hash == hash => return Ok((ApplyOutcome::Unchanged, c)),
+            Some(c) if c.status == CampaignStatus::Cancelled => {
+                return Err(StoreError::Conflict(format!(
+                    "campaign {} is cancelled (version {}), which is final: give the changed file a new name",
+                    c.name, c.version
+                )));
+            }
+            Some(c) => {
+                sqlx::query(
+                    "UPDATE campaigns SET spec = $1, spec_hash = $2, version = version + 1, schedule = $3, \
+                     timezone = $4, next_run_at = $5, updated_at = $6 WHERE campaign_id = $7",
+                )
+                .bind(toml_text)
+                .bind(hash.as_str())
+                .bind(spec.schedule.clone())
+                .bind(spec.timezone.as_str())
+                .bind(next_run)
+                .bind(to_millis(now))
+                .bind(c.campaign_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("campaign_apply update"))?;
+                (ApplyOutcome::Updated, c.campaign_id, c.version + 1)
+            }
+            None => {
+                // A concurrent first apply of the same name fails on the unique name
+                // and the caller sees a clear error; applying again then updates.
+                let row = sqlx::query(
+                    "INSERT INTO campaigns (name, spec, spec_hash, version, status, schedule, timezone, \
+                     created_at, updated_at, next_run_at) VALUES ($1, $2, $3, 1, 'active', $4, $5, $6, $6, $7) \
+                     RETURNING campaign_id",
+                )
+                .bind(spec.name.as_str())
+                .bind(toml_text)
+                .bind(hash.as_str())
+                .bind(spec.schedule.clone())
+                .bind(spec.timezone.as_str())
+                .bind(to_millis(now))
+                .bind(next_run)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(query_err("campaign_apply insert"))?;
+                let id: i64 = row.try_get("campaign_id").map_err(query_err("campaign_apply insert"))?;
+                (ApplyOutcome::Created, id, 1)
+            }
+        };
+        let event = NewEvent {
+            actor,
+            kind: "campaign.applied",
+            campaign_id: Some(id),
+            user_id: None,
+            detail: Some(serde_json::json!({
+                "name": spec.name.as_str(), "version": version, "spec_hash": hash, "outcome": outcome,
+            })),
+        };
+        event_insert(&mut tx, &event, now).await?;
+        tx.commit().await.map_err(query_err("campaign_apply commit"))?;
+        let record = self
+            .campaign_get(&spec.name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { what: "campaign", key: spec.name.to_string() })?;
+        Ok((outcome, record))
+    }
+
+    /// The campaign called `name`, or `None`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_get(&self, name: &CampaignName) -> Result<Option<CampaignRecord>, StoreError> {
+        let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE name = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_err("campaign_get"))?;
+        row.as_ref().map(campaign_from_row).transpose().map_err(query_err("campaign_get"))
+    }
+
+    /// Every campaign, by name.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_list(&self) -> Result<Vec<CampaignRecord>, StoreError> {
+        let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY name");
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.pool()).await.map_err(query_err("campaign_list"))?;
+        rows.iter().map(campaign_from_row).collect::<Result<_, _>>().map_err(query_err("campaign_list"))
+    }
+
+    /// Pauses, resumes or cancels a campaign and records it. Returns the status
+    /// before and after; equal when it already was where it was asked to go (no
+    /// event then).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown campaign, [`StoreError::Conflict`]
+    /// naming the campaign for a change that is not allowed (resuming a cancelled
+    /// campaign), [`StoreError::Query`].
+    pub async fn campaign_set_status(
+        &self,
+        name: &CampaignName,
+        change: StatusChange,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(CampaignStatus, CampaignStatus), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!("SELECT campaign_id, status FROM campaigns WHERE name = $1{lock}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err("campaign_set_status"))?
+            .ok_or_else(|| StoreError::NotFound { what: "campaign", key: name.to_string() })?;
+        let id: i64 = row.try_get("campaign_id").map_err(query_err("campaign_set_status"))?;
+        let from: CampaignStatus = row
+            .try_get::<String, _>("status")
+            .map_err(query_err("campaign_set_status"))?
+            .parse()
+            .map_err(|e: String| query_err("campaign_set_status")(decode(e)))?;
+        let to = match change.apply_to(from) {
+            Ok(Some(to)) => to,
+            Ok(None) => return Ok((from, from)),
+            Err(why) => {
+                return Err(StoreError::Conflict(format!("campaign {name} cannot be {}: {why}", change.verb())));
+            }
+        };
+        sqlx::query("UPDATE campaigns SET status = $1, updated_at = $2 WHERE campaign_id = $3")
+            .bind(to.as_str())
+            .bind(to_millis(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("campaign_set_status"))?;
+        let kind = match change {
+            StatusChange::Pause => "campaign.paused",
+            StatusChange::Resume => "campaign.resumed",
+            StatusChange::Cancel => "campaign.cancelled",
+        };
+        let event = NewEvent {
+            actor,
+            kind,
+            campaign_id: Some(id),
+            user_id: None,
+            detail: Some(serde_json::json!({ "name": name.as_str(), "from": from, "to": to })),
+        };
+        event_insert(&mut tx, &event, now).await?;
+        tx.commit().await.map_err(query_err("campaign_set_status commit"))?;
+        Ok((from, to))
+    }
+}
+
+#[cfg(test)]
+mod tests;

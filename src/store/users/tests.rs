@@ -1,0 +1,169 @@
+//! The users store on both engines.
+
+use super::*;
+use crate::both_engines;
+use crate::store::testing::TestDb;
+use chrono::TimeZone;
+
+fn id(n: u32) -> UserId {
+    UserId::parse(&format!("00000000-0000-4000-8000-{n:012}")).unwrap()
+}
+
+fn at(h: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, h, 0, 0).unwrap()
+}
+
+fn user(n: u32) -> UserUpsert {
+    UserUpsert {
+        user_id: id(n),
+        email: EmailAddress::parse(&format!("user{n}@example.com")).unwrap(),
+        first_name: Some(format!("First{n}")),
+        last_name: Some("Last".into()),
+        locale: Some("en-GB".into()),
+        timezone: Some("Europe/London".into()),
+        region: if n % 2 == 0 { Region::Intl } else { Region::Us },
+        country: Some("GB".into()),
+        verification_state: if n % 3 == 0 { VerificationState::Rejected } else { VerificationState::Unverified },
+        rejected_at: None,
+        tags: vec![],
+        signed_up_at: Some(at(1)),
+        token: None,
+    }
+}
+
+fn sealed(key: &str, bytes: &[u8]) -> SealedToken {
+    SealedToken { key_id: key.into(), ciphertext: bytes.to_vec() }
+}
+
+both_engines!(upsert_is_idempotent_and_updates, |db: TestDb| async move {
+    let s = &db.store;
+    let rows: Vec<UserUpsert> = (1..=1203).map(user).collect();
+    assert_eq!(s.user_upsert_batch(&rows, at(2)).await.unwrap(), 1203);
+    let before = s.user_get(&id(7)).await.unwrap().unwrap();
+    assert_eq!(s.user_upsert_batch(&rows, at(2)).await.unwrap(), 1203);
+    assert_eq!(s.user_count(&UserFilter::default()).await.unwrap(), 1203);
+    assert_eq!(s.user_get(&id(7)).await.unwrap().unwrap(), before, "same input, same row");
+    assert_eq!(before.first_name.as_deref(), Some("First7"));
+    assert_eq!(before.region, Region::Us);
+    assert_eq!(before.created_at, at(2));
+    assert_eq!(before.state_changed_at, Some(at(2)));
+    assert!(!before.has_token);
+
+    // a later import changes the state: state_changed_at moves, created_at does not
+    let mut changed = user(7);
+    changed.verification_state = VerificationState::Verified;
+    changed.first_name = None;
+    s.user_upsert_batch(&[changed], at(5)).await.unwrap();
+    let after = s.user_get(&id(7)).await.unwrap().unwrap();
+    assert_eq!(after.verification_state, VerificationState::Verified);
+    assert_eq!(after.state_changed_at, Some(at(5)));
+    assert_eq!(after.created_at, at(2));
+    assert_eq!(after.updated_at, at(5));
+    assert_eq!(after.first_name, None);
+    // same state again: state_changed_at stays
+    let mut again = user(7);
+    again.verification_state = VerificationState::Verified;
+    s.user_upsert_batch(&[again], at(6)).await.unwrap();
+    assert_eq!(s.user_get(&id(7)).await.unwrap().unwrap().state_changed_at, Some(at(5)));
+    assert!(s.user_get(&id(99_999)).await.unwrap().is_none());
+});
+
+both_engines!(duplicate_ids_in_one_batch_last_wins, |db: TestDb| async move {
+    let s = &db.store;
+    let mut second = user(1);
+    second.email = EmailAddress::parse("second@example.com").unwrap();
+    assert_eq!(s.user_upsert_batch(&[user(1), user(2), second], at(2)).await.unwrap(), 2);
+    assert_eq!(s.user_get(&id(1)).await.unwrap().unwrap().email.as_str(), "second@example.com");
+});
+
+both_engines!(tokens_rejections_and_signup_are_kept_when_absent, |db: TestDb| async move {
+    let s = &db.store;
+    let mut u = user(3);
+    u.token = Some(sealed("k1", b"\x01\x02sealed"));
+    u.rejected_at = Some(at(1));
+    s.user_upsert_batch(&[u], at(2)).await.unwrap();
+    let plain = user(3); // no token, no rejected_at
+    let mut no_signup = plain.clone();
+    no_signup.signed_up_at = None;
+    s.user_upsert_batch(&[no_signup], at(3)).await.unwrap();
+    let got = s.user_get(&id(3)).await.unwrap().unwrap();
+    assert!(got.has_token);
+    assert_eq!(got.token_key_id.as_deref(), Some("k1"));
+    assert_eq!(got.rejected_at, Some(at(1)));
+    assert_eq!(got.signed_up_at, Some(at(1)));
+    assert_eq!(s.user_token_load(&id(3)).await.unwrap(), Some(sealed("k1", b"\x01\x02sealed")));
+    assert!(format!("{got:?}").contains("has_token: true"));
+
+    // a new token replaces the old one
+    let mut newer = plain;
+    newer.token = Some(sealed("k2", b"other"));
+    s.user_upsert_batch(&[newer], at(4)).await.unwrap();
+    assert_eq!(s.user_token_load(&id(3)).await.unwrap(), Some(sealed("k2", b"other")));
+    assert_eq!(s.user_token_load(&id(4)).await.unwrap_err().to_string(), format!("user not found: {}", id(4)));
+});
+
+both_engines!(filters_by_state_region_and_tag, |db: TestDb| async move {
+    let s = &db.store;
+    let mut rows: Vec<UserUpsert> = (1..=12).map(user).collect();
+    rows[0].tags = vec!["vip".into(), "beta_1".into()];
+    rows[1].tags = vec!["betax1".into()]; // `_` must not be a wildcard
+    rows[2].tags = vec!["VIP".into()]; // tags are case-sensitive on both engines
+    rows[3].tags = vec!["vip2".into()];
+    s.user_upsert_batch(&rows, at(2)).await.unwrap();
+    let count = |f: UserFilter| async move { s.user_count(&f).await.unwrap() };
+    assert_eq!(count(UserFilter { state: Some(VerificationState::Rejected), ..Default::default() }).await, 4);
+    assert_eq!(count(UserFilter { region: Some(Region::Us), ..Default::default() }).await, 6);
+    assert_eq!(
+        count(UserFilter { state: Some(VerificationState::Rejected), region: Some(Region::Us), ..Default::default() })
+            .await,
+        2
+    );
+    assert_eq!(count(UserFilter { tag: Some("vip".into()), ..Default::default() }).await, 1);
+    assert_eq!(count(UserFilter { tag: Some("beta_1".into()), ..Default::default() }).await, 1);
+    assert_eq!(count(UserFilter { tag: Some("VIP".into()), ..Default::default() }).await, 1);
+    let listed = s.user_list(&UserFilter { tag: Some("vip".into()), ..Default::default() }, None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].tags, vec!["vip".to_owned(), "beta_1".to_owned()]);
+
+    // paging in id order
+    let page1 = s.user_list(&UserFilter::default(), None, 5).await.unwrap();
+    let page2 = s.user_list(&UserFilter::default(), Some(&page1[4].user_id), 5).await.unwrap();
+    let page3 = s.user_list(&UserFilter::default(), Some(&page2[4].user_id), 5).await.unwrap();
+    let ids: Vec<UserId> = page1.iter().chain(&page2).chain(&page3).map(|u| u.user_id.clone()).collect();
+    assert_eq!(ids, (1..=12).map(id).collect::<Vec<_>>());
+});
+
+both_engines!(token_compare_and_swap_and_rekey_work_list, |db: TestDb| async move {
+    let s = &db.store;
+    let mut a = user(1);
+    a.token = Some(sealed("old", b"aaa"));
+    let mut b = user(2);
+    b.token = Some(sealed("new", b"bbb"));
+    let mut c = user(3);
+    c.token = Some(sealed("old", b"ccc"));
+    s.user_upsert_batch(&[a, b, c, user(4)], at(2)).await.unwrap();
+    let todo = s.user_tokens_not_under("new", None, 10).await.unwrap();
+    assert_eq!(todo.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>(), vec![id(1), id(3)]);
+    let page = s.user_tokens_not_under("new", Some(&id(1)), 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    // swap only while the stored token is still the old one
+    assert!(s.user_token_replace(&id(1), &todo[0].1, &sealed("new", b"a2"), at(3)).await.unwrap());
+    assert!(!s.user_token_replace(&id(1), &todo[0].1, &sealed("new", b"a3"), at(3)).await.unwrap());
+    assert_eq!(s.user_token_load(&id(1)).await.unwrap(), Some(sealed("new", b"a2")));
+    assert_eq!(s.user_tokens_not_under("new", None, 10).await.unwrap().len(), 1);
+});
+
+#[test]
+fn tag_column_round_trip() {
+    let tags = vec!["a".to_owned(), "b:c".to_owned()];
+    assert_eq!(tags_to_column(&tags), ",a,b:c,");
+    assert_eq!(tags_from_column(",a,b:c,"), tags);
+    assert_eq!(tags_to_column(&[]), "");
+    assert!(tags_from_column("").is_empty());
+}
+
+#[test]
+fn sealed_token_debug_hides_bytes() {
+    let d = format!("{:?}", sealed("k", b"secretbytes"));
+    assert!(!d.contains("secret") && d.contains("11 bytes"), "{d}");
+}
