@@ -14,7 +14,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
-use crate::domain::VerificationState;
+use super::events::{NewEvent, event_insert};
+use crate::domain::{UserId, VerificationState};
 use crate::domain::policy::{self, DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
 
 /// What reserving a session for a claimed target came to.
@@ -33,7 +34,7 @@ pub enum Reservation {
     LostClaim,
 }
 
-/// Appends an audit event inside a transaction.
+/// Appends an audit event inside a transaction (see [`super::events::event_insert`]).
 pub(crate) async fn event_in_tx(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     at: DateTime<Utc>,
@@ -43,17 +44,9 @@ pub(crate) async fn event_in_tx(
     user_id: Option<&str>,
     detail: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(to_millis(at))
-        .bind(actor)
-        .bind(kind)
-        .bind(campaign_id)
-        .bind(user_id)
-        .bind(detail.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(query_err("event insert"))?;
-    Ok(())
+    let user_id = user_id.and_then(|u| UserId::parse(u).ok());
+    let event = NewEvent { actor, kind, campaign_id, user_id: user_id.as_ref(), detail: Some(detail.clone()) };
+    event_insert(&mut **tx, &event, at).await.map(|_| ())
 }
 
 impl Store {
@@ -294,7 +287,7 @@ impl Store {
             &mut tx,
             now,
             worker,
-            if delivered { "target_notified" } else { "target_failed" },
+            if delivered { "target.notified" } else { "target.failed" },
             Some(campaign_id),
             Some(user_id),
             &serde_json::json!({ "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") } }),
@@ -397,7 +390,7 @@ pub(crate) async fn settle_in_tx(
             tx,
             now,
             worker,
-            &format!("target_{status}"),
+            &format!("target.{status}"),
             Some(campaign_id),
             Some(user_id),
             &serde_json::json!({ "reason": reason, "not_before": not_before }),

@@ -1,0 +1,94 @@
+//! `campaign status`, `campaign plan` and `campaign retry-failed`: progress read
+//! straight from the rows.
+
+use chrono::Utc;
+use reverify::store::Store;
+use reverify::store::campaigns::CampaignRecord;
+
+use super::exit;
+
+/// Prints a campaign's progress as a table, or as JSON.
+pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Result<u8> {
+    let now = Utc::now();
+    let p = store.campaign_progress(c.campaign_id, now).await?;
+    if json {
+        let doc = serde_json::json!({
+            "campaign": c.name.as_str(),
+            "status": c.status.as_str(),
+            "version": c.version,
+            "targeted": p.targeted,
+            "pending": p.count("pending"),
+            "claimed": p.count("claimed"),
+            "deferred": p.count("deferred"),
+            "notified": p.count("notified"),
+            "skipped": p.count("skipped"),
+            "failed": p.count("failed"),
+            "converted": p.count("converted"),
+            "by_status": p.by_status,
+            "sessions_issued": p.sessions_issued,
+            "rate_per_second_last_minute": p.rate_per_second(),
+            "due_now": p.due_now,
+            "eta_seconds": p.eta_seconds(),
+            "next_deferred_at": p.next_deferred_at,
+            "last_run_at": c.last_run_at,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(exit::OK);
+    }
+    println!("campaign   {} (version {}, {})", c.name, c.version, c.status);
+    println!("targeted   {}", p.targeted);
+    for status in ["pending", "claimed", "deferred", "notified", "converted", "skipped", "failed"] {
+        let n = p.count(status);
+        if n == 0 && !matches!(status, "pending" | "notified") {
+            continue;
+        }
+        println!("{status:<10} {n}");
+        for row in p.by_status.iter().filter(|r| r.status == status && r.reason.is_some()) {
+            println!("  {:<24} {}", row.reason.as_deref().unwrap_or(""), row.count);
+        }
+    }
+    println!("sessions   {} issued", p.sessions_issued);
+    println!("rate       {:.2} users/s over the last minute", p.rate_per_second());
+    match p.eta_seconds() {
+        Some(s) => println!("eta        {} for {} due now", humantime::format_duration(secs(s)), p.due_now),
+        None if p.due_now > 0 => println!("eta        unknown ({} due now; no recent progress)", p.due_now),
+        None => println!("eta        nothing due now"),
+    }
+    if let Some(t) = p.next_deferred_at {
+        println!("next       deferred users become due at {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
+    Ok(exit::OK)
+}
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs(s.max(0.0).round() as u64)
+}
+
+/// Prints who a run would target now, without calling the API.
+pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Result<u8> {
+    let spec = c.spec()?;
+    let buckets = store.campaign_plan(c.campaign_id, &spec.audience, Utc::now()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "campaign": c.name.as_str(), "buckets": buckets }))?);
+        return Ok(exit::OK);
+    }
+    let get = |b: &str| buckets.iter().find(|x| x.bucket == b).map_or(0, |x| x.count);
+    println!("campaign {}: a run now would add", c.name);
+    println!("  {:<28} {}", "targets, due now", get("target"));
+    println!("  {:<28} {}", "targets, deferred (cooldown)", get("target_deferred"));
+    if let Some(max) = spec.audience.max_users {
+        println!("  (audience.max_users = {max} caps the campaign's targets in all)");
+    }
+    println!("excluded");
+    for b in buckets.iter().filter(|b| !b.bucket.starts_with("target")) {
+        println!("  {:<28} {}", b.bucket, b.count);
+    }
+    Ok(exit::OK)
+}
+
+/// Puts every failed target back in the queue.
+pub async fn retry_failed(store: &Store, c: &CampaignRecord) -> anyhow::Result<u8> {
+    let n = store.target_requeue_failed(c.campaign_id, Utc::now()).await?;
+    println!("campaign {}: {n} failed targets re-queued; the next run retries them", c.name);
+    Ok(exit::OK)
+}
