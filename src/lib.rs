@@ -5,6 +5,7 @@
 //! architecture: `domain` (pure rules) at the bottom, then `store`, `baanx`, `notify`,
 //! then `engine` and `schedule` on top.
 
+pub mod baanx;
 pub mod config;
 pub mod crypto;
 pub mod domain;
