@@ -19,6 +19,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 #[doc(hidden)]
 pub mod testing;
+pub mod tokens;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
