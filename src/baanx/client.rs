@@ -15,7 +15,7 @@ use super::model::{TokenGrant, UserProfile, error_message, oauth_error_code, par
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::tokens::{CachedToken, TokenCache, TokenVault, usable_for};
 use crate::config::{Secret, Settings};
-use crate::domain::{Region, SessionUrl, UserId};
+use crate::domain::{Clock, Region, SessionUrl, SystemClock, UserId};
 
 /// The largest body read; the API's answers are a few hundred bytes.
 const MAX_BODY: usize = 1 << 20;
@@ -42,6 +42,8 @@ pub struct BaanxConfig {
     pub retry: RetryPolicy,
     /// Access tokens are refreshed this long before they expire (default 5 min).
     pub refresh_margin: Duration,
+    /// Decides when a cached access token is stale (the wall clock by default).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl BaanxConfig {
@@ -64,6 +66,7 @@ impl BaanxConfig {
             max_concurrency: s.max_concurrency,
             retry: RetryPolicy::default(),
             refresh_margin: Duration::from_secs(300),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -80,6 +83,7 @@ impl BaanxConfig {
             max_concurrency: d.max_concurrency,
             retry: RetryPolicy::default(),
             refresh_margin: Duration::from_secs(300),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -99,6 +103,7 @@ struct Inner {
     client_key: HeaderValue,
     retry: RetryPolicy,
     refresh_margin: Duration,
+    clock: Arc<dyn Clock>,
     limiter: Arc<Limiter>,
     vault: Arc<dyn TokenVault>,
     cache: TokenCache,
@@ -160,6 +165,7 @@ impl BaanxClient {
                 client_key,
                 retry: cfg.retry,
                 refresh_margin: cfg.refresh_margin,
+                clock: cfg.clock,
                 limiter: Arc::new(Limiter::new(cfg.requests_per_second, cfg.burst, cfg.max_concurrency)),
                 vault,
                 cache: TokenCache::default(),
@@ -242,10 +248,10 @@ impl BaanxClient {
         stale: Option<u64>,
     ) -> Result<(Zeroizing<String>, u64), BaanxError> {
         let inner = &self.inner;
-        let slot = inner.cache.slot(user);
+        let slot = inner.cache.slot(user, inner.clock.now());
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref()
-            && c.fresh_until > Instant::now()
+            && c.fresh_until > inner.clock.now()
             && Some(c.generation) != stale
         {
             return Ok((c.token.clone(), c.generation));
@@ -278,7 +284,9 @@ impl BaanxClient {
         let generation = inner.cache.next_generation();
         *cached = Some(CachedToken {
             token: grant.access_token.clone(),
-            fresh_until: Instant::now() + usable_for(grant.expires_in, inner.refresh_margin),
+            fresh_until: inner.clock.now()
+                + chrono::Duration::from_std(usable_for(grant.expires_in, inner.refresh_margin))
+                    .unwrap_or(chrono::Duration::zero()),
             generation,
         });
         tracing::trace!(expires_in_s = grant.expires_in.as_secs(), "minted access token");

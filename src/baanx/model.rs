@@ -105,6 +105,8 @@ impl std::fmt::Debug for TokenGrant {
 
 /// The contract's access-token lifetime, assumed when `expires_in` is missing.
 const DEFAULT_EXPIRES_IN: u64 = 21_600;
+/// The longest access-token life believed: a year.
+const MAX_EXPIRES_IN: u64 = 366 * 86_400;
 
 impl TokenGrant {
     /// Parses a `POST /v1/auth/oauth/token` success body.
@@ -127,7 +129,8 @@ impl TokenGrant {
             m.get("refresh_token").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|s| Zeroizing::new(s.to_owned()));
         Ok(Self {
             access_token: Zeroizing::new(access_token.to_owned()),
-            expires_in: std::time::Duration::from_secs(expires_in),
+            // bounded, so that a wild value cannot overflow the expiry instant
+            expires_in: std::time::Duration::from_secs(expires_in.min(MAX_EXPIRES_IN)),
             refresh_token,
         })
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::Instant;
+use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
 use super::error::VaultError;
@@ -117,7 +117,8 @@ impl TokenVault for MemoryVault {
 /// An access token in memory, with the instant after which it is not used.
 pub(crate) struct CachedToken {
     pub token: Zeroizing<String>,
-    pub fresh_until: Instant,
+    /// On the client's clock, so that tests can move time.
+    pub fresh_until: DateTime<Utc>,
     /// Distinguishes tokens, so that a 401 invalidates only the token it was
     /// answered to, not a newer one another task minted meanwhile.
     pub generation: u64,
@@ -138,10 +139,9 @@ pub(crate) struct TokenCache {
 
 impl TokenCache {
     /// The user's slot, created when missing.
-    pub fn slot(&self, user: &UserId) -> Slot {
+    pub fn slot(&self, user: &UserId, now: DateTime<Utc>) -> Slot {
         let mut slots = self.slots.lock().expect("token cache lock poisoned");
         if slots.len() > PRUNE_ABOVE && !slots.contains_key(user) {
-            let now = Instant::now();
             // keep slots in use (someone holds the Arc) and tokens still fresh
             slots.retain(|_, s| {
                 Arc::strong_count(s) > 1
