@@ -9,6 +9,7 @@ pub mod baanx;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 
