@@ -5,10 +5,12 @@
 //! architecture: `domain` (pure rules) at the bottom, then `store`, `baanx`, `notify`,
 //! then `engine` and `schedule` on top.
 
+pub mod baanx;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod engine;
+pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 

@@ -28,6 +28,7 @@ pub mod targets;
 #[doc(hidden)]
 pub mod testing;
 pub mod users;
+pub mod tokens;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

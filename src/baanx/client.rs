@@ -1,0 +1,450 @@
+//! The client: one pooled HTTP connection set, the limiter, the token cache and
+//! the retry loop, behind three calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::error::{BaanxError, ConsentReason, Endpoint, TransportKind, scrub_excerpt};
+use super::limiter::{Limiter, LimiterStats};
+use super::model::{TokenGrant, UserProfile, error_message, oauth_error_code, parse_session};
+use super::retry::{RetryPolicy, parse_retry_after};
+use super::tokens::{CachedToken, TokenCache, TokenVault, usable_for};
+use crate::config::{Secret, Settings};
+use crate::domain::{Clock, Region, SessionUrl, SystemClock, UserId};
+
+/// The largest body read; the API's answers are a few hundred bytes.
+const MAX_BODY: usize = 1 << 20;
+
+/// Everything the client is built from. [`BaanxConfig::from_settings`] maps the
+/// settings onto it; tests build it directly.
+#[derive(Debug, Clone)]
+pub struct BaanxConfig {
+    /// `baanx_base_url`.
+    pub base_url: url::Url,
+    /// `baanx_client_key`, sent as `x-client-key` on every call.
+    pub client_key: Secret,
+    /// `http_connect_timeout_ms` (default 5 s).
+    pub connect_timeout: Duration,
+    /// `http_request_timeout_ms` (default 30 s): the whole exchange, body included.
+    pub request_timeout: Duration,
+    /// `requests_per_second`, per region (default 50).
+    pub requests_per_second: f64,
+    /// `burst` (default 10).
+    pub burst: u32,
+    /// `max_concurrency`: requests in flight over all regions (default 64).
+    pub max_concurrency: u32,
+    /// Retry budget per call.
+    pub retry: RetryPolicy,
+    /// Access tokens are refreshed this long before they expire (default 5 min).
+    pub refresh_margin: Duration,
+    /// Decides when a cached access token is stale (the wall clock by default).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl BaanxConfig {
+    /// The client's configuration from the settings.
+    ///
+    /// # Errors
+    /// [`BaanxError::Config`] when `baanx_client_key` is not set.
+    pub fn from_settings(s: &Settings) -> Result<Self, BaanxError> {
+        let client_key = s.baanx_client_key.clone().ok_or(BaanxError::Config {
+            key: "baanx_client_key",
+            message: "not set: set REVERIFY_BAANX_CLIENT_KEY or REVERIFY_BAANX_CLIENT_KEY_FILE".into(),
+        })?;
+        Ok(Self {
+            base_url: s.baanx_base_url.clone(),
+            client_key,
+            connect_timeout: Duration::from_millis(s.http_connect_timeout_ms),
+            request_timeout: Duration::from_millis(s.http_request_timeout_ms),
+            requests_per_second: s.requests_per_second,
+            burst: s.burst,
+            max_concurrency: s.max_concurrency,
+            retry: RetryPolicy::default(),
+            refresh_margin: Duration::from_secs(300),
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Defaults for everything but the base URL and client key.
+    pub fn new(base_url: url::Url, client_key: Secret) -> Self {
+        let d = Settings::default();
+        Self {
+            base_url,
+            client_key,
+            connect_timeout: Duration::from_millis(d.http_connect_timeout_ms),
+            request_timeout: Duration::from_millis(d.http_request_timeout_ms),
+            requests_per_second: d.requests_per_second,
+            burst: d.burst,
+            max_concurrency: d.max_concurrency,
+            retry: RetryPolicy::default(),
+            refresh_margin: Duration::from_secs(300),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The Baanx API client. Clones share connections, limiter and token cache.
+///
+/// Every call waits on the shared [`Limiter`] internally; callers must not
+/// acquire it themselves.
+#[derive(Clone)]
+pub struct BaanxClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: url::Url,
+    client_key: HeaderValue,
+    retry: RetryPolicy,
+    refresh_margin: Duration,
+    clock: Arc<dyn Clock>,
+    limiter: Arc<Limiter>,
+    vault: Arc<dyn TokenVault>,
+    cache: TokenCache,
+}
+
+impl std::fmt::Debug for BaanxClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaanxClient")
+            .field("base_url", &self.inner.base.as_str())
+            .field("limiter", &self.inner.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One HTTP answer, read in full.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl BaanxClient {
+    /// Builds the client: rustls, pooled keep-alive connections, the configured
+    /// timeouts, no redirects (the API has none, and a redirect must not carry the
+    /// bearer elsewhere).
+    ///
+    /// # Errors
+    /// [`BaanxError::Config`] for a client key that is not a valid header value or a
+    /// base URL that cannot be a base.
+    pub fn new(cfg: BaanxConfig, vault: Arc<dyn TokenVault>) -> Result<Self, BaanxError> {
+        let mut client_key = HeaderValue::from_str(cfg.client_key.expose()).map_err(|_| BaanxError::Config {
+            key: "baanx_client_key",
+            message: "contains characters not allowed in an HTTP header".into(),
+        })?;
+        client_key.set_sensitive(true);
+        let mut base = cfg.base_url.clone();
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(BaanxError::Config { key: "baanx_base_url", message: format!("{base} is not an http(s) URL") });
+        }
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(cfg.max_concurrency as usize)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("reverify/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BaanxError::Config { key: "baanx_base_url", message: format!("cannot build HTTP client: {e}") })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                client_key,
+                retry: cfg.retry,
+                refresh_margin: cfg.refresh_margin,
+                clock: cfg.clock,
+                limiter: Arc::new(Limiter::new(cfg.requests_per_second, cfg.burst, cfg.max_concurrency)),
+                vault,
+                cache: TokenCache::default(),
+            }),
+        })
+    }
+
+    /// The shared limiter, for its counters and pause state. Calls already wait on
+    /// it; do not acquire it around them.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.inner.limiter
+    }
+
+    /// The limiter's counters.
+    pub fn stats(&self) -> LimiterStats {
+        self.inner.limiter.stats()
+    }
+
+    /// Forgets every cached access token; the next call for a user mints one.
+    pub fn forget_access_tokens(&self) {
+        self.inner.cache.clear();
+    }
+
+    /// `GET /v1/user`: the user's current profile and verification state.
+    ///
+    /// # Errors
+    /// Any [`BaanxError`]; see [`BaanxError::class`] for what each means.
+    #[tracing::instrument(name = "baanx.get_user", skip_all, fields(user_id = %user, region = %region))]
+    pub async fn get_user(&self, user: &UserId, region: Region) -> Result<UserProfile, BaanxError> {
+        let answer = self.user_call(Endpoint::User, user, region).await?;
+        let profile = UserProfile::parse(answer.status, &answer.body)?;
+        if &profile.id != user {
+            return Err(BaanxError::Malformed {
+                endpoint: Endpoint::User,
+                status: answer.status,
+                problem: format!("answered for user {} instead", profile.id),
+                excerpt: String::new(),
+            });
+        }
+        Ok(profile)
+    }
+
+    /// `GET /v1/user/verification`: a new verification session. The URL comes back
+    /// in [`SessionUrl`], which shows nothing of itself.
+    ///
+    /// Decision: a timeout or a connection broken mid-request is *not* retried
+    /// here, unlike on the other calls: the server may have created the session,
+    /// and a retry would spend another of the user's 10 a day without the ledger
+    /// knowing. The caller records such a session as `unknown` (counted).
+    ///
+    /// # Errors
+    /// Any [`BaanxError`]; see [`BaanxError::class`] for what each means.
+    #[tracing::instrument(name = "baanx.start_verification", skip_all, fields(user_id = %user, region = %region))]
+    pub async fn start_verification(&self, user: &UserId, region: Region) -> Result<SessionUrl, BaanxError> {
+        let answer = self.user_call(Endpoint::Verification, user, region).await?;
+        parse_session(answer.status, &answer.body)
+    }
+
+    /// A user call with the 401 rule: on 401, mint a new access token once and
+    /// send once more; a second 401 is [`BaanxError::Unauthorized`].
+    async fn user_call(&self, endpoint: Endpoint, user: &UserId, region: Region) -> Result<Answer, BaanxError> {
+        let (token, generation) = self.access_token(user, region, None).await?;
+        match self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None)).await {
+            Err(BaanxError::Unauthorized { .. }) => {
+                tracing::debug!(endpoint = endpoint.as_str(), "401: minting a new access token and retrying once");
+                let (token, _) = self.access_token(user, region, Some(generation)).await?;
+                self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None)).await
+            }
+            other => other,
+        }
+    }
+
+    /// The user's access token: the cached one while fresh (and not the one a 401
+    /// just refused, `stale`), else a new one minted from the refresh token. Runs
+    /// under the user's single-flight lock.
+    async fn access_token(
+        &self,
+        user: &UserId,
+        region: Region,
+        stale: Option<u64>,
+    ) -> Result<(Zeroizing<String>, u64), BaanxError> {
+        let inner = &self.inner;
+        let slot = inner.cache.slot(user, inner.clock.now());
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.fresh_until > inner.clock.now()
+            && Some(c.generation) != stale
+        {
+            return Ok((c.token.clone(), c.generation));
+        }
+        *cached = None;
+        let vault_err = |action: &'static str| {
+            move |source| BaanxError::Vault { user_id: user.to_string(), action, source }
+        };
+        let refresh = inner
+            .vault
+            .load(user)
+            .await
+            .map_err(vault_err("load refresh token"))?
+            .ok_or_else(|| BaanxError::ConsentRequired { user_id: user.to_string(), reason: ConsentReason::NoToken })?;
+        let grant = match self.with_retries(Endpoint::Token, || self.send(Endpoint::Token, user, region, None, Some(&refresh))).await {
+            Ok(answer) => TokenGrant::parse(answer.status, &answer.body)?,
+            Err(e @ BaanxError::ConsentRequired { .. }) => {
+                tracing::warn!("refresh token refused (invalid_grant): the user must consent again");
+                inner.vault.mark_consent_required(user).await.map_err(vault_err("mark consent required"))?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        inner.limiter.count_token_refresh();
+        // Invariant 4: the rotated refresh token is durable before the new access
+        // token is used; the old one is already dead on the server.
+        if let Some(rotated) = &grant.refresh_token {
+            inner.vault.store_rotated(user, rotated).await.map_err(vault_err("store rotated refresh token"))?;
+        }
+        let generation = inner.cache.next_generation();
+        *cached = Some(CachedToken {
+            token: grant.access_token.clone(),
+            fresh_until: inner.clock.now()
+                + chrono::Duration::from_std(usable_for(grant.expires_in, inner.refresh_margin))
+                    .unwrap_or(chrono::Duration::zero()),
+            generation,
+        });
+        tracing::trace!(expires_in_s = grant.expires_in.as_secs(), "minted access token");
+        Ok((grant.access_token, generation))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the budget is spent.
+    async fn with_retries<F, Fut>(&self, endpoint: Endpoint, mut attempt: F) -> Result<Answer, BaanxError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Answer, BaanxError>>,
+    {
+        let policy = &self.inner.retry;
+        let started = Instant::now();
+        let (mut failures, mut rate_limited) = (0u32, 0u32);
+        loop {
+            let err = match attempt().await {
+                Ok(a) => return Ok(a),
+                Err(e) => e,
+            };
+            let ambiguous = matches!(err, BaanxError::Transport { kind: TransportKind::Timeout | TransportKind::Other, .. });
+            if !err.is_retryable() || (endpoint == Endpoint::Verification && ambiguous) {
+                return Err(err);
+            }
+            let delay = if let BaanxError::RateLimited { retry_after, .. } = &err {
+                rate_limited += 1;
+                if rate_limited >= policy.max_rate_limited_attempts {
+                    return Err(give_up(endpoint, failures + rate_limited, started, err));
+                }
+                // the pause is global: the next acquire waits for it
+                self.inner.limiter.on_rate_limited(*retry_after)
+            } else {
+                failures += 1;
+                if failures >= policy.max_attempts {
+                    return Err(give_up(endpoint, failures + rate_limited, started, err));
+                }
+                policy.backoff(failures)
+            };
+            if started.elapsed() + delay > policy.max_elapsed {
+                return Err(give_up(endpoint, failures + rate_limited, started, err));
+            }
+            tracing::debug!(
+                endpoint = endpoint.as_str(),
+                error = %err,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "retrying"
+            );
+            if !matches!(err, BaanxError::RateLimited { .. }) {
+                tokio::time::sleep(delay).await;
+            }
+            self.inner.limiter.count_retry();
+        }
+    }
+
+    /// Sends one request through the limiter and classifies the answer.
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        user: &UserId,
+        region: Region,
+        bearer: Option<&str>,
+        refresh_token: Option<&str>,
+    ) -> Result<Answer, BaanxError> {
+        let inner = &self.inner;
+        let url = inner.base.join(endpoint.path()).expect("a relative path joins onto a base URL");
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert("x-client-key", inner.client_key.clone());
+        headers.insert("x-us-env", HeaderValue::from_static(if region == Region::Us { "true" } else { "false" }));
+        if let Some(token) = bearer {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| BaanxError::Malformed {
+                endpoint,
+                status: StatusCode::OK,
+                problem: "the access token is not a valid header value".into(),
+                excerpt: String::new(),
+            })?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let request = match refresh_token {
+            Some(rt) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let body = serde_json::to_vec(&serde_json::json!({"grant_type": "refresh_token", "refresh_token": rt}))
+                    .expect("a JSON object serializes");
+                inner.http.post(url).headers(headers).body(body)
+            }
+            None => inner.http.get(url).headers(headers),
+        };
+
+        let admission = inner.limiter.acquire(region).await;
+        let sent = Instant::now();
+        let transport = |e: reqwest::Error| {
+            let kind = if e.is_connect() {
+                TransportKind::Connect
+            } else if e.is_timeout() {
+                TransportKind::Timeout
+            } else {
+                TransportKind::Other
+            };
+            tracing::trace!(endpoint = endpoint.as_str(), %kind, "baanx transport failure");
+            BaanxError::Transport { endpoint, kind, source: e.without_url() }
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(BaanxError::Malformed {
+                    endpoint,
+                    status,
+                    problem: format!("body larger than {MAX_BODY} bytes"),
+                    excerpt: scrub_excerpt(&body),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        drop(admission);
+        tracing::trace!(
+            endpoint = endpoint.as_str(),
+            status = status.as_u16(),
+            latency_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "baanx answered"
+        );
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            inner.limiter.on_success();
+        }
+        classify(endpoint, user, Answer { status, retry_after, body })
+    }
+}
+
+fn give_up(endpoint: Endpoint, attempts: u32, started: Instant, last: BaanxError) -> BaanxError {
+    tracing::debug!(endpoint = endpoint.as_str(), attempts, error = %last, "giving up");
+    BaanxError::GaveUp { endpoint, attempts, elapsed: started.elapsed(), last: Box::new(last) }
+}
+
+/// The one place a status becomes an outcome.
+fn classify(endpoint: Endpoint, user: &UserId, answer: Answer) -> Result<Answer, BaanxError> {
+    let status = answer.status;
+    if status.is_success() {
+        return Ok(answer);
+    }
+    let user_id = user.to_string();
+    if endpoint == Endpoint::Token
+        && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED)
+        && oauth_error_code(&answer.body).as_deref() == Some("invalid_grant")
+    {
+        return Err(BaanxError::ConsentRequired { user_id, reason: ConsentReason::InvalidGrant });
+    }
+    Err(match status {
+        // on the token endpoint a 401 is about the client, not the user's token
+        StatusCode::UNAUTHORIZED if endpoint != Endpoint::Token => BaanxError::Unauthorized { endpoint, user_id },
+        StatusCode::FORBIDDEN => BaanxError::Forbidden { endpoint, user_id, message: error_message(&answer.body) },
+        StatusCode::TOO_MANY_REQUESTS => BaanxError::RateLimited { endpoint, retry_after: answer.retry_after },
+        s if s.is_server_error() => BaanxError::Server { endpoint, status: s, excerpt: scrub_excerpt(&answer.body) },
+        s => BaanxError::UnexpectedStatus { endpoint, status: s, excerpt: scrub_excerpt(&answer.body) },
+    })
+}

@@ -1,0 +1,243 @@
+//! What the sandbox saw: request counts, sessions, limit violations and injected
+//! faults, kept in atomics so that counting costs no lock on the hot path.
+//!
+//! A violation is a request the real API would have refused for a per-user limit; the
+//! worker must never cause one, so tests and benchmarks assert that the count is zero.
+//! The per-second histogram of `GET /v1/user/verification` lets a benchmark check that
+//! the worker's global rate limit holds (rate fidelity).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::DeferReason;
+
+/// The endpoints the sandbox counts requests for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    User,
+    Verification,
+    SessionPage,
+    SessionComplete,
+    Control,
+    NotFound,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 7] = [
+        Endpoint::Token,
+        Endpoint::User,
+        Endpoint::Verification,
+        Endpoint::SessionPage,
+        Endpoint::SessionComplete,
+        Endpoint::Control,
+        Endpoint::NotFound,
+    ];
+
+    /// The key in [`Stats::requests`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Token => "POST /v1/auth/oauth/token",
+            Endpoint::User => "GET /v1/user",
+            Endpoint::Verification => "GET /v1/user/verification",
+            Endpoint::SessionPage => "GET /session/{id}",
+            Endpoint::SessionComplete => "/session/{id}?outcome",
+            Endpoint::Control => "/_sandbox",
+            Endpoint::NotFound => "not found",
+        }
+    }
+}
+
+const REASONS: [DeferReason; 4] =
+    [DeferReason::DailyCap, DeferReason::Concurrency, DeferReason::FailureCooldown, DeferReason::RejectionCooldown];
+
+fn reason_index(r: DeferReason) -> usize {
+    REASONS.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+/// Histogram resolution: 100 ms buckets, so the busiest 1-second window slides in
+/// 100 ms steps instead of being pinned to whole seconds.
+const BUCKETS_PER_SECOND: usize = 10;
+
+/// The live counters.
+#[derive(Debug)]
+pub struct Counters {
+    started: Instant,
+    requests: [AtomicU64; 7],
+    pub sessions_issued: AtomicU64,
+    pub completed_verified: AtomicU64,
+    pub completed_rejected: AtomicU64,
+    pub completed_abandoned: AtomicU64,
+    pub max_sessions_24h: AtomicU64,
+    pub max_concurrent: AtomicU64,
+    violations: [AtomicU64; 4],
+    pub throttled_limit: AtomicU64,
+    pub throttled_rate_cap: AtomicU64,
+    pub throttled_injected: AtomicU64,
+    pub injected_500: AtomicU64,
+    pub injected_timeouts: AtomicU64,
+    pub webhooks_delivered: AtomicU64,
+    pub webhooks_failed: AtomicU64,
+    verification_buckets: Mutex<Vec<u32>>,
+}
+
+impl Counters {
+    /// Counters starting now.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            requests: Default::default(),
+            sessions_issued: AtomicU64::new(0),
+            completed_verified: AtomicU64::new(0),
+            completed_rejected: AtomicU64::new(0),
+            completed_abandoned: AtomicU64::new(0),
+            max_sessions_24h: AtomicU64::new(0),
+            max_concurrent: AtomicU64::new(0),
+            violations: Default::default(),
+            throttled_limit: AtomicU64::new(0),
+            throttled_rate_cap: AtomicU64::new(0),
+            throttled_injected: AtomicU64::new(0),
+            injected_500: AtomicU64::new(0),
+            injected_timeouts: AtomicU64::new(0),
+            webhooks_delivered: AtomicU64::new(0),
+            webhooks_failed: AtomicU64::new(0),
+            verification_buckets: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts one request.
+    pub fn request(&self, e: Endpoint) {
+        let i = Endpoint::ALL.iter().position(|x| *x == e).unwrap_or(0);
+        self.requests[i].fetch_add(1, Ordering::Relaxed);
+        if e == Endpoint::Verification {
+            let bucket = (self.started.elapsed().as_millis() / (1000 / BUCKETS_PER_SECOND as u128)) as usize;
+            let mut b = self.verification_buckets.lock().expect("histogram poisoned");
+            if b.len() <= bucket {
+                b.resize(bucket + 1, 0);
+            }
+            b[bucket] = b[bucket].saturating_add(1);
+        }
+    }
+
+    /// Counts a request over a per-user limit.
+    pub fn violation(&self, r: DeferReason) {
+        self.violations[reason_index(r)].fetch_add(1, Ordering::Relaxed);
+        self.throttled_limit.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> Stats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let requests = Endpoint::ALL.iter().zip(&self.requests).map(|(e, n)| (e.as_str().to_owned(), get(n))).collect();
+        let violations_by_kind: BTreeMap<String, u64> =
+            REASONS.iter().zip(&self.violations).map(|(r, n)| (r.as_str().to_owned(), get(n))).collect();
+        let buckets = self.verification_buckets.lock().expect("histogram poisoned").clone();
+        let per_second: Vec<u64> =
+            buckets.chunks(BUCKETS_PER_SECOND).map(|c| c.iter().map(|x| u64::from(*x)).sum()).collect();
+        let first = per_second.iter().position(|n| *n > 0).unwrap_or(per_second.len());
+        let busiest = buckets
+            .windows(BUCKETS_PER_SECOND.min(buckets.len().max(1)))
+            .map(|w| w.iter().map(|x| u64::from(*x)).sum::<u64>())
+            .max()
+            .unwrap_or(0);
+        let (limit, cap, injected) =
+            (get(&self.throttled_limit), get(&self.throttled_rate_cap), get(&self.throttled_injected));
+        Stats {
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            requests,
+            sessions_issued: get(&self.sessions_issued),
+            sessions_completed: [
+                ("verified", &self.completed_verified),
+                ("rejected", &self.completed_rejected),
+                ("abandoned", &self.completed_abandoned),
+            ]
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), get(n)))
+            .collect(),
+            max_sessions_per_user_24h: get(&self.max_sessions_24h),
+            max_concurrent_sessions_per_user: get(&self.max_concurrent),
+            violations: violations_by_kind.values().sum(),
+            violations_by_kind,
+            too_many_requests: TooManyRequests { total: limit + cap + injected, limit, rate_cap: cap, injected },
+            injected_server_errors: get(&self.injected_500),
+            injected_timeouts: get(&self.injected_timeouts),
+            webhooks_delivered: get(&self.webhooks_delivered),
+            webhooks_failed: get(&self.webhooks_failed),
+            verification_busiest_second: busiest,
+            verification_first_second: first as u64,
+            verification_per_second: per_second[first..].to_vec(),
+        }
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// 429 answers, by cause.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TooManyRequests {
+    pub total: u64,
+    /// Refused for a per-user limit (each is also a violation).
+    pub limit: u64,
+    /// Over the global request-rate cap (`--rate-cap`); not a violation.
+    pub rate_cap: u64,
+    /// Injected at random (`--throttle-rate`) or scripted.
+    pub injected: u64,
+}
+
+/// `GET /_sandbox/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Since the sandbox started.
+    pub uptime_ms: u64,
+    /// Requests per endpoint, including refused and faulted ones.
+    pub requests: BTreeMap<String, u64>,
+    /// Sessions answered with a `sessionUrl`.
+    pub sessions_issued: u64,
+    /// Sessions completed, by outcome (verified, rejected, abandoned).
+    pub sessions_completed: BTreeMap<String, u64>,
+    /// The most sessions any user got in any rolling 24 hours.
+    pub max_sessions_per_user_24h: u64,
+    /// The most unexpired sessions any user held at once.
+    pub max_concurrent_sessions_per_user: u64,
+    /// Requests over a per-user limit: the worker must keep this at 0.
+    pub violations: u64,
+    /// The same, by limit: daily_cap, concurrency, failure_cooldown, rejection_cooldown.
+    pub violations_by_kind: BTreeMap<String, u64>,
+    pub too_many_requests: TooManyRequests,
+    /// 500s injected.
+    pub injected_server_errors: u64,
+    /// Requests made to hang.
+    pub injected_timeouts: u64,
+    /// Webhook deliveries answered 2xx.
+    pub webhooks_delivered: u64,
+    /// Webhook deliveries given up.
+    pub webhooks_failed: u64,
+    /// The most `GET /v1/user/verification` requests in any 1-second window (sliding
+    /// in 100 ms steps).
+    pub verification_busiest_second: u64,
+    /// Seconds from the start to the first entry of `verification_per_second`.
+    pub verification_first_second: u64,
+    /// `GET /v1/user/verification` requests per whole second, from the first second
+    /// that had any.
+    pub verification_per_second: Vec<u64>,
+}
+
+impl Stats {
+    /// Requests counted for one endpoint.
+    pub fn requests_to(&self, e: Endpoint) -> u64 {
+        self.requests.get(e.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Violations of one limit.
+    pub fn violations_of(&self, r: DeferReason) -> u64 {
+        self.violations_by_kind.get(r.as_str()).copied().unwrap_or(0)
+    }
+}
