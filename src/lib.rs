@@ -8,6 +8,7 @@
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod notify;
 pub mod store;
 pub mod telemetry;
 
