@@ -3,6 +3,8 @@
 set -euo pipefail
 need_apt=()
 command -v pg_isready >/dev/null || need_apt+=(postgresql-client)
+# the SMTP server the notify and engine tests send to (src/notify/testing.rs)
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need_apt+=(python3-aiosmtpd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

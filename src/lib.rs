@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod engine;
+pub mod notify;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

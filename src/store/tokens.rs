@@ -66,7 +66,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when the user does not exist, [`StoreError::Query`].
-    pub async fn user_token_replace(
+    pub async fn user_token_store_rotated(
         &self,
         user: &UserId,
         sealed: &[u8],
@@ -82,7 +82,7 @@ impl Store {
         .bind(now_ms)
         .execute(self.pool())
         .await
-        .map_err(query_err("user_token_replace"))?;
+        .map_err(query_err("user_token_store_rotated"))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: "user", key: user.to_string() });
         }
@@ -178,7 +178,7 @@ impl TokenVault for StoreTokenVault {
 
     async fn store_rotated(&self, user: &UserId, new_token: &str) -> Result<(), VaultError> {
         let sealed = self.cipher.seal(user.as_str(), new_token);
-        self.store.user_token_replace(user, &sealed, self.cipher.key_id(), to_millis(self.clock.now())).await?;
+        self.store.user_token_store_rotated(user, &sealed, self.cipher.key_id(), to_millis(self.clock.now())).await?;
         Ok(())
     }
 
@@ -243,7 +243,7 @@ mod tests {
         let other = UserId::parse("7f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
         insert_user(&db.store, other.as_str()).await;
         let moved = db.store.user_token_get(&user).await.unwrap().unwrap();
-        db.store.user_token_replace(&other, &moved.sealed, &moved.key_id, 1).await.unwrap();
+        db.store.user_token_store_rotated(&other, &moved.sealed, &moved.key_id, 1).await.unwrap();
         assert!(vault.load(&other).await.is_err());
     });
 }

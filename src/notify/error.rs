@@ -1,0 +1,106 @@
+//! The one error type of the `notify` layer, and the classification every caller
+//! relies on: transient (retry while the URL is in memory) or permanent (record
+//! `delivery_failed`).
+//!
+//! Errors keep their causes as text, never as a `source` object: a lower layer's
+//! error (minijinja's debug dump, a server's echo) could carry the URL, so every
+//! message is built here and scrubbed with [`NotifyError::scrubbed`].
+
+use std::time::Duration;
+
+use crate::domain::SessionUrl;
+
+use super::template::TemplateError;
+
+/// Why a message was not delivered, or a notifier not set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    /// Worth retrying: a 4xx SMTP reply, a refused or dropped connection, a
+    /// timeout, an HTTP 408/429/5xx.
+    #[error("transient delivery failure: {reason}")]
+    Transient {
+        reason: String,
+        /// The other side asked for this pause (HTTP `Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// No retry will help: a 5xx SMTP reply, an HTTP 4xx, an address the message
+    /// cannot be built for.
+    #[error("permanent delivery failure: {reason}")]
+    Permanent { reason: String },
+    /// A template is missing or broken, or failed to render.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// A setting is wrong or missing; names the key.
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+}
+
+impl NotifyError {
+    pub(crate) fn transient(reason: impl Into<String>) -> Self {
+        NotifyError::Transient { reason: reason.into(), retry_after: None }
+    }
+
+    pub(crate) fn permanent(reason: impl Into<String>) -> Self {
+        NotifyError::Permanent { reason: reason.into() }
+    }
+
+    pub(crate) fn config(key: &str, message: impl Into<String>) -> Self {
+        NotifyError::Config { key: key.to_owned(), message: message.into() }
+    }
+
+    /// True when a later attempt with the same message may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, NotifyError::Transient { .. })
+    }
+
+    /// The reason to record (for `delivery_failed` and the audit trail): short, and
+    /// never containing the URL.
+    pub fn reason(&self) -> String {
+        match self {
+            NotifyError::Transient { reason, .. } | NotifyError::Permanent { reason } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The same error with every occurrence of the URL (and of its query-less
+    /// prefix, which alone may identify the session) replaced.
+    pub(crate) fn scrubbed(self, url: &SessionUrl) -> Self {
+        let clean = |s: String| scrub(&s, url);
+        match self {
+            NotifyError::Transient { reason, retry_after } => {
+                NotifyError::Transient { reason: clean(reason), retry_after }
+            }
+            NotifyError::Permanent { reason } => NotifyError::Permanent { reason: clean(reason) },
+            NotifyError::Template(t) => NotifyError::Template(t.scrubbed(url)),
+            NotifyError::Config { key, message } => NotifyError::Config { key, message: clean(message) },
+        }
+    }
+}
+
+/// `text` with the session URL (and its path without the query) blanked out.
+pub(crate) fn scrub(text: &str, url: &SessionUrl) -> String {
+    let full = url.expose();
+    let mut out = if full.is_empty() { text.to_owned() } else { text.replace(full, "[REDACTED]") };
+    if let Some((prefix, _)) = full.split_once('?')
+        && prefix.len() > "https://".len() + 8
+    {
+        out = out.replace(prefix, "[REDACTED]");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_url_and_its_path() {
+        let u = SessionUrl::new("https://verify.example/s/abc123?t=zzz".into());
+        let e = NotifyError::permanent("550 rejected https://verify.example/s/abc123?t=zzz and https://verify.example/s/abc123")
+            .scrubbed(&u);
+        assert!(!e.to_string().contains("abc123"), "{e}");
+        assert!(!e.reason().contains("zzz"));
+        assert!(!e.is_transient());
+        assert!(NotifyError::transient("x").is_transient());
+    }
+}

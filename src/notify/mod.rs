@@ -1,0 +1,260 @@
+//! Notifications: tell one user about the session the engine has just opened for them.
+//!
+//! The engine calls [`Notifier::send_with_retry`] once per user and step with a
+//! [`Message`] that carries the [`SessionUrl`] in memory. This module renders the
+//! campaign's templates ([`Templates`]), then hands the result to one channel:
+//!
+//! - email, over SMTP ([`SmtpSender`], lettre with a connection pool and TLS) or into a
+//!   file outbox of `.eml` files ([`Outbox`], for demos and for relays that pick files up);
+//! - a signed JSON webhook ([`WebhookSender`]) for partners' push or SMS gateways.
+//!
+//! Every failure is classified once, here: [`NotifyError::Transient`] is retried with
+//! backoff while the URL is still in memory (it is never stored, so a retry after the
+//! process ends would need a new session), and [`NotifyError::Permanent`] becomes a
+//! `delivery_failed` record upstream. Reasons are short, and are scrubbed of the URL
+//! before they leave this module (design.md, invariant 2). `notify` knows nothing of
+//! the database.
+
+mod email;
+mod error;
+mod outbox;
+mod retry;
+mod smtp;
+mod template;
+#[doc(hidden)]
+pub mod testing;
+mod webhook;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use email::build_email;
+pub use error::NotifyError;
+pub use outbox::Outbox;
+pub use retry::RetryPolicy;
+pub use smtp::{SmtpConfig, SmtpSender, TlsMode};
+pub use template::{Rendered, TemplateError, Templates};
+pub use webhook::{WebhookPayload, WebhookSender, sign_webhook};
+
+use crate::config::Settings;
+use crate::domain::spec::{Channel, Delivery};
+use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
+
+/// The person a message is for, as the store knows them.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub user_id: UserId,
+    pub email: EmailAddress,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// A BCP 47 tag such as `en-GB`, passed to templates and webhooks as is.
+    pub locale: Option<String>,
+    /// An IANA zone such as `Europe/London`; a missing or unknown zone renders in UTC.
+    pub time_zone: Option<String>,
+    pub region: Region,
+}
+
+/// One notification: who, which link until when, for which campaign step, and how.
+///
+/// `Debug` is safe to log: [`SessionUrl`] redacts itself.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub recipient: Recipient,
+    pub session_url: SessionUrl,
+    /// When the session stops working (UTC).
+    pub expires_at: DateTime<Utc>,
+    pub campaign: CampaignName,
+    /// 0 for the first message, n for the n-th reminder.
+    pub step: u32,
+    /// The campaign's delivery settings. The engine puts the template to use in
+    /// `delivery.template` (the reminder template for a reminder step); a `subject`
+    /// here overrides the template's subject at every step.
+    pub delivery: Delivery,
+}
+
+/// Which way a message left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    Smtp,
+    Outbox,
+    Webhook,
+}
+
+impl ChannelKind {
+    /// The recorded spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Smtp => "smtp",
+            ChannelKind::Outbox => "outbox",
+            ChannelKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// Proof of a delivery, safe to record: it never holds the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub channel: ChannelKind,
+    /// The email's Message-ID (without angle brackets); `None` for the webhook.
+    pub message_id: Option<String>,
+    /// What the other side said: the SMTP reply, the outbox file name, the HTTP status.
+    pub detail: String,
+    /// How many attempts it took (1 when the first one worked).
+    pub attempts: u32,
+}
+
+/// How email leaves this process.
+#[derive(Debug, Clone)]
+pub enum EmailSender {
+    Smtp(SmtpSender),
+    Outbox(Outbox),
+}
+
+/// Every channel, the templates and the retry policy, set up once per run.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    templates: Arc<Templates>,
+    email: Option<EmailSender>,
+    webhook: Option<WebhookSender>,
+    retry: RetryPolicy,
+}
+
+impl Notifier {
+    /// Assembles a notifier from parts; [`Notifier::from_settings`] is the usual way.
+    pub fn new(
+        templates: Templates,
+        email: Option<EmailSender>,
+        webhook: Option<WebhookSender>,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self { templates: Arc::new(templates), email, webhook, retry }
+    }
+
+    /// Loads the templates from `templates_dir` and sets up the channels the settings
+    /// name: SMTP when `smtp_url` is set, else the outbox when `outbox_dir` is set (both
+    /// at once is an error); the webhook channel when `notify_webhook_key` is set.
+    /// Must be called inside a Tokio runtime (the SMTP pool starts a task).
+    ///
+    /// # Errors
+    /// [`NotifyError::Template`] naming the file and line of a broken template;
+    /// [`NotifyError::Config`] naming the settings key that is wrong.
+    pub fn from_settings(settings: &Settings, retry: RetryPolicy) -> Result<Self, NotifyError> {
+        let templates = Templates::load(&settings.templates_dir)?;
+        let email = match (&settings.smtp_url, &settings.outbox_dir) {
+            (Some(_), Some(_)) => {
+                return Err(NotifyError::config("outbox_dir", "set smtp_url or outbox_dir, not both"));
+            }
+            (Some(url), None) => {
+                let config = SmtpConfig::parse(url, settings.smtp_password.clone())?;
+                Some(EmailSender::Smtp(SmtpSender::new(&config)?))
+            }
+            (None, Some(dir)) => Some(EmailSender::Outbox(Outbox::open(dir)?)),
+            (None, None) => None,
+        };
+        let webhook = match &settings.notify_webhook_key {
+            Some(key) => Some(WebhookSender::new(
+                key.clone(),
+                std::time::Duration::from_millis(settings.http_connect_timeout_ms),
+                std::time::Duration::from_millis(settings.http_request_timeout_ms),
+            )?),
+            None => None,
+        };
+        Ok(Self::new(templates, email, webhook, retry))
+    }
+
+    /// The loaded templates.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    /// Fails fast, before any session is opened, when this notifier cannot serve a
+    /// campaign: its template (and the reminder template, when given) is missing, or
+    /// its channel is not configured.
+    ///
+    /// # Errors
+    /// [`NotifyError::Template`] or [`NotifyError::Config`], naming what is missing.
+    pub fn check(&self, delivery: &Delivery, reminder_template: Option<&str>) -> Result<(), NotifyError> {
+        match delivery.channel {
+            Channel::Email => {
+                self.templates.require(&delivery.template)?;
+                if let Some(t) = reminder_template {
+                    self.templates.require(t)?;
+                }
+                if self.email.is_none() {
+                    return Err(NotifyError::config(
+                        "smtp_url",
+                        "the campaign sends email: set smtp_url (or outbox_dir)",
+                    ));
+                }
+            }
+            Channel::Webhook => {
+                if self.webhook.is_none() {
+                    return Err(NotifyError::config(
+                        "notify_webhook_key",
+                        "the campaign uses the webhook channel: set notify_webhook_key to sign it",
+                    ));
+                }
+                if delivery.webhook_url.is_none() {
+                    return Err(NotifyError::config("delivery.webhook_url", "the webhook channel needs a URL"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt to deliver `msg` on its campaign's channel.
+    ///
+    /// # Errors
+    /// [`NotifyError::Transient`] when a retry may work, [`NotifyError::Permanent`]
+    /// when it cannot, [`NotifyError::Template`] or [`NotifyError::Config`] when the
+    /// set-up is wrong. No error's text contains the session URL.
+    #[tracing::instrument(name = "notify", skip_all, fields(
+        campaign = %msg.campaign,
+        user_id = %msg.recipient.user_id,
+        step = msg.step,
+        channel = ?msg.delivery.channel,
+    ))]
+    pub async fn send(&self, msg: &Message) -> Result<Delivered, NotifyError> {
+        let result = self.send_once(msg).await;
+        match &result {
+            Ok(d) => tracing::debug!(detail = %d.detail, "delivered"),
+            Err(e) => tracing::debug!(error = %e, transient = e.is_transient(), "not delivered"),
+        }
+        result
+    }
+
+    async fn send_once(&self, msg: &Message) -> Result<Delivered, NotifyError> {
+        let scrub = |e: NotifyError| e.scrubbed(&msg.session_url);
+        match msg.delivery.channel {
+            Channel::Email => {
+                let sender = self.email.as_ref().ok_or_else(|| {
+                    NotifyError::config("smtp_url", "the campaign sends email: set smtp_url (or outbox_dir)")
+                })?;
+                let rendered = self.templates.render(msg)?;
+                let email = build_email(msg, &rendered).map_err(scrub)?;
+                match sender {
+                    EmailSender::Smtp(s) => s.send(email).await,
+                    EmailSender::Outbox(o) => o.write(msg, &email).await,
+                }
+                .map_err(scrub)
+            }
+            Channel::Webhook => {
+                let sender = self.webhook.as_ref().ok_or_else(|| {
+                    NotifyError::config("notify_webhook_key", "the webhook channel needs notify_webhook_key")
+                })?;
+                sender.send(msg).await.map_err(scrub)
+            }
+        }
+    }
+
+    /// [`Notifier::send`], retrying transient failures with exponential backoff and
+    /// jitter within the policy's attempt and time bounds. The last error is returned
+    /// when they run out (still transient: upstream may record it as such).
+    ///
+    /// # Errors
+    /// As [`Notifier::send`].
+    pub async fn send_with_retry(&self, msg: &Message) -> Result<Delivered, NotifyError> {
+        retry::run(&self.retry, || self.send(msg)).await
+    }
+}
