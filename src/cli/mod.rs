@@ -11,6 +11,8 @@ use reverify::config::LogFormat;
 use reverify::store::Store;
 
 mod campaign;
+mod run;
+mod status;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -21,6 +23,8 @@ pub mod exit {
     /// The command line itself was wrong (clap's own code).
     #[allow(dead_code)] // returned by clap itself; listed for the README
     pub const USAGE: u8 = 2;
+    /// A run was stopped (--max-duration, SIGTERM, SIGINT) with work left; the next run resumes.
+    pub const INTERRUPTED: u8 = 4;
     /// Input was partly bad (an import with rejected rows): the good part was kept.
     #[allow(dead_code)] // used by `users import`
     pub const PARTIAL: u8 = 3;
@@ -53,6 +57,8 @@ enum Command {
     Migrate,
     /// Print a new random token encryption key (32 bytes, base64) for REVERIFY_TOKEN_KEY.
     Keygen,
+    /// Run campaigns once and exit (see `reverify run --help` for exit codes).
+    Run(run::RunArgs),
     /// Validate, apply, list and control campaigns.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
@@ -113,5 +119,6 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Campaign(c) => campaign::run(c, &ctx).await,
+        Command::Run(args) => run::run(args, &ctx).await,
     }
 }

@@ -69,7 +69,10 @@ pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Resu
     let spec = c.spec()?;
     let buckets = store.campaign_plan(c.campaign_id, &spec.audience, Utc::now()).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "campaign": c.name.as_str(), "buckets": buckets }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "campaign": c.name.as_str(), "buckets": buckets }))?
+        );
         return Ok(exit::OK);
     }
     let get = |b: &str| buckets.iter().find(|x| x.bucket == b).map_or(0, |x| x.count);

@@ -6,8 +6,10 @@
 //! stops claiming, gives back claims not yet started, lets users in flight finish
 //! within a grace period, and records the run as interrupted; the next run resumes.
 
+pub mod adapters;
 mod pipeline;
 pub mod ports;
+pub mod worker;
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -25,6 +27,7 @@ use crate::domain::{CampaignSpec, Clock};
 use crate::store::runs::{RunCounts, RunOutcome};
 use crate::store::{Store, StoreError};
 pub use ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
+pub use worker::Worker;
 
 /// How a run behaves; the defaults suit production.
 #[derive(Debug, Clone)]
@@ -72,6 +75,9 @@ pub fn default_worker_id() -> String {
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The worker could not be set up: a setting, a template, a stored spec.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// The result of one user.

@@ -96,8 +96,10 @@ mod tests {
     #[test]
     fn scrub_removes_url_and_its_path() {
         let u = SessionUrl::new("https://verify.example/s/abc123?t=zzz".into());
-        let e = NotifyError::permanent("550 rejected https://verify.example/s/abc123?t=zzz and https://verify.example/s/abc123")
-            .scrubbed(&u);
+        let e = NotifyError::permanent(
+            "550 rejected https://verify.example/s/abc123?t=zzz and https://verify.example/s/abc123",
+        )
+        .scrubbed(&u);
         assert!(!e.to_string().contains("abc123"), "{e}");
         assert!(!e.reason().contains("zzz"));
         assert!(!e.is_transient());

@@ -92,11 +92,9 @@ impl SmtpConfig {
                     }
                 }
                 "timeout_ms" => {
-                    let ms: u64 = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (100..=600_000).contains(n))
-                        .ok_or_else(|| bad(format!("timeout_ms={v} is not a number of milliseconds in 100..=600000")))?;
+                    let ms: u64 = v.parse().ok().filter(|n| (100..=600_000).contains(n)).ok_or_else(|| {
+                        bad(format!("timeout_ms={v} is not a number of milliseconds in 100..=600000"))
+                    })?;
                     timeout = Duration::from_millis(ms);
                 }
                 "pool_size" => {
@@ -108,7 +106,9 @@ impl SmtpConfig {
                 }
                 "ca_file" => ca_file = Some(PathBuf::from(v.as_ref())),
                 other => {
-                    return Err(bad(format!("unknown parameter {other:?} (known: tls, timeout_ms, pool_size, ca_file)")));
+                    return Err(bad(format!(
+                        "unknown parameter {other:?} (known: tls, timeout_ms, pool_size, ca_file)"
+                    )));
                 }
             }
         }
@@ -121,10 +121,7 @@ impl SmtpConfig {
             TlsMode::None => 25,
         });
         if password.is_some() && username.is_none() {
-            return Err(NotifyError::config(
-                "smtp_password",
-                "is set, but smtp_url names no user (smtp://USER@host)",
-            ));
+            return Err(NotifyError::config("smtp_password", "is set, but smtp_url names no user (smtp://USER@host)"));
         }
         Ok(Self { host, port, tls, username, password, timeout, pool_size, ca_file })
     }

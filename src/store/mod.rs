@@ -27,8 +27,8 @@ pub mod sessions;
 pub mod targets;
 #[doc(hidden)]
 pub mod testing;
-pub mod users;
 pub mod tokens;
+pub mod users;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -13,10 +13,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use super::events::{NewEvent, event_insert};
-use crate::domain::{UserId, VerificationState};
+use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
+use crate::domain::{UserId, VerificationState};
 
 /// What reserving a session for a claimed target came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,188 @@
+//! `reverify run`: run campaigns once and exit.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use reverify::domain::CampaignName;
+use reverify::engine::{Progress, Worker};
+use reverify::store::campaigns::{CampaignRecord, CampaignStatus};
+use reverify::store::runs::RunOutcome;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{Context, exit};
+
+/// Run campaigns once: target, claim, generate a session per user, notify, record.
+///
+/// Exits 0 when every campaign finished (nothing left that is due now), 4 when
+/// --max-duration, SIGTERM or SIGINT stopped it with work left (the next run
+/// resumes where it stopped), 1 on failure.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Campaigns to run, by name.
+    #[arg(value_name = "NAME", required_unless_present = "all")]
+    names: Vec<String>,
+    /// Run every active campaign.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+    /// Stop claiming users after this long (e.g. 10m, 1h); users in flight finish.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_duration: Option<Duration>,
+    /// Do not ask GET /v1/user for a fresh state before each session.
+    #[arg(long)]
+    no_fresh_state: bool,
+    /// Progress display: a bar on a terminal, log lines elsewhere.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProgressMode {
+    Auto,
+    Bar,
+    Log,
+    None,
+}
+
+/// Cancels `stop` on SIGTERM, SIGINT, or when `max` elapses.
+pub fn stop_on_signals(stop: CancellationToken, max: Option<Duration>) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        let limit = async {
+            match max {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping after the users in flight"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping after the users in flight"),
+            _ = limit => info!("--max-duration reached: stopping after the users in flight"),
+        }
+        stop.cancel();
+    });
+}
+
+pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let campaigns: Vec<CampaignRecord> = if args.all {
+        store.campaign_list().await?.into_iter().filter(|c| c.status == CampaignStatus::Active).collect()
+    } else {
+        let mut v = Vec::new();
+        for n in &args.names {
+            let name = CampaignName::parse(n)?;
+            let c = store
+                .campaign_get(&name)
+                .await?
+                .with_context(|| format!("no campaign named {name}; apply its file first (reverify campaign apply)"))?;
+            if c.status != CampaignStatus::Active {
+                bail!("campaign {name} is {}; only active campaigns run (reverify campaign resume {name})", c.status);
+            }
+            v.push(c);
+        }
+        v
+    };
+    if campaigns.is_empty() {
+        println!("no active campaigns");
+        return Ok(exit::OK);
+    }
+    let mut worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
+    worker.config.fresh_state = !args.no_fresh_state;
+    let worker = Arc::new(worker);
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone(), args.max_duration);
+
+    let mode = match args.progress {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+        ProgressMode::Auto => ProgressMode::Log,
+        m => m,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in campaigns {
+        let (worker, stop) = (worker.clone(), stop.clone());
+        let progress = Arc::new(Progress::default());
+        let display = show_progress(mode, c.name.to_string(), progress.clone());
+        tasks.spawn(async move {
+            let r = worker.run_campaign(&c, progress, stop).await;
+            display.abort();
+            (c.name, r)
+        });
+    }
+    let mut code = exit::OK;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined.context("a campaign task panicked")?;
+        match result {
+            Ok(r) => {
+                let c = r.counts;
+                println!(
+                    "{name}: {} (run {}): {} newly targeted, {} notified, {} skipped, {} deferred, {} failed",
+                    r.outcome.as_str(),
+                    r.run_id,
+                    c.targeted,
+                    c.notified,
+                    c.skipped,
+                    c.deferred,
+                    c.failed
+                );
+                if r.outcome == RunOutcome::Interrupted && code == exit::OK {
+                    code = exit::INTERRUPTED;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: campaign {name}: {e}");
+                code = exit::FAILURE;
+            }
+        }
+    }
+    worker.store.close().await;
+    Ok(code)
+}
+
+/// A progress bar on a terminal, or a log line every 10 s.
+fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        match mode {
+            ProgressMode::Bar => {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar.set_prefix(name);
+                loop {
+                    bar.set_length(p.claimed.load(Relaxed).max(0) as u64);
+                    bar.set_position(p.done().max(0) as u64);
+                    let c = p.counts();
+                    bar.set_message(format!(
+                        "notified {} skipped {} deferred {} failed {}",
+                        c.notified, c.skipped, c.deferred, c.failed
+                    ));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            ProgressMode::Log => {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let c = p.counts();
+                    info!(campaign = %name, claimed = p.claimed.load(Relaxed), notified = c.notified, skipped = c.skipped,
+                          deferred = c.deferred, failed = c.failed, "progress");
+                }
+            }
+            ProgressMode::Auto | ProgressMode::None => {}
+        }
+    })
+}

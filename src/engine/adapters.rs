@@ -1,0 +1,101 @@
+//! The production side of the engine's ports: the Baanx client and the notifier.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tracing::debug;
+
+use super::ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
+use crate::baanx::{BaanxClient, BaanxError};
+use crate::domain::spec::{Delivery, Reminders};
+use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId, VerificationState};
+use crate::notify::{Message, Notifier, Recipient};
+
+/// [`VerificationApi`] over the Baanx client.
+#[derive(Debug, Clone)]
+pub struct BaanxApi(pub Arc<BaanxClient>);
+
+/// Maps the client's classified error onto what the engine records. Only answers
+/// that prove no session was created are "definite" refusals (consent, 401, 403,
+/// 429, other 4xx); a 5xx, a timeout or an unreadable answer may hide one.
+fn to_failure(e: BaanxError) -> ApiFailure {
+    match e {
+        BaanxError::ConsentRequired { .. } => ApiFailure::ConsentRequired,
+        BaanxError::Forbidden { message, .. } => ApiFailure::Forbidden(message),
+        BaanxError::RateLimited { retry_after, .. } => ApiFailure::RateLimited { retry_after },
+        BaanxError::Unauthorized { .. } => ApiFailure::Refused("401 after a fresh access token".into()),
+        BaanxError::UnexpectedStatus { status, .. } if status.is_client_error() => {
+            ApiFailure::Refused(format!("status {status}"))
+        }
+        BaanxError::GaveUp { last, .. } => match *last {
+            BaanxError::RateLimited { retry_after, .. } => ApiFailure::RateLimited { retry_after },
+            other => ApiFailure::Unavailable(other.to_string()),
+        },
+        other => ApiFailure::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl VerificationApi for BaanxApi {
+    async fn fresh_state(&self, user: &ApiUser) -> Result<VerificationState, ApiFailure> {
+        self.0.get_user(&user.user_id, user.region).await.map(|p| p.verification_state).map_err(to_failure)
+    }
+
+    async fn start_session(&self, user: &ApiUser) -> Result<SessionUrl, ApiFailure> {
+        self.0.start_verification(&user.user_id, user.region).await.map_err(to_failure)
+    }
+}
+
+/// [`Deliverer`] over the notifier, for one campaign's delivery settings.
+#[derive(Debug, Clone)]
+pub struct NotifierDeliverer {
+    pub notifier: Notifier,
+    pub delivery: Delivery,
+    pub reminders: Option<Reminders>,
+}
+
+#[async_trait]
+impl Deliverer for NotifierDeliverer {
+    async fn deliver(&self, m: Outgoing<'_>) -> Result<(), DeliveryFailure> {
+        let t = m.target;
+        let bad = |why: String| Err(DeliveryFailure::Permanent(why));
+        let (Ok(user_id), Ok(email), Ok(region), Ok(campaign)) = (
+            UserId::parse(&t.user_id),
+            EmailAddress::parse(&t.email),
+            t.region.parse::<Region>(),
+            CampaignName::parse(m.campaign),
+        ) else {
+            return bad("the stored user record is not valid".into());
+        };
+        let mut delivery = self.delivery.clone();
+        if t.step > 0
+            && let Some(r) = &self.reminders
+        {
+            delivery.template = r.template.clone();
+        }
+        let message = Message {
+            recipient: Recipient {
+                user_id,
+                email,
+                first_name: t.first_name.clone(),
+                last_name: t.last_name.clone(),
+                locale: t.locale.clone(),
+                time_zone: t.timezone.clone(),
+                region,
+            },
+            session_url: m.url,
+            expires_at: m.expires_at,
+            campaign,
+            step: u32::try_from(t.step).unwrap_or(0),
+            delivery,
+        };
+        match self.notifier.send_with_retry(&message).await {
+            Ok(d) => {
+                debug!(channel = d.channel.as_str(), attempts = d.attempts, "delivered");
+                Ok(())
+            }
+            Err(e) if e.is_transient() => Err(DeliveryFailure::GaveUp(e.reason())),
+            Err(e) => Err(DeliveryFailure::Permanent(e.reason())),
+        }
+    }
+}

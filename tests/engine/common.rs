@@ -1,0 +1,115 @@
+//! A sandbox, a store loaded with the sandbox's users, and a worker wired to both.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use reverify::Settings;
+use reverify::config::Secret;
+use reverify::crypto::TokenCipher;
+use reverify::domain::CampaignSpec;
+use reverify::engine::{Progress, RunReport, Worker};
+use reverify::sandbox::{Sandbox, SandboxConfig, SandboxHandle, UserSource};
+use reverify::store::Store;
+use reverify::store::campaigns::CampaignRecord;
+use reverify::store::testing::TestDb;
+use reverify::store::users::{SealedToken, UserUpsert};
+use tokio_util::sync::CancellationToken;
+
+pub struct Env {
+    pub db: TestDb,
+    pub sandbox: SandboxHandle,
+    pub settings: Settings,
+    pub outbox: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn campaign_toml(name: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\n{extra}\n[delivery]\nfrom = \"Compliance <compliance@example.com>\"\n\
+         [throttle]\nrequests_per_second = 5000\nconcurrency = 16\n"
+    )
+}
+
+impl Env {
+    pub async fn new(db: TestDb, users: usize) -> Self {
+        let sandbox =
+            Sandbox::start(SandboxConfig { users: UserSource::Generate(users), seed: 7, ..Default::default() })
+                .await
+                .expect("sandbox starts");
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        let mut settings = Settings::default();
+        settings.database_url = db.url.clone();
+        settings.baanx_base_url = sandbox.base_url();
+        settings.baanx_client_key = Some(Secret::new(sandbox.client_key()));
+        settings.token_key = Some(Secret::new(TokenCipher::generate_key()));
+        settings.outbox_dir = Some(outbox.clone());
+        settings.templates_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates");
+        settings.requests_per_second = 5000.0;
+        settings.burst = 100;
+        let env = Self { db, sandbox, settings, outbox, _dir: dir };
+        env.load_users().await;
+        env
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.db.store
+    }
+
+    /// The sandbox's users, as an import would write them.
+    async fn load_users(&self) {
+        let cipher = TokenCipher::from_secrets(self.settings.token_key.as_ref(), None).unwrap();
+        let rows: Vec<UserUpsert> = self
+            .sandbox
+            .users()
+            .into_iter()
+            .map(|u| UserUpsert {
+                token: u.refresh_token.as_ref().map(|t| SealedToken {
+                    key_id: cipher.key_id().to_owned(),
+                    ciphertext: cipher.seal(u.user_id.as_str(), t),
+                }),
+                user_id: u.user_id,
+                email: u.email,
+                first_name: Some(u.first_name),
+                last_name: Some(u.last_name),
+                locale: Some(u.locale),
+                timezone: Some(u.timezone),
+                region: u.region,
+                country: Some(u.country),
+                verification_state: u.verification_state,
+                rejected_at: u.rejected_at,
+                tags: u.tags,
+                signed_up_at: None,
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            self.store().user_upsert_batch(chunk, Utc::now()).await.unwrap();
+        }
+    }
+
+    pub async fn apply(&self, toml: &str) -> CampaignRecord {
+        let spec = CampaignSpec::from_toml(toml, "test.toml").unwrap();
+        self.store().campaign_apply(&spec, toml, "test", Utc::now()).await.unwrap().1
+    }
+
+    pub fn worker(&self) -> Worker {
+        Worker::from_settings(&self.settings, self.store().clone()).expect("worker")
+    }
+
+    pub async fn run(&self, c: &CampaignRecord) -> RunReport {
+        self.worker().run_campaign(c, Arc::new(Progress::default()), CancellationToken::new()).await.expect("run")
+    }
+
+    /// The .eml files in the outbox.
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(&self.outbox) else { return vec![] };
+        let mut v: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+}
