@@ -22,9 +22,9 @@ use super::{Message, NotifyError};
 /// address cannot be written in a message.
 pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message, NotifyError> {
     let from: Mailbox = match msg.delivery.from.as_deref() {
-        Some(f) => f
-            .parse()
-            .map_err(|e| NotifyError::config("delivery.from", format!("{f:?} is not a mailbox: {e}")))?,
+        Some(f) => {
+            f.parse().map_err(|e| NotifyError::config("delivery.from", format!("{f:?} is not a mailbox: {e}")))?
+        }
         None => return Err(NotifyError::config("delivery.from", "the email channel needs a From address")),
     };
     let r = &msg.recipient;

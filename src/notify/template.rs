@@ -99,7 +99,8 @@ impl Templates {
     /// exist.
     pub fn load(dir: &Path) -> Result<Self, TemplateError> {
         let dir_name = dir.display().to_string();
-        let entries = std::fs::read_dir(dir).map_err(|e| TemplateError::Dir { dir: dir_name.clone(), message: e.to_string() })?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| TemplateError::Dir { dir: dir_name.clone(), message: e.to_string() })?;
         let mut subdirs = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| TemplateError::Dir { dir: dir_name.clone(), message: e.to_string() })?;
@@ -216,9 +217,10 @@ impl Templates {
             for (step, region, named) in [(0, Region::Intl, true), (1, Region::Us, false), (2, Region::Intl, false)] {
                 let sample = sample_message(name, step, region, named);
                 self.render(&sample).map_err(|e| match e {
-                    TemplateError::Broken { location, message } => {
-                        TemplateError::Broken { location, message: format!("{message} (checked with a sample message)") }
-                    }
+                    TemplateError::Broken { location, message } => TemplateError::Broken {
+                        location,
+                        message: format!("{message} (checked with a sample message)"),
+                    },
                     other => other,
                 })?;
             }
@@ -354,8 +356,8 @@ mod tests {
 
     #[test]
     fn syntax_error_names_file_and_line() {
-        let err = Templates::from_sources(Path::new("tpl"), sources("Hi", "ok", "<p>\n\n{% if link %}</p>"))
-            .unwrap_err();
+        let err =
+            Templates::from_sources(Path::new("tpl"), sources("Hi", "ok", "<p>\n\n{% if link %}</p>")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("tpl/t/body.html:3: syntax error"), "{msg}");
     }
@@ -364,7 +366,11 @@ mod tests {
     fn html_is_escaped_text_is_not_and_subject_is_one_line() {
         let t = Templates::from_sources(
             Path::new("tpl"),
-            sources("Hello\n  {{ first_name }} ", "{{ first_name }} {{ link }}", "<p>{{ first_name }} <a href=\"{{ link }}\">go</a></p>"),
+            sources(
+                "Hello\n  {{ first_name }} ",
+                "{{ first_name }} {{ link }}",
+                "<p>{{ first_name }} <a href=\"{{ link }}\">go</a></p>",
+            ),
         )
         .unwrap();
         let mut m = sample_message("t", 0, Region::Intl, true);
