@@ -518,3 +518,26 @@ async fn tls_problems_are_setup_errors_and_send_nothing() {
     assert!(server.messages().is_empty());
     assert_no_url(&logs);
 }
+
+#[tokio::test]
+async fn smtp_pool_sends_many_at_once() {
+    let (logs, _guard) = LogCapture::start();
+    let server = SmtpServer::start();
+    let notifier = smtp_notifier(&server.url(), fast(3));
+    let n = 60;
+    let msgs: Vec<Message> = (0..n).map(|i| message(&format!("user{i}@example.com"), 0)).collect();
+    let started = std::time::Instant::now();
+    let results = futures::future::join_all(msgs.iter().map(|m| notifier.send_with_retry(m))).await;
+    let elapsed = started.elapsed();
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let got = server.messages();
+    assert_eq!(got.len(), n);
+    let mut to: Vec<String> = got.iter().map(|m| m.header("To").unwrap()).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len(), n, "every recipient exactly once");
+    eprintln!("{n} messages over SMTP in {elapsed:?} ({:.0}/s)", n as f64 / elapsed.as_secs_f64());
+    assert_no_url(&logs);
+}

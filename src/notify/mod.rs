@@ -276,3 +276,24 @@ impl Notifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send_sync<T: Send + Sync>(_: &T) {}
+    fn is_send<T: Send>(_: &T) {}
+
+    /// The engine spawns one task per user: the notifier must be shareable and its
+    /// futures must move between threads.
+    #[test]
+    fn notifier_and_its_futures_cross_threads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates");
+        let n = Notifier::new(Templates::load(&dir).unwrap(), None, None, RetryPolicy::none());
+        is_send_sync(&n);
+        let msg = template::tests_support::sample();
+        is_send(&n.send(&msg));
+        is_send(&n.send_with_retry(&msg));
+        assert!(!format!("{msg:?}").contains("verify.example.invalid"));
+    }
+}
