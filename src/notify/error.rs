@@ -53,6 +53,13 @@ impl NotifyError {
         matches!(self, NotifyError::Transient { .. })
     }
 
+    /// True when the set-up is wrong (a template, a setting, the SMTP server's
+    /// credentials or certificate): every message would fail alike, so the run should
+    /// stop rather than spend a session on each user.
+    pub fn is_setup(&self) -> bool {
+        matches!(self, NotifyError::Template(_) | NotifyError::Config { .. })
+    }
+
     /// The reason to record (for `delivery_failed` and the audit trail): short, and
     /// never containing the URL.
     pub fn reason(&self) -> String {

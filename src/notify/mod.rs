@@ -10,8 +10,9 @@
 //!
 //! Every failure is classified once, here: [`NotifyError::Transient`] is retried with
 //! backoff while the URL is still in memory (it is never stored, so a retry after the
-//! process ends would need a new session), and [`NotifyError::Permanent`] becomes a
-//! `delivery_failed` record upstream. Reasons are short, and are scrubbed of the URL
+//! process ends would need a new session), [`NotifyError::Permanent`] becomes a
+//! `delivery_failed` record upstream, and a set-up error ([`NotifyError::is_setup`]:
+//! a broken template, refused SMTP credentials) should stop the run. Reasons are short, and are scrubbed of the URL
 //! before they leave this module (design.md, invariant 2). `notify` knows nothing of
 //! the database.
 
@@ -169,8 +170,8 @@ impl Notifier {
     }
 
     /// Fails fast, before any session is opened, when this notifier cannot serve a
-    /// campaign: its template (and the reminder template, when given) is missing, or
-    /// its channel is not configured.
+    /// campaign: its template (and the reminder template, when given) is missing, an
+    /// email campaign has no From address, or its channel is not configured.
     ///
     /// # Errors
     /// [`NotifyError::Template`] or [`NotifyError::Config`], naming what is missing.
@@ -180,6 +181,13 @@ impl Notifier {
                 self.templates.require(&delivery.template)?;
                 if let Some(t) = reminder_template {
                     self.templates.require(t)?;
+                }
+                match delivery.from.as_deref() {
+                    None => return Err(NotifyError::config("delivery.from", "the email channel needs a From address")),
+                    Some(f) if f.parse::<lettre::message::Mailbox>().is_err() => {
+                        return Err(NotifyError::config("delivery.from", format!("{f:?} is not a mailbox")));
+                    }
+                    Some(_) => {}
                 }
                 if self.email.is_none() {
                     return Err(NotifyError::config(
@@ -216,6 +224,26 @@ impl Notifier {
         channel = ?msg.delivery.channel,
     ))]
     pub async fn send(&self, msg: &Message) -> Result<Delivered, NotifyError> {
+        self.attempt(msg).await
+    }
+
+    /// [`Notifier::send`], retrying transient failures with exponential backoff and
+    /// jitter within the policy's attempt and time bounds. The last error is returned
+    /// when they run out (still transient: upstream may record it as such).
+    ///
+    /// # Errors
+    /// As [`Notifier::send`].
+    #[tracing::instrument(name = "notify", skip_all, fields(
+        campaign = %msg.campaign,
+        user_id = %msg.recipient.user_id,
+        step = msg.step,
+        channel = ?msg.delivery.channel,
+    ))]
+    pub async fn send_with_retry(&self, msg: &Message) -> Result<Delivered, NotifyError> {
+        retry::run(&self.retry, || self.attempt(msg)).await
+    }
+
+    async fn attempt(&self, msg: &Message) -> Result<Delivered, NotifyError> {
         let result = self.send_once(msg).await;
         match &result {
             Ok(d) => tracing::debug!(detail = %d.detail, "delivered"),
@@ -247,14 +275,25 @@ impl Notifier {
             }
         }
     }
+}
 
-    /// [`Notifier::send`], retrying transient failures with exponential backoff and
-    /// jitter within the policy's attempt and time bounds. The last error is returned
-    /// when they run out (still transient: upstream may record it as such).
-    ///
-    /// # Errors
-    /// As [`Notifier::send`].
-    pub async fn send_with_retry(&self, msg: &Message) -> Result<Delivered, NotifyError> {
-        retry::run(&self.retry, || self.send(msg)).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send_sync<T: Send + Sync>(_: &T) {}
+    fn is_send<T: Send>(_: &T) {}
+
+    /// The engine spawns one task per user: the notifier must be shareable and its
+    /// futures must move between threads.
+    #[test]
+    fn notifier_and_its_futures_cross_threads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates");
+        let n = Notifier::new(Templates::load(&dir).unwrap(), None, None, RetryPolicy::none());
+        is_send_sync(&n);
+        let msg = template::tests_support::sample();
+        is_send(&n.send(&msg));
+        is_send(&n.send_with_retry(&msg));
+        assert!(!format!("{msg:?}").contains("verify.example.invalid"));
     }
 }

@@ -8,8 +8,9 @@
 //! - `tls=none` is refused for any host but the local machine (a relay on localhost,
 //!   or a test server).
 //! - A password in the URL is refused: it is a secret, and comes from `smtp_password`.
-//! - 4xx replies, refused or dropped connections, timeouts and TLS failures are
-//!   transient; 5xx replies (550 mailbox unavailable, 553 bad address...) are permanent.
+//! - 4xx replies, refused or dropped connections and timeouts are transient; 5xx
+//!   replies (550 mailbox unavailable, 553 bad address...) are permanent; refused
+//!   credentials, a missing STARTTLS and an untrusted certificate are set-up errors.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -209,17 +210,35 @@ impl SmtpSender {
     }
 }
 
-/// One place decides what an SMTP failure means.
+/// One place decides what an SMTP failure means. Failures that would hit every
+/// message alike (refused credentials, no STARTTLS, an untrusted certificate) are
+/// [`NotifyError::Config`]: the engine stops instead of spending a session on each
+/// user in turn.
 fn classify(e: &lettre::transport::smtp::Error, endpoint: &str) -> NotifyError {
     let text = truncate(&e.to_string(), 300);
+    let reason = format!("smtp {endpoint}: {text}");
+    let code = e.status().map(|c| c.to_string());
     if e.is_permanent() {
-        NotifyError::permanent(format!("smtp {endpoint}: {text}"))
+        // 530 auth required, 534/538 mechanism refused, 535 bad credentials
+        if matches!(code.as_deref(), Some("530" | "534" | "535" | "538")) {
+            return NotifyError::config("smtp_password", reason);
+        }
+        NotifyError::permanent(reason)
     } else if e.is_client() {
-        // lettre refused the message before sending it: no retry changes that
-        NotifyError::permanent(format!("smtp {endpoint}: {text}"))
+        // lettre refused before sending: either the server lacks what the URL demands,
+        // or this message cannot go (a non-ASCII address without SMTPUTF8)
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("starttls") || lower.contains("authentication mechanism") || lower.contains("not encrypted") {
+            NotifyError::config(KEY, reason)
+        } else {
+            NotifyError::permanent(reason)
+        }
+    } else if !e.is_transient() && text.to_ascii_lowercase().contains("certificate") {
+        // rustls' "invalid peer certificate" arrives as a TLS or a connection error
+        NotifyError::config(KEY, reason)
     } else {
-        // 4xx, timeouts, refused or dropped connections, TLS and garbled replies
-        NotifyError::transient(format!("smtp {endpoint}: {text}"))
+        // 4xx, timeouts, refused or dropped connections, TLS hiccups, garbled replies
+        NotifyError::transient(reason)
     }
 }
 

@@ -326,6 +326,14 @@ fn sample_message(template: &str, step: u32, region: Region, named: bool) -> Mes
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    /// A sample message for tests elsewhere in the module.
+    pub(crate) fn sample() -> super::Message {
+        super::sample_message("default", 0, super::Region::Intl, true)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -56,11 +56,22 @@ impl Fault {
     }
 }
 
+/// TLS for the test server, with a certificate for 127.0.0.1 signed by a CA made
+/// for this server alone (the client trusts it through `ca_file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestTls {
+    /// Plain connection, upgraded with STARTTLS (required by the server).
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Implicit,
+}
+
 /// A running aiosmtpd on 127.0.0.1, storing what it receives in a Maildir.
 pub struct SmtpServer {
     child: Option<Child>,
     port: u16,
     maildir: PathBuf,
+    tls: Option<(TestTls, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
@@ -81,6 +92,18 @@ impl SmtpServer {
     /// # Panics
     /// As [`SmtpServer::start`].
     pub fn start_with(faults: &[Fault]) -> Self {
+        Self::launch(faults, None)
+    }
+
+    /// A server that speaks TLS; [`SmtpServer::url`] names the CA to trust.
+    ///
+    /// # Panics
+    /// As [`SmtpServer::start`], or when `openssl` cannot make the certificates.
+    pub fn start_tls(tls: TestTls) -> Self {
+        Self::launch(&[], Some(tls))
+    }
+
+    fn launch(faults: &[Fault], tls: Option<TestTls>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let maildir = dir.path().join("Maildir");
         let port = free_port();
@@ -93,13 +116,22 @@ impl SmtpServer {
             cmd.env("PYTHONPATH", scripts).args(["-c", "faulty.FaultyMailbox"]).arg(&maildir);
             cmd.args(faults.iter().map(Fault::arg));
         }
+        let tls = tls.map(|mode| {
+            let (cert, key, ca) = make_certificates(dir.path());
+            let (cert_flag, key_flag) = match mode {
+                TestTls::Starttls => ("--tlscert", "--tlskey"),
+                TestTls::Implicit => ("--smtpscert", "--smtpskey"),
+            };
+            cmd.arg(cert_flag).arg(cert).arg(key_flag).arg(key);
+            (mode, ca)
+        });
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {PYTHON} -m aiosmtpd ({e}); run scripts/install-test-deps.sh"));
-        let mut server = Self { child: Some(child), port, maildir, _dir: dir };
+        let mut server = Self { child: Some(child), port, maildir, tls, _dir: dir };
         server.wait_until_listening(Duration::from_secs(20));
         server
     }
@@ -129,9 +161,18 @@ impl SmtpServer {
         self.port
     }
 
-    /// An `smtp_url` for it (no TLS: it is on loopback).
+    /// An `smtp_url` for it: without TLS (it is on loopback), or with the TLS it was
+    /// started with and its CA.
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}?tls=none&timeout_ms=5000", self.port)
+        let port = self.port;
+        match &self.tls {
+            None => format!("smtp://127.0.0.1:{port}?tls=none&timeout_ms=5000"),
+            Some((mode, ca)) => {
+                let scheme = if *mode == TestTls::Implicit { "smtps" } else { "smtp" };
+                let ca: String = url::form_urlencoded::byte_serialize(ca.to_string_lossy().as_bytes()).collect();
+                format!("{scheme}://127.0.0.1:{port}?timeout_ms=5000&ca_file={ca}")
+            }
+        }
     }
 
     /// Every message received so far, oldest first. SMTP is synchronous: a message
@@ -164,6 +205,60 @@ impl Drop for SmtpServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made with `openssl`.
+/// Returns (certificate, key, CA certificate).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |name: &str| dir.join(name);
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let quiet = ["-days", "2"];
+    run(&[
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem"][..],
+        &quiet,
+        &["-subj", "/CN=reverify test CA"],
+    ]
+    .concat());
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        p("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext");
+    run(&[
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "server.ext",
+        ][..],
+        &quiet,
+    ]
+    .concat());
+    (p("server.pem"), p("server.key"), p("ca.pem"))
 }
 
 /// A port that was free a moment ago. (The OS hands out ephemeral ports in turn, so
