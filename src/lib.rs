@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod directory;
 pub mod domain;
 pub mod store;
 pub mod telemetry;
