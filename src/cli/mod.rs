@@ -10,7 +10,9 @@ use reverify::Settings;
 use reverify::config::LogFormat;
 use reverify::store::Store;
 
+mod bench_import;
 mod campaign;
+mod users;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -22,7 +24,6 @@ pub mod exit {
     #[allow(dead_code)] // returned by clap itself; listed for the README
     pub const USAGE: u8 = 2;
     /// Input was partly bad (an import with rejected rows): the good part was kept.
-    #[allow(dead_code)] // used by `users import`
     pub const PARTIAL: u8 = 3;
 }
 
@@ -56,6 +57,12 @@ enum Command {
     /// Validate, apply, list and control campaigns.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
+    /// Import, list, show and re-key the user directory.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Benchmark: import a generated CSV of 1M users into SQLite and Postgres.
+    #[command(hide = true)]
+    BenchImport(bench_import::BenchImportArgs),
 }
 
 /// What every command starts from.
@@ -113,5 +120,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Campaign(c) => campaign::run(c, &ctx).await,
+        Command::Users(c) => users::run(c, &ctx).await,
+        Command::BenchImport(args) => bench_import::run(args).await,
     }
 }
