@@ -172,8 +172,7 @@ both_engines!(rekey_moves_tokens_and_names_users_it_cannot_open, |db: TestDb| as
         .stdout(predicate::str::contains("0 failed"));
     let c = UserId::parse(&uid(3)).unwrap();
     let sealed = db.store.user_token_load(&c).await.unwrap().unwrap();
-    let cipher =
-        reverify::crypto::TokenCipher::from_secrets(Some(&reverify::Secret::new(new.clone())), None).unwrap();
+    let cipher = reverify::crypto::TokenCipher::from_secrets(Some(&reverify::Secret::new(new.clone())), None).unwrap();
     assert_eq!(sealed.key_id, cipher.key_id());
     assert_eq!(cipher.open(c.as_str(), &sealed.key_id, &sealed.ciphertext).unwrap().as_str(), TOKEN_B);
     // a key that never sealed it: a clear error naming the user, and the token stays

@@ -36,7 +36,7 @@ pub struct BenchImportArgs {
 }
 
 fn label(rows: u64) -> String {
-    if rows % 1_000_000 == 0 { format!("{}m", rows / 1_000_000) } else { rows.to_string() }
+    if rows > 0 && rows.is_multiple_of(1_000_000) { format!("{}m", rows / 1_000_000) } else { rows.to_string() }
 }
 
 /// Peak resident memory since the last reset, in MB.
@@ -60,7 +60,8 @@ fn generate(path: &Path, rows: u64) -> anyhow::Result<()> {
     let mut rng = rand::rng();
     for i in 0..rows {
         let id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
-        let (region, country, tz) = if i % 4 == 0 { ("us", "US", "America/New_York") } else { ("intl", "GB", "Europe/London") };
+        let (region, country, tz) =
+            if i % 4 == 0 { ("us", "US", "America/New_York") } else { ("intl", "GB", "Europe/London") };
         let (state, rejected) = match i % 10 {
             0..=5 => ("UNVERIFIED", ""),
             6 | 7 => ("REJECTED", "2026-01-15T10:30:00Z"),

@@ -95,9 +95,9 @@ async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
         };
         match CampaignSpec::from_toml(&text, &shown) {
             Ok(spec) => {
-                if let Some((other, _, _)) = parsed.iter().find(|(_, s, _): &&(String, CampaignSpec, String)| {
-                    s.name == spec.name
-                }) {
+                if let Some((other, _, _)) =
+                    parsed.iter().find(|(_, s, _): &&(String, CampaignSpec, String)| s.name == spec.name)
+                {
                     eprintln!("error: {shown}: campaign {} is also defined in {other}", spec.name);
                     bad += 1;
                 } else {
@@ -161,10 +161,7 @@ async fn list(ctx: &Context, json: bool) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(exit::OK);
     }
-    println!(
-        "{:<32}  {:<9}  {:>7}  {:<24}  {:<20}  NEXT RUN",
-        "NAME", "STATUS", "VERSION", "SCHEDULE", "LAST RUN"
-    );
+    println!("{:<32}  {:<9}  {:>7}  {:<24}  {:<20}  NEXT RUN", "NAME", "STATUS", "VERSION", "SCHEDULE", "LAST RUN");
     for c in &all {
         let schedule = match (&c.schedule, &c.timezone) {
             (Some(s), Some(tz)) => format!("{s} {tz}"),

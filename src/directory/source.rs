@@ -68,10 +68,8 @@ fn set(slot: &mut Option<String>, value: &str) {
 }
 
 fn clear(out: &mut Fields) {
-    for slot in out.iter_mut() {
-        if let Some(s) = slot {
-            s.clear();
-        }
+    for s in out.iter_mut().flatten() {
+        s.clear();
     }
 }
 
