@@ -2,7 +2,8 @@
 # Installs what the tests need beyond cargo: idempotent, quick when already there.
 set -euo pipefail
 need_apt=()
-command -v pg_isready >/dev/null || need_apt+=(postgresql-client)
+# pg_isready, and pg_dump for the raw-dump test of encrypted tokens
+{ command -v pg_isready && command -v pg_dump; } >/dev/null || need_apt+=(postgresql-client)
 # the SMTP server the notify and engine tests send to (src/notify/testing.rs)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need_apt+=(python3-aiosmtpd)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -8,6 +8,7 @@
 pub mod baanx;
 pub mod config;
 pub mod crypto;
+pub mod directory;
 pub mod domain;
 pub mod engine;
 pub mod notify;

@@ -2,8 +2,12 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use reverify::domain::CampaignSpec;
+use reverify::domain::{CampaignName, CampaignSpec};
+use reverify::store::StoreError;
+use reverify::store::campaigns::{CampaignRecord, CampaignStatus, StatusChange};
+use reverify::store::events::cli_actor;
 
 use super::{Context, exit};
 
@@ -15,9 +19,43 @@ pub enum CampaignCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Create or update campaigns from their files. Every file is validated first;
+    /// when one is bad, none is applied.
+    Apply {
+        /// Campaign files (TOML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List campaigns.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a campaign: status, version, last and next run, and the applied file.
+    Show {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop running a campaign until it is resumed.
+    Pause {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+    },
+    /// Run a paused campaign again when due.
+    Resume {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+    },
+    /// Stop a campaign for good.
+    Cancel {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+    },
 }
 
-pub async fn run(cmd: CampaignCommand, _ctx: &Context) -> anyhow::Result<u8> {
+pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
     match cmd {
         CampaignCommand::Validate { files } => {
             let mut bad = 0;
@@ -32,5 +70,156 @@ pub async fn run(cmd: CampaignCommand, _ctx: &Context) -> anyhow::Result<u8> {
             }
             Ok(if bad == 0 { exit::OK } else { exit::FAILURE })
         }
+        CampaignCommand::Apply { files } => apply(ctx, &files).await,
+        CampaignCommand::List { json } => list(ctx, json).await,
+        CampaignCommand::Show { name, json } => show(ctx, &name, json).await,
+        CampaignCommand::Pause { name } => set_status(ctx, &name, StatusChange::Pause).await,
+        CampaignCommand::Resume { name } => set_status(ctx, &name, StatusChange::Resume).await,
+        CampaignCommand::Cancel { name } => set_status(ctx, &name, StatusChange::Cancel).await,
     }
+}
+
+async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
+    // Validate every file before touching the database.
+    let mut parsed = Vec::with_capacity(files.len());
+    let mut bad = 0;
+    for f in files {
+        let shown = f.display().to_string();
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {shown}: cannot read: {e}");
+                bad += 1;
+                continue;
+            }
+        };
+        match CampaignSpec::from_toml(&text, &shown) {
+            Ok(spec) => {
+                if let Some((other, _, _)) =
+                    parsed.iter().find(|(_, s, _): &&(String, CampaignSpec, String)| s.name == spec.name)
+                {
+                    eprintln!("error: {shown}: campaign {} is also defined in {other}", spec.name);
+                    bad += 1;
+                } else {
+                    parsed.push((shown, spec, text));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("nothing applied: {bad} of {} files are not valid", files.len());
+        return Ok(exit::FAILURE);
+    }
+    let store = ctx.store().await?;
+    let actor = cli_actor();
+    let mut failed = 0;
+    for (shown, spec, text) in &parsed {
+        match store.campaign_apply(spec, text, &actor, Utc::now()).await {
+            Ok((outcome, c)) => {
+                let status = if c.status == CampaignStatus::Active { String::new() } else { format!(", {}", c.status) };
+                println!("{shown}: campaign {} {outcome} (version {}{status})", c.name, c.version);
+            }
+            Err(e) => {
+                eprintln!("error: {shown}: campaign {}: {e}", spec.name);
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::FAILURE })
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(|| "-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// The next run: as stored by the scheduler, else the schedule's next tick from now.
+fn next_run(c: &CampaignRecord) -> Option<DateTime<Utc>> {
+    if c.status != CampaignStatus::Active {
+        return None;
+    }
+    c.next_run_at.or_else(|| {
+        let spec = c.spec().ok()?;
+        spec.cron()?.next_after(Utc::now(), spec.tz())
+    })
+}
+
+fn record_json(c: &CampaignRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(c).unwrap_or_default();
+    v["next_run"] = serde_json::to_value(next_run(c)).unwrap_or_default();
+    v
+}
+
+async fn list(ctx: &Context, json: bool) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let all = store.campaign_list().await?;
+    if json {
+        let out: Vec<serde_json::Value> = all.iter().map(record_json).collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(exit::OK);
+    }
+    println!("{:<32}  {:<9}  {:>7}  {:<24}  {:<20}  NEXT RUN", "NAME", "STATUS", "VERSION", "SCHEDULE", "LAST RUN");
+    for c in &all {
+        let schedule = match (&c.schedule, &c.timezone) {
+            (Some(s), Some(tz)) => format!("{s} {tz}"),
+            (Some(s), None) => s.clone(),
+            _ => "by hand".into(),
+        };
+        println!(
+            "{:<32}  {:<9}  {:>7}  {:<24}  {:<20}  {}",
+            c.name.as_str(),
+            c.status.as_str(),
+            c.version,
+            schedule,
+            time(c.last_run_at),
+            time(next_run(c))
+        );
+    }
+    if all.is_empty() {
+        println!("(no campaigns: apply one with `reverify campaign apply jobs/NAME.toml`)");
+    }
+    Ok(exit::OK)
+}
+
+async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let Some(c) = store.campaign_get(name).await? else {
+        eprintln!("error: campaign {name} not found");
+        return Ok(exit::FAILURE);
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record_json(&c))?);
+        return Ok(exit::OK);
+    }
+    println!("name:      {}", c.name);
+    println!("status:    {}", c.status);
+    println!("version:   {} (sha256 {})", c.version, c.spec_hash);
+    println!("schedule:  {} ({})", c.schedule.as_deref().unwrap_or("by hand"), c.timezone.as_deref().unwrap_or("UTC"));
+    println!("created:   {}", time(Some(c.created_at)));
+    println!("updated:   {}", time(Some(c.updated_at)));
+    println!("last run:  {}", time(c.last_run_at));
+    println!("next run:  {}", time(next_run(&c)));
+    println!("--- applied file (version {}) ---", c.version);
+    print!("{}", c.spec_toml);
+    if !c.spec_toml.ends_with('\n') {
+        println!();
+    }
+    Ok(exit::OK)
+}
+
+async fn set_status(ctx: &Context, name: &CampaignName, change: StatusChange) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    match store.campaign_set_status(name, change, &cli_actor(), Utc::now()).await {
+        Ok((from, to)) if from == to => println!("campaign {name} is already {to}"),
+        Ok((from, to)) => println!("campaign {name} is now {to} (was {from})"),
+        Err(e @ (StoreError::NotFound { .. } | StoreError::Conflict(_))) => {
+            eprintln!("error: {e}");
+            return Ok(exit::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(exit::OK)
 }

@@ -10,9 +10,11 @@ use reverify::Settings;
 use reverify::config::LogFormat;
 use reverify::store::Store;
 
+mod bench_import;
 mod campaign;
 mod run;
 mod status;
+mod users;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -26,7 +28,6 @@ pub mod exit {
     /// A run was stopped (--max-duration, SIGTERM, SIGINT) with work left; the next run resumes.
     pub const INTERRUPTED: u8 = 4;
     /// Input was partly bad (an import with rejected rows): the good part was kept.
-    #[allow(dead_code)] // used by `users import`
     pub const PARTIAL: u8 = 3;
 }
 
@@ -62,6 +63,12 @@ enum Command {
     /// Validate, apply, list and control campaigns.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
+    /// Import, list, show and re-key the user directory.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Benchmark: import a generated CSV of 1M users into SQLite and Postgres.
+    #[command(hide = true)]
+    BenchImport(bench_import::BenchImportArgs),
 }
 
 /// What every command starts from.
@@ -120,5 +127,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         }
         Command::Campaign(c) => campaign::run(c, &ctx).await,
         Command::Run(args) => run::run(args, &ctx).await,
+        Command::Users(c) => users::run(c, &ctx).await,
+        Command::BenchImport(args) => bench_import::run(args).await,
     }
 }

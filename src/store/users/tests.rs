@@ -21,9 +21,13 @@ fn user(n: u32) -> UserUpsert {
         last_name: Some("Last".into()),
         locale: Some("en-GB".into()),
         timezone: Some("Europe/London".into()),
-        region: if n % 2 == 0 { Region::Intl } else { Region::Us },
+        region: if n.is_multiple_of(2) { Region::Intl } else { Region::Us },
         country: Some("GB".into()),
-        verification_state: if n % 3 == 0 { VerificationState::Rejected } else { VerificationState::Unverified },
+        verification_state: if n.is_multiple_of(3) {
+            VerificationState::Rejected
+        } else {
+            VerificationState::Unverified
+        },
         rejected_at: None,
         tags: vec![],
         signed_up_at: Some(at(1)),

@@ -1,0 +1,313 @@
+//! Importing the user directory from CSV or JSON Lines.
+//!
+//! Two streaming passes over the file, each in constant memory apart from what a
+//! report needs:
+//!
+//! 1. **Check**: parse every row, find duplicate user ids (a compact sorted list of
+//!    16-byte ids and line numbers: about 20 MB for a million rows), note which
+//!    lines are bad and whether any row carries a token.
+//! 2. **Write**: read the file again, skip the bad lines, seal tokens, and upsert in
+//!    batches. Parsing and sealing run on a blocking thread that hands batches to
+//!    the writer through a small channel, so reading overlaps with the database.
+//!
+//! Checking first is what lets `--strict` import nothing when any row is bad, lets
+//! both rows of a duplicate be left out (which one is right is the owner's call),
+//! and refuses a file with tokens before anything is written when no key is set.
+
+pub mod columns;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::crypto::TokenCipher;
+use crate::store::events::NewEvent;
+use crate::store::users::{SealedToken, UserUpsert};
+use crate::store::{Store, StoreError};
+use columns::{Fields, parse_fields};
+use source::Source;
+
+/// Rows handed to the store per call (one write transaction).
+const BATCH_ROWS: usize = 4000;
+/// How many problems a report keeps (the lowest line numbers); the rest are counted.
+pub const MAX_REPORTED_PROBLEMS: usize = 20;
+
+/// A file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Jsonl,
+}
+
+impl Format {
+    /// The format a file name implies: `.csv`, or `.jsonl` / `.ndjson`.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(Format::Csv),
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+/// Why an import stopped. Bad rows are not errors: they are in the [`ImportReport`].
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{file}: cannot open: {source}")]
+    Open { file: String, source: std::io::Error },
+    #[error("{file}: cannot tell the format from the file name; use --format csv or --format jsonl")]
+    UnknownFormat { file: String },
+    #[error("{file}: header row: {message}")]
+    Header { file: String, message: String },
+    #[error("{file}:{line}: {message}")]
+    Read { file: String, line: u64, message: String },
+    #[error(
+        "{file}:{line}: the row carries a refresh_token, but token_key is not set: set REVERIFY_TOKEN_KEY or REVERIFY_TOKEN_KEY_FILE (nothing was imported)"
+    )]
+    NoKey { file: String, line: u64 },
+    #[error("{file}:{line}: the file changed while it was being imported ({message}); import it again")]
+    Changed { file: String, line: u64, message: String },
+    #[error("{file}: importing stopped: {source}")]
+    Store { file: String, source: StoreError },
+    #[error("{file}: the import thread failed: {message}")]
+    Thread { file: String, message: String },
+}
+
+/// One bad row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RowProblem {
+    /// 1-based; the CSV header is line 1.
+    pub line: u64,
+    pub reason: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportReport {
+    /// Rows in the file (not counting the header and blank lines).
+    pub rows: u64,
+    /// Rows written.
+    pub imported: u64,
+    /// Rows refused.
+    pub bad: u64,
+    /// The first [`MAX_REPORTED_PROBLEMS`] bad rows by line.
+    pub problems: Vec<RowProblem>,
+    /// Rows whose refresh token was sealed and stored.
+    pub tokens: u64,
+    /// True when `--strict` refused the whole file.
+    pub strict_refused: bool,
+}
+
+/// How to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// `None`: from the file name.
+    pub format: Option<Format>,
+    /// Import nothing when any row is bad.
+    pub strict: bool,
+    /// Seals refresh tokens; needed only when a row has one.
+    pub cipher: Option<Arc<TokenCipher>>,
+    /// Recorded in the audit trail.
+    pub actor: String,
+    /// The time written as `created_at`/`updated_at`.
+    pub now: DateTime<Utc>,
+}
+
+/// The lowest-numbered problems, capped, and every bad line number.
+#[derive(Default)]
+struct Problems {
+    shown: BTreeMap<u64, String>,
+    lines: Vec<u64>,
+}
+
+impl Problems {
+    fn add(&mut self, line: u64, reason: String) {
+        self.lines.push(line);
+        self.shown.insert(line, reason);
+        if self.shown.len() > MAX_REPORTED_PROBLEMS {
+            self.shown.pop_last();
+        }
+    }
+}
+
+/// The outcome of pass 1.
+struct Checked {
+    rows: u64,
+    problems: Problems,
+    /// Sorted, without repeats.
+    bad_lines: Vec<u64>,
+    first_token_line: Option<u64>,
+}
+
+fn check(path: &Path, format: Format) -> Result<Checked, ImportError> {
+    let mut src = Source::open(path, format)?;
+    let mut fields: Fields = Default::default();
+    let mut problems = Problems::default();
+    let mut rows = 0u64;
+    let mut first_token_line = None;
+    // (id bytes, line): 20 bytes a row, sorted once at the end to find duplicates.
+    let mut ids: Vec<([u8; 16], u32)> = Vec::new();
+    while let Some(r) = src.next_row(&mut fields)? {
+        rows += 1;
+        if let Some(p) = r.problem {
+            problems.add(r.line, p);
+            continue;
+        }
+        match parse_fields(&fields) {
+            Err(why) => problems.add(r.line, why),
+            Ok(d) => {
+                if d.refresh_token.is_some() && first_token_line.is_none() {
+                    first_token_line = Some(r.line);
+                }
+                let bytes = uuid::Uuid::parse_str(d.user.user_id.as_str()).map(|u| u.into_bytes()).unwrap_or_default();
+                let line = u32::try_from(r.line).map_err(|_| ImportError::Read {
+                    file: path.display().to_string(),
+                    line: r.line,
+                    message: "more than 4 billion lines".into(),
+                })?;
+                ids.push((bytes, line));
+            }
+        }
+    }
+    ids.sort_unstable();
+    for group in ids.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        let id = uuid::Uuid::from_bytes(group[0].0).hyphenated().to_string();
+        for &(_, line) in group {
+            let others: Vec<String> =
+                group.iter().filter(|(_, l)| *l != line).take(5).map(|(_, l)| l.to_string()).collect();
+            let more = if group.len() > 6 { format!(" and {} more", group.len() - 6) } else { String::new() };
+            problems.add(u64::from(line), format!("user_id: {id} also appears on line {}{more}", others.join(", ")));
+        }
+    }
+    drop(ids);
+    let mut bad_lines = std::mem::take(&mut problems.lines);
+    bad_lines.sort_unstable();
+    bad_lines.dedup();
+    Ok(Checked { rows, problems, bad_lines, first_token_line })
+}
+
+/// Pass 2 on a blocking thread: good rows, sealed, in batches.
+fn produce(
+    path: PathBuf,
+    format: Format,
+    bad_lines: Vec<u64>,
+    cipher: Option<Arc<TokenCipher>>,
+    tx: tokio::sync::mpsc::Sender<Vec<UserUpsert>>,
+) -> Result<(), ImportError> {
+    let file = path.display().to_string();
+    let mut src = Source::open(&path, format)?;
+    let mut fields: Fields = Default::default();
+    let mut bad = bad_lines.iter().peekable();
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    while let Some(r) = src.next_row(&mut fields)? {
+        while bad.next_if(|&&l| l < r.line).is_some() {}
+        if bad.next_if(|&&l| l == r.line).is_some() {
+            continue;
+        }
+        let changed = |message: String| ImportError::Changed { file: file.clone(), line: r.line, message };
+        if let Some(p) = r.problem {
+            return Err(changed(p));
+        }
+        let mut draft = parse_fields(&fields).map_err(changed)?;
+        if let Some(token) = draft.refresh_token.take() {
+            let cipher = cipher.as_ref().ok_or_else(|| ImportError::NoKey { file: file.clone(), line: r.line })?;
+            let ciphertext = cipher.seal(draft.user.user_id.as_str(), &token);
+            draft.user.token = Some(SealedToken { key_id: cipher.key_id().to_owned(), ciphertext });
+        }
+        batch.push(draft.user);
+        if batch.len() == BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            if tx.blocking_send(full).is_err() {
+                return Ok(()); // the writer stopped; it reports why
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(batch);
+    }
+    Ok(())
+}
+
+/// Imports `path` into `store` (see the module docs) and records the import in the
+/// audit trail.
+///
+/// # Errors
+/// [`ImportError`] when the file as a whole cannot be imported; bad rows are in the
+/// report instead. When the store fails midway, the batches already written stay.
+pub async fn import_file(store: &Store, path: &Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
+    let file = path.display().to_string();
+    let format = match opts.format.or_else(|| Format::from_path(path)) {
+        Some(f) => f,
+        None => return Err(ImportError::UnknownFormat { file }),
+    };
+    let thread_err = |e: tokio::task::JoinError| ImportError::Thread { file: file.clone(), message: e.to_string() };
+    let owned = path.to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || check(&owned, format)).await.map_err(thread_err)??;
+    let mut report = ImportReport {
+        rows: checked.rows,
+        bad: checked.bad_lines.len() as u64,
+        problems: checked.problems.shown.into_iter().map(|(line, reason)| RowProblem { line, reason }).collect(),
+        ..ImportReport::default()
+    };
+    if opts.strict && report.bad > 0 {
+        report.strict_refused = true;
+        return Ok(report);
+    }
+    if let (Some(line), None) = (checked.first_token_line, &opts.cipher) {
+        return Err(ImportError::NoKey { file, line });
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<UserUpsert>>(2);
+    let owned = path.to_path_buf();
+    let cipher = opts.cipher.clone();
+    let producer = tokio::task::spawn_blocking(move || produce(owned, format, checked.bad_lines, cipher, tx));
+    let mut written: Result<(), StoreError> = Ok(());
+    while let Some(batch) = rx.recv().await {
+        let tokens = batch.iter().filter(|u| u.token.is_some()).count() as u64;
+        match store.user_upsert_batch(&batch, opts.now).await {
+            Ok(_) => {
+                report.imported += batch.len() as u64;
+                report.tokens += tokens;
+            }
+            Err(e) => {
+                written = Err(e);
+                break;
+            }
+        }
+    }
+    drop(rx); // stops the producer if the writer gave up
+    let produced = producer.await.map_err(thread_err)?;
+    written.map_err(|source| ImportError::Store { file: file.clone(), source })?;
+    produced?;
+
+    let event = NewEvent {
+        actor: &opts.actor,
+        kind: "users.imported",
+        campaign_id: None,
+        user_id: None,
+        detail: Some(serde_json::json!({
+            "file": file, "format": format, "rows": report.rows, "imported": report.imported,
+            "bad": report.bad, "tokens": report.tokens,
+        })),
+    };
+    store.event_append(&event, opts.now).await.map_err(|source| ImportError::Store { file, source })?;
+    Ok(report)
+}
+
+/// `value` made safe for a cell of a CSV file opened in a spreadsheet: a leading
+/// `=`, `+`, `-`, `@`, tab or carriage return would make it a formula, so such a
+/// value gets a leading `'`. Every CSV export of user data goes through this.
+pub fn spreadsheet_safe(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{value}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+#[cfg(test)]
+mod tests;
