@@ -53,6 +53,27 @@ pub enum CampaignCommand {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
     },
+    /// Progress: targets by status and reason, sessions issued, the rate over the
+    /// last minute and an ETA. The counts are read from the rows.
+    Status {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who a run would target now, and how many users are excluded and why,
+    /// without calling the API.
+    Plan {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put every failed target back in the queue for the next run.
+    RetryFailed {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+    },
 }
 
 pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
@@ -76,7 +97,28 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
         CampaignCommand::Pause { name } => set_status(ctx, &name, StatusChange::Pause).await,
         CampaignCommand::Resume { name } => set_status(ctx, &name, StatusChange::Resume).await,
         CampaignCommand::Cancel { name } => set_status(ctx, &name, StatusChange::Cancel).await,
+        CampaignCommand::Status { name, json } => {
+            let (store, c) = existing(ctx, &name).await?;
+            super::status::status(&store, &c, json).await
+        }
+        CampaignCommand::Plan { name, json } => {
+            let (store, c) = existing(ctx, &name).await?;
+            super::status::plan(&store, &c, json).await
+        }
+        CampaignCommand::RetryFailed { name } => {
+            let (store, c) = existing(ctx, &name).await?;
+            super::status::retry_failed(&store, &c).await
+        }
     }
+}
+
+/// The store and the named campaign, or an error that says how to create it.
+async fn existing(ctx: &Context, name: &CampaignName) -> anyhow::Result<(reverify::store::Store, CampaignRecord)> {
+    let store = ctx.store().await?;
+    let c = store.campaign_get(name).await?.ok_or_else(|| {
+        anyhow::anyhow!("no campaign named {name}; apply its file first (reverify campaign apply FILE)")
+    })?;
+    Ok((store, c))
 }
 
 async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
