@@ -12,6 +12,8 @@ use reverify::store::Store;
 
 mod bench_import;
 mod campaign;
+mod daemon;
+mod demo;
 mod run;
 mod status;
 mod users;
@@ -60,6 +62,11 @@ enum Command {
     Keygen,
     /// Run campaigns once and exit (see `reverify run --help` for exit codes).
     Run(run::RunArgs),
+    /// Run campaigns at their scheduled times until stopped.
+    Daemon(daemon::DaemonArgs),
+    /// Run a whole demo campaign on the embedded defaults: the built-in sandbox,
+    /// SQLite and a file outbox, under ./demo.
+    Demo(demo::DemoArgs),
     /// Validate, apply, list and control campaigns.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
@@ -127,6 +134,8 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         }
         Command::Campaign(c) => campaign::run(c, &ctx).await,
         Command::Run(args) => run::run(args, &ctx).await,
+        Command::Daemon(args) => daemon::run(args, &ctx).await,
+        Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
         Command::BenchImport(args) => bench_import::run(args).await,
     }
