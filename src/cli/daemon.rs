@@ -9,12 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, exit};
 
-/// Run each active campaign at its schedule's ticks until SIGTERM or SIGINT.
-///
-/// The daemon sleeps until the next tick of any campaign (re-reading the campaigns
-/// at least every minute, so that `campaign apply`, `pause` and `resume` take
-/// effect), runs what is due under each campaign's lease, and on SIGTERM lets the
-/// users in flight finish before it exits.
+/// Options of the command (documented on the subcommand).
 #[derive(Debug, Args)]
 pub struct DaemonArgs {}
 

@@ -60,9 +60,19 @@ enum Command {
     Migrate,
     /// Print a new random token encryption key (32 bytes, base64) for REVERIFY_TOKEN_KEY.
     Keygen,
-    /// Run campaigns once and exit (see `reverify run --help` for exit codes).
+    /// Run campaigns once and exit.
+    ///
+    /// Targets, claims, generates a session per user, notifies and records. Exits 0
+    /// when every campaign finished (nothing left that is due now), 4 when
+    /// --max-duration, SIGTERM or SIGINT stopped it with work left (the next run
+    /// resumes where it stopped, with no duplicate), 1 on failure.
     Run(run::RunArgs),
     /// Run campaigns at their scheduled times until stopped.
+    ///
+    /// Sleeps until the next tick of any active campaign (re-reading the campaigns at
+    /// least every minute, so that apply, pause and resume take effect), runs what is
+    /// due under each campaign's lease, and on SIGTERM lets the users in flight finish
+    /// before it exits.
     Daemon(daemon::DaemonArgs),
     /// Run a whole demo campaign on the embedded defaults: the built-in sandbox,
     /// SQLite and a file outbox, under ./demo.

@@ -15,11 +15,7 @@ use tracing::{error, info};
 
 use super::{Context, exit};
 
-/// Run campaigns once: target, claim, generate a session per user, notify, record.
-///
-/// Exits 0 when every campaign finished (nothing left that is due now), 4 when
-/// --max-duration, SIGTERM or SIGINT stopped it with work left (the next run
-/// resumes where it stopped), 1 on failure.
+/// Options of the command (documented on the subcommand).
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Campaigns to run, by name.
