@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{Clock, SystemClock, UserId};
 
+pub mod bench;
 mod faults;
 mod http;
 pub mod rng;
@@ -111,13 +112,13 @@ impl Default for SandboxConfig {
 /// Why a sandbox could not start, or a control call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid fault settings: {0}")]
+    #[error(transparent)]
     Faults(#[from] FaultsError),
     #[error("user {0} appears twice")]
     DuplicateUser(String),
@@ -127,8 +128,8 @@ pub enum SandboxError {
     UnknownUser(String),
     #[error("{0} must be at least 1 second")]
     Duration(&'static str),
-    #[error("cannot build the webhook client: {0}")]
-    Webhook(#[source] reqwest::Error),
+    #[error("cannot build an HTTP client")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 /// Starts sandboxes.
@@ -167,7 +168,7 @@ impl Sandbox {
         let session_prefix = format!("{}/session/", public.as_str().trim_end_matches('/'));
         let stats = Arc::new(stats::Counters::new());
         let webhook = match &config.webhook {
-            Some(t) => Some(webhook::Sender::new(t.clone(), Arc::clone(&stats)).map_err(SandboxError::Webhook)?),
+            Some(t) => Some(webhook::Sender::new(t.clone(), Arc::clone(&stats)).map_err(SandboxError::HttpClient)?),
             None => None,
         };
         let client_key = config.client_key.clone().unwrap_or_else(|| DEMO_CLIENT_KEY.to_owned());
