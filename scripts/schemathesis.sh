@@ -56,7 +56,10 @@ print(json.load(urllib.request.urlopen(req))["access_token"])
 PY
 )
 
-"$VENV/bin/schemathesis" run openapi/sandbox.yaml \
+# Run from the scratch directory: schemathesis leaves a .schemathesis/ cache behind.
+root=$(pwd)
+cd "$work"
+"$root/$VENV/bin/schemathesis" run "$root/openapi/sandbox.yaml" \
   --url "$base" \
   --checks not_a_server_error \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
