@@ -214,8 +214,8 @@ fn build_users(config: &SandboxConfig) -> Result<Vec<UserRecord>, SandboxError> 
     Ok(records)
 }
 
-/// A running sandbox. Dropping it without [`SandboxHandle::shutdown`] leaves the
-/// server running until the runtime ends.
+/// A running sandbox. Dropping it stops the server without waiting;
+/// [`SandboxHandle::shutdown`] also waits for it to finish.
 #[derive(Debug)]
 pub struct SandboxHandle {
     state: Arc<state::State>,
@@ -340,5 +340,11 @@ impl SandboxHandle {
                 abort.abort();
             }
         }
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
     }
 }
