@@ -126,7 +126,7 @@ pub enum SandboxError {
     DuplicateToken(String),
     #[error("no user {0} in the sandbox")]
     UnknownUser(String),
-    #[error("{0} must be at least 1 second")]
+    #[error("{0} must be at least 1 millisecond")]
     Duration(&'static str),
     #[error("cannot build an HTTP client")]
     HttpClient(#[source] reqwest::Error),
