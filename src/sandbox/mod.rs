@@ -29,7 +29,7 @@ use crate::domain::{Clock, SystemClock, UserId};
 pub mod bench;
 mod faults;
 mod http;
-pub mod rng;
+mod rng;
 mod state;
 mod stats;
 pub mod userfile;
