@@ -213,6 +213,13 @@ async fn user(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
     }
 }
 
+/// The hot path's answer, serialised without building a JSON map.
+#[derive(serde::Serialize)]
+struct SessionBody<'a> {
+    #[serde(rename = "sessionUrl")]
+    session_url: &'a str,
+}
+
 async fn verification(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
     if let Some(r) = gate(&s, Endpoint::Verification).await {
         return r;
@@ -222,7 +229,7 @@ async fn verification(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
         Err(r) => return refusal(r),
     };
     match s.start_session(i, generation) {
-        Ok(url) => axum::Json(json!({ "sessionUrl": url })).into_response(),
+        Ok(url) => axum::Json(SessionBody { session_url: &url }).into_response(),
         Err(r) => refusal(r),
     }
 }
