@@ -6,6 +6,8 @@ need_apt=()
 { command -v pg_isready && command -v pg_dump; } >/dev/null || need_apt+=(postgresql-client)
 # the SMTP server the notify and engine tests send to (src/notify/testing.rs)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need_apt+=(python3-aiosmtpd)
+# schemathesis (scripts/schemathesis.sh) runs in a venv
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -17,6 +17,7 @@ mod demo;
 mod run;
 mod status;
 mod users;
+mod sandbox;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -86,6 +87,8 @@ enum Command {
     /// Benchmark: import a generated CSV of 1M users into SQLite and Postgres.
     #[command(hide = true)]
     BenchImport(bench_import::BenchImportArgs),
+    Sandbox(Box<sandbox::SandboxArgs>),
+    SandboxBench(sandbox::BenchArgs),
 }
 
 /// What every command starts from.
@@ -148,5 +151,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
         Command::BenchImport(args) => bench_import::run(args).await,
+        Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
+        Command::SandboxBench(a) => sandbox::bench(a).await,
     }
 }
