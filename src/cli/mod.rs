@@ -15,9 +15,9 @@ mod campaign;
 mod daemon;
 mod demo;
 mod run;
+mod sandbox;
 mod status;
 mod users;
-mod sandbox;
 
 /// Exit codes, documented in the README.
 pub mod exit {

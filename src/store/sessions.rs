@@ -46,7 +46,7 @@ pub(crate) async fn event_in_tx(
 ) -> Result<(), StoreError> {
     let user_id = user_id.and_then(|u| UserId::parse(u).ok());
     let event = NewEvent { actor, kind, campaign_id, user_id: user_id.as_ref(), detail: Some(detail.clone()) };
-    event_insert(&mut **tx, &event, at).await.map(|_| ())
+    event_insert(tx, &event, at).await.map(|_| ())
 }
 
 impl Store {

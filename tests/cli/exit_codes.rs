@@ -51,7 +51,7 @@ both_engines!(interrupted_runs_exit_4_and_the_next_run_resumes_without_duplicate
     assert!(bin.outbox_count() > first);
 
     let o = bin.run(&["campaign", "status", "slow", "--json"]).await;
-    let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect(&text(&o));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
     assert_eq!(status["notified"].as_u64().unwrap() as usize, bin.outbox_count());
     assert_eq!(status["claimed"], 0);
     assert_eq!(status["pending"], 0);

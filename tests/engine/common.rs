@@ -39,15 +39,17 @@ impl Env {
                 .expect("sandbox starts");
         let dir = tempfile::tempdir().unwrap();
         let outbox = dir.path().join("outbox");
-        let mut settings = Settings::default();
-        settings.database_url = db.url.clone();
-        settings.baanx_base_url = sandbox.base_url();
-        settings.baanx_client_key = Some(Secret::new(sandbox.client_key()));
-        settings.token_key = Some(Secret::new(TokenCipher::generate_key()));
-        settings.outbox_dir = Some(outbox.clone());
-        settings.templates_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates");
-        settings.requests_per_second = 5000.0;
-        settings.burst = 100;
+        let settings = Settings {
+            database_url: db.url.clone(),
+            baanx_base_url: sandbox.base_url(),
+            baanx_client_key: Some(Secret::new(sandbox.client_key())),
+            token_key: Some(Secret::new(TokenCipher::generate_key())),
+            outbox_dir: Some(outbox.clone()),
+            templates_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates"),
+            requests_per_second: 5000.0,
+            burst: 100,
+            ..Settings::default()
+        };
         let env = Self { db, sandbox, settings, outbox, _dir: dir };
         env.load_users().await;
         env
