@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::domain::DeferReason;
+
 /// Which call failed, for messages and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -74,6 +76,9 @@ pub enum ErrorClass {
     /// Server trouble, timeouts, rate limits that outlasted the retry budget: try
     /// this user again later (defer).
     Transient,
+    /// The API refused a session for a per-user limit (daily cap, concurrent
+    /// sessions, a cooldown): defer the user; the ledger should have prevented it.
+    UserLimited,
     /// The API refused a freshly minted access token (401 twice): fail the user.
     Unauthorized,
     /// The API will not serve this user (403: suspended, wrong client; other 4xx):
@@ -94,6 +99,7 @@ impl ErrorClass {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Transient => "transient",
+            ErrorClass::UserLimited => "user_limited",
             ErrorClass::Unauthorized => "unauthorized",
             ErrorClass::Permanent => "permanent",
             ErrorClass::ConsentRequired => "consent_required",
@@ -137,6 +143,11 @@ pub enum BaanxError {
     /// 429, with the delay the server asked for.
     #[error("{endpoint}: 429 Too Many Requests (retry after {})", fmt_retry_after(*.retry_after))]
     RateLimited { endpoint: Endpoint, retry_after: Option<Duration> },
+    /// 429 on `GET /v1/user/verification` naming a per-user session limit: no
+    /// retry can help before the limit lifts, and it says nothing about the rate of
+    /// the whole client, so it neither retries nor slows other users down.
+    #[error("{endpoint} for user {user_id}: session limit reached ({})", .reason.map_or("unspecified", DeferReason::as_str))]
+    SessionLimit { endpoint: Endpoint, user_id: String, reason: Option<DeferReason> },
     /// 5xx.
     #[error("{endpoint}: server error {status} ({excerpt})")]
     Server { endpoint: Endpoint, status: StatusCode, excerpt: String },
@@ -192,6 +203,7 @@ impl BaanxError {
             | BaanxError::Server { .. }
             | BaanxError::Transport { .. }
             | BaanxError::GaveUp { .. } => ErrorClass::Transient,
+            BaanxError::SessionLimit { .. } => ErrorClass::UserLimited,
             BaanxError::Malformed { .. } => ErrorClass::Malformed,
         }
     }
@@ -214,7 +226,7 @@ impl BaanxError {
         match self {
             BaanxError::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
             BaanxError::Forbidden { .. } => Some(StatusCode::FORBIDDEN),
-            BaanxError::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            BaanxError::RateLimited { .. } | BaanxError::SessionLimit { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
             BaanxError::Server { status, .. }
             | BaanxError::UnexpectedStatus { status, .. }
             | BaanxError::Malformed { status, .. } => Some(*status),

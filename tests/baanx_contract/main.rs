@@ -5,3 +5,4 @@
 
 mod broken_api;
 mod common;
+mod sandbox_api;
