@@ -6,3 +6,5 @@
 mod broken_api;
 mod common;
 mod sandbox_api;
+mod secrecy;
+mod tokens;
