@@ -157,7 +157,10 @@ impl BaanxClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("reverify/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| BaanxError::Config { key: "baanx_base_url", message: format!("cannot build HTTP client: {e}") })?;
+            .map_err(|e| BaanxError::Config {
+                key: "baanx_base_url",
+                message: format!("cannot build HTTP client: {e}"),
+            })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -257,16 +260,16 @@ impl BaanxClient {
             return Ok((c.token.clone(), c.generation));
         }
         *cached = None;
-        let vault_err = |action: &'static str| {
-            move |source| BaanxError::Vault { user_id: user.to_string(), action, source }
-        };
-        let refresh = inner
-            .vault
-            .load(user)
+        let vault_err =
+            |action: &'static str| move |source| BaanxError::Vault { user_id: user.to_string(), action, source };
+        let refresh =
+            inner.vault.load(user).await.map_err(vault_err("load refresh token"))?.ok_or_else(|| {
+                BaanxError::ConsentRequired { user_id: user.to_string(), reason: ConsentReason::NoToken }
+            })?;
+        let grant = match self
+            .with_retries(Endpoint::Token, || self.send(Endpoint::Token, user, region, None, Some(&refresh)))
             .await
-            .map_err(vault_err("load refresh token"))?
-            .ok_or_else(|| BaanxError::ConsentRequired { user_id: user.to_string(), reason: ConsentReason::NoToken })?;
-        let grant = match self.with_retries(Endpoint::Token, || self.send(Endpoint::Token, user, region, None, Some(&refresh))).await {
+        {
             Ok(answer) => TokenGrant::parse(answer.status, &answer.body)?,
             Err(e @ BaanxError::ConsentRequired { .. }) => {
                 tracing::warn!("refresh token refused (invalid_grant): the user must consent again");
@@ -307,7 +310,8 @@ impl BaanxClient {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
             };
-            let ambiguous = matches!(err, BaanxError::Transport { kind: TransportKind::Timeout | TransportKind::Other, .. });
+            let ambiguous =
+                matches!(err, BaanxError::Transport { kind: TransportKind::Timeout | TransportKind::Other, .. });
             if !err.is_retryable() || (endpoint == Endpoint::Verification && ambiguous) {
                 return Err(err);
             }

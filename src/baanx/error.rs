@@ -366,7 +366,10 @@ mod tests {
 
     #[test]
     fn harmless_text_stays_readable() {
-        assert_eq!(scrub_excerpt(b"<html><body>502 Bad Gateway</body></html>"), "<html><body>502 Bad Gateway</body></html>");
+        assert_eq!(
+            scrub_excerpt(b"<html><body>502 Bad Gateway</body></html>"),
+            "<html><body>502 Bad Gateway</body></html>"
+        );
         assert_eq!(scrub_excerpt(br#"{"message": "Not authenticated"}"#), r#"{"message": "Not authenticated"}"#);
         assert_eq!(scrub_excerpt(br#"{"id": 12, "sessionUrl": 5}"#), r#"{"id": 12, "sessionUrl": 5}"#);
         let long = "x ".repeat(500);

@@ -125,8 +125,11 @@ impl TokenGrant {
                 .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
                 .ok_or_else(|| malformed(ep, status, body, "field `expires_in` is not a whole number"))?,
         };
-        let refresh_token =
-            m.get("refresh_token").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|s| Zeroizing::new(s.to_owned()));
+        let refresh_token = m
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| Zeroizing::new(s.to_owned()));
         Ok(Self {
             access_token: Zeroizing::new(access_token.to_owned()),
             // bounded, so that a wild value cannot overflow the expiry instant
@@ -153,10 +156,8 @@ pub(crate) fn session_limit(body: &[u8]) -> Option<Option<DeferReason>> {
             .into_iter()
             .find(|d| d.as_str() == r)
     });
-    let says_limit = v
-        .get("message")
-        .and_then(Value::as_str)
-        .is_some_and(|m| m.to_ascii_lowercase().contains("limit reached"));
+    let says_limit =
+        v.get("message").and_then(Value::as_str).is_some_and(|m| m.to_ascii_lowercase().contains("limit reached"));
     (reason.is_some() || says_limit).then_some(reason)
 }
 
@@ -233,13 +234,15 @@ mod tests {
 
     #[test]
     fn token_grant() {
-        let g = TokenGrant::parse(StatusCode::OK, br#"{"access_token":"at1","expires_in":21600,"refresh_token":"rt2"}"#)
-            .unwrap();
+        let g =
+            TokenGrant::parse(StatusCode::OK, br#"{"access_token":"at1","expires_in":21600,"refresh_token":"rt2"}"#)
+                .unwrap();
         assert_eq!(g.access_token.as_str(), "at1");
         assert_eq!(g.expires_in.as_secs(), 21600);
         assert_eq!(g.refresh_token.as_deref().map(String::as_str), Some("rt2"));
         assert!(!format!("{g:?}").contains("at1"));
-        let e = TokenGrant::parse(StatusCode::OK, br#"{"expires_in":5,"refresh_token":"rt-secret-value"}"#).unwrap_err();
+        let e =
+            TokenGrant::parse(StatusCode::OK, br#"{"expires_in":5,"refresh_token":"rt-secret-value"}"#).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("rt-secret-value"));
         assert_eq!(
             session_limit(br#"{"message":"Verification session limit reached: daily_cap","reason":"daily_cap"}"#),
@@ -248,6 +251,9 @@ mod tests {
         assert_eq!(session_limit(br#"{"message":"Session limit reached"}"#), Some(None));
         assert_eq!(session_limit(br#"{"message":"Too many requests"}"#), None);
         assert_eq!(session_limit(b"slow down"), None);
-        assert_eq!(oauth_error_code(br#"{"error":"invalid_grant","error_description":"x"}"#).as_deref(), Some("invalid_grant"));
+        assert_eq!(
+            oauth_error_code(br#"{"error":"invalid_grant","error_description":"x"}"#).as_deref(),
+            Some("invalid_grant")
+        );
     }
 }

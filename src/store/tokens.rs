@@ -44,13 +44,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn user_token_get(&self, user: &UserId) -> Result<Option<SealedToken>, StoreError> {
-        let row = sqlx::query(
-            "SELECT refresh_token_enc, token_key_id, consent_required_at FROM users WHERE user_id = $1",
-        )
-        .bind(user.as_str())
-        .fetch_optional(self.pool())
-        .await
-        .map_err(query_err("user_token_get"))?;
+        let row =
+            sqlx::query("SELECT refresh_token_enc, token_key_id, consent_required_at FROM users WHERE user_id = $1")
+                .bind(user.as_str())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(query_err("user_token_get"))?;
         let Some(row) = row else { return Ok(None) };
         let sealed: Option<Vec<u8>> = row.try_get("refresh_token_enc").map_err(query_err("user_token_get"))?;
         let key_id: Option<String> = row.try_get("token_key_id").map_err(query_err("user_token_get"))?;
@@ -210,7 +209,8 @@ mod tests {
     }
 
     both_engines!(tokens_are_sealed_rotated_and_refused, |db: TestDb| async move {
-        let cipher = Arc::new(TokenCipher::from_secrets(Some(&Secret::new(TokenCipher::generate_key())), None).unwrap());
+        let cipher =
+            Arc::new(TokenCipher::from_secrets(Some(&Secret::new(TokenCipher::generate_key())), None).unwrap());
         let vault = StoreTokenVault::new(db.store.clone(), cipher.clone(), Arc::new(SystemClock));
         let user = UserId::parse(ID).unwrap();
         // unknown user: no token, and writes say so

@@ -267,10 +267,7 @@ async fn a_per_user_session_limit_defers_without_retry_or_global_pause() {
         .find(|u| u.verification_state == VerificationState::Rejected)
         .expect("the generated users include a REJECTED one");
     let e = c.start_verification(&rejected.user_id, rejected.region).await.unwrap_err();
-    assert!(
-        matches!(e, BaanxError::SessionLimit { reason: Some(DeferReason::RejectionCooldown), .. }),
-        "{e}"
-    );
+    assert!(matches!(e, BaanxError::SessionLimit { reason: Some(DeferReason::RejectionCooldown), .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::UserLimited);
     assert!(c.limiter().paused_for().is_none(), "one user's limit must not slow the others");
     assert_eq!(c.stats().rate_limited, 0);

@@ -93,6 +93,9 @@ async fn a_rotated_token_survives_a_restart_of_the_worker() {
     assert_eq!(p.id, user.user_id);
     let stats = sb.stats().await;
     assert_eq!(requests(&stats, "POST /v1/auth/oauth/token"), 2, "one refresh per process, both accepted");
-    assert_eq!(vault.load(&user.user_id).await.unwrap().unwrap().as_str(), sb.user(&user.user_id).unwrap().refresh_token);
+    assert_eq!(
+        vault.load(&user.user_id).await.unwrap().unwrap().as_str(),
+        sb.user(&user.user_id).unwrap().refresh_token
+    );
     store.close().await;
 }
