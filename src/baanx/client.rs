@@ -445,7 +445,10 @@ fn classify(endpoint: Endpoint, user: &UserId, answer: Answer) -> Result<Answer,
     }
     Err(match status {
         // on the token endpoint a 401 is about the client, not the user's token
-        StatusCode::UNAUTHORIZED if endpoint != Endpoint::Token => BaanxError::Unauthorized { endpoint, user_id },
+        StatusCode::UNAUTHORIZED if endpoint == Endpoint::Token => {
+            BaanxError::ClientRefused { endpoint, status, message: error_message(&answer.body) }
+        }
+        StatusCode::UNAUTHORIZED => BaanxError::Unauthorized { endpoint, user_id },
         StatusCode::FORBIDDEN => BaanxError::Forbidden { endpoint, user_id, message: error_message(&answer.body) },
         // a per-user session limit (no Retry-After, the body names it) is not a
         // sign that the client is too fast: no global pause, no retry

@@ -128,6 +128,11 @@ pub enum BaanxError {
     /// A setting is missing or wrong.
     #[error("{key}: {message}")]
     Config { key: &'static str, message: String },
+    /// The token endpoint refused the client itself (401 other than
+    /// `invalid_grant`: a wrong or missing `baanx_client_key`). Every user would
+    /// fail the same way, so the caller should stop, not fail users one by one.
+    #[error("{endpoint}: the API refused the client ({status}: {message}); check baanx_client_key")]
+    ClientRefused { endpoint: Endpoint, status: StatusCode, message: String },
     /// The user must consent again before anything can be done for them.
     #[error("user {user_id} must consent again: {}", match .reason {
         ConsentReason::NoToken => "no usable refresh token is held",
@@ -195,7 +200,9 @@ impl BaanxError {
     /// What the failure means for the caller.
     pub fn class(&self) -> ErrorClass {
         match self {
-            BaanxError::Config { .. } | BaanxError::Vault { .. } => ErrorClass::Internal,
+            BaanxError::Config { .. } | BaanxError::Vault { .. } | BaanxError::ClientRefused { .. } => {
+                ErrorClass::Internal
+            }
             BaanxError::ConsentRequired { .. } => ErrorClass::ConsentRequired,
             BaanxError::Unauthorized { .. } => ErrorClass::Unauthorized,
             BaanxError::Forbidden { .. } | BaanxError::UnexpectedStatus { .. } => ErrorClass::Permanent,
@@ -228,6 +235,7 @@ impl BaanxError {
             BaanxError::Forbidden { .. } => Some(StatusCode::FORBIDDEN),
             BaanxError::RateLimited { .. } | BaanxError::SessionLimit { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
             BaanxError::Server { status, .. }
+            | BaanxError::ClientRefused { status, .. }
             | BaanxError::UnexpectedStatus { status, .. }
             | BaanxError::Malformed { status, .. } => Some(*status),
             BaanxError::GaveUp { last, .. } => last.status(),

@@ -273,3 +273,19 @@ async fn a_per_user_session_limit_defers_without_retry_or_global_pause() {
     assert_eq!(c.stats().rate_limited, 0);
     assert_eq!(requests(&sb.stats().await, "GET /v1/user/verification"), 1);
 }
+
+#[tokio::test]
+async fn a_wrong_client_key_is_a_client_error_not_a_user_error() {
+    let sb = start_sandbox(40, |_| {}).await;
+    let vault = vault_of(&sb);
+    let c = BaanxClient::new(fast_config(sb.base_url(), "not-the-key"), Arc::new(vault.clone())).unwrap();
+    let user = user_in(&sb, Region::Intl);
+    let e = c.get_user(&user, Region::Intl).await.unwrap_err();
+    assert!(matches!(e, BaanxError::ClientRefused { .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Internal);
+    assert!(e.to_string().contains("baanx_client_key") && !e.to_string().contains("not-the-key"), "{e}");
+    // the user's token is untouched: no consent mark, nothing retried
+    assert!(!vault.consent_required(&user));
+    assert_eq!(vault.token(&user).unwrap(), sandbox_token(&sb, &user));
+    assert_eq!(requests(&sb.stats().await, "POST /v1/auth/oauth/token"), 1);
+}
