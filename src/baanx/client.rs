@@ -11,7 +11,9 @@ use zeroize::Zeroizing;
 
 use super::error::{BaanxError, ConsentReason, Endpoint, TransportKind, scrub_excerpt};
 use super::limiter::{Limiter, LimiterStats};
-use super::model::{TokenGrant, UserProfile, error_message, oauth_error_code, parse_session, session_limit};
+use super::model::{
+    TokenGrant, UserProfile, error_message, oauth_error_code, parse_session, salvage_refresh_token, session_limit,
+};
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::tokens::{CachedToken, TokenCache, TokenVault, usable_for};
 use crate::config::{Secret, Settings};
@@ -270,7 +272,20 @@ impl BaanxClient {
             .with_retries(Endpoint::Token, || self.send(Endpoint::Token, user, region, None, Some(&refresh)))
             .await
         {
-            Ok(answer) => TokenGrant::parse(answer.status, &answer.body)?,
+            Ok(answer) => match TokenGrant::parse(answer.status, &answer.body) {
+                Ok(grant) => grant,
+                Err(e) => {
+                    // the server has rotated: keep the new refresh token if it can be read
+                    if let Some(rotated) = salvage_refresh_token(&answer.body) {
+                        inner
+                            .vault
+                            .store_rotated(user, &rotated)
+                            .await
+                            .map_err(vault_err("store rotated refresh token"))?;
+                    }
+                    return Err(e);
+                }
+            },
             Err(e @ BaanxError::ConsentRequired { .. }) => {
                 tracing::warn!("refresh token refused (invalid_grant): the user must consent again");
                 inner.vault.mark_consent_required(user).await.map_err(vault_err("mark consent required"))?;

@@ -223,6 +223,22 @@ impl BaanxError {
         matches!(self, BaanxError::RateLimited { .. } | BaanxError::Server { .. } | BaanxError::Transport { .. })
     }
 
+    /// True when a `GET /v1/user/verification` failed in a way that may still
+    /// have created a session on the server: the request timed out or the
+    /// connection broke after it was sent, or a 2xx answer could not be read. The
+    /// engine records such a ledger row as `unknown` (it counts against the
+    /// user's limits) rather than `api_failed`.
+    pub fn may_have_created_session(&self) -> bool {
+        match self {
+            BaanxError::Transport { endpoint: Endpoint::Verification, kind, .. } => {
+                matches!(kind, TransportKind::Timeout | TransportKind::Other)
+            }
+            BaanxError::Malformed { endpoint: Endpoint::Verification, status, .. } => status.is_success(),
+            BaanxError::GaveUp { last, .. } => last.may_have_created_session(),
+            _ => false,
+        }
+    }
+
     /// True when the user must consent again (engine skip reason `consent_required`).
     pub fn is_consent_required(&self) -> bool {
         matches!(self, BaanxError::ConsentRequired { .. })
@@ -408,6 +424,14 @@ mod tests {
             }),
         };
         assert!(!gave_up.is_retryable());
+        assert!(!gave_up.may_have_created_session());
+        let cut = BaanxError::Malformed {
+            endpoint: Endpoint::Verification,
+            status: StatusCode::OK,
+            problem: String::new(),
+            excerpt: String::new(),
+        };
+        assert!(cut.may_have_created_session());
         assert_eq!(gave_up.class(), ErrorClass::Transient);
         assert_eq!(gave_up.status(), Some(StatusCode::BAD_GATEWAY));
     }

@@ -139,6 +139,13 @@ impl TokenGrant {
     }
 }
 
+/// The rotated refresh token of a grant that is otherwise unreadable (no access
+/// token, say), so that it is not lost: the old one is already dead.
+pub(crate) fn salvage_refresh_token(body: &[u8]) -> Option<Zeroizing<String>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.get("refresh_token").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|s| Zeroizing::new(s.to_owned()))
+}
+
 /// The OAuth error code of a token endpoint refusal (`{"error": "invalid_grant"}`).
 pub(crate) fn oauth_error_code(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -244,6 +251,12 @@ mod tests {
         let e =
             TokenGrant::parse(StatusCode::OK, br#"{"expires_in":5,"refresh_token":"rt-secret-value"}"#).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("rt-secret-value"));
+        assert_eq!(
+            salvage_refresh_token(br#"{"expires_in":5,"refresh_token":"rt-secret-value"}"#)
+                .as_deref()
+                .map(String::as_str),
+            Some("rt-secret-value")
+        );
         assert_eq!(
             session_limit(br#"{"message":"Verification session limit reached: daily_cap","reason":"daily_cap"}"#),
             Some(Some(DeferReason::DailyCap))

@@ -105,6 +105,7 @@ async fn a_suspended_user_is_forbidden_permanently_and_not_retried() {
     let e = c.start_verification(&user, Region::Intl).await.unwrap_err();
     assert!(matches!(e, BaanxError::Forbidden { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Permanent);
+    assert!(!e.may_have_created_session());
     assert!(e.to_string().contains("suspended"), "{e}");
     assert_eq!(requests(&sb.stats().await, "GET /v1/user/verification"), 1);
 }
@@ -175,6 +176,7 @@ async fn timeouts_are_retried_then_given_up_but_never_for_a_session() {
     let e = c.start_verification(&user, Region::Intl).await.unwrap_err();
     assert!(matches!(e, BaanxError::Transport { kind: TransportKind::Timeout, .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Transient);
+    assert!(e.may_have_created_session());
     assert_eq!(requests(&sb.stats().await, "GET /v1/user/verification"), before + 1);
 }
 
