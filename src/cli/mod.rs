@@ -11,6 +11,7 @@ use reverify::config::LogFormat;
 use reverify::store::Store;
 
 mod campaign;
+mod sandbox;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -56,6 +57,8 @@ enum Command {
     /// Validate, apply, list and control campaigns.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
+    Sandbox(Box<sandbox::SandboxArgs>),
+    SandboxBench(sandbox::BenchArgs),
 }
 
 /// What every command starts from.
@@ -113,5 +116,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Campaign(c) => campaign::run(c, &ctx).await,
+        Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
+        Command::SandboxBench(a) => sandbox::bench(a).await,
     }
 }

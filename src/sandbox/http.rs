@@ -189,13 +189,12 @@ fn refusal(r: Refusal) -> Response {
 
 /// The checks every user call makes, in the real API's order: client key present,
 /// bearer token valid on this backend, then the client key must be the user's.
-fn user_auth(s: &State, h: &HeaderMap) -> Result<(usize, u64), Response> {
-    let key =
-        client_key_matches(s, h).ok_or_else(|| message(StatusCode::UNAUTHORIZED, "Missing x-client-key header"))?;
-    let token = bearer(h).ok_or_else(|| message(StatusCode::UNAUTHORIZED, "Not authenticated"))?;
-    let who = s.authenticate(token, us_env(h)).map_err(refusal)?;
+fn user_auth(s: &State, h: &HeaderMap) -> Result<(usize, u64), Refusal> {
+    let key = client_key_matches(s, h).ok_or(Refusal::Unauthenticated("Missing x-client-key header"))?;
+    let token = bearer(h).ok_or(Refusal::Unauthenticated("Not authenticated"))?;
+    let who = s.authenticate(token, us_env(h))?;
     if !key {
-        return Err(message(StatusCode::FORBIDDEN, "Client key does not match the user's client"));
+        return Err(Refusal::Forbidden("Client key does not match the user's client"));
     }
     Ok(who)
 }
@@ -206,12 +205,19 @@ async fn user(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
     }
     let (i, generation) = match user_auth(&s, &h) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return refusal(r),
     };
     match s.profile(i, generation) {
         Ok(p) => axum::Json(p).into_response(),
         Err(r) => refusal(r),
     }
+}
+
+/// The hot path's answer, serialised without building a JSON map.
+#[derive(serde::Serialize)]
+struct SessionBody<'a> {
+    #[serde(rename = "sessionUrl")]
+    session_url: &'a str,
 }
 
 async fn verification(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
@@ -220,10 +226,10 @@ async fn verification(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
     }
     let (i, generation) = match user_auth(&s, &h) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return refusal(r),
     };
     match s.start_session(i, generation) {
-        Ok(url) => axum::Json(json!({ "sessionUrl": url })).into_response(),
+        Ok(url) => axum::Json(SessionBody { session_url: &url }).into_response(),
         Err(r) => refusal(r),
     }
 }
@@ -308,24 +314,22 @@ async fn stats(AxState(s): AxState<Shared>) -> Response {
     axum::Json(s.stats.snapshot()).into_response()
 }
 
-fn find_user(s: &State, id: &str) -> Result<usize, Response> {
-    let uid = UserId::parse(id).map_err(|_| message(StatusCode::NOT_FOUND, "No such user"))?;
-    s.find(&uid).ok_or_else(|| message(StatusCode::NOT_FOUND, "No such user"))
+fn find_user(s: &State, id: &str) -> Option<usize> {
+    s.find(&UserId::parse(id).ok()?)
 }
 
 async fn user_view(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
     s.stats.request(Endpoint::Control);
     match find_user(&s, &id) {
-        Ok(i) => axum::Json(s.view(i)).into_response(),
-        Err(r) => r,
+        Some(i) => axum::Json(s.view(i)).into_response(),
+        None => message(StatusCode::NOT_FOUND, "No such user"),
     }
 }
 
 async fn user_control(AxState(s): AxState<Shared>, Path((id, action)): Path<(String, String)>) -> Response {
     s.stats.request(Endpoint::Control);
-    let i = match find_user(&s, &id) {
-        Ok(i) => i,
-        Err(r) => return r,
+    let Some(i) = find_user(&s, &id) else {
+        return message(StatusCode::NOT_FOUND, "No such user");
     };
     match action.as_str() {
         "suspend" => s.set_suspended(i, true),

@@ -26,9 +26,10 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{Clock, SystemClock, UserId};
 
+pub mod bench;
 mod faults;
 mod http;
-pub mod rng;
+mod rng;
 mod state;
 mod stats;
 pub mod userfile;
@@ -111,13 +112,13 @@ impl Default for SandboxConfig {
 /// Why a sandbox could not start, or a control call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid fault settings: {0}")]
+    #[error(transparent)]
     Faults(#[from] FaultsError),
     #[error("user {0} appears twice")]
     DuplicateUser(String),
@@ -125,10 +126,10 @@ pub enum SandboxError {
     DuplicateToken(String),
     #[error("no user {0} in the sandbox")]
     UnknownUser(String),
-    #[error("{0} must be at least 1 second")]
+    #[error("{0} must be at least 1 millisecond")]
     Duration(&'static str),
-    #[error("cannot build the webhook client: {0}")]
-    Webhook(#[source] reqwest::Error),
+    #[error("cannot build an HTTP client")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 /// Starts sandboxes.
@@ -167,7 +168,7 @@ impl Sandbox {
         let session_prefix = format!("{}/session/", public.as_str().trim_end_matches('/'));
         let stats = Arc::new(stats::Counters::new());
         let webhook = match &config.webhook {
-            Some(t) => Some(webhook::Sender::new(t.clone(), Arc::clone(&stats)).map_err(SandboxError::Webhook)?),
+            Some(t) => Some(webhook::Sender::new(t.clone(), Arc::clone(&stats)).map_err(SandboxError::HttpClient)?),
             None => None,
         };
         let client_key = config.client_key.clone().unwrap_or_else(|| DEMO_CLIENT_KEY.to_owned());
@@ -213,8 +214,8 @@ fn build_users(config: &SandboxConfig) -> Result<Vec<UserRecord>, SandboxError> 
     Ok(records)
 }
 
-/// A running sandbox. Dropping it without [`SandboxHandle::shutdown`] leaves the
-/// server running until the runtime ends.
+/// A running sandbox. Dropping it stops the server without waiting;
+/// [`SandboxHandle::shutdown`] also waits for it to finish.
 #[derive(Debug)]
 pub struct SandboxHandle {
     state: Arc<state::State>,
@@ -339,5 +340,11 @@ impl SandboxHandle {
                 abort.abort();
             }
         }
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
     }
 }

@@ -34,11 +34,6 @@ impl Rng {
         mix(self.0)
     }
 
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        unit(self.next_u64())
-    }
-
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
         // the modulo bias is far below anything a demo data set can show

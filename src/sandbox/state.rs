@@ -469,15 +469,21 @@ impl State {
             }
             u.record.user_id.clone()
         };
-        self.send_webhook(&user_id, &kyc_id, KycStatus::Pending, now);
+        let pending = self.webhook.is_some().then(|| event_body(&user_id, &kyc_id, KycStatus::Pending, now, 0));
         if self.rules.decision_delay.is_zero() {
-            self.decide(user, &kyc_id, outcome);
+            // one delivery task for both events keeps them in order
+            let decided = self.decide(user, &kyc_id, outcome);
+            self.send_webhooks(pending.into_iter().chain(decided).collect());
         } else {
+            self.send_webhooks(pending.into_iter().collect());
             let this = Arc::clone(self);
             let delay = self.rules.decision_delay;
             tokio::spawn(async move {
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => this.decide(user, &kyc_id, outcome),
+                    () = tokio::time::sleep(delay) => {
+                        let decided = this.decide(user, &kyc_id, outcome);
+                        this.send_webhooks(decided.into_iter().collect());
+                    }
                     () = this.shutdown.cancelled() => {}
                 }
             });
@@ -485,7 +491,8 @@ impl State {
         Ok(())
     }
 
-    fn decide(&self, user: usize, kyc_id: &str, outcome: Outcome) {
+    /// Moves a PENDING user to the outcome; returns the webhook body to send, if any.
+    fn decide(&self, user: usize, kyc_id: &str, outcome: Outcome) -> Option<Vec<u8>> {
         let now = self.clock.now();
         let (user_id, status) = {
             let mut u = self.user(user);
@@ -504,12 +511,12 @@ impl State {
             };
             (u.record.user_id.clone(), status)
         };
-        self.send_webhook(&user_id, kyc_id, status, now);
+        self.webhook.is_some().then(|| event_body(&user_id, kyc_id, status, now, rand::rng().next_u64()))
     }
 
-    fn send_webhook(&self, user: &UserId, kyc_id: &str, status: KycStatus, at: DateTime<Utc>) {
-        if let Some(w) = &self.webhook {
-            w.send(event_body(user, kyc_id, status, at, rand::rng().next_u64()));
+    fn send_webhooks(&self, bodies: Vec<Vec<u8>>) {
+        if let (Some(w), false) = (&self.webhook, bodies.is_empty()) {
+            w.send(bodies);
         }
     }
 

@@ -71,12 +71,9 @@ impl fmt::Debug for UserRecord {
 /// when it applies, the line and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum UserFileError {
-    #[error("{file}: {source}")]
-    Io {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is part of the message (not a `source`), so it is printed once.
+    #[error("{file}: {error}")]
+    Io { file: String, error: std::io::Error },
     #[error("{file}:{line}: {message}")]
     Syntax { file: String, line: u64, message: String },
     #[error("{file}:{line}: field {field}: {message}")]
@@ -135,7 +132,7 @@ pub type Row = (u64, Result<UserRecord, UserFileError>);
 /// [`UserFileError`] when the file cannot be read at all or its header is wrong.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, UserFileError> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| UserFileError::Io { file: name.clone(), source })?;
+    let file = std::fs::File::open(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl")) {
         read_jsonl(std::io::BufReader::new(file), &name)
     } else {
@@ -212,7 +209,7 @@ pub fn read_jsonl<R: BufRead>(reader: R, name: &str) -> Result<Vec<Row>, UserFil
     let mut rows = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line_no = i as u64 + 1;
-        let line = line.map_err(|source| UserFileError::Io { file: name.to_owned(), source })?;
+        let line = line.map_err(|error| UserFileError::Io { file: name.to_owned(), error })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -244,7 +241,8 @@ fn parse_row(raw: RawRow, file: &str, line: u64) -> Result<UserRecord, UserFileE
         return Err(field("timezone", format!("{timezone:?} is not an IANA time zone (e.g. Europe/London)")));
     }
     let country = raw.country.trim().to_ascii_uppercase();
-    if !country.is_empty() && !(country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase())) {
+    let country_ok = country.is_empty() || (country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase()));
+    if !country_ok {
         return Err(field("country", format!("{:?} is not an ISO 3166-1 alpha-2 code", raw.country)));
     }
     let locale = raw.locale.trim().to_owned();
@@ -296,7 +294,7 @@ fn parse_row(raw: RawRow, file: &str, line: u64) -> Result<UserRecord, UserFileE
 /// # Errors
 /// [`UserFileError::Io`] when writing fails.
 pub fn write_csv<W: Write>(writer: W, users: &[UserRecord], name: &str) -> Result<(), UserFileError> {
-    let io = |e: csv::Error| UserFileError::Io { file: name.to_owned(), source: std::io::Error::other(e) };
+    let io = |e: csv::Error| UserFileError::Io { file: name.to_owned(), error: std::io::Error::other(e) };
     let mut w = csv::Writer::from_writer(writer);
     w.write_record(HEADER).map_err(io)?;
     for u in users {
@@ -317,7 +315,7 @@ pub fn write_csv<W: Write>(writer: W, users: &[UserRecord], name: &str) -> Resul
         ])
         .map_err(io)?;
     }
-    w.flush().map_err(|source| UserFileError::Io { file: name.to_owned(), source })
+    w.flush().map_err(|error| UserFileError::Io { file: name.to_owned(), error })
 }
 
 /// Writes users as CSV to a file, replacing it.
@@ -326,7 +324,7 @@ pub fn write_csv<W: Write>(writer: W, users: &[UserRecord], name: &str) -> Resul
 /// [`UserFileError::Io`] naming the file.
 pub fn write_users(path: &Path, users: &[UserRecord]) -> Result<(), UserFileError> {
     let name = path.display().to_string();
-    let file = std::fs::File::create(path).map_err(|source| UserFileError::Io { file: name.clone(), source })?;
+    let file = std::fs::File::create(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
     write_csv(std::io::BufWriter::new(file), users, &name)
 }
 

@@ -116,10 +116,15 @@ impl Sender {
         Ok(Self { client, target, stats })
     }
 
-    /// Delivers `body` in the background, retrying 5xx and connection errors.
-    pub fn send(&self, body: Vec<u8>) {
+    /// Delivers events in the background, one after the other in the given order,
+    /// each retried on 5xx and connection errors.
+    pub fn send(&self, bodies: Vec<Vec<u8>>) {
         let this = self.clone();
-        tokio::spawn(async move { this.deliver(body).await });
+        tokio::spawn(async move {
+            for body in bodies {
+                this.deliver(body).await;
+            }
+        });
     }
 
     async fn deliver(&self, body: Vec<u8>) {

@@ -161,3 +161,23 @@ async fn limits_can_be_switched_off_for_benchmarks() {
     assert_eq!((stats.violations, stats.max_sessions_per_user_24h), (0, 12));
     env.sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn parallel_requests_for_one_user_get_exactly_three_sessions() {
+    let u = record(1, Region::Intl, VerificationState::Unverified);
+    let env = Env::start(vec![u.clone()]).await;
+    let token = env.access_token(&u).await;
+    let results = futures::future::join_all((0..20).map(|_| env.session(&token, false))).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 3, "{results:?}");
+    for r in results.into_iter().filter(|r| r.is_err()) {
+        assert_limited(r, DeferReason::Concurrency);
+    }
+    let stats = env.sandbox.stats().await;
+    assert_eq!((stats.violations, stats.max_concurrent_sessions_per_user), (17, 3));
+    // every verification request is in the per-second histogram
+    assert_eq!(stats.verification_per_second.iter().sum::<u64>(), 20);
+    assert!(stats.verification_busiest_second >= 1 && stats.verification_busiest_second <= 20);
+    assert_eq!(stats.requests["GET /v1/user/verification"], 20);
+    env.sandbox.shutdown().await;
+}

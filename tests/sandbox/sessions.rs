@@ -154,3 +154,27 @@ async fn outcomes_send_signed_webhooks_after_the_decision_delay() {
     assert_eq!(stats.webhooks_failed, 0);
     env.sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_no_decision_delay_the_events_still_arrive_in_order() {
+    let (hook, mut events) = receiver().await;
+    let u = record(1, Region::Intl, VerificationState::Rejected);
+    let env = Env::start_with(vec![u.clone()], |c| {
+        c.webhook = Some(WebhookTarget { url: hook, key: reverify::Secret::new("k") });
+    })
+    .await;
+    env.clock.advance(chrono::Duration::hours(25));
+    let token = env.access_token(&u).await;
+    for outcome in ["verified", "abandoned"] {
+        let url = env.session(&token, false).await.unwrap();
+        env.http.post(format!("{url}?outcome={outcome}")).send().await.unwrap();
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let (h, body) = events.recv().await.unwrap();
+        statuses.push(verified_event("k", &h, &body)["event_object"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, ["pending", "completed"]);
+    assert!(events.try_recv().is_err(), "an abandoned session sends nothing");
+    env.sandbox.shutdown().await;
+}
