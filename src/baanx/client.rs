@@ -11,7 +11,9 @@ use zeroize::Zeroizing;
 
 use super::error::{BaanxError, ConsentReason, Endpoint, TransportKind, scrub_excerpt};
 use super::limiter::{Limiter, LimiterStats};
-use super::model::{TokenGrant, UserProfile, error_message, oauth_error_code, parse_session};
+use super::model::{
+    TokenGrant, UserProfile, error_message, oauth_error_code, parse_session, salvage_refresh_token, session_limit,
+};
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::tokens::{CachedToken, TokenCache, TokenVault, usable_for};
 use crate::config::{Secret, Settings};
@@ -270,7 +272,20 @@ impl BaanxClient {
             .with_retries(Endpoint::Token, || self.send(Endpoint::Token, user, region, None, Some(&refresh)))
             .await
         {
-            Ok(answer) => TokenGrant::parse(answer.status, &answer.body)?,
+            Ok(answer) => match TokenGrant::parse(answer.status, &answer.body) {
+                Ok(grant) => grant,
+                Err(e) => {
+                    // the server has rotated: keep the new refresh token if it can be read
+                    if let Some(rotated) = salvage_refresh_token(&answer.body) {
+                        inner
+                            .vault
+                            .store_rotated(user, &rotated)
+                            .await
+                            .map_err(vault_err("store rotated refresh token"))?;
+                    }
+                    return Err(e);
+                }
+            },
             Err(e @ BaanxError::ConsentRequired { .. }) => {
                 tracing::warn!("refresh token refused (invalid_grant): the user must consent again");
                 inner.vault.mark_consent_required(user).await.map_err(vault_err("mark consent required"))?;
@@ -445,8 +460,19 @@ fn classify(endpoint: Endpoint, user: &UserId, answer: Answer) -> Result<Answer,
     }
     Err(match status {
         // on the token endpoint a 401 is about the client, not the user's token
-        StatusCode::UNAUTHORIZED if endpoint != Endpoint::Token => BaanxError::Unauthorized { endpoint, user_id },
+        StatusCode::UNAUTHORIZED if endpoint == Endpoint::Token => {
+            BaanxError::ClientRefused { endpoint, status, message: error_message(&answer.body) }
+        }
+        StatusCode::UNAUTHORIZED => BaanxError::Unauthorized { endpoint, user_id },
         StatusCode::FORBIDDEN => BaanxError::Forbidden { endpoint, user_id, message: error_message(&answer.body) },
+        // a per-user session limit (no Retry-After, the body names it) is not a
+        // sign that the client is too fast: no global pause, no retry
+        StatusCode::TOO_MANY_REQUESTS if endpoint == Endpoint::Verification && answer.retry_after.is_none() => {
+            match session_limit(&answer.body) {
+                Some(reason) => BaanxError::SessionLimit { endpoint, user_id, reason },
+                None => BaanxError::RateLimited { endpoint, retry_after: None },
+            }
+        }
         StatusCode::TOO_MANY_REQUESTS => BaanxError::RateLimited { endpoint, retry_after: answer.retry_after },
         s if s.is_server_error() => BaanxError::Server { endpoint, status: s, excerpt: scrub_excerpt(&answer.body) },
         s => BaanxError::UnexpectedStatus { endpoint, status: s, excerpt: scrub_excerpt(&answer.body) },

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::domain::DeferReason;
+
 /// Which call failed, for messages and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -74,6 +76,9 @@ pub enum ErrorClass {
     /// Server trouble, timeouts, rate limits that outlasted the retry budget: try
     /// this user again later (defer).
     Transient,
+    /// The API refused a session for a per-user limit (daily cap, concurrent
+    /// sessions, a cooldown): defer the user; the ledger should have prevented it.
+    UserLimited,
     /// The API refused a freshly minted access token (401 twice): fail the user.
     Unauthorized,
     /// The API will not serve this user (403: suspended, wrong client; other 4xx):
@@ -94,6 +99,7 @@ impl ErrorClass {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Transient => "transient",
+            ErrorClass::UserLimited => "user_limited",
             ErrorClass::Unauthorized => "unauthorized",
             ErrorClass::Permanent => "permanent",
             ErrorClass::ConsentRequired => "consent_required",
@@ -122,6 +128,11 @@ pub enum BaanxError {
     /// A setting is missing or wrong.
     #[error("{key}: {message}")]
     Config { key: &'static str, message: String },
+    /// The token endpoint refused the client itself (401 other than
+    /// `invalid_grant`: a wrong or missing `baanx_client_key`). Every user would
+    /// fail the same way, so the caller should stop, not fail users one by one.
+    #[error("{endpoint}: the API refused the client ({status}: {message}); check baanx_client_key")]
+    ClientRefused { endpoint: Endpoint, status: StatusCode, message: String },
     /// The user must consent again before anything can be done for them.
     #[error("user {user_id} must consent again: {}", match .reason {
         ConsentReason::NoToken => "no usable refresh token is held",
@@ -137,6 +148,11 @@ pub enum BaanxError {
     /// 429, with the delay the server asked for.
     #[error("{endpoint}: 429 Too Many Requests (retry after {})", fmt_retry_after(*.retry_after))]
     RateLimited { endpoint: Endpoint, retry_after: Option<Duration> },
+    /// 429 on `GET /v1/user/verification` naming a per-user session limit: no
+    /// retry can help before the limit lifts, and it says nothing about the rate of
+    /// the whole client, so it neither retries nor slows other users down.
+    #[error("{endpoint} for user {user_id}: session limit reached ({})", .reason.map_or("unspecified", DeferReason::as_str))]
+    SessionLimit { endpoint: Endpoint, user_id: String, reason: Option<DeferReason> },
     /// 5xx.
     #[error("{endpoint}: server error {status} ({excerpt})")]
     Server { endpoint: Endpoint, status: StatusCode, excerpt: String },
@@ -184,7 +200,9 @@ impl BaanxError {
     /// What the failure means for the caller.
     pub fn class(&self) -> ErrorClass {
         match self {
-            BaanxError::Config { .. } | BaanxError::Vault { .. } => ErrorClass::Internal,
+            BaanxError::Config { .. } | BaanxError::Vault { .. } | BaanxError::ClientRefused { .. } => {
+                ErrorClass::Internal
+            }
             BaanxError::ConsentRequired { .. } => ErrorClass::ConsentRequired,
             BaanxError::Unauthorized { .. } => ErrorClass::Unauthorized,
             BaanxError::Forbidden { .. } | BaanxError::UnexpectedStatus { .. } => ErrorClass::Permanent,
@@ -192,6 +210,7 @@ impl BaanxError {
             | BaanxError::Server { .. }
             | BaanxError::Transport { .. }
             | BaanxError::GaveUp { .. } => ErrorClass::Transient,
+            BaanxError::SessionLimit { .. } => ErrorClass::UserLimited,
             BaanxError::Malformed { .. } => ErrorClass::Malformed,
         }
     }
@@ -204,6 +223,22 @@ impl BaanxError {
         matches!(self, BaanxError::RateLimited { .. } | BaanxError::Server { .. } | BaanxError::Transport { .. })
     }
 
+    /// True when a `GET /v1/user/verification` failed in a way that may still
+    /// have created a session on the server: the request timed out or the
+    /// connection broke after it was sent, or a 2xx answer could not be read. The
+    /// engine records such a ledger row as `unknown` (it counts against the
+    /// user's limits) rather than `api_failed`.
+    pub fn may_have_created_session(&self) -> bool {
+        match self {
+            BaanxError::Transport { endpoint: Endpoint::Verification, kind, .. } => {
+                matches!(kind, TransportKind::Timeout | TransportKind::Other)
+            }
+            BaanxError::Malformed { endpoint: Endpoint::Verification, status, .. } => status.is_success(),
+            BaanxError::GaveUp { last, .. } => last.may_have_created_session(),
+            _ => false,
+        }
+    }
+
     /// True when the user must consent again (engine skip reason `consent_required`).
     pub fn is_consent_required(&self) -> bool {
         matches!(self, BaanxError::ConsentRequired { .. })
@@ -214,8 +249,9 @@ impl BaanxError {
         match self {
             BaanxError::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
             BaanxError::Forbidden { .. } => Some(StatusCode::FORBIDDEN),
-            BaanxError::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            BaanxError::RateLimited { .. } | BaanxError::SessionLimit { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
             BaanxError::Server { status, .. }
+            | BaanxError::ClientRefused { status, .. }
             | BaanxError::UnexpectedStatus { status, .. }
             | BaanxError::Malformed { status, .. } => Some(*status),
             BaanxError::GaveUp { last, .. } => last.status(),
@@ -388,6 +424,14 @@ mod tests {
             }),
         };
         assert!(!gave_up.is_retryable());
+        assert!(!gave_up.may_have_created_session());
+        let cut = BaanxError::Malformed {
+            endpoint: Endpoint::Verification,
+            status: StatusCode::OK,
+            problem: String::new(),
+            excerpt: String::new(),
+        };
+        assert!(cut.may_have_created_session());
         assert_eq!(gave_up.class(), ErrorClass::Transient);
         assert_eq!(gave_up.status(), Some(StatusCode::BAD_GATEWAY));
     }

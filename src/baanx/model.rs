@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use super::error::{BaanxError, Endpoint, scrub_excerpt};
-use crate::domain::{EmailAddress, SessionUrl, UserId, VerificationState};
+use crate::domain::{DeferReason, EmailAddress, SessionUrl, UserId, VerificationState};
 
 /// What the worker needs of a user's profile. No date of birth, SSN, address or
 /// phone number: those are dropped while parsing.
@@ -139,10 +139,33 @@ impl TokenGrant {
     }
 }
 
+/// The rotated refresh token of a grant that is otherwise unreadable (no access
+/// token, say), so that it is not lost: the old one is already dead.
+pub(crate) fn salvage_refresh_token(body: &[u8]) -> Option<Zeroizing<String>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.get("refresh_token").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|s| Zeroizing::new(s.to_owned()))
+}
+
 /// The OAuth error code of a token endpoint refusal (`{"error": "invalid_grant"}`).
 pub(crate) fn oauth_error_code(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     v.get("error").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The per-user limit a 429 names, when it names one: `Some(reason)` for a body
+/// such as `{"message": "Verification session limit reached: daily_cap",
+/// "reason": "daily_cap"}`, `Some(None)` for a limit message without a known
+/// reason, `None` for a plain rate limit.
+pub(crate) fn session_limit(body: &[u8]) -> Option<Option<DeferReason>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let reason = v.get("reason").and_then(Value::as_str).and_then(|r| {
+        [DeferReason::DailyCap, DeferReason::Concurrency, DeferReason::FailureCooldown, DeferReason::RejectionCooldown]
+            .into_iter()
+            .find(|d| d.as_str() == r)
+    });
+    let says_limit =
+        v.get("message").and_then(Value::as_str).is_some_and(|m| m.to_ascii_lowercase().contains("limit reached"));
+    (reason.is_some() || says_limit).then_some(reason)
 }
 
 /// The `message` of an error body (`{"message": "Not authenticated"}`), scrubbed.
@@ -228,6 +251,19 @@ mod tests {
         let e =
             TokenGrant::parse(StatusCode::OK, br#"{"expires_in":5,"refresh_token":"rt-secret-value"}"#).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("rt-secret-value"));
+        assert_eq!(
+            salvage_refresh_token(br#"{"expires_in":5,"refresh_token":"rt-secret-value"}"#)
+                .as_deref()
+                .map(String::as_str),
+            Some("rt-secret-value")
+        );
+        assert_eq!(
+            session_limit(br#"{"message":"Verification session limit reached: daily_cap","reason":"daily_cap"}"#),
+            Some(Some(DeferReason::DailyCap))
+        );
+        assert_eq!(session_limit(br#"{"message":"Session limit reached"}"#), Some(None));
+        assert_eq!(session_limit(br#"{"message":"Too many requests"}"#), None);
+        assert_eq!(session_limit(b"slow down"), None);
         assert_eq!(
             oauth_error_code(br#"{"error":"invalid_grant","error_description":"x"}"#).as_deref(),
             Some("invalid_grant")

@@ -23,12 +23,20 @@ fn to_failure(e: BaanxError) -> ApiFailure {
         BaanxError::ConsentRequired { .. } => ApiFailure::ConsentRequired,
         BaanxError::Forbidden { message, .. } => ApiFailure::Forbidden(message),
         BaanxError::RateLimited { retry_after, .. } => ApiFailure::RateLimited { retry_after },
+        BaanxError::SessionLimit { reason, .. } => {
+            ApiFailure::UserLimited { reason: reason.map_or("api_session_limit", |r| r.as_str()) }
+        }
+        e @ (BaanxError::ClientRefused { .. } | BaanxError::Config { .. }) => ApiFailure::Fatal(e.to_string()),
         BaanxError::Unauthorized { .. } => ApiFailure::Refused("401 after a fresh access token".into()),
         BaanxError::UnexpectedStatus { status, .. } if status.is_client_error() => {
             ApiFailure::Refused(format!("status {status}"))
         }
         BaanxError::GaveUp { last, .. } => match *last {
             BaanxError::RateLimited { retry_after, .. } => ApiFailure::RateLimited { retry_after },
+        BaanxError::SessionLimit { reason, .. } => {
+            ApiFailure::UserLimited { reason: reason.map_or("api_session_limit", |r| r.as_str()) }
+        }
+        e @ (BaanxError::ClientRefused { .. } | BaanxError::Config { .. }) => ApiFailure::Fatal(e.to_string()),
             other => ApiFailure::Unavailable(other.to_string()),
         },
         other => ApiFailure::Unavailable(other.to_string()),

@@ -148,6 +148,14 @@ async fn api_failed_before_reserve(
         ApiFailure::ConsentRequired => settle(s, t, "skipped", "consent_required", None).await,
         ApiFailure::Forbidden(_) => settle(s, t, "failed", "forbidden", None).await,
         ApiFailure::Refused(_) => settle(s, t, "failed", "api_refused", None).await,
+        ApiFailure::UserLimited { reason } => {
+            let at = s.now() + chrono::Duration::hours(1);
+            settle(s, t, "deferred", reason, Some(at)).await
+        }
+        ApiFailure::Fatal(why) => {
+            s.abort(why);
+            settle(s, t, "pending", "run_stopped", None).await
+        }
         ApiFailure::RateLimited { retry_after } => {
             if t.attempts >= s.config.max_attempts {
                 return settle(s, t, "failed", "rate_limited", None).await;
@@ -176,6 +184,11 @@ fn classify_session_failure(
         ApiFailure::ConsentRequired => (true, "skipped", "consent_required", None),
         ApiFailure::Forbidden(_) => (true, "failed", "forbidden", None),
         ApiFailure::Refused(_) => (true, "failed", "api_refused", None),
+        ApiFailure::UserLimited { reason } => (true, "deferred", reason, Some(s.now() + chrono::Duration::hours(1))),
+        ApiFailure::Fatal(why) => {
+            s.abort(why.clone());
+            (true, "pending", "run_stopped", None)
+        }
         ApiFailure::RateLimited { .. } if out_of_attempts => (true, "failed", "rate_limited", None),
         ApiFailure::RateLimited { retry_after } => {
             (true, "pending", "rate_limited", Some(retry_at(s, t.attempts, *retry_after)))

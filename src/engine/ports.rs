@@ -29,6 +29,15 @@ pub enum ApiFailure {
     /// 429 that outlasted the retries. The API created nothing.
     #[error("rate limited")]
     RateLimited { retry_after: Option<Duration> },
+    /// The API refused under one of its per-user limits although the ledger allowed
+    /// the session (sessions started elsewhere, e.g. in the partner's app). Nothing
+    /// was created.
+    #[error("the API's per-user limit: {reason}")]
+    UserLimited { reason: &'static str },
+    /// The client itself is refused (a wrong client key) or misconfigured: every user
+    /// would fail the same way, so the run stops.
+    #[error("fatal: {0}")]
+    Fatal(String),
     /// A refusal that is certain to have created nothing (another 4xx).
     #[error("refused: {0}")]
     Refused(String),

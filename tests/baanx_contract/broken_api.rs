@@ -23,6 +23,8 @@ enum Mode {
     TruncatedJson,
     Html,
     AlwaysUnauthorized,
+    /// The token endpoint rotates but sends no access token.
+    GrantWithoutAccessToken,
 }
 
 struct Stub {
@@ -34,6 +36,10 @@ struct Stub {
 
 async fn token(State(s): State<Arc<Stub>>) -> Response {
     let n = s.tokens.fetch_add(1, Ordering::SeqCst) + 1;
+    if *s.mode.lock().unwrap() == Mode::GrantWithoutAccessToken {
+        return axum::Json(serde_json::json!({"refresh_token": format!("rt_stub_{n}_0123456789abcdef")}))
+            .into_response();
+    }
     axum::Json(serde_json::json!({
         "access_token": format!("at_stub_{n}_0123456789abcdef"),
         "expires_in": 21600,
@@ -58,7 +64,7 @@ async fn user_call(State(s): State<Arc<Stub>>, h: HeaderMap) -> Response {
             format!("<html><body>Maintenance. Your link: {SECRET_URL}</body></html>"),
         )
             .into_response(),
-        Mode::AlwaysUnauthorized => {
+        Mode::AlwaysUnauthorized | Mode::GrantWithoutAccessToken => {
             (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"message": "Not authenticated"}))).into_response()
         }
     }
@@ -139,4 +145,16 @@ async fn a_second_401_is_unauthorized_after_exactly_one_refresh() {
     assert_eq!(bearers, ["Bearer at_stub_1_0123456789abcdef", "Bearer at_stub_2_0123456789abcdef"]);
     // each rotation was persisted
     assert_eq!(vault.token(&user).as_deref(), Some("rt_stub_2_0123456789abcdef"));
+}
+
+#[tokio::test]
+async fn an_unreadable_grant_still_keeps_the_rotated_refresh_token() {
+    let (stub, base) = start(Mode::GrantWithoutAccessToken).await;
+    let (c, vault, user) = client(base);
+    let e = c.get_user(&user, Region::Intl).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Malformed, "{e}");
+    assert!(e.to_string().contains("access_token"), "{e}");
+    assert_hidden(&e);
+    assert_eq!(vault.token(&user).as_deref(), Some("rt_stub_1_0123456789abcdef"));
+    assert_eq!(stub.user_calls.load(Ordering::SeqCst), 0);
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use reverify::Secret;
 use reverify::baanx::{BaanxConfig, RetryPolicy};
+use reverify::sandbox::{Sandbox, SandboxConfig, Stats, UserSource};
 
 /// A user id for the stub API.
 pub const USER_A: &str = "0b9cf0a4-3a4e-4c1e-9d55-6d3f8a6f0a11";
@@ -24,4 +25,19 @@ pub fn fast_config(base: url::Url, client_key: &str) -> BaanxConfig {
         max_delay: Duration::from_millis(200),
     };
     cfg
+}
+
+/// The sandbox under test.
+pub type Sb = reverify::sandbox::SandboxHandle;
+
+/// A sandbox with `users` generated users, the configuration tweaked by `tweak`.
+pub async fn start_sandbox(users: usize, tweak: impl FnOnce(&mut SandboxConfig)) -> Sb {
+    let mut cfg = SandboxConfig { users: UserSource::Generate(users), ..SandboxConfig::default() };
+    tweak(&mut cfg);
+    Sandbox::start(cfg).await.expect("sandbox starts")
+}
+
+/// Requests the sandbox counted on one endpoint (`"GET /v1/user"`).
+pub fn requests(stats: &Stats, endpoint: &str) -> u64 {
+    stats.requests.get(endpoint).copied().unwrap_or(0)
 }

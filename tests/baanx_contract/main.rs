@@ -5,3 +5,6 @@
 
 mod broken_api;
 mod common;
+mod sandbox_api;
+mod secrecy;
+mod tokens;

@@ -1,0 +1,101 @@
+//! Token lifetimes and rotation across restarts, against the sandbox.
+
+use std::sync::Arc;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use reverify::baanx::{BaanxClient, TokenVault};
+use reverify::crypto::TokenCipher;
+use reverify::domain::{ManualClock, Region, SystemClock, UserId, VerificationState};
+use reverify::store::Store;
+use reverify::store::tokens::StoreTokenVault;
+use reverify::{Secret, sandbox::UserRecord};
+
+use crate::common::{fast_config, requests, start_sandbox};
+
+fn pick(users: &[UserRecord], region: Region) -> UserRecord {
+    users.iter().find(|u| u.region == region && u.verification_state != VerificationState::Rejected).unwrap().clone()
+}
+
+#[tokio::test]
+async fn access_tokens_are_refreshed_before_they_expire_not_after() {
+    let clock = ManualClock::new(Utc::now());
+    let sb = start_sandbox(40, |c| c.clock = Arc::new(clock.clone())).await;
+    let vault = reverify::baanx::MemoryVault::new();
+    let user = pick(&sb.users(), Region::Us);
+    vault.insert(&user.user_id, user.refresh_token.as_deref().unwrap());
+    let mut cfg = fast_config(sb.base_url(), sb.client_key());
+    cfg.clock = Arc::new(clock.clone());
+    let c = BaanxClient::new(cfg, Arc::new(vault.clone())).unwrap();
+
+    c.get_user(&user.user_id, Region::Us).await.unwrap();
+    // 5 h 54 min later the 6 h token is still used
+    clock.advance(ChronoDuration::minutes(6 * 60 - 6));
+    c.get_user(&user.user_id, Region::Us).await.unwrap();
+    assert_eq!(requests(&sb.stats().await, "POST /v1/auth/oauth/token"), 1);
+    // 4 min before expiry it is replaced before use: no 401 on the way
+    clock.advance(ChronoDuration::minutes(2));
+    c.get_user(&user.user_id, Region::Us).await.unwrap();
+    let stats = sb.stats().await;
+    assert_eq!(requests(&stats, "POST /v1/auth/oauth/token"), 2);
+    assert_eq!(requests(&stats, "GET /v1/user"), 3, "no call was refused");
+    assert_eq!(vault.token(&user.user_id).unwrap(), sb.user(&user.user_id).unwrap().refresh_token);
+}
+
+async fn insert_user(url: &str, user: &UserId, region: Region) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (user_id, email, region, verification_state, created_at, updated_at) \
+         VALUES ($1, 'someone@example.com', $2, 'UNVERIFIED', 0, 0)",
+    )
+    .bind(user.as_str())
+    .bind(region.as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_rotated_token_survives_a_restart_of_the_worker() {
+    let sb = start_sandbox(40, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("worker.db").display());
+    let key = Secret::new(TokenCipher::generate_key());
+    let user = pick(&sb.users(), Region::Intl);
+    let first_token = user.refresh_token.clone().unwrap();
+
+    // the first worker process: import the consented token, make calls, exit
+    {
+        let store = Store::open(&url).await.unwrap();
+        insert_user(&url, &user.user_id, Region::Intl).await;
+        let cipher = Arc::new(TokenCipher::from_secrets(Some(&key), None).unwrap());
+        let vault = StoreTokenVault::new(store.clone(), cipher, Arc::new(SystemClock));
+        vault.put_consented(&user.user_id, &first_token).await.unwrap();
+        let c = BaanxClient::new(fast_config(sb.base_url(), sb.client_key()), Arc::new(vault.clone())).unwrap();
+        c.start_verification(&user.user_id, Region::Intl).await.unwrap();
+        let stored = vault.load(&user.user_id).await.unwrap().unwrap();
+        assert_ne!(stored.as_str(), first_token, "rotated");
+        assert_eq!(stored.as_str(), sb.user(&user.user_id).unwrap().refresh_token);
+        drop(c);
+        store.close().await;
+    }
+    let raw = std::fs::read(dir.path().join("worker.db")).unwrap();
+    let current = sb.user(&user.user_id).unwrap().refresh_token;
+    assert!(!raw.windows(current.len()).any(|w| w == current.as_bytes()), "the token is at rest in clear");
+
+    // the second process: a new store and client over the same file
+    let store = Store::open(&url).await.unwrap();
+    let cipher = Arc::new(TokenCipher::from_secrets(Some(&key), None).unwrap());
+    let vault = StoreTokenVault::new(store.clone(), cipher, Arc::new(SystemClock));
+    let c = BaanxClient::new(fast_config(sb.base_url(), sb.client_key()), Arc::new(vault.clone())).unwrap();
+    let p = c.get_user(&user.user_id, Region::Intl).await.unwrap();
+    assert_eq!(p.id, user.user_id);
+    let stats = sb.stats().await;
+    assert_eq!(requests(&stats, "POST /v1/auth/oauth/token"), 2, "one refresh per process, both accepted");
+    assert_eq!(
+        vault.load(&user.user_id).await.unwrap().unwrap().as_str(),
+        sb.user(&user.user_id).unwrap().refresh_token
+    );
+    store.close().await;
+}
