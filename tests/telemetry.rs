@@ -142,7 +142,9 @@ async fn a_push_reaches_a_real_pushgateway() {
     m2.session_issued("push-test");
     telemetry::server::push_metrics_of(&m2, &pgw.url, "reverify", "worker-1").await.unwrap();
     let body = reqwest::get(format!("{}/metrics", pgw.url)).await.unwrap().text().await.unwrap();
-    assert!(body.contains(r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 1"#));
+    assert!(
+        body.contains(r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 1"#)
+    );
     assert!(!body.contains("reverify_targets{"), "{body}");
 }
 

@@ -154,14 +154,19 @@ impl Metrics {
     /// `deferred`) for `reason` (a reason code such as `delivery_failed`; `ok` when
     /// sent).
     pub fn notification(&self, campaign: &str, outcome: &str, reason: &str) {
-        let labels =
-            OutcomeLabels { campaign: label(campaign).into(), outcome: label(outcome).into(), reason: label(reason).into() };
+        let labels = OutcomeLabels {
+            campaign: label(campaign).into(),
+            outcome: label(outcome).into(),
+            reason: label(reason).into(),
+        };
         self.notifications.get_or_create(&labels).inc();
     }
 
     /// Baanx answered a request to `endpoint` after `latency`.
     pub fn api_latency(&self, endpoint: &str, latency: Duration) {
-        self.api_latency.get_or_create(&EndpointLabels { endpoint: label(endpoint).into() }).observe(latency.as_secs_f64());
+        self.api_latency
+            .get_or_create(&EndpointLabels { endpoint: label(endpoint).into() })
+            .observe(latency.as_secs_f64());
     }
 
     /// Baanx answered 429.
@@ -176,14 +181,15 @@ impl Metrics {
 
     /// `campaign` has `n` targets in `status`.
     pub fn set_targets(&self, campaign: &str, status: &str, n: i64) {
-        self.targets.get_or_create(&StatusLabels { campaign: label(campaign).into(), status: label(status).into() }).set(n);
+        self.targets
+            .get_or_create(&StatusLabels { campaign: label(campaign).into(), status: label(status).into() })
+            .set(n);
     }
 
     /// Every metric in the OpenMetrics text format (ends with `# EOF`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 

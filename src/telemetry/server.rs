@@ -84,8 +84,9 @@ pub async fn serve_ops(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
-    let local_addr =
-        listener.local_addr().map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
     info!(%local_addr, "serving /healthz, /readyz and /metrics");
     let app = router(store);
     let handle = tokio::spawn(async move {
