@@ -13,6 +13,7 @@ pub mod domain;
 pub mod engine;
 pub mod notify;
 pub mod sandbox;
+pub mod schedule;
 pub mod store;
 pub mod telemetry;
 

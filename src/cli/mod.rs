@@ -12,6 +12,8 @@ use reverify::store::Store;
 
 mod bench_import;
 mod campaign;
+mod daemon;
+mod demo;
 mod run;
 mod status;
 mod users;
@@ -58,8 +60,23 @@ enum Command {
     Migrate,
     /// Print a new random token encryption key (32 bytes, base64) for REVERIFY_TOKEN_KEY.
     Keygen,
-    /// Run campaigns once and exit (see `reverify run --help` for exit codes).
+    /// Run campaigns once and exit.
+    ///
+    /// Targets, claims, generates a session per user, notifies and records. Exits 0
+    /// when every campaign finished (nothing left that is due now), 4 when
+    /// --max-duration, SIGTERM or SIGINT stopped it with work left (the next run
+    /// resumes where it stopped, with no duplicate), 1 on failure.
     Run(run::RunArgs),
+    /// Run campaigns at their scheduled times until stopped.
+    ///
+    /// Sleeps until the next tick of any active campaign (re-reading the campaigns at
+    /// least every minute, so that apply, pause and resume take effect), runs what is
+    /// due under each campaign's lease, and on SIGTERM lets the users in flight finish
+    /// before it exits.
+    Daemon(daemon::DaemonArgs),
+    /// Run a whole demo campaign on the embedded defaults: the built-in sandbox,
+    /// SQLite and a file outbox, under ./demo.
+    Demo(demo::DemoArgs),
     /// Validate, apply, list and control campaigns.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
@@ -127,6 +144,8 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         }
         Command::Campaign(c) => campaign::run(c, &ctx).await,
         Command::Run(args) => run::run(args, &ctx).await,
+        Command::Daemon(args) => daemon::run(args, &ctx).await,
+        Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
         Command::BenchImport(args) => bench_import::run(args).await,
     }

@@ -15,19 +15,20 @@ use tracing::{error, info};
 
 use super::{Context, exit};
 
-/// Run campaigns once: target, claim, generate a session per user, notify, record.
-///
-/// Exits 0 when every campaign finished (nothing left that is due now), 4 when
-/// --max-duration, SIGTERM or SIGINT stopped it with work left (the next run
-/// resumes where it stopped), 1 on failure.
+/// Options of the command (documented on the subcommand).
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Campaigns to run, by name.
-    #[arg(value_name = "NAME", required_unless_present = "all")]
+    #[arg(value_name = "NAME", required_unless_present_any = ["all", "due"])]
     names: Vec<String>,
     /// Run every active campaign.
-    #[arg(long, conflicts_with = "names")]
+    #[arg(long, conflicts_with_all = ["names", "due"])]
     all: bool,
+    /// Run every active campaign whose schedule had a tick since its last run (at
+    /// most starting_deadline ago), each under a lease so that overlapping
+    /// invocations run it once. For cron, systemd timers and Kubernetes CronJobs.
+    #[arg(long, conflicts_with = "names")]
+    due: bool,
     /// Stop claiming users after this long (e.g. 10m, 1h); users in flight finish.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     max_duration: Option<Duration>,
@@ -74,6 +75,9 @@ pub fn stop_on_signals(stop: CancellationToken, max: Option<Duration>) {
 
 pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
+    if args.due {
+        return run_due(args, ctx, store).await;
+    }
     let campaigns: Vec<CampaignRecord> = if args.all {
         store.campaign_list().await?.into_iter().filter(|c| c.status == CampaignStatus::Active).collect()
     } else {
@@ -122,17 +126,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
         let (name, result) = joined.context("a campaign task panicked")?;
         match result {
             Ok(r) => {
-                let c = r.counts;
-                println!(
-                    "{name}: {} (run {}): {} newly targeted, {} notified, {} skipped, {} deferred, {} failed",
-                    r.outcome.as_str(),
-                    r.run_id,
-                    c.targeted,
-                    c.notified,
-                    c.skipped,
-                    c.deferred,
-                    c.failed
-                );
+                print_report(&name, &r);
                 if r.outcome == RunOutcome::Interrupted && code == exit::OK {
                     code = exit::INTERRUPTED;
                 }
@@ -145,6 +139,91 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
     }
     worker.store.close().await;
     Ok(code)
+}
+
+/// `run --due`: every due campaign once, under its lease.
+async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) -> anyhow::Result<u8> {
+    use reverify::domain::Due;
+    use reverify::schedule::{Scheduled, due_campaigns};
+    let now = chrono::Utc::now();
+    let checks = due_campaigns(&store, now).await?;
+    for c in &checks {
+        store.campaign_set_next_run(c.campaign.campaign_id, c.next).await?;
+        if let Due::Missed { tick } = c.due {
+            println!(
+                "{}: the tick at {} was missed by more than its starting_deadline; not run late",
+                c.campaign.name,
+                tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+    }
+    let due: Vec<_> = checks
+        .into_iter()
+        .filter_map(|c| match c.due {
+            Due::Run { tick } => Some((c.campaign, tick)),
+            _ => None,
+        })
+        .collect();
+    if due.is_empty() {
+        println!("no campaign is due");
+        return Ok(exit::OK);
+    }
+    let mut worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
+    worker.config.fresh_state = !args.no_fresh_state;
+    let worker = Arc::new(worker);
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone(), args.max_duration);
+    let mode = match args.progress {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+        ProgressMode::Auto => ProgressMode::Log,
+        m => m,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, tick) in due {
+        let (worker, stop) = (worker.clone(), stop.clone());
+        let progress = Arc::new(Progress::default());
+        let display = show_progress(mode, c.name.to_string(), progress.clone());
+        tasks.spawn(async move {
+            let name = c.name.clone();
+            let r = reverify::schedule::run_due(worker, c, tick, progress, stop).await;
+            display.abort();
+            (name, r)
+        });
+    }
+    let mut code = exit::OK;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, outcome) = joined.context("a campaign task panicked")?;
+        match outcome {
+            Scheduled::Ran(r) => {
+                print_report(&name, &r);
+                if r.outcome == RunOutcome::Interrupted && code == exit::OK {
+                    code = exit::INTERRUPTED;
+                }
+            }
+            Scheduled::AlreadyRunning => println!("{name}: already running in another process; skipped"),
+            Scheduled::AlreadyRan => println!("{name}: another process ran it for this tick; skipped"),
+            Scheduled::Failed(e) => {
+                eprintln!("error: campaign {name}: {e}");
+                code = exit::FAILURE;
+            }
+        }
+    }
+    worker.store.close().await;
+    Ok(code)
+}
+
+fn print_report(name: &CampaignName, r: &reverify::engine::RunReport) {
+    let c = r.counts;
+    println!(
+        "{name}: {} (run {}): {} newly targeted, {} notified, {} skipped, {} deferred, {} failed",
+        r.outcome.as_str(),
+        r.run_id,
+        c.targeted,
+        c.notified,
+        c.skipped,
+        c.deferred,
+        c.failed
+    );
 }
 
 /// A progress bar on a terminal, or a log line every 10 s.

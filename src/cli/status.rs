@@ -50,9 +50,9 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
     println!("sessions   {} issued", p.sessions_issued);
     println!("rate       {:.2} users/s over the last minute", p.rate_per_second());
     match p.eta_seconds() {
+        _ if p.due_now == 0 => println!("eta        nothing due now"),
         Some(s) => println!("eta        {} for {} due now", humantime::format_duration(secs(s)), p.due_now),
-        None if p.due_now > 0 => println!("eta        unknown ({} due now; no recent progress)", p.due_now),
-        None => println!("eta        nothing due now"),
+        None => println!("eta        unknown ({} due now; no recent progress)", p.due_now),
     }
     if let Some(t) = p.next_deferred_at {
         println!("next       deferred users become due at {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));

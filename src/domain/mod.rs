@@ -12,6 +12,6 @@ pub mod spec;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{CampaignName, EmailAddress, IdError, Region, UserId, VerificationState};
 pub use policy::{DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
-pub use schedule::{CronSchedule, ScheduleError};
+pub use schedule::{CronSchedule, Due, ScheduleError};
 pub use session_url::SessionUrl;
 pub use spec::{CampaignSpec, SpecError};

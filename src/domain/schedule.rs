@@ -159,6 +159,37 @@ fn crontab_day_of_week(field: &str) -> Result<String, String> {
     Ok(names.join(","))
 }
 
+/// Whether a scheduled campaign should run now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Run now for this tick (the latest one since the last run; earlier missed
+    /// ticks are covered by the same run).
+    Run { tick: DateTime<Utc> },
+    /// A tick was missed by more than the starting deadline: it is not run late.
+    Missed { tick: DateTime<Utc> },
+    /// No tick since the last run.
+    NotDue,
+}
+
+/// How far back a due calculation looks for ticks.
+const DUE_LOOKBACK_DAYS: i64 = 400;
+
+/// The due rule: the latest tick in `(since, now]` runs when it is at most
+/// `deadline` old. `since` is the last run's start (or the campaign's creation).
+pub fn due(
+    schedule: &CronSchedule,
+    tz: Tz,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    deadline: chrono::Duration,
+) -> Due {
+    match schedule.latest_tick_between(since, now, tz, chrono::Duration::days(DUE_LOOKBACK_DAYS)) {
+        None => Due::NotDue,
+        Some(tick) if now - tick > deadline => Due::Missed { tick },
+        Some(tick) => Due::Run { tick },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +233,75 @@ mod tests {
         assert!(matches!(CronSchedule::parse("0 9 * * 5-1"), Err(ScheduleError::DayOfWeek { .. })));
         assert!(matches!(CronSchedule::parse("61 9 * * *"), Err(ScheduleError::Invalid { .. })));
         assert!(CronSchedule::parse("@daily").is_ok());
+    }
+
+    fn at(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        tz.with_ymd_and_hms(y, mo, d, h, mi, 0).single().unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn due_runs_the_latest_tick_once_and_skips_late_ones() {
+        let s = CronSchedule::parse("0 9 * * *").unwrap();
+        let tz: Tz = "Europe/London".parse().unwrap();
+        let hour = chrono::Duration::hours(1);
+        let created = at(tz, 2026, 3, 1, 8, 0);
+        // 09:20 on the 1st: the 09:00 tick is due
+        assert_eq!(due(&s, tz, created, at(tz, 2026, 3, 1, 9, 20), hour), Due::Run { tick: at(tz, 2026, 3, 1, 9, 0) });
+        // after a run at 09:20 nothing is due until the next day
+        assert_eq!(due(&s, tz, at(tz, 2026, 3, 1, 9, 20), at(tz, 2026, 3, 1, 23, 0), hour), Due::NotDue);
+        // three days missed: one run, for the latest tick only, when it is recent
+        let last = at(tz, 2026, 3, 1, 9, 20);
+        assert_eq!(due(&s, tz, last, at(tz, 2026, 3, 4, 9, 30), hour), Due::Run { tick: at(tz, 2026, 3, 4, 9, 0) });
+        // ... and not at all when even the latest is older than the deadline
+        assert_eq!(due(&s, tz, last, at(tz, 2026, 3, 4, 10, 30), hour), Due::Missed { tick: at(tz, 2026, 3, 4, 9, 0) });
+        // exactly at the deadline still runs
+        assert_eq!(due(&s, tz, last, at(tz, 2026, 3, 4, 10, 0), hour), Due::Run { tick: at(tz, 2026, 3, 4, 9, 0) });
+    }
+
+    #[test]
+    fn due_follows_the_campaign_zone_across_dst() {
+        // London springs forward on 2026-03-29 (01:00 -> 02:00 local).
+        let tz: Tz = "Europe/London".parse().unwrap();
+        let s = CronSchedule::parse("0 9 * * *").unwrap();
+        let before = at(tz, 2026, 3, 28, 9, 0);
+        let after = at(tz, 2026, 3, 29, 9, 0);
+        assert_eq!(before.hour(), 9, "GMT: 09:00 local is 09:00 UTC");
+        assert_eq!(after.hour(), 8, "BST: 09:00 local is 08:00 UTC");
+        assert_eq!(s.next_after(before, tz), Some(after));
+        // a tick at 01:30 local does not exist on the spring-forward day
+        let s = CronSchedule::parse("30 1 * * *").unwrap();
+        let day_before = at(tz, 2026, 3, 28, 1, 30);
+        let next = s.next_after(day_before, tz).unwrap();
+        assert!(next > at(tz, 2026, 3, 29, 0, 0), "{next}");
+        assert_ne!(next.with_timezone(&tz).date_naive(), day_before.with_timezone(&tz).date_naive());
+        // New York falls back on 2026-11-01: 01:30 local exists twice (EDT, then EST).
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let s = CronSchedule::parse("30 1 * * *").unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 11, 1, 4, 0, 0).unwrap(); // 00:00 EDT
+        let end_of_day = Utc.with_ymd_and_hms(2026, 11, 2, 5, 0, 0).unwrap(); // 00:00 EST
+        let ticks: Vec<DateTime<Utc>> = std::iter::successors(s.next_after(start, ny), |t| s.next_after(*t, ny))
+            .take_while(|t| *t < end_of_day)
+            .collect();
+        assert_eq!(ticks.first(), Some(&Utc.with_ymd_and_hms(2026, 11, 1, 5, 30, 0).unwrap()), "01:30 EDT");
+        assert!(ticks.len() <= 2, "{ticks:?}");
+        // Whatever the crate does with the repeated hour, a run that started at the
+        // first tick makes the due rule see at most that one repeat, never a pile-up.
+        let last_run = ticks[0];
+        let d = chrono::Duration::hours(1);
+        let later = Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap();
+        assert!(matches!(due(&s, ny, last_run, later, d), Due::NotDue | Due::Missed { .. }));
+    }
+
+    #[test]
+    fn due_with_seven_fields_and_years() {
+        let s = CronSchedule::parse("0 0 12 1 1 * 2027").unwrap();
+        let since = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let d = chrono::Duration::hours(1);
+        assert_eq!(due(&s, Tz::UTC, since, Utc.with_ymd_and_hms(2026, 12, 31, 0, 0, 0).unwrap(), d), Due::NotDue);
+        assert_eq!(
+            due(&s, Tz::UTC, since, Utc.with_ymd_and_hms(2027, 1, 1, 12, 30, 0).unwrap(), d),
+            Due::Run { tick: Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0).unwrap() }
+        );
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Deliverer for NotifierDeliverer {
                 debug!(channel = d.channel.as_str(), attempts = d.attempts, "delivered");
                 Ok(())
             }
+            Err(e) if e.is_setup() => Err(DeliveryFailure::Setup(e.reason())),
             Err(e) if e.is_transient() => Err(DeliveryFailure::GaveUp(e.reason())),
             Err(e) => Err(DeliveryFailure::Permanent(e.reason())),
         }

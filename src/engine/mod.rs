@@ -162,9 +162,22 @@ pub(crate) struct RunShared {
     campaign_id: i64,
     campaign_name: String,
     limiter: DefaultDirectRateLimiter,
+    /// Cancelled when a failure makes going on pointless (a misconfigured channel).
+    abort: CancellationToken,
+    abort_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl RunShared {
+    /// Stops the run: no new user is claimed, and the run is recorded as failed.
+    fn abort(&self, reason: String) {
+        let mut r = self.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.is_none() {
+            tracing::error!(%reason, "stopping the run");
+            *r = Some(reason);
+        }
+        self.abort.cancel();
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
@@ -234,7 +247,18 @@ impl Run {
             campaign_id: self.campaign_id,
             campaign_name: self.spec.name.to_string(),
             limiter: RateLimiter::direct(campaign_quota(&self.spec)),
+            abort: CancellationToken::new(),
+            abort_reason: std::sync::Mutex::new(None),
         });
+        // A stop asked from outside, or an abort from inside, ends the claiming.
+        let halt = CancellationToken::new();
+        {
+            let (halt, stop, abort) = (halt.clone(), stop.clone(), shared.abort.clone());
+            tokio::spawn(async move {
+                tokio::select! { _ = stop.cancelled() => {}, _ = abort.cancelled() => {} }
+                halt.cancel();
+            });
+        }
 
         // heartbeat: renew our claims while we live
         let hb_stop = CancellationToken::new();
@@ -266,7 +290,7 @@ impl Run {
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
         let mut exhausted = false;
         let mut store_error: Option<StoreError> = None;
-        while !stop.is_cancelled() {
+        while !halt.is_cancelled() {
             if queue.is_empty() && !exhausted {
                 let want = self.config.batch_size.max(concurrency);
                 match self
@@ -302,7 +326,7 @@ impl Run {
                 continue;
             }
             tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = halt.cancelled() => break,
                 joined = in_flight.join_next() => {
                     if let Some(r) = joined {
                         progress.record(r.unwrap_or(Outcome::Abandoned));
@@ -342,6 +366,10 @@ impl Run {
         let _ = heartbeat.await;
         if let Some(e) = store_error {
             return Err((EngineError::Store(e), progress));
+        }
+        let aborted = shared.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(reason) = aborted {
+            return Err((EngineError::Setup(reason), progress));
         }
         let outcome = if interrupted { RunOutcome::Interrupted } else { RunOutcome::Finished };
         Ok((outcome, progress.counts()))

@@ -97,6 +97,10 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
             warn!(reason = %why, "delivery failed");
             false
         }
+        Err(DeliveryFailure::Setup(why)) => {
+            s.abort(format!("notification channel: {why}"));
+            false
+        }
     };
 
     // 6. the record

@@ -64,6 +64,10 @@ pub enum DeliveryFailure {
     /// The channel stayed unavailable through every retry.
     #[error("gave up: {0}")]
     GaveUp(String),
+    /// The channel itself is misconfigured (credentials refused, no TLS, a broken
+    /// template): every further user would spend a session for nothing, so the run stops.
+    #[error("channel set-up: {0}")]
+    Setup(String),
 }
 
 /// Sends one message carrying a session URL.

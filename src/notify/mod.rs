@@ -141,7 +141,15 @@ impl Notifier {
     /// [`NotifyError::Template`] naming the file and line of a broken template;
     /// [`NotifyError::Config`] naming the settings key that is wrong.
     pub fn from_settings(settings: &Settings, retry: RetryPolicy) -> Result<Self, NotifyError> {
-        let templates = Templates::load(&settings.templates_dir)?;
+        // The default directory missing (an installed binary run elsewhere) means the
+        // built-in copies of the shipped templates; a configured one must exist.
+        let templates =
+            if settings.templates_dir == Settings::default().templates_dir && !settings.templates_dir.exists() {
+                tracing::info!("{} not found: using the built-in templates", settings.templates_dir.display());
+                Templates::builtin()?
+            } else {
+                Templates::load(&settings.templates_dir)?
+            };
         let email = match (&settings.smtp_url, &settings.outbox_dir) {
             (Some(_), Some(_)) => {
                 return Err(NotifyError::config("outbox_dir", "set smtp_url or outbox_dir, not both"));

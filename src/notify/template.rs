@@ -131,6 +131,25 @@ impl Templates {
         Self::from_sources(dir, sources)
     }
 
+    /// The templates shipped in `jobs/templates/`, compiled into the binary: used
+    /// when the default `templates_dir` does not exist (an installed binary run
+    /// outside the repository).
+    ///
+    /// # Errors
+    /// Never for the shipped files; a test compiles them.
+    pub fn builtin() -> Result<Self, TemplateError> {
+        macro_rules! shipped {
+            ($($name:literal),*) => {
+                vec![$(
+                    (format!("{}/subject.txt", $name), include_str!(concat!("../../jobs/templates/", $name, "/subject.txt")).to_owned()),
+                    (format!("{}/body.txt", $name), include_str!(concat!("../../jobs/templates/", $name, "/body.txt")).to_owned()),
+                    (format!("{}/body.html", $name), include_str!(concat!("../../jobs/templates/", $name, "/body.html")).to_owned()),
+                )*]
+            };
+        }
+        Self::from_sources(Path::new("(built-in templates)"), shipped!("default", "reminder"))
+    }
+
     /// Compiles templates given as (`NAME/FILE`, source) pairs; `dir` is used in errors.
     ///
     /// # Errors
@@ -335,6 +354,14 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_builtin_templates_match_the_shipped_ones() {
+        let built = Templates::builtin().unwrap();
+        let shipped = Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates")).unwrap();
+        assert_eq!(built.names().collect::<Vec<_>>(), shipped.names().collect::<Vec<_>>());
+        assert!(built.require("default").is_ok() && built.require("reminder").is_ok());
+    }
     use super::*;
 
     fn sources(subject: &str, text: &str, html: &str) -> Vec<(String, String)> {

@@ -19,6 +19,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub mod campaigns;
 pub mod events;
+pub mod leases;
 #[cfg(test)]
 mod ledger_tests;
 pub mod progress;

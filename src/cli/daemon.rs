@@ -1,0 +1,24 @@
+//! `reverify daemon`: run campaigns when due, until stopped.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use reverify::engine::Worker;
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, exit};
+
+/// Options of the command (documented on the subcommand).
+#[derive(Debug, Args)]
+pub struct DaemonArgs {}
+
+pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
+    let store = ctx.store().await?;
+    let worker = Arc::new(Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?);
+    let stop = CancellationToken::new();
+    super::run::stop_on_signals(stop.clone(), None);
+    reverify::schedule::daemon::run(worker.clone(), stop).await?;
+    worker.store.close().await;
+    Ok(exit::OK)
+}

@@ -1,0 +1,154 @@
+//! `reverify demo`: a whole campaign on the embedded defaults, for a newcomer.
+//!
+//! It starts the built-in Baanx sandbox with generated users, exports them in the
+//! import format and imports them into a fresh SQLite database, applies a demo
+//! campaign, runs it with messages written to a file outbox, and prints the status
+//! and the sandbox's own count of limit violations (which must be zero).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use clap::Args;
+use reverify::Settings;
+use reverify::config::Secret;
+use reverify::crypto::TokenCipher;
+use reverify::directory::{ImportOptions, import_file};
+use reverify::domain::CampaignSpec;
+use reverify::engine::{Progress, Worker};
+use reverify::sandbox::{Sandbox, SandboxConfig, UserSource};
+use reverify::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, exit};
+
+const DEMO_CAMPAIGN: &str = r#"# The demo campaign: everyone unverified, and every rejection older than 24 h.
+name = "demo-reverification"
+description = "Demo: unverified users and rejections older than 24 h"
+schedule = "0 9 * * 1-5"
+timezone = "Europe/London"
+
+[audience]
+states = ["UNVERIFIED", "REJECTED"]
+
+[delivery]
+channel = "email"
+template = "default"
+from = "Compliance <compliance@example.com>"
+subject = "Please verify your identity"
+
+[throttle]
+requests_per_second = 200
+concurrency = 16
+"#;
+
+/// Run a whole demo campaign with no server: the built-in sandbox, SQLite and a
+/// file outbox, all under one directory.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo writes its database, users file, key and outbox.
+    #[arg(long, default_value = "demo")]
+    dir: PathBuf,
+    /// How many sandbox users to generate.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Start again from nothing when the directory already holds a demo.
+    #[arg(long)]
+    fresh: bool,
+}
+
+pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
+    let dir = &args.dir;
+    if dir.join("reverify.db").exists() {
+        if !args.fresh {
+            bail!("{} already holds a demo; pass --fresh to start again", dir.display());
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+
+    println!("1. starting the Baanx sandbox with {} generated users", args.users);
+    let sandbox = Sandbox::start(SandboxConfig { users: UserSource::Generate(args.users), ..Default::default() })
+        .await
+        .context("the sandbox did not start")?;
+    let users_file = dir.join("users.csv");
+    reverify::sandbox::userfile::write_users(&users_file, &sandbox.users())?;
+
+    // A token key of the demo's own, kept beside it so that later commands can read
+    // the tokens: export REVERIFY_TOKEN_KEY_FILE=demo/token.key
+    let key_file = dir.join("token.key");
+    let key = TokenCipher::generate_key();
+    write_private(&key_file, &key)?;
+    let mut settings: Settings = ctx.settings.clone();
+    settings.database_url = format!("sqlite://{}", dir.join("reverify.db").display());
+    settings.baanx_base_url = sandbox.base_url();
+    settings.baanx_client_key = Some(Secret::new(sandbox.client_key()));
+    settings.token_key = Some(Secret::new(key));
+    settings.token_keys_previous = None;
+    settings.smtp_url = None;
+    settings.outbox_dir = Some(dir.join("outbox"));
+
+    println!("2. importing {} into {}", users_file.display(), settings.database_url);
+    let store = Store::open(&settings.database_url).await?;
+    let cipher = Arc::new(TokenCipher::from_secrets(settings.token_key.as_ref(), None)?);
+    let report = import_file(
+        &store,
+        &users_file,
+        &ImportOptions { format: None, strict: true, cipher: Some(cipher), actor: "demo".into(), now: Utc::now() },
+    )
+    .await?;
+    println!("   {} users imported, {} refresh tokens encrypted", report.imported, report.tokens);
+
+    println!("3. applying the demo campaign");
+    let spec = CampaignSpec::from_toml(DEMO_CAMPAIGN, "demo campaign")?;
+    let (_, campaign) = store.campaign_apply(&spec, DEMO_CAMPAIGN, "demo", Utc::now()).await?;
+    super::status::plan(&store, &campaign, false).await?;
+
+    println!("4. running it");
+    let worker = Worker::from_settings(&settings, store.clone())?;
+    let progress = Arc::new(Progress::default());
+    let report = worker.run_campaign(&campaign, progress, CancellationToken::new()).await?;
+    println!(
+        "   run {} {}: {} notified, {} skipped, {} deferred, {} failed",
+        report.run_id,
+        report.outcome.as_str(),
+        report.counts.notified,
+        report.counts.skipped,
+        report.counts.deferred,
+        report.counts.failed
+    );
+
+    println!("5. status");
+    let campaign = store.campaign_get(&spec.name).await?.context("the demo campaign vanished")?;
+    super::status::status(&store, &campaign, false).await?;
+    let stats = sandbox.stats().await;
+    println!(
+        "sandbox: {} sessions issued, {} limit violations, busiest second {} requests",
+        stats.sessions_issued, stats.violations, stats.verification_busiest_second
+    );
+    let outbox = dir.join("outbox");
+    let count = std::fs::read_dir(&outbox).map(|d| d.count()).unwrap_or(0);
+    println!("\n{count} messages are in {} (open one with any mail reader).", outbox.display());
+    println!("Explore further with the demo's settings:");
+    println!("  export REVERIFY_DATABASE_URL={} REVERIFY_TOKEN_KEY_FILE={}", settings.database_url, key_file.display());
+    println!("  reverify campaign status demo-reverification");
+    println!("  reverify users list --state UNVERIFIED --limit 5");
+    store.close().await;
+    sandbox.shutdown().await;
+    Ok(if stats.violations == 0 { exit::OK } else { exit::FAILURE })
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! The real `reverify` binary: exit codes, interruption and resumption, SIGTERM,
+//! and overlapping scheduled runs. The sandbox runs in the test process; the
+//! binary talks to it over HTTP.
+
+mod common;
+mod exit_codes;
+mod scheduled;
