@@ -1,13 +1,12 @@
 //! The operations endpoints over real HTTP, and the push to a real Prometheus
-//! Pushgateway (Debian's `prometheus-pushgateway`, installed by
-//! scripts/install-test-deps.sh).
+//! Pushgateway (`telemetry::testing`).
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reverify::both_engines;
 use reverify::store::testing::TestDb;
+use reverify::telemetry::testing::Pushgateway;
 use reverify::telemetry::{self, TelemetryError, serve_ops};
 use tokio_util::sync::CancellationToken;
 
@@ -68,51 +67,6 @@ async fn a_taken_port_is_an_error_naming_the_setting() {
     assert!(e.to_string().starts_with(&format!("metrics_listen {addr}")), "{e}");
 }
 
-/// A Pushgateway on a free port, killed on drop.
-struct Pushgateway {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Pushgateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Pushgateway {
-    async fn start() -> Self {
-        let bin = ["/usr/bin/prometheus-pushgateway", "/usr/local/bin/pushgateway"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("prometheus-pushgateway is not installed: run scripts/install-test-deps.sh");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(bin)
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!("--persistence.file={}", dir.path().join("pgw.data").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus-pushgateway");
-        let pgw = Self { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-        // wait for its readiness endpoint, not a fixed time
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(r) = http.get(format!("{}/-/ready", pgw.url)).send().await
-                && r.status().is_success()
-            {
-                return pgw;
-            }
-            assert!(Instant::now() < deadline, "the Pushgateway did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_push_reaches_a_real_pushgateway() {
     let pgw = Pushgateway::start().await;
@@ -126,7 +80,7 @@ async fn a_push_reaches_a_real_pushgateway() {
     m.set_targets("push-test", "pending", 7);
     telemetry::server::push_metrics_of(&m, &pgw.url, "reverify", "worker-1").await.unwrap();
 
-    let body = reqwest::get(format!("{}/metrics", pgw.url)).await.unwrap().text().await.unwrap();
+    let body = pgw.scrape().await;
     for line in [
         r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 2"#,
         r#"reverify_notifications_total{campaign="push-test",instance="worker-1",job="reverify",outcome="failed",reason="delivery_failed"} 1"#,
@@ -141,7 +95,7 @@ async fn a_push_reaches_a_real_pushgateway() {
     let m2 = telemetry::Metrics::new();
     m2.session_issued("push-test");
     telemetry::server::push_metrics_of(&m2, &pgw.url, "reverify", "worker-1").await.unwrap();
-    let body = reqwest::get(format!("{}/metrics", pgw.url)).await.unwrap().text().await.unwrap();
+    let body = pgw.scrape().await;
     assert!(
         body.contains(r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 1"#)
     );

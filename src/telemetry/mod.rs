@@ -3,12 +3,14 @@
 
 pub mod metrics;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 pub use metrics::{Metrics, global, refresh_target_gauges};
-pub use server::{OpsServer, parse_listen, push_metrics, serve_ops};
+pub use server::{OpsServer, parse_listen, push_instance, push_metrics, serve_ops};
 
 /// Why the operations server could not start or a push failed. Messages never
 /// carry a password from a URL.

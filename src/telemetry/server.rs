@@ -154,6 +154,16 @@ pub fn push_url(base: &str, job: &str, instance: &str) -> Result<url::Url, Telem
     Ok(url)
 }
 
+/// The Pushgateway `instance` of this process: the host name (a Kubernetes pod's
+/// name, a systemd host's name), so that each host's last run stays visible.
+pub fn push_instance() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Replaces the group `job`/`instance` on the Pushgateway at `base`
 /// (`metrics_push_url`) with the global metrics, in the Prometheus text format (a
 /// PUT: the group then holds exactly this run's numbers).
