@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo: idempotent, quick when already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need_apt=()
 # pg_isready, and pg_dump for the raw-dump test of encrypted tokens
 { command -v pg_isready && command -v pg_dump; } >/dev/null || need_apt+=(postgresql-client)
@@ -8,6 +9,15 @@ need_apt=()
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need_apt+=(python3-aiosmtpd)
 # schemathesis (scripts/schemathesis.sh) runs in a venv
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
+# the real Pushgateway the metrics push test pushes to (tests/telemetry.rs)
+[ -x /usr/bin/prometheus-pushgateway ] || need_apt+=(prometheus-pushgateway)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+# kubernetes-validate (PyPI, ships its schemas) for the offline manifest test
+# (tests/deploy.rs), in a venv under target/ so that it touches no system Python
+kv=target/kv-venv
+if ! "$kv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+  python3 -m venv "$kv"
+  "$kv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate>=1.30'
 fi

@@ -433,8 +433,11 @@ impl BaanxClient {
             latency_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX),
             "baanx answered"
         );
+        crate::telemetry::global().api_latency(endpoint.metric_label(), sent.elapsed());
         if status != StatusCode::TOO_MANY_REQUESTS {
             inner.limiter.on_success();
+        } else {
+            crate::telemetry::global().rate_limited();
         }
         classify(endpoint, user, Answer { status, retry_after, body })
     }

@@ -32,6 +32,15 @@ impl Endpoint {
         }
     }
 
+    /// A short name for metric labels (which take identifiers, not paths).
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token",
+            Endpoint::User => "user",
+            Endpoint::Verification => "verification",
+        }
+    }
+
     /// The path under the base URL.
     pub(crate) fn path(self) -> &'static str {
         match self {

@@ -122,6 +122,7 @@ impl Limiter {
             Region::Us => self.us.until_ready().await,
         };
         let waited = started.elapsed();
+        crate::telemetry::global().limiter_wait(waited);
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.counters.wait_nanos.fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         Admission { _permit: permit }

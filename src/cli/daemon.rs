@@ -18,7 +18,21 @@ pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
     let worker = Arc::new(Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?);
     let stop = CancellationToken::new();
     super::run::stop_on_signals(stop.clone(), None);
+    let ops = match &ctx.settings.metrics_listen {
+        Some(listen) => Some(
+            reverify::telemetry::serve_ops(
+                reverify::telemetry::parse_listen(listen)?,
+                worker.store.clone(),
+                stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     reverify::schedule::daemon::run(worker.clone(), stop).await?;
+    if let Some(ops) = ops {
+        let _ = ops.handle.await;
+    }
     worker.store.close().await;
     Ok(exit::OK)
 }

@@ -137,6 +137,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
             }
         }
     }
+    push_metrics_if_set(ctx, &worker.store).await;
     worker.store.close().await;
     Ok(code)
 }
@@ -208,6 +209,7 @@ async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) ->
             }
         }
     }
+    push_metrics_if_set(ctx, &worker.store).await;
     worker.store.close().await;
     Ok(code)
 }
@@ -264,4 +266,18 @@ fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> tokio::t
             ProgressMode::Auto | ProgressMode::None => {}
         }
     })
+}
+
+/// Pushes the run's metrics to `metrics_push_url`, when set. Decision: a failed
+/// push is a warning, not a failed run: the work is done and recorded, and a
+/// retried run would not make monitoring any better.
+async fn push_metrics_if_set(ctx: &Context, store: &reverify::store::Store) {
+    let Some(url) = &ctx.settings.metrics_push_url else { return };
+    if let Err(e) = reverify::telemetry::refresh_target_gauges(store).await {
+        tracing::warn!(error = %e, "could not read the target counts for the metrics push");
+    }
+    let instance = reverify::telemetry::push_instance();
+    if let Err(e) = reverify::telemetry::push_metrics(url, "reverify", &instance).await {
+        tracing::warn!(error = %e, "metrics not pushed");
+    }
 }

@@ -17,7 +17,7 @@ use crate::store::targets::ClaimedTarget;
 pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Outcome {
     let span = info_span!("user", user_id = %target.user_id, step = target.step);
     async move {
-        match process_inner(&shared, &target).await {
+        let outcome = match process_inner(&shared, &target).await {
             Ok(o) => o,
             Err(e) => {
                 // A store error mid-user leaves the claim in place; the lease expires
@@ -25,7 +25,9 @@ pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Ou
                 warn!(error = %e, "could not record an outcome; the claim will be retried after its lease");
                 Outcome::Abandoned
             }
-        }
+        };
+        count_outcome(&shared.campaign_name, outcome);
+        outcome
     }
     .instrument(span)
     .await
@@ -83,6 +85,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     };
     let issued_at = s.now();
     s.store.session_mark_issued(session_id, issued_at).await?;
+    crate::telemetry::global().session_issued(&s.campaign_name);
     let expires_at =
         issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
 
@@ -196,4 +199,16 @@ fn classify_session_failure(
         ApiFailure::Unavailable(_) if out_of_attempts => (false, "failed", "api_unavailable", None),
         ApiFailure::Unavailable(_) => (false, "pending", "api_unavailable", Some(retry_at(s, t.attempts, None))),
     }
+}
+
+/// The outcome in the metrics, as (outcome, reason) labels: reason codes only.
+fn count_outcome(campaign: &str, outcome: Outcome) {
+    let (kind, reason) = match outcome {
+        Outcome::Notified => ("sent", "ok"),
+        Outcome::Failed(r) => ("failed", r),
+        Outcome::Skipped(r) => ("skipped", r),
+        Outcome::Deferred(r) => ("deferred", r),
+        Outcome::Abandoned => ("abandoned", "unrecorded"),
+    };
+    crate::telemetry::global().notification(campaign, kind, reason);
 }

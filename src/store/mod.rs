@@ -186,6 +186,15 @@ impl Store {
         .map_err(query_err("begin transaction"))
     }
 
+    /// Checks that the database answers (`SELECT 1`), for `/readyz`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when no connection can be had or the query fails.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(query_err("ping"))?;
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;

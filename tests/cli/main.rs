@@ -4,4 +4,5 @@
 
 mod common;
 mod exit_codes;
+mod ops;
 mod scheduled;

@@ -2,4 +2,5 @@
 //! SQLite file or Postgres database, and a real outbox directory or SMTP server.
 
 mod common;
+mod metrics;
 mod runs;

@@ -1,0 +1,292 @@
+//! Prometheus metrics: one registry per process, fed by the places that know
+//! (the Baanx client, its limiter, the engine's per-user pipeline) and read by
+//! `/metrics` (daemon) or pushed to a Pushgateway (one-shot runs).
+//!
+//! Decisions:
+//! - A process-wide [`Metrics`] behind [`global()`] rather than a handle threaded
+//!   through every constructor: the client, the limiter and the engine record one
+//!   line each, and a second worker in the same process adds to the same series,
+//!   which is what a scrape should see. Tests that need exact numbers build their
+//!   own [`Metrics::new`].
+//! - Labels are low-cardinality and never personal: a campaign name (already
+//!   restricted to `a-z 0-9 - _`), an endpoint, a status, an outcome, a reason code.
+//!   Every label value still passes [`label`], which turns anything that is not a
+//!   short identifier into `invalid`, so that a user id, an email or a URL can never
+//!   reach a series even through a future caller's mistake (design.md, invariant 2).
+//! - Two encodings: OpenMetrics for scrapes that ask for it, and the Prometheus
+//!   text format 0.0.4 for everything else, because the Pushgateway parses only the
+//!   latter (it reads an OpenMetrics counter's `_total` sample as a second family).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::store::{Store, StoreError};
+
+/// The `Content-Type` of [`Metrics::encode`].
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of [`Metrics::encode_prometheus`].
+pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The label value used in place of one that is not a short identifier.
+pub const INVALID_LABEL: &str = "invalid";
+
+/// Every target status the schema knows, so that a status that empties is set to 0
+/// rather than left at its last value.
+pub const TARGET_STATUSES: [&str; 7] = ["pending", "claimed", "notified", "skipped", "deferred", "failed", "converted"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CampaignLabels {
+    campaign: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    campaign: String,
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    campaign: String,
+    status: String,
+}
+
+/// The worker's metrics. Cheap to share: every family is an `Arc` inside.
+pub struct Metrics {
+    registry: Registry,
+    sessions_issued: Family<CampaignLabels, Counter>,
+    notifications: Family<OutcomeLabels, Counter>,
+    api_latency: Family<EndpointLabels, Histogram>,
+    rate_limited: Counter,
+    limiter_wait: Histogram,
+    targets: Family<StatusLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The process's metrics, created on first use.
+pub fn global() -> &'static Metrics {
+    static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+    GLOBAL.get_or_init(Metrics::new)
+}
+
+/// `value` when it is a short identifier (1-64 of `a-z A-Z 0-9 _ - .`), else
+/// [`INVALID_LABEL`]. An email (`@`), a URL (`:` `/`) or free text never passes.
+pub fn label(value: &str) -> &str {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok { value } else { INVALID_LABEL }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered (and empty).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("reverify");
+        let sessions_issued = Family::<CampaignLabels, Counter>::default();
+        registry.register(
+            "sessions_issued",
+            "Verification sessions issued by Baanx (GET /v1/user/verification answered 200)",
+            sessions_issued.clone(),
+        );
+        let notifications = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Users processed, by outcome (sent, failed, skipped, deferred) and reason code",
+            notifications.clone(),
+        );
+        // 5 ms .. ~41 s: the sandbox answers in a millisecond, a slow Baanx in seconds,
+        // and the client's request timeout is 30 s.
+        let api_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.005, 2.0, 14))) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "baanx_request_duration",
+            "Baanx API latency per answered request, by endpoint",
+            Unit::Seconds,
+            api_latency.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register("baanx_rate_limited", "429 answers received from Baanx", rate_limited.clone());
+        // 1 ms .. ~65 s: a request normally waits nothing; a 429 pause can be 30 s.
+        let limiter_wait = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register_with_unit(
+            "limiter_wait",
+            "Time a Baanx request waited on the global limiter (concurrency, 429 pause, rate)",
+            Unit::Seconds,
+            limiter_wait.clone(),
+        );
+        let targets = Family::<StatusLabels, Gauge>::default();
+        registry.register("targets", "Campaign targets by status, read from the database", targets.clone());
+        Self { registry, sessions_issued, notifications, api_latency, rate_limited, limiter_wait, targets }
+    }
+
+    /// A session was issued for a user of `campaign`.
+    pub fn session_issued(&self, campaign: &str) {
+        self.sessions_issued.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).inc();
+    }
+
+    /// A user of `campaign` ended with `outcome` (`sent`, `failed`, `skipped`,
+    /// `deferred`) for `reason` (a reason code such as `delivery_failed`; `ok` when
+    /// sent).
+    pub fn notification(&self, campaign: &str, outcome: &str, reason: &str) {
+        let labels = OutcomeLabels {
+            campaign: label(campaign).into(),
+            outcome: label(outcome).into(),
+            reason: label(reason).into(),
+        };
+        self.notifications.get_or_create(&labels).inc();
+    }
+
+    /// Baanx answered a request to `endpoint` after `latency`.
+    pub fn api_latency(&self, endpoint: &str, latency: Duration) {
+        self.api_latency
+            .get_or_create(&EndpointLabels { endpoint: label(endpoint).into() })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Baanx answered 429.
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+
+    /// A request waited `wait` on the global limiter before it was sent.
+    pub fn limiter_wait(&self, wait: Duration) {
+        self.limiter_wait.observe(wait.as_secs_f64());
+    }
+
+    /// `campaign` has `n` targets in `status`.
+    pub fn set_targets(&self, campaign: &str, status: &str, n: i64) {
+        self.targets
+            .get_or_create(&StatusLabels { campaign: label(campaign).into(), status: label(status).into() })
+            .set(n);
+    }
+
+    /// Every metric in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Every metric in the Prometheus text format 0.0.4, which the Pushgateway and
+    /// older scrapers read.
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Sets the targets-by-status gauges of the global [`Metrics`] from the database.
+///
+/// # Errors
+/// [`StoreError`] when a campaign or its counts cannot be read; gauges already set
+/// keep their values.
+pub async fn refresh_target_gauges(store: &Store) -> Result<(), StoreError> {
+    global().refresh_targets(store).await
+}
+
+impl Metrics {
+    /// Sets the targets-by-status gauges from the database: for every campaign,
+    /// every status in [`TARGET_STATUSES`] (0 when it has none) and any other
+    /// status found, summed over reasons.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a campaign or its counts cannot be read.
+    pub async fn refresh_targets(&self, store: &Store) -> Result<(), StoreError> {
+        for campaign in store.campaign_list().await? {
+            let mut by_status: BTreeMap<String, i64> = TARGET_STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+            for c in store.target_counts(campaign.campaign_id).await? {
+                *by_status.entry(c.status).or_default() += c.count;
+            }
+            for (status, n) in by_status {
+                self.set_targets(campaign.name.as_str(), &status, n);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exposed_with_its_labels() {
+        let m = Metrics::new();
+        m.session_issued("kyc-refresh");
+        m.session_issued("kyc-refresh");
+        m.notification("kyc-refresh", "sent", "ok");
+        m.notification("kyc-refresh", "failed", "delivery_failed");
+        m.api_latency("verification", Duration::from_millis(12));
+        m.rate_limited();
+        m.limiter_wait(Duration::from_millis(3));
+        m.set_targets("kyc-refresh", "pending", 41);
+        m.set_targets("kyc-refresh", "pending", 40);
+        let text = m.encode();
+        for line in [
+            r#"reverify_sessions_issued_total{campaign="kyc-refresh"} 2"#,
+            r#"reverify_notifications_total{campaign="kyc-refresh",outcome="sent",reason="ok"} 1"#,
+            r#"reverify_notifications_total{campaign="kyc-refresh",outcome="failed",reason="delivery_failed"} 1"#,
+            r#"reverify_baanx_request_duration_seconds_count{endpoint="verification"} 1"#,
+            r#"reverify_baanx_request_duration_seconds_bucket{le="0.02",endpoint="verification"} 1"#,
+            "reverify_baanx_rate_limited_total 1",
+            "reverify_limiter_wait_seconds_count 1",
+            r#"reverify_targets{campaign="kyc-refresh",status="pending"} 40"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        let prom = m.encode_prometheus();
+        assert!(prom.contains("# TYPE reverify_sessions_issued_total counter"), "{prom}");
+        assert!(!prom.contains("# EOF"));
+    }
+
+    #[test]
+    fn personal_or_free_text_labels_never_reach_a_series() {
+        let m = Metrics::new();
+        m.notification("c", "failed", "user 7b0f… said no");
+        m.notification("c", "failed", "someone@example.com");
+        m.set_targets("https://verify.example/s/abc", "pending", 1);
+        m.api_latency("/v1/user?id=9", Duration::from_millis(1));
+        let text = m.encode();
+        for leak in ["@", "https", "example", "said", "/v1", "abc"] {
+            assert!(!text.contains(leak), "{leak:?} leaked into\n{text}");
+        }
+        assert!(text.contains(r#"reason="invalid""#), "{text}");
+        assert_eq!(label("delivery_failed"), "delivery_failed");
+        assert_eq!(label(""), INVALID_LABEL);
+        assert_eq!(label(&"x".repeat(65)), INVALID_LABEL);
+    }
+
+    #[test]
+    fn the_global_registry_is_one() {
+        assert!(std::ptr::eq(global(), global()));
+    }
+}

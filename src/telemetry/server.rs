@@ -1,0 +1,230 @@
+//! The operations endpoints a daemon serves (`/healthz`, `/readyz`, `/metrics`)
+//! and the Pushgateway push a one-shot run ends with.
+//!
+//! Decisions:
+//! - `/healthz` says only that the process answers; `/readyz` asks the database
+//!   (`SELECT 1`, at most [`READY_TIMEOUT`]), so that Kubernetes stops routing to a
+//!   worker that lost its database without restarting it.
+//! - `/metrics` refreshes the targets-by-status gauges from the database on each
+//!   scrape (bounded by the same timeout; on failure the last values stay), so the
+//!   gauges are as fresh as the scrape and nobody has to schedule a refresh.
+//! - Answers carry no error detail: a probe's body is read by anyone who can reach
+//!   the port. The cause goes to the log.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::TelemetryError;
+use super::metrics::{self, Metrics};
+use crate::store::{Store, redact_url};
+
+/// The longest `/readyz` (and the gauge refresh of `/metrics`) waits on the database.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a push to the Pushgateway may take.
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running operations server.
+#[derive(Debug)]
+pub struct OpsServer {
+    /// The address it listens on (the real port when asked for port 0).
+    pub local_addr: SocketAddr,
+    /// Ends when the shutdown token is cancelled and open requests are answered.
+    pub handle: JoinHandle<Result<(), std::io::Error>>,
+}
+
+#[derive(Clone)]
+struct Ops {
+    store: Store,
+    metrics: &'static Metrics,
+}
+
+/// Parses `metrics_listen`: `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every
+/// interface.
+///
+/// # Errors
+/// [`TelemetryError::Listen`] naming the setting.
+pub fn parse_listen(value: &str) -> Result<SocketAddr, TelemetryError> {
+    let v = value.trim();
+    let full = if v.starts_with(':') { format!("0.0.0.0{v}") } else { v.to_owned() };
+    full.parse().map_err(|_| TelemetryError::Listen {
+        addr: value.to_owned(),
+        message: "metrics_listen must be HOST:PORT, [IPV6]:PORT or :PORT (e.g. 0.0.0.0:9090)".into(),
+    })
+}
+
+/// The router, over the global metrics.
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(Ops { store, metrics: metrics::global() })
+}
+
+/// Binds `listen` and serves the operations endpoints until `shutdown` is
+/// cancelled. Binding happens before this returns, so a taken port is an error
+/// here, not a log line later.
+///
+/// # Errors
+/// [`TelemetryError::Listen`] when the address cannot be bound.
+pub async fn serve_ops(
+    listen: SocketAddr,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<OpsServer, TelemetryError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
+    info!(%local_addr, "serving /healthz, /readyz and /metrics");
+    let app = router(store);
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    });
+    Ok(OpsServer { local_addr, handle })
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(ops): State<Ops>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, ops.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => {
+            warn!(error = %e, "not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+        }
+        Err(_) => {
+            warn!(timeout_ms = READY_TIMEOUT.as_millis() as u64, "not ready: the database did not answer in time");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+        }
+    }
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text.
+async fn metrics_handler(State(ops): State<Ops>, headers: HeaderMap) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, ops.metrics.refresh_targets(&ops.store)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "target gauges not refreshed"),
+        Err(_) => debug!("target gauges not refreshed: the database did not answer in time"),
+    }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if wants_openmetrics {
+        (metrics::OPENMETRICS_CONTENT_TYPE, ops.metrics.encode())
+    } else {
+        (metrics::PROMETHEUS_CONTENT_TYPE, ops.metrics.encode_prometheus())
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// The grouping URL `{base}/metrics/job/{job}/instance/{instance}`, each value one
+/// percent-encoded path segment.
+///
+/// # Errors
+/// [`TelemetryError::PushUrl`] for a URL that is not http(s) or an empty job or
+/// instance (the Pushgateway refuses empty grouping values).
+pub fn push_url(base: &str, job: &str, instance: &str) -> Result<url::Url, TelemetryError> {
+    let bad = |message: &str| TelemetryError::PushUrl { url: redact_url(base), message: message.to_owned() };
+    let mut url = url::Url::parse(base.trim()).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(bad("metrics_push_url must be an http(s) URL"));
+    }
+    if job.is_empty() || instance.is_empty() {
+        return Err(bad("the job and instance must not be empty"));
+    }
+    {
+        let mut segments = url.path_segments_mut().map_err(|()| bad("metrics_push_url cannot take a path"))?;
+        segments.pop_if_empty().extend(["metrics", "job", job, "instance", instance]);
+    }
+    Ok(url)
+}
+
+/// The Pushgateway `instance` of this process: the host name (a Kubernetes pod's
+/// name, a systemd host's name), so that each host's last run stays visible.
+pub fn push_instance() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Replaces the group `job`/`instance` on the Pushgateway at `base`
+/// (`metrics_push_url`) with the global metrics, in the Prometheus text format (a
+/// PUT: the group then holds exactly this run's numbers).
+///
+/// # Errors
+/// [`TelemetryError::PushUrl`] for a bad URL, [`TelemetryError::Push`] when the
+/// Pushgateway cannot be reached or does not answer 2xx.
+pub async fn push_metrics(base: &str, job: &str, instance: &str) -> Result<(), TelemetryError> {
+    push_metrics_of(metrics::global(), base, job, instance).await
+}
+
+/// [`push_metrics`] for a given registry.
+///
+/// # Errors
+/// As [`push_metrics`].
+pub async fn push_metrics_of(metrics: &Metrics, base: &str, job: &str, instance: &str) -> Result<(), TelemetryError> {
+    let url = push_url(base, job, instance)?;
+    let shown = redact_url(url.as_str());
+    let fail = |message: String| TelemetryError::Push { url: shown.clone(), message };
+    let client = reqwest::Client::builder()
+        .timeout(PUSH_TIMEOUT)
+        .build()
+        .map_err(|e| fail(format!("cannot build HTTP client: {e}")))?;
+    let response = client
+        .put(url)
+        .header(reqwest::header::CONTENT_TYPE, metrics::PROMETHEUS_CONTENT_TYPE)
+        .body(metrics.encode_prometheus())
+        .send()
+        .await
+        .map_err(|e| fail(e.without_url().to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        let excerpt: String = body.chars().take(200).collect();
+        return Err(fail(format!("answered {status}: {}", excerpt.trim())));
+    }
+    debug!(url = %shown, "metrics pushed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen(":9090").unwrap(), "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(parse_listen("127.0.0.1:1").unwrap(), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(parse_listen("[::]:9090").unwrap(), "[::]:9090".parse().unwrap());
+        let e = parse_listen("localhost").unwrap_err().to_string();
+        assert!(e.contains("metrics_listen") && e.contains("localhost"), "{e}");
+    }
+
+    #[test]
+    fn push_urls_are_grouping_keys() {
+        let u = push_url("http://pgw:9091", "reverify", "host-1").unwrap();
+        assert_eq!(u.as_str(), "http://pgw:9091/metrics/job/reverify/instance/host-1");
+        let u = push_url("http://pgw:9091/prefix/", "reverify", "a b/c").unwrap();
+        assert_eq!(u.as_str(), "http://pgw:9091/prefix/metrics/job/reverify/instance/a%20b%2Fc");
+        let e = push_url("http://u:secret@pgw:9091", "reverify", "").unwrap_err().to_string();
+        assert!(e.contains("empty") && !e.contains("secret"), "{e}");
+        assert!(push_url("ftp://pgw", "j", "i").is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! A real run shows up in the Prometheus metrics: sessions, outcomes, API latency,
+//! 429s, limiter waits and targets by status, with nothing personal in a label.
+//!
+//! The registry is process-wide, so each test reads only its own campaign's series
+//! and, for the unlabelled families, an increase over what it saw before.
+
+use reverify::both_engines;
+use reverify::sandbox::ScriptedFault;
+use reverify::store::testing::TestDb;
+use reverify::telemetry;
+
+use crate::common::{Env, campaign_toml};
+
+/// The value of the sample line that starts with `series ` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+both_engines!(a_run_is_counted_in_the_metrics, |db: TestDb| async move {
+    let backend = db.backend().as_str();
+    let env = Env::new(db, 12).await;
+    let name = format!("metrics-{backend}");
+    let campaign = env.apply(&campaign_toml(&name, "")).await;
+
+    let before = telemetry::global().encode();
+    let rate_limited_before = sample(&before, "reverify_baanx_rate_limited_total").unwrap_or(0.0);
+    let waits_before = sample(&before, "reverify_limiter_wait_seconds_count").unwrap_or(0.0);
+    // the first API call of the run is answered 429; the client waits and retries
+    env.sandbox.fail_next(ScriptedFault::Throttle { retry_after_secs: 1 }, 1);
+    let report = env.run(&campaign).await;
+    assert!(report.counts.notified > 0, "{report:?}");
+    telemetry::refresh_target_gauges(env.store()).await.unwrap();
+
+    let text = telemetry::global().encode();
+    let c = format!("campaign=\"{name}\"");
+    let issued = env.store().session_count(campaign.campaign_id).await.unwrap();
+    assert_eq!(sample(&text, &format!("reverify_sessions_issued_total{{{c}}}")), Some(issued as f64), "{text}");
+    assert_eq!(
+        sample(&text, &format!("reverify_notifications_total{{{c},outcome=\"sent\",reason=\"ok\"}}")),
+        Some(report.counts.notified as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!("reverify_targets{{{c},status=\"notified\"}}")),
+        Some(report.counts.notified as f64),
+        "{text}"
+    );
+    assert_eq!(sample(&text, &format!("reverify_targets{{{c},status=\"failed\"}}")), Some(0.0), "{text}");
+    // every answered verification call was timed
+    let timed = sample(&text, "reverify_baanx_request_duration_seconds_count{endpoint=\"verification\"}").unwrap();
+    assert!(timed >= issued as f64, "{timed} < {issued}\n{text}");
+    assert!(sample(&text, "reverify_baanx_rate_limited_total").unwrap() > rate_limited_before, "{text}");
+    assert!(sample(&text, "reverify_limiter_wait_seconds_count").unwrap() > waits_before, "{text}");
+
+    // invariant 2: no URL, address or user id in any series
+    let messages = env.messages();
+    assert!(!messages.is_empty());
+    assert!(!text.contains('@'), "an email address in the metrics");
+    assert!(!text.contains("127.0.0.1") && !text.contains("http"), "a URL in the metrics");
+    for user in env.sandbox.users() {
+        assert!(!text.contains(user.user_id.as_str()), "a user id in the metrics");
+    }
+});

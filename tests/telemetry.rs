@@ -1,0 +1,118 @@
+//! The operations endpoints over real HTTP, and the push to a real Prometheus
+//! Pushgateway (`telemetry::testing`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use reverify::both_engines;
+use reverify::store::testing::TestDb;
+use reverify::telemetry::testing::Pushgateway;
+use reverify::telemetry::{self, TelemetryError, serve_ops};
+use tokio_util::sync::CancellationToken;
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+both_engines!(probes_and_metrics_answer_over_http, |db: TestDb| async move {
+    let stop = CancellationToken::new();
+    let ops = serve_ops(any_port(), db.store.clone(), stop.clone()).await.unwrap();
+    let base = format!("http://{}", ops.local_addr);
+    let http = reqwest::Client::new();
+
+    let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Prometheus asks for OpenMetrics; curl and the rest get the 0.0.4 text
+    telemetry::global().session_issued("ops-endpoint-test");
+    let r = http
+        .get(format!("{base}/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let body = r.text().await.unwrap();
+    assert!(body.contains("reverify_sessions_issued_total{campaign=\"ops-endpoint-test\"}"), "{body}");
+    assert!(body.ends_with("# EOF\n"));
+    let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let body = r.text().await.unwrap();
+    assert!(body.contains("# TYPE reverify_sessions_issued_total counter"), "{body}");
+
+    // the database goes away: not ready, still alive, metrics still served
+    db.store.close().await;
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "database unreachable\n");
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{base}/metrics")).send().await.unwrap().status(), 200);
+
+    // shutdown ends the server task and frees the port
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), ops.handle).await.unwrap().unwrap().unwrap();
+    assert!(http.get(format!("{base}/healthz")).send().await.is_err());
+});
+
+#[tokio::test]
+async fn a_taken_port_is_an_error_naming_the_setting() {
+    let db = TestDb::sqlite().await;
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let e = serve_ops(addr, db.store.clone(), CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(e, TelemetryError::Listen { .. }), "{e:?}");
+    assert!(e.to_string().starts_with(&format!("metrics_listen {addr}")), "{e}");
+}
+
+#[tokio::test]
+async fn a_push_reaches_a_real_pushgateway() {
+    let pgw = Pushgateway::start().await;
+    let m = telemetry::Metrics::new();
+    m.session_issued("push-test");
+    m.session_issued("push-test");
+    m.notification("push-test", "failed", "delivery_failed");
+    m.api_latency("verification", Duration::from_millis(30));
+    m.rate_limited();
+    m.limiter_wait(Duration::from_millis(2));
+    m.set_targets("push-test", "pending", 7);
+    telemetry::server::push_metrics_of(&m, &pgw.url, "reverify", "worker-1").await.unwrap();
+
+    let body = pgw.scrape().await;
+    for line in [
+        r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 2"#,
+        r#"reverify_notifications_total{campaign="push-test",instance="worker-1",job="reverify",outcome="failed",reason="delivery_failed"} 1"#,
+        r#"reverify_baanx_request_duration_seconds_count{endpoint="verification",instance="worker-1",job="reverify"} 1"#,
+        r#"reverify_baanx_rate_limited_total{instance="worker-1",job="reverify"} 1"#,
+        r#"reverify_limiter_wait_seconds_count{instance="worker-1",job="reverify"} 1"#,
+        r#"reverify_targets{campaign="push-test",instance="worker-1",job="reverify",status="pending"} 7"#,
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing {line:?} in the Pushgateway's\n{body}");
+    }
+    // a later push replaces the group (PUT): the numbers are the last run's
+    let m2 = telemetry::Metrics::new();
+    m2.session_issued("push-test");
+    telemetry::server::push_metrics_of(&m2, &pgw.url, "reverify", "worker-1").await.unwrap();
+    let body = pgw.scrape().await;
+    assert!(
+        body.contains(r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 1"#)
+    );
+    assert!(!body.contains("reverify_targets{"), "{body}");
+}
+
+#[tokio::test]
+async fn a_refused_push_says_where_and_why() {
+    let pgw = Pushgateway::start().await;
+    // nothing listens on port 9 (discard): a transport failure names the URL
+    let e = telemetry::server::push_metrics_of(&telemetry::Metrics::new(), "http://127.0.0.1:9/", "reverify", "w")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TelemetryError::Push { .. }), "{e:?}");
+    assert!(e.to_string().contains("127.0.0.1:9/metrics/job/reverify/instance/w"), "{e}");
+    // a wrong path prefix: the Pushgateway's own 404 comes back in the message
+    let e = telemetry::push_metrics(&format!("{}/nowhere", pgw.url), "reverify", "w").await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("answered 404"), "{msg}");
+}
