@@ -248,6 +248,18 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
             report.non_ok,
             report.transport_errors,
         );
+        if let (Some(cpu), Some(server), Some(per_cpu)) =
+            (report.cpu_seconds, report.server_cpu_seconds, report.server_requests_per_cpu_second)
+        {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "cpu: {cpu:.2} s in {:.2} s on {cores} cores ({:.0} % of the machine), of which the server {server:.2} s: \
+                 sandbox_requests_per_server_cpu_second: {per_cpu:.0} (about {:.0} req/s with all {cores} cores for the server)",
+                report.seconds,
+                100.0 * cpu / (report.seconds * cores as f64),
+                per_cpu * cores as f64,
+            );
+        }
     }
     Ok(exit::OK)
 }
