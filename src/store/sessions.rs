@@ -69,46 +69,51 @@ impl Store {
     ) -> Result<Reservation, StoreError> {
         let now_ms = to_millis(now);
         let mut tx = self.begin_write().await?;
-        let lock = match self.backend() {
+        // The user's standing and our claim on the target, in one statement; on
+        // Postgres the user's row is locked so that two campaigns reserving for one
+        // user at once are serialised (SQLite's BEGIN IMMEDIATE already is).
+        let sql = match self.backend() {
             Backend::Postgres => {
-                "SELECT verification_state, rejected_at, consecutive_failures, last_failure_at \
-                 FROM users WHERE user_id = $1 FOR UPDATE"
+                "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+                   (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
+                      AND t.lease_owner = $3 AND t.status = 'claimed') AS mine \
+                 FROM users u WHERE u.user_id = $1 FOR UPDATE OF u"
             }
             Backend::Sqlite => {
-                "SELECT verification_state, rejected_at, consecutive_failures, last_failure_at \
-                 FROM users WHERE user_id = $1"
+                "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+                   (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
+                      AND t.lease_owner = $3 AND t.status = 'claimed') AS mine \
+                 FROM users u WHERE u.user_id = $1"
             }
         };
-        let user =
-            sqlx::query(lock).bind(user_id).fetch_one(&mut *tx).await.map_err(query_err("session_reserve user"))?;
+        let user = sqlx::query(sql)
+            .bind(user_id)
+            .bind(campaign_id)
+            .bind(worker)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_err("session_reserve user"))?;
         // fence: the target must still be ours
-        let mine: Option<i64> = sqlx::query(
-            "SELECT attempts FROM campaign_targets \
-             WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
-        )
-        .bind(campaign_id)
-        .bind(user_id)
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query_err("session_reserve fence"))?
-        .map(|r| r.try_get("attempts"))
-        .transpose()
-        .map_err(query_err("session_reserve fence"))?;
-        if mine.is_none() {
+        let Some(attempts) = user.try_get::<Option<i64>, _>("mine").map_err(query_err("session_reserve fence"))? else {
             return Ok(Reservation::LostClaim);
-        }
-        // what an earlier, interrupted attempt at this step left behind
-        let earlier = sqlx::query(
-            "SELECT session_id, status FROM verification_sessions \
-             WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status IN ('reserved', 'issued', 'delivered')",
-        )
-        .bind(campaign_id)
-        .bind(user_id)
-        .bind(step)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_err("session_reserve earlier"))?;
+        };
+        // What an earlier, interrupted attempt at this step left behind. A first
+        // attempt has none (a released claim never got this far, and a re-queued
+        // target's old rows are already final), so only a rescued claim looks.
+        let earlier = if attempts > 1 {
+            sqlx::query(
+                "SELECT session_id, status FROM verification_sessions \
+                 WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status IN ('reserved', 'issued', 'delivered')",
+            )
+            .bind(campaign_id)
+            .bind(user_id)
+            .bind(step)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_err("session_reserve earlier"))?
+        } else {
+            vec![]
+        };
         let mut ambiguous = false;
         for row in &earlier {
             let status: String = row.try_get("status").map_err(query_err("session_reserve earlier"))?;
