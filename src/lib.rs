@@ -12,8 +12,10 @@ pub mod directory;
 pub mod domain;
 pub mod engine;
 pub mod notify;
+pub mod report;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use config::{Secret, Settings};

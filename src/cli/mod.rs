@@ -11,9 +11,13 @@ use reverify::config::LogFormat;
 use reverify::store::Store;
 
 mod bench_import;
+mod bench_report;
 mod campaign;
+mod report;
 mod run;
+mod serve;
 mod status;
+mod sync;
 mod users;
 
 /// Exit codes, documented in the README.
@@ -69,6 +73,11 @@ enum Command {
     /// Benchmark: import a generated CSV of 1M users into SQLite and Postgres.
     #[command(hide = true)]
     BenchImport(bench_import::BenchImportArgs),
+    /// Receive Baanx kyc.status.changed webhooks on POST /webhooks/baanx.
+    Serve(serve::ServeArgs),
+    /// Benchmark: stream the report of 1M generated targets to /dev/null.
+    #[command(hide = true)]
+    BenchReport(bench_report::BenchReportArgs),
 }
 
 /// What every command starts from.
@@ -129,5 +138,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
         Command::BenchImport(args) => bench_import::run(args).await,
+        Command::Serve(args) => serve::run(args, &ctx).await,
+        Command::BenchReport(args) => bench_report::run(args).await,
     }
 }

@@ -21,7 +21,9 @@ pub mod campaigns;
 pub mod events;
 #[cfg(test)]
 mod ledger_tests;
+pub mod outcomes;
 pub mod progress;
+pub mod report;
 pub mod runs;
 pub mod sessions;
 pub mod targets;
