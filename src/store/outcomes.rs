@@ -235,10 +235,13 @@ pub(crate) async fn apply_state_in_tx(
             converted = target_events(tx, &sql, user_id, at_ms, now, src, "target.converted").await?;
         }
         VerificationState::Rejected => {
+            // a repeated REJECTED (a second sync, a replayed decision) only fills in
+            // targets that have no outcome yet; a new rejection moves every one
+            let fresh = if changed { "(outcome IS NULL OR outcome_at < $2)" } else { "outcome IS NULL" };
             let sql = format!(
                 "UPDATE campaign_targets SET outcome = 'rejected', outcome_at = $2, updated_at = $3 \
-                 WHERE {AFTER_MESSAGE} AND status IN ('notified', 'pending', 'deferred') \
-                   AND (outcome IS NULL OR outcome_at < $2) RETURNING campaign_id"
+                 WHERE {AFTER_MESSAGE} AND status IN ('notified', 'pending', 'deferred') AND {fresh} \
+                 RETURNING campaign_id"
             );
             rejected = target_events(tx, &sql, user_id, at_ms, now, src, "target.rejected").await?;
         }
