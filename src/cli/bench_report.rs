@@ -80,7 +80,11 @@ async fn bench(store: &Store, engine: &str, args: &BenchReportArgs) -> anyhow::R
     anyhow::ensure!(rows == args.rows as u64, "{rows} rows written, expected {}", args.rows);
     let peak = proc_status_mb("VmHWM:").unwrap_or(f64::NAN);
     let (lo, hi) = sink.samples.iter().fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
-    println!("report_{}_seconds: {secs:.1} s ({engine}, {:.0} MB written)", label(args.rows), sink.written as f64 / 1e6);
+    println!(
+        "report_{}_seconds: {secs:.1} s ({engine}, {:.0} MB written)",
+        label(args.rows),
+        sink.written as f64 / 1e6
+    );
     println!("report_peak_rss: {peak:.0} MB ({engine}; {before:.0} MB before the report)");
     println!("report_rss_samples: {} samples, {lo:.0}..{hi:.0} MB ({engine})", sink.samples.len());
     Ok(())

@@ -56,8 +56,17 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
         None => println!("eta        nothing due now"),
     }
     let f = &p.funnel;
-    let pct = |n: i64| if f.notified > 0 { format!(" ({:.1}% of notified)", 100.0 * n as f64 / f.notified as f64) } else { String::new() };
-    println!("funnel     targeted {} → notified {} → started {} → verified {} / rejected {}", f.targeted, f.notified, f.started, f.verified, f.rejected);
+    let pct = |n: i64| {
+        if f.notified > 0 {
+            format!(" ({:.1}% of notified)", 100.0 * n as f64 / f.notified as f64)
+        } else {
+            String::new()
+        }
+    };
+    println!(
+        "funnel     targeted {} → notified {} → started {} → verified {} / rejected {}",
+        f.targeted, f.notified, f.started, f.verified, f.rejected
+    );
     println!("  verified                 {}{}", f.verified, pct(f.verified));
     println!("  no response after expiry {}{}", f.no_response_after_expiry, pct(f.no_response_after_expiry));
     match f.median_seconds_to_verify {

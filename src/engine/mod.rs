@@ -218,7 +218,17 @@ impl Run {
         let now = self.clock.now();
         self.store.target_requeue_delivery_failed(self.campaign_id, now).await.map_err(|e| fail(e, &progress))?;
         // outcomes (issue 6): sync users whose session expired, then queue due reminders
-        sync::before_run(&self.store, &*self.api, &*self.clock, &self.config.worker_id, self.campaign_id, &self.spec, self.config.fresh_state).await.map_err(|e| fail(e, &progress))?;
+        sync::before_run(
+            &self.store,
+            &*self.api,
+            &*self.clock,
+            &self.config.worker_id,
+            self.campaign_id,
+            &self.spec,
+            self.config.fresh_state,
+        )
+        .await
+        .map_err(|e| fail(e, &progress))?;
         let added = self
             .store
             .target_add_matching(self.campaign_id, &self.spec.audience, now)

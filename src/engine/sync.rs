@@ -11,9 +11,9 @@ use std::sync::Arc;
 use futures::StreamExt as _;
 use tracing::{info, warn};
 
+use super::EngineError;
 use super::adapters::BaanxApi;
 use super::ports::{ApiFailure, ApiUser, VerificationApi};
-use super::EngineError;
 use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
 use crate::crypto::TokenCipher;

@@ -17,7 +17,9 @@
 //!   counts a consecutive failure; a change to VERIFIED resets the count.
 //! - A target converts when its user becomes VERIFIED after a message of the campaign
 //!   (`notified_at <= change time`), including a target re-queued for a reminder.
-//!   A claimed target is left to the worker holding it.
+//!   A claimed target is left to the worker holding it. Targets move only on news: a
+//!   change of state, or a webhook; a sync that finds the state it already knew
+//!   (say, a REJECTED from before the message) moves nothing.
 //! - Reminders re-queue set-based, in one statement per run.
 
 use chrono::{DateTime, Utc};
@@ -218,7 +220,11 @@ pub(crate) async fn apply_state_in_tx(
     }
 
     let (mut started, mut converted, mut rejected) = (0, 0, 0);
-    if new != VerificationState::Unverified {
+    // Only news moves targets: a change, or a webhook (an event is news even when a
+    // lost PENDING left the stored state equal). A sync that finds a user REJECTED as
+    // before says nothing about the campaign's message.
+    let news = changed || src.kind == SourceKind::Webhook;
+    if news && new != VerificationState::Unverified {
         let sql = format!(
             "UPDATE campaign_targets SET started_at = $2, updated_at = $3 \
              WHERE {AFTER_MESSAGE} AND started_at IS NULL RETURNING campaign_id"
@@ -226,6 +232,7 @@ pub(crate) async fn apply_state_in_tx(
         started = target_events(tx, &sql, user_id, at_ms, now, src, "target.started").await?;
     }
     match new {
+        _ if !news => {}
         VerificationState::Verified => {
             let sql = format!(
                 "UPDATE campaign_targets SET status = 'converted', reason = NULL, not_before = NULL, \
@@ -235,13 +242,10 @@ pub(crate) async fn apply_state_in_tx(
             converted = target_events(tx, &sql, user_id, at_ms, now, src, "target.converted").await?;
         }
         VerificationState::Rejected => {
-            // a repeated REJECTED (a second sync, a replayed decision) only fills in
-            // targets that have no outcome yet; a new rejection moves every one
-            let fresh = if changed { "(outcome IS NULL OR outcome_at < $2)" } else { "outcome IS NULL" };
             let sql = format!(
                 "UPDATE campaign_targets SET outcome = 'rejected', outcome_at = $2, updated_at = $3 \
-                 WHERE {AFTER_MESSAGE} AND status IN ('notified', 'pending', 'deferred') AND {fresh} \
-                 RETURNING campaign_id"
+                 WHERE {AFTER_MESSAGE} AND status IN ('notified', 'pending', 'deferred') \
+                   AND (outcome IS NULL OR outcome_at < $2) RETURNING campaign_id"
             );
             rejected = target_events(tx, &sql, user_id, at_ms, now, src, "target.rejected").await?;
         }

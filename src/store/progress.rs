@@ -126,9 +126,8 @@ impl Store {
             started = sum("t.first_notified_at IS NOT NULL AND t.started_at IS NOT NULL"),
             verified = sum("t.status = 'converted'"),
             rejected = sum("t.outcome = 'rejected' AND t.status <> 'converted'"),
-            silent = sum(
-                "t.status = 'notified' AND t.session_expires_at <= $2 AND u.verification_state = 'UNVERIFIED'"
-            ),
+            silent =
+                sum("t.status = 'notified' AND t.session_expires_at <= $2 AND u.verification_state = 'UNVERIFIED'"),
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(campaign_id)

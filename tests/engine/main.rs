@@ -2,4 +2,6 @@
 //! SQLite file or Postgres database, and a real outbox directory or SMTP server.
 
 mod common;
+mod outcomes;
 mod runs;
+mod webhooks;

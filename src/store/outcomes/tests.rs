@@ -121,7 +121,10 @@ both_engines!(a_state_change_moves_the_user_and_their_targets_together, |db: Tes
     s.user_apply_state(A, VerificationState::Rejected, at2, &StateSource::sync("t")).await.unwrap();
     assert_eq!(standing(s, A).await, ("REJECTED".into(), 1, Some(to_millis(at2)), Some(to_millis(at2))));
     let t = target(s, c, A).await;
-    assert_eq!((t.status.as_str(), t.outcome.as_deref(), t.started_at), ("notified", Some("rejected"), Some(to_millis(at1))));
+    assert_eq!(
+        (t.status.as_str(), t.outcome.as_deref(), t.started_at),
+        ("notified", Some("rejected"), Some(to_millis(at1)))
+    );
     // the same answer again counts nothing twice
     s.user_apply_state(A, VerificationState::Rejected, at2 + Duration::minutes(1), &StateSource::sync("t"))
         .await
@@ -133,7 +136,10 @@ both_engines!(a_state_change_moves_the_user_and_their_targets_together, |db: Tes
     let r = s.user_apply_state(A, VerificationState::Verified, at3, &StateSource::sync("t")).await.unwrap();
     assert!(matches!(r, StateApplied::Applied { converted: 1, .. }), "{r:?}");
     let t = target(s, c, A).await;
-    assert_eq!((t.status.as_str(), t.outcome.as_deref(), t.outcome_at), ("converted", Some("verified"), Some(to_millis(at3))));
+    assert_eq!(
+        (t.status.as_str(), t.outcome.as_deref(), t.outcome_at),
+        ("converted", Some("verified"), Some(to_millis(at3)))
+    );
     assert_eq!(standing(s, A).await.1, 0);
 
     let kinds: Vec<String> = s
