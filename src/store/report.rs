@@ -80,12 +80,14 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReportRow>, StoreError> {
+        // u.user_id > $2 repeats the bound for the join: Postgres derives equalities,
+        // not ranges, and would merge-join from the first user on every page
         let rows = sqlx::query(
             "SELECT t.user_id, t.status, t.reason, t.step, t.attempts, u.verification_state, t.created_at, \
                     t.claimed_at, t.first_notified_at, t.notified_at, t.started_at, t.outcome, t.outcome_at, \
                     t.finalized_at, t.sessions, t.notifications \
              FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
-             WHERE t.campaign_id = $1 AND t.user_id > $2 ORDER BY t.user_id LIMIT $3",
+             WHERE t.campaign_id = $1 AND t.user_id > $2 AND u.user_id > $2 ORDER BY t.user_id LIMIT $3",
         )
         .bind(campaign_id)
         .bind(after)
@@ -155,6 +157,9 @@ impl Store {
             .await
             .map_err(query_err("report_bench_fill targets"))?;
         tx.commit().await.map_err(query_err("report_bench_fill commit"))?;
+        // planner statistics, as autovacuum would gather them after a bulk load;
+        // without them Postgres joins each page against every user
+        sqlx::query("ANALYZE").execute(self.pool()).await.map_err(query_err("report_bench_fill analyze"))?;
         Ok(())
     }
 }
