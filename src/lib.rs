@@ -12,9 +12,11 @@ pub mod directory;
 pub mod domain;
 pub mod engine;
 pub mod notify;
+pub mod report;
 pub mod sandbox;
 pub mod schedule;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use config::{Secret, Settings};

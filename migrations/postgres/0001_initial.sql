@@ -82,11 +82,20 @@ CREATE TABLE campaign_targets (
     claimed_at       BIGINT,
     notified_at      BIGINT,
     finalized_at     BIGINT,
+    -- outcomes (issue 6): the first message, when the user's last session expires,
+    -- when PENDING was first seen after a message, and VERIFIED / REJECTED and when
+    first_notified_at  BIGINT,
+    session_expires_at BIGINT,
+    started_at         BIGINT,
+    outcome            TEXT CHECK (outcome IN ('verified', 'rejected')),
+    outcome_at         BIGINT,
     PRIMARY KEY (campaign_id, user_id)
 );
 CREATE INDEX campaign_targets_claim ON campaign_targets (campaign_id, status, not_before);
 -- the heartbeat renews, and a stopping worker releases, its own claims
 CREATE INDEX campaign_targets_claimed ON campaign_targets (lease_owner) WHERE status = 'claimed';
+-- a state change (webhook, sync) finds the user's targets in every campaign
+CREATE INDEX campaign_targets_by_user ON campaign_targets (user_id);
 
 -- The ledger that enforces the per-user limits. It never holds a session URL.
 CREATE TABLE verification_sessions (

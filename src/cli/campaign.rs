@@ -74,6 +74,30 @@ pub enum CampaignCommand {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
     },
+    /// Write one row per target for a compliance audit: user id, status and reason,
+    /// the time of each step, the outcome, sessions and messages. No email, token,
+    /// session URL, date of birth or SSN. Streams, whatever the size.
+    Report {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// csv (with a header; formula-like cells get a leading ') or json (JSON Lines).
+        #[arg(long, value_enum, default_value = "csv")]
+        format: reverify::report::ReportFormat,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print the campaign's audit trail, oldest first.
+    Audit {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// Only the events about this user.
+        #[arg(long, value_name = "ID", value_parser = |s: &str| reverify::domain::UserId::parse(s))]
+        user: Option<reverify::domain::UserId>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
@@ -108,6 +132,14 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
         CampaignCommand::RetryFailed { name } => {
             let (store, c) = existing(ctx, &name).await?;
             super::status::retry_failed(&store, &c).await
+        }
+        CampaignCommand::Report { name, format, output } => {
+            let (store, c) = existing(ctx, &name).await?;
+            super::report::report(&store, &c, format, output.as_deref()).await
+        }
+        CampaignCommand::Audit { name, user, json } => {
+            let (store, c) = existing(ctx, &name).await?;
+            super::report::audit(&store, &c, user, json).await
         }
     }
 }

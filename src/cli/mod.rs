@@ -11,12 +11,16 @@ use reverify::config::LogFormat;
 use reverify::store::Store;
 
 mod bench_import;
+mod bench_report;
 mod campaign;
 mod daemon;
 mod demo;
 mod run;
 mod sandbox;
+mod report;
+mod serve;
 mod status;
+mod sync;
 mod users;
 
 /// Exit codes, documented in the README.
@@ -89,6 +93,11 @@ enum Command {
     BenchImport(bench_import::BenchImportArgs),
     Sandbox(Box<sandbox::SandboxArgs>),
     SandboxBench(sandbox::BenchArgs),
+    /// Receive Baanx kyc.status.changed webhooks on POST /webhooks/baanx.
+    Serve(serve::ServeArgs),
+    /// Benchmark: stream the report of 1M generated targets to /dev/null.
+    #[command(hide = true)]
+    BenchReport(bench_report::BenchReportArgs),
 }
 
 /// What every command starts from.
@@ -153,5 +162,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::BenchImport(args) => bench_import::run(args).await,
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
         Command::SandboxBench(a) => sandbox::bench(a).await,
+        Command::Serve(args) => serve::run(args, &ctx).await,
+        Command::BenchReport(args) => bench_report::run(args).await,
     }
 }

@@ -31,6 +31,7 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
             "eta_seconds": p.eta_seconds(),
             "next_deferred_at": p.next_deferred_at,
             "last_run_at": c.last_run_at,
+            "funnel": p.funnel,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit::OK);
@@ -53,6 +54,24 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
         _ if p.due_now == 0 => println!("eta        nothing due now"),
         Some(s) => println!("eta        {} for {} due now", humantime::format_duration(secs(s)), p.due_now),
         None => println!("eta        unknown ({} due now; no recent progress)", p.due_now),
+    }
+    let f = &p.funnel;
+    let pct = |n: i64| {
+        if f.notified > 0 {
+            format!(" ({:.1}% of notified)", 100.0 * n as f64 / f.notified as f64)
+        } else {
+            String::new()
+        }
+    };
+    println!(
+        "funnel     targeted {} → notified {} → started {} → verified {} / rejected {}",
+        f.targeted, f.notified, f.started, f.verified, f.rejected
+    );
+    println!("  verified                 {}{}", f.verified, pct(f.verified));
+    println!("  no response after expiry {}{}", f.no_response_after_expiry, pct(f.no_response_after_expiry));
+    match f.median_seconds_to_verify {
+        Some(s) => println!("  median time to verify    {}", humantime::format_duration(secs(s))),
+        None => println!("  median time to verify    -"),
     }
     if let Some(t) = p.next_deferred_at {
         println!("next       deferred users become due at {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));

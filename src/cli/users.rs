@@ -63,6 +63,9 @@ pub enum UsersCommand {
         #[arg(long, default_value_t = 1000)]
         batch: u32,
     },
+    /// Refresh verification states from GET /v1/user, under the Baanx rate limit:
+    /// the state, when it changed, rejections, and the outcome of notified targets.
+    Sync(super::sync::SyncArgs),
 }
 
 pub async fn run(cmd: UsersCommand, ctx: &Context) -> anyhow::Result<u8> {
@@ -78,6 +81,7 @@ pub async fn run(cmd: UsersCommand, ctx: &Context) -> anyhow::Result<u8> {
         }
         UsersCommand::Show { id, json } => show(ctx, &id, json).await,
         UsersCommand::Rekey { batch } => rekey(ctx, batch.max(1)).await,
+        UsersCommand::Sync(args) => super::sync::run(args, ctx).await,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod adapters;
 mod pipeline;
 pub mod ports;
+pub mod sync;
 pub mod worker;
 
 use std::collections::VecDeque;
@@ -229,6 +230,18 @@ impl Run {
         let fail = |e: StoreError, p: &Arc<Progress>| (EngineError::Store(e), p.clone());
         let now = self.clock.now();
         self.store.target_requeue_delivery_failed(self.campaign_id, now).await.map_err(|e| fail(e, &progress))?;
+        // outcomes (issue 6): sync users whose session expired, then queue due reminders
+        sync::before_run(
+            &self.store,
+            &*self.api,
+            &*self.clock,
+            &self.config.worker_id,
+            self.campaign_id,
+            &self.spec,
+            self.config.fresh_state,
+        )
+        .await
+        .map_err(|e| fail(e, &progress))?;
         let added = self
             .store
             .target_add_matching(self.campaign_id, &self.spec.audience, now)

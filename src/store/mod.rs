@@ -22,7 +22,9 @@ pub mod events;
 pub mod leases;
 #[cfg(test)]
 mod ledger_tests;
+pub mod outcomes;
 pub mod progress;
+pub mod report;
 pub mod runs;
 pub mod sessions;
 pub mod targets;

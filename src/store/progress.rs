@@ -23,6 +23,26 @@ pub struct CampaignProgress {
     pub due_now: i64,
     /// Earliest time a deferred target becomes due.
     pub next_deferred_at: Option<DateTime<Utc>>,
+    /// What became of the notified users.
+    pub funnel: Funnel,
+}
+
+/// The outcome funnel: targeted → notified → started → verified or rejected.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Funnel {
+    pub targeted: i64,
+    /// Sent at least one message.
+    pub notified: i64,
+    /// Notified, then seen PENDING (or decided) after a message.
+    pub started: i64,
+    /// Converted: VERIFIED after a message.
+    pub verified: i64,
+    /// Notified, then REJECTED, and not (yet) verified.
+    pub rejected: i64,
+    /// Notified, the session expired, and the user is still UNVERIFIED.
+    pub no_response_after_expiry: i64,
+    /// Median time from the first message to VERIFIED, over converted targets.
+    pub median_seconds_to_verify: Option<f64>,
 }
 
 impl CampaignProgress {
@@ -88,7 +108,79 @@ impl Store {
             notified_last_minute: get("last_minute")?,
             due_now: get("due_now")?,
             next_deferred_at: next.map(super::from_millis),
+            funnel: self.campaign_funnel(campaign_id, now).await?,
         })
+    }
+
+    /// The campaign's outcome funnel at `now`, counted from the rows.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_funnel(&self, campaign_id: i64, now: DateTime<Utc>) -> Result<Funnel, StoreError> {
+        let sum = |cond: &str| format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)");
+        let sql = format!(
+            "SELECT COUNT(*) AS targeted, {notified} AS notified, {started} AS started, {verified} AS verified, \
+               {rejected} AS rejected, {silent} AS silent \
+             FROM campaign_targets t JOIN users u ON u.user_id = t.user_id WHERE t.campaign_id = $1",
+            notified = sum("t.first_notified_at IS NOT NULL"),
+            started = sum("t.first_notified_at IS NOT NULL AND t.started_at IS NOT NULL"),
+            verified = sum("t.status = 'converted'"),
+            rejected = sum("t.outcome = 'rejected' AND t.status <> 'converted'"),
+            silent =
+                sum("t.status = 'notified' AND t.session_expires_at <= $2 AND u.verification_state = 'UNVERIFIED'"),
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(campaign_id)
+            .bind(to_millis(now))
+            .fetch_one(self.pool())
+            .await
+            .map_err(query_err("campaign_funnel"))?;
+        let get = |name: &str| row.try_get::<i64, _>(name).map_err(query_err("campaign_funnel"));
+        let mut f = Funnel {
+            targeted: get("targeted")?,
+            notified: get("notified")?,
+            started: get("started")?,
+            verified: get("verified")?,
+            rejected: get("rejected")?,
+            no_response_after_expiry: get("silent")?,
+            median_seconds_to_verify: None,
+        };
+        f.median_seconds_to_verify = self.median_ms_to_verify(campaign_id).await?.map(|ms| ms / 1000.0);
+        Ok(f)
+    }
+
+    /// The median of `outcome_at - first_notified_at` over converted targets, in the
+    /// database and portably (SQLite has no percentile): count, then read the one or
+    /// two middle values in order. Memory stays constant however many rows.
+    async fn median_ms_to_verify(&self, campaign_id: i64) -> Result<Option<f64>, StoreError> {
+        const CONVERTED: &str = "campaign_id = $1 AND status = 'converted' \
+             AND outcome_at IS NOT NULL AND first_notified_at IS NOT NULL";
+        let n: i64 =
+            sqlx::query(AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM campaign_targets WHERE {CONVERTED}")))
+                .bind(campaign_id)
+                .fetch_one(self.pool())
+                .await
+                .and_then(|r| r.try_get("n"))
+                .map_err(query_err("campaign_funnel median"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let take = if n % 2 == 0 { 2 } else { 1 };
+        let sql = format!(
+            "SELECT outcome_at - first_notified_at AS d FROM campaign_targets WHERE {CONVERTED} \
+             ORDER BY d LIMIT {take} OFFSET {}",
+            (n - 1) / 2
+        );
+        let middle: Vec<i64> = sqlx::query(AssertSqlSafe(sql))
+            .bind(campaign_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err("campaign_funnel median"))?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("d"))
+            .collect::<Result<_, _>>()
+            .map_err(query_err("campaign_funnel median"))?;
+        Ok((!middle.is_empty()).then(|| middle.iter().sum::<i64>() as f64 / middle.len() as f64))
     }
 
     /// Who a run would target now, counted by bucket, without calling the API.

@@ -270,13 +270,15 @@ impl Store {
             sqlx::query(
                 "UPDATE campaign_targets SET status = 'notified', reason = NULL, lease_owner = NULL, \
                    lease_expires_at = NULL, sessions = sessions + 1, notifications = notifications + 1, \
-                   notified_at = $4, updated_at = $4 \
+                   notified_at = $4, first_notified_at = COALESCE(first_notified_at, $4), updated_at = $4, \
+                   session_expires_at = (SELECT expires_at FROM verification_sessions WHERE session_id = $5) \
                  WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
             )
         } else {
             sqlx::query(
                 "UPDATE campaign_targets SET status = 'failed', reason = 'delivery_failed', lease_owner = NULL, \
-                   lease_expires_at = NULL, sessions = sessions + 1, finalized_at = $4, updated_at = $4 \
+                   lease_expires_at = NULL, sessions = sessions + 1, finalized_at = $4, updated_at = $4, \
+                   session_expires_at = (SELECT expires_at FROM verification_sessions WHERE session_id = $5) \
                  WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
             )
         }
@@ -284,6 +286,7 @@ impl Store {
         .bind(user_id)
         .bind(worker)
         .bind(now_ms)
+        .bind(session_id)
         .execute(&mut *tx)
         .await
         .map_err(query_err("session_record_delivery target"))?
@@ -302,8 +305,10 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Stores the state `GET /v1/user` just reported. A change to REJECTED with no
-    /// known time is dated now (the conservative start of the 24 h cooldown).
+    /// Stores the state `GET /v1/user` just reported, as `users sync` does (see
+    /// [`Store::user_apply_state`]): the change time, a rejection dated now (the
+    /// conservative start of the 24 h cooldown), the failure count, and the outcome of
+    /// the user's notified targets.
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -313,20 +318,8 @@ impl Store {
         state: VerificationState,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE users SET \
-               state_changed_at = CASE WHEN verification_state <> $2 THEN $3 ELSE state_changed_at END, \
-               rejected_at = CASE WHEN $2 = 'REJECTED' AND verification_state <> 'REJECTED' THEN $3 ELSE rejected_at END, \
-               verification_state = $2, synced_at = $3, updated_at = $3 \
-             WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(state.as_str())
-        .bind(to_millis(now))
-        .execute(self.pool())
-        .await
-        .map_err(query_err("user_record_fresh_state"))?;
-        Ok(())
+        let source = super::outcomes::StateSource::fresh_state("engine");
+        self.user_apply_state(user_id, state, now, &source).await.map(|_| ())
     }
 
     /// Sessions the ledger counts for a campaign (everything but definite API refusals).

@@ -33,10 +33,13 @@ pub fn campaign_toml(name: &str, extra: &str) -> String {
 
 impl Env {
     pub async fn new(db: TestDb, users: usize) -> Self {
-        let sandbox =
-            Sandbox::start(SandboxConfig { users: UserSource::Generate(users), seed: 7, ..Default::default() })
-                .await
-                .expect("sandbox starts");
+        Self::with_sandbox(db, SandboxConfig { users: UserSource::Generate(users), seed: 7, ..Default::default() })
+            .await
+    }
+
+    /// As [`Env::new`], with the sandbox configured as given (a webhook, a clock).
+    pub async fn with_sandbox(db: TestDb, config: SandboxConfig) -> Self {
+        let sandbox = Sandbox::start(config).await.expect("sandbox starts");
         let dir = tempfile::tempdir().unwrap();
         let outbox = dir.path().join("outbox");
         let settings = Settings {

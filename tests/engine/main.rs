@@ -3,4 +3,6 @@
 
 mod common;
 mod metrics;
+mod outcomes;
 mod runs;
+mod webhooks;

@@ -1,0 +1,206 @@
+//! Verification states from `GET /v1/user`, for `users sync` and for the start of
+//! a run, and the run's outcome bookkeeping (expired sessions, reminders).
+//!
+//! Users stream from the store in keyset pages; each page is asked about with at
+//! most `concurrency` calls in flight, under the Baanx client's global limiter, and
+//! each answer is applied in its own transaction (`Store::user_apply_state`). A
+//! failed call is counted and left for the next sync; it never stops the others.
+
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use tracing::{info, warn};
+
+use super::EngineError;
+use super::adapters::BaanxApi;
+use super::ports::{ApiFailure, ApiUser, VerificationApi};
+use crate::baanx::{BaanxClient, BaanxConfig};
+use crate::config::Settings;
+use crate::crypto::TokenCipher;
+use crate::domain::{CampaignSpec, Clock, Region, SystemClock, UserId};
+use crate::store::outcomes::{StateApplied, StateSource, SyncCandidate, SyncFilter};
+use crate::store::tokens::StoreTokenVault;
+use crate::store::{Store, StoreError};
+
+/// Users read per page.
+pub const SYNC_PAGE: i64 = 500;
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    /// Users asked about.
+    pub checked: u64,
+    /// Users whose state changed.
+    pub changed: u64,
+    /// Targets converted (VERIFIED after a message).
+    pub converted: u64,
+    /// Users whose refresh token was refused: they must consent again.
+    pub consent_required: u64,
+    /// Calls that failed (forbidden, unavailable, rate limited): tried again next time.
+    pub failed: u64,
+}
+
+impl SyncReport {
+    fn add(&mut self, o: &SyncOne) {
+        self.checked += 1;
+        match o {
+            SyncOne::Applied(StateApplied::Applied { changed, converted, .. }) => {
+                self.changed += u64::from(*changed);
+                self.converted += converted;
+            }
+            SyncOne::Applied(_) => {}
+            SyncOne::ConsentRequired => self.consent_required += 1,
+            SyncOne::Failed => self.failed += 1,
+        }
+    }
+}
+
+enum SyncOne {
+    Applied(StateApplied),
+    ConsentRequired,
+    Failed,
+}
+
+/// The Baanx client alone (no notifier), as [`super::Worker::from_settings`] builds
+/// it: the store is its token vault.
+///
+/// # Errors
+/// [`EngineError::Setup`] naming the setting that is missing or wrong.
+pub fn baanx_api_from_settings(settings: &Settings, store: Store) -> Result<BaanxApi, EngineError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
+        .map_err(|e| EngineError::Setup(e.to_string()))?;
+    let vault = StoreTokenVault::new(store, Arc::new(cipher), clock);
+    let cfg = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
+    let client = BaanxClient::new(cfg, Arc::new(vault)).map_err(|e| EngineError::Setup(e.to_string()))?;
+    Ok(BaanxApi(Arc::new(client)))
+}
+
+async fn sync_one(
+    store: &Store,
+    api: &dyn VerificationApi,
+    clock: &dyn Clock,
+    actor: &str,
+    c: &SyncCandidate,
+) -> Result<SyncOne, StoreError> {
+    let (Ok(user_id), Ok(region)) = (UserId::parse(&c.user_id), c.region.parse::<Region>()) else {
+        warn!(user_id = %c.user_id, "stored user record is not valid; not synced");
+        return Ok(SyncOne::Failed);
+    };
+    match api.fresh_state(&ApiUser { user_id, region }).await {
+        Ok(state) => {
+            let applied = store.user_apply_state(&c.user_id, state, clock.now(), &StateSource::sync(actor)).await?;
+            Ok(SyncOne::Applied(applied))
+        }
+        Err(ApiFailure::ConsentRequired) => Ok(SyncOne::ConsentRequired),
+        Err(f) => {
+            warn!(user_id = %c.user_id, failure = %f, "sync failed for this user; the next sync tries again");
+            Ok(SyncOne::Failed)
+        }
+    }
+}
+
+/// Syncs one page with at most `concurrency` calls in flight.
+async fn sync_page(
+    store: &Store,
+    api: &dyn VerificationApi,
+    clock: &dyn Clock,
+    actor: &str,
+    page: &[SyncCandidate],
+    concurrency: usize,
+    report: &mut SyncReport,
+) -> Result<(), StoreError> {
+    // collected first: a stream over a borrowing closure trips the compiler's Send
+    // check (higher-ranked lifetimes) when a run is spawned
+    let calls: Vec<_> = page.iter().map(|c| sync_one(store, api, clock, actor, c)).collect();
+    let mut results = futures::stream::iter(calls).buffer_unordered(concurrency.max(1));
+    while let Some(r) = results.next().await {
+        report.add(&r?);
+    }
+    Ok(())
+}
+
+/// `reverify users sync`: refreshes every reachable user `filter` selects.
+///
+/// # Errors
+/// [`StoreError`] when the store fails; API failures are counted, not raised.
+pub async fn sync_users(
+    store: &Store,
+    api: &dyn VerificationApi,
+    clock: &dyn Clock,
+    actor: &str,
+    filter: &SyncFilter,
+    concurrency: usize,
+) -> Result<SyncReport, StoreError> {
+    let mut report = SyncReport::default();
+    let mut after = String::new();
+    loop {
+        let page = store.user_sync_page(filter, &after, SYNC_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.user_id.clone();
+        sync_page(store, api, clock, actor, &page, concurrency, &mut report).await?;
+        if (page.len() as i64) < SYNC_PAGE {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Syncs a campaign's notified users whose session has expired and who were not
+/// synced since: their outcome is known by now, and a reminder must not go to a
+/// user who verified without a webhook reaching us.
+///
+/// # Errors
+/// [`StoreError`] when the store fails.
+pub async fn sync_expired(
+    store: &Store,
+    api: &dyn VerificationApi,
+    clock: &dyn Clock,
+    actor: &str,
+    campaign_id: i64,
+    concurrency: usize,
+) -> Result<SyncReport, StoreError> {
+    let mut report = SyncReport::default();
+    let mut after = String::new();
+    loop {
+        let page = store.target_expired_unsynced(campaign_id, clock.now(), &after, SYNC_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.user_id.clone();
+        sync_page(store, api, clock, actor, &page, concurrency, &mut report).await?;
+        if (page.len() as i64) < SYNC_PAGE {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// What a run does before it targets: syncs the users whose session expired (when
+/// the run may call `GET /v1/user`), then re-queues the reminders that are due.
+/// Returns the number of reminders queued.
+///
+/// # Errors
+/// [`StoreError`] when the store fails.
+pub(crate) async fn before_run(
+    store: &Store,
+    api: &dyn VerificationApi,
+    clock: &dyn Clock,
+    actor: &str,
+    campaign_id: i64,
+    spec: &CampaignSpec,
+    fresh_state: bool,
+) -> Result<u64, StoreError> {
+    if fresh_state {
+        let concurrency = usize::try_from(spec.throttle.concurrency).unwrap_or(1);
+        let r = sync_expired(store, api, clock, actor, campaign_id, concurrency).await?;
+        if r.checked > 0 {
+            info!(campaign = %spec.name, checked = r.checked, changed = r.changed, converted = r.converted,
+                  failed = r.failed, "synced users whose session expired");
+        }
+    }
+    let Some(reminders) = &spec.reminders else { return Ok(0) };
+    let queued = store.target_requeue_reminders(campaign_id, reminders, clock.now()).await?;
+    if queued > 0 {
+        info!(campaign = %spec.name, queued, "reminders queued");
+    }
+    Ok(queued)
+}

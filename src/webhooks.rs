@@ -1,0 +1,200 @@
+//! The receiving end of Baanx `kyc.status.changed` webhooks (../shared/baanx-api.md):
+//! `POST /webhooks/baanx`, mounted by `reverify serve` and by the daemon.
+//!
+//! | request | answer |
+//! |---|---|
+//! | no or bad `X-Signature` (HMAC-SHA256 of `X-Timestamp.body`, constant-time check) | 401 |
+//! | `X-Timestamp` more than 300 s from now | 401 |
+//! | a body over 64 KiB | 413 |
+//! | signed but not JSON, or an unknown status | 400 (Baanx stops retrying a 4xx) |
+//! | another event type | 200, ignored |
+//! | an event id already processed | 200, nothing changes |
+//! | an unknown user | 200, recorded and logged |
+//! | a valid event | 200 once the change is committed; 503 when the store fails, so that Baanx retries |
+//!
+//! The signature is checked on the raw bytes before anything is parsed. The
+//! signature is checked before the timestamp so that an unsigned request learns
+//! nothing about the clock.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use tracing::{info, warn};
+
+use crate::Secret;
+use crate::domain::{Clock, SystemClock, VerificationState};
+use crate::store::Store;
+use crate::store::outcomes::{KycEvent, StateApplied, WebhookResult};
+
+/// The path Baanx posts to.
+pub const WEBHOOK_PATH: &str = "/webhooks/baanx";
+/// The largest body accepted; a KYC event is well under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How far `X-Timestamp` may be from now.
+pub const MAX_SKEW_SECONDS: i64 = 300;
+
+struct Receiver {
+    store: Store,
+    key: Secret,
+    clock: Arc<dyn Clock>,
+}
+
+/// The router for `POST /webhooks/baanx` (and `GET /healthz`), verifying with `key`
+/// (`webhook_key`).
+pub fn webhook_router(store: Store, key: Secret) -> Router {
+    webhook_router_with_clock(store, key, Arc::new(SystemClock))
+}
+
+/// [`webhook_router`] on a given clock (the timestamp check and recorded times).
+pub fn webhook_router_with_clock(store: Store, key: Secret, clock: Arc<dyn Clock>) -> Router {
+    let state = Arc::new(Receiver { store, key, clock });
+    Router::new()
+        .route(WEBHOOK_PATH, post(receive))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Whether `signature` (lower- or upper-case hex) is the HMAC-SHA256 of
+/// `timestamp.body` under `key`, compared in constant time.
+pub fn signature_valid(key: &[u8], timestamp: &str, body: &[u8], signature: &str) -> bool {
+    let Ok(given) = hex::decode(signature.trim()) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return false };
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    event_id: String,
+    event_type: String,
+    user_id: String,
+    event_object: Option<KycObject>,
+    event_object_status: Option<String>,
+    occurred_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KycObject {
+    status: Option<String>,
+    failure_code: Option<String>,
+}
+
+fn answer(status: StatusCode, result: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "result": result }))).into_response()
+}
+
+/// `pending` → PENDING, `completed` → VERIFIED, `failed` → REJECTED.
+fn state_of(status: &str) -> Option<VerificationState> {
+    match status {
+        "pending" => Some(VerificationState::Pending),
+        "completed" => Some(VerificationState::Verified),
+        "failed" => Some(VerificationState::Rejected),
+        _ => None,
+    }
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(ts), Some(sig)) = (header("x-timestamp"), header("x-signature")) else {
+        return answer(StatusCode::UNAUTHORIZED, "missing X-Timestamp or X-Signature");
+    };
+    if !signature_valid(r.key.expose().as_bytes(), ts, &body, sig) {
+        warn!("webhook refused: bad signature");
+        return answer(StatusCode::UNAUTHORIZED, "bad signature");
+    }
+    let now = r.clock.now();
+    match ts.trim().parse::<i64>() {
+        Ok(t) if (now.timestamp() - t).abs() <= MAX_SKEW_SECONDS => {}
+        _ => {
+            warn!(timestamp = ts, "webhook refused: timestamp missing or more than 300 s off");
+            return answer(StatusCode::UNAUTHORIZED, "stale or invalid timestamp");
+        }
+    }
+    let env: Envelope = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "webhook refused: not a kyc event envelope");
+            return answer(StatusCode::BAD_REQUEST, "malformed event");
+        }
+    };
+    if env.event_type != "kyc.status.changed" {
+        info!(event_type = %env.event_type, event_id = %env.event_id, "webhook ignored: not a KYC status change");
+        return answer(StatusCode::OK, "ignored");
+    }
+    let status = env.event_object.as_ref().and_then(|o| o.status.clone()).or(env.event_object_status.clone());
+    let Some(state) = status.as_deref().map(str::to_ascii_lowercase).as_deref().and_then(state_of) else {
+        warn!(event_id = %env.event_id, status = ?status, "webhook refused: unknown KYC status");
+        return answer(StatusCode::BAD_REQUEST, "unknown status");
+    };
+    let event = KycEvent {
+        event_id: env.event_id.chars().take(200).collect(),
+        user_id: env.user_id.chars().take(200).collect(),
+        state,
+        occurred_at: env
+            .occurred_at
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc)),
+        failure_code: env.event_object.and_then(|o| o.failure_code).map(|c| c.chars().take(100).collect()),
+    };
+    match r.store.webhook_apply(&event, now).await {
+        Ok(WebhookResult::Duplicate) => {
+            info!(event_id = %event.event_id, "webhook already processed");
+            answer(StatusCode::OK, "duplicate")
+        }
+        Ok(WebhookResult::Recorded(StateApplied::UnknownUser)) => {
+            warn!(event_id = %event.event_id, user_id = %event.user_id, "webhook for an unknown user; acknowledged");
+            answer(StatusCode::OK, "unknown_user")
+        }
+        Ok(WebhookResult::Recorded(StateApplied::Stale)) => {
+            info!(event_id = %event.event_id, user_id = %event.user_id, "webhook older than the stored state");
+            answer(StatusCode::OK, "stale")
+        }
+        Ok(WebhookResult::Recorded(StateApplied::Applied { from, to, converted, .. })) => {
+            info!(event_id = %event.event_id, user_id = %event.user_id, from = from.as_str(), to = to.as_str(),
+                  converted, "webhook applied");
+            answer(StatusCode::OK, "applied")
+        }
+        Err(e) => {
+            warn!(error = %e, event_id = %event.event_id, "webhook not recorded; Baanx will retry");
+            answer(StatusCode::SERVICE_UNAVAILABLE, "try again")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_checks_timestamp_and_body() {
+        let sig = crate::sandbox::signature(b"k", "100", b"{}");
+        assert!(signature_valid(b"k", "100", b"{}", &sig));
+        assert!(signature_valid(b"k", "100", b"{}", &sig.to_uppercase()));
+        assert!(!signature_valid(b"k", "101", b"{}", &sig));
+        assert!(!signature_valid(b"k", "100", b"{ }", &sig));
+        assert!(!signature_valid(b"other", "100", b"{}", &sig));
+        assert!(!signature_valid(b"k", "100", b"{}", "zz"));
+        assert!(!signature_valid(b"k", "100", b"{}", ""));
+    }
+
+    #[test]
+    fn statuses_map_to_states() {
+        assert_eq!(state_of("pending"), Some(VerificationState::Pending));
+        assert_eq!(state_of("completed"), Some(VerificationState::Verified));
+        assert_eq!(state_of("failed"), Some(VerificationState::Rejected));
+        assert_eq!(state_of("done"), None);
+    }
+}
