@@ -78,7 +78,7 @@ impl UserBulkUpsert {
                 let mut tx = conn.begin().await.map_err(query_err("user_bulk_push"))?;
                 for chunk in rows.chunks(UPSERT_ROWS_PER_STATEMENT) {
                     let mut sql = format!("INSERT INTO temp.users_import ({STAGE_COLUMNS}) VALUES ");
-                    values_sql(&mut sql, chunk.len(), 1, "");
+                    values_sql(&mut sql, Backend::Sqlite, chunk.len(), 14);
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                     for r in chunk {
                         q = bind_row(q, r);
