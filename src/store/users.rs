@@ -247,6 +247,34 @@ fn bind_row<'q>(
         .bind(r.signed_up_at.map(to_millis))
 }
 
+/// Runs the upsert statements for `rows` (no user id twice) on `conn`.
+async fn upsert_on(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    rows: &[&UserUpsert],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now_ms = to_millis(now);
+    for chunk in rows.chunks(UPSERT_ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(backend, chunk.len())));
+        for r in chunk {
+            q = bind_row(q, r).bind(now_ms).bind(now_ms).bind(now_ms);
+        }
+        q.execute(&mut *conn).await.map_err(query_err("user_upsert_batch"))?;
+    }
+    Ok(())
+}
+
+/// `rows` without repeated user ids, the last of each kept: one statement cannot
+/// touch a row twice (Postgres refuses).
+fn last_of_each(rows: &[UserUpsert]) -> Vec<&UserUpsert> {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        last.insert(r.user_id.as_str(), i);
+    }
+    rows.iter().enumerate().filter(|(i, r)| last[r.user_id.as_str()] == *i).map(|(_, r)| r).collect()
+}
+
 impl Store {
     /// Inserts or updates `rows` by user id in one write transaction (see the module
     /// docs for what an update keeps). When one user id appears twice, the later row
@@ -255,25 +283,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`]; nothing of the call is written then.
     pub async fn user_upsert_batch(&self, rows: &[UserUpsert], now: DateTime<Utc>) -> Result<u64, StoreError> {
-        // One statement cannot touch a row twice (Postgres refuses): keep the last.
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            last.insert(r.user_id.as_str(), i);
-        }
-        let unique: Vec<&UserUpsert> =
-            rows.iter().enumerate().filter(|(i, r)| last[r.user_id.as_str()] == *i).map(|(_, r)| r).collect();
+        let unique = last_of_each(rows);
         if unique.is_empty() {
             return Ok(0);
         }
-        let now_ms = to_millis(now);
         let mut tx = self.begin_write().await?;
-        for chunk in unique.chunks(UPSERT_ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(self.backend(), chunk.len())));
-            for r in chunk {
-                q = bind_row(q, r).bind(now_ms).bind(now_ms).bind(now_ms);
-            }
-            q.execute(&mut *tx).await.map_err(query_err("user_upsert_batch"))?;
-        }
+        upsert_on(&mut tx, self.backend(), &unique, now).await?;
         tx.commit().await.map_err(query_err("user_upsert_batch commit"))?;
         Ok(unique.len() as u64)
     }
