@@ -7,8 +7,7 @@
 //!    16-byte ids and line numbers: about 20 MB for a million rows), note which
 //!    lines are bad and whether any row carries a token.
 //! 2. **Write**: read the file again, skip the bad lines, seal tokens, and upsert in
-//!    batches (`Store::user_bulk_begin`: committed batch by batch on Postgres, all at
-//!    once on SQLite). Parsing and sealing run on a blocking thread that hands
+//!    batches (`Store::user_bulk_begin`: staged, then written at once). Parsing and sealing run on a blocking thread that hands
 //!    batches to the writer through a small channel, so reading overlaps with the
 //!    database.
 //!
@@ -271,7 +270,7 @@ pub async fn import_file(store: &Store, path: &Path, opts: &ImportOptions) -> Re
         let mut bulk = store.user_bulk_begin().await?;
         while let Some(batch) = rx.recv().await {
             let tokens = batch.iter().filter(|u| u.token.is_some()).count() as u64;
-            bulk.push(&batch, opts.now).await?;
+            bulk.push(&batch).await?;
             report.imported += batch.len() as u64;
             report.tokens += tokens;
         }

@@ -8,7 +8,7 @@
 //! [`UPSERT_ROWS_PER_STATEMENT`] rows on both engines, all of one call in one write
 //! transaction: one statement round trip for hundreds of rows, and sqlx caches the
 //! prepared statement. Imports of millions of rows go through [`UserBulkUpsert`],
-//! which on SQLite stages the rows and writes them in key order (see `bulk`).
+//! which stages the rows and writes them at once in key order (see `bulk`).
 //!
 //! What an upsert keeps from the stored row: a refresh token when the new row has
 //! none (a directory export without tokens must not log everyone out), a rejection

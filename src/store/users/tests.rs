@@ -182,12 +182,12 @@ both_engines!(bulk_upsert_matches_batch_semantics, |db: TestDb| async move {
     let mut bulk = s.user_bulk_begin().await.unwrap();
     let mut first = user(2);
     first.email = EmailAddress::parse("first@example.com").unwrap();
-    bulk.push(&(3..=1100).map(user).chain([first]).collect::<Vec<_>>(), at(3)).await.unwrap();
+    bulk.push(&(3..=1100).map(user).chain([first]).collect::<Vec<_>>()).await.unwrap();
     let mut changed = user(1); // no token, no rejection: both kept
     changed.verification_state = VerificationState::Verified;
     let mut last = user(2);
     last.email = EmailAddress::parse("last@example.com").unwrap();
-    bulk.push(&[changed, last], at(3)).await.unwrap();
+    bulk.push(&[changed, last]).await.unwrap();
     assert_eq!(bulk.finish(at(3)).await.unwrap(), 1101);
 
     assert_eq!(s.user_count(&UserFilter::default()).await.unwrap(), 1100);
@@ -199,7 +199,7 @@ both_engines!(bulk_upsert_matches_batch_semantics, |db: TestDb| async move {
     assert_eq!(s.user_token_load(&id(1)).await.unwrap(), Some(sealed("k1", b"kept")));
     // a second bulk upsert on the same pooled connection starts from an empty stage
     let mut again = s.user_bulk_begin().await.unwrap();
-    again.push(&[user(5000)], at(4)).await.unwrap();
+    again.push(&[user(5000)]).await.unwrap();
     assert_eq!(again.finish(at(4)).await.unwrap(), 1);
     assert_eq!(s.user_count(&UserFilter::default()).await.unwrap(), 1101);
 });
