@@ -7,8 +7,9 @@
 //!    16-byte ids and line numbers: about 20 MB for a million rows), note which
 //!    lines are bad and whether any row carries a token.
 //! 2. **Write**: read the file again, skip the bad lines, seal tokens, and upsert in
-//!    batches. Parsing and sealing run on a blocking thread that hands batches to
-//!    the writer through a small channel, so reading overlaps with the database.
+//!    batches (`Store::user_bulk_begin`: staged, then written at once). Parsing and sealing run on a blocking thread that hands
+//!    batches to the writer through a small channel, so reading overlaps with the
+//!    database.
 //!
 //! Checking first is what lets `--strict` import nothing when any row is bad, lets
 //! both rows of a duplicate be left out (which one is right is the owner's call),
@@ -265,20 +266,17 @@ pub async fn import_file(store: &Store, path: &Path, opts: &ImportOptions) -> Re
     let owned = path.to_path_buf();
     let cipher = opts.cipher.clone();
     let producer = tokio::task::spawn_blocking(move || produce(owned, format, checked.bad_lines, cipher, tx));
-    let mut written: Result<(), StoreError> = Ok(());
-    while let Some(batch) = rx.recv().await {
-        let tokens = batch.iter().filter(|u| u.token.is_some()).count() as u64;
-        match store.user_upsert_batch(&batch, opts.now).await {
-            Ok(_) => {
-                report.imported += batch.len() as u64;
-                report.tokens += tokens;
-            }
-            Err(e) => {
-                written = Err(e);
-                break;
-            }
+    let written = async {
+        let mut bulk = store.user_bulk_begin().await?;
+        while let Some(batch) = rx.recv().await {
+            let tokens = batch.iter().filter(|u| u.token.is_some()).count() as u64;
+            bulk.push(&batch).await?;
+            report.imported += batch.len() as u64;
+            report.tokens += tokens;
         }
+        bulk.finish(opts.now).await
     }
+    .await;
     drop(rx); // stops the producer if the writer gave up
     let produced = producer.await.map_err(thread_err)?;
     written.map_err(|source| ImportError::Store { file: file.clone(), source })?;

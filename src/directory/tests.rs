@@ -205,6 +205,21 @@ async fn file_level_errors_are_clear() {
         r.problems,
         [RowProblem { line: 2, reason: "first_name: not valid UTF-8 (save the file as UTF-8)".into() }]
     );
+    // in JSON Lines a 10 MB line is one bad row, skipped without buffering it, and
+    // the next line is still read
+    let mut jsonl = vec![b'{'; 10 * 1024 * 1024];
+    jsonl.push(b'\n');
+    jsonl.extend_from_slice(
+        format!(
+            "{{\"user_id\":\"{}\",\"email\":\"a@example.com\",\"region\":\"us\",\"verification_state\":\"PENDING\"}}\n",
+            uid(5)
+        )
+        .as_bytes(),
+    );
+    let p = write(&dir, "big.jsonl", &jsonl);
+    let r = import_file(&db.store, &p, &opts(false, None)).await.unwrap();
+    assert_eq!(r.problems, [RowProblem { line: 1, reason: "longer than 64 KiB".into() }]);
+    assert_eq!((r.rows, r.imported), (2, 1));
 }
 
 #[test]

@@ -4,11 +4,11 @@
 //! [`User`] never carries the token, not even sealed: anything printable stays free
 //! of it, and the one caller that needs it asks [`Store::user_token_load`].
 //!
-//! Bulk upsert is one multi-row `INSERT … ON CONFLICT (user_id) DO UPDATE` per
+//! An upsert is one multi-row `INSERT … ON CONFLICT (user_id) DO UPDATE` per
 //! [`UPSERT_ROWS_PER_STATEMENT`] rows on both engines, all of one call in one write
-//! transaction. Measured on SQLite against a prepared statement per row: the per-row
-//! round trip to sqlx's SQLite worker thread costs more than parsing the larger
-//! statement, which sqlx caches anyway (see `scripts/bench-import.sh`).
+//! transaction: one statement round trip for hundreds of rows, and sqlx caches the
+//! prepared statement. Imports of millions of rows go through [`UserBulkUpsert`],
+//! which stages the rows and writes them at once in key order (see `bulk`).
 //!
 //! What an upsert keeps from the stored row: a refresh token when the new row has
 //! none (a directory export without tokens must not log everyone out), a rejection
@@ -25,7 +25,7 @@ use sqlx::any::AnyRow;
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::{EmailAddress, Region, UserId, VerificationState};
 
-/// Rows per multi-row statement: 14 parameters a row stays far below both engines'
+/// Rows per multi-row statement: 17 parameters a row stays far below both engines'
 /// limits (Postgres 65535, SQLite 32766).
 pub const UPSERT_ROWS_PER_STATEMENT: usize = 500;
 
@@ -171,44 +171,108 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
     })
 }
 
-/// The upsert for `rows` rows; `$1` is "now", then 14 parameters a row.
-fn upsert_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(600 + rows * 80);
-    sql.push_str(
-        "INSERT INTO users (user_id, email, first_name, last_name, locale, timezone, region, country, \
-         verification_state, rejected_at, refresh_token_enc, token_key_id, tags, signed_up_at, \
-         state_changed_at, created_at, updated_at) VALUES ",
-    );
+/// The columns an upsert writes, in binding order: 14 from the row, then three times.
+const UPSERT_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timezone, region, country, \
+     verification_state, rejected_at, refresh_token_enc, token_key_id, tags, signed_up_at, \
+     state_changed_at, created_at, updated_at";
+
+/// What an existing row keeps and takes (see the module docs).
+const UPSERT_ON_CONFLICT: &str = " ON CONFLICT (user_id) DO UPDATE SET \
+     email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name, \
+     locale = excluded.locale, timezone = excluded.timezone, region = excluded.region, \
+     country = excluded.country, \
+     state_changed_at = CASE WHEN users.verification_state = excluded.verification_state \
+         THEN users.state_changed_at ELSE excluded.state_changed_at END, \
+     verification_state = excluded.verification_state, \
+     rejected_at = COALESCE(excluded.rejected_at, users.rejected_at), \
+     refresh_token_enc = COALESCE(excluded.refresh_token_enc, users.refresh_token_enc), \
+     token_key_id = CASE WHEN excluded.refresh_token_enc IS NULL \
+         THEN users.token_key_id ELSE excluded.token_key_id END, \
+     consent_required_at = CASE WHEN excluded.refresh_token_enc IS NULL \
+         THEN users.consent_required_at ELSE NULL END, \
+     tags = excluded.tags, \
+     signed_up_at = COALESCE(excluded.signed_up_at, users.signed_up_at), \
+     updated_at = excluded.updated_at";
+
+/// `rows` groups of `per_row` placeholders. Postgres numbers them (`$1…`); SQLite
+/// gets anonymous `?`: sqlx finds a named parameter's index through
+/// `sqlite3_bind_parameter_name`, a linear search, which made binding a statement of
+/// 7000 parameters quadratic (83% of an import's time, measured with perf).
+fn values_sql(sql: &mut String, backend: Backend, rows: usize, per_row: usize) {
     for r in 0..rows {
         if r > 0 {
             sql.push(',');
         }
-        let b = 2 + r * 14;
         sql.push('(');
-        for i in 0..14 {
-            sql.push_str(&format!("${},", b + i));
+        for i in 0..per_row {
+            if i > 0 {
+                sql.push(',');
+            }
+            match backend {
+                Backend::Postgres => sql.push_str(&format!("${}", 1 + r * per_row + i)),
+                Backend::Sqlite => sql.push('?'),
+            }
         }
-        sql.push_str("$1,$1,$1)");
+        sql.push(')');
     }
-    sql.push_str(
-        " ON CONFLICT (user_id) DO UPDATE SET \
-         email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name, \
-         locale = excluded.locale, timezone = excluded.timezone, region = excluded.region, \
-         country = excluded.country, \
-         state_changed_at = CASE WHEN users.verification_state = excluded.verification_state \
-             THEN users.state_changed_at ELSE excluded.state_changed_at END, \
-         verification_state = excluded.verification_state, \
-         rejected_at = COALESCE(excluded.rejected_at, users.rejected_at), \
-         refresh_token_enc = COALESCE(excluded.refresh_token_enc, users.refresh_token_enc), \
-         token_key_id = CASE WHEN excluded.refresh_token_enc IS NULL \
-             THEN users.token_key_id ELSE excluded.token_key_id END, \
-         consent_required_at = CASE WHEN excluded.refresh_token_enc IS NULL \
-             THEN users.consent_required_at ELSE NULL END, \
-         tags = excluded.tags, \
-         signed_up_at = COALESCE(excluded.signed_up_at, users.signed_up_at), \
-         updated_at = excluded.updated_at",
-    );
+}
+
+/// The upsert for `rows` rows: 17 parameters a row, the row's 14 then "now" thrice.
+fn upsert_sql(backend: Backend, rows: usize) -> String {
+    let mut sql = String::with_capacity(900 + rows * 80);
+    sql.push_str(&format!("INSERT INTO users ({UPSERT_COLUMNS}) VALUES "));
+    values_sql(&mut sql, backend, rows, 17);
+    sql.push_str(UPSERT_ON_CONFLICT);
     sql
+}
+
+/// Binds one row's 14 values, in [`UPSERT_COLUMNS`] order.
+fn bind_row<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    r: &UserUpsert,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(r.user_id.as_str().to_owned())
+        .bind(r.email.as_str().to_owned())
+        .bind(r.first_name.clone())
+        .bind(r.last_name.clone())
+        .bind(r.locale.clone())
+        .bind(r.timezone.clone())
+        .bind(r.region.as_str())
+        .bind(r.country.clone())
+        .bind(r.verification_state.as_str())
+        .bind(r.rejected_at.map(to_millis))
+        .bind(r.token.as_ref().map(|t| t.ciphertext.clone()))
+        .bind(r.token.as_ref().map(|t| t.key_id.clone()))
+        .bind(tags_to_column(&r.tags))
+        .bind(r.signed_up_at.map(to_millis))
+}
+
+/// Runs the upsert statements for `rows` (no user id twice) on `conn`.
+async fn upsert_on(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    rows: &[&UserUpsert],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now_ms = to_millis(now);
+    for chunk in rows.chunks(UPSERT_ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(backend, chunk.len())));
+        for r in chunk {
+            q = bind_row(q, r).bind(now_ms).bind(now_ms).bind(now_ms);
+        }
+        q.execute(&mut *conn).await.map_err(query_err("user_upsert_batch"))?;
+    }
+    Ok(())
+}
+
+/// `rows` without repeated user ids, the last of each kept: one statement cannot
+/// touch a row twice (Postgres refuses).
+fn last_of_each(rows: &[UserUpsert]) -> Vec<&UserUpsert> {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        last.insert(r.user_id.as_str(), i);
+    }
+    rows.iter().enumerate().filter(|(i, r)| last[r.user_id.as_str()] == *i).map(|(_, r)| r).collect()
 }
 
 impl Store {
@@ -219,39 +283,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`]; nothing of the call is written then.
     pub async fn user_upsert_batch(&self, rows: &[UserUpsert], now: DateTime<Utc>) -> Result<u64, StoreError> {
-        // One statement cannot touch a row twice (Postgres refuses): keep the last.
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            last.insert(r.user_id.as_str(), i);
-        }
-        let unique: Vec<&UserUpsert> =
-            rows.iter().enumerate().filter(|(i, r)| last[r.user_id.as_str()] == *i).map(|(_, r)| r).collect();
+        let unique = last_of_each(rows);
         if unique.is_empty() {
             return Ok(0);
         }
-        let now_ms = to_millis(now);
         let mut tx = self.begin_write().await?;
-        for chunk in unique.chunks(UPSERT_ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(chunk.len()))).bind(now_ms);
-            for r in chunk {
-                q = q
-                    .bind(r.user_id.as_str().to_owned())
-                    .bind(r.email.as_str().to_owned())
-                    .bind(r.first_name.clone())
-                    .bind(r.last_name.clone())
-                    .bind(r.locale.clone())
-                    .bind(r.timezone.clone())
-                    .bind(r.region.as_str())
-                    .bind(r.country.clone())
-                    .bind(r.verification_state.as_str())
-                    .bind(r.rejected_at.map(to_millis))
-                    .bind(r.token.as_ref().map(|t| t.ciphertext.clone()))
-                    .bind(r.token.as_ref().map(|t| t.key_id.clone()))
-                    .bind(tags_to_column(&r.tags))
-                    .bind(r.signed_up_at.map(to_millis));
-            }
-            q.execute(&mut *tx).await.map_err(query_err("user_upsert_batch"))?;
-        }
+        upsert_on(&mut tx, self.backend(), &unique, now).await?;
         tx.commit().await.map_err(query_err("user_upsert_batch commit"))?;
         Ok(unique.len() as u64)
     }
@@ -418,6 +455,10 @@ fn sealed_from_row(row: &AnyRow) -> Result<Option<SealedToken>, sqlx::Error> {
         _ => None,
     })
 }
+
+mod bulk;
+
+pub use bulk::UserBulkUpsert;
 
 #[cfg(test)]
 mod tests;

@@ -171,3 +171,35 @@ fn sealed_token_debug_hides_bytes() {
     let d = format!("{:?}", sealed("k", b"secretbytes"));
     assert!(!d.contains("secret") && d.contains("11 bytes"), "{d}");
 }
+
+both_engines!(bulk_upsert_matches_batch_semantics, |db: TestDb| async move {
+    let s = &db.store;
+    let mut existing = user(1);
+    existing.token = Some(sealed("k1", b"kept"));
+    existing.rejected_at = Some(at(1));
+    s.user_upsert_batch(&[existing], at(2)).await.unwrap();
+
+    let mut bulk = s.user_bulk_begin().await.unwrap();
+    let mut first = user(2);
+    first.email = EmailAddress::parse("first@example.com").unwrap();
+    bulk.push(&(3..=1100).map(user).chain([first]).collect::<Vec<_>>()).await.unwrap();
+    let mut changed = user(1); // no token, no rejection: both kept
+    changed.verification_state = VerificationState::Verified;
+    let mut last = user(2);
+    last.email = EmailAddress::parse("last@example.com").unwrap();
+    bulk.push(&[changed, last]).await.unwrap();
+    assert_eq!(bulk.finish(at(3)).await.unwrap(), 1101);
+
+    assert_eq!(s.user_count(&UserFilter::default()).await.unwrap(), 1100);
+    assert_eq!(s.user_get(&id(2)).await.unwrap().unwrap().email.as_str(), "last@example.com");
+    let u1 = s.user_get(&id(1)).await.unwrap().unwrap();
+    assert_eq!(u1.verification_state, VerificationState::Verified);
+    assert_eq!((u1.state_changed_at, u1.created_at, u1.updated_at), (Some(at(3)), at(2), at(3)));
+    assert_eq!(u1.rejected_at, Some(at(1)));
+    assert_eq!(s.user_token_load(&id(1)).await.unwrap(), Some(sealed("k1", b"kept")));
+    // a second bulk upsert on the same pooled connection starts from an empty stage
+    let mut again = s.user_bulk_begin().await.unwrap();
+    again.push(&[user(5000)]).await.unwrap();
+    assert_eq!(again.finish(at(4)).await.unwrap(), 1);
+    assert_eq!(s.user_count(&UserFilter::default()).await.unwrap(), 1101);
+});
