@@ -23,7 +23,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -48,8 +48,8 @@ struct Receiver {
     clock: Arc<dyn Clock>,
 }
 
-/// The router for `POST /webhooks/baanx` (and `GET /healthz`), verifying with `key`
-/// (`webhook_key`).
+/// The router for `POST /webhooks/baanx`, verifying with `key` (`webhook_key`).
+/// `reverify serve` and the daemon mount it beside the operations endpoints.
 pub fn webhook_router(store: Store, key: Secret) -> Router {
     webhook_router_with_clock(store, key, Arc::new(SystemClock))
 }
@@ -57,11 +57,7 @@ pub fn webhook_router(store: Store, key: Secret) -> Router {
 /// [`webhook_router`] on a given clock (the timestamp check and recorded times).
 pub fn webhook_router_with_clock(store: Store, key: Secret, clock: Arc<dyn Clock>) -> Router {
     let state = Arc::new(Receiver { store, key, clock });
-    Router::new()
-        .route(WEBHOOK_PATH, post(receive))
-        .route("/healthz", get(|| async { "ok" }))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+    Router::new().route(WEBHOOK_PATH, post(receive)).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
 /// Whether `signature` (lower- or upper-case hex) is the HMAC-SHA256 of

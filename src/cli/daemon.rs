@@ -18,15 +18,16 @@ pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
     let worker = Arc::new(Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?);
     let stop = CancellationToken::new();
     super::run::stop_on_signals(stop.clone(), None);
+    // The operations endpoints, and the Baanx webhook receiver when webhook_key is set.
     let ops = match &ctx.settings.metrics_listen {
-        Some(listen) => Some(
-            reverify::telemetry::serve_ops(
-                reverify::telemetry::parse_listen(listen)?,
-                worker.store.clone(),
-                stop.clone(),
-            )
-            .await?,
-        ),
+        Some(listen) => {
+            let webhooks = match &ctx.settings.webhook_key {
+                Some(key) => reverify::webhooks::webhook_router(worker.store.clone(), key.clone()),
+                None => axum::Router::new(),
+            };
+            let listen = reverify::telemetry::parse_listen(listen)?;
+            Some(reverify::telemetry::serve_ops_with(listen, worker.store.clone(), stop.clone(), webhooks).await?)
+        }
         None => None,
     };
     reverify::schedule::daemon::run(worker.clone(), stop).await?;

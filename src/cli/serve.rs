@@ -12,7 +12,8 @@ use super::{Context, exit};
 
 /// Receive Baanx kyc.status.changed webhooks on POST /webhooks/baanx, verified with
 /// the webhook_key setting (REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE).
-/// Stops on SIGTERM or SIGINT after the requests in flight.
+/// Also serves /healthz, /readyz and /metrics. Stops on SIGTERM or SIGINT after the
+/// requests in flight.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -25,18 +26,20 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
         "webhook_key is not set: set REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE to the key Baanx signs with",
     )?;
     let store = ctx.store().await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
-    let addr = listener.local_addr()?;
-    println!("listening on http://{addr}{WEBHOOK_PATH}");
-    info!(%addr, "webhook receiver listening");
     let stop = CancellationToken::new();
+    let server = reverify::telemetry::serve_ops_with(
+        args.listen,
+        store.clone(),
+        stop.clone(),
+        webhook_router(store.clone(), key),
+    )
+    .await
+    .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
+    let addr = server.local_addr;
+    println!("listening on http://{addr}{WEBHOOK_PATH} (and /healthz, /readyz, /metrics)");
+    info!(%addr, "webhook receiver listening");
     super::run::stop_on_signals(stop.clone(), None);
-    axum::serve(listener, webhook_router(store.clone(), key))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .context("the webhook server failed")?;
+    server.handle.await.context("the webhook server stopped")?.context("the webhook server failed")?;
     store.close().await;
     Ok(exit::OK)
 }

@@ -81,6 +81,20 @@ pub async fn serve_ops(
     store: Store,
     shutdown: CancellationToken,
 ) -> Result<OpsServer, TelemetryError> {
+    serve_ops_with(listen, store, shutdown, Router::new()).await
+}
+
+/// [`serve_ops`] with more routes beside the operations endpoints (the Baanx
+/// webhook receiver, for the daemon and `reverify serve`).
+///
+/// # Errors
+/// As [`serve_ops`].
+pub async fn serve_ops_with(
+    listen: SocketAddr,
+    store: Store,
+    shutdown: CancellationToken,
+    extra: Router,
+) -> Result<OpsServer, TelemetryError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
@@ -88,7 +102,7 @@ pub async fn serve_ops(
         .local_addr()
         .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
     info!(%local_addr, "serving /healthz, /readyz and /metrics");
-    let app = router(store);
+    let app = router(store).merge(extra);
     let handle = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     });

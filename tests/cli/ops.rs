@@ -24,6 +24,7 @@ async fn the_daemon_serves_probes_and_metrics_until_sigterm() {
     let mut child = bin
         .command(&["daemon"])
         .env("REVERIFY_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REVERIFY_WEBHOOK_KEY", "daemon-webhook-key")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -43,6 +44,9 @@ async fn the_daemon_serves_probes_and_metrics_until_sigterm() {
     assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"reverify_targets{campaign="ops-daemon",status="pending"} 0"#), "{metrics}");
+    // the Baanx webhook receiver is mounted beside them: an unsigned event is refused
+    let r = http.post(format!("{base}/webhooks/baanx")).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
 
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
