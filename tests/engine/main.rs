@@ -4,5 +4,6 @@
 mod common;
 mod metrics;
 mod outcomes;
+mod proof;
 mod runs;
 mod webhooks;
