@@ -23,43 +23,35 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, exit};
 
-const DEMO_CAMPAIGN: &str = r#"# The demo campaign: everyone unverified, and every rejection older than 24 h.
-name = "demo-reverification"
-description = "Demo: unverified users and rejections older than 24 h"
-schedule = "0 9 * * 1-5"
-timezone = "Europe/London"
+/// The campaign the demo applies: `jobs/demo.toml`, compiled in so that the demo
+/// works from any directory.
+const DEMO_CAMPAIGN: &str = include_str!("../../jobs/demo.toml");
 
-[audience]
-states = ["UNVERIFIED", "REJECTED"]
-
-[delivery]
-channel = "email"
-template = "default"
-from = "Compliance <compliance@example.com>"
-subject = "Please verify your identity"
-
-[throttle]
-requests_per_second = 200
-concurrency = 16
-"#;
-
-/// Run a whole demo campaign with no server: the built-in sandbox, SQLite and a
-/// file outbox, all under one directory.
+/// Options of the command (documented on the subcommand).
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the demo writes its database, users file, key and outbox.
-    #[arg(long, default_value = "demo")]
-    dir: PathBuf,
+    /// Where the demo keeps its database, users file and token key (default: a new
+    /// directory under the system's temp dir, kept and printed).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where the emails are written, one .eml file each.
+    #[arg(long, default_value = "outbox")]
+    outbox: PathBuf,
     /// How many sandbox users to generate.
     #[arg(long, default_value_t = 200)]
     users: usize,
-    /// Start again from nothing when the directory already holds a demo.
+    /// Start again from nothing when the directory already holds a demo, or the
+    /// outbox is not empty.
     #[arg(long)]
     fresh: bool,
 }
 
 pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
-    let dir = &args.dir;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new().prefix("reverify-demo-").tempdir().context("cannot create a temp dir")?.keep(),
+    };
+    let dir = &dir;
     if dir.join("reverify.db").exists() {
         if !args.fresh {
             bail!("{} already holds a demo; pass --fresh to start again", dir.display());
@@ -67,6 +59,12 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if args.outbox.exists() && std::fs::read_dir(&args.outbox).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if !args.fresh {
+            bail!("{} is not empty; pass --fresh to empty it, or --outbox DIR", args.outbox.display());
+        }
+        std::fs::remove_dir_all(&args.outbox).with_context(|| format!("cannot clear {}", args.outbox.display()))?;
+    }
 
     println!("1. starting the Baanx sandbox with {} generated users", args.users);
     let sandbox = Sandbox::start(SandboxConfig { users: UserSource::Generate(args.users), ..Default::default() })
@@ -87,7 +85,7 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     settings.token_key = Some(Secret::new(key));
     settings.token_keys_previous = None;
     settings.smtp_url = None;
-    settings.outbox_dir = Some(dir.join("outbox"));
+    settings.outbox_dir = Some(args.outbox.clone());
 
     println!("2. importing {} into {}", users_file.display(), settings.database_url);
     let store = Store::open(&settings.database_url).await?;
@@ -108,7 +106,10 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     println!("4. running it");
     let worker = Worker::from_settings(&settings, store.clone())?;
     let progress = Arc::new(Progress::default());
-    let report = worker.run_campaign(&campaign, progress, CancellationToken::new()).await?;
+    let display = super::run::show_progress(super::run::ProgressMode::Auto, spec.name.to_string(), progress.clone());
+    let report = worker.run_campaign(&campaign, progress, CancellationToken::new()).await;
+    display.abort();
+    let report = report?;
     println!(
         "   run {} {}: {} notified, {} skipped, {} deferred, {} failed",
         report.run_id,
@@ -127,7 +128,7 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         "sandbox: {} sessions issued, {} limit violations, busiest second {} requests",
         stats.sessions_issued, stats.violations, stats.verification_busiest_second
     );
-    let outbox = dir.join("outbox");
+    let outbox = &args.outbox;
     let count = std::fs::read_dir(&outbox).map(|d| d.count()).unwrap_or(0);
     println!("\n{count} messages are in {} (open one with any mail reader).", outbox.display());
     println!("Explore further with the demo's settings:");

@@ -80,7 +80,7 @@ enum Command {
     /// before it exits.
     Daemon(daemon::DaemonArgs),
     /// Run a whole demo campaign on the embedded defaults: the built-in sandbox,
-    /// SQLite and a file outbox, under ./demo.
+    /// SQLite (in a temp dir, or --dir) and a file outbox (./outbox).
     Demo(demo::DemoArgs),
     /// Validate, apply, list and control campaigns.
     #[command(subcommand)]

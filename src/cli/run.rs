@@ -41,7 +41,7 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum ProgressMode {
+pub enum ProgressMode {
     Auto,
     Bar,
     Log,
@@ -105,11 +105,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), args.max_duration);
 
-    let mode = match args.progress {
-        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
-        ProgressMode::Auto => ProgressMode::Log,
-        m => m,
-    };
+    let mode = args.progress;
     let mut tasks = tokio::task::JoinSet::new();
     for c in campaigns {
         let (worker, stop) = (worker.clone(), stop.clone());
@@ -174,11 +170,7 @@ async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) ->
     let worker = Arc::new(worker);
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), args.max_duration);
-    let mode = match args.progress {
-        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
-        ProgressMode::Auto => ProgressMode::Log,
-        m => m,
-    };
+    let mode = args.progress;
     let mut tasks = tokio::task::JoinSet::new();
     for (c, tick) in due {
         let (worker, stop) = (worker.clone(), stop.clone());
@@ -229,8 +221,13 @@ fn print_report(name: &CampaignName, r: &reverify::engine::RunReport) {
 }
 
 /// A progress bar on a terminal, or a log line every 10 s.
-fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+pub fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
     use std::sync::atomic::Ordering::Relaxed;
+    let mode = match mode {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+        ProgressMode::Auto => ProgressMode::Log,
+        m => m,
+    };
     tokio::spawn(async move {
         match mode {
             ProgressMode::Bar => {

@@ -93,3 +93,27 @@ async fn sigterm_stops_claiming_and_the_state_resumes_cleanly() {
     assert_eq!(s["notified"].as_u64().unwrap() as usize, bin.outbox_count());
     assert_eq!(bin.sandbox.stats().await.violations, 0);
 }
+
+#[test]
+fn the_demo_runs_a_whole_campaign_with_nothing_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_reverify"))
+        .args(["demo", "--dir", "db", "--users", "60"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("0 limit violations"), "{out}");
+    let sent = std::fs::read_dir(dir.path().join("outbox")).unwrap().count();
+    assert!(sent > 0 && out.contains(&format!("{sent} messages are in outbox")), "{out}");
+    // a second demo in the same place refuses to mix with the first
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_reverify"))
+        .args(["demo", "--dir", "db", "--users", "60"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
