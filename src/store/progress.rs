@@ -193,7 +193,7 @@ impl Store {
         audience: &Audience,
         now: DateTime<Utc>,
     ) -> Result<Vec<PlanBucket>, StoreError> {
-        let aud = AudienceSql::build(audience, 3);
+        let aud = AudienceSql::build(audience, 3, self.backend());
         let mut case = String::from(
             "CASE WHEN EXISTS (SELECT 1 FROM campaign_targets t WHERE t.campaign_id = $1 AND t.user_id = u.user_id) \
                THEN 'already_targeted'",

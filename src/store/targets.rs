@@ -55,11 +55,11 @@ pub(crate) enum Bind {
 }
 
 impl AudienceSql {
-    pub(crate) fn build(a: &Audience, first: usize) -> Self {
+    pub(crate) fn build(a: &Audience, first: usize, backend: Backend) -> Self {
         let mut this = Self { predicates: vec![], binds: vec![], first };
         let list = |this: &mut Self, name: &'static str, column: &str, values: Vec<String>| {
             if !values.is_empty() {
-                let marks: Vec<String> = values.into_iter().map(|v| this.mark(Bind::Text(v))).collect();
+                let marks: Vec<String> = values.into_iter().map(|v| format!("${}", this.mark(Bind::Text(v)))).collect();
                 this.predicates.push((name, format!("u.{column} IN ({})", marks.join(", "))));
             }
         };
@@ -67,32 +67,29 @@ impl AudienceSql {
         list(&mut this, "region", "region", a.regions.iter().map(|r| r.as_str().to_owned()).collect());
         list(&mut this, "country", "country", a.countries.clone());
         if !a.tags.is_empty() {
-            // tags are [A-Za-z0-9._:-]: only '_' is a LIKE wildcard
-            let likes: Vec<String> = a
+            // an exact, case-sensitive position search on both engines (see tag_match_sql)
+            let found: Vec<String> = a
                 .tags
                 .iter()
-                .map(|t| {
-                    let m = this.mark(Bind::Text(format!("%,{},%", t.replace('_', "\\_"))));
-                    format!("u.tags LIKE {m} ESCAPE '\\'")
-                })
+                .map(|t| super::users::tag_match_sql(backend, this.mark(Bind::Text(format!(",{t},")))))
                 .collect();
-            this.predicates.push(("tags", format!("({})", likes.join(" OR "))));
+            this.predicates.push(("tags", format!("({})", found.join(" OR "))));
         }
         if let Some(b) = a.signed_up_before {
             let m = this.mark(Bind::Int(to_millis(b)));
-            this.predicates.push(("signed_up_before", format!("u.signed_up_at < {m}")));
+            this.predicates.push(("signed_up_before", format!("u.signed_up_at < ${m}")));
         }
         if let Some(af) = a.signed_up_after {
             let m = this.mark(Bind::Int(to_millis(af)));
-            this.predicates.push(("signed_up_after", format!("u.signed_up_at >= {m}")));
+            this.predicates.push(("signed_up_after", format!("u.signed_up_at >= ${m}")));
         }
         this
     }
 
-    /// Binds a value and returns its placeholder.
-    fn mark(&mut self, b: Bind) -> String {
+    /// Binds a value and returns its placeholder's number.
+    fn mark(&mut self, b: Bind) -> usize {
         self.binds.push(b);
-        format!("${}", self.first + self.binds.len() - 1)
+        self.first + self.binds.len() - 1
     }
 
     /// All predicates joined with AND.
@@ -164,7 +161,7 @@ impl Store {
                 Some(room)
             }
         };
-        let aud = AudienceSql::build(audience, 3);
+        let aud = AudienceSql::build(audience, 3, self.backend());
         let cooling = "u.verification_state = 'REJECTED' AND COALESCE(u.rejected_at, $2) + 86400000 > $2";
         let sql = format!(
             "INSERT INTO campaign_targets \
