@@ -39,6 +39,12 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
         _ => return settle(s, t, "failed", "invalid_user_record", None).await,
     };
 
+    // 0. an earlier attempt that died after fetching a session may have reached the
+    // user: record that before any API call can settle the target otherwise
+    if s.store.session_settle_if_ambiguous(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now()).await? {
+        return Ok(Outcome::Failed("delivery_unknown"));
+    }
+
     // 1. a fresh state, so that a user who verified since the import is not asked again
     if s.config.fresh_state {
         s.throttle().await;
