@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub fresh_state: bool,
     /// Transient failures per target before it is failed.
     pub max_attempts: i64,
+    /// This worker's share of the campaign's `throttle.requests_per_second` and
+    /// `burst` (`1 / workers`): several workers on one campaign keep to its total.
+    pub rate_share: f64,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             grace: Duration::from_secs(20),
             fresh_state: true,
             max_attempts: 5,
+            rate_share: 1.0,
         }
     }
 }
@@ -189,10 +193,11 @@ impl RunShared {
     }
 }
 
-fn campaign_quota(spec: &CampaignSpec) -> Quota {
-    let rps = spec.throttle.requests_per_second.max(0.001);
+fn campaign_quota(spec: &CampaignSpec, share: f64) -> Quota {
+    let share = if share.is_finite() && share > 0.0 { share.min(1.0) } else { 1.0 };
+    let rps = (spec.throttle.requests_per_second * share).max(0.001);
     let period = Duration::from_secs_f64(1.0 / rps);
-    let burst = spec.throttle.burst.unwrap_or(1).max(1);
+    let burst = ((f64::from(spec.throttle.burst.unwrap_or(1).max(1)) * share).ceil() as u32).max(1);
     Quota::with_period(period).expect("period is positive").allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
 }
 
@@ -246,7 +251,7 @@ impl Run {
             config: self.config.clone(),
             campaign_id: self.campaign_id,
             campaign_name: self.spec.name.to_string(),
-            limiter: RateLimiter::direct(campaign_quota(&self.spec)),
+            limiter: RateLimiter::direct(campaign_quota(&self.spec, self.config.rate_share)),
             abort: CancellationToken::new(),
             abort_reason: std::sync::Mutex::new(None),
         });
