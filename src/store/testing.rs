@@ -67,6 +67,11 @@ impl TestDb {
     pub fn backend(&self) -> Backend {
         self.backend
     }
+
+    /// The pool, for tests that check the rows themselves (invariants, dumps).
+    pub fn pool(&self) -> &sqlx::AnyPool {
+        self.store.pool()
+    }
 }
 
 impl Drop for TestDb {
