@@ -5,4 +5,5 @@
 
 mod common;
 mod crash;
+mod overlap;
 mod summary;
