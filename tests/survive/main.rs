@@ -5,5 +5,6 @@
 
 mod common;
 mod crash;
+mod faults;
 mod overlap;
 mod summary;
