@@ -192,11 +192,31 @@ impl Settings {
                 p.exists().then_some(p)
             }
         };
-        let file = match &path {
+        // A bad value names where it came from: the variable, or the file.
+        Self::load_path(path.as_deref(), env).map_err(|e| match (e, &path) {
+            (ConfigError::Invalid { key, message }, Some(p))
+                if !env.contains_key(&env_name(&key)) && !env.contains_key(&format!("{}_FILE", env_name(&key))) =>
+            {
+                ConfigError::Invalid { key: format!("{}: {key}", p.display()), message }
+            }
+            (e, _) => e,
+        })
+    }
+
+    fn load_path(path: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = match path {
             Some(p) => {
                 let name = p.display().to_string();
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::File { file: name.clone(), message: format!("cannot read: {e}") })?;
+                // at most 1 MiB of UTF-8; the error says where a bad byte is
+                let text = crate::domain::spec::read_small_text(p, crate::domain::spec::MAX_SPEC_BYTES).map_err(
+                    |m| match m.strip_prefix(&name).and_then(|rest| rest.strip_prefix(": ")) {
+                        Some(message) => ConfigError::File { file: name.clone(), message: message.to_owned() },
+                        None => ConfigError::File {
+                            file: m.split(' ').next().unwrap_or(&name).trim_end_matches(':').to_owned(),
+                            message: m.split_once(": ").map_or(m.clone(), |(_, rest)| rest.to_owned()),
+                        },
+                    },
+                )?;
                 toml::from_str::<FileSettings>(&text).map_err(|e| {
                     let (line, col) = e
                         .span()
@@ -402,6 +422,12 @@ mod tests {
     fn invalid_values_name_the_key() {
         let e = Settings::load_from(None, &env(&[("REVERIFY_LEASE_SECONDS", "soon")])).unwrap_err();
         assert!(e.to_string().starts_with("lease_seconds:"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.toml");
+        std::fs::write(&f, "workers = 0\n").unwrap();
+        // from a file, the error names the file and the key
+        let e = Settings::load_from(Some(&f), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("w.toml: workers:"), "{e}");
         let e = Settings::load_from(None, &env(&[("REVERIFY_WORKERS", "0")])).unwrap_err();
         assert!(e.to_string().starts_with("workers:"), "{e}");
         let s = Settings::load_from(None, &env(&[("REVERIFY_WORKERS", "4")])).unwrap();
