@@ -33,10 +33,10 @@ fn to_failure(e: BaanxError) -> ApiFailure {
         }
         BaanxError::GaveUp { last, .. } => match *last {
             BaanxError::RateLimited { retry_after, .. } => ApiFailure::RateLimited { retry_after },
-        BaanxError::SessionLimit { reason, .. } => {
-            ApiFailure::UserLimited { reason: reason.map_or("api_session_limit", |r| r.as_str()) }
-        }
-        e @ (BaanxError::ClientRefused { .. } | BaanxError::Config { .. }) => ApiFailure::Fatal(e.to_string()),
+            BaanxError::SessionLimit { reason, .. } => {
+                ApiFailure::UserLimited { reason: reason.map_or("api_session_limit", |r| r.as_str()) }
+            }
+            e @ (BaanxError::ClientRefused { .. } | BaanxError::Config { .. }) => ApiFailure::Fatal(e.to_string()),
             other => ApiFailure::Unavailable(other.to_string()),
         },
         other => ApiFailure::Unavailable(other.to_string()),

@@ -33,9 +33,10 @@ pub struct Rig {
 impl Rig {
     /// `users` sandbox users (from `seed`) with `faults`, imported into `db`.
     pub async fn new(db: TestDb, users: usize, seed: u64, faults: Faults) -> Self {
-        let sandbox = Sandbox::start(SandboxConfig { users: UserSource::Generate(users), seed, faults, ..Default::default() })
-            .await
-            .expect("sandbox starts");
+        let sandbox =
+            Sandbox::start(SandboxConfig { users: UserSource::Generate(users), seed, faults, ..Default::default() })
+                .await
+                .expect("sandbox starts");
         let dir = tempfile::tempdir().unwrap();
         reverify::sandbox::userfile::write_users(&dir.path().join("users.csv"), &sandbox.users()).unwrap();
         let rig = Self { db, sandbox, dir, token_key: TokenCipher::generate_key(), smtp_url: None };

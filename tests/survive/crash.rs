@@ -46,7 +46,8 @@ async fn crash_campaign(db: TestDb) {
     let seed = seed("CRASH_SEED");
     eprintln!("crash: engine={engine} seed={seed} (replay with CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let faults = Faults { latency: Latency::Uniform(Duration::from_millis(2), Duration::from_millis(5)), ..Faults::default() };
+    let faults =
+        Faults { latency: Latency::Uniform(Duration::from_millis(2), Duration::from_millis(5)), ..Faults::default() };
     let mut rig = Rig::new(db, USERS, 11, faults).await;
     let smtp = SmtpServer::start();
     rig.smtp_url = Some(smtp.url());
@@ -138,7 +139,8 @@ async fn crash_campaign(db: TestDb) {
     // a kill between the sandbox rotating a refresh token and the worker storing the
     // new one loses the user's consent (the old token is dead): counted, not hidden
     let consent_lost = targets.iter().filter(|t| t.reason.as_deref() == Some("consent_required")).count();
-    let eligible = targets.iter().filter(|t| t.status == "notified" || t.reason.as_deref() == Some("delivery_unknown")).count();
+    let eligible =
+        targets.iter().filter(|t| t.status == "notified" || t.reason.as_deref() == Some("delivery_unknown")).count();
     report(
         format!(
             "crash: engine={engine} kills={kills} runs={runs} seed={seed} users={USERS} targets={} eligible={eligible} \

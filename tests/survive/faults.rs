@@ -92,13 +92,8 @@ async fn finish(cell: &str, rig: &Rig, smtp: &SmtpServer, c: &CampaignRecord, fa
 /// (`api_unavailable`); a hung session call may have created a session, so it counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_and_timeouts() {
-    let faults = Faults {
-        error_rate: 0.15,
-        timeout_rate: 0.05,
-        hang: Duration::from_secs(3),
-        seed: 5,
-        ..Faults::default()
-    };
+    let faults =
+        Faults { error_rate: 0.15, timeout_rate: 0.05, hang: Duration::from_secs(3), seed: 5, ..Faults::default() };
     let mut rig = Rig::new(TestDb::sqlite().await, 100, 31, faults).await;
     let smtp = SmtpServer::start();
     rig.smtp_url = Some(smtp.url());
@@ -122,8 +117,7 @@ async fn server_errors_and_timeouts() {
 /// retry time (`rate_limited`); never a failure or a violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_429s() {
-    let faults =
-        Faults { throttle_rate: 0.3, retry_after: Duration::from_secs(1), seed: 8, ..Faults::default() };
+    let faults = Faults { throttle_rate: 0.3, retry_after: Duration::from_secs(1), seed: 8, ..Faults::default() };
     let mut rig = Rig::new(TestDb::sqlite().await, 50, 32, faults).await;
     let smtp = SmtpServer::start();
     rig.smtp_url = Some(smtp.url());
@@ -216,7 +210,11 @@ async fn smtp_refused_dropped_4xx_5xx() {
     }
     let refused = reached(&targets).filter(|t| t.status == "failed").count() as u64;
     report(
-        format!("faults: cell=smtp-refused engine=sqlite users={} faults={refused} outcomes={:?}", targets.len(), by_outcome(&targets)),
+        format!(
+            "faults: cell=smtp-refused engine=sqlite users={} faults={refused} outcomes={:?}",
+            targets.len(),
+            by_outcome(&targets)
+        ),
         Counts { faults: refused, ..Counts::default() },
     );
 

@@ -4,6 +4,7 @@
 //! `target/survive-summary.txt`.
 
 mod common;
+mod corpus;
 mod crash;
 mod faults;
 mod overlap;

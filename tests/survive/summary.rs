@@ -22,10 +22,8 @@ struct State {
     total: Counts,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
-    lines: Vec::new(),
-    total: Counts { kills: 0, faults: 0, bad_inputs: 0, violations: 0 },
-});
+static STATE: Mutex<State> =
+    Mutex::new(State { lines: Vec::new(), total: Counts { kills: 0, faults: 0, bad_inputs: 0, violations: 0 } });
 
 fn file() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -44,8 +42,10 @@ pub fn report(line: String, c: Counts) {
     s.total.violations += c.violations;
     s.lines.push(line.clone());
     let t = s.total;
-    let totals =
-        format!("survive: kills={} faults={} bad_inputs={} violations={}", t.kills, t.faults, t.bad_inputs, t.violations);
+    let totals = format!(
+        "survive: kills={} faults={} bad_inputs={} violations={}",
+        t.kills, t.faults, t.bad_inputs, t.violations
+    );
     eprintln!("{line}");
     eprintln!("{totals}");
     let body = format!("{}\n{totals}\n", s.lines.join("\n"));
