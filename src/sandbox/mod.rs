@@ -252,6 +252,12 @@ impl SandboxHandle {
         self.state.records()
     }
 
+    /// The URL of every session issued (until expired ones are pruned), for tests
+    /// that must prove no URL was stored or logged anywhere.
+    pub fn session_urls(&self) -> Vec<String> {
+        self.state.session_urls()
+    }
+
     fn index(&self, user: &UserId) -> Result<usize, SandboxError> {
         self.state.find(user).ok_or_else(|| SandboxError::UnknownUser(user.to_string()))
     }

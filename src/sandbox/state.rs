@@ -37,6 +37,10 @@ impl<V> Sharded<V> {
         Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
     }
 
+    fn keys(&self) -> Vec<String> {
+        self.shards.iter().flat_map(|s| s.lock().expect("shard poisoned").keys().cloned().collect::<Vec<_>>()).collect()
+    }
+
     fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, V>> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
@@ -422,6 +426,11 @@ impl State {
         }
         drop(u);
         Ok(format!("{}{id}", self.session_prefix))
+    }
+
+    /// The URL of every session still known (issued and not yet pruned as expired).
+    pub fn session_urls(&self) -> Vec<String> {
+        self.sessions.keys().into_iter().map(|id| format!("{}{id}", self.session_prefix)).collect()
     }
 
     /// Whether a session page may be shown.

@@ -18,7 +18,7 @@ use reverify::notify::testing::ReceivedMail;
 use reverify::sandbox::{Faults, Sandbox, SandboxConfig, SandboxHandle, UserSource};
 use reverify::store::campaigns::CampaignRecord;
 use reverify::store::testing::TestDb;
-use sqlx::Row;
+use sqlx::{Column as _, Row};
 
 /// A database, a sandbox and the users of one in the other.
 pub struct Rig {
@@ -250,4 +250,37 @@ pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool
 /// A seed from `var`, or a fresh one; printed so that a failure can be replayed.
 pub fn seed(var: &str) -> u64 {
     std::env::var(var).ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(rand::random)
+}
+
+/// Every row of every table, as text, in a stable order.
+pub async fn dump(db: &TestDb) -> String {
+    let mut out = String::new();
+    for table in
+        ["users", "campaigns", "campaign_runs", "campaign_targets", "verification_sessions", "events", "webhook_events"]
+    {
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM {table}"))).fetch_all(db.pool()).await.unwrap();
+        let mut lines: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                (0..r.columns().len())
+                    .map(|i| {
+                        if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
+                            format!("{v:?}")
+                        } else if let Ok(v) = r.try_get::<Option<String>, _>(i) {
+                            format!("{v:?}")
+                        } else if let Ok(v) = r.try_get::<Option<Vec<u8>>, _>(i) {
+                            format!("{v:?}")
+                        } else {
+                            "?".into()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        lines.sort();
+        out.push_str(&format!("{table}: {}\n", lines.join(" | ")));
+    }
+    out
 }

@@ -13,9 +13,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use reverify::sandbox::Faults;
 use reverify::store::testing::TestDb;
-use sqlx::{Column as _, Row as _};
+use sqlx::Row as _;
 
-use crate::common::{Rig, text};
+use crate::common::{Rig, dump, text};
 use crate::summary::{Counts, report};
 
 fn corpus() -> PathBuf {
@@ -89,39 +89,6 @@ fn materialise(e: &Entry, scratch: &Path) -> PathBuf {
     };
     std::fs::write(&p, body).unwrap();
     p
-}
-
-/// Every row of every table, as text, in a stable order.
-async fn dump(db: &TestDb) -> String {
-    let mut out = String::new();
-    for table in
-        ["users", "campaigns", "campaign_runs", "campaign_targets", "verification_sessions", "events", "webhook_events"]
-    {
-        let rows =
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM {table}"))).fetch_all(db.pool()).await.unwrap();
-        let mut lines: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                (0..r.columns().len())
-                    .map(|i| {
-                        if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
-                            format!("{v:?}")
-                        } else if let Ok(v) = r.try_get::<Option<String>, _>(i) {
-                            format!("{v:?}")
-                        } else if let Ok(v) = r.try_get::<Option<Vec<u8>>, _>(i) {
-                            format!("{v:?}")
-                        } else {
-                            "?".into()
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .collect();
-        lines.sort();
-        out.push_str(&format!("{table}: {}\n", lines.join(" | ")));
-    }
-    out
 }
 
 fn stderr(o: &std::process::Output) -> String {

@@ -8,4 +8,5 @@ mod corpus;
 mod crash;
 mod faults;
 mod overlap;
+mod secrets;
 mod summary;
