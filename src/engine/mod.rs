@@ -169,6 +169,8 @@ pub(crate) struct RunShared {
     /// Cancelled when a failure makes going on pointless (a misconfigured channel).
     abort: CancellationToken,
     abort_reason: std::sync::Mutex<Option<String>>,
+    /// Set when a user's processing failed on the store: the run ends as failed.
+    store_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl RunShared {
@@ -178,6 +180,17 @@ impl RunShared {
         if r.is_none() {
             tracing::error!(%reason, "stopping the run");
             *r = Some(reason);
+        }
+        self.abort.cancel();
+    }
+
+    /// The store failed under a user: no new user is claimed, and the run is
+    /// recorded as failed with this error.
+    fn store_failed(&self, e: &StoreError) {
+        let mut f = self.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.is_none() {
+            tracing::error!(error = %e, "the database failed; stopping the run");
+            *f = Some(e.to_string());
         }
         self.abort.cancel();
     }
@@ -215,10 +228,12 @@ impl Run {
             Ok((o, counts)) => (*o, None, *counts),
             Err((e, p)) => (RunOutcome::Failed, Some(e.to_string()), p.counts()),
         };
-        if let Err(e) =
-            store.run_finish(run_id, campaign_id, &worker, outcome, counts, error.as_deref(), clock.now()).await
-        {
-            warn!(error = %e, "could not record the end of the run");
+        // bounded: with the database gone, the pool would wait its whole timeout
+        let finish = store.run_finish(run_id, campaign_id, &worker, outcome, counts, error.as_deref(), clock.now());
+        match tokio::time::timeout(Duration::from_secs(10), finish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not record the end of the run"),
+            Err(_) => warn!("could not record the end of the run: the database did not answer within 10 s"),
         }
         match result {
             Ok((outcome, counts)) => Ok(RunReport { run_id, outcome, counts }),
@@ -254,6 +269,7 @@ impl Run {
             limiter: RateLimiter::direct(campaign_quota(&self.spec, self.config.rate_share)),
             abort: CancellationToken::new(),
             abort_reason: std::sync::Mutex::new(None),
+            store_failure: std::sync::Mutex::new(None),
         });
         // A stop asked from outside, or an abort from inside, ends the claiming.
         let halt = CancellationToken::new();
@@ -344,8 +360,14 @@ impl Run {
             }
         }
 
+        let store_failure = shared.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let store_down = store_error.is_some() || store_failure.is_some();
         let interrupted = stop.is_cancelled() || store_error.is_some();
-        // Give back what was claimed but not started.
+        // Give back what was claimed but not started (with the store down, their
+        // leases will do it: trying would only wait out the pool's timeout).
+        if store_down {
+            queue.clear();
+        }
         if !queue.is_empty() {
             let ids: Vec<String> = queue.drain(..).map(|t| t.user_id).collect();
             if let Err(e) =
@@ -354,8 +376,10 @@ impl Run {
                 warn!(error = %e, "could not release unstarted claims; they will expire with their lease");
             }
         }
-        // Let users in flight finish, within the grace period.
-        let deadline = tokio::time::Instant::now() + self.config.grace;
+        // Let users in flight finish, within the grace period (short when the store
+        // is down: they cannot record anything).
+        let grace = if store_down { self.config.grace.min(Duration::from_secs(5)) } else { self.config.grace };
+        let deadline = tokio::time::Instant::now() + grace;
         while !in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
                 Ok(Some(r)) => progress.record(r.unwrap_or(Outcome::Abandoned)),
@@ -368,9 +392,14 @@ impl Run {
             }
         }
         hb_stop.cancel();
+        // a heartbeat stuck on a dead database is not waited for
+        heartbeat.abort();
         let _ = heartbeat.await;
         if let Some(e) = store_error {
             return Err((EngineError::Store(e), progress));
+        }
+        if let Some(e) = store_failure {
+            return Err((EngineError::Setup(format!("the database failed: {e}")), progress));
         }
         let aborted = shared.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(reason) = aborted {

@@ -21,8 +21,12 @@ pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Ou
             Ok(o) => o,
             Err(e) => {
                 // A store error mid-user leaves the claim in place; the lease expires
-                // and a later run picks the user up again. Nothing is lost.
+                // and a later run picks the user up again. Nothing is lost. Decision:
+                // the run stops too: with the database gone every further user would
+                // wait out the pool's timeout, and a session fetched now could not be
+                // recorded (it would come back as delivery_unknown).
                 warn!(error = %e, "could not record an outcome; the claim will be retried after its lease");
+                shared.store_failed(&e);
                 Outcome::Abandoned
             }
         };
