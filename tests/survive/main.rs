@@ -8,5 +8,6 @@ mod corpus;
 mod crash;
 mod faults;
 mod overlap;
+mod pgstop;
 mod secrets;
 mod summary;
