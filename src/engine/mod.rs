@@ -171,7 +171,16 @@ pub(crate) struct RunShared {
     abort_reason: std::sync::Mutex<Option<String>>,
     /// Set when a user's processing failed on the store: the run ends as failed.
     store_failure: std::sync::Mutex<Option<String>>,
+    /// Deliveries in a row that the channel gave up on (reset by a success).
+    undelivered_in_a_row: std::sync::atomic::AtomicU32,
 }
+
+/// Deliveries in a row that may fail for want of the channel (SMTP refusing
+/// connections, a webhook endpoint down) before the run stops. Decision: each such
+/// user has already spent a session (it counts against their daily cap and is
+/// requeued later), so a channel that is down must stop the run, not drain the
+/// campaign; a few in a row tell a dead channel from one bad mailbox.
+const MAX_UNDELIVERED_IN_A_ROW: u32 = 5;
 
 impl RunShared {
     /// Stops the run: no new user is claimed, and the run is recorded as failed.
@@ -193,6 +202,22 @@ impl RunShared {
             *f = Some(e.to_string());
         }
         self.abort.cancel();
+    }
+
+    /// Counts a delivery; stops the run after [`MAX_UNDELIVERED_IN_A_ROW`] that the
+    /// channel gave up on in a row.
+    fn delivery_outcome(&self, delivered: bool, why: Option<&str>) {
+        if delivered {
+            self.undelivered_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = self.undelivered_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= MAX_UNDELIVERED_IN_A_ROW {
+            self.abort(format!(
+                "notification channel unavailable: {n} deliveries in a row failed ({})",
+                why.unwrap_or("no reason")
+            ));
+        }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -270,6 +295,7 @@ impl Run {
             abort: CancellationToken::new(),
             abort_reason: std::sync::Mutex::new(None),
             store_failure: std::sync::Mutex::new(None),
+            undelivered_in_a_row: std::sync::atomic::AtomicU32::new(0),
         });
         // A stop asked from outside, or an abort from inside, ends the claiming.
         let halt = CancellationToken::new();

@@ -102,9 +102,17 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     // 5. the message; the URL moves into it and is dropped with it
     let delivered = match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await
     {
-        Ok(()) => true,
-        Err(DeliveryFailure::Permanent(why) | DeliveryFailure::GaveUp(why)) => {
+        Ok(()) => {
+            s.delivery_outcome(true, None);
+            true
+        }
+        Err(DeliveryFailure::Permanent(why)) => {
             warn!(reason = %why, "delivery failed");
+            false
+        }
+        Err(DeliveryFailure::GaveUp(why)) => {
+            warn!(reason = %why, "delivery failed");
+            s.delivery_outcome(false, Some(&why));
             false
         }
         Err(DeliveryFailure::Setup(why)) => {
