@@ -18,7 +18,7 @@ use reverify::notify::testing::ReceivedMail;
 use reverify::sandbox::{Faults, Sandbox, SandboxConfig, SandboxHandle, UserSource};
 use reverify::store::campaigns::CampaignRecord;
 use reverify::store::testing::TestDb;
-use sqlx::{Column as _, Row};
+use sqlx::Row;
 
 /// A database, a sandbox and the users of one in the other.
 pub struct Rig {

@@ -212,7 +212,7 @@ async fn smtp_refused_dropped_4xx_5xx() {
         assert!(ok, "refused: {t:?}");
     }
     let refused = reached(&targets).filter(|t| t.status == "failed").count() as u64;
-    assert!(refused >= 5 && refused <= 5 + 8, "{refused} sessions spent on a dead channel");
+    assert!((5..=5 + 8).contains(&refused), "{refused} sessions spent on a dead channel");
     report(
         format!(
             "faults: cell=smtp-refused engine=sqlite targets={} faults={refused} outcomes={:?}",
