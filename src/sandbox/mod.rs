@@ -258,6 +258,12 @@ impl SandboxHandle {
         self.state.session_urls()
     }
 
+    /// Every refresh token rotated away and every access token minted so far (the
+    /// current refresh tokens are in [`SandboxHandle::users`]).
+    pub fn spent_tokens(&self) -> Vec<String> {
+        self.state.spent_tokens()
+    }
+
     fn index(&self, user: &UserId) -> Result<usize, SandboxError> {
         self.state.find(user).ok_or_else(|| SandboxError::UnknownUser(user.to_string()))
     }
