@@ -63,6 +63,13 @@ fn materialise(e: &Entry, scratch: &Path) -> PathBuf {
     let name = e.path.rsplit('/').next().unwrap();
     let p = scratch.join(name);
     let body: Vec<u8> = match name {
+        "huge.toml" if e.path.starts_with("configs/") => {
+            let mut s = String::from("lease_seconds = 30\n");
+            while s.len() < 4 << 20 {
+                s.push_str("# padding padding padding padding padding padding padding padding\n");
+            }
+            s.into_bytes()
+        }
         "huge.toml" => {
             let mut s = String::from("name = \"huge\"\n[delivery]\nfrom = \"Compliance <compliance@example.com>\"\n");
             while s.len() < 8 << 20 {
