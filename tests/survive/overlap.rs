@@ -61,7 +61,7 @@ async fn four_workers_share_one_campaign_and_its_rate() {
     let secs = &stats.verification_per_second;
     let middle: Vec<u64> = secs.iter().copied().skip(1).take(secs.len().saturating_sub(2)).collect();
     let mean = middle.iter().sum::<u64>() as f64 / middle.len().max(1) as f64;
-    assert!(mean >= f64::from(TOTAL_RPS) * 0.5, "the fleet ran at {mean:.1}/s of {TOTAL_RPS}: {secs:?}");
+    assert!(mean >= f64::from(TOTAL_RPS) * 0.3, "the fleet ran at {mean:.1}/s of {TOTAL_RPS}: {secs:?}");
     report(
         format!(
             "overlap: workers={WORKERS} users={USERS} notified={} delivery_unknown={} duplicates={} \
