@@ -89,6 +89,11 @@ pub struct Settings {
     /// The most requests in flight at once, over all campaigns.
     pub max_concurrency: u32,
     pub lease_seconds: u64,
+    /// How many workers run the same campaigns at once against one database
+    /// (`workers`, default 1). Each worker takes `1/workers` of `requests_per_second`,
+    /// of `burst` and of every campaign's `throttle.requests_per_second`, so that the
+    /// configured rates are totals over the fleet (README, "Running several workers").
+    pub workers: u32,
     pub log_format: LogFormat,
     pub log_level: String,
     pub metrics_listen: Option<String>,
@@ -116,6 +121,7 @@ impl Default for Settings {
             burst: 10,
             max_concurrency: 64,
             lease_seconds: 30,
+            workers: 1,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             metrics_listen: None,
@@ -147,6 +153,7 @@ struct FileSettings {
     burst: Option<u32>,
     max_concurrency: Option<u32>,
     lease_seconds: Option<u64>,
+    workers: Option<u32>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     metrics_listen: Option<String>,
@@ -158,6 +165,11 @@ const SECRET_KEYS: [&str; 6] =
     ["baanx_client_key", "token_key", "token_keys_previous", "smtp_password", "webhook_key", "notify_webhook_key"];
 
 impl Settings {
+    /// This worker's share of every configured rate: `1 / workers`.
+    pub fn rate_share(&self) -> f64 {
+        1.0 / f64::from(self.workers.max(1))
+    }
+
     /// Loads settings: defaults, then the TOML file (`explicit`, else `reverify.toml`
     /// when present), then the process environment.
     ///
@@ -180,11 +192,31 @@ impl Settings {
                 p.exists().then_some(p)
             }
         };
-        let file = match &path {
+        // A bad value names where it came from: the variable, or the file.
+        Self::load_path(path.as_deref(), env).map_err(|e| match (e, &path) {
+            (ConfigError::Invalid { key, message }, Some(p))
+                if !env.contains_key(&env_name(&key)) && !env.contains_key(&format!("{}_FILE", env_name(&key))) =>
+            {
+                ConfigError::Invalid { key: format!("{}: {key}", p.display()), message }
+            }
+            (e, _) => e,
+        })
+    }
+
+    fn load_path(path: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = match path {
             Some(p) => {
                 let name = p.display().to_string();
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::File { file: name.clone(), message: format!("cannot read: {e}") })?;
+                // at most 1 MiB of UTF-8; the error says where a bad byte is
+                let text = crate::domain::spec::read_small_text(p, crate::domain::spec::MAX_SPEC_BYTES).map_err(
+                    |m| match m.strip_prefix(&name).and_then(|rest| rest.strip_prefix(": ")) {
+                        Some(message) => ConfigError::File { file: name.clone(), message: message.to_owned() },
+                        None => ConfigError::File {
+                            file: m.split(' ').next().unwrap_or(&name).trim_end_matches(':').to_owned(),
+                            message: m.split_once(": ").map_or(m.clone(), |(_, rest)| rest.to_owned()),
+                        },
+                    },
+                )?;
                 toml::from_str::<FileSettings>(&text).map_err(|e| {
                     let (line, col) = e
                         .span()
@@ -240,6 +272,7 @@ impl Settings {
         s.burst = number(env, "burst", file.burst, s.burst, 1..=100_000)?;
         s.max_concurrency = number(env, "max_concurrency", file.max_concurrency, s.max_concurrency, 1..=10_000)?;
         s.lease_seconds = number(env, "lease_seconds", file.lease_seconds, s.lease_seconds, 2..=86_400)?;
+        s.workers = number(env, "workers", file.workers, s.workers, 1..=1_000)?;
         s.requests_per_second = match env.get(&env_name("requests_per_second")) {
             Some(v) => {
                 v.trim().parse::<f64>().map_err(|_| invalid("requests_per_second", format!("{v:?} is not a number")))?
@@ -389,6 +422,16 @@ mod tests {
     fn invalid_values_name_the_key() {
         let e = Settings::load_from(None, &env(&[("REVERIFY_LEASE_SECONDS", "soon")])).unwrap_err();
         assert!(e.to_string().starts_with("lease_seconds:"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.toml");
+        std::fs::write(&f, "workers = 0\n").unwrap();
+        // from a file, the error names the file and the key
+        let e = Settings::load_from(Some(&f), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("w.toml: workers:"), "{e}");
+        let e = Settings::load_from(None, &env(&[("REVERIFY_WORKERS", "0")])).unwrap_err();
+        assert!(e.to_string().starts_with("workers:"), "{e}");
+        let s = Settings::load_from(None, &env(&[("REVERIFY_WORKERS", "4")])).unwrap();
+        assert!((s.rate_share() - 0.25).abs() < 1e-9);
         let e = Settings::load_from(None, &env(&[("REVERIFY_BAANX_BASE_URL", "not a url")])).unwrap_err();
         assert!(e.to_string().starts_with("baanx_base_url:"), "{e}");
         let e = Settings::load_from(None, &env(&[("REVERIFY_SMTP_URL", "http://x")])).unwrap_err();

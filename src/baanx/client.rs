@@ -63,8 +63,9 @@ impl BaanxConfig {
             client_key,
             connect_timeout: Duration::from_millis(s.http_connect_timeout_ms),
             request_timeout: Duration::from_millis(s.http_request_timeout_ms),
-            requests_per_second: s.requests_per_second,
-            burst: s.burst,
+            // the fleet's total, split evenly between `workers` (config.rs)
+            requests_per_second: s.requests_per_second * s.rate_share(),
+            burst: share_of(s.burst, s.rate_share()),
             max_concurrency: s.max_concurrency,
             retry: RetryPolicy::default(),
             refresh_margin: Duration::from_secs(300),
@@ -88,6 +89,11 @@ impl BaanxConfig {
             clock: Arc::new(SystemClock),
         }
     }
+}
+
+/// `share` of a burst, rounded up and at least 1.
+fn share_of(burst: u32, share: f64) -> u32 {
+    ((f64::from(burst) * share).ceil() as u32).max(1)
 }
 
 /// The Baanx API client. Clones share connections, limiter and token cache.

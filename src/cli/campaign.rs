@@ -159,10 +159,10 @@ async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
     let mut bad = 0;
     for f in files {
         let shown = f.display().to_string();
-        let text = match std::fs::read_to_string(f) {
+        let text = match CampaignSpec::read_text(f) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {shown}: cannot read: {e}");
+                eprintln!("error: {e}");
                 bad += 1;
                 continue;
             }

@@ -134,8 +134,15 @@ impl CsvSource {
         let mut unknown = Vec::new();
         for (i, raw) in header.iter().enumerate() {
             let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
-            let name = std::str::from_utf8(raw)
-                .map_err(|_| header_err(format!("header column {} is not valid UTF-8", i + 1)))?;
+            let name = std::str::from_utf8(raw).map_err(|_| {
+                // a spreadsheet's "Unicode text" export: name the encoding, not just the symptom
+                let utf16 = i == 0 && (raw.starts_with(b"\xFF\xFE") || raw.starts_with(b"\xFE\xFF"));
+                header_err(if utf16 {
+                    "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8 CSV".to_owned()
+                } else {
+                    format!("header column {} is not valid UTF-8; save the file as UTF-8", i + 1)
+                })
+            })?;
             match Column::from_name(name) {
                 Some(c) if map.contains(&c) => return Err(header_err(format!("column {} appears twice", c.name()))),
                 Some(c) => map.push(c),

@@ -24,6 +24,9 @@ pub enum SpecError {
     Invalid { file: String, field: String, message: String },
     #[error("{file}: cannot read: {message}")]
     Read { file: String, message: String },
+    /// Too big, or not UTF-8; `message` names the file (and the line and column).
+    #[error("{message}")]
+    Unusable { file: String, message: String },
 }
 
 /// A duration written as text, such as `"72h"`, `"90m"` or `"1h 30m"`.
@@ -210,6 +213,39 @@ fn default_delivery() -> Delivery {
     }
 }
 
+/// The largest campaign file read. A real one is a few KiB; a bigger file is a
+/// wrong file, refused before it is read whole (and before TOML parsing time grows
+/// with it).
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// The text of a small settings-like file (a campaign file, a config): at most
+/// `max` bytes, and UTF-8, or an error that says where the first bad byte is.
+///
+/// # Errors
+/// A message starting with the file name (and `:line:column` for bad bytes).
+pub fn read_small_text(path: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{file}: larger than {} MiB; this is not a settings file", max >> 20));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let text = String::from_utf8_lossy(&bytes[..good]);
+        let (line, column) = line_col(&text, good);
+        let hint = if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+            " (the file is UTF-16)"
+        } else {
+            ""
+        };
+        format!("{file}:{line}:{column}: byte 0x{:02X} is not UTF-8{hint}; save the file as UTF-8", bytes[good])
+    })
+}
+
 impl CampaignSpec {
     /// Reads and validates a campaign file.
     ///
@@ -217,9 +253,17 @@ impl CampaignSpec {
     /// [`SpecError`] naming the file, and the line and column or the field.
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError::Read { file: file.clone(), message: e.to_string() })?;
+        let text = Self::read_text(path)?;
         Self::from_toml(&text, &file)
+    }
+
+    /// A campaign file's text: at most [`MAX_SPEC_BYTES`], and UTF-8.
+    ///
+    /// # Errors
+    /// [`SpecError::Read`] naming the file (and where a bad byte is).
+    pub fn read_text(path: &Path) -> Result<String, SpecError> {
+        read_small_text(path, MAX_SPEC_BYTES)
+            .map_err(|message| SpecError::Unusable { file: path.display().to_string(), message })
     }
 
     /// Parses and validates campaign TOML; `file` is only used in errors.

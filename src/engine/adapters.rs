@@ -7,6 +7,7 @@ use tracing::debug;
 
 use super::ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
 use crate::baanx::{BaanxClient, BaanxError};
+use crate::crypto::CryptoError;
 use crate::domain::spec::{Delivery, Reminders};
 use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId, VerificationState};
 use crate::notify::{Message, Notifier, Recipient};
@@ -20,6 +21,7 @@ pub struct BaanxApi(pub Arc<BaanxClient>);
 /// 429, other 4xx); a 5xx, a timeout or an unreadable answer may hide one.
 fn to_failure(e: BaanxError) -> ApiFailure {
     match e {
+        BaanxError::Vault { source, .. } => vault_failure(source.as_ref()),
         BaanxError::ConsentRequired { .. } => ApiFailure::ConsentRequired,
         BaanxError::Forbidden { message, .. } => ApiFailure::Forbidden(message),
         BaanxError::RateLimited { retry_after, .. } => ApiFailure::RateLimited { retry_after },
@@ -36,6 +38,21 @@ fn to_failure(e: BaanxError) -> ApiFailure {
             other => ApiFailure::Unavailable(other.to_string()),
         },
         other => ApiFailure::Unavailable(other.to_string()),
+    }
+}
+
+/// A refresh token that cannot be read. Decision: a token sealed under a key that is
+/// neither `token_key` nor in `token_keys_previous` means the key setting is wrong,
+/// and every user under that key would fail alike: the run stops with the message
+/// that names the key id. One row that does not open under a known key was tampered
+/// with or moved: that user alone is failed. Anything else (the store) is transient.
+fn vault_failure(source: &(dyn std::error::Error + Send + Sync + 'static)) -> ApiFailure {
+    match source.downcast_ref::<CryptoError>() {
+        Some(e @ CryptoError::UnknownKey { .. }) => {
+            ApiFailure::Fatal(format!("{e}: check token_key and token_keys_previous"))
+        }
+        Some(CryptoError::Tampered { .. }) => ApiFailure::Refused("the stored refresh token does not decrypt".into()),
+        _ => ApiFailure::Unavailable(format!("token vault: {source}")),
     }
 }
 

@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub fresh_state: bool,
     /// Transient failures per target before it is failed.
     pub max_attempts: i64,
+    /// This worker's share of the campaign's `throttle.requests_per_second` and
+    /// `burst` (`1 / workers`): several workers on one campaign keep to its total.
+    pub rate_share: f64,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +62,7 @@ impl Default for EngineConfig {
             grace: Duration::from_secs(20),
             fresh_state: true,
             max_attempts: 5,
+            rate_share: 1.0,
         }
     }
 }
@@ -166,7 +170,18 @@ pub(crate) struct RunShared {
     /// Cancelled when a failure makes going on pointless (a misconfigured channel).
     abort: CancellationToken,
     abort_reason: std::sync::Mutex<Option<String>>,
+    /// Set when a user's processing failed on the store: the run ends as failed.
+    store_failure: std::sync::Mutex<Option<String>>,
+    /// Deliveries in a row that the channel gave up on (reset by a success).
+    undelivered_in_a_row: std::sync::atomic::AtomicU32,
 }
+
+/// Deliveries in a row that may fail for want of the channel (SMTP refusing
+/// connections, a webhook endpoint down) before the run stops. Decision: each such
+/// user has already spent a session (it counts against their daily cap and is
+/// requeued later), so a channel that is down must stop the run, not drain the
+/// campaign; a few in a row tell a dead channel from one bad mailbox.
+const MAX_UNDELIVERED_IN_A_ROW: u32 = 5;
 
 impl RunShared {
     /// Stops the run: no new user is claimed, and the run is recorded as failed.
@@ -177,6 +192,33 @@ impl RunShared {
             *r = Some(reason);
         }
         self.abort.cancel();
+    }
+
+    /// The store failed under a user: no new user is claimed, and the run is
+    /// recorded as failed with this error.
+    fn store_failed(&self, e: &StoreError) {
+        let mut f = self.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.is_none() {
+            tracing::error!(error = %e, "the database failed; stopping the run");
+            *f = Some(e.to_string());
+        }
+        self.abort.cancel();
+    }
+
+    /// Counts a delivery; stops the run after [`MAX_UNDELIVERED_IN_A_ROW`] that the
+    /// channel gave up on in a row.
+    fn delivery_outcome(&self, delivered: bool, why: Option<&str>) {
+        if delivered {
+            self.undelivered_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = self.undelivered_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= MAX_UNDELIVERED_IN_A_ROW {
+            self.abort(format!(
+                "notification channel unavailable: {n} deliveries in a row failed ({})",
+                why.unwrap_or("no reason")
+            ));
+        }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -190,10 +232,11 @@ impl RunShared {
     }
 }
 
-fn campaign_quota(spec: &CampaignSpec) -> Quota {
-    let rps = spec.throttle.requests_per_second.max(0.001);
+fn campaign_quota(spec: &CampaignSpec, share: f64) -> Quota {
+    let share = if share.is_finite() && share > 0.0 { share.min(1.0) } else { 1.0 };
+    let rps = (spec.throttle.requests_per_second * share).max(0.001);
     let period = Duration::from_secs_f64(1.0 / rps);
-    let burst = spec.throttle.burst.unwrap_or(1).max(1);
+    let burst = ((f64::from(spec.throttle.burst.unwrap_or(1).max(1)) * share).ceil() as u32).max(1);
     Quota::with_period(period).expect("period is positive").allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
 }
 
@@ -211,10 +254,12 @@ impl Run {
             Ok((o, counts)) => (*o, None, *counts),
             Err((e, p)) => (RunOutcome::Failed, Some(e.to_string()), p.counts()),
         };
-        if let Err(e) =
-            store.run_finish(run_id, campaign_id, &worker, outcome, counts, error.as_deref(), clock.now()).await
-        {
-            warn!(error = %e, "could not record the end of the run");
+        // bounded: with the database gone, the pool would wait its whole timeout
+        let finish = store.run_finish(run_id, campaign_id, &worker, outcome, counts, error.as_deref(), clock.now());
+        match tokio::time::timeout(Duration::from_secs(10), finish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not record the end of the run"),
+            Err(_) => warn!("could not record the end of the run: the database did not answer within 10 s"),
         }
         match result {
             Ok((outcome, counts)) => Ok(RunReport { run_id, outcome, counts }),
@@ -259,9 +304,11 @@ impl Run {
             config: self.config.clone(),
             campaign_id: self.campaign_id,
             campaign_name: self.spec.name.to_string(),
-            limiter: RateLimiter::direct(campaign_quota(&self.spec)),
+            limiter: RateLimiter::direct(campaign_quota(&self.spec, self.config.rate_share)),
             abort: CancellationToken::new(),
             abort_reason: std::sync::Mutex::new(None),
+            store_failure: std::sync::Mutex::new(None),
+            undelivered_in_a_row: std::sync::atomic::AtomicU32::new(0),
         });
         // A stop asked from outside, or an abort from inside, ends the claiming.
         let halt = CancellationToken::new();
@@ -352,8 +399,14 @@ impl Run {
             }
         }
 
+        let store_failure = shared.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let store_down = store_error.is_some() || store_failure.is_some();
         let interrupted = stop.is_cancelled() || store_error.is_some();
-        // Give back what was claimed but not started.
+        // Give back what was claimed but not started (with the store down, their
+        // leases will do it: trying would only wait out the pool's timeout).
+        if store_down {
+            queue.clear();
+        }
         if !queue.is_empty() {
             let ids: Vec<String> = queue.drain(..).map(|t| t.user_id).collect();
             if let Err(e) =
@@ -362,8 +415,10 @@ impl Run {
                 warn!(error = %e, "could not release unstarted claims; they will expire with their lease");
             }
         }
-        // Let users in flight finish, within the grace period.
-        let deadline = tokio::time::Instant::now() + self.config.grace;
+        // Let users in flight finish, within the grace period (short when the store
+        // is down: they cannot record anything).
+        let grace = if store_down { self.config.grace.min(Duration::from_secs(5)) } else { self.config.grace };
+        let deadline = tokio::time::Instant::now() + grace;
         while !in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
                 Ok(Some(r)) => progress.record(r.unwrap_or(Outcome::Abandoned)),
@@ -376,9 +431,14 @@ impl Run {
             }
         }
         hb_stop.cancel();
+        // a heartbeat stuck on a dead database is not waited for
+        heartbeat.abort();
         let _ = heartbeat.await;
         if let Some(e) = store_error {
             return Err((EngineError::Store(e), progress));
+        }
+        if let Some(e) = store_failure {
+            return Err((EngineError::Setup(format!("the database failed: {e}")), progress));
         }
         let aborted = shared.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(reason) = aborted {

@@ -21,8 +21,12 @@ pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Ou
             Ok(o) => o,
             Err(e) => {
                 // A store error mid-user leaves the claim in place; the lease expires
-                // and a later run picks the user up again. Nothing is lost.
+                // and a later run picks the user up again. Nothing is lost. Decision:
+                // the run stops too: with the database gone every further user would
+                // wait out the pool's timeout, and a session fetched now could not be
+                // recorded (it would come back as delivery_unknown).
                 warn!(error = %e, "could not record an outcome; the claim will be retried after its lease");
+                shared.store_failed(&e);
                 Outcome::Abandoned
             }
         };
@@ -38,6 +42,12 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
         (Ok(user_id), Ok(region)) => ApiUser { user_id, region },
         _ => return settle(s, t, "failed", "invalid_user_record", None).await,
     };
+
+    // 0. an earlier attempt that died after fetching a session may have reached the
+    // user: record that before any API call can settle the target otherwise
+    if s.store.session_settle_if_ambiguous(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now()).await? {
+        return Ok(Outcome::Failed("delivery_unknown"));
+    }
 
     // 1. a fresh state, so that a user who verified since the import is not asked again
     if s.config.fresh_state {
@@ -92,9 +102,17 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     // 5. the message; the URL moves into it and is dropped with it
     let delivered = match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await
     {
-        Ok(()) => true,
-        Err(DeliveryFailure::Permanent(why) | DeliveryFailure::GaveUp(why)) => {
+        Ok(()) => {
+            s.delivery_outcome(true, None);
+            true
+        }
+        Err(DeliveryFailure::Permanent(why)) => {
             warn!(reason = %why, "delivery failed");
+            false
+        }
+        Err(DeliveryFailure::GaveUp(why)) => {
+            warn!(reason = %why, "delivery failed");
+            s.delivery_outcome(false, Some(&why));
             false
         }
         Err(DeliveryFailure::Setup(why)) => {

@@ -41,7 +41,11 @@ impl Worker {
         let client = BaanxClient::new(baanx, Arc::new(vault)).map_err(|e| EngineError::Setup(e.to_string()))?;
         let notifier = Notifier::from_settings(settings, RetryPolicy::default())
             .map_err(|e| EngineError::Setup(format!("notifications: {e}")))?;
-        let config = EngineConfig { lease: Duration::from_secs(settings.lease_seconds), ..EngineConfig::default() };
+        let config = EngineConfig {
+            lease: Duration::from_secs(settings.lease_seconds),
+            rate_share: settings.rate_share(),
+            ..EngineConfig::default()
+        };
         Ok(Self { store, client: Arc::new(client), notifier, clock, config })
     }
 

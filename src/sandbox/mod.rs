@@ -252,6 +252,18 @@ impl SandboxHandle {
         self.state.records()
     }
 
+    /// The URL of every session issued (until expired ones are pruned), for tests
+    /// that must prove no URL was stored or logged anywhere.
+    pub fn session_urls(&self) -> Vec<String> {
+        self.state.session_urls()
+    }
+
+    /// Every refresh token rotated away and every access token minted so far (the
+    /// current refresh tokens are in [`SandboxHandle::users`]).
+    pub fn spent_tokens(&self) -> Vec<String> {
+        self.state.spent_tokens()
+    }
+
     fn index(&self, user: &UserId) -> Result<usize, SandboxError> {
         self.state.find(user).ok_or_else(|| SandboxError::UnknownUser(user.to_string()))
     }

@@ -37,6 +37,10 @@ impl<V> Sharded<V> {
         Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
     }
 
+    fn keys(&self) -> Vec<String> {
+        self.shards.iter().flat_map(|s| s.lock().expect("shard poisoned").keys().cloned().collect::<Vec<_>>()).collect()
+    }
+
     fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, V>> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
@@ -194,6 +198,9 @@ pub struct State {
     refresh: Sharded<usize>,
     access: Sharded<Grant>,
     sessions: Sharded<Session>,
+    /// Every refresh token rotated away and every access token minted, so that a
+    /// test can prove none was stored or logged (a few dozen bytes a grant).
+    spent: Mutex<Vec<String>>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -261,6 +268,7 @@ impl State {
             refresh,
             access: Sharded::new(),
             sessions: Sharded::new(),
+            spent: Mutex::new(Vec::new()),
         }
     }
 
@@ -298,6 +306,7 @@ impl State {
         }
         let new_refresh = format!("rt_{}", random_hex(24));
         self.refresh.shard(token).remove(token);
+        self.spent.lock().expect("spent tokens").push(token.to_owned());
         self.refresh.shard(&new_refresh).insert(new_refresh.clone(), i);
         u.record.refresh_token = Some(new_refresh.clone());
         u.refresh_expires_at = now + self.rules.refresh_ttl;
@@ -312,6 +321,7 @@ impl State {
 
     fn mint_locked(&self, i: usize, u: &UserState, now: DateTime<Utc>) -> String {
         let token = format!("at_{}", random_hex(24));
+        self.spent.lock().expect("spent tokens").push(token.clone());
         let grant = Grant {
             user: i,
             region: u.record.region,
@@ -422,6 +432,16 @@ impl State {
         }
         drop(u);
         Ok(format!("{}{id}", self.session_prefix))
+    }
+
+    /// Every refresh token rotated away and every access token minted so far.
+    pub fn spent_tokens(&self) -> Vec<String> {
+        self.spent.lock().expect("spent tokens").clone()
+    }
+
+    /// The URL of every session still known (issued and not yet pruned as expired).
+    pub fn session_urls(&self) -> Vec<String> {
+        self.sessions.keys().into_iter().map(|id| format!("{}{id}", self.session_prefix)).collect()
     }
 
     /// Whether a session page may be shown.

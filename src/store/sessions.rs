@@ -49,6 +49,52 @@ pub(crate) async fn event_in_tx(
     event_insert(tx, &event, at).await.map(|_| ())
 }
 
+/// What an earlier, interrupted attempt at this step left behind: every `reserved`,
+/// `issued` or `delivered` row becomes `unknown` (it keeps counting). When one had
+/// been issued or delivered, a message may have reached the user: the target is
+/// failed `delivery_unknown` and `true` is returned.
+async fn settle_earlier_attempts(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    campaign_id: i64,
+    user_id: &str,
+    step: i64,
+    worker: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let now_ms = to_millis(now);
+    let earlier = sqlx::query(
+        "SELECT session_id, status FROM verification_sessions \
+         WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status IN ('reserved', 'issued', 'delivered')",
+    )
+    .bind(campaign_id)
+    .bind(user_id)
+    .bind(step)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(query_err("session_reserve earlier"))?;
+    let mut ambiguous = false;
+    for row in &earlier {
+        let status: String = row.try_get("status").map_err(query_err("session_reserve earlier"))?;
+        let id: i64 = row.try_get("session_id").map_err(query_err("session_reserve earlier"))?;
+        // A reserved row never reached a message: the session may exist, so it
+        // keeps counting, as `unknown`. An issued or delivered one may have
+        // reached the user.
+        if status != "reserved" {
+            ambiguous = true;
+        }
+        sqlx::query("UPDATE verification_sessions SET status = 'unknown', updated_at = $2 WHERE session_id = $1")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("session_reserve mark unknown"))?;
+    }
+    if ambiguous {
+        settle_in_tx(tx, campaign_id, user_id, worker, "failed", "delivery_unknown", None, now).await?;
+    }
+    Ok(ambiguous)
+}
+
 impl Store {
     /// Reserves a session for a target `worker` has claimed, if every per-user limit
     /// allows it now; otherwise settles the target as deferred or skipped. One
@@ -100,39 +146,7 @@ impl Store {
         // What an earlier, interrupted attempt at this step left behind. A first
         // attempt has none (a released claim never got this far, and a re-queued
         // target's old rows are already final), so only a rescued claim looks.
-        let earlier = if attempts > 1 {
-            sqlx::query(
-                "SELECT session_id, status FROM verification_sessions \
-                 WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status IN ('reserved', 'issued', 'delivered')",
-            )
-            .bind(campaign_id)
-            .bind(user_id)
-            .bind(step)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query_err("session_reserve earlier"))?
-        } else {
-            vec![]
-        };
-        let mut ambiguous = false;
-        for row in &earlier {
-            let status: String = row.try_get("status").map_err(query_err("session_reserve earlier"))?;
-            let id: i64 = row.try_get("session_id").map_err(query_err("session_reserve earlier"))?;
-            // A reserved row never reached a message: the session may exist, so it
-            // keeps counting, as `unknown`. An issued or delivered one may have
-            // reached the user.
-            if status != "reserved" {
-                ambiguous = true;
-            }
-            sqlx::query("UPDATE verification_sessions SET status = 'unknown', updated_at = $2 WHERE session_id = $1")
-                .bind(id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("session_reserve mark unknown"))?;
-        }
-        if ambiguous {
-            settle_in_tx(&mut tx, campaign_id, user_id, worker, "failed", "delivery_unknown", None, now).await?;
+        if attempts > 1 && settle_earlier_attempts(&mut tx, campaign_id, user_id, step, worker, now).await? {
             tx.commit().await.map_err(query_err("session_reserve commit"))?;
             return Ok(Reservation::Ambiguous);
         }
@@ -191,6 +205,56 @@ impl Store {
         };
         tx.commit().await.map_err(query_err("session_reserve commit"))?;
         Ok(outcome)
+    }
+
+    /// Settles a claimed target whose earlier attempt at this step may have reached
+    /// the user (a ledger row `issued` or `delivered`: the worker died before it
+    /// recorded the outcome) as failed `delivery_unknown`, before any API call is
+    /// made for it. Returns `true` when it did. Without this, a later failure of the
+    /// fresh-state call (a refresh token lost to a crash mid-rotation, a 403) would
+    /// record `skipped`/`failed` with that reason for a user who was sent a message.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn session_settle_if_ambiguous(
+        &self,
+        campaign_id: i64,
+        user_id: &str,
+        step: i64,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // the common case (a first attempt) is one indexed read, no write lock
+        let any = sqlx::query(
+            "SELECT session_id FROM verification_sessions \
+             WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status IN ('issued', 'delivered') LIMIT 1",
+        )
+        .bind(campaign_id)
+        .bind(user_id)
+        .bind(step)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(query_err("session_settle_if_ambiguous"))?;
+        if any.is_none() {
+            return Ok(false);
+        }
+        let mut tx = self.begin_write().await?;
+        let mine = sqlx::query(
+            "SELECT attempts FROM campaign_targets \
+             WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed'",
+        )
+        .bind(campaign_id)
+        .bind(user_id)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err("session_settle_if_ambiguous fence"))?;
+        if mine.is_none() {
+            return Ok(false);
+        }
+        let settled = settle_earlier_attempts(&mut tx, campaign_id, user_id, step, worker, now).await?;
+        tx.commit().await.map_err(query_err("session_settle_if_ambiguous commit"))?;
+        Ok(settled)
     }
 
     /// The API answered with a session: from here a message may reach the user.

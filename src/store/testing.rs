@@ -63,9 +63,21 @@ impl TestDb {
         Self { store, url, backend: Backend::Postgres, pg_name: Some(name), _dir: None }
     }
 
+    /// An existing Postgres database (a private cluster a test started), migrated;
+    /// not dropped with the guard.
+    pub async fn postgres_at(url: &str) -> Self {
+        let store = Store::open(url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
+        Self { store, url: url.to_owned(), backend: Backend::Postgres, pg_name: None, _dir: None }
+    }
+
     /// The engine.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The pool, for tests that check the rows themselves (invariants, dumps).
+    pub fn pool(&self) -> &sqlx::AnyPool {
+        self.store.pool()
     }
 }
 
