@@ -69,7 +69,9 @@ async fn crash_campaign(db: TestDb) {
             .unwrap();
         if kills < KILLS {
             // a random moment: before, during or after targeting, mid-batch, mid-send
-            let delay = Duration::from_millis(rng.random_range(150..1500));
+            // short enough that 20 kills always land before the throttled campaign (2,000
+            // users at 160 requests/s, about 25 s of work) can finish on its own
+            let delay = Duration::from_millis(rng.random_range(100..900));
             let deadline = tokio::time::Instant::now() + delay;
             let mut exited = None;
             while tokio::time::Instant::now() < deadline {
