@@ -10,6 +10,7 @@ use reverify::Settings;
 use reverify::config::LogFormat;
 use reverify::store::Store;
 
+mod bench;
 mod bench_import;
 mod campaign;
 mod daemon;
@@ -84,11 +85,15 @@ enum Command {
     /// Import, list, show and re-key the user directory.
     #[command(subcommand)]
     Users(users::UsersCommand),
-    /// Benchmark: import a generated CSV of 1M users into SQLite and Postgres.
-    #[command(hide = true)]
-    BenchImport(bench_import::BenchImportArgs),
+    /// Benchmarks: the whole pipeline (sandbox, import, campaign, worker) and its
+    /// figures, one `name: value unit` line each; or `bench sandbox`, `bench import`.
+    ///
+    /// Each scenario runs the real binaries: the sandbox and the worker are child
+    /// processes, the worker is measured with /usr/bin/time, the databases are fresh
+    /// (Postgres at REVERIFY_TEST_POSTGRES_URL, SQLite in a temporary file). Build with
+    /// --release for meaningful figures (scripts/bench.sh does).
+    Bench(Box<bench::BenchArgs>),
     Sandbox(Box<sandbox::SandboxArgs>),
-    SandboxBench(sandbox::BenchArgs),
 }
 
 /// What every command starts from.
@@ -150,8 +155,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(args, &ctx).await,
         Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
-        Command::BenchImport(args) => bench_import::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
-        Command::SandboxBench(a) => sandbox::bench(a).await,
     }
 }
