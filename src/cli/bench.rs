@@ -57,7 +57,7 @@ enum BenchCommand {
 #[derive(Debug, Args)]
 struct PipelineArgs {
     /// Small sizes for CI (2,000 users, a short rate window, the "1m" figures at
-    /// 3,000 users). The figures are printed all the same; their values mean little.
+    /// 1,000 users). The figures are printed all the same; their values mean little.
     #[arg(long)]
     quick: bool,
     /// Scale every size by this factor (0.1: a 10,000-user throughput run).
@@ -106,7 +106,7 @@ struct Sizes {
 impl Sizes {
     fn new(quick: bool, scale: f64) -> Self {
         let base = if quick {
-            Sizes { throughput: 2_000, million: 3_000, rate: 400, latency: 640 }
+            Sizes { throughput: 2_000, million: 1_000, rate: 400, latency: 640 }
         } else {
             Sizes { throughput: 100_000, million: 1_000_000, rate: 3_000, latency: 6_400 }
         };
@@ -402,11 +402,8 @@ fn steady_rate(per_second: &[u64]) -> Option<(f64, usize)> {
 /// compared with the limit; the campaign targets one region so that one quota is in
 /// play.
 fn rate(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()> {
-    let setup = Setup {
-        worker_rate: RATE_LIMIT,
-        regions: Some("intl"),
-        ..Setup::throughput("rate", users, Backend::Postgres)
-    };
+    let setup =
+        Setup { worker_rate: RATE_LIMIT, regions: Some("intl"), ..Setup::throughput("rate", users, Backend::Postgres) };
     let o = run_scenario(exe, rt, &setup)?;
     ensure!(o.report.notified > 0 && o.report.failed == 0, "rate: {:?}", o.report);
     let (achieved, seconds) = steady_rate(&o.stats.api_per_second).with_context(|| {
@@ -519,7 +516,10 @@ mod tests {
 
     #[test]
     fn finds_the_database_name() {
-        assert_eq!(database_name("postgres://postgres@127.0.0.1:5432/reverify_test_1").as_deref(), Some("reverify_test_1"));
+        assert_eq!(
+            database_name("postgres://postgres@127.0.0.1:5432/reverify_test_1").as_deref(),
+            Some("reverify_test_1")
+        );
         assert_eq!(database_name("postgres://h/"), None);
     }
 }

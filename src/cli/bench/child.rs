@@ -201,7 +201,7 @@ pub fn run_worker(
     let log = dir.join("worker.log");
     // time execs the worker itself: the figures are the worker's alone
     let mut cmd = clean(Command::new(TIME), dir);
-    cmd        .args(["-f", "%e %U %S %M", "-o"])
+    cmd.args(["-f", "%e %U %S %M", "-o"])
         .arg(&time_file)
         .arg(exe)
         .args(["run", campaign, "--progress", "none"])
@@ -215,8 +215,10 @@ pub fn run_worker(
     let status = child.wait()?;
     ensure!(status.success(), "the worker exited with {status}:\n{stdout}\n{}", tail(&log));
     let time_text = std::fs::read_to_string(&time_file).context("failed to read /usr/bin/time's output")?;
-    let measured = parse_time(&time_text).with_context(|| format!("cannot parse /usr/bin/time's output {time_text:?}"))?;
-    let report = parse_report(&stdout, campaign).with_context(|| format!("no report line in the worker's output:\n{stdout}"))?;
+    let measured =
+        parse_time(&time_text).with_context(|| format!("cannot parse /usr/bin/time's output {time_text:?}"))?;
+    let report =
+        parse_report(&stdout, campaign).with_context(|| format!("no report line in the worker's output:\n{stdout}"))?;
     Ok((measured, report))
 }
 

@@ -144,9 +144,9 @@ impl Sampler {
 }
 
 /// Counts messages in a file outbox and deletes them as they come, so that a
-/// million-message run does not fill the disk (each `.eml` is a few KB). Deleting a
-/// file the worker still writes is safe on Unix: the write goes to the unlinked
-/// inode. The count is a check of the worker's own `notified` figure.
+/// million-message run does not fill the disk (each `.eml` is a few KB). Only
+/// finished messages are touched: the outbox renames each into place from a
+/// `.tmp-` file. The count is a check of the worker's own `notified` figure.
 pub struct OutboxDrain {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<u64>,
@@ -163,7 +163,9 @@ impl OutboxDrain {
                 loop {
                     let done = stop.load(Ordering::Relaxed);
                     if let Ok(entries) = std::fs::read_dir(&dir) {
-                        for e in entries.flatten() {
+                        // a name starting with '.' is a message still being written (the
+                        // outbox writes a temporary file, then renames it into place)
+                        for e in entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')) {
                             if std::fs::remove_file(e.path()).is_ok() {
                                 count += 1;
                             }
@@ -210,7 +212,8 @@ mod tests {
         for i in 0..5 {
             std::fs::write(dir.path().join(format!("{i}.eml")), "x").unwrap();
         }
+        std::fs::write(dir.path().join(".tmp-writing.eml"), "x").unwrap();
         assert_eq!(drain.finish(), 5);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a message being written is left alone");
     }
 }
