@@ -266,6 +266,8 @@ struct Outcome {
     stats: reverify::sandbox::Stats,
     sandbox_cpu: Option<f64>,
     sampled: Sampled,
+    /// Postgres transactions committed in the bench database during the run.
+    pg_commits: Option<i64>,
     import_seconds: f64,
 }
 
@@ -292,7 +294,7 @@ impl Outcome {
         format!(
             "# {figure}: {} users, {} notified, {} messages; worker wall {:.2} s, CPU {:.2} s (user {:.2} + system {:.2}) \
              = {:.2} cores, peak RSS {:.0} MB; sandbox CPU {}; Postgres backends CPU {}; machine busy {} of {} cores; \
-             {} API requests ({:.2} per user); import {:.1} s; sandbox violations {}",
+             {} API requests ({:.2} per user); Postgres commits {}; import {:.1} s; sandbox violations {}",
             self.users,
             self.report.notified,
             self.messages,
@@ -308,6 +310,10 @@ impl Outcome {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             api_requests(&self.stats),
             api_requests(&self.stats) as f64 / self.report.notified.max(1) as f64,
+            self.pg_commits.map_or_else(
+                || "n/a".to_owned(),
+                |c| format!("{c} ({:.2} per user)", c as f64 / self.report.notified.max(1) as f64)
+            ),
             self.import_seconds,
             self.stats.violations,
         )
@@ -365,14 +371,20 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
     }
     let campaign = format!("bench-{}", setup.name);
     let pg_name = (setup.backend == Backend::Postgres).then(|| database_name(&db.url)).flatten();
+    let admin = reverify::store::testing::postgres_admin_url();
+    let commits = |rt: &Handle| pg_name.as_deref().and_then(|n| rt.block_on(probe::pg_commits(&admin, n)));
+    let commits_before = commits(rt);
     let sandbox_cpu_before = probe::process_cpu(sandbox.pid());
-    let sampler = probe::Sampler::start(pg_name);
+    let sampler = probe::Sampler::start(pg_name.clone());
     let drain = probe::OutboxDrain::start(&outbox);
     let worked = child::run_worker(exe, dir.path(), &campaign, &env);
     let sampled = sampler.finish();
     let messages = drain.finish();
     let sandbox_cpu = sandbox_cpu_before.zip(probe::process_cpu(sandbox.pid())).map(|(a, b)| b - a);
     let (measured, report) = worked.with_context(|| format!("{}: the worker", setup.name))?;
+    // the worker's backends report their counts as they exit; give the stats a moment
+    std::thread::sleep(Duration::from_millis(600));
+    let pg_commits = commits_before.zip(commits(rt)).map(|(a, b)| b - a);
     let stats = rt.block_on(sandbox.stats())?;
     ensure!(stats.violations == 0, "{}: the sandbox counted {} limit violations", setup.name, stats.violations);
     drop(sandbox);
@@ -385,6 +397,7 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
         stats,
         sandbox_cpu,
         sampled,
+        pg_commits,
         import_seconds: import_took.as_secs_f64(),
     })
 }
