@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet
-exec target/release/reverify bench-import "$@"
+exec target/release/reverify bench import "$@"

@@ -1,6 +1,6 @@
-//! `reverify bench-import` (hidden): generates a CSV of N users, every one with a
-//! refresh token, and times `users import` of it into a fresh SQLite file and a
-//! fresh Postgres database. Run it from `scripts/bench-import.sh` (release build).
+//! `reverify bench import`: generates a CSV of N users, every one with a refresh
+//! token, and times `users import` of it into a fresh SQLite file and a fresh
+//! Postgres database. Run it from `scripts/bench-import.sh` (release build).
 //!
 //! Peak memory is the process's VmHWM, reset through `/proc/self/clear_refs` before
 //! each import so that each engine's figure is its own.
@@ -51,7 +51,10 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn generate(path: &Path, rows: u64) -> anyhow::Result<()> {
+/// Writes `rows` users in the import format, each with a refresh token: 60 %
+/// UNVERIFIED, 20 % REJECTED long ago, 10 % PENDING, 10 % VERIFIED, or every one
+/// UNVERIFIED when `all_unverified` (the targeting benchmark wants all eligible).
+pub(super) fn generate(path: &Path, rows: u64, all_unverified: bool) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(
         out,
@@ -62,7 +65,7 @@ fn generate(path: &Path, rows: u64) -> anyhow::Result<()> {
         let id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
         let (region, country, tz) =
             if i % 4 == 0 { ("us", "US", "America/New_York") } else { ("intl", "GB", "Europe/London") };
-        let (state, rejected) = match i % 10 {
+        let (state, rejected) = match if all_unverified { 0 } else { i % 10 } {
             0..=5 => ("UNVERIFIED", ""),
             6 | 7 => ("REJECTED", "2026-01-15T10:30:00Z"),
             8 => ("PENDING", ""),
@@ -107,7 +110,7 @@ pub async fn run(args: BenchImportArgs) -> anyhow::Result<u8> {
     let rows = args.rows;
     let started = Instant::now();
     let path = csv.clone();
-    tokio::task::spawn_blocking(move || generate(&path, rows)).await??;
+    tokio::task::spawn_blocking(move || generate(&path, rows, false)).await??;
     let size = std::fs::metadata(&csv)?.len() as f64 / 1e6;
     println!("generate_{}_csv: {:.1} s ({size:.0} MB)", label(rows), started.elapsed().as_secs_f64());
     let cipher = Arc::new(TokenCipher::from_secrets(Some(&reverify::Secret::new(TokenCipher::generate_key())), None)?);

@@ -10,6 +10,7 @@ use reverify::Settings;
 use reverify::config::LogFormat;
 use reverify::store::Store;
 
+mod bench;
 mod bench_import;
 mod bench_report;
 mod campaign;
@@ -88,11 +89,15 @@ enum Command {
     /// Import, list, show and re-key the user directory.
     #[command(subcommand)]
     Users(users::UsersCommand),
-    /// Benchmark: import a generated CSV of 1M users into SQLite and Postgres.
-    #[command(hide = true)]
-    BenchImport(bench_import::BenchImportArgs),
+    /// Benchmarks: the whole pipeline (sandbox, import, campaign, worker) and its
+    /// figures, one `name: value unit` line each; or `bench sandbox`, `bench import`.
+    ///
+    /// Each scenario runs the real binaries: the sandbox and the worker are child
+    /// processes, the worker is measured with /usr/bin/time, the databases are fresh
+    /// (Postgres at REVERIFY_TEST_POSTGRES_URL, SQLite in a temporary file). Build with
+    /// --release for meaningful figures (scripts/bench.sh does).
+    Bench(Box<bench::BenchArgs>),
     Sandbox(Box<sandbox::SandboxArgs>),
-    SandboxBench(sandbox::BenchArgs),
     /// Receive Baanx kyc.status.changed webhooks on POST /webhooks/baanx.
     Serve(serve::ServeArgs),
     /// Benchmark: stream the report of 1M generated targets to /dev/null.
@@ -159,9 +164,8 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(args, &ctx).await,
         Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
-        Command::BenchImport(args) => bench_import::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
-        Command::SandboxBench(a) => sandbox::bench(a).await,
         Command::Serve(args) => serve::run(args, &ctx).await,
         Command::BenchReport(args) => bench_report::run(args).await,
     }

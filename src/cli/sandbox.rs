@@ -1,4 +1,4 @@
-//! `reverify sandbox` (serve the Baanx simulator) and `reverify sandbox-bench`
+//! `reverify sandbox` (serve the Baanx simulator) and `reverify bench sandbox`
 //! (measure its speed). The flags map one to one onto `SandboxConfig` and `Faults`.
 
 use std::net::SocketAddr;
@@ -57,6 +57,10 @@ pub struct SandboxArgs {
     /// keys when the name ends in .jsonl.
     #[arg(long, value_name = "FILE")]
     seed: Option<PathBuf>,
+    /// Generate every user UNVERIFIED and never rejected, so that all are eligible
+    /// (benchmarks); ignored with --seed.
+    #[arg(long)]
+    all_unverified: bool,
     /// Seed of user generation (and of refresh tokens missing from --seed).
     #[arg(long, default_value_t = 1, value_name = "N")]
     user_seed: u64,
@@ -142,6 +146,11 @@ pub struct BenchArgs {
 pub async fn run(args: SandboxArgs, ctx: &Context) -> anyhow::Result<u8> {
     let users = match &args.seed {
         Some(path) => UserSource::Records(userfile::read_users(path)?),
+        None if args.all_unverified => UserSource::Records(reverify::sandbox::users::generate_unverified(
+            args.users,
+            args.user_seed,
+            chrono::Utc::now(),
+        )),
         None => UserSource::Generate(args.users),
     };
     let client_key =

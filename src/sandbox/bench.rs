@@ -1,7 +1,7 @@
 //! The sandbox's speed figure: requests per second on `GET /v1/user/verification`
 //! with no injected latency, measured over loopback with concurrent reqwest clients.
 //!
-//! It lives in the library (called by `reverify sandbox-bench`) rather than in a
+//! It lives in the library (called by `reverify bench sandbox`) rather than in a
 //! timed test: a figure is reported, never asserted. The users are all eligible and
 //! numerous enough, with short sessions, that the per-user limits stay enforced but
 //! are never hit; the report carries the violation count to prove it.
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{Sandbox, SandboxConfig, SandboxError, UserSource, users};
-use crate::domain::{Region, VerificationState};
+use crate::domain::Region;
 
 /// How to run the benchmark.
 #[derive(Debug, Clone)]
@@ -97,11 +97,7 @@ fn cpu_seconds() -> Option<(f64, f64)> {
 /// # Errors
 /// [`SandboxError`] when the sandbox cannot start.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, SandboxError> {
-    let mut records = users::generate(opts.users, 1, chrono::Utc::now());
-    for r in &mut records {
-        r.verification_state = VerificationState::Unverified;
-        r.rejected_at = None;
-    }
+    let records = users::generate_unverified(opts.users, 1, chrono::Utc::now());
     let config = SandboxConfig {
         users: UserSource::Records(records),
         // short sessions keep the concurrency limit from biting as users come round again

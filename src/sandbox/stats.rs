@@ -3,8 +3,9 @@
 //!
 //! A violation is a request the real API would have refused for a per-user limit; the
 //! worker must never cause one, so tests and benchmarks assert that the count is zero.
-//! The per-second histogram of `GET /v1/user/verification` lets a benchmark check that
-//! the worker's global rate limit holds (rate fidelity).
+//! The per-second histograms of `GET /v1/user/verification`, and of every API request
+//! (token, profile and session: what the worker's global limiter counts), let a
+//! benchmark check that the worker's rate limit holds (rate fidelity).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -82,7 +83,36 @@ pub struct Counters {
     pub injected_timeouts: AtomicU64,
     pub webhooks_delivered: AtomicU64,
     pub webhooks_failed: AtomicU64,
-    verification_buckets: Mutex<Vec<u32>>,
+    buckets: Mutex<Histograms>,
+}
+
+/// Requests per 100 ms bucket since the start, both under one lock so that an API
+/// request costs one lock, not two.
+#[derive(Debug, Default)]
+struct Histograms {
+    verification: Vec<u32>,
+    /// Token, profile and session requests: every request the worker's limiter admits.
+    api: Vec<u32>,
+}
+
+fn bump(b: &mut Vec<u32>, bucket: usize) {
+    if b.len() <= bucket {
+        b.resize(bucket + 1, 0);
+    }
+    b[bucket] = b[bucket].saturating_add(1);
+}
+
+/// (busiest sliding 1-second window, first second with any, whole seconds from it on).
+fn summarize(buckets: &[u32]) -> (u64, u64, Vec<u64>) {
+    let per_second: Vec<u64> =
+        buckets.chunks(BUCKETS_PER_SECOND).map(|c| c.iter().map(|x| u64::from(*x)).sum()).collect();
+    let first = per_second.iter().position(|n| *n > 0).unwrap_or(per_second.len());
+    let busiest = buckets
+        .windows(BUCKETS_PER_SECOND.min(buckets.len().max(1)))
+        .map(|w| w.iter().map(|x| u64::from(*x)).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    (busiest, first as u64, per_second[first..].to_vec())
 }
 
 impl Counters {
@@ -105,7 +135,7 @@ impl Counters {
             injected_timeouts: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhooks_failed: AtomicU64::new(0),
-            verification_buckets: Mutex::new(Vec::new()),
+            buckets: Mutex::new(Histograms::default()),
         }
     }
 
@@ -113,13 +143,13 @@ impl Counters {
     pub fn request(&self, e: Endpoint) {
         let i = Endpoint::ALL.iter().position(|x| *x == e).unwrap_or(0);
         self.requests[i].fetch_add(1, Ordering::Relaxed);
-        if e == Endpoint::Verification {
+        if matches!(e, Endpoint::Token | Endpoint::User | Endpoint::Verification) {
             let bucket = (self.started.elapsed().as_millis() / (1000 / BUCKETS_PER_SECOND as u128)) as usize;
-            let mut b = self.verification_buckets.lock().expect("histogram poisoned");
-            if b.len() <= bucket {
-                b.resize(bucket + 1, 0);
+            let mut h = self.buckets.lock().expect("histogram poisoned");
+            bump(&mut h.api, bucket);
+            if e == Endpoint::Verification {
+                bump(&mut h.verification, bucket);
             }
-            b[bucket] = b[bucket].saturating_add(1);
         }
     }
 
@@ -135,15 +165,10 @@ impl Counters {
         let requests = Endpoint::ALL.iter().zip(&self.requests).map(|(e, n)| (e.as_str().to_owned(), get(n))).collect();
         let violations_by_kind: BTreeMap<String, u64> =
             REASONS.iter().zip(&self.violations).map(|(r, n)| (r.as_str().to_owned(), get(n))).collect();
-        let buckets = self.verification_buckets.lock().expect("histogram poisoned").clone();
-        let per_second: Vec<u64> =
-            buckets.chunks(BUCKETS_PER_SECOND).map(|c| c.iter().map(|x| u64::from(*x)).sum()).collect();
-        let first = per_second.iter().position(|n| *n > 0).unwrap_or(per_second.len());
-        let busiest = buckets
-            .windows(BUCKETS_PER_SECOND.min(buckets.len().max(1)))
-            .map(|w| w.iter().map(|x| u64::from(*x)).sum::<u64>())
-            .max()
-            .unwrap_or(0);
+        let ((busiest, first, per_second), (api_busiest, api_first, api_per_second)) = {
+            let h = self.buckets.lock().expect("histogram poisoned");
+            (summarize(&h.verification), summarize(&h.api))
+        };
         let (limit, cap, injected) =
             (get(&self.throttled_limit), get(&self.throttled_rate_cap), get(&self.throttled_injected));
         Stats {
@@ -168,8 +193,11 @@ impl Counters {
             webhooks_delivered: get(&self.webhooks_delivered),
             webhooks_failed: get(&self.webhooks_failed),
             verification_busiest_second: busiest,
-            verification_first_second: first as u64,
-            verification_per_second: per_second[first..].to_vec(),
+            verification_first_second: first,
+            verification_per_second: per_second,
+            api_busiest_second: api_busiest,
+            api_first_second: api_first,
+            api_per_second,
         }
     }
 }
@@ -228,6 +256,17 @@ pub struct Stats {
     /// `GET /v1/user/verification` requests per whole second, from the first second
     /// that had any.
     pub verification_per_second: Vec<u64>,
+    /// The most API requests (token, profile and session together: what the worker's
+    /// global limiter counts) in any 1-second window (sliding in 100 ms steps).
+    #[serde(default)]
+    pub api_busiest_second: u64,
+    /// Seconds from the start to the first entry of `api_per_second`.
+    #[serde(default)]
+    pub api_first_second: u64,
+    /// API requests (token, profile and session) per whole second, from the first
+    /// second that had any.
+    #[serde(default)]
+    pub api_per_second: Vec<u64>,
 }
 
 impl Stats {

@@ -95,6 +95,18 @@ pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Vec<UserRecord> {
         .collect()
 }
 
+/// `n` users as [`generate`] makes them, but every one UNVERIFIED and never rejected:
+/// a benchmark wants a campaign in which every user is eligible, so that its figure
+/// counts sessions and messages, not skips.
+pub fn generate_unverified(n: usize, seed: u64, now: DateTime<Utc>) -> Vec<UserRecord> {
+    let mut records = generate(n, seed, now);
+    for r in &mut records {
+        r.verification_state = VerificationState::Unverified;
+        r.rejected_at = None;
+    }
+    records
+}
+
 /// A refresh token for a loaded user that has none, stable for (seed, user).
 pub fn default_refresh_token(seed: u64, user: &UserId) -> String {
     let h = user.as_str().bytes().fold(mix(seed), |h, b| mix(h ^ u64::from(b)));
@@ -199,5 +211,15 @@ mod tests {
         let p = profile(&a[0], a[0].verification_state);
         assert_eq!(p.id, a[0].user_id.as_str());
         assert_eq!(p.ssn.is_some(), a[0].region == Region::Us);
+    }
+
+    #[test]
+    fn unverified_generation_keeps_the_users_and_makes_all_eligible() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+        let mixed = generate(300, 7, now);
+        let all = generate_unverified(300, 7, now);
+        assert!(all.iter().all(|u| u.verification_state == VerificationState::Unverified && u.rejected_at.is_none()));
+        let ids = |v: &[UserRecord]| v.iter().map(|u| u.user_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&all), ids(&mixed), "the same users, only their state differs");
     }
 }

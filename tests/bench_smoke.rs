@@ -1,0 +1,41 @@
+//! `reverify bench --quick` as CI runs it: the whole pipeline at a small size, so
+//! that the harness cannot rot. It asserts that every figure line is printed and
+//! parses, never how fast anything was (a shared CI machine gives any number).
+
+use std::process::Command;
+
+/// (figure, unit) as `reverify bench` prints them: `name: value unit`.
+const FIGURES: [(&str, &str); 9] = [
+    ("throughput_postgres", "users/s"),
+    ("cpu_per_1k_users", "s"),
+    ("throughput_sqlite", "users/s"),
+    ("rate_fidelity", ""),
+    ("rate_max_window", "requests"),
+    ("latency_hiding", ""),
+    ("latency_hiding_throughput", "users/s"),
+    ("peak_rss_1m", "MB"),
+    ("targeting_1m_postgres", "s"),
+];
+
+#[test]
+fn quick_bench_prints_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_reverify"))
+        .args(["bench", "--quick"])
+        .env("REVERIFY_CONFIG", "/dev/null")
+        .output()
+        .expect("reverify runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let machine = stdout.lines().next().unwrap_or_default();
+    assert!(machine.starts_with("machine: ") && machine.contains(" cores, "), "{stdout}");
+    for (name, unit) in FIGURES {
+        let prefix = format!("{name}: ");
+        let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(lines.len(), 1, "{name} printed once\n{stdout}");
+        let mut rest = lines[0][prefix.len()..].split(' ');
+        let value: f64 = rest.next().unwrap().parse().unwrap_or_else(|_| panic!("{name}: not a number\n{stdout}"));
+        assert!(value.is_finite() && value > 0.0, "{name}: {value}\n{stdout}");
+        assert_eq!(rest.next().unwrap_or(""), unit, "{name}: unit\n{stdout}");
+        assert_eq!(rest.next(), None, "{name}: nothing after the unit\n{stdout}");
+    }
+}
