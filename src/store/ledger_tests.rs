@@ -219,3 +219,38 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
     // a worker whose claim was taken cannot reserve
     assert_eq!(s.session_reserve(c, &uid(2), 0, "dead", after, DAY).await.unwrap(), Reservation::LostClaim);
 });
+
+both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    user(s, 2, "UNVERIFIED", "intl", None, "").await;
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    let claimed = s.target_claim_batch(c, "dead", 10, now, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    // a first attempt is not ambiguous: one read, nothing written
+    assert!(!s.session_settle_if_ambiguous(c, &uid(1), 0, "dead", now).await.unwrap());
+    // user 1: the worker fetched a session, then died before recording the delivery
+    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "dead", now, DAY).await.unwrap() else {
+        panic!("reserved")
+    };
+    s.session_mark_issued(session_id, now).await.unwrap();
+    // both claims expire; another worker takes them
+    let later = now + chrono::Duration::seconds(60);
+    assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 2);
+    // the dead worker cannot settle what is no longer its own
+    assert!(!s.session_settle_if_ambiguous(c, &uid(1), 0, "dead", later).await.unwrap());
+    assert!(s.session_settle_if_ambiguous(c, &uid(1), 0, "next", later).await.unwrap());
+    assert_eq!(status_of(s, c, 1).await, ("failed".into(), Some("delivery_unknown".into()), None));
+    assert!(!s.session_settle_if_ambiguous(c, &uid(2), 0, "next", later).await.unwrap());
+    assert_eq!(status_of(s, c, 2).await.0, "claimed");
+    // the ledger row stays counted, as unknown
+    let st: String = sqlx::query("SELECT status FROM verification_sessions WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+        .get("status");
+    assert_eq!(st, "unknown");
+});
