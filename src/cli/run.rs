@@ -99,49 +99,14 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
         println!("no active campaigns");
         return Ok(exit::OK);
     }
-    let mut worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
-    worker.config.fresh_state = !args.no_fresh_state;
-    let worker = Arc::new(worker);
-    let stop = CancellationToken::new();
-    stop_on_signals(stop.clone(), args.max_duration);
-
-    let mode = args.progress;
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in campaigns {
-        let (worker, stop) = (worker.clone(), stop.clone());
-        let progress = Arc::new(Progress::default());
-        let display = show_progress(mode, c.name.to_string(), progress.clone());
-        tasks.spawn(async move {
-            let r = worker.run_campaign(&c, progress, stop).await;
-            display.abort();
-            (c.name, r)
-        });
-    }
-    let mut code = exit::OK;
-    while let Some(joined) = tasks.join_next().await {
-        let (name, result) = joined.context("a campaign task panicked")?;
-        match result {
-            Ok(r) => {
-                print_report(&name, &r);
-                if r.outcome == RunOutcome::Interrupted && code == exit::OK {
-                    code = exit::INTERRUPTED;
-                }
-            }
-            Err(e) => {
-                eprintln!("error: campaign {name}: {e}");
-                code = exit::FAILURE;
-            }
-        }
-    }
-    push_metrics_if_set(ctx, &worker.store).await;
-    worker.store.close().await;
-    Ok(code)
+    let runs = campaigns.into_iter().map(|c| (c, None)).collect();
+    run_all(&args, ctx, store, runs).await
 }
 
 /// `run --due`: every due campaign once, under its lease.
 async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) -> anyhow::Result<u8> {
     use reverify::domain::Due;
-    use reverify::schedule::{Scheduled, due_campaigns};
+    use reverify::schedule::due_campaigns;
     let now = chrono::Utc::now();
     let checks = due_campaigns(&store, now).await?;
     for c in &checks {
@@ -165,45 +130,69 @@ async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) ->
         println!("no campaign is due");
         return Ok(exit::OK);
     }
+    let runs = due.into_iter().map(|(c, tick)| (c, Some(tick))).collect();
+    run_all(&args, ctx, store, runs).await
+}
+
+/// Runs campaigns side by side on one worker: each by hand (`None`), or for a due
+/// tick under its lease (`Some(tick)`). Prints a line per campaign and returns the
+/// exit code: 1 when any failed, else 4 when any was interrupted, else 0.
+async fn run_all(
+    args: &RunArgs,
+    ctx: &Context,
+    store: reverify::store::Store,
+    runs: Vec<(CampaignRecord, Option<chrono::DateTime<chrono::Utc>>)>,
+) -> anyhow::Result<u8> {
+    use reverify::schedule::Scheduled;
     let mut worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
     worker.config.fresh_state = !args.no_fresh_state;
     let worker = Arc::new(worker);
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), args.max_duration);
-    let mode = args.progress;
     let mut tasks = tokio::task::JoinSet::new();
-    for (c, tick) in due {
+    for (c, tick) in runs {
         let (worker, stop) = (worker.clone(), stop.clone());
         let progress = Arc::new(Progress::default());
-        let display = show_progress(mode, c.name.to_string(), progress.clone());
+        let display = show_progress(args.progress, c.name.to_string(), progress.clone());
         tasks.spawn(async move {
             let name = c.name.clone();
-            let r = reverify::schedule::run_due(worker, c, tick, progress, stop).await;
+            let outcome = match tick {
+                Some(tick) => reverify::schedule::run_due(worker, c, tick, progress, stop).await,
+                None => match worker.run_campaign(&c, progress, stop).await {
+                    Ok(r) => Scheduled::Ran(r),
+                    Err(e) => Scheduled::Failed(e),
+                },
+            };
             display.abort();
-            (name, r)
+            (name, outcome)
         });
     }
-    let mut code = exit::OK;
+    let mut failed = false;
+    let mut interrupted = false;
     while let Some(joined) = tasks.join_next().await {
         let (name, outcome) = joined.context("a campaign task panicked")?;
         match outcome {
             Scheduled::Ran(r) => {
                 print_report(&name, &r);
-                if r.outcome == RunOutcome::Interrupted && code == exit::OK {
-                    code = exit::INTERRUPTED;
-                }
+                interrupted |= r.outcome == RunOutcome::Interrupted;
             }
             Scheduled::AlreadyRunning => println!("{name}: already running in another process; skipped"),
             Scheduled::AlreadyRan => println!("{name}: another process ran it for this tick; skipped"),
             Scheduled::Failed(e) => {
                 eprintln!("error: campaign {name}: {e}");
-                code = exit::FAILURE;
+                failed = true;
             }
         }
     }
     push_metrics_if_set(ctx, &worker.store).await;
     worker.store.close().await;
-    Ok(code)
+    Ok(if failed {
+        exit::FAILURE
+    } else if interrupted {
+        exit::INTERRUPTED
+    } else {
+        exit::OK
+    })
 }
 
 fn print_report(name: &CampaignName, r: &reverify::engine::RunReport) {
