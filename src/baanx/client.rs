@@ -259,7 +259,7 @@ impl BaanxClient {
         stale: Option<u64>,
     ) -> Result<(Zeroizing<String>, u64), BaanxError> {
         let inner = &self.inner;
-        let slot = inner.cache.slot(user, inner.clock.now());
+        let slot = inner.cache.slot(user);
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref()
             && c.fresh_until > inner.clock.now()

@@ -127,8 +127,13 @@ pub(crate) struct CachedToken {
 /// One user's slot; its mutex is the single-flight lock.
 pub(crate) type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 
-/// When the slot map grows past this many users, idle stale slots are dropped.
-const PRUNE_ABOVE: usize = 50_000;
+/// When the slot map grows past this many users, every idle slot is dropped, fresh
+/// or not: a campaign touches each user once, a few milliseconds apart, so an idle
+/// token is rarely needed again, and a dropped one only costs a refresh. Dropping
+/// all idle slots at once keeps the pruning amortised O(1) per user (pruning only the
+/// stale ones made every new user walk the whole map once it was full of fresh
+/// tokens: quadratic in a large campaign) and bounds the memory.
+const PRUNE_ABOVE: usize = 10_000;
 
 /// Access tokens by user.
 #[derive(Default)]
@@ -139,14 +144,11 @@ pub(crate) struct TokenCache {
 
 impl TokenCache {
     /// The user's slot, created when missing.
-    pub fn slot(&self, user: &UserId, now: DateTime<Utc>) -> Slot {
+    pub fn slot(&self, user: &UserId) -> Slot {
         let mut slots = self.slots.lock().expect("token cache lock poisoned");
         if slots.len() > PRUNE_ABOVE && !slots.contains_key(user) {
-            // keep slots in use (someone holds the Arc) and tokens still fresh
-            slots.retain(|_, s| {
-                Arc::strong_count(s) > 1
-                    || s.try_lock().map_or(true, |g| g.as_ref().is_some_and(|c| c.fresh_until > now))
-            });
+            // keep only the slots in use (someone holds the Arc)
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
         }
         slots.entry(user.clone()).or_default().clone()
     }
@@ -172,6 +174,23 @@ pub(crate) fn usable_for(lifetime: Duration, margin: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_slots_are_pruned_in_bulk_and_held_ones_kept() {
+        let uid = |i: usize| UserId::parse(&format!("00000000-0000-4000-8000-{i:012}")).unwrap();
+        let cache = TokenCache::default();
+        let held = cache.slot(&uid(0));
+        for i in 1..=PRUNE_ABOVE {
+            let _ = cache.slot(&uid(i));
+        }
+        assert_eq!(cache.slots.lock().unwrap().len(), PRUNE_ABOVE + 1, "no pruning up to the cap");
+        let _ = cache.slot(&uid(PRUNE_ABOVE + 1));
+        let slots = cache.slots.lock().unwrap();
+        assert_eq!(slots.len(), 2, "every idle slot went at once: the held one and the new one stay");
+        assert!(slots.contains_key(&uid(0)));
+        drop(slots);
+        drop(held);
+    }
 
     #[test]
     fn usable_window() {
