@@ -124,6 +124,8 @@ impl Sizes {
 /// The worker's rate limit in the rate scenario, and its default burst.
 const RATE_LIMIT: f64 = 200.0;
 const DEFAULT_BURST: u64 = 10;
+/// Above this many users the outbox is emptied during the run, not only after it.
+const DRAIN_DURING_RUN_ABOVE: usize = 200_000;
 /// The latency scenario: sandbox latency per request and campaign concurrency.
 const LATENCY: Duration = Duration::from_millis(100);
 const LATENCY_CONCURRENCY: u32 = 64;
@@ -376,7 +378,8 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
     let commits_before = commits(rt);
     let sandbox_cpu_before = probe::process_cpu(sandbox.pid());
     let sampler = probe::Sampler::start(pg_name.clone());
-    let drain = probe::OutboxDrain::start(&outbox);
+    // 200,000 messages are about 1 GB: past that, delete them as they come
+    let drain = probe::OutboxDrain::start(&outbox, setup.users > DRAIN_DURING_RUN_ABOVE);
     let worked = child::run_worker(exe, dir.path(), &campaign, &env);
     let sampled = sampler.finish();
     let messages = drain.finish();
