@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::targets::{AudienceSql, REACHABLE, StatusCount, bind_all};
+use super::targets::{AudienceSql, StatusCount, bind_all};
 use super::{Store, StoreError, query_err, to_millis};
 use crate::domain::spec::Audience;
 
@@ -208,7 +208,6 @@ impl Store {
                 THEN 'target_deferred' \
               ELSE 'target' END",
         );
-        debug_assert!(REACHABLE.contains("consent_required_at"));
         let sql = format!(
             "SELECT bucket, COUNT(*) AS n FROM (SELECT {case} AS bucket FROM users u) b GROUP BY bucket ORDER BY bucket"
         );

@@ -72,20 +72,7 @@ impl Store {
         key_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE users SET refresh_token_enc = $2, token_key_id = $3, updated_at = $4 WHERE user_id = $1",
-        )
-        .bind(user.as_str())
-        .bind(sealed)
-        .bind(key_id)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await
-        .map_err(query_err("user_token_store_rotated"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "user", key: user.to_string() });
-        }
-        Ok(())
+        self.user_token_put(user, sealed, key_id, now_ms, false).await
     }
 
     /// Puts a newly consented refresh token in place and clears
@@ -100,17 +87,32 @@ impl Store {
         key_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        self.user_token_put(user, sealed, key_id, now_ms, true).await
+    }
+
+    /// The one statement behind both: a new sealed token, and the consent mark
+    /// cleared when `consented`.
+    async fn user_token_put(
+        &self,
+        user: &UserId,
+        sealed: &[u8],
+        key_id: &str,
+        now_ms: i64,
+        consented: bool,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "UPDATE users SET refresh_token_enc = $2, token_key_id = $3, consent_required_at = NULL, updated_at = $4 \
+            "UPDATE users SET refresh_token_enc = $2, token_key_id = $3, updated_at = $4, \
+               consent_required_at = CASE WHEN $5 THEN NULL ELSE consent_required_at END \
              WHERE user_id = $1",
         )
         .bind(user.as_str())
         .bind(sealed)
         .bind(key_id)
         .bind(now_ms)
+        .bind(consented)
         .execute(self.pool())
         .await
-        .map_err(query_err("user_token_consented"))?;
+        .map_err(query_err("user_token_put"))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: "user", key: user.to_string() });
         }
