@@ -91,9 +91,12 @@ CREATE TABLE campaign_targets (
     outcome_at         BIGINT,
     PRIMARY KEY (campaign_id, user_id)
 );
+-- claiming (status, not_before), and the heartbeat and release of a run's own
+-- claims (status = 'claimed', then lease_owner among the few claimed rows). No index
+-- on lease_owner: a per-user statement fenced on (campaign, user, owner) must take
+-- the primary key, and a generic plan would prefer an owner index whose entries,
+-- dead ones included, grow with every user the worker has claimed.
 CREATE INDEX campaign_targets_claim ON campaign_targets (campaign_id, status, not_before);
--- the heartbeat renews, and a stopping worker releases, its own claims
-CREATE INDEX campaign_targets_claimed ON campaign_targets (lease_owner) WHERE status = 'claimed';
 -- a state change (webhook, sync) finds the user's targets in every campaign
 CREATE INDEX campaign_targets_by_user ON campaign_targets (user_id);
 

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::domain::{CampaignSpec, Clock};
 use crate::store::runs::{RunCounts, RunOutcome};
+use crate::store::targets::ClaimedTarget;
 use crate::store::{Store, StoreError};
 pub use ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
 pub use worker::Worker;
@@ -323,6 +324,7 @@ impl Run {
         // heartbeat: renew our claims while we live
         let hb_stop = CancellationToken::new();
         let heartbeat = {
+            let campaign_id = self.campaign_id;
             let (store, clock, worker, lease, hb_stop) = (
                 self.store.clone(),
                 self.clock.clone(),
@@ -337,7 +339,7 @@ impl Run {
                     tokio::select! {
                         _ = hb_stop.cancelled() => break,
                         _ = tick.tick() => {
-                            if let Err(e) = store.target_heartbeat(&worker, clock.now(), lease).await {
+                            if let Err(e) = store.target_heartbeat(campaign_id, &worker, clock.now(), lease).await {
                                 warn!(error = %e, "lease heartbeat failed");
                             }
                         }
@@ -346,56 +348,67 @@ impl Run {
             })
         };
 
-        let mut queue: VecDeque<crate::store::targets::ClaimedTarget> = VecDeque::new();
+        let mut queue: VecDeque<ClaimedTarget> = VecDeque::new();
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        // The next batch is claimed in the background once the queue runs low, so
+        // that claiming overlaps the users in flight instead of pausing them.
+        let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<ClaimedTarget>, StoreError>>> = None;
+        let want = i64::try_from(self.config.batch_size.max(concurrency)).unwrap_or(100);
         let mut exhausted = false;
         let mut store_error: Option<StoreError> = None;
-        while !halt.is_cancelled() {
-            if queue.is_empty() && !exhausted {
-                let want = self.config.batch_size.max(concurrency);
-                match self
-                    .store
-                    .target_claim_batch(
-                        self.campaign_id,
-                        &self.config.worker_id,
-                        i64::try_from(want).unwrap_or(100),
-                        self.clock.now(),
-                        self.config.lease,
-                    )
-                    .await
-                {
-                    Ok(batch) => {
-                        progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
-                        exhausted = batch.is_empty();
-                        queue.extend(batch);
-                    }
-                    Err(e) => {
-                        store_error = Some(e);
-                        break;
-                    }
-                }
+        loop {
+            if halt.is_cancelled() {
+                break;
+            }
+            if claiming.is_none() && !exhausted && queue.len() < concurrency {
+                let (store, clock, worker, lease) =
+                    (self.store.clone(), self.clock.clone(), self.config.worker_id.clone(), self.config.lease);
+                let campaign_id = self.campaign_id;
+                claiming = Some(tokio::spawn(async move {
+                    store.target_claim_batch(campaign_id, &worker, want, clock.now(), lease).await
+                }));
             }
             while in_flight.len() < concurrency {
                 let Some(t) = queue.pop_front() else { break };
                 in_flight.spawn(pipeline::process(shared.clone(), t));
             }
-            if in_flight.is_empty() {
-                if exhausted && queue.is_empty() {
-                    break;
-                }
-                continue;
+            if in_flight.is_empty() && queue.is_empty() && claiming.is_none() {
+                // exhausted: nothing queued, nothing in flight, nothing left to claim
+                break;
             }
             tokio::select! {
                 _ = halt.cancelled() => break,
-                joined = in_flight.join_next() => {
+                joined = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Some(r) = joined {
                         progress.record(r.unwrap_or(Outcome::Abandoned));
                     }
                 }
+                claimed = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    match claimed.unwrap_or_else(|e| Err(StoreError::Conflict(format!("claim task failed: {e}")))) {
+                        Ok(batch) => {
+                            progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
+                            exhausted = batch.is_empty();
+                            queue.extend(batch);
+                        }
+                        Err(e) => {
+                            store_error = Some(e);
+                            break;
+                        }
+                    }
+                }
             }
-            // Refill before the queue runs dry, so that claiming overlaps the work.
-            if exhausted && queue.is_empty() && in_flight.is_empty() {
-                break;
+        }
+        // A claim still running is waited for (one statement), so that what it
+        // claimed is given back below rather than left to its lease.
+        if let Some(c) = claiming.take() {
+            match tokio::time::timeout(Duration::from_secs(5), c).await {
+                Ok(Ok(Ok(batch))) => {
+                    progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
+                    queue.extend(batch);
+                }
+                Ok(Ok(Err(e))) if store_error.is_none() => store_error = Some(e),
+                _ => {}
             }
         }
 

@@ -44,8 +44,12 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     };
 
     // 0. an earlier attempt that died after fetching a session may have reached the
-    // user: record that before any API call can settle the target otherwise
-    if s.store.session_settle_if_ambiguous(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now()).await? {
+    // user: record that before any API call can settle the target otherwise. A first
+    // attempt has no earlier attempt to look for (a released claim gives its attempt
+    // back, and a re-queued target starts again at 0 with its old rows final).
+    if t.attempts > 1
+        && s.store.session_settle_if_ambiguous(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now()).await?
+    {
         return Ok(Outcome::Failed("delivery_unknown"));
     }
 

@@ -15,6 +15,7 @@ use crate::domain::{Clock, SystemClock};
 use crate::notify::{Notifier, RetryPolicy};
 use crate::store::Store;
 use crate::store::campaigns::CampaignRecord;
+use crate::store::group::GroupCommit;
 use crate::store::tokens::StoreTokenVault;
 
 /// Everything a run needs that outlives one campaign.
@@ -33,6 +34,8 @@ impl Worker {
     /// # Errors
     /// [`EngineError::Setup`] naming the setting that is missing or wrong.
     pub fn from_settings(settings: &Settings, store: Store) -> Result<Self, EngineError> {
+        // the users in flight write through shared transactions (see store::group)
+        let store = store.with_group_commit(GroupCommit::for_backend(store.backend()));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
             .map_err(|e| EngineError::Setup(e.to_string()))?;

@@ -130,7 +130,7 @@ both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| 
 
     // a's heartbeat keeps its claims; b dies: its claims come back after the lease
     let later = now + chrono::Duration::seconds(20);
-    s.target_heartbeat("worker-a", later, LEASE).await.unwrap();
+    s.target_heartbeat(c, "worker-a", later, LEASE).await.unwrap();
     let after = now + chrono::Duration::seconds(31);
     let rescued = s.target_claim_batch(c, "worker-c", 100, after, LEASE).await.unwrap();
     assert_eq!(rescued.len(), b.len(), "only the dead worker's claims are rescued");

@@ -19,6 +19,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub mod campaigns;
 pub mod events;
+pub mod group;
 pub mod leases;
 #[cfg(test)]
 mod ledger_tests;
@@ -81,6 +82,8 @@ pub fn query_err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Set by [`Store::with_group_commit`]: writes go through shared transactions.
+    group: Option<group::Group>,
 }
 
 /// Replaces the password in a URL with `***`, for messages.
@@ -125,7 +128,12 @@ impl Store {
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
         let pool_options = match backend {
             Backend::Postgres => AnyPoolOptions::new().max_connections(16).min_connections(0),
-            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
+            // One connection: SQLite takes one writer at a time, and a second
+            // connection of this process waiting for the write lock would sleep in
+            // SQLite's busy handler (1, 2, 5 … 100 ms naps) where waiting in the pool's
+            // queue hands the connection over at once. Other processes on the same
+            // file still meet `busy_timeout`.
+            Backend::Sqlite => AnyPoolOptions::new().max_connections(1).after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
@@ -139,7 +147,7 @@ impl Store {
         .acquire_timeout(Duration::from_secs(30));
         let pool =
             pool_options.connect_with(options).await.map_err(|source| StoreError::Connect { url: shown, source })?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, group: None })
     }
 
     /// Connects and brings the schema up to date.

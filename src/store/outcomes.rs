@@ -148,6 +148,34 @@ fn rank(s: VerificationState) -> u8 {
 const AFTER_MESSAGE: &str = "user_id = $1 AND notified_at IS NOT NULL AND notified_at <= $2";
 
 /// [`Store::user_apply_state`] inside an open write transaction.
+/// [`apply_state_in_tx`], after the common case of a sync or a fresh state:
+/// nothing changed. Then only `synced_at` moves and no target does (only news moves
+/// targets), which one conditional UPDATE does, without reading the user first.
+pub(crate) async fn apply_state_fast_or_in_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    user_id: &str,
+    state: VerificationState,
+    now: DateTime<Utc>,
+    src: &StateSource<'_>,
+) -> Result<StateApplied, StoreError> {
+    if src.kind != SourceKind::Webhook {
+        let unchanged = sqlx::query("UPDATE users SET synced_at = $2 WHERE user_id = $1 AND verification_state = $3")
+            .bind(user_id)
+            .bind(to_millis(now))
+            .bind(state.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("user_apply_state unchanged"))?
+            .rows_affected();
+        if unchanged == 1 {
+            let (started, converted, rejected) = (0, 0, 0);
+            return Ok(StateApplied::Applied { from: state, to: state, changed: false, started, converted, rejected });
+        }
+    }
+    apply_state_in_tx(tx, backend, user_id, state, now, src).await
+}
+
 pub(crate) async fn apply_state_in_tx(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
@@ -304,7 +332,7 @@ impl Store {
         src: &StateSource<'_>,
     ) -> Result<StateApplied, StoreError> {
         let mut tx = self.begin_write().await?;
-        let applied = apply_state_in_tx(&mut tx, self.backend(), user_id, state, now, src).await?;
+        let applied = apply_state_fast_or_in_tx(&mut tx, self.backend(), user_id, state, now, src).await?;
         tx.commit().await.map_err(query_err("user_apply_state commit"))?;
         Ok(applied)
     }

@@ -11,9 +11,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::events::{NewEvent, event_insert};
+use super::group::{Step, Tx};
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
 use crate::domain::{UserId, VerificationState};
@@ -113,98 +114,16 @@ impl Store {
         now: DateTime<Utc>,
         session_ttl: Duration,
     ) -> Result<Reservation, StoreError> {
-        let now_ms = to_millis(now);
-        let mut tx = self.begin_write().await?;
-        // The user's standing and our claim on the target, in one statement; on
-        // Postgres the user's row is locked so that two campaigns reserving for one
-        // user at once are serialised (SQLite's BEGIN IMMEDIATE already is).
-        let sql = match self.backend() {
-            Backend::Postgres => {
-                "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
-                   (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
-                      AND t.lease_owner = $3 AND t.status = 'claimed') AS mine \
-                 FROM users u WHERE u.user_id = $1 FOR UPDATE OF u"
-            }
-            Backend::Sqlite => {
-                "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
-                   (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
-                      AND t.lease_owner = $3 AND t.status = 'claimed') AS mine \
-                 FROM users u WHERE u.user_id = $1"
-            }
+        let args = ReserveArgs {
+            backend: self.backend(),
+            campaign_id,
+            user_id: user_id.to_owned(),
+            step,
+            worker: worker.to_owned(),
+            now,
+            session_ttl,
         };
-        let user = sqlx::query(sql)
-            .bind(user_id)
-            .bind(campaign_id)
-            .bind(worker)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(query_err("session_reserve user"))?;
-        // fence: the target must still be ours
-        let Some(attempts) = user.try_get::<Option<i64>, _>("mine").map_err(query_err("session_reserve fence"))? else {
-            return Ok(Reservation::LostClaim);
-        };
-        // What an earlier, interrupted attempt at this step left behind. A first
-        // attempt has none (a released claim never got this far, and a re-queued
-        // target's old rows are already final), so only a rescued claim looks.
-        if attempts > 1 && settle_earlier_attempts(&mut tx, campaign_id, user_id, step, worker, now).await? {
-            tx.commit().await.map_err(query_err("session_reserve commit"))?;
-            return Ok(Reservation::Ambiguous);
-        }
-
-        let standing = standing_from_row(&user)?;
-        let window_start = now_ms - policy::session_window().num_milliseconds();
-        let slots = sqlx::query(
-            "SELECT reserved_at, expires_at FROM verification_sessions \
-             WHERE user_id = $1 AND status <> 'api_failed' AND (reserved_at > $2 OR expires_at > $3)",
-        )
-        .bind(user_id)
-        .bind(window_start)
-        .bind(now_ms)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_err("session_reserve ledger"))?
-        .iter()
-        .map(|r| {
-            Ok(SessionSlot {
-                reserved_at: from_millis(r.try_get("reserved_at")?),
-                expires_at: from_millis(r.try_get("expires_at")?),
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(query_err("session_reserve ledger"))?;
-
-        let outcome = match policy::evaluate(&standing, &slots, now) {
-            Verdict::Eligible => {
-                let expires = now_ms + i64::try_from(session_ttl.as_millis()).unwrap_or(i64::MAX / 2);
-                let id: i64 = sqlx::query(
-                    "INSERT INTO verification_sessions \
-                       (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at) \
-                     VALUES ($1, $2, $3, 'reserved', $4, $5, $4) RETURNING session_id",
-                )
-                .bind(user_id)
-                .bind(campaign_id)
-                .bind(step)
-                .bind(now_ms)
-                .bind(expires)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(query_err("session_reserve insert"))?
-                .try_get("session_id")
-                .map_err(query_err("session_reserve insert"))?;
-                Reservation::Reserved { session_id: id }
-            }
-            Verdict::Defer { reason, until } => {
-                settle_in_tx(&mut tx, campaign_id, user_id, worker, "deferred", reason.as_str(), Some(until), now)
-                    .await?;
-                Reservation::Deferred { reason, until }
-            }
-            Verdict::Skip(reason) => {
-                settle_in_tx(&mut tx, campaign_id, user_id, worker, "skipped", reason.as_str(), None, now).await?;
-                Reservation::Skipped(reason)
-            }
-        };
-        tx.commit().await.map_err(query_err("session_reserve commit"))?;
-        Ok(outcome)
+        self.write(args, reserve_in_tx).await
     }
 
     /// Settles a claimed target whose earlier attempt at this step may have reached
@@ -262,16 +181,21 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn session_mark_issued(&self, session_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE verification_sessions SET status = 'issued', issued_at = $2, updated_at = $2 \
-             WHERE session_id = $1 AND status = 'reserved'",
-        )
-        .bind(session_id)
-        .bind(to_millis(now))
-        .execute(self.pool())
-        .await
-        .map_err(query_err("session_mark_issued"))?;
-        Ok(())
+        fn mark<'a>(&(session_id, now_ms): &'a (i64, i64), tx: &'a mut Tx) -> Step<'a, ()> {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE verification_sessions SET status = 'issued', issued_at = $2, updated_at = $2 \
+                     WHERE session_id = $1 AND status = 'reserved'",
+                )
+                .bind(session_id)
+                .bind(now_ms)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_err("session_mark_issued"))?;
+                Ok(())
+            })
+        }
+        self.write((session_id, to_millis(now)), mark).await
     }
 
     /// The API call failed. `definite` means the API surely created no session (a
@@ -293,17 +217,25 @@ impl Store {
         not_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
-            .bind(session_id)
-            .bind(if definite { "api_failed" } else { "unknown" })
-            .bind(to_millis(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("session_record_api_failure"))?;
-        let kept = settle_in_tx(&mut tx, campaign_id, user_id, worker, target_status, reason, not_before, now).await?;
-        tx.commit().await.map_err(query_err("session_record_api_failure commit"))?;
-        Ok(kept)
+        struct Args {
+            session_id: i64,
+            definite: bool,
+            settle: SettleArgs,
+        }
+        fn record<'a>(a: &'a Args, tx: &'a mut Tx) -> Step<'a, bool> {
+            Box::pin(async move {
+                sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
+                    .bind(a.session_id)
+                    .bind(if a.definite { "api_failed" } else { "unknown" })
+                    .bind(to_millis(a.settle.now))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(query_err("session_record_api_failure"))?;
+                a.settle.run(tx).await
+            })
+        }
+        let settle = SettleArgs::new(campaign_id, user_id, worker, target_status, reason, not_before, now);
+        self.write(Args { session_id, definite, settle }, record).await
     }
 
     /// The message was delivered (or permanently refused): records the ledger row and
@@ -321,13 +253,193 @@ impl Store {
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let args = DeliveryArgs {
+            backend: self.backend(),
+            campaign_id,
+            user_id: user_id.to_owned(),
+            session_id,
+            delivered,
+            worker: worker.to_owned(),
+            now,
+        };
+        self.write(args, record_delivery_in_tx).await
+    }
+
+    /// Stores the state `GET /v1/user` just reported, as `users sync` does (see
+    /// [`Store::user_apply_state`]): the change time, a rejection dated now (the
+    /// conservative start of the 24 h cooldown), the failure count, and the outcome of
+    /// the user's notified targets.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn user_record_fresh_state(
+        &self,
+        user_id: &str,
+        state: VerificationState,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        fn record<'a>(
+            (backend, user_id, state, now): &'a (Backend, String, VerificationState, DateTime<Utc>),
+            tx: &'a mut Tx,
+        ) -> Step<'a, ()> {
+            Box::pin(async move {
+                let source = super::outcomes::StateSource::fresh_state("engine");
+                super::outcomes::apply_state_fast_or_in_tx(tx, *backend, user_id, *state, *now, &source).await?;
+                Ok(())
+            })
+        }
+        self.write((self.backend(), user_id.to_owned(), state, now), record).await
+    }
+
+    /// Sessions the ledger counts for a campaign (everything but definite API refusals).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn session_count(&self, campaign_id: i64) -> Result<i64, StoreError> {
+        sqlx::query(
+            "SELECT COUNT(*) AS n FROM verification_sessions WHERE campaign_id = $1 AND status <> 'api_failed' \
+             AND status <> 'reserved'",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(query_err("session_count"))
+    }
+}
+
+/// The sessions of [`Store::session_reserve`]'s one statement: `reserved_at:expires_at`
+/// pairs of Unix milliseconds, comma-separated (empty: none).
+fn parse_slots(text: &str) -> Result<Vec<SessionSlot>, StoreError> {
+    let bad = || StoreError::Conflict(format!("session_reserve: unreadable session list {text:?}"));
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (r, e) = pair.split_once(':').ok_or_else(bad)?;
+            let (r, e) = (r.trim().parse::<i64>().map_err(|_| bad())?, e.trim().parse::<i64>().map_err(|_| bad())?);
+            Ok(SessionSlot { reserved_at: from_millis(r), expires_at: from_millis(e) })
+        })
+        .collect()
+}
+
+/// What [`Store::session_reserve`] writes with.
+struct ReserveArgs {
+    backend: Backend,
+    campaign_id: i64,
+    user_id: String,
+    step: i64,
+    worker: String,
+    now: DateTime<Utc>,
+    session_ttl: Duration,
+}
+
+/// [`Store::session_reserve`]'s statements, in the caller's transaction.
+fn reserve_in_tx<'a>(args: &'a ReserveArgs, tx: &'a mut Tx) -> Step<'a, Reservation> {
+    Box::pin(async move {
+        let ReserveArgs { backend, campaign_id, ref user_id, step, ref worker, now, session_ttl } = *args;
+        let (user_id, worker) = (user_id.as_str(), worker.as_str());
         let now_ms = to_millis(now);
-        let mut tx = self.begin_write().await?;
+        let window_start = now_ms - policy::session_window().num_milliseconds();
+        // The user's standing, our claim on the target and the user's sessions that
+        // count, in one statement; on Postgres the user's row is locked so that two
+        // campaigns reserving for one user at once are serialised (SQLite's BEGIN
+        // IMMEDIATE already is). The sessions come as "reserved_at:expires_at,…".
+        let (lock, concat) = match backend {
+            Backend::Postgres => ("FOR UPDATE OF u", "string_agg(s.reserved_at || ':' || s.expires_at, ',')"),
+            Backend::Sqlite => ("", "group_concat(s.reserved_at || ':' || s.expires_at, ',')"),
+        };
+        let sql = format!(
+            "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+               (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
+                  AND t.lease_owner = $3 AND t.status = 'claimed') AS mine, \
+               (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
+                  AND s.status <> 'api_failed' AND (s.reserved_at > $4 OR s.expires_at > $5)) AS slots \
+             FROM users u WHERE u.user_id = $1 {lock}"
+        );
+        let user = sqlx::query(AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(campaign_id)
+            .bind(worker)
+            .bind(window_start)
+            .bind(now_ms)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(query_err("session_reserve user"))?;
+        // fence: the target must still be ours
+        let Some(attempts) = user.try_get::<Option<i64>, _>("mine").map_err(query_err("session_reserve fence"))? else {
+            return Ok(Reservation::LostClaim);
+        };
+        // What an earlier, interrupted attempt at this step left behind. A first
+        // attempt has none (a released claim never got this far, and a re-queued
+        // target's old rows are already final), so only a rescued claim looks. The
+        // sessions read above stay right: the rows it settles turn `unknown`, which
+        // still counts.
+        if attempts > 1 && settle_earlier_attempts(tx, campaign_id, user_id, step, worker, now).await? {
+            return Ok(Reservation::Ambiguous);
+        }
+
+        let standing = standing_from_row(&user)?;
+        let slots: Option<String> = user.try_get("slots").map_err(query_err("session_reserve ledger"))?;
+        let slots = parse_slots(slots.as_deref().unwrap_or(""))?;
+
+        let outcome = match policy::evaluate(&standing, &slots, now) {
+            Verdict::Eligible => {
+                let expires = now_ms + i64::try_from(session_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                let id: i64 = sqlx::query(
+                    "INSERT INTO verification_sessions \
+                       (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at) \
+                     VALUES ($1, $2, $3, 'reserved', $4, $5, $4) RETURNING session_id",
+                )
+                .bind(user_id)
+                .bind(campaign_id)
+                .bind(step)
+                .bind(now_ms)
+                .bind(expires)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(query_err("session_reserve insert"))?
+                .try_get("session_id")
+                .map_err(query_err("session_reserve insert"))?;
+                Reservation::Reserved { session_id: id }
+            }
+            Verdict::Defer { reason, until } => {
+                settle_in_tx(tx, campaign_id, user_id, worker, "deferred", reason.as_str(), Some(until), now).await?;
+                Reservation::Deferred { reason, until }
+            }
+            Verdict::Skip(reason) => {
+                settle_in_tx(tx, campaign_id, user_id, worker, "skipped", reason.as_str(), None, now).await?;
+                Reservation::Skipped(reason)
+            }
+        };
+        Ok(outcome)
+    })
+}
+
+/// What [`Store::session_record_delivery`] writes with.
+struct DeliveryArgs {
+    backend: Backend,
+    campaign_id: i64,
+    user_id: String,
+    session_id: i64,
+    delivered: bool,
+    worker: String,
+    now: DateTime<Utc>,
+}
+
+/// [`Store::session_record_delivery`]'s statements, in the caller's transaction.
+fn record_delivery_in_tx<'a>(a: &'a DeliveryArgs, tx: &'a mut Tx) -> Step<'a, bool> {
+    Box::pin(async move {
+        let DeliveryArgs { backend, campaign_id, ref user_id, session_id, delivered, ref worker, now } = *a;
+        let (user_id, worker) = (user_id.as_str(), worker.as_str());
+        let now_ms = to_millis(now);
+        if backend == Backend::Postgres {
+            return record_delivery_pg(tx, a, now_ms).await;
+        }
         sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
             .bind(session_id)
             .bind(if delivered { "delivered" } else { "delivery_failed" })
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(query_err("session_record_delivery"))?;
         let n = if delivered {
@@ -351,12 +463,12 @@ impl Store {
         .bind(worker)
         .bind(now_ms)
         .bind(session_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(query_err("session_record_delivery target"))?
         .rows_affected();
         event_in_tx(
-            &mut tx,
+            tx,
             now,
             worker,
             if delivered { "target.notified" } else { "target.failed" },
@@ -365,42 +477,49 @@ impl Store {
             &serde_json::json!({ "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") } }),
         )
         .await?;
-        tx.commit().await.map_err(query_err("session_record_delivery commit"))?;
         Ok(n == 1)
-    }
+    })
+}
 
-    /// Stores the state `GET /v1/user` just reported, as `users sync` does (see
-    /// [`Store::user_apply_state`]): the change time, a rejection dated now (the
-    /// conservative start of the 24 h cooldown), the failure count, and the outcome of
-    /// the user's notified targets.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn user_record_fresh_state(
-        &self,
-        user_id: &str,
-        state: VerificationState,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let source = super::outcomes::StateSource::fresh_state("engine");
-        self.user_apply_state(user_id, state, now, &source).await.map(|_| ())
-    }
-
-    /// Sessions the ledger counts for a campaign (everything but definite API refusals).
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn session_count(&self, campaign_id: i64) -> Result<i64, StoreError> {
-        sqlx::query(
-            "SELECT COUNT(*) AS n FROM verification_sessions WHERE campaign_id = $1 AND status <> 'api_failed' \
-             AND status <> 'reserved'",
-        )
+/// [`Store::session_record_delivery`] on Postgres: the ledger row, the target and
+/// the audit event in one statement (data-modifying CTEs run as one atomic
+/// statement), so a user's record costs one round trip and one commit.
+async fn record_delivery_pg(tx: &mut Tx, a: &DeliveryArgs, now_ms: i64) -> Result<bool, StoreError> {
+    let DeliveryArgs { campaign_id, ref user_id, session_id, delivered, ref worker, .. } = *a;
+    let target_set = if delivered {
+        "status = 'notified', reason = NULL, notifications = notifications + 1, notified_at = $4, \
+         first_notified_at = COALESCE(first_notified_at, $4)"
+    } else {
+        "status = 'failed', reason = 'delivery_failed', finalized_at = $4"
+    };
+    let sql = format!(
+        "WITH s AS (UPDATE verification_sessions SET status = $6, updated_at = $4 WHERE session_id = $5 \
+                    RETURNING expires_at), \
+              t AS (UPDATE campaign_targets SET {target_set}, lease_owner = NULL, lease_expires_at = NULL, \
+                      sessions = sessions + 1, updated_at = $4, session_expires_at = (SELECT expires_at FROM s) \
+                    WHERE campaign_id = $1 AND user_id = $2 AND lease_owner = $3 AND status = 'claimed' \
+                    RETURNING 1), \
+              e AS (INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+                    VALUES ($4, $3, $7, $1, $2, $8)) \
+         SELECT COUNT(*) AS n FROM t"
+    );
+    let detail = serde_json::json!({
+        "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") }
+    });
+    let n: i64 = sqlx::query(AssertSqlSafe(sql))
         .bind(campaign_id)
-        .fetch_one(self.pool())
+        .bind(user_id)
+        .bind(worker)
+        .bind(now_ms)
+        .bind(session_id)
+        .bind(if delivered { "delivered" } else { "delivery_failed" })
+        .bind(if delivered { "target.notified" } else { "target.failed" })
+        .bind(detail.to_string())
+        .fetch_one(&mut **tx)
         .await
         .and_then(|r| r.try_get("n"))
-        .map_err(query_err("session_count"))
-    }
+        .map_err(query_err("session_record_delivery"))?;
+    Ok(n == 1)
 }
 
 fn standing_from_row(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> {
@@ -415,6 +534,49 @@ fn standing_from_row(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> 
         consecutive_failures: u32::try_from(failures).unwrap_or(u32::MAX),
         last_failure_at: last_failure_at.map(from_millis),
     })
+}
+
+/// A target's settlement, owned, to be written in a group (see [`settle_in_tx`]).
+pub(crate) struct SettleArgs {
+    campaign_id: i64,
+    user_id: String,
+    worker: String,
+    status: String,
+    reason: String,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+}
+
+impl SettleArgs {
+    pub(crate) fn new(
+        campaign_id: i64,
+        user_id: &str,
+        worker: &str,
+        status: &str,
+        reason: &str,
+        not_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            campaign_id,
+            user_id: user_id.to_owned(),
+            worker: worker.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            not_before,
+            now,
+        }
+    }
+
+    pub(crate) async fn run(&self, tx: &mut Tx) -> Result<bool, StoreError> {
+        let a = self;
+        settle_in_tx(tx, a.campaign_id, &a.user_id, &a.worker, &a.status, &a.reason, a.not_before, a.now).await
+    }
+
+    /// As a write of its own (see [`Store::write`]).
+    pub(crate) fn write<'a>(a: &'a SettleArgs, tx: &'a mut Tx) -> Step<'a, bool> {
+        Box::pin(a.run(tx))
+    }
 }
 
 /// [`Store::target_settle`] inside a transaction already open.

@@ -119,6 +119,10 @@ pub(crate) const REACHABLE: &str = "u.refresh_token_enc IS NOT NULL AND u.consen
 
 const DAY_MS: i64 = 86_400_000;
 
+/// What a claim reads of each target and its user (`t`: the target, `u`: the user).
+const CLAIMED_COLUMNS: &str = "t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, \
+     u.timezone, u.region, u.country, u.verification_state";
+
 impl Store {
     /// Adds every user who matches `audience`, is reachable, and is not a target of
     /// the campaign yet. A REJECTED user still inside the 24 h cooldown is added as
@@ -254,7 +258,9 @@ impl Store {
                    LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  UPDATE campaign_targets t SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
                    claimed_at = $2, attempts = t.attempts + 1, updated_at = $2 \
-                 FROM picked WHERE t.campaign_id = picked.campaign_id AND t.user_id = picked.user_id"
+                 FROM picked, users u \
+                 WHERE t.campaign_id = picked.campaign_id AND t.user_id = picked.user_id AND u.user_id = t.user_id \
+                 RETURNING {CLAIMED_COLUMNS}"
             ),
             Backend::Sqlite => format!(
                 "UPDATE campaign_targets SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
@@ -263,6 +269,23 @@ impl Store {
                    SELECT user_id FROM campaign_targets WHERE {due} LIMIT $3)"
             ),
         };
+        if self.backend() == Backend::Postgres {
+            // one statement: the claim returns what it claimed
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(campaign_id)
+                .bind(now_ms)
+                .bind(limit)
+                .bind(worker)
+                .bind(expires)
+                .fetch_all(self.pool())
+                .await
+                .map_err(query_err("target_claim_batch"))?;
+            return rows
+                .iter()
+                .map(claimed_from_row)
+                .collect::<Result<_, _>>()
+                .map_err(query_err("target_claim_batch row"));
+        }
         let mut tx = self.begin_write().await?;
         let claimed = sqlx::query(AssertSqlSafe(sql))
             .bind(campaign_id)
@@ -277,12 +300,10 @@ impl Store {
         let rows = if claimed == 0 {
             vec![]
         } else {
-            sqlx::query(
-                "SELECT t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, u.timezone, \
-                        u.region, u.country, u.verification_state \
-                 FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
-                 WHERE t.campaign_id = $1 AND t.lease_owner = $2 AND t.status = 'claimed' AND t.claimed_at = $3",
-            )
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {CLAIMED_COLUMNS} FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
+                 WHERE t.campaign_id = $1 AND t.lease_owner = $2 AND t.status = 'claimed' AND t.claimed_at = $3"
+            )))
             .bind(campaign_id)
             .bind(worker)
             .bind(now_ms)
@@ -294,15 +315,39 @@ impl Store {
         rows.iter().map(claimed_from_row).collect::<Result<_, _>>().map_err(query_err("target_claim_batch row"))
     }
 
-    /// Renews every claim `worker` holds until `now + lease`. Returns how many.
+    /// Renews every claim `worker` holds on the campaign until `now + lease`. Returns
+    /// how many.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn target_heartbeat(&self, worker: &str, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
+    pub async fn target_heartbeat(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
         let expires = to_millis(now) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        sqlx::query("UPDATE campaign_targets SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'claimed'")
+        // On Postgres, rows locked at this moment (a user's record being written in
+        // a group) are skipped, not waited for: waiting would hold up every group
+        // that wants a row this statement already renewed, and a skipped row is
+        // renewed by the next beat, well inside the lease.
+        let sql = match self.backend() {
+            Backend::Postgres => {
+                "UPDATE campaign_targets t SET lease_expires_at = $1 \
+                 FROM (SELECT campaign_id, user_id FROM campaign_targets \
+                       WHERE campaign_id = $3 AND status = 'claimed' AND lease_owner = $2 FOR UPDATE SKIP LOCKED) mine \
+                 WHERE t.campaign_id = mine.campaign_id AND t.user_id = mine.user_id"
+            }
+            Backend::Sqlite => {
+                "UPDATE campaign_targets SET lease_expires_at = $1 \
+                 WHERE campaign_id = $3 AND status = 'claimed' AND lease_owner = $2"
+            }
+        };
+        sqlx::query(sql)
             .bind(expires)
             .bind(worker)
+            .bind(campaign_id)
             .execute(self.pool())
             .await
             .map(|r| r.rows_affected())
@@ -356,12 +401,8 @@ impl Store {
         not_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let kept =
-            super::sessions::settle_in_tx(&mut tx, campaign_id, user_id, worker, status, reason, not_before, now)
-                .await?;
-        tx.commit().await.map_err(query_err("target_settle commit"))?;
-        Ok(kept)
+        let args = super::sessions::SettleArgs::new(campaign_id, user_id, worker, status, reason, not_before, now);
+        self.write(args, super::sessions::SettleArgs::write).await
     }
 
     /// The campaign's targets counted by status and reason.

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use zeroize::Zeroizing;
 
+use super::group::{Step, Tx};
 use super::{Store, StoreError, query_err, to_millis};
 use crate::baanx::{TokenVault, VaultError};
 use crate::crypto::TokenCipher;
@@ -100,20 +101,34 @@ impl Store {
         now_ms: i64,
         consented: bool,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE users SET refresh_token_enc = $2, token_key_id = $3, updated_at = $4, \
-               consent_required_at = CASE WHEN $5 THEN NULL ELSE consent_required_at END \
-             WHERE user_id = $1",
-        )
-        .bind(user.as_str())
-        .bind(sealed)
-        .bind(key_id)
-        .bind(now_ms)
-        .bind(consented)
-        .execute(self.pool())
-        .await
-        .map_err(query_err("user_token_put"))?;
-        if done.rows_affected() == 0 {
+        struct Args {
+            user: String,
+            sealed: Vec<u8>,
+            key_id: String,
+            now_ms: i64,
+            consented: bool,
+        }
+        fn put<'a>(a: &'a Args, tx: &'a mut Tx) -> Step<'a, u64> {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE users SET refresh_token_enc = $2, token_key_id = $3, updated_at = $4, \
+                       consent_required_at = CASE WHEN $5 THEN NULL ELSE consent_required_at END \
+                     WHERE user_id = $1",
+                )
+                .bind(a.user.as_str())
+                .bind(a.sealed.as_slice())
+                .bind(a.key_id.as_str())
+                .bind(a.now_ms)
+                .bind(a.consented)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_err("user_token_put"))?;
+                Ok(done.rows_affected())
+            })
+        }
+        let args =
+            Args { user: user.to_string(), sealed: sealed.to_vec(), key_id: key_id.to_owned(), now_ms, consented };
+        if self.write(args, put).await? == 0 {
             return Err(StoreError::NotFound { what: "user", key: user.to_string() });
         }
         Ok(())
