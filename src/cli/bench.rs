@@ -330,6 +330,18 @@ fn api_requests(stats: &reverify::sandbox::Stats) -> u64 {
     [Endpoint::Token, Endpoint::User, Endpoint::Verification].into_iter().map(|e| stats.requests_to(e)).sum()
 }
 
+/// The worker's database URL: on Postgres over loopback without TLS (`sslmode=
+/// disable`), as a worker beside its database would connect; the default (`prefer`)
+/// would encrypt every statement on both sides of the loopback.
+fn worker_database_url(url: &str, backend: Backend) -> String {
+    match backend {
+        Backend::Postgres if !url.contains("sslmode=") => {
+            format!("{url}{}sslmode=disable", if url.contains('?') { '&' } else { '?' })
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The database name of a Postgres URL (its path), to find its backends.
 fn database_name(url: &str) -> Option<String> {
     url::Url::parse(url).ok().map(|u| u.path().trim_start_matches('/').to_owned()).filter(|n| !n.is_empty())
@@ -361,7 +373,7 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
 
     let outbox: PathBuf = dir.path().join("outbox");
     let mut env = vec![
-        ("REVERIFY_DATABASE_URL", db.url.clone()),
+        ("REVERIFY_DATABASE_URL", worker_database_url(&db.url, setup.backend)),
         ("REVERIFY_BAANX_BASE_URL", sandbox.base_url.clone()),
         ("REVERIFY_BAANX_CLIENT_KEY", CLIENT_KEY.to_owned()),
         ("REVERIFY_TOKEN_KEY", key),

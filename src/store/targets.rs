@@ -258,9 +258,8 @@ impl Store {
                    LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  UPDATE campaign_targets t SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
                    claimed_at = $2, attempts = t.attempts + 1, updated_at = $2 \
-                 FROM picked, users u \
-                 WHERE t.campaign_id = picked.campaign_id AND t.user_id = picked.user_id AND u.user_id = t.user_id \
-                 RETURNING {CLAIMED_COLUMNS}"
+                 FROM picked WHERE t.campaign_id = picked.campaign_id AND t.user_id = picked.user_id \
+                 RETURNING t.user_id"
             ),
             Backend::Sqlite => format!(
                 "UPDATE campaign_targets SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
@@ -270,8 +269,9 @@ impl Store {
             ),
         };
         if self.backend() == Backend::Postgres {
-            // one statement: the claim returns what it claimed
-            let rows = sqlx::query(AssertSqlSafe(sql))
+            // the claim returns what it claimed; the rows are then read by primary
+            // key (a join inside the claim let the planner hash all of `users`)
+            let ids: Vec<String> = sqlx::query(AssertSqlSafe(sql))
                 .bind(campaign_id)
                 .bind(now_ms)
                 .bind(limit)
@@ -279,12 +279,29 @@ impl Store {
                 .bind(expires)
                 .fetch_all(self.pool())
                 .await
-                .map_err(query_err("target_claim_batch"))?;
-            return rows
+                .map_err(query_err("target_claim_batch"))?
                 .iter()
-                .map(claimed_from_row)
+                .map(|r| r.try_get::<String, _>("user_id"))
                 .collect::<Result<_, _>>()
-                .map_err(query_err("target_claim_batch row"));
+                .map_err(query_err("target_claim_batch"))?;
+            let mut claimed = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(500) {
+                let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "SELECT {CLAIMED_COLUMNS} FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
+                     WHERE t.campaign_id = $1 AND t.user_id IN ({})",
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id);
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                let rows = q.fetch_all(self.pool()).await.map_err(query_err("target_claim_batch read"))?;
+                for r in &rows {
+                    claimed.push(claimed_from_row(r).map_err(query_err("target_claim_batch row"))?);
+                }
+            }
+            return Ok(claimed);
         }
         let mut tx = self.begin_write().await?;
         let claimed = sqlx::query(AssertSqlSafe(sql))
@@ -372,7 +389,8 @@ impl Store {
             let sql = format!(
                 "UPDATE campaign_targets SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
                    attempts = attempts - 1, updated_at = $3 \
-                 WHERE campaign_id = $1 AND lease_owner = $2 AND status = 'claimed' AND user_id IN ({})",
+                 WHERE campaign_id = $1 AND user_id IN ({}) \
+                   AND CASE WHEN status = 'claimed' THEN lease_owner = $2 ELSE FALSE END",
                 marks.join(", ")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(worker).bind(to_millis(now));
