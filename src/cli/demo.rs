@@ -129,7 +129,9 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         stats.sessions_issued, stats.violations, stats.verification_busiest_second
     );
     let outbox = &args.outbox;
-    let count = std::fs::read_dir(outbox).map(|d| d.count()).unwrap_or(0);
+    let count = std::fs::read_dir(outbox)
+        .map(|d| d.flatten().filter(|e| reverify::notify::is_message_name(&e.file_name())).count())
+        .unwrap_or(0);
     println!("\n{count} messages are in {} (open one with any mail reader).", outbox.display());
     println!("Explore further with the demo's settings:");
     println!("  export REVERIFY_DATABASE_URL={} REVERIFY_TOKEN_KEY_FILE={}", settings.database_url, key_file.display());

@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 
 pub use email::build_email;
 pub use error::NotifyError;
-pub use outbox::Outbox;
+pub use outbox::{Outbox, is_message_name};
 pub use retry::RetryPolicy;
 pub use smtp::{SmtpConfig, SmtpSender, TlsMode};
 pub use template::{Rendered, TemplateError, Templates};

@@ -59,19 +59,24 @@ impl Bin {
         p
     }
 
+    /// The messages in the outbox (not the temporary files of messages being written,
+    /// which a test polling during a run can see).
+    pub fn outbox_messages(&self) -> Vec<PathBuf> {
+        let Ok(d) = std::fs::read_dir(self.path("outbox")) else { return vec![] };
+        d.flatten().filter(|e| reverify::notify::is_message_name(&e.file_name())).map(|e| e.path()).collect()
+    }
+
     pub fn outbox_count(&self) -> usize {
-        std::fs::read_dir(self.path("outbox")).map(|d| d.count()).unwrap_or(0)
+        self.outbox_messages().len()
     }
 
     /// The recipients of the outbox's messages, with how many each got.
     pub fn outbox_recipients(&self) -> std::collections::HashMap<String, usize> {
         let mut m = std::collections::HashMap::new();
-        if let Ok(d) = std::fs::read_dir(self.path("outbox")) {
-            for e in d.flatten() {
-                let text = std::fs::read_to_string(e.path()).unwrap();
-                let to = text.lines().find_map(|l| l.strip_prefix("To: ")).unwrap().to_owned();
-                *m.entry(to).or_insert(0) += 1;
-            }
+        for path in self.outbox_messages() {
+            let text = std::fs::read_to_string(path).unwrap();
+            let to = text.lines().find_map(|l| l.strip_prefix("To: ")).unwrap().to_owned();
+            *m.entry(to).or_insert(0) += 1;
         }
         m
     }
@@ -82,12 +87,10 @@ impl Bin {
     /// (`TIME_CAMPAIGN_USER_sSTEP.eml`).
     pub fn outbox_per_target(&self) -> std::collections::HashMap<String, usize> {
         let mut m = std::collections::HashMap::new();
-        if let Ok(d) = std::fs::read_dir(self.path("outbox")) {
-            for e in d.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let key = name.split_once('_').map_or(name.clone(), |(_, rest)| rest.to_owned());
-                *m.entry(key).or_insert(0) += 1;
-            }
+        for path in self.outbox_messages() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let key = name.split_once('_').map_or(name.clone(), |(_, rest)| rest.to_owned());
+            *m.entry(key).or_insert(0) += 1;
         }
         m
     }

@@ -111,7 +111,7 @@ impl Env {
         let Ok(dir) = std::fs::read_dir(&self.outbox) else { return vec![] };
         let mut v: Vec<String> = dir
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .filter(|e| reverify::notify::is_message_name(&e.file_name()))
             .map(|e| std::fs::read_to_string(e.path()).unwrap())
             .collect();
         v.sort();

@@ -165,8 +165,8 @@ impl Sampler {
 /// during the run is not free for the worker: ext4 then searches longer for a free
 /// inode when the outbox creates its next file (`recently_deleted` in a profile), so
 /// runs that fit on the disk delete only at the end. Only finished messages are
-/// touched: the outbox renames each into place from a `.tmp-` file. The count is a
-/// check of the worker's own `notified` figure.
+/// touched ([`reverify::notify::is_message_name`]): the outbox renames each into place
+/// from a temporary file. The count is a check of the worker's own `notified` figure.
 pub struct OutboxDrain {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<u64>,
@@ -187,9 +187,9 @@ impl OutboxDrain {
                         continue;
                     }
                     if let Ok(entries) = std::fs::read_dir(&dir) {
-                        // a name starting with '.' is a message still being written (the
-                        // outbox writes a temporary file, then renames it into place)
-                        for e in entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')) {
+                        // a temporary file is a message still being written (the outbox
+                        // renames it into place once durable), or one a crash left
+                        for e in entries.flatten().filter(|e| reverify::notify::is_message_name(&e.file_name())) {
                             if std::fs::remove_file(e.path()).is_ok() {
                                 count += 1;
                             }
@@ -236,7 +236,7 @@ mod tests {
         for i in 0..5 {
             std::fs::write(dir.path().join(format!("{i}.eml")), "x").unwrap();
         }
-        std::fs::write(dir.path().join(".tmp-writing.eml"), "x").unwrap();
+        std::fs::write(dir.path().join(".tmp-writing.part"), "x").unwrap();
         assert_eq!(drain.finish(), 5);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a message being written is left alone");
 
