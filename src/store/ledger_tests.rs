@@ -108,6 +108,42 @@ both_engines!(targeting_is_set_based_filtered_and_idempotent, |db: TestDb| async
     assert_eq!(s.target_add_matching(c4, &rejected, now).await.unwrap(), 2);
 });
 
+// Without ON CONFLICT (issue 8), only the advisory lock (Postgres) or the single
+// writer (SQLite) keeps two passes from inserting the same target: a duplicate
+// would fail on the primary key here.
+both_engines!(overlapping_targeting_passes_add_each_user_once, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    for n in 0..300 {
+        user(s, n, "UNVERIFIED", "intl", None, "").await;
+    }
+    let c = campaign(s, "c").await;
+    let all = Audience::default();
+    let (a, b, d) = tokio::join!(s.target_add_matching(c, &all, now), s.target_add_matching(c, &all, now), async {
+        tokio::task::yield_now().await;
+        s.target_add_matching(c, &all, now).await
+    });
+    assert_eq!(a.unwrap() + b.unwrap() + d.unwrap(), 300);
+    let rows: i64 = sqlx::query("SELECT COUNT(DISTINCT user_id) AS n FROM campaign_targets WHERE campaign_id = $1")
+        .bind(c)
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(rows, 300);
+});
+
+// campaign_targets has no foreign key (issue 8): targeting checks the campaign itself.
+both_engines!(targeting_an_unknown_campaign_is_refused, |db: TestDb| async move {
+    let s = &db.store;
+    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    let err = s.target_add_matching(4242, &Audience::default(), t0()).await.unwrap_err();
+    assert!(matches!(err, crate::store::StoreError::NotFound { what: "campaign", .. }), "{err}");
+    let rows: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM campaign_targets").fetch_one(s.pool()).await.unwrap().get("n");
+    assert_eq!(rows, 0);
+});
+
 both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
