@@ -73,7 +73,6 @@ impl<A: Send + Sync + 'static, T: Send + 'static> Job for Write<A, T> {
     fn run<'a>(&'a mut self, tx: &'a mut Tx) -> Step<'a, ()> {
         let Write { args, f, out, .. } = self;
         Box::pin(async move {
-            *out = None;
             *out = Some(f(args, tx).await?);
             Ok(())
         })

@@ -290,3 +290,33 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
         .get("status");
     assert_eq!(st, "unknown");
 });
+
+both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    assert_eq!(s.target_claim_batch(c, "slow", 10, now, LEASE).await.unwrap().len(), 1);
+    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "slow", now, DAY).await.unwrap() else {
+        panic!("reserved")
+    };
+    s.session_mark_issued(session_id, now).await.unwrap();
+    // the lease runs out mid-message; another worker takes the target
+    let later = now + chrono::Duration::seconds(60);
+    assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 1);
+    // the slow worker's record keeps the ledger row but moves no target
+    assert!(!s.session_record_delivery(c, &uid(1), session_id, true, "slow", later).await.unwrap());
+    assert!(!s.target_settle(c, &uid(1), "slow", "failed", "forbidden", None, later).await.unwrap());
+    assert_eq!(status_of(s, c, 1).await.0, "claimed");
+    let st: String = sqlx::query("SELECT status FROM verification_sessions WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+        .get("status");
+    assert_eq!(st, "delivered");
+    // the owner's record does move it
+    assert!(s.target_settle(c, &uid(1), "next", "failed", "forbidden", None, later).await.unwrap());
+    assert_eq!(status_of(s, c, 1).await.0, "failed");
+});

@@ -17,6 +17,31 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+/// "The target is still this worker's claim", as every per-user statement tests it:
+/// `CASE WHEN status = 'claimed' THEN lease_owner = OWNER ELSE FALSE END` rather than
+/// `status = 'claimed' AND lease_owner = OWNER`. The same test, but one no index can
+/// serve, so the planner finds the row by its primary key. With the plain form a
+/// cached generic plan took `campaign_targets_claim` (campaign, status) and walked
+/// every 'claimed' entry of the campaign, dead ones included: 8,000 index entries per
+/// statement by the middle of a 20,000-user run, most of Postgres's CPU (issue 8).
+/// `ours!("$3")`, or `ours!("t.", "$3")` for a table alias.
+macro_rules! ours {
+    ($owner:literal) => {
+        ours!("", $owner)
+    };
+    ($alias:literal, $owner:literal) => {
+        concat!("CASE WHEN ", $alias, "status = 'claimed' THEN ", $alias, "lease_owner = ", $owner, " ELSE FALSE END")
+    };
+}
+
+/// A per-user statement's target, fenced by [`ours!`]: binds $1 campaign, $2 user,
+/// $3 worker.
+macro_rules! our_target {
+    () => {
+        concat!("campaign_id = $1 AND user_id = $2 AND ", ours!("$3"))
+    };
+}
+
 pub mod campaigns;
 pub mod events;
 pub mod group;

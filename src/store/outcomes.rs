@@ -147,7 +147,6 @@ fn rank(s: VerificationState) -> u8 {
 /// A target of the user that has had a message no later than the change (`$2`).
 const AFTER_MESSAGE: &str = "user_id = $1 AND notified_at IS NOT NULL AND notified_at <= $2";
 
-/// [`Store::user_apply_state`] inside an open write transaction.
 /// [`apply_state_in_tx`], after the common case of a sync or a fresh state:
 /// nothing changed. Then only `synced_at` moves and no target does (only news moves
 /// targets), which one conditional UPDATE does, without reading the user first.
@@ -169,13 +168,20 @@ pub(crate) async fn apply_state_fast_or_in_tx(
             .map_err(query_err("user_apply_state unchanged"))?
             .rows_affected();
         if unchanged == 1 {
-            let (started, converted, rejected) = (0, 0, 0);
-            return Ok(StateApplied::Applied { from: state, to: state, changed: false, started, converted, rejected });
+            return Ok(StateApplied::Applied {
+                from: state,
+                to: state,
+                changed: false,
+                started: 0,
+                converted: 0,
+                rejected: 0,
+            });
         }
     }
     apply_state_in_tx(tx, backend, user_id, state, now, src).await
 }
 
+/// [`Store::user_apply_state`] inside an open write transaction.
 pub(crate) async fn apply_state_in_tx(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,

@@ -158,16 +158,13 @@ impl Store {
             return Ok(false);
         }
         let mut tx = self.begin_write().await?;
-        let mine = sqlx::query(
-            "SELECT attempts FROM campaign_targets \
-             WHERE campaign_id = $1 AND user_id = $2 AND CASE WHEN status = 'claimed' THEN lease_owner = $3 ELSE FALSE END",
-        )
-        .bind(campaign_id)
-        .bind(user_id)
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query_err("session_settle_if_ambiguous fence"))?;
+        let mine = sqlx::query(concat!("SELECT attempts FROM campaign_targets WHERE ", our_target!()))
+            .bind(campaign_id)
+            .bind(user_id)
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err("session_settle_if_ambiguous fence"))?;
         if mine.is_none() {
             return Ok(false);
         }
@@ -351,10 +348,11 @@ fn reserve_in_tx<'a>(args: &'a ReserveArgs, tx: &'a mut Tx) -> Step<'a, Reservat
         let sql = format!(
             "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
                (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
-                  AND CASE WHEN t.status = 'claimed' THEN t.lease_owner = $3 ELSE FALSE END) AS mine, \
+                  AND {ours}) AS mine, \
                (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
                   AND s.status <> 'api_failed' AND (s.reserved_at > $4 OR s.expires_at > $5)) AS slots \
-             FROM users u WHERE u.user_id = $1 {lock}"
+             FROM users u WHERE u.user_id = $1 {lock}",
+            ours = ours!("t.", "$3")
         );
         let user = sqlx::query(AssertSqlSafe(sql))
             .bind(user_id)
@@ -432,94 +430,79 @@ fn record_delivery_in_tx<'a>(a: &'a DeliveryArgs, tx: &'a mut Tx) -> Step<'a, bo
         let DeliveryArgs { backend, campaign_id, ref user_id, session_id, delivered, ref worker, now } = *a;
         let (user_id, worker) = (user_id.as_str(), worker.as_str());
         let now_ms = to_millis(now);
+        let (session_status, event_kind) =
+            if delivered { ("delivered", "target.notified") } else { ("delivery_failed", "target.failed") };
+        let detail = serde_json::json!({
+            "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") }
+        });
         if backend == Backend::Postgres {
-            return record_delivery_pg(tx, a, now_ms).await;
+            // one statement (data-modifying CTEs run as one atomic statement): a user's
+            // record costs one round trip
+            let target = delivery_target_update(delivered, "(SELECT expires_at FROM s)");
+            let sql = format!(
+                "WITH s AS (UPDATE verification_sessions SET status = $6, updated_at = $4 WHERE session_id = $5 \
+                            RETURNING expires_at), \
+                      t AS ({target} RETURNING 1), \
+                      e AS (INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+                            VALUES ($4, $3, $7, $1, $2, $8)) \
+                 SELECT COUNT(*) AS n FROM t"
+            );
+            let n: i64 = sqlx::query(AssertSqlSafe(sql))
+                .bind(campaign_id)
+                .bind(user_id)
+                .bind(worker)
+                .bind(now_ms)
+                .bind(session_id)
+                .bind(session_status)
+                .bind(event_kind)
+                .bind(detail.to_string())
+                .fetch_one(&mut **tx)
+                .await
+                .and_then(|r| r.try_get("n"))
+                .map_err(query_err("session_record_delivery"))?;
+            return Ok(n == 1);
         }
         sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
             .bind(session_id)
-            .bind(if delivered { "delivered" } else { "delivery_failed" })
+            .bind(session_status)
             .bind(now_ms)
             .execute(&mut **tx)
             .await
             .map_err(query_err("session_record_delivery"))?;
-        let n = if delivered {
-            sqlx::query(
-                "UPDATE campaign_targets SET status = 'notified', reason = NULL, lease_owner = NULL, \
-                   lease_expires_at = NULL, sessions = sessions + 1, notifications = notifications + 1, \
-                   notified_at = $4, first_notified_at = COALESCE(first_notified_at, $4), updated_at = $4, \
-                   session_expires_at = (SELECT expires_at FROM verification_sessions WHERE session_id = $5) \
-                 WHERE campaign_id = $1 AND user_id = $2 AND CASE WHEN status = 'claimed' THEN lease_owner = $3 ELSE FALSE END",
-            )
-        } else {
-            sqlx::query(
-                "UPDATE campaign_targets SET status = 'failed', reason = 'delivery_failed', lease_owner = NULL, \
-                   lease_expires_at = NULL, sessions = sessions + 1, finalized_at = $4, updated_at = $4, \
-                   session_expires_at = (SELECT expires_at FROM verification_sessions WHERE session_id = $5) \
-                 WHERE campaign_id = $1 AND user_id = $2 AND CASE WHEN status = 'claimed' THEN lease_owner = $3 ELSE FALSE END",
-            )
-        }
-        .bind(campaign_id)
-        .bind(user_id)
-        .bind(worker)
-        .bind(now_ms)
-        .bind(session_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_err("session_record_delivery target"))?
-        .rows_affected();
-        event_in_tx(
-            tx,
-            now,
-            worker,
-            if delivered { "target.notified" } else { "target.failed" },
-            Some(campaign_id),
-            Some(user_id),
-            &serde_json::json!({ "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") } }),
-        )
-        .await?;
+        let target =
+            delivery_target_update(delivered, "(SELECT expires_at FROM verification_sessions WHERE session_id = $5)");
+        let n = sqlx::query(AssertSqlSafe(target))
+            .bind(campaign_id)
+            .bind(user_id)
+            .bind(worker)
+            .bind(now_ms)
+            .bind(session_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("session_record_delivery target"))?
+            .rows_affected();
+        event_in_tx(tx, now, worker, event_kind, Some(campaign_id), Some(user_id), &detail).await?;
         Ok(n == 1)
     })
 }
 
-/// [`Store::session_record_delivery`] on Postgres: the ledger row, the target and
-/// the audit event in one statement (data-modifying CTEs run as one atomic
-/// statement), so a user's record costs one round trip and one commit.
-async fn record_delivery_pg(tx: &mut Tx, a: &DeliveryArgs, now_ms: i64) -> Result<bool, StoreError> {
-    let DeliveryArgs { campaign_id, ref user_id, session_id, delivered, ref worker, .. } = *a;
-    let target_set = if delivered {
+/// The target's side of a recorded delivery, for both engines: `notified`, or
+/// `failed` / `delivery_failed` (re-queued by a later run), the claim released, and
+/// the session's expiry taken from `expires_at` (an expression over `$5`, the
+/// session). Binds: $1 campaign, $2 user, $3 worker, $4 now.
+fn delivery_target_update(delivered: bool, expires_at: &str) -> String {
+    let outcome = if delivered {
         "status = 'notified', reason = NULL, notifications = notifications + 1, notified_at = $4, \
          first_notified_at = COALESCE(first_notified_at, $4)"
     } else {
         "status = 'failed', reason = 'delivery_failed', finalized_at = $4"
     };
-    let sql = format!(
-        "WITH s AS (UPDATE verification_sessions SET status = $6, updated_at = $4 WHERE session_id = $5 \
-                    RETURNING expires_at), \
-              t AS (UPDATE campaign_targets SET {target_set}, lease_owner = NULL, lease_expires_at = NULL, \
-                      sessions = sessions + 1, updated_at = $4, session_expires_at = (SELECT expires_at FROM s) \
-                    WHERE campaign_id = $1 AND user_id = $2 AND CASE WHEN status = 'claimed' THEN lease_owner = $3 ELSE FALSE END \
-                    RETURNING 1), \
-              e AS (INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
-                    VALUES ($4, $3, $7, $1, $2, $8)) \
-         SELECT COUNT(*) AS n FROM t"
-    );
-    let detail = serde_json::json!({
-        "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") }
-    });
-    let n: i64 = sqlx::query(AssertSqlSafe(sql))
-        .bind(campaign_id)
-        .bind(user_id)
-        .bind(worker)
-        .bind(now_ms)
-        .bind(session_id)
-        .bind(if delivered { "delivered" } else { "delivery_failed" })
-        .bind(if delivered { "target.notified" } else { "target.failed" })
-        .bind(detail.to_string())
-        .fetch_one(&mut **tx)
-        .await
-        .and_then(|r| r.try_get("n"))
-        .map_err(query_err("session_record_delivery"))?;
-    Ok(n == 1)
+    format!(
+        "UPDATE campaign_targets SET {outcome}, lease_owner = NULL, lease_expires_at = NULL, \
+           sessions = sessions + 1, updated_at = $4, session_expires_at = {expires_at} \
+         WHERE {}",
+        our_target!()
+    )
 }
 
 fn standing_from_row(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> {
@@ -580,14 +563,6 @@ impl SettleArgs {
 }
 
 /// [`Store::target_settle`] inside a transaction already open.
-///
-/// Here and in every per-user statement, "the target is still ours" is written
-/// `CASE WHEN status = 'claimed' THEN lease_owner = $n ELSE FALSE END` rather than
-/// `status = 'claimed' AND lease_owner = $n`: the same test, but one no index can
-/// serve, so the planner finds the row by its primary key. With the plain form a
-/// cached generic plan took `campaign_targets_claim` (campaign, status) and walked
-/// every 'claimed' entry of the campaign, dead ones included: 8,000 index entries
-/// per statement by the middle of a 20,000-user run, most of Postgres's CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn settle_in_tx(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -600,12 +575,13 @@ pub(crate) async fn settle_in_tx(
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let now_ms = to_millis(now);
-    let n = sqlx::query(
+    let n = sqlx::query(concat!(
         "UPDATE campaign_targets SET status = $4, reason = $5, not_before = $6, lease_owner = NULL, \
            lease_expires_at = NULL, updated_at = $7, \
            finalized_at = CASE WHEN $4 IN ('skipped', 'failed') THEN $7 ELSE NULL END \
-         WHERE campaign_id = $1 AND user_id = $2 AND CASE WHEN status = 'claimed' THEN lease_owner = $3 ELSE FALSE END",
-    )
+         WHERE ",
+        our_target!()
+    ))
     .bind(campaign_id)
     .bind(user_id)
     .bind(worker)

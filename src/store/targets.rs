@@ -406,10 +406,12 @@ impl Store {
         for chunk in user_ids.chunks(500) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
             let sql = format!(
-                "UPDATE campaign_targets SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
-                   attempts = attempts - 1, updated_at = $3 \
-                 WHERE campaign_id = $1 AND user_id IN ({}) \
-                   AND CASE WHEN status = 'claimed' THEN lease_owner = $2 ELSE FALSE END",
+                concat!(
+                    "UPDATE campaign_targets SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+                       attempts = attempts - 1, updated_at = $3 \
+                     WHERE campaign_id = $1 AND user_id IN ({}) AND ",
+                    ours!("$2")
+                ),
                 marks.join(", ")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(worker).bind(to_millis(now));
