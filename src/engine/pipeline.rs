@@ -54,18 +54,27 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     }
 
     // 1. a fresh state, so that a user who verified since the import is not asked again
+    let mut fresh = None;
     if s.config.fresh_state {
         s.throttle().await;
         match s.api.fresh_state(&user).await {
-            Ok(state) => s.store.user_record_fresh_state(&t.user_id, state, s.now()).await?,
+            Ok(state) => fresh = Some(state),
             Err(f) => return api_failed_before_reserve(s, t, f).await,
         }
     }
 
-    // 2. reserve a ledger row under every per-user limit
+    // 2. record it and reserve a ledger row under every per-user limit, in one write
     let session_id = match s
         .store
-        .session_reserve(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now(), s.config.session_ttl)
+        .session_reserve_fresh(
+            s.campaign_id,
+            &t.user_id,
+            t.step,
+            &s.config.worker_id,
+            s.now(),
+            s.config.session_ttl,
+            fresh,
+        )
         .await?
     {
         Reservation::Reserved { session_id } => session_id,

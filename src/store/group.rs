@@ -16,6 +16,8 @@
 //! workers' groups), the group is rolled back and each of its jobs is run again in a
 //! transaction of its own, so that one bad write fails only its own caller.
 
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,12 +56,36 @@ impl GroupCommit {
     }
 }
 
+/// A write whose statements can serve many callers at once: a group runs every
+/// queued write of one kind as one statement (or a few) over all their arguments,
+/// instead of a round trip each. Most of the database's work per write is the
+/// statement's own (a round trip, a plan run, an executor started), not the row's.
+pub(crate) trait BatchWrite: Send + Sync + Sized + 'static {
+    type Out: Send + 'static;
+    /// Writes that must not share a statement (two reservations for one user: the
+    /// second must see the first) have the same key; the writer runs them in turn.
+    fn key(&self) -> Option<&str> {
+        None
+    }
+    /// Runs every write at once; one result per write, in order.
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<Self::Out>>;
+}
+
+/// Runs a batch of jobs that all share one [`Job::batch`] kind.
+type BatchRunner = for<'a> fn(&'a mut [Box<dyn Job>], &'a mut Tx) -> Step<'a, ()>;
+
 /// One write waiting in a group, its type erased.
-trait Job: Send {
+trait Job: Send + Any {
     /// Runs the statements in `tx`, keeping the result until the commit.
     fn run<'a>(&'a mut self, tx: &'a mut Tx) -> Step<'a, ()>;
     /// Answers the caller: the kept result once committed, or the error.
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+    /// For a [`BatchWrite`]: its kind, the runner of a batch of that kind, and its key.
+    fn batch(&self) -> Option<(TypeId, BatchRunner, Option<&str>)> {
+        None
+    }
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 struct Write<A, T> {
@@ -87,6 +113,75 @@ impl<A: Send + Sync + 'static, T: Send + 'static> Job for Write<A, T> {
         // the caller may have gone away (its run stopped): nothing to answer then
         let _ = self.reply.send(answer);
     }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A [`BatchWrite`] waiting in a group.
+struct Batched<A: BatchWrite> {
+    args: A,
+    out: Option<A::Out>,
+    reply: oneshot::Sender<Result<A::Out, StoreError>>,
+}
+
+impl<A: BatchWrite> Job for Batched<A> {
+    fn run<'a>(&'a mut self, tx: &'a mut Tx) -> Step<'a, ()> {
+        let Batched { args, out, .. } = self;
+        Box::pin(async move {
+            *out = A::run_many(&[&*args], tx).await?.pop();
+            Ok(())
+        })
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (committed, self.out) {
+            (Ok(()), Some(v)) => Ok(v),
+            (Ok(()), None) => Err(StoreError::Conflict("a grouped write finished without a result".into())),
+            (Err(e), _) => Err(e),
+        };
+        let _ = self.reply.send(answer);
+    }
+
+    fn batch(&self) -> Option<(TypeId, BatchRunner, Option<&str>)> {
+        Some((TypeId::of::<A>(), run_batch::<A>, self.args.key()))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Runs `jobs` (every one a `Batched<A>`) as one [`BatchWrite::run_many`].
+fn run_batch<'a, A: BatchWrite>(jobs: &'a mut [Box<dyn Job>], tx: &'a mut Tx) -> Step<'a, ()> {
+    Box::pin(async move {
+        let outs = {
+            let args: Vec<&A> =
+                jobs.iter().filter_map(|j| j.as_any().downcast_ref::<Batched<A>>().map(|b| &b.args)).collect();
+            if args.len() != jobs.len() {
+                return Err(StoreError::Conflict("a batch of grouped writes mixed two kinds".into()));
+            }
+            A::run_many(&args, tx).await?
+        };
+        if outs.len() != jobs.len() {
+            return Err(StoreError::Conflict("a batched write answered for the wrong number of writes".into()));
+        }
+        for (job, out) in jobs.iter_mut().zip(outs) {
+            if let Some(b) = job.as_any_mut().downcast_mut::<Batched<A>>() {
+                b.out = Some(out);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The sending side, held by a store made with [`Store::with_group_commit`].
@@ -147,23 +242,81 @@ async fn run_group(store: &Store, mut group: Vec<Box<dyn Job>>) {
         Err(e) => {
             tracing::debug!(error = %e, jobs = group.len(), "a grouped write failed; running the group's writes one by one");
             for job in group {
-                let mut one = [job];
+                let mut one = vec![job];
                 let alone = run_together(store, &mut one).await;
-                let [job] = one;
-                job.finish(alone);
+                if let Some(job) = one.pop() {
+                    job.finish(alone);
+                }
             }
         }
     }
 }
 
-/// Runs `jobs` in one transaction and commits it.
-async fn run_together(store: &Store, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    let mut tx = store.begin_write().await?;
-    for job in jobs.iter_mut() {
+/// Runs `jobs` in one transaction and commits it. Batchable writes of one kind run
+/// together (see [`order_for_batches`]); the rest one after the other.
+async fn run_together(store: &Store, jobs: &mut Vec<Box<dyn Job>>) -> Result<(), StoreError> {
+    let mut tx = store.begin_batch().await?;
+    order_for_batches(jobs);
+    let mut at = 0;
+    while at < jobs.len() {
         // an error rolls the transaction back as it is dropped
-        job.run(&mut tx).await?;
+        let Some((kind, runner, key)) = jobs[at].batch() else {
+            jobs[at].run(&mut tx).await?;
+            at += 1;
+            continue;
+        };
+        // the batch: the neighbours of the same kind, up to a key seen already
+        let mut keys: HashSet<&str> = key.into_iter().collect();
+        let mut end = at + 1;
+        while let Some((k, _, key)) = jobs.get(end).and_then(|j| j.batch()) {
+            if k != kind || key.is_some_and(|key| !keys.insert(key)) {
+                break;
+            }
+            end += 1;
+        }
+        drop(keys);
+        runner(&mut jobs[at..end], &mut tx).await?;
+        at = end;
     }
     tx.commit().await.map_err(query_err("group commit"))
+}
+
+/// Orders a group so that the writes of one batchable kind are neighbours: first
+/// the writes that cannot batch, in their order, then round by round (round n holds
+/// the n-th write of a key), kind by kind in the order kinds first came. The order
+/// between different users' writes does not matter (a run has at most one write per
+/// user in flight), and writes of one key keep their order.
+fn order_for_batches(jobs: &mut Vec<Box<dyn Job>>) {
+    if jobs.len() < 2 {
+        return;
+    }
+    let mut kinds: Vec<TypeId> = Vec::new();
+    let mut seen: HashMap<(TypeId, String), usize> = HashMap::new();
+    let ranks: Vec<(usize, usize)> = jobs
+        .iter()
+        .map(|job| match job.batch() {
+            None => (0, 0),
+            Some((k, _, key)) => {
+                let kind = match kinds.iter().position(|x| *x == k) {
+                    Some(p) => p + 1,
+                    None => {
+                        kinds.push(k);
+                        kinds.len()
+                    }
+                };
+                let round = key.map_or(0, |key| {
+                    let n = seen.entry((k, key.to_owned())).or_insert(0);
+                    *n += 1;
+                    *n - 1
+                });
+                (round, kind)
+            }
+        })
+        .collect();
+    let mut ranked: Vec<((usize, usize), Box<dyn Job>)> = ranks.into_iter().zip(jobs.drain(..)).collect();
+    // stable: equal ranks keep their order
+    ranked.sort_by_key(|(rank, _)| *rank);
+    jobs.extend(ranked.into_iter().map(|(_, job)| job));
 }
 
 impl Store {
@@ -175,6 +328,27 @@ impl Store {
         Store { group: Some(Group::start(plain.clone(), cfg)), ..plain }
     }
 
+    /// Whether this store groups its writes ([`Store::with_group_commit`]).
+    pub(crate) fn is_grouped(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// Runs a [`BatchWrite`]: in a group, batched with the other writes of its kind
+    /// queued at that moment, when this store has one; otherwise alone in a
+    /// transaction of its own. Returns once the write is committed.
+    pub(crate) async fn write_batched<A: BatchWrite>(&self, args: A) -> Result<A::Out, StoreError> {
+        let Some(group) = &self.group else {
+            let mut tx = self.begin_batch().await?;
+            let out = A::run_many(&[&args], &mut tx).await?.pop();
+            tx.commit().await.map_err(query_err("commit"))?;
+            return out.ok_or_else(|| StoreError::Conflict("a write finished without a result".into()));
+        };
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Batched { args, out: None, reply });
+        group.jobs.send(job).await.map_err(|_| StoreError::Conflict("the group commit writers have stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Conflict("a group commit writer stopped mid-write".into()))?
+    }
+
     /// Runs `f(args)` as a write: in a group when this store has one, otherwise in a
     /// transaction of its own. Returns once the write is committed.
     pub(crate) async fn write<A, T>(&self, args: A, f: WriteFn<A, T>) -> Result<T, StoreError>
@@ -183,7 +357,7 @@ impl Store {
         T: Send + 'static,
     {
         let Some(group) = &self.group else {
-            let mut tx = self.begin_write().await?;
+            let mut tx = self.begin_batch().await?;
             let out = f(&args, &mut tx).await?;
             tx.commit().await.map_err(query_err("commit"))?;
             return Ok(out);

@@ -221,6 +221,23 @@ impl Store {
         .map_err(query_err("begin transaction"))
     }
 
+    /// A write transaction for grouped and batched writes. On Postgres, it plans no
+    /// sequential scan and no hash or merge join: a batched statement joins its
+    /// arguments (a JSON array) to a table by key, and a plan made while the table
+    /// was small (a seq scan, under a hash join or a nested loop) would be cached on
+    /// the connection and kept as the table grows to millions of rows. An index
+    /// lookup per argument costs the same at every size. Every statement a group
+    /// runs goes by key.
+    pub(crate) async fn begin_batch(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        match self.backend {
+            Backend::Postgres => {
+                self.pool.begin_with("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off").await
+            }
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        }
+        .map_err(query_err("begin transaction"))
+    }
+
     /// Checks that the database answers (`SELECT 1`), for `/readyz`.
     ///
     /// # Errors

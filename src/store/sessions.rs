@@ -8,13 +8,14 @@
 //! refused: it does not count); `unknown` (a crash or an unclear API failure left
 //! the outcome unknown: it counts). The URL itself is never stored.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::events::{NewEvent, event_insert};
-use super::group::{Step, Tx};
+use super::group::{BatchWrite, Step, Tx};
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
 use crate::domain::{UserId, VerificationState};
@@ -114,6 +115,27 @@ impl Store {
         now: DateTime<Utc>,
         session_ttl: Duration,
     ) -> Result<Reservation, StoreError> {
+        self.session_reserve_fresh(campaign_id, user_id, step, worker, now, session_ttl, None).await
+    }
+
+    /// [`Store::session_reserve`], after recording in the same transaction the state
+    /// `GET /v1/user` just reported (as [`Store::user_record_fresh_state`] does), so
+    /// that the reservation is judged on it. One write where there were two: nothing
+    /// outside happens between them.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn session_reserve_fresh(
+        &self,
+        campaign_id: i64,
+        user_id: &str,
+        step: i64,
+        worker: &str,
+        now: DateTime<Utc>,
+        session_ttl: Duration,
+        fresh: Option<VerificationState>,
+    ) -> Result<Reservation, StoreError> {
         let args = ReserveArgs {
             backend: self.backend(),
             campaign_id,
@@ -122,8 +144,9 @@ impl Store {
             worker: worker.to_owned(),
             now,
             session_ttl,
+            fresh,
         };
-        self.write(args, reserve_in_tx).await
+        self.write_batched(args).await
     }
 
     /// Settles a claimed target whose earlier attempt at this step may have reached
@@ -178,21 +201,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn session_mark_issued(&self, session_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        fn mark<'a>(&(session_id, now_ms): &'a (i64, i64), tx: &'a mut Tx) -> Step<'a, ()> {
-            Box::pin(async move {
-                sqlx::query(
-                    "UPDATE verification_sessions SET status = 'issued', issued_at = $2, updated_at = $2 \
-                     WHERE session_id = $1 AND status = 'reserved'",
-                )
-                .bind(session_id)
-                .bind(now_ms)
-                .execute(&mut **tx)
-                .await
-                .map_err(query_err("session_mark_issued"))?;
-                Ok(())
-            })
-        }
-        self.write((session_id, to_millis(now)), mark).await
+        self.write_batched(MarkIssued { backend: self.backend(), session_id, now_ms: to_millis(now) }).await
     }
 
     /// The API call failed. `definite` means the API surely created no session (a
@@ -259,7 +268,7 @@ impl Store {
             worker: worker.to_owned(),
             now,
         };
-        self.write(args, record_delivery_in_tx).await
+        self.write_batched(args).await
     }
 
     /// Stores the state `GET /v1/user` just reported, as `users sync` does (see
@@ -319,7 +328,7 @@ fn parse_slots(text: &str) -> Result<Vec<SessionSlot>, StoreError> {
         .collect()
 }
 
-/// What [`Store::session_reserve`] writes with.
+/// What [`Store::session_reserve_fresh`] writes with.
 struct ReserveArgs {
     backend: Backend,
     campaign_id: i64,
@@ -328,89 +337,245 @@ struct ReserveArgs {
     worker: String,
     now: DateTime<Utc>,
     session_ttl: Duration,
+    fresh: Option<VerificationState>,
 }
 
-/// [`Store::session_reserve`]'s statements, in the caller's transaction.
-fn reserve_in_tx<'a>(args: &'a ReserveArgs, tx: &'a mut Tx) -> Step<'a, Reservation> {
-    Box::pin(async move {
-        let ReserveArgs { backend, campaign_id, ref user_id, step, ref worker, now, session_ttl } = *args;
-        let (user_id, worker) = (user_id.as_str(), worker.as_str());
-        let now_ms = to_millis(now);
-        let window_start = now_ms - policy::session_window().num_milliseconds();
-        // The user's standing, our claim on the target and the user's sessions that
-        // count, in one statement; on Postgres the user's row is locked so that two
-        // campaigns reserving for one user at once are serialised (SQLite's BEGIN
-        // IMMEDIATE already is). The sessions come as "reserved_at:expires_at,…".
-        let (lock, concat) = match backend {
-            Backend::Postgres => ("FOR UPDATE OF u", "string_agg(s.reserved_at || ':' || s.expires_at, ',')"),
-            Backend::Sqlite => ("", "group_concat(s.reserved_at || ':' || s.expires_at, ',')"),
-        };
-        let sql = format!(
-            "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
-               (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
-                  AND {ours}) AS mine, \
-               (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
-                  AND s.status <> 'api_failed' AND (s.reserved_at > $4 OR s.expires_at > $5)) AS slots \
-             FROM users u WHERE u.user_id = $1 {lock}",
-            ours = ours!("t.", "$3")
-        );
-        let user = sqlx::query(AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(campaign_id)
-            .bind(worker)
-            .bind(window_start)
-            .bind(now_ms)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(query_err("session_reserve user"))?;
+impl BatchWrite for ReserveArgs {
+    type Out = Reservation;
+
+    /// Two reservations for one user (two campaigns) never share a statement: the
+    /// second must count the first's session.
+    fn key(&self) -> Option<&str> {
+        Some(&self.user_id)
+    }
+
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<Reservation>> {
+        Box::pin(reserve_many(writes, tx))
+    }
+}
+
+/// The reservations of a group (one per user), in four statements whatever their
+/// number: the fresh states, the users' standings (locked on Postgres), the new
+/// ledger rows, plus a statement for each target that is deferred or skipped.
+async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reservation>, StoreError> {
+    let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
+    record_fresh_states(backend, writes, tx).await?;
+    let mut standing = read_standings(backend, writes, tx).await?;
+
+    // decide each, in the order given
+    let mut out: Vec<Option<Reservation>> = Vec::with_capacity(writes.len());
+    let mut eligible: Vec<&ReserveArgs> = Vec::new();
+    for w in writes {
+        let row =
+            standing.remove(&w.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: w.user_id.clone() })?;
         // fence: the target must still be ours
-        let Some(attempts) = user.try_get::<Option<i64>, _>("mine").map_err(query_err("session_reserve fence"))? else {
-            return Ok(Reservation::LostClaim);
+        let Some(attempts) = row.try_get::<Option<i64>, _>("mine").map_err(query_err("session_reserve fence"))? else {
+            out.push(Some(Reservation::LostClaim));
+            continue;
         };
         // What an earlier, interrupted attempt at this step left behind. A first
         // attempt has none (a released claim never got this far, and a re-queued
         // target's old rows are already final), so only a rescued claim looks. The
         // sessions read above stay right: the rows it settles turn `unknown`, which
         // still counts.
-        if attempts > 1 && settle_earlier_attempts(tx, campaign_id, user_id, step, worker, now).await? {
-            return Ok(Reservation::Ambiguous);
+        if attempts > 1 && settle_earlier_attempts(tx, w.campaign_id, &w.user_id, w.step, &w.worker, w.now).await? {
+            out.push(Some(Reservation::Ambiguous));
+            continue;
         }
-
-        let standing = standing_from_row(&user)?;
-        let slots: Option<String> = user.try_get("slots").map_err(query_err("session_reserve ledger"))?;
+        let user_standing = standing_from_row(&row)?;
+        let slots: Option<String> = row.try_get("slots").map_err(query_err("session_reserve ledger"))?;
         let slots = parse_slots(slots.as_deref().unwrap_or(""))?;
-
-        let outcome = match policy::evaluate(&standing, &slots, now) {
+        let (campaign_id, user_id, worker, now) = (w.campaign_id, w.user_id.as_str(), w.worker.as_str(), w.now);
+        out.push(match policy::evaluate(&user_standing, &slots, now) {
             Verdict::Eligible => {
-                let expires = now_ms + i64::try_from(session_ttl.as_millis()).unwrap_or(i64::MAX / 2);
-                let id: i64 = sqlx::query(
-                    "INSERT INTO verification_sessions \
-                       (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at) \
-                     VALUES ($1, $2, $3, 'reserved', $4, $5, $4) RETURNING session_id",
-                )
-                .bind(user_id)
-                .bind(campaign_id)
-                .bind(step)
-                .bind(now_ms)
-                .bind(expires)
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(query_err("session_reserve insert"))?
-                .try_get("session_id")
-                .map_err(query_err("session_reserve insert"))?;
-                Reservation::Reserved { session_id: id }
+                eligible.push(w);
+                None
             }
             Verdict::Defer { reason, until } => {
                 settle_in_tx(tx, campaign_id, user_id, worker, "deferred", reason.as_str(), Some(until), now).await?;
-                Reservation::Deferred { reason, until }
+                Some(Reservation::Deferred { reason, until })
             }
             Verdict::Skip(reason) => {
                 settle_in_tx(tx, campaign_id, user_id, worker, "skipped", reason.as_str(), None, now).await?;
-                Reservation::Skipped(reason)
+                Some(Reservation::Skipped(reason))
             }
-        };
-        Ok(outcome)
-    })
+        });
+    }
+
+    let mut ids = insert_reservations(backend, &eligible, tx).await?;
+    out.into_iter()
+        .zip(writes)
+        .map(|(decided, w)| match decided {
+            Some(r) => Ok(r),
+            None => ids
+                .remove(&w.user_id)
+                .map(|session_id| Reservation::Reserved { session_id })
+                .ok_or_else(|| StoreError::Conflict(format!("no ledger row came back for user {}", w.user_id))),
+        })
+        .collect()
+}
+
+/// The fresh states of `writes` that carry one. An unchanged state only moves
+/// `synced_at`, in one statement for all; a change goes the whole way of
+/// [`super::outcomes::apply_state_in_tx`], one user at a time (rare: a user who
+/// verified or was rejected since the import).
+async fn record_fresh_states(backend: Backend, writes: &[&ReserveArgs], tx: &mut Tx) -> Result<(), StoreError> {
+    let fresh: Vec<(&ReserveArgs, VerificationState)> =
+        writes.iter().filter_map(|w| w.fresh.map(|f| (*w, f))).collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let rows =
+        json_rows(fresh.iter().map(|(w, state)| serde_json::json!([w.user_id, to_millis(w.now), state.as_str()])));
+    let from = match backend {
+        Backend::Postgres => {
+            "SELECT e->>0 AS u, (e->>1)::bigint AS at, e->>2 AS st FROM json_array_elements($1::json) e"
+        }
+        Backend::Sqlite => "SELECT value->>0 AS u, value->>1 AS at, value->>2 AS st FROM json_each($1)",
+    };
+    let sql = format!(
+        "UPDATE users SET synced_at = x.at FROM ({from}) AS x \
+         WHERE users.user_id = x.u AND users.verification_state = x.st RETURNING users.user_id"
+    );
+    let unchanged: HashSet<String> = sqlx::query(AssertSqlSafe(sql))
+        .bind(rows)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_err("user_apply_state unchanged"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>("user_id"))
+        .collect::<Result<_, _>>()
+        .map_err(query_err("user_apply_state unchanged"))?;
+    let source = super::outcomes::StateSource::fresh_state("engine");
+    for (w, state) in fresh {
+        if !unchanged.contains(&w.user_id) {
+            super::outcomes::apply_state_in_tx(tx, backend, &w.user_id, state, w.now, &source).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Each user's standing, our claim on the target and the user's sessions that
+/// count, in one statement for every write, by user id. On Postgres the users' rows
+/// are locked (in id order, so that two groups never wait on each other in a
+/// circle): two campaigns reserving for one user at once are serialised (SQLite's
+/// BEGIN IMMEDIATE already is). The sessions come as "reserved_at:expires_at,…".
+async fn read_standings(
+    backend: Backend,
+    writes: &[&ReserveArgs],
+    tx: &mut Tx,
+) -> Result<HashMap<String, sqlx::any::AnyRow>, StoreError> {
+    let rows = json_rows(writes.iter().map(|w| {
+        let now_ms = to_millis(w.now);
+        let window_start = now_ms - policy::session_window().num_milliseconds();
+        serde_json::json!([w.user_id, w.campaign_id, w.worker, window_start, now_ms])
+    }));
+    let (from, concat, lock) = match backend {
+        Backend::Postgres => (
+            "SELECT e->>0 AS u, (e->>1)::bigint AS c, e->>2 AS w, (e->>3)::bigint AS ws, (e->>4)::bigint AS now \
+             FROM json_array_elements($1::json) e",
+            "string_agg(s.reserved_at || ':' || s.expires_at, ',')",
+            "FOR UPDATE OF u",
+        ),
+        Backend::Sqlite => (
+            "SELECT value->>0 AS u, value->>1 AS c, value->>2 AS w, value->>3 AS ws, value->>4 AS now FROM json_each($1)",
+            "group_concat(s.reserved_at || ':' || s.expires_at, ',')",
+            "",
+        ),
+    };
+    let sql = format!(
+        "SELECT u.user_id, u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+           (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = x.c AND t.user_id = u.user_id \
+              AND {ours}) AS mine, \
+           (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
+              AND s.status <> 'api_failed' AND (s.reserved_at > x.ws OR s.expires_at > x.now)) AS slots \
+         FROM ({from}) AS x JOIN users u ON u.user_id = x.u ORDER BY u.user_id {lock}",
+        ours = ours!("t.", "x.w")
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(rows)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_err("session_reserve user"))?;
+    rows.into_iter()
+        .map(|r| Ok((r.try_get::<String, _>("user_id").map_err(query_err("session_reserve user"))?, r)))
+        .collect()
+}
+
+/// The ledger rows of the eligible, `reserved`, in one statement; their ids by user.
+async fn insert_reservations(
+    backend: Backend,
+    eligible: &[&ReserveArgs],
+    tx: &mut Tx,
+) -> Result<HashMap<String, i64>, StoreError> {
+    if eligible.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = json_rows(eligible.iter().map(|w| {
+        let now_ms = to_millis(w.now);
+        let expires = now_ms + i64::try_from(w.session_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        serde_json::json!([w.user_id, w.campaign_id, w.step, now_ms, expires])
+    }));
+    let select = match backend {
+        Backend::Postgres => {
+            "SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, 'reserved', (e->>3)::bigint, (e->>4)::bigint, \
+               (e->>3)::bigint FROM json_array_elements($1::json) e"
+        }
+        Backend::Sqlite => {
+            "SELECT value->>0, value->>1, value->>2, 'reserved', value->>3, value->>4, value->>3 FROM json_each($1)"
+        }
+    };
+    let sql = format!(
+        "INSERT INTO verification_sessions (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at) \
+         {select} RETURNING session_id, user_id"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(rows)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_err("session_reserve insert"))?
+        .iter()
+        .map(|r| Ok((r.try_get::<String, _>("user_id")?, r.try_get::<i64, _>("session_id")?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(query_err("session_reserve insert"))
+}
+
+/// [`Store::session_mark_issued`]: `reserved` → `issued`, for many sessions in one
+/// statement.
+struct MarkIssued {
+    backend: Backend,
+    session_id: i64,
+    now_ms: i64,
+}
+
+impl BatchWrite for MarkIssued {
+    type Out = ();
+
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<()>> {
+        Box::pin(async move {
+            let Some(first) = writes.first() else { return Ok(Vec::new()) };
+            let rows = json_rows(writes.iter().map(|w| serde_json::json!([w.session_id, w.now_ms])));
+            let sql = match first.backend {
+                Backend::Postgres => {
+                    "UPDATE verification_sessions s SET status = 'issued', issued_at = x.at, updated_at = x.at \
+                     FROM (SELECT (e->>0)::bigint AS id, (e->>1)::bigint AS at FROM json_array_elements($1::json) e) x \
+                     WHERE s.session_id = x.id AND s.status = 'reserved'"
+                }
+                Backend::Sqlite => {
+                    "UPDATE verification_sessions SET status = 'issued', issued_at = x.at, updated_at = x.at \
+                     FROM (SELECT value->>0 AS id, value->>1 AS at FROM json_each($1)) AS x \
+                     WHERE verification_sessions.session_id = x.id AND verification_sessions.status = 'reserved'"
+                }
+            };
+            sqlx::query(sql).bind(rows).execute(&mut **tx).await.map_err(query_err("session_mark_issued"))?;
+            Ok(vec![(); writes.len()])
+        })
+    }
+}
+
+/// The arguments of a batched statement: a JSON array of one entry per write.
+pub(crate) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
+    serde_json::Value::Array(rows.collect()).to_string()
 }
 
 /// What [`Store::session_record_delivery`] writes with.
@@ -424,84 +589,142 @@ struct DeliveryArgs {
     now: DateTime<Utc>,
 }
 
-/// [`Store::session_record_delivery`]'s statements, in the caller's transaction.
-fn record_delivery_in_tx<'a>(a: &'a DeliveryArgs, tx: &'a mut Tx) -> Step<'a, bool> {
-    Box::pin(async move {
-        let DeliveryArgs { backend, campaign_id, ref user_id, session_id, delivered, ref worker, now } = *a;
-        let (user_id, worker) = (user_id.as_str(), worker.as_str());
-        let now_ms = to_millis(now);
+impl DeliveryArgs {
+    fn kind_and_detail(&self) -> (&'static str, &'static str, String) {
         let (session_status, event_kind) =
-            if delivered { ("delivered", "target.notified") } else { ("delivery_failed", "target.failed") };
+            if self.delivered { ("delivered", "target.notified") } else { ("delivery_failed", "target.failed") };
         let detail = serde_json::json!({
-            "session_id": session_id, "reason": if delivered { None } else { Some("delivery_failed") }
+            "session_id": self.session_id, "reason": if self.delivered { None } else { Some("delivery_failed") }
         });
-        if backend == Backend::Postgres {
-            // one statement (data-modifying CTEs run as one atomic statement): a user's
-            // record costs one round trip
-            let target = delivery_target_update(delivered, "(SELECT expires_at FROM s)");
-            let sql = format!(
-                "WITH s AS (UPDATE verification_sessions SET status = $6, updated_at = $4 WHERE session_id = $5 \
-                            RETURNING expires_at), \
-                      t AS ({target} RETURNING 1), \
-                      e AS (INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
-                            VALUES ($4, $3, $7, $1, $2, $8)) \
-                 SELECT COUNT(*) AS n FROM t"
-            );
-            let n: i64 = sqlx::query(AssertSqlSafe(sql))
-                .bind(campaign_id)
-                .bind(user_id)
-                .bind(worker)
-                .bind(now_ms)
-                .bind(session_id)
-                .bind(session_status)
-                .bind(event_kind)
-                .bind(detail.to_string())
-                .fetch_one(&mut **tx)
-                .await
-                .and_then(|r| r.try_get("n"))
-                .map_err(query_err("session_record_delivery"))?;
-            return Ok(n == 1);
-        }
-        sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
-            .bind(session_id)
-            .bind(session_status)
-            .bind(now_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("session_record_delivery"))?;
-        let target =
-            delivery_target_update(delivered, "(SELECT expires_at FROM verification_sessions WHERE session_id = $5)");
-        let n = sqlx::query(AssertSqlSafe(target))
-            .bind(campaign_id)
-            .bind(user_id)
-            .bind(worker)
-            .bind(now_ms)
-            .bind(session_id)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("session_record_delivery target"))?
-            .rows_affected();
-        event_in_tx(tx, now, worker, event_kind, Some(campaign_id), Some(user_id), &detail).await?;
-        Ok(n == 1)
-    })
+        (session_status, event_kind, detail.to_string())
+    }
 }
 
-/// The target's side of a recorded delivery, for both engines: `notified`, or
-/// `failed` / `delivery_failed` (re-queued by a later run), the claim released, and
-/// the session's expiry taken from `expires_at` (an expression over `$5`, the
-/// session). Binds: $1 campaign, $2 user, $3 worker, $4 now.
-fn delivery_target_update(delivered: bool, expires_at: &str) -> String {
-    let outcome = if delivered {
-        "status = 'notified', reason = NULL, notifications = notifications + 1, notified_at = $4, \
-         first_notified_at = COALESCE(first_notified_at, $4)"
-    } else {
-        "status = 'failed', reason = 'delivery_failed', finalized_at = $4"
-    };
-    format!(
-        "UPDATE campaign_targets SET {outcome}, lease_owner = NULL, lease_expires_at = NULL, \
-           sessions = sessions + 1, updated_at = $4, session_expires_at = {expires_at} \
-         WHERE {}",
+impl BatchWrite for DeliveryArgs {
+    /// Whether the target was still this worker's claim (and so was settled).
+    type Out = bool;
+
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<bool>> {
+        Box::pin(async move {
+            match writes.first().map(|w| w.backend) {
+                None => Ok(Vec::new()),
+                Some(Backend::Postgres) => record_deliveries_pg(writes, tx).await,
+                Some(Backend::Sqlite) => {
+                    let mut kept = Vec::with_capacity(writes.len());
+                    for w in writes {
+                        kept.push(record_delivery_sqlite(w, tx).await?);
+                    }
+                    Ok(kept)
+                }
+            }
+        })
+    }
+}
+
+/// Every delivery of a group in one statement (data-modifying CTEs run as one):
+/// the ledger rows, the targets still claimed by their worker, the audit events.
+async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<Vec<bool>, StoreError> {
+    let rows = json_rows(writes.iter().map(|w| {
+        let (session_status, event_kind, detail) = w.kind_and_detail();
+        serde_json::json!([
+            w.campaign_id,
+            w.user_id,
+            w.worker,
+            to_millis(w.now),
+            w.session_id,
+            w.delivered,
+            session_status,
+            event_kind,
+            detail
+        ])
+    }));
+    let target = delivery_target_update("x.ok", "x.at", "s.expires_at");
+    let sql = format!(
+        "WITH x AS (SELECT j.n, (j.e->>0)::bigint AS c, j.e->>1 AS u, j.e->>2 AS w, (j.e->>3)::bigint AS at, \
+                       (j.e->>4)::bigint AS sid, (j.e->>5)::boolean AS ok, j.e->>6 AS st, j.e->>7 AS kind, \
+                       j.e->>8 AS detail \
+                     FROM json_array_elements($1::json) WITH ORDINALITY AS j(e, n)), \
+              s AS (UPDATE verification_sessions s SET status = x.st, updated_at = x.at FROM x \
+                    WHERE s.session_id = x.sid RETURNING s.session_id, s.expires_at), \
+              t AS ({target} FROM x JOIN s ON s.session_id = x.sid \
+                    WHERE t.campaign_id = x.c AND t.user_id = x.u AND {fence} \
+                    RETURNING t.campaign_id, t.user_id), \
+              e AS (INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+                    SELECT x.at, x.w, x.kind, x.c, x.u, x.detail FROM x ORDER BY x.n) \
+         SELECT x.n, EXISTS (SELECT 1 FROM t WHERE t.campaign_id = x.c AND t.user_id = x.u) AS kept \
+         FROM x ORDER BY x.n",
+        fence = ours!("t.", "x.w"),
+    );
+    let kept = sqlx::query(AssertSqlSafe(sql))
+        .bind(rows)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_err("session_record_delivery"))?
+        .iter()
+        .map(|r| r.try_get::<bool, _>("kept"))
+        .collect::<Result<Vec<bool>, _>>()
+        .map_err(query_err("session_record_delivery"))?;
+    Ok(kept)
+}
+
+/// One delivery on SQLite: its statements one after another (SQLite runs them in
+/// process, so a statement costs little of its own).
+async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, StoreError> {
+    let DeliveryArgs { campaign_id, ref user_id, session_id, delivered, ref worker, now, .. } = *a;
+    let (session_status, event_kind, detail) = a.kind_and_detail();
+    let now_ms = to_millis(now);
+    sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
+        .bind(session_id)
+        .bind(session_status)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("session_record_delivery"))?;
+    let target = format!(
+        "{} WHERE {}",
+        delivery_target_update("$6", "$4", "(SELECT expires_at FROM verification_sessions WHERE session_id = $5)"),
         our_target!()
+    );
+    let n = sqlx::query(AssertSqlSafe(target))
+        .bind(campaign_id)
+        .bind(user_id.as_str())
+        .bind(worker.as_str())
+        .bind(now_ms)
+        .bind(session_id)
+        .bind(delivered)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("session_record_delivery target"))?
+        .rows_affected();
+    sqlx::query("INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(now_ms)
+        .bind(worker.as_str())
+        .bind(event_kind)
+        .bind(campaign_id)
+        .bind(user_id.as_str())
+        .bind(detail)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("session_record_delivery event"))?;
+    Ok(n == 1)
+}
+
+/// The target's side of a recorded delivery, for both engines, as `UPDATE
+/// campaign_targets t SET …` (the caller adds what it joins and the fence): when
+/// `ok` (an SQL boolean) the target is `notified`, otherwise `failed` /
+/// `delivery_failed` (re-queued by a later run); either way the claim is released
+/// and the session's expiry is taken from `expires_at`. `at` is the time.
+fn delivery_target_update(ok: &str, at: &str, expires_at: &str) -> String {
+    format!(
+        "UPDATE campaign_targets AS t SET \
+           status = CASE WHEN {ok} THEN 'notified' ELSE 'failed' END, \
+           reason = CASE WHEN {ok} THEN NULL ELSE 'delivery_failed' END, \
+           notifications = notifications + CASE WHEN {ok} THEN 1 ELSE 0 END, \
+           notified_at = CASE WHEN {ok} THEN {at} ELSE notified_at END, \
+           first_notified_at = CASE WHEN {ok} THEN COALESCE(first_notified_at, {at}) ELSE first_notified_at END, \
+           finalized_at = CASE WHEN {ok} THEN finalized_at ELSE {at} END, \
+           lease_owner = NULL, lease_expires_at = NULL, sessions = sessions + 1, updated_at = {at}, \
+           session_expires_at = {expires_at}"
     )
 }
 

@@ -123,6 +123,33 @@ const DAY_MS: i64 = 86_400_000;
 const CLAIMED_COLUMNS: &str = "t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, \
      u.timezone, u.region, u.country, u.verification_state";
 
+/// The `picked` CTE of a claim: up to `limit` targets of campaign `$1` due at `$2`.
+/// Expired claims first (a dead worker's users waited longest), then deferred
+/// targets whose time has come, then pending ones. Each kind is its own range of
+/// `campaign_targets_claim`, so a claim reads what it takes and not the campaign's
+/// finished rows (one predicate with `OR` made Postgres scan the table from its
+/// start, past every target already done). Postgres locks what it picks, skipping
+/// rows another worker holds.
+fn due_targets(backend: Backend, limit: i64) -> String {
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let part = |filter: &str, order: &str| {
+        format!(
+            "SELECT * FROM (SELECT campaign_id, user_id FROM campaign_targets \
+               WHERE campaign_id = $1 AND {filter} {order} LIMIT {limit} {lock}) AS x"
+        )
+    };
+    format!(
+        "picked AS ({} UNION ALL {} UNION ALL {} LIMIT {limit})",
+        part("status = 'claimed' AND lease_expires_at < $2", ""),
+        part("status = 'deferred' AND not_before <= $2", ""),
+        // ordered by the index, so that the planner walks it (and stops at the limit)
+        part("status = 'pending' AND (not_before IS NULL OR not_before <= $2)", "ORDER BY not_before"),
+    )
+}
+
 impl Store {
     /// Adds every user who matches `audience`, is reachable, and is not a target of
     /// the campaign yet. A REJECTED user still inside the 24 h cooldown is added as
@@ -267,66 +294,48 @@ impl Store {
     ) -> Result<Vec<ClaimedTarget>, StoreError> {
         let now_ms = to_millis(now);
         let expires = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        let due = "campaign_id = $1 AND ( \
-                     (status IN ('pending', 'deferred') AND (not_before IS NULL OR not_before <= $2)) \
-                     OR (status = 'claimed' AND lease_expires_at < $2))";
-        let sql = match self.backend() {
-            Backend::Postgres => format!(
-                "WITH picked AS ( \
-                   SELECT campaign_id, user_id FROM campaign_targets WHERE {due} \
-                   LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 UPDATE campaign_targets t SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
-                   claimed_at = $2, attempts = t.attempts + 1, updated_at = $2 \
-                 FROM picked WHERE t.campaign_id = picked.campaign_id AND t.user_id = picked.user_id \
-                 RETURNING t.user_id"
-            ),
-            Backend::Sqlite => format!(
-                "UPDATE campaign_targets SET status = 'claimed', lease_owner = $4, lease_expires_at = $5, \
-                   claimed_at = $2, attempts = attempts + 1, updated_at = $2 \
-                 WHERE campaign_id = $1 AND user_id IN ( \
-                   SELECT user_id FROM campaign_targets WHERE {due} LIMIT $3)"
-            ),
-        };
+        // The limit is written into the text, not bound: a generic plan that sees
+        // `LIMIT $n` assumes a tenth of the table and joins the claimed rows back by
+        // scanning an index whole. The text stays the same for a run's every claim.
+        let limit = limit.clamp(1, 100_000);
+        let picked = due_targets(self.backend(), limit);
         if self.backend() == Backend::Postgres {
-            // the claim returns what it claimed; the rows are then read by primary
-            // key (a join inside the claim let the planner hash all of `users`)
-            let ids: Vec<String> = sqlx::query(AssertSqlSafe(sql))
+            // One statement: claim, then read each claimed row's user by primary key.
+            // The lateral subquery (kept apart by OFFSET 0) makes that a lookup per
+            // row; a plain join let the planner hash all of `users`.
+            let sql = format!(
+                "WITH {picked}, \
+                 claimed AS (UPDATE campaign_targets t SET status = 'claimed', lease_owner = $3, \
+                       lease_expires_at = $4, claimed_at = $2, attempts = t.attempts + 1, updated_at = $2 \
+                     FROM picked WHERE t.campaign_id = picked.campaign_id AND t.user_id = picked.user_id \
+                     RETURNING t.user_id, t.step, t.attempts) \
+                 SELECT {CLAIMED_COLUMNS} FROM claimed t \
+                 CROSS JOIN LATERAL (SELECT * FROM users u WHERE u.user_id = t.user_id OFFSET 0) u"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
                 .bind(campaign_id)
                 .bind(now_ms)
-                .bind(limit)
                 .bind(worker)
                 .bind(expires)
                 .fetch_all(self.pool())
                 .await
-                .map_err(query_err("target_claim_batch"))?
-                .iter()
-                .map(|r| r.try_get::<String, _>("user_id"))
-                .collect::<Result<_, _>>()
                 .map_err(query_err("target_claim_batch"))?;
-            let mut claimed = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(500) {
-                let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-                let sql = format!(
-                    "SELECT {CLAIMED_COLUMNS} FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
-                     WHERE t.campaign_id = $1 AND t.user_id IN ({})",
-                    marks.join(", ")
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id);
-                for id in chunk {
-                    q = q.bind(id.as_str());
-                }
-                let rows = q.fetch_all(self.pool()).await.map_err(query_err("target_claim_batch read"))?;
-                for r in &rows {
-                    claimed.push(claimed_from_row(r).map_err(query_err("target_claim_batch row"))?);
-                }
-            }
-            return Ok(claimed);
+            return rows
+                .iter()
+                .map(claimed_from_row)
+                .collect::<Result<_, _>>()
+                .map_err(query_err("target_claim_batch row"));
         }
+        let sql = format!(
+            "WITH {picked} \
+             UPDATE campaign_targets SET status = 'claimed', lease_owner = $3, lease_expires_at = $4, \
+               claimed_at = $2, attempts = attempts + 1, updated_at = $2 \
+             WHERE campaign_id = $1 AND user_id IN (SELECT user_id FROM picked)"
+        );
         let mut tx = self.begin_write().await?;
         let claimed = sqlx::query(AssertSqlSafe(sql))
             .bind(campaign_id)
             .bind(now_ms)
-            .bind(limit)
             .bind(worker)
             .bind(expires)
             .execute(&mut *tx)

@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 use zeroize::Zeroizing;
 
-use super::group::{Step, Tx};
-use super::{Store, StoreError, query_err, to_millis};
+use super::group::{BatchWrite, Step, Tx};
+use super::sessions::json_rows;
+use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::baanx::{TokenVault, VaultError};
 use crate::crypto::TokenCipher;
 use crate::domain::{Clock, UserId};
@@ -45,21 +46,17 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn user_token_get(&self, user: &UserId) -> Result<Option<SealedToken>, StoreError> {
+        if self.is_grouped() {
+            // a run's many users in flight: one statement reads a group's tokens
+            return self.write_batched(TokenGet { backend: self.backend(), user: user.to_string() }).await;
+        }
         let row =
             sqlx::query("SELECT refresh_token_enc, token_key_id, consent_required_at FROM users WHERE user_id = $1")
                 .bind(user.as_str())
                 .fetch_optional(self.pool())
                 .await
                 .map_err(query_err("user_token_get"))?;
-        let Some(row) = row else { return Ok(None) };
-        let sealed: Option<Vec<u8>> = row.try_get("refresh_token_enc").map_err(query_err("user_token_get"))?;
-        let key_id: Option<String> = row.try_get("token_key_id").map_err(query_err("user_token_get"))?;
-        let consent_required_at: Option<i64> =
-            row.try_get("consent_required_at").map_err(query_err("user_token_get"))?;
-        Ok(match (sealed, key_id) {
-            (Some(sealed), Some(key_id)) => Some(SealedToken { sealed, key_id, consent_required_at }),
-            _ => None,
-        })
+        row.as_ref().map_or(Ok(None), sealed_from_row)
     }
 
     /// Replaces the user's refresh token with a rotated one (consent state kept).
@@ -101,34 +98,15 @@ impl Store {
         now_ms: i64,
         consented: bool,
     ) -> Result<(), StoreError> {
-        struct Args {
-            user: String,
-            sealed: Vec<u8>,
-            key_id: String,
-            now_ms: i64,
-            consented: bool,
-        }
-        fn put<'a>(a: &'a Args, tx: &'a mut Tx) -> Step<'a, u64> {
-            Box::pin(async move {
-                let done = sqlx::query(
-                    "UPDATE users SET refresh_token_enc = $2, token_key_id = $3, updated_at = $4, \
-                       consent_required_at = CASE WHEN $5 THEN NULL ELSE consent_required_at END \
-                     WHERE user_id = $1",
-                )
-                .bind(a.user.as_str())
-                .bind(a.sealed.as_slice())
-                .bind(a.key_id.as_str())
-                .bind(a.now_ms)
-                .bind(a.consented)
-                .execute(&mut **tx)
-                .await
-                .map_err(query_err("user_token_put"))?;
-                Ok(done.rows_affected())
-            })
-        }
-        let args =
-            Args { user: user.to_string(), sealed: sealed.to_vec(), key_id: key_id.to_owned(), now_ms, consented };
-        if self.write(args, put).await? == 0 {
+        let args = TokenPut {
+            backend: self.backend(),
+            user: user.to_string(),
+            sealed: sealed.to_vec(),
+            key_id: key_id.to_owned(),
+            now_ms,
+            consented,
+        };
+        if !self.write_batched(args).await? {
             return Err(StoreError::NotFound { what: "user", key: user.to_string() });
         }
         Ok(())
@@ -152,6 +130,112 @@ impl Store {
             return Err(StoreError::NotFound { what: "user", key: user.to_string() });
         }
         Ok(())
+    }
+}
+
+/// The sealed token of a row with `refresh_token_enc`, `token_key_id` and
+/// `consent_required_at`.
+fn sealed_from_row(row: &sqlx::any::AnyRow) -> Result<Option<SealedToken>, StoreError> {
+    let sealed: Option<Vec<u8>> = row.try_get("refresh_token_enc").map_err(query_err("user_token_get"))?;
+    let key_id: Option<String> = row.try_get("token_key_id").map_err(query_err("user_token_get"))?;
+    let consent_required_at: Option<i64> = row.try_get("consent_required_at").map_err(query_err("user_token_get"))?;
+    Ok(match (sealed, key_id) {
+        (Some(sealed), Some(key_id)) => Some(SealedToken { sealed, key_id, consent_required_at }),
+        _ => None,
+    })
+}
+
+/// [`Store::user_token_get`] in a group: the tokens of every user asking at that
+/// moment, in one statement. It reads inside the group's transaction, so it sees
+/// every rotation committed before it.
+struct TokenGet {
+    backend: Backend,
+    user: String,
+}
+
+impl BatchWrite for TokenGet {
+    type Out = Option<SealedToken>;
+
+    fn run_many<'a>(reads: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<Option<SealedToken>>> {
+        Box::pin(async move {
+            let Some(first) = reads.first() else { return Ok(Vec::new()) };
+            let ids = json_rows(reads.iter().map(|r| serde_json::Value::from(r.user.as_str())));
+            let list = match first.backend {
+                Backend::Postgres => "SELECT json_array_elements_text($1::json)",
+                Backend::Sqlite => "SELECT value FROM json_each($1)",
+            };
+            let sql = format!(
+                "SELECT user_id, refresh_token_enc, token_key_id, consent_required_at FROM users \
+                 WHERE user_id IN ({list})"
+            );
+            let mut found: std::collections::HashMap<String, Option<SealedToken>> = std::collections::HashMap::new();
+            for row in sqlx::query(AssertSqlSafe(sql))
+                .bind(ids)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(query_err("user_token_get"))?
+            {
+                let user: String = row.try_get("user_id").map_err(query_err("user_token_get"))?;
+                found.insert(user, sealed_from_row(&row)?);
+            }
+            Ok(reads.iter().map(|r| found.get(&r.user).cloned().flatten()).collect())
+        })
+    }
+}
+
+/// [`Store::user_token_put`]'s write; a group's token rotations go in one statement.
+struct TokenPut {
+    backend: Backend,
+    user: String,
+    sealed: Vec<u8>,
+    key_id: String,
+    now_ms: i64,
+    consented: bool,
+}
+
+impl BatchWrite for TokenPut {
+    /// Whether the user was there to update.
+    type Out = bool;
+
+    fn key(&self) -> Option<&str> {
+        Some(&self.user)
+    }
+
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<bool>> {
+        Box::pin(async move {
+            let Some(first) = writes.first() else { return Ok(Vec::new()) };
+            let rows = json_rows(
+                writes
+                    .iter()
+                    .map(|w| serde_json::json!([w.user, hex::encode(&w.sealed), w.key_id, w.now_ms, w.consented])),
+            );
+            // the sealed bytes travel as hex inside the JSON
+            let from = match first.backend {
+                Backend::Postgres => {
+                    "SELECT e->>0 AS u, decode(e->>1, 'hex') AS tok, e->>2 AS k, (e->>3)::bigint AS at, \
+                       (e->>4)::boolean AS ok FROM json_array_elements($1::json) e"
+                }
+                Backend::Sqlite => {
+                    "SELECT value->>0 AS u, unhex(value->>1) AS tok, value->>2 AS k, value->>3 AS at, \
+                       value->>4 AS ok FROM json_each($1)"
+                }
+            };
+            let sql = format!(
+                "UPDATE users SET refresh_token_enc = x.tok, token_key_id = x.k, updated_at = x.at, \
+                   consent_required_at = CASE WHEN x.ok THEN NULL ELSE consent_required_at END \
+                 FROM ({from}) AS x WHERE users.user_id = x.u RETURNING users.user_id"
+            );
+            let done: std::collections::HashSet<String> = sqlx::query(AssertSqlSafe(sql))
+                .bind(rows)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(query_err("user_token_put"))?
+                .iter()
+                .map(|r| r.try_get::<String, _>("user_id"))
+                .collect::<Result<_, _>>()
+                .map_err(query_err("user_token_put"))?;
+            Ok(writes.iter().map(|w| done.contains(&w.user)).collect())
+        })
     }
 }
 
