@@ -115,17 +115,14 @@ impl Outbox {
         Ok(Delivered { channel: ChannelKind::Outbox, message_id: message_id_of(email), detail: name, attempts: 1 })
     }
 
-    /// Writes `bytes` to a temporary file, then waits for a group commit to make it
-    /// durable as `STEM.eml` (or `STEM_N.eml`). Returns the file name.
+    /// Hands `bytes` to the next group commit, which writes it to a temporary file
+    /// and makes it durable as `STEM.eml` (or `STEM_N.eml`). Returns the file name.
+    /// The file is written by the group's blocking call, not by one of its own: a
+    /// hand-off to a blocking thread per message cost more than its write.
     async fn store(&self, stem: String, bytes: Zeroizing<Vec<u8>>) -> Result<String, NotifyError> {
         let failed = |e: String| NotifyError::transient(format!("outbox {}: {e}", self.dir.display()));
-        let dir = self.dir.clone();
-        let tmp = tokio::task::spawn_blocking(move || write_temp(&dir, &bytes))
-            .await
-            .map_err(|e| NotifyError::transient(format!("outbox writer stopped: {e}")))?
-            .map_err(|e| failed(e.to_string()))?;
         let (done, answer) = oneshot::channel();
-        self.commits.enqueue(Pending { tmp, stem, done });
+        self.commits.enqueue(Pending { bytes, stem, done });
         answer.await.map_err(|_| NotifyError::transient("outbox writer stopped"))?.map_err(failed)
     }
 }
@@ -138,10 +135,23 @@ fn write_temp(dir: &Path, bytes: &[u8]) -> std::io::Result<NamedTempFile> {
     Ok(tmp)
 }
 
-/// One message waiting for a group commit: its unsynced temporary file, the name it
-/// is to get, and where to send the outcome (the file name, or why not).
-#[derive(Debug)]
+/// One message waiting for a group commit: its bytes, the name it is to get, and
+/// where to send the outcome (the file name, or why not).
 struct Pending {
+    bytes: Zeroizing<Vec<u8>>,
+    stem: String,
+    done: oneshot::Sender<Result<String, String>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the bytes carry a session URL: never printed
+        f.debug_struct("Pending").field("stem", &self.stem).finish_non_exhaustive()
+    }
+}
+
+/// A message of a group written to its temporary file, not yet synced.
+struct Written {
     tmp: NamedTempFile,
     stem: String,
     done: oneshot::Sender<Result<String, String>>,
@@ -217,8 +227,9 @@ impl GroupCommit {
         }
     }
 
-    /// Syncs the data of every file in `group`, renames each into place, syncs the
-    /// directory, then answers every writer.
+    /// Writes every message of `group` to a temporary file, syncs their data,
+    /// renames each into place, syncs the directory, then answers every writer. A
+    /// message whose file cannot be written gets that error alone.
     ///
     /// When the data sync fails, every writer in the group gets the error and the
     /// temporary files are removed: nothing was renamed. When the directory sync
@@ -229,8 +240,21 @@ impl GroupCommit {
     fn commit(&self, group: Vec<Pending>) {
         #[cfg(test)]
         self.seam.groups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut written = Vec::with_capacity(group.len());
+        for Pending { bytes, stem, done } in group {
+            match write_temp(&self.dir, &bytes) {
+                Ok(tmp) => written.push(Written { tmp, stem, done }),
+                Err(e) => {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        }
+        let group = written;
+        if group.is_empty() {
+            return;
+        }
         if let Err(e) = self.sync_data(&group) {
-            for Pending { tmp, done, .. } in group {
+            for Written { tmp, done, .. } in group {
                 drop(tmp); // removes it, before its writer hears
                 let _ = done.send(Err(e.to_string()));
             }
@@ -270,7 +294,7 @@ impl GroupCommit {
     /// 1,800 to 3,800. `syncfs` also writes out what other programs left dirty on that
     /// file system (Postgres' pages, when it shares the disk): work the kernel would
     /// do soon anyway. It reports write-back errors since Linux 5.8.
-    fn sync_data(&self, group: &[Pending]) -> std::io::Result<()> {
+    fn sync_data(&self, group: &[Written]) -> std::io::Result<()> {
         #[cfg(test)]
         if self.seam.fail_sync.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("injected sync failure"));
