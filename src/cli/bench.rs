@@ -235,7 +235,7 @@ impl Setup {
             campaign_rate: 100_000.0,
             // users in flight: each waits on a few group commits, so more users than
             // request slots keep both the API and the database busy
-            campaign_concurrency: 256,
+            campaign_concurrency: 384,
             regions: None,
         }
     }
@@ -550,7 +550,7 @@ mod tests {
         let mut setup = Setup::throughput("x", 10, Backend::Sqlite);
         setup.regions = Some("intl");
         let spec = reverify::domain::CampaignSpec::from_toml(&setup.campaign_toml(), "t").unwrap();
-        assert_eq!(spec.throttle.concurrency, 256);
+        assert_eq!(spec.throttle.concurrency, 384);
         assert_eq!(spec.audience.regions, vec![reverify::domain::Region::Intl]);
     }
 

