@@ -448,6 +448,63 @@ mod tests {
         assert_eq!(probes(&db.store).await, expected, "the failed write's own insert is rolled back");
     });
 
+    /// Each batch that ran, as its writes' (key, sequence number).
+    type BatchLog = Arc<std::sync::Mutex<Vec<Vec<(String, usize)>>>>;
+
+    /// A batchable write that records the batches it ran in.
+    struct Keyed {
+        key: String,
+        seq: usize,
+        log: BatchLog,
+    }
+
+    impl BatchWrite for Keyed {
+        type Out = usize;
+
+        fn key(&self) -> Option<&str> {
+            Some(&self.key)
+        }
+
+        fn run_many<'a>(writes: &'a [&'a Self], _tx: &'a mut Tx) -> Step<'a, Vec<usize>> {
+            Box::pin(async move {
+                if let Some(first) = writes.first() {
+                    let batch = writes.iter().map(|w| (w.key.clone(), w.seq)).collect();
+                    first.log.lock().unwrap().push(batch);
+                }
+                Ok(writes.iter().map(|w| w.seq).collect())
+            })
+        }
+    }
+
+    both_engines!(writes_of_one_key_never_share_a_batch_and_keep_their_order, |db: TestDb| async move {
+        // one writer: everything queued while it starts lands in one group
+        let store = db.store.with_group_commit(GroupCommit { writers: 1, max_group: 64 });
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keys = ["a", "a", "b", "a", "c", "b", "d"];
+        // polled in order, so that they queue in order
+        let writes = keys.iter().enumerate().map(|(seq, key)| {
+            let w = Keyed { key: (*key).to_owned(), seq, log: log.clone() };
+            let s = store.clone();
+            async move { (seq, s.write_batched(w).await.unwrap()) }
+        });
+        for (seq, out) in futures::future::join_all(writes).await {
+            assert_eq!(seq, out, "each write gets its own answer");
+        }
+        let batches = log.lock().unwrap().clone();
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), keys.len(), "{batches:?}");
+        assert!(batches.len() < keys.len(), "the writes were batched: {batches:?}");
+        let mut last_seq: HashMap<String, usize> = HashMap::new();
+        for batch in &batches {
+            let mut seen = HashSet::new();
+            for (key, seq) in batch {
+                assert!(seen.insert(key.clone()), "key {key} twice in one batch: {batches:?}");
+                if let Some(before) = last_seq.insert(key.clone(), *seq) {
+                    assert!(before < *seq, "key {key} out of order: {batches:?}");
+                }
+            }
+        }
+    });
+
     both_engines!(a_store_without_a_group_writes_alone, |db: TestDb| async move {
         assert_eq!(db.store.write(7, insert_probe).await.unwrap(), 14);
         assert!(db.store.write(8, insert_then_fail).await.is_err());

@@ -320,3 +320,66 @@ both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db:
     assert!(s.target_settle(c, &uid(1), "next", "failed", "forbidden", None, later).await.unwrap());
     assert_eq!(status_of(s, c, 1).await.0, "failed");
 });
+
+both_engines!(a_group_batches_reservations_yet_one_user_never_exceeds_the_limits, |db: TestDb| async move {
+    // One writer, so that the writes queued behind the first share a group and its
+    // batched statements. User 1 is a target of six campaigns at once: a batch that
+    // judged them all on one reading of the ledger would reserve six; the limit is 3
+    // unexpired sessions. Users 2-7 reserve beside them; user 8 verified since the
+    // import (a fresh state that changes) and must get no session.
+    let store = db.store.with_group_commit(crate::store::group::GroupCommit { writers: 1, max_group: 128 });
+    let s = &db.store;
+    let now = t0();
+    for n in 1..=8 {
+        user(s, n, "UNVERIFIED", "intl", None, "").await;
+    }
+    let mut campaigns = Vec::new();
+    for i in 0..6 {
+        let c = campaign(s, &format!("c{i}")).await;
+        s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+        s.target_claim_batch(c, "w", 100, now, LEASE).await.unwrap();
+        campaigns.push(c);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, c) in campaigns.iter().copied().enumerate() {
+        let st = store.clone();
+        tasks.spawn(async move { (1, st.session_reserve_fresh(c, &uid(1), 0, "w", now, DAY, None).await.unwrap()) });
+        let st = store.clone();
+        let n = u32::try_from(i).unwrap() + 2; // users 2..=7, one campaign each
+        let fresh = Some(VerificationState::Unverified);
+        tasks.spawn(async move { (n, st.session_reserve_fresh(c, &uid(n), 0, "w", now, DAY, fresh).await.unwrap()) });
+    }
+    let st = store.clone();
+    let c0 = campaigns[0];
+    tasks.spawn(async move {
+        (8, st.session_reserve_fresh(c0, &uid(8), 0, "w", now, DAY, Some(VerificationState::Verified)).await.unwrap())
+    });
+    let (mut user1_reserved, mut user1_deferred, mut others_reserved) = (0, 0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            (1, Reservation::Reserved { .. }) => user1_reserved += 1,
+            (1, Reservation::Deferred { reason, .. }) => {
+                assert_eq!(reason, DeferReason::Concurrency);
+                user1_deferred += 1;
+            }
+            (8, r) => assert!(!matches!(r, Reservation::Reserved { .. }), "a verified user was reserved: {r:?}"),
+            (_, Reservation::Reserved { .. }) => others_reserved += 1,
+            (n, other) => panic!("user {n}: {other:?}"),
+        }
+    }
+    assert_eq!((user1_reserved, user1_deferred, others_reserved), (3, 3, 6));
+    let sessions = |n: u32| {
+        sqlx::query("SELECT COUNT(*) AS n FROM verification_sessions WHERE user_id = $1")
+            .bind(uid(n))
+            .fetch_one(s.pool())
+    };
+    assert_eq!(sessions(1).await.unwrap().get::<i64, _>("n"), 3);
+    assert_eq!(sessions(8).await.unwrap().get::<i64, _>("n"), 0);
+    let state: String = sqlx::query("SELECT verification_state FROM users WHERE user_id = $1")
+        .bind(uid(8))
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+        .get("verification_state");
+    assert_eq!(state, "VERIFIED", "the fresh state was recorded with the reservation");
+});
