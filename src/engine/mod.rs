@@ -26,7 +26,10 @@ use tracing::{info, warn};
 
 use crate::domain::{CampaignSpec, Clock};
 use crate::store::runs::{RunCounts, RunOutcome};
-use crate::store::targets::ClaimedTarget;
+use crate::store::targets::{ClaimCursor, ClaimedTarget};
+
+/// A background claim's outcome, and the cursor it leaves.
+type ClaimDone = (Result<Vec<ClaimedTarget>, StoreError>, ClaimCursor);
 use crate::store::{Store, StoreError};
 pub use ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
 pub use worker::Worker;
@@ -352,8 +355,13 @@ impl Run {
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
         // The next batch is claimed in the background once the queue runs low, so
         // that claiming overlaps the users in flight instead of pausing them.
-        let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<ClaimedTarget>, StoreError>>> = None;
+        let mut claiming: Option<tokio::task::JoinHandle<ClaimDone>> = None;
         let want = i64::try_from(self.config.batch_size.max(concurrency)).unwrap_or(100);
+        // Each claim goes on from where the last ended; expired claims are looked
+        // for on the first claim, once a lease, and on the pass from the start that
+        // ends the run.
+        let mut cursor = ClaimCursor::start();
+        let mut rescued_at = tokio::time::Instant::now();
         let mut exhausted = false;
         let mut store_error: Option<StoreError> = None;
         loop {
@@ -364,8 +372,12 @@ impl Run {
                 let (store, clock, worker, lease) =
                     (self.store.clone(), self.clock.clone(), self.config.worker_id.clone(), self.config.lease);
                 let campaign_id = self.campaign_id;
+                let mut next = cursor.clone();
+                next.rescue |= rescued_at.elapsed() >= lease;
                 claiming = Some(tokio::spawn(async move {
-                    store.target_claim_batch(campaign_id, &worker, want, clock.now(), lease).await
+                    let claimed =
+                        store.target_claim_next(campaign_id, &worker, want, clock.now(), lease, &mut next).await;
+                    (claimed, next)
                 }));
             }
             while in_flight.len() < concurrency {
@@ -385,10 +397,26 @@ impl Run {
                 }
                 claimed = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
                     claiming = None;
-                    match claimed.unwrap_or_else(|e| Err(StoreError::Conflict(format!("claim task failed: {e}")))) {
+                    let (claimed, next) = claimed.unwrap_or_else(|e| {
+                        (Err(StoreError::Conflict(format!("claim task failed: {e}"))), cursor.clone())
+                    });
+                    match claimed {
                         Ok(batch) => {
                             progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
-                            exhausted = batch.is_empty();
+                            if next.rescue {
+                                rescued_at = tokio::time::Instant::now();
+                            }
+                            cursor = ClaimCursor { rescue: false, ..next };
+                            if batch.is_empty() {
+                                // nothing after the cursor: one pass from the start
+                                // (targets given back or re-queued meanwhile) before
+                                // the run ends
+                                if cursor.after.is_some() {
+                                    cursor = ClaimCursor::start();
+                                } else {
+                                    exhausted = true;
+                                }
+                            }
                             queue.extend(batch);
                         }
                         Err(e) => {
@@ -403,11 +431,11 @@ impl Run {
         // claimed is given back below rather than left to its lease.
         if let Some(c) = claiming.take() {
             match tokio::time::timeout(Duration::from_secs(5), c).await {
-                Ok(Ok(Ok(batch))) => {
+                Ok(Ok((Ok(batch), _))) => {
                     progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
                     queue.extend(batch);
                 }
-                Ok(Ok(Err(e))) if store_error.is_none() => store_error = Some(e),
+                Ok(Ok((Err(e), _))) if store_error.is_none() => store_error = Some(e),
                 _ => {}
             }
         }

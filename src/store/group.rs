@@ -6,8 +6,9 @@
 //! API call, `issued` before the message). One commit each makes the database's log
 //! flush (about 1-2 ms of fsync here) the bottleneck of the whole run. So a store
 //! made with [`Store::with_group_commit`] sends each write as a job to a few writer
-//! tasks; a writer takes every job queued at that moment, runs them one after the
-//! other in one transaction, commits once, and only then answers each caller. A
+//! tasks; a writer takes every job queued at that moment, runs them in one
+//! transaction (the jobs of one [`BatchWrite`] kind as one statement over all their
+//! arguments), commits once, and only then answers each caller. A
 //! caller still waits for its own write to be durable before it goes on: the order
 //! of every user's steps, and so every invariant of the ledger, is unchanged. Under
 //! load groups grow by themselves; alone, a write costs what it costs without.

@@ -383,3 +383,41 @@ both_engines!(a_group_batches_reservations_yet_one_user_never_exceeds_the_limits
         .get("verification_state");
     assert_eq!(state, "VERIFIED", "the fresh state was recorded with the reservation");
 });
+
+both_engines!(claims_go_on_from_their_cursor_and_a_pass_from_the_start_finds_the_rest, |db: TestDb| async move {
+    use crate::store::targets::ClaimCursor;
+    let s = &db.store;
+    let now = t0();
+    for n in 1..=8 {
+        user(s, n, "UNVERIFIED", "intl", None, "").await;
+    }
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    let ids = |batch: &[crate::store::targets::ClaimedTarget]| {
+        let mut v: Vec<String> = batch.iter().map(|t| t.user_id.clone()).collect();
+        v.sort();
+        v
+    };
+    let mut cursor = ClaimCursor::start();
+    let first = s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap();
+    assert_eq!(ids(&first), vec![uid(1), uid(2), uid(3)], "fresh targets in user id order");
+    assert_eq!(cursor.after, Some(uid(3)));
+    // user 2 is given back: behind the cursor, so not taken by the next claims
+    s.target_release(c, "w", &[uid(2)], now).await.unwrap();
+    cursor.rescue = false;
+    let second = s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap();
+    assert_eq!(ids(&second), vec![uid(4), uid(5), uid(6)]);
+    let third = s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap();
+    assert_eq!(ids(&third), vec![uid(7), uid(8)]);
+    assert!(s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap().is_empty());
+    // the pass from the start finds it
+    let mut again = ClaimCursor::start();
+    assert_eq!(ids(&s.target_claim_next(c, "w", 3, now, LEASE, &mut again).await.unwrap()), vec![uid(2)]);
+
+    // expired claims are looked for only when the cursor asks
+    let later = now + chrono::Duration::seconds(60);
+    let mut quiet = ClaimCursor { after: Some(uid(8)), rescue: false };
+    assert!(s.target_claim_next(c, "x", 10, later, LEASE, &mut quiet).await.unwrap().is_empty());
+    let mut rescue = ClaimCursor { after: Some(uid(8)), rescue: true };
+    assert_eq!(s.target_claim_next(c, "x", 10, later, LEASE, &mut rescue).await.unwrap().len(), 8);
+});

@@ -123,14 +123,41 @@ const DAY_MS: i64 = 86_400_000;
 const CLAIMED_COLUMNS: &str = "t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, \
      u.timezone, u.region, u.country, u.verification_state";
 
+/// Where a run's claims have got to, so that each claim starts where the last one
+/// ended instead of walking again past every target already taken.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimCursor {
+    /// The highest user id claimed so far: fresh pending targets are taken in user
+    /// id order after it. `None`: from the start.
+    pub after: Option<String>,
+    /// Also look for claims whose lease expired (a dead worker's). The walk over
+    /// the campaign's claimed rows grows with every target claimed, so a run does
+    /// it on its first claim, once a lease, and on its last.
+    pub rescue: bool,
+}
+
+impl ClaimCursor {
+    /// From the start, expired claims included: a run's first claim.
+    pub fn start() -> Self {
+        Self { after: None, rescue: true }
+    }
+}
+
 /// The `picked` CTE of a claim: up to `limit` targets of campaign `$1` due at `$2`.
-/// Expired claims first (a dead worker's users waited longest), then deferred
-/// targets whose time has come, then pending ones. Each kind is its own range of
-/// `campaign_targets_claim`, so a claim reads what it takes and not the campaign's
-/// finished rows (one predicate with `OR` made Postgres scan the table from its
-/// start, past every target already done). Postgres locks what it picks, skipping
-/// rows another worker holds.
-fn due_targets(backend: Backend, limit: i64) -> String {
+/// Expired claims first (a dead worker's users waited longest; only when the
+/// cursor says so), then deferred targets whose time has come, then pending ones
+/// with a retry time, then fresh pending ones (no `not_before`) in user id order
+/// after the cursor `$5`.
+///
+/// Each kind is read where it lies and nowhere else, so that a claim costs the
+/// same at the millionth target as at the first. The first three are ranges of
+/// `campaign_targets_claim`. The fresh pending targets are a range of the primary
+/// key from the cursor on: a claim never walks the entries that targets already
+/// taken left behind in any index (dead until a vacuum; at 1,000,000 users a
+/// claim walked hundreds of thousands of them, and a run slowed to a crawl). Their
+/// filter is a `CASE`, which no index serves, so that the planner takes the primary
+/// key. Postgres locks what it picks, skipping rows another worker holds.
+fn due_targets(backend: Backend, limit: i64, rescue: bool) -> String {
     let lock = match backend {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
@@ -141,13 +168,19 @@ fn due_targets(backend: Backend, limit: i64) -> String {
                WHERE campaign_id = $1 AND {filter} {order} LIMIT {limit} {lock}) AS x"
         )
     };
-    format!(
-        "picked AS ({} UNION ALL {} UNION ALL {} LIMIT {limit})",
-        part("status = 'claimed' AND lease_expires_at < $2", ""),
-        part("status = 'deferred' AND not_before <= $2", ""),
-        // ordered by the index, so that the planner walks it (and stops at the limit)
-        part("status = 'pending' AND (not_before IS NULL OR not_before <= $2)", "ORDER BY not_before"),
-    )
+    let mut parts = Vec::with_capacity(4);
+    if rescue {
+        parts.push(part("status = 'claimed' AND lease_expires_at < $2", ""));
+    }
+    parts.push(part("status = 'deferred' AND not_before <= $2", ""));
+    parts.push(part("status = 'pending' AND not_before <= $2", ""));
+    // (the row comparison and the order make it the primary key's range, not
+    // `campaign_targets_by_user`'s, which holds every campaign's targets)
+    parts.push(part(
+        "(campaign_id, user_id) > ($1, $5) AND CASE WHEN status = 'pending' THEN not_before IS NULL ELSE FALSE END",
+        "ORDER BY campaign_id, user_id",
+    ));
+    format!("picked AS ({} LIMIT {limit})", parts.join(" UNION ALL "))
 }
 
 impl Store {
@@ -280,7 +313,8 @@ impl Store {
     }
 
     /// Claims up to `limit` targets that are due (pending, or deferred until now or
-    /// earlier) or whose claim expired, for `worker`, until `now + lease`.
+    /// earlier) or whose claim expired, for `worker`, until `now + lease`. The
+    /// whole campaign is looked at; a run claims with [`Store::target_claim_next`].
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -292,13 +326,51 @@ impl Store {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Vec<ClaimedTarget>, StoreError> {
+        self.target_claim_next(campaign_id, worker, limit, now, lease, &mut ClaimCursor::start()).await
+    }
+
+    /// [`Store::target_claim_batch`] from where `cursor` says, moving it on. Fresh
+    /// pending targets before the cursor are not looked at: a run that finds
+    /// nothing after its cursor claims once more from the start before it ends
+    /// (targets given back or re-queued meanwhile wait at most until then).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_claim_next(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        limit: i64,
+        now: DateTime<Utc>,
+        lease: Duration,
+        cursor: &mut ClaimCursor,
+    ) -> Result<Vec<ClaimedTarget>, StoreError> {
+        let claimed = self.claim(campaign_id, worker, limit, now, lease, cursor).await?;
+        if let Some(last) = claimed.iter().map(|t| t.user_id.as_str()).max()
+            && cursor.after.as_deref().is_none_or(|a| last > a)
+        {
+            cursor.after = Some(last.to_owned());
+        }
+        Ok(claimed)
+    }
+
+    async fn claim(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        limit: i64,
+        now: DateTime<Utc>,
+        lease: Duration,
+        cursor: &ClaimCursor,
+    ) -> Result<Vec<ClaimedTarget>, StoreError> {
+        let after = cursor.after.as_deref().unwrap_or("");
         let now_ms = to_millis(now);
         let expires = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         // The limit is written into the text, not bound: a generic plan that sees
         // `LIMIT $n` assumes a tenth of the table and joins the claimed rows back by
         // scanning an index whole. The text stays the same for a run's every claim.
         let limit = limit.clamp(1, 100_000);
-        let picked = due_targets(self.backend(), limit);
+        let picked = due_targets(self.backend(), limit, cursor.rescue);
         if self.backend() == Backend::Postgres {
             // One statement: claim, then read each claimed row's user by primary key.
             // The lateral subquery (kept apart by OFFSET 0) makes that a lookup per
@@ -317,6 +389,7 @@ impl Store {
                 .bind(now_ms)
                 .bind(worker)
                 .bind(expires)
+                .bind(after)
                 .fetch_all(self.pool())
                 .await
                 .map_err(query_err("target_claim_batch"))?;
@@ -330,28 +403,33 @@ impl Store {
             "WITH {picked} \
              UPDATE campaign_targets SET status = 'claimed', lease_owner = $3, lease_expires_at = $4, \
                claimed_at = $2, attempts = attempts + 1, updated_at = $2 \
-             WHERE campaign_id = $1 AND user_id IN (SELECT user_id FROM picked)"
+             WHERE campaign_id = $1 AND user_id IN (SELECT user_id FROM picked) RETURNING user_id"
         );
         let mut tx = self.begin_write().await?;
-        let claimed = sqlx::query(AssertSqlSafe(sql))
+        let ids: Vec<String> = sqlx::query(AssertSqlSafe(sql))
             .bind(campaign_id)
             .bind(now_ms)
             .bind(worker)
             .bind(expires)
-            .execute(&mut *tx)
+            .bind(after)
+            .fetch_all(&mut *tx)
             .await
             .map_err(query_err("target_claim_batch"))?
-            .rows_affected();
-        let rows = if claimed == 0 {
+            .iter()
+            .map(|r| r.try_get::<String, _>("user_id"))
+            .collect::<Result<_, _>>()
+            .map_err(query_err("target_claim_batch"))?;
+        // exactly the rows this claim took (not every row claimed in the same
+        // millisecond by this worker)
+        let rows = if ids.is_empty() {
             vec![]
         } else {
             sqlx::query(AssertSqlSafe(format!(
                 "SELECT {CLAIMED_COLUMNS} FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
-                 WHERE t.campaign_id = $1 AND t.lease_owner = $2 AND t.status = 'claimed' AND t.claimed_at = $3"
+                 WHERE t.campaign_id = $1 AND t.user_id IN (SELECT value FROM json_each($2))"
             )))
             .bind(campaign_id)
-            .bind(worker)
-            .bind(now_ms)
+            .bind(serde_json::Value::from(ids).to_string())
             .fetch_all(&mut *tx)
             .await
             .map_err(query_err("target_claim_batch read"))?
