@@ -75,6 +75,50 @@ pub(crate) trait BatchWrite: Send + Sync + Sized + 'static {
     fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<Self::Out>>;
 }
 
+/// The arguments of a batched statement, bound as `$1`: a JSON array of one entry
+/// (an array of values) per write.
+pub(crate) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
+    serde_json::Value::Array(rows.collect()).to_string()
+}
+
+/// The SQL type of one value of a [`json_rows`] entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg {
+    Text,
+    Int,
+    Bool,
+    /// Bytes, written as hex.
+    Hex,
+}
+
+/// A `SELECT` of `$1` (see [`json_rows`]) as one row per write, its values as the
+/// columns `cols` in order, plus `n`, the write's place in the batch (to order by).
+/// Postgres reads the array with `json_array_elements`, SQLite with `json_each`.
+pub(crate) fn json_args(backend: super::Backend, cols: &[(&str, Arg)]) -> String {
+    let columns: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (name, arg))| match backend {
+            super::Backend::Postgres => match arg {
+                Arg::Text => format!("j.e->>{i} AS {name}"),
+                Arg::Int => format!("(j.e->>{i})::bigint AS {name}"),
+                Arg::Bool => format!("(j.e->>{i})::boolean AS {name}"),
+                Arg::Hex => format!("decode(j.e->>{i}, 'hex') AS {name}"),
+            },
+            super::Backend::Sqlite => match arg {
+                Arg::Hex => format!("unhex(value->>{i}) AS {name}"),
+                _ => format!("value->>{i} AS {name}"),
+            },
+        })
+        .collect();
+    match backend {
+        super::Backend::Postgres => {
+            format!("SELECT j.n, {} FROM json_array_elements($1::json) WITH ORDINALITY AS j(e, n)", columns.join(", "))
+        }
+        super::Backend::Sqlite => format!("SELECT key AS n, {} FROM json_each($1)", columns.join(", ")),
+    }
+}
+
 /// Runs a batch of jobs that all share one [`Job::batch`] kind.
 type BatchRunner = for<'a> fn(&'a mut [Box<dyn Job>], &'a mut Tx) -> Step<'a, ()>;
 
@@ -109,13 +153,7 @@ impl<A: Send + Sync + 'static, T: Send + 'static> Job for Write<A, T> {
     }
 
     fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
-        let answer = match (committed, self.out) {
-            (Ok(()), Some(v)) => Ok(v),
-            (Ok(()), None) => Err(StoreError::Conflict("a grouped write finished without a result".into())),
-            (Err(e), _) => Err(e),
-        };
-        // the caller may have gone away (its run stopped): nothing to answer then
-        let _ = self.reply.send(answer);
+        answer(self.reply, committed, self.out);
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -125,6 +163,17 @@ impl<A: Send + Sync + 'static, T: Send + 'static> Job for Write<A, T> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+}
+
+/// Answers a job's caller: its kept result once committed, or the error.
+fn answer<T>(reply: oneshot::Sender<Result<T, StoreError>>, committed: Result<(), StoreError>, out: Option<T>) {
+    let answer = match (committed, out) {
+        (Ok(()), Some(v)) => Ok(v),
+        (Ok(()), None) => Err(StoreError::Conflict("a grouped write finished without a result".into())),
+        (Err(e), _) => Err(e),
+    };
+    // the caller may have gone away (its run stopped): nothing to answer then
+    let _ = reply.send(answer);
 }
 
 /// A [`BatchWrite`] waiting in a group.
@@ -144,12 +193,7 @@ impl<A: BatchWrite> Job for Batched<A> {
     }
 
     fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
-        let answer = match (committed, self.out) {
-            (Ok(()), Some(v)) => Ok(v),
-            (Ok(()), None) => Err(StoreError::Conflict("a grouped write finished without a result".into())),
-            (Err(e), _) => Err(e),
-        };
-        let _ = self.reply.send(answer);
+        answer(self.reply, committed, self.out);
     }
 
     fn batch(&self) -> Option<(TypeId, BatchRunner, Option<&str>)> {

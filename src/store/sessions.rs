@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::events::{NewEvent, event_insert};
-use super::group::{BatchWrite, Step, Tx};
+use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
 use crate::domain::{UserId, VerificationState};
@@ -119,7 +119,7 @@ impl Store {
     }
 
     /// [`Store::session_reserve`], after recording in the same transaction the state
-    /// `GET /v1/user` just reported (as [`Store::user_record_fresh_state`] does), so
+    /// `GET /v1/user` just reported (as [`Store::user_apply_state`] does for `users sync`), so
     /// that the reservation is judged on it. One write where there were two: nothing
     /// outside happens between them.
     ///
@@ -271,32 +271,6 @@ impl Store {
         self.write_batched(args).await
     }
 
-    /// Stores the state `GET /v1/user` just reported, as `users sync` does (see
-    /// [`Store::user_apply_state`]): the change time, a rejection dated now (the
-    /// conservative start of the 24 h cooldown), the failure count, and the outcome of
-    /// the user's notified targets.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn user_record_fresh_state(
-        &self,
-        user_id: &str,
-        state: VerificationState,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        fn record<'a>(
-            (backend, user_id, state, now): &'a (Backend, String, VerificationState, DateTime<Utc>),
-            tx: &'a mut Tx,
-        ) -> Step<'a, ()> {
-            Box::pin(async move {
-                let source = super::outcomes::StateSource::fresh_state("engine");
-                super::outcomes::apply_state_fast_or_in_tx(tx, *backend, user_id, *state, *now, &source).await?;
-                Ok(())
-            })
-        }
-        self.write((self.backend(), user_id.to_owned(), state, now), record).await
-    }
-
     /// Sessions the ledger counts for a campaign (everything but definite API refusals).
     ///
     /// # Errors
@@ -427,25 +401,13 @@ async fn record_fresh_states(backend: Backend, writes: &[&ReserveArgs], tx: &mut
     }
     let rows =
         json_rows(fresh.iter().map(|(w, state)| serde_json::json!([w.user_id, to_millis(w.now), state.as_str()])));
-    let from = match backend {
-        Backend::Postgres => {
-            "SELECT e->>0 AS u, (e->>1)::bigint AS at, e->>2 AS st FROM json_array_elements($1::json) e"
-        }
-        Backend::Sqlite => "SELECT value->>0 AS u, value->>1 AS at, value->>2 AS st FROM json_each($1)",
-    };
+    let from = json_args(backend, &[("u", Arg::Text), ("at", Arg::Int), ("st", Arg::Text)]);
     let sql = format!(
         "UPDATE users SET synced_at = x.at FROM ({from}) AS x \
          WHERE users.user_id = x.u AND users.verification_state = x.st RETURNING users.user_id"
     );
-    let unchanged: HashSet<String> = sqlx::query(AssertSqlSafe(sql))
-        .bind(rows)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(query_err("user_apply_state unchanged"))?
-        .iter()
-        .map(|r| r.try_get::<String, _>("user_id"))
-        .collect::<Result<_, _>>()
-        .map_err(query_err("user_apply_state unchanged"))?;
+    let unchanged =
+        returned_user_ids(sqlx::query(AssertSqlSafe(sql)).bind(rows), tx, "user_apply_state unchanged").await?;
     let source = super::outcomes::StateSource::fresh_state("engine");
     for (w, state) in fresh {
         if !unchanged.contains(&w.user_id) {
@@ -453,6 +415,21 @@ async fn record_fresh_states(backend: Backend, writes: &[&ReserveArgs], tx: &mut
         }
     }
     Ok(())
+}
+
+/// The `user_id` column of the rows a statement returns.
+pub(crate) async fn returned_user_ids(
+    q: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    tx: &mut Tx,
+    op: &'static str,
+) -> Result<HashSet<String>, StoreError> {
+    q.fetch_all(&mut **tx)
+        .await
+        .map_err(query_err(op))?
+        .iter()
+        .map(|r| r.try_get::<String, _>("user_id"))
+        .collect::<Result<_, _>>()
+        .map_err(query_err(op))
 }
 
 /// Each user's standing, our claim on the target and the user's sessions that
@@ -470,18 +447,11 @@ async fn read_standings(
         let window_start = now_ms - policy::session_window().num_milliseconds();
         serde_json::json!([w.user_id, w.campaign_id, w.worker, window_start, now_ms])
     }));
-    let (from, concat, lock) = match backend {
-        Backend::Postgres => (
-            "SELECT e->>0 AS u, (e->>1)::bigint AS c, e->>2 AS w, (e->>3)::bigint AS ws, (e->>4)::bigint AS now \
-             FROM json_array_elements($1::json) e",
-            "string_agg(s.reserved_at || ':' || s.expires_at, ',')",
-            "FOR UPDATE OF u",
-        ),
-        Backend::Sqlite => (
-            "SELECT value->>0 AS u, value->>1 AS c, value->>2 AS w, value->>3 AS ws, value->>4 AS now FROM json_each($1)",
-            "group_concat(s.reserved_at || ':' || s.expires_at, ',')",
-            "",
-        ),
+    let from =
+        json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text), ("ws", Arg::Int), ("now", Arg::Int)]);
+    let (concat, lock) = match backend {
+        Backend::Postgres => ("string_agg(s.reserved_at || ':' || s.expires_at, ',')", "FOR UPDATE OF u"),
+        Backend::Sqlite => ("group_concat(s.reserved_at || ':' || s.expires_at, ',')", ""),
     };
     let sql = format!(
         "SELECT u.user_id, u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
@@ -516,18 +486,13 @@ async fn insert_reservations(
         let expires = now_ms + i64::try_from(w.session_ttl.as_millis()).unwrap_or(i64::MAX / 2);
         serde_json::json!([w.user_id, w.campaign_id, w.step, now_ms, expires])
     }));
-    let select = match backend {
-        Backend::Postgres => {
-            "SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, 'reserved', (e->>3)::bigint, (e->>4)::bigint, \
-               (e->>3)::bigint FROM json_array_elements($1::json) e"
-        }
-        Backend::Sqlite => {
-            "SELECT value->>0, value->>1, value->>2, 'reserved', value->>3, value->>4, value->>3 FROM json_each($1)"
-        }
-    };
+    let args = json_args(
+        backend,
+        &[("u", Arg::Text), ("c", Arg::Int), ("step", Arg::Int), ("at", Arg::Int), ("exp", Arg::Int)],
+    );
     let sql = format!(
         "INSERT INTO verification_sessions (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at) \
-         {select} RETURNING session_id, user_id"
+         SELECT x.u, x.c, x.step, 'reserved', x.at, x.exp, x.at FROM ({args}) AS x RETURNING session_id, user_id"
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(rows)
@@ -555,27 +520,20 @@ impl BatchWrite for MarkIssued {
         Box::pin(async move {
             let Some(first) = writes.first() else { return Ok(Vec::new()) };
             let rows = json_rows(writes.iter().map(|w| serde_json::json!([w.session_id, w.now_ms])));
-            let sql = match first.backend {
-                Backend::Postgres => {
-                    "UPDATE verification_sessions s SET status = 'issued', issued_at = x.at, updated_at = x.at \
-                     FROM (SELECT (e->>0)::bigint AS id, (e->>1)::bigint AS at FROM json_array_elements($1::json) e) x \
-                     WHERE s.session_id = x.id AND s.status = 'reserved'"
-                }
-                Backend::Sqlite => {
-                    "UPDATE verification_sessions SET status = 'issued', issued_at = x.at, updated_at = x.at \
-                     FROM (SELECT value->>0 AS id, value->>1 AS at FROM json_each($1)) AS x \
-                     WHERE verification_sessions.session_id = x.id AND verification_sessions.status = 'reserved'"
-                }
-            };
-            sqlx::query(sql).bind(rows).execute(&mut **tx).await.map_err(query_err("session_mark_issued"))?;
+            let args = json_args(first.backend, &[("id", Arg::Int), ("at", Arg::Int)]);
+            let sql = format!(
+                "UPDATE verification_sessions SET status = 'issued', issued_at = x.at, updated_at = x.at \
+                 FROM ({args}) AS x \
+                 WHERE verification_sessions.session_id = x.id AND verification_sessions.status = 'reserved'"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(rows)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_err("session_mark_issued"))?;
             Ok(vec![(); writes.len()])
         })
     }
-}
-
-/// The arguments of a batched statement: a JSON array of one entry per write.
-pub(crate) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
-    serde_json::Value::Array(rows.collect()).to_string()
 }
 
 /// What [`Store::session_record_delivery`] writes with.
@@ -640,10 +598,7 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
     }));
     let target = delivery_target_update("x.ok", "x.at", "s.expires_at");
     let sql = format!(
-        "WITH x AS (SELECT j.n, (j.e->>0)::bigint AS c, j.e->>1 AS u, j.e->>2 AS w, (j.e->>3)::bigint AS at, \
-                       (j.e->>4)::bigint AS sid, (j.e->>5)::boolean AS ok, j.e->>6 AS st, j.e->>7 AS kind, \
-                       j.e->>8 AS detail \
-                     FROM json_array_elements($1::json) WITH ORDINALITY AS j(e, n)), \
+        "WITH x AS ({args}), \
               s AS (UPDATE verification_sessions s SET status = x.st, updated_at = x.at FROM x \
                     WHERE s.session_id = x.sid RETURNING s.session_id, s.expires_at), \
               t AS ({target} FROM x JOIN s ON s.session_id = x.sid \
@@ -654,6 +609,20 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
          SELECT x.n, EXISTS (SELECT 1 FROM t WHERE t.campaign_id = x.c AND t.user_id = x.u) AS kept \
          FROM x ORDER BY x.n",
         fence = ours!("t.", "x.w"),
+        args = json_args(
+            Backend::Postgres,
+            &[
+                ("c", Arg::Int),
+                ("u", Arg::Text),
+                ("w", Arg::Text),
+                ("at", Arg::Int),
+                ("sid", Arg::Int),
+                ("ok", Arg::Bool),
+                ("st", Arg::Text),
+                ("kind", Arg::Text),
+                ("detail", Arg::Text),
+            ]
+        ),
     );
     let kept = sqlx::query(AssertSqlSafe(sql))
         .bind(rows)

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Row};
 use zeroize::Zeroizing;
 
-use super::group::{BatchWrite, Step, Tx};
-use super::sessions::json_rows;
+use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
+use super::sessions::returned_user_ids;
 use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::baanx::{TokenVault, VaultError};
 use crate::crypto::TokenCipher;
@@ -159,14 +159,11 @@ impl BatchWrite for TokenGet {
     fn run_many<'a>(reads: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<Option<SealedToken>>> {
         Box::pin(async move {
             let Some(first) = reads.first() else { return Ok(Vec::new()) };
-            let ids = json_rows(reads.iter().map(|r| serde_json::Value::from(r.user.as_str())));
-            let list = match first.backend {
-                Backend::Postgres => "SELECT json_array_elements_text($1::json)",
-                Backend::Sqlite => "SELECT value FROM json_each($1)",
-            };
+            let ids = json_rows(reads.iter().map(|r| serde_json::json!([r.user])));
+            let args = json_args(first.backend, &[("u", Arg::Text)]);
             let sql = format!(
                 "SELECT user_id, refresh_token_enc, token_key_id, consent_required_at FROM users \
-                 WHERE user_id IN ({list})"
+                 WHERE user_id IN (SELECT x.u FROM ({args}) AS x)"
             );
             let mut found: std::collections::HashMap<String, Option<SealedToken>> = std::collections::HashMap::new();
             for row in sqlx::query(AssertSqlSafe(sql))
@@ -210,30 +207,16 @@ impl BatchWrite for TokenPut {
                     .map(|w| serde_json::json!([w.user, hex::encode(&w.sealed), w.key_id, w.now_ms, w.consented])),
             );
             // the sealed bytes travel as hex inside the JSON
-            let from = match first.backend {
-                Backend::Postgres => {
-                    "SELECT e->>0 AS u, decode(e->>1, 'hex') AS tok, e->>2 AS k, (e->>3)::bigint AS at, \
-                       (e->>4)::boolean AS ok FROM json_array_elements($1::json) e"
-                }
-                Backend::Sqlite => {
-                    "SELECT value->>0 AS u, unhex(value->>1) AS tok, value->>2 AS k, value->>3 AS at, \
-                       value->>4 AS ok FROM json_each($1)"
-                }
-            };
+            let from = json_args(
+                first.backend,
+                &[("u", Arg::Text), ("tok", Arg::Hex), ("k", Arg::Text), ("at", Arg::Int), ("ok", Arg::Bool)],
+            );
             let sql = format!(
                 "UPDATE users SET refresh_token_enc = x.tok, token_key_id = x.k, updated_at = x.at, \
                    consent_required_at = CASE WHEN x.ok THEN NULL ELSE consent_required_at END \
                  FROM ({from}) AS x WHERE users.user_id = x.u RETURNING users.user_id"
             );
-            let done: std::collections::HashSet<String> = sqlx::query(AssertSqlSafe(sql))
-                .bind(rows)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(query_err("user_token_put"))?
-                .iter()
-                .map(|r| r.try_get::<String, _>("user_id"))
-                .collect::<Result<_, _>>()
-                .map_err(query_err("user_token_put"))?;
+            let done = returned_user_ids(sqlx::query(AssertSqlSafe(sql)).bind(rows), tx, "user_token_put").await?;
             Ok(writes.iter().map(|w| done.contains(&w.user)).collect())
         })
     }
