@@ -89,6 +89,10 @@ pub struct Settings {
     /// The most requests in flight at once, over all campaigns.
     pub max_concurrency: u32,
     pub lease_seconds: u64,
+    /// Added to every session's life in the ledger, for clock skew with the API
+    /// (`session_expiry_margin`, a duration such as `5m`, default 5 minutes, at most
+    /// 1 hour): a user's slot frees no earlier than the API frees it.
+    pub session_expiry_margin: std::time::Duration,
     /// How many workers run the same campaigns at once against one database
     /// (`workers`, default 1). Each worker takes `1/workers` of `requests_per_second`,
     /// of `burst` and of every campaign's `throttle.requests_per_second`, so that the
@@ -121,6 +125,7 @@ impl Default for Settings {
             burst: 10,
             max_concurrency: 64,
             lease_seconds: 30,
+            session_expiry_margin: std::time::Duration::from_secs(300),
             workers: 1,
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -153,6 +158,7 @@ struct FileSettings {
     burst: Option<u32>,
     max_concurrency: Option<u32>,
     lease_seconds: Option<u64>,
+    session_expiry_margin: Option<String>,
     workers: Option<u32>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -273,6 +279,15 @@ impl Settings {
         s.max_concurrency = number(env, "max_concurrency", file.max_concurrency, s.max_concurrency, 1..=10_000)?;
         s.lease_seconds = number(env, "lease_seconds", file.lease_seconds, s.lease_seconds, 2..=86_400)?;
         s.workers = number(env, "workers", file.workers, s.workers, 1..=1_000)?;
+        if let Some(v) = get("session_expiry_margin", file.session_expiry_margin) {
+            let d = humantime::parse_duration(v.trim()).map_err(|e| {
+                invalid("session_expiry_margin", format!("{v:?} is not a duration such as 5m or 90s: {e}"))
+            })?;
+            if d > std::time::Duration::from_secs(3600) {
+                return Err(invalid("session_expiry_margin", format!("{v:?} is over the most, 1h")));
+            }
+            s.session_expiry_margin = d;
+        }
         s.requests_per_second = match env.get(&env_name("requests_per_second")) {
             Some(v) => {
                 v.trim().parse::<f64>().map_err(|_| invalid("requests_per_second", format!("{v:?} is not a number")))?
@@ -406,6 +421,7 @@ mod tests {
         assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(s.baanx_base_url.as_str(), "https://api.baanx.com/");
         assert_eq!(s.lease_seconds, 30);
+        assert_eq!(s.session_expiry_margin, std::time::Duration::from_secs(300));
     }
 
     #[test]
@@ -422,6 +438,12 @@ mod tests {
     fn invalid_values_name_the_key() {
         let e = Settings::load_from(None, &env(&[("REVERIFY_LEASE_SECONDS", "soon")])).unwrap_err();
         assert!(e.to_string().starts_with("lease_seconds:"), "{e}");
+        let e = Settings::load_from(None, &env(&[("REVERIFY_SESSION_EXPIRY_MARGIN", "soon")])).unwrap_err();
+        assert!(e.to_string().starts_with("session_expiry_margin:"), "{e}");
+        let e = Settings::load_from(None, &env(&[("REVERIFY_SESSION_EXPIRY_MARGIN", "2h")])).unwrap_err();
+        assert!(e.to_string().contains("1h"), "{e}");
+        let s = Settings::load_from(None, &env(&[("REVERIFY_SESSION_EXPIRY_MARGIN", "90s")])).unwrap();
+        assert_eq!(s.session_expiry_margin, std::time::Duration::from_secs(90));
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("w.toml");
         std::fs::write(&f, "workers = 0\n").unwrap();

@@ -15,7 +15,7 @@ use super::model::{
     TokenGrant, UserProfile, error_message, oauth_error_code, parse_session, salvage_refresh_token, session_limit,
 };
 use super::retry::{RetryPolicy, parse_retry_after};
-use super::tokens::{CachedToken, TokenCache, TokenVault, usable_for};
+use super::tokens::{CachedToken, Checkout, Grant, LeasedRefresh, StoredAccess, TokenCache, TokenVault, usable_for};
 use crate::config::{Secret, Settings};
 use crate::domain::{Clock, Region, SessionUrl, SystemClock, UserId};
 
@@ -44,6 +44,10 @@ pub struct BaanxConfig {
     pub retry: RetryPolicy,
     /// Access tokens are refreshed this long before they expire (default 5 min).
     pub refresh_margin: Duration,
+    /// How long a user's refresh lease lasts without renewal (`lease_seconds`,
+    /// default 30 s): another process waits at most about this long on a holder that
+    /// died mid-refresh.
+    pub refresh_lease: Duration,
     /// Decides when a cached access token is stale (the wall clock by default).
     pub clock: Arc<dyn Clock>,
 }
@@ -69,6 +73,7 @@ impl BaanxConfig {
             max_concurrency: s.max_concurrency,
             retry: RetryPolicy::default(),
             refresh_margin: Duration::from_secs(300),
+            refresh_lease: Duration::from_secs(s.lease_seconds),
             clock: Arc::new(SystemClock),
         })
     }
@@ -86,6 +91,7 @@ impl BaanxConfig {
             max_concurrency: d.max_concurrency,
             retry: RetryPolicy::default(),
             refresh_margin: Duration::from_secs(300),
+            refresh_lease: Duration::from_secs(d.lease_seconds),
             clock: Arc::new(SystemClock),
         }
     }
@@ -111,6 +117,9 @@ struct Inner {
     client_key: HeaderValue,
     retry: RetryPolicy,
     refresh_margin: Duration,
+    refresh_lease: Duration,
+    /// Names this client's refresh leases in the vault: unique per process.
+    owner: String,
     clock: Arc<dyn Clock>,
     limiter: Arc<Limiter>,
     vault: Arc<dyn TokenVault>,
@@ -176,6 +185,8 @@ impl BaanxClient {
                 client_key,
                 retry: cfg.retry,
                 refresh_margin: cfg.refresh_margin,
+                refresh_lease: cfg.refresh_lease.max(Duration::from_millis(100)),
+                owner: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]),
                 clock: cfg.clock,
                 limiter: Arc::new(Limiter::new(cfg.requests_per_second, cfg.burst, cfg.max_concurrency)),
                 vault,
@@ -239,19 +250,21 @@ impl BaanxClient {
     /// send once more; a second 401 is [`BaanxError::Unauthorized`].
     async fn user_call(&self, endpoint: Endpoint, user: &UserId, region: Region) -> Result<Answer, BaanxError> {
         let (token, generation) = self.access_token(user, region, None).await?;
-        match self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None)).await {
+        match self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None, None)).await {
             Err(BaanxError::Unauthorized { .. }) => {
                 tracing::debug!(endpoint = endpoint.as_str(), "401: minting a new access token and retrying once");
                 let (token, _) = self.access_token(user, region, Some(generation)).await?;
-                self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None)).await
+                self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None, None)).await
             }
             other => other,
         }
     }
 
     /// The user's access token: the cached one while fresh (and not the one a 401
-    /// just refused, `stale`), else a new one minted from the refresh token. Runs
-    /// under the user's single-flight lock.
+    /// just refused, `stale`), else the one another process (or an earlier run)
+    /// stored while it is usable, else a new one minted from the refresh token under
+    /// the user's refresh lease (see [`super::tokens`]). Runs under the user's
+    /// single-flight lock.
     async fn access_token(
         &self,
         user: &UserId,
@@ -261,60 +274,180 @@ impl BaanxClient {
         let inner = &self.inner;
         let slot = inner.cache.slot(user);
         let mut cached = slot.lock().await;
-        if let Some(c) = cached.as_ref()
-            && c.fresh_until > inner.clock.now()
-            && Some(c.generation) != stale
-        {
-            return Ok((c.token.clone(), c.generation));
+        // the token a 401 refused, so that the vault's copy of it is not taken again
+        let mut refused: Option<Zeroizing<String>> = None;
+        if let Some(c) = cached.as_ref() {
+            if Some(c.generation) == stale {
+                refused = Some(c.token.clone());
+            } else if c.fresh_until > inner.clock.now() {
+                return Ok((c.token.clone(), c.generation));
+            }
         }
         *cached = None;
-        let vault_err =
-            |action: &'static str| move |source| BaanxError::Vault { user_id: user.to_string(), action, source };
-        let refresh =
-            inner.vault.load(user).await.map_err(vault_err("load refresh token"))?.ok_or_else(|| {
-                BaanxError::ConsentRequired { user_id: user.to_string(), reason: ConsentReason::NoToken }
-            })?;
-        let grant = match self
-            .with_retries(Endpoint::Token, || self.send(Endpoint::Token, user, region, None, Some(&refresh)))
-            .await
-        {
+        let mut force = refused.is_some();
+        let waiting_since = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        let mut newer_tokens = 0u32;
+        loop {
+            let now = inner.clock.now();
+            let lease_until = now + chrono::Duration::from_std(inner.refresh_lease).unwrap_or_default();
+            let found = inner
+                .vault
+                .checkout(user, &inner.owner, now, lease_until, force)
+                .await
+                .map_err(vault_err(user, "check out tokens"))?;
+            let minted = match found {
+                Checkout::Fresh(a) if refused.as_ref().is_some_and(|r| r.as_str() == a.token.as_str()) => {
+                    force = true;
+                    continue;
+                }
+                Checkout::Fresh(a) => a,
+                Checkout::NoToken => {
+                    return Err(BaanxError::ConsentRequired {
+                        user_id: user.to_string(),
+                        reason: ConsentReason::NoToken,
+                    });
+                }
+                Checkout::Busy { until } => {
+                    // another process is refreshing this user: take its result
+                    if waiting_since.elapsed() > inner.refresh_lease * 3 {
+                        return Err(BaanxError::Vault {
+                            user_id: user.to_string(),
+                            action: "wait for another process's refresh",
+                            source: "the user's refresh lease stayed taken".into(),
+                        });
+                    }
+                    force = false;
+                    let left = (until - now).to_std().unwrap_or_default();
+                    tokio::time::sleep(left.min(pause).max(Duration::from_millis(1))).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                Checkout::Leased(leased) => match self.refresh_under_lease(user, region, &leased).await? {
+                    Some(minted) => minted,
+                    None => {
+                        // refused, but a newer token was stored meanwhile: use that
+                        newer_tokens += 1;
+                        if newer_tokens > 3 {
+                            return Err(BaanxError::ConsentRequired {
+                                user_id: user.to_string(),
+                                reason: ConsentReason::InvalidGrant,
+                            });
+                        }
+                        force = false;
+                        continue;
+                    }
+                },
+            };
+            let generation = inner.cache.next_generation();
+            *cached = Some(CachedToken { token: minted.token.clone(), fresh_until: minted.fresh_until, generation });
+            return Ok((minted.token, generation));
+        }
+    }
+
+    /// One refresh, made while this process holds the user's refresh lease (renewed
+    /// while the call lasts). `None` when the token was refused but a newer one had
+    /// been stored meanwhile by another process (consent is not lost then).
+    async fn refresh_under_lease(
+        &self,
+        user: &UserId,
+        region: Region,
+        leased: &LeasedRefresh,
+    ) -> Result<Option<StoredAccess>, BaanxError> {
+        let inner = &self.inner;
+        let lease = inner.refresh_lease;
+        // When the lease was last known to be ours, on the monotonic clock: a process
+        // frozen past its lease (a paused VM, SIGSTOP) must not present the refresh
+        // token on waking, since another process may have rotated it meanwhile.
+        let held_since = std::sync::Mutex::new(Instant::now());
+        let lease_alive = || held_since.lock().map(|t| t.elapsed() < lease.mul_f64(0.8)).unwrap_or(false);
+        let call = self.with_retries(Endpoint::Token, || async {
+            if !lease_alive() {
+                return Err(lease_lost(user));
+            }
+            self.send(Endpoint::Token, user, region, None, Some(&leased.token), Some(&lease_alive)).await
+        });
+        tokio::pin!(call);
+        let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
+        let answer = loop {
+            tokio::select! {
+                answer = &mut call => break answer,
+                _ = renew.tick() => {
+                    let until = inner.clock.now() + chrono::Duration::from_std(lease).unwrap_or_default();
+                    match inner.vault.renew(user, &inner.owner, until).await {
+                        Ok(true) => {
+                            if let Ok(mut t) = held_since.lock() {
+                                *t = Instant::now();
+                            }
+                        }
+                        Ok(false) => tracing::warn!("the refresh lease was lost while the token call went on"),
+                        Err(e) => tracing::warn!(error = %e, "could not renew the refresh lease"),
+                    }
+                }
+            }
+        };
+        let release = || async {
+            if let Err(e) = inner.vault.release(user, &inner.owner).await {
+                tracing::debug!(error = %e, "could not release the refresh lease; it will run out");
+            }
+        };
+        let grant = match answer {
             Ok(answer) => match TokenGrant::parse(answer.status, &answer.body) {
                 Ok(grant) => grant,
                 Err(e) => {
                     // the server has rotated: keep the new refresh token if it can be read
                     if let Some(rotated) = salvage_refresh_token(&answer.body) {
+                        let now = inner.clock.now();
+                        let keep = Grant { refresh: Some(&rotated), access: None, fresh_until: now, expires_at: now };
                         inner
                             .vault
-                            .store_rotated(user, &rotated)
+                            .store_grant(user, &inner.owner, &keep)
                             .await
-                            .map_err(vault_err("store rotated refresh token"))?;
+                            .map_err(vault_err(user, "store rotated refresh token"))?;
+                    } else {
+                        release().await;
                     }
                     return Err(e);
                 }
             },
             Err(e @ BaanxError::ConsentRequired { .. }) => {
+                let marked = inner
+                    .vault
+                    .refused(user, &inner.owner, leased.version, inner.clock.now())
+                    .await
+                    .map_err(vault_err(user, "mark consent required"))?;
+                if !marked {
+                    tracing::debug!("refresh token refused, but a newer one is stored: using it");
+                    return Ok(None);
+                }
                 tracing::warn!("refresh token refused (invalid_grant): the user must consent again");
-                inner.vault.mark_consent_required(user).await.map_err(vault_err("mark consent required"))?;
                 return Err(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                release().await;
+                return Err(e);
+            }
         };
         inner.limiter.count_token_refresh();
+        let now = inner.clock.now();
+        let fresh_until =
+            now + chrono::Duration::from_std(usable_for(grant.expires_in, inner.refresh_margin)).unwrap_or_default();
+        let expires_at = now + chrono::Duration::from_std(grant.expires_in).unwrap_or_default();
         // Invariant 4: the rotated refresh token is durable before the new access
         // token is used; the old one is already dead on the server.
-        if let Some(rotated) = &grant.refresh_token {
-            inner.vault.store_rotated(user, rotated).await.map_err(vault_err("store rotated refresh token"))?;
-        }
-        let generation = inner.cache.next_generation();
-        *cached = Some(CachedToken {
-            token: grant.access_token.clone(),
-            fresh_until: inner.clock.now()
-                + chrono::Duration::from_std(usable_for(grant.expires_in, inner.refresh_margin))
-                    .unwrap_or(chrono::Duration::zero()),
-            generation,
-        });
+        let stored = Grant {
+            refresh: grant.refresh_token.as_deref().map(|t| t.as_str()),
+            access: Some(grant.access_token.as_str()),
+            fresh_until,
+            expires_at,
+        };
+        inner
+            .vault
+            .store_grant(user, &inner.owner, &stored)
+            .await
+            .map_err(vault_err(user, "store rotated refresh token"))?;
         tracing::trace!(expires_in_s = grant.expires_in.as_secs(), "minted access token");
-        Ok((grant.access_token, generation))
+        Ok(Some(StoredAccess { token: grant.access_token, fresh_until }))
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the budget is spent.
@@ -331,8 +464,15 @@ impl BaanxClient {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
             };
-            let ambiguous =
-                matches!(err, BaanxError::Transport { kind: TransportKind::Timeout | TransportKind::Other, .. });
+            // Decision (issue 13): a session call that may have reached the server (a
+            // timeout, a connection broken after sending, a 5xx) is never sent again
+            // on the same reservation: the session may exist, and a retry would spend
+            // another of the user's sessions behind the ledger's back.
+            let ambiguous = matches!(
+                err,
+                BaanxError::Transport { kind: TransportKind::Timeout | TransportKind::Other, .. }
+                    | BaanxError::Server { .. }
+            );
             if !err.is_retryable() || (endpoint == Endpoint::Verification && ambiguous) {
                 return Err(err);
             }
@@ -374,6 +514,7 @@ impl BaanxClient {
         region: Region,
         bearer: Option<&str>,
         refresh_token: Option<&str>,
+        fence: Option<&(dyn Fn() -> bool + Sync)>,
     ) -> Result<Answer, BaanxError> {
         let inner = &self.inner;
         let url = inner.base.join(endpoint.path()).expect("a relative path joins onto a base URL");
@@ -401,6 +542,10 @@ impl BaanxClient {
         };
 
         let admission = inner.limiter.acquire(region).await;
+        // the limiter may have kept us a while: a refresh goes out only under its lease
+        if fence.is_some_and(|alive| !alive()) {
+            return Err(lease_lost(user));
+        }
         let sent = Instant::now();
         let transport = |e: reqwest::Error| {
             let kind = if e.is_connect() {
@@ -446,6 +591,21 @@ impl BaanxClient {
             crate::telemetry::global().rate_limited();
         }
         classify(endpoint, user, Answer { status, retry_after, body })
+    }
+}
+
+/// Wraps a vault failure with the user and what was being done.
+fn vault_err(user: &UserId, action: &'static str) -> impl FnOnce(super::error::VaultError) -> BaanxError {
+    let user_id = user.to_string();
+    move |source| BaanxError::Vault { user_id, action, source }
+}
+
+/// The refresh lease ran out before the token could be presented.
+fn lease_lost(user: &UserId) -> BaanxError {
+    BaanxError::Vault {
+        user_id: user.to_string(),
+        action: "present the refresh token",
+        source: "the refresh lease ran out before the token call (the process was stalled)".into(),
     }
 }
 

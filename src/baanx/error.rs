@@ -242,6 +242,7 @@ impl BaanxError {
             BaanxError::Transport { endpoint: Endpoint::Verification, kind, .. } => {
                 matches!(kind, TransportKind::Timeout | TransportKind::Other)
             }
+            BaanxError::Server { endpoint: Endpoint::Verification, .. } => true,
             BaanxError::Malformed { endpoint: Endpoint::Verification, status, .. } => status.is_success(),
             BaanxError::GaveUp { last, .. } => last.may_have_created_session(),
             _ => false,
@@ -433,7 +434,7 @@ mod tests {
             }),
         };
         assert!(!gave_up.is_retryable());
-        assert!(!gave_up.may_have_created_session());
+        assert!(gave_up.may_have_created_session(), "a 5xx may hide a session");
         let cut = BaanxError::Malformed {
             endpoint: Endpoint::Verification,
             status: StatusCode::OK,

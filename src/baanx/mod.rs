@@ -23,4 +23,4 @@ pub use error::{BaanxError, ConsentReason, Endpoint, ErrorClass, TransportKind, 
 pub use limiter::{Admission, Limiter, LimiterStats};
 pub use model::UserProfile;
 pub use retry::{RetryPolicy, parse_retry_after};
-pub use tokens::{MemoryVault, TokenVault};
+pub use tokens::{Checkout, Grant, LeasedRefresh, MemoryVault, StoredAccess, TokenVault};

@@ -1,14 +1,23 @@
-//! Where refresh tokens live, and the in-memory cache of access tokens.
+//! Where tokens live, and the in-memory cache of access tokens.
 //!
-//! The client knows nothing of the database: it persists refresh tokens through
-//! the [`TokenVault`] seam (implemented over the store in `store::tokens`, and in
-//! memory by [`MemoryVault`] for tests). Access tokens never leave memory.
+//! The client knows nothing of the database: it keeps users' tokens through the
+//! [`TokenVault`] seam (implemented over the store in `store::tokens`, and in memory
+//! by [`MemoryVault`] for tests).
 //!
-//! Single flight: each user has one async mutex around their cached access token,
-//! and a refresh happens while holding it. Two tasks that need a token for the same
-//! user at once therefore never both spend the refresh token (rotation would make
-//! the second one's token invalid and wrongly mark the user as needing consent);
-//! the second waits and reuses the first one's result.
+//! One refresh per user at a time, across processes. Runs of several campaigns,
+//! `users sync`, the daemon and the click endpoint share one database, and a refresh
+//! token rotates: presenting one that another process already rotated may revoke the
+//! whole chain (reuse detection). So:
+//! - in a process, each user has one async mutex around their cached access token
+//!   (single flight: two tasks never both refresh; the second takes the first's
+//!   result);
+//! - across processes, the vault keeps the last access token minted (sealed, with
+//!   its expiry): a usable one is used instead of refreshing;
+//! - a refresh happens only under the user's refresh lease in the vault (short, with
+//!   a timeout, renewed while a slow refresh goes on); a process that finds the lease
+//!   taken waits and takes the holder's result;
+//! - a refused refresh token (`invalid_grant`) marks consent lost only while it is
+//!   still the stored one ([`StoredTokens::version`]); otherwise the newer one is used.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,38 +31,115 @@ use zeroize::Zeroizing;
 use super::error::VaultError;
 use crate::domain::UserId;
 
-/// Durable storage of users' refresh tokens.
+/// An access token, with the instant after which it is not used.
+pub struct StoredAccess {
+    pub token: Zeroizing<String>,
+    pub fresh_until: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for StoredAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredAccess").field("fresh_until", &self.fresh_until).finish_non_exhaustive()
+    }
+}
+
+/// A user's refresh token as the vault holds it, under the refresh lease.
+pub struct LeasedRefresh {
+    pub token: Zeroizing<String>,
+    /// Changes with every refresh token written for the user.
+    pub version: i64,
+}
+
+impl std::fmt::Debug for LeasedRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedRefresh").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+/// What [`TokenVault::checkout`] found.
+#[derive(Debug)]
+pub enum Checkout {
+    /// A usable access token is stored (another process, or an earlier run, minted
+    /// it): no refresh.
+    Fresh(StoredAccess),
+    /// This process now holds the user's refresh lease: refresh with this token, then
+    /// [`TokenVault::store_grant`] or [`TokenVault::refused`] or
+    /// [`TokenVault::release`].
+    Leased(LeasedRefresh),
+    /// Another process holds the lease until then: ask again (it will have stored its
+    /// result, or its lease will have run out).
+    Busy { until: DateTime<Utc> },
+    /// No refresh token is held, or the user must consent again.
+    NoToken,
+}
+
+/// The result of a refresh, to be stored under the lease.
+pub struct Grant<'a> {
+    /// The rotated refresh token; `None` when the server kept the old one.
+    pub refresh: Option<&'a str>,
+    /// The new access token; `None` when only the rotated refresh token could be read.
+    pub access: Option<&'a str>,
+    pub fresh_until: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Durable storage of users' tokens, shared by every process on one database.
 ///
-/// Implementations encrypt at rest and must make [`TokenVault::store_rotated`]
-/// durable before returning: the client uses the new access token only after it
-/// returns, because the old refresh token is already dead.
+/// Implementations encrypt at rest and make each write durable before returning: the
+/// client uses a new access token only after [`TokenVault::store_grant`] returns,
+/// because the old refresh token is already dead.
 #[async_trait]
 pub trait TokenVault: Send + Sync + std::fmt::Debug {
-    /// The user's refresh token, or `None` when none is held or the user is marked
-    /// as needing consent.
+    /// A usable stored access token (unless `force`: the stored one was just refused
+    /// with a 401), else the user's refresh lease for `owner` until `lease_until`,
+    /// else who holds it. One atomic step.
     ///
     /// # Errors
-    /// The store failed, or the token does not decrypt.
-    async fn load(&self, user: &UserId) -> Result<Option<Zeroizing<String>>, VaultError>;
+    /// The store failed, or the refresh token does not decrypt.
+    async fn checkout(
+        &self,
+        user: &UserId,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        force: bool,
+    ) -> Result<Checkout, VaultError>;
 
-    /// Replaces the user's refresh token with the rotated one, durably.
-    ///
-    /// # Errors
-    /// The store failed; the caller then does not use the new access token.
-    async fn store_rotated(&self, user: &UserId, new_token: &str) -> Result<(), VaultError>;
-
-    /// Records that the refresh token was refused: the user must consent again, and
-    /// [`TokenVault::load`] answers `None` until a new token is put in place.
+    /// Extends `owner`'s lease while a slow refresh goes on; `false` when it was lost.
     ///
     /// # Errors
     /// The store failed.
-    async fn mark_consent_required(&self, user: &UserId) -> Result<(), VaultError>;
+    async fn renew(&self, user: &UserId, owner: &str, until: DateTime<Utc>) -> Result<bool, VaultError>;
+
+    /// Stores a refresh's result and releases `owner`'s lease, durably.
+    ///
+    /// # Errors
+    /// The store failed; the caller then does not use the new access token.
+    async fn store_grant(&self, user: &UserId, owner: &str, grant: &Grant<'_>) -> Result<(), VaultError>;
+
+    /// Releases `owner`'s lease without storing anything (the refresh failed).
+    ///
+    /// # Errors
+    /// The store failed (the lease then runs out by itself).
+    async fn release(&self, user: &UserId, owner: &str) -> Result<(), VaultError>;
+
+    /// The refresh token of `version` was refused (`invalid_grant`): marks the user
+    /// as needing consent, but only while that token is still the stored one, and
+    /// releases the lease. Returns whether it marked; `false` means a newer token was
+    /// stored meanwhile and is to be used.
+    ///
+    /// # Errors
+    /// The store failed.
+    async fn refused(&self, user: &UserId, owner: &str, version: i64, now: DateTime<Utc>) -> Result<bool, VaultError>;
 }
 
 #[derive(Default)]
 struct MemoryEntry {
     token: Option<Zeroizing<String>>,
     consent_required: bool,
+    version: i64,
+    access: Option<(Zeroizing<String>, DateTime<Utc>)>,
+    lease: Option<(String, DateTime<Utc>)>,
 }
 
 /// A [`TokenVault`] in memory, for unit tests and demos.
@@ -75,10 +161,14 @@ impl MemoryVault {
         Self::default()
     }
 
-    /// Puts a user's (consented) refresh token in place.
+    /// Puts a user's (consented) refresh token in place; any access token is dropped.
     pub fn insert(&self, user: &UserId, token: &str) {
         let mut m = self.inner.lock().expect("vault lock poisoned");
-        m.insert(user.clone(), MemoryEntry { token: Some(Zeroizing::new(token.to_owned())), consent_required: false });
+        let e = m.entry(user.clone()).or_default();
+        e.token = Some(Zeroizing::new(token.to_owned()));
+        e.consent_required = false;
+        e.access = None;
+        e.version += 1;
     }
 
     /// The refresh token held for the user now.
@@ -92,25 +182,89 @@ impl MemoryVault {
         let m = self.inner.lock().expect("vault lock poisoned");
         m.get(user).is_some_and(|e| e.consent_required)
     }
+
+    /// Forgets the stored access tokens (as if another process never stored one).
+    pub fn forget_access_tokens(&self) {
+        let mut m = self.inner.lock().expect("vault lock poisoned");
+        m.values_mut().for_each(|e| e.access = None);
+    }
 }
 
 #[async_trait]
 impl TokenVault for MemoryVault {
-    async fn load(&self, user: &UserId) -> Result<Option<Zeroizing<String>>, VaultError> {
-        let m = self.inner.lock().expect("vault lock poisoned");
-        Ok(m.get(user).filter(|e| !e.consent_required).and_then(|e| e.token.clone()))
+    async fn checkout(
+        &self,
+        user: &UserId,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        force: bool,
+    ) -> Result<Checkout, VaultError> {
+        let mut m = self.inner.lock().expect("vault lock poisoned");
+        let Some(e) = m.get_mut(user) else { return Ok(Checkout::NoToken) };
+        if !force && let Some((token, fresh_until)) = e.access.as_ref().filter(|(_, f)| *f > now) {
+            return Ok(Checkout::Fresh(StoredAccess { token: token.clone(), fresh_until: *fresh_until }));
+        }
+        let Some(token) = e.token.clone().filter(|_| !e.consent_required) else { return Ok(Checkout::NoToken) };
+        if let Some((holder, until)) = &e.lease
+            && holder != owner
+            && *until > now
+        {
+            return Ok(Checkout::Busy { until: *until });
+        }
+        e.lease = Some((owner.to_owned(), lease_until));
+        Ok(Checkout::Leased(LeasedRefresh { token, version: e.version }))
     }
 
-    async fn store_rotated(&self, user: &UserId, new_token: &str) -> Result<(), VaultError> {
+    async fn renew(&self, user: &UserId, owner: &str, until: DateTime<Utc>) -> Result<bool, VaultError> {
         let mut m = self.inner.lock().expect("vault lock poisoned");
-        m.entry(user.clone()).or_default().token = Some(Zeroizing::new(new_token.to_owned()));
+        match m.get_mut(user).and_then(|e| e.lease.as_mut()) {
+            Some((holder, at)) if holder == owner => {
+                *at = until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn store_grant(&self, user: &UserId, owner: &str, grant: &Grant<'_>) -> Result<(), VaultError> {
+        let mut m = self.inner.lock().expect("vault lock poisoned");
+        let e = m.entry(user.clone()).or_default();
+        if let Some(r) = grant.refresh {
+            e.token = Some(Zeroizing::new(r.to_owned()));
+            e.version += 1;
+        }
+        if let Some(a) = grant.access {
+            e.access = Some((Zeroizing::new(a.to_owned()), grant.fresh_until));
+        }
+        if e.lease.as_ref().is_some_and(|(holder, _)| holder == owner) {
+            e.lease = None;
+        }
         Ok(())
     }
 
-    async fn mark_consent_required(&self, user: &UserId) -> Result<(), VaultError> {
+    async fn release(&self, user: &UserId, owner: &str) -> Result<(), VaultError> {
         let mut m = self.inner.lock().expect("vault lock poisoned");
-        m.entry(user.clone()).or_default().consent_required = true;
+        if let Some(e) = m.get_mut(user)
+            && e.lease.as_ref().is_some_and(|(holder, _)| holder == owner)
+        {
+            e.lease = None;
+        }
         Ok(())
+    }
+
+    async fn refused(&self, user: &UserId, owner: &str, version: i64, _now: DateTime<Utc>) -> Result<bool, VaultError> {
+        let mut m = self.inner.lock().expect("vault lock poisoned");
+        let e = m.entry(user.clone()).or_default();
+        if e.lease.as_ref().is_some_and(|(holder, _)| holder == owner) {
+            e.lease = None;
+        }
+        if e.version != version {
+            return Ok(false);
+        }
+        e.consent_required = true;
+        e.access = None;
+        Ok(true)
     }
 }
 
@@ -201,16 +355,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_vault_consent_hides_the_token() {
+    async fn memory_vault_leases_and_refusals() {
         let v = MemoryVault::new();
         let u = UserId::parse("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
-        assert!(v.load(&u).await.unwrap().is_none());
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(30);
+        assert!(matches!(v.checkout(&u, "a", now, later, false).await.unwrap(), Checkout::NoToken));
         v.insert(&u, "rt1");
-        v.store_rotated(&u, "rt2").await.unwrap();
-        assert_eq!(v.load(&u).await.unwrap().as_deref().map(String::as_str), Some("rt2"));
-        v.mark_consent_required(&u).await.unwrap();
-        assert!(v.load(&u).await.unwrap().is_none());
+        let Checkout::Leased(l) = v.checkout(&u, "a", now, later, false).await.unwrap() else { panic!() };
+        assert_eq!(l.token.as_str(), "rt1");
+        // another owner waits while the lease lasts, and may take it after
+        assert!(matches!(v.checkout(&u, "b", now, later, false).await.unwrap(), Checkout::Busy { .. }));
+        assert!(matches!(v.checkout(&u, "b", later, later, false).await.unwrap(), Checkout::Leased(_)));
+        v.release(&u, "b").await.unwrap();
+        let grant = Grant { refresh: Some("rt2"), access: Some("at2"), fresh_until: later, expires_at: later };
+        v.store_grant(&u, "a", &grant).await.unwrap();
+        let Checkout::Fresh(a) = v.checkout(&u, "b", now, later, false).await.unwrap() else { panic!() };
+        assert_eq!(a.token.as_str(), "at2");
+        // a refusal of an older version does not mark consent lost
+        assert!(!v.refused(&u, "b", l.version, now).await.unwrap());
+        assert!(!v.consent_required(&u));
+        let Checkout::Leased(l2) = v.checkout(&u, "b", now, later, true).await.unwrap() else { panic!() };
+        assert_eq!(l2.token.as_str(), "rt2");
+        assert!(v.refused(&u, "b", l2.version, now).await.unwrap());
         assert!(v.consent_required(&u));
+        assert!(matches!(v.checkout(&u, "b", now, later, false).await.unwrap(), Checkout::NoToken));
         assert!(!format!("{v:?}").contains("rt2"));
     }
 }

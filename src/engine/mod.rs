@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// How long a Baanx session lives (the ledger counts it as active until then).
     pub session_ttl: Duration,
+    /// Added to a session's life in the ledger, for clock skew with the API
+    /// (`session_expiry_margin`, default 5 min).
+    pub session_expiry_margin: Duration,
     /// How long users in flight may take to finish once a stop is asked for.
     pub grace: Duration,
     /// Ask `GET /v1/user` before each session.
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(30),
             batch_size: 100,
             session_ttl: Duration::from_secs(24 * 3600),
+            session_expiry_margin: Duration::from_secs(300),
             grace: Duration::from_secs(20),
             fresh_state: true,
             max_attempts: 5,

@@ -9,8 +9,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
 use super::{Outcome, RunShared};
-use crate::domain::{Region, UserId};
-use crate::store::sessions::Reservation;
+use crate::domain::{DeferReason, Region, UserId};
+use crate::store::sessions::{ApiFailureParams, IssuedParams, Reservation, SessionLife};
 use crate::store::targets::ClaimedTarget;
 
 /// Processes one claimed target to a recorded outcome.
@@ -66,15 +66,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     // 2. record it and reserve a ledger row under every per-user limit, in one write
     let session_id = match s
         .store
-        .session_reserve_fresh(
-            s.campaign_id,
-            &t.user_id,
-            t.step,
-            &s.config.worker_id,
-            s.now(),
-            s.config.session_ttl,
-            fresh,
-        )
+        .session_reserve_fresh(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now(), life(s), fresh)
         .await?
     {
         Reservation::Reserved { session_id } => session_id,
@@ -91,24 +83,44 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
         Err(f) => {
             let (definite, status, reason, not_before) = classify_session_failure(s, t, &f);
             s.store
-                .session_record_api_failure(
-                    s.campaign_id,
-                    &t.user_id,
+                .session_record_api_failure(ApiFailureParams {
+                    campaign_id: s.campaign_id,
+                    user_id: &t.user_id,
                     session_id,
                     definite,
-                    &s.config.worker_id,
-                    status,
+                    worker: &s.config.worker_id,
+                    target_status: status,
                     reason,
                     not_before,
-                    s.now(),
-                )
+                    now: s.now(),
+                    life: life(s),
+                })
                 .await?;
             return Ok(outcome_of(status, reason));
         }
     };
     let issued_at = s.now();
-    s.store.session_mark_issued(session_id, issued_at).await?;
+    let still_ours = s
+        .store
+        .session_mark_issued(IssuedParams {
+            campaign_id: s.campaign_id,
+            user_id: &t.user_id,
+            step: t.step,
+            worker: &s.config.worker_id,
+            session_id,
+            now: issued_at,
+            life: life(s),
+        })
+        .await?;
     crate::telemetry::global().session_issued(&s.campaign_name);
+    if !still_ours {
+        // Invariant 7: the lease ran out (a stall) and another worker took the target
+        // over; it will find this session and send nothing either. The URL is dropped
+        // here, unsent; the ledger row stays, `orphaned`, and keeps counting.
+        drop(url);
+        warn!("the claim was lost before the session could be sent; the session is dropped unsent");
+        return Ok(Outcome::Abandoned);
+    }
     let expires_at =
         issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
 
@@ -144,6 +156,22 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     }
     debug!(delivered, "user done");
     Ok(if delivered { Outcome::Notified } else { Outcome::Failed("delivery_failed") })
+}
+
+/// How long the ledger counts a session (see [`SessionLife`]).
+fn life(s: &RunShared) -> SessionLife {
+    SessionLife { ttl: s.config.session_ttl, margin: s.config.session_expiry_margin }
+}
+
+/// When the API's own per-user limit refused, the wait before asking again: a
+/// rejection's cooldown is 24 hours, the other limits lift within the hour.
+fn user_limited_until(s: &RunShared, reason: &str) -> DateTime<Utc> {
+    let wait = if reason == DeferReason::RejectionCooldown.as_str() {
+        crate::domain::policy::rejection_cooldown()
+    } else {
+        chrono::Duration::hours(1)
+    };
+    s.now() + wait
 }
 
 fn outcome_of(status: &str, reason: &'static str) -> Outcome {
@@ -183,7 +211,7 @@ async fn api_failed_before_reserve(
         ApiFailure::Forbidden(_) => settle(s, t, "failed", "forbidden", None).await,
         ApiFailure::Refused(_) => settle(s, t, "failed", "api_refused", None).await,
         ApiFailure::UserLimited { reason } => {
-            let at = s.now() + chrono::Duration::hours(1);
+            let at = user_limited_until(s, reason);
             settle(s, t, "deferred", reason, Some(at)).await
         }
         ApiFailure::Fatal(why) => {
@@ -218,7 +246,7 @@ fn classify_session_failure(
         ApiFailure::ConsentRequired => (true, "skipped", "consent_required", None),
         ApiFailure::Forbidden(_) => (true, "failed", "forbidden", None),
         ApiFailure::Refused(_) => (true, "failed", "api_refused", None),
-        ApiFailure::UserLimited { reason } => (true, "deferred", reason, Some(s.now() + chrono::Duration::hours(1))),
+        ApiFailure::UserLimited { reason } => (true, "deferred", reason, Some(user_limited_until(s, reason))),
         ApiFailure::Fatal(why) => {
             s.abort(why.clone());
             (true, "pending", "run_stopped", None)

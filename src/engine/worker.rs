@@ -46,6 +46,7 @@ impl Worker {
             .map_err(|e| EngineError::Setup(format!("notifications: {e}")))?;
         let config = EngineConfig {
             lease: Duration::from_secs(settings.lease_seconds),
+            session_expiry_margin: settings.session_expiry_margin,
             rate_share: settings.rate_share(),
             ..EngineConfig::default()
         };

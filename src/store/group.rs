@@ -376,11 +376,6 @@ impl Store {
         Store { group: Some(Group::start(plain.clone(), cfg)), ..plain }
     }
 
-    /// Whether this store groups its writes ([`Store::with_group_commit`]).
-    pub(crate) fn is_grouped(&self) -> bool {
-        self.group.is_some()
-    }
-
     /// Runs a [`BatchWrite`]: in a group, batched with the other writes of its kind
     /// queued at that moment, when this store has one; otherwise alone in a
     /// transaction of its own. Returns once the write is committed.

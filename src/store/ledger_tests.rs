@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Row;
 
-use super::sessions::Reservation;
+use super::sessions::{IssuedParams, Reservation, SessionLife};
 use super::{Store, to_millis};
 use crate::both_engines;
 use crate::domain::spec::Audience;
@@ -219,6 +219,83 @@ both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns
     assert_eq!(ok, 10);
 });
 
+/// `session_mark_issued` for user `n`'s session at step 0, a day's life.
+async fn issued(s: &Store, c: i64, n: u32, worker: &str, session_id: i64, now: DateTime<Utc>) -> bool {
+    let user = uid(n);
+    let life = SessionLife { ttl: DAY, margin: std::time::Duration::ZERO };
+    let p = IssuedParams { campaign_id: c, user_id: &user, step: 0, worker, session_id, now, life };
+    s.session_mark_issued(p).await.unwrap()
+}
+
+both_engines!(
+    a_worker_that_lost_its_claim_gets_no_issued_session_and_the_row_keeps_counting,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let now = t0();
+        user(s, 1, "UNVERIFIED", "intl", None, "").await;
+        let c = campaign(s, "c").await;
+        s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+        assert_eq!(s.target_claim_batch(c, "slow", 10, now, LEASE).await.unwrap().len(), 1);
+        let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "slow", now, DAY).await.unwrap()
+        else {
+            panic!("reserved")
+        };
+        // the slow worker stalls past its lease while the API makes the session; another
+        // worker takes the target over
+        let later = now + chrono::Duration::seconds(60);
+        assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 1);
+        // the answer arrives: the claim is gone, so the URL must not be sent
+        assert!(!issued(s, c, 1, "slow", session_id, later).await, "a lost claim must not be told to send");
+        let row = sqlx::query("SELECT status, issued_at FROM verification_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(row.get::<String, _>("status"), "orphaned");
+        assert_eq!(row.get::<Option<i64>, _>("issued_at"), Some(to_millis(later)));
+        // it keeps counting: three more sessions reach the concurrency limit
+        for _ in 0..2 {
+            assert!(matches!(
+                s.session_reserve(c, &uid(1), 0, "next", later, DAY).await.unwrap(),
+                Reservation::Reserved { .. }
+            ));
+        }
+        assert!(matches!(
+            s.session_reserve(c, &uid(1), 0, "next", later, DAY).await.unwrap(),
+            Reservation::Deferred { reason: DeferReason::Concurrency, .. }
+        ));
+    }
+);
+
+both_engines!(an_issued_session_counts_from_the_answer_plus_the_margin, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
+    let life = SessionLife { ttl: DAY, margin: std::time::Duration::from_secs(300) };
+    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "w", now, life).await.unwrap() else {
+        panic!("reserved")
+    };
+    // the API answers 40 s after the reservation (limiter, retries of other users)
+    let answered = now + chrono::Duration::seconds(40);
+    let user1 = uid(1);
+    let p = IssuedParams { campaign_id: c, user_id: &user1, step: 0, worker: "w", session_id, now: answered, life };
+    assert!(s.session_mark_issued(p).await.unwrap());
+    let row = sqlx::query("SELECT counted_at, expires_at FROM verification_sessions WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    let to = to_millis;
+    assert_eq!(row.get::<i64, _>("counted_at"), to(answered + chrono::Duration::minutes(5)));
+    assert_eq!(
+        row.get::<i64, _>("expires_at"),
+        to(answered + chrono::Duration::hours(24) + chrono::Duration::minutes(5))
+    );
+});
+
 both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
@@ -231,7 +308,7 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
     let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "dead", now, DAY).await.unwrap() else {
         panic!()
     };
-    s.session_mark_issued(session_id, now).await.unwrap();
+    assert!(issued(s, c, 1, "dead", session_id, now).await);
     s.session_reserve(c, &uid(2), 0, "dead", now, DAY).await.unwrap();
 
     let after = now + chrono::Duration::seconds(31);
@@ -271,7 +348,7 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
     let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "dead", now, DAY).await.unwrap() else {
         panic!("reserved")
     };
-    s.session_mark_issued(session_id, now).await.unwrap();
+    assert!(issued(s, c, 1, "dead", session_id, now).await);
     // both claims expire; another worker takes them
     let later = now + chrono::Duration::seconds(60);
     assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 2);
@@ -301,7 +378,7 @@ both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db:
     let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "slow", now, DAY).await.unwrap() else {
         panic!("reserved")
     };
-    s.session_mark_issued(session_id, now).await.unwrap();
+    assert!(issued(s, c, 1, "slow", session_id, now).await);
     // the lease runs out mid-message; another worker takes the target
     let later = now + chrono::Duration::seconds(60);
     assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 1);

@@ -15,7 +15,14 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Executor};
+
+/// How long a Postgres transaction may sit idle (its process frozen) before the
+/// server ends it and frees its locks.
+pub const IDLE_IN_TRANSACTION: &str = "15s";
+/// How long a Postgres statement waits for a lock: longer than
+/// [`IDLE_IN_TRANSACTION`], so that a waiter outlasts a frozen holder.
+pub const LOCK_TIMEOUT: &str = "30s";
 
 /// "The target is still this worker's claim", as every per-user statement tests it:
 /// `CASE WHEN status = 'claimed' THEN lease_owner = OWNER ELSE FALSE END` rather than
@@ -152,7 +159,27 @@ impl Store {
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
         let pool_options = match backend {
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16).min_connections(0),
+            // Every session bounds what a stalled peer can cost the fleet (issue 13): a
+            // transaction left idle by a frozen process (a paused VM, a starved pod, a
+            // partition) is ended by the server after IDLE_IN_TRANSACTION, which frees
+            // the users' rows it locked; a statement waits for a lock at most
+            // LOCK_TIMEOUT, longer than that, so that a waiter outlasts a frozen
+            // holder rather than failing; TCP keepalives find a peer that is gone. No
+            // transaction of ours waits on anything but the database.
+            Backend::Postgres => {
+                AnyPoolOptions::new().max_connections(16).min_connections(0).after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(AssertSqlSafe(format!(
+                            "SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'; \
+                         SET lock_timeout = '{LOCK_TIMEOUT}'; \
+                         SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; \
+                         SET tcp_keepalives_count = 3; SET client_min_messages = warning;"
+                        )))
+                        .await?;
+                        Ok(())
+                    })
+                })
+            }
             // One connection: SQLite takes one writer at a time, and a second
             // connection of this process waiting for the write lock would sleep in
             // SQLite's busy handler (1, 2, 5 … 100 ms naps) where waiting in the pool's

@@ -20,6 +20,67 @@ use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
 use crate::domain::{UserId, VerificationState};
 
+/// How long the ledger counts a session: the API's session lifetime, plus a margin
+/// for clock skew with the API (`session_expiry_margin`). The daily cap counts a
+/// session from the API's answer plus the margin (`counted_at`), and the
+/// concurrency limit until the answer plus the lifetime plus the margin, so that a
+/// deferral never comes due before the API frees the slot. Until the API answers,
+/// the reservation's own time stands in for the answer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLife {
+    pub ttl: Duration,
+    pub margin: Duration,
+}
+
+impl From<Duration> for SessionLife {
+    /// A lifetime with no margin.
+    fn from(ttl: Duration) -> Self {
+        Self { ttl, margin: Duration::ZERO }
+    }
+}
+
+impl SessionLife {
+    fn millis(d: Duration) -> i64 {
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// (counted_at, expires_at) of a session the API answered (or may have) at `at`.
+    fn counted_and_expiry(&self, at_ms: i64) -> (i64, i64) {
+        let margin = Self::millis(self.margin);
+        (at_ms.saturating_add(margin), at_ms.saturating_add(Self::millis(self.ttl)).saturating_add(margin))
+    }
+}
+
+/// What [`Store::session_mark_issued`] records.
+#[derive(Debug, Clone)]
+pub struct IssuedParams<'a> {
+    pub campaign_id: i64,
+    pub user_id: &'a str,
+    pub step: i64,
+    /// The worker that must still hold the target's claim.
+    pub worker: &'a str,
+    pub session_id: i64,
+    /// When the API answered.
+    pub now: DateTime<Utc>,
+    pub life: SessionLife,
+}
+
+/// What [`Store::session_record_api_failure`] records.
+#[derive(Debug, Clone)]
+pub struct ApiFailureParams<'a> {
+    pub campaign_id: i64,
+    pub user_id: &'a str,
+    pub session_id: i64,
+    /// The API surely created no session (a 4xx answer).
+    pub definite: bool,
+    pub worker: &'a str,
+    pub target_status: &'a str,
+    pub reason: &'a str,
+    pub not_before: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+    pub life: SessionLife,
+}
+
 /// What reserving a session for a claimed target came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
@@ -113,9 +174,9 @@ impl Store {
         step: i64,
         worker: &str,
         now: DateTime<Utc>,
-        session_ttl: Duration,
+        life: impl Into<SessionLife>,
     ) -> Result<Reservation, StoreError> {
-        self.session_reserve_fresh(campaign_id, user_id, step, worker, now, session_ttl, None).await
+        self.session_reserve_fresh(campaign_id, user_id, step, worker, now, life, None).await
     }
 
     /// [`Store::session_reserve`], after recording in the same transaction the state
@@ -133,7 +194,7 @@ impl Store {
         step: i64,
         worker: &str,
         now: DateTime<Utc>,
-        session_ttl: Duration,
+        life: impl Into<SessionLife>,
         fresh: Option<VerificationState>,
     ) -> Result<Reservation, StoreError> {
         let args = ReserveArgs {
@@ -143,7 +204,7 @@ impl Store {
             step,
             worker: worker.to_owned(),
             now,
-            session_ttl,
+            life: life.into(),
             fresh,
         };
         self.write_batched(args).await
@@ -196,52 +257,65 @@ impl Store {
         Ok(settled)
     }
 
-    /// The API answered with a session: from here a message may reach the user.
+    /// The API answered with a session: from here a message may reach the user, so
+    /// the target must still be this worker's claim. Returns `false` when it is not
+    /// (the lease ran out during a stall and another worker took the target over):
+    /// the row is then recorded `orphaned` (it keeps counting) and the caller drops
+    /// the URL unsent. Either way the session counts from the API's answer.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn session_mark_issued(&self, session_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.write_batched(MarkIssued { backend: self.backend(), session_id, now_ms: to_millis(now) }).await
+    pub async fn session_mark_issued(&self, p: IssuedParams<'_>) -> Result<bool, StoreError> {
+        let (counted_at, expires_at) = p.life.counted_and_expiry(to_millis(p.now));
+        self.write_batched(MarkIssued {
+            backend: self.backend(),
+            campaign_id: p.campaign_id,
+            user_id: p.user_id.to_owned(),
+            worker: p.worker.to_owned(),
+            session_id: p.session_id,
+            now_ms: to_millis(p.now),
+            counted_at,
+            expires_at,
+        })
+        .await
     }
 
     /// The API call failed. `definite` means the API surely created no session (a
     /// 4xx answer): the row stops counting. Otherwise it is `unknown` and keeps
-    /// counting. The target is settled as given.
+    /// counting, as a session the API may have made as late as now. The target is
+    /// settled as given.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    #[allow(clippy::too_many_arguments)]
-    pub async fn session_record_api_failure(
-        &self,
-        campaign_id: i64,
-        user_id: &str,
-        session_id: i64,
-        definite: bool,
-        worker: &str,
-        target_status: &str,
-        reason: &str,
-        not_before: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    pub async fn session_record_api_failure(&self, p: ApiFailureParams<'_>) -> Result<bool, StoreError> {
         struct Args {
             session_id: i64,
             definite: bool,
+            counted_at: i64,
+            expires_at: i64,
             settle: SettleArgs,
         }
         fn record<'a>(a: &'a Args, tx: &'a mut Tx) -> Step<'a, bool> {
             Box::pin(async move {
-                sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
-                    .bind(a.session_id)
-                    .bind(if a.definite { "api_failed" } else { "unknown" })
-                    .bind(to_millis(a.settle.now))
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(query_err("session_record_api_failure"))?;
+                let sql = if a.definite {
+                    "UPDATE verification_sessions SET status = 'api_failed', updated_at = $2 WHERE session_id = $1"
+                } else {
+                    "UPDATE verification_sessions SET status = 'unknown', updated_at = $2, \
+                       counted_at = CASE WHEN counted_at > $3 THEN counted_at ELSE $3 END, \
+                       expires_at = CASE WHEN expires_at > $4 THEN expires_at ELSE $4 END \
+                     WHERE session_id = $1"
+                };
+                let q = sqlx::query(sql).bind(a.session_id).bind(to_millis(a.settle.now));
+                let q = if a.definite { q } else { q.bind(a.counted_at).bind(a.expires_at) };
+                q.execute(&mut **tx).await.map_err(query_err("session_record_api_failure"))?;
                 a.settle.run(tx).await
             })
         }
-        let settle = SettleArgs::new(campaign_id, user_id, worker, target_status, reason, not_before, now);
-        self.write(Args { session_id, definite, settle }, record).await
+        let (counted_at, expires_at) = p.life.counted_and_expiry(to_millis(p.now));
+        let settle =
+            SettleArgs::new(p.campaign_id, p.user_id, p.worker, p.target_status, p.reason, p.not_before, p.now);
+        self.write(Args { session_id: p.session_id, definite: p.definite, counted_at, expires_at, settle }, record)
+            .await
     }
 
     /// The message was delivered (or permanently refused): records the ledger row and
@@ -288,7 +362,7 @@ impl Store {
     }
 }
 
-/// The sessions of [`Store::session_reserve`]'s one statement: `reserved_at:expires_at`
+/// The sessions of [`Store::session_reserve`]'s read: `counted_at:expires_at`
 /// pairs of Unix milliseconds, comma-separated (empty: none).
 fn parse_slots(text: &str) -> Result<Vec<SessionSlot>, StoreError> {
     let bad = || StoreError::Conflict(format!("session_reserve: unreadable session list {text:?}"));
@@ -310,7 +384,7 @@ struct ReserveArgs {
     step: i64,
     worker: String,
     now: DateTime<Utc>,
-    session_ttl: Duration,
+    life: SessionLife,
     fresh: Option<VerificationState>,
 }
 
@@ -433,10 +507,13 @@ pub(crate) async fn returned_user_ids(
 }
 
 /// Each user's standing, our claim on the target and the user's sessions that
-/// count, in one statement for every write, by user id. On Postgres the users' rows
-/// are locked (in id order, so that two groups never wait on each other in a
-/// circle): two campaigns reserving for one user at once are serialised (SQLite's
-/// BEGIN IMMEDIATE already is). The sessions come as "reserved_at:expires_at,…".
+/// count, by user id. The users' rows are locked first, in a statement of their own
+/// (on Postgres, in id order, so that two groups never wait on each other in a
+/// circle), and only then read, in a later statement: under READ COMMITTED each
+/// statement reads from a snapshot taken when it starts, so a read in the locking
+/// statement itself would miss a reservation committed while it waited for the lock
+/// (seen: a fourth concurrent session reached the API). SQLite's BEGIN IMMEDIATE
+/// serialises writers already. The sessions come as "counted_at:expires_at,…".
 async fn read_standings(
     backend: Backend,
     writes: &[&ReserveArgs],
@@ -449,17 +526,28 @@ async fn read_standings(
     }));
     let from =
         json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text), ("ws", Arg::Int), ("now", Arg::Int)]);
-    let (concat, lock) = match backend {
-        Backend::Postgres => ("string_agg(s.reserved_at || ':' || s.expires_at, ',')", "FOR UPDATE OF u"),
-        Backend::Sqlite => ("group_concat(s.reserved_at || ':' || s.expires_at, ',')", ""),
+    if backend == Backend::Postgres {
+        let lock = format!(
+            "SELECT u.user_id FROM users u WHERE u.user_id IN (SELECT x.u FROM ({from}) AS x) \
+             ORDER BY u.user_id FOR UPDATE"
+        );
+        sqlx::query(AssertSqlSafe(lock))
+            .bind(rows.clone())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query_err("session_reserve lock"))?;
+    }
+    let concat = match backend {
+        Backend::Postgres => "string_agg(s.counted_at || ':' || s.expires_at, ',')",
+        Backend::Sqlite => "group_concat(s.counted_at || ':' || s.expires_at, ',')",
     };
     let sql = format!(
         "SELECT u.user_id, u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
            (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = x.c AND t.user_id = u.user_id \
               AND {ours}) AS mine, \
            (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
-              AND s.status <> 'api_failed' AND (s.reserved_at > x.ws OR s.expires_at > x.now)) AS slots \
-         FROM ({from}) AS x JOIN users u ON u.user_id = x.u ORDER BY u.user_id {lock}",
+              AND s.status <> 'api_failed' AND (s.counted_at > x.ws OR s.expires_at > x.now)) AS slots \
+         FROM ({from}) AS x JOIN users u ON u.user_id = x.u",
         ours = ours!("t.", "x.w")
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
@@ -483,16 +571,17 @@ async fn insert_reservations(
     }
     let rows = json_rows(eligible.iter().map(|w| {
         let now_ms = to_millis(w.now);
-        let expires = now_ms + i64::try_from(w.session_ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        serde_json::json!([w.user_id, w.campaign_id, w.step, now_ms, expires])
+        let (counted, expires) = w.life.counted_and_expiry(now_ms);
+        serde_json::json!([w.user_id, w.campaign_id, w.step, now_ms, expires, counted])
     }));
     let args = json_args(
         backend,
-        &[("u", Arg::Text), ("c", Arg::Int), ("step", Arg::Int), ("at", Arg::Int), ("exp", Arg::Int)],
+        &[("u", Arg::Text), ("c", Arg::Int), ("step", Arg::Int), ("at", Arg::Int), ("exp", Arg::Int), ("ca", Arg::Int)],
     );
     let sql = format!(
-        "INSERT INTO verification_sessions (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at) \
-         SELECT x.u, x.c, x.step, 'reserved', x.at, x.exp, x.at FROM ({args}) AS x RETURNING session_id, user_id"
+        "INSERT INTO verification_sessions \
+           (user_id, campaign_id, step, status, reserved_at, expires_at, updated_at, counted_at) \
+         SELECT x.u, x.c, x.step, 'reserved', x.at, x.exp, x.at, x.ca FROM ({args}) AS x RETURNING session_id, user_id"
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(rows)
@@ -505,33 +594,66 @@ async fn insert_reservations(
         .map_err(query_err("session_reserve insert"))
 }
 
-/// [`Store::session_mark_issued`]: `reserved` → `issued`, for many sessions in one
-/// statement.
+/// [`Store::session_mark_issued`]: `reserved` → `issued` where the target is still
+/// the worker's claim, for many sessions in one statement; the others → `orphaned`.
 struct MarkIssued {
     backend: Backend,
+    campaign_id: i64,
+    user_id: String,
+    worker: String,
     session_id: i64,
     now_ms: i64,
+    counted_at: i64,
+    expires_at: i64,
 }
 
 impl BatchWrite for MarkIssued {
-    type Out = ();
+    /// Whether the claim still held.
+    type Out = bool;
 
-    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<()>> {
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<bool>> {
         Box::pin(async move {
             let Some(first) = writes.first() else { return Ok(Vec::new()) };
-            let rows = json_rows(writes.iter().map(|w| serde_json::json!([w.session_id, w.now_ms])));
-            let args = json_args(first.backend, &[("id", Arg::Int), ("at", Arg::Int)]);
-            let sql = format!(
-                "UPDATE verification_sessions SET status = 'issued', issued_at = x.at, updated_at = x.at \
-                 FROM ({args}) AS x \
-                 WHERE verification_sessions.session_id = x.id AND verification_sessions.status = 'reserved'"
+            let rows = json_rows(writes.iter().map(|w| {
+                serde_json::json!([
+                    w.session_id,
+                    w.now_ms,
+                    w.campaign_id,
+                    w.user_id,
+                    w.worker,
+                    w.counted_at,
+                    w.expires_at
+                ])
+            }));
+            let args = json_args(
+                first.backend,
+                &[
+                    ("id", Arg::Int),
+                    ("at", Arg::Int),
+                    ("c", Arg::Int),
+                    ("u", Arg::Text),
+                    ("w", Arg::Text),
+                    ("ca", Arg::Int),
+                    ("exp", Arg::Int),
+                ],
             );
-            sqlx::query(AssertSqlSafe(sql))
+            // The fence reads the target by its key; a takeover commits under the
+            // target's row, so a claim seen here was ours when this group committed.
+            let sql = format!(
+                "UPDATE verification_sessions SET                    status = CASE WHEN verification_sessions.status = 'reserved' AND EXISTS (                        SELECT 1 FROM campaign_targets t WHERE t.campaign_id = x.c AND t.user_id = x.u AND {fence})                      THEN 'issued' ELSE 'orphaned' END,                    issued_at = x.at, updated_at = x.at, counted_at = x.ca,                    expires_at = CASE WHEN verification_sessions.expires_at > x.exp                      THEN verification_sessions.expires_at ELSE x.exp END                  FROM ({args}) AS x                  WHERE verification_sessions.session_id = x.id                    AND verification_sessions.status IN ('reserved', 'unknown')                  RETURNING verification_sessions.session_id, verification_sessions.status",
+                fence = ours!("t.", "x.w"),
+            );
+            let issued: HashSet<i64> = sqlx::query(AssertSqlSafe(sql))
                 .bind(rows)
-                .execute(&mut **tx)
+                .fetch_all(&mut **tx)
                 .await
+                .map_err(query_err("session_mark_issued"))?
+                .iter()
+                .filter(|r| r.try_get::<String, _>("status").is_ok_and(|st| st == "issued"))
+                .map(|r| r.try_get::<i64, _>("session_id"))
+                .collect::<Result<_, _>>()
                 .map_err(query_err("session_mark_issued"))?;
-            Ok(vec![(); writes.len()])
+            Ok(writes.iter().map(|w| issued.contains(&w.session_id)).collect())
         })
     }
 }

@@ -143,12 +143,21 @@ async fn server_errors_are_retried_with_backoff_then_given_up() {
     assert_eq!(requests(&sb.stats().await, "GET /v1/user"), 4);
 
     sb.fail_next(ScriptedFault::ServerError, 4);
-    let e = c.start_verification(&user, Region::Intl).await.unwrap_err();
+    let e = c.get_user(&user, Region::Intl).await.unwrap_err();
     let BaanxError::GaveUp { attempts, ref last, .. } = e else { panic!("{e}") };
     assert_eq!(attempts, 4, "max_attempts");
     assert!(matches!(**last, BaanxError::Server { .. }), "{last}");
     assert_eq!(e.class(), ErrorClass::Transient);
     assert_eq!(sb.stats().await.injected_server_errors, 6);
+
+    // a 5xx to a session call may hide a session: never sent again on the same
+    // reservation (issue 13); the caller records it as unknown, counted
+    sb.fail_next(ScriptedFault::ServerError, 1);
+    let e = c.start_verification(&user, Region::Intl).await.unwrap_err();
+    assert!(matches!(e, BaanxError::Server { .. }), "{e}");
+    assert!(e.may_have_created_session());
+    assert_eq!(e.class(), ErrorClass::Transient);
+    assert_eq!(requests(&sb.stats().await, "GET /v1/user/verification"), 1, "no retry");
 }
 
 #[tokio::test]
