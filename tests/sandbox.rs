@@ -7,6 +7,7 @@ mod sandbox {
     pub mod common;
     pub mod faults;
     pub mod limits;
+    pub mod reuse;
     pub mod sessions;
     pub mod users;
 }

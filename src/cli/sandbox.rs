@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
 use reverify::sandbox::bench::{self, BenchOptions};
 use reverify::sandbox::{
-    DEMO_CLIENT_KEY, Faults, Latency, Sandbox, SandboxConfig, UserSource, WebhookTarget, userfile,
+    DEMO_CLIENT_KEY, Faults, Latency, RefreshReuse, Sandbox, SandboxConfig, UserSource, WebhookTarget, userfile,
 };
 
 use super::{Context, exit};
@@ -31,10 +32,25 @@ fn positive(s: &str) -> Result<f64, String> {
     if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("{v} must be above 0")) }
 }
 
+/// `--refresh-reuse`: the modes, each with its help line, parsed into the library's type.
+fn refresh_reuse() -> impl clap::builder::TypedValueParser<Value = RefreshReuse> {
+    PossibleValuesParser::new(RefreshReuse::ALL.map(|m| {
+        PossibleValue::new(m.as_str()).help(match m {
+            RefreshReuse::Reject => "answer invalid_grant; the user's newest tokens keep working",
+            RefreshReuse::RevokeFamily => {
+                "answer invalid_grant, revoke the user's newest refresh token and every access \
+                 token, and count a violation (refresh_reuse)"
+            }
+        })
+    }))
+    .map(|s| s.parse::<RefreshReuse>().expect("clap admits only the listed modes"))
+}
+
 /// Serve a simulator of the Baanx API on loopback, for demos and tests.
 ///
 /// It checks the client key, bearer tokens (6 h), refresh-token rotation, the
-/// x-us-env header and suspensions like the real API, and enforces the per-user
+/// x-us-env header and suspensions like the real API (--refresh-reuse chooses what
+/// a rotated-away refresh token does), and enforces the per-user
 /// session limits (10 a day, 3 at once, 1 h after 3 failures, 24 h after a
 /// rejection), counting every request over a limit as a violation. Session URLs
 /// point back at the sandbox: open one to choose how the verification ends.
@@ -117,6 +133,14 @@ pub struct SandboxArgs {
     /// Do not enforce the per-user session limits (benchmarks of the server only).
     #[arg(long)]
     no_limits: bool,
+    /// What presenting a refresh token that was already rotated away does.
+    ///
+    /// OAuth refresh-token reuse detection. Either way the request answers
+    /// invalid_grant and counts in refresh_token_reuses (GET /_sandbox/stats and the
+    /// user's view); revoke-family also revokes the user's whole chain, as the real
+    /// API may.
+    #[arg(long, default_value = "reject", value_parser = refresh_reuse(), value_name = "MODE")]
+    refresh_reuse: RefreshReuse,
 }
 
 /// Measure the sandbox's requests per second.
@@ -186,6 +210,7 @@ pub async fn run(args: SandboxArgs, ctx: &Context) -> anyhow::Result<u8> {
             seed: args.fault_seed,
         },
         enforce_limits: !args.no_limits,
+        refresh_reuse: args.refresh_reuse,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::start(config).await.context("failed to start the sandbox")?;
@@ -271,4 +296,29 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn parse(args: &[&str]) -> Result<SandboxArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["reverify", "sandbox"].iter().chain(args))?;
+        match cli.command {
+            crate::cli::Command::Sandbox(a) => Ok(*a),
+            other => panic!("not the sandbox command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refresh_reuse_defaults_to_reject_and_takes_both_modes() {
+        assert_eq!(parse(&[]).unwrap().refresh_reuse, RefreshReuse::Reject);
+        assert_eq!(parse(&["--refresh-reuse", "reject"]).unwrap().refresh_reuse, RefreshReuse::Reject);
+        assert_eq!(parse(&["--refresh-reuse", "revoke-family"]).unwrap().refresh_reuse, RefreshReuse::RevokeFamily);
+        let err = parse(&["--refresh-reuse", "revoke"]).unwrap_err().to_string();
+        assert!(err.contains("--refresh-reuse") && err.contains("revoke-family"), "{err}");
+    }
 }

@@ -5,7 +5,7 @@
 //! It serves the token, profile and verification-session endpoints with the real
 //! API's checks (client key, bearer expiry, rotation, region, suspension) and per-user
 //! limits (the policy in [`crate::domain::policy`]), counts every request that breaks
-//! a limit, injects faults on demand, serves real single-use session pages, and sends
+//! a limit, detects refresh-token reuse (and can revoke the chain for it), injects faults on demand, serves real single-use session pages, and sends
 //! signed `kyc.status.changed` webhooks. `GET /_sandbox/stats` and the control
 //! endpoints under `/_sandbox/` let tests assert on what it saw.
 //!
@@ -37,8 +37,8 @@ pub mod users;
 pub mod webhook;
 
 pub use faults::{Faults, FaultsError, Latency, LatencyError, ScriptedFault};
-pub use state::{Outcome, UserView};
-pub use stats::{Endpoint, Stats, TooManyRequests};
+pub use state::{Outcome, RefreshReuse, RefreshReuseError, UserView};
+pub use stats::{Endpoint, Stats, TooManyRequests, ViolationKind};
 pub use userfile::{UserFileError, UserRecord};
 pub use webhook::{WebhookTarget, signature};
 
@@ -84,6 +84,11 @@ pub struct SandboxConfig {
     /// Enforce the per-user session limits. Default true; turn off only to benchmark
     /// the server itself.
     pub enforce_limits: bool,
+    /// What presenting a refresh token that was already rotated away does. Default
+    /// [`RefreshReuse::Reject`]: `invalid_grant`, nothing else;
+    /// [`RefreshReuse::RevokeFamily`] also revokes the user's chain and counts a
+    /// violation. Every reuse counts in [`Stats::refresh_token_reuses`].
+    pub refresh_reuse: RefreshReuse,
     /// The source of "now" for tokens, sessions and limits. Default: the system clock;
     /// tests pass a [`crate::domain::ManualClock`] to cross 24 h boundaries at once.
     pub clock: Arc<dyn Clock>,
@@ -104,6 +109,7 @@ impl Default for SandboxConfig {
             webhook: None,
             faults: Faults::default(),
             enforce_limits: true,
+            refresh_reuse: RefreshReuse::Reject,
             clock: Arc::new(SystemClock),
         }
     }
@@ -157,6 +163,7 @@ impl Sandbox {
             session_ttl: chrono_of(config.session_ttl, "session_ttl")?,
             decision_delay: config.decision_delay,
             enforce_limits: config.enforce_limits,
+            refresh_reuse: config.refresh_reuse,
         };
         let records = build_users(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -250,6 +257,12 @@ impl SandboxHandle {
     /// current, rotated ones).
     pub fn users(&self) -> Vec<UserRecord> {
         self.state.records()
+    }
+
+    /// Every user's view (standing, sessions and counters), in the order of
+    /// [`SandboxHandle::users`].
+    pub fn user_views(&self) -> Vec<UserView> {
+        self.state.views()
     }
 
     /// The URL of every session issued (until expired ones are pruned), for tests

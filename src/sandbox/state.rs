@@ -17,7 +17,7 @@ use rand::RngCore;
 use serde::Serialize;
 
 use super::faults::FaultEngine;
-use super::stats::Counters;
+use super::stats::{Counters, ViolationKind};
 use super::userfile::UserRecord;
 use super::users::{Profile, profile};
 use super::webhook::{KycStatus, Sender, event_body};
@@ -88,6 +88,10 @@ struct UserState {
     slots: Vec<Slot>,
     next_seq: u64,
     sessions_issued: u64,
+    /// Successful refresh grants.
+    token_refreshes: u64,
+    /// Presentations of a refresh token this user's chain had rotated away.
+    refresh_token_reuses: u64,
     violations: u64,
     max_sessions_24h: u64,
     max_concurrent: u64,
@@ -108,10 +112,17 @@ pub struct UserView {
     pub refresh_token: String,
     pub refresh_token_expires_at: DateTime<Utc>,
     pub sessions_issued: u64,
+    /// Successful refresh grants (`POST /v1/auth/oauth/token` answered 200).
+    pub token_refreshes: u64,
+    /// Refresh tokens presented after they had been rotated away (any earlier token of
+    /// the user's chain), in either `--refresh-reuse` mode.
+    pub refresh_token_reuses: u64,
     /// Unexpired, uncompleted sessions now.
     pub active_sessions: u64,
     /// Sessions reserved in the last 24 hours.
     pub sessions_last_24h: u64,
+    /// Requests over a per-user limit, and refresh-token reuses in
+    /// [`RefreshReuse::RevokeFamily`] mode.
     pub violations: u64,
     pub max_sessions_24h: u64,
     pub max_concurrent_sessions: u64,
@@ -171,6 +182,55 @@ pub enum SessionError {
     Expired,
 }
 
+/// What presenting a refresh token that was already rotated away does (OAuth
+/// refresh-token reuse detection). Either way the request answers `invalid_grant` and
+/// counts in [`crate::sandbox::Stats::refresh_token_reuses`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RefreshReuse {
+    /// Nothing more: the user's current refresh token and access tokens keep working.
+    #[default]
+    Reject,
+    /// The whole chain is revoked, as the OAuth security best practice allows: the
+    /// user's current refresh token gets `invalid_grant` from then on, every access
+    /// token minted for the user gets 401, and the reuse counts as a violation
+    /// (`refresh_reuse`).
+    RevokeFamily,
+}
+
+impl RefreshReuse {
+    /// Every mode, in `--help` order.
+    pub const ALL: [RefreshReuse; 2] = [RefreshReuse::Reject, RefreshReuse::RevokeFamily];
+
+    /// The spelling of `--refresh-reuse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshReuse::Reject => "reject",
+            RefreshReuse::RevokeFamily => "revoke-family",
+        }
+    }
+}
+
+impl std::fmt::Display for RefreshReuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refresh-reuse mode that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refresh-reuse mode {0:?} is not valid: use reject or revoke-family")]
+pub struct RefreshReuseError(pub String);
+
+impl std::str::FromStr for RefreshReuse {
+    type Err = RefreshReuseError;
+    fn from_str(s: &str) -> Result<Self, RefreshReuseError> {
+        RefreshReuse::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| RefreshReuseError(s.to_owned()))
+    }
+}
+
 /// Lifetimes and switches fixed at start.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -179,7 +239,10 @@ pub struct Rules {
     pub session_ttl: Duration,
     pub decision_delay: std::time::Duration,
     pub enforce_limits: bool,
+    pub refresh_reuse: RefreshReuse,
 }
+
+const INVALID_REFRESH: &str = "refresh token is invalid, revoked or already used";
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -195,7 +258,11 @@ pub struct State {
     pub session_prefix: String,
     users: Vec<Mutex<UserState>>,
     index: HashMap<UserId, usize>,
+    /// Current refresh token -> user.
     refresh: Sharded<usize>,
+    /// Every refresh token rotated away -> its user, for reuse detection. Entries
+    /// stay as long as the sandbox runs (like `spent`).
+    rotated: Sharded<usize>,
     access: Sharded<Grant>,
     sessions: Sharded<Session>,
     /// Every refresh token rotated away and every access token minted, so that a
@@ -248,6 +315,8 @@ impl State {
                     slots: Vec::new(),
                     next_seq: 0,
                     sessions_issued: 0,
+                    token_refreshes: 0,
+                    refresh_token_reuses: 0,
                     violations: 0,
                     max_sessions_24h: 0,
                     max_concurrent: 0,
@@ -266,6 +335,7 @@ impl State {
             users,
             index,
             refresh,
+            rotated: Sharded::new(),
             access: Sharded::new(),
             sessions: Sharded::new(),
             spent: Mutex::new(Vec::new()),
@@ -287,29 +357,38 @@ impl State {
     }
 
     /// The refresh-token grant: checks the token, rotates it and mints an access token.
+    /// A token rotated away earlier is a reuse, handled as [`Rules::refresh_reuse`] says.
     pub fn refresh(&self, token: &str, us: bool) -> Result<Tokens, GrantError> {
         let now = self.clock.now();
-        let Some(i) = self.refresh.shard(token).get(token).copied() else {
-            return Err(GrantError::InvalidGrant("refresh token is invalid, revoked or already used"));
+        // one shard lock at a time, and none held when the user's lock is taken
+        let current = self.refresh.shard(token).get(token).copied();
+        let Some(i) = current.or_else(|| self.rotated.shard(token).get(token).copied()) else {
+            return Err(GrantError::InvalidGrant(INVALID_REFRESH));
         };
         let mut u = self.user(i);
-        // another request may have rotated it between the lookup and the lock
-        if u.record.refresh_token.as_deref() != Some(token) {
-            return Err(GrantError::InvalidGrant("refresh token is invalid, revoked or already used"));
-        }
-        // each backend holds only its own users' tokens
+        // each backend holds only its own users' tokens: the other has never seen it
         if (u.record.region == Region::Us) != us {
-            return Err(GrantError::InvalidGrant("refresh token is invalid, revoked or already used"));
+            return Err(GrantError::InvalidGrant(INVALID_REFRESH));
+        }
+        if u.record.refresh_token.as_deref() != Some(token) {
+            // rotated away, perhaps by another request between the lookup and the lock
+            // (the rotation files a token under `rotated` before it leaves `refresh`)
+            if self.rotated.shard(token).contains_key(token) {
+                return Err(self.reused_locked(&mut u));
+            }
+            return Err(GrantError::InvalidGrant(INVALID_REFRESH));
         }
         if now >= u.refresh_expires_at {
             return Err(GrantError::InvalidGrant("refresh token has expired"));
         }
         let new_refresh = format!("rt_{}", random_hex(24));
+        self.rotated.shard(token).insert(token.to_owned(), i);
         self.refresh.shard(token).remove(token);
         self.spent.lock().expect("spent tokens").push(token.to_owned());
         self.refresh.shard(&new_refresh).insert(new_refresh.clone(), i);
         u.record.refresh_token = Some(new_refresh.clone());
         u.refresh_expires_at = now + self.rules.refresh_ttl;
+        u.token_refreshes += 1;
         let access = self.mint_locked(i, &u, now);
         Ok(Tokens {
             access_token: access,
@@ -317,6 +396,22 @@ impl State {
             refresh_token: new_refresh,
             refresh_token_expires_in: self.rules.refresh_ttl.num_seconds(),
         })
+    }
+
+    /// A rotated-away refresh token of the locked user was presented: count it, and in
+    /// revoke-family mode revoke the chain and count a violation.
+    fn reused_locked(&self, u: &mut UserState) -> GrantError {
+        u.refresh_token_reuses += 1;
+        self.stats.refresh_token_reuses.fetch_add(1, Ordering::Relaxed);
+        match self.rules.refresh_reuse {
+            RefreshReuse::Reject => GrantError::InvalidGrant(INVALID_REFRESH),
+            RefreshReuse::RevokeFamily => {
+                u.violations += 1;
+                self.stats.violation(ViolationKind::RefreshReuse);
+                self.revoke_locked(u);
+                GrantError::InvalidGrant("refresh token was already used: every token of this grant is revoked")
+            }
+        }
     }
 
     fn mint_locked(&self, i: usize, u: &UserState, now: DateTime<Utc>) -> String {
@@ -406,7 +501,7 @@ impl State {
                 .collect();
             if let Verdict::Defer { reason, .. } = policy::evaluate(&standing, &slots, now) {
                 u.violations += 1;
-                self.stats.violation(reason);
+                self.stats.violation(ViolationKind::Limit(reason));
                 return Err(Refusal::Limit(reason));
             }
         }
@@ -552,10 +647,17 @@ impl State {
 
     /// Control: the refresh token is revoked (`invalid_grant`) and access tokens die.
     pub fn revoke(&self, i: usize) {
-        let mut u = self.user(i);
+        self.revoke_locked(&mut self.user(i));
+    }
+
+    /// Kills the locked user's access tokens and current refresh token.
+    fn revoke_locked(&self, u: &mut UserState) {
         u.generation += 1;
-        if let Some(t) = u.record.refresh_token.take() {
-            self.refresh.shard(&t).remove(&t);
+        if let Some(t) = u.record.refresh_token.take()
+            && self.refresh.shard(&t).remove(&t).is_some()
+        {
+            // it was handed out, so a test of leaks must still look for it
+            self.spent.lock().expect("spent tokens").push(t);
         }
         // a token nobody can present, so that the record stays exportable
         let dead = format!("revoked_{}", random_hex(12));
@@ -566,6 +668,11 @@ impl State {
     pub fn expire_refresh_token(&self, i: usize) {
         let now = self.clock.now();
         self.user(i).refresh_expires_at = now;
+    }
+
+    /// Every user's view, in index order.
+    pub fn views(&self) -> Vec<UserView> {
+        (0..self.users.len()).map(|i| self.view(i)).collect()
     }
 
     /// A user's view.
@@ -585,6 +692,8 @@ impl State {
             refresh_token: u.record.refresh_token.clone().unwrap_or_default(),
             refresh_token_expires_at: u.refresh_expires_at,
             sessions_issued: u.sessions_issued,
+            token_refreshes: u.token_refreshes,
+            refresh_token_reuses: u.refresh_token_reuses,
             active_sessions: u.slots.iter().filter(|s| s.active_until > now).count() as u64,
             sessions_last_24h: u.slots.iter().filter(|s| s.reserved_at > window_start).count() as u64,
             violations: u.violations,
@@ -597,4 +706,21 @@ impl State {
 fn set_state(u: &mut UserState, s: VerificationState) {
     u.record.verification_state = s;
     u.profile.verification_state = s;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RefreshReuse;
+
+    #[test]
+    fn refresh_reuse_modes_parse_and_print_their_flag_spelling() {
+        for m in RefreshReuse::ALL {
+            assert_eq!(m.as_str().parse::<RefreshReuse>(), Ok(m));
+            assert_eq!(m.to_string(), m.as_str());
+        }
+        assert_eq!(" Revoke-Family ".parse::<RefreshReuse>(), Ok(RefreshReuse::RevokeFamily));
+        assert_eq!(RefreshReuse::default(), RefreshReuse::Reject);
+        let err = "revoke".parse::<RefreshReuse>().unwrap_err().to_string();
+        assert!(err.contains("\"revoke\"") && err.contains("revoke-family"), "{err}");
+    }
 }

@@ -1,7 +1,8 @@
 //! What the sandbox saw: request counts, sessions, limit violations and injected
 //! faults, kept in atomics so that counting costs no lock on the hot path.
 //!
-//! A violation is a request the real API would have refused for a per-user limit; the
+//! A violation is a request the real API would have refused for a per-user limit, or
+//! (with `--refresh-reuse revoke-family`) the reuse of a rotated-away refresh token; the
 //! worker must never cause one, so tests and benchmarks assert that the count is zero.
 //! The per-second histograms of `GET /v1/user/verification`, and of every API request
 //! (token, profile and session: what the worker's global limiter counts), let a
@@ -53,11 +54,43 @@ impl Endpoint {
     }
 }
 
-const REASONS: [DeferReason; 4] =
-    [DeferReason::DailyCap, DeferReason::Concurrency, DeferReason::FailureCooldown, DeferReason::RejectionCooldown];
+/// What the sandbox counts as a violation: the keys of [`Stats::violations_by_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ViolationKind {
+    /// A request over a per-user session limit (answered 429).
+    Limit(DeferReason),
+    /// A refresh token presented after it was rotated away, when the sandbox revokes
+    /// the chain for it (`--refresh-reuse revoke-family`; answered `invalid_grant`).
+    RefreshReuse,
+}
 
-fn reason_index(r: DeferReason) -> usize {
-    REASONS.iter().position(|x| *x == r).unwrap_or(0)
+impl ViolationKind {
+    const ALL: [ViolationKind; 5] = [
+        ViolationKind::Limit(DeferReason::DailyCap),
+        ViolationKind::Limit(DeferReason::Concurrency),
+        ViolationKind::Limit(DeferReason::FailureCooldown),
+        ViolationKind::Limit(DeferReason::RejectionCooldown),
+        ViolationKind::RefreshReuse,
+    ];
+
+    /// The key in [`Stats::violations_by_kind`]: a limit's recorded spelling
+    /// (`daily_cap`, …) or `refresh_reuse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationKind::Limit(r) => r.as_str(),
+            ViolationKind::RefreshReuse => "refresh_reuse",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|x| *x == self).unwrap_or(0)
+    }
+}
+
+impl From<DeferReason> for ViolationKind {
+    fn from(r: DeferReason) -> Self {
+        ViolationKind::Limit(r)
+    }
 }
 
 /// Histogram resolution: 100 ms buckets, so the busiest 1-second window slides in
@@ -75,7 +108,8 @@ pub struct Counters {
     pub completed_abandoned: AtomicU64,
     pub max_sessions_24h: AtomicU64,
     pub max_concurrent: AtomicU64,
-    violations: [AtomicU64; 4],
+    violations: [AtomicU64; ViolationKind::ALL.len()],
+    pub refresh_token_reuses: AtomicU64,
     pub throttled_limit: AtomicU64,
     pub throttled_rate_cap: AtomicU64,
     pub throttled_injected: AtomicU64,
@@ -128,6 +162,7 @@ impl Counters {
             max_sessions_24h: AtomicU64::new(0),
             max_concurrent: AtomicU64::new(0),
             violations: Default::default(),
+            refresh_token_reuses: AtomicU64::new(0),
             throttled_limit: AtomicU64::new(0),
             throttled_rate_cap: AtomicU64::new(0),
             throttled_injected: AtomicU64::new(0),
@@ -153,10 +188,12 @@ impl Counters {
         }
     }
 
-    /// Counts a request over a per-user limit.
-    pub fn violation(&self, r: DeferReason) {
-        self.violations[reason_index(r)].fetch_add(1, Ordering::Relaxed);
-        self.throttled_limit.fetch_add(1, Ordering::Relaxed);
+    /// Counts a violation; one of a per-user limit is also a 429 sent.
+    pub fn violation(&self, kind: ViolationKind) {
+        self.violations[kind.index()].fetch_add(1, Ordering::Relaxed);
+        if let ViolationKind::Limit(_) = kind {
+            self.throttled_limit.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A snapshot.
@@ -164,7 +201,7 @@ impl Counters {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let requests = Endpoint::ALL.iter().zip(&self.requests).map(|(e, n)| (e.as_str().to_owned(), get(n))).collect();
         let violations_by_kind: BTreeMap<String, u64> =
-            REASONS.iter().zip(&self.violations).map(|(r, n)| (r.as_str().to_owned(), get(n))).collect();
+            ViolationKind::ALL.iter().zip(&self.violations).map(|(k, n)| (k.as_str().to_owned(), get(n))).collect();
         let ((busiest, first, per_second), (api_busiest, api_first, api_per_second)) = {
             let h = self.buckets.lock().expect("histogram poisoned");
             (summarize(&h.verification), summarize(&h.api))
@@ -187,6 +224,7 @@ impl Counters {
             max_concurrent_sessions_per_user: get(&self.max_concurrent),
             violations: violations_by_kind.values().sum(),
             violations_by_kind,
+            refresh_token_reuses: get(&self.refresh_token_reuses),
             too_many_requests: TooManyRequests { total: limit + cap + injected, limit, rate_cap: cap, injected },
             injected_server_errors: get(&self.injected_500),
             injected_timeouts: get(&self.injected_timeouts),
@@ -235,10 +273,16 @@ pub struct Stats {
     pub max_sessions_per_user_24h: u64,
     /// The most unexpired sessions any user held at once.
     pub max_concurrent_sessions_per_user: u64,
-    /// Requests over a per-user limit: the worker must keep this at 0.
+    /// Requests over a per-user limit, and refresh-token reuses in revoke-family mode:
+    /// the worker must keep this at 0.
     pub violations: u64,
-    /// The same, by limit: daily_cap, concurrency, failure_cooldown, rejection_cooldown.
+    /// The same, by kind: daily_cap, concurrency, failure_cooldown, rejection_cooldown,
+    /// refresh_reuse (see [`ViolationKind`]).
     pub violations_by_kind: BTreeMap<String, u64>,
+    /// Refresh tokens presented after they had been rotated away, in either
+    /// `--refresh-reuse` mode (a violation only in revoke-family mode).
+    #[serde(default)]
+    pub refresh_token_reuses: u64,
     pub too_many_requests: TooManyRequests,
     /// 500s injected.
     pub injected_server_errors: u64,
@@ -275,8 +319,26 @@ impl Stats {
         self.requests.get(e.as_str()).copied().unwrap_or(0)
     }
 
-    /// Violations of one limit.
-    pub fn violations_of(&self, r: DeferReason) -> u64 {
-        self.violations_by_kind.get(r.as_str()).copied().unwrap_or(0)
+    /// Violations of one kind: a limit ([`DeferReason`]) or [`ViolationKind::RefreshReuse`].
+    pub fn violations_of(&self, kind: impl Into<ViolationKind>) -> u64 {
+        self.violations_by_kind.get(kind.into().as_str()).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_reuse_is_a_violation_of_its_own_kind_but_no_429() {
+        let c = Counters::new();
+        c.violation(ViolationKind::RefreshReuse);
+        c.violation(DeferReason::DailyCap.into());
+        let s = c.snapshot();
+        let keys: Vec<&str> = s.violations_by_kind.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["concurrency", "daily_cap", "failure_cooldown", "refresh_reuse", "rejection_cooldown"]);
+        assert_eq!((s.violations, s.violations_of(ViolationKind::RefreshReuse)), (2, 1));
+        assert_eq!(s.violations_of(DeferReason::DailyCap), 1);
+        assert_eq!((s.too_many_requests.limit, s.too_many_requests.total), (1, 1));
     }
 }
