@@ -33,10 +33,14 @@ pub struct Rig {
 impl Rig {
     /// `users` sandbox users (from `seed`) with `faults`, imported into `db`.
     pub async fn new(db: TestDb, users: usize, seed: u64, faults: Faults) -> Self {
-        let sandbox =
-            Sandbox::start(SandboxConfig { users: UserSource::Generate(users), seed, faults, ..Default::default() })
-                .await
-                .expect("sandbox starts");
+        Self::with_sandbox(db, SandboxConfig { users: UserSource::Generate(users), seed, faults, ..Default::default() })
+            .await
+    }
+
+    /// A rig over a sandbox configured as given; its users are imported.
+    pub async fn with_sandbox(db: TestDb, config: SandboxConfig) -> Self {
+        let sandbox = Sandbox::start(config).await.expect("sandbox starts");
+        let users = sandbox.users().len();
         let dir = tempfile::tempdir().unwrap();
         reverify::sandbox::userfile::write_users(&dir.path().join("users.csv"), &sandbox.users()).unwrap();
         let rig = Self { db, sandbox, dir, token_key: TokenCipher::generate_key(), smtp_url: None };

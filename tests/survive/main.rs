@@ -9,5 +9,6 @@ mod crash;
 mod faults;
 mod overlap;
 mod pgstop;
+mod race;
 mod secrets;
 mod summary;
