@@ -541,3 +541,55 @@ async fn smtp_pool_sends_many_at_once() {
     eprintln!("{n} messages over SMTP in {elapsed:?} ({:.0}/s)", n as f64 / elapsed.as_secs_f64());
     assert_no_url(&logs);
 }
+
+#[tokio::test]
+async fn smtp_connection_lost_after_the_data_is_ambiguous_and_never_resent() {
+    let (logs, _guard) = LogCapture::start();
+    // the server keeps the message, then drops the connection before its reply: every
+    // time, so that a resend would show as a second stored message
+    let server = SmtpServer::start_with(&[Fault::accept_then_drop("lost", None)]);
+    let notifier = smtp_notifier(&server.url(), fast(5));
+    let e = notifier.send_with_retry(&message("lost@example.com", 0)).await.unwrap_err();
+    assert!(e.is_ambiguous(), "{e:?}");
+    assert!(!e.is_transient() && !e.is_setup(), "{e:?}");
+    assert!(e.reason().contains("may have been delivered"), "{}", e.reason());
+    assert_eq!(server.messages().len(), 1, "one attempt, and the message arrived");
+    assert!(!logs.contents().contains("retrying"), "an ambiguous failure is not retried");
+    // the lost connection is not reused: the next message goes out on a new one
+    let d = notifier.send_with_retry(&message("ada@example.com", 0)).await.unwrap();
+    assert_eq!(d.attempts, 1);
+    assert_eq!(server.messages().len(), 2);
+    assert_error_clean(&e);
+    assert_no_url(&logs);
+}
+
+#[tokio::test]
+async fn smtp_4xx_after_the_data_is_retried_with_the_same_message_id() {
+    let (logs, _guard) = LogCapture::start();
+    // a definite answer to the data: 451 once, then accepted
+    let server = SmtpServer::start_with(&[Fault::reply_after_data("busy", 451, Some(1))]);
+    let notifier = smtp_notifier(&server.url(), fast(5));
+    let d = notifier.send_with_retry(&message("busy@example.com", 0)).await.unwrap();
+    assert_eq!(d.attempts, 2);
+    let got = server.messages();
+    assert_eq!(got.len(), 1, "delivered once");
+    let refused = server.refused_message_ids();
+    assert_eq!(refused.len(), 1, "the first attempt reached the end of the data: {refused:?}");
+    let delivered = got[0].header("Message-ID").unwrap();
+    assert_eq!(refused[0], delivered, "both attempts carry one Message-ID");
+    assert_eq!(d.message_id.as_deref(), Some(delivered.trim_matches(['<', '>'])));
+    assert_no_url(&logs);
+}
+
+#[tokio::test]
+async fn smtp_5xx_after_the_data_is_permanent() {
+    let (logs, _guard) = LogCapture::start();
+    let server = SmtpServer::start_with(&[Fault::reply_after_data("spam", 554, Some(1))]);
+    let notifier = smtp_notifier(&server.url(), fast(5));
+    let e = notifier.send_with_retry(&message("spam@example.com", 0)).await.unwrap_err();
+    assert!(matches!(e, NotifyError::Permanent { .. }), "{e:?}");
+    assert!(e.reason().contains("554"), "{}", e.reason());
+    assert_eq!(server.refused_message_ids().len(), 1, "not retried");
+    assert!(server.messages().is_empty());
+    assert_no_url(&logs);
+}

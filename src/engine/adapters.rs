@@ -116,6 +116,7 @@ impl Deliverer for NotifierDeliverer {
                 Ok(())
             }
             Err(e) if e.is_setup() => Err(DeliveryFailure::Setup(e.reason())),
+            Err(e) if e.is_ambiguous() => Err(DeliveryFailure::Ambiguous(e.reason())),
             Err(e) if e.is_transient() => Err(DeliveryFailure::GaveUp(e.reason())),
             Err(e) => Err(DeliveryFailure::Permanent(e.reason())),
         }

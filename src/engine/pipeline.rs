@@ -10,7 +10,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
 use super::{Outcome, RunShared};
 use crate::domain::{DeferReason, Region, UserId};
-use crate::store::sessions::{ApiFailureParams, IssuedParams, Reservation, SessionLife};
+use crate::store::sessions::{ApiFailureParams, DeliveryRecord, IssuedParams, Reservation, SessionLife};
 use crate::store::targets::ClaimedTarget;
 
 /// Processes one claimed target to a recorded outcome.
@@ -129,20 +129,26 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     {
         Ok(()) => {
             s.delivery_outcome(true, None);
-            true
+            DeliveryRecord::Delivered
         }
         Err(DeliveryFailure::Permanent(why)) => {
             warn!(reason = %why, "delivery failed");
-            false
+            DeliveryRecord::Failed
         }
         Err(DeliveryFailure::GaveUp(why)) => {
             warn!(reason = %why, "delivery failed");
             s.delivery_outcome(false, Some(&why));
-            false
+            DeliveryRecord::Failed
+        }
+        Err(DeliveryFailure::Ambiguous(why)) => {
+            // it may have arrived: recorded delivery_unknown, never sent again on its own
+            warn!(reason = %why, "delivery outcome unknown");
+            s.delivery_outcome(false, Some(&why));
+            DeliveryRecord::Unknown
         }
         Err(DeliveryFailure::Setup(why)) => {
             s.abort(format!("notification channel: {why}"));
-            false
+            DeliveryRecord::Failed
         }
     };
 
@@ -154,8 +160,12 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     if !kept {
         warn!("the claim expired while the message was being sent; the ledger row stands");
     }
-    debug!(delivered, "user done");
-    Ok(if delivered { Outcome::Notified } else { Outcome::Failed("delivery_failed") })
+    debug!(?delivered, "user done");
+    Ok(match delivered {
+        DeliveryRecord::Delivered => Outcome::Notified,
+        DeliveryRecord::Failed => Outcome::Failed("delivery_failed"),
+        DeliveryRecord::Unknown => Outcome::Failed("delivery_unknown"),
+    })
 }
 
 /// How long the ledger counts a session (see [`SessionLife`]).

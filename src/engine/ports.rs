@@ -73,6 +73,11 @@ pub enum DeliveryFailure {
     /// The channel stayed unavailable through every retry.
     #[error("gave up: {0}")]
     GaveUp(String),
+    /// The message may have arrived: it went out whole but no answer came back (an
+    /// SMTP connection lost after the message data). It is not retried, and recorded
+    /// `delivery_unknown` so that no later run sends it again on its own.
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
     /// The channel itself is misconfigured (credentials refused, no TLS, a broken
     /// template): every further user would spend a session for nothing, so the run stops.
     #[error("channel set-up: {0}")]
@@ -82,6 +87,6 @@ pub enum DeliveryFailure {
 /// Sends one message carrying a session URL.
 #[async_trait]
 pub trait Deliverer: Send + Sync {
-    /// Sends it; retries transient failures itself.
+    /// Sends it; retries transient failures itself (never an ambiguous one).
     async fn deliver(&self, message: Outgoing<'_>) -> Result<(), DeliveryFailure>;
 }

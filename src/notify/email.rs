@@ -43,7 +43,9 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
     let to = Mailbox::new((!name.is_empty()).then_some(name), address);
 
     // The Message-ID is ours (not the host name lettre would use) so that replies and
-    // bounces can be matched; the random part makes it unique per attempt.
+    // bounces can be matched; the random part makes it unique per message. The
+    // notifier builds a message once and sends that one on every retry, so that a
+    // retry carries the same Message-ID (a receiver that got both can drop one).
     let message_id = format!("{}@{}", uuid::Uuid::new_v4().simple(), from.email.domain());
     let mut builder = lettre::Message::builder()
         .from(from)

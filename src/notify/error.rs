@@ -1,6 +1,7 @@
 //! The one error type of the `notify` layer, and the classification every caller
-//! relies on: transient (retry while the URL is in memory) or permanent (record
-//! `delivery_failed`).
+//! relies on: transient (retry while the URL is in memory), permanent (record
+//! `delivery_failed`) or ambiguous (the message may have arrived: record
+//! `delivery_unknown`, never send it again on its own).
 //!
 //! Errors keep their causes as text, never as a `source` object: a lower layer's
 //! error (minijinja's debug dump, a server's echo) could carry the URL, so every
@@ -27,6 +28,12 @@ pub enum NotifyError {
     /// cannot be built for.
     #[error("permanent delivery failure: {reason}")]
     Permanent { reason: String },
+    /// The message may have arrived: the whole message went out but no answer
+    /// came back (an SMTP connection dropped, reset or timed out after the message
+    /// data was sent). Neither retried nor resent: a second message could be a
+    /// duplicate. Recorded upstream as `delivery_unknown`.
+    #[error("delivery outcome unknown: {reason}")]
+    Ambiguous { reason: String },
     /// A template is missing or broken, or failed to render.
     #[error(transparent)]
     Template(#[from] TemplateError),
@@ -44,6 +51,10 @@ impl NotifyError {
         NotifyError::Permanent { reason: reason.into() }
     }
 
+    pub(crate) fn ambiguous(reason: impl Into<String>) -> Self {
+        NotifyError::Ambiguous { reason: reason.into() }
+    }
+
     pub(crate) fn config(key: &str, message: impl Into<String>) -> Self {
         NotifyError::Config { key: key.to_owned(), message: message.into() }
     }
@@ -53,6 +64,12 @@ impl NotifyError {
         matches!(self, NotifyError::Transient { .. })
     }
 
+    /// True when the message may have been delivered although sending it failed:
+    /// it must not be retried or resent automatically.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, NotifyError::Ambiguous { .. })
+    }
+
     /// True when the set-up is wrong (a template, a setting, the SMTP server's
     /// credentials or certificate): every message would fail alike, so the run should
     /// stop rather than spend a session on each user.
@@ -60,11 +77,13 @@ impl NotifyError {
         matches!(self, NotifyError::Template(_) | NotifyError::Config { .. })
     }
 
-    /// The reason to record (for `delivery_failed` and the audit trail): short, and
-    /// never containing the URL.
+    /// The reason to record (for `delivery_failed`, `delivery_unknown` and the audit
+    /// trail): short, and never containing the URL.
     pub fn reason(&self) -> String {
         match self {
-            NotifyError::Transient { reason, .. } | NotifyError::Permanent { reason } => reason.clone(),
+            NotifyError::Transient { reason, .. }
+            | NotifyError::Permanent { reason }
+            | NotifyError::Ambiguous { reason } => reason.clone(),
             other => other.to_string(),
         }
     }
@@ -78,6 +97,7 @@ impl NotifyError {
                 NotifyError::Transient { reason: clean(reason), retry_after }
             }
             NotifyError::Permanent { reason } => NotifyError::Permanent { reason: clean(reason) },
+            NotifyError::Ambiguous { reason } => NotifyError::Ambiguous { reason: clean(reason) },
             NotifyError::Template(t) => NotifyError::Template(t.scrubbed(url)),
             NotifyError::Config { key, message } => NotifyError::Config { key, message: clean(message) },
         }
@@ -111,5 +131,8 @@ mod tests {
         assert!(!e.reason().contains("zzz"));
         assert!(!e.is_transient());
         assert!(NotifyError::transient("x").is_transient());
+        let e = NotifyError::ambiguous("no reply to https://verify.example/s/abc123?t=zzz").scrubbed(&u);
+        assert!(e.is_ambiguous() && !e.is_transient() && !e.is_setup(), "{e}");
+        assert!(!e.reason().contains("abc123"), "{e}");
     }
 }

@@ -11,7 +11,9 @@
 //! Every failure is classified once, here: [`NotifyError::Transient`] is retried with
 //! backoff while the URL is still in memory (it is never stored, so a retry after the
 //! process ends would need a new session), [`NotifyError::Permanent`] becomes a
-//! `delivery_failed` record upstream, and a set-up error ([`NotifyError::is_setup`]:
+//! `delivery_failed` record upstream, [`NotifyError::Ambiguous`] (the SMTP data went
+//! out and no reply came back: the message may have arrived) is neither retried nor
+//! resent and becomes `delivery_unknown`, and a set-up error ([`NotifyError::is_setup`]:
 //! a broken template, refused SMTP credentials) should stop the run. Reasons are short, and are scrubbed of the URL
 //! before they leave this module (design.md, invariant 2). `notify` knows nothing of
 //! the database.
@@ -112,7 +114,8 @@ pub enum EmailSender {
     Outbox(Outbox),
 }
 
-/// Every channel, the templates and the retry policy, set up once per run.
+/// Every channel, the templates and the retry policy, set up once per run. The email
+/// for one message is built once, so that its retries carry one Message-ID.
 #[derive(Debug, Clone)]
 pub struct Notifier {
     templates: Arc<Templates>,
@@ -223,8 +226,10 @@ impl Notifier {
     ///
     /// # Errors
     /// [`NotifyError::Transient`] when a retry may work, [`NotifyError::Permanent`]
-    /// when it cannot, [`NotifyError::Template`] or [`NotifyError::Config`] when the
-    /// set-up is wrong. No error's text contains the session URL.
+    /// when it cannot, [`NotifyError::Ambiguous`] when the message may have arrived
+    /// although the send failed (never to be sent again on its own),
+    /// [`NotifyError::Template`] or [`NotifyError::Config`] when the set-up is wrong.
+    /// No error's text contains the session URL.
     #[tracing::instrument(name = "notify", skip_all, fields(
         campaign = %msg.campaign,
         user_id = %msg.recipient.user_id,
@@ -232,12 +237,15 @@ impl Notifier {
         channel = ?msg.delivery.channel,
     ))]
     pub async fn send(&self, msg: &Message) -> Result<Delivered, NotifyError> {
-        self.attempt(msg).await
+        let outgoing = self.prepare(msg)?;
+        self.attempt(msg, &outgoing).await
     }
 
     /// [`Notifier::send`], retrying transient failures with exponential backoff and
     /// jitter within the policy's attempt and time bounds. The last error is returned
-    /// when they run out (still transient: upstream may record it as such).
+    /// when they run out (still transient: upstream may record it as such). An
+    /// ambiguous failure is returned at once. An email is built once: every attempt
+    /// sends the same message, with one Message-ID.
     ///
     /// # Errors
     /// As [`Notifier::send`].
@@ -248,19 +256,21 @@ impl Notifier {
         channel = ?msg.delivery.channel,
     ))]
     pub async fn send_with_retry(&self, msg: &Message) -> Result<Delivered, NotifyError> {
-        retry::run(&self.retry, || self.attempt(msg)).await
+        let outgoing = self.prepare(msg)?;
+        retry::run(&self.retry, || self.attempt(msg, &outgoing)).await
     }
 
-    async fn attempt(&self, msg: &Message) -> Result<Delivered, NotifyError> {
-        let result = self.send_once(msg).await;
-        match &result {
-            Ok(d) => tracing::debug!(detail = %d.detail, "delivered"),
-            Err(e) => tracing::debug!(error = %e, transient = e.is_transient(), "not delivered"),
+    /// What every attempt at `msg` sends: its channel and, for email, the message,
+    /// rendered and built once. A failure here is never transient.
+    fn prepare(&self, msg: &Message) -> Result<Outgoing<'_>, NotifyError> {
+        let prepared = self.prepare_inner(msg);
+        if let Err(e) = &prepared {
+            tracing::debug!(error = %e, transient = false, "not delivered");
         }
-        result
+        prepared
     }
 
-    async fn send_once(&self, msg: &Message) -> Result<Delivered, NotifyError> {
+    fn prepare_inner(&self, msg: &Message) -> Result<Outgoing<'_>, NotifyError> {
         let scrub = |e: NotifyError| e.scrubbed(&msg.session_url);
         match msg.delivery.channel {
             Channel::Email => {
@@ -269,20 +279,39 @@ impl Notifier {
                 })?;
                 let rendered = self.templates.render(msg)?;
                 let email = build_email(msg, &rendered).map_err(scrub)?;
-                match sender {
-                    EmailSender::Smtp(s) => s.send(email).await,
-                    EmailSender::Outbox(o) => o.write(msg, &email).await,
-                }
-                .map_err(scrub)
+                Ok(Outgoing::Email(sender, email))
             }
             Channel::Webhook => {
                 let sender = self.webhook.as_ref().ok_or_else(|| {
                     NotifyError::config("notify_webhook_key", "the webhook channel needs notify_webhook_key")
                 })?;
-                sender.send(msg).await.map_err(scrub)
+                Ok(Outgoing::Webhook(sender))
             }
         }
     }
+
+    async fn attempt(&self, msg: &Message, outgoing: &Outgoing<'_>) -> Result<Delivered, NotifyError> {
+        let result = match outgoing {
+            Outgoing::Email(EmailSender::Smtp(s), email) => s.send(email).await,
+            Outgoing::Email(EmailSender::Outbox(o), email) => o.write(msg, email).await,
+            Outgoing::Webhook(sender) => sender.send(msg).await,
+        }
+        .map_err(|e| e.scrubbed(&msg.session_url));
+        match &result {
+            Ok(d) => tracing::debug!(detail = %d.detail, "delivered"),
+            Err(e) => tracing::debug!(error = %e, transient = e.is_transient(), "not delivered"),
+        }
+        result
+    }
+}
+
+/// One message ready to go, the same for each of its attempts.
+enum Outgoing<'a> {
+    /// The built email (it holds the URL; dropped with the attempt loop).
+    Email(&'a EmailSender, lettre::Message),
+    /// The webhook body is made per attempt (its timestamp and signature are fresh);
+    /// its `X-Reverify-Delivery-Id` is the same on every attempt.
+    Webhook(&'a WebhookSender),
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 //! attempts and the total time are bounded. Backoff is exponential with "equal
 //! jitter" (half fixed, half random), so that many workers hit by one outage do not
 //! come back in step; a `Retry-After` from the other side is a floor.
+//!
+//! Only [`NotifyError::Transient`] is retried. An ambiguous failure
+//! ([`NotifyError::Ambiguous`]: the message may have arrived) is returned at once,
+//! since a retry could deliver it twice.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -163,6 +167,19 @@ mod tests {
         .await
         .unwrap_err();
         assert!(!e.is_transient());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn ambiguous_is_never_retried() {
+        let calls = AtomicU32::new(0);
+        let e = run(&fast(5), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(NotifyError::ambiguous("no reply after the message data"))
+        })
+        .await
+        .unwrap_err();
+        assert!(e.is_ambiguous(), "{e}");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 

@@ -24,13 +24,19 @@ pub struct Fault {
     pub times: Option<u32>,
 }
 
-/// A fault's effect at `RCPT TO`.
+/// A fault's effect: at `RCPT TO`, or at the end of the message data.
 #[derive(Debug, Clone, Copy)]
 pub enum FaultAction {
-    /// Answer with this reply code (4xx: try later; 5xx: never).
+    /// At `RCPT TO`: answer with this reply code (4xx: try later; 5xx: never).
     Reply(u16),
-    /// Close the connection without a reply.
+    /// At `RCPT TO`: close the connection without a reply.
     Drop,
+    /// At the end of the data: store the message, then close the connection without
+    /// a reply (the message arrived, but the client cannot know).
+    AcceptThenDrop,
+    /// At the end of the data: answer with this reply code and store nothing; the
+    /// message's Message-ID is kept ([`SmtpServer::refused_message_ids`]).
+    ReplyAfterData(u16),
 }
 
 impl Fault {
@@ -44,10 +50,24 @@ impl Fault {
         Self { pattern: pattern.to_owned(), action: FaultAction::Drop, times }
     }
 
+    /// `pattern`'s message is stored, then the connection is closed before the reply
+    /// to the data, `times` times (`None`: always).
+    pub fn accept_then_drop(pattern: &str, times: Option<u32>) -> Self {
+        Self { pattern: pattern.to_owned(), action: FaultAction::AcceptThenDrop, times }
+    }
+
+    /// `pattern`'s message data is answered with reply `code`, `times` times (`None`:
+    /// always).
+    pub fn reply_after_data(pattern: &str, code: u16, times: Option<u32>) -> Self {
+        Self { pattern: pattern.to_owned(), action: FaultAction::ReplyAfterData(code), times }
+    }
+
     fn arg(&self) -> String {
         let action = match self.action {
             FaultAction::Reply(code) => code.to_string(),
             FaultAction::Drop => "drop".to_owned(),
+            FaultAction::AcceptThenDrop => "accept-drop".to_owned(),
+            FaultAction::ReplyAfterData(code) => format!("{code}data"),
         };
         match self.times {
             Some(n) => format!("{}={action}*{n}", self.pattern),
@@ -190,6 +210,13 @@ impl SmtpServer {
             .into_iter()
             .map(|(_, p)| ReceivedMail::parse(&std::fs::read_to_string(&p).expect("readable message")))
             .collect()
+    }
+
+    /// The Message-IDs (with their angle brackets) of the messages refused after
+    /// their data ([`FaultAction::ReplyAfterData`]), oldest first.
+    pub fn refused_message_ids(&self) -> Vec<String> {
+        let log = self.maildir.with_file_name("refused.log");
+        std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
     /// Stops the server; a later connection is refused.

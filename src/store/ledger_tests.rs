@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Row;
 
-use super::sessions::{IssuedParams, Reservation, SessionLife};
+use super::sessions::{DeliveryRecord, IssuedParams, Reservation, SessionLife};
 use super::{Store, to_millis};
 use crate::both_engines;
 use crate::domain::spec::Audience;
@@ -368,6 +368,69 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
     assert_eq!(st, "unknown");
 });
 
+both_engines!(a_delivery_records_delivered_failed_or_unknown_and_only_failed_is_requeued, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    for n in 1..=3 {
+        user(s, n, "UNVERIFIED", "intl", None, "").await;
+    }
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    assert_eq!(s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap().len(), 3);
+    let records = [(1, DeliveryRecord::Delivered), (2, DeliveryRecord::Failed), (3, DeliveryRecord::Unknown)];
+    // all three in flight at once, so that Postgres records them in one group
+    let ids = futures::future::join_all(records.iter().map(|(n, record)| async move {
+        let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(*n), 0, "w", now, DAY).await.unwrap()
+        else {
+            panic!("reserved")
+        };
+        assert!(issued(s, c, *n, "w", session_id, now).await);
+        assert!(s.session_record_delivery(c, &uid(*n), session_id, *record, "w", now).await.unwrap());
+        session_id
+    }))
+    .await;
+    let expected = [
+        (("notified", None), "delivered", "target.notified"),
+        (("failed", Some("delivery_failed")), "delivery_failed", "target.failed"),
+        (("failed", Some("delivery_unknown")), "unknown", "target.failed"),
+    ];
+    for ((n, session_id), ((status, reason), ledger, kind)) in (1..=3).zip(ids).zip(expected) {
+        let (st, why, _) = status_of(s, c, n).await;
+        assert_eq!((st.as_str(), why.as_deref()), (status, reason), "user {n}");
+        let row = sqlx::query(
+            "SELECT status, (SELECT lease_owner FROM campaign_targets WHERE campaign_id = $2 AND user_id = $3) AS owner, \
+               (SELECT finalized_at FROM campaign_targets WHERE campaign_id = $2 AND user_id = $3) AS fin \
+             FROM verification_sessions WHERE session_id = $1",
+        )
+        .bind(session_id)
+        .bind(c)
+        .bind(uid(n))
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+        assert_eq!(row.get::<String, _>("status"), ledger, "user {n}");
+        assert_eq!(row.get::<Option<String>, _>("owner"), None, "user {n}: the claim is released");
+        assert_eq!(row.get::<Option<i64>, _>("fin").is_some(), status == "failed", "user {n}: finalized");
+        let event = sqlx::query(
+            "SELECT kind, detail FROM events WHERE campaign_id = $1 AND user_id = $2 AND kind LIKE 'target.%'",
+        )
+        .bind(c)
+        .bind(uid(n))
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+        assert_eq!(event.get::<String, _>("kind"), kind, "user {n}");
+        let detail: serde_json::Value = serde_json::from_str(&event.get::<String, _>("detail")).unwrap();
+        assert_eq!(detail["reason"].as_str(), reason, "user {n}");
+    }
+    // the unknown row keeps counting, like every row but a definite API refusal
+    assert_eq!(s.session_count(c).await.unwrap(), 3);
+    // a later run re-queues the undelivered target, never the one that may have arrived
+    assert_eq!(s.target_requeue_delivery_failed(c, now).await.unwrap(), 1);
+    assert_eq!(status_of(s, c, 2).await.0, "pending");
+    assert_eq!(status_of(s, c, 3).await, ("failed".into(), Some("delivery_unknown".into()), None));
+});
+
 both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
@@ -383,7 +446,9 @@ both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db:
     let later = now + chrono::Duration::seconds(60);
     assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 1);
     // the slow worker's record keeps the ledger row but moves no target
-    assert!(!s.session_record_delivery(c, &uid(1), session_id, true, "slow", later).await.unwrap());
+    assert!(
+        !s.session_record_delivery(c, &uid(1), session_id, DeliveryRecord::Delivered, "slow", later).await.unwrap()
+    );
     assert!(!s.target_settle(c, &uid(1), "slow", "failed", "forbidden", None, later).await.unwrap());
     assert_eq!(status_of(s, c, 1).await.0, "claimed");
     let st: String = sqlx::query("SELECT status FROM verification_sessions WHERE session_id = $1")

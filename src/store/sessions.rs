@@ -5,8 +5,9 @@
 //!
 //! Row states: `reserved` → `issued` (the API answered with a URL, held in memory
 //! only) → `delivered` | `delivery_failed`; `api_failed` (the API definitely
-//! refused: it does not count); `unknown` (a crash or an unclear API failure left
-//! the outcome unknown: it counts). The URL itself is never stored.
+//! refused: it does not count); `unknown` (a crash, an unclear API failure or an
+//! ambiguous delivery left the outcome unknown: it counts). The URL itself is never
+//! stored.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -95,6 +96,33 @@ pub enum Reservation {
     Ambiguous,
     /// The claim was lost (the lease expired and another worker took it).
     LostClaim,
+}
+
+/// How a delivery ended, as [`Store::session_record_delivery`] records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryRecord {
+    /// The channel accepted the message: the ledger row `delivered`, the target
+    /// `notified`.
+    Delivered,
+    /// It was not delivered (refused, or the channel stayed down): the row
+    /// `delivery_failed`, the target `failed` / `delivery_failed`, which a later run
+    /// re-queues.
+    Failed,
+    /// It may have been delivered (an SMTP connection lost after the message data):
+    /// the row `unknown` (it keeps counting), the target `failed` /
+    /// `delivery_unknown`, which no later run re-queues on its own.
+    Unknown,
+}
+
+impl DeliveryRecord {
+    /// (ledger row status, audit event kind, target reason).
+    fn recorded(self) -> (&'static str, &'static str, Option<&'static str>) {
+        match self {
+            DeliveryRecord::Delivered => ("delivered", "target.notified", None),
+            DeliveryRecord::Failed => ("delivery_failed", "target.failed", Some("delivery_failed")),
+            DeliveryRecord::Unknown => ("unknown", "target.failed", Some("delivery_unknown")),
+        }
+    }
 }
 
 /// Appends an audit event inside a transaction (see [`super::events::event_insert`]).
@@ -318,9 +346,12 @@ impl Store {
             .await
     }
 
-    /// The message was delivered (or permanently refused): records the ledger row and
-    /// the target in one transaction. Delivered targets become `notified`; a refused
-    /// one becomes `failed` / `delivery_failed` and is re-queued by a later run.
+    /// How the message's delivery ended (see [`DeliveryRecord`]): records the ledger
+    /// row, the target (its claim released) and an audit event in one transaction.
+    /// Delivered targets become `notified`; an undelivered one `failed` /
+    /// `delivery_failed`, re-queued by a later run; one that may have arrived `failed` /
+    /// `delivery_unknown`, not re-queued. Returns whether the target was still
+    /// `worker`'s claim (and so was settled).
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -329,7 +360,7 @@ impl Store {
         campaign_id: i64,
         user_id: &str,
         session_id: i64,
-        delivered: bool,
+        record: DeliveryRecord,
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
@@ -338,7 +369,7 @@ impl Store {
             campaign_id,
             user_id: user_id.to_owned(),
             session_id,
-            delivered,
+            record,
             worker: worker.to_owned(),
             now,
         };
@@ -664,19 +695,17 @@ struct DeliveryArgs {
     campaign_id: i64,
     user_id: String,
     session_id: i64,
-    delivered: bool,
+    record: DeliveryRecord,
     worker: String,
     now: DateTime<Utc>,
 }
 
 impl DeliveryArgs {
-    fn kind_and_detail(&self) -> (&'static str, &'static str, String) {
-        let (session_status, event_kind) =
-            if self.delivered { ("delivered", "target.notified") } else { ("delivery_failed", "target.failed") };
-        let detail = serde_json::json!({
-            "session_id": self.session_id, "reason": if self.delivered { None } else { Some("delivery_failed") }
-        });
-        (session_status, event_kind, detail.to_string())
+    /// (ledger row status, audit event kind, target reason, event detail).
+    fn recorded(&self) -> (&'static str, &'static str, Option<&'static str>, String) {
+        let (session_status, event_kind, reason) = self.record.recorded();
+        let detail = serde_json::json!({ "session_id": self.session_id, "reason": reason });
+        (session_status, event_kind, reason, detail.to_string())
     }
 }
 
@@ -705,20 +734,21 @@ impl BatchWrite for DeliveryArgs {
 /// the ledger rows, the targets still claimed by their worker, the audit events.
 async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<Vec<bool>, StoreError> {
     let rows = json_rows(writes.iter().map(|w| {
-        let (session_status, event_kind, detail) = w.kind_and_detail();
+        let (session_status, event_kind, reason, detail) = w.recorded();
         serde_json::json!([
             w.campaign_id,
             w.user_id,
             w.worker,
             to_millis(w.now),
             w.session_id,
-            w.delivered,
+            w.record == DeliveryRecord::Delivered,
+            reason,
             session_status,
             event_kind,
             detail
         ])
     }));
-    let target = delivery_target_update("x.ok", "x.at", "s.expires_at");
+    let target = delivery_target_update("x.ok", "x.why", "x.at", "s.expires_at");
     let sql = format!(
         "WITH x AS ({args}), \
               s AS (UPDATE verification_sessions s SET status = x.st, updated_at = x.at FROM x \
@@ -740,6 +770,7 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
                 ("at", Arg::Int),
                 ("sid", Arg::Int),
                 ("ok", Arg::Bool),
+                ("why", Arg::Text),
                 ("st", Arg::Text),
                 ("kind", Arg::Text),
                 ("detail", Arg::Text),
@@ -761,8 +792,8 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
 /// One delivery on SQLite: its statements one after another (SQLite runs them in
 /// process, so a statement costs little of its own).
 async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, StoreError> {
-    let DeliveryArgs { campaign_id, ref user_id, session_id, delivered, ref worker, now, .. } = *a;
-    let (session_status, event_kind, detail) = a.kind_and_detail();
+    let DeliveryArgs { campaign_id, ref user_id, session_id, record, ref worker, now, .. } = *a;
+    let (session_status, event_kind, reason, detail) = a.recorded();
     let now_ms = to_millis(now);
     sqlx::query("UPDATE verification_sessions SET status = $2, updated_at = $3 WHERE session_id = $1")
         .bind(session_id)
@@ -773,7 +804,12 @@ async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, S
         .map_err(query_err("session_record_delivery"))?;
     let target = format!(
         "{} WHERE {}",
-        delivery_target_update("$6", "$4", "(SELECT expires_at FROM verification_sessions WHERE session_id = $5)"),
+        delivery_target_update(
+            "$6",
+            "$7",
+            "$4",
+            "(SELECT expires_at FROM verification_sessions WHERE session_id = $5)"
+        ),
         our_target!()
     );
     let n = sqlx::query(AssertSqlSafe(target))
@@ -782,7 +818,8 @@ async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, S
         .bind(worker.as_str())
         .bind(now_ms)
         .bind(session_id)
-        .bind(delivered)
+        .bind(record == DeliveryRecord::Delivered)
+        .bind(reason)
         .execute(&mut **tx)
         .await
         .map_err(query_err("session_record_delivery target"))?
@@ -802,14 +839,15 @@ async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, S
 
 /// The target's side of a recorded delivery, for both engines, as `UPDATE
 /// campaign_targets t SET …` (the caller adds what it joins and the fence): when
-/// `ok` (an SQL boolean) the target is `notified`, otherwise `failed` /
-/// `delivery_failed` (re-queued by a later run); either way the claim is released
-/// and the session's expiry is taken from `expires_at`. `at` is the time.
-fn delivery_target_update(ok: &str, at: &str, expires_at: &str) -> String {
+/// `ok` (an SQL boolean) the target is `notified`, otherwise `failed` with the
+/// reason `why` (`delivery_failed`, re-queued by a later run, or `delivery_unknown`,
+/// not); either way the claim is released and the session's expiry is taken from
+/// `expires_at`. `at` is the time.
+fn delivery_target_update(ok: &str, why: &str, at: &str, expires_at: &str) -> String {
     format!(
         "UPDATE campaign_targets AS t SET \
            status = CASE WHEN {ok} THEN 'notified' ELSE 'failed' END, \
-           reason = CASE WHEN {ok} THEN NULL ELSE 'delivery_failed' END, \
+           reason = CASE WHEN {ok} THEN NULL ELSE {why} END, \
            notifications = notifications + CASE WHEN {ok} THEN 1 ELSE 0 END, \
            notified_at = CASE WHEN {ok} THEN {at} ELSE notified_at END, \
            first_notified_at = CASE WHEN {ok} THEN COALESCE(first_notified_at, {at}) ELSE first_notified_at END, \

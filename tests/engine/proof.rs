@@ -1,7 +1,8 @@
 //! Issue 4's proof over a real SMTP server: one email per eligible user carrying
 //! that user's own session; ineligible users get nothing and each has a reason;
 //! two workers at once notify each user once; retry-failed completes a run that
-//! had injected failures.
+//! had injected failures; a message whose SMTP connection was lost after its data is
+//! recorded `delivery_unknown` and never sent again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use reverify::both_engines;
 use reverify::domain::{UserId, VerificationState};
 use reverify::engine::Progress;
-use reverify::notify::testing::{ReceivedMail, SmtpServer};
+use reverify::notify::testing::{Fault, ReceivedMail, SmtpServer};
 use reverify::sandbox::{Outcome, SandboxConfig, UserSource};
 use reverify::store::testing::TestDb;
 use sqlx::Row;
@@ -155,5 +156,76 @@ both_engines!(retry_failed_completes_a_run_with_injected_failures, |db: TestDb| 
     assert_eq!(smtp.messages().len(), before + 3);
     let p = env.store().campaign_progress(c.campaign_id, chrono::Utc::now()).await.unwrap();
     assert_eq!(p.count("failed"), 0);
+    assert_eq!(env.sandbox.stats().await.violations, 0);
+});
+
+both_engines!(a_message_lost_after_its_data_is_delivery_unknown_and_not_resent, |db: TestDb| async move {
+    let mut env =
+        Env::with_sandbox(db, SandboxConfig { users: UserSource::Generate(30), seed: 11, ..Default::default() }).await;
+    let victim = env
+        .sandbox
+        .users()
+        .into_iter()
+        .find(|u| u.verification_state == VerificationState::Unverified)
+        .expect("an unverified user");
+    let address = victim.email.as_str().to_owned();
+    // the server keeps the victim's message, then drops the connection before its reply,
+    // every time: a resend would show as a second stored message
+    let smtp = SmtpServer::start_with(&[Fault::accept_then_drop(&address, None)]);
+    env.settings.outbox_dir = None;
+    env.settings.smtp_url = Some(smtp.url());
+    let c = env.apply(&campaign_toml("lost", "")).await;
+    let first = env.run(&c).await;
+    let to_victim = || parse(&smtp.messages()).into_iter().filter(|(to, _)| *to == address).count();
+    assert_eq!(to_victim(), 1, "one attempt, and the message arrived");
+    assert_eq!(first.counts.failed, 1, "{first:?}");
+    let others = first.counts.notified;
+    assert!(others > 0, "{first:?}");
+
+    let pool = sqlx::AnyPool::connect(&env.db.url).await.unwrap();
+    let target = || async {
+        let row = sqlx::query(
+            "SELECT status, reason, lease_owner, finalized_at FROM campaign_targets \
+             WHERE campaign_id = $1 AND user_id = $2",
+        )
+        .bind(c.campaign_id)
+        .bind(victim.user_id.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let fin: Option<i64> = row.get("finalized_at");
+        let owner: Option<String> = row.get("lease_owner");
+        (row.get::<String, _>("status"), row.get::<Option<String>, _>("reason"), owner, fin.is_some())
+    };
+    assert_eq!(target().await, ("failed".into(), Some("delivery_unknown".into()), None, true));
+    let ledger: Vec<String> =
+        sqlx::query("SELECT status FROM verification_sessions WHERE campaign_id = $1 AND user_id = $2")
+            .bind(c.campaign_id)
+            .bind(victim.user_id.as_str())
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("status"))
+            .collect();
+    assert_eq!(ledger, ["unknown"], "the session keeps counting against the user's limits");
+    let event: String =
+        sqlx::query("SELECT detail FROM events WHERE campaign_id = $1 AND user_id = $2 AND kind = 'target.failed'")
+            .bind(c.campaign_id)
+            .bind(victim.user_id.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("detail");
+    assert!(event.contains("delivery_unknown"), "{event}");
+
+    // the next run re-queues undelivered targets, not this one: nothing is sent again
+    let second = env.run(&c).await;
+    assert_eq!(second.counts.notified, 0, "{second:?}");
+    assert_eq!(to_victim(), 1, "never resent");
+    assert_eq!(smtp.messages().len() as i64, others + 1);
+    assert_eq!(target().await, ("failed".into(), Some("delivery_unknown".into()), None, true));
+    let p = env.store().campaign_progress(c.campaign_id, chrono::Utc::now()).await.unwrap();
+    assert_eq!(p.count("failed"), 1);
     assert_eq!(env.sandbox.stats().await.violations, 0);
 });
