@@ -563,3 +563,77 @@ both_engines!(claims_go_on_from_their_cursor_and_a_pass_from_the_start_finds_the
     let mut rescue = ClaimCursor { after: Some(uid(8)), rescue: true };
     assert_eq!(s.target_claim_next(c, "x", 10, later, LEASE, &mut rescue).await.unwrap().len(), 8);
 });
+
+/// Issue 13, item 3: a reservation that waits for the user's row lock sees the
+/// session its holder committed meanwhile. Before, the sessions were read in the
+/// locking statement itself, from a snapshot taken before the wait: a fourth
+/// concurrent session was reserved and reached the API (a 429). Postgres only:
+/// SQLite's BEGIN IMMEDIATE takes the write lock before anything is read.
+mod reservation_after_the_lock {
+    use super::*;
+    use crate::store::testing::TestDb;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = TestDb::postgres().await;
+        let s = db.store.clone();
+        let now = t0();
+        user(&s, 1, "UNVERIFIED", "intl", None, "").await;
+        let mut campaigns = Vec::new();
+        for name in ["a", "b", "c"] {
+            let c = campaign(&s, name).await;
+            s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+            assert_eq!(s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap().len(), 1);
+            campaigns.push(c);
+        }
+        for c in &campaigns[..2] {
+            assert!(matches!(
+                s.session_reserve(*c, &uid(1), 0, "w", now, DAY).await.unwrap(),
+                Reservation::Reserved { .. }
+            ));
+        }
+        // another process holds the user's row: it has reserved a third session and
+        // not committed yet
+        let mut holder = s.begin_write().await.unwrap();
+        sqlx::query("SELECT user_id FROM users WHERE user_id = $1 FOR UPDATE")
+            .bind(uid(1))
+            .fetch_one(&mut *holder)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO verification_sessions (user_id, campaign_id, step, status, reserved_at, expires_at, \
+               updated_at, counted_at) VALUES ($1, NULL, 0, 'reserved', $2, $3, $2, $2)",
+        )
+        .bind(uid(1))
+        .bind(to_millis(now))
+        .bind(to_millis(now + chrono::Duration::hours(24)))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+        let (s2, c) = (s.clone(), campaigns[2]);
+        let waiting = tokio::spawn(async move { s2.session_reserve(c, &uid(1), 0, "w", now, DAY).await.unwrap() });
+        // until the reservation waits on the lock
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let waiters: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+            .get("n");
+            if waiters > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the reservation never waited on the lock");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        holder.commit().await.unwrap();
+        let r = waiting.await.unwrap();
+        assert!(
+            matches!(r, Reservation::Deferred { reason: DeferReason::Concurrency, .. }),
+            "a fourth concurrent session: {r:?}"
+        );
+    }
+}
