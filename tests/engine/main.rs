@@ -4,6 +4,7 @@
 mod common;
 mod metrics;
 mod outcomes;
+mod overlap;
 mod proof;
 mod runs;
 mod webhooks;
