@@ -11,4 +11,5 @@ mod overlap;
 mod pgstop;
 mod race;
 mod secrets;
+mod stall;
 mod summary;
