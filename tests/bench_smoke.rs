@@ -5,7 +5,7 @@
 use std::process::Command;
 
 /// (figure, unit) as `reverify bench` prints them: `name: value unit`.
-const FIGURES: [(&str, &str); 9] = [
+const FIGURES: [(&str, &str); 11] = [
     ("throughput_postgres", "users/s"),
     ("cpu_per_1k_users", "s"),
     ("throughput_sqlite", "users/s"),
@@ -15,6 +15,8 @@ const FIGURES: [(&str, &str); 9] = [
     ("latency_hiding_throughput", "users/s"),
     ("peak_rss_1m", "MB"),
     ("targeting_1m_postgres", "s"),
+    ("api_requests_per_user_first_run", "requests"),
+    ("api_requests_per_user", "requests"),
 ];
 
 #[test]
@@ -38,4 +40,8 @@ fn quick_bench_prints_every_figure() {
         assert_eq!(rest.next().unwrap_or(""), unit, "{name}: unit\n{stdout}");
         assert_eq!(rest.next(), None, "{name}: nothing after the unit\n{stdout}");
     }
+    // a second campaign within the access tokens' life refreshes nothing (issue 13)
+    let second = stdout.lines().find_map(|l| l.strip_prefix("api_requests_per_user: ")).unwrap();
+    let second: f64 = second.split(' ').next().unwrap().parse().unwrap();
+    assert!(second <= 2.05, "api_requests_per_user {second}\n{stdout}");
 }

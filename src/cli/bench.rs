@@ -86,6 +86,9 @@ enum Scenario {
     PeakRss1m,
     /// targeting_1m_postgres.
     Targeting1m,
+    /// api_requests_per_user (a second campaign over the same users within the
+    /// access tokens' life) and api_requests_per_user_first_run.
+    ApiRequests,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -199,6 +202,30 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<u8> {
         let secs = rt.block_on(targeting(sizes.million))?;
         say(format!("targeting_1m_postgres: {secs:.2} s"));
     }
+    if wanted(Scenario::ApiRequests) {
+        let mut setup = Setup::throughput("api-requests", sizes.latency, Backend::Postgres);
+        setup.second_campaign = true;
+        let o = run_scenario(&exe, rt, &setup)?;
+        o.expect_all_notified(sizes.latency)?;
+        let first = api_requests(&o.stats) as f64 / o.report.notified.max(1) as f64;
+        let (second_report, second_requests) = o.second.as_ref().context("the second campaign did not run")?;
+        ensure!(
+            second_report.notified == sizes.latency as u64,
+            "the second campaign notified {} of {} users",
+            second_report.notified,
+            sizes.latency
+        );
+        let second = *second_requests as f64 / second_report.notified.max(1) as f64;
+        say(format!("api_requests_per_user_first_run: {first:.2} requests"));
+        say(format!("api_requests_per_user: {second:.2} requests"));
+        say(format!(
+            "# api_requests_per_user: a second campaign over the same {} users, run right after the first (within \
+             the 6 h access tokens' life): {second_requests} API requests; the first run made {} ({first:.2} per \
+             user: token, profile, session); goal: at most 2.05",
+            sizes.latency,
+            api_requests(&o.stats)
+        ));
+    }
     Ok(exit::OK)
 }
 
@@ -218,6 +245,8 @@ struct Setup {
     campaign_concurrency: u32,
     /// `[audience] regions`, when not every region.
     regions: Option<&'static str>,
+    /// After the first campaign, apply and run a second one over the same users.
+    second_campaign: bool,
 }
 
 impl Setup {
@@ -237,13 +266,18 @@ impl Setup {
             // request slots keep both the API and the database busy
             campaign_concurrency: 384,
             regions: None,
+            second_campaign: false,
         }
     }
 
     fn campaign_toml(&self) -> String {
+        self.campaign_toml_named(&format!("bench-{}", self.name))
+    }
+
+    fn campaign_toml_named(&self, name: &str) -> String {
         let regions = self.regions.map(|r| format!("regions = [\"{r}\"]\n")).unwrap_or_default();
         format!(
-            "name = \"bench-{}\"\n\
+            "name = \"{name}\"\n\
              description = \"reverify bench\"\n\
              [audience]\n\
              states = [\"UNVERIFIED\"]\n\
@@ -256,7 +290,7 @@ impl Setup {
              [throttle]\n\
              requests_per_second = {}\n\
              concurrency = {}\n",
-            self.name, self.campaign_rate, self.campaign_concurrency
+            self.campaign_rate, self.campaign_concurrency
         )
     }
 }
@@ -274,6 +308,8 @@ struct Outcome {
     /// Postgres transactions committed in the bench database during the run.
     pg_commits: Option<i64>,
     import_seconds: f64,
+    /// The second campaign's report and the API requests it made.
+    second: Option<(Report, u64)>,
 }
 
 impl Outcome {
@@ -405,6 +441,23 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
     let pg_commits = commits_before.zip(commits(rt)).map(|(a, b)| b - a);
     let stats = rt.block_on(sandbox.stats())?;
     ensure!(stats.violations == 0, "{}: the sandbox counted {} limit violations", setup.name, stats.violations);
+    let second = if setup.second_campaign {
+        let file = dir.path().join("campaign-2.toml");
+        let name = format!("bench-{}-2", setup.name);
+        std::fs::write(&file, setup.campaign_toml_named(&name))?;
+        let mut apply = child::reverify(exe, dir.path());
+        apply.args(["campaign", "apply"]).arg(&file).env("REVERIFY_DATABASE_URL", &db.url);
+        child::run_to_end(apply, "reverify campaign apply")?;
+        let drain = probe::OutboxDrain::start(&outbox, true);
+        let worked = child::run_worker(exe, dir.path(), &name, &env);
+        drain.finish();
+        let (_, report) = worked.with_context(|| format!("{}: the second worker", setup.name))?;
+        let after = rt.block_on(sandbox.stats())?;
+        ensure!(after.violations == 0, "{}: the sandbox counted {} limit violations", setup.name, after.violations);
+        Some((report, api_requests(&after) - api_requests(&stats)))
+    } else {
+        None
+    };
     drop(sandbox);
     drop(db);
     Ok(Outcome {
@@ -417,6 +470,7 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
         sampled,
         pg_commits,
         import_seconds: import_took.as_secs_f64(),
+        second,
     })
 }
 
