@@ -19,6 +19,15 @@ use super::tokens::{CachedToken, Checkout, Grant, LeasedRefresh, StoredAccess, T
 use crate::config::{Secret, Settings};
 use crate::domain::{Clock, Region, SessionUrl, SystemClock, UserId};
 
+/// Paces one caller's requests on top of the client's own limiter: every request the
+/// client sends for that caller (a token refresh and a retry included) waits for it
+/// first. A campaign's `throttle.requests_per_second` is one.
+#[async_trait::async_trait]
+pub trait Pacer: Send + Sync {
+    /// Returns when the next request may go.
+    async fn ready(&self);
+}
+
 /// The largest body read; the API's answers are a few hundred bytes.
 const MAX_BODY: usize = 1 << 20;
 
@@ -135,6 +144,33 @@ impl std::fmt::Debug for BaanxClient {
     }
 }
 
+/// One request to send.
+struct Request<'a> {
+    endpoint: Endpoint,
+    user: &'a UserId,
+    region: Region,
+    /// The access token of a user call.
+    bearer: Option<&'a str>,
+    /// The refresh token of a token call.
+    refresh_token: Option<&'a str>,
+    /// Checked once the limiter admits the request: it goes out only while true.
+    fence: Option<&'a (dyn Fn() -> bool + Sync)>,
+    /// The caller's own pacing, before the client's limiter.
+    pace: Option<&'a dyn Pacer>,
+}
+
+impl<'a> Request<'a> {
+    fn user_call(
+        endpoint: Endpoint,
+        user: &'a UserId,
+        region: Region,
+        token: &'a str,
+        pace: Option<&'a dyn Pacer>,
+    ) -> Self {
+        Self { endpoint, user, region, bearer: Some(token), refresh_token: None, fence: None, pace }
+    }
+}
+
 /// One HTTP answer, read in full.
 struct Answer {
     status: StatusCode,
@@ -215,9 +251,23 @@ impl BaanxClient {
     ///
     /// # Errors
     /// Any [`BaanxError`]; see [`BaanxError::class`] for what each means.
-    #[tracing::instrument(name = "baanx.get_user", skip_all, fields(user_id = %user, region = %region))]
     pub async fn get_user(&self, user: &UserId, region: Region) -> Result<UserProfile, BaanxError> {
-        let answer = self.user_call(Endpoint::User, user, region).await?;
+        self.get_user_paced(user, region, None).await
+    }
+
+    /// [`BaanxClient::get_user`], every request of it (the token refresh included)
+    /// paced by `pace` too.
+    ///
+    /// # Errors
+    /// Any [`BaanxError`]; see [`BaanxError::class`] for what each means.
+    #[tracing::instrument(name = "baanx.get_user", skip_all, fields(user_id = %user, region = %region))]
+    pub async fn get_user_paced(
+        &self,
+        user: &UserId,
+        region: Region,
+        pace: Option<&dyn Pacer>,
+    ) -> Result<UserProfile, BaanxError> {
+        let answer = self.user_call(Endpoint::User, user, region, pace).await?;
         let profile = UserProfile::parse(answer.status, &answer.body)?;
         if &profile.id != user {
             return Err(BaanxError::Malformed {
@@ -240,21 +290,43 @@ impl BaanxClient {
     ///
     /// # Errors
     /// Any [`BaanxError`]; see [`BaanxError::class`] for what each means.
-    #[tracing::instrument(name = "baanx.start_verification", skip_all, fields(user_id = %user, region = %region))]
     pub async fn start_verification(&self, user: &UserId, region: Region) -> Result<SessionUrl, BaanxError> {
-        let answer = self.user_call(Endpoint::Verification, user, region).await?;
+        self.start_verification_paced(user, region, None).await
+    }
+
+    /// [`BaanxClient::start_verification`], every request of it (the token refresh
+    /// included) paced by `pace` too.
+    ///
+    /// # Errors
+    /// Any [`BaanxError`]; see [`BaanxError::class`] for what each means.
+    #[tracing::instrument(name = "baanx.start_verification", skip_all, fields(user_id = %user, region = %region))]
+    pub async fn start_verification_paced(
+        &self,
+        user: &UserId,
+        region: Region,
+        pace: Option<&dyn Pacer>,
+    ) -> Result<SessionUrl, BaanxError> {
+        let answer = self.user_call(Endpoint::Verification, user, region, pace).await?;
         parse_session(answer.status, &answer.body)
     }
 
     /// A user call with the 401 rule: on 401, mint a new access token once and
     /// send once more; a second 401 is [`BaanxError::Unauthorized`].
-    async fn user_call(&self, endpoint: Endpoint, user: &UserId, region: Region) -> Result<Answer, BaanxError> {
-        let (token, generation) = self.access_token(user, region, None).await?;
-        match self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None, None)).await {
+    async fn user_call(
+        &self,
+        endpoint: Endpoint,
+        user: &UserId,
+        region: Region,
+        pace: Option<&dyn Pacer>,
+    ) -> Result<Answer, BaanxError> {
+        let (token, generation) = self.access_token(user, region, None, pace).await?;
+        match self.with_retries(endpoint, || self.send(Request::user_call(endpoint, user, region, &token, pace))).await
+        {
             Err(BaanxError::Unauthorized { .. }) => {
                 tracing::debug!(endpoint = endpoint.as_str(), "401: minting a new access token and retrying once");
-                let (token, _) = self.access_token(user, region, Some(generation)).await?;
-                self.with_retries(endpoint, || self.send(endpoint, user, region, Some(&token), None, None)).await
+                let (token, _) = self.access_token(user, region, Some(generation), pace).await?;
+                self.with_retries(endpoint, || self.send(Request::user_call(endpoint, user, region, &token, pace)))
+                    .await
             }
             other => other,
         }
@@ -270,6 +342,7 @@ impl BaanxClient {
         user: &UserId,
         region: Region,
         stale: Option<u64>,
+        pace: Option<&dyn Pacer>,
     ) -> Result<(Zeroizing<String>, u64), BaanxError> {
         let inner = &self.inner;
         let slot = inner.cache.slot(user);
@@ -323,7 +396,7 @@ impl BaanxClient {
                     pause = (pause * 2).min(Duration::from_millis(500));
                     continue;
                 }
-                Checkout::Leased(leased) => match self.refresh_under_lease(user, region, &leased).await? {
+                Checkout::Leased(leased) => match self.refresh_under_lease(user, region, &leased, pace).await? {
                     Some(minted) => minted,
                     None => {
                         // refused, but a newer token was stored meanwhile: use that
@@ -353,6 +426,7 @@ impl BaanxClient {
         user: &UserId,
         region: Region,
         leased: &LeasedRefresh,
+        pace: Option<&dyn Pacer>,
     ) -> Result<Option<StoredAccess>, BaanxError> {
         let inner = &self.inner;
         let lease = inner.refresh_lease;
@@ -365,7 +439,16 @@ impl BaanxClient {
             if !lease_alive() {
                 return Err(lease_lost(user));
             }
-            self.send(Endpoint::Token, user, region, None, Some(&leased.token), Some(&lease_alive)).await
+            let req = Request {
+                endpoint: Endpoint::Token,
+                user,
+                region,
+                bearer: None,
+                refresh_token: Some(&leased.token),
+                fence: Some(&lease_alive),
+                pace,
+            };
+            self.send(req).await
         });
         tokio::pin!(call);
         let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
@@ -507,15 +590,8 @@ impl BaanxClient {
     }
 
     /// Sends one request through the limiter and classifies the answer.
-    async fn send(
-        &self,
-        endpoint: Endpoint,
-        user: &UserId,
-        region: Region,
-        bearer: Option<&str>,
-        refresh_token: Option<&str>,
-        fence: Option<&(dyn Fn() -> bool + Sync)>,
-    ) -> Result<Answer, BaanxError> {
+    async fn send(&self, req: Request<'_>) -> Result<Answer, BaanxError> {
+        let Request { endpoint, user, region, bearer, refresh_token, fence, pace } = req;
         let inner = &self.inner;
         let url = inner.base.join(endpoint.path()).expect("a relative path joins onto a base URL");
         let mut headers = HeaderMap::with_capacity(4);
@@ -541,6 +617,9 @@ impl BaanxClient {
             None => inner.http.get(url).headers(headers),
         };
 
+        if let Some(pace) = pace {
+            pace.ready().await;
+        }
         let admission = inner.limiter.acquire(region).await;
         // the limiter may have kept us a while: a refresh goes out only under its lease
         if fence.is_some_and(|alive| !alive()) {

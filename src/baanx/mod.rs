@@ -18,7 +18,7 @@ mod model;
 mod retry;
 mod tokens;
 
-pub use client::{BaanxClient, BaanxConfig};
+pub use client::{BaanxClient, BaanxConfig, Pacer};
 pub use error::{BaanxError, ConsentReason, Endpoint, ErrorClass, TransportKind, VaultError, scrub_excerpt};
 pub use limiter::{Admission, Limiter, LimiterStats};
 pub use model::UserProfile;

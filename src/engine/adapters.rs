@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::debug;
 
-use super::ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
+use super::ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, Pacer, VerificationApi};
 use crate::baanx::{BaanxClient, BaanxError};
 use crate::crypto::CryptoError;
 use crate::domain::spec::{Delivery, Reminders};
@@ -58,12 +58,12 @@ fn vault_failure(source: &(dyn std::error::Error + Send + Sync + 'static)) -> Ap
 
 #[async_trait]
 impl VerificationApi for BaanxApi {
-    async fn fresh_state(&self, user: &ApiUser) -> Result<VerificationState, ApiFailure> {
-        self.0.get_user(&user.user_id, user.region).await.map(|p| p.verification_state).map_err(to_failure)
+    async fn fresh_state(&self, user: &ApiUser, pace: Option<&dyn Pacer>) -> Result<VerificationState, ApiFailure> {
+        self.0.get_user_paced(&user.user_id, user.region, pace).await.map(|p| p.verification_state).map_err(to_failure)
     }
 
-    async fn start_session(&self, user: &ApiUser) -> Result<SessionUrl, ApiFailure> {
-        self.0.start_verification(&user.user_id, user.region).await.map_err(to_failure)
+    async fn start_session(&self, user: &ApiUser, pace: Option<&dyn Pacer>) -> Result<SessionUrl, ApiFailure> {
+        self.0.start_verification_paced(&user.user_id, user.region, pace).await.map_err(to_failure)
     }
 }
 

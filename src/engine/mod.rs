@@ -232,10 +232,14 @@ impl RunShared {
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
+}
 
-    /// The campaign's own rate (`throttle.requests_per_second`); the client's global
-    /// limiter applies on top of it.
-    async fn throttle(&self) {
+/// The campaign's own rate (`throttle.requests_per_second`) paces every Baanx request
+/// made for the campaign (token refreshes, profiles, sessions, retries); the client's
+/// global limiter applies on top of it.
+#[async_trait::async_trait]
+impl crate::baanx::Pacer for RunShared {
+    async fn ready(&self) {
         self.limiter.until_ready().await;
     }
 }

@@ -56,8 +56,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     // 1. a fresh state, so that a user who verified since the import is not asked again
     let mut fresh = None;
     if s.config.fresh_state {
-        s.throttle().await;
-        match s.api.fresh_state(&user).await {
+        match s.api.fresh_state(&user, Some(s)).await {
             Ok(state) => fresh = Some(state),
             Err(f) => return api_failed_before_reserve(s, t, f).await,
         }
@@ -76,9 +75,9 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
         Reservation::LostClaim => return Ok(Outcome::Abandoned),
     };
 
-    // 3-4. the limiters, then the session
-    s.throttle().await;
-    let url = match s.api.start_session(&user).await {
+    // 3-4. the limiters (the campaign's paces every request, the client's on top), then
+    // the session
+    let url = match s.api.start_session(&user, Some(s)).await {
         Ok(url) => url,
         Err(f) => {
             let (definite, status, reason, not_before) = classify_session_failure(s, t, &f);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use crate::baanx::Pacer;
 use crate::domain::{Region, SessionUrl, UserId, VerificationState};
 use crate::store::targets::ClaimedTarget;
 
@@ -46,13 +47,15 @@ pub enum ApiFailure {
     Unavailable(String),
 }
 
-/// The Baanx calls a run makes.
+/// The Baanx calls a run makes. `pace`, when given, paces every request a call makes
+/// (a token refresh and a retry included): a campaign's `throttle.requests_per_second`
+/// counts every Baanx request made for the campaign, as the worker's limiter does.
 #[async_trait]
 pub trait VerificationApi: Send + Sync {
     /// `GET /v1/user`: the user's current state.
-    async fn fresh_state(&self, user: &ApiUser) -> Result<VerificationState, ApiFailure>;
+    async fn fresh_state(&self, user: &ApiUser, pace: Option<&dyn Pacer>) -> Result<VerificationState, ApiFailure>;
     /// `GET /v1/user/verification`: a new session URL.
-    async fn start_session(&self, user: &ApiUser) -> Result<SessionUrl, ApiFailure>;
+    async fn start_session(&self, user: &ApiUser, pace: Option<&dyn Pacer>) -> Result<SessionUrl, ApiFailure>;
 }
 
 /// What a run asks a channel to send.

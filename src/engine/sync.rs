@@ -87,7 +87,7 @@ async fn sync_one(
         warn!(user_id = %c.user_id, "stored user record is not valid; not synced");
         return Ok(SyncOne::Failed);
     };
-    match api.fresh_state(&ApiUser { user_id, region }).await {
+    match api.fresh_state(&ApiUser { user_id, region }, None).await {
         Ok(state) => {
             let applied = store.user_apply_state(&c.user_id, state, clock.now(), &StateSource::sync(actor)).await?;
             Ok(SyncOne::Applied(applied))

@@ -7,4 +7,5 @@ mod outcomes;
 mod overlap;
 mod proof;
 mod runs;
+mod throttle;
 mod webhooks;
