@@ -106,7 +106,12 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             let mut bad = 0;
             for f in &files {
                 match CampaignSpec::from_file(f) {
-                    Ok(spec) => println!("{}: ok (campaign {})", f.display(), spec.name),
+                    Ok(spec) => {
+                        println!("{}: ok (campaign {})", f.display(), spec.name);
+                        if let Some(ticks) = next_ticks(&spec, Utc::now(), 3) {
+                            println!("  next ticks ({}): {ticks}", spec.timezone);
+                        }
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         bad += 1;
@@ -210,15 +215,25 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(|| "-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-/// The next run: as stored by the scheduler, else the schedule's next tick from now.
+/// The schedule's next `n` ticks after `after`, in the campaign's time zone (the
+/// crontab rules as the scheduler applies them, day-of-month OR day-of-week
+/// included), or `None` without a schedule.
+fn next_ticks(spec: &CampaignSpec, after: DateTime<Utc>, n: usize) -> Option<String> {
+    let (cron, tz) = (spec.cron()?, spec.tz());
+    let ticks: Vec<String> = std::iter::successors(cron.next_after(after, tz), |t| cron.next_after(*t, tz))
+        .take(n)
+        .map(|t| t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z").to_string())
+        .collect();
+    Some(if ticks.is_empty() { "none".into() } else { ticks.join(", ") })
+}
+
+/// The next run: the schedule's next tick from now (computed with this binary's
+/// rules), else as stored by the scheduler.
 fn next_run(c: &CampaignRecord) -> Option<DateTime<Utc>> {
     if c.status != CampaignStatus::Active {
         return None;
     }
-    c.next_run_at.or_else(|| {
-        let spec = c.spec().ok()?;
-        spec.cron()?.next_after(Utc::now(), spec.tz())
-    })
+    c.spec().ok().and_then(|spec| spec.cron()?.next_after(Utc::now(), spec.tz())).or(c.next_run_at)
 }
 
 fn record_json(c: &CampaignRecord) -> serde_json::Value {
@@ -275,7 +290,14 @@ async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<
     println!("created:   {}", time(Some(c.created_at)));
     println!("updated:   {}", time(Some(c.updated_at)));
     println!("last run:  {}", time(c.last_run_at));
+    println!("done through: {} (the start of the last finished run)", time(c.done_through));
+    if let Some(t) = c.tick_in_progress.filter(|t| c.done_through.is_none_or(|d| *t > d)) {
+        println!("resuming:  the run of the tick at {} did not finish; the next `run --due` resumes it", time(Some(t)));
+    }
     println!("next run:  {}", time(next_run(&c)));
+    if let Some(ticks) = c.spec().ok().and_then(|spec| next_ticks(&spec, Utc::now(), 3)) {
+        println!("next ticks: {ticks}");
+    }
     println!("--- applied file (version {}) ---", c.version);
     print!("{}", c.spec_toml);
     if !c.spec_toml.ends_with('\n') {

@@ -24,9 +24,11 @@ pub struct RunArgs {
     /// Run every active campaign.
     #[arg(long, conflicts_with_all = ["names", "due"])]
     all: bool,
-    /// Run every active campaign whose schedule had a tick since its last run (at
-    /// most starting_deadline ago), each under a lease so that overlapping
-    /// invocations run it once. For cron, systemd timers and Kubernetes CronJobs.
+    /// Run every active campaign whose schedule had a tick since its last finished
+    /// run (at most starting_deadline ago), or whose last scheduled run did not
+    /// finish (resumed, whatever the deadline), each under a lease so that
+    /// overlapping invocations run it once. For cron, systemd timers and Kubernetes
+    /// CronJobs.
     #[arg(long, conflicts_with = "names")]
     due: bool,
     /// Stop claiming users after this long (e.g. 10m, 1h); users in flight finish.
@@ -111,19 +113,26 @@ async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) ->
     let checks = due_campaigns(&store, now).await?;
     for c in &checks {
         store.campaign_set_next_run(c.campaign.campaign_id, c.next).await?;
-        if let Due::Missed { tick } = c.due {
-            println!(
+        let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match c.due {
+            Due::Missed { tick } => println!(
                 "{}: the tick at {} was missed by more than its starting_deadline; not run late",
                 c.campaign.name,
-                tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
+                at(tick)
+            ),
+            Due::Resume { interrupted, .. } => println!(
+                "{}: resuming the run of the tick at {}, which did not finish",
+                c.campaign.name,
+                at(interrupted)
+            ),
+            Due::Run { .. } | Due::NotDue => {}
         }
     }
     let due: Vec<_> = checks
         .into_iter()
         .filter_map(|c| match c.due {
-            Due::Run { tick } => Some((c.campaign, tick)),
-            _ => None,
+            Due::Run { tick } | Due::Resume { tick, .. } => Some((c.campaign, tick)),
+            Due::Missed { .. } | Due::NotDue => None,
         })
         .collect();
     if due.is_empty() {
@@ -177,7 +186,7 @@ async fn run_all(
                 interrupted |= r.outcome == RunOutcome::Interrupted;
             }
             Scheduled::AlreadyRunning => println!("{name}: already running in another process; skipped"),
-            Scheduled::AlreadyRan => println!("{name}: another process ran it for this tick; skipped"),
+            Scheduled::AlreadyRan => println!("{name}: another process finished it for this tick; skipped"),
             Scheduled::Failed(e) => {
                 eprintln!("error: campaign {name}: {e}");
                 failed = true;

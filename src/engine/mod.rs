@@ -156,6 +156,9 @@ pub struct Run {
     pub campaign_id: i64,
     pub spec: CampaignSpec,
     pub progress: Arc<Progress>,
+    /// The scheduled tick this run is for (`run --due`, the daemon), recorded as the
+    /// campaign's tick in progress until a run finishes; `None` for a run by hand.
+    pub tick: Option<DateTime<Utc>>,
 }
 
 /// How a run ended.
@@ -260,7 +263,7 @@ impl Run {
     pub async fn execute(self, stop: CancellationToken) -> Result<RunReport, EngineError> {
         let worker = self.config.worker_id.clone();
         let (store, clock, campaign_id) = (self.store.clone(), self.clock.clone(), self.campaign_id);
-        let run_id = store.run_start(campaign_id, &worker, clock.now()).await?;
+        let run_id = store.run_start(campaign_id, &worker, clock.now(), self.tick).await?;
         let result = self.execute_inner(stop).await;
         let (outcome, error, counts) = match &result {
             Ok((o, counts)) => (*o, None, *counts),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::adapters::{BaanxApi, NotifierDeliverer};
@@ -64,6 +65,22 @@ impl Worker {
         progress: Arc<Progress>,
         stop: CancellationToken,
     ) -> Result<RunReport, EngineError> {
+        self.run_campaign_for_tick(campaign, None, progress, stop).await
+    }
+
+    /// As [`Worker::run_campaign`], for a scheduled tick (`Some`): the tick stays the
+    /// campaign's tick in progress, resumed by the next `run --due`, until a run
+    /// finishes.
+    ///
+    /// # Errors
+    /// As [`Worker::run_campaign`].
+    pub async fn run_campaign_for_tick(
+        &self,
+        campaign: &CampaignRecord,
+        tick: Option<DateTime<Utc>>,
+        progress: Arc<Progress>,
+        stop: CancellationToken,
+    ) -> Result<RunReport, EngineError> {
         let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
         self.notifier
             .check(&spec.delivery, spec.reminders.as_ref().map(|r| r.template.as_str()))
@@ -83,6 +100,7 @@ impl Worker {
             campaign_id: campaign.campaign_id,
             spec,
             progress,
+            tick,
         }
         .execute(stop)
         .await
