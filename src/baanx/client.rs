@@ -637,7 +637,10 @@ impl BaanxClient {
             tracing::trace!(endpoint = endpoint.as_str(), %kind, "baanx transport failure");
             BaanxError::Transport { endpoint, kind, source: e.without_url() }
         };
-        let mut response = request.send().await.map_err(transport)?;
+        let answered = request.send().await;
+        crate::telemetry::global()
+            .baanx_request(endpoint.metric_label(), answered.as_ref().ok().map(|r| r.status().as_u16()));
+        let mut response = answered.map_err(transport)?;
         let status = response.status();
         let retry_after = response
             .headers()

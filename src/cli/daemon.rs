@@ -1,38 +1,66 @@
 //! `reverify daemon`: run campaigns when due, until stopped.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 use reverify::engine::Worker;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::{Context, exit};
 
 /// Options of the command (documented on the subcommand).
 #[derive(Debug, Args)]
-pub struct DaemonArgs {}
+pub struct DaemonArgs {
+    /// Also receive Baanx webhooks (POST /webhooks/baanx, and /healthz) on this
+    /// address, the public one; needs webhook_key. /readyz and /metrics stay on
+    /// metrics_listen.
+    #[arg(long, value_name = "ADDR")]
+    webhook_listen: Option<SocketAddr>,
+}
 
-pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
+pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
+    let webhook_key = match (args.webhook_listen, &ctx.settings.webhook_key) {
+        (Some(_), None) => anyhow::bail!(
+            "--webhook-listen needs webhook_key: set REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE to the key \
+             Baanx signs with"
+        ),
+        (Some(_), Some(key)) => Some(key.clone()),
+        (None, Some(_)) => {
+            warn!("webhook_key is set but --webhook-listen is not: this daemon receives no Baanx webhooks");
+            None
+        }
+        (None, None) => None,
+    };
     let store = ctx.store().await?;
     let worker = Arc::new(Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?);
     let stop = CancellationToken::new();
     super::run::stop_on_signals(stop.clone(), None);
-    // The operations endpoints, and the Baanx webhook receiver when webhook_key is set.
+    // The operations endpoints (never public), and the Baanx webhook receiver on its
+    // own listener.
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
-            let webhooks = match &ctx.settings.webhook_key {
-                Some(key) => reverify::webhooks::webhook_router(worker.store.clone(), key.clone()),
-                None => axum::Router::new(),
-            };
             let listen = reverify::telemetry::parse_listen(listen)?;
-            Some(reverify::telemetry::serve_ops_with(listen, worker.store.clone(), stop.clone(), webhooks).await?)
+            Some(reverify::telemetry::serve_ops(listen, worker.store.clone(), stop.clone()).await?)
         }
         None => None,
     };
+    let webhooks = match (args.webhook_listen, webhook_key) {
+        (Some(listen), Some(key)) => {
+            let routes = reverify::webhooks::webhook_router(worker.store.clone(), key);
+            Some(
+                reverify::telemetry::serve_public(listen, routes, stop.clone())
+                    .await
+                    .with_context(|| format!("failed to listen on {listen} (--webhook-listen)"))?,
+            )
+        }
+        _ => None,
+    };
     reverify::schedule::daemon::run(worker.clone(), stop).await?;
-    if let Some(ops) = ops {
-        let _ = ops.handle.await;
+    for server in [ops, webhooks].into_iter().flatten() {
+        let _ = server.handle.await;
     }
     worker.store.close().await;
     Ok(exit::OK)

@@ -10,6 +10,18 @@ use reverify::Settings;
 use reverify::config::LogFormat;
 use reverify::store::Store;
 
+/// `eprintln!` for every command, shadowing std's: a standard error that is
+/// closed or whose reader went away (`2>&-`, `| head` that exited) loses the line
+/// instead of panicking ("failed printing to stderr"), so that the exit code is
+/// still the command's. Log lines get the same treatment
+/// (`reverify::telemetry::QuietStderr`).
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod bench_import;
 mod bench_report;

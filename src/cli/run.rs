@@ -75,8 +75,29 @@ pub fn stop_on_signals(stop: CancellationToken, max: Option<Duration>) {
     });
 }
 
+/// Runs what was asked, then pushes the metrics to `metrics_push_url` (when set)
+/// whatever happened: nothing due, a failure before any campaign started (counted
+/// as one failed run), or campaigns run. Prometheus' batch-job rule: every
+/// invocation pushes, so that a run that never succeeds is seen as such.
 pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
-    let store = ctx.store().await?;
+    let store = match ctx.store().await {
+        Ok(store) => store,
+        Err(e) => {
+            reverify::telemetry::global().run_failed_to_start();
+            push_metrics_if_set(ctx, None).await;
+            return Err(e);
+        }
+    };
+    let result = run_with(args, ctx, store.clone()).await;
+    if result.is_err() {
+        reverify::telemetry::global().run_failed_to_start();
+    }
+    push_metrics_if_set(ctx, Some(&store)).await;
+    store.close().await;
+    result
+}
+
+async fn run_with(args: RunArgs, ctx: &Context, store: reverify::store::Store) -> anyhow::Result<u8> {
     if args.due {
         return run_due(args, ctx, store).await;
     }
@@ -193,8 +214,6 @@ async fn run_all(
             }
         }
     }
-    push_metrics_if_set(ctx, &worker.store).await;
-    worker.store.close().await;
     Ok(if failed {
         exit::FAILURE
     } else if interrupted {
@@ -266,10 +285,16 @@ pub fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> toki
 /// Pushes the run's metrics to `metrics_push_url`, when set. Decision: a failed
 /// push is a warning, not a failed run: the work is done and recorded, and a
 /// retried run would not make monitoring any better.
-async fn push_metrics_if_set(ctx: &Context, store: &reverify::store::Store) {
+async fn push_metrics_if_set(ctx: &Context, store: Option<&reverify::store::Store>) {
     let Some(url) = &ctx.settings.metrics_push_url else { return };
-    if let Err(e) = reverify::telemetry::refresh_target_gauges(store).await {
-        tracing::warn!(error = %e, "could not read the target counts for the metrics push");
+    if let Some(store) = store {
+        // bounded: a database that went away must not hold the push up
+        let read = reverify::telemetry::refresh_gauges(store);
+        match tokio::time::timeout(reverify::telemetry::server::READY_TIMEOUT, read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the gauges for the metrics push"),
+            Err(_) => tracing::warn!("could not read the gauges for the metrics push: the database did not answer"),
+        }
     }
     let instance = reverify::telemetry::push_instance();
     if let Err(e) = reverify::telemetry::push_metrics(url, "reverify", &instance).await {

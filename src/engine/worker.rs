@@ -17,6 +17,7 @@ use crate::notify::{Notifier, RetryPolicy};
 use crate::store::Store;
 use crate::store::campaigns::CampaignRecord;
 use crate::store::group::GroupCommit;
+use crate::store::runs::RunOutcome;
 use crate::store::tokens::StoreTokenVault;
 
 /// Everything a run needs that outlives one campaign.
@@ -54,7 +55,9 @@ impl Worker {
         Ok(Self { store, client: Arc::new(client), notifier, clock, config })
     }
 
-    /// Runs one campaign until nothing is due or `stop` is cancelled.
+    /// Runs one campaign until nothing is due or `stop` is cancelled, and counts the
+    /// run in the metrics (`reverify_runs_total`, `reverify_run_duration_seconds`,
+    /// and `reverify_last_success_timestamp_seconds` when it finished).
     ///
     /// # Errors
     /// [`EngineError`]: a bad stored spec, a template the campaign needs that is
@@ -70,11 +73,30 @@ impl Worker {
 
     /// As [`Worker::run_campaign`], for a scheduled tick (`Some`): the tick stays the
     /// campaign's tick in progress, resumed by the next `run --due`, until a run
-    /// finishes.
+    /// finishes. Every run is counted in the batch-job metrics.
     ///
     /// # Errors
     /// As [`Worker::run_campaign`].
     pub async fn run_campaign_for_tick(
+        &self,
+        campaign: &CampaignRecord,
+        tick: Option<DateTime<Utc>>,
+        progress: Arc<Progress>,
+        stop: CancellationToken,
+    ) -> Result<RunReport, EngineError> {
+        let started = std::time::Instant::now();
+        let result = self.run_campaign_uncounted(campaign, tick, progress, stop).await;
+        let outcome = result.as_ref().map_or(RunOutcome::Failed, |r| r.outcome);
+        crate::telemetry::global().run_ended(
+            campaign.name.as_str(),
+            outcome.as_str(),
+            started.elapsed(),
+            self.clock.now(),
+        );
+        result
+    }
+
+    async fn run_campaign_uncounted(
         &self,
         campaign: &CampaignRecord,
         tick: Option<DateTime<Utc>>,

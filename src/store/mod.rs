@@ -157,7 +157,7 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|e| StoreError::Url { url: shown.clone(), message: e.to_string() })?
             .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5));
         let pool_options = match backend {
             // Every session bounds what a stalled peer can cost the fleet (issue 13): a
             // transaction left idle by a frozen process (a paused VM, a starved pod, a

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Store, StoreError, query_err, to_millis};
+use super::{Store, StoreError, from_millis, query_err, to_millis};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -153,5 +153,27 @@ impl Store {
         .await?;
         tx.commit().await.map_err(query_err("run_finish commit"))?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// When each campaign's last finished run ended, by campaign name (campaigns
+    /// that never finished a run are absent): the batch-job "last success" metric.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn run_last_successes(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.name AS name, MAX(r.finished_at) AS finished_at FROM campaign_runs r \
+             JOIN campaigns c ON c.campaign_id = r.campaign_id \
+             WHERE r.outcome = 'finished' AND r.finished_at IS NOT NULL GROUP BY c.name ORDER BY c.name",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_err("run_last_successes"))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("name")?, from_millis(r.try_get::<i64, _>("finished_at")?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_err("run_last_successes"))
     }
 }

@@ -2,12 +2,19 @@
 //! and the Pushgateway push a one-shot run ends with.
 //!
 //! Decisions:
+//! - Two kinds of listener. The operations listener (`metrics_listen`) serves
+//!   `/healthz`, `/readyz` and `/metrics` and is never meant to be public. The
+//!   public one (`reverify serve --listen`, `reverify daemon --webhook-listen`)
+//!   serves the Baanx webhook receiver and `/healthz` only: what the scrape and the
+//!   readiness probe tell (campaign names, target counts, whether the database
+//!   answers) stays off the internet.
 //! - `/healthz` says only that the process answers; `/readyz` asks the database
 //!   (`SELECT 1`, at most [`READY_TIMEOUT`]), so that Kubernetes stops routing to a
 //!   worker that lost its database without restarting it.
-//! - `/metrics` refreshes the targets-by-status gauges from the database on each
-//!   scrape (bounded by the same timeout; on failure the last values stay), so the
-//!   gauges are as fresh as the scrape and nobody has to schedule a refresh.
+//! - `/metrics` refreshes the targets-by-status and last-success gauges from the
+//!   database on each scrape (bounded by the same timeout; on failure the last
+//!   values stay), so the gauges are as fresh as the scrape and nobody has to
+//!   schedule a refresh.
 //! - Answers carry no error detail: a probe's body is read by anyone who can reach
 //!   the port. The cause goes to the log.
 
@@ -81,32 +88,38 @@ pub async fn serve_ops(
     store: Store,
     shutdown: CancellationToken,
 ) -> Result<OpsServer, TelemetryError> {
-    serve_ops_with(listen, store, shutdown, Router::new()).await
+    let bind_err = |e: std::io::Error| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
+    info!(%local_addr, "serving /healthz, /readyz and /metrics");
+    Ok(OpsServer { local_addr, handle: spawn(listener, router(store), shutdown) })
 }
 
-/// [`serve_ops`] with more routes beside the operations endpoints (the Baanx
-/// webhook receiver, for the daemon and `reverify serve`).
+/// Binds `listen` and serves `routes` (the Baanx webhook receiver) and `/healthz`,
+/// and nothing else, until `shutdown` is cancelled: the listener that may face the
+/// internet. `/metrics` and `/readyz` answer 404 here.
 ///
 /// # Errors
-/// As [`serve_ops`].
-pub async fn serve_ops_with(
+/// The bind error; the caller names its setting or flag.
+pub async fn serve_public(
     listen: SocketAddr,
-    store: Store,
+    routes: Router,
     shutdown: CancellationToken,
-    extra: Router,
-) -> Result<OpsServer, TelemetryError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
-    info!(%local_addr, "serving /healthz, /readyz and /metrics");
-    let app = router(store).merge(extra);
-    let handle = tokio::spawn(async move {
+) -> Result<OpsServer, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let local_addr = listener.local_addr()?;
+    let app = Router::new().route("/healthz", get(healthz)).merge(routes);
+    Ok(OpsServer { local_addr, handle: spawn(listener, app, shutdown) })
+}
+
+fn spawn(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<(), std::io::Error>> {
+    tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
-    });
-    Ok(OpsServer { local_addr, handle })
+    })
 }
 
 async fn healthz() -> &'static str {
@@ -129,7 +142,7 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text.
 async fn metrics_handler(State(ops): State<Ops>, headers: HeaderMap) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, ops.metrics.refresh_targets(&ops.store)).await {
+    match tokio::time::timeout(READY_TIMEOUT, ops.metrics.refresh(&ops.store)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(error = %e, "target gauges not refreshed"),
         Err(_) => debug!("target gauges not refreshed: the database did not answer in time"),
