@@ -24,7 +24,7 @@ async fn the_daemon_serves_probes_and_metrics_until_sigterm() {
     let mut child = bin
         .command(&["daemon"])
         .env("REVERIFY_METRICS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("REVERIFY_WEBHOOK_KEY", "daemon-webhook-key")
+        .env("REVERIFY_WEBHOOK_KEY", "daemon-webhook-key-of-at-least-32-bytes")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -82,5 +82,45 @@ async fn a_run_pushes_its_metrics_to_the_pushgateway() {
         format!(r#"reverify_targets{{campaign="ops-push",{grouping},status="notified"}} {sent}"#),
     ] {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
+    }
+}
+
+/// A password or token in a URL setting never reaches the terminal or the logs:
+/// not in a connection error, not in the driver's warning about a parameter it
+/// ignores, not in the message about a bad value.
+#[test]
+fn credentials_in_urls_are_masked_in_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("REVERIFY_DATABASE_URL", "postgres://u:hunter2@db:notaport/x?sslpassword=hunter3", &["migrate"]),
+        (
+            "REVERIFY_DATABASE_URL",
+            "postgres://u:hunter2@127.0.0.1:5432/x?password=hunter3&sslpassword=hunter4&sslmode=bogus",
+            &["migrate"],
+        ),
+        ("REVERIFY_SMTP_URL", "https://mailer:hunter2@smtp.example.com/?token=hunter3", &["campaign", "list"]),
+        ("REVERIFY_METRICS_PUSH_URL", "http://u:hunter2@pgw:notaport/?secret=hunter3", &["campaign", "list"]),
+        (
+            "REVERIFY_BAANX_BASE_URL",
+            "http://partner:hunter2@api.baanx.com/?client_secret=hunter3",
+            &["campaign", "list"],
+        ),
+    ];
+    for (var, value, args) in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_reverify"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("REVERIFY_DATABASE_URL", format!("sqlite://{}", dir.path().join("r.db").display()))
+            .env("REVERIFY_LOG_LEVEL", "trace")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{var}={value}: {all}");
+        assert!(all.contains("***"), "{var}: the URL is not shown at all: {all}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!all.contains(secret), "{var}={value}: {secret} is shown: {all}");
+        }
     }
 }
