@@ -447,10 +447,16 @@ fn deploy_commands() -> Vec<(String, Vec<String>)> {
     }
     for unit in ["reverify.service", "reverify-daemon.service"] {
         let text = read(&format!("deploy/systemd/{unit}"));
-        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
-        let mut words = exec.split_whitespace();
-        assert_eq!(words.next(), Some("/usr/local/bin/reverify"), "{unit}");
-        out.push((unit.to_owned(), words.map(str::to_owned).collect()));
+        // ExecStart and ExecStartPre (a leading `-` only says a failure is ignored)
+        let execs = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("ExecStart=").or_else(|| l.strip_prefix("ExecStartPre=")))
+            .map(|e| e.trim_start_matches('-'));
+        for exec in execs {
+            let mut words = exec.split_whitespace();
+            assert_eq!(words.next(), Some("/usr/local/bin/reverify"), "{unit}");
+            out.push((unit.to_owned(), words.map(str::to_owned).collect()));
+        }
     }
     out
 }
@@ -493,6 +499,10 @@ fn the_systemd_units_verify() {
     }
     for (unit, text) in [("reverify.service", &oneshot), ("reverify-daemon.service", &daemon)] {
         assert!(text.contains("EnvironmentFile=-/etc/reverify/env"), "{unit}");
+        // the campaign files are applied (all of jobs_dir) before the worker starts
+        let pre = text.find("ExecStartPre=-/usr/local/bin/reverify campaign apply\n");
+        assert!(pre.is_some_and(|p| p < text.find("ExecStart=").unwrap()), "{unit}: no campaign apply first");
+        assert!(text.contains("Environment=REVERIFY_JOBS_DIR="), "{unit}");
         // every REVERIFY_*_FILE points into the credentials directory, loaded by name
         for line in text.lines().filter(|l| l.starts_with("Environment=REVERIFY_") && l.contains("_FILE=")) {
             let cred = line.split("_FILE=%d/").nth(1).unwrap_or_else(|| panic!("{unit}: {line} is not under %d/"));

@@ -209,7 +209,14 @@ async fn run_all(
             Scheduled::AlreadyRunning => println!("{name}: already running in another process; skipped"),
             Scheduled::AlreadyRan => println!("{name}: another process finished it for this tick; skipped"),
             Scheduled::Failed(e) => {
-                eprintln!("error: campaign {name}: {e}");
+                // the engine names the campaign in its set-up errors; say it once
+                let e = e.to_string();
+                let named = e.strip_prefix(&format!("campaign {name}")).is_some_and(|r| r.starts_with([':', ' ']));
+                if named {
+                    eprintln!("error: {e}");
+                } else {
+                    eprintln!("error: campaign {name}: {e}");
+                }
                 failed = true;
             }
         }

@@ -60,8 +60,9 @@ impl Worker {
     /// and `reverify_last_success_timestamp_seconds` when it finished).
     ///
     /// # Errors
-    /// [`EngineError`]: a bad stored spec, a template the campaign needs that is
-    /// missing, or the store failing outside a single user.
+    /// [`EngineError`]: a bad stored spec, a campaign this worker cannot serve
+    /// ([`crate::notify::check_campaign`]: a missing template, From address, channel
+    /// setting or key), or the store failing outside a single user.
     pub async fn run_campaign(
         &self,
         campaign: &CampaignRecord,
@@ -104,9 +105,8 @@ impl Worker {
         stop: CancellationToken,
     ) -> Result<RunReport, EngineError> {
         let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
-        self.notifier
-            .check(&spec.delivery, spec.reminders.as_ref().map(|r| r.template.as_str()))
-            .map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
+        // the check `campaign validate` and `campaign apply` make (notify::check_campaign)
+        self.notifier.check_campaign(&spec).map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
         let api: Arc<dyn VerificationApi> = Arc::new(BaanxApi(self.client.clone()));
         let deliverer = Arc::new(NotifierDeliverer {
             notifier: self.notifier.clone(),

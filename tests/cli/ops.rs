@@ -63,7 +63,7 @@ async fn the_daemon_serves_probes_and_metrics_until_sigterm() {
     let mut child = bin
         .command(&["daemon", "--webhook-listen", &format!("127.0.0.1:{hook_port}")])
         .env("REVERIFY_METRICS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("REVERIFY_WEBHOOK_KEY", "daemon-webhook-key")
+        .env("REVERIFY_WEBHOOK_KEY", "daemon-webhook-key-of-at-least-32-bytes")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -103,7 +103,7 @@ async fn serve_keeps_metrics_off_the_public_listener_and_a_flood_out_of_the_log(
     let mut child = bin
         .command(&["serve", "--listen", &format!("127.0.0.1:{public}")])
         .env("REVERIFY_METRICS_LISTEN", format!("127.0.0.1:{ops}"))
-        .env("REVERIFY_WEBHOOK_KEY", "serve-webhook-key")
+        .env("REVERIFY_WEBHOOK_KEY", "serve-webhook-key-of-at-least-32-bytes!")
         .env("REVERIFY_LOG_LEVEL", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
@@ -334,5 +334,45 @@ async fn postgres_notices_stay_out_of_an_info_log() {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!err.contains("already exists") && !err.contains("notice"), "{err}");
+    }
+}
+
+/// A password or token in a URL setting never reaches the terminal or the logs:
+/// not in a connection error, not in the driver's warning about a parameter it
+/// ignores, not in the message about a bad value.
+#[test]
+fn credentials_in_urls_are_masked_in_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("REVERIFY_DATABASE_URL", "postgres://u:hunter2@db:notaport/x?sslpassword=hunter3", &["migrate"]),
+        (
+            "REVERIFY_DATABASE_URL",
+            "postgres://u:hunter2@127.0.0.1:5432/x?password=hunter3&sslpassword=hunter4&sslmode=bogus",
+            &["migrate"],
+        ),
+        ("REVERIFY_SMTP_URL", "https://mailer:hunter2@smtp.example.com/?token=hunter3", &["campaign", "list"]),
+        ("REVERIFY_METRICS_PUSH_URL", "http://u:hunter2@pgw:notaport/?secret=hunter3", &["campaign", "list"]),
+        (
+            "REVERIFY_BAANX_BASE_URL",
+            "http://partner:hunter2@api.baanx.com/?client_secret=hunter3",
+            &["campaign", "list"],
+        ),
+    ];
+    for (var, value, args) in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_reverify"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("REVERIFY_DATABASE_URL", format!("sqlite://{}", dir.path().join("r.db").display()))
+            .env("REVERIFY_LOG_LEVEL", "trace")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{var}={value}: {all}");
+        assert!(all.contains("***"), "{var}: the URL is not shown at all: {all}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!all.contains(secret), "{var}={value}: {secret} is shown: {all}");
+        }
     }
 }
