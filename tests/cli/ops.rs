@@ -229,13 +229,15 @@ async fn every_run_pushes_even_with_nothing_due_or_failing() {
     let failed = format!(r#"reverify_runs_total{{{grouping},outcome="failed"}}"#);
     assert_eq!(sample(&body, &failed), Some(1.0), "{body}");
 
-    // a campaign whose run fails (its template is missing): one failed run, pushed
-    let f = bin.write(
-        "broken.toml",
-        &campaign("ops-broken", "", 1000, 4).replace("[delivery]", "[delivery]\ntemplate = \"missing\""),
-    );
+    // a campaign whose run fails (its templates are gone since it was applied): one
+    // failed run, pushed
+    let f = bin.write("broken.toml", &campaign("ops-broken", "", 1000, 4));
     assert_eq!(bin.run(&["campaign", "apply", f.to_str().unwrap()]).await.status.code(), Some(0));
-    let o = run(&["run", "ops-broken", "--progress", "none"]).await;
+    let empty = bin.path("no-templates");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut c = bin.command(&["run", "ops-broken", "--progress", "none"]);
+    c.env("REVERIFY_METRICS_PUSH_URL", &pgw.url).env("REVERIFY_TEMPLATES_DIR", &empty);
+    let o = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let body = pgw.scrape().await;
     assert_eq!(sample(&body, &failed), Some(1.0), "{body}");
