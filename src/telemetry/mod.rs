@@ -10,7 +10,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 pub use metrics::{Metrics, global, refresh_target_gauges};
-pub use server::{OpsServer, parse_listen, push_instance, push_metrics, serve_ops, serve_ops_with};
+pub use server::{
+    OpsServer, OpsStarting, parse_listen, push_instance, push_metrics, serve_ops, serve_ops_starting, serve_ops_with,
+};
 
 /// Why the operations server could not start or a push failed. Messages never
 /// carry a password from a URL.
