@@ -4,8 +4,16 @@
 //! Secrets (the Baanx client key, the token encryption key, the SMTP password, the
 //! webhook keys) are never read from the TOML file or the command line: only from
 //! an environment variable or from the file another variable names (`REVERIFY_X_FILE`,
-//! or `x_file` in the TOML), the way Kubernetes mounts a Secret. They are held in
-//! [`Secret`], whose `Debug` prints nothing of them.
+//! or `x_file` in the TOML), the way Kubernetes mounts a Secret, or else from the
+//! systemd credential of the same name (`$CREDENTIALS_DIRECTORY/x`, handed over by
+//! `LoadCredential=x:PATH`). They are held in [`Secret`], whose `Debug` prints
+//! nothing of them.
+//!
+//! Decision: systemd credentials are read by name from `$CREDENTIALS_DIRECTORY`,
+//! rather than through `REVERIFY_X_FILE=%d/x` in the unit: `%d` needs systemd 251,
+//! while `LoadCredential=` and `$CREDENTIALS_DIRECTORY` work since 247 (Debian 11,
+//! Ubuntu 22.04 ship 247 and 249). An explicit `REVERIFY_X`, `REVERIFY_X_FILE` or
+//! `x_file` still wins.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -167,7 +175,12 @@ struct FileSettings {
 }
 
 /// The secret keys: (settings key, environment variable stem).
-const SECRET_KEYS: [&str; 6] =
+/// The environment variable systemd sets to the unit's credentials directory.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The secret keys: each is read from `REVERIFY_<KEY>`, `REVERIFY_<KEY>_FILE`, the
+/// TOML's `<key>_file`, or the systemd credential named `<key>`.
+pub const SECRET_KEYS: [&str; 6] =
     ["baanx_client_key", "token_key", "token_keys_previous", "smtp_password", "webhook_key", "notify_webhook_key"];
 
 impl Settings {
@@ -182,7 +195,8 @@ impl Settings {
     /// # Errors
     /// [`ConfigError`] naming the file or the key.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("REVERIFY_")).collect();
+        let env: HashMap<String, String> =
+            std::env::vars().filter(|(k, _)| k.starts_with("REVERIFY_") || k == CREDENTIALS_DIRECTORY).collect();
         Self::load_from(explicit, &env)
     }
 
@@ -387,7 +401,13 @@ fn secret(env: &HashMap<String, String>, key: &str, from_file: Option<PathBuf>) 
         }
         return Ok(Some(Secret::new(v.trim())));
     }
-    let path = env.get(&file_var).map(PathBuf::from).or(from_file);
+    // else the systemd credential of the same name, when the unit loaded one
+    let credential = || {
+        let dir = env.get(CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty())?;
+        let p = Path::new(dir).join(key);
+        p.exists().then_some(p)
+    };
+    let path = env.get(&file_var).map(PathBuf::from).or(from_file).or_else(credential);
     match path {
         None => Ok(None),
         Some(p) => {
@@ -488,6 +508,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("token_key:"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_the_systemd_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().to_str().unwrap();
+        std::fs::write(dir.path().join("token_key"), "credential-token-key\n").unwrap();
+        std::fs::write(dir.path().join("baanx_client_key"), "credential-client-key").unwrap();
+        let other = dir.path().join("elsewhere");
+        std::fs::write(&other, "explicit-file-value\n").unwrap();
+        let s = Settings::load_from(None, &env(&[("CREDENTIALS_DIRECTORY", creds)])).unwrap();
+        assert_eq!(s.token_key.as_ref().unwrap().expose(), "credential-token-key");
+        assert_eq!(s.baanx_client_key.as_ref().unwrap().expose(), "credential-client-key");
+        // a credential the unit did not load is simply not set
+        assert!(s.smtp_password.is_none() && s.webhook_key.is_none());
+        // an explicit value or file wins over the credential
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CREDENTIALS_DIRECTORY", creds),
+                ("REVERIFY_TOKEN_KEY", "env-value"),
+                ("REVERIFY_BAANX_CLIENT_KEY_FILE", other.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.token_key.as_ref().unwrap().expose(), "env-value");
+        assert_eq!(s.baanx_client_key.as_ref().unwrap().expose(), "explicit-file-value");
+        // an empty credential is an error naming the key and the file
+        std::fs::write(dir.path().join("smtp_password"), "\n").unwrap();
+        let e = Settings::load_from(None, &env(&[("CREDENTIALS_DIRECTORY", creds)])).unwrap_err().to_string();
+        assert!(e.starts_with("smtp_password:") && e.contains("smtp_password is empty"), "{e}");
+        // without the variable, nothing is read from a directory
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert!(s.token_key.is_none());
     }
 
     #[test]
