@@ -259,8 +259,18 @@ pub fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> toki
 /// retried run would not make monitoring any better.
 async fn push_metrics_if_set(ctx: &Context, store: &reverify::store::Store) {
     let Some(url) = &ctx.settings.metrics_push_url else { return };
-    if let Err(e) = reverify::telemetry::refresh_target_gauges(store).await {
-        tracing::warn!(error = %e, "could not read the target counts for the metrics push");
+    // Bounded, like the push itself: after a SIGTERM the whole stop (the users in
+    // flight, these counts, the push) must fit in the grace period the deploy files
+    // give (tests/deploy.rs adds them up).
+    let counted = tokio::time::timeout(
+        reverify::telemetry::server::READY_TIMEOUT,
+        reverify::telemetry::refresh_target_gauges(store),
+    )
+    .await;
+    match counted {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not read the target counts for the metrics push"),
+        Err(_) => tracing::warn!("the target counts for the metrics push took too long; pushing without them"),
     }
     let instance = reverify::telemetry::push_instance();
     if let Err(e) = reverify::telemetry::push_metrics(url, "reverify", &instance).await {
