@@ -4,9 +4,17 @@
 //! Secrets (the Baanx client key, the token encryption key, the SMTP password, the
 //! webhook keys) are never read from the TOML file or the command line: only from
 //! an environment variable or from the file another variable names (`REVERIFY_X_FILE`,
-//! or `x_file` in the TOML), the way Kubernetes mounts a Secret. They are held in
-//! [`Secret`], whose `Debug` prints nothing of them. A secret that is set but empty
-//! is an error, and the webhook keys need at least [`MIN_WEBHOOK_KEY_BYTES`].
+//! or `x_file` in the TOML), the way Kubernetes mounts a Secret, or else from the
+//! systemd credential of the same name (`$CREDENTIALS_DIRECTORY/x`, handed over by
+//! `LoadCredential=x:PATH`). They are held in [`Secret`], whose `Debug` prints
+//! nothing of them. A secret that is set but empty is an error, and the webhook
+//! keys need at least [`MIN_WEBHOOK_KEY_BYTES`].
+//!
+//! Decision: systemd credentials are read by name from `$CREDENTIALS_DIRECTORY`,
+//! rather than through `REVERIFY_X_FILE=%d/x` in the unit: `%d` needs systemd 251,
+//! while `LoadCredential=` and `$CREDENTIALS_DIRECTORY` work since 247 (Debian 11,
+//! Ubuntu 22.04 ship 247 and 249). An explicit `REVERIFY_X`, `REVERIFY_X_FILE` or
+//! `x_file` still wins.
 //!
 //! `database_url` holds a password, so it may come from a file too
 //! (`REVERIFY_DATABASE_URL_FILE`, or `database_url_file` in the TOML). Every URL is
@@ -211,7 +219,12 @@ struct FileSettings {
 }
 
 /// The secret keys: (settings key, environment variable stem).
-const SECRET_KEYS: [&str; 6] =
+/// The environment variable systemd sets to the unit's credentials directory.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The secret keys: each is read from `REVERIFY_<KEY>`, `REVERIFY_<KEY>_FILE`, the
+/// TOML's `<key>_file`, or the systemd credential named `<key>`.
+pub const SECRET_KEYS: [&str; 6] =
     ["baanx_client_key", "token_key", "token_keys_previous", "smtp_password", "webhook_key", "notify_webhook_key"];
 
 impl Settings {
@@ -226,7 +239,8 @@ impl Settings {
     /// # Errors
     /// [`ConfigError`] naming the file or the key.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("REVERIFY_")).collect();
+        let env: HashMap<String, String> =
+            std::env::vars().filter(|(k, _)| k.starts_with("REVERIFY_") || k == CREDENTIALS_DIRECTORY).collect();
         Self::load_from(explicit, &env)
     }
 
@@ -473,13 +487,20 @@ where
 fn secret(env: &HashMap<String, String>, key: &str, from_file: Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
     let var = env_name(key);
     let file_var = format!("{var}_FILE");
+    // else the systemd credential of the same name, when the unit loaded one
+    let credential = || {
+        let dir = env.get(CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty())?;
+        let p = Path::new(dir).join(key);
+        p.exists().then_some(p)
+    };
     let value = match (env.get(&var), env.get(&file_var)) {
         (Some(_), Some(_)) => return Err(invalid(key, format!("set {var} or {file_var}, not both"))),
         (Some(v), None) => non_empty(key, &var, v)?,
         (None, Some(p)) => read_secret_file(key, &file_var, p)?,
-        (None, None) => match from_file {
-            Some(p) => read_secret_file(key, &format!("{key}_file"), &path_string(p))?,
-            None => return Ok(None),
+        (None, None) => match (from_file, credential()) {
+            (Some(p), _) => read_secret_file(key, &format!("{key}_file"), &path_string(p))?,
+            (None, Some(p)) => read_secret_file(key, CREDENTIALS_DIRECTORY, &path_string(p))?,
+            (None, None) => return Ok(None),
         },
     };
     if matches!(key, "webhook_key" | "notify_webhook_key") && value.len() < MIN_WEBHOOK_KEY_BYTES {
@@ -702,6 +723,40 @@ mod tests {
             let e = Settings::load_from(None, &env(&[(var, value)])).unwrap_err().to_string();
             assert!(!e.contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn secrets_from_the_systemd_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().to_str().unwrap();
+        std::fs::write(dir.path().join("token_key"), "credential-token-key\n").unwrap();
+        std::fs::write(dir.path().join("baanx_client_key"), "credential-client-key").unwrap();
+        let other = dir.path().join("elsewhere");
+        std::fs::write(&other, "explicit-file-value\n").unwrap();
+        let s = Settings::load_from(None, &env(&[("CREDENTIALS_DIRECTORY", creds)])).unwrap();
+        assert_eq!(s.token_key.as_ref().unwrap().expose(), "credential-token-key");
+        assert_eq!(s.baanx_client_key.as_ref().unwrap().expose(), "credential-client-key");
+        // a credential the unit did not load is simply not set
+        assert!(s.smtp_password.is_none() && s.webhook_key.is_none());
+        // an explicit value or file wins over the credential
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CREDENTIALS_DIRECTORY", creds),
+                ("REVERIFY_TOKEN_KEY", "env-value"),
+                ("REVERIFY_BAANX_CLIENT_KEY_FILE", other.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.token_key.as_ref().unwrap().expose(), "env-value");
+        assert_eq!(s.baanx_client_key.as_ref().unwrap().expose(), "explicit-file-value");
+        // an empty credential is an error naming the key and the file
+        std::fs::write(dir.path().join("smtp_password"), "\n").unwrap();
+        let e = Settings::load_from(None, &env(&[("CREDENTIALS_DIRECTORY", creds)])).unwrap_err().to_string();
+        assert!(e.starts_with("smtp_password:") && e.contains("smtp_password is empty"), "{e}");
+        // without the variable, nothing is read from a directory
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert!(s.token_key.is_none());
     }
 
     #[test]

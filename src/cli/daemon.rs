@@ -21,6 +21,12 @@ pub struct DaemonArgs {
     webhook_listen: Option<SocketAddr>,
 }
 
+/// Decision: the operations listener is bound before the database is opened, so
+/// that `/healthz` answers while the migrations run (a long one must not get the
+/// pod killed by its liveness or startup probe) and `/readyz` answers 503 until the
+/// schema is up to date. A taken port still fails the start at once. The Baanx
+/// webhook receiver has a listener of its own (`--webhook-listen`), never the
+/// operations one.
 pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
     let webhook_key = match (args.webhook_listen, &ctx.settings.webhook_key) {
         (Some(_), None) => anyhow::bail!(
@@ -34,19 +40,32 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         (None, None) => None,
     };
-    let store = ctx.store().await?;
-    let worker = Arc::new(Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?);
     let stop = CancellationToken::new();
     super::run::stop_on_signals(stop.clone(), None);
-    // The operations endpoints (never public), and the Baanx webhook receiver on its
-    // own listener.
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
             let listen = reverify::telemetry::parse_listen(listen)?;
-            Some(reverify::telemetry::serve_ops(listen, worker.store.clone(), stop.clone()).await?)
+            Some(reverify::telemetry::serve_ops_starting(listen, stop.clone()).await?)
         }
         None => None,
     };
+    let opened = async {
+        let store = ctx.store().await?;
+        let worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
+        anyhow::Ok(Arc::new(worker))
+    }
+    .await;
+    let worker = match opened {
+        Ok(w) => w,
+        Err(e) => {
+            stop.cancel();
+            return Err(e);
+        }
+    };
+    let ops = ops.map(|(server, starting)| {
+        starting.ready(worker.store.clone(), axum::Router::new());
+        server
+    });
     let webhooks = match (args.webhook_listen, webhook_key) {
         (Some(listen), Some(key)) => {
             let routes = reverify::webhooks::webhook_router(worker.store.clone(), key);

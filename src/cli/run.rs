@@ -295,7 +295,10 @@ pub fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> toki
 async fn push_metrics_if_set(ctx: &Context, store: Option<&reverify::store::Store>) {
     let Some(url) = &ctx.settings.metrics_push_url else { return };
     if let Some(store) = store {
-        // bounded: a database that went away must not hold the push up
+        // Bounded, like the push itself: after a SIGTERM the whole stop (the users in
+        // flight, these counts, the push) must fit in the grace period the deploy
+        // files give (tests/deploy.rs adds them up); a database that went away must
+        // not hold the push up.
         let read = reverify::telemetry::refresh_gauges(store);
         match tokio::time::timeout(reverify::telemetry::server::READY_TIMEOUT, read).await {
             Ok(Ok(())) => {}

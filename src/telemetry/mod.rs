@@ -15,7 +15,9 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 pub use metrics::{Metrics, global, refresh_gauges, refresh_target_gauges};
-pub use server::{OpsServer, parse_listen, push_instance, push_metrics, serve_ops, serve_public};
+pub use server::{
+    OpsServer, OpsStarting, parse_listen, push_instance, push_metrics, serve_ops, serve_ops_starting, serve_public,
+};
 
 /// Why the operations server could not start or a push failed. Messages never
 /// carry a password from a URL.

@@ -1,10 +1,11 @@
 //! The binary's telemetry: `reverify daemon` serves /healthz, /readyz and /metrics
-//! on `metrics_listen` and stops on SIGTERM; the public webhook listener (`serve`,
-//! `daemon --webhook-listen`) serves only the webhook and /healthz, and a flood of
-//! unsigned posts is counted, not logged; `reverify run` pushes its metrics to
-//! `metrics_push_url` (a real Pushgateway) on every invocation; logs are plain
-//! lines a tool can read, and a closed or broken standard error changes no exit
-//! code.
+//! on `metrics_listen` (from before its migrations: /healthz answers while they
+//! run, /readyz once they are done) and stops on SIGTERM; the public webhook
+//! listener (`serve`, `daemon --webhook-listen`) serves only the webhook and
+//! /healthz, and a flood of unsigned posts is counted, not logged; `reverify run`
+//! pushes its metrics to `metrics_push_url` (a real Pushgateway) on every
+//! invocation; logs are plain lines a tool can read, and a closed or broken
+//! standard error changes no exit code.
 
 use std::net::TcpListener;
 use std::process::{Child, Stdio};
@@ -69,8 +70,19 @@ async fn the_daemon_serves_probes_and_metrics_until_sigterm() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    wait_healthy(&http, &base, &mut child).await;
-    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    // /healthz answers from the start, /readyz once the schema is checked
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the daemon exited early");
+        assert!(Instant::now() < deadline, "the daemon never answered /readyz");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"reverify_targets{campaign="ops-daemon",status="pending"} 0"#), "{metrics}");
     // the Baanx webhook receiver is on its own listener: an unsigned event is refused
@@ -141,6 +153,85 @@ async fn serve_keeps_metrics_off_the_public_listener_and_a_flood_out_of_the_log(
     assert!((1..=2).contains(&about), "{about} lines about refused webhooks:\n{log}");
     assert!(log.contains("webhook receiver listening"), "{log}");
     assert!(!log.contains('\x1b'), "colour escapes in a log that is not a terminal:\n{log:?}");
+}
+
+/// The daemon binds `metrics_listen` before it migrates: while another session
+/// holds the migrations table (as a concurrent migration would), /healthz answers
+/// and /readyz and the webhook receiver say 503 `starting`; once the table is free
+/// and the schema checked, /readyz is 200 and the receiver answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_answers_healthz_while_it_migrates_and_is_ready_after() {
+    let db = TestDb::postgres().await;
+    let bin = Bin::new(&db, 3, None).await;
+    let mut blocker = db.pool().begin().await.unwrap();
+    // the store's sessions end a transaction idle for 15 s; this one must last
+    sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0").execute(&mut *blocker).await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = bin
+        .command(&["daemon"])
+        .env("REVERIFY_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REVERIFY_WEBHOOK_KEY", "daemon-webhook-key")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the daemon exited early");
+        assert!(Instant::now() < deadline, "/healthz did not answer while the migrations waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the daemon is inside its migration, waiting on the table
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '_sqlx_migrations'::regclass",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon never reached its migration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "starting\n");
+    let r = http.post(format!("{base}/webhooks/baanx")).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 503, "the receiver waits for the schema");
+    assert_eq!(http.get(format!("{base}/metrics")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+
+    blocker.rollback().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the daemon exited after its migration");
+        assert!(Instant::now() < deadline, "/readyz never became ready after the migration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http.post(format!("{base}/webhooks/baanx")).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401, "ready: an unsigned event is refused by the receiver itself");
+    assert_eq!(http.get(format!("{base}/no-such-path")).send().await.unwrap().status(), 404);
+
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
