@@ -30,9 +30,26 @@ pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    // The public routes (click-through links, and the webhook when its key is set) on
+    // public_listen, never on the operations listener.
+    let public = match &ctx.settings.public_listen {
+        Some(listen) => {
+            let addr = reverify::telemetry::parse_listen(listen).context("public_listen")?;
+            let (router, serving) = super::serve::public_router(ctx, &worker.store)?;
+            let server = reverify::click::serve_public(addr, router, stop.clone())
+                .await
+                .with_context(|| format!("failed to listen on {listen} (public_listen)"))?;
+            tracing::info!(addr = %server.local_addr, serving = ?serving, "public routes listening");
+            Some(server)
+        }
+        None => None,
+    };
     reverify::schedule::daemon::run(worker.clone(), stop).await?;
     if let Some(ops) = ops {
         let _ = ops.handle.await;
+    }
+    if let Some(public) = public {
+        let _ = public.handle.await;
     }
     worker.store.close().await;
     Ok(exit::OK)

@@ -47,6 +47,7 @@ impl Worker {
         let config = EngineConfig {
             lease: Duration::from_secs(settings.lease_seconds),
             session_expiry_margin: settings.session_expiry_margin,
+            public_url: settings.public_url.clone(),
             rate_share: settings.rate_share(),
             ..EngineConfig::default()
         };
@@ -65,6 +66,14 @@ impl Worker {
         stop: CancellationToken,
     ) -> Result<RunReport, EngineError> {
         let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
+        if spec.delivery.link == crate::domain::spec::LinkMode::Click && self.config.public_url.is_none() {
+            return Err(EngineError::Setup(format!(
+                "campaign {} sends click-through links (delivery.link = \"click\"): set public_url \
+                 (REVERIFY_PUBLIC_URL), the https address where `reverify serve` or the daemon's public_listen \
+                 answers /v/{{token}}",
+                spec.name
+            )));
+        }
         self.notifier
             .check(&spec.delivery, spec.reminders.as_ref().map(|r| r.template.as_str()))
             .map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
