@@ -187,7 +187,9 @@ impl Store {
     /// The message carrying link `link_id` was delivered, refused, or may have been
     /// delivered: records the link and the target (still `worker`'s claim) in one
     /// transaction, as [`Store::session_record_delivery`] does for a session.
-    /// Returns whether the claim still held.
+    /// Returns whether the claim still held. The target has no session yet
+    /// (`session_expires_at` stays empty until a click makes one), so a reminder
+    /// waits only for `reminders.after`.
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -204,7 +206,6 @@ impl Store {
             link_id: i64,
             record: DeliveryRecord,
             settle: SettleArgs,
-            expires_at: DateTime<Utc>,
         }
         fn rec<'a>(a: &'a Args, tx: &'a mut Tx) -> Step<'a, bool> {
             Box::pin(async move {
@@ -223,14 +224,13 @@ impl Store {
                             "UPDATE campaign_targets SET status = 'notified', reason = NULL, \
                                notifications = notifications + 1, notified_at = $4, \
                                first_notified_at = COALESCE(first_notified_at, $4), lease_owner = NULL, \
-                               lease_expires_at = NULL, updated_at = $4, session_expires_at = $5 WHERE ",
+                               lease_expires_at = NULL, updated_at = $4, session_expires_at = NULL WHERE ",
                             our_target!()
                         ))
                         .bind(a.settle.campaign_id())
                         .bind(a.settle.user_id())
                         .bind(a.settle.worker())
                         .bind(now_ms)
-                        .bind(to_millis(a.expires_at))
                         .execute(&mut **tx)
                         .await
                         .map_err(query_err("link_record_delivery target"))?
@@ -257,14 +257,8 @@ impl Store {
             DeliveryRecord::Unknown => "delivery_unknown",
             _ => "delivery_failed",
         };
-        let expires_at = sqlx::query("SELECT expires_at FROM verification_links WHERE link_id = $1")
-            .bind(link_id)
-            .fetch_one(self.pool())
-            .await
-            .and_then(|r| r.try_get::<i64, _>("expires_at"))
-            .map_err(query_err("link_record_delivery"))?;
         let settle = SettleArgs::new(campaign_id, user_id, worker, "failed", reason, None, now);
-        self.write(Args { link_id, record, settle, expires_at: from_millis(expires_at) }, rec).await
+        self.write(Args { link_id, record, settle }, rec).await
     }
 
     /// The link whose token hashes to `token_hash`, with what the click page needs

@@ -542,6 +542,20 @@ impl Store {
         .execute(self.pool())
         .await
         .map_err(query_err("session_record_click"))?;
+        if outcome == ClickSession::Delivered {
+            // the target's session: a run syncs the user once it has expired, and a
+            // reminder waits for it
+            sqlx::query(
+                "UPDATE campaign_targets SET session_expires_at = $2, sessions = sessions + 1 \
+                 WHERE campaign_id = (SELECT campaign_id FROM verification_sessions WHERE session_id = $1) \
+                   AND user_id = (SELECT user_id FROM verification_sessions WHERE session_id = $1)",
+            )
+            .bind(session_id)
+            .bind(expires_at)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("session_record_click target"))?;
+        }
         Ok(())
     }
 }
