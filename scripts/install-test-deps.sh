@@ -13,11 +13,15 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-ve
 [ -x /usr/bin/prometheus-pushgateway ] || need_apt+=(prometheus-pushgateway)
 # GNU time measures the worker's CPU and peak RSS in `reverify bench` (tests/bench_smoke.rs)
 [ -x /usr/bin/time ] || need_apt+=(time)
+# systemd-analyze verifies the systemd units (tests/deploy.rs); it works without
+# systemd running as PID 1
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 # kubernetes-validate (PyPI, ships its schemas) for the offline manifest test
-# (tests/deploy.rs), in a venv under target/ so that it touches no system Python
+# (tests/deploy.rs), in a venv under target/ so that it touches no system Python;
+# its PyYAML also renders the kustomize overlays (scripts/render-kustomize.py)
 kv=target/kv-venv
 if ! "$kv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
   python3 -m venv "$kv"

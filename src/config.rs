@@ -4,8 +4,21 @@
 //! Secrets (the Baanx client key, the token encryption key, the SMTP password, the
 //! webhook keys) are never read from the TOML file or the command line: only from
 //! an environment variable or from the file another variable names (`REVERIFY_X_FILE`,
-//! or `x_file` in the TOML), the way Kubernetes mounts a Secret. They are held in
-//! [`Secret`], whose `Debug` prints nothing of them.
+//! or `x_file` in the TOML), the way Kubernetes mounts a Secret, or else from the
+//! systemd credential of the same name (`$CREDENTIALS_DIRECTORY/x`, handed over by
+//! `LoadCredential=x:PATH`). They are held in [`Secret`], whose `Debug` prints
+//! nothing of them. A secret that is set but empty is an error, and the webhook
+//! keys need at least [`MIN_WEBHOOK_KEY_BYTES`].
+//!
+//! Decision: systemd credentials are read by name from `$CREDENTIALS_DIRECTORY`,
+//! rather than through `REVERIFY_X_FILE=%d/x` in the unit: `%d` needs systemd 251,
+//! while `LoadCredential=` and `$CREDENTIALS_DIRECTORY` work since 247 (Debian 11,
+//! Ubuntu 22.04 ship 247 and 249). An explicit `REVERIFY_X`, `REVERIFY_X_FILE` or
+//! `x_file` still wins.
+//!
+//! `database_url` holds a password, so it may come from a file too
+//! (`REVERIFY_DATABASE_URL_FILE`, or `database_url_file` in the TOML). Every URL is
+//! shown with its credentials masked ([`redact_url`]), in errors and in `Debug`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,10 +26,15 @@ use std::path::{Path, PathBuf};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::domain::endpoint::{redact_url, require_https};
+
 /// The production API.
 pub const DEFAULT_BAANX_BASE_URL: &str = "https://api.baanx.com";
 /// The embedded default database, created when missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://reverify.db";
+/// The shortest `webhook_key` and `notify_webhook_key` accepted: an HMAC-SHA256 key
+/// shorter than the hash gives away strength (`reverify keygen` prints 44 bytes).
+pub const MIN_WEBHOOK_KEY_BYTES: usize = 32;
 
 /// A secret string; `Debug` shows `[REDACTED]`.
 #[derive(Clone)]
@@ -61,8 +79,9 @@ pub enum LogFormat {
 }
 
 /// Everything reverify can be told, with its default. The README's configuration
-/// reference and `reverify.example.toml` list the same keys.
-#[derive(Debug, Clone)]
+/// reference and `reverify.example.toml` list the same keys. `Debug` masks the
+/// secrets and the credentials in every URL.
+#[derive(Clone)]
 pub struct Settings {
     pub database_url: String,
     pub baanx_base_url: url::Url,
@@ -110,6 +129,38 @@ pub struct Settings {
     pub public_listen: Option<String>,
 }
 
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = |u: &Option<String>| u.as_deref().map(redact_url);
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("baanx_base_url", &redact_url(self.baanx_base_url.as_str()))
+            .field("baanx_client_key", &self.baanx_client_key)
+            .field("token_key", &self.token_key)
+            .field("token_keys_previous", &self.token_keys_previous)
+            .field("smtp_url", &url(&self.smtp_url))
+            .field("smtp_password", &self.smtp_password)
+            .field("outbox_dir", &self.outbox_dir)
+            .field("webhook_key", &self.webhook_key)
+            .field("notify_webhook_key", &self.notify_webhook_key)
+            .field("jobs_dir", &self.jobs_dir)
+            .field("templates_dir", &self.templates_dir)
+            .field("http_connect_timeout_ms", &self.http_connect_timeout_ms)
+            .field("http_request_timeout_ms", &self.http_request_timeout_ms)
+            .field("requests_per_second", &self.requests_per_second)
+            .field("burst", &self.burst)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("lease_seconds", &self.lease_seconds)
+            .field("session_expiry_margin", &self.session_expiry_margin)
+            .field("workers", &self.workers)
+            .field("log_format", &self.log_format)
+            .field("log_level", &self.log_level)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("metrics_push_url", &url(&self.metrics_push_url))
+            .finish()
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -149,6 +200,7 @@ impl Default for Settings {
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     database_url: Option<String>,
+    database_url_file: Option<PathBuf>,
     baanx_base_url: Option<String>,
     baanx_client_key_file: Option<PathBuf>,
     token_key_file: Option<PathBuf>,
@@ -177,7 +229,12 @@ struct FileSettings {
 }
 
 /// The secret keys: (settings key, environment variable stem).
-const SECRET_KEYS: [&str; 6] =
+/// The environment variable systemd sets to the unit's credentials directory.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The secret keys: each is read from `REVERIFY_<KEY>`, `REVERIFY_<KEY>_FILE`, the
+/// TOML's `<key>_file`, or the systemd credential named `<key>`.
+pub const SECRET_KEYS: [&str; 6] =
     ["baanx_client_key", "token_key", "token_keys_previous", "smtp_password", "webhook_key", "notify_webhook_key"];
 
 impl Settings {
@@ -192,7 +249,8 @@ impl Settings {
     /// # Errors
     /// [`ConfigError`] naming the file or the key.
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("REVERIFY_")).collect();
+        let env: HashMap<String, String> =
+            std::env::vars().filter(|(k, _)| k.starts_with("REVERIFY_") || k == CREDENTIALS_DIRECTORY).collect();
         Self::load_from(explicit, &env)
     }
 
@@ -251,17 +309,19 @@ impl Settings {
         // plain keys: file, then environment
         let get =
             |key: &str, from_file: Option<String>| -> Option<String> { env.get(&env_name(key)).cloned().or(from_file) };
-        if let Some(v) = get("database_url", file.database_url) {
+        if let Some(v) = database_url(env, file.database_url, file.database_url_file)? {
             s.database_url = v;
         }
         if let Some(v) = get("baanx_base_url", file.baanx_base_url) {
-            s.baanx_base_url = parse_url("baanx_base_url", &v)?;
+            let u = parse_url("baanx_base_url", &v)?;
+            require_https(&u).map_err(|m| invalid("baanx_base_url", m))?;
+            s.baanx_base_url = u;
         }
         s.smtp_url = get("smtp_url", file.smtp_url);
         if let Some(u) = &s.smtp_url {
             let parsed = parse_url("smtp_url", u)?;
             if !matches!(parsed.scheme(), "smtp" | "smtps") {
-                return Err(invalid("smtp_url", format!("{u:?} must start with smtp:// or smtps://")));
+                return Err(invalid("smtp_url", format!("{:?} must start with smtp:// or smtps://", redact_url(u))));
             }
         }
         s.outbox_dir = get("outbox_dir", file.outbox_dir.map(path_string)).map(PathBuf::from);
@@ -374,7 +434,53 @@ fn path_string(p: PathBuf) -> String {
 }
 
 fn parse_url(key: &str, v: &str) -> Result<url::Url, ConfigError> {
-    url::Url::parse(v.trim()).map_err(|e| invalid(key, format!("{v:?} is not a URL: {e}")))
+    url::Url::parse(v.trim()).map_err(|e| invalid(key, format!("{:?} is not a URL: {e}", redact_url(v))))
+}
+
+/// `database_url`: `REVERIFY_DATABASE_URL`, else the file `REVERIFY_DATABASE_URL_FILE`
+/// names, else the TOML's `database_url` or the file its `database_url_file` names.
+/// Two sources at one level are an error; `None` keeps the default.
+fn database_url(
+    env: &HashMap<String, String>,
+    from_toml: Option<String>,
+    toml_file: Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    const KEY: &str = "database_url";
+    let (var, file_var) = (env_name(KEY), format!("{}_FILE", env_name(KEY)));
+    match (env.get(&var), env.get(&file_var)) {
+        (Some(_), Some(_)) => return Err(invalid(KEY, format!("set {var} or {file_var}, not both"))),
+        (Some(v), None) => return non_empty(KEY, &var, v).map(Some),
+        (None, Some(p)) => return read_secret_file(KEY, &file_var, p).map(Some),
+        (None, None) => {}
+    }
+    match (from_toml, toml_file) {
+        (Some(_), Some(_)) => Err(invalid(KEY, "set database_url or database_url_file, not both".into())),
+        (Some(v), None) => non_empty(KEY, KEY, &v).map(Some),
+        (None, Some(p)) => read_secret_file(KEY, "database_url_file", &path_string(p)).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `v` trimmed, or an error naming `key` and where the empty value came from.
+fn non_empty(key: &str, whence: &str, v: &str) -> Result<String, ConfigError> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Err(invalid(key, format!("{whence} is set but empty")));
+    }
+    Ok(v.to_owned())
+}
+
+/// The trimmed contents of the file `path` (named by `whence`), which must not be empty.
+fn read_secret_file(key: &str, whence: &str, path: &str) -> Result<String, ConfigError> {
+    if path.trim().is_empty() {
+        return Err(invalid(key, format!("{whence} is set but empty: it should name a file")));
+    }
+    let v = std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read secret file {path}: {e}")))?;
+    let v = v.trim();
+    if v.is_empty() {
+        return Err(invalid(key, format!("secret file {path} is empty")));
+    }
+    Ok(v.to_owned())
 }
 
 fn number<T>(
@@ -403,25 +509,32 @@ where
 fn secret(env: &HashMap<String, String>, key: &str, from_file: Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
     let var = env_name(key);
     let file_var = format!("{var}_FILE");
-    if let Some(v) = env.get(&var) {
-        if env.contains_key(&file_var) {
-            return Err(invalid(key, format!("set {var} or {file_var}, not both")));
-        }
-        return Ok(Some(Secret::new(v.trim())));
+    // else the systemd credential of the same name, when the unit loaded one
+    let credential = || {
+        let dir = env.get(CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty())?;
+        let p = Path::new(dir).join(key);
+        p.exists().then_some(p)
+    };
+    let value = match (env.get(&var), env.get(&file_var)) {
+        (Some(_), Some(_)) => return Err(invalid(key, format!("set {var} or {file_var}, not both"))),
+        (Some(v), None) => non_empty(key, &var, v)?,
+        (None, Some(p)) => read_secret_file(key, &file_var, p)?,
+        (None, None) => match (from_file, credential()) {
+            (Some(p), _) => read_secret_file(key, &format!("{key}_file"), &path_string(p))?,
+            (None, Some(p)) => read_secret_file(key, CREDENTIALS_DIRECTORY, &path_string(p))?,
+            (None, None) => return Ok(None),
+        },
+    };
+    if matches!(key, "webhook_key" | "notify_webhook_key") && value.len() < MIN_WEBHOOK_KEY_BYTES {
+        return Err(invalid(
+            key,
+            format!(
+                "must be at least {MIN_WEBHOOK_KEY_BYTES} bytes long (it is {}); `reverify keygen` makes one",
+                value.len()
+            ),
+        ));
     }
-    let path = env.get(&file_var).map(PathBuf::from).or(from_file);
-    match path {
-        None => Ok(None),
-        Some(p) => {
-            let v = std::fs::read_to_string(&p)
-                .map_err(|e| invalid(key, format!("cannot read secret file {}: {e}", p.display())))?;
-            let v = v.trim();
-            if v.is_empty() {
-                return Err(invalid(key, format!("secret file {} is empty", p.display())));
-            }
-            Ok(Some(Secret::new(v)))
-        }
-    }
+    Ok(Some(Secret::new(value)))
 }
 
 #[cfg(test)]
@@ -510,6 +623,162 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("token_key:"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_secret_is_an_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let empty = empty.to_str().unwrap();
+        for (var, value, key) in [
+            ("REVERIFY_BAANX_CLIENT_KEY", "", "baanx_client_key"),
+            ("REVERIFY_TOKEN_KEY", "   ", "token_key"),
+            ("REVERIFY_SMTP_PASSWORD", "\t\n", "smtp_password"),
+            ("REVERIFY_WEBHOOK_KEY_FILE", empty, "webhook_key"),
+            ("REVERIFY_NOTIFY_WEBHOOK_KEY_FILE", "", "notify_webhook_key"),
+            ("REVERIFY_TOKEN_KEYS_PREVIOUS_FILE", empty, "token_keys_previous"),
+            ("REVERIFY_DATABASE_URL", " ", "database_url"),
+            ("REVERIFY_DATABASE_URL_FILE", empty, "database_url"),
+        ] {
+            let e = Settings::load_from(None, &env(&[(var, value)])).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{key}:")) && e.contains("empty"), "{var}={value:?}: {e}");
+        }
+        // from the TOML's *_file key too, naming the settings file and the key
+        let f = dir.path().join("r.toml");
+        std::fs::write(&f, format!("webhook_key_file = {empty:?}\n")).unwrap();
+        let e = Settings::load_from(Some(&f), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("r.toml: webhook_key:") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn webhook_keys_need_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = "k".repeat(MIN_WEBHOOK_KEY_BYTES - 1);
+        let long = "k".repeat(MIN_WEBHOOK_KEY_BYTES);
+        for key in ["webhook_key", "notify_webhook_key"] {
+            let var = env_name(key);
+            let e = Settings::load_from(None, &env(&[(&var, &short)])).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{key}:")) && e.contains("32 bytes") && e.contains("(it is 31)"), "{e}");
+            assert!(!e.contains(&short), "the error shows the key: {e}");
+            // a file's trailing newline does not count
+            let f = dir.path().join(key);
+            std::fs::write(&f, format!("{short}\n")).unwrap();
+            let file_var = format!("{var}_FILE");
+            let e = Settings::load_from(None, &env(&[(&file_var, f.to_str().unwrap())])).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("{key}:")), "{e}");
+            let s = Settings::load_from(None, &env(&[(&var, &long)])).unwrap();
+            let got = if key == "webhook_key" { s.webhook_key } else { s.notify_webhook_key };
+            assert_eq!(got.unwrap().expose(), long);
+        }
+        // other secrets keep their own rules (the client key is the partner's)
+        let s = Settings::load_from(None, &env(&[("REVERIFY_BAANX_CLIENT_KEY", "short")])).unwrap();
+        assert_eq!(s.baanx_client_key.unwrap().expose(), "short");
+    }
+
+    #[test]
+    fn database_url_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("database_url");
+        std::fs::write(&f, "postgres://reverify:hunter2@db/reverify\n").unwrap();
+        let p = f.to_str().unwrap();
+        let s = Settings::load_from(None, &env(&[("REVERIFY_DATABASE_URL_FILE", p)])).unwrap();
+        assert_eq!(s.database_url, "postgres://reverify:hunter2@db/reverify");
+        // not both
+        let e = Settings::load_from(
+            None,
+            &env(&[("REVERIFY_DATABASE_URL_FILE", p), ("REVERIFY_DATABASE_URL", "sqlite://x.db")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("database_url:") && e.to_string().contains("not both"), "{e}");
+        // in the TOML: database_url_file, and the environment still wins over it
+        let t = dir.path().join("r.toml");
+        std::fs::write(&t, format!("database_url_file = {p:?}\n")).unwrap();
+        assert_eq!(Settings::load_from(Some(&t), &env(&[])).unwrap().database_url, s.database_url);
+        let s2 = Settings::load_from(Some(&t), &env(&[("REVERIFY_DATABASE_URL", "sqlite://x.db")])).unwrap();
+        assert_eq!(s2.database_url, "sqlite://x.db");
+        std::fs::write(&t, format!("database_url = \"sqlite://y.db\"\ndatabase_url_file = {p:?}\n")).unwrap();
+        let e = Settings::load_from(Some(&t), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("r.toml: database_url:") && e.contains("not both"), "{e}");
+        let missing = dir.path().join("nope");
+        let e = Settings::load_from(None, &env(&[("REVERIFY_DATABASE_URL_FILE", missing.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("database_url:") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn the_baanx_api_is_https_except_on_loopback() {
+        for ok in ["https://api.baanx.com", "http://127.0.0.1:8787", "http://[::1]:8787/", "http://localhost:1"] {
+            let s = Settings::load_from(None, &env(&[("REVERIFY_BAANX_BASE_URL", ok)])).unwrap();
+            assert_eq!(s.baanx_base_url.as_str().trim_end_matches('/'), ok.trim_end_matches('/'));
+        }
+        for bad in ["http://api.baanx.com", "http://10.1.2.3:8787", "ftp://api.baanx.com"] {
+            let e = Settings::load_from(None, &env(&[("REVERIFY_BAANX_BASE_URL", bad)])).unwrap_err().to_string();
+            assert!(e.starts_with("baanx_base_url:") && e.contains("https"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("REVERIFY_DATABASE_URL", "postgres://reverify:hunter2@db/reverify?sslpassword=hunter3"),
+                ("REVERIFY_SMTP_URL", "smtp://mailer@smtp.example.com:587?tls=starttls"),
+                ("REVERIFY_METRICS_PUSH_URL", "https://pgw.example.com/?token=hunter4"),
+                ("REVERIFY_BAANX_BASE_URL", "https://partner:hunter5@api.baanx.com/"),
+            ]),
+        )
+        .unwrap();
+        let debug = format!("{s:?}");
+        for secret in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("postgres://reverify:***@db/reverify?sslpassword=***"), "{debug}");
+        // the value of a bad setting is shown masked too
+        for (var, value) in [
+            ("REVERIFY_SMTP_URL", "https://mailer:hunter2@smtp.example.com"),
+            ("REVERIFY_METRICS_PUSH_URL", "http://u:hunter2@pgw:notaport/"),
+            ("REVERIFY_BAANX_BASE_URL", "http://u:hunter2@api.baanx.com/?token=hunter2"),
+        ] {
+            let e = Settings::load_from(None, &env(&[(var, value)])).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_from_the_systemd_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().to_str().unwrap();
+        std::fs::write(dir.path().join("token_key"), "credential-token-key\n").unwrap();
+        std::fs::write(dir.path().join("baanx_client_key"), "credential-client-key").unwrap();
+        let other = dir.path().join("elsewhere");
+        std::fs::write(&other, "explicit-file-value\n").unwrap();
+        let s = Settings::load_from(None, &env(&[("CREDENTIALS_DIRECTORY", creds)])).unwrap();
+        assert_eq!(s.token_key.as_ref().unwrap().expose(), "credential-token-key");
+        assert_eq!(s.baanx_client_key.as_ref().unwrap().expose(), "credential-client-key");
+        // a credential the unit did not load is simply not set
+        assert!(s.smtp_password.is_none() && s.webhook_key.is_none());
+        // an explicit value or file wins over the credential
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CREDENTIALS_DIRECTORY", creds),
+                ("REVERIFY_TOKEN_KEY", "env-value"),
+                ("REVERIFY_BAANX_CLIENT_KEY_FILE", other.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.token_key.as_ref().unwrap().expose(), "env-value");
+        assert_eq!(s.baanx_client_key.as_ref().unwrap().expose(), "explicit-file-value");
+        // an empty credential is an error naming the key and the file
+        std::fs::write(dir.path().join("smtp_password"), "\n").unwrap();
+        let e = Settings::load_from(None, &env(&[("CREDENTIALS_DIRECTORY", creds)])).unwrap_err().to_string();
+        assert!(e.starts_with("smtp_password:") && e.contains("smtp_password is empty"), "{e}");
+        // without the variable, nothing is read from a directory
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert!(s.token_key.is_none());
     }
 
     #[test]

@@ -15,11 +15,19 @@
 //! The signature is checked on the raw bytes before anything is parsed. The
 //! signature is checked before the timestamp so that an unsigned request learns
 //! nothing about the clock.
+//!
+//! Every refusal is counted in `reverify_webhook_rejected_total{reason}`. Anyone
+//! who can reach the listener can post, so the refusals nobody with the key sent
+//! (unsigned, a bad signature, a stale timestamp, an oversized body) are logged at
+//! most once a minute, each such line saying how many were held back since the
+//! last: a flood fills the counter, not the log.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +42,7 @@ use crate::Secret;
 use crate::domain::{Clock, SystemClock, VerificationState};
 use crate::store::Store;
 use crate::store::outcomes::{KycEvent, StateApplied, WebhookResult};
+use crate::telemetry::LogThrottle;
 
 /// The path Baanx posts to.
 pub const WEBHOOK_PATH: &str = "/webhooks/baanx";
@@ -41,11 +50,39 @@ pub const WEBHOOK_PATH: &str = "/webhooks/baanx";
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How far `X-Timestamp` may be from now.
 pub const MAX_SKEW_SECONDS: i64 = 300;
+/// At most one log line per this about refusals of unauthenticated posts.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 struct Receiver {
     store: Store,
     key: Secret,
     clock: Arc<dyn Clock>,
+    refusals: LogThrottle,
+}
+
+impl Receiver {
+    /// Refuses a post that nobody with the key sent (or a replay): counted, and
+    /// logged at most once per [`REFUSAL_LOG_EVERY`].
+    fn refuse_quietly(&self, reason: &'static str, status: StatusCode, result: &str) -> Response {
+        crate::telemetry::global().webhook_rejected(reason);
+        if let Some(held_back) = self.refusals.admit(Instant::now()) {
+            warn!(
+                reason,
+                held_back,
+                "webhook refused ({reason}); {held_back} more refused since the last such line. Refusals of posts \
+                 not signed with webhook_key are logged at most once a minute and counted in \
+                 reverify_webhook_rejected_total"
+            );
+        }
+        answer(status, result)
+    }
+
+    /// Refuses a signed, fresh post that makes no sense: counted, and logged (only
+    /// the key holder can send these).
+    fn refuse(reason: &'static str, status: StatusCode, result: &str) -> Response {
+        crate::telemetry::global().webhook_rejected(reason);
+        answer(status, result)
+    }
 }
 
 /// The router for `POST /webhooks/baanx`, verifying with `key` (`webhook_key`).
@@ -56,7 +93,7 @@ pub fn webhook_router(store: Store, key: Secret) -> Router {
 
 /// [`webhook_router`] on a given clock (the timestamp check and recorded times).
 pub fn webhook_router_with_clock(store: Store, key: Secret, clock: Arc<dyn Clock>) -> Router {
-    let state = Arc::new(Receiver { store, key, clock });
+    let state = Arc::new(Receiver { store, key, clock, refusals: LogThrottle::new(REFUSAL_LOG_EVERY) });
     Router::new().route(WEBHOOK_PATH, post(receive)).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
@@ -101,28 +138,35 @@ fn state_of(status: &str) -> Option<VerificationState> {
     }
 }
 
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return r.refuse_quietly("too_large", StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        }
+        Err(rejection) => {
+            crate::telemetry::global().webhook_rejected("unreadable");
+            return rejection.into_response();
+        }
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(ts), Some(sig)) = (header("x-timestamp"), header("x-signature")) else {
-        return answer(StatusCode::UNAUTHORIZED, "missing X-Timestamp or X-Signature");
+        return r.refuse_quietly("unsigned", StatusCode::UNAUTHORIZED, "missing X-Timestamp or X-Signature");
     };
     if !signature_valid(r.key.expose().as_bytes(), ts, &body, sig) {
-        warn!("webhook refused: bad signature");
-        return answer(StatusCode::UNAUTHORIZED, "bad signature");
+        return r.refuse_quietly("bad_signature", StatusCode::UNAUTHORIZED, "bad signature");
     }
     let now = r.clock.now();
     match ts.trim().parse::<i64>() {
         Ok(t) if (now.timestamp() - t).abs() <= MAX_SKEW_SECONDS => {}
-        _ => {
-            warn!(timestamp = ts, "webhook refused: timestamp missing or more than 300 s off");
-            return answer(StatusCode::UNAUTHORIZED, "stale or invalid timestamp");
-        }
+        // a replay of a captured post is as cheap to repeat as an unsigned one
+        _ => return r.refuse_quietly("stale_timestamp", StatusCode::UNAUTHORIZED, "stale or invalid timestamp"),
     }
     let env: Envelope = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {
             warn!(error = %e, "webhook refused: not a kyc event envelope");
-            return answer(StatusCode::BAD_REQUEST, "malformed event");
+            return Receiver::refuse("malformed", StatusCode::BAD_REQUEST, "malformed event");
         }
     };
     if env.event_type != "kyc.status.changed" {
@@ -132,7 +176,7 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
     let status = env.event_object.as_ref().and_then(|o| o.status.clone()).or(env.event_object_status.clone());
     let Some(state) = status.as_deref().map(str::to_ascii_lowercase).as_deref().and_then(state_of) else {
         warn!(event_id = %env.event_id, status = ?status, "webhook refused: unknown KYC status");
-        return answer(StatusCode::BAD_REQUEST, "unknown status");
+        return Receiver::refuse("unknown_status", StatusCode::BAD_REQUEST, "unknown status");
     };
     let event = KycEvent {
         event_id: env.event_id.chars().take(200).collect(),

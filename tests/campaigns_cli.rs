@@ -28,10 +28,214 @@ requests_per_second = 20
 concurrency = 8
 "#;
 
+/// The binary in `dir` on `db`, with a file outbox: email campaigns have a channel.
 fn reverify(db: &TestDb, dir: &Path) -> Command {
+    let mut cmd = bare(db, dir);
+    cmd.env("REVERIFY_OUTBOX_DIR", dir.join("outbox"));
+    cmd
+}
+
+/// The binary with no setting but the database.
+fn bare(db: &TestDb, dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reverify"));
     cmd.current_dir(dir).env_clear().env("USER", "tester").env("REVERIFY_DATABASE_URL", &db.url);
     cmd
+}
+
+/// A key long enough for notify_webhook_key.
+const HOOK_KEY: &str = "notify-webhook-key-0123456789abcdef";
+
+/// A webhook campaign on loopback.
+const WEBHOOK_SPEC: &str = r#"name = "push-retry"
+[audience]
+states = ["REJECTED"]
+[delivery]
+channel = "webhook"
+webhook_url = "http://127.0.0.1:9/hook"
+"#;
+
+/// `campaign validate`, then `campaign apply`, of `file` (in `dir`): both exit 1
+/// with `expect` on standard error, and nothing is applied. Then the same campaign
+/// stored behind apply's back is refused by `reverify run` with the same words.
+async fn refused_alike(db: &TestDb, dir: &Path, file: &str, spec: &str, env: &[(&str, &str)], expect: &str) {
+    std::fs::write(dir.join(file), spec).unwrap();
+    let with_env = |args: &[&str]| {
+        let mut c = bare(db, dir);
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    };
+    with_env(&["campaign", "validate", file])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!("error: {file}: {expect}")));
+    with_env(&["campaign", "apply", file])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!("error: {file}: {expect}")))
+        .stderr(predicate::str::contains("nothing applied: 1 of 1 files are not valid"));
+    assert!(db.store.campaign_list().await.unwrap().is_empty(), "{file} was applied");
+
+    // what run refuses: the same campaign, stored through the library
+    let parsed = reverify::domain::CampaignSpec::from_toml(spec, file).unwrap();
+    db.store.campaign_apply(&parsed, spec, "test", chrono::Utc::now()).await.unwrap();
+    let key = reverify::crypto::TokenCipher::generate_key();
+    with_env(&["run", parsed.name.as_str(), "--progress", "none"])
+        .env("REVERIFY_BAANX_CLIENT_KEY", "client-key")
+        .env("REVERIFY_TOKEN_KEY", key)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!("campaign {}: {expect}", parsed.name)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_and_apply_refuse_what_run_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let outbox = d.join("outbox");
+    let outbox = outbox.to_str().unwrap();
+
+    // an email campaign without delivery.from
+    let db = TestDb::sqlite().await;
+    let no_from = SPEC.replace("from = \"Compliance <compliance@example.com>\"\n", "");
+    let expect = "delivery.from: the email channel needs a From address";
+    refused_alike(&db, d, "no-from.toml", &no_from, &[("REVERIFY_OUTBOX_DIR", outbox)], expect).await;
+
+    // a webhook campaign without notify_webhook_key
+    let db = TestDb::sqlite().await;
+    let expect = "notify_webhook_key: the campaign uses the webhook channel: set notify_webhook_key";
+    refused_alike(&db, d, "push.toml", WEBHOOK_SPEC, &[], expect).await;
+    // with the key, it is valid
+    bare(&db, d)
+        .args(["campaign", "validate", "push.toml"])
+        .env("REVERIFY_NOTIFY_WEBHOOK_KEY", HOOK_KEY)
+        .assert()
+        .success()
+        .stdout("push.toml: ok (campaign push-retry)\n");
+
+    // an email campaign with neither smtp_url nor outbox_dir
+    let db = TestDb::sqlite().await;
+    let expect = "smtp_url: the campaign sends email, and neither smtp_url nor outbox_dir is set";
+    refused_alike(&db, d, "nowhere.toml", SPEC, &[], expect).await;
+
+    // a template that does not exist (the built-in ones are default and reminder)
+    let db = TestDb::sqlite().await;
+    let welcome = SPEC.replace("[throttle]", "template = \"welcome\"\n\n[throttle]");
+    let expect = "delivery.template: template \"welcome\" is not in (built-in templates) (found: default, reminder)";
+    refused_alike(&db, d, "welcome.toml", &welcome, &[("REVERIFY_OUTBOX_DIR", outbox)], expect).await;
+    let db = TestDb::sqlite().await;
+    let reminder = format!("{SPEC}\n[reminders]\nafter = \"72h\"\ntemplate = \"nudge\"\n");
+    let expect = "reminders.template: template \"nudge\" is not in";
+    refused_alike(&db, d, "nudge.toml", &reminder, &[("REVERIFY_OUTBOX_DIR", outbox)], expect).await;
+
+    // a webhook to a plain-http host that is not this one (in the file itself)
+    let plain = WEBHOOK_SPEC.replace("http://127.0.0.1:9/hook", "http://push.example.com/hook?token=hunter2");
+    std::fs::write(d.join("plain.toml"), &plain).unwrap();
+    bare(&db, d)
+        .args(["campaign", "validate", "plain.toml"])
+        .env("REVERIFY_NOTIFY_WEBHOOK_KEY", HOOK_KEY)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("plain.toml: `delivery.webhook_url`: "))
+        .stderr(predicate::str::contains("must use https"))
+        .stderr(predicate::str::contains("hunter2").not());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_without_a_file_applies_every_file_of_jobs_dir() {
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let jobs = d.join("campaigns");
+    std::fs::create_dir(&jobs).unwrap();
+    std::fs::write(jobs.join("a.toml"), SPEC.replace("kyc-refresh-q4", "a-campaign")).unwrap();
+    std::fs::write(jobs.join("b.toml"), SPEC.replace("kyc-refresh-q4", "b-campaign")).unwrap();
+    let bad =
+        SPEC.replace("kyc-refresh-q4", "c-campaign").replace("from = \"Compliance <compliance@example.com>\"\n", "");
+    std::fs::write(jobs.join("c.toml"), &bad).unwrap();
+    std::fs::write(jobs.join("README.md"), "not a campaign").unwrap();
+    let jobs_dir = jobs.to_str().unwrap();
+    let names = || async {
+        let mut n: Vec<String> =
+            db.store.campaign_list().await.unwrap().into_iter().map(|c| c.name.to_string()).collect();
+        n.sort();
+        n
+    };
+
+    // a bad file is named and skipped; the others are applied; exit 1
+    let c_toml = jobs.join("c.toml").display().to_string();
+    reverify(&db, d)
+        .args(["campaign", "apply"])
+        .env("REVERIFY_JOBS_DIR", jobs_dir)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("a.toml: campaign a-campaign created (version 1)"))
+        .stdout(predicate::str::contains("b.toml: campaign b-campaign created (version 1)"))
+        .stderr(predicate::str::contains(format!("error: {c_toml}: delivery.from: ")))
+        .stderr(predicate::str::contains(format!("2 of 3 files in {jobs_dir} applied; not applied: {c_toml}")));
+    assert_eq!(names().await, ["a-campaign", "b-campaign"]);
+
+    // fixed: every file applied, the unchanged ones said so; exit 0
+    std::fs::write(jobs.join("c.toml"), SPEC.replace("kyc-refresh-q4", "c-campaign")).unwrap();
+    reverify(&db, d)
+        .args(["campaign", "apply"])
+        .env("REVERIFY_JOBS_DIR", jobs_dir)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("a.toml: campaign a-campaign unchanged (version 1)"))
+        .stdout(predicate::str::contains("c.toml: campaign c-campaign created (version 1)"))
+        .stderr(predicate::str::contains("error").not());
+    assert_eq!(names().await, ["a-campaign", "b-campaign", "c-campaign"]);
+
+    // two files for one campaign: the second is refused, naming the first
+    std::fs::write(jobs.join("d.toml"), SPEC.replace("kyc-refresh-q4", "a-campaign")).unwrap();
+    reverify(&db, d)
+        .args(["campaign", "apply"])
+        .env("REVERIFY_JOBS_DIR", jobs_dir)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("d.toml: campaign a-campaign is also defined in "))
+        .stderr(predicate::str::contains("3 of 4 files in"));
+    std::fs::remove_file(jobs.join("d.toml")).unwrap();
+
+    // the default jobs_dir is ./jobs; a missing or empty one is an error naming it
+    reverify(&db, d)
+        .args(["campaign", "apply"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("jobs_dir jobs: cannot read the campaign files"));
+    std::fs::create_dir(d.join("jobs")).unwrap();
+    reverify(&db, d)
+        .args(["campaign", "apply"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("jobs_dir jobs: no *.toml campaign files to apply"));
+}
+
+/// What the systemd units run before each start: `campaign apply` over the shipped
+/// campaigns, with the channels they need configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_campaigns_apply_from_jobs_dir() {
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+    reverify(&db, dir.path())
+        .args(["campaign", "apply"])
+        .env("REVERIFY_JOBS_DIR", &jobs)
+        .env("REVERIFY_TEMPLATES_DIR", jobs.join("templates"))
+        .env("REVERIFY_NOTIFY_WEBHOOK_KEY", HOOK_KEY)
+        // the demo campaign sends click-through links
+        .env("REVERIFY_PUBLIC_URL", "https://verify.example.com")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("rejected-retry-push.toml: campaign rejected-retry-push created"));
+    let n = std::fs::read_dir(&jobs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "toml"))
+        .count();
+    assert_eq!(db.store.campaign_list().await.unwrap().len(), n);
 }
 
 both_engines!(apply_versions_and_status_changes, |db: TestDb| async move {

@@ -1,16 +1,21 @@
-//! The files under deploy/ checked offline: the Kubernetes manifests against the
-//! API schemas (`kubernetes-validate --strict`, installed by
-//! scripts/install-test-deps.sh), the house rules every workload must follow, the
-//! Dockerfile's paths and binary, the commands every deploy file runs, and the
-//! systemd units (`systemd-analyze verify`, when present).
+//! The files under deploy/ checked offline: the Kubernetes manifests, one by one
+//! and as each overlay renders them, against the API schemas
+//! (`kubernetes-validate --strict`), the house rules every workload must follow
+//! (grace periods that cover a stop, deadlines, a decision per exit code, the
+//! network policy, one rate story), the Dockerfile's paths, binary and pinned base
+//! images, the commands every deploy file runs, and the systemd units
+//! (`systemd-analyze verify`). scripts/install-test-deps.sh installs both tools; a
+//! missing one fails the test with that hint, never a silent pass.
 //!
 //! YAML is read through the Python that kubernetes-validate brings (PyYAML), so
 //! that the test parses manifests the way the validator does and the crate needs
-//! no YAML dependency.
+//! no YAML dependency. The overlays are rendered by scripts/render-kustomize.py
+//! (kubectl is not on CI), compared with `kubectl kustomize` where kubectl is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -194,28 +199,79 @@ fn the_kustomizations_name_every_resource_and_render() {
     }
     assert!(!listed.iter().any(|r| r.contains("secret")), "the example Secret must not be deployed");
 
-    // Rendering needs kustomize (kubectl's); validation above does not.
-    let overlays = [("cronjob", "CronJob", "Deployment"), ("daemon", "Deployment", "CronJob")];
-    if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
-        eprintln!("note: kubectl not found; the overlays were not rendered (the resources were validated one by one)");
-        return;
-    }
+    // Render each overlay (scripts/render-kustomize.py; kubectl's own output must be
+    // the same where kubectl is installed) and validate what it renders.
     let dir = tempfile::tempdir().unwrap();
+    let overlays: [(&str, &str, &[&str]); 2] =
+        [("cronjob", "CronJob", &["Deployment", "Service"]), ("daemon", "Deployment", &["CronJob"])];
     for (overlay, keeps, drops) in overlays {
-        let out = Command::new("kubectl")
+        let file = render_to(overlay, dir.path());
+        let docs = yaml_docs(&file);
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or_default()).collect();
+        assert!(kinds.contains(&keeps) && !drops.iter().any(|k| kinds.contains(k)), "{overlay}: {kinds:?}");
+        for needed in ["Job", "ConfigMap", "ServiceAccount", "NetworkPolicy"] {
+            assert!(kinds.contains(&needed), "{overlay}: no {needed} in {kinds:?}");
+        }
+        let daemon_ingress = docs.iter().any(|d| d["metadata"]["name"] == "reverify-daemon-ingress");
+        assert_eq!(daemon_ingress, overlay == "daemon", "{overlay}: the daemon's ingress policy goes with the daemon");
+        for d in &docs {
+            assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/part-of"], "reverify", "{overlay}: {d}");
+            for spec in pod_specs_of(d) {
+                for c in spec["containers"].as_array().unwrap() {
+                    assert_eq!(c["image"], "reverify:0.1.0", "{overlay}: the images: rule applies");
+                }
+            }
+        }
+        let v = kubernetes_validate(&[file]);
+        assert!(v.status.success(), "{overlay} renders invalid:\n{}", String::from_utf8_lossy(&v.stdout));
+
+        match Command::new("kubectl")
             .arg("kustomize")
             .arg(root().join("deploy/kubernetes/overlays").join(overlay))
             .output()
-            .unwrap();
-        assert!(out.status.success(), "kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
-        let rendered = dir.path().join(format!("{overlay}.yaml"));
-        std::fs::write(&rendered, &out.stdout).unwrap();
-        let kinds: Vec<String> =
-            yaml_docs(&rendered).iter().map(|d| d["kind"].as_str().unwrap_or_default().to_owned()).collect();
-        assert!(kinds.iter().any(|k| k == keeps) && !kinds.iter().any(|k| k == drops), "{overlay}: {kinds:?}");
-        assert!(kinds.iter().any(|k| k == "Job") && kinds.iter().any(|k| k == "ConfigMap"), "{overlay}: {kinds:?}");
-        let v = kubernetes_validate(&[rendered]);
-        assert!(v.status.success(), "{overlay} renders invalid:\n{}", String::from_utf8_lossy(&v.stdout));
+        {
+            Err(_) => eprintln!("note: kubectl not found; {overlay} rendered by scripts/render-kustomize.py alone"),
+            Ok(out) => {
+                assert!(out.status.success(), "kubectl kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+                let theirs = dir.path().join(format!("{overlay}.kubectl.yaml"));
+                std::fs::write(&theirs, &out.stdout).unwrap();
+                let key = |d: &Value| serde_json::to_string(d).unwrap();
+                let mut ours: Vec<String> = docs.iter().map(key).collect();
+                let mut kubectl: Vec<String> = yaml_docs(&theirs).iter().map(key).collect();
+                ours.sort();
+                kubectl.sort();
+                assert_eq!(ours, kubectl, "scripts/render-kustomize.py and kubectl kustomize differ on {overlay}");
+            }
+        }
+    }
+
+    // the renderer refuses what it does not understand instead of rendering it wrong
+    let odd = tempfile::tempdir().unwrap();
+    std::fs::write(odd.path().join("kustomization.yaml"), "resources: []\nnamePrefix: x-\n").unwrap();
+    let out = render_command(odd.path()).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("namePrefix"), "{out:?}");
+}
+
+fn render_command(dir: &Path) -> Command {
+    let mut c = Command::new(venv_bin().join("python"));
+    c.arg(root().join("scripts/render-kustomize.py")).arg(dir);
+    c
+}
+
+/// Renders an overlay into `dir/OVERLAY.yaml`.
+fn render_to(overlay: &str, dir: &Path) -> PathBuf {
+    let out = render_command(&root().join("deploy/kubernetes/overlays").join(overlay)).output().unwrap();
+    assert!(out.status.success(), "render {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+    let file = dir.join(format!("{overlay}.yaml"));
+    std::fs::write(&file, &out.stdout).unwrap();
+    file
+}
+
+/// The pod specs of a rendered resource (none for a resource that runs no pod).
+fn pod_specs_of(doc: &Value) -> Vec<&Value> {
+    match doc["kind"].as_str() {
+        Some("CronJob" | "Deployment" | "Job") => vec![pod_spec(doc)],
+        _ => vec![],
     }
 }
 
@@ -244,7 +300,7 @@ fn every_workload_runs_locked_down_with_secrets_as_files() {
         assert_eq!(psc["runAsNonRoot"], true, "{rel}");
         assert_eq!(psc["runAsUser"], 10001, "{rel}: the image's uid");
         assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{rel}");
-        assert_eq!(pod["terminationGracePeriodSeconds"], 30, "{rel}");
+        assert!(pod["terminationGracePeriodSeconds"].as_u64().is_some_and(|g| g >= 30), "{rel}");
         assert_eq!(pod["automountServiceAccountToken"], false, "{rel}");
         let containers = pod["containers"]
             .as_array()
@@ -288,7 +344,10 @@ fn every_workload_runs_locked_down_with_secrets_as_files() {
     assert!(spec["startingDeadlineSeconds"].is_u64() && spec["timeZone"].is_string());
     assert!(spec["jobTemplate"]["spec"]["activeDeadlineSeconds"].is_u64());
     assert!(spec["jobTemplate"]["spec"]["backoffLimit"].is_u64());
-    assert_eq!(pod_spec(&cron)["containers"][0]["args"], serde_json::json!(["run", "--due", "--log-format", "json"]));
+    assert_eq!(
+        pod_spec(&cron)["containers"][0]["args"],
+        serde_json::json!(["run", "--due", "--max-duration", "5h50m", "--log-format", "json"])
+    );
 
     let daemon = yaml_doc("deploy/kubernetes/base/deployment.yaml");
     assert_eq!(daemon["spec"]["replicas"], 1);
@@ -296,8 +355,269 @@ fn every_workload_runs_locked_down_with_secrets_as_files() {
     assert_eq!(c["ports"][0], serde_json::json!({"name": "metrics", "containerPort": 9090, "protocol": "TCP"}));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // the daemon binds before it migrates (tests/cli/ops.rs): started = it answers
+    let startup = &c["startupProbe"];
+    assert_eq!(startup["httpGet"]["path"], "/healthz", "the startup probe asks /healthz, not /readyz");
+    assert_eq!(startup["httpGet"]["port"], "metrics");
+    let allowed = startup["periodSeconds"].as_u64().unwrap() * startup["failureThreshold"].as_u64().unwrap();
+    assert!(allowed >= 30, "the startup probe allows {allowed} s to bind");
     let listen = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "REVERIFY_METRICS_LISTEN").unwrap();
     assert!(listen["value"].as_str().unwrap().ends_with(":9090"));
+}
+
+// --- stopping, deadlines, exit codes ---------------------------------------------
+
+/// What a stop takes, from SIGTERM to exit: the users in flight (the engine's
+/// grace), the target counts and the metrics push of a one-shot run (each bounded
+/// by its timeout), and a margin for the rest (releasing claims, closing the pool).
+fn stop_budget() -> Duration {
+    let margin = Duration::from_secs(10);
+    reverify::engine::EngineConfig::default().grace
+        + reverify::telemetry::server::READY_TIMEOUT
+        + reverify::telemetry::server::PUSH_TIMEOUT
+        + margin
+}
+
+/// `KEY=VALUE` of a unit's non-comment lines.
+fn unit_setting(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+}
+
+/// The value after `--max-duration` in an argument list.
+fn max_duration(args: &[String]) -> Duration {
+    let i = args.iter().position(|a| a == "--max-duration").unwrap_or_else(|| panic!("no --max-duration in {args:?}"));
+    humantime::parse_duration(&args[i + 1]).unwrap()
+}
+
+#[test]
+fn grace_periods_cover_a_whole_stop() {
+    let budget = stop_budget().as_secs();
+    for rel in ["cronjob.yaml", "deployment.yaml"] {
+        let doc = yaml_doc(&format!("deploy/kubernetes/base/{rel}"));
+        let grace = pod_spec(&doc)["terminationGracePeriodSeconds"].as_u64().unwrap();
+        assert!(grace >= budget, "{rel}: terminationGracePeriodSeconds {grace} < the {budget} s a stop takes");
+    }
+    for unit in ["reverify.service", "reverify-daemon.service"] {
+        let text = read(&format!("deploy/systemd/{unit}"));
+        let stop = unit_setting(&text, "TimeoutStopSec").unwrap_or_else(|| panic!("{unit}: no TimeoutStopSec"));
+        let stop = humantime::parse_duration(&stop).or_else(|_| stop.parse::<u64>().map(Duration::from_secs)).unwrap();
+        assert!(stop.as_secs() >= budget, "{unit}: TimeoutStopSec {stop:?} < the {budget} s a stop takes");
+        assert_eq!(unit_setting(&text, "KillSignal").as_deref(), Some("SIGTERM"), "{unit}");
+    }
+    // the docs say the same number
+    let grace = pod_spec(&yaml_doc("deploy/kubernetes/base/cronjob.yaml"))["terminationGracePeriodSeconds"].clone();
+    assert!(read("deploy/README.md").contains(&format!("terminationGracePeriodSeconds: {grace}")));
+}
+
+#[test]
+fn runs_end_on_their_own_before_any_deadline() {
+    // time to start (image pull, scheduling, migrations) before the run's clock starts
+    let start = Duration::from_secs(5 * 60);
+    let cron = yaml_doc("deploy/kubernetes/base/cronjob.yaml");
+    let args: Vec<String> = serde_json::from_value(pod_spec(&cron)["containers"][0]["args"].clone()).unwrap();
+    let deadline = Duration::from_secs(cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"].as_u64().unwrap());
+    let run = max_duration(&args);
+    assert!(
+        start + run + stop_budget() <= deadline,
+        "cronjob.yaml: --max-duration {run:?} leaves no room for the stop before activeDeadlineSeconds {deadline:?}"
+    );
+
+    let unit = read("deploy/systemd/reverify.service");
+    let exec: Vec<String> =
+        unit_setting(&unit, "ExecStart").unwrap().split_whitespace().skip(1).map(str::to_owned).collect();
+    let limit = humantime::parse_duration(&unit_setting(&unit, "TimeoutStartSec").expect("TimeoutStartSec")).unwrap();
+    let run = max_duration(&exec);
+    assert!(
+        start + run + stop_budget() <= limit,
+        "reverify.service: --max-duration {run:?} leaves no room for the stop before TimeoutStartSec {limit:?}"
+    );
+    assert_eq!(unit_setting(&unit, "SuccessExitStatus").as_deref(), Some("4"), "exit 4 resumes: not a failure");
+}
+
+#[test]
+fn every_exit_code_has_a_decided_pod_failure_action() {
+    let cron = yaml_doc("deploy/kubernetes/base/cronjob.yaml");
+    let job = &cron["spec"]["jobTemplate"]["spec"];
+    assert_eq!(pod_spec(&cron)["restartPolicy"], "Never", "podFailurePolicy needs restartPolicy: Never");
+    let container = pod_spec(&cron)["containers"][0]["name"].clone();
+    let rules = job["podFailurePolicy"]["rules"].as_array().unwrap();
+    // a disruption (drain, preemption) is never the run's fault, whatever its exit code
+    assert_eq!(rules[0]["action"], "Ignore");
+    assert_eq!(rules[0]["onPodConditions"], serde_json::json!([{"type": "DisruptionTarget", "status": "True"}]));
+    let action = |code: u64| -> String {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                let on = &r["onExitCodes"];
+                on["operator"] == "In" && on["values"].as_array().is_some_and(|v| v.iter().any(|c| c == code))
+            })
+            .unwrap_or_else(|| panic!("no podFailurePolicy rule for exit {code}"));
+        assert_eq!(rule["onExitCodes"]["containerName"], container);
+        rule["action"].as_str().unwrap().to_owned()
+    };
+    // 1 failure: retry, counted; 2 usage and 3 partly bad input: a retry meets the
+    // same input; 4 stopped with work left: not a failure (its next tick resumes it)
+    let expected = [(1, "Count"), (2, "FailJob"), (3, "FailJob"), (4, "Ignore")];
+    let readme = read("deploy/README.md");
+    for (code, want) in expected {
+        assert_eq!(action(code), want, "exit {code}");
+        let row = readme.lines().find(|l| l.starts_with(&format!("| {code} |"))).unwrap();
+        assert!(
+            row.contains(&format!("`{want}`")),
+            "deploy/README.md's exit code {code} row does not say `{want}`: {row}"
+        );
+    }
+}
+
+// --- the network policy ------------------------------------------------------------
+
+/// The port of a URL, or its scheme's default.
+fn url_port(u: &str) -> u64 {
+    let u = url::Url::parse(u).unwrap();
+    u64::from(u.port_or_known_default().unwrap_or_else(|| match u.scheme() {
+        "postgres" | "postgresql" => 5432,
+        "smtp" => 587,
+        "smtps" => 465,
+        other => panic!("no default port for {other}"),
+    }))
+}
+
+#[test]
+fn the_network_policy_lets_reverify_reach_its_services_and_nothing_else() {
+    let docs = yaml_docs(&root().join("deploy/kubernetes/base/networkpolicy.yaml"));
+    let policy = |name: &str| docs.iter().find(|d| d["metadata"]["name"] == name).unwrap().clone();
+
+    // egress: exactly DNS and the ports of the services in the settings
+    let settings = yaml_doc("deploy/kubernetes/base/settings.yaml");
+    let settings_text = read("deploy/kubernetes/base/settings.yaml");
+    let pushgateway = settings_text
+        .lines()
+        .find_map(|l| l.trim().trim_start_matches("# ").strip_prefix("REVERIFY_METRICS_PUSH_URL: "))
+        .expect("the Pushgateway example")
+        .trim_matches('"')
+        .to_owned();
+    let secret = yaml_doc("deploy/kubernetes/base/secret.example.yaml");
+    let mut expected: BTreeSet<(String, u64)> = [
+        url_port(settings["data"]["REVERIFY_BAANX_BASE_URL"].as_str().unwrap()),
+        url_port(settings["data"]["REVERIFY_SMTP_URL"].as_str().unwrap()),
+        url_port(secret["stringData"]["database_url"].as_str().unwrap()),
+        url_port(&pushgateway),
+    ]
+    .into_iter()
+    .map(|p| ("TCP".to_owned(), p))
+    .collect();
+    expected.insert(("UDP".to_owned(), 53));
+    expected.insert(("TCP".to_owned(), 53));
+
+    let all = policy("reverify");
+    assert_eq!(all["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    assert!(all["spec"]["ingress"].is_null(), "no connection in to the runs and the setup Job");
+    let mut allowed = BTreeSet::new();
+    for rule in all["spec"]["egress"].as_array().unwrap() {
+        let ports = rule["ports"]
+            .as_array()
+            .unwrap_or_else(|| panic!("an egress rule with no ports allows every port: {rule}"));
+        for p in ports {
+            allowed.insert((p["protocol"].as_str().unwrap().to_owned(), p["port"].as_u64().unwrap()));
+        }
+        if ports.iter().any(|p| p["port"] == 53) {
+            assert_eq!(rule["to"][0]["podSelector"]["matchLabels"]["k8s-app"], "kube-dns", "DNS goes to kube-dns only");
+        }
+    }
+    assert_eq!(allowed, expected, "egress must allow DNS and the services' ports, and nothing else");
+
+    // every workload's pods are selected
+    let selector: BTreeMap<String, String> =
+        serde_json::from_value(all["spec"]["podSelector"]["matchLabels"].clone()).unwrap();
+    let matches = |labels: &Value| selector.iter().all(|(k, v)| labels[k] == v.as_str());
+    for rel in ["cronjob.yaml", "deployment.yaml", "setup-job.yaml"] {
+        let doc = yaml_doc(&format!("deploy/kubernetes/base/{rel}"));
+        let labels = match doc["kind"].as_str() {
+            Some("CronJob") => &doc["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
+            _ => &doc["spec"]["template"]["metadata"]["labels"],
+        };
+        assert!(matches(labels), "{rel}: its pods escape the network policy");
+    }
+
+    // ingress: the daemon's pods, on the daemon's ports only
+    let daemon = yaml_doc("deploy/kubernetes/base/deployment.yaml");
+    let ingress = policy("reverify-daemon-ingress");
+    assert_eq!(ingress["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let sel: BTreeMap<String, String> =
+        serde_json::from_value(ingress["spec"]["podSelector"]["matchLabels"].clone()).unwrap();
+    let pod_labels = &daemon["spec"]["template"]["metadata"]["labels"];
+    assert!(sel.iter().all(|(k, v)| pod_labels[k] == v.as_str()) && sel.contains_key("app.kubernetes.io/component"));
+    let open: BTreeSet<(String, u64)> = ingress["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().expect("an ingress rule names its ports").clone())
+        .map(|p| (p["protocol"].as_str().unwrap().to_owned(), p["port"].as_u64().unwrap()))
+        .collect();
+    let ports: BTreeSet<(String, u64)> = pod_spec(&daemon)["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["protocol"].as_str().unwrap().to_owned(), p["containerPort"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(open, ports, "ingress opens exactly the daemon's container ports");
+}
+
+// --- one rate story ----------------------------------------------------------------
+
+#[test]
+fn rates_are_fleet_totals_and_every_workload_says_how_many_share_them() {
+    let env_value = |doc: &Value, name: &str| -> Option<String> {
+        pod_spec(doc)["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str().map(str::to_owned))
+    };
+    let cron = yaml_doc("deploy/kubernetes/base/cronjob.yaml");
+    let parallelism = cron["spec"]["jobTemplate"]["spec"]["parallelism"].as_u64().expect("an explicit parallelism");
+    assert_eq!(env_value(&cron, "REVERIFY_WORKERS"), Some(parallelism.to_string()), "cronjob.yaml");
+    let daemon = yaml_doc("deploy/kubernetes/base/deployment.yaml");
+    let replicas = daemon["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(env_value(&daemon, "REVERIFY_WORKERS"), Some(replicas.to_string()), "deployment.yaml");
+    let settings = yaml_doc("deploy/kubernetes/base/settings.yaml");
+    assert!(settings["data"]["REVERIFY_WORKERS"].is_null(), "set per workload, next to its replica count");
+
+    // no file says a rate is per worker (the story before `workers`)
+    let mut files = vec![root().join("README.md"), root().join("reverify.example.toml")];
+    for dir in ["deploy", "jobs"] {
+        files.extend(all_files(&root().join(dir)));
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default().to_lowercase().replace('\n', " ");
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for stale in [
+            "divided by",
+            "full rate",
+            "applies the full",
+            "gets the full",
+            "likewise per worker",
+            "this worker's baanx request rate",
+            "the worker's total baanx request rate",
+            "per worker. every replica",
+        ] {
+            assert!(!text.contains(stale), "{}: says {stale:?}: rates are totals for the fleet", f.display());
+        }
+    }
+    let deploy_readme = read("deploy/README.md");
+    assert!(deploy_readme.contains("REVERIFY_WORKERS") && deploy_readme.contains("totals for the fleet"));
+}
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() { out.extend(all_files(&p)) } else { out.push(p) }
+    }
+    out
 }
 
 // --- the Dockerfile ------------------------------------------------------------------
@@ -344,7 +664,7 @@ fn the_dockerfile_copies_real_paths_and_ships_a_real_binary() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| l.trim_end_matches('/').to_owned())
         .collect();
-    let froms: Vec<&String> = steps.iter().filter(|(op, _)| op == "FROM").map(|(_, a)| a).collect();
+    let froms: Vec<String> = steps.iter().filter(|(op, _)| op == "FROM").map(|(_, a)| base_image(&steps, a)).collect();
     assert!(froms.len() >= 2 && froms[0].starts_with("rust:") && froms[0].ends_with(" AS builder"), "{froms:?}");
 
     let mut copied_from_context = Vec::new();
@@ -395,8 +715,8 @@ fn the_dockerfile_copies_real_paths_and_ships_a_real_binary() {
         }
         if text.contains("include_str!(\"../../jobs") {
             let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
-            // the builder stage: from the first FROM to the next
-            let builder = dockerfile.split("FROM ").nth(1).unwrap_or_default();
+            // the builder stage: from the first FROM instruction to the next
+            let builder = dockerfile.split("\nFROM ").nth(1).unwrap_or_default();
             assert!(
                 builder.contains("COPY jobs ./jobs"),
                 "{path:?} compiles in jobs/, which the builder stage must copy"
@@ -411,6 +731,91 @@ fn the_dockerfile_copies_real_paths_and_ships_a_real_binary() {
     for line in read("Cargo.toml").lines().filter(|l| l.trim_start().starts_with("path")) {
         assert!(!ignored.iter().any(|i| line.contains(&format!("\"{i}/"))), "Cargo.toml {line} is .dockerignored");
     }
+}
+
+/// The sentinel an unpinned digest holds: the build stops on it, naming the script.
+const UNPINNED: &str = "sha256:unpinned-run-scripts-pin-base-images";
+
+/// The default of a global `ARG NAME=VALUE` (before the first FROM).
+fn global_arg(steps: &[(String, String)], name: &str) -> String {
+    steps
+        .iter()
+        .take_while(|(op, _)| op != "FROM")
+        .filter(|(op, _)| op == "ARG")
+        .find_map(|(_, a)| a.strip_prefix(&format!("{name}=")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no global ARG {name}= before the first FROM"))
+}
+
+/// A FROM's image with its ARGs filled in. Every base image must be
+/// `${X_IMAGE}@${X_DIGEST}`: a tag that says what it is, a digest that is pulled.
+fn base_image(steps: &[(String, String)], from: &str) -> String {
+    let (image, rest) = from.split_once(' ').unwrap_or((from, ""));
+    let refs: Vec<&str> = image.split('@').collect();
+    let [tag, digest] = refs[..] else { panic!("FROM {from}: not pinned as ${{X_IMAGE}}@${{X_DIGEST}}") };
+    let name = tag
+        .strip_prefix("${")
+        .and_then(|t| t.strip_suffix("_IMAGE}"))
+        .unwrap_or_else(|| panic!("FROM {from}: the image must come from an ARG *_IMAGE"));
+    assert_eq!(digest, format!("${{{name}_DIGEST}}"), "FROM {from}: its digest must come from ARG {name}_DIGEST");
+    let tag = global_arg(steps, &format!("{name}_IMAGE"));
+    let digest = global_arg(steps, &format!("{name}_DIGEST"));
+    assert!(!tag.is_empty() && !tag.contains('@'), "{name}_IMAGE={tag}: the tag alone");
+    let pinned = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(pinned || digest == UNPINNED, "{name}_DIGEST={digest}: neither a sha256 digest nor the unpinned marker");
+    if !pinned {
+        eprintln!("note: deploy/Dockerfile: {name}_DIGEST is not pinned yet: run scripts/pin-base-images.sh (online)");
+    }
+    format!("{tag}@{digest} {rest}").trim_end().to_owned()
+}
+
+#[test]
+fn the_pin_script_writes_every_base_image_digest() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // a stand-in for crane: the registry cannot be reached from a test
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("asked");
+    let crane = bin.join("crane");
+    std::fs::write(
+        &crane,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = digest ] || exit 2\necho \"$2\" >> {log}\n\
+             case \"$2\" in rust:*) d=a ;; *) d=b ;; esac\n\
+             printf 'sha256:'; for _ in $(seq 64); do printf $d; done; echo\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&crane, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let copy = dir.path().join("Dockerfile");
+    std::fs::copy(root().join("deploy/Dockerfile"), &copy).unwrap();
+    let pin =
+        || Command::new(root().join("scripts/pin-base-images.sh")).arg(&copy).env("PATH", &path).output().unwrap();
+    let out = pin();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let steps = instructions(&std::fs::read_to_string(&copy).unwrap());
+    let original = instructions(&read("deploy/Dockerfile"));
+    let asked = std::fs::read_to_string(&log).unwrap();
+    for name in ["RUST", "RUNTIME"] {
+        let tag = global_arg(&original, &format!("{name}_IMAGE"));
+        assert!(asked.lines().any(|l| l == tag), "the script did not resolve {tag}: {asked}");
+        assert_eq!(global_arg(&steps, &format!("{name}_IMAGE")), tag, "the tag is kept");
+    }
+    let froms: Vec<String> = steps.iter().filter(|(op, _)| op == "FROM").map(|(_, a)| base_image(&steps, a)).collect();
+    assert_eq!(froms[0], format!("rust:1.95-slim-bookworm@sha256:{} AS builder", "a".repeat(64)));
+    assert!(froms[1].ends_with(&format!("@sha256:{}", "b".repeat(64))), "{froms:?}");
+
+    // a resolver that answers nonsense changes nothing
+    std::fs::write(&crane, "#!/bin/sh\necho latest\n").unwrap();
+    let before = std::fs::read_to_string(&copy).unwrap();
+    let out = pin();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a sha256 digest"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), before);
 }
 
 fn rust_sources(dir: &Path) -> Vec<(PathBuf, String)> {
@@ -447,10 +852,16 @@ fn deploy_commands() -> Vec<(String, Vec<String>)> {
     }
     for unit in ["reverify.service", "reverify-daemon.service"] {
         let text = read(&format!("deploy/systemd/{unit}"));
-        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
-        let mut words = exec.split_whitespace();
-        assert_eq!(words.next(), Some("/usr/local/bin/reverify"), "{unit}");
-        out.push((unit.to_owned(), words.map(str::to_owned).collect()));
+        // ExecStart and ExecStartPre (a leading `-` only says a failure is ignored)
+        let execs = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("ExecStart=").or_else(|| l.strip_prefix("ExecStartPre=")))
+            .map(|e| e.trim_start_matches('-'));
+        for exec in execs {
+            let mut words = exec.split_whitespace();
+            assert_eq!(words.next(), Some("/usr/local/bin/reverify"), "{unit}");
+            out.push((unit.to_owned(), words.map(str::to_owned).collect()));
+        }
     }
     out
 }
@@ -493,17 +904,60 @@ fn the_systemd_units_verify() {
     }
     for (unit, text) in [("reverify.service", &oneshot), ("reverify-daemon.service", &daemon)] {
         assert!(text.contains("EnvironmentFile=-/etc/reverify/env"), "{unit}");
-        // every REVERIFY_*_FILE points into the credentials directory, loaded by name
-        for line in text.lines().filter(|l| l.starts_with("Environment=REVERIFY_") && l.contains("_FILE=")) {
-            let cred = line.split("_FILE=%d/").nth(1).unwrap_or_else(|| panic!("{unit}: {line} is not under %d/"));
-            assert!(text.contains(&format!("LoadCredential={cred}:")), "{unit}: {cred} is not loaded");
+        // the campaign files are applied (all of jobs_dir) before the worker starts
+        let pre = text.find("ExecStartPre=-/usr/local/bin/reverify campaign apply\n");
+        assert!(pre.is_some_and(|p| p < text.find("ExecStart=").unwrap()), "{unit}: no campaign apply first");
+        assert!(text.contains("Environment=REVERIFY_JOBS_DIR="), "{unit}");
+        // Secrets: each LoadCredential= id is the name of a secret key, which reverify
+        // reads from $CREDENTIALS_DIRECTORY itself: no %d (systemd 251), so the units
+        // work from systemd 247, where LoadCredential= came.
+        let settings: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+        assert!(!settings.iter().any(|l| l.contains("%d")), "{unit}: %d needs systemd 251");
+        let creds: Vec<&str> = settings.iter().filter_map(|l| l.strip_prefix("LoadCredential=")).collect();
+        assert!(creds.len() >= 2, "{unit}: {creds:?}");
+        for c in &creds {
+            let (id, path) = c.split_once(':').unwrap();
+            assert!(
+                reverify::config::SECRET_KEYS.contains(&id),
+                "{unit}: credential {id} is no secret key reverify reads"
+            );
+            assert_eq!(path, format!("/etc/reverify/credentials/{id}"), "{unit}");
         }
+        assert!(
+            !settings.iter().any(|l| l.starts_with("Environment=REVERIFY_") && l.contains("_FILE=")),
+            "{unit}: a _FILE variable would hide the credential"
+        );
     }
 
-    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("note: systemd-analyze not found; the units were not verified");
-        return;
+    // the binary finds the units' credentials where systemd puts them: `users rekey`
+    // needs token_key, and finds it only there
+    let creds = tempfile::tempdir().unwrap();
+    for c in oneshot.lines().filter_map(|l| l.strip_prefix("LoadCredential=")) {
+        let id = c.split_once(':').unwrap().0;
+        let value =
+            if id == "token_key" { reverify::crypto::TokenCipher::generate_key() } else { format!("{id}-value") };
+        std::fs::write(creds.path().join(id), value).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let rekey = |credentials: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reverify"));
+        c.args(["users", "rekey"])
+            .current_dir(work.path())
+            .env_clear()
+            .env("REVERIFY_DATABASE_URL", format!("sqlite://{}", work.path().join("r.db").display()));
+        if let Some(dir) = credentials {
+            c.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        c.output().unwrap()
     };
+    let out = rekey(Some(creds.path()));
+    assert!(out.status.success(), "users rekey with the units' credentials:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = rekey(None);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("token_key"), "{out:?}");
+
+    let probe = Command::new("systemd-analyze").arg("--version").output().unwrap_or_else(|e| {
+        panic!("systemd-analyze is not installed ({e}): run scripts/install-test-deps.sh (Debian's systemd package)")
+    });
     assert!(probe.status.success());
     // verify checks that ExecStart exists: point it at the binary cargo built
     let dir = tempfile::tempdir().unwrap();
@@ -515,15 +969,34 @@ fn the_systemd_units_verify() {
         std::fs::write(&p, text).unwrap();
         paths.push(p);
     }
-    let out = Command::new("systemd-analyze").arg("verify").args(&paths).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // without a running systemd (a container), verify may only complain about that
-    let problems: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| !l.contains("System has not been booted with systemd") && !l.contains("Failed to connect to bus"))
-        .collect();
-    assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify:\n{stderr}");
+    let verify = |paths: &[PathBuf]| -> (bool, Vec<String>) {
+        let out = Command::new("systemd-analyze").arg("verify").args(paths).output().unwrap();
+        // without a running systemd (a container), verify may only complain about that
+        let problems = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| {
+                !l.contains("System has not been booted with systemd") && !l.contains("Failed to connect to bus")
+            })
+            .map(str::to_owned)
+            .collect();
+        (out.status.success(), problems)
+    };
+    let (ok, problems) = verify(&paths);
+    assert!(ok && problems.is_empty(), "systemd-analyze verify:\n{}", problems.join("\n"));
+
+    // and it does read them here: a misspelt key and a bad time are reported
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    let text = std::fs::read_to_string(&paths[0]).unwrap();
+    assert!(text.contains("\nKillSignal=SIGTERM\n") && text.contains("\nTimeoutStartSec="));
+    let text = text
+        .replace("\nKillSignal=SIGTERM\n", "\nKillSignall=SIGTERM\n")
+        .replace("\nTimeoutStartSec=", "\nTimeoutStartSec=soon");
+    std::fs::write(broken.join("reverify.service"), text).unwrap();
+    let (_, problems) = verify(&[broken.join("reverify.service")]);
+    assert!(problems.iter().any(|l| l.contains("KillSignall")), "{problems:?}");
+    assert!(problems.iter().any(|l| l.contains("soon")), "{problems:?}");
 }
 
 // --- README ----------------------------------------------------------------------
@@ -552,4 +1025,9 @@ fn the_deploy_readme_covers_every_way_to_run_and_the_exit_codes() {
         assert!(readme.contains(code), "deploy/README.md: exit code row {code}");
     }
     assert!(readme.contains("requests_per_second"), "the scaling note on the rate");
+    for topic in
+        ["podFailurePolicy", "NetworkPolicy", "startupProbe", "scripts/pin-base-images.sh", "CREDENTIALS_DIRECTORY"]
+    {
+        assert!(readme.contains(topic), "deploy/README.md does not explain {topic}");
+    }
 }

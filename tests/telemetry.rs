@@ -57,6 +57,25 @@ both_engines!(probes_and_metrics_answer_over_http, |db: TestDb| async move {
     assert!(http.get(format!("{base}/healthz")).send().await.is_err());
 });
 
+/// The listener that may face the internet (`reverify serve`, `daemon
+/// --webhook-listen`) serves its routes and /healthz, and 404 to /metrics and
+/// /readyz, which only the operations listener serves.
+#[tokio::test]
+async fn the_public_listener_serves_only_its_routes_and_healthz() {
+    let stop = CancellationToken::new();
+    let routes = axum::Router::new().route("/webhooks/baanx", axum::routing::post(|| async { "hook" }));
+    let public = telemetry::serve_public(any_port(), routes, stop.clone()).await.unwrap();
+    let base = format!("http://{}", public.local_addr);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.post(format!("{base}/webhooks/baanx")).send().await.unwrap().text().await.unwrap(), "hook");
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(http.get(format!("{base}{path}")).send().await.unwrap().status(), 404, "{path}");
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), public.handle).await.unwrap().unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_taken_port_is_an_error_naming_the_setting() {
     let db = TestDb::sqlite().await;
@@ -78,6 +97,15 @@ async fn a_push_reaches_a_real_pushgateway() {
     m.rate_limited();
     m.limiter_wait(Duration::from_millis(2));
     m.set_targets("push-test", "pending", 7);
+    m.baanx_request("verification", Some(200));
+    m.baanx_request("user", None);
+    m.run_ended(
+        "push-test",
+        "finished",
+        Duration::from_secs(2),
+        chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+    );
+    m.webhook_rejected("unsigned");
     telemetry::server::push_metrics_of(&m, &pgw.url, "reverify", "worker-1").await.unwrap();
 
     let body = pgw.scrape().await;
@@ -88,6 +116,12 @@ async fn a_push_reaches_a_real_pushgateway() {
         r#"reverify_baanx_rate_limited_total{instance="worker-1",job="reverify"} 1"#,
         r#"reverify_limiter_wait_seconds_count{instance="worker-1",job="reverify"} 1"#,
         r#"reverify_targets{campaign="push-test",instance="worker-1",job="reverify",status="pending"} 7"#,
+        r#"reverify_baanx_requests_total{code="200",endpoint="verification",instance="worker-1",job="reverify"} 1"#,
+        r#"reverify_baanx_requests_total{code="error",endpoint="user",instance="worker-1",job="reverify"} 1"#,
+        r#"reverify_runs_total{instance="worker-1",job="reverify",outcome="finished"} 1"#,
+        r#"reverify_run_duration_seconds_count{instance="worker-1",job="reverify"} 1"#,
+        r#"reverify_last_success_timestamp_seconds{campaign="push-test",instance="worker-1",job="reverify"} 1.8e+09"#,
+        r#"reverify_webhook_rejected_total{instance="worker-1",job="reverify",reason="unsigned"} 1"#,
     ] {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in the Pushgateway's\n{body}");
     }
@@ -100,6 +134,13 @@ async fn a_push_reaches_a_real_pushgateway() {
         body.contains(r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 1"#)
     );
     assert!(!body.contains("reverify_targets{"), "{body}");
+    // the build's identity goes with every push
+    let build = format!(
+        r#"reverify_build_info{{instance="worker-1",job="reverify",revision="{}",version="{}"}} 1"#,
+        telemetry::metrics::REVISION,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(body.lines().any(|l| l == build), "missing {build:?} in\n{body}");
 }
 
 #[tokio::test]

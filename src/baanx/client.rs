@@ -17,6 +17,7 @@ use super::model::{
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::tokens::{CachedToken, Checkout, Grant, LeasedRefresh, StoredAccess, TokenCache, TokenVault, usable_for};
 use crate::config::{Secret, Settings};
+use crate::domain::endpoint::{redact_url, require_https};
 use crate::domain::{Clock, Region, SessionUrl, SystemClock, UserId};
 
 /// Paces one caller's requests on top of the client's own limiter: every request the
@@ -32,8 +33,8 @@ pub trait Pacer: Send + Sync {
 const MAX_BODY: usize = 1 << 20;
 
 /// Everything the client is built from. [`BaanxConfig::from_settings`] maps the
-/// settings onto it; tests build it directly.
-#[derive(Debug, Clone)]
+/// settings onto it; tests build it directly. `Debug` masks credentials in the URL.
+#[derive(Clone)]
 pub struct BaanxConfig {
     /// `baanx_base_url`.
     pub base_url: url::Url,
@@ -59,6 +60,23 @@ pub struct BaanxConfig {
     pub refresh_lease: Duration,
     /// Decides when a cached access token is stale (the wall clock by default).
     pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for BaanxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaanxConfig")
+            .field("base_url", &redact_url(self.base_url.as_str()))
+            .field("client_key", &self.client_key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("requests_per_second", &self.requests_per_second)
+            .field("burst", &self.burst)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("retry", &self.retry)
+            .field("refresh_margin", &self.refresh_margin)
+            .field("refresh_lease", &self.refresh_lease)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BaanxConfig {
@@ -138,7 +156,7 @@ struct Inner {
 impl std::fmt::Debug for BaanxClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BaanxClient")
-            .field("base_url", &self.inner.base.as_str())
+            .field("base_url", &redact_url(self.inner.base.as_str()))
             .field("limiter", &self.inner.limiter)
             .finish_non_exhaustive()
     }
@@ -194,8 +212,14 @@ impl BaanxClient {
         client_key.set_sensitive(true);
         let mut base = cfg.base_url.clone();
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
-            return Err(BaanxError::Config { key: "baanx_base_url", message: format!("{base} is not an http(s) URL") });
+            let shown = redact_url(base.as_str());
+            return Err(BaanxError::Config {
+                key: "baanx_base_url",
+                message: format!("{shown} is not an http(s) URL"),
+            });
         }
+        // the client key and bearer tokens travel on it: https, or plain http on this host
+        require_https(&base).map_err(|message| BaanxError::Config { key: "baanx_base_url", message })?;
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
             base.set_path(&p);
@@ -637,7 +661,10 @@ impl BaanxClient {
             tracing::trace!(endpoint = endpoint.as_str(), %kind, "baanx transport failure");
             BaanxError::Transport { endpoint, kind, source: e.without_url() }
         };
-        let mut response = request.send().await.map_err(transport)?;
+        let answered = request.send().await;
+        crate::telemetry::global()
+            .baanx_request(endpoint.metric_label(), answered.as_ref().ok().map(|r| r.status().as_u16()));
+        let mut response = answered.map_err(transport)?;
         let status = response.status();
         let retry_after = response
             .headers()

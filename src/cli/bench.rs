@@ -404,10 +404,15 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
     let campaign_file = dir.path().join("campaign.toml");
     std::fs::write(&campaign_file, setup.campaign_toml())?;
     let mut apply = child::reverify(exe, dir.path());
-    apply.args(["campaign", "apply"]).arg(&campaign_file).env("REVERIFY_DATABASE_URL", &db.url);
+    let outbox: PathBuf = dir.path().join("outbox");
+    // apply checks the campaign against the worker's channel, as the run does
+    apply
+        .args(["campaign", "apply"])
+        .arg(&campaign_file)
+        .env("REVERIFY_DATABASE_URL", &db.url)
+        .env("REVERIFY_OUTBOX_DIR", &outbox);
     child::run_to_end(apply, "reverify campaign apply")?;
 
-    let outbox: PathBuf = dir.path().join("outbox");
     let mut env = vec![
         ("REVERIFY_DATABASE_URL", worker_database_url(&db.url, setup.backend)),
         ("REVERIFY_BAANX_BASE_URL", sandbox.base_url.clone()),
@@ -446,7 +451,11 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
         let name = format!("bench-{}-2", setup.name);
         std::fs::write(&file, setup.campaign_toml_named(&name))?;
         let mut apply = child::reverify(exe, dir.path());
-        apply.args(["campaign", "apply"]).arg(&file).env("REVERIFY_DATABASE_URL", &db.url);
+        apply
+            .args(["campaign", "apply"])
+            .arg(&file)
+            .env("REVERIFY_DATABASE_URL", &db.url)
+            .env("REVERIFY_OUTBOX_DIR", &outbox);
         child::run_to_end(apply, "reverify campaign apply")?;
         let drain = probe::OutboxDrain::start(&outbox, true);
         let worked = child::run_worker(exe, dir.path(), &name, &env);

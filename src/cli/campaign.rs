@@ -1,10 +1,12 @@
 //! `reverify campaign …`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use reverify::domain::{CampaignName, CampaignSpec};
+use reverify::notify::CampaignCheck;
 use reverify::store::StoreError;
 use reverify::store::campaigns::{CampaignRecord, CampaignStatus, StatusChange};
 use reverify::store::events::cli_actor;
@@ -13,17 +15,23 @@ use super::{Context, exit};
 
 #[derive(Debug, Subcommand)]
 pub enum CampaignCommand {
-    /// Check a campaign file without touching the database.
+    /// Check campaign files without touching the database: the file itself, and
+    /// that this process's settings can serve it (its templates, a From address and
+    /// smtp_url or outbox_dir for email, notify_webhook_key for webhooks), the same
+    /// check a run makes before it starts.
     Validate {
         /// Campaign files (TOML).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Create or update campaigns from their files. Every file is validated first;
-    /// when one is bad, none is applied.
+    /// Create or update campaigns from their files, checked as `validate` does.
+    ///
+    /// With FILEs, every file is checked first; when one is bad, none is applied.
+    /// With no FILE, every *.toml file in jobs_dir (the setting) is applied, each on
+    /// its own: a bad file is reported and skipped, the others applied, and the exit
+    /// code is 1 when any failed.
     Apply {
-        /// Campaign files (TOML).
-        #[arg(required = true)]
+        /// Campaign files (TOML); default: every *.toml in jobs_dir.
         files: Vec<PathBuf>,
     },
     /// List campaigns.
@@ -103,10 +111,19 @@ pub enum CampaignCommand {
 pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
     match cmd {
         CampaignCommand::Validate { files } => {
+            let check = campaign_check(ctx)?;
             let mut bad = 0;
             for f in &files {
-                match CampaignSpec::from_file(f) {
-                    Ok(spec) => println!("{}: ok (campaign {})", f.display(), spec.name),
+                match CampaignSpec::from_file(f).map_err(|e| e.to_string()).and_then(|spec| {
+                    check.check(&spec).map_err(|e| format!("{}: {e}", f.display()))?;
+                    Ok(spec)
+                }) {
+                    Ok(spec) => {
+                        println!("{}: ok (campaign {})", f.display(), spec.name);
+                        if let Some(ticks) = next_ticks(&spec, Utc::now(), 3) {
+                            println!("  next ticks ({}): {ticks}", spec.timezone);
+                        }
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         bad += 1;
@@ -115,6 +132,7 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             }
             Ok(if bad == 0 { exit::OK } else { exit::FAILURE })
         }
+        CampaignCommand::Apply { files } if files.is_empty() => apply_jobs_dir(ctx).await,
         CampaignCommand::Apply { files } => apply(ctx, &files).await,
         CampaignCommand::List { json } => list(ctx, json).await,
         CampaignCommand::Show { name, json } => show(ctx, &name, json).await,
@@ -153,72 +171,155 @@ async fn existing(ctx: &Context, name: &CampaignName) -> anyhow::Result<(reverif
     Ok((store, c))
 }
 
-async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
-    // Validate every file before touching the database.
-    let mut parsed = Vec::with_capacity(files.len());
-    let mut bad = 0;
+/// What a run would check, from the settings: see [`reverify::notify::check_campaign`].
+fn campaign_check(ctx: &Context) -> anyhow::Result<CampaignCheck> {
+    CampaignCheck::from_settings(&ctx.settings)
+        .map_err(|e| anyhow::anyhow!("the settings cannot serve any campaign: {e}"))
+}
+
+/// A campaign file read, parsed and checked: its name as shown, spec and text.
+struct Checked {
+    shown: String,
+    spec: CampaignSpec,
+    text: String,
+}
+
+/// Reads, parses and checks one file; the error names the file (and the line, the
+/// field or the setting).
+fn check_file(f: &Path, check: &CampaignCheck) -> Result<Checked, String> {
+    let shown = f.display().to_string();
+    let text = CampaignSpec::read_text(f).map_err(|e| e.to_string())?;
+    let spec = CampaignSpec::from_toml(&text, &shown).map_err(|e| e.to_string())?;
+    check.check(&spec).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(Checked { shown, spec, text })
+}
+
+/// Checks `files`, refusing a second file for a campaign name already seen; returns
+/// the good ones, and each bad one with its error line.
+fn check_files(files: &[PathBuf], check: &CampaignCheck) -> (Vec<Checked>, Vec<(String, String)>) {
+    let mut good: Vec<Checked> = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
     for f in files {
-        let shown = f.display().to_string();
-        let text = match CampaignSpec::read_text(f) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                bad += 1;
-                continue;
-            }
-        };
-        match CampaignSpec::from_toml(&text, &shown) {
-            Ok(spec) => {
-                if let Some((other, _, _)) =
-                    parsed.iter().find(|(_, s, _): &&(String, CampaignSpec, String)| s.name == spec.name)
-                {
-                    eprintln!("error: {shown}: campaign {} is also defined in {other}", spec.name);
-                    bad += 1;
-                } else {
-                    parsed.push((shown, spec, text));
+        match check_file(f, check) {
+            Ok(c) => match good.iter().find(|g| g.spec.name == c.spec.name) {
+                Some(other) => {
+                    let e = format!("{}: campaign {} is also defined in {}", c.shown, c.spec.name, other.shown);
+                    errors.push((c.shown, e));
                 }
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                bad += 1;
-            }
+                None => good.push(c),
+            },
+            Err(e) => errors.push((f.display().to_string(), e)),
         }
     }
-    if bad > 0 {
-        eprintln!("nothing applied: {bad} of {} files are not valid", files.len());
-        return Ok(exit::FAILURE);
-    }
-    let store = ctx.store().await?;
+    (good, errors)
+}
+
+/// Applies checked files one by one; prints a line per file and returns the files
+/// the store refused, each with its error line.
+async fn apply_checked(store: &reverify::store::Store, checked: &[Checked]) -> Vec<(String, String)> {
     let actor = cli_actor();
-    let mut failed = 0;
-    for (shown, spec, text) in &parsed {
+    let mut failed = Vec::new();
+    for Checked { shown, spec, text } in checked {
         match store.campaign_apply(spec, text, &actor, Utc::now()).await {
             Ok((outcome, c)) => {
                 let status = if c.status == CampaignStatus::Active { String::new() } else { format!(", {}", c.status) };
                 println!("{shown}: campaign {} {outcome} (version {}{status})", c.name, c.version);
             }
-            Err(e) => {
-                eprintln!("error: {shown}: campaign {}: {e}", spec.name);
-                failed += 1;
-            }
+            Err(e) => failed.push((shown.clone(), format!("{shown}: campaign {}: {e}", spec.name))),
         }
     }
-    Ok(if failed == 0 { exit::OK } else { exit::FAILURE })
+    failed
+}
+
+/// `campaign apply FILE…`: every file is checked before the database is touched;
+/// one bad file and nothing is applied.
+async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
+    let check = campaign_check(ctx)?;
+    let (checked, errors) = check_files(files, &check);
+    if !errors.is_empty() {
+        for (_, e) in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("nothing applied: {} of {} files are not valid", errors.len(), files.len());
+        return Ok(exit::FAILURE);
+    }
+    let store = ctx.store().await?;
+    let failed = apply_checked(&store, &checked).await;
+    for (_, e) in &failed {
+        eprintln!("error: {e}");
+    }
+    Ok(if failed.is_empty() { exit::OK } else { exit::FAILURE })
+}
+
+/// `campaign apply` with no file: every `*.toml` in `jobs_dir`, each file applied or
+/// refused on its own, then one line naming the files that failed.
+async fn apply_jobs_dir(ctx: &Context) -> anyhow::Result<u8> {
+    let dir = &ctx.settings.jobs_dir;
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!("jobs_dir {}: cannot read the campaign files (set jobs_dir or name the files)", dir.display())
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("jobs_dir {}: cannot list", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        eprintln!("error: jobs_dir {}: no *.toml campaign files to apply", dir.display());
+        return Ok(exit::FAILURE);
+    }
+    let check = campaign_check(ctx)?;
+    let (checked, errors) = check_files(&files, &check);
+    for (_, e) in &errors {
+        eprintln!("error: {e}");
+    }
+    let mut failed: Vec<String> = errors.into_iter().map(|(shown, _)| shown).collect();
+    if !checked.is_empty() {
+        let store = ctx.store().await?;
+        for (shown, e) in apply_checked(&store, &checked).await {
+            eprintln!("error: {e}");
+            failed.push(shown);
+        }
+    }
+    if failed.is_empty() {
+        return Ok(exit::OK);
+    }
+    failed.sort();
+    eprintln!(
+        "{} of {} files in {} applied; not applied: {}",
+        files.len() - failed.len(),
+        files.len(),
+        dir.display(),
+        failed.join(", ")
+    );
+    Ok(exit::FAILURE)
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(|| "-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-/// The next run: as stored by the scheduler, else the schedule's next tick from now.
+/// The schedule's next `n` ticks after `after`, in the campaign's time zone (the
+/// crontab rules as the scheduler applies them, day-of-month OR day-of-week
+/// included), or `None` without a schedule.
+fn next_ticks(spec: &CampaignSpec, after: DateTime<Utc>, n: usize) -> Option<String> {
+    let (cron, tz) = (spec.cron()?, spec.tz());
+    let ticks: Vec<String> = std::iter::successors(cron.next_after(after, tz), |t| cron.next_after(*t, tz))
+        .take(n)
+        .map(|t| t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z").to_string())
+        .collect();
+    Some(if ticks.is_empty() { "none".into() } else { ticks.join(", ") })
+}
+
+/// The next run: the schedule's next tick from now (computed with this binary's
+/// rules), else as stored by the scheduler.
 fn next_run(c: &CampaignRecord) -> Option<DateTime<Utc>> {
     if c.status != CampaignStatus::Active {
         return None;
     }
-    c.next_run_at.or_else(|| {
-        let spec = c.spec().ok()?;
-        spec.cron()?.next_after(Utc::now(), spec.tz())
-    })
+    c.spec().ok().and_then(|spec| spec.cron()?.next_after(Utc::now(), spec.tz())).or(c.next_run_at)
 }
 
 fn record_json(c: &CampaignRecord) -> serde_json::Value {
@@ -275,7 +376,14 @@ async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<
     println!("created:   {}", time(Some(c.created_at)));
     println!("updated:   {}", time(Some(c.updated_at)));
     println!("last run:  {}", time(c.last_run_at));
+    println!("done through: {} (the start of the last finished run)", time(c.done_through));
+    if let Some(t) = c.tick_in_progress.filter(|t| c.done_through.is_none_or(|d| *t > d)) {
+        println!("resuming:  the run of the tick at {} did not finish; the next `run --due` resumes it", time(Some(t)));
+    }
     println!("next run:  {}", time(next_run(&c)));
+    if let Some(ticks) = c.spec().ok().and_then(|spec| next_ticks(&spec, Utc::now(), 3)) {
+        println!("next ticks: {ticks}");
+    }
     println!("--- applied file (version {}) ---", c.version);
     print!("{}", c.spec_toml);
     if !c.spec_toml.ends_with('\n') {

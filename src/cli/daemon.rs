@@ -1,34 +1,86 @@
 //! `reverify daemon`: run campaigns when due, until stopped.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 use reverify::engine::Worker;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::{Context, exit};
 
 /// Options of the command (documented on the subcommand).
 #[derive(Debug, Args)]
-pub struct DaemonArgs {}
+pub struct DaemonArgs {
+    /// Also receive Baanx webhooks (POST /webhooks/baanx, and /healthz) on this
+    /// address, the public one; needs webhook_key. /readyz and /metrics stay on
+    /// metrics_listen.
+    #[arg(long, value_name = "ADDR")]
+    webhook_listen: Option<SocketAddr>,
+}
 
-pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
-    let store = ctx.store().await?;
-    let worker = Arc::new(Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?);
+/// Decision: the operations listener is bound before the database is opened, so
+/// that `/healthz` answers while the migrations run (a long one must not get the
+/// pod killed by its liveness or startup probe) and `/readyz` answers 503 until the
+/// schema is up to date. A taken port still fails the start at once. The Baanx
+/// webhook receiver has a listener of its own (`--webhook-listen`), never the
+/// operations one.
+pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
+    let webhook_key = match (args.webhook_listen, &ctx.settings.webhook_key) {
+        (Some(_), None) => anyhow::bail!(
+            "--webhook-listen needs webhook_key: set REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE to the key \
+             Baanx signs with"
+        ),
+        (Some(_), Some(key)) => Some(key.clone()),
+        (None, Some(_)) => {
+            if ctx.settings.public_listen.is_none() {
+                warn!(
+                    "webhook_key is set but neither --webhook-listen nor public_listen is: this daemon receives no \
+                     Baanx webhooks"
+                );
+            }
+            None
+        }
+        (None, None) => None,
+    };
     let stop = CancellationToken::new();
     super::run::stop_on_signals(stop.clone(), None);
-    // The operations endpoints, and the Baanx webhook receiver when webhook_key is set.
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
-            let webhooks = match &ctx.settings.webhook_key {
-                Some(key) => reverify::webhooks::webhook_router(worker.store.clone(), key.clone()),
-                None => axum::Router::new(),
-            };
             let listen = reverify::telemetry::parse_listen(listen)?;
-            Some(reverify::telemetry::serve_ops_with(listen, worker.store.clone(), stop.clone(), webhooks).await?)
+            Some(reverify::telemetry::serve_ops_starting(listen, stop.clone()).await?)
         }
         None => None,
+    };
+    let opened = async {
+        let store = ctx.store().await?;
+        let worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
+        anyhow::Ok(Arc::new(worker))
+    }
+    .await;
+    let worker = match opened {
+        Ok(w) => w,
+        Err(e) => {
+            stop.cancel();
+            return Err(e);
+        }
+    };
+    let ops = ops.map(|(server, starting)| {
+        starting.ready(worker.store.clone(), axum::Router::new());
+        server
+    });
+    let webhooks = match (args.webhook_listen, webhook_key) {
+        (Some(listen), Some(key)) => {
+            let routes = reverify::webhooks::webhook_router(worker.store.clone(), key);
+            Some(
+                reverify::telemetry::serve_public(listen, routes, stop.clone())
+                    .await
+                    .with_context(|| format!("failed to listen on {listen} (--webhook-listen)"))?,
+            )
+        }
+        _ => None,
     };
     // The public routes (click-through links, and the webhook when its key is set) on
     // public_listen, never on the operations listener.
@@ -36,7 +88,7 @@ pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         Some(listen) => {
             let addr = reverify::telemetry::parse_listen(listen).context("public_listen")?;
             let (router, serving) = super::serve::public_router(ctx, &worker.store)?;
-            let server = reverify::click::serve_public(addr, router, stop.clone())
+            let server = reverify::telemetry::serve_public(addr, router, stop.clone())
                 .await
                 .with_context(|| format!("failed to listen on {listen} (public_listen)"))?;
             tracing::info!(addr = %server.local_addr, serving = ?serving, "public routes listening");
@@ -45,11 +97,8 @@ pub async fn run(_args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         None => None,
     };
     reverify::schedule::daemon::run(worker.clone(), stop).await?;
-    if let Some(ops) = ops {
-        let _ = ops.handle.await;
-    }
-    if let Some(public) = public {
-        let _ = public.handle.await;
+    for server in [ops, webhooks, public].into_iter().flatten() {
+        let _ = server.handle.await;
     }
     worker.store.close().await;
     Ok(exit::OK)

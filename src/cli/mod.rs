@@ -5,10 +5,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use reverify::Settings;
 use reverify::config::LogFormat;
 use reverify::store::Store;
+
+/// `eprintln!` for every command, shadowing std's: a standard error that is
+/// closed or whose reader went away (`2>&-`, `| head` that exited) loses the line
+/// instead of panicking ("failed printing to stderr"), so that the exit code is
+/// still the command's. Log lines get the same treatment
+/// (`reverify::telemetry::QuietStderr`).
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 mod bench;
 mod bench_import;
@@ -103,6 +115,26 @@ enum Command {
     /// Benchmark: stream the report of 1M generated targets to /dev/null.
     #[command(hide = true)]
     BenchReport(bench_report::BenchReportArgs),
+    /// Print a shell completion script to standard output.
+    ///
+    /// For example: `reverify completions bash > /etc/bash_completion.d/reverify`,
+    /// `reverify completions zsh > "${fpath[1]}/_reverify"`, or
+    /// `reverify completions fish > ~/.config/fish/completions/reverify.fish`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output.
+    ///
+    /// For example: `reverify man > /usr/local/share/man/man1/reverify.1`, or
+    /// `reverify man | man -l -`. `reverify man campaign apply` prints the page the
+    /// main one refers to as reverify-campaign-apply(1).
+    Man {
+        /// A command's page instead of the main one.
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 /// What every command starts from.
@@ -122,6 +154,13 @@ impl Context {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These need no settings, database or runtime: a broken settings file must not
+    // stop a package build from generating them.
+    match &cli.command {
+        Command::Completions { shell } => return ExitCode::from(completions(*shell)),
+        Command::Man { command } => return ExitCode::from(man(command)),
+        _ => {}
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -168,5 +207,51 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
         Command::Serve(args) => serve::run(args, &ctx).await,
         Command::BenchReport(args) => bench_report::run(args).await,
+        Command::Completions { shell } => Ok(completions(shell)),
+        Command::Man { command } => Ok(man(&command)),
+    }
+}
+
+/// `reverify completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> u8 {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "reverify", &mut script);
+    print_generated(&script, "the completion script")
+}
+
+/// `reverify man [COMMAND…]`: the main page, with every command listed, or one
+/// command's page.
+fn man(path: &[String]) -> u8 {
+    let mut cmd = Cli::command();
+    // names the subcommands' pages reverify-campaign-apply and so on
+    cmd.build();
+    for name in path {
+        let Some(sub) = cmd.find_subcommand(name).filter(|c| !c.is_hide_set()).cloned() else {
+            eprintln!("error: no command {:?}; see reverify --help", path.join(" "));
+            return exit::FAILURE;
+        };
+        cmd = sub;
+    }
+    let mut page = Vec::new();
+    let source = format!("reverify {}", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = clap_mangen::Man::new(cmd).source(source).render(&mut page) {
+        eprintln!("error: cannot render the manual page: {e}");
+        return exit::FAILURE;
+    }
+    print_generated(&page, "the manual page")
+}
+
+/// Writes generated text to standard output. A reader that stops early (`| head`)
+/// is not an error.
+fn print_generated(text: &[u8], what: &str) -> u8 {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("error: cannot write {what}: {e}");
+            exit::FAILURE
+        }
     }
 }

@@ -24,9 +24,11 @@ pub struct RunArgs {
     /// Run every active campaign.
     #[arg(long, conflicts_with_all = ["names", "due"])]
     all: bool,
-    /// Run every active campaign whose schedule had a tick since its last run (at
-    /// most starting_deadline ago), each under a lease so that overlapping
-    /// invocations run it once. For cron, systemd timers and Kubernetes CronJobs.
+    /// Run every active campaign whose schedule had a tick since its last finished
+    /// run (at most starting_deadline ago), or whose last scheduled run did not
+    /// finish (resumed, whatever the deadline), each under a lease so that
+    /// overlapping invocations run it once. For cron, systemd timers and Kubernetes
+    /// CronJobs.
     #[arg(long, conflicts_with = "names")]
     due: bool,
     /// Stop claiming users after this long (e.g. 10m, 1h); users in flight finish.
@@ -73,8 +75,29 @@ pub fn stop_on_signals(stop: CancellationToken, max: Option<Duration>) {
     });
 }
 
+/// Runs what was asked, then pushes the metrics to `metrics_push_url` (when set)
+/// whatever happened: nothing due, a failure before any campaign started (counted
+/// as one failed run), or campaigns run. Prometheus' batch-job rule: every
+/// invocation pushes, so that a run that never succeeds is seen as such.
 pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
-    let store = ctx.store().await?;
+    let store = match ctx.store().await {
+        Ok(store) => store,
+        Err(e) => {
+            reverify::telemetry::global().run_failed_to_start();
+            push_metrics_if_set(ctx, None).await;
+            return Err(e);
+        }
+    };
+    let result = run_with(args, ctx, store.clone()).await;
+    if result.is_err() {
+        reverify::telemetry::global().run_failed_to_start();
+    }
+    push_metrics_if_set(ctx, Some(&store)).await;
+    store.close().await;
+    result
+}
+
+async fn run_with(args: RunArgs, ctx: &Context, store: reverify::store::Store) -> anyhow::Result<u8> {
     if args.due {
         return run_due(args, ctx, store).await;
     }
@@ -111,19 +134,26 @@ async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) ->
     let checks = due_campaigns(&store, now).await?;
     for c in &checks {
         store.campaign_set_next_run(c.campaign.campaign_id, c.next).await?;
-        if let Due::Missed { tick } = c.due {
-            println!(
+        let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match c.due {
+            Due::Missed { tick } => println!(
                 "{}: the tick at {} was missed by more than its starting_deadline; not run late",
                 c.campaign.name,
-                tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
+                at(tick)
+            ),
+            Due::Resume { interrupted, .. } => println!(
+                "{}: resuming the run of the tick at {}, which did not finish",
+                c.campaign.name,
+                at(interrupted)
+            ),
+            Due::Run { .. } | Due::NotDue => {}
         }
     }
     let due: Vec<_> = checks
         .into_iter()
         .filter_map(|c| match c.due {
-            Due::Run { tick } => Some((c.campaign, tick)),
-            _ => None,
+            Due::Run { tick } | Due::Resume { tick, .. } => Some((c.campaign, tick)),
+            Due::Missed { .. } | Due::NotDue => None,
         })
         .collect();
     if due.is_empty() {
@@ -177,15 +207,20 @@ async fn run_all(
                 interrupted |= r.outcome == RunOutcome::Interrupted;
             }
             Scheduled::AlreadyRunning => println!("{name}: already running in another process; skipped"),
-            Scheduled::AlreadyRan => println!("{name}: another process ran it for this tick; skipped"),
+            Scheduled::AlreadyRan => println!("{name}: another process finished it for this tick; skipped"),
             Scheduled::Failed(e) => {
-                eprintln!("error: campaign {name}: {e}");
+                // the engine names the campaign in its set-up errors; say it once
+                let e = e.to_string();
+                let named = e.strip_prefix(&format!("campaign {name}")).is_some_and(|r| r.starts_with([':', ' ']));
+                if named {
+                    eprintln!("error: {e}");
+                } else {
+                    eprintln!("error: campaign {name}: {e}");
+                }
                 failed = true;
             }
         }
     }
-    push_metrics_if_set(ctx, &worker.store).await;
-    worker.store.close().await;
     Ok(if failed {
         exit::FAILURE
     } else if interrupted {
@@ -257,10 +292,19 @@ pub fn show_progress(mode: ProgressMode, name: String, p: Arc<Progress>) -> toki
 /// Pushes the run's metrics to `metrics_push_url`, when set. Decision: a failed
 /// push is a warning, not a failed run: the work is done and recorded, and a
 /// retried run would not make monitoring any better.
-async fn push_metrics_if_set(ctx: &Context, store: &reverify::store::Store) {
+async fn push_metrics_if_set(ctx: &Context, store: Option<&reverify::store::Store>) {
     let Some(url) = &ctx.settings.metrics_push_url else { return };
-    if let Err(e) = reverify::telemetry::refresh_target_gauges(store).await {
-        tracing::warn!(error = %e, "could not read the target counts for the metrics push");
+    if let Some(store) = store {
+        // Bounded, like the push itself: after a SIGTERM the whole stop (the users in
+        // flight, these counts, the push) must fit in the grace period the deploy
+        // files give (tests/deploy.rs adds them up); a database that went away must
+        // not hold the push up.
+        let read = reverify::telemetry::refresh_gauges(store);
+        match tokio::time::timeout(reverify::telemetry::server::READY_TIMEOUT, read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the gauges for the metrics push"),
+            Err(_) => tracing::warn!("could not read the gauges for the metrics push: the database did not answer"),
+        }
     }
     let instance = reverify::telemetry::push_instance();
     if let Err(e) = reverify::telemetry::push_metrics(url, "reverify", &instance).await {

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::routing::get;
 use clap::Args;
-use reverify::click::{ClickConfig, LINK_PATH, click_router, serve_public};
+use reverify::click::{ClickConfig, LINK_PATH, click_router};
 use reverify::store::sessions::SessionLife;
 use reverify::webhooks::{WEBHOOK_PATH, webhook_router};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +42,8 @@ pub fn click_config(settings: &reverify::Settings) -> ClickConfig {
 /// # Errors
 /// When neither can be served.
 pub fn public_router(ctx: &Context, store: &reverify::store::Store) -> anyhow::Result<(Router, Vec<&'static str>)> {
-    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    // (`/healthz` is added by the server)
+    let mut router = Router::new();
     let mut serving = Vec::new();
     if let Some(key) = &ctx.settings.webhook_key {
         router = router.merge(webhook_router(store.clone(), key.clone()));
@@ -69,9 +69,6 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let (router, serving) = public_router(ctx, &store)?;
     let stop = CancellationToken::new();
-    let server = serve_public(args.listen, router, stop.clone())
-        .await
-        .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
             let listen = reverify::telemetry::parse_listen(listen)?;
@@ -79,12 +76,25 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    let server = reverify::telemetry::serve_public(args.listen, router, stop.clone())
+        .await
+        .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
     let addr = server.local_addr;
-    println!("listening on http://{addr}: {} and /healthz", serving.join(", "));
-    if let Some(ops) = &ops {
-        println!("operations on http://{}: /healthz, /readyz, /metrics", ops.local_addr);
+    let routes: Vec<String> = serving.iter().map(|p| format!("http://{addr}{p}")).collect();
+    match &ops {
+        Some(ops) => println!(
+            "listening on {} (and /healthz); /healthz, /readyz, /metrics on http://{}",
+            routes.join(", "),
+            ops.local_addr
+        ),
+        None => println!("listening on {} (and /healthz)", routes.join(", ")),
     }
-    info!(%addr, "public routes listening");
+    if serving.contains(&WEBHOOK_PATH) {
+        info!(%addr, "webhook receiver listening");
+    }
+    if serving.contains(&LINK_PATH) {
+        info!(%addr, "click-through links listening");
+    }
     super::run::stop_on_signals(stop.clone(), None);
     server.handle.await.context("the public server stopped")?.context("the public server failed")?;
     if let Some(ops) = ops {

@@ -34,9 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::domain::{Clock, Region, SystemClock};
 use crate::engine::ports::{ApiFailure, ApiUser, VerificationApi};
@@ -109,37 +107,9 @@ pub fn click_router_with_clock(
     Router::new().route(LINK_PATH, get(show).post(click)).with_state(state)
 }
 
-/// A running public server.
-#[derive(Debug)]
-pub struct PublicServer {
-    /// The address it listens on (the real port when asked for port 0).
-    pub local_addr: SocketAddr,
-    /// Ends when the shutdown token is cancelled and open requests are answered.
-    pub handle: JoinHandle<Result<(), std::io::Error>>,
-}
-
-/// Binds `listen` and serves `router` plus `/healthz` (nothing else: the
-/// operations endpoints stay on `metrics_listen`) with each request's peer address,
-/// until `shutdown` is cancelled.
-///
-/// # Errors
-/// When the address cannot be bound.
-pub async fn serve_public(
-    listen: SocketAddr,
-    router: Router,
-    shutdown: CancellationToken,
-) -> Result<PublicServer, std::io::Error> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let local_addr = listener.local_addr()?;
-    info!(%local_addr, "serving the public routes");
-    let app = router.route("/healthz", get(|| async { "ok\n" }));
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    });
-    Ok(PublicServer { local_addr, handle })
-}
+/// Serves the public routes: see [`crate::telemetry::serve_public`] (with each
+/// request's peer address, which the per-address limit needs, and `/healthz`).
+pub use crate::telemetry::serve_public;
 
 /// A page as a response, with the headers every page carries.
 fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {

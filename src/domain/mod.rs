@@ -3,6 +3,7 @@
 //! [`Clock`] so that every rule can be tested at its boundaries.
 
 pub mod clock;
+pub mod endpoint;
 pub mod ids;
 pub mod policy;
 pub mod schedule;

@@ -4,6 +4,16 @@
 //!
 //! The cron crate numbers weekdays differently from crontab, so the 5-field form's
 //! day-of-week field is rewritten to names (`MON,TUE,...`), which both agree on.
+//!
+//! The cron crate also requires both day fields to match, where crontab (Vixie cron,
+//! and Kubernetes' CronJob) runs on a day that matches **either** when both are
+//! restricted: `0 9 1,15 * 1` runs on the 1st, the 15th and every Monday. So a
+//! 5-field expression whose day-of-month and day-of-week are both restricted is
+//! kept as two cron schedules, one with day-of-week `*` and one with day-of-month
+//! `*`, and its ticks are the union of theirs. A field is unrestricted when one of
+//! its items is `*` or `?` (alone or with step 1), as in Kubernetes; a step over
+//! `*` (`*/2`) restricts it (Vixie cron would treat it as `*`). The 6/7-field form
+//! keeps the cron crate's meaning (both must match).
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,10 +36,21 @@ pub enum ScheduleError {
 #[derive(Clone)]
 pub struct CronSchedule {
     written: String,
-    schedule: cron::Schedule,
+    /// One schedule, or two whose ticks are merged (crontab's day-of-month OR
+    /// day-of-week); only those that ever fire.
+    schedules: Vec<cron::Schedule>,
 }
 
 const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// Whether a crontab day field leaves the day unrestricted: one of its list items
+/// is `*` or `?`, alone or with step 1 (Kubernetes' rule; see the module docs).
+fn is_unrestricted(field: &str) -> bool {
+    field.split(',').any(|item| {
+        let (range, step) = item.split_once('/').unwrap_or((item, "1"));
+        matches!(range, "*" | "?") && step.trim_start_matches('0') == "1"
+    })
+}
 
 impl CronSchedule {
     /// Parses either spelling, or one of `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
@@ -47,22 +68,35 @@ impl CronSchedule {
             other => other,
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
-        let cron_form = match fields.len() {
+        let cron_forms = match fields.len() {
             5 => {
                 let dow = crontab_day_of_week(fields[4])
                     .map_err(|item| ScheduleError::DayOfWeek { expr: written.clone(), item })?;
-                format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow)
+                let (minute, hour, dom, month) = (fields[0], fields[1], fields[2], fields[3]);
+                if is_unrestricted(dom) || is_unrestricted(fields[4]) {
+                    vec![format!("0 {minute} {hour} {dom} {month} {dow}")]
+                } else {
+                    // crontab: a day matching either field
+                    vec![format!("0 {minute} {hour} {dom} {month} *"), format!("0 {minute} {hour} * {month} {dow}")]
+                }
             }
-            6 | 7 => fields.join(" "),
+            6 | 7 => vec![fields.join(" ")],
             n => return Err(ScheduleError::FieldCount { expr: written, fields: n }),
         };
-        let schedule = cron::Schedule::from_str(&cron_form)
-            .map_err(|e| ScheduleError::Invalid { expr: written.clone(), reason: e.to_string() })?;
+        let mut schedules = Vec::with_capacity(cron_forms.len());
+        for form in &cron_forms {
+            let schedule = cron::Schedule::from_str(form)
+                .map_err(|e| ScheduleError::Invalid { expr: written.clone(), reason: e.to_string() })?;
+            // one half of an OR that never fires (30 February) leaves the other
+            if schedule.upcoming(Utc).next().is_some() {
+                schedules.push(schedule);
+            }
+        }
         // An expression that never fires (say, 30 February) is a mistake, not a schedule.
-        if schedule.upcoming(Utc).next().is_none() {
+        if schedules.is_empty() {
             return Err(ScheduleError::Invalid { expr: written, reason: "it never fires".into() });
         }
-        Ok(Self { written, schedule })
+        Ok(Self { written, schedules })
     }
 
     /// The expression as written.
@@ -70,9 +104,21 @@ impl CronSchedule {
         &self.written
     }
 
+    /// The ticks of one of the schedules strictly after `after`, in order. (The cron
+    /// crate answers a local time repeated by a DST change with both instants, the
+    /// earlier one first, even when `after` lies between them: those before `after`
+    /// are dropped.)
+    fn ticks_after(
+        schedule: &cron::Schedule,
+        after: DateTime<Utc>,
+        tz: Tz,
+    ) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        schedule.after(&after.with_timezone(&tz)).map(|t| t.with_timezone(&Utc)).filter(move |t| *t > after)
+    }
+
     /// The first tick strictly after `after`, reading the fields in `tz`.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.schedule.after(&after.with_timezone(&tz)).next().map(|t| t.with_timezone(&Utc))
+        self.schedules.iter().filter_map(|s| Self::ticks_after(s, after, tz).next()).min()
     }
 
     /// The latest tick in `(from, to]`, if any. Only looks back `max_lookback` from `to`
@@ -85,15 +131,7 @@ impl CronSchedule {
         max_lookback: chrono::Duration,
     ) -> Option<DateTime<Utc>> {
         let start = from.max(to - max_lookback);
-        let mut latest = None;
-        for t in self.schedule.after(&start.with_timezone(&tz)) {
-            let t = t.with_timezone(&Utc);
-            if t > to {
-                break;
-            }
-            latest = Some(t);
-        }
-        latest
+        self.schedules.iter().filter_map(|s| Self::ticks_after(s, start, tz).take_while(|t| *t <= to).last()).max()
     }
 }
 
@@ -165,6 +203,10 @@ pub enum Due {
     /// Run now for this tick (the latest one since the last run; earlier missed
     /// ticks are covered by the same run).
     Run { tick: DateTime<Utc> },
+    /// A scheduled run of `interrupted` started and none has finished since (it was
+    /// stopped, killed or failed): run now, whatever the starting deadline, for
+    /// `tick`, the latest tick (which covers the interrupted one).
+    Resume { tick: DateTime<Utc>, interrupted: DateTime<Utc> },
     /// A tick was missed by more than the starting deadline: it is not run late.
     Missed { tick: DateTime<Utc> },
     /// No tick since the last run.
@@ -187,6 +229,38 @@ pub fn due(
         None => Due::NotDue,
         Some(tick) if now - tick > deadline => Due::Missed { tick },
         Some(tick) => Due::Run { tick },
+    }
+}
+
+/// The due rule with resumption. `since` is the start of the latest finished run
+/// (every tick at or before it is done) or the campaign's creation, and
+/// `in_progress` the tick a scheduled run started that no finished run covers yet.
+///
+/// Decision: the starting deadline only decides whether a tick's first run may
+/// start late. Once a run of a tick has started, the tick is resumed by every
+/// later `run --due` (or daemon pass) until a run finishes, however old it is:
+/// the people it targets were expecting it, and the work left would otherwise wait
+/// for the next tick (a week, a month). The resumed run is for the latest tick,
+/// so a tick that came meanwhile is covered by it, deadline or not.
+pub fn due_or_resume(
+    schedule: &CronSchedule,
+    tz: Tz,
+    since: DateTime<Utc>,
+    in_progress: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    deadline: chrono::Duration,
+) -> Due {
+    let plain = due(schedule, tz, since, now, deadline);
+    match in_progress.filter(|t| *t > since) {
+        None => plain,
+        Some(interrupted) => {
+            let tick = match plain {
+                Due::Run { tick } | Due::Missed { tick } | Due::Resume { tick, .. } => tick.max(interrupted),
+                // the schedule changed since (or the tick is beyond the lookback)
+                Due::NotDue => interrupted,
+            };
+            Due::Resume { tick, interrupted }
+        }
     }
 }
 
@@ -313,5 +387,151 @@ mod tests {
         assert_eq!(latest, Utc.with_ymd_and_hms(2026, 3, 1, 5, 0, 0).unwrap());
         let none = s.latest_tick_between(to, to + chrono::Duration::minutes(10), Tz::UTC, chrono::Duration::days(7));
         assert_eq!(none, None);
+    }
+
+    /// Crontab's rules against expected next ticks: the OR of the two day fields,
+    /// macros, ranges, steps, lists, and DST changes in named zones (a local time
+    /// that does not exist is skipped that day; one that happens twice runs once).
+    #[test]
+    fn next_ticks_follow_crontab() {
+        let table: &[(&str, &str, &str, &str)] = &[
+            // both day fields restricted: either matches
+            ("0 9 1,15 * 1", "UTC", "2026-03-02T09:00:00Z", "2026-03-09T09:00:00Z"), // a Monday
+            ("0 9 1,15 * 1", "UTC", "2026-03-09T09:00:00Z", "2026-03-15T09:00:00Z"), // the 15th, a Sunday
+            ("0 9 1,15 * 1", "UTC", "2026-03-30T09:00:00Z", "2026-04-01T09:00:00Z"), // the 1st, a Wednesday
+            ("0 12 1-7 * 1", "UTC", "2026-03-07T13:00:00Z", "2026-03-09T12:00:00Z"), // not "the first Monday"
+            ("0 9 13 * 5", "UTC", "2026-03-01T00:00:00Z", "2026-03-06T09:00:00Z"),   // any Friday, or the 13th
+            ("0 9 */2 * 1", "UTC", "2026-03-02T10:00:00Z", "2026-03-03T09:00:00Z"),  // a step restricts (Kubernetes)
+            ("0 9 30 2 1", "UTC", "2026-03-01T00:00:00Z", "2027-02-01T09:00:00Z"),   // Mondays in February
+            ("0 9 31 * 1", "UTC", "2026-04-01T00:00:00Z", "2026-04-06T09:00:00Z"),   // April has no 31st
+            ("0 9 1 * 7", "UTC", "2026-03-29T10:00:00Z", "2026-04-01T09:00:00Z"),    // the 1st before Sunday
+            // one day field unrestricted: the other alone
+            ("0 9 * * 1", "UTC", "2026-03-03T00:00:00Z", "2026-03-09T09:00:00Z"),
+            ("0 9 */1 * 1", "UTC", "2026-03-03T00:00:00Z", "2026-03-09T09:00:00Z"),
+            ("0 9 * * 5-7", "UTC", "2026-03-07T10:00:00Z", "2026-03-08T09:00:00Z"), // Friday to Sunday
+            // the 6-field form keeps the cron crate's AND: Friday the 13th
+            ("0 0 9 13 * FRI", "UTC", "2026-01-01T00:00:00Z", "2026-02-13T09:00:00Z"),
+            // ranges, steps, lists, macros
+            ("15 10-14/2 * * *", "UTC", "2026-03-01T10:15:00Z", "2026-03-01T12:15:00Z"),
+            ("0 0 1 */3 *", "UTC", "2026-02-10T00:00:00Z", "2026-04-01T00:00:00Z"),
+            ("0,30 9-10 * * *", "UTC", "2026-03-01T09:30:00Z", "2026-03-01T10:00:00Z"),
+            ("@hourly", "UTC", "2026-03-01T10:59:00Z", "2026-03-01T11:00:00Z"),
+            ("@daily", "UTC", "2026-03-01T00:00:00Z", "2026-03-02T00:00:00Z"),
+            ("@weekly", "UTC", "2026-03-04T00:00:00Z", "2026-03-08T00:00:00Z"),
+            ("@monthly", "Europe/London", "2026-03-15T00:00:00Z", "2026-03-31T23:00:00Z"), // 00:00 BST
+            ("@yearly", "America/New_York", "2026-06-01T00:00:00Z", "2027-01-01T05:00:00Z"), // 00:00 EST
+            // London springs forward on 2026-03-29 (01:00 GMT -> 02:00 BST)
+            ("30 8 * * 1-5", "Europe/London", "2026-03-27T09:00:00Z", "2026-03-30T07:30:00Z"),
+            ("0 9 * * *", "Europe/London", "2026-03-28T09:00:00Z", "2026-03-29T08:00:00Z"),
+            ("30 1 * * *", "Europe/London", "2026-03-28T12:00:00Z", "2026-03-30T00:30:00Z"), // 01:30 is skipped
+            ("*/15 * * * *", "Europe/London", "2026-03-29T00:50:00Z", "2026-03-29T01:00:00Z"), // 02:00 BST
+            ("0 1 1,15 * 0", "Europe/London", "2026-03-28T12:00:00Z", "2026-04-01T00:00:00Z"), // Sunday's 01:00 is skipped
+            // ... and falls back on 2026-10-25 (02:00 BST -> 01:00 GMT)
+            ("0 9 * * 0", "Europe/London", "2026-10-18T12:00:00Z", "2026-10-25T09:00:00Z"),
+            ("30 1 * * *", "Europe/London", "2026-10-24T12:00:00Z", "2026-10-25T00:30:00Z"), // 01:30 BST
+            ("30 1 * * *", "Europe/London", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"), // once that day
+            // New York springs forward on 2026-03-08 (02:00 EST -> 03:00 EDT), falls back on 2026-11-01
+            ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", "2026-03-09T06:30:00Z"), // 02:30 is skipped
+            ("0 3 * * *", "America/New_York", "2026-03-07T12:00:00Z", "2026-03-08T07:00:00Z"),
+            ("0 9 1,15 * 1", "America/New_York", "2026-03-07T12:00:00Z", "2026-03-09T13:00:00Z"), // 09:00 EDT
+            ("30 1 * * *", "America/New_York", "2026-11-01T04:00:00Z", "2026-11-01T05:30:00Z"),   // 01:30 EDT
+            ("30 1 * * *", "America/New_York", "2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"),   // once that day
+        ];
+        let utc = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let mut wrong = Vec::new();
+        for (expr, zone, after, expected) in table {
+            let tz: Tz = zone.parse().unwrap();
+            let s = CronSchedule::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            let got = s.next_after(utc(after), tz);
+            if got != Some(utc(expected)) {
+                wrong.push(format!("{expr} in {zone} after {after}: expected {expected}, got {got:?}"));
+            }
+            // the due rule sees the same tick as the latest one up to it
+            let latest = s.latest_tick_between(utc(after), utc(expected), tz, chrono::Duration::days(400));
+            if latest != Some(utc(expected)) {
+                wrong.push(format!("{expr} in {zone}: latest tick up to {expected} is {latest:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(table.len() >= 15);
+    }
+
+    #[test]
+    fn the_or_rule_needs_both_day_fields_restricted() {
+        assert!(is_unrestricted("*") && is_unrestricted("?") && is_unrestricted("*/1") && is_unrestricted("1,*"));
+        assert!(
+            !is_unrestricted("*/2") && !is_unrestricted("1-31") && !is_unrestricted("0-6") && !is_unrestricted("1")
+        );
+        // both restricted: two schedules merged; otherwise one
+        assert_eq!(CronSchedule::parse("0 9 1,15 * 1").unwrap().schedules.len(), 2);
+        assert_eq!(CronSchedule::parse("0 9 * * 1").unwrap().schedules.len(), 1);
+        assert_eq!(CronSchedule::parse("0 0 9 1,15 * MON").unwrap().schedules.len(), 1);
+        // half an OR that never fires is dropped; both never firing is refused
+        assert_eq!(CronSchedule::parse("0 9 30 2 1").unwrap().schedules.len(), 1);
+        assert!(matches!(CronSchedule::parse("0 9 30 2 *"), Err(ScheduleError::Invalid { .. })));
+        // ticks of the two halves interleave without duplicates: the 1st of June 2026
+        // is a Monday, ticked once
+        let s = CronSchedule::parse("0 9 1 * 1").unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 5, 31, 0, 0, 0).unwrap();
+        let ticks: Vec<_> =
+            std::iter::successors(s.next_after(start, Tz::UTC), |t| s.next_after(*t, Tz::UTC)).take(3).collect();
+        let days: Vec<u32> = ticks.iter().map(|t| t.day()).collect();
+        assert_eq!(days, [1, 8, 15], "{ticks:?}");
+    }
+
+    #[test]
+    fn next_after_is_strictly_after_across_dst() {
+        // every minute of both change days in both zones, for a few expressions
+        for (zone, days) in [("Europe/London", [(3, 29), (10, 25)]), ("America/New_York", [(3, 8), (11, 1)])] {
+            let tz: Tz = zone.parse().unwrap();
+            for expr in ["30 1 * * *", "0 * * * *", "*/20 * * * *", "0 9 1,15 * 0"] {
+                let s = CronSchedule::parse(expr).unwrap();
+                for (m, d) in days {
+                    let day = Utc.with_ymd_and_hms(2026, m, d, 0, 0, 0).unwrap();
+                    for minute in (0..36 * 60).step_by(7) {
+                        let t = day + chrono::Duration::minutes(minute);
+                        let next = s.next_after(t, tz).unwrap();
+                        assert!(next > t, "{expr} in {zone}: next after {t} is {next}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_interrupted_tick_is_resumed_whatever_the_deadline() {
+        let s = CronSchedule::parse("0 9 * * 1").unwrap();
+        let tz = Tz::UTC;
+        let hour = chrono::Duration::hours(1);
+        let created = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let monday = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap();
+        let next_monday = Utc.with_ymd_and_hms(2026, 3, 9, 9, 0, 0).unwrap();
+        let later = Utc.with_ymd_and_hms(2026, 3, 2, 15, 0, 0).unwrap();
+        // nothing in progress: the plain rule (missed after the deadline)
+        assert_eq!(due_or_resume(&s, tz, created, None, later, hour), Due::Missed { tick: monday });
+        assert_eq!(
+            due_or_resume(&s, tz, created, None, monday + chrono::Duration::minutes(5), hour),
+            Due::Run { tick: monday }
+        );
+        // the run of Monday's tick started and did not finish: resumed hours later
+        assert_eq!(
+            due_or_resume(&s, tz, created, Some(monday), later, hour),
+            Due::Resume { tick: monday, interrupted: monday }
+        );
+        // a finished run after the tick (done_through past it) ends that
+        let finished = monday + chrono::Duration::hours(2);
+        assert_eq!(due_or_resume(&s, tz, finished, Some(monday), later, hour), Due::NotDue);
+        // still unfinished at the next tick: one run, for the latest tick
+        let after_next = next_monday + chrono::Duration::hours(3);
+        assert_eq!(
+            due_or_resume(&s, tz, created, Some(monday), after_next, hour),
+            Due::Resume { tick: next_monday, interrupted: monday }
+        );
+        // the schedule changed meanwhile (no tick of the new one since): still resumed
+        let other = CronSchedule::parse("0 9 1 1 *").unwrap();
+        assert_eq!(
+            due_or_resume(&other, tz, created, Some(monday), later, hour),
+            Due::Resume { tick: monday, interrupted: monday }
+        );
     }
 }

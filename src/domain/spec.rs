@@ -379,11 +379,19 @@ impl CampaignSpec {
                     }
                 }
             }
+            // the body carries a session link: https, or plain http on this host only
             Channel::Webhook => match &d.webhook_url {
                 None => return invalid("delivery.webhook_url", "the webhook channel needs a URL".into()),
                 Some(u) => match url::Url::parse(u) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                    _ => return invalid("delivery.webhook_url", format!("{u:?} is not an http(s) URL")),
+                    Ok(parsed) => {
+                        if let Err(m) = super::endpoint::require_https(&parsed) {
+                            return invalid("delivery.webhook_url", m);
+                        }
+                    }
+                    Err(e) => {
+                        let shown = super::endpoint::redact_url(u);
+                        return invalid("delivery.webhook_url", format!("{shown:?} is not a URL: {e}"));
+                    }
                 },
             },
         }
@@ -539,6 +547,22 @@ concurrency = 8
             CampaignSpec::from_toml(&text, "f"),
             Err(SpecError::Invalid { field, .. }) if field == "delivery.webhook_url"
         ));
+    }
+
+    #[test]
+    fn webhook_urls_are_https_except_to_loopback() {
+        let hook =
+            |u: &str| EXAMPLE.replace("channel = \"email\"", &format!("channel = \"webhook\"\nwebhook_url = \"{u}\""));
+        for ok in ["https://push.example.com/hook", "http://127.0.0.1:9/hook", "http://[::1]:9/", "http://localhost/h"]
+        {
+            CampaignSpec::from_toml(&hook(ok), "f").unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["http://push.example.com/hook?token=hunter2", "ftp://push.example.com/", "not a url"] {
+            let e = CampaignSpec::from_toml(&hook(bad), "jobs/p.toml").unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.starts_with("jobs/p.toml: `delivery.webhook_url`: "), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
     }
 
     #[test]

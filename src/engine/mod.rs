@@ -125,6 +125,9 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub targeted: AtomicI64,
+    /// Of the targeted, those added as `deferred` (REJECTED inside the cooldown):
+    /// never claimed by this run, counted in [`RunCounts::deferred`].
+    pub deferred_at_targeting: AtomicI64,
     pub claimed: AtomicI64,
     pub notified: AtomicI64,
     pub skipped: AtomicI64,
@@ -145,21 +148,25 @@ impl Progress {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A snapshot for the run record.
+    /// A snapshot for the run record. `deferred` counts the users deferred by the
+    /// pipeline and those deferred at targeting.
     pub fn counts(&self) -> RunCounts {
         RunCounts {
             targeted: self.targeted.load(Ordering::Relaxed),
             notified: self.notified.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
-            deferred: self.deferred.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed) + self.deferred_at_targeting.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
         }
     }
 
-    /// Users with a recorded outcome so far.
+    /// Claimed users with a recorded outcome so far (users deferred at targeting
+    /// were never claimed: not counted).
     pub fn done(&self) -> i64 {
-        let c = self.counts();
-        c.notified + c.skipped + c.deferred + c.failed + self.abandoned.load(Ordering::Relaxed)
+        [&self.notified, &self.skipped, &self.deferred, &self.failed, &self.abandoned]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -173,6 +180,9 @@ pub struct Run {
     pub campaign_id: i64,
     pub spec: CampaignSpec,
     pub progress: Arc<Progress>,
+    /// The scheduled tick this run is for (`run --due`, the daemon), recorded as the
+    /// campaign's tick in progress until a run finishes; `None` for a run by hand.
+    pub tick: Option<DateTime<Utc>>,
 }
 
 /// How a run ended.
@@ -279,7 +289,7 @@ impl Run {
     pub async fn execute(self, stop: CancellationToken) -> Result<RunReport, EngineError> {
         let worker = self.config.worker_id.clone();
         let (store, clock, campaign_id) = (self.store.clone(), self.clock.clone(), self.campaign_id);
-        let run_id = store.run_start(campaign_id, &worker, clock.now()).await?;
+        let run_id = store.run_start(campaign_id, &worker, clock.now(), self.tick).await?;
         let result = self.execute_inner(stop).await;
         let (outcome, error, counts) = match &result {
             Ok((o, counts)) => (*o, None, *counts),
@@ -318,13 +328,14 @@ impl Run {
         )
         .await
         .map_err(|e| fail(e, &progress))?;
-        let added = self
+        let targeted = self
             .store
-            .target_add_matching(self.campaign_id, &self.spec.audience, now)
+            .target_add_matching_counted(self.campaign_id, &self.spec.audience, now)
             .await
             .map_err(|e| fail(e, &progress))?;
-        progress.targeted.store(i64::try_from(added).unwrap_or(i64::MAX), Ordering::Relaxed);
-        info!(campaign = %self.spec.name, added, "targeting done");
+        progress.targeted.store(i64::try_from(targeted.added).unwrap_or(i64::MAX), Ordering::Relaxed);
+        progress.deferred_at_targeting.store(i64::try_from(targeted.deferred).unwrap_or(i64::MAX), Ordering::Relaxed);
+        info!(campaign = %self.spec.name, added = targeted.added, deferred = targeted.deferred, "targeting done");
 
         let concurrency = usize::try_from(self.spec.throttle.concurrency).unwrap_or(1).max(1);
         let click = match self.spec.delivery.link {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::adapters::{BaanxApi, NotifierDeliverer};
@@ -16,6 +17,7 @@ use crate::notify::{Notifier, RetryPolicy};
 use crate::store::Store;
 use crate::store::campaigns::CampaignRecord;
 use crate::store::group::GroupCommit;
+use crate::store::runs::RunOutcome;
 use crate::store::tokens::StoreTokenVault;
 
 /// Everything a run needs that outlives one campaign.
@@ -54,28 +56,59 @@ impl Worker {
         Ok(Self { store, client: Arc::new(client), notifier, clock, config })
     }
 
-    /// Runs one campaign until nothing is due or `stop` is cancelled.
+    /// Runs one campaign until nothing is due or `stop` is cancelled, and counts the
+    /// run in the metrics (`reverify_runs_total`, `reverify_run_duration_seconds`,
+    /// and `reverify_last_success_timestamp_seconds` when it finished).
     ///
     /// # Errors
-    /// [`EngineError`]: a bad stored spec, a template the campaign needs that is
-    /// missing, or the store failing outside a single user.
+    /// [`EngineError`]: a bad stored spec, a campaign this worker cannot serve
+    /// ([`crate::notify::check_campaign`]: a missing template, From address, channel
+    /// setting or key), or the store failing outside a single user.
     pub async fn run_campaign(
         &self,
         campaign: &CampaignRecord,
         progress: Arc<Progress>,
         stop: CancellationToken,
     ) -> Result<RunReport, EngineError> {
+        self.run_campaign_for_tick(campaign, None, progress, stop).await
+    }
+
+    /// As [`Worker::run_campaign`], for a scheduled tick (`Some`): the tick stays the
+    /// campaign's tick in progress, resumed by the next `run --due`, until a run
+    /// finishes. Every run is counted in the batch-job metrics.
+    ///
+    /// # Errors
+    /// As [`Worker::run_campaign`].
+    pub async fn run_campaign_for_tick(
+        &self,
+        campaign: &CampaignRecord,
+        tick: Option<DateTime<Utc>>,
+        progress: Arc<Progress>,
+        stop: CancellationToken,
+    ) -> Result<RunReport, EngineError> {
+        let started = std::time::Instant::now();
+        let result = self.run_campaign_uncounted(campaign, tick, progress, stop).await;
+        let outcome = result.as_ref().map_or(RunOutcome::Failed, |r| r.outcome);
+        crate::telemetry::global().run_ended(
+            campaign.name.as_str(),
+            outcome.as_str(),
+            started.elapsed(),
+            self.clock.now(),
+        );
+        result
+    }
+
+    async fn run_campaign_uncounted(
+        &self,
+        campaign: &CampaignRecord,
+        tick: Option<DateTime<Utc>>,
+        progress: Arc<Progress>,
+        stop: CancellationToken,
+    ) -> Result<RunReport, EngineError> {
         let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
-        if spec.delivery.link == crate::domain::spec::LinkMode::Click && self.config.public_url.is_none() {
-            return Err(EngineError::Setup(format!(
-                "campaign {} sends click-through links (delivery.link = \"click\"): set public_url \
-                 (REVERIFY_PUBLIC_URL), the https address where `reverify serve` or the daemon's public_listen \
-                 answers /v/{{token}}",
-                spec.name
-            )));
-        }
-        self.notifier
-            .check(&spec.delivery, spec.reminders.as_ref().map(|r| r.template.as_str()))
+        // the check `campaign validate` and `campaign apply` make (notify::check_campaign)
+        let channels = crate::notify::Channels { click: self.config.public_url.is_some(), ..self.notifier.channels() };
+        crate::notify::check_campaign(&spec, self.notifier.templates(), channels)
             .map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
         let api: Arc<dyn VerificationApi> = Arc::new(BaanxApi(self.client.clone()));
         let deliverer = Arc::new(NotifierDeliverer {
@@ -92,6 +125,7 @@ impl Worker {
             campaign_id: campaign.campaign_id,
             spec,
             progress,
+            tick,
         }
         .execute(stop)
         .await

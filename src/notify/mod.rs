@@ -18,6 +18,7 @@
 //! before they leave this module (design.md, invariant 2). `notify` knows nothing of
 //! the database.
 
+mod check;
 mod email;
 mod error;
 mod outbox;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+pub use check::{CampaignCheck, Channels, check_campaign, check_delivery};
 pub use email::build_email;
 pub use error::NotifyError;
 pub use outbox::{Outbox, is_message_name};
@@ -41,6 +43,7 @@ pub use template::{Rendered, TemplateError, Templates};
 pub use webhook::{WebhookPayload, WebhookSender, sign_webhook};
 
 use crate::config::Settings;
+use crate::domain::CampaignSpec;
 use crate::domain::spec::{Channel, Delivery};
 use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
 
@@ -144,15 +147,9 @@ impl Notifier {
     /// [`NotifyError::Template`] naming the file and line of a broken template;
     /// [`NotifyError::Config`] naming the settings key that is wrong.
     pub fn from_settings(settings: &Settings, retry: RetryPolicy) -> Result<Self, NotifyError> {
-        // The default directory missing (an installed binary run elsewhere) means the
-        // built-in copies of the shipped templates; a configured one must exist.
-        let templates =
-            if settings.templates_dir == Settings::default().templates_dir && !settings.templates_dir.exists() {
-                tracing::info!("{} not found: using the built-in templates", settings.templates_dir.display());
-                Templates::builtin()?
-            } else {
-                Templates::load(&settings.templates_dir)?
-            };
+        let templates = Templates::from_settings(settings)?;
+        // the same checks of the channel settings as `campaign validate` and `apply`
+        Channels::from_settings(settings)?;
         let email = match (&settings.smtp_url, &settings.outbox_dir) {
             (Some(_), Some(_)) => {
                 return Err(NotifyError::config("outbox_dir", "set smtp_url or outbox_dir, not both"));
@@ -180,46 +177,29 @@ impl Notifier {
         &self.templates
     }
 
+    /// The channels this notifier can send on (click-through links are the
+    /// worker's to tell: [`Channels::click`] is false here).
+    pub fn channels(&self) -> Channels {
+        Channels { email: self.email.is_some(), webhook: self.webhook.is_some(), click: false }
+    }
+
     /// Fails fast, before any session is opened, when this notifier cannot serve a
-    /// campaign: its template (and the reminder template, when given) is missing, an
-    /// email campaign has no From address, or its channel is not configured.
+    /// campaign: [`check_campaign`] with this notifier's templates and channels, the
+    /// check `campaign validate` and `campaign apply` make too.
     ///
     /// # Errors
-    /// [`NotifyError::Template`] or [`NotifyError::Config`], naming what is missing.
+    /// As [`check_campaign`].
+    pub fn check_campaign(&self, spec: &CampaignSpec) -> Result<(), NotifyError> {
+        check_campaign(spec, &self.templates, self.channels())
+    }
+
+    /// [`Notifier::check_campaign`] for delivery settings alone (and the reminder
+    /// template, when given): [`check_delivery`].
+    ///
+    /// # Errors
+    /// As [`check_campaign`].
     pub fn check(&self, delivery: &Delivery, reminder_template: Option<&str>) -> Result<(), NotifyError> {
-        match delivery.channel {
-            Channel::Email => {
-                self.templates.require(&delivery.template)?;
-                if let Some(t) = reminder_template {
-                    self.templates.require(t)?;
-                }
-                match delivery.from.as_deref() {
-                    None => return Err(NotifyError::config("delivery.from", "the email channel needs a From address")),
-                    Some(f) if f.parse::<lettre::message::Mailbox>().is_err() => {
-                        return Err(NotifyError::config("delivery.from", format!("{f:?} is not a mailbox")));
-                    }
-                    Some(_) => {}
-                }
-                if self.email.is_none() {
-                    return Err(NotifyError::config(
-                        "smtp_url",
-                        "the campaign sends email: set smtp_url (or outbox_dir)",
-                    ));
-                }
-            }
-            Channel::Webhook => {
-                if self.webhook.is_none() {
-                    return Err(NotifyError::config(
-                        "notify_webhook_key",
-                        "the campaign uses the webhook channel: set notify_webhook_key to sign it",
-                    ));
-                }
-                if delivery.webhook_url.is_none() {
-                    return Err(NotifyError::config("delivery.webhook_url", "the webhook channel needs a URL"));
-                }
-            }
-        }
-        Ok(())
+        check_delivery(delivery, reminder_template, &self.templates, self.channels())
     }
 
     /// One attempt to deliver `msg` on its campaign's channel.

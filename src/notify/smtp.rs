@@ -79,7 +79,8 @@ impl SmtpConfig {
     /// [`NotifyError::Config`] naming `smtp_url` (or `smtp_password`) and what is wrong.
     pub fn parse(url: &str, password: Option<Secret>) -> Result<Self, NotifyError> {
         let bad = |m: String| NotifyError::config(KEY, m);
-        let u = url::Url::parse(url.trim()).map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?;
+        let u = url::Url::parse(url.trim())
+            .map_err(|e| bad(format!("{:?} is not a URL: {e}", crate::domain::endpoint::redact_url(url))))?;
         let mut tls = match u.scheme() {
             "smtp" => TlsMode::Starttls,
             "smtps" => TlsMode::Tls,
@@ -585,5 +586,8 @@ mod tests {
         }
         let e = SmtpConfig::parse("smtp://smtp.example.com", Some(Secret::new("pw"))).unwrap_err().to_string();
         assert!(e.starts_with("smtp_password: "), "{e}");
+        // a URL that does not parse is shown without its password
+        let e = parse("smtp://u:hunter2@smtp.example.com:notaport").unwrap_err().to_string();
+        assert!(e.starts_with("smtp_url: ") && e.contains("u:***@") && !e.contains("hunter2"), "{e}");
     }
 }

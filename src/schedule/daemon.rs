@@ -3,7 +3,10 @@
 //! The loop sleeps until the earliest next tick among the active campaigns (never
 //! longer than [`super::REFRESH`], so that campaigns applied, paused or resumed in
 //! the database are picked up), runs what is due under each campaign's lease, and
-//! on SIGTERM stops claiming, lets users in flight finish, and returns.
+//! on SIGTERM stops claiming, lets users in flight finish, and returns. A tick whose
+//! run did not finish stays due (resumed at the next pass); a campaign whose lease
+//! another process holds is tried again once that lease could have expired, and one
+//! whose run failed after [`super::REFRESH`], so that neither is retried in a loop.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,6 +29,8 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> Result<(), cra
     let mut running: JoinSet<(i64, Scheduled)> = JoinSet::new();
     let mut active: HashSet<i64> = HashSet::new();
     let mut missed_logged: HashMap<i64, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    // campaigns not to start again before a time (held elsewhere, or just failed)
+    let mut not_before: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut failures_in_a_row = 0u32;
     info!(worker = %worker.config.worker_id, "daemon started");
     loop {
@@ -46,8 +51,10 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> Result<(), cra
                         let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
                         sleep_for = sleep_for.min(wait.max(Duration::from_millis(200)));
                     }
+                    let waiting = not_before.get(&id).is_some_and(|t| *t > tokio::time::Instant::now());
                     match c.due {
-                        Due::Run { tick } if !active.contains(&id) => {
+                        Due::Run { tick } | Due::Resume { tick, .. } if !active.contains(&id) && !waiting => {
+                            not_before.remove(&id);
                             active.insert(id);
                             let (w, s) = (worker.clone(), stop.child_token());
                             running.spawn(async move {
@@ -78,6 +85,14 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> Result<(), cra
                 if let Ok((id, outcome)) = done {
                     active.remove(&id);
                     log_outcome(id, &outcome);
+                    let pause = match &outcome {
+                        Scheduled::AlreadyRunning => Some(worker.config.lease),
+                        Scheduled::Failed(_) => Some(REFRESH),
+                        Scheduled::Ran(_) | Scheduled::AlreadyRan => None,
+                    };
+                    if let Some(pause) = pause {
+                        not_before.insert(id, tokio::time::Instant::now() + pause);
+                    }
                 }
             }
         }

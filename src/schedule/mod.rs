@@ -1,11 +1,14 @@
 //! Which campaigns are due, and the scheduled run that takes each one's lease.
 //!
 //! A campaign is due when its cron schedule, read in its time zone, had a tick
-//! since its last run (or since it was created) that is no older than its
-//! `starting_deadline`. Missed ticks never pile up: one run covers them. Scheduled
-//! runs hold a per-campaign lease in the database, renewed while they run, so that
-//! overlapping invocations (a CronJob with `concurrencyPolicy: Allow`, two cron
-//! hosts, two daemons) run each due campaign once.
+//! since its last finished run (or since it was created) that is no older than its
+//! `starting_deadline`, or when a scheduled run of a tick started and none has
+//! finished since (stopped, killed or failed): that tick is resumed, whatever the
+//! deadline. A tick counts as done only when a run finishes. Missed ticks never pile
+//! up: one run covers them. Scheduled runs hold a per-campaign lease in the
+//! database, renewed while they run, so that overlapping invocations (a CronJob with
+//! `concurrencyPolicy: Allow`, two cron hosts, two daemons) run each due campaign
+//! once.
 
 pub mod daemon;
 
@@ -37,11 +40,11 @@ pub fn check(campaign: &CampaignRecord, now: DateTime<Utc>) -> DueCheck {
     let Some((cron, tz, deadline)) = found.filter(|_| campaign.status == CampaignStatus::Active) else {
         return DueCheck { campaign: campaign.clone(), due: Due::NotDue, next: None };
     };
-    let since = campaign.last_run_at.unwrap_or(campaign.created_at);
+    let since = campaign.done_through.unwrap_or(campaign.created_at);
     let deadline = chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::hours(1));
     DueCheck {
         campaign: campaign.clone(),
-        due: schedule::due(&cron, tz, since, now, deadline),
+        due: schedule::due_or_resume(&cron, tz, since, campaign.tick_in_progress, now, deadline),
         next: cron.next_after(now, tz),
     }
 }
@@ -66,7 +69,7 @@ pub enum Scheduled {
     Ran(RunReport),
     /// Another invocation holds the campaign's lease.
     AlreadyRunning,
-    /// Another invocation ran it for this tick a moment ago.
+    /// Another invocation finished a run for this tick a moment ago.
     AlreadyRan,
     Failed(EngineError),
 }
@@ -88,8 +91,9 @@ pub async fn run_due(
         Ok(false) => return Scheduled::AlreadyRunning,
         Err(e) => return Scheduled::Failed(e.into()),
     }
-    // Re-check under the lease: a run that finished elsewhere moved last_run_at.
-    match store.campaign_last_run(c.campaign_id).await {
+    // Re-check under the lease: a run that finished elsewhere moved done_through
+    // (an interrupted one did not: its tick is resumed here).
+    match store.campaign_done_through(c.campaign_id).await {
         Ok(Some(last)) if last >= tick => {
             let _ = store.campaign_lease_release(c.campaign_id, &me).await;
             return Scheduled::AlreadyRan;
@@ -124,7 +128,7 @@ pub async fn run_due(
             }
         })
     };
-    let result = worker.run_campaign(&c, progress, stop).await;
+    let result = worker.run_campaign_for_tick(&c, Some(tick), progress, stop).await;
     renew_stop.cancel();
     let _ = renewer.await;
     if let Err(e) = store.campaign_lease_release(c.campaign_id, &me).await {

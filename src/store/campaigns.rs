@@ -120,8 +120,14 @@ pub struct CampaignRecord {
     pub timezone: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The start of the latest run, whatever its outcome.
     pub last_run_at: Option<DateTime<Utc>>,
     pub next_run_at: Option<DateTime<Utc>>,
+    /// The tick a scheduled run started and no finished run has covered yet: the
+    /// next `run --due` resumes it (see [`crate::domain::schedule::due_or_resume`]).
+    pub tick_in_progress: Option<DateTime<Utc>>,
+    /// The start of the latest run that finished: every tick at or before it is done.
+    pub done_through: Option<DateTime<Utc>>,
 }
 
 impl CampaignRecord {
@@ -160,7 +166,7 @@ pub fn spec_hash(toml_text: &str) -> String {
 }
 
 const CAMPAIGN_COLUMNS: &str = "campaign_id, name, spec, spec_hash, version, status, schedule, timezone, \
-     created_at, updated_at, last_run_at, next_run_at";
+     created_at, updated_at, last_run_at, next_run_at, tick_in_progress, done_through";
 
 fn decode(message: String) -> sqlx::Error {
     sqlx::Error::Decode(message.into())
@@ -183,6 +189,8 @@ fn campaign_from_row(row: &AnyRow) -> Result<CampaignRecord, sqlx::Error> {
         updated_at: from_millis(row.try_get("updated_at")?),
         last_run_at: opt_time("last_run_at")?,
         next_run_at: opt_time("next_run_at")?,
+        tick_in_progress: opt_time("tick_in_progress")?,
+        done_through: opt_time("done_through")?,
     })
 }
 

@@ -78,18 +78,19 @@ impl Store {
         Ok(())
     }
 
-    /// The start of the campaign's last run (re-read after taking the lease, so that
-    /// a run that just finished elsewhere is seen).
+    /// The start of the campaign's latest finished run (`done_through`: every tick
+    /// at or before it is done), re-read after taking the lease so that a run that
+    /// just finished elsewhere is seen.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn campaign_last_run(&self, campaign_id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let row = sqlx::query("SELECT last_run_at FROM campaigns WHERE campaign_id = $1")
+    pub async fn campaign_done_through(&self, campaign_id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query("SELECT done_through FROM campaigns WHERE campaign_id = $1")
             .bind(campaign_id)
             .fetch_one(self.pool())
             .await
-            .map_err(query_err("campaign_last_run"))?;
-        let v: Option<i64> = row.try_get("last_run_at").map_err(query_err("campaign_last_run"))?;
+            .map_err(query_err("campaign_done_through"))?;
+        let v: Option<i64> = row.try_get("done_through").map_err(query_err("campaign_done_through"))?;
         Ok(v.map(from_millis))
     }
 

@@ -105,7 +105,13 @@ both_engines!(targeting_is_set_based_filtered_and_idempotent, |db: TestDb| async
     assert_eq!(s.target_add_matching(c3, &us, now).await.unwrap(), 0, "max_users holds across runs");
     let c4 = campaign(s, "c4").await;
     let rejected = Audience { states: vec![VerificationState::Rejected], ..Audience::default() };
-    assert_eq!(s.target_add_matching(c4, &rejected, now).await.unwrap(), 2);
+    // the run's summary counts the one deferred at targeting (user 4, in the cooldown)
+    let counted = s.target_add_matching_counted(c4, &rejected, now).await.unwrap();
+    assert_eq!(counted, crate::store::targets::Targeted { added: 2, deferred: 1 });
+    let c5 = campaign(s, "c5").await;
+    let unverified = Audience { states: vec![VerificationState::Unverified], ..Audience::default() };
+    let counted = s.target_add_matching_counted(c5, &unverified, now).await.unwrap();
+    assert_eq!(counted, crate::store::targets::Targeted { added: 2, deferred: 0 });
 });
 
 // Without ON CONFLICT (issue 8), only the advisory lock (Postgres) or the single

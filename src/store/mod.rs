@@ -119,15 +119,53 @@ pub struct Store {
     group: Option<group::Group>,
 }
 
-/// Replaces the password in a URL with `***`, for messages.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
+pub use crate::domain::endpoint::redact_url;
+
+/// The connect parameters sqlx's Postgres driver reads; it ignores any other one
+/// with a warning that prints its value.
+const PG_PARAMETERS: [&str; 17] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+];
+
+/// `database_url` without the query parameters the driver would ignore and whose
+/// value is a secret (`sslpassword`, say): sqlx logs an ignored parameter with its
+/// value, so such a one is dropped here and named (without its value) in a warning.
+fn without_ignored_secrets(database_url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(database_url) else { return database_url.to_owned() };
+    let known = |k: &str| PG_PARAMETERS.contains(&k) || k == "options" || k.starts_with("options[");
+    let dropped: Vec<String> = u
+        .query_pairs()
+        .filter(|(k, _)| !known(k) && crate::domain::endpoint::is_secret_key(k))
+        .map(|(k, _)| k.into_owned())
+        .collect();
+    if dropped.is_empty() {
+        return database_url.to_owned();
     }
+    let kept: Vec<(String, String)> =
+        u.query_pairs().filter(|(k, _)| !dropped.contains(&k.to_string())).map(|(k, v)| (k.into(), v.into())).collect();
+    if kept.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    tracing::warn!(parameters = %dropped.join(", "), "database_url: parameters this client does not support were ignored");
+    u.to_string()
 }
 
 impl Store {
@@ -153,12 +191,13 @@ impl Store {
                 let sep = if database_url.contains('?') { '&' } else { '?' };
                 format!("{database_url}{sep}mode=rwc")
             }
-            _ => database_url.to_owned(),
+            Backend::Postgres => without_ignored_secrets(database_url),
+            Backend::Sqlite => database_url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|e| StoreError::Url { url: shown.clone(), message: e.to_string() })?
             .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+            .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5));
         let pool_options = match backend {
             // Every session bounds what a stalled peer can cost the fleet (issue 13): a
             // transaction left idle by a frozen process (a paused VM, a starved pod, a
@@ -333,5 +372,30 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
         assert_eq!(from_millis(to_millis(t)), t);
         assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn secrets_the_driver_would_ignore_are_dropped_before_it_logs_them() {
+        let u = without_ignored_secrets("postgres://u@h/db?sslmode=require&sslpassword=hunter2&password=pw");
+        assert_eq!(u, "postgres://u@h/db?sslmode=require&password=pw");
+        let u = without_ignored_secrets("postgres://u@h/db?client_secret=x");
+        assert_eq!(u, "postgres://u@h/db");
+        let same = "postgres://u:p@h/db?sslmode=disable&application_name=a";
+        assert_eq!(without_ignored_secrets(same), same);
+    }
+
+    #[tokio::test]
+    async fn connect_errors_never_show_a_password() {
+        for url in [
+            "postgres://u:hunter2@db/x?sslmode=bogus",
+            "postgres://u@db/x?password=hunter2&sslpassword=hunter2&sslmode=bogus",
+            "postgres://u:hunter2@db:notaport/x",
+            "mysql://u:hunter2@db/x?token=hunter2",
+        ] {
+            let e = Store::connect(url).await.unwrap_err();
+            for shown in [e.to_string(), format!("{e:?}")] {
+                assert!(!shown.contains("hunter2"), "{shown}");
+            }
+        }
     }
 }

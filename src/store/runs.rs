@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Store, StoreError, query_err, to_millis};
+use super::{Store, StoreError, from_millis, query_err, to_millis};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -36,11 +36,19 @@ pub struct RunCounts {
 }
 
 impl Store {
-    /// Records the start of a run and returns its id.
+    /// Records the start of a run and returns its id. A scheduled run passes the
+    /// tick it is for, which stays the campaign's `tick_in_progress` until a run
+    /// finishes (see [`Store::run_finish`]).
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn run_start(&self, campaign_id: i64, worker: &str, now: DateTime<Utc>) -> Result<i64, StoreError> {
+    pub async fn run_start(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        now: DateTime<Utc>,
+        tick: Option<DateTime<Utc>>,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO campaign_runs (campaign_id, worker_id, started_at, outcome) VALUES ($1, $2, $3, 'running') \
@@ -53,12 +61,18 @@ impl Store {
         .await
         .and_then(|r| r.try_get("run_id"))
         .map_err(query_err("run_start"))?;
-        sqlx::query("UPDATE campaigns SET last_run_at = $2 WHERE campaign_id = $1")
-            .bind(campaign_id)
-            .bind(to_millis(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("run_start campaign"))?;
+        // A manual run leaves the tick in progress as it is; a scheduled one records
+        // its tick (the latest one due: it covers any earlier one still in progress).
+        sqlx::query(
+            "UPDATE campaigns SET last_run_at = $2, tick_in_progress = COALESCE($3, tick_in_progress) \
+             WHERE campaign_id = $1",
+        )
+        .bind(campaign_id)
+        .bind(to_millis(now))
+        .bind(tick.map(to_millis))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("run_start campaign"))?;
         super::sessions::event_in_tx(
             &mut tx,
             now,
@@ -66,14 +80,20 @@ impl Store {
             "run.started",
             Some(campaign_id),
             None,
-            &serde_json::json!({ "run_id": id }),
+            &match tick {
+                Some(t) => serde_json::json!({ "run_id": id, "tick": t }),
+                None => serde_json::json!({ "run_id": id }),
+            },
         )
         .await?;
         tx.commit().await.map_err(query_err("run_start commit"))?;
         Ok(id)
     }
 
-    /// Records the end of a run.
+    /// Records the end of a run. A run that finished (nothing left that is due)
+    /// marks every tick up to its start as done: `done_through` moves to its start,
+    /// and the campaign's `tick_in_progress` is cleared when this run started after
+    /// it. An interrupted or failed run changes neither, so the tick stays due.
     #[allow(clippy::too_many_arguments)]
     ///
     /// # Errors
@@ -105,6 +125,22 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_err("run_finish"))?;
+        if outcome == RunOutcome::Finished {
+            sqlx::query(
+                "UPDATE campaigns SET \
+                   done_through = CASE WHEN done_through IS NULL OR done_through < r.started_at \
+                     THEN r.started_at ELSE done_through END, \
+                   tick_in_progress = CASE WHEN tick_in_progress <= r.started_at \
+                     THEN NULL ELSE tick_in_progress END \
+                 FROM (SELECT started_at FROM campaign_runs WHERE run_id = $2) AS r \
+                 WHERE campaign_id = $1",
+            )
+            .bind(campaign_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("run_finish campaign"))?;
+        }
         super::sessions::event_in_tx(
             &mut tx,
             now,
@@ -117,5 +153,27 @@ impl Store {
         .await?;
         tx.commit().await.map_err(query_err("run_finish commit"))?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// When each campaign's last finished run ended, by campaign name (campaigns
+    /// that never finished a run are absent): the batch-job "last success" metric.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn run_last_successes(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.name AS name, MAX(r.finished_at) AS finished_at FROM campaign_runs r \
+             JOIN campaigns c ON c.campaign_id = r.campaign_id \
+             WHERE r.outcome = 'finished' AND r.finished_at IS NOT NULL GROUP BY c.name ORDER BY c.name",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_err("run_last_successes"))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("name")?, from_millis(r.try_get::<i64, _>("finished_at")?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_err("run_last_successes"))
     }
 }

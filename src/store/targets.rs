@@ -12,7 +12,17 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Backend, Store, StoreError, query_err, to_millis};
+use crate::domain::VerificationState;
 use crate::domain::spec::Audience;
+
+/// What a targeting pass added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Targeted {
+    /// New targets.
+    pub added: u64,
+    /// Of those, the ones added as `deferred` (REJECTED inside the cooldown).
+    pub deferred: u64,
+}
 
 /// A target just claimed, with what the pipeline needs to know of its user.
 #[derive(Debug, Clone)]
@@ -210,6 +220,24 @@ impl Store {
         audience: &Audience,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        Ok(self.target_add_matching_counted(campaign_id, audience, now).await?.added)
+    }
+
+    /// [`Store::target_add_matching`], also counting the targets added as
+    /// `deferred` (REJECTED users inside the rejection cooldown), for the run's
+    /// summary. They are counted in the same transaction, among the deferred
+    /// targets created at `now` (the claim index's range of deferred targets); no
+    /// statement runs when the audience cannot hold a REJECTED user or nothing was
+    /// added.
+    ///
+    /// # Errors
+    /// As [`Store::target_add_matching`].
+    pub async fn target_add_matching_counted(
+        &self,
+        campaign_id: i64,
+        audience: &Audience,
+        now: DateTime<Utc>,
+    ) -> Result<Targeted, StoreError> {
         let now_ms = to_millis(now);
         let mut tx = self.begin_write().await?;
         if self.backend() == Backend::Postgres {
@@ -240,7 +268,7 @@ impl Store {
                 let room = i64::try_from(max).unwrap_or(i64::MAX).saturating_sub(have);
                 if room <= 0 {
                     tx.commit().await.map_err(query_err("target_add_matching commit"))?;
-                    return Ok(0);
+                    return Ok(Targeted::default());
                 }
                 Some(room)
             }
@@ -269,8 +297,24 @@ impl Store {
         let q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(now_ms);
         let added =
             bind_all(q, &aud.binds).execute(&mut *tx).await.map_err(query_err("target_add_matching"))?.rows_affected();
+        let may_cool = audience.states.is_empty() || audience.states.contains(&VerificationState::Rejected);
+        let deferred = if added == 0 || !may_cool {
+            0
+        } else {
+            let n: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM campaign_targets \
+                 WHERE campaign_id = $1 AND status = 'deferred' AND reason = 'rejection_cooldown' AND created_at = $2",
+            )
+            .bind(campaign_id)
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get("n"))
+            .map_err(query_err("target_add_matching deferred"))?;
+            u64::try_from(n).unwrap_or(0)
+        };
         tx.commit().await.map_err(query_err("target_add_matching commit"))?;
-        Ok(added)
+        Ok(Targeted { added, deferred })
     }
 
     /// Targets whose message could not be delivered become eligible again: a later

@@ -19,13 +19,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::store::{Store, StoreError};
@@ -60,6 +64,35 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    revision: String,
+}
+
+/// The git commit this binary was built from, when the build said
+/// (`REVERIFY_GIT_COMMIT` in the build's environment), else `unknown`.
+pub const REVISION: &str = match option_env!("REVERIFY_GIT_COMMIT") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     campaign: String,
     status: String,
@@ -74,6 +107,11 @@ pub struct Metrics {
     rate_limited: Counter,
     limiter_wait: Histogram,
     targets: Family<StatusLabels, Gauge>,
+    baanx_requests: Family<RequestLabels, Counter>,
+    runs: Family<RunLabels, Counter>,
+    run_duration: Histogram,
+    last_success: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
+    webhook_rejected: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,7 +180,60 @@ impl Metrics {
         );
         let targets = Family::<StatusLabels, Gauge>::default();
         registry.register("targets", "Campaign targets by status, read from the database", targets.clone());
-        Self { registry, sessions_issued, notifications, api_latency, rate_limited, limiter_wait, targets }
+        let baanx_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "baanx_requests",
+            "Baanx API requests sent, by endpoint and HTTP status code (`error` when no answer came)",
+            baanx_requests.clone(),
+        );
+        let runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "runs",
+            "Campaign runs that ended, by outcome (finished, interrupted, failed); a `reverify run` that fails \
+             before any campaign starts counts one failed",
+            runs.clone(),
+        );
+        // 1 s .. ~9 h: a small campaign takes seconds, a million users hours.
+        let run_duration = Histogram::new(exponential_buckets(1.0, 2.0, 16));
+        registry.register_with_unit(
+            "run_duration",
+            "How long each campaign run took, from its start to its end whatever the outcome",
+            Unit::Seconds,
+            run_duration.clone(),
+        );
+        let last_success = Family::<CampaignLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "last_success_timestamp",
+            "When each campaign's last finished run ended (Unix time), read from the database",
+            Unit::Seconds,
+            last_success.clone(),
+        );
+        let webhook_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "webhook_rejected",
+            "Baanx webhook posts refused, by reason (unsigned, bad_signature, stale_timestamp, too_large, \
+             unreadable, malformed, unknown_status)",
+            webhook_rejected.clone(),
+        );
+        let build = Info::new(BuildLabels {
+            version: label(env!("CARGO_PKG_VERSION")).to_owned(),
+            revision: label(REVISION).to_owned(),
+        });
+        registry.register("build", "The running binary's version and git commit (always 1)", build);
+        Self {
+            registry,
+            sessions_issued,
+            notifications,
+            api_latency,
+            rate_limited,
+            limiter_wait,
+            targets,
+            baanx_requests,
+            runs,
+            run_duration,
+            last_success,
+            webhook_rejected,
+        }
     }
 
     /// A session was issued for a user of `campaign`.
@@ -167,6 +258,40 @@ impl Metrics {
         self.api_latency
             .get_or_create(&EndpointLabels { endpoint: label(endpoint).into() })
             .observe(latency.as_secs_f64());
+    }
+
+    /// A request to `endpoint` was sent to Baanx and answered with HTTP `code`, or
+    /// got no answer (`None`: connect failure, timeout, reset), counted as `error`.
+    pub fn baanx_request(&self, endpoint: &str, code: Option<u16>) {
+        let code = code.map_or_else(|| "error".to_owned(), |c| c.to_string());
+        self.baanx_requests.get_or_create(&RequestLabels { endpoint: label(endpoint).into(), code }).inc();
+    }
+
+    /// A run of `campaign` ended with `outcome` (`finished`, `interrupted`, `failed`)
+    /// after `took`, at `at`. A finished run is the campaign's last success.
+    pub fn run_ended(&self, campaign: &str, outcome: &str, took: Duration, at: DateTime<Utc>) {
+        self.runs.get_or_create(&RunLabels { outcome: label(outcome).into() }).inc();
+        self.run_duration.observe(took.as_secs_f64());
+        if outcome == "finished" {
+            self.set_last_success(campaign, at);
+        }
+    }
+
+    /// A `reverify run` failed before any campaign run started (the database
+    /// unreachable, an unknown campaign, a bad setting): one failed run.
+    pub fn run_failed_to_start(&self) {
+        self.runs.get_or_create(&RunLabels { outcome: "failed".into() }).inc();
+    }
+
+    /// `campaign`'s last finished run ended at `at`.
+    pub fn set_last_success(&self, campaign: &str, at: DateTime<Utc>) {
+        let seconds = at.timestamp_millis() as f64 / 1000.0;
+        self.last_success.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(seconds);
+    }
+
+    /// A Baanx webhook post was refused for `reason`.
+    pub fn webhook_rejected(&self, reason: &str) {
+        self.webhook_rejected.get_or_create(&ReasonLabels { reason: label(reason).into() }).inc();
     }
 
     /// Baanx answered 429.
@@ -212,7 +337,30 @@ pub async fn refresh_target_gauges(store: &Store) -> Result<(), StoreError> {
     global().refresh_targets(store).await
 }
 
+/// Sets every gauge of the global [`Metrics`] read from the database: targets by
+/// status and each campaign's last success.
+///
+/// # Errors
+/// As [`refresh_target_gauges`].
+pub async fn refresh_gauges(store: &Store) -> Result<(), StoreError> {
+    global().refresh(store).await
+}
+
 impl Metrics {
+    /// [`Metrics::refresh_targets`], then each campaign's last success from its
+    /// runs: a scrape or a push shows it even when this process ran nothing (a
+    /// `run --due` with nothing due, a restarted daemon).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be read.
+    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        self.refresh_targets(store).await?;
+        for (campaign, at) in store.run_last_successes().await? {
+            self.set_last_success(&campaign, at);
+        }
+        Ok(())
+    }
+
     /// Sets the targets-by-status gauges from the database: for every campaign,
     /// every status in [`TARGET_STATUSES`] (0 when it has none) and any other
     /// status found, summed over reasons.
@@ -249,6 +397,16 @@ mod tests {
         m.limiter_wait(Duration::from_millis(3));
         m.set_targets("kyc-refresh", "pending", 41);
         m.set_targets("kyc-refresh", "pending", 40);
+        m.baanx_request("verification", Some(200));
+        m.baanx_request("verification", Some(200));
+        m.baanx_request("token", Some(503));
+        m.baanx_request("user", None);
+        let at = DateTime::from_timestamp(1_767_225_600, 500_000_000).unwrap();
+        m.run_ended("kyc-refresh", "finished", Duration::from_secs(3), at);
+        m.run_ended("kyc-refresh", "interrupted", Duration::from_secs(5), at + chrono::Duration::hours(1));
+        m.run_ended("other", "failed", Duration::from_secs(1), at);
+        m.run_failed_to_start();
+        m.webhook_rejected("unsigned");
         let text = m.encode();
         for line in [
             r#"reverify_sessions_issued_total{campaign="kyc-refresh"} 2"#,
@@ -259,12 +417,26 @@ mod tests {
             "reverify_baanx_rate_limited_total 1",
             "reverify_limiter_wait_seconds_count 1",
             r#"reverify_targets{campaign="kyc-refresh",status="pending"} 40"#,
+            r#"reverify_baanx_requests_total{endpoint="verification",code="200"} 2"#,
+            r#"reverify_baanx_requests_total{endpoint="token",code="503"} 1"#,
+            r#"reverify_baanx_requests_total{endpoint="user",code="error"} 1"#,
+            r#"reverify_runs_total{outcome="finished"} 1"#,
+            r#"reverify_runs_total{outcome="interrupted"} 1"#,
+            r#"reverify_runs_total{outcome="failed"} 2"#,
+            "reverify_run_duration_seconds_count 3",
+            "reverify_run_duration_seconds_sum 9.0",
+            // only a finished run is a success
+            r#"reverify_last_success_timestamp_seconds{campaign="kyc-refresh"} 1767225600.5"#,
+            r#"reverify_webhook_rejected_total{reason="unsigned"} 1"#,
+            &format!(r#"reverify_build_info{{version="{}",revision="{REVISION}"}} 1"#, env!("CARGO_PKG_VERSION")),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
         let prom = m.encode_prometheus();
         assert!(prom.contains("# TYPE reverify_sessions_issued_total counter"), "{prom}");
+        assert!(!text.contains(r#"campaign="other""#), "a failed run is no success:\n{text}");
+        assert!(prom.lines().any(|l| l.starts_with("reverify_build_info{") && l.ends_with(" 1")), "{prom}");
         assert!(!prom.contains("# EOF"));
     }
 

@@ -2,25 +2,38 @@
 //! and the Pushgateway push a one-shot run ends with.
 //!
 //! Decisions:
+//! - Two kinds of listener. The operations listener (`metrics_listen`) serves
+//!   `/healthz`, `/readyz` and `/metrics` and is never meant to be public. The
+//!   public one (`reverify serve --listen`, `reverify daemon --webhook-listen`)
+//!   serves the Baanx webhook receiver and `/healthz` only: what the scrape and the
+//!   readiness probe tell (campaign names, target counts, whether the database
+//!   answers) stays off the internet.
 //! - `/healthz` says only that the process answers; `/readyz` asks the database
 //!   (`SELECT 1`, at most [`READY_TIMEOUT`]), so that Kubernetes stops routing to a
 //!   worker that lost its database without restarting it.
-//! - `/metrics` refreshes the targets-by-status gauges from the database on each
-//!   scrape (bounded by the same timeout; on failure the last values stay), so the
-//!   gauges are as fresh as the scrape and nobody has to schedule a refresh.
+//! - The daemon binds before it opens (and migrates) the database
+//!   ([`serve_ops_starting`]): a long migration answers `/healthz` all along, so a
+//!   liveness or startup probe never kills it half-way, and `/readyz` answers 503
+//!   `starting` until [`OpsStarting::ready`] hands the migrated store over.
+//! - `/metrics` refreshes the targets-by-status and last-success gauges from the
+//!   database on each scrape (bounded by the same timeout; on failure the last
+//!   values stay), so the gauges are as fresh as the scrape and nobody has to
+//!   schedule a refresh.
 //! - Answers carry no error detail: a probe's body is read by anyone who can reach
 //!   the port. The cause goes to the log.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use super::TelemetryError;
@@ -41,10 +54,38 @@ pub struct OpsServer {
     pub handle: JoinHandle<Result<(), std::io::Error>>,
 }
 
+/// What the endpoints serve from: empty until the store is open and migrated.
 #[derive(Clone)]
 struct Ops {
-    store: Store,
+    ready: Arc<OnceLock<Ready>>,
     metrics: &'static Metrics,
+}
+
+struct Ready {
+    store: Store,
+    /// Routes beside the operations endpoints (the webhook receiver).
+    extra: Router,
+}
+
+/// The handle [`serve_ops_starting`] returns: hands the server its store once the
+/// database is open and migrated.
+#[derive(Debug)]
+pub struct OpsStarting {
+    ready: Arc<OnceLock<Ready>>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready").finish_non_exhaustive()
+    }
+}
+
+impl OpsStarting {
+    /// From now on `/readyz` asks `store`, `/metrics` refreshes its gauges from it,
+    /// and `extra`'s routes answer.
+    pub fn ready(self, store: Store, extra: Router) {
+        let _ = self.ready.set(Ready { store, extra });
+    }
 }
 
 /// Parses `metrics_listen`: `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every
@@ -63,11 +104,22 @@ pub fn parse_listen(value: &str) -> Result<SocketAddr, TelemetryError> {
 
 /// The router, over the global metrics.
 pub fn router(store: Store) -> Router {
-    Router::new()
+    let (router, starting) = starting_router();
+    starting.ready(store, Router::new());
+    router
+}
+
+/// The router before the store is open: `/healthz` answers, the rest says 503
+/// `starting` until [`OpsStarting::ready`].
+fn starting_router() -> (Router, OpsStarting) {
+    let ready = Arc::new(OnceLock::new());
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(Ops { store, metrics: metrics::global() })
+        .fallback(extra_routes)
+        .with_state(Ops { ready: ready.clone(), metrics: metrics::global() });
+    (router, OpsStarting { ready })
 }
 
 /// Binds `listen` and serves the operations endpoints until `shutdown` is
@@ -81,40 +133,92 @@ pub async fn serve_ops(
     store: Store,
     shutdown: CancellationToken,
 ) -> Result<OpsServer, TelemetryError> {
-    serve_ops_with(listen, store, shutdown, Router::new()).await
+    let bind_err = |e: std::io::Error| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
+    info!(%local_addr, "serving /healthz, /readyz and /metrics");
+    Ok(OpsServer { local_addr, handle: spawn(listener, router(store), shutdown) })
 }
 
-/// [`serve_ops`] with more routes beside the operations endpoints (the Baanx
-/// webhook receiver, for the daemon and `reverify serve`).
+/// Binds `listen` and serves `routes` (the Baanx webhook receiver) and `/healthz`,
+/// and nothing else, until `shutdown` is cancelled: the listener that may face the
+/// internet. `/metrics` and `/readyz` answer 404 here.
+///
+/// # Errors
+/// The bind error; the caller names its setting or flag.
+pub async fn serve_public(
+    listen: SocketAddr,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> Result<OpsServer, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let local_addr = listener.local_addr()?;
+    let app = Router::new().route("/healthz", get(healthz)).merge(routes);
+    // with each request's peer address: the click routes limit per client address
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
+    Ok(OpsServer { local_addr, handle })
+}
+
+fn spawn(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<(), std::io::Error>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    })
+}
+
+/// Binds `listen` and serves the operations endpoints before the database is
+/// open: `/healthz` answers at once; `/readyz` answers 503 `starting` until
+/// [`OpsStarting::ready`] is called with the migrated store. `/metrics` serves the
+/// process's metrics throughout, and the gauges read from the database once the
+/// store is there.
 ///
 /// # Errors
 /// As [`serve_ops`].
-pub async fn serve_ops_with(
+pub async fn serve_ops_starting(
     listen: SocketAddr,
-    store: Store,
     shutdown: CancellationToken,
-    extra: Router,
-) -> Result<OpsServer, TelemetryError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() })?;
+) -> Result<(OpsServer, OpsStarting), TelemetryError> {
+    let bind_err = |e: std::io::Error| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
     info!(%local_addr, "serving /healthz, /readyz and /metrics");
-    let app = router(store).merge(extra);
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
-    });
-    Ok(OpsServer { local_addr, handle })
+    let (app, starting) = starting_router();
+    Ok((OpsServer { local_addr, handle: spawn(listener, app, shutdown) }, starting))
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// The answer of every endpoint that needs the database before it is migrated.
+fn starting() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+}
+
+/// Any other path: the extra routes once ready (their own 404 included).
+async fn extra_routes(State(ops): State<Ops>, request: Request) -> Response {
+    match ops.ready.get() {
+        Some(ready) => match ready.extra.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => starting(),
+    }
+}
+
 async fn readyz(State(ops): State<Ops>) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, ops.store.ping()).await {
+    let Some(ready) = ops.ready.get() else {
+        debug!("not ready: the database is not open (or not migrated) yet");
+        return starting();
+    };
+    match tokio::time::timeout(READY_TIMEOUT, ready.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {
             warn!(error = %e, "not ready: the database does not answer");
@@ -129,10 +233,12 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text.
 async fn metrics_handler(State(ops): State<Ops>, headers: HeaderMap) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, ops.metrics.refresh_targets(&ops.store)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "target gauges not refreshed"),
-        Err(_) => debug!("target gauges not refreshed: the database did not answer in time"),
+    if let Some(ready) = ops.ready.get() {
+        match tokio::time::timeout(READY_TIMEOUT, ops.metrics.refresh(&ready.store)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "target gauges not refreshed"),
+            Err(_) => debug!("target gauges not refreshed: the database did not answer in time"),
+        }
     }
     let wants_openmetrics = headers
         .get(header::ACCEPT)

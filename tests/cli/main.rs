@@ -3,6 +3,7 @@
 //! binary talks to it over HTTP.
 
 mod common;
+mod docs;
 mod exit_codes;
 mod ops;
 mod scheduled;

@@ -1,5 +1,6 @@
 //! A real run shows up in the Prometheus metrics: sessions, outcomes, API latency,
-//! 429s, limiter waits and targets by status, with nothing personal in a label.
+//! requests by endpoint and code, 429s, limiter waits, targets by status, and the
+//! run's outcome, duration and last success, with nothing personal in a label.
 //!
 //! The registry is process-wide, so each test reads only its own campaign's series
 //! and, for the unlabelled families, an increase over what it saw before.
@@ -25,6 +26,19 @@ both_engines!(a_run_is_counted_in_the_metrics, |db: TestDb| async move {
     let before = telemetry::global().encode();
     let rate_limited_before = sample(&before, "reverify_baanx_rate_limited_total").unwrap_or(0.0);
     let waits_before = sample(&before, "reverify_limiter_wait_seconds_count").unwrap_or(0.0);
+    let finished = "reverify_runs_total{outcome=\"finished\"}";
+    let finished_before = sample(&before, finished).unwrap_or(0.0);
+    let durations_before = sample(&before, "reverify_run_duration_seconds_count").unwrap_or(0.0);
+    let verification_200 = "reverify_baanx_requests_total{endpoint=\"verification\",code=\"200\"}";
+    let verification_200_before = sample(&before, verification_200).unwrap_or(0.0);
+    let throttled = |text: &str| {
+        ["token", "user", "verification"]
+            .iter()
+            .filter_map(|e| sample(text, &format!("reverify_baanx_requests_total{{endpoint=\"{e}\",code=\"429\"}}")))
+            .sum::<f64>()
+    };
+    let throttled_before = throttled(&before);
+    let started = chrono::Utc::now();
     // the first API call of the run is answered 429; the client waits and retries
     env.sandbox.fail_next(ScriptedFault::Throttle { retry_after_secs: 1 }, 1);
     let report = env.run(&campaign).await;
@@ -51,6 +65,15 @@ both_engines!(a_run_is_counted_in_the_metrics, |db: TestDb| async move {
     assert!(timed >= issued as f64, "{timed} < {issued}\n{text}");
     assert!(sample(&text, "reverify_baanx_rate_limited_total").unwrap() > rate_limited_before, "{text}");
     assert!(sample(&text, "reverify_limiter_wait_seconds_count").unwrap() > waits_before, "{text}");
+    // every request is counted by endpoint and code: each issued session was a 200,
+    // and the 429 is there
+    assert!(sample(&text, verification_200).unwrap() - verification_200_before >= issued as f64, "{text}");
+    assert!(throttled(&text) > throttled_before, "{text}");
+    // the run itself: its outcome, its duration, and the campaign's last success
+    assert!(sample(&text, finished).unwrap() > finished_before, "{text}");
+    assert!(sample(&text, "reverify_run_duration_seconds_count").unwrap() > durations_before, "{text}");
+    let success = sample(&text, &format!("reverify_last_success_timestamp_seconds{{{c}}}")).unwrap();
+    assert!(success >= started.timestamp() as f64 && success <= chrono::Utc::now().timestamp() as f64 + 1.0, "{text}");
 
     // invariant 2: no URL, address or user id in any series
     let messages = env.messages();

@@ -111,3 +111,44 @@ fn finished_campaigns_can_only_be_cancelled() {
         assert_eq!(s.parse::<CampaignStatus>().unwrap().as_str(), s);
     }
 }
+
+both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
+    use crate::store::runs::{RunCounts, RunOutcome};
+    let s = &db.store;
+    let spec = parse(SPEC);
+    let (_, c) = s.campaign_apply(&spec, SPEC, "cli:a@h", at(1)).await.unwrap();
+    let id = c.campaign_id;
+    let (tick, later) = (Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(), at(2) + chrono::Duration::hours(2));
+    let get = || async { s.campaign_get(&spec.name).await.unwrap().unwrap() };
+    let counts = RunCounts::default();
+
+    // a scheduled run of the tick is interrupted: in progress, not done
+    let run = s.run_start(id, "w1", later, Some(tick)).await.unwrap();
+    s.run_finish(run, id, "w1", RunOutcome::Interrupted, counts, None, later).await.unwrap();
+    let c = get().await;
+    assert_eq!((c.tick_in_progress, c.done_through, c.last_run_at), (Some(tick), None, Some(later)));
+    // a failed one neither
+    let run = s.run_start(id, "w1", later, Some(tick)).await.unwrap();
+    s.run_finish(run, id, "w1", RunOutcome::Failed, counts, Some("boom"), later).await.unwrap();
+    assert_eq!(get().await.tick_in_progress, Some(tick));
+    assert_eq!(s.campaign_done_through(id).await.unwrap(), None);
+
+    // a manual run that started before the tick and finishes after does not cover it
+    let early = tick - chrono::Duration::minutes(5);
+    let manual = s.run_start(id, "w2", early, None).await.unwrap();
+    s.run_finish(manual, id, "w2", RunOutcome::Finished, counts, None, later).await.unwrap();
+    let c = get().await;
+    assert_eq!((c.tick_in_progress, c.done_through), (Some(tick), Some(early)));
+
+    // the resumed run finishes: the tick is done through its start
+    let resumed_at = later + chrono::Duration::minutes(5);
+    let run = s.run_start(id, "w1", resumed_at, Some(tick)).await.unwrap();
+    s.run_finish(run, id, "w1", RunOutcome::Finished, counts, None, resumed_at).await.unwrap();
+    let c = get().await;
+    assert_eq!((c.tick_in_progress, c.done_through), (None, Some(resumed_at)));
+    assert_eq!(s.campaign_done_through(id).await.unwrap(), Some(resumed_at));
+    // done_through never moves back
+    let old = s.run_start(id, "w3", early, None).await.unwrap();
+    s.run_finish(old, id, "w3", RunOutcome::Finished, counts, None, resumed_at).await.unwrap();
+    assert_eq!(get().await.done_through, Some(resumed_at));
+});
