@@ -121,6 +121,12 @@ pub struct Settings {
     pub log_level: String,
     pub metrics_listen: Option<String>,
     pub metrics_push_url: Option<String>,
+    /// The public base of click-through links (`https://verify.example.com`): each
+    /// message of a `delivery.link = "click"` campaign carries `{public_url}/v/{token}`.
+    pub public_url: Option<url::Url>,
+    /// Where the daemon serves the public click routes (`GET`/`POST /v/{token}`),
+    /// never on the ops listener.
+    pub public_listen: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -182,6 +188,8 @@ impl Default for Settings {
             log_level: "info".into(),
             metrics_listen: None,
             metrics_push_url: None,
+            public_url: None,
+            public_listen: None,
         }
     }
 }
@@ -216,6 +224,8 @@ struct FileSettings {
     log_level: Option<String>,
     metrics_listen: Option<String>,
     metrics_push_url: Option<String>,
+    public_url: Option<String>,
+    public_listen: Option<String>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -370,6 +380,18 @@ impl Settings {
         }
         s.metrics_listen = get("metrics_listen", file.metrics_listen);
         s.metrics_push_url = get("metrics_push_url", file.metrics_push_url);
+        if let Some(v) = get("public_url", file.public_url) {
+            let u = parse_url("public_url", &v)?;
+            let loopback = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+                return Err(invalid("public_url", format!("{v:?} must be an https:// URL (http only to loopback)")));
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                return Err(invalid("public_url", format!("{v:?} must not have a query or a fragment")));
+            }
+            s.public_url = Some(u);
+        }
+        s.public_listen = get("public_listen", file.public_listen);
         if let Some(u) = &s.metrics_push_url {
             parse_url("metrics_push_url", u)?;
         }

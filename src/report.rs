@@ -19,7 +19,7 @@ use crate::store::{Store, StoreError};
 pub const REPORT_PAGE: i64 = 5_000;
 
 /// The columns, in order (CSV header and JSON keys).
-pub const COLUMNS: [&str; 17] = [
+pub const COLUMNS: [&str; 19] = [
     "user_id",
     "status",
     "reason",
@@ -30,6 +30,7 @@ pub const COLUMNS: [&str; 17] = [
     "claimed_at",
     "first_notified_at",
     "notified_at",
+    "clicked_at",
     "started_at",
     "verified_at",
     "rejected_at",
@@ -37,6 +38,7 @@ pub const COLUMNS: [&str; 17] = [
     "finalized_at",
     "sessions",
     "notifications",
+    "clicks",
 ];
 
 /// The output format.
@@ -72,7 +74,7 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(String::new, |t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
-fn cells(r: &ReportRow) -> [String; 17] {
+fn cells(r: &ReportRow) -> [String; 19] {
     [
         r.user_id.clone(),
         r.status.clone(),
@@ -84,6 +86,7 @@ fn cells(r: &ReportRow) -> [String; 17] {
         time(r.claimed_at),
         time(r.first_notified_at),
         time(r.notified_at),
+        time(r.clicked_at),
         time(r.started_at),
         time(r.verified_at),
         time(r.rejected_at),
@@ -91,6 +94,7 @@ fn cells(r: &ReportRow) -> [String; 17] {
         time(r.finalized_at),
         r.sessions.to_string(),
         r.notifications.to_string(),
+        r.clicks.to_string(),
     ]
 }
 
@@ -185,6 +189,7 @@ mod tests {
             claimed_at: None,
             first_notified_at: None,
             notified_at: None,
+            clicked_at: None,
             started_at: None,
             verified_at: None,
             rejected_at: None,
@@ -192,6 +197,7 @@ mod tests {
             finalized_at: None,
             sessions: 1,
             notifications: 1,
+            clicks: 0,
         };
         assert_eq!(cells(&r).len(), COLUMNS.len());
         let json = serde_json::to_value(&r).unwrap();

@@ -226,6 +226,8 @@ async fn the_shipped_campaigns_apply_from_jobs_dir() {
         .env("REVERIFY_JOBS_DIR", &jobs)
         .env("REVERIFY_TEMPLATES_DIR", jobs.join("templates"))
         .env("REVERIFY_NOTIFY_WEBHOOK_KEY", HOOK_KEY)
+        // the demo campaign sends click-through links
+        .env("REVERIFY_PUBLIC_URL", "https://verify.example.com")
         .assert()
         .success()
         .stdout(predicate::str::contains("rejected-retry-push.toml: campaign rejected-retry-push created"));

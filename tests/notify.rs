@@ -60,6 +60,7 @@ fn message(email: &str, step: u32) -> Message {
             reply_to: Some("Support <support@example.com>".into()),
             subject: None,
             webhook_url: None,
+            ..Delivery::default()
         },
     }
 }

@@ -35,7 +35,12 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         ),
         (Some(_), Some(key)) => Some(key.clone()),
         (None, Some(_)) => {
-            warn!("webhook_key is set but --webhook-listen is not: this daemon receives no Baanx webhooks");
+            if ctx.settings.public_listen.is_none() {
+                warn!(
+                    "webhook_key is set but neither --webhook-listen nor public_listen is: this daemon receives no \
+                     Baanx webhooks"
+                );
+            }
             None
         }
         (None, None) => None,
@@ -77,8 +82,22 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         _ => None,
     };
+    // The public routes (click-through links, and the webhook when its key is set) on
+    // public_listen, never on the operations listener.
+    let public = match &ctx.settings.public_listen {
+        Some(listen) => {
+            let addr = reverify::telemetry::parse_listen(listen).context("public_listen")?;
+            let (router, serving) = super::serve::public_router(ctx, &worker.store)?;
+            let server = reverify::telemetry::serve_public(addr, router, stop.clone())
+                .await
+                .with_context(|| format!("failed to listen on {listen} (public_listen)"))?;
+            tracing::info!(addr = %server.local_addr, serving = ?serving, "public routes listening");
+            Some(server)
+        }
+        None => None,
+    };
     reverify::schedule::daemon::run(worker.clone(), stop).await?;
-    for server in [ops, webhooks].into_iter().flatten() {
+    for server in [ops, webhooks, public].into_iter().flatten() {
         let _ = server.handle.await;
     }
     worker.store.close().await;

@@ -1,9 +1,13 @@
 //! `reverify demo`: a whole campaign on the embedded defaults, for a newcomer.
 //!
 //! It starts the built-in Baanx sandbox with generated users, exports them in the
-//! import format and imports them into a fresh SQLite database, applies a demo
-//! campaign, runs it with messages written to a file outbox, and prints the status
-//! and the sandbox's own count of limit violations (which must be zero).
+//! import format and imports them into a fresh SQLite database, starts the public
+//! routes (click-through links and the webhook receiver) beside the sandbox, applies
+//! a demo campaign in click mode, runs it with messages written to a file outbox,
+//! and prints the status, the sandbox's own count of limit violations (which must be
+//! zero) and one link to click. On a terminal (or with `--serve`) it then keeps
+//! serving until Ctrl-C, so that the link can be clicked: the sandbox's session page
+//! completes the verification, and its signed webhook turns the target converted.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +48,13 @@ pub struct DemoArgs {
     /// outbox is not empty.
     #[arg(long)]
     fresh: bool,
+    /// After the run, keep the sandbox and the public routes up until Ctrl-C, so that
+    /// the printed link can be clicked (default: when standard output is a terminal).
+    #[arg(long, overrides_with = "no_serve")]
+    serve: bool,
+    /// Exit after the run, even on a terminal.
+    #[arg(long)]
+    no_serve: bool,
 }
 
 pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
@@ -66,10 +77,25 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         std::fs::remove_dir_all(&args.outbox).with_context(|| format!("cannot clear {}", args.outbox.display()))?;
     }
 
+    // the public routes' address first: the sandbox posts its webhooks there
+    let public_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free port for the public routes")?;
+    let public_url: url::Url = format!("http://{public_addr}").parse().context("the public URL")?;
+    let webhook_key = Secret::new(hex::encode(rand::random::<[u8; 32]>()));
+
     println!("1. starting the Baanx sandbox with {} generated users", args.users);
-    let sandbox = Sandbox::start(SandboxConfig { users: UserSource::Generate(args.users), ..Default::default() })
-        .await
-        .context("the sandbox did not start")?;
+    let webhook = reverify::sandbox::WebhookTarget {
+        url: public_url.join(reverify::webhooks::WEBHOOK_PATH).context("the webhook URL")?,
+        key: webhook_key.clone(),
+    };
+    let sandbox = Sandbox::start(SandboxConfig {
+        users: UserSource::Generate(args.users),
+        webhook: Some(webhook),
+        ..Default::default()
+    })
+    .await
+    .context("the sandbox did not start")?;
     let users_file = dir.join("users.csv");
     reverify::sandbox::userfile::write_users(&users_file, &sandbox.users())?;
 
@@ -86,6 +112,8 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     settings.token_keys_previous = None;
     settings.smtp_url = None;
     settings.outbox_dir = Some(args.outbox.clone());
+    settings.public_url = Some(public_url.clone());
+    settings.webhook_key = Some(webhook_key);
 
     println!("2. importing {} into {}", users_file.display(), settings.database_url);
     let store = Store::open(&settings.database_url).await?;
@@ -98,12 +126,27 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     .await?;
     println!("   {} users imported, {} refresh tokens encrypted", report.imported, report.tokens);
 
-    println!("3. applying the demo campaign");
+    println!("3. serving the click-through links and the webhook receiver on {public_url}");
+    let stop = CancellationToken::new();
+    let router = reverify::webhooks::webhook_router(
+        store.clone(),
+        settings.webhook_key.clone().context("the demo's webhook key")?,
+    )
+    .merge(reverify::click::click_router(
+        store.clone(),
+        Arc::new(reverify::engine::sync::baanx_api_from_settings(&settings, store.clone())?),
+        super::serve::click_config(&settings),
+    ));
+    let public = reverify::click::serve_public(public_addr, router, stop.clone())
+        .await
+        .with_context(|| format!("cannot listen on {public_addr}"))?;
+
+    println!("4. applying the demo campaign (click-through links)");
     let spec = CampaignSpec::from_toml(DEMO_CAMPAIGN, "demo campaign")?;
     let (_, campaign) = store.campaign_apply(&spec, DEMO_CAMPAIGN, "demo", Utc::now()).await?;
     super::status::plan(&store, &campaign, false).await?;
 
-    println!("4. running it");
+    println!("5. running it");
     let worker = Worker::from_settings(&settings, store.clone())?;
     let progress = Arc::new(Progress::default());
     let display = super::run::show_progress(super::run::ProgressMode::Auto, spec.name.to_string(), progress.clone());
@@ -120,7 +163,7 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         report.counts.failed
     );
 
-    println!("5. status");
+    println!("6. status");
     let campaign = store.campaign_get(&spec.name).await?.context("the demo campaign vanished")?;
     super::status::status(&store, &campaign, false).await?;
     let stats = sandbox.stats().await;
@@ -133,13 +176,43 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         .map(|d| d.flatten().filter(|e| reverify::notify::is_message_name(&e.file_name())).count())
         .unwrap_or(0);
     println!("\n{count} messages are in {} (open one with any mail reader).", outbox.display());
+    if let Some(link) = first_link(outbox, &public_url) {
+        println!("One of them carries this link (a page of ours; the session is made when you press its button):");
+        println!("  {link}");
+    }
     println!("Explore further with the demo's settings:");
     println!("  export REVERIFY_DATABASE_URL={} REVERIFY_TOKEN_KEY_FILE={}", settings.database_url, key_file.display());
     println!("  reverify campaign status demo-reverification");
     println!("  reverify users list --state UNVERIFIED --limit 5");
+    let serve = args.serve || (!args.no_serve && std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if serve && stats.violations == 0 {
+        println!("\nServing the sandbox and the link until Ctrl-C: open the link, press the button, and complete");
+        println!("the verification on the sandbox's page; `campaign status` then shows it clicked and converted.");
+        let _ = tokio::signal::ctrl_c().await;
+        super::status::status(&store, &campaign, false).await?;
+    }
+    stop.cancel();
+    let _ = public.handle.await;
     store.close().await;
     sandbox.shutdown().await;
     Ok(if stats.violations == 0 { exit::OK } else { exit::FAILURE })
+}
+
+/// The click-through link in the first message of the outbox.
+fn first_link(outbox: &std::path::Path, public_url: &url::Url) -> Option<String> {
+    let prefix = format!("{}/v/", public_url.as_str().trim_end_matches('/'));
+    let mut files: Vec<_> = std::fs::read_dir(outbox)
+        .ok()?
+        .flatten()
+        .filter(|e| reverify::notify::is_message_name(&e.file_name()))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let text = std::fs::read_to_string(files.first()?).ok()?.replace("=\r\n", "").replace("=\n", "");
+    let at = text.find(&prefix)?;
+    let token: String =
+        text[at + prefix.len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    Some(format!("{prefix}{token}"))
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

@@ -1,20 +1,26 @@
-//! `reverify serve`: the Baanx webhook receiver as a process of its own.
+//! `reverify serve`: the public routes as a process of their own: the Baanx webhook
+//! receiver and the click-through links.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::Router;
 use clap::Args;
+use reverify::click::{ClickConfig, LINK_PATH, click_router};
+use reverify::store::sessions::SessionLife;
 use reverify::webhooks::{WEBHOOK_PATH, webhook_router};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{Context, exit};
 
-/// Receive Baanx kyc.status.changed webhooks on POST /webhooks/baanx, verified with
-/// the webhook_key setting (REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE).
-/// This listener also serves /healthz, and nothing else; /readyz and /metrics are
-/// served on metrics_listen when it is set (never public). Stops on SIGTERM or
-/// SIGINT after the requests in flight.
+/// Serve the public routes: Baanx kyc.status.changed webhooks on POST
+/// /webhooks/baanx (when webhook_key is set: REVERIFY_WEBHOOK_KEY or
+/// REVERIFY_WEBHOOK_KEY_FILE), and click-through links on GET and POST /v/{token}
+/// (when the Baanx client is configured: baanx_client_key and token_key), plus
+/// /healthz. /readyz and /metrics are served on metrics_listen only, never here.
+/// Stops on SIGTERM or SIGINT after the requests in flight.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -22,11 +28,46 @@ pub struct ServeArgs {
     listen: SocketAddr,
 }
 
+/// The click routes' settings from the worker's.
+pub fn click_config(settings: &reverify::Settings) -> ClickConfig {
+    ClickConfig {
+        life: SessionLife { ttl: std::time::Duration::from_secs(24 * 3600), margin: settings.session_expiry_margin },
+        ..ClickConfig::default()
+    }
+}
+
+/// The public router: the webhook when its key is set, the click routes when the
+/// Baanx client can be built, and `/healthz`; what it serves, for the start line.
+///
+/// # Errors
+/// When neither can be served.
+pub fn public_router(ctx: &Context, store: &reverify::store::Store) -> anyhow::Result<(Router, Vec<&'static str>)> {
+    // (`/healthz` is added by the server)
+    let mut router = Router::new();
+    let mut serving = Vec::new();
+    if let Some(key) = &ctx.settings.webhook_key {
+        router = router.merge(webhook_router(store.clone(), key.clone()));
+        serving.push(WEBHOOK_PATH);
+    }
+    match reverify::engine::sync::baanx_api_from_settings(&ctx.settings, store.clone()) {
+        Ok(api) => {
+            router = router.merge(click_router(store.clone(), Arc::new(api), click_config(&ctx.settings)));
+            serving.push(LINK_PATH);
+        }
+        Err(e) if serving.is_empty() => {
+            anyhow::bail!(
+                "nothing to serve: set webhook_key (REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE) for the Baanx \
+                 webhook, or the Baanx client settings for click-through links ({e})"
+            )
+        }
+        Err(e) => info!(reason = %e, "click-through links are not served"),
+    }
+    Ok((router, serving))
+}
+
 pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
-    let key = ctx.settings.webhook_key.clone().context(
-        "webhook_key is not set: set REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE to the key Baanx signs with",
-    )?;
     let store = ctx.store().await?;
+    let (router, serving) = public_router(ctx, &store)?;
     let stop = CancellationToken::new();
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
@@ -35,20 +76,27 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    let server = reverify::telemetry::serve_public(args.listen, webhook_router(store.clone(), key), stop.clone())
+    let server = reverify::telemetry::serve_public(args.listen, router, stop.clone())
         .await
         .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
     let addr = server.local_addr;
+    let routes: Vec<String> = serving.iter().map(|p| format!("http://{addr}{p}")).collect();
     match &ops {
         Some(ops) => println!(
-            "listening on http://{addr}{WEBHOOK_PATH} (and /healthz); /healthz, /readyz, /metrics on http://{}",
+            "listening on {} (and /healthz); /healthz, /readyz, /metrics on http://{}",
+            routes.join(", "),
             ops.local_addr
         ),
-        None => println!("listening on http://{addr}{WEBHOOK_PATH} (and /healthz)"),
+        None => println!("listening on {} (and /healthz)", routes.join(", ")),
     }
-    info!(%addr, "webhook receiver listening");
+    if serving.contains(&WEBHOOK_PATH) {
+        info!(%addr, "webhook receiver listening");
+    }
+    if serving.contains(&LINK_PATH) {
+        info!(%addr, "click-through links listening");
+    }
     super::run::stop_on_signals(stop.clone(), None);
-    server.handle.await.context("the webhook server stopped")?.context("the webhook server failed")?;
+    server.handle.await.context("the public server stopped")?.context("the public server failed")?;
     if let Some(ops) = ops {
         let _ = ops.handle.await;
     }

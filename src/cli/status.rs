@@ -63,10 +63,18 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
             String::new()
         }
     };
-    println!(
-        "funnel     targeted {} → notified {} → started {} → verified {} / rejected {}",
-        f.targeted, f.notified, f.started, f.verified, f.rejected
-    );
+    if f.clicked > 0 {
+        println!(
+            "funnel     targeted {} → notified {} → clicked {} → started {} → verified {} / rejected {}",
+            f.targeted, f.notified, f.clicked, f.started, f.verified, f.rejected
+        );
+        println!("  clicked                  {}{}", f.clicked, pct(f.clicked));
+    } else {
+        println!(
+            "funnel     targeted {} → notified {} → started {} → verified {} / rejected {}",
+            f.targeted, f.notified, f.started, f.verified, f.rejected
+        );
+    }
     println!("  verified                 {}{}", f.verified, pct(f.verified));
     println!("  no response after expiry {}{}", f.no_response_after_expiry, pct(f.no_response_after_expiry));
     match f.median_seconds_to_verify {

@@ -58,6 +58,28 @@ pub enum Channel {
     Webhook,
 }
 
+/// What a message's link is (`delivery.link`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    /// The Baanx session URL itself, made at send time (single use, 24 h).
+    #[default]
+    Direct,
+    /// A link to our own public page (`{public_url}/v/{token}`); the session is made
+    /// only when the person clicks, under every limit. Usable until `link_ttl`.
+    Click,
+}
+
+impl LinkMode {
+    /// The spelling in campaign files and templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkMode::Direct => "direct",
+            LinkMode::Click => "click",
+        }
+    }
+}
+
 /// Who a campaign targets. Every list that is present must match; an absent list
 /// matches everyone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +136,16 @@ pub struct Delivery {
     pub subject: Option<String>,
     /// For the webhook channel: where to POST.
     pub webhook_url: Option<String>,
+    /// `direct` (default) or `click`: see [`LinkMode`].
+    #[serde(default)]
+    pub link: LinkMode,
+    /// How long a click-through link works (default 14 days).
+    #[serde(default = "default_link_ttl")]
+    pub link_ttl: HumanDuration,
+}
+
+fn default_link_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(14 * 86_400))
 }
 
 fn default_template() -> String {
@@ -202,6 +234,12 @@ fn default_deadline() -> HumanDuration {
     HumanDuration(Duration::from_secs(3600))
 }
 
+impl Default for Delivery {
+    fn default() -> Self {
+        default_delivery()
+    }
+}
+
 fn default_delivery() -> Delivery {
     Delivery {
         channel: Channel::Email,
@@ -210,6 +248,8 @@ fn default_delivery() -> Delivery {
         reply_to: None,
         subject: None,
         webhook_url: None,
+        link: LinkMode::Direct,
+        link_ttl: default_link_ttl(),
     }
 }
 
@@ -354,6 +394,11 @@ impl CampaignSpec {
                     }
                 },
             },
+        }
+        if d.link == LinkMode::Click
+            && (d.link_ttl.0 < Duration::from_secs(3600) || d.link_ttl.0 > Duration::from_secs(90 * 86_400))
+        {
+            return invalid("delivery.link_ttl", "must be from 1h to 90d".into());
         }
         let t = &self.throttle;
         if !(t.requests_per_second.is_finite() && t.requests_per_second > 0.0 && t.requests_per_second <= 100_000.0) {

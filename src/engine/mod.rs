@@ -57,6 +57,22 @@ pub struct EngineConfig {
     /// This worker's share of the campaign's `throttle.requests_per_second` and
     /// `burst` (`1 / workers`): several workers on one campaign keep to its total.
     pub rate_share: f64,
+    /// `public_url`: the base of click-through links, needed by click-mode campaigns.
+    pub public_url: Option<url::Url>,
+}
+
+/// Click mode: where links point and how long they work.
+#[derive(Debug, Clone)]
+pub(crate) struct ClickLinks {
+    pub public_url: url::Url,
+    pub ttl: Duration,
+}
+
+impl ClickLinks {
+    /// `{public_url}/v/{token}`.
+    pub fn url_of(&self, token: &str) -> String {
+        format!("{}/v/{token}", self.public_url.as_str().trim_end_matches('/'))
+    }
 }
 
 impl Default for EngineConfig {
@@ -71,6 +87,7 @@ impl Default for EngineConfig {
             fresh_state: true,
             max_attempts: 5,
             rate_share: 1.0,
+            public_url: None,
         }
     }
 }
@@ -192,6 +209,8 @@ pub(crate) struct RunShared {
     store_failure: std::sync::Mutex<Option<String>>,
     /// Deliveries in a row that the channel gave up on (reset by a success).
     undelivered_in_a_row: std::sync::atomic::AtomicU32,
+    /// Set for a `delivery.link = "click"` campaign.
+    click: Option<ClickLinks>,
 }
 
 /// Deliveries in a row that may fail for want of the channel (SMTP refusing
@@ -319,6 +338,21 @@ impl Run {
         info!(campaign = %self.spec.name, added = targeted.added, deferred = targeted.deferred, "targeting done");
 
         let concurrency = usize::try_from(self.spec.throttle.concurrency).unwrap_or(1).max(1);
+        let click = match self.spec.delivery.link {
+            crate::domain::spec::LinkMode::Direct => None,
+            crate::domain::spec::LinkMode::Click => {
+                let public_url = self.config.public_url.clone().ok_or_else(|| {
+                    EngineError::Setup(format!(
+                        "campaign {} sends click-through links (delivery.link = \"click\"): set public_url \
+                         (REVERIFY_PUBLIC_URL), the https address where `reverify serve` or the daemon's \
+                         public_listen answers /v/{{token}}",
+                        self.spec.name
+                    ))
+                });
+                let public_url = public_url.map_err(|e| (e, progress.clone()))?;
+                Some(ClickLinks { public_url, ttl: self.spec.delivery.link_ttl.0 })
+            }
+        };
         let shared = Arc::new(RunShared {
             store: self.store.clone(),
             api: self.api,
@@ -332,6 +366,7 @@ impl Run {
             abort_reason: std::sync::Mutex::new(None),
             store_failure: std::sync::Mutex::new(None),
             undelivered_in_a_row: std::sync::atomic::AtomicU32::new(0),
+            click,
         });
         // A stop asked from outside, or an abort from inside, ends the claiming.
         let halt = CancellationToken::new();

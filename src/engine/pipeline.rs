@@ -8,8 +8,10 @@ use chrono::{DateTime, Utc};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
-use super::{Outcome, RunShared};
+use super::{ClickLinks, Outcome, RunShared};
+use crate::domain::SessionUrl;
 use crate::domain::{DeferReason, Region, UserId};
+use crate::store::links::{LinkIssue, LinkIssueParams, link_token_hash, new_link_token};
 use crate::store::sessions::{ApiFailureParams, DeliveryRecord, IssuedParams, Reservation, SessionLife};
 use crate::store::targets::ClaimedTarget;
 
@@ -60,6 +62,11 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
             Ok(state) => fresh = Some(state),
             Err(f) => return api_failed_before_reserve(s, t, f).await,
         }
+    }
+
+    // click mode: a link to our page, the session made at the click
+    if let Some(click) = &s.click {
+        return send_link(s, t, click, fresh).await;
     }
 
     // 2. record it and reserve a ledger row under every per-user limit, in one write
@@ -124,8 +131,31 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
         issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
 
     // 5. the message; the URL moves into it and is dropped with it
-    let delivered = match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await
-    {
+    let delivered = deliver(s, t, url, expires_at).await;
+
+    // 6. the record
+    let kept = s
+        .store
+        .session_record_delivery(s.campaign_id, &t.user_id, session_id, delivered, &s.config.worker_id, s.now())
+        .await?;
+    if !kept {
+        warn!("the claim expired while the message was being sent; the ledger row stands");
+    }
+    debug!(?delivered, "user done");
+    Ok(delivered_outcome(delivered))
+}
+
+fn delivered_outcome(delivered: DeliveryRecord) -> Outcome {
+    match delivered {
+        DeliveryRecord::Delivered => Outcome::Notified,
+        DeliveryRecord::Failed => Outcome::Failed("delivery_failed"),
+        DeliveryRecord::Unknown => Outcome::Failed("delivery_unknown"),
+    }
+}
+
+/// Sends one message through the campaign's channel; what happened, as recorded.
+async fn deliver(s: &RunShared, t: &ClaimedTarget, url: SessionUrl, expires_at: DateTime<Utc>) -> DeliveryRecord {
+    match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await {
         Ok(()) => {
             s.delivery_outcome(true, None);
             DeliveryRecord::Delivered
@@ -149,22 +179,51 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
             s.abort(format!("notification channel: {why}"));
             DeliveryRecord::Failed
         }
-    };
+    }
+}
 
-    // 6. the record
+/// Click mode's send step: a link to our own page instead of a session. No session
+/// call, no ledger row: the session is made when the person clicks (`crate::click`).
+/// The fresh state, when the campaign asks for one, is recorded with the link.
+async fn send_link(
+    s: &RunShared,
+    t: &ClaimedTarget,
+    click: &ClickLinks,
+    fresh: Option<crate::domain::VerificationState>,
+) -> Result<Outcome, crate::store::StoreError> {
+    let token = new_link_token();
+    let expires_at = s.now() + chrono::Duration::from_std(click.ttl).unwrap_or(chrono::Duration::days(14));
+    let hash = link_token_hash(&token);
+    let issued = s
+        .store
+        .link_issue(LinkIssueParams {
+            campaign_id: s.campaign_id,
+            user_id: &t.user_id,
+            step: t.step,
+            worker: &s.config.worker_id,
+            now: s.now(),
+            expires_at,
+            token_hash: &hash,
+            fresh,
+        })
+        .await?;
+    let link_id = match issued {
+        LinkIssue::Issued { link_id } => link_id,
+        LinkIssue::Deferred { reason, .. } => return Ok(Outcome::Deferred(reason.as_str())),
+        LinkIssue::Skipped(reason) => return Ok(Outcome::Skipped(reason.as_str())),
+        LinkIssue::LostClaim => return Ok(Outcome::Abandoned),
+    };
+    let url = SessionUrl::new(click.url_of(&token));
+    drop(token);
+    let delivered = deliver(s, t, url, expires_at).await;
     let kept = s
         .store
-        .session_record_delivery(s.campaign_id, &t.user_id, session_id, delivered, &s.config.worker_id, s.now())
+        .link_record_delivery(s.campaign_id, &t.user_id, link_id, delivered, &s.config.worker_id, s.now())
         .await?;
     if !kept {
-        warn!("the claim expired while the message was being sent; the ledger row stands");
+        warn!("the claim expired while the message was being sent");
     }
-    debug!(?delivered, "user done");
-    Ok(match delivered {
-        DeliveryRecord::Delivered => Outcome::Notified,
-        DeliveryRecord::Failed => Outcome::Failed("delivery_failed"),
-        DeliveryRecord::Unknown => Outcome::Failed("delivery_unknown"),
-    })
+    Ok(delivered_outcome(delivered))
 }
 
 /// How long the ledger counts a session (see [`SessionLife`]).

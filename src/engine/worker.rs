@@ -49,6 +49,7 @@ impl Worker {
         let config = EngineConfig {
             lease: Duration::from_secs(settings.lease_seconds),
             session_expiry_margin: settings.session_expiry_margin,
+            public_url: settings.public_url.clone(),
             rate_share: settings.rate_share(),
             ..EngineConfig::default()
         };
@@ -106,7 +107,9 @@ impl Worker {
     ) -> Result<RunReport, EngineError> {
         let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
         // the check `campaign validate` and `campaign apply` make (notify::check_campaign)
-        self.notifier.check_campaign(&spec).map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
+        let channels = crate::notify::Channels { click: self.config.public_url.is_some(), ..self.notifier.channels() };
+        crate::notify::check_campaign(&spec, self.notifier.templates(), channels)
+            .map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
         let api: Arc<dyn VerificationApi> = Arc::new(BaanxApi(self.client.clone()));
         let deliverer = Arc::new(NotifierDeliverer {
             notifier: self.notifier.clone(),

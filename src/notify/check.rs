@@ -25,6 +25,8 @@ pub struct Channels {
     pub email: bool,
     /// Webhooks can be signed: `notify_webhook_key` is set.
     pub webhook: bool,
+    /// Click-through links can be sent: `public_url` is set.
+    pub click: bool,
 }
 
 impl Channels {
@@ -46,7 +48,7 @@ impl Channels {
             (None, Some(_)) => true,
             (None, None) => false,
         };
-        Ok(Self { email, webhook: settings.notify_webhook_key.is_some() })
+        Ok(Self { email, webhook: settings.notify_webhook_key.is_some(), click: settings.public_url.is_some() })
     }
 }
 
@@ -117,6 +119,14 @@ pub fn check_delivery(
     templates: &Templates,
     channels: Channels,
 ) -> Result<(), NotifyError> {
+    if delivery.link == crate::domain::spec::LinkMode::Click && !channels.click {
+        return Err(NotifyError::config(
+            "public_url",
+            "the campaign sends click-through links (delivery.link = \"click\"): set public_url \
+             (REVERIFY_PUBLIC_URL), the https address where `reverify serve` or the daemon's public_listen answers \
+             /v/{token}",
+        ));
+    }
     match delivery.channel {
         Channel::Email => {
             templates

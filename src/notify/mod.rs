@@ -177,9 +177,10 @@ impl Notifier {
         &self.templates
     }
 
-    /// The channels this notifier can send on.
+    /// The channels this notifier can send on (click-through links are the
+    /// worker's to tell: [`Channels::click`] is false here).
     pub fn channels(&self) -> Channels {
-        Channels { email: self.email.is_some(), webhook: self.webhook.is_some() }
+        Channels { email: self.email.is_some(), webhook: self.webhook.is_some(), click: false }
     }
 
     /// Fails fast, before any session is opened, when this notifier cannot serve a

@@ -306,6 +306,10 @@ fn context_of(msg: &Message) -> Value {
         locale => r.locale.as_deref(),
         region => r.region.as_str(),
         link => msg.session_url.expose(),
+        // `click`: our own page, usable again until the expiry; `direct`: the Baanx
+        // session itself, single use
+        link_mode => msg.delivery.link.as_str(),
+        link_reusable => msg.delivery.link == crate::domain::spec::LinkMode::Click,
         expires_at => format_expiry(msg.expires_at, tz),
         expires_at_iso => msg.expires_at.with_timezone(&tz).to_rfc3339(),
         time_zone => tz.name(),
@@ -340,6 +344,7 @@ fn sample_message(template: &str, step: u32, region: Region, named: bool) -> Mes
             reply_to: named.then(|| "Support <support@example.com>".to_owned()),
             subject: None,
             webhook_url: None,
+            ..Delivery::default()
         },
     }
 }

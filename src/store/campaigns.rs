@@ -373,6 +373,18 @@ impl Store {
             detail: Some(serde_json::json!({ "name": name.as_str(), "from": from, "to": to })),
         };
         event_insert(&mut tx, &event, now).await?;
+        if to == CampaignStatus::Cancelled {
+            // its click-through links die with it
+            sqlx::query(
+                "UPDATE verification_links SET revoked_at = $2, revoked_reason = 'campaign_cancelled' \
+                 WHERE campaign_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(to_millis(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("campaign_set_status links"))?;
+        }
         tx.commit().await.map_err(query_err("campaign_set_status commit"))?;
         Ok((from, to))
     }

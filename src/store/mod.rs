@@ -55,6 +55,7 @@ pub mod group;
 pub mod leases;
 #[cfg(test)]
 mod ledger_tests;
+pub mod links;
 pub mod outcomes;
 pub mod progress;
 pub mod report;

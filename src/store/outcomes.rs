@@ -268,6 +268,8 @@ pub(crate) async fn apply_state_in_tx(
     match new {
         _ if !news => {}
         VerificationState::Verified => {
+            // a verified user's click-through links have nothing left to do
+            super::links::links_revoke_user_in_tx(tx, user_id, "verified", now).await?;
             let sql = format!(
                 "UPDATE campaign_targets SET status = 'converted', reason = NULL, not_before = NULL, \
                    outcome = 'verified', outcome_at = $2, finalized_at = $3, updated_at = $3 \

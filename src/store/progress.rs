@@ -33,6 +33,8 @@ pub struct Funnel {
     pub targeted: i64,
     /// Sent at least one message.
     pub notified: i64,
+    /// Notified, then clicked a click-through link (click mode only).
+    pub clicked: i64,
     /// Notified, then seen PENDING (or decided) after a message.
     pub started: i64,
     /// Converted: VERIFIED after a message.
@@ -119,10 +121,12 @@ impl Store {
     pub async fn campaign_funnel(&self, campaign_id: i64, now: DateTime<Utc>) -> Result<Funnel, StoreError> {
         let sum = |cond: &str| format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)");
         let sql = format!(
-            "SELECT COUNT(*) AS targeted, {notified} AS notified, {started} AS started, {verified} AS verified, \
+            "SELECT COUNT(*) AS targeted, {notified} AS notified, {clicked} AS clicked, {started} AS started, \
+               {verified} AS verified, \
                {rejected} AS rejected, {silent} AS silent \
              FROM campaign_targets t JOIN users u ON u.user_id = t.user_id WHERE t.campaign_id = $1",
             notified = sum("t.first_notified_at IS NOT NULL"),
+            clicked = sum("t.first_notified_at IS NOT NULL AND t.clicked_at IS NOT NULL"),
             started = sum("t.first_notified_at IS NOT NULL AND t.started_at IS NOT NULL"),
             verified = sum("t.status = 'converted'"),
             rejected = sum("t.outcome = 'rejected' AND t.status <> 'converted'"),
@@ -139,6 +143,7 @@ impl Store {
         let mut f = Funnel {
             targeted: get("targeted")?,
             notified: get("notified")?,
+            clicked: get("clicked")?,
             started: get("started")?,
             verified: get("verified")?,
             rejected: get("rejected")?,

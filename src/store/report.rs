@@ -28,6 +28,8 @@ pub struct ReportRow {
     pub first_notified_at: Option<DateTime<Utc>>,
     /// The last message.
     pub notified_at: Option<DateTime<Utc>>,
+    /// The first click of a click-through link.
+    pub clicked_at: Option<DateTime<Utc>>,
     /// PENDING seen after a message.
     pub started_at: Option<DateTime<Utc>>,
     pub verified_at: Option<DateTime<Utc>>,
@@ -37,6 +39,8 @@ pub struct ReportRow {
     pub finalized_at: Option<DateTime<Utc>>,
     pub sessions: i64,
     pub notifications: i64,
+    /// Submitted clicks of its click-through links.
+    pub clicks: i64,
 }
 
 fn time(r: &sqlx::any::AnyRow, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
@@ -58,12 +62,14 @@ fn report_row(r: &sqlx::any::AnyRow) -> Result<ReportRow, sqlx::Error> {
         claimed_at: time(r, "claimed_at")?,
         first_notified_at: time(r, "first_notified_at")?,
         notified_at: time(r, "notified_at")?,
+        clicked_at: time(r, "clicked_at")?,
         started_at: time(r, "started_at")?,
         verified_at: at_if("verified"),
         rejected_at: at_if("rejected"),
         finalized_at: time(r, "finalized_at")?,
         sessions: r.try_get("sessions")?,
         notifications: r.try_get("notifications")?,
+        clicks: r.try_get("clicks")?,
         outcome,
     })
 }
@@ -85,7 +91,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT t.user_id, t.status, t.reason, t.step, t.attempts, u.verification_state, t.created_at, \
                     t.claimed_at, t.first_notified_at, t.notified_at, t.started_at, t.outcome, t.outcome_at, \
-                    t.finalized_at, t.sessions, t.notifications \
+                    t.finalized_at, t.sessions, t.notifications, t.clicked_at, t.clicks \
              FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
              WHERE t.campaign_id = $1 AND t.user_id > $2 AND u.user_id > $2 ORDER BY t.user_id LIMIT $3",
         )

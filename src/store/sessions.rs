@@ -82,6 +82,47 @@ pub struct ApiFailureParams<'a> {
     pub life: SessionLife,
 }
 
+/// What [`Store::session_reserve_click`] reserves for: a person who clicked link
+/// `link_id` of (campaign, user, step).
+#[derive(Debug, Clone)]
+pub struct ClickReserveParams<'a> {
+    pub campaign_id: i64,
+    pub user_id: &'a str,
+    pub step: i64,
+    pub link_id: i64,
+    pub now: DateTime<Utc>,
+    pub life: SessionLife,
+    /// The state `GET /v1/user` just reported.
+    pub fresh: Option<VerificationState>,
+}
+
+/// What a click's reservation came to. Nothing is settled on the target: it was
+/// notified, and stays so; the person is told on the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClickReservation {
+    Reserved {
+        session_id: i64,
+    },
+    /// A limit holds until then.
+    Deferred {
+        reason: DeferReason,
+        until: DateTime<Utc>,
+    },
+    /// VERIFIED or PENDING now.
+    Skipped(SkipReason),
+}
+
+/// How a click's session call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClickSession {
+    /// The API answered with a URL and the person is being sent to it.
+    Delivered,
+    /// The API surely made no session (a 4xx answer).
+    Refused,
+    /// A session may exist (a timeout, a 5xx): it keeps counting.
+    Unknown,
+}
+
 /// What reserving a session for a claimed target came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
@@ -390,6 +431,132 @@ impl Store {
         .await
         .and_then(|r| r.try_get("n"))
         .map_err(query_err("session_count"))
+    }
+}
+
+impl Store {
+    /// Reserves a session for a person who clicked a link, under every per-user
+    /// limit, in one transaction: the fresh state is recorded, the user's row locked,
+    /// and the sessions read after the lock (see [`read_standings`]), so that a click
+    /// and a run (or two clicks) reserving for one user at once are serialised. The
+    /// row carries the link.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown user, [`StoreError::Query`].
+    pub async fn session_reserve_click(&self, p: ClickReserveParams<'_>) -> Result<ClickReservation, StoreError> {
+        let backend = self.backend();
+        let mut tx = self.begin_write().await?;
+        if let Some(state) = p.fresh {
+            let source = super::outcomes::StateSource::fresh_state("click");
+            super::outcomes::apply_state_in_tx(&mut tx, backend, p.user_id, state, p.now, &source).await?;
+        }
+        if backend == Backend::Postgres {
+            sqlx::query("SELECT user_id FROM users WHERE user_id = $1 FOR UPDATE")
+                .bind(p.user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_err("session_reserve_click lock"))?;
+        }
+        let now_ms = to_millis(p.now);
+        let window_start = now_ms - policy::session_window().num_milliseconds();
+        let concat = match backend {
+            Backend::Postgres => "string_agg(s.counted_at || ':' || s.expires_at, ',')",
+            Backend::Sqlite => "group_concat(s.counted_at || ':' || s.expires_at, ',')",
+        };
+        let sql = format!(
+            "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+               (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
+                  AND s.status <> 'api_failed' AND (s.counted_at > $2 OR s.expires_at > $3)) AS slots \
+             FROM users u WHERE u.user_id = $1"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(p.user_id)
+            .bind(window_start)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err("session_reserve_click read"))?
+            .ok_or_else(|| StoreError::NotFound { what: "user", key: p.user_id.to_owned() })?;
+        let slots: Option<String> = row.try_get("slots").map_err(query_err("session_reserve_click read"))?;
+        let slots = parse_slots(slots.as_deref().unwrap_or(""))?;
+        let out = match policy::evaluate(&standing_from_row(&row)?, &slots, p.now) {
+            Verdict::Skip(reason) => ClickReservation::Skipped(reason),
+            Verdict::Defer { reason, until } => ClickReservation::Deferred { reason, until },
+            Verdict::Eligible => {
+                let (counted_at, expires_at) = p.life.counted_and_expiry(now_ms);
+                let session_id: i64 = sqlx::query(
+                    "INSERT INTO verification_sessions (user_id, campaign_id, step, status, reserved_at, expires_at, \
+                       updated_at, counted_at, link_id) VALUES ($1, $2, $3, 'reserved', $4, $5, $4, $6, $7) \
+                     RETURNING session_id",
+                )
+                .bind(p.user_id)
+                .bind(p.campaign_id)
+                .bind(p.step)
+                .bind(now_ms)
+                .bind(expires_at)
+                .bind(counted_at)
+                .bind(p.link_id)
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|r| r.try_get("session_id"))
+                .map_err(query_err("session_reserve_click insert"))?;
+                ClickReservation::Reserved { session_id }
+            }
+        };
+        tx.commit().await.map_err(query_err("session_reserve_click commit"))?;
+        Ok(out)
+    }
+
+    /// How a click's session call ended: `delivered` (the person is sent to the URL
+    /// at once; it counts from the answer plus the margin), `api_failed`, or
+    /// `unknown` (counted, as a session made as late as now).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn session_record_click(
+        &self,
+        session_id: i64,
+        outcome: ClickSession,
+        now: DateTime<Utc>,
+        life: SessionLife,
+    ) -> Result<(), StoreError> {
+        let now_ms = to_millis(now);
+        let (counted_at, expires_at) = life.counted_and_expiry(now_ms);
+        let (status, issued) = match outcome {
+            ClickSession::Delivered => ("delivered", Some(now_ms)),
+            ClickSession::Refused => ("api_failed", None),
+            ClickSession::Unknown => ("unknown", None),
+        };
+        sqlx::query(
+            "UPDATE verification_sessions SET status = $2, issued_at = $3, updated_at = $4, \
+               counted_at = CASE WHEN $2 = 'api_failed' OR counted_at > $5 THEN counted_at ELSE $5 END, \
+               expires_at = CASE WHEN $2 = 'api_failed' OR expires_at > $6 THEN expires_at ELSE $6 END \
+             WHERE session_id = $1",
+        )
+        .bind(session_id)
+        .bind(status)
+        .bind(issued)
+        .bind(now_ms)
+        .bind(counted_at)
+        .bind(expires_at)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("session_record_click"))?;
+        if outcome == ClickSession::Delivered {
+            // the target's session: a run syncs the user once it has expired, and a
+            // reminder waits for it
+            sqlx::query(
+                "UPDATE campaign_targets SET session_expires_at = $2, sessions = sessions + 1 \
+                 WHERE campaign_id = (SELECT campaign_id FROM verification_sessions WHERE session_id = $1) \
+                   AND user_id = (SELECT user_id FROM verification_sessions WHERE session_id = $1)",
+            )
+            .bind(session_id)
+            .bind(expires_at)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("session_record_click target"))?;
+        }
+        Ok(())
     }
 }
 
@@ -911,6 +1078,22 @@ impl SettleArgs {
     /// As a write of its own (see [`Store::write`]).
     pub(crate) fn write<'a>(a: &'a SettleArgs, tx: &'a mut Tx) -> Step<'a, bool> {
         Box::pin(a.run(tx))
+    }
+
+    pub(crate) fn campaign_id(&self) -> i64 {
+        self.campaign_id
+    }
+
+    pub(crate) fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub(crate) fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.now
     }
 }
 

@@ -154,7 +154,13 @@ pub async fn serve_public(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     let app = Router::new().route("/healthz", get(healthz)).merge(routes);
-    Ok(OpsServer { local_addr, handle: spawn(listener, app, shutdown) })
+    // with each request's peer address: the click routes limit per client address
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
+    Ok(OpsServer { local_addr, handle })
 }
 
 fn spawn(

@@ -1,0 +1,300 @@
+//! The public click-through routes: `GET /v/{token}` shows a page with a button,
+//! and only the person's submitted `POST /v/{token}` makes a verification session,
+//! under every per-user limit, and answers `303 See Other` to the session URL.
+//!
+//! Decisions:
+//! - **A GET never makes a session, nor changes anything** (design.md invariant 8):
+//!   mail scanners and link previews fetch links. HEAD is a GET without a body.
+//! - **One session per click, at most one per 30 s per link**: the click's first
+//!   write takes the link's right to make a session; a second POST within 30 s
+//!   (a double click, a reload) is told the first is on its way. A click that made
+//!   no session (the limits, the user's state, an API refusal) gives the right back.
+//! - **Every limit, the same ledger**: the reservation is the runs' (the user's row
+//!   locked, the sessions read after the lock), so clicks and runs together never
+//!   break one. The access token comes under the one-refresh-at-a-time rule.
+//! - **Secrets**: the token is only ever stored as its hash; the session URL goes
+//!   into the `Location` header and nowhere else (not a log line, not the page).
+//!   Unknown, expired and revoked links get the same few words whoever asks, with
+//!   no hint whether the user exists.
+//! - **Abuse**: POSTs are rate-limited per link and every request per client
+//!   address (the peer address; behind a proxy, the proxy's); the answer is a 429
+//!   page. The pages load nothing from elsewhere (a strict Content-Security-Policy),
+//!   and are not cached or indexed.
+
+mod pages;
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tracing::warn;
+
+use crate::domain::{Clock, Region, SystemClock};
+use crate::engine::ports::{ApiFailure, ApiUser, VerificationApi};
+use crate::store::Store;
+use crate::store::links::{ClickStart, LinkRow, link_token_hash};
+use crate::store::sessions::{ClickReservation, ClickReserveParams, ClickSession, SessionLife};
+pub use pages::{Lang, Page};
+
+/// The path of a link: `/v/{token}`.
+pub const LINK_PATH: &str = "/v/{token}";
+
+/// How the click routes behave. Every field documents its default.
+#[derive(Debug, Clone, Copy)]
+pub struct ClickConfig {
+    /// A session's life at the API and the ledger's margin (24 h, 5 min).
+    pub life: SessionLife,
+    /// POSTs per link per minute (default 6).
+    pub per_link_per_minute: u32,
+    /// Requests per client address per minute (default 120).
+    pub per_address_per_minute: u32,
+}
+
+impl Default for ClickConfig {
+    fn default() -> Self {
+        Self {
+            life: SessionLife {
+                ttl: std::time::Duration::from_secs(24 * 3600),
+                margin: std::time::Duration::from_secs(300),
+            },
+            per_link_per_minute: 6,
+            per_address_per_minute: 120,
+        }
+    }
+}
+
+struct Clicks {
+    store: Store,
+    api: Arc<dyn VerificationApi>,
+    clock: Arc<dyn Clock>,
+    config: ClickConfig,
+    per_link: DefaultKeyedRateLimiter<String>,
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n.max(1)).expect("at least 1"))
+}
+
+/// The router for `GET`/`HEAD`/`POST /v/{token}`. Serve it with the peer address
+/// ([`serve_public`] does), never on the operations listener.
+pub fn click_router(store: Store, api: Arc<dyn VerificationApi>, config: ClickConfig) -> Router {
+    click_router_with_clock(store, api, config, Arc::new(SystemClock))
+}
+
+/// [`click_router`] on a given clock.
+pub fn click_router_with_clock(
+    store: Store,
+    api: Arc<dyn VerificationApi>,
+    config: ClickConfig,
+    clock: Arc<dyn Clock>,
+) -> Router {
+    let state = Arc::new(Clicks {
+        store,
+        api,
+        clock,
+        config,
+        per_link: RateLimiter::keyed(per_minute(config.per_link_per_minute)),
+        per_address: RateLimiter::keyed(per_minute(config.per_address_per_minute)),
+    });
+    Router::new().route(LINK_PATH, get(show).post(click)).with_state(state)
+}
+
+/// Serves the public routes: see [`crate::telemetry::serve_public`] (with each
+/// request's peer address, which the per-address limit needs, and `/healthz`).
+pub use crate::telemetry::serve_public;
+
+/// A page as a response, with the headers every page carries.
+fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
+    let mut r = (status, page.render(lang)).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert("x-robots-tag", HeaderValue::from_static("noindex, nofollow"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    r
+}
+
+/// What a token leads to before anything is done: the link, or the page to show.
+async fn find(s: &Clicks, token: &str, now: DateTime<Utc>) -> Result<LinkRow, Response> {
+    // a token is 43 characters of URL-safe base64; anything else is not one of ours
+    if token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, Lang::En));
+    }
+    match s.store.link_find(&link_token_hash(token)).await {
+        Ok(Some(link)) if link.revoked || link.expires_at <= now => {
+            Err(respond(StatusCode::GONE, &Page::Gone, Lang::of(link.locale.as_deref())))
+        }
+        Ok(Some(link)) => Ok(link),
+        Ok(None) => Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, Lang::En)),
+        Err(e) => {
+            warn!(error = %e, "click: the database failed");
+            Err(respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, Lang::En))
+        }
+    }
+}
+
+fn too_many(lang: Lang) -> Response {
+    let mut r = respond(StatusCode::TOO_MANY_REQUESTS, &Page::TooMany, lang);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    r
+}
+
+/// `GET /v/{token}`: the page with the button. Reads, never writes.
+async fn show(
+    State(s): State<Arc<Clicks>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+) -> Response {
+    if s.per_address.check_key(&peer.ip()).is_err() {
+        return too_many(Lang::En);
+    }
+    let now = s.clock.now();
+    let link = match find(&s, &token, now).await {
+        Ok(link) => link,
+        Err(page) => return page,
+    };
+    let lang = Lang::of(link.locale.as_deref());
+    let expires = pages::when(link.expires_at, link.timezone.as_deref(), lang);
+    respond(StatusCode::OK, &Page::Landing { expires }, lang)
+}
+
+/// `POST /v/{token}`: the person's click. Makes at most one session.
+async fn click(
+    State(s): State<Arc<Clicks>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+) -> Response {
+    if s.per_address.check_key(&peer.ip()).is_err() {
+        return too_many(Lang::En);
+    }
+    let now = s.clock.now();
+    let link = match find(&s, &token, now).await {
+        Ok(link) => link,
+        Err(page) => return page,
+    };
+    drop(token);
+    let lang = Lang::of(link.locale.as_deref());
+    if s.per_link.check_key(&link_token_hash_short(&link)).is_err() {
+        return too_many(lang);
+    }
+    match s.store.link_click_start(&link, "click", now).await {
+        Ok(ClickStart::Go) => {}
+        Ok(ClickStart::OnItsWay { .. }) => return respond(StatusCode::OK, &Page::OnItsWay, lang),
+        Err(e) => {
+            warn!(error = %e, "click: the database failed");
+            return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
+        }
+    }
+    let answer = make_session(&s, &link, lang, now).await;
+    if answer.status() != StatusCode::SEE_OTHER
+        && let Err(e) = s.store.link_click_release(link.link_id).await
+    {
+        warn!(error = %e, "click: could not give the link's turn back; the next click waits 30 s");
+    }
+    answer
+}
+
+/// A key for the per-link limiter: the link id (the token is not kept in memory).
+fn link_token_hash_short(link: &LinkRow) -> String {
+    link.link_id.to_string()
+}
+
+/// The fresh state, the reservation, the session; the page or the redirect.
+async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>) -> Response {
+    let (Ok(user_id), Ok(region)) = (crate::store::links::link_user(link), link.region.parse::<Region>()) else {
+        return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
+    };
+    let user = ApiUser { user_id, region };
+    let fresh = match s.api.fresh_state(&user, None).await {
+        Ok(state) => state,
+        Err(f) => return api_trouble(&f, lang),
+    };
+    let reserved = s
+        .store
+        .session_reserve_click(ClickReserveParams {
+            campaign_id: link.campaign_id,
+            user_id: &link.user_id,
+            step: link.step,
+            link_id: link.link_id,
+            now,
+            life: s.config.life,
+            fresh: Some(fresh),
+        })
+        .await;
+    let session_id = match reserved {
+        Ok(ClickReservation::Reserved { session_id }) => session_id,
+        Ok(ClickReservation::Skipped(crate::domain::SkipReason::AlreadyVerified)) => {
+            return respond(StatusCode::OK, &Page::Verified, lang);
+        }
+        Ok(ClickReservation::Skipped(crate::domain::SkipReason::Pending)) => {
+            return respond(StatusCode::OK, &Page::Pending, lang);
+        }
+        Ok(ClickReservation::Deferred { until, .. }) => {
+            let at = pages::when(until, link.timezone.as_deref(), lang);
+            return respond(StatusCode::OK, &Page::NotYet { at }, lang);
+        }
+        Err(e) => {
+            warn!(error = %e, "click: the database failed");
+            return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
+        }
+    };
+    match s.api.start_session(&user, None).await {
+        Ok(url) => {
+            if let Err(e) =
+                s.store.session_record_click(session_id, ClickSession::Delivered, s.clock.now(), s.config.life).await
+            {
+                // the row stays `reserved` and counts; the person can click again
+                warn!(error = %e, "click: could not record the session; it is not handed out");
+                return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
+            }
+            crate::telemetry::global().session_issued("click");
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            let h = r.headers_mut();
+            match HeaderValue::from_str(url.expose()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    h.insert(header::LOCATION, v);
+                }
+                Err(_) => return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang),
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            r
+        }
+        Err(f) => {
+            let outcome = match f {
+                ApiFailure::Unavailable(_) => ClickSession::Unknown,
+                _ => ClickSession::Refused,
+            };
+            if let Err(e) = s.store.session_record_click(session_id, outcome, s.clock.now(), s.config.life).await {
+                warn!(error = %e, "click: could not record the failed session call; the row keeps counting");
+            }
+            api_trouble(&f, lang)
+        }
+    }
+}
+
+/// The page for an API failure; nothing of the failure is shown.
+fn api_trouble(f: &ApiFailure, lang: Lang) -> Response {
+    warn!(error = %f, "click: the Baanx call failed");
+    match f {
+        ApiFailure::UserLimited { .. } => respond(StatusCode::OK, &Page::NotYet { at: None }, lang),
+        ApiFailure::ConsentRequired | ApiFailure::Forbidden(_) => respond(StatusCode::OK, &Page::Contact, lang),
+        _ => respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang),
+    }
+}

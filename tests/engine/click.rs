@@ -1,0 +1,220 @@
+//! Click-through links (`delivery.link = "click"`): the message carries our own link,
+//! the send step makes no session call, a GET or HEAD never makes a session, a click
+//! makes at most one, and every limit holds with zero sandbox violations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::Utc;
+use reverify::both_engines;
+use reverify::click::{ClickConfig, click_router_with_clock, serve_public};
+use reverify::domain::{Clock, ManualClock, SystemClock, VerificationState};
+use reverify::engine::adapters::BaanxApi;
+use reverify::sandbox::{SandboxConfig, UserSource};
+use reverify::store::testing::TestDb;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::Env;
+
+/// An environment whose click routes are served on loopback; `public_url` points
+/// at them.
+struct ClickEnv {
+    env: Env,
+    addr: SocketAddr,
+    http: reqwest::Client,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn click_env(db: TestDb, users: usize, clock: Arc<dyn Clock>) -> ClickEnv {
+    let mut users = reverify::sandbox::users::generate_unverified(users, 3, Utc::now());
+    // the pages in English (their translations have tests of their own)
+    users.iter_mut().for_each(|u| u.locale = "en-GB".into());
+    let mut env =
+        Env::with_sandbox(db, SandboxConfig { users: UserSource::Records(users), ..SandboxConfig::default() }).await;
+    let worker = env.worker();
+    let router = click_router_with_clock(
+        env.store().clone(),
+        Arc::new(BaanxApi(worker.client.clone())),
+        ClickConfig { per_link_per_minute: 1000, per_address_per_minute: 100_000, ..ClickConfig::default() },
+        clock,
+    );
+    let stop = CancellationToken::new();
+    let server = serve_public("127.0.0.1:0".parse().unwrap(), router, stop.clone()).await.unwrap();
+    env.settings.public_url = Some(format!("http://{}", server.local_addr).parse().unwrap());
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    ClickEnv { env, addr: server.local_addr, http, _stop: stop.drop_guard() }
+}
+
+fn click_campaign(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\n[delivery]\nfrom = \"Compliance <compliance@example.com>\"\nlink = \"click\"\n\
+         [throttle]\nrequests_per_second = 5000\nconcurrency = 16\n"
+    )
+}
+
+/// The links in the outbox's messages, in order.
+fn links(env: &Env, addr: SocketAddr) -> Vec<String> {
+    let prefix = format!("http://{addr}/v/");
+    let mut out = Vec::new();
+    for m in env.messages() {
+        let plain: String = m.replace("=\r\n", "").replace("=\n", "");
+        for word in plain.split(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>') {
+            if let Some(rest) = word.strip_prefix(&prefix) {
+                let token: String =
+                    rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+                let link = format!("{prefix}{token}");
+                if !out.contains(&link) {
+                    out.push(link);
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn sessions(env: &Env) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM verification_sessions").fetch_one(env.db.pool()).await.unwrap().get("n")
+}
+
+both_engines!(a_click_campaign_sends_links_and_no_session_until_a_person_clicks, |db: TestDb| async move {
+    let c = click_env(db, 5, Arc::new(SystemClock)).await;
+    let campaign = c.env.apply(&click_campaign("clicks")).await;
+    let report = c.env.run(&campaign).await;
+    assert_eq!(report.counts.notified, 5, "{report:?}");
+    let stats = c.env.sandbox.stats().await;
+    assert_eq!(stats.requests.get("GET /v1/user/verification").copied().unwrap_or(0), 0, "no session at send time");
+    assert_eq!(sessions(&c.env).await, 0);
+    let links = links(&c.env, c.addr);
+    assert_eq!(links.len(), 5, "one link per message: {links:?}");
+
+    // only its hash is stored
+    let dump = format!(
+        "{:?}",
+        sqlx::query("SELECT * FROM verification_links").fetch_all(c.env.db.pool()).await.unwrap().len()
+    );
+    assert_eq!(dump, "5");
+    for link in &links {
+        let token = link.rsplit('/').next().unwrap();
+        assert!(token.len() >= 22, "at least 128 bits: {token}");
+        let found: i64 = sqlx::query("SELECT COUNT(*) AS n FROM verification_links WHERE token_hash = $1")
+            .bind(token)
+            .fetch_one(c.env.db.pool())
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(found, 0, "the token itself is stored");
+    }
+
+    // a mail scanner: 100 GETs and HEADs make no session and change nothing
+    for i in 0..100 {
+        let r =
+            if i % 2 == 0 { c.http.get(&links[0]).send().await } else { c.http.head(&links[0]).send().await }.unwrap();
+        assert_eq!(r.status(), 200);
+        if i == 0 {
+            let page = r.text().await.unwrap();
+            assert!(page.contains("Continue to verification") && page.contains("<form method=\"post\""), "{page}");
+        }
+    }
+    assert_eq!(sessions(&c.env).await, 0);
+    let clicks: i64 = sqlx::query("SELECT COUNT(*) AS n FROM verification_links WHERE clicks > 0")
+        .fetch_one(c.env.db.pool())
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(clicks, 0, "a GET counts no click");
+    assert_eq!(c.env.sandbox.stats().await.sessions_issued, 0);
+
+    // a person's click: one session, 303 to it
+    let r = c.http.post(&links[0]).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(c.env.sandbox.session_urls().contains(&location), "{location}");
+    let row =
+        sqlx::query("SELECT status, link_id FROM verification_sessions").fetch_one(c.env.db.pool()).await.unwrap();
+    assert_eq!(row.get::<String, _>("status"), "delivered");
+    assert!(row.get::<Option<i64>, _>("link_id").is_some());
+    let clicked: i64 = sqlx::query("SELECT COUNT(*) AS n FROM campaign_targets WHERE clicked_at IS NOT NULL")
+        .fetch_one(c.env.db.pool())
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(clicked, 1);
+    let events: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE kind = 'target.clicked'")
+        .fetch_one(c.env.db.pool())
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(events, 1);
+
+    // unknown and malformed tokens: 404, nothing said about anyone
+    let base = format!("http://{}/v/", c.addr);
+    for bad in ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "x'%20or%201=1"] {
+        assert_eq!(c.http.post(format!("{base}{bad}")).send().await.unwrap().status(), 404);
+        assert_eq!(c.http.get(format!("{base}{bad}")).send().await.unwrap().status(), 404);
+    }
+    assert_eq!(c.env.sandbox.stats().await.violations, 0);
+});
+
+both_engines!(concurrent_clicks_of_one_link_make_at_most_one_session, |db: TestDb| async move {
+    let c = click_env(db, 1, Arc::new(SystemClock)).await;
+    let campaign = c.env.apply(&click_campaign("double")).await;
+    c.env.run(&campaign).await;
+    let link = links(&c.env, c.addr).pop().unwrap();
+    let posts = (0..8).map(|_| {
+        let (http, link) = (c.http.clone(), link.clone());
+        async move { http.post(&link).send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(posts).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 303).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 303 || *s == 200), "{statuses:?}");
+    assert_eq!(c.env.sandbox.stats().await.sessions_issued, 1);
+    assert_eq!(sessions(&c.env).await, 1);
+});
+
+both_engines!(clicks_beyond_the_limits_get_the_not_yet_page_and_break_none, |db: TestDb| async move {
+    let clock = ManualClock::new(Utc::now());
+    let c = click_env(db, 1, Arc::new(clock.clone())).await;
+    let campaign = c.env.apply(&click_campaign("limits")).await;
+    c.env.run(&campaign).await;
+    let link = links(&c.env, c.addr).pop().unwrap();
+    // three clicks, 31 s apart (past the double-click window): three sessions
+    for _ in 0..3 {
+        assert_eq!(c.http.post(&link).send().await.unwrap().status(), 303);
+        clock.advance(chrono::Duration::seconds(31));
+    }
+    // a fourth while three are active: the page says when, and the API is not asked
+    let r = c.http.post(&link).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("You can start a new verification from"), "{page}");
+    let stats = c.env.sandbox.stats().await;
+    assert_eq!(stats.sessions_issued, 3);
+    assert_eq!(stats.violations, 0, "{stats:?}");
+    // the turn was given back: the next click is judged again at once (still not yet)
+    assert!(c.http.post(&link).send().await.unwrap().text().await.unwrap().contains("new verification from"));
+});
+
+both_engines!(a_verified_user_is_told_so_and_their_links_are_revoked, |db: TestDb| async move {
+    let c = click_env(db, 1, Arc::new(SystemClock)).await;
+    let campaign = c.env.apply(&click_campaign("verified")).await;
+    c.env.run(&campaign).await;
+    let link = links(&c.env, c.addr).pop().unwrap();
+    // the person clicks, completes the session at Baanx and is verified
+    let r = c.http.post(&link).send().await.unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(c.env.sandbox.complete_session(&location, reverify::sandbox::Outcome::Verified));
+    // an old tab: the click finds the user verified, and says so
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let page = c.http.post(&link).send().await.unwrap();
+    // within 30 s of the first click: "on its way"; the state is read on the next one
+    assert_eq!(page.status(), 200);
+    let user = c.env.sandbox.users()[0].user_id.clone();
+    let state = reverify::store::outcomes::StateSource::fresh_state("test");
+    c.env.store().user_apply_state(user.as_str(), VerificationState::Verified, Utc::now(), &state).await.unwrap();
+    let r = c.http.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 410, "a verified user's link is revoked");
+    let converted: String =
+        sqlx::query("SELECT status FROM campaign_targets").fetch_one(c.env.db.pool()).await.unwrap().get("status");
+    assert_eq!(converted, "converted");
+});
