@@ -218,3 +218,88 @@ both_engines!(a_verified_user_is_told_so_and_their_links_are_revoked, |db: TestD
         sqlx::query("SELECT status FROM campaign_targets").fetch_one(c.env.db.pool()).await.unwrap().get("status");
     assert_eq!(converted, "converted");
 });
+
+both_engines!(click_reminders_send_new_links_and_no_session, |db: TestDb| async move {
+    let clock = ManualClock::new(Utc::now());
+    let c = click_env(db, 3, Arc::new(clock.clone())).await;
+    let toml = click_campaign("click-rem").replace("[throttle]", "[reminders]\nafter = \"1h\"\nmax = 1\n[throttle]");
+    let campaign = c.env.apply(&toml).await;
+    let mut worker = c.env.worker();
+    worker.clock = Arc::new(clock.clone());
+    let run = || async {
+        worker
+            .run_campaign(&campaign, Arc::new(reverify::engine::Progress::default()), CancellationToken::new())
+            .await
+            .unwrap()
+    };
+    run().await;
+    assert_eq!(links(&c.env, c.addr).len(), 3);
+    // an hour later nobody clicked: each gets a reminder with a new link, and still
+    // no session is made for anyone
+    clock.advance(chrono::Duration::hours(2));
+    run().await;
+    let all = links(&c.env, c.addr);
+    assert_eq!(all.len(), 6, "three first links and three reminders' links: {all:?}");
+    assert_eq!(c.env.messages().iter().filter(|m| m.contains("A reminder")).count(), 3);
+    assert_eq!(c.env.sandbox.stats().await.sessions_issued, 0);
+    assert_eq!(sessions(&c.env).await, 0);
+    // both links of a user work
+    for link in [&all[0], &all[5]] {
+        assert_eq!(c.http.get(link).send().await.unwrap().status(), 200, "{link}");
+    }
+});
+
+both_engines!(a_cancelled_campaigns_links_are_gone, |db: TestDb| async move {
+    let c = click_env(db, 2, Arc::new(SystemClock)).await;
+    let campaign = c.env.apply(&click_campaign("cancelled")).await;
+    c.env.run(&campaign).await;
+    let link = links(&c.env, c.addr).pop().unwrap();
+    assert_eq!(c.http.get(&link).send().await.unwrap().status(), 200);
+    let name = reverify::domain::CampaignName::parse("cancelled").unwrap();
+    c.env
+        .store()
+        .campaign_set_status(&name, reverify::store::campaigns::StatusChange::Cancel, "test", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(c.http.get(&link).send().await.unwrap().status(), 410);
+    assert_eq!(c.http.post(&link).send().await.unwrap().status(), 410);
+    assert_eq!(sessions(&c.env).await, 0);
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_are_rate_limited_per_link_and_per_address() {
+    let mut users = reverify::sandbox::users::generate_unverified(1, 3, Utc::now());
+    users[0].locale = "en-GB".into();
+    let mut env = Env::with_sandbox(
+        TestDb::sqlite().await,
+        SandboxConfig { users: UserSource::Records(users), ..SandboxConfig::default() },
+    )
+    .await;
+    let worker = env.worker();
+    let router = reverify::click::click_router(
+        env.store().clone(),
+        Arc::new(BaanxApi(worker.client.clone())),
+        ClickConfig { per_link_per_minute: 2, per_address_per_minute: 6, ..ClickConfig::default() },
+    );
+    let stop = CancellationToken::new();
+    let server = serve_public("127.0.0.1:0".parse().unwrap(), router, stop.clone()).await.unwrap();
+    env.settings.public_url = Some(format!("http://{}", server.local_addr).parse().unwrap());
+    let campaign = env.apply(&click_campaign("limited")).await;
+    env.run(&campaign).await;
+    let link = links(&env, server.local_addr).pop().unwrap();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(http.post(&link).send().await.unwrap().status().as_u16());
+    }
+    // the first makes the session, the second is "on its way", then 429 per link
+    assert_eq!(statuses, vec![303, 200, 429, 429]);
+    // and every request per address: 4 used, 2 more, then 429 even for a GET
+    assert_eq!(http.get(&link).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(&link).send().await.unwrap().status(), 200);
+    let r = http.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "60");
+    assert_eq!(env.sandbox.stats().await.sessions_issued, 1);
+    stop.cancel();
+}
