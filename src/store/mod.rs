@@ -335,9 +335,9 @@ mod tests {
         }
     });
 
-    // Migration 0003 dates the REJECTED users written before the store did: rerun here
+    // Migration 0004 dates the REJECTED users written before the store did: rerun here
     // on rows written as the old code wrote them.
-    both_engines!(migration_0003_dates_rejections_without_a_time, |db: TestDb| async move {
+    both_engines!(migration_0004_dates_rejections_without_a_time, |db: TestDb| async move {
         let insert = "INSERT INTO users (user_id, email, region, verification_state, state_changed_at, rejected_at, \
                         created_at, updated_at) VALUES ($1, 'u@example.test', 'intl', $2, $3, $4, 1, $5)";
         let rows = [
@@ -358,8 +358,8 @@ mod tests {
                 .unwrap();
         }
         let sql = match db.backend() {
-            Backend::Postgres => include_str!("../../migrations/postgres/0003_rejection_first_seen.sql"),
-            Backend::Sqlite => include_str!("../../migrations/sqlite/0003_rejection_first_seen.sql"),
+            Backend::Postgres => include_str!("../../migrations/postgres/0004_rejection_first_seen.sql"),
+            Backend::Sqlite => include_str!("../../migrations/sqlite/0004_rejection_first_seen.sql"),
         };
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(db.store.pool()).await.unwrap();
         let got: Vec<Option<i64>> = sqlx::query("SELECT rejected_at FROM users ORDER BY user_id")
