@@ -109,7 +109,10 @@ pub fn standing_verdict(user: &UserStanding, now: DateTime<Utc>) -> Verdict {
     }
     let mut wait: Option<(DeferReason, DateTime<Utc>)> = None;
     // A REJECTED user with no known rejection time has just been rejected, as far as
-    // we can tell: the safe reading is "the cooldown starts now".
+    // we can tell: the safe reading is "the cooldown starts now". The store dates
+    // such a user when it first sees them REJECTED (and migration 0004 dated the
+    // rows written before), so this is a fallback: read at every evaluation, it
+    // would be a cooldown that never ends.
     if user.state == VerificationState::Rejected {
         let until = user.rejected_at.unwrap_or(now) + rejection_cooldown();
         if until > now {

@@ -643,3 +643,114 @@ mod reservation_after_the_lock {
         );
     }
 }
+
+async fn rejected_at(store: &Store, n: u32) -> Option<i64> {
+    sqlx::query("SELECT rejected_at FROM users WHERE user_id = $1")
+        .bind(uid(n))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get("rejected_at")
+}
+
+/// A session for user `n` in a campaign of its own, issued and delivered at `at`.
+async fn delivered_session(store: &Store, n: u32, at: DateTime<Utc>) {
+    let c = campaign(store, &format!("first-{n}")).await;
+    store.target_add_matching(c, &Audience::default(), at).await.unwrap();
+    store.target_claim_batch(c, "w", 10, at, LEASE).await.unwrap();
+    let fresh = Some(VerificationState::Rejected);
+    let r = store.session_reserve_fresh(c, &uid(n), 0, "w", at, DAY, fresh).await.unwrap();
+    let Reservation::Reserved { session_id } = r else { panic!("user {n}: {r:?}") };
+    assert!(issued(store, c, n, "w", session_id, at).await);
+    assert!(store.session_record_delivery(c, &uid(n), session_id, DeliveryRecord::Delivered, "w", at).await.unwrap());
+}
+
+both_engines!(a_rejected_user_seen_rejected_after_a_session_is_rejected_no_earlier_than_it, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    let issued = now - chrono::Duration::hours(2);
+    // rejected two days ago, so a session went out two hours ago; each is REJECTED
+    // again now: user 1 as a run's fresh state finds it, user 2 by `users sync`
+    for n in [1, 2] {
+        user(s, n, "REJECTED", "intl", Some(now - chrono::Duration::hours(48)), "").await;
+        delivered_session(s, n, issued).await;
+        assert_eq!(rejected_at(s, n).await, Some(to_millis(now - chrono::Duration::hours(48))));
+    }
+    let c = campaign(s, "again").await;
+    assert_eq!(s.target_add_matching(c, &Audience::default(), now).await.unwrap(), 2);
+    assert_eq!(s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap().len(), 2);
+    let until = issued + chrono::Duration::hours(24);
+
+    let sync = crate::store::outcomes::StateSource::sync("t");
+    s.user_apply_state(&uid(2), VerificationState::Rejected, now, &sync).await.unwrap();
+    assert_eq!(rejected_at(s, 2).await, Some(to_millis(issued)));
+    let r = s.session_reserve(c, &uid(2), 0, "w", now, DAY).await.unwrap();
+    assert_eq!(r, Reservation::Deferred { reason: DeferReason::RejectionCooldown, until });
+
+    // the run's fresh state, recorded with the reservation (the batched statement)
+    let fresh = Some(VerificationState::Rejected);
+    let r = s.session_reserve_fresh(c, &uid(1), 0, "w", now, DAY, fresh).await.unwrap();
+    assert_eq!(r, Reservation::Deferred { reason: DeferReason::RejectionCooldown, until });
+    assert_eq!(rejected_at(s, 1).await, Some(to_millis(issued)));
+    assert_eq!(
+        status_of(s, c, 1).await,
+        ("deferred".into(), Some("rejection_cooldown".into()), Some(to_millis(until)))
+    );
+
+    // seen again later, the time stays (it never moves back nor past the session)
+    s.user_apply_state(&uid(2), VerificationState::Rejected, now + chrono::Duration::hours(1), &sync).await.unwrap();
+    assert_eq!(rejected_at(s, 2).await, Some(to_millis(issued)));
+});
+
+both_engines!(a_rejection_without_a_time_is_dated_once_and_its_cooldown_ends, |db: TestDb| async move {
+    use crate::domain::{Clock as _, EmailAddress, ManualClock, UserId, policy};
+    use crate::store::users::UserUpsert;
+    let s = &db.store;
+    let clock = ManualClock::new(t0());
+    let row = UserUpsert {
+        user_id: UserId::parse(&uid(1)).unwrap(),
+        email: EmailAddress::parse("u1@example.test").unwrap(),
+        first_name: None,
+        last_name: None,
+        locale: None,
+        timezone: None,
+        region: Region::Intl,
+        country: None,
+        verification_state: VerificationState::Rejected,
+        rejected_at: None,
+        tags: vec![],
+        signed_up_at: None,
+        token: Some(crate::store::users::SealedToken { key_id: "k".into(), ciphertext: vec![1, 2, 3] }),
+    };
+    s.user_upsert_batch(std::slice::from_ref(&row), clock.now()).await.unwrap();
+    let first_seen = clock.now();
+    assert_eq!(rejected_at(s, 1).await, Some(to_millis(first_seen)));
+    let until = first_seen + chrono::Duration::hours(24);
+
+    // two evaluations an hour apart (two campaigns targeting, and the policy on the
+    // stored standing) defer until the same instant; a re-import changes nothing
+    for i in 0..2 {
+        let c = campaign(s, &format!("c{i}")).await;
+        s.target_add_matching(c, &Audience::default(), clock.now()).await.unwrap();
+        assert_eq!(
+            status_of(s, c, 1).await,
+            ("deferred".into(), Some("rejection_cooldown".into()), Some(to_millis(until)))
+        );
+        let u = s.user_get(&row.user_id).await.unwrap().unwrap();
+        let standing = policy::UserStanding {
+            state: u.verification_state,
+            rejected_at: u.rejected_at,
+            consecutive_failures: 0,
+            last_failure_at: None,
+        };
+        let verdict = policy::standing_verdict(&standing, clock.now());
+        assert_eq!(verdict, policy::Verdict::Defer { reason: DeferReason::RejectionCooldown, until });
+        clock.advance(chrono::Duration::hours(1));
+        s.user_upsert_batch(std::slice::from_ref(&row), clock.now()).await.unwrap();
+    }
+    // the cooldown ends
+    clock.set(until);
+    let c = campaign(s, "after").await;
+    s.target_add_matching(c, &Audience::default(), clock.now()).await.unwrap();
+    assert_eq!(status_of(s, c, 1).await.0, "pending");
+});

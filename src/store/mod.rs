@@ -330,6 +330,30 @@ pub fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// SQL for the latest of `values` (SQL expressions), NULLs ignored; NULL when all
+/// are. Postgres's `GREATEST` ignores NULLs; SQLite's scalar `MAX(a, b, …)` is NULL
+/// as soon as one argument is, so each argument is first replaced by the first
+/// non-NULL value of the list read from it (a rotation): every non-NULL value is
+/// picked by its own rotation, and a NULL only when all are.
+pub(crate) fn greatest_sql(backend: Backend, values: &[&str]) -> String {
+    match values {
+        [] => "NULL".to_owned(),
+        [one] => (*one).to_owned(),
+        _ => match backend {
+            Backend::Postgres => format!("GREATEST({})", values.join(", ")),
+            Backend::Sqlite => {
+                let rotations: Vec<String> = (0..values.len())
+                    .map(|i| {
+                        let rotated: Vec<&str> = values[i..].iter().chain(&values[..i]).copied().collect();
+                        format!("COALESCE({})", rotated.join(", "))
+                    })
+                    .collect();
+                format!("MAX({})", rotations.join(", "))
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +382,61 @@ mod tests {
             .try_get("n")
             .unwrap();
         assert_eq!(n, 1);
+    });
+
+    both_engines!(greatest_ignores_nulls, |db: TestDb| async move {
+        const NONE: &str = "CAST(NULL AS BIGINT)";
+        let b = db.backend();
+        for (values, want) in [
+            (vec![NONE, NONE], None),
+            (vec![NONE, "CAST(2 AS BIGINT)"], Some(2)),
+            (vec!["CAST(3 AS BIGINT)", NONE], Some(3)),
+            (vec!["CAST(3 AS BIGINT)", "CAST(5 AS BIGINT)", NONE], Some(5)),
+            (vec![NONE, "CAST(7 AS BIGINT)", "CAST(5 AS BIGINT)"], Some(7)),
+            (vec!["CAST(1 AS BIGINT)", NONE, "CAST(4 AS BIGINT)"], Some(4)),
+        ] {
+            let sql = format!("SELECT {} AS v", greatest_sql(b, &values));
+            let got: Option<i64> =
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone())).fetch_one(db.store.pool()).await.unwrap().get("v");
+            assert_eq!(got, want, "{sql}");
+        }
+    });
+
+    // Migration 0004 dates the REJECTED users written before the store did: rerun here
+    // on rows written as the old code wrote them.
+    both_engines!(migration_0004_dates_rejections_without_a_time, |db: TestDb| async move {
+        let insert = "INSERT INTO users (user_id, email, region, verification_state, state_changed_at, rejected_at, \
+                        created_at, updated_at) VALUES ($1, 'u@example.test', 'intl', $2, $3, $4, 1, $5)";
+        let rows = [
+            ("00000000-0000-4000-8000-000000000001", "REJECTED", Some(100), None, 300),
+            ("00000000-0000-4000-8000-000000000002", "REJECTED", None, None, 300),
+            ("00000000-0000-4000-8000-000000000003", "REJECTED", Some(100), Some(50), 300),
+            ("00000000-0000-4000-8000-000000000004", "UNVERIFIED", Some(100), None, 300),
+        ];
+        for (id, state, changed, rejected, updated) in rows {
+            sqlx::query(insert)
+                .bind(id)
+                .bind(state)
+                .bind(changed)
+                .bind(rejected)
+                .bind(updated)
+                .execute(db.store.pool())
+                .await
+                .unwrap();
+        }
+        let sql = match db.backend() {
+            Backend::Postgres => include_str!("../../migrations/postgres/0004_rejection_first_seen.sql"),
+            Backend::Sqlite => include_str!("../../migrations/sqlite/0004_rejection_first_seen.sql"),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(db.store.pool()).await.unwrap();
+        let got: Vec<Option<i64>> = sqlx::query("SELECT rejected_at FROM users ORDER BY user_id")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("rejected_at"))
+            .collect();
+        assert_eq!(got, [Some(100), Some(300), Some(50), None]);
     });
 
     #[tokio::test]

@@ -15,6 +15,13 @@
 //! - A change to REJECTED is dated with the receiving clock, never the sender's: the
 //!   24 h cooldown then starts no earlier than the real rejection (conservative). It
 //!   counts a consecutive failure; a change to VERIFIED resets the count.
+//! - The rejection time only moves forward ([`rejected_at_seen_sql`]). A rejection
+//!   webhook for a user already REJECTED is a new rejection (the PENDING before it
+//!   was lost): the time moves to the receive time. Any source that finds a user
+//!   REJECTED takes them to be rejected no earlier than the latest session we had
+//!   issued them, and dates a REJECTED user with no known time at first sight, so
+//!   that the cooldown has an end. The run's batched fresh states
+//!   (`sessions::record_fresh_states`) apply the same rule.
 //! - A target converts when its user becomes VERIFIED after a message of the campaign
 //!   (`notified_at <= change time`), including a target re-queued for a reminder.
 //!   A claimed target is left to the worker holding it. Targets move only on news: a
@@ -27,7 +34,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::sessions::event_in_tx;
 use super::targets::REACHABLE;
-use super::{Backend, Store, StoreError, query_err, to_millis};
+use super::{Backend, Store, StoreError, greatest_sql, query_err, to_millis};
 use crate::domain::VerificationState;
 use crate::domain::policy;
 use crate::domain::spec::Reminders;
@@ -147,6 +154,33 @@ fn rank(s: VerificationState) -> u8 {
 /// A target of the user that has had a message no later than the change (`$2`).
 const AFTER_MESSAGE: &str = "user_id = $1 AND notified_at IS NOT NULL AND notified_at <= $2";
 
+/// The ledger rows (alias `s`) of sessions Baanx issued, which the user may have
+/// taken and been rejected on: `issued` (in flight, or its worker died), `delivered`,
+/// `unknown` with an issue time (an interrupted attempt that got a session), and
+/// `delivery_failed` (the channel gave up, which may follow a timeout after the
+/// message was in fact handed over). Not `reserved` (no session yet) nor `api_failed`
+/// (none was made): neither has an issue time.
+const ISSUED_SESSION: &str =
+    "s.issued_at IS NOT NULL AND s.status IN ('issued', 'delivered', 'unknown', 'delivery_failed')";
+
+/// SQL for the rejection time of a user of table (or alias) `users` whom a source
+/// reports REJECTED: never earlier than the stored time, than `at` (the receive
+/// time of a rejection webhook), or than the issue time of the user's latest session
+/// (seen REJECTED after we sent a session, they may have been rejected on it, and
+/// Baanx counts its 24 h from then: later is the safe side); `first_seen` when none
+/// of these is known, so that the cooldown has a fixed end instead of starting
+/// again at each evaluation.
+pub(crate) fn rejected_at_seen_sql(backend: Backend, users: &str, at: Option<&str>, first_seen: &str) -> String {
+    let stored = format!("{users}.rejected_at");
+    let issued = format!(
+        "(SELECT MAX(s.issued_at) FROM verification_sessions s WHERE s.user_id = {users}.user_id AND {ISSUED_SESSION})"
+    );
+    let mut values = vec![stored.as_str()];
+    values.extend(at);
+    values.push(issued.as_str());
+    format!("COALESCE({}, {first_seen})", greatest_sql(backend, &values))
+}
+
 /// [`apply_state_in_tx`], after the common case of a sync or a fresh state:
 /// nothing changed. Then only `synced_at` moves and no target does (only news moves
 /// targets), which one conditional UPDATE does, without reading the user first.
@@ -159,7 +193,16 @@ pub(crate) async fn apply_state_fast_or_in_tx(
     src: &StateSource<'_>,
 ) -> Result<StateApplied, StoreError> {
     if src.kind != SourceKind::Webhook {
-        let unchanged = sqlx::query("UPDATE users SET synced_at = $2 WHERE user_id = $1 AND verification_state = $3")
+        // REJECTED as before: the rejection time may still move (see `rejected_at_seen_sql`)
+        let sql = if state == VerificationState::Rejected {
+            format!(
+                "UPDATE users SET synced_at = $2, rejected_at = {} WHERE user_id = $1 AND verification_state = $3",
+                rejected_at_seen_sql(backend, "users", None, "$2")
+            )
+        } else {
+            "UPDATE users SET synced_at = $2 WHERE user_id = $1 AND verification_state = $3".to_owned()
+        };
+        let unchanged = sqlx::query(AssertSqlSafe(sql))
             .bind(user_id)
             .bind(to_millis(now))
             .bind(state.as_str())
@@ -221,14 +264,20 @@ pub(crate) async fn apply_state_in_tx(
             VerificationState::Verified => 2,
             _ => 0,
         };
-        sqlx::query(
+        // a rejection is dated now, but never before a time already known
+        let rejected_at = if rejected.is_some() {
+            rejected_at_seen_sql(backend, "users", Some("$4"), "$4")
+        } else {
+            "rejected_at".to_owned()
+        };
+        sqlx::query(AssertSqlSafe(format!(
             "UPDATE users SET verification_state = $2, state_changed_at = $3, \
-               rejected_at = COALESCE($4, rejected_at), last_failure_at = COALESCE($4, last_failure_at), \
+               rejected_at = {rejected_at}, last_failure_at = COALESCE($4, last_failure_at), \
                consecutive_failures = CASE WHEN $5 = 1 THEN consecutive_failures + 1 \
                                            WHEN $5 = 2 THEN 0 ELSE consecutive_failures END, \
                synced_at = COALESCE($6, synced_at), updated_at = $7 \
-             WHERE user_id = $1",
-        )
+             WHERE user_id = $1"
+        )))
         .bind(user_id)
         .bind(new.as_str())
         .bind(at_ms)
@@ -244,6 +293,20 @@ pub(crate) async fn apply_state_in_tx(
             "event_id": src.event_id, "failure_code": src.failure_code,
         });
         event_in_tx(tx, now, src.actor, "user.state_changed", None, Some(user_id), &detail).await?;
+    } else if new == VerificationState::Rejected {
+        // REJECTED again: a rejection webhook is a rejection received now; any
+        // source may date it after our latest session (see `rejected_at_seen_sql`)
+        let at = (src.kind == SourceKind::Webhook).then_some("$3");
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE users SET synced_at = COALESCE($2, synced_at), rejected_at = {} WHERE user_id = $1",
+            rejected_at_seen_sql(backend, "users", at, "$3")
+        )))
+        .bind(user_id)
+        .bind(synced)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_apply_state rejected again"))?;
     } else if let Some(s) = synced {
         sqlx::query("UPDATE users SET synced_at = $2 WHERE user_id = $1")
             .bind(user_id)

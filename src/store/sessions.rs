@@ -662,9 +662,11 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
 }
 
 /// The fresh states of `writes` that carry one. An unchanged state only moves
-/// `synced_at`, in one statement for all; a change goes the whole way of
-/// [`super::outcomes::apply_state_in_tx`], one user at a time (rare: a user who
-/// verified or was rejected since the import).
+/// `synced_at`, and for a user REJECTED as before the rejection time as a sync does
+/// (no earlier than our latest session, a first-seen time when none is known: see
+/// [`super::outcomes::rejected_at_seen_sql`]), in one statement for all; a change
+/// goes the whole way of [`super::outcomes::apply_state_in_tx`], one user at a time
+/// (rare: a user who verified or was rejected since the import).
 async fn record_fresh_states(backend: Backend, writes: &[&ReserveArgs], tx: &mut Tx) -> Result<(), StoreError> {
     let fresh: Vec<(&ReserveArgs, VerificationState)> =
         writes.iter().filter_map(|w| w.fresh.map(|f| (*w, f))).collect();
@@ -675,8 +677,11 @@ async fn record_fresh_states(backend: Backend, writes: &[&ReserveArgs], tx: &mut
         json_rows(fresh.iter().map(|(w, state)| serde_json::json!([w.user_id, to_millis(w.now), state.as_str()])));
     let from = json_args(backend, &[("u", Arg::Text), ("at", Arg::Int), ("st", Arg::Text)]);
     let sql = format!(
-        "UPDATE users SET synced_at = x.at FROM ({from}) AS x \
-         WHERE users.user_id = x.u AND users.verification_state = x.st RETURNING users.user_id"
+        "UPDATE users SET synced_at = x.at, \
+           rejected_at = CASE WHEN x.st = 'REJECTED' THEN {rejected} ELSE users.rejected_at END \
+         FROM ({from}) AS x \
+         WHERE users.user_id = x.u AND users.verification_state = x.st RETURNING users.user_id",
+        rejected = super::outcomes::rejected_at_seen_sql(backend, "users", None, "x.at")
     );
     let unchanged =
         returned_user_ids(sqlx::query(AssertSqlSafe(sql)).bind(rows), tx, "user_apply_state unchanged").await?;

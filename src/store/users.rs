@@ -11,10 +11,15 @@
 //! which stages the rows and writes them at once in key order (see `bulk`).
 //!
 //! What an upsert keeps from the stored row: a refresh token when the new row has
-//! none (a directory export without tokens must not log everyone out), a rejection
-//! time and a sign-up time when the new row has none (forgetting a rejection would
-//! allow a session inside the 24 h cooldown), and the state-change time when the
-//! state did not change. Everything else is the directory's to overwrite.
+//! none (a directory export without tokens must not log everyone out), a sign-up
+//! time when the new row has none, the state-change time when the state did not
+//! change, and the later of the stored and the new rejection time (forgetting a
+//! rejection, or an older file moving it back, would allow a session inside the 24 h
+//! cooldown; Postgres's `GREATEST` and SQLite's `MAX` differ on NULLs, see
+//! `greatest_sql`). A REJECTED user left with no rejection time is dated with the
+//! import's time, the first time we see them REJECTED (`fill_first_seen_sql`): the
+//! policy reads an unknown time as "now", a cooldown that would never end.
+//! Everything else is the directory's to overwrite.
 
 use std::collections::HashMap;
 
@@ -22,7 +27,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
+use super::group::{Arg, json_args, json_rows};
+use super::{Backend, Store, StoreError, from_millis, greatest_sql, query_err, to_millis};
 use crate::domain::{EmailAddress, Region, UserId, VerificationState};
 
 /// Rows per multi-row statement: 17 parameters a row stays far below both engines'
@@ -177,15 +183,22 @@ const UPSERT_COLUMNS: &str = "user_id, email, first_name, last_name, locale, tim
      state_changed_at, created_at, updated_at";
 
 /// What an existing row keeps and takes (see the module docs).
-const UPSERT_ON_CONFLICT: &str = " ON CONFLICT (user_id) DO UPDATE SET \
+fn upsert_on_conflict(backend: Backend) -> String {
+    format!(
+        "{UPSERT_ON_CONFLICT_HEAD}rejected_at = {}, {UPSERT_ON_CONFLICT_TAIL}",
+        greatest_sql(backend, &["excluded.rejected_at", "users.rejected_at"])
+    )
+}
+
+const UPSERT_ON_CONFLICT_HEAD: &str = " ON CONFLICT (user_id) DO UPDATE SET \
      email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name, \
      locale = excluded.locale, timezone = excluded.timezone, region = excluded.region, \
      country = excluded.country, \
      state_changed_at = CASE WHEN users.verification_state = excluded.verification_state \
          THEN users.state_changed_at ELSE excluded.state_changed_at END, \
-     verification_state = excluded.verification_state, \
-     rejected_at = COALESCE(excluded.rejected_at, users.rejected_at), \
-     refresh_token_enc = COALESCE(excluded.refresh_token_enc, users.refresh_token_enc), \
+     verification_state = excluded.verification_state, ";
+
+const UPSERT_ON_CONFLICT_TAIL: &str = "refresh_token_enc = COALESCE(excluded.refresh_token_enc, users.refresh_token_enc), \
      token_key_id = CASE WHEN excluded.refresh_token_enc IS NULL \
          THEN users.token_key_id ELSE excluded.token_key_id END, \
      consent_required_at = CASE WHEN excluded.refresh_token_enc IS NULL \
@@ -222,8 +235,22 @@ fn upsert_sql(backend: Backend, rows: usize) -> String {
     let mut sql = String::with_capacity(900 + rows * 80);
     sql.push_str(&format!("INSERT INTO users ({UPSERT_COLUMNS}) VALUES "));
     values_sql(&mut sql, backend, rows, 17);
-    sql.push_str(UPSERT_ON_CONFLICT);
+    sql.push_str(&upsert_on_conflict(backend));
     sql
+}
+
+/// Gives the REJECTED users among those an upsert just wrote (`users_written`, a
+/// subquery of user ids) that still have no rejection time the time they were first
+/// seen REJECTED, `now` (a placeholder): without it the policy reads an unknown
+/// time as "now" at every evaluation and the 24 h cooldown never ends. A separate
+/// statement because the upsert's row is also its `excluded` row: filling it there
+/// would read as a rejection at import time and, under "the later time wins",
+/// replace an older time already on file.
+fn fill_first_seen_sql(now: &str, users_written: &str) -> String {
+    format!(
+        "UPDATE users SET rejected_at = {now} \
+         WHERE verification_state = 'REJECTED' AND rejected_at IS NULL AND user_id IN ({users_written})"
+    )
 }
 
 /// Binds one row's 14 values, in [`UPSERT_COLUMNS`] order.
@@ -261,6 +288,21 @@ async fn upsert_on(
             q = bind_row(q, r).bind(now_ms).bind(now_ms).bind(now_ms);
         }
         q.execute(&mut *conn).await.map_err(query_err("user_upsert_batch"))?;
+    }
+    let unknown: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.verification_state == VerificationState::Rejected && r.rejected_at.is_none())
+        .map(|r| r.user_id.as_str())
+        .collect();
+    if !unknown.is_empty() {
+        let ids = json_rows(unknown.iter().map(|u| serde_json::json!([u])));
+        let from = json_args(backend, &[("u", Arg::Text)]);
+        sqlx::query(sqlx::AssertSqlSafe(fill_first_seen_sql("$2", &format!("SELECT x.u FROM ({from}) AS x"))))
+            .bind(ids)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("user_upsert_batch first seen"))?;
     }
     Ok(())
 }

@@ -252,3 +252,40 @@ both_engines!(reminders_wait_for_expiry_and_stop_at_max, |db: TestDb| async move
     let f = s.campaign_funnel(c, day1 + Duration::hours(30)).await.unwrap();
     assert_eq!((f.targeted, f.notified, f.verified, f.rejected), (3, 3, 0, 1));
 });
+
+both_engines!(a_rejection_webhook_for_a_rejected_user_moves_the_time_forward_only, |db: TestDb| async move {
+    let s = &db.store;
+    let rejected = |at: DateTime<Utc>| UserUpsert {
+        user_id: UserId::parse(A).unwrap(),
+        email: EmailAddress::parse("6f9619ff@example.com").unwrap(),
+        first_name: None,
+        last_name: None,
+        locale: None,
+        timezone: None,
+        region: Region::Intl,
+        country: None,
+        verification_state: VerificationState::Rejected,
+        rejected_at: Some(at),
+        tags: vec![],
+        signed_up_at: None,
+        token: None,
+    };
+    // rejected ten days ago, on file since thirty
+    s.user_upsert_batch(&[rejected(t0() - Duration::days(10))], t0() - Duration::days(30)).await.unwrap();
+
+    // Baanx rejects again (the PENDING in between was lost): the cooldown starts at
+    // the receive time, as for a change of state
+    let now = t0() + Duration::minutes(1);
+    let r = s.webhook_apply(&event("e-1", A, VerificationState::Rejected, t0()), now).await.unwrap();
+    assert!(matches!(r, WebhookResult::Recorded(StateApplied::Applied { changed: false, .. })), "{r:?}");
+    assert_eq!(standing(s, A).await.2, Some(to_millis(now)));
+    // a webhook never stamps synced_at
+    assert_eq!(standing(s, A).await.3, None);
+
+    // a time on file later than the receive time (a directory's) is not moved back
+    let later = t0() + Duration::hours(5);
+    s.user_upsert_batch(&[rejected(later)], now).await.unwrap();
+    let r = s.webhook_apply(&event("e-2", A, VerificationState::Rejected, now), now + Duration::minutes(1)).await;
+    assert!(matches!(r, Ok(WebhookResult::Recorded(StateApplied::Applied { .. }))), "{r:?}");
+    assert_eq!(standing(s, A).await.2, Some(to_millis(later)));
+});

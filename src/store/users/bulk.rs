@@ -15,7 +15,11 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Connection as _};
 
-use super::{UPSERT_COLUMNS, UPSERT_ON_CONFLICT, UPSERT_ROWS_PER_STATEMENT, UserUpsert, bind_row, values_sql};
+use super::{
+    UPSERT_COLUMNS, UPSERT_ROWS_PER_STATEMENT, UserUpsert, bind_row, fill_first_seen_sql, upsert_on_conflict,
+    values_sql,
+};
+use crate::domain::VerificationState;
 use crate::store::{Backend, Store, StoreError, query_err, to_millis};
 
 const STAGE_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timezone, region, country, \
@@ -27,6 +31,8 @@ pub struct UserBulkUpsert {
     conn: PoolConnection<Any>,
     backend: Backend,
     rows: u64,
+    /// Rows pushed REJECTED without a rejection time (see `fill_first_seen_sql`).
+    rejected_unknown: u64,
 }
 
 impl Store {
@@ -57,7 +63,7 @@ impl Store {
             }
         };
         sqlx::raw_sql(create).execute(&mut *conn).await.map_err(query_err("user_bulk_begin"))?;
-        Ok(UserBulkUpsert { conn, backend: self.backend(), rows: 0 })
+        Ok(UserBulkUpsert { conn, backend: self.backend(), rows: 0, rejected_unknown: 0 })
     }
 }
 
@@ -79,6 +85,10 @@ impl UserBulkUpsert {
         }
         tx.commit().await.map_err(query_err("user_bulk_push"))?;
         self.rows += rows.len() as u64;
+        self.rejected_unknown += rows
+            .iter()
+            .filter(|r| r.verification_state == VerificationState::Rejected && r.rejected_at.is_none())
+            .count() as u64;
         Ok(())
     }
 
@@ -88,17 +98,18 @@ impl UserBulkUpsert {
     /// # Errors
     /// [`StoreError::Query`]; nothing of the bulk upsert is written then.
     pub async fn finish(mut self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let on_conflict = upsert_on_conflict(self.backend);
         let sql = match self.backend {
             // One statement may not update a row twice on Postgres: keep the last push.
             Backend::Postgres => format!(
                 "INSERT INTO users ({UPSERT_COLUMNS}) SELECT DISTINCT ON (user_id) {STAGE_COLUMNS}, $1, $1, $1 \
-                 FROM users_import ORDER BY user_id, seq DESC{UPSERT_ON_CONFLICT}"
+                 FROM users_import ORDER BY user_id, seq DESC{on_conflict}"
             ),
             // SQLite applies repeated keys in order, so the last push wins as well;
             // `WHERE true` keeps it from reading ON CONFLICT as a join's ON.
             Backend::Sqlite => format!(
                 "INSERT INTO users ({UPSERT_COLUMNS}) SELECT {STAGE_COLUMNS}, $1, $1, $1 FROM users_import \
-                 WHERE true ORDER BY user_id, seq{UPSERT_ON_CONFLICT}"
+                 WHERE true ORDER BY user_id, seq{on_conflict}"
             ),
         };
         let begin = match self.backend {
@@ -111,6 +122,15 @@ impl UserBulkUpsert {
             .execute(&mut *tx)
             .await
             .map_err(query_err("user_bulk_finish"))?;
+        if self.rejected_unknown > 0 {
+            let unknown =
+                "SELECT user_id FROM users_import WHERE verification_state = 'REJECTED' AND rejected_at IS NULL";
+            sqlx::query(sqlx::AssertSqlSafe(fill_first_seen_sql("$1", unknown)))
+                .bind(to_millis(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("user_bulk_finish first seen"))?;
+        }
         tx.commit().await.map_err(query_err("user_bulk_finish commit"))?;
         let clear = match self.backend {
             Backend::Postgres => "TRUNCATE users_import",

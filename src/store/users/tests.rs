@@ -203,3 +203,40 @@ both_engines!(bulk_upsert_matches_batch_semantics, |db: TestDb| async move {
     assert_eq!(again.finish(at(4)).await.unwrap(), 1);
     assert_eq!(s.user_count(&UserFilter::default()).await.unwrap(), 1101);
 });
+
+both_engines!(an_older_rejection_time_never_replaces_a_newer_one, |db: TestDb| async move {
+    let s = &db.store;
+    let rejected = |n: u32, h: Option<u32>| UserUpsert { rejected_at: h.map(at), ..user(n) };
+    let stored = |n: u32| async move { s.user_get(&id(n)).await.unwrap().unwrap().rejected_at };
+    // user 3 by the batch path, user 6 by the bulk path: newer first, then an older file
+    s.user_upsert_batch(&[rejected(3, Some(5)), rejected(6, Some(5))], at(6)).await.unwrap();
+    s.user_upsert_batch(&[rejected(3, Some(1))], at(7)).await.unwrap();
+    let mut bulk = s.user_bulk_begin().await.unwrap();
+    bulk.push(&[rejected(6, Some(1))]).await.unwrap();
+    bulk.finish(at(7)).await.unwrap();
+    assert_eq!((stored(3).await, stored(6).await), (Some(at(5)), Some(at(5))), "the newer time is kept");
+    // no time keeps it as well; a newer time still moves it forward
+    s.user_upsert_batch(&[rejected(3, None), rejected(6, Some(9))], at(8)).await.unwrap();
+    assert_eq!((stored(3).await, stored(6).await), (Some(at(5)), Some(at(9))));
+    let mut bulk = s.user_bulk_begin().await.unwrap();
+    bulk.push(&[rejected(3, Some(10)), rejected(6, None)]).await.unwrap();
+    bulk.finish(at(11)).await.unwrap();
+    assert_eq!((stored(3).await, stored(6).await), (Some(at(10)), Some(at(9))));
+});
+
+both_engines!(a_rejection_imported_without_a_time_is_dated_when_first_seen, |db: TestDb| async move {
+    let s = &db.store;
+    let stored = |n: u32| async move { s.user_get(&id(n)).await.unwrap().unwrap().rejected_at };
+    // user(3) and user(6) are REJECTED with no time; user(1) is UNVERIFIED
+    s.user_upsert_batch(&[user(1), user(3)], at(2)).await.unwrap();
+    let mut bulk = s.user_bulk_begin().await.unwrap();
+    bulk.push(&[user(6)]).await.unwrap();
+    bulk.finish(at(3)).await.unwrap();
+    assert_eq!((stored(1).await, stored(3).await, stored(6).await), (None, Some(at(2)), Some(at(3))));
+    // importing them again later keeps the first-seen time, by either path
+    s.user_upsert_batch(&[user(3), user(6)], at(4)).await.unwrap();
+    let mut bulk = s.user_bulk_begin().await.unwrap();
+    bulk.push(&[user(3), user(6)]).await.unwrap();
+    bulk.finish(at(5)).await.unwrap();
+    assert_eq!((stored(3).await, stored(6).await), (Some(at(2)), Some(at(3))));
+});
