@@ -13,6 +13,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-ve
 [ -x /usr/bin/prometheus-pushgateway ] || need_apt+=(prometheus-pushgateway)
 # GNU time measures the worker's CPU and peak RSS in `reverify bench` (tests/bench_smoke.rs)
 [ -x /usr/bin/time ] || need_apt+=(time)
+# headless Chromium driven over WebDriver by the click-through browser test
+# (tests/engine/browser.rs)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

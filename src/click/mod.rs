@@ -18,8 +18,9 @@
 //!   no hint whether the user exists.
 //! - **Abuse**: POSTs are rate-limited per link and every request per client
 //!   address (the peer address; behind a proxy, the proxy's); the answer is a 429
-//!   page. The pages load nothing from elsewhere (a strict Content-Security-Policy),
-//!   and are not cached or indexed.
+//!   page. The pages load nothing from elsewhere (a strict Content-Security-Policy,
+//!   whose `form-action` lets the POST's redirect go to the session page), and are
+//!   not cached or indexed.
 
 mod pages;
 
@@ -130,6 +131,19 @@ pub async fn serve_public(
     shutdown: CancellationToken,
 ) -> Result<PublicServer, std::io::Error> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    serve_public_on(listener, router, shutdown)
+}
+
+/// [`serve_public`] on a listener already bound (when its address must be known
+/// before the router can be built: a sandbox told to send its webhooks there).
+///
+/// # Errors
+/// When the listener's address cannot be read.
+pub fn serve_public_on(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<PublicServer, std::io::Error> {
     let local_addr = listener.local_addr()?;
     info!(%local_addr, "serving the public routes");
     let app = router.route("/healthz", get(|| async { "ok\n" }));
@@ -150,10 +164,15 @@ fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert("x-robots-tag", HeaderValue::from_static("noindex, nofollow"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    // `form-action` is checked against the redirect after the POST too (Chromium
+    // blocks a 303 to another origin under `form-action 'self'`), and the session
+    // page's origin is Baanx's, known only from the API's answer: the form posts to
+    // this page and may then go to any web page, nothing else
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https: http:; frame-ancestors 'none'; \
+             base-uri 'none'",
         ),
     );
     r
