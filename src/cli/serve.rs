@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::routing::get;
 use clap::Args;
 use reverify::click::{ClickConfig, LINK_PATH, click_router, serve_public};
 use reverify::store::sessions::SessionLife;
@@ -37,13 +36,14 @@ pub fn click_config(settings: &reverify::Settings) -> ClickConfig {
     }
 }
 
-/// The public router: the webhook when its key is set, the click routes when the
-/// Baanx client can be built, and `/healthz`; what it serves, for the start line.
+/// The public router: the webhook when its key is set and the click routes when the
+/// Baanx client can be built ([`serve_public`] adds `/healthz`); what it serves, for
+/// the start line.
 ///
 /// # Errors
 /// When neither can be served.
 pub fn public_router(ctx: &Context, store: &reverify::store::Store) -> anyhow::Result<(Router, Vec<&'static str>)> {
-    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let mut router = Router::new();
     let mut serving = Vec::new();
     if let Some(key) = &ctx.settings.webhook_key {
         router = router.merge(webhook_router(store.clone(), key.clone()));

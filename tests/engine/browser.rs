@@ -66,25 +66,32 @@ fn screenshot_dir() -> PathBuf {
     target.join("screenshots")
 }
 
+/// Fails, never skips, without the browser.
+fn require_browser() {
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: the browser test needs Debian's chromium and chromium-driver; \
+             run scripts/install-test-deps.sh"
+        );
+    }
+}
+
 /// A chromedriver child and one browser session on it; both end when dropped.
 struct Browser {
     driver: Child,
     port: u16,
     http: reqwest::Client,
     session: String,
+    /// The browser's own process, to end it should the driver not.
+    browser_pid: Option<u32>,
     log: PathBuf,
     _profile: tempfile::TempDir,
 }
 
 impl Browser {
     async fn start() -> Browser {
-        for tool in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(tool).exists(),
-                "{tool} is missing: the browser test needs Debian's chromium and chromium-driver; \
-                 run scripts/install-test-deps.sh"
-            );
-        }
+        require_browser();
         let profile = tempfile::Builder::new().prefix("reverify-chromium-").tempdir().unwrap();
         let log = profile.path().join("chromedriver.log");
         let mut driver = Command::new(CHROMEDRIVER)
@@ -140,29 +147,41 @@ impl Browser {
         }
         .await;
         let session = answer.as_ref().ok().and_then(|v| v["value"]["sessionId"].as_str().map(str::to_owned));
+        let browser_pid = answer
+            .as_ref()
+            .ok()
+            .and_then(|v| v["value"]["capabilities"]["goog:processID"].as_u64())
+            .and_then(|p| u32::try_from(p).ok());
         let Some(session) = session else {
             let _ = driver.kill();
             let _ = driver.wait();
             panic!("Chromium did not start over WebDriver: {answer:?}\n{}", tail(&log));
         };
-        Browser { driver, port, http, session, log, _profile: profile }
+        Browser { driver, port, http, session, browser_pid, log, _profile: profile }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/session/{}{path}", self.port, self.session)
     }
 
-    /// One WebDriver command; its `value`, or a panic with the driver's error.
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    /// One WebDriver command: its `value`, or the driver's error.
+    async fn try_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
         let mut req = self.http.request(method.clone(), self.url(path));
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req.send().await.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}\n{}", tail(&self.log)));
+        let res = req.send().await.map_err(|e| format!("WebDriver {method} {path}: {e}\n{}", tail(&self.log)))?;
         let status = res.status();
-        let v: Value = res.json().await.unwrap_or_else(|e| panic!("WebDriver {method} {path}: not JSON: {e}"));
-        assert!(status.is_success(), "WebDriver {method} {path}: {status} {}", v["value"]);
-        v["value"].clone()
+        let v: Value = res.json().await.map_err(|e| format!("WebDriver {method} {path}: not JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("WebDriver {method} {path}: {status} {}", v["value"]["message"]));
+        }
+        Ok(v["value"].clone())
+    }
+
+    /// One WebDriver command; its `value`, or a panic with the driver's error.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -185,10 +204,25 @@ impl Browser {
         self.get("/title").await.as_str().unwrap_or_default().to_owned()
     }
 
-    /// The rendered text of the page, as a person reads it.
-    async fn text(&self) -> String {
-        let body = self.find("css selector", "body").await;
-        self.get(&format!("/element/{body}/text")).await.as_str().unwrap_or_default().to_owned()
+    /// The rendered text of the page, as a person reads it, once it is loaded. An
+    /// error while a navigation replaces the page (a stale element) is "not yet".
+    async fn loaded_text(&self) -> Result<String, String> {
+        let ready = self
+            .try_call(
+                reqwest::Method::POST,
+                "/execute/sync",
+                Some(json!({ "script": "return document.readyState", "args": [] })),
+            )
+            .await?;
+        if ready.as_str() != Some("complete") {
+            return Err(format!("the page is {ready}"));
+        }
+        let body = self
+            .try_call(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": "body" })))
+            .await?;
+        let body = body[ELEMENT].as_str().ok_or("no body")?.to_owned();
+        let text = self.try_call(reqwest::Method::GET, &format!("/element/{body}/text"), None).await?;
+        Ok(text.as_str().unwrap_or_default().to_owned())
     }
 
     async fn find(&self, using: &str, value: &str) -> String {
@@ -200,22 +234,19 @@ impl Browser {
         self.post(&format!("/element/{element}/click"), json!({})).await;
     }
 
-    async fn ready(&self) -> bool {
-        let v = self.post("/execute/sync", json!({ "script": "return document.readyState", "args": [] })).await;
-        v.as_str() == Some("complete")
-    }
-
-    /// Waits until the page's text holds `needle` (and the page is loaded).
+    /// Waits until the loaded page's text holds `needle`.
     async fn wait_for_text(&self, needle: &str) -> String {
         let started = Instant::now();
         loop {
-            let text = self.text().await;
-            if text.contains(needle) && self.ready().await {
-                return text;
+            let text = self.loaded_text().await;
+            if let Ok(text) = &text
+                && text.contains(needle)
+            {
+                return text.clone();
             }
             if started.elapsed() >= PATIENCE {
                 panic!(
-                    "the page at {} never showed {needle:?}; it shows:\n{text}\nthe browser's console: {}",
+                    "the page at {} never showed {needle:?}; it shows: {text:?}\nthe browser's console: {}",
                     self.current_url().await,
                     self.post("/se/log", json!({ "type": "browser" })).await
                 );
@@ -259,23 +290,35 @@ impl Browser {
         saved
     }
 
-    /// Ends the browser and the driver: chromedriver's `/shutdown` quits every
-    /// browser it started (a raw request, so that it works from `drop` too).
+    /// Ends the browser and the driver: the session's `DELETE` closes the browser
+    /// (chromedriver's `/shutdown` alone leaves it running), then the driver goes.
+    /// Raw requests, so that this works from `drop` too; the browser's process is
+    /// ended by its id should it still be there.
     fn shutdown(&mut self) {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-            let _ = s.write_all(b"GET /shutdown HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            let _ = s.read_to_end(&mut Vec::new());
+        let request = |method: &str, path: &str| {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let _ = write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        };
+        if self.driver.try_wait().ok().flatten().is_none() {
+            request("DELETE", &format!("/session/{}", self.session));
+            request("GET", "/shutdown");
         }
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.driver.try_wait() {
-                return;
-            }
+        while self.driver.try_wait().ok().flatten().is_none() && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        if let Some(pid) = self.browser_pid.take()
+            && Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains(&*self._profile.path().to_string_lossy()))
+        {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
     }
 }
 
@@ -297,6 +340,7 @@ async fn target_status(env: &Env) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_clicks_through_in_chromium_and_is_converted() {
+    require_browser();
     // the public server's address first: the sandbox sends its webhooks there
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = format!("http://{}", listener.local_addr().unwrap());
