@@ -16,6 +16,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-ve
 # systemd-analyze verifies the systemd units (tests/deploy.rs); it works without
 # systemd running as PID 1
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# headless Chromium driven over WebDriver by the click-through browser test
+# (tests/engine/browser.rs)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 /// (figure, unit) as `reverify bench` prints them: `name: value unit`.
-const FIGURES: [(&str, &str); 11] = [
+const FIGURES: [(&str, &str); 16] = [
     ("throughput_postgres", "users/s"),
     ("cpu_per_1k_users", "s"),
     ("throughput_sqlite", "users/s"),
@@ -17,6 +17,11 @@ const FIGURES: [(&str, &str); 11] = [
     ("targeting_1m_postgres", "s"),
     ("api_requests_per_user_first_run", "requests"),
     ("api_requests_per_user", "requests"),
+    ("throughput_click_send_postgres", "users/s"),
+    ("throughput_click_send_sqlite", "users/s"),
+    ("throughput_click_send", "users/s"),
+    ("click_throughput", "posts/s"),
+    ("click_throughput_p99", "ms"),
 ];
 
 #[test]

@@ -14,6 +14,10 @@
 //! scenario that goes wrong (a violation at the sandbox, users not notified) is an
 //! error, since its figure would mean nothing.
 //!
+//! Click-through links have two scenarios: the send step of a `delivery.link =
+//! "click"` campaign (no session call), and the clicks themselves: `reverify serve`
+//! as a child, many concurrent POSTs to distinct links, each request's latency.
+//!
 //! `reverify bench sandbox` and `reverify bench import` are the sandbox's and the
 //! import's own benchmarks, kept under the same command.
 
@@ -31,7 +35,7 @@ use reverify::store::Backend;
 use reverify::store::testing::TestDb;
 use tokio::runtime::Handle;
 
-use self::child::{CLIENT_KEY, Measured, Report, SandboxChild};
+use self::child::{CLIENT_KEY, Measured, Report, SandboxChild, ServeChild};
 use self::probe::Sampled;
 use super::exit;
 
@@ -89,6 +93,11 @@ enum Scenario {
     /// api_requests_per_user (a second campaign over the same users within the
     /// access tokens' life) and api_requests_per_user_first_run.
     ApiRequests,
+    /// throughput_click_send_postgres, throughput_click_send_sqlite and
+    /// throughput_click_send: a click-mode campaign's send step.
+    ThroughputClickSend,
+    /// click_throughput and click_throughput_p99: POSTs to `reverify serve`.
+    ClickThroughput,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -104,14 +113,16 @@ struct Sizes {
     /// Generated users of the rate scenario (about 70 % are in the targeted region).
     rate: usize,
     latency: usize,
+    /// Users of the click scenario: one link each, each POSTed once.
+    click: usize,
 }
 
 impl Sizes {
     fn new(quick: bool, scale: f64) -> Self {
         let base = if quick {
-            Sizes { throughput: 2_000, million: 1_000, rate: 400, latency: 640 }
+            Sizes { throughput: 2_000, million: 1_000, rate: 400, latency: 640, click: 300 }
         } else {
-            Sizes { throughput: 100_000, million: 1_000_000, rate: 3_000, latency: 6_400 }
+            Sizes { throughput: 100_000, million: 1_000_000, rate: 3_000, latency: 6_400, click: 5_000 }
         };
         let s = |n: usize, floor: usize| ((n as f64 * scale).round() as usize).max(floor);
         Sizes {
@@ -120,6 +131,7 @@ impl Sizes {
             // at least ~3 whole seconds at 200 requests/s, so that a middle second exists
             rate: s(base.rate, 300),
             latency: s(base.latency, 128),
+            click: s(base.click, 100),
         }
     }
 }
@@ -133,6 +145,13 @@ const DRAIN_DURING_RUN_ABOVE: usize = 200_000;
 const LATENCY: Duration = Duration::from_millis(100);
 const LATENCY_CONCURRENCY: u32 = 64;
 const LATENCY_USERS_IN_FLIGHT: u32 = 4 * LATENCY_CONCURRENCY;
+/// The click scenario: POSTs in flight (people pressing the button at the same
+/// moment), and the client addresses they come from (127.0.0.2 on: the server allows
+/// 120 requests per address per minute, as from one person's or office's address).
+const CLICK_CONCURRENCY: usize = 16;
+const CLICK_ADDRESSES: usize = 200;
+/// The `public_url` of the send-only click scenario: nothing is clicked there.
+const UNSERVED_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     match args.command {
@@ -166,12 +185,13 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<u8> {
     };
     say(probe::machine_line());
     say(format!(
-        "# build: {}; sizes: throughput {} users, \"1m\" {} users, rate {} users, latency {} users",
+        "# build: {}; sizes: throughput {} users, \"1m\" {} users, rate {} users, latency {} users, click {} users",
         if cfg!(debug_assertions) { "debug (figures are not meaningful)" } else { "release" },
         sizes.throughput,
         sizes.million,
         sizes.rate,
-        sizes.latency
+        sizes.latency,
+        sizes.click
     ));
     if wanted(Scenario::ThroughputPostgres) {
         let o = run_scenario(&exe, rt, &Setup::throughput("throughput-postgres", sizes.throughput, Backend::Postgres))?;
@@ -226,6 +246,12 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<u8> {
             api_requests(&o.stats)
         ));
     }
+    if wanted(Scenario::ThroughputClickSend) {
+        click_send(&exe, rt, sizes.throughput)?;
+    }
+    if wanted(Scenario::ClickThroughput) {
+        click_throughput(&exe, rt, sizes.click)?;
+    }
     Ok(exit::OK)
 }
 
@@ -247,6 +273,20 @@ struct Setup {
     regions: Option<&'static str>,
     /// After the first campaign, apply and run a second one over the same users.
     second_campaign: bool,
+    /// What the messages carry.
+    link: LinkSetup,
+}
+
+/// The link in the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkSetup {
+    /// A Baanx session URL, made at send time.
+    Session,
+    /// `delivery.link = "click"` with a `public_url` that nothing serves.
+    Click,
+    /// `delivery.link = "click"`, with `reverify serve` as a child at `public_url`
+    /// from before the run, and the links collected from the outbox after it.
+    ClickServed,
 }
 
 impl Setup {
@@ -267,6 +307,7 @@ impl Setup {
             campaign_concurrency: 384,
             regions: None,
             second_campaign: false,
+            link: LinkSetup::Session,
         }
     }
 
@@ -276,6 +317,7 @@ impl Setup {
 
     fn campaign_toml_named(&self, name: &str) -> String {
         let regions = self.regions.map(|r| format!("regions = [\"{r}\"]\n")).unwrap_or_default();
+        let link = if self.link == LinkSetup::Session { "" } else { "link = \"click\"\n" };
         format!(
             "name = \"{name}\"\n\
              description = \"reverify bench\"\n\
@@ -287,6 +329,7 @@ impl Setup {
              template = \"default\"\n\
              from = \"Bench <bench@example.com>\"\n\
              subject = \"Please verify your identity\"\n\
+             {link}\
              [throttle]\n\
              requests_per_second = {}\n\
              concurrency = {}\n",
@@ -385,6 +428,28 @@ fn database_name(url: &str) -> Option<String> {
 
 /// Runs one scenario from nothing: sandbox, database, import, campaign, worker.
 fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcome> {
+    run_scenario_with(exe, rt, setup, |_| Ok(())).map(|(o, ())| o)
+}
+
+/// What a scenario's last step sees, with the sandbox and the database still up.
+struct Scene<'a> {
+    name: &'static str,
+    sandbox: &'a SandboxChild,
+    /// `reverify serve`, with [`LinkSetup::ClickServed`].
+    serve: Option<&'a ServeChild>,
+    /// The links in the messages, with [`LinkSetup::ClickServed`].
+    links: Vec<String>,
+    /// The bench database, to sample its Postgres backends.
+    pg_name: Option<String>,
+}
+
+/// [`run_scenario`], then `after` while everything is still up.
+fn run_scenario_with<T>(
+    exe: &Path,
+    rt: &Handle,
+    setup: &Setup,
+    after: impl FnOnce(Scene<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<(Outcome, T)> {
     let dir = tempfile::Builder::new().prefix("reverify-bench-").tempdir()?;
     let sandbox = SandboxChild::start(exe, dir.path(), setup.users, &setup.sandbox_flags)
         .with_context(|| format!("{}: the sandbox", setup.name))?;
@@ -427,6 +492,20 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
     if let Some(b) = setup.worker_burst {
         env.push(("REVERIFY_BURST", b.to_string()));
     }
+    let serve = match setup.link {
+        LinkSetup::Session => None,
+        LinkSetup::Click => {
+            env.push(("REVERIFY_PUBLIC_URL", UNSERVED_PUBLIC_URL.to_owned()));
+            None
+        }
+        LinkSetup::ClickServed => {
+            // the click routes' Baanx client: the worker's settings, no rate cap
+            let serve =
+                ServeChild::start(exe, dir.path(), &env).with_context(|| format!("{}: reverify serve", setup.name))?;
+            env.push(("REVERIFY_PUBLIC_URL", serve.url.clone()));
+            Some(serve)
+        }
+    };
     let campaign = format!("bench-{}", setup.name);
     let pg_name = (setup.backend == Backend::Postgres).then(|| database_name(&db.url)).flatten();
     let admin = reverify::store::testing::postgres_admin_url();
@@ -438,6 +517,10 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
     let drain = probe::OutboxDrain::start(&outbox, setup.users > DRAIN_DURING_RUN_ABOVE);
     let worked = child::run_worker(exe, dir.path(), &campaign, &env);
     let sampled = sampler.finish();
+    let links = match &serve {
+        Some(serve) => outbox_links(&outbox, &serve.url)?,
+        None => Vec::new(),
+    };
     let messages = drain.finish();
     let sandbox_cpu = sandbox_cpu_before.zip(probe::process_cpu(sandbox.pid())).map(|(a, b)| b - a);
     let (measured, report) = worked.with_context(|| format!("{}: the worker", setup.name))?;
@@ -467,9 +550,12 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
     } else {
         None
     };
+    let scene = Scene { name: setup.name, sandbox: &sandbox, serve: serve.as_ref(), links, pg_name };
+    let then = after(scene)?;
+    drop(serve);
     drop(sandbox);
     drop(db);
-    Ok(Outcome {
+    let outcome = Outcome {
         users: setup.users,
         report,
         measured,
@@ -480,7 +566,31 @@ fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcom
         pg_commits,
         import_seconds: import_took.as_secs_f64(),
         second,
-    })
+    };
+    Ok((outcome, then))
+}
+
+/// The click-through links in the outbox's messages (`{public}/v/{token}`), once
+/// each, read before the outbox is emptied.
+fn outbox_links(outbox: &Path, public: &str) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("{}/v/", public.trim_end_matches('/'));
+    let mut links = std::collections::BTreeSet::new();
+    let entries = std::fs::read_dir(outbox).with_context(|| format!("cannot read {}", outbox.display()))?;
+    for e in entries.flatten().filter(|e| reverify::notify::is_message_name(&e.file_name())) {
+        let text = std::fs::read_to_string(e.path())?;
+        // quoted-printable soft line breaks; a token has no '='
+        let plain = text.replace("=\r\n", "").replace("=\n", "");
+        for (at, _) in plain.match_indices(&prefix) {
+            let token: String = plain[at + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            if !token.is_empty() {
+                links.insert(format!("{prefix}{token}"));
+            }
+        }
+    }
+    Ok(links.into_iter().collect())
 }
 
 /// Mean of the whole seconds between the first and the last (both partial).
@@ -554,6 +664,183 @@ fn latency(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// throughput_click_send_{postgres,sqlite} and throughput_click_send: the
+/// throughput scenario with `delivery.link = "click"`. The send step reads the fresh
+/// state and writes a link; it makes no session call.
+fn click_send(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()> {
+    let mut rates = Vec::new();
+    for (name, engine, backend) in [
+        ("throughput-click-send-postgres", "postgres", Backend::Postgres),
+        ("throughput-click-send-sqlite", "sqlite", Backend::Sqlite),
+    ] {
+        let setup = Setup { link: LinkSetup::Click, ..Setup::throughput(name, users, backend) };
+        let o = run_scenario(exe, rt, &setup)?;
+        o.expect_all_notified(users)?;
+        let sessions = o.stats.requests_to(Endpoint::Verification);
+        ensure!(sessions == 0, "{name}: the send step of a click campaign made {sessions} session calls");
+        let figure = format!("throughput_click_send_{engine}");
+        let per_user = |e: Endpoint| o.stats.requests_to(e) as f64 / o.report.notified.max(1) as f64;
+        say(format!("{figure}: {:.0} users/s", o.users_per_second()));
+        say(format!(
+            "# {figure}: API requests per user at send time {:.2}: token refresh {:.2} + GET /v1/user {:.2} + \
+             GET /v1/user/verification {:.2} (no session call); users imported with refresh tokens only, so each \
+             is refreshed once",
+            api_requests(&o.stats) as f64 / o.report.notified.max(1) as f64,
+            per_user(Endpoint::Token),
+            per_user(Endpoint::User),
+            per_user(Endpoint::Verification),
+        ));
+        say(o.evidence(&figure));
+        rates.push(o.users_per_second());
+    }
+    say(format!("throughput_click_send: {:.0} users/s", rates.iter().copied().fold(f64::INFINITY, f64::min)));
+    Ok(())
+}
+
+/// What the POSTs of the click scenario measured.
+struct Clicks {
+    posts: usize,
+    wall: f64,
+    /// Each request's latency, sorted.
+    latencies: Vec<Duration>,
+    /// The Baanx API requests the server made, per POST.
+    api_per_post: f64,
+    serve_cpu: Option<f64>,
+    sandbox_cpu: Option<f64>,
+    sampled: Sampled,
+}
+
+impl Clicks {
+    /// The `q` quantile (nearest rank).
+    fn quantile(&self, q: f64) -> Duration {
+        let n = self.latencies.len();
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n.max(1));
+        self.latencies.get(rank - 1).copied().unwrap_or_default()
+    }
+}
+
+/// click_throughput and click_throughput_p99: a click-mode campaign to `users`
+/// users, `reverify serve` as a child process, then one POST to each link,
+/// [`CLICK_CONCURRENCY`] at a time, each answered `303` to a new session at the
+/// sandbox (zero latency, its limits on).
+fn click_throughput(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()> {
+    let setup =
+        Setup { link: LinkSetup::ClickServed, ..Setup::throughput("click-throughput", users, Backend::Postgres) };
+    let (o, c) = run_scenario_with(exe, rt, &setup, |scene| rt.block_on(click_posts(scene)))?;
+    o.expect_all_notified(users)?;
+    say(format!("click_throughput: {:.0} posts/s", c.posts as f64 / c.wall));
+    say(format!("click_throughput_p99: {:.1} ms", c.quantile(0.99).as_secs_f64() * 1000.0));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} s"));
+    say(format!(
+        "# click_throughput: {} POSTs to distinct links of `reverify serve` (Postgres), {CLICK_CONCURRENCY} in flight \
+         from {CLICK_ADDRESSES} loopback addresses, each answered 303 to a new sandbox session, in {:.2} s; latency \
+         p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal: at least 300 posts/s, p99 under 100 ms); \
+         {:.2} Baanx API requests per POST (GET /v1/user, the session; the access tokens stored by the send step); \
+         server CPU {}, sandbox CPU {}, Postgres backends CPU {}, machine busy {} of {} cores; sandbox violations 0",
+        c.posts,
+        c.wall,
+        ms(c.quantile(0.5)),
+        ms(c.quantile(0.9)),
+        ms(c.quantile(0.99)),
+        ms(c.latencies.last().copied().unwrap_or_default()),
+        c.api_per_post,
+        opt(c.serve_cpu),
+        opt(c.sandbox_cpu),
+        opt(c.sampled.postgres_cpu),
+        c.sampled.machine_busy_cores.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}")),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    ));
+    say(o.evidence("click_throughput (the send step)"));
+    Ok(())
+}
+
+/// One POST to each of the scene's links; every answer must be the redirect to a
+/// session, and the sandbox must count no violation.
+async fn click_posts(scene: Scene<'_>) -> anyhow::Result<Clicks> {
+    let serve = scene.serve.context("click: reverify serve is not running")?;
+    let name = scene.name;
+    let links = scene.links;
+    ensure!(!links.is_empty(), "{name}: no link in the outbox");
+    let before = scene.sandbox.stats().await?;
+    // a person per address, as far as the server's per-address limit goes
+    let clients = (0..CLICK_ADDRESSES.min(links.len()))
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::new(127, 0, (2 + i / 250) as u8, (2 + i % 250) as u8);
+            reqwest::Client::builder()
+                .local_address(std::net::IpAddr::V4(ip))
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(60))
+                .build()
+                .context("cannot build an HTTP client")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let session_prefix = format!("{}session/", scene.sandbox.base_url);
+    let serve_cpu_before = probe::process_cpu(serve.pid());
+    let sandbox_cpu_before = probe::process_cpu(scene.sandbox.pid());
+    let sampler = probe::Sampler::start(scene.pg_name.clone());
+    let started = Instant::now();
+    let answers: Vec<(Result<String, String>, Duration)> = {
+        use futures::StreamExt as _;
+        futures::stream::iter(links.iter().enumerate())
+            .map(|(i, link)| {
+                let client = &clients[i % clients.len()];
+                async move {
+                    let t = Instant::now();
+                    let answer = match client.post(link).send().await {
+                        Ok(r) if r.status() == reqwest::StatusCode::SEE_OTHER => r
+                            .headers()
+                            .get(reqwest::header::LOCATION)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                            .ok_or_else(|| "303 without a Location".to_owned()),
+                        Ok(r) => Err(format!("{}", r.status())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (answer, t.elapsed())
+                }
+            })
+            .buffer_unordered(CLICK_CONCURRENCY)
+            .collect()
+            .await
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let sampled = sampler.finish();
+    let serve_cpu = serve_cpu_before.zip(probe::process_cpu(serve.pid())).map(|(a, b)| b - a);
+    let sandbox_cpu = sandbox_cpu_before.zip(probe::process_cpu(scene.sandbox.pid())).map(|(a, b)| b - a);
+    let wrong: Vec<&String> = answers
+        .iter()
+        .filter_map(|(a, _)| match a {
+            Ok(url) if url.starts_with(&session_prefix) => None,
+            Ok(url) => Some(url),
+            Err(e) => Some(e),
+        })
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "{name}: {} of {} POSTs were not redirected to a session (e.g. {:?}); the figure would mean nothing\n{}",
+        wrong.len(),
+        answers.len(),
+        &wrong[..wrong.len().min(5)],
+        serve.log_tail()
+    );
+    let after = scene.sandbox.stats().await?;
+    ensure!(after.violations == 0, "{name}: the sandbox counted {} limit violations", after.violations);
+    let sessions = after.sessions_issued - before.sessions_issued;
+    ensure!(sessions == links.len() as u64, "{name}: {sessions} sessions for {} POSTs", links.len());
+    let mut latencies: Vec<Duration> = answers.iter().map(|(_, d)| *d).collect();
+    latencies.sort();
+    Ok(Clicks {
+        posts: links.len(),
+        wall,
+        latencies,
+        api_per_post: (api_requests(&after) - api_requests(&before)) as f64 / links.len() as f64,
+        serve_cpu,
+        sandbox_cpu,
+        sampled,
+    })
+}
+
 /// targeting_1m_postgres: `target_add_matching` alone, after a bulk import of
 /// `users` eligible users into a fresh Postgres database.
 async fn targeting(users: usize) -> anyhow::Result<f64> {
@@ -603,9 +890,9 @@ mod tests {
     #[test]
     fn sizes_scale_with_floors() {
         let s = Sizes::new(false, 1.0);
-        assert_eq!((s.throughput, s.million, s.rate, s.latency), (100_000, 1_000_000, 3_000, 6_400));
+        assert_eq!((s.throughput, s.million, s.rate, s.latency, s.click), (100_000, 1_000_000, 3_000, 6_400, 5_000));
         let s = Sizes::new(false, 0.001);
-        assert_eq!((s.throughput, s.million, s.rate, s.latency), (100, 1_000, 300, 128));
+        assert_eq!((s.throughput, s.million, s.rate, s.latency, s.click), (100, 1_000, 300, 128, 100));
     }
 
     #[test]
@@ -615,6 +902,26 @@ mod tests {
         let spec = reverify::domain::CampaignSpec::from_toml(&setup.campaign_toml(), "t").unwrap();
         assert_eq!(spec.throttle.concurrency, 384);
         assert_eq!(spec.audience.regions, vec![reverify::domain::Region::Intl]);
+        assert_eq!(spec.delivery.link, reverify::domain::spec::LinkMode::Direct);
+        setup.link = LinkSetup::Click;
+        let spec = reverify::domain::CampaignSpec::from_toml(&setup.campaign_toml(), "t").unwrap();
+        assert_eq!(spec.delivery.link, reverify::domain::spec::LinkMode::Click);
+    }
+
+    #[test]
+    fn finds_the_links_in_the_outbox_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "http://127.0.0.1:9/v/AbC-d_e";
+        // quoted-printable, a soft line break inside the link, and the HTML part
+        std::fs::write(
+            dir.path().join("1.eml"),
+            "Content-Transfer-Encoding: quoted-printable\n\nOpen http://127.0.0.1:9/v/Ab=\nC-d_e now\n<a href=3D\"http://127.0.0.1:9/v/AbC-d_e\">",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("2.eml"), "Open http://127.0.0.1:9/v/XYZ.\n").unwrap();
+        std::fs::write(dir.path().join(".3.eml.tmp"), "http://127.0.0.1:9/v/partial").unwrap();
+        let links = outbox_links(dir.path(), "http://127.0.0.1:9/").unwrap();
+        assert_eq!(links, vec![a.to_owned(), "http://127.0.0.1:9/v/XYZ".to_owned()]);
     }
 
     #[test]

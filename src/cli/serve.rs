@@ -36,8 +36,9 @@ pub fn click_config(settings: &reverify::Settings) -> ClickConfig {
     }
 }
 
-/// The public router: the webhook when its key is set, the click routes when the
-/// Baanx client can be built, and `/healthz`; what it serves, for the start line.
+/// The public router: the webhook when its key is set and the click routes when the
+/// Baanx client can be built ([`serve_public`] adds `/healthz`); what it serves, for
+/// the start line.
 ///
 /// # Errors
 /// When neither can be served.

@@ -18,8 +18,9 @@
 //!   no hint whether the user exists.
 //! - **Abuse**: POSTs are rate-limited per link and every request per client
 //!   address (the peer address; behind a proxy, the proxy's); the answer is a 429
-//!   page. The pages load nothing from elsewhere (a strict Content-Security-Policy),
-//!   and are not cached or indexed.
+//!   page. The pages load nothing from elsewhere (a strict Content-Security-Policy,
+//!   whose `form-action` lets the POST's redirect go to the session page), and are
+//!   not cached or indexed.
 
 mod pages;
 
@@ -109,7 +110,7 @@ pub fn click_router_with_clock(
 
 /// Serves the public routes: see [`crate::telemetry::serve_public`] (with each
 /// request's peer address, which the per-address limit needs, and `/healthz`).
-pub use crate::telemetry::serve_public;
+pub use crate::telemetry::{serve_public, serve_public_on};
 
 /// A page as a response, with the headers every page carries.
 fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
@@ -120,10 +121,15 @@ fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert("x-robots-tag", HeaderValue::from_static("noindex, nofollow"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    // `form-action` is checked against the redirect after the POST too (Chromium
+    // blocks a 303 to another origin under `form-action 'self'`), and the session
+    // page's origin is Baanx's, known only from the API's answer: the form posts to
+    // this page and may then go to any web page, nothing else
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https: http:; frame-ancestors 'none'; \
+             base-uri 'none'",
         ),
     );
     r

@@ -434,7 +434,8 @@ background:#f4f6f8;color:#1b1f24}main{max-width:34rem;margin:0 auto;padding:2rem
 h1{font-size:1.5rem;line-height:1.25;margin:0 0 1rem}p{margin:0 0 1rem}\
 button{display:block;width:100%;min-height:48px;margin:1.5rem 0 .5rem;border:0;border-radius:8px;\
 background:#0b5fff;color:#fff;font:600 1.05rem system-ui,sans-serif;cursor:pointer}\
-button:focus-visible{outline:3px solid #1b1f24;outline-offset:2px}.note{color:#4a5561;font-size:.95rem}";
+button:focus-visible{outline:3px solid #1b1f24;outline-offset:2px}.note{color:#4a5561;font-size:.95rem}\
+.card>:last-child{margin-bottom:0}@media (min-width:48rem){main{padding-top:4rem}}";
 
 impl Page {
     /// The whole HTML document.

@@ -239,13 +239,17 @@ struct OutcomeQuery {
     outcome: Option<String>,
 }
 
+/// The start of every session page: readable on a phone as on a desktop.
+const PAGE_HEAD: &str =
+    "<!doctype html><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">";
+
 fn session_error_page(e: SessionError) -> Response {
     let (status, text) = match e {
         SessionError::NotFound => (StatusCode::NOT_FOUND, "This verification link is not valid."),
         SessionError::AlreadyUsed => (StatusCode::GONE, "This verification link has already been used."),
         SessionError::Expired => (StatusCode::GONE, "This verification link has expired."),
     };
-    (status, Html(format!("<!doctype html><title>Verification</title><p>{text}</p>"))).into_response()
+    (status, Html(format!("{PAGE_HEAD}<title>Verification</title><p>{text}</p>"))).into_response()
 }
 
 fn valid_session_id(id: &str) -> bool {
@@ -265,13 +269,12 @@ async fn session_get(AxState(s): AxState<Shared>, Path(id): Path<String>, Query(
         // The id is in the page's form actions only; the page is never cached.
         Ok(()) => {
             let mut r = Html(format!(
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>Baanx sandbox: identity verification</title></head>\
-                 <body><h1>Identity verification (sandbox)</h1>\
+                "{PAGE_HEAD}<title>Baanx sandbox: identity verification</title>\
+                 <h1>Identity verification (sandbox)</h1>\
                  <p>A real session would ask for an ID document and a selfie. Choose how this one ends.</p>\
                  <form method=\"post\" action=\"{id}?outcome=verified\"><button>Verified</button></form>\
                  <form method=\"post\" action=\"{id}?outcome=rejected\"><button>Rejected</button></form>\
-                 <form method=\"post\" action=\"{id}?outcome=abandoned\"><button>Abandon</button></form>\
-                 </body></html>"
+                 <form method=\"post\" action=\"{id}?outcome=abandoned\"><button>Abandon</button></form>"
             ))
             .into_response();
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -303,7 +306,7 @@ fn complete(s: &Shared, id: &str, outcome: Option<&str>) -> Response {
                 Outcome::Rejected => "Your documents were submitted; the check will fail (sandbox).",
                 Outcome::Abandoned => "You left the verification. Ask for a new link to try again.",
             };
-            Html(format!("<!doctype html><title>Verification</title><p>{text}</p>")).into_response()
+            Html(format!("{PAGE_HEAD}<title>Verification</title><p>{text}</p>")).into_response()
         }
         Err(e) => session_error_page(e),
     }

@@ -17,6 +17,7 @@ use crate::config::LogFormat;
 pub use metrics::{Metrics, global, refresh_gauges, refresh_target_gauges};
 pub use server::{
     OpsServer, OpsStarting, parse_listen, push_instance, push_metrics, serve_ops, serve_ops_starting, serve_public,
+    serve_public_on,
 };
 
 /// Why the operations server could not start or a push failed. Messages never

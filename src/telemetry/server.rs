@@ -152,6 +152,19 @@ pub async fn serve_public(
     shutdown: CancellationToken,
 ) -> Result<OpsServer, std::io::Error> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    serve_public_on(listener, routes, shutdown)
+}
+
+/// [`serve_public`] on a listener already bound (when its address must be known
+/// before the routes can be built: a sandbox told to send its webhooks there).
+///
+/// # Errors
+/// When the listener's address cannot be read.
+pub fn serve_public_on(
+    listener: tokio::net::TcpListener,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> Result<OpsServer, std::io::Error> {
     let local_addr = listener.local_addr()?;
     let app = Router::new().route("/healthz", get(healthz)).merge(routes);
     // with each request's peer address: the click routes limit per client address

@@ -127,6 +127,68 @@ impl Drop for SandboxChild {
     }
 }
 
+/// `reverify serve` as a child on a free loopback port, killed when dropped.
+pub struct ServeChild {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, no trailing slash: the `public_url`.
+    pub url: String,
+    log: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl ServeChild {
+    /// Starts `reverify serve --listen 127.0.0.1:0` with `env`; returns once it
+    /// listens with the click routes.
+    pub fn start(exe: &Path, dir: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let log = dir.join("serve.log");
+        let mut cmd = reverify(exe, dir);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = cmd.spawn().context("failed to start reverify serve")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("the server's stdout")?);
+        let mut line = String::new();
+        // "listening on http://127.0.0.1:PORT: /v/{token} and /healthz"
+        let url = loop {
+            line.clear();
+            if stdout.read_line(&mut line)? == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("reverify serve stopped before listening:\n{}", tail(&log));
+            }
+            if let Some(rest) = line.trim().strip_prefix("listening on ") {
+                let (url, serving) = rest.rsplit_once(": ").unwrap_or((rest, ""));
+                if !serving.contains("/v/") {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("reverify serve does not serve the click routes ({rest}):\n{}", tail(&log));
+                }
+                break url.to_owned();
+            }
+        };
+        Ok(Self { child, url, log, _stdout: stdout })
+    }
+
+    /// The server's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of its log, for an error message.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What `/usr/bin/time` measured of the worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
