@@ -476,6 +476,10 @@ fn run_scenario_with<T>(
         .arg(&campaign_file)
         .env("REVERIFY_DATABASE_URL", &db.url)
         .env("REVERIFY_OUTBOX_DIR", &outbox);
+    if setup.link != LinkSetup::Session {
+        // a click-mode campaign needs a public_url to be applied (the worker's is set below)
+        apply.env("REVERIFY_PUBLIC_URL", UNSERVED_PUBLIC_URL);
+    }
     child::run_to_end(apply, "reverify campaign apply")?;
 
     let mut env = vec![

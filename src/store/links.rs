@@ -14,8 +14,12 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::group::{Step, Tx};
-use super::sessions::{DeliveryRecord, SettleArgs};
+use std::collections::{HashMap, HashSet};
+
+use sqlx::AssertSqlSafe;
+
+use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
+use super::sessions::{DeliveryRecord, FreshState, SettleArgs, record_fresh_states_of};
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SkipReason, UserStanding, Verdict};
 use crate::domain::{UserId, VerificationState};
@@ -98,79 +102,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn link_issue(&self, p: LinkIssueParams<'_>) -> Result<LinkIssue, StoreError> {
-        struct Args {
-            backend: Backend,
-            campaign_id: i64,
-            user_id: String,
-            step: i64,
-            worker: String,
-            now: DateTime<Utc>,
-            expires_at: DateTime<Utc>,
-            token_hash: String,
-            fresh: Option<VerificationState>,
-        }
-        fn issue<'a>(a: &'a Args, tx: &'a mut Tx) -> Step<'a, LinkIssue> {
-            Box::pin(async move {
-                if let Some(state) = a.fresh {
-                    let source = super::outcomes::StateSource::fresh_state("engine");
-                    super::outcomes::apply_state_in_tx(tx, a.backend, &a.user_id, state, a.now, &source).await?;
-                }
-                let lock = match a.backend {
-                    Backend::Postgres => " FOR UPDATE OF u",
-                    Backend::Sqlite => "",
-                };
-                let sql = format!(
-                    "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
-                       (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = $2 AND t.user_id = u.user_id \
-                          AND {ours}) AS mine \
-                     FROM users u WHERE u.user_id = $1{lock}",
-                    ours = ours!("t.", "$3"),
-                );
-                let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(a.user_id.as_str())
-                    .bind(a.campaign_id)
-                    .bind(a.worker.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(query_err("link_issue read"))?
-                else {
-                    return Err(StoreError::NotFound { what: "user", key: a.user_id.clone() });
-                };
-                if row.try_get::<Option<i64>, _>("mine").map_err(query_err("link_issue fence"))?.is_none() {
-                    return Ok(LinkIssue::LostClaim);
-                }
-                let settle = |status: &str, reason: &str, until: Option<DateTime<Utc>>| {
-                    SettleArgs::new(a.campaign_id, &a.user_id, &a.worker, status, reason, until, a.now)
-                };
-                match policy::standing_verdict(&standing(&row)?, a.now) {
-                    Verdict::Skip(reason) => {
-                        settle("skipped", reason.as_str(), None).run(tx).await?;
-                        return Ok(LinkIssue::Skipped(reason));
-                    }
-                    Verdict::Defer { reason, until } => {
-                        settle("deferred", reason.as_str(), Some(until)).run(tx).await?;
-                        return Ok(LinkIssue::Deferred { reason, until });
-                    }
-                    Verdict::Eligible => {}
-                }
-                let link_id: i64 = sqlx::query(
-                    "INSERT INTO verification_links (token_hash, campaign_id, user_id, step, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING link_id",
-                )
-                .bind(a.token_hash.as_str())
-                .bind(a.campaign_id)
-                .bind(a.user_id.as_str())
-                .bind(a.step)
-                .bind(to_millis(a.now))
-                .bind(to_millis(a.expires_at))
-                .fetch_one(&mut **tx)
-                .await
-                .and_then(|r| r.try_get("link_id"))
-                .map_err(query_err("link_issue insert"))?;
-                Ok(LinkIssue::Issued { link_id })
-            })
-        }
-        let args = Args {
+        self.write_batched(IssueArgs {
             backend: self.backend(),
             campaign_id: p.campaign_id,
             user_id: p.user_id.to_owned(),
@@ -180,8 +112,8 @@ impl Store {
             expires_at: p.expires_at,
             token_hash: p.token_hash.to_owned(),
             fresh: p.fresh,
-        };
-        self.write(args, issue).await
+        })
+        .await
     }
 
     /// The message carrying link `link_id` was delivered, refused, or may have been
@@ -202,63 +134,16 @@ impl Store {
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        struct Args {
-            link_id: i64,
-            record: DeliveryRecord,
-            settle: SettleArgs,
-        }
-        fn rec<'a>(a: &'a Args, tx: &'a mut Tx) -> Step<'a, bool> {
-            Box::pin(async move {
-                let now_ms = to_millis(a.settle.now());
-                if a.record != DeliveryRecord::Failed {
-                    sqlx::query("UPDATE verification_links SET delivered_at = $2 WHERE link_id = $1")
-                        .bind(a.link_id)
-                        .bind(now_ms)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(query_err("link_record_delivery"))?;
-                }
-                match a.record {
-                    DeliveryRecord::Delivered => {
-                        let n = sqlx::query(concat!(
-                            "UPDATE campaign_targets SET status = 'notified', reason = NULL, \
-                               notifications = notifications + 1, notified_at = $4, \
-                               first_notified_at = COALESCE(first_notified_at, $4), lease_owner = NULL, \
-                               lease_expires_at = NULL, updated_at = $4, session_expires_at = NULL WHERE ",
-                            our_target!()
-                        ))
-                        .bind(a.settle.campaign_id())
-                        .bind(a.settle.user_id())
-                        .bind(a.settle.worker())
-                        .bind(now_ms)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(query_err("link_record_delivery target"))?
-                        .rows_affected();
-                        if n == 1 {
-                            super::sessions::event_in_tx(
-                                tx,
-                                a.settle.now(),
-                                a.settle.worker(),
-                                "target.notified",
-                                Some(a.settle.campaign_id()),
-                                Some(a.settle.user_id()),
-                                &serde_json::json!({ "link_id": a.link_id, "link": "click" }),
-                            )
-                            .await?;
-                        }
-                        Ok(n == 1)
-                    }
-                    DeliveryRecord::Failed | DeliveryRecord::Unknown => a.settle.run(tx).await,
-                }
-            })
-        }
-        let reason = match record {
-            DeliveryRecord::Unknown => "delivery_unknown",
-            _ => "delivery_failed",
-        };
-        let settle = SettleArgs::new(campaign_id, user_id, worker, "failed", reason, None, now);
-        self.write(Args { link_id, record, settle }, rec).await
+        self.write_batched(LinkDelivery {
+            backend: self.backend(),
+            campaign_id,
+            user_id: user_id.to_owned(),
+            link_id,
+            record,
+            worker: worker.to_owned(),
+            now,
+        })
+        .await
     }
 
     /// The link whose token hashes to `token_hash`, with what the click page needs
@@ -371,6 +256,232 @@ impl Store {
             .map_err(query_err("link_click_release"))?;
         Ok(())
     }
+}
+
+/// [`Store::link_issue`]'s write. A group's issues are a few statements whatever
+/// their number: the fresh states, the users' standings and claims, the new links;
+/// a target the user's state holds back is settled on its own (rare).
+struct IssueArgs {
+    backend: Backend,
+    campaign_id: i64,
+    user_id: String,
+    step: i64,
+    worker: String,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    token_hash: String,
+    fresh: Option<VerificationState>,
+}
+
+impl BatchWrite for IssueArgs {
+    type Out = LinkIssue;
+
+    /// A user's two campaigns never share a statement: the second sees the first's
+    /// state.
+    fn key(&self) -> Option<&str> {
+        Some(&self.user_id)
+    }
+
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<LinkIssue>> {
+        Box::pin(issue_many(writes, tx))
+    }
+}
+
+async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>, StoreError> {
+    let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
+    let fresh: Vec<FreshState<'_>> = writes
+        .iter()
+        .filter_map(|w| w.fresh.map(|state| FreshState { user_id: &w.user_id, now: w.now, state }))
+        .collect();
+    record_fresh_states_of(backend, &fresh, tx).await?;
+
+    let rows = json_rows(writes.iter().map(|w| serde_json::json!([w.user_id, w.campaign_id, w.worker])));
+    let from = json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text)]);
+    let sql = format!(
+        "SELECT u.user_id, u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+           (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = x.c AND t.user_id = u.user_id \
+              AND {ours}) AS mine \
+         FROM ({from}) AS x JOIN users u ON u.user_id = x.u",
+        ours = ours!("t.", "x.w"),
+    );
+    let mut found: HashMap<String, sqlx::any::AnyRow> = HashMap::new();
+    for row in
+        sqlx::query(AssertSqlSafe(sql)).bind(rows).fetch_all(&mut **tx).await.map_err(query_err("link_issue read"))?
+    {
+        found.insert(row.try_get::<String, _>("user_id").map_err(query_err("link_issue read"))?, row);
+    }
+
+    let mut out: Vec<Option<LinkIssue>> = Vec::with_capacity(writes.len());
+    let mut eligible: Vec<&IssueArgs> = Vec::new();
+    for w in writes {
+        let row = found.get(&w.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: w.user_id.clone() })?;
+        if row.try_get::<Option<i64>, _>("mine").map_err(query_err("link_issue fence"))?.is_none() {
+            out.push(Some(LinkIssue::LostClaim));
+            continue;
+        }
+        let settle = |status: &str, reason: &str, until: Option<DateTime<Utc>>| {
+            SettleArgs::new(w.campaign_id, &w.user_id, &w.worker, status, reason, until, w.now)
+        };
+        out.push(match policy::standing_verdict(&standing(row)?, w.now) {
+            Verdict::Skip(reason) => {
+                settle("skipped", reason.as_str(), None).run(tx).await?;
+                Some(LinkIssue::Skipped(reason))
+            }
+            Verdict::Defer { reason, until } => {
+                settle("deferred", reason.as_str(), Some(until)).run(tx).await?;
+                Some(LinkIssue::Deferred { reason, until })
+            }
+            Verdict::Eligible => {
+                eligible.push(w);
+                None
+            }
+        });
+    }
+
+    let mut ids: HashMap<String, i64> = HashMap::new();
+    if !eligible.is_empty() {
+        let rows = json_rows(eligible.iter().map(|w| {
+            serde_json::json!([
+                w.token_hash,
+                w.campaign_id,
+                w.user_id,
+                w.step,
+                to_millis(w.now),
+                to_millis(w.expires_at)
+            ])
+        }));
+        let from = json_args(
+            backend,
+            &[
+                ("h", Arg::Text),
+                ("c", Arg::Int),
+                ("u", Arg::Text),
+                ("step", Arg::Int),
+                ("at", Arg::Int),
+                ("exp", Arg::Int),
+            ],
+        );
+        let sql = format!(
+            "INSERT INTO verification_links (token_hash, campaign_id, user_id, step, created_at, expires_at) \
+             SELECT x.h, x.c, x.u, x.step, x.at, x.exp FROM ({from}) AS x RETURNING link_id, user_id"
+        );
+        for row in sqlx::query(AssertSqlSafe(sql))
+            .bind(rows)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query_err("link_issue insert"))?
+        {
+            let user: String = row.try_get("user_id").map_err(query_err("link_issue insert"))?;
+            ids.insert(user, row.try_get("link_id").map_err(query_err("link_issue insert"))?);
+        }
+    }
+    out.into_iter()
+        .zip(writes)
+        .map(|(decided, w)| match decided {
+            Some(r) => Ok(r),
+            None => ids
+                .get(&w.user_id)
+                .map(|link_id| LinkIssue::Issued { link_id: *link_id })
+                .ok_or_else(|| StoreError::Conflict(format!("no link came back for user {}", w.user_id))),
+        })
+        .collect()
+}
+
+/// [`Store::link_record_delivery`]'s write: a group's deliveries in three statements
+/// (the links, the targets still claimed by their worker, the audit events); a
+/// failed or unknown delivery settles its target on its own.
+struct LinkDelivery {
+    backend: Backend,
+    campaign_id: i64,
+    user_id: String,
+    link_id: i64,
+    record: DeliveryRecord,
+    worker: String,
+    now: DateTime<Utc>,
+}
+
+impl BatchWrite for LinkDelivery {
+    /// Whether the target was still this worker's claim.
+    type Out = bool;
+
+    fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<bool>> {
+        Box::pin(record_many(writes, tx))
+    }
+}
+
+async fn record_many(writes: &[&LinkDelivery], tx: &mut Tx) -> Result<Vec<bool>, StoreError> {
+    let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
+    // the link reached (or may have reached) the user
+    let sent: Vec<&&LinkDelivery> = writes.iter().filter(|w| w.record != DeliveryRecord::Failed).collect();
+    if !sent.is_empty() {
+        let rows = json_rows(sent.iter().map(|w| serde_json::json!([w.link_id, to_millis(w.now)])));
+        let from = json_args(backend, &[("l", Arg::Int), ("at", Arg::Int)]);
+        let sql = format!(
+            "UPDATE verification_links SET delivered_at = x.at FROM ({from}) AS x \
+             WHERE verification_links.link_id = x.l"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(rows)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_err("link_record_delivery"))?;
+    }
+    let delivered: Vec<&&LinkDelivery> = writes.iter().filter(|w| w.record == DeliveryRecord::Delivered).collect();
+    let mut kept: HashSet<String> = HashSet::new();
+    if !delivered.is_empty() {
+        let rows = json_rows(
+            delivered.iter().map(|w| serde_json::json!([w.campaign_id, w.user_id, w.worker, to_millis(w.now)])),
+        );
+        let from = json_args(backend, &[("c", Arg::Int), ("u", Arg::Text), ("w", Arg::Text), ("at", Arg::Int)]);
+        // no session yet: `session_expires_at` stays empty until a click makes one,
+        // so that a reminder waits only for `reminders.after`
+        let sql = format!(
+            "UPDATE campaign_targets SET status = 'notified', reason = NULL, \
+               notifications = notifications + 1, notified_at = x.at, \
+               first_notified_at = COALESCE(first_notified_at, x.at), lease_owner = NULL, \
+               lease_expires_at = NULL, updated_at = x.at, session_expires_at = NULL \
+             FROM ({from}) AS x WHERE campaign_targets.campaign_id = x.c AND campaign_targets.user_id = x.u \
+               AND {ours} RETURNING campaign_targets.user_id",
+            ours = ours!("campaign_targets.", "x.w"),
+        );
+        kept = super::sessions::returned_user_ids(
+            sqlx::query(AssertSqlSafe(sql)).bind(rows),
+            tx,
+            "link_record_delivery target",
+        )
+        .await?;
+        let events: Vec<&&&LinkDelivery> = delivered.iter().filter(|w| kept.contains(&w.user_id)).collect();
+        if !events.is_empty() {
+            let rows = json_rows(events.iter().map(|w| {
+                let detail = serde_json::json!({ "link_id": w.link_id, "link": "click" }).to_string();
+                serde_json::json!([to_millis(w.now), w.worker, w.campaign_id, w.user_id, detail])
+            }));
+            let from = json_args(
+                backend,
+                &[("at", Arg::Int), ("w", Arg::Text), ("c", Arg::Int), ("u", Arg::Text), ("d", Arg::Text)],
+            );
+            let sql = format!(
+                "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+                 SELECT x.at, x.w, 'target.notified', x.c, x.u, x.d FROM ({from}) AS x ORDER BY x.n"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(rows)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_err("link_record_delivery event"))?;
+        }
+    }
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        out.push(match w.record {
+            DeliveryRecord::Delivered => kept.contains(&w.user_id),
+            DeliveryRecord::Failed | DeliveryRecord::Unknown => {
+                let reason = if w.record == DeliveryRecord::Unknown { "delivery_unknown" } else { "delivery_failed" };
+                SettleArgs::new(w.campaign_id, &w.user_id, &w.worker, "failed", reason, None, w.now).run(tx).await?
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// Revokes every live link of a user inside a transaction (the user became VERIFIED).

@@ -448,7 +448,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         if let Some(state) = p.fresh {
             let source = super::outcomes::StateSource::fresh_state("click");
-            super::outcomes::apply_state_in_tx(&mut tx, backend, p.user_id, state, p.now, &source).await?;
+            super::outcomes::apply_state_fast_or_in_tx(&mut tx, backend, p.user_id, state, p.now, &source).await?;
         }
         if backend == Backend::Postgres {
             sqlx::query("SELECT user_id FROM users WHERE user_id = $1 FOR UPDATE")
@@ -668,13 +668,31 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
 /// goes the whole way of [`super::outcomes::apply_state_in_tx`], one user at a time
 /// (rare: a user who verified or was rejected since the import).
 async fn record_fresh_states(backend: Backend, writes: &[&ReserveArgs], tx: &mut Tx) -> Result<(), StoreError> {
-    let fresh: Vec<(&ReserveArgs, VerificationState)> =
-        writes.iter().filter_map(|w| w.fresh.map(|f| (*w, f))).collect();
+    let fresh: Vec<FreshState<'_>> = writes
+        .iter()
+        .filter_map(|w| w.fresh.map(|state| FreshState { user_id: &w.user_id, now: w.now, state }))
+        .collect();
+    record_fresh_states_of(backend, &fresh, tx).await
+}
+
+/// A state `GET /v1/user` just reported, to be recorded in a batch.
+pub(crate) struct FreshState<'a> {
+    pub user_id: &'a str,
+    pub now: DateTime<Utc>,
+    pub state: VerificationState,
+}
+
+/// [`record_fresh_states`] for any batch of fresh states (the runs' reservations,
+/// the click-through links' send step).
+pub(crate) async fn record_fresh_states_of(
+    backend: Backend,
+    fresh: &[FreshState<'_>],
+    tx: &mut Tx,
+) -> Result<(), StoreError> {
     if fresh.is_empty() {
         return Ok(());
     }
-    let rows =
-        json_rows(fresh.iter().map(|(w, state)| serde_json::json!([w.user_id, to_millis(w.now), state.as_str()])));
+    let rows = json_rows(fresh.iter().map(|f| serde_json::json!([f.user_id, to_millis(f.now), f.state.as_str()])));
     let from = json_args(backend, &[("u", Arg::Text), ("at", Arg::Int), ("st", Arg::Text)]);
     let sql = format!(
         "UPDATE users SET synced_at = x.at, \
@@ -686,9 +704,9 @@ async fn record_fresh_states(backend: Backend, writes: &[&ReserveArgs], tx: &mut
     let unchanged =
         returned_user_ids(sqlx::query(AssertSqlSafe(sql)).bind(rows), tx, "user_apply_state unchanged").await?;
     let source = super::outcomes::StateSource::fresh_state("engine");
-    for (w, state) in fresh {
-        if !unchanged.contains(&w.user_id) {
-            super::outcomes::apply_state_in_tx(tx, backend, &w.user_id, state, w.now, &source).await?;
+    for f in fresh {
+        if !unchanged.contains(f.user_id) {
+            super::outcomes::apply_state_in_tx(tx, backend, f.user_id, f.state, f.now, &source).await?;
         }
     }
     Ok(())
@@ -1083,22 +1101,6 @@ impl SettleArgs {
     /// As a write of its own (see [`Store::write`]).
     pub(crate) fn write<'a>(a: &'a SettleArgs, tx: &'a mut Tx) -> Step<'a, bool> {
         Box::pin(a.run(tx))
-    }
-
-    pub(crate) fn campaign_id(&self) -> i64 {
-        self.campaign_id
-    }
-
-    pub(crate) fn user_id(&self) -> &str {
-        &self.user_id
-    }
-
-    pub(crate) fn worker(&self) -> &str {
-        &self.worker
-    }
-
-    pub(crate) fn now(&self) -> DateTime<Utc> {
-        self.now
     }
 }
 

@@ -150,7 +150,8 @@ impl ServeChild {
         let mut child = cmd.spawn().context("failed to start reverify serve")?;
         let mut stdout = BufReader::new(child.stdout.take().context("the server's stdout")?);
         let mut line = String::new();
-        // "listening on http://127.0.0.1:PORT: /v/{token} and /healthz"
+        // "listening on http://127.0.0.1:PORT/v/{token} (and /healthz)", the webhook's
+        // URL first when it is served too
         let url = loop {
             line.clear();
             if stdout.read_line(&mut line)? == 0 {
@@ -159,13 +160,12 @@ impl ServeChild {
                 bail!("reverify serve stopped before listening:\n{}", tail(&log));
             }
             if let Some(rest) = line.trim().strip_prefix("listening on ") {
-                let (url, serving) = rest.rsplit_once(": ").unwrap_or((rest, ""));
-                if !serving.contains("/v/") {
+                let Some(link) = rest.split([' ', ',', ';']).find(|w| w.contains("/v/")) else {
                     let _ = child.kill();
                     let _ = child.wait();
                     bail!("reverify serve does not serve the click routes ({rest}):\n{}", tail(&log));
-                }
-                break url.to_owned();
+                };
+                break link.split("/v/").next().unwrap_or(link).to_owned();
             }
         };
         Ok(Self { child, url, log, _stdout: stdout })
