@@ -182,12 +182,6 @@ impl MemoryVault {
         let m = self.inner.lock().expect("vault lock poisoned");
         m.get(user).is_some_and(|e| e.consent_required)
     }
-
-    /// Forgets the stored access tokens (as if another process never stored one).
-    pub fn forget_access_tokens(&self) {
-        let mut m = self.inner.lock().expect("vault lock poisoned");
-        m.values_mut().for_each(|e| e.access = None);
-    }
 }
 
 #[async_trait]

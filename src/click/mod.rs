@@ -76,7 +76,8 @@ struct Clicks {
     api: Arc<dyn VerificationApi>,
     clock: Arc<dyn Clock>,
     config: ClickConfig,
-    per_link: DefaultKeyedRateLimiter<String>,
+    /// By link id (the token itself is not kept).
+    per_link: DefaultKeyedRateLimiter<i64>,
     per_address: DefaultKeyedRateLimiter<IpAddr>,
 }
 
@@ -195,7 +196,7 @@ async fn click(
     };
     drop(token);
     let lang = Lang::of(link.locale.as_deref());
-    if s.per_link.check_key(&link_token_hash_short(&link)).is_err() {
+    if s.per_link.check_key(&link.link_id).is_err() {
         return too_many(lang);
     }
     match s.store.link_click_start(&link, "click", now).await {
@@ -213,11 +214,6 @@ async fn click(
         warn!(error = %e, "click: could not give the link's turn back; the next click waits 30 s");
     }
     answer
-}
-
-/// A key for the per-link limiter: the link id (the token is not kept in memory).
-fn link_token_hash_short(link: &LinkRow) -> String {
-    link.link_id.to_string()
 }
 
 /// The fresh state, the reservation, the session; the page or the redirect.

@@ -19,9 +19,11 @@ use std::collections::{HashMap, HashSet};
 use sqlx::AssertSqlSafe;
 
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
-use super::sessions::{DeliveryRecord, FreshState, SettleArgs, record_fresh_states_of};
+use super::sessions::{
+    DeliveryRecord, FreshState, STANDING_COLUMNS, SettleArgs, record_fresh_states_of, standing_from_row,
+};
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
-use crate::domain::policy::{self, DeferReason, SkipReason, UserStanding, Verdict};
+use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
 use crate::domain::{UserId, VerificationState};
 
 /// How long after a click that made a session another click of the same link is
@@ -298,7 +300,7 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
     let rows = json_rows(writes.iter().map(|w| serde_json::json!([w.user_id, w.campaign_id, w.worker])));
     let from = json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text)]);
     let sql = format!(
-        "SELECT u.user_id, u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+        "SELECT u.user_id, {STANDING_COLUMNS}, \
            (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = x.c AND t.user_id = u.user_id \
               AND {ours}) AS mine \
          FROM ({from}) AS x JOIN users u ON u.user_id = x.u",
@@ -322,7 +324,7 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
         let settle = |status: &str, reason: &str, until: Option<DateTime<Utc>>| {
             SettleArgs::new(w.campaign_id, &w.user_id, &w.worker, status, reason, until, w.now)
         };
-        out.push(match policy::standing_verdict(&standing(row)?, w.now) {
+        out.push(match policy::standing_verdict(&standing_from_row(row)?, w.now) {
             Verdict::Skip(reason) => {
                 settle("skipped", reason.as_str(), None).run(tx).await?;
                 Some(LinkIssue::Skipped(reason))
@@ -501,20 +503,6 @@ pub(crate) async fn links_revoke_user_in_tx(
     .await
     .map(|d| d.rows_affected())
     .map_err(query_err("links_revoke_user"))
-}
-
-fn standing(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> {
-    let state: String = r.try_get("verification_state").map_err(query_err("user standing"))?;
-    let state = state.parse::<VerificationState>().map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let rejected_at: Option<i64> = r.try_get("rejected_at").map_err(query_err("user standing"))?;
-    let failures: i64 = r.try_get("consecutive_failures").map_err(query_err("user standing"))?;
-    let last_failure_at: Option<i64> = r.try_get("last_failure_at").map_err(query_err("user standing"))?;
-    Ok(UserStanding {
-        state,
-        rejected_at: rejected_at.map(from_millis),
-        consecutive_failures: u32::try_from(failures).unwrap_or(u32::MAX),
-        last_failure_at: last_failure_at.map(from_millis),
-    })
 }
 
 /// Parses a link user's id (the rows hold valid ids; a bad one is a conflict).

@@ -459,15 +459,9 @@ impl Store {
         }
         let now_ms = to_millis(p.now);
         let window_start = now_ms - policy::session_window().num_milliseconds();
-        let concat = match backend {
-            Backend::Postgres => "string_agg(s.counted_at || ':' || s.expires_at, ',')",
-            Backend::Sqlite => "group_concat(s.counted_at || ':' || s.expires_at, ',')",
-        };
         let sql = format!(
-            "SELECT u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
-               (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
-                  AND s.status <> 'api_failed' AND (s.counted_at > $2 OR s.expires_at > $3)) AS slots \
-             FROM users u WHERE u.user_id = $1"
+            "SELECT {STANDING_COLUMNS}, {slots} AS slots FROM users u WHERE u.user_id = $1",
+            slots = counted_sessions_sql(backend, "$2", "$3"),
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(p.user_id)
@@ -727,6 +721,25 @@ pub(crate) async fn returned_user_ids(
         .map_err(query_err(op))
 }
 
+/// A user's standing, as [`standing_from_row`] reads it, from `users u`.
+pub(crate) const STANDING_COLUMNS: &str =
+    "u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at";
+
+/// The sessions that count against the limits of user `u` at `now` (SQL values or
+/// columns), with `window_start` = `now` - 24 h, as one `counted_at:expires_at,…`
+/// column: the one definition of which ledger rows count (everything the API may
+/// have made: not a definite refusal) for the runs' reservations and the clicks'.
+fn counted_sessions_sql(backend: Backend, window_start: &str, now: &str) -> String {
+    let concat = match backend {
+        Backend::Postgres => "string_agg(s.counted_at || ':' || s.expires_at, ',')",
+        Backend::Sqlite => "group_concat(s.counted_at || ':' || s.expires_at, ',')",
+    };
+    format!(
+        "(SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
+           AND s.status <> 'api_failed' AND (s.counted_at > {window_start} OR s.expires_at > {now}))"
+    )
+}
+
 /// Each user's standing, our claim on the target and the user's sessions that
 /// count, by user id. The users' rows are locked first, in a statement of their own
 /// (on Postgres, in id order, so that two groups never wait on each other in a
@@ -758,18 +771,14 @@ async fn read_standings(
             .await
             .map_err(query_err("session_reserve lock"))?;
     }
-    let concat = match backend {
-        Backend::Postgres => "string_agg(s.counted_at || ':' || s.expires_at, ',')",
-        Backend::Sqlite => "group_concat(s.counted_at || ':' || s.expires_at, ',')",
-    };
     let sql = format!(
-        "SELECT u.user_id, u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at, \
+        "SELECT u.user_id, {STANDING_COLUMNS}, \
            (SELECT t.attempts FROM campaign_targets t WHERE t.campaign_id = x.c AND t.user_id = u.user_id \
               AND {ours}) AS mine, \
-           (SELECT {concat} FROM verification_sessions s WHERE s.user_id = u.user_id \
-              AND s.status <> 'api_failed' AND (s.counted_at > x.ws OR s.expires_at > x.now)) AS slots \
+           {slots} AS slots \
          FROM ({from}) AS x JOIN users u ON u.user_id = x.u",
-        ours = ours!("t.", "x.w")
+        ours = ours!("t.", "x.w"),
+        slots = counted_sessions_sql(backend, "x.ws", "x.now"),
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(rows)
@@ -1047,7 +1056,7 @@ fn delivery_target_update(ok: &str, why: &str, at: &str, expires_at: &str) -> St
     )
 }
 
-fn standing_from_row(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> {
+pub(crate) fn standing_from_row(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> {
     let state: String = r.try_get("verification_state").map_err(query_err("user standing"))?;
     let state = state.parse::<VerificationState>().map_err(|e| StoreError::Conflict(e.to_string()))?;
     let rejected_at: Option<i64> = r.try_get("rejected_at").map_err(query_err("user standing"))?;

@@ -131,6 +131,21 @@ impl Rig {
         .collect()
     }
 
+    /// Targets a run could still work on now (pending or deferred and due), or that a
+    /// worker (perhaps a dead or frozen one) still holds.
+    pub async fn targets_left(&self, campaign_id: i64) -> i64 {
+        sqlx::query(
+            "SELECT COUNT(*) AS n FROM campaign_targets WHERE campaign_id = $1 AND (status = 'claimed' \
+             OR (status IN ('pending', 'deferred') AND (not_before IS NULL OR not_before <= $2)))",
+        )
+        .bind(campaign_id)
+        .bind(reverify::store::to_millis(Utc::now()))
+        .fetch_one(self.db.pool())
+        .await
+        .unwrap()
+        .get("n")
+    }
+
     /// `campaign status NAME --json` from the binary equals the rows, status by status.
     pub async fn assert_status_equals_rows(&self, name: &str, campaign_id: i64) {
         let o = self.run(&["campaign", "status", name, "--json"]).await;

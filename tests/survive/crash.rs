@@ -32,22 +32,6 @@ use crate::summary::{Counts, report};
 const USERS: usize = 2000;
 const KILLS: u32 = 20;
 
-/// Targets that a run could still work on now, or that a dead worker still holds.
-async fn left(rig: &Rig, campaign_id: i64) -> i64 {
-    let now = to_millis(chrono::Utc::now());
-    sqlx::query(
-        "SELECT COUNT(*) AS n FROM campaign_targets WHERE campaign_id = $1 AND (status = 'claimed' \
-         OR (status IN ('pending', 'deferred') AND (not_before IS NULL OR not_before <= $2)))",
-    )
-    .bind(campaign_id)
-    .bind(now)
-    .fetch_one(rig.db.pool())
-    .await
-    .unwrap()
-    .try_get("n")
-    .unwrap()
-}
-
 /// Users matching `cond` (`$1` is now, in Unix ms).
 async fn count(rig: &Rig, cond: &str) -> i64 {
     sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM users WHERE {cond}")))
@@ -139,7 +123,7 @@ async fn crash_campaign(db: TestDb) {
             assert!(s.success(), "run {runs} failed with {s}: {err}");
         }
         // exited 0: done unless a dead worker's claims are still leased
-        if kills >= KILLS && left(&rig, c.campaign_id).await == 0 {
+        if kills >= KILLS && rig.targets_left(c.campaign_id).await == 0 {
             break;
         }
         if kills >= KILLS {

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use reverify::notify::testing::SmtpServer;
 use reverify::sandbox::{Faults, Latency, RefreshReuse, SandboxConfig, UserSource};
 use reverify::store::testing::TestDb;
-use reverify::store::to_millis;
-use sqlx::Row;
 
 use crate::common::{Rig, campaign, check_delivery, text, wait_until};
 use crate::summary::{Counts, report};
@@ -25,20 +23,6 @@ const RPS: u32 = 100;
 fn signal(pid: u32, sig: &str) {
     let s = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
     assert!(s.success(), "kill {sig} {pid}");
-}
-
-/// Targets not finished: due now or claimed by anyone.
-async fn left(rig: &Rig, campaign_id: i64) -> i64 {
-    sqlx::query(
-        "SELECT COUNT(*) AS n FROM campaign_targets WHERE campaign_id = $1 AND (status = 'claimed' \
-         OR (status IN ('pending', 'deferred') AND (not_before IS NULL OR not_before <= $2)))",
-    )
-    .bind(campaign_id)
-    .bind(to_millis(chrono::Utc::now()))
-    .fetch_one(rig.db.pool())
-    .await
-    .unwrap()
-    .get("n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,14 +59,14 @@ async fn a_frozen_worker_holds_the_fleet_up_for_a_bounded_time_postgres() {
     // would); the frozen one's claims come back to it as their leases run out
     let started = Instant::now();
     let mut runs = 0;
-    while left(&rig, c.campaign_id).await > 0 {
+    while rig.targets_left(c.campaign_id).await > 0 {
         runs += 1;
         assert!(runs < 50, "the second worker did not finish");
         let mut cmd = rig.command(&["run", name, "--progress", "none"]);
         cmd.env("REVERIFY_LEASE_SECONDS", &lease);
         let o = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
         assert!(o.status.success(), "second worker, run {runs}: {}", text(&o));
-        if left(&rig, c.campaign_id).await > 0 {
+        if rig.targets_left(c.campaign_id).await > 0 {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
