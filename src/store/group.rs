@@ -516,18 +516,46 @@ mod tests {
         }
     }
 
+    /// A write that says it has started (`.0`) and waits to be released (`.1`).
+    fn hold_until_released<'a>(
+        gate: &'a Arc<(tokio::sync::Notify, tokio::sync::Notify)>,
+        _tx: &'a mut Tx,
+    ) -> Step<'a, ()> {
+        Box::pin(async move {
+            gate.0.notify_one();
+            gate.1.notified().await;
+            Ok(())
+        })
+    }
+
     both_engines!(writes_of_one_key_never_share_a_batch_and_keep_their_order, |db: TestDb| async move {
         // one writer: everything queued while it starts lands in one group
         let store = db.store.with_group_commit(GroupCommit { writers: 1, max_group: 64 });
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let keys = ["a", "a", "b", "a", "c", "b", "d"];
+        // The one writer is kept busy by a write that waits for a signal, so that
+        // all seven queue before it takes any: the test does not depend on how the
+        // threads happen to be scheduled.
+        let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+        let busy = tokio::spawn({
+            let (s, gate) = (store.clone(), gate.clone());
+            async move { s.write(gate, hold_until_released).await.unwrap() }
+        });
+        gate.0.notified().await;
         // polled in order, so that they queue in order
         let writes = keys.iter().enumerate().map(|(seq, key)| {
             let w = Keyed { key: (*key).to_owned(), seq, log: log.clone() };
             let s = store.clone();
             async move { (seq, s.write_batched(w).await.unwrap()) }
         });
-        for (seq, out) in futures::future::join_all(writes).await {
+        let writes = tokio::spawn(futures::future::join_all(writes));
+        let jobs = store.group.as_ref().map(|g| g.jobs.clone()).unwrap();
+        while jobs.max_capacity() - jobs.capacity() < keys.len() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        gate.1.notify_one();
+        busy.await.unwrap();
+        for (seq, out) in writes.await.unwrap() {
             assert_eq!(seq, out, "each write gets its own answer");
         }
         let batches = log.lock().unwrap().clone();
