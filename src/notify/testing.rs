@@ -92,7 +92,7 @@ pub struct SmtpServer {
     port: u16,
     maildir: PathBuf,
     tls: Option<(TestTls, PathBuf)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The Python the server runs on: Debian's, where `python3-aiosmtpd` installs.
@@ -145,13 +145,16 @@ impl SmtpServer {
             cmd.arg(cert_flag).arg(cert).arg(key_flag).arg(key);
             (mode, ca)
         });
+        // stderr goes to a file: a pipe nobody drains would stop the server once
+        // its warnings fill the pipe's buffer
+        let log = dir.path().join("aiosmtpd.log");
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("the server's log file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {PYTHON} -m aiosmtpd ({e}); run scripts/install-test-deps.sh"));
-        let mut server = Self { child: Some(child), port, maildir, tls, _dir: dir };
+        let mut server = Self { child: Some(child), port, maildir, tls, dir };
         server.wait_until_listening(Duration::from_secs(20));
         server
     }
@@ -165,10 +168,7 @@ impl SmtpServer {
             }
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("child status") {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
+                let err = std::fs::read_to_string(self.dir.path().join("aiosmtpd.log")).unwrap_or_default();
                 panic!("aiosmtpd exited with {status} before listening: {err}");
             }
             assert!(Instant::now() < deadline, "aiosmtpd did not listen on {addr} within {limit:?}");
