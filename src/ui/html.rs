@@ -82,9 +82,9 @@ body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, 
 header { display: flex; flex-wrap: wrap; gap: .6rem 1rem; align-items: center; padding: .6rem 1rem;
   background: #1d2330; color: #fff; }
 header .brand { color: #fff; font-weight: 700; text-decoration: none; font-size: 1.1rem; margin-right: auto; }
-header form { display: flex; gap: .4rem; align-items: center; margin: 0; }
+header form { display: flex; gap: .4rem; align-items: center; margin: 0; min-width: 0; }
 header input { padding: .35rem .5rem; border-radius: 4px; border: 1px solid #49526a; min-width: 0;
-  background: #2c3446; color: #fff; flex: 1; }
+  width: 100%; background: #2c3446; color: #fff; flex: 1; }
 header .search { flex: 1 1 18rem; max-width: 30rem; }
 header .who span { color: #c9cfdb; font-size: .9rem; }
 main { max-width: 1200px; margin: 0 auto; padding: 1rem; }

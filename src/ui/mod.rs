@@ -139,6 +139,7 @@ pub fn ui_router(store: Store, config: UiConfig) -> Router {
     Router::new()
         .route("/", get(campaigns_page))
         .route("/ui.css", get(css))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/campaigns/{name}", get(campaign_page))

@@ -117,7 +117,7 @@ fn pct_of(n: i64, of: i64) -> String {
 
 fn eta(p: &CampaignProgress) -> String {
     match p.eta_seconds() {
-        _ if p.due_now == 0 => "nothing due now".into(),
+        _ if p.due_now == 0 => "none due".into(),
         Some(s) => humantime::format_duration(std::time::Duration::from_secs(s.max(0.0).round() as u64)).to_string(),
         None => "unknown".into(),
     }

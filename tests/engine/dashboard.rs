@@ -89,7 +89,9 @@ async fn log_in(b: &Browser, base: &str, user: &str, password: &str) {
     b.type_into(&field, password).await;
     let button = b.find("css selector", "form[action='/login'] button[type=submit]").await;
     b.click(&button).await;
-    b.wait_for_text(&format!("{user} (")).await;
+    b.wait_for_text("Log out").await;
+    // the name is in the bar (hidden on a phone's width)
+    assert!(b.source().await.contains(&format!("<span>{user} (")), "logged in as {user}");
 }
 
 async fn log_out(b: &Browser) {

@@ -64,8 +64,8 @@ both_engines!(series_deferred_runs_and_events_read_the_rows, |db: TestDb| async 
     assert!(more);
     assert!(page1.windows(2).all(|w| w[0].event_id > w[1].event_id), "newest first");
     let (page2, more) = s.event_page_desc(id, Some(page1[24].event_id), 25).await.unwrap();
-    // 30 test events and the campaign's `applied` event
-    assert_eq!(page2.len(), 6);
+    // 30 test events, the two runs' and the campaign's `applied` event
+    assert_eq!(page2.len(), 8);
     assert!(!more);
     assert_eq!(page2.last().unwrap().kind, "campaign.applied");
 });
