@@ -133,6 +133,7 @@ svg.series .sent { fill: #6b8fe3; } svg.series .conv { fill: var(--ok); }
 .login button { margin-top: 1rem; width: 100%; }
 .pager { display: flex; gap: 1rem; margin-top: .6rem; }
 .sr { position: absolute; left: -9999px; }
+h1.mono { font-size: 1.25rem; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: .85rem; word-break: break-all; }
 @media (max-width: 640px) {
   main { padding: .6rem; }
