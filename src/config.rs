@@ -127,6 +127,13 @@ pub struct Settings {
     /// Where the daemon serves the public click routes (`GET`/`POST /v/{token}`),
     /// never on the ops listener.
     pub public_listen: Option<String>,
+    /// Where `reverify serve` and the daemon serve the dashboard (`HOST:PORT`);
+    /// never the public or the operations listener.
+    pub ui_listen: Option<String>,
+    /// The dashboard's users: `name:role:argon2-hash` per line.
+    pub ui_users_file: Option<PathBuf>,
+    /// A header an authenticating proxy sets to the person's name; read only when set.
+    pub ui_trusted_user_header: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -157,6 +164,9 @@ impl std::fmt::Debug for Settings {
             .field("log_level", &self.log_level)
             .field("metrics_listen", &self.metrics_listen)
             .field("metrics_push_url", &url(&self.metrics_push_url))
+            .field("ui_listen", &self.ui_listen)
+            .field("ui_users_file", &self.ui_users_file)
+            .field("ui_trusted_user_header", &self.ui_trusted_user_header)
             .finish()
     }
 }
@@ -190,6 +200,9 @@ impl Default for Settings {
             metrics_push_url: None,
             public_url: None,
             public_listen: None,
+            ui_listen: None,
+            ui_users_file: None,
+            ui_trusted_user_header: None,
         }
     }
 }
@@ -226,6 +239,9 @@ struct FileSettings {
     metrics_push_url: Option<String>,
     public_url: Option<String>,
     public_listen: Option<String>,
+    ui_listen: Option<String>,
+    ui_users_file: Option<PathBuf>,
+    ui_trusted_user_header: Option<String>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -392,6 +408,9 @@ impl Settings {
             s.public_url = Some(u);
         }
         s.public_listen = get("public_listen", file.public_listen);
+        s.ui_listen = get("ui_listen", file.ui_listen);
+        s.ui_users_file = get("ui_users_file", None).map(PathBuf::from).or(file.ui_users_file);
+        s.ui_trusted_user_header = get("ui_trusted_user_header", file.ui_trusted_user_header);
         if let Some(u) = &s.metrics_push_url {
             parse_url("metrics_push_url", u)?;
         }

@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod schedule;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod webhooks;
 
 pub use config::{Secret, Settings};

@@ -22,6 +22,7 @@
 //! import's own benchmarks, kept under the same command.
 
 mod child;
+mod dashboard;
 mod probe;
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,9 @@ enum Scenario {
     ThroughputClickSend,
     /// click_throughput and click_throughput_p99: POSTs to `reverify serve`.
     ClickThroughput,
+    /// dashboard_p95_ms: the dashboard's campaign page over the "1m" campaign on
+    /// Postgres (the throughput size with --skip-1m).
+    Dashboard,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -251,6 +255,10 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<u8> {
     }
     if wanted(Scenario::ClickThroughput) {
         click_throughput(&exe, rt, sizes.click)?;
+    }
+    if wanted(Scenario::Dashboard) {
+        let targets = if args.skip_1m { sizes.throughput } else { sizes.million };
+        rt.block_on(dashboard::dashboard(targets))?;
     }
     Ok(exit::OK)
 }

@@ -45,6 +45,8 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         (None, None) => None,
     };
+    // a malformed users file stops the daemon before anything starts
+    let ui = super::ui::config(ctx)?;
     let stop = CancellationToken::new();
     super::run::stop_on_signals(stop.clone(), None);
     let ops = match &ctx.settings.metrics_listen {
@@ -96,8 +98,17 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    // the dashboard on ui_listen, its own listener
+    let dashboard = match ui {
+        Some((addr, config)) => {
+            let server = super::ui::serve(addr, config, &worker.store, stop.clone()).await?;
+            tracing::info!(addr = %server.local_addr, "dashboard listening");
+            Some(server)
+        }
+        None => None,
+    };
     reverify::schedule::daemon::run(worker.clone(), stop).await?;
-    for server in [ops, webhooks, public].into_iter().flatten() {
+    for server in [ops, webhooks, public, dashboard].into_iter().flatten() {
         let _ = server.handle.await;
     }
     worker.store.close().await;

@@ -34,6 +34,7 @@ mod sandbox;
 mod serve;
 mod status;
 mod sync;
+mod ui;
 mod users;
 
 /// Exit codes, documented in the README.
@@ -110,8 +111,12 @@ enum Command {
     /// --release for meaningful figures (scripts/bench.sh does).
     Bench(Box<bench::BenchArgs>),
     Sandbox(Box<sandbox::SandboxArgs>),
-    /// Receive Baanx kyc.status.changed webhooks on POST /webhooks/baanx.
+    /// Serve the public routes (Baanx webhooks, click-through links) and, on
+    /// ui_listen, the dashboard.
     Serve(serve::ServeArgs),
+    /// The dashboard's helpers: `ui hash-password` makes a ui_users_file hash.
+    #[command(subcommand)]
+    Ui(ui::UiCommand),
     /// Benchmark: stream the report of 1M generated targets to /dev/null.
     #[command(hide = true)]
     BenchReport(bench_report::BenchReportArgs),
@@ -159,6 +164,16 @@ pub fn main() -> ExitCode {
     match &cli.command {
         Command::Completions { shell } => return ExitCode::from(completions(*shell)),
         Command::Man { command } => return ExitCode::from(man(command)),
+        // needs no settings either: a password hash for the settings' users file
+        Command::Ui(ui::UiCommand::HashPassword) => {
+            return ExitCode::from(match ui::run(ui::UiCommand::HashPassword) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit::FAILURE
+                }
+            });
+        }
         _ => {}
     }
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -206,6 +221,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Bench(args) => bench::run(*args).await,
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
         Command::Serve(args) => serve::run(args, &ctx).await,
+        Command::Ui(c) => ui::run(c),
         Command::BenchReport(args) => bench_report::run(args).await,
         Command::Completions { shell } => Ok(completions(shell)),
         Command::Man { command } => Ok(man(&command)),

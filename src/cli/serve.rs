@@ -20,7 +20,9 @@ use super::{Context, exit};
 /// REVERIFY_WEBHOOK_KEY_FILE), and click-through links on GET and POST /v/{token}
 /// (when the Baanx client is configured: baanx_client_key and token_key), plus
 /// /healthz. /readyz and /metrics are served on metrics_listen only, never here.
-/// Stops on SIGTERM or SIGINT after the requests in flight.
+/// With ui_listen set, the dashboard is served there (its own listener; with no
+/// public route to serve, the dashboard alone). Stops on SIGTERM or SIGINT after
+/// the requests in flight.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -67,8 +69,18 @@ pub fn public_router(ctx: &Context, store: &reverify::store::Store) -> anyhow::R
 }
 
 pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
+    // a malformed users file stops the command before anything listens
+    let ui = super::ui::config(ctx)?;
     let store = ctx.store().await?;
-    let (router, serving) = public_router(ctx, &store)?;
+    // with the dashboard on, a server with no public route serves the dashboard alone
+    let public = match public_router(ctx, &store) {
+        Ok(p) => Some(p),
+        Err(e) if ui.is_some() => {
+            info!(reason = %e, "no public route to serve; serving the dashboard only");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let stop = CancellationToken::new();
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
@@ -77,29 +89,45 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    let server = reverify::telemetry::serve_public(args.listen, router, stop.clone())
-        .await
-        .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
-    let addr = server.local_addr;
-    let routes: Vec<String> = serving.iter().map(|p| format!("http://{addr}{p}")).collect();
-    match &ops {
-        Some(ops) => println!(
-            "listening on {} (and /healthz); /healthz, /readyz, /metrics on http://{}",
-            routes.join(", "),
-            ops.local_addr
-        ),
-        None => println!("listening on {} (and /healthz)", routes.join(", ")),
+    let dashboard = match ui {
+        Some((addr, config)) => Some(super::ui::serve(addr, config, &store, stop.clone()).await?),
+        None => None,
+    };
+    let mut lines = Vec::new();
+    let server = match public {
+        Some((router, serving)) => {
+            let server = reverify::telemetry::serve_public(args.listen, router, stop.clone())
+                .await
+                .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
+            let addr = server.local_addr;
+            let routes: Vec<String> = serving.iter().map(|p| format!("http://{addr}{p}")).collect();
+            lines.push(format!("listening on {} (and /healthz)", routes.join(", ")));
+            if serving.contains(&WEBHOOK_PATH) {
+                info!(%addr, "webhook receiver listening");
+            }
+            if serving.contains(&LINK_PATH) {
+                info!(%addr, "click-through links listening");
+            }
+            Some(server)
+        }
+        None => None,
+    };
+    if let Some(ops) = &ops {
+        lines.push(format!("/healthz, /readyz, /metrics on http://{}", ops.local_addr));
     }
-    if serving.contains(&WEBHOOK_PATH) {
-        info!(%addr, "webhook receiver listening");
+    if let Some(d) = &dashboard {
+        info!(addr = %d.local_addr, "dashboard listening");
+        lines.push(format!("dashboard on http://{}/", d.local_addr));
     }
-    if serving.contains(&LINK_PATH) {
-        info!(%addr, "click-through links listening");
-    }
+    println!("{}", lines.join("; "));
     super::run::stop_on_signals(stop.clone(), None);
-    server.handle.await.context("the public server stopped")?.context("the public server failed")?;
-    if let Some(ops) = ops {
-        let _ = ops.handle.await;
+    if let Some(server) = server {
+        server.handle.await.context("the public server stopped")?.context("the public server failed")?;
+    } else {
+        stop.cancelled().await;
+    }
+    for s in [ops, dashboard].into_iter().flatten() {
+        let _ = s.handle.await;
     }
     store.close().await;
     Ok(exit::OK)

@@ -136,7 +136,7 @@ impl Store {
     }
 }
 
-fn event_from_row(row: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
+pub(crate) fn event_from_row(row: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
     let detail: Option<String> = row.try_get("detail")?;
     let detail = match detail {
         None => None,

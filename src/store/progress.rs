@@ -84,33 +84,43 @@ impl Store {
         campaign_id: i64,
         now: DateTime<Utc>,
     ) -> Result<CampaignProgress, StoreError> {
-        let by_status = self.target_counts(campaign_id).await?;
         let now_ms = to_millis(now);
-        let row = sqlx::query(
-            "SELECT \
-               CAST(COALESCE(SUM(CASE WHEN notified_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS last_minute, \
-               CAST(COALESCE(SUM(CASE WHEN (status IN ('pending', 'deferred') \
-                          AND (not_before IS NULL OR not_before <= $3)) OR status = 'claimed' \
-                          THEN 1 ELSE 0 END), 0) AS BIGINT) AS due_now, \
-               MIN(CASE WHEN status IN ('pending', 'deferred') AND not_before > $3 THEN not_before END) AS next_deferred \
-             FROM campaign_targets WHERE campaign_id = $1",
-        )
-        .bind(campaign_id)
-        .bind(now_ms - 60_000)
-        .bind(now_ms)
-        .fetch_one(self.pool())
-        .await
-        .map_err(query_err("campaign_progress"))?;
+        // the parts at once, each on a connection of its own: on Postgres the page of
+        // a 1,000,000-target campaign waits for the slowest scan, not their sum
+        let counts = async {
+            sqlx::query(
+                "SELECT \
+                   CAST(COALESCE(SUM(CASE WHEN notified_at > $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS last_minute, \
+                   CAST(COALESCE(SUM(CASE WHEN (status IN ('pending', 'deferred') \
+                              AND (not_before IS NULL OR not_before <= $3)) OR status = 'claimed' \
+                              THEN 1 ELSE 0 END), 0) AS BIGINT) AS due_now, \
+                   MIN(CASE WHEN status IN ('pending', 'deferred') AND not_before > $3 THEN not_before END) \
+                     AS next_deferred \
+                 FROM campaign_targets WHERE campaign_id = $1",
+            )
+            .bind(campaign_id)
+            .bind(now_ms - 60_000)
+            .bind(now_ms)
+            .fetch_one(self.pool())
+            .await
+            .map_err(query_err("campaign_progress"))
+        };
+        let (by_status, row, sessions_issued, funnel) = futures::try_join!(
+            self.target_counts(campaign_id),
+            counts,
+            self.session_count(campaign_id),
+            self.campaign_funnel(campaign_id, now),
+        )?;
         let get = |name: &str| row.try_get::<i64, _>(name).map_err(query_err("campaign_progress"));
         let next: Option<i64> = row.try_get("next_deferred").map_err(query_err("campaign_progress"))?;
         Ok(CampaignProgress {
             targeted: by_status.iter().map(|c| c.count).sum(),
             by_status,
-            sessions_issued: self.session_count(campaign_id).await?,
+            sessions_issued,
             notified_last_minute: get("last_minute")?,
             due_now: get("due_now")?,
             next_deferred_at: next.map(super::from_millis),
-            funnel: self.campaign_funnel(campaign_id, now).await?,
+            funnel,
         })
     }
 
@@ -133,12 +143,15 @@ impl Store {
             silent =
                 sum("t.status = 'notified' AND t.session_expires_at <= $2 AND u.verification_state = 'UNVERIFIED'"),
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(campaign_id)
-            .bind(to_millis(now))
-            .fetch_one(self.pool())
-            .await
-            .map_err(query_err("campaign_funnel"))?;
+        let read = async {
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(campaign_id)
+                .bind(to_millis(now))
+                .fetch_one(self.pool())
+                .await
+                .map_err(query_err("campaign_funnel"))
+        };
+        let (row, median) = futures::try_join!(read, self.median_ms_to_verify(campaign_id))?;
         let get = |name: &str| row.try_get::<i64, _>(name).map_err(query_err("campaign_funnel"));
         let mut f = Funnel {
             targeted: get("targeted")?,
@@ -150,7 +163,7 @@ impl Store {
             no_response_after_expiry: get("silent")?,
             median_seconds_to_verify: None,
         };
-        f.median_seconds_to_verify = self.median_ms_to_verify(campaign_id).await?.map(|ms| ms / 1000.0);
+        f.median_seconds_to_verify = median.map(|ms| ms / 1000.0);
         Ok(f)
     }
 

@@ -7,3 +7,4 @@ mod docs;
 mod exit_codes;
 mod ops;
 mod scheduled;
+mod ui;

@@ -67,7 +67,7 @@ fn screenshot_dir() -> PathBuf {
 }
 
 /// Fails, never skips, without the browser.
-fn require_browser() {
+pub(crate) fn require_browser() {
     for tool in [CHROMIUM, CHROMEDRIVER] {
         assert!(
             Path::new(tool).exists(),
@@ -78,7 +78,7 @@ fn require_browser() {
 }
 
 /// A chromedriver child and one browser session on it; both end when dropped.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     port: u16,
     http: reqwest::Client,
@@ -90,7 +90,7 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub(crate) async fn start() -> Browser {
         require_browser();
         let profile = tempfile::Builder::new().prefix("reverify-chromium-").tempdir().unwrap();
         let log = profile.path().join("chromedriver.log");
@@ -160,12 +160,17 @@ impl Browser {
         Browser { driver, port, http, session, browser_pid, log, _profile: profile }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/session/{}{path}", self.port, self.session)
     }
 
     /// One WebDriver command: its `value`, or the driver's error.
-    async fn try_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+    pub(crate) async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let mut req = self.http.request(method.clone(), self.url(path));
         if let Some(b) = body {
             req = req.json(&b);
@@ -180,33 +185,33 @@ impl Browser {
     }
 
     /// One WebDriver command; its `value`, or a panic with the driver's error.
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         self.try_call(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(crate) async fn get(&self, path: &str) -> Value {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Value {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
-    async fn go(&self, url: &str) {
+    pub(crate) async fn go(&self, url: &str) {
         self.post("/url", json!({ "url": url })).await;
     }
 
-    async fn current_url(&self) -> String {
+    pub(crate) async fn current_url(&self) -> String {
         self.get("/url").await.as_str().unwrap_or_default().to_owned()
     }
 
-    async fn title(&self) -> String {
+    pub(crate) async fn title(&self) -> String {
         self.get("/title").await.as_str().unwrap_or_default().to_owned()
     }
 
     /// The rendered text of the page, as a person reads it, once it is loaded. An
     /// error while a navigation replaces the page (a stale element) is "not yet".
-    async fn loaded_text(&self) -> Result<String, String> {
+    pub(crate) async fn loaded_text(&self) -> Result<String, String> {
         let ready = self
             .try_call(
                 reqwest::Method::POST,
@@ -225,17 +230,33 @@ impl Browser {
         Ok(text.as_str().unwrap_or_default().to_owned())
     }
 
-    async fn find(&self, using: &str, value: &str) -> String {
+    pub(crate) async fn find(&self, using: &str, value: &str) -> String {
         let v = self.post("/element", json!({ "using": using, "value": value })).await;
         v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {value}: {v}")).to_owned()
     }
 
-    async fn click(&self, element: &str) {
+    pub(crate) async fn click(&self, element: &str) {
         self.post(&format!("/element/{element}/click"), json!({})).await;
     }
 
+    /// Types `text` into a field.
+    pub(crate) async fn type_into(&self, element: &str, text: &str) {
+        self.post(&format!("/element/{element}/value"), json!({ "text": text })).await;
+    }
+
+    /// The page's markup as the browser holds it.
+    pub(crate) async fn source(&self) -> String {
+        self.get("/source").await.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The value of the cookie `name`, if the browser holds one.
+    pub(crate) async fn cookie(&self, name: &str) -> Option<String> {
+        let v = self.try_call(reqwest::Method::GET, &format!("/cookie/{name}"), None).await.ok()?;
+        v["value"].as_str().map(str::to_owned)
+    }
+
     /// Waits until the loaded page's text holds `needle`.
-    async fn wait_for_text(&self, needle: &str) -> String {
+    pub(crate) async fn wait_for_text(&self, needle: &str) -> String {
         let started = Instant::now();
         loop {
             let text = self.loaded_text().await;
@@ -257,7 +278,7 @@ impl Browser {
 
     /// Emulates a viewport of `width`×`height` CSS pixels (a phone: a mobile
     /// browser, the viewport meta tag honoured), at a device pixel ratio of 1.
-    async fn viewport(&self, width: u32, height: u32, phone: bool) {
+    pub(crate) async fn viewport(&self, width: u32, height: u32, phone: bool) {
         self.post(
             "/goog/cdp/execute",
             json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": {
@@ -270,7 +291,12 @@ impl Browser {
 
     /// Screenshots at each width to `target/screenshots/click-{name}-{width}.png`;
     /// leaves the phone's viewport on, as a person on a phone goes on.
-    async fn screenshots(&self, name: &str) -> Vec<PathBuf> {
+    pub(crate) async fn screenshots(&self, name: &str) -> Vec<PathBuf> {
+        self.screenshots_as("click", name).await
+    }
+
+    /// [`Browser::screenshots`] to `target/screenshots/{prefix}-{name}-{width}.png`.
+    pub(crate) async fn screenshots_as(&self, prefix: &str, name: &str) -> Vec<PathBuf> {
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let mut saved = Vec::new();
@@ -281,7 +307,7 @@ impl Browser {
             assert_eq!(png.get(..8), Some(&b"\x89PNG\r\n\x1a\n"[..]), "a PNG");
             let png_width = u32::from_be_bytes(png[16..20].try_into().unwrap());
             assert_eq!(png_width, width, "{name}: the screenshot is {png_width} px wide");
-            let path = dir.join(format!("click-{name}-{label}.png"));
+            let path = dir.join(format!("{prefix}-{name}-{label}.png"));
             std::fs::write(&path, &png).unwrap();
             saved.push(path);
         }
@@ -294,7 +320,7 @@ impl Browser {
     /// (chromedriver's `/shutdown` alone leaves it running), then the driver goes.
     /// Raw requests, so that this works from `drop` too; the browser's process is
     /// ended by its id should it still be there.
-    fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         let request = |method: &str, path: &str| {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(30)));

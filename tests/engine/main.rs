@@ -4,6 +4,7 @@
 mod browser;
 mod click;
 mod common;
+mod dashboard;
 mod metrics;
 mod outcomes;
 mod overlap;
