@@ -11,3 +11,4 @@ mod proof;
 mod runs;
 mod throttle;
 mod webhooks;
+mod windows;
