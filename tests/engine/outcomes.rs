@@ -47,7 +47,7 @@ fn user_of(env: &Env, email: &str) -> String {
     env.sandbox.users().into_iter().find(|u| u.email.as_str() == email).expect("a sandbox user").user_id.to_string()
 }
 
-fn reverify(env: &Env) -> Command {
+pub(crate) fn reverify(env: &Env) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reverify"));
     let s = &env.settings;
     cmd.env_clear()
@@ -59,7 +59,7 @@ fn reverify(env: &Env) -> Command {
     cmd
 }
 
-fn stdout_of(cmd: &mut Command) -> String {
+pub(crate) fn stdout_of(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()

@@ -17,6 +17,7 @@ use reverify::store::users::UserUpsert;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Env, campaign_toml};
+use crate::outcomes::{reverify, stdout_of};
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -154,7 +155,24 @@ both_engines!(tokyo_london_and_los_angeles_each_get_their_message_in_their_own_h
             "2026-11-27T08:00:00Z" => {
                 assert!(by_zone("Asia/Tokyo") > 0 && by_zone("Mars/Olympus") > 0);
                 assert_eq!(by_zone("Europe/London") + by_zone("America/Los_Angeles"), 0);
-                assert!(deferred_for_window(&env, campaign.campaign_id).await > 0);
+                let waiting = deferred_for_window(&env, campaign.campaign_id).await;
+                assert!(waiting > 0);
+                // status and plan say how many wait, and when the next window opens
+                let status = stdout_of(reverify(&env).args(["campaign", "status", "windows"]));
+                let line =
+                    format!("window     {waiting} wait for their send window; the next opens at 2026-11-27T09:00:00Z");
+                assert!(status.contains(&line), "{status}");
+                let json = stdout_of(reverify(&env).args(["campaign", "status", "windows", "--json"]));
+                let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+                assert_eq!(doc["waiting_for_send_window"], waiting);
+                let plan = stdout_of(reverify(&env).args(["campaign", "plan", "windows"]));
+                let row = |name: &str| {
+                    plan.lines()
+                        .find(|l| l.trim_start().starts_with(name))
+                        .map(|l| l[name.len() + 2..].trim().to_owned())
+                };
+                assert_eq!(row("targets waiting for it"), Some(waiting.to_string()), "{plan}");
+                assert_eq!(row("next window opens at").as_deref(), Some("2026-11-27T09:00:00Z"), "{plan}");
             }
             // London opens at 09:00, Los Angeles at 17:00 UTC (a London user whose
             // rejection cooldown ended may be sent at 16:30: their window is open)
