@@ -4,6 +4,7 @@
 mod browser;
 mod click;
 mod common;
+mod locales;
 mod metrics;
 mod outcomes;
 mod overlap;
