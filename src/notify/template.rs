@@ -109,7 +109,7 @@ impl fmt::Debug for Templates {
 /// The locale a message was rendered in, and how it was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocaleMatch {
-    /// The user's exact locale, or their language when that is all they have.
+    /// The user's exact locale.
     Exact,
     /// The language of the user's locale (`de-AT` → `de`).
     Language,
@@ -313,23 +313,14 @@ impl Templates {
         let have = &self.locales[name];
         let chain =
             crate::domain::locale::fallback_chain(msg.recipient.locale.as_deref(), &msg.delivery.default_locale);
-        let last = chain.len() - 1;
-        for (i, tag) in chain.iter().enumerate() {
+        let user_tag = msg.recipient.locale.as_deref().and_then(crate::domain::locale::normalize);
+        for tag in &chain {
             if have.contains(tag) {
-                let how = if i == last && i > 0 {
-                    LocaleMatch::Default
-                } else if i == 0 || (i == 1 && last == 1) {
-                    LocaleMatch::Exact
-                } else {
-                    LocaleMatch::Language
-                };
-                // a user whose only tag is a language (`fr`) has no language fallback
-                let how = if how == LocaleMatch::Language
-                    && msg.recipient.locale.as_deref().map(crate::domain::locale::normalize) == Some(Some(tag.clone()))
-                {
-                    LocaleMatch::Exact
-                } else {
-                    how
+                let how = match &user_tag {
+                    Some(u) if u == tag => LocaleMatch::Exact,
+                    Some(u) if crate::domain::locale::language_of(u) == *tag => LocaleMatch::Language,
+                    // no locale on file, or none of theirs: the campaign's default
+                    _ => LocaleMatch::Default,
                 };
                 return Ok((tag.clone(), how));
             }
@@ -750,6 +741,8 @@ mod tests {
 
         let fr = t.render(&for_locale(Some("fr"))).unwrap();
         assert_eq!(fr.matched, LocaleMatch::Exact);
+        // an English user is no fallback to the default
+        assert_eq!(t.render(&for_locale(Some("en-GB"))).unwrap().matched, LocaleMatch::Language);
         assert!(fr.text.contains("vendredi 27 novembre 2026 à 16:00 CET"));
 
         // the campaign's default locale ends the chain
