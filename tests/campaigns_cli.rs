@@ -327,3 +327,60 @@ both_engines!(apply_versions_and_status_changes, |db: TestDb| async move {
     );
     assert!(events.iter().all(|e| e.actor.starts_with("cli:tester@")), "{events:?}");
 });
+
+/// `campaign validate` checks every locale of every template, and the new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_names_a_locale_missing_a_file_or_a_variable_and_bad_windows() {
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tpl = d.join("templates");
+    let write = |rel: &str, text: &str| {
+        let p = tpl.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    for (locale, word) in [("en", "until"), ("de", "bis")] {
+        write(&format!("default/{locale}/subject.txt"), "Verify");
+        write(&format!("default/{locale}/body.txt"), &format!("{{{{ link }}}} {word} {{{{ expires_at }}}}"));
+        write(
+            &format!("default/{locale}/body.html"),
+            &format!("<a href=\"{{{{ link }}}}\">{word} {{{{ expires_at }}}}</a>"),
+        );
+    }
+    std::fs::write(d.join("c.toml"), SPEC).unwrap();
+    let validate = || {
+        reverify(&db, d).env("REVERIFY_TEMPLATES_DIR", &tpl).args(["campaign", "validate", "c.toml"]).output().unwrap()
+    };
+    let ok = validate();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    // a translation that lost the expiry
+    write("default/de/body.txt", "{{ link }}");
+    let out = validate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("default/de/body.txt: missing variable {{ expires_at }}"), "{err}");
+
+    // a locale without its HTML
+    write("default/de/body.txt", "{{ link }} bis {{ expires_at }}");
+    std::fs::remove_file(tpl.join("default/de/body.html")).unwrap();
+    let out = validate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("default/de/body.html") && err.contains("missing"), "{err}");
+    write("default/de/body.html", "<a href=\"{{ link }}\">bis {{ expires_at }}</a>");
+
+    // a default locale the template does not have, a window that is not one
+    for (change, expect) in [
+        ("default_locale = \"fr\"", "default/fr"),
+        ("send_window = \"9-17\"", "`delivery.send_window`"),
+        ("send_days = [\"monday\"]", "`delivery.send_days`"),
+    ] {
+        std::fs::write(d.join("c.toml"), SPEC.replace("[delivery]\n", &format!("[delivery]\n{change}\n"))).unwrap();
+        let out = validate();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{change}");
+        assert!(err.contains("c.toml") && err.contains(expect), "{change}: {err}");
+    }
+}

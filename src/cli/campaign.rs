@@ -77,6 +77,28 @@ pub enum CampaignCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Render exactly what a message of the campaign would be, for a user in the
+    /// database or a sample user, in their locale (or --locale), with a clearly fake
+    /// link. Makes no API call and sends nothing.
+    Preview {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// The user to render it for (default: a sample user).
+        #[arg(long, value_name = "ID", value_parser = |s: &str| reverify::domain::UserId::parse(s))]
+        user: Option<reverify::domain::UserId>,
+        /// Render in this locale instead of the user's (the fallback chain applies).
+        #[arg(long, value_name = "L")]
+        locale: Option<String>,
+        /// 0 for the first message, N for the N-th reminder.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        step: u32,
+        /// text (subject and plain text), html, or eml (the whole email).
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::preview::PreviewFormat,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Put every failed target back in the queue for the next run.
     RetryFailed {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
@@ -147,6 +169,9 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             let (store, c) = existing(ctx, &name).await?;
             super::status::plan(&store, &c, json).await
         }
+        CampaignCommand::Preview { name, user, locale, step, format, output } => {
+            super::preview::preview(ctx, super::preview::PreviewArgs { name, user, locale, step, format, output }).await
+        }
         CampaignCommand::RetryFailed { name } => {
             let (store, c) = existing(ctx, &name).await?;
             super::status::retry_failed(&store, &c).await
@@ -163,7 +188,10 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
 }
 
 /// The store and the named campaign, or an error that says how to create it.
-async fn existing(ctx: &Context, name: &CampaignName) -> anyhow::Result<(reverify::store::Store, CampaignRecord)> {
+pub(super) async fn existing(
+    ctx: &Context,
+    name: &CampaignName,
+) -> anyhow::Result<(reverify::store::Store, CampaignRecord)> {
     let store = ctx.store().await?;
     let c = store.campaign_get(name).await?.ok_or_else(|| {
         anyhow::anyhow!("no campaign named {name}; apply its file first (reverify campaign apply FILE)")

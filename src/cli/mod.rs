@@ -28,6 +28,7 @@ mod bench_report;
 mod campaign;
 mod daemon;
 mod demo;
+mod preview;
 mod report;
 mod run;
 mod sandbox;

@@ -11,6 +11,7 @@ use super::exit;
 pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Result<u8> {
     let now = Utc::now();
     let p = store.campaign_progress(c.campaign_id, now).await?;
+    let (waiting, next_window) = store.target_window_waiting(c.campaign_id).await?;
     if json {
         let doc = serde_json::json!({
             "campaign": c.name.as_str(),
@@ -30,6 +31,8 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
             "due_now": p.due_now,
             "eta_seconds": p.eta_seconds(),
             "next_deferred_at": p.next_deferred_at,
+            "waiting_for_send_window": waiting,
+            "next_window_opens_at": next_window,
             "last_run_at": c.last_run_at,
             "funnel": p.funnel,
         });
@@ -84,6 +87,12 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
     if let Some(t) = p.next_deferred_at {
         println!("next       deferred users become due at {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     }
+    if let Some(t) = next_window {
+        println!(
+            "window     {waiting} wait for their send window; the next opens at {}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     Ok(exit::OK)
 }
 
@@ -94,12 +103,19 @@ fn secs(s: f64) -> std::time::Duration {
 /// Prints who a run would target now, without calling the API.
 pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Result<u8> {
     let spec = c.spec()?;
-    let buckets = store.campaign_plan(c.campaign_id, &spec.audience, Utc::now()).await?;
+    let now = Utc::now();
+    let buckets = store.campaign_plan(c.campaign_id, &spec.audience, now).await?;
+    let window = window_forecast(store, c, &spec, now).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "campaign": c.name.as_str(), "buckets": buckets }))?
-        );
+        let mut doc = serde_json::json!({ "campaign": c.name.as_str(), "buckets": buckets });
+        if let Some(w) = &window {
+            doc["send_window"] = serde_json::json!({
+                "new_targets_outside_window": w.new_outside,
+                "waiting_for_send_window": w.waiting,
+                "next_window_opens_at": w.next,
+            });
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit::OK);
     }
     let get = |b: &str| buckets.iter().find(|x| x.bucket == b).map_or(0, |x| x.count);
@@ -113,7 +129,46 @@ pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Resu
     for b in buckets.iter().filter(|b| !b.bucket.starts_with("target")) {
         println!("  {:<28} {}", b.bucket, b.count);
     }
+    if let Some(w) = window {
+        println!("send window");
+        println!("  {:<28} {}", "new targets outside it now", w.new_outside);
+        println!("  {:<28} {}", "targets waiting for it", w.waiting);
+        match w.next {
+            Some(t) => {
+                println!("  {:<28} {}", "next window opens at", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            }
+            None => println!("  {:<28} -", "next window opens at"),
+        }
+    }
     Ok(exit::OK)
+}
+
+/// Who waits for the campaign's send window: the users a run would add now whose
+/// window is closed, the targets already waiting, and the earliest opening.
+struct WindowForecast {
+    new_outside: i64,
+    waiting: i64,
+    next: Option<chrono::DateTime<Utc>>,
+}
+
+async fn window_forecast(
+    store: &Store,
+    c: &CampaignRecord,
+    spec: &reverify::domain::CampaignSpec,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<Option<WindowForecast>> {
+    let Some(window) = spec.delivery.window() else { return Ok(None) };
+    let campaign_zone: chrono_tz::Tz = spec.timezone.parse().unwrap_or(chrono_tz::Tz::UTC);
+    let (waiting, mut next) = store.target_window_waiting(c.campaign_id).await?;
+    let mut new_outside = 0;
+    for (zone, n) in store.campaign_plan_zones(c.campaign_id, &spec.audience, now).await? {
+        let (tz, _) = reverify::domain::window::user_zone(zone.as_deref(), campaign_zone);
+        if let Some(at) = window.next_opening(now, tz) {
+            new_outside += n;
+            next = Some(next.map_or(at, |x| x.min(at)));
+        }
+    }
+    Ok(Some(WindowForecast { new_outside, waiting, next }))
 }
 
 /// Puts every failed target back in the queue.

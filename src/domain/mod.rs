@@ -5,10 +5,12 @@
 pub mod clock;
 pub mod endpoint;
 pub mod ids;
+pub mod locale;
 pub mod policy;
 pub mod schedule;
 pub mod session_url;
 pub mod spec;
+pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{CampaignName, EmailAddress, IdError, Region, UserId, VerificationState};

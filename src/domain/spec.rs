@@ -142,6 +142,31 @@ pub struct Delivery {
     /// How long a click-through link works (default 14 days).
     #[serde(default = "default_link_ttl")]
     pub link_ttl: HumanDuration,
+    /// The locale of the templates used when neither the user's locale nor its
+    /// language has one (default `en`).
+    #[serde(default = "default_locale")]
+    pub default_locale: String,
+    /// `"09:00-19:00"`: the hours, in each user's time zone, when messages may leave
+    /// (absent: any hour). See [`super::window::SendWindow`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_window: Option<String>,
+    /// `["mon", …]`: the days a window opens on (absent: every day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_days: Option<Vec<String>>,
+}
+
+impl Delivery {
+    /// The send window, when the campaign has one (validated with the spec).
+    pub fn window(&self) -> Option<super::window::SendWindow> {
+        if self.send_window.is_none() && self.send_days.is_none() {
+            return None;
+        }
+        super::window::SendWindow::parse(self.send_window.as_deref(), self.send_days.as_deref()).ok()
+    }
+}
+
+fn default_locale() -> String {
+    "en".into()
 }
 
 fn default_link_ttl() -> HumanDuration {
@@ -250,6 +275,9 @@ fn default_delivery() -> Delivery {
         webhook_url: None,
         link: LinkMode::Direct,
         link_ttl: default_link_ttl(),
+        default_locale: default_locale(),
+        send_window: None,
+        send_days: None,
     }
 }
 
@@ -399,6 +427,15 @@ impl CampaignSpec {
             && (d.link_ttl.0 < Duration::from_secs(3600) || d.link_ttl.0 > Duration::from_secs(90 * 86_400))
         {
             return invalid("delivery.link_ttl", "must be from 1h to 90d".into());
+        }
+        if super::locale::normalize(&d.default_locale).is_none() {
+            return invalid(
+                "delivery.default_locale",
+                format!("{:?} is not a locale tag like \"en\" or \"de-DE\"", d.default_locale),
+            );
+        }
+        if let Err(e) = super::window::SendWindow::parse(d.send_window.as_deref(), d.send_days.as_deref()) {
+            return invalid(e.field, e.message);
         }
         let t = &self.throttle;
         if !(t.requests_per_second.is_finite() && t.requests_per_second > 0.0 && t.requests_per_second <= 100_000.0) {

@@ -211,6 +211,10 @@ pub(crate) struct RunShared {
     undelivered_in_a_row: std::sync::atomic::AtomicU32,
     /// Set for a `delivery.link = "click"` campaign.
     click: Option<ClickLinks>,
+    /// `delivery.send_window` / `send_days`, read in each user's zone.
+    window: Option<crate::domain::window::SendWindow>,
+    /// The campaign's `timezone`: the window's zone for a user without a valid one.
+    campaign_zone: chrono_tz::Tz,
 }
 
 /// Deliveries in a row that may fail for want of the channel (SMTP refusing
@@ -367,6 +371,8 @@ impl Run {
             store_failure: std::sync::Mutex::new(None),
             undelivered_in_a_row: std::sync::atomic::AtomicU32::new(0),
             click,
+            window: self.spec.delivery.window(),
+            campaign_zone: self.spec.timezone.parse().unwrap_or(chrono_tz::Tz::UTC),
         });
         // A stop asked from outside, or an abort from inside, ends the claiming.
         let halt = CancellationToken::new();

@@ -55,6 +55,13 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
         return Ok(Outcome::Failed("delivery_unknown"));
     }
 
+    // 0b. the send window, in the user's zone: outside it the target waits, deferred
+    // to the next opening, before any API call, session or link, with its claim
+    // given back (the attempt too)
+    if let Some(at) = outside_window(s, t) {
+        return settle(s, t, "deferred", SEND_WINDOW, Some(at)).await;
+    }
+
     // 1. a fresh state, so that a user who verified since the import is not asked again
     let mut fresh = None;
     if s.config.fresh_state {
@@ -224,6 +231,21 @@ async fn send_link(
         warn!("the claim expired while the message was being sent");
     }
     Ok(delivered_outcome(delivered))
+}
+
+/// The reason a target waits for its send window.
+pub(crate) const SEND_WINDOW: &str = "send_window";
+
+/// When the campaign has a send window and `t`'s user is outside it now: the
+/// instant it next opens, in the user's zone (the campaign's when theirs is missing
+/// or unknown, counted in `reverify_timezone_fallbacks_total`).
+fn outside_window(s: &RunShared, t: &ClaimedTarget) -> Option<DateTime<Utc>> {
+    let window = s.window.as_ref()?;
+    let (tz, fell_back) = crate::domain::window::user_zone(t.timezone.as_deref(), s.campaign_zone);
+    if fell_back {
+        crate::telemetry::global().timezone_fallback(&s.campaign_name);
+    }
+    window.next_opening(s.now(), tz)
 }
 
 /// How long the ledger counts a session (see [`SessionLife`]).

@@ -129,11 +129,15 @@ pub fn check_delivery(
     }
     match delivery.channel {
         Channel::Email => {
+            // every user's fallback chain ends at the default locale: each template
+            // the campaign sends must have it
             templates
-                .require(&delivery.template)
+                .require_locale(&delivery.template, &delivery.default_locale)
                 .map_err(|e| NotifyError::config("delivery.template", e.to_string()))?;
             if let Some(t) = reminder_template {
-                templates.require(t).map_err(|e| NotifyError::config("reminders.template", e.to_string()))?;
+                templates
+                    .require_locale(t, &delivery.default_locale)
+                    .map_err(|e| NotifyError::config("reminders.template", e.to_string()))?;
             }
             match delivery.from.as_deref() {
                 None => return Err(NotifyError::config("delivery.from", "the email channel needs a From address")),

@@ -2,14 +2,21 @@
 //! outbox, so that a demo's `.eml` files show exactly what production would send.
 //!
 //! It is `multipart/alternative` (plain text first, then HTML), with From, To,
-//! Reply-To, Subject, Date, a Message-ID in the sender's domain, and
+//! Reply-To, Subject, Date, a Message-ID in the sender's domain,
+//! `Auto-Submitted: auto-generated` (RFC 3834: no vacation auto-replies), and
 //! `X-Reverify-Campaign` / `X-Reverify-Step` so that a mailbox or a bounce can be traced
 //! to its campaign without any lookup.
+//!
+//! The Message-ID is stable: a digest of the campaign, the user, the step and the
+//! link's expiry, so the same message built again (a retry, a rebuilt email) has the
+//! same id, and a new link (a reminder, a retry-failed) a new one. The MIME boundary
+//! comes from the same digest.
 
 use std::time::SystemTime;
 
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use sha2::{Digest as _, Sha256};
 
 use super::template::Rendered;
 use super::{Message, NotifyError};
@@ -43,10 +50,10 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
     let to = Mailbox::new((!name.is_empty()).then_some(name), address);
 
     // The Message-ID is ours (not the host name lettre would use) so that replies and
-    // bounces can be matched; the random part makes it unique per message. The
-    // notifier builds a message once and sends that one on every retry, so that a
-    // retry carries the same Message-ID (a receiver that got both can drop one).
-    let message_id = format!("{}@{}", uuid::Uuid::new_v4().simple(), from.email.domain());
+    // bounces can be matched. It names no user: a digest of what makes the message
+    // this message.
+    let digest = message_digest(msg);
+    let message_id = format!("{}@{}", &digest[..32], from.email.domain());
     let mut builder = lettre::Message::builder()
         .from(from)
         .to(to)
@@ -57,7 +64,8 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
             HeaderName::new_from_ascii_str("X-Reverify-Campaign"),
             msg.campaign.as_str().to_owned(),
         ))
-        .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("X-Reverify-Step"), msg.step.to_string()));
+        .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("X-Reverify-Step"), msg.step.to_string()))
+        .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-generated".to_owned()));
     if let Some(rt) = msg.delivery.reply_to.as_deref() {
         let mbox: Mailbox = rt
             .parse()
@@ -65,8 +73,28 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
         builder = builder.reply_to(mbox);
     }
     builder
-        .multipart(MultiPart::alternative_plain_html(rendered.text.to_string(), rendered.html.to_string()))
+        .multipart(
+            MultiPart::alternative()
+                .boundary(format!("reverify-{}", &digest[32..56]))
+                .singlepart(SinglePart::plain(rendered.text.to_string()))
+                .singlepart(SinglePart::html(rendered.html.to_string())),
+        )
         .map_err(|e| NotifyError::permanent(format!("the email cannot be built: {e}")))
+}
+
+/// SHA-256, in hex, of the campaign, the user, the step and the expiry (ms).
+fn message_digest(msg: &Message) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        msg.campaign.as_str(),
+        msg.recipient.user_id.as_str(),
+        &msg.step.to_string(),
+        &msg.expires_at.timestamp_millis().to_string(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
 }
 
 /// The Message-ID of a built email, without angle brackets.

@@ -39,7 +39,7 @@ pub use error::NotifyError;
 pub use outbox::{Outbox, is_message_name};
 pub use retry::RetryPolicy;
 pub use smtp::{SmtpConfig, SmtpSender, TlsMode};
-pub use template::{Rendered, TemplateError, Templates};
+pub use template::{LocaleMatch, Rendered, SHIPPED_LOCALES, TEXT_WIDTH, TemplateError, Templates, wrap_text};
 pub use webhook::{WebhookPayload, WebhookSender, sign_webhook};
 
 use crate::config::Settings;
@@ -258,6 +258,9 @@ impl Notifier {
                     NotifyError::config("smtp_url", "the campaign sends email: set smtp_url (or outbox_dir)")
                 })?;
                 let rendered = self.templates.render(msg)?;
+                if rendered.matched != LocaleMatch::Exact {
+                    crate::telemetry::global().locale_fallback(msg.campaign.as_str(), rendered.matched.as_str());
+                }
                 let email = build_email(msg, &rendered).map_err(scrub)?;
                 Ok(Outgoing::Email(sender, email))
             }

@@ -1,7 +1,15 @@
-//! Message templates: one directory per template under `templates_dir`, each with
-//! `subject.txt`, `body.txt` and `body.html`, rendered with minijinja.
+//! Message templates: one directory per template under `templates_dir`, one
+//! directory per locale in it, each with `subject.txt`, `body.txt` and `body.html`,
+//! rendered with minijinja.
 //!
 //! Decisions:
+//! - A user gets the first locale of their chain that the template has: their exact
+//!   tag, its language, the campaign's `delivery.default_locale`
+//!   ([`crate::domain::locale::fallback_chain`]). The `lang` attribute and every date
+//!   follow the locale actually used, so a Dutch user given the English text gets
+//!   `lang="en"` and English month names.
+//! - The plain-text part is wrapped at 76 columns after rendering (names and dates
+//!   make lines longer than their template), never inside a word or a link.
 //! - Every template is read and compiled once, at start, and then rendered against
 //!   sample messages (first message and reminder, both regions, with and without a
 //!   name): a syntax error *or* a misspelt variable stops the run before any session
@@ -12,15 +20,16 @@
 //!   text here: with it on, an error would print the template's variables, the link
 //!   among them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use chrono_tz::Tz;
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use zeroize::Zeroizing;
 
+use crate::domain::locale::Lang;
 use crate::domain::spec::Delivery;
 use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
 
@@ -65,6 +74,9 @@ pub struct Rendered {
     pub subject: String,
     pub text: Zeroizing<String>,
     pub html: Zeroizing<String>,
+    /// The template locale used (`de`), and how it was chosen.
+    pub locale: String,
+    pub matched: LocaleMatch,
 }
 
 impl fmt::Debug for Rendered {
@@ -73,59 +85,88 @@ impl fmt::Debug for Rendered {
             .field("subject", &self.subject)
             .field("text_len", &self.text.len())
             .field("html_len", &self.html.len())
+            .field("locale", &self.locale)
             .finish()
     }
 }
 
-/// Every template under one directory, compiled.
+/// Every template under one directory, compiled: each name in one or more locales.
 pub struct Templates {
     env: Environment<'static>,
     dir: PathBuf,
-    names: BTreeSet<String>,
+    /// name → its locales (normalized tags)
+    locales: BTreeMap<String, BTreeSet<String>>,
+    /// Templates written in the layout before issue 17 (`NAME/FILE`), read as `en`.
+    flat: BTreeSet<String>,
 }
 
 impl fmt::Debug for Templates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Templates").field("dir", &self.dir).field("names", &self.names).finish()
+        f.debug_struct("Templates").field("dir", &self.dir).field("locales", &self.locales).finish()
     }
 }
 
+/// The locale a message was rendered in, and how it was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocaleMatch {
+    /// The user's exact locale.
+    Exact,
+    /// The language of the user's locale (`de-AT` → `de`).
+    Language,
+    /// The campaign's `delivery.default_locale`: nothing nearer exists.
+    Default,
+}
+
+impl LocaleMatch {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocaleMatch::Exact => "exact",
+            LocaleMatch::Language => "language",
+            LocaleMatch::Default => "default",
+        }
+    }
+}
+
+/// The locale the shipped templates are written in.
+pub const SHIPPED_LOCALES: [&str; 7] = ["en", "de", "fr", "es", "it", "nl", "pt"];
+
 impl Templates {
-    /// Loads, compiles and checks every template directory under `dir`.
+    /// Loads, compiles and checks every template under `dir`: `NAME/LOCALE/FILE`,
+    /// or `NAME/FILE` (the layout before locales, read as the `en` version).
     ///
     /// # Errors
     /// [`TemplateError`] naming the directory or the file (and line) at fault: an
     /// unreadable directory, a missing file, a syntax error, a variable that does not
-    /// exist.
+    /// exist, a locale version that leaves out a variable another one uses.
     pub fn load(dir: &Path) -> Result<Self, TemplateError> {
-        let dir_name = dir.display().to_string();
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| TemplateError::Dir { dir: dir_name.clone(), message: e.to_string() })?;
-        let mut subdirs = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| TemplateError::Dir { dir: dir_name.clone(), message: e.to_string() })?;
-            if entry.path().is_dir() {
-                subdirs.push(entry.path());
-            }
-        }
-        subdirs.sort();
         let mut sources = Vec::new();
-        for sub in subdirs {
-            let Some(name) = sub.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
-            if name.starts_with('.') {
+        for (name, sub) in subdirs(dir)? {
+            if TEMPLATE_FILES.iter().any(|f| sub.join(f).exists()) {
+                for file in TEMPLATE_FILES {
+                    sources.push((format!("{name}/{file}"), read_template(&sub.join(file))?));
+                }
                 continue;
             }
-            for file in TEMPLATE_FILES {
-                let path = sub.join(file);
-                let text = std::fs::read_to_string(&path).map_err(|e| TemplateError::File {
-                    file: path.display().to_string(),
-                    message: if e.kind() == std::io::ErrorKind::NotFound {
-                        "missing: a template directory needs subject.txt, body.txt and body.html".to_owned()
-                    } else {
-                        format!("cannot read: {e}")
-                    },
-                })?;
-                sources.push((format!("{name}/{file}"), text));
+            let locales = subdirs(&sub)?;
+            if locales.is_empty() {
+                return Err(TemplateError::File {
+                    file: sub.display().to_string(),
+                    message: "empty: a template has a directory per locale (en/, de/, …) holding subject.txt, \
+                              body.txt and body.html"
+                        .to_owned(),
+                });
+            }
+            for (locale, path) in locales {
+                if crate::domain::locale::normalize(&locale).as_deref() != Some(locale.as_str()) {
+                    return Err(TemplateError::File {
+                        file: path.display().to_string(),
+                        message: "not a locale directory: name it by a locale tag such as en, de or pt-BR".to_owned(),
+                    });
+                }
+                for file in TEMPLATE_FILES {
+                    sources.push((format!("{name}/{locale}/{file}"), read_template(&path.join(file))?));
+                }
             }
         }
         Self::from_sources(dir, sources)
@@ -138,19 +179,25 @@ impl Templates {
     /// # Errors
     /// Never for the shipped files; a test compiles them.
     pub fn builtin() -> Result<Self, TemplateError> {
-        macro_rules! shipped {
-            ($($name:literal),*) => {
-                vec![$(
-                    (format!("{}/subject.txt", $name), include_str!(concat!("../../jobs/templates/", $name, "/subject.txt")).to_owned()),
-                    (format!("{}/body.txt", $name), include_str!(concat!("../../jobs/templates/", $name, "/body.txt")).to_owned()),
-                    (format!("{}/body.html", $name), include_str!(concat!("../../jobs/templates/", $name, "/body.html")).to_owned()),
-                )*]
-            };
+        macro_rules! one {
+            ($v:ident, $name:literal, $($locale:literal),*) => {$(
+                for (file, text) in [
+                    ("subject.txt", include_str!(concat!("../../jobs/templates/", $name, "/", $locale, "/subject.txt"))),
+                    ("body.txt", include_str!(concat!("../../jobs/templates/", $name, "/", $locale, "/body.txt"))),
+                    ("body.html", include_str!(concat!("../../jobs/templates/", $name, "/", $locale, "/body.html"))),
+                ] {
+                    $v.push((format!("{}/{}/{file}", $name, $locale), text.to_owned()));
+                }
+            )*};
         }
-        Self::from_sources(Path::new("(built-in templates)"), shipped!("default", "reminder"))
+        let mut v = Vec::new();
+        one!(v, "default", "en", "de", "fr", "es", "it", "nl", "pt");
+        one!(v, "reminder", "en", "de", "fr", "es", "it", "nl", "pt");
+        Self::from_sources(Path::new("(built-in templates)"), v)
     }
 
-    /// Compiles templates given as (`NAME/FILE`, source) pairs; `dir` is used in errors.
+    /// Compiles templates given as (`NAME/LOCALE/FILE`, source) pairs (or `NAME/FILE`,
+    /// read as the `en` version); `dir` is used in errors.
     ///
     /// # Errors
     /// As [`Templates::load`].
@@ -160,14 +207,43 @@ impl Templates {
         env.set_debug(false);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        let mut names = BTreeSet::new();
+        let mut locales: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut flat = BTreeSet::new();
+        let mut keys = Vec::new();
         for (key, text) in sources {
-            if let Some((name, _)) = key.split_once('/') {
-                names.insert(name.to_owned());
-            }
-            env.add_template_owned(key, text).map_err(|e| broken(dir, &e))?;
+            let parts: Vec<&str> = key.split('/').collect();
+            let (name, locale, file) = match parts.as_slice() {
+                [name, file] => {
+                    flat.insert((*name).to_owned());
+                    ((*name).to_owned(), "en".to_owned(), (*file).to_owned())
+                }
+                [name, locale, file] => ((*name).to_owned(), (*locale).to_owned(), (*file).to_owned()),
+                _ => {
+                    return Err(TemplateError::File {
+                        file: dir.join(&key).display().to_string(),
+                        message: "not NAME/LOCALE/FILE".to_owned(),
+                    });
+                }
+            };
+            locales.entry(name.clone()).or_default().insert(locale.clone());
+            keys.push(format!("{name}/{locale}/{file}"));
+            env.add_template_owned(format!("{name}/{locale}/{file}"), text).map_err(|e| broken_in(dir, &flat, &e))?;
         }
-        let templates = Self { env, dir: dir.to_path_buf(), names };
+        let templates = Self { env, dir: dir.to_path_buf(), locales, flat };
+        for key in &keys {
+            // a locale version with one file but not the others
+            let (name, rest) = key.split_once('/').unwrap_or((key, ""));
+            let locale = rest.split('/').next().unwrap_or("");
+            for file in TEMPLATE_FILES {
+                let want = format!("{name}/{locale}/{file}");
+                if templates.env.get_template(&want).is_err() {
+                    return Err(TemplateError::File {
+                        file: templates.display_path(&want),
+                        message: "missing: each locale directory needs subject.txt, body.txt and body.html".to_owned(),
+                    });
+                }
+            }
+        }
         templates.check_all()?;
         Ok(templates)
     }
@@ -179,7 +255,12 @@ impl Templates {
 
     /// The template names found, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
+        self.locales.keys().map(String::as_str)
+    }
+
+    /// The locales a template is written in, sorted (empty for an unknown name).
+    pub fn locales_of(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.locales.get(name).into_iter().flatten().map(String::as_str)
     }
 
     /// Fails when there is no template called `name`.
@@ -187,32 +268,79 @@ impl Templates {
     /// # Errors
     /// [`TemplateError::Unknown`], listing the templates there are.
     pub fn require(&self, name: &str) -> Result<(), TemplateError> {
-        if self.names.contains(name) {
+        if self.locales.contains_key(name) {
             return Ok(());
         }
         Err(TemplateError::Unknown {
             name: name.to_owned(),
             dir: self.dir.display().to_string(),
-            available: if self.names.is_empty() {
+            available: if self.locales.is_empty() {
                 "none".to_owned()
             } else {
-                self.names.iter().cloned().collect::<Vec<_>>().join(", ")
+                self.locales.keys().cloned().collect::<Vec<_>>().join(", ")
             },
         })
     }
 
-    /// Renders the message's template (`msg.delivery.template`). The campaign's
+    /// Fails when `name` has no version in `locale` (a campaign's
+    /// `delivery.default_locale`, the end of every user's fallback chain).
+    ///
+    /// # Errors
+    /// [`TemplateError::Unknown`] or [`TemplateError::File`] naming the missing directory.
+    pub fn require_locale(&self, name: &str, locale: &str) -> Result<(), TemplateError> {
+        self.require(name)?;
+        let tag = crate::domain::locale::normalize(locale).unwrap_or_else(|| locale.to_owned());
+        if self.locales.get(name).is_some_and(|l| l.contains(&tag)) {
+            return Ok(());
+        }
+        Err(TemplateError::File {
+            file: self.dir.join(name).join(&tag).display().to_string(),
+            message: format!(
+                "missing: the default locale {tag:?} needs a version of template {name:?} (it has: {})",
+                self.locales_of(name).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// The locale `msg` is rendered in: the first of the user's fallback chain
+    /// (exact tag, language, the campaign's default) that the template has.
+    ///
+    /// # Errors
+    /// [`TemplateError`] when the template does not exist, or has none of them.
+    pub fn locale_for(&self, msg: &Message) -> Result<(String, LocaleMatch), TemplateError> {
+        let name = &msg.delivery.template;
+        self.require(name)?;
+        let have = &self.locales[name];
+        let chain =
+            crate::domain::locale::fallback_chain(msg.recipient.locale.as_deref(), &msg.delivery.default_locale);
+        let user_tag = msg.recipient.locale.as_deref().and_then(crate::domain::locale::normalize);
+        for tag in &chain {
+            if have.contains(tag) {
+                let how = match &user_tag {
+                    Some(u) if u == tag => LocaleMatch::Exact,
+                    Some(u) if crate::domain::locale::language_of(u) == *tag => LocaleMatch::Language,
+                    // no locale on file, or none of theirs: the campaign's default
+                    _ => LocaleMatch::Default,
+                };
+                return Ok((tag.clone(), how));
+            }
+        }
+        Err(self.require_locale(name, &msg.delivery.default_locale).expect_err("the default is missing"))
+    }
+
+    /// Renders the message's template (`msg.delivery.template`) in the user's locale
+    /// or the nearest one there is (see [`Templates::locale_for`]). The campaign's
     /// `delivery.subject`, when set, replaces the template's subject.
     ///
     /// # Errors
     /// [`TemplateError`] naming the template file and line; its text never holds the URL.
     pub fn render(&self, msg: &Message) -> Result<Rendered, TemplateError> {
         let name = &msg.delivery.template;
-        self.require(name)?;
-        let ctx = context_of(msg);
+        let (locale, matched) = self.locale_for(msg)?;
+        let ctx = context_of(msg, &locale);
         let render = |file: &str| -> Result<String, TemplateError> {
-            let tpl = self.env.get_template(&format!("{name}/{file}")).map_err(|e| broken(&self.dir, &e))?;
-            tpl.render(&ctx).map_err(|e| broken(&self.dir, &e).scrubbed(&msg.session_url))
+            let tpl = self.env.get_template(&format!("{name}/{locale}/{file}")).map_err(|e| self.broken(&e))?;
+            tpl.render(&ctx).map_err(|e| self.broken(&e).scrubbed(&msg.session_url))
         };
         let subject = match msg.delivery.subject.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             Some(s) => one_line(s),
@@ -220,32 +348,110 @@ impl Templates {
         };
         if subject.is_empty() {
             return Err(TemplateError::Broken {
-                location: self.dir.join(name).join("subject.txt").display().to_string(),
+                location: self.display_path(&format!("{name}/{locale}/subject.txt")),
                 message: "renders an empty subject".to_owned(),
             });
         }
-        let text = Zeroizing::new(render("body.txt")?);
+        // the expiry and the review time are read as one piece: never split over lines
+        let lang = Lang::of(Some(&locale));
+        let keep = [
+            crate::domain::locale::format_datetime(msg.expires_at, zone_of(&msg.recipient), lang),
+            processing_time(msg.recipient.region, lang).to_owned(),
+        ];
+        let text = Zeroizing::new(wrap_text_keeping(&render("body.txt")?, TEXT_WIDTH, &keep));
         let html = Zeroizing::new(render("body.html")?);
-        Ok(Rendered { subject, text, html })
+        Ok(Rendered { subject, text, html, locale, matched })
     }
 
-    /// Renders every template against sample messages, so that a misspelt variable
-    /// fails at start rather than on the first real user.
+    /// Renders every template in every locale against sample messages, so that a
+    /// misspelt variable fails at start rather than on the first real user; and
+    /// checks that no locale version leaves out a variable another version of the
+    /// same file uses (a translation that lost the link or the expiry).
     fn check_all(&self) -> Result<(), TemplateError> {
-        for name in &self.names {
-            for (step, region, named) in [(0, Region::Intl, true), (1, Region::Us, false), (2, Region::Intl, false)] {
-                let sample = sample_message(name, step, region, named);
-                self.render(&sample).map_err(|e| match e {
-                    TemplateError::Broken { location, message } => TemplateError::Broken {
-                        location,
-                        message: format!("{message} (checked with a sample message)"),
-                    },
-                    other => other,
-                })?;
+        for (name, locales) in &self.locales {
+            for file in TEMPLATE_FILES {
+                let mut used: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+                for locale in locales {
+                    let key = format!("{name}/{locale}/{file}");
+                    let tpl = self.env.get_template(&key).map_err(|e| self.broken(&e))?;
+                    used.insert(locale, tpl.undeclared_variables(false).into_iter().collect());
+                }
+                let all: BTreeSet<&String> = used.values().flatten().collect();
+                for (locale, vars) in &used {
+                    if let Some(missing) = all.iter().find(|v| !vars.contains(**v)) {
+                        let other = used.iter().find(|(_, v)| v.contains(*missing)).map_or("", |(l, _)| *l);
+                        return Err(TemplateError::Broken {
+                            location: self.display_path(&format!("{name}/{locale}/{file}")),
+                            message: format!("missing variable {{{{ {missing} }}}}, which the {other:?} version uses"),
+                        });
+                    }
+                }
+            }
+            for locale in locales {
+                for (step, region, named) in [(0, Region::Intl, true), (1, Region::Us, false), (2, Region::Intl, false)]
+                {
+                    let mut sample = sample_message(name, step, region, named);
+                    sample.recipient.locale = Some(locale.clone());
+                    sample.delivery.default_locale = locale.clone();
+                    self.render(&sample).map_err(|e| match e {
+                        TemplateError::Broken { location, message } => TemplateError::Broken {
+                            location,
+                            message: format!("{message} (checked with a sample message)"),
+                        },
+                        other => other,
+                    })?;
+                }
             }
         }
         Ok(())
     }
+
+    /// Where a compiled template's file is: `DIR/NAME/LOCALE/FILE`, or
+    /// `DIR/NAME/FILE` for a template in the layout without locales.
+    fn display_path(&self, key: &str) -> String {
+        display_path(&self.dir, &self.flat, key)
+    }
+
+    fn broken(&self, e: &minijinja::Error) -> TemplateError {
+        broken_in(&self.dir, &self.flat, e)
+    }
+}
+
+fn display_path(dir: &Path, flat: &BTreeSet<String>, key: &str) -> String {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        [name, _, file] if flat.contains(*name) => dir.join(name).join(file).display().to_string(),
+        _ => dir.join(key).display().to_string(),
+    }
+}
+
+/// The subdirectories of `dir` (not hidden), sorted, with their names.
+fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, TemplateError> {
+    let dir_name = dir.display().to_string();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| TemplateError::Dir { dir: dir_name.clone(), message: e.to_string() })?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| TemplateError::Dir { dir: dir_name.clone(), message: e.to_string() })?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+        if path.is_dir() && !name.starts_with('.') {
+            out.push((name, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_template(path: &Path) -> Result<String, TemplateError> {
+    std::fs::read_to_string(path).map_err(|e| TemplateError::File {
+        file: path.display().to_string(),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            "missing: a template's locale directory needs subject.txt, body.txt and body.html".to_owned()
+        } else {
+            format!("cannot read: {e}")
+        },
+    })
 }
 
 /// A subject is one line: newlines and runs of white space become one space.
@@ -253,9 +459,63 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A minijinja error as text: `DIR/NAME/FILE:LINE: kind: detail`.
-fn broken(dir: &Path, e: &minijinja::Error) -> TemplateError {
-    let file = e.name().map_or_else(|| dir.display().to_string(), |n| dir.join(n).display().to_string());
+/// The plain-text part's width: 76 columns, the usual limit for mail that is read
+/// as it is (RFC 3676 suggests under 78).
+pub const TEXT_WIDTH: usize = 76;
+
+/// Wraps every line longer than `width` at spaces, never inside a word: a link
+/// longer than the width stays whole on a line of its own. A continuation keeps the
+/// line's indentation, and a list item's (`- `) text lines up under its first word.
+pub fn wrap_text(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 32);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if line.chars().count() <= width {
+            out.push_str(line);
+            continue;
+        }
+        let indent_len = line.len() - line.trim_start().len();
+        let mut hanging = line[..indent_len].to_owned();
+        if line.trim_start().starts_with("- ") || line.trim_start().starts_with("* ") {
+            hanging.push_str("  ");
+        }
+        let mut current = line[..indent_len].to_owned();
+        let mut has_word = false;
+        for word in line[indent_len..].split(' ').filter(|w| !w.is_empty()) {
+            let len = current.chars().count() + usize::from(has_word) + word.chars().count();
+            if has_word && len > width {
+                out.push_str(current.trim_end());
+                out.push('\n');
+                current = hanging.clone();
+                has_word = false;
+            }
+            if has_word {
+                current.push(' ');
+            }
+            current.push_str(word);
+            has_word = true;
+        }
+        out.push_str(current.trim_end());
+    }
+    out
+}
+
+/// [`wrap_text`], with each of `phrases` kept on one line.
+pub fn wrap_text_keeping(text: &str, width: usize, phrases: &[String]) -> String {
+    // U+0001 never occurs in a template's output that a mail reader shows
+    const GLUE: char = '\u{1}';
+    let mut glued = text.replace(GLUE, "");
+    for p in phrases.iter().filter(|p| p.contains(' ')) {
+        glued = glued.replace(p.as_str(), &p.replace(' ', &GLUE.to_string()));
+    }
+    wrap_text(&glued, width).replace(GLUE, " ")
+}
+
+/// A minijinja error as text: `DIR/NAME/LOCALE/FILE:LINE: kind: detail`.
+fn broken_in(dir: &Path, flat: &BTreeSet<String>, e: &minijinja::Error) -> TemplateError {
+    let file = e.name().map_or_else(|| dir.display().to_string(), |n| display_path(dir, flat, n));
     let location = match e.line() {
         Some(line) => format!("{file}:{line}"),
         None => file,
@@ -268,11 +528,23 @@ fn broken(dir: &Path, e: &minijinja::Error) -> TemplateError {
 }
 
 /// How long a region's review usually takes (baanx-api.md: automated checks take
-/// minutes, manual review up to 30 minutes, the US backend up to 60).
-pub fn processing_time(region: Region) -> &'static str {
-    match region {
-        Region::Intl => "5 to 30 minutes",
-        Region::Us => "up to 60 minutes",
+/// minutes, manual review up to 30 minutes, the US backend up to 60), in `lang`.
+pub fn processing_time(region: Region, lang: Lang) -> &'static str {
+    match (region, lang) {
+        (Region::Intl, Lang::En) => "5 to 30 minutes",
+        (Region::Us, Lang::En) => "up to 60 minutes",
+        (Region::Intl, Lang::De) => "5 bis 30 Minuten",
+        (Region::Us, Lang::De) => "höchstens 60 Minuten",
+        (Region::Intl, Lang::Fr) => "5 à 30 minutes",
+        (Region::Us, Lang::Fr) => "60 minutes au plus",
+        (Region::Intl, Lang::Es) => "de 5 a 30 minutos",
+        (Region::Us, Lang::Es) => "hasta 60 minutos",
+        (Region::Intl, Lang::It) => "da 5 a 30 minuti",
+        (Region::Us, Lang::It) => "fino a 60 minuti",
+        (Region::Intl, Lang::Nl) => "5 tot 30 minuten",
+        (Region::Us, Lang::Nl) => "60 minuten",
+        (Region::Intl, Lang::Pt) => "5 a 30 minutos",
+        (Region::Us, Lang::Pt) => "até 60 minutos",
     }
 }
 
@@ -281,15 +553,20 @@ pub(crate) fn zone_of(r: &Recipient) -> Tz {
     r.time_zone.as_deref().and_then(|z| z.trim().parse::<Tz>().ok()).unwrap_or(Tz::UTC)
 }
 
-/// `Friday 27 November 2026, 09:30 GMT`: readable, with the zone's abbreviation.
-pub fn format_expiry(at: DateTime<Utc>, tz: Tz) -> String {
-    at.with_timezone(&tz).format("%A %-d %B %Y, %H:%M %Z").to_string()
+/// The `lang` attribute for a message in the template locale `used`: the user's own
+/// tag when it is of the same language (`de-DE` for a German text), else `used`.
+pub fn lang_attribute(user: Option<&str>, used: &str) -> String {
+    match user.and_then(crate::domain::locale::normalize) {
+        Some(tag) if crate::domain::locale::language_of(&tag) == crate::domain::locale::language_of(used) => tag,
+        _ => used.to_owned(),
+    }
 }
 
 /// The variables every template sees. The README's template section lists them.
-fn context_of(msg: &Message) -> Value {
+fn context_of(msg: &Message, used: &str) -> Value {
     let r = &msg.recipient;
     let tz = zone_of(r);
+    let lang = Lang::of(Some(used));
     let first_name = r.first_name.as_deref().map(str::trim).filter(|s| !s.is_empty());
     let last_name = r.last_name.as_deref().map(str::trim).filter(|s| !s.is_empty());
     let full_name = match (first_name, last_name) {
@@ -303,17 +580,19 @@ fn context_of(msg: &Message) -> Value {
         last_name => last_name,
         full_name => full_name,
         email => r.email.as_str(),
-        locale => r.locale.as_deref(),
+        // the locale the text is in (the `lang` attribute), and the user's own tag
+        locale => lang_attribute(r.locale.as_deref(), used),
+        user_locale => r.locale.as_deref(),
         region => r.region.as_str(),
         link => msg.session_url.expose(),
         // `click`: our own page, usable again until the expiry; `direct`: the Baanx
         // session itself, single use
         link_mode => msg.delivery.link.as_str(),
         link_reusable => msg.delivery.link == crate::domain::spec::LinkMode::Click,
-        expires_at => format_expiry(msg.expires_at, tz),
+        expires_at => crate::domain::locale::format_datetime(msg.expires_at, tz, lang),
         expires_at_iso => msg.expires_at.with_timezone(&tz).to_rfc3339(),
         time_zone => tz.name(),
-        processing_time => processing_time(r.region),
+        processing_time => processing_time(r.region, lang),
         campaign => msg.campaign.as_str(),
         step => msg.step,
         is_reminder => msg.step > 0,
@@ -322,7 +601,7 @@ fn context_of(msg: &Message) -> Value {
 }
 
 /// A made-up message for checking templates at load time.
-fn sample_message(template: &str, step: u32, region: Region, named: bool) -> Message {
+pub(crate) fn sample_message(template: &str, step: u32, region: Region, named: bool) -> Message {
     Message {
         recipient: Recipient {
             user_id: UserId::parse("00000000-0000-4000-8000-000000000000").expect("valid sample id"),
@@ -368,6 +647,7 @@ mod tests {
         assert!(built.require("default").is_ok() && built.require("reminder").is_ok());
     }
     use super::*;
+    use chrono::Utc;
 
     fn sources(subject: &str, text: &str, html: &str) -> Vec<(String, String)> {
         vec![
@@ -380,10 +660,11 @@ mod tests {
     #[test]
     fn expiry_is_in_the_users_zone_with_abbreviation() {
         let at = DateTime::parse_from_rfc3339("2026-11-27T09:30:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(format_expiry(at, Tz::Europe__London), "Friday 27 November 2026, 09:30 GMT");
-        assert_eq!(format_expiry(at, Tz::America__New_York), "Friday 27 November 2026, 04:30 EST");
+        let en = |at, tz| crate::domain::locale::format_datetime(at, tz, Lang::En);
+        assert_eq!(en(at, Tz::Europe__London), "Friday 27 November 2026, 09:30 GMT");
+        assert_eq!(en(at, Tz::America__New_York), "Friday 27 November 2026, 04:30 EST");
         let summer = DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(format_expiry(summer, Tz::Europe__Berlin), "Wednesday 1 July 2026, 14:00 CEST");
+        assert_eq!(en(summer, Tz::Europe__Berlin), "Wednesday 1 July 2026, 14:00 CEST");
     }
 
     #[test]
@@ -424,6 +705,111 @@ mod tests {
         assert!(!format!("{r:?}").contains("v.example"));
         m.delivery.subject = Some("Campaign subject".into());
         assert_eq!(t.render(&m).unwrap().subject, "Campaign subject");
+    }
+
+    fn shipped() -> Templates {
+        Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates")).unwrap()
+    }
+
+    fn for_locale(locale: Option<&str>) -> Message {
+        let mut m = sample_message("default", 0, Region::Intl, true);
+        m.recipient.locale = locale.map(str::to_owned);
+        m.recipient.time_zone = Some("Europe/Berlin".into());
+        m.expires_at = DateTime::parse_from_rfc3339("2026-11-27T15:00:00Z").unwrap().with_timezone(&Utc);
+        m
+    }
+
+    #[test]
+    fn the_users_locale_then_its_language_then_the_default() {
+        let t = shipped();
+        let de = t.render(&for_locale(Some("de-DE"))).unwrap();
+        assert_eq!(de.subject, "Bitte bestätigen Sie Ihre Identität");
+        assert!(de.html.contains("<html lang=\"de-DE\">"), "{}", de.html.as_str());
+        assert!(de.text.contains("Freitag, 27. November 2026, 16:00 CET"), "{}", de.text.as_str());
+        assert!(de.text.contains("5 bis 30 Minuten"));
+        assert_eq!((de.locale.as_str(), de.matched), ("de", LocaleMatch::Language));
+
+        let ch = t.render(&for_locale(Some("de-CH"))).unwrap();
+        assert_eq!(ch.subject, de.subject);
+        assert!(ch.html.contains("lang=\"de-CH\""));
+
+        let xx = t.render(&for_locale(Some("xx-YY"))).unwrap();
+        assert_eq!(xx.subject, "Please verify your identity");
+        assert!(xx.html.contains("<html lang=\"en\">"), "the lang is the text's, not the user's");
+        assert!(xx.text.contains("Friday 27 November 2026, 16:00 CET"));
+        assert_eq!((xx.locale.as_str(), xx.matched), ("en", LocaleMatch::Default));
+
+        let fr = t.render(&for_locale(Some("fr"))).unwrap();
+        assert_eq!(fr.matched, LocaleMatch::Exact);
+        // an English user is no fallback to the default
+        assert_eq!(t.render(&for_locale(Some("en-GB"))).unwrap().matched, LocaleMatch::Language);
+        assert!(fr.text.contains("vendredi 27 novembre 2026 à 16:00 CET"));
+
+        // the campaign's default locale ends the chain
+        let mut m = for_locale(Some("xx-YY"));
+        m.delivery.default_locale = "nl".into();
+        let nl = t.render(&m).unwrap();
+        assert_eq!(nl.subject, "Bevestig uw identiteit");
+        assert!(nl.html.contains("lang=\"nl\""));
+        m.delivery.default_locale = "sv".into();
+        let e = t.render(&m).unwrap_err().to_string();
+        assert!(e.contains("default/sv") && e.contains("\"sv\""), "{e}");
+    }
+
+    #[test]
+    fn every_shipped_locale_is_there_and_differs_from_english() {
+        let t = shipped();
+        for name in ["default", "reminder"] {
+            assert_eq!(t.locales_of(name).collect::<Vec<_>>(), {
+                let mut l = SHIPPED_LOCALES.to_vec();
+                l.sort_unstable();
+                l
+            });
+            let en = {
+                let mut m = for_locale(Some("en"));
+                m.delivery.template = name.into();
+                t.render(&m).unwrap()
+            };
+            for locale in SHIPPED_LOCALES.iter().filter(|l| **l != "en") {
+                let mut m = for_locale(Some(locale));
+                m.delivery.template = name.into();
+                let r = t.render(&m).unwrap();
+                assert_ne!(r.subject, en.subject, "{name}/{locale}");
+                assert!(r.text.contains("https://verify.example.invalid/sample"), "{name}/{locale}");
+                assert!(r.text.lines().all(|l| l.chars().count() <= TEXT_WIDTH || !l.contains(' ')), "{name}/{locale}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_locale_that_leaves_out_a_variable_or_a_file_is_refused() {
+        let mut src = vec![
+            ("t/en/subject.txt".to_owned(), "Hi".to_owned()),
+            ("t/en/body.txt".to_owned(), "{{ link }} until {{ expires_at }}".to_owned()),
+            ("t/en/body.html".to_owned(), "<a href=\"{{ link }}\">go</a>".to_owned()),
+            ("t/de/subject.txt".to_owned(), "Hallo".to_owned()),
+            ("t/de/body.txt".to_owned(), "{{ link }}".to_owned()),
+            ("t/de/body.html".to_owned(), "<a href=\"{{ link }}\">los</a>".to_owned()),
+        ];
+        let e = Templates::from_sources(Path::new("tpl"), src.clone()).unwrap_err().to_string();
+        assert!(e.starts_with("tpl/t/de/body.txt: missing variable {{ expires_at }}"), "{e}");
+        src[4].1 = "{{ link }} bis {{ expires_at }}".into();
+        assert!(Templates::from_sources(Path::new("tpl"), src.clone()).is_ok());
+        src.remove(5);
+        let e = Templates::from_sources(Path::new("tpl"), src).unwrap_err().to_string();
+        assert!(e.starts_with("tpl/t/de/body.html: missing"), "{e}");
+    }
+
+    #[test]
+    fn text_wraps_at_spaces_and_keeps_links_whole() {
+        let long = format!("- {} https://example.com/{}", "word ".repeat(20), "x".repeat(90));
+        let w = wrap_text(&long, 40);
+        for l in w.lines() {
+            assert!(l.chars().count() <= 40 || !l.trim().contains(' '), "{l:?}");
+        }
+        assert!(w.lines().nth(1).unwrap().starts_with("  word"), "{w}");
+        assert!(w.contains(&format!("https://example.com/{}", "x".repeat(90))));
+        assert_eq!(wrap_text("short\n\nlines", 40), "short\n\nlines");
     }
 
     #[test]

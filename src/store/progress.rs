@@ -212,20 +212,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<PlanBucket>, StoreError> {
         let aud = AudienceSql::build(audience, 3, self.backend());
-        let mut case = String::from(
-            "CASE WHEN EXISTS (SELECT 1 FROM campaign_targets t WHERE t.campaign_id = $1 AND t.user_id = u.user_id) \
-               THEN 'already_targeted'",
-        );
-        for (name, pred) in &aud.predicates {
-            case.push_str(&format!(" WHEN NOT ({pred}) THEN 'not_matching_{name}'"));
-        }
-        case.push_str(
-            " WHEN u.refresh_token_enc IS NULL THEN 'no_refresh_token' \
-              WHEN u.consent_required_at IS NOT NULL THEN 'consent_required' \
-              WHEN u.verification_state = 'REJECTED' AND COALESCE(u.rejected_at, $2) + 86400000 > $2 \
-                THEN 'target_deferred' \
-              ELSE 'target' END",
-        );
+        let case = plan_case(&aud);
         let sql = format!(
             "SELECT bucket, COUNT(*) AS n FROM (SELECT {case} AS bucket FROM users u) b GROUP BY bucket ORDER BY bucket"
         );
@@ -236,4 +223,68 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(query_err("campaign_plan row"))
     }
+
+    /// The users a run would add now as due targets (the plan's `target` bucket),
+    /// counted by their stored time zone, for the send-window forecast.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_plan_zones(
+        &self,
+        campaign_id: i64,
+        audience: &Audience,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        let aud = AudienceSql::build(audience, 3, self.backend());
+        let case = plan_case(&aud);
+        let sql = format!(
+            "SELECT zone, COUNT(*) AS n FROM (SELECT {case} AS bucket, u.timezone AS zone FROM users u) b \
+             WHERE bucket = 'target' GROUP BY zone"
+        );
+        let q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(to_millis(now));
+        let rows = bind_all(q, &aud.binds).fetch_all(self.pool()).await.map_err(query_err("campaign_plan_zones"))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("zone")?, r.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_err("campaign_plan_zones row"))
+    }
+
+    /// Targets waiting for their send window (`deferred`, reason `send_window`), and
+    /// the earliest opening among them.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_window_waiting(&self, campaign_id: i64) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(not_before) AS next FROM campaign_targets \
+             WHERE campaign_id = $1 AND status = 'deferred' AND reason = 'send_window'",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(query_err("target_window_waiting"))?;
+        let n: i64 = row.try_get("n").map_err(query_err("target_window_waiting row"))?;
+        let next: Option<i64> = row.try_get("next").map_err(query_err("target_window_waiting row"))?;
+        Ok((n, next.map(super::from_millis)))
+    }
+}
+
+/// The plan's bucket of one user `u`, as SQL: already a target, not matching a part
+/// of the audience, no token, no consent, deferred for a rejection, or a target.
+fn plan_case(aud: &AudienceSql) -> String {
+    let mut case = String::from(
+        "CASE WHEN EXISTS (SELECT 1 FROM campaign_targets t WHERE t.campaign_id = $1 AND t.user_id = u.user_id) \
+           THEN 'already_targeted'",
+    );
+    for (name, pred) in &aud.predicates {
+        case.push_str(&format!(" WHEN NOT ({pred}) THEN 'not_matching_{name}'"));
+    }
+    case.push_str(
+        " WHEN u.refresh_token_enc IS NULL THEN 'no_refresh_token' \
+          WHEN u.consent_required_at IS NOT NULL THEN 'consent_required' \
+          WHEN u.verification_state = 'REJECTED' AND COALESCE(u.rejected_at, $2) + 86400000 > $2 \
+            THEN 'target_deferred' \
+          ELSE 'target' END",
+    );
+    case
 }

@@ -1129,7 +1129,8 @@ pub(crate) async fn settle_in_tx(
     let n = sqlx::query(concat!(
         "UPDATE campaign_targets SET status = $4, reason = $5, not_before = $6, lease_owner = NULL, \
            lease_expires_at = NULL, updated_at = $7, \
-           finalized_at = CASE WHEN $4 IN ('skipped', 'failed') THEN $7 ELSE NULL END \
+           finalized_at = CASE WHEN $4 IN ('skipped', 'failed') THEN $7 ELSE NULL END, \
+           attempts = CASE WHEN $5 = 'send_window' AND attempts > 0 THEN attempts - 1 ELSE attempts END \
          WHERE ",
         our_target!()
     ))

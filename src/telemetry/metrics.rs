@@ -59,6 +59,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    campaign: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: String,
 }
@@ -112,6 +118,8 @@ pub struct Metrics {
     run_duration: Histogram,
     last_success: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     webhook_rejected: Family<ReasonLabels, Counter>,
+    locale_fallbacks: Family<FallbackLabels, Counter>,
+    timezone_fallbacks: Family<CampaignLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,6 +164,19 @@ impl Metrics {
             "notifications",
             "Users processed, by outcome (sent, failed, skipped, deferred) and reason code",
             notifications.clone(),
+        );
+        let locale_fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "locale_fallbacks",
+            "Messages rendered in another locale than the user's: their language (to=language) or the \
+             campaign's default_locale (to=default)",
+            locale_fallbacks.clone(),
+        );
+        let timezone_fallbacks = Family::<CampaignLabels, Counter>::default();
+        registry.register(
+            "timezone_fallbacks",
+            "Send-window decisions read in the campaign's time zone because the user's was missing or unknown",
+            timezone_fallbacks.clone(),
         );
         // 5 ms .. ~41 s: the sandbox answers in a millisecond, a slow Baanx in seconds,
         // and the client's request timeout is 30 s.
@@ -233,7 +254,21 @@ impl Metrics {
             run_duration,
             last_success,
             webhook_rejected,
+            locale_fallbacks,
+            timezone_fallbacks,
         }
+    }
+
+    /// A message of `campaign` was rendered in a fallback locale (`to`: `language`
+    /// or `default`).
+    pub fn locale_fallback(&self, campaign: &str, to: &str) {
+        let labels = FallbackLabels { campaign: label(campaign).into(), to: label(to).into() };
+        self.locale_fallbacks.get_or_create(&labels).inc();
+    }
+
+    /// A send window of `campaign` was read in the campaign's zone for want of the user's.
+    pub fn timezone_fallback(&self, campaign: &str) {
+        self.timezone_fallbacks.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).inc();
     }
 
     /// A session was issued for a user of `campaign`.

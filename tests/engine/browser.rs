@@ -484,3 +484,77 @@ async fn a_person_clicks_through_in_chromium_and_is_converted() {
     assert_eq!(env.sandbox.stats().await.sessions_issued, 1, "one session in all");
     browser.shutdown();
 }
+
+/// Every shipped template, in every shipped locale, as a mail reader shows its
+/// HTML: headless Chromium at a phone's width and a desktop's. The link and the
+/// expiry must be in the rendered text, the page must not scroll sideways on the
+/// phone, and a screenshot of each is written to
+/// `target/screenshots/mail-{template}-{locale}-{375,1280}.png`.
+#[tokio::test]
+async fn every_shipped_template_reads_well_in_chromium() {
+    use reverify::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
+    use reverify::notify::{Message, Recipient, SHIPPED_LOCALES, Templates};
+
+    let templates = Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates")).unwrap();
+    let pages = tempfile::tempdir().unwrap();
+    let mut browser = Browser::start().await;
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = "https://verify.example.com/v/Q2xpY2stdGhyb3VnaC1saW5rLWZvci1hLXRlc3Q";
+    let expires_at = chrono::DateTime::parse_from_rfc3339("2026-12-11T15:00:00Z").unwrap().with_timezone(&Utc);
+    let zone = "Europe/Madrid";
+    for name in ["default", "reminder"] {
+        for locale in SHIPPED_LOCALES {
+            let msg = Message {
+                recipient: Recipient {
+                    user_id: UserId::parse("6f9619ff-8b86-4011-b42d-00c04fc964ff").unwrap(),
+                    email: EmailAddress::parse("maria@example.com").unwrap(),
+                    first_name: Some("María".into()),
+                    last_name: Some("García".into()),
+                    locale: Some(locale.to_owned()),
+                    time_zone: Some(zone.into()),
+                    region: Region::Intl,
+                },
+                session_url: SessionUrl::new(link.to_owned()),
+                expires_at,
+                campaign: CampaignName::parse("browser").unwrap(),
+                step: u32::from(name == "reminder"),
+                delivery: reverify::domain::spec::Delivery {
+                    template: name.into(),
+                    reply_to: Some("Support <support@example.com>".into()),
+                    link: reverify::domain::spec::LinkMode::Click,
+                    ..Default::default()
+                },
+            };
+            let rendered = templates.render(&msg).unwrap();
+            assert_eq!(rendered.locale, locale);
+            let file = pages.path().join(format!("{name}-{locale}.html"));
+            std::fs::write(&file, rendered.html.as_bytes()).unwrap();
+            let lang = reverify::domain::locale::Lang::of(Some(locale));
+            let expiry = reverify::domain::locale::format_datetime(expires_at, zone.parse().unwrap(), lang);
+            for (label, width, height, phone) in VIEWPORTS {
+                browser.viewport(width, height, phone).await;
+                browser.go(&format!("file://{}", file.display())).await;
+                let text = browser.wait_for_text(link).await;
+                assert!(text.contains(&expiry), "{name}/{locale} at {label}: no {expiry:?} in\n{text}");
+                assert!(text.contains("María"), "{name}/{locale}: {text}");
+                let overflow = browser
+                    .post(
+                        "/execute/sync",
+                        json!({ "script": "return document.documentElement.scrollWidth", "args": [] }),
+                    )
+                    .await;
+                assert!(
+                    overflow.as_u64().unwrap_or(u64::MAX) <= u64::from(width),
+                    "{name}/{locale} scrolls sideways at {width} px: {overflow}"
+                );
+                let b64 = browser.get("/screenshot").await;
+                let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap_or_default()).unwrap();
+                assert_eq!(png.get(..8), Some(&b"\x89PNG\r\n\x1a\n"[..]), "a PNG");
+                assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), width);
+                std::fs::write(dir.join(format!("mail-{name}-{locale}-{label}.png")), &png).unwrap();
+            }
+        }
+    }
+    browser.shutdown();
+}

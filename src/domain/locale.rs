@@ -1,0 +1,292 @@
+//! Languages and locales: which translation a user gets, and dates written the way
+//! their language writes them.
+//!
+//! Decisions:
+//! - A hand table of month and day names for the seven languages we ship, not
+//!   chrono's `unstable-locales` (a large generated table, behind a feature its
+//!   authors call unstable): seven languages need 133 words.
+//! - A locale tag is matched without regard to case and with `_` read as `-`
+//!   (`de_at` is `de-AT`); the fallback chain is the exact tag, then its language,
+//!   then the campaign's default (see [`fallback_chain`]).
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono_tz::Tz;
+
+/// The languages the pages are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    De,
+    Fr,
+    Es,
+    It,
+    Nl,
+    Pt,
+}
+
+impl Lang {
+    /// The language of a locale (`de-AT` → German), English when there is no
+    /// translation.
+    pub fn of(locale: Option<&str>) -> Lang {
+        let lang = locale.unwrap_or("").split(['-', '_']).next().unwrap_or("").to_ascii_lowercase();
+        match lang.as_str() {
+            "de" => Lang::De,
+            "fr" => Lang::Fr,
+            "es" => Lang::Es,
+            "it" => Lang::It,
+            "nl" => Lang::Nl,
+            "pt" => Lang::Pt,
+            _ => Lang::En,
+        }
+    }
+
+    /// The `lang` attribute.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::De => "de",
+            Lang::Fr => "fr",
+            Lang::Es => "es",
+            Lang::It => "it",
+            Lang::Nl => "nl",
+            Lang::Pt => "pt",
+        }
+    }
+
+    /// The month names, January first.
+    pub fn months(self) -> [&'static str; 12] {
+        match self {
+            Lang::En => [
+                "January",
+                "February",
+                "March",
+                "April",
+                "May",
+                "June",
+                "July",
+                "August",
+                "September",
+                "October",
+                "November",
+                "December",
+            ],
+            Lang::De => [
+                "Januar",
+                "Februar",
+                "März",
+                "April",
+                "Mai",
+                "Juni",
+                "Juli",
+                "August",
+                "September",
+                "Oktober",
+                "November",
+                "Dezember",
+            ],
+            Lang::Fr => [
+                "janvier",
+                "février",
+                "mars",
+                "avril",
+                "mai",
+                "juin",
+                "juillet",
+                "août",
+                "septembre",
+                "octobre",
+                "novembre",
+                "décembre",
+            ],
+            Lang::Es => [
+                "enero",
+                "febrero",
+                "marzo",
+                "abril",
+                "mayo",
+                "junio",
+                "julio",
+                "agosto",
+                "septiembre",
+                "octubre",
+                "noviembre",
+                "diciembre",
+            ],
+            Lang::It => [
+                "gennaio",
+                "febbraio",
+                "marzo",
+                "aprile",
+                "maggio",
+                "giugno",
+                "luglio",
+                "agosto",
+                "settembre",
+                "ottobre",
+                "novembre",
+                "dicembre",
+            ],
+            Lang::Nl => [
+                "januari",
+                "februari",
+                "maart",
+                "april",
+                "mei",
+                "juni",
+                "juli",
+                "augustus",
+                "september",
+                "oktober",
+                "november",
+                "december",
+            ],
+            Lang::Pt => [
+                "janeiro",
+                "fevereiro",
+                "março",
+                "abril",
+                "maio",
+                "junho",
+                "julho",
+                "agosto",
+                "setembro",
+                "outubro",
+                "novembro",
+                "dezembro",
+            ],
+        }
+    }
+}
+
+impl Lang {
+    /// The day names, Monday first.
+    pub fn weekdays(self) -> [&'static str; 7] {
+        match self {
+            Lang::En => ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+            Lang::De => ["Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"],
+            Lang::Fr => ["lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche"],
+            Lang::Es => ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"],
+            Lang::It => ["lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica"],
+            Lang::Nl => ["maandag", "dinsdag", "woensdag", "donderdag", "vrijdag", "zaterdag", "zondag"],
+            Lang::Pt => {
+                ["segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira", "sábado", "domingo"]
+            }
+        }
+    }
+
+    /// The language of a translation's locale tag when it is one of ours (`pt-BR` →
+    /// Portuguese), else `None`.
+    pub fn known(locale: &str) -> Option<Lang> {
+        let l = Lang::of(Some(locale));
+        (l != Lang::En || language_of(locale) == "en").then_some(l)
+    }
+}
+
+/// An instant written in `lang`, in `tz`, with the day of the week and the zone's
+/// abbreviation: `Friday 27 November 2026, 10:00 EST`, `Freitag, 27. November 2026,
+/// 16:00 CET`, `vendredi 27 novembre 2026 à 16:00 CET`.
+pub fn format_datetime(at: DateTime<Utc>, tz: Tz, lang: Lang) -> String {
+    let local = at.with_timezone(&tz);
+    let day = lang.weekdays()[local.weekday().num_days_from_monday() as usize];
+    let month = lang.months()[local.month0() as usize];
+    let (d, y) = (local.day(), local.year());
+    let time = format!("{:02}:{:02} {}", local.hour(), local.minute(), local.format("%Z"));
+    match lang {
+        Lang::En => format!("{day} {d} {month} {y}, {time}"),
+        Lang::De => format!("{day}, {d}. {month} {y}, {time}"),
+        Lang::Fr => format!("{day} {d} {month} {y} à {time}"),
+        Lang::Es => format!("{day}, {d} de {month} de {y}, {time}"),
+        Lang::It => format!("{day} {d} {month} {y}, ore {time}"),
+        Lang::Nl => format!("{day} {d} {month} {y}, {time}"),
+        Lang::Pt => format!("{day}, {d} de {month} de {y}, {time}"),
+    }
+}
+
+/// A locale tag in its usual spelling: `de_at` → `de-AT`, `EN` → `en`. `None` when it
+/// is empty or not made of letters, digits, `-` and `_`.
+pub fn normalize(tag: &str) -> Option<String> {
+    let tag = tag.trim();
+    if tag.is_empty() || tag.len() > 35 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return None;
+    }
+    let parts: Vec<String> = tag
+        .split(['-', '_'])
+        .enumerate()
+        .map(|(i, p)| match (i, p.len()) {
+            (0, _) => p.to_ascii_lowercase(),
+            (_, 2) => p.to_ascii_uppercase(),
+            (_, 4) => {
+                let mut s = p.to_ascii_lowercase();
+                s[..1].make_ascii_uppercase();
+                s
+            }
+            _ => p.to_ascii_lowercase(),
+        })
+        .collect();
+    if parts.iter().any(String::is_empty) {
+        return None;
+    }
+    Some(parts.join("-"))
+}
+
+/// The language part of a tag: `de-AT` → `de`.
+pub fn language_of(tag: &str) -> String {
+    tag.trim().split(['-', '_']).next().unwrap_or("").to_ascii_lowercase()
+}
+
+/// The locales to try for a user, in order: their exact tag, its language, the
+/// campaign's default (each once): `de-AT` with default `en` → `de-AT`, `de`, `en`.
+pub fn fallback_chain(user: Option<&str>, default: &str) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::with_capacity(3);
+    if let Some(tag) = user.and_then(normalize) {
+        let lang = language_of(&tag);
+        chain.push(tag);
+        chain.push(lang);
+    }
+    chain.push(normalize(default).unwrap_or_else(|| "en".to_owned()));
+    chain.dedup();
+    let mut seen = Vec::new();
+    chain.retain(|t| {
+        let new = !seen.contains(t);
+        seen.push(t.clone());
+        new
+    });
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_goes_from_the_exact_tag_to_its_language_to_the_default() {
+        assert_eq!(fallback_chain(Some("de-AT"), "en"), ["de-AT", "de", "en"]);
+        assert_eq!(fallback_chain(Some("de_ch"), "en"), ["de-CH", "de", "en"]);
+        assert_eq!(fallback_chain(Some("fr"), "en"), ["fr", "en"]);
+        assert_eq!(fallback_chain(Some("en-GB"), "en"), ["en-GB", "en"]);
+        assert_eq!(fallback_chain(None, "de"), ["de"]);
+        assert_eq!(fallback_chain(Some("not a tag!"), "en"), ["en"]);
+        assert_eq!(fallback_chain(Some("zh-Hant-TW"), "en"), ["zh-Hant-TW", "zh", "en"]);
+    }
+
+    #[test]
+    fn dates_use_the_languages_names_in_the_zone() {
+        let at = DateTime::parse_from_rfc3339("2026-11-27T15:00:00Z").unwrap().with_timezone(&Utc);
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        assert_eq!(format_datetime(at, ny, Lang::En), "Friday 27 November 2026, 10:00 EST");
+        assert_eq!(format_datetime(at, berlin, Lang::De), "Freitag, 27. November 2026, 16:00 CET");
+        assert_eq!(format_datetime(at, berlin, Lang::Fr), "vendredi 27 novembre 2026 à 16:00 CET");
+        assert_eq!(format_datetime(at, berlin, Lang::Pt), "sexta-feira, 27 de novembro de 2026, 16:00 CET");
+        // 01:00 in Tokyo is already Saturday
+        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
+        assert!(format_datetime(at, tokyo, Lang::It).starts_with("sabato 28 novembre 2026, ore 00:00"));
+    }
+
+    #[test]
+    fn known_languages() {
+        assert_eq!(Lang::known("pt-BR"), Some(Lang::Pt));
+        assert_eq!(Lang::known("en-US"), Some(Lang::En));
+        assert_eq!(Lang::known("xx-YY"), None);
+    }
+}
