@@ -34,6 +34,7 @@ mod sandbox;
 mod serve;
 mod status;
 mod sync;
+mod test_send;
 mod users;
 
 /// Exit codes, documented in the README.

@@ -51,6 +51,7 @@ macro_rules! our_target {
 
 pub mod campaigns;
 pub mod events;
+pub mod forget;
 pub mod group;
 pub mod leases;
 #[cfg(test)]

@@ -112,6 +112,7 @@ pub struct Metrics {
     run_duration: Histogram,
     last_success: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     webhook_rejected: Family<ReasonLabels, Counter>,
+    campaign_halted: Family<CampaignLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -215,6 +216,13 @@ impl Metrics {
              unreadable, malformed, unknown_status)",
             webhook_rejected.clone(),
         );
+        let campaign_halted = Family::<CampaignLabels, Gauge>::default();
+        registry.register(
+            "campaign_halted",
+            "1 while the campaign is paused by its [halt] thresholds (a delivery failure or API error rate \
+             crossed), else 0; read from the database",
+            campaign_halted.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
@@ -233,7 +241,13 @@ impl Metrics {
             run_duration,
             last_success,
             webhook_rejected,
+            campaign_halted,
         }
+    }
+
+    /// Whether `campaign` is paused by its halt thresholds.
+    pub fn set_campaign_halted(&self, campaign: &str, halted: bool) {
+        self.campaign_halted.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(i64::from(halted));
     }
 
     /// A session was issued for a user of `campaign`.
@@ -376,6 +390,9 @@ impl Metrics {
             for (status, n) in by_status {
                 self.set_targets(campaign.name.as_str(), &status, n);
             }
+            let halted = campaign.status == crate::store::campaigns::CampaignStatus::Paused
+                && campaign.pause_reason.as_deref().is_some_and(crate::store::campaigns::is_halt_reason);
+            self.set_campaign_halted(campaign.name.as_str(), halted);
         }
         Ok(())
     }

@@ -5,5 +5,6 @@
 mod common;
 mod docs;
 mod exit_codes;
+mod gates;
 mod ops;
 mod scheduled;

@@ -4,6 +4,7 @@
 mod browser;
 mod click;
 mod common;
+mod gates;
 mod metrics;
 mod outcomes;
 mod overlap;
