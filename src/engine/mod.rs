@@ -321,6 +321,15 @@ impl Run {
         let fail = |e: StoreError, p: &Arc<Progress>| (EngineError::Store(e), p.clone());
         let now = self.clock.now();
         self.store.target_requeue_delivery_failed(self.campaign_id, now).await.map_err(|e| fail(e, &progress))?;
+        // users a compliance exclusion now keeps out are not claimed (issue 16)
+        let excluded = self
+            .store
+            .target_skip_excluded(self.campaign_id, &self.spec.audience, now)
+            .await
+            .map_err(|e| fail(e, &progress))?;
+        if excluded > 0 {
+            info!(campaign = %self.spec.name, excluded, "waiting targets skipped by the audience's exclusions");
+        }
         // outcomes (issue 6): sync users whose session expired, then queue due reminders
         sync::before_run(
             &self.store,

@@ -355,6 +355,59 @@ impl Store {
         Ok(Targeted { added, deferred })
     }
 
+    /// Settles `skipped` the campaign's waiting targets (pending, deferred) whose
+    /// user the audience's compliance exclusions now keep out: a rejection code that
+    /// arrived after the user was targeted (a deferred rejection, say), or sessions
+    /// had in other campaigns since. The reason is the exclusion's (`excluded_rejection_code`,
+    /// `max_attempts`), with a `target.skipped` event each. Returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_skip_excluded(
+        &self,
+        campaign_id: i64,
+        audience: &Audience,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let excluded = AudienceSql::exclusions_only(audience, 3);
+        if excluded.exclusions.is_empty() {
+            return Ok(0);
+        }
+        let now_ms = to_millis(now);
+        let mut tx = self.begin_write().await?;
+        let mut total = 0;
+        for (reason, pred) in &excluded.exclusions {
+            let sql = format!(
+                "UPDATE campaign_targets SET status = 'skipped', reason = '{reason}', not_before = NULL, \
+                   finalized_at = $2, updated_at = $2 \
+                 WHERE campaign_id = $1 AND status IN ('pending', 'deferred') \
+                   AND EXISTS (SELECT 1 FROM users u WHERE u.user_id = campaign_targets.user_id AND NOT ({pred}))"
+            );
+            let q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(now_ms);
+            let n = bind_all(q, &excluded.binds)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("target_skip_excluded"))?
+                .rows_affected();
+            if n > 0 {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+                     SELECT $2, 'engine', 'target.skipped', campaign_id, user_id, '{{\"reason\":\"{reason}\"}}' \
+                     FROM campaign_targets WHERE campaign_id = $1 AND status = 'skipped' AND reason = '{reason}' \
+                       AND updated_at = $2"
+                )))
+                .bind(campaign_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("target_skip_excluded events"))?;
+            }
+            total += n;
+        }
+        tx.commit().await.map_err(query_err("target_skip_excluded commit"))?;
+        Ok(total)
+    }
+
     /// Targets whose message could not be delivered become eligible again: a later
     /// run calls this first.
     ///

@@ -216,6 +216,21 @@ both_engines!(final_rejections_and_spent_attempts_are_not_invited, |db: TestDb| 
     );
     assert!(!env.messages().iter().any(|m| m.contains(&format!("{fraud}"))));
 
+    // a final code that arrives after the user was targeted: the waiting target is
+    // skipped at the next run, never claimed
+    assert_eq!(post(rejection(document.as_str(), "FRAUD_SUSPECTED", "Declined after a fraud review")).await, 200);
+    env.run(&c).await;
+    let row = sqlx::query("SELECT status, reason FROM campaign_targets WHERE campaign_id = $1 AND user_id = $2")
+        .bind(c.campaign_id)
+        .bind(document.to_string())
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.try_get::<String, _>(0).unwrap(), row.try_get::<Option<String>, _>(1).unwrap()),
+        ("skipped".to_owned(), Some("excluded_rejection_code".to_owned()))
+    );
+
     // max_attempts counts every campaign's sessions: those notified above had one
     let notified = count(
         &env,
