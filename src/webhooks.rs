@@ -122,6 +122,7 @@ struct Envelope {
 struct KycObject {
     status: Option<String>,
     failure_code: Option<String>,
+    failure_reason: Option<String>,
 }
 
 fn answer(status: StatusCode, result: &str) -> Response {
@@ -187,7 +188,12 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Resul
             .as_deref()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&Utc)),
-        failure_code: env.event_object.and_then(|o| o.failure_code).map(|c| c.chars().take(100).collect()),
+        failure_code: env
+            .event_object
+            .as_ref()
+            .and_then(|o| o.failure_code.as_ref())
+            .map(|c| c.chars().take(100).collect()),
+        failure_reason: env.event_object.and_then(|o| o.failure_reason).map(|c| c.chars().take(500).collect()),
     };
     match r.store.webhook_apply(&event, now).await {
         Ok(WebhookResult::Duplicate) => {

@@ -99,6 +99,22 @@ pub enum CampaignCommand {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Send every message of the campaign (the first and each reminder) to ADDRESS,
+    /// rendered with a user's data (--user) or a sample user's, through the
+    /// campaign's channel and with an obviously fake link. No Baanx call; audited.
+    TestSend {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// Where the messages go.
+        #[arg(long, value_name = "ADDRESS", value_parser = |s: &str| reverify::domain::EmailAddress::parse(s))]
+        to: reverify::domain::EmailAddress,
+        /// Render with this user's data (name, locale, time zone) instead of a sample user's.
+        #[arg(long, value_name = "ID", value_parser = |s: &str| reverify::domain::UserId::parse(s))]
+        user: Option<reverify::domain::UserId>,
+        /// Only this step (0: the first message, N: the N-th reminder).
+        #[arg(long, value_name = "N")]
+        step: Option<u32>,
+    },
     /// Put every failed target back in the queue for the next run.
     RetryFailed {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
@@ -171,6 +187,9 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
         }
         CampaignCommand::Preview { name, user, locale, step, format, output } => {
             super::preview::preview(ctx, super::preview::PreviewArgs { name, user, locale, step, format, output }).await
+        }
+        CampaignCommand::TestSend { name, to, user, step } => {
+            super::test_send::test_send(ctx, &name, &to, user.as_ref(), step).await
         }
         CampaignCommand::RetryFailed { name } => {
             let (store, c) = existing(ctx, &name).await?;
@@ -407,6 +426,10 @@ async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<
     println!("done through: {} (the start of the last finished run)", time(c.done_through));
     if let Some(t) = c.tick_in_progress.filter(|t| c.done_through.is_none_or(|d| *t > d)) {
         println!("resuming:  the run of the tick at {} did not finish; the next `run --due` resumes it", time(Some(t)));
+    }
+    if let Some(reason) = &c.pause_reason {
+        let figures = c.pause_detail.as_ref().map(|d| format!(" {d}")).unwrap_or_default();
+        println!("paused by: the worker, {reason}{figures}; `reverify campaign resume {}` to go on", c.name);
     }
     println!("next run:  {}", time(next_run(&c)));
     if let Some(ticks) = c.spec().ok().and_then(|spec| next_ticks(&spec, Utc::now(), 3)) {

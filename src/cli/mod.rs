@@ -35,6 +35,7 @@ mod sandbox;
 mod serve;
 mod status;
 mod sync;
+mod test_send;
 mod ui;
 mod users;
 

@@ -204,7 +204,20 @@ async fn run_all(
         match outcome {
             Scheduled::Ran(r) => {
                 print_report(&name, &r);
-                interrupted |= r.outcome == RunOutcome::Interrupted;
+                match r.paused {
+                    // a canary pause is the plan: work is left for after the review
+                    Some(reason) if reason == reverify::store::campaigns::CANARY_REVIEW => println!(
+                        "{name}: canary sent; paused for review ({reason}): `reverify campaign resume {name}` sends to the rest"
+                    ),
+                    Some(reason) => {
+                        eprintln!(
+                            "error: campaign {name}: halted and paused ({reason} over its [halt] threshold; \
+                             `reverify campaign show {name}` has the figures)"
+                        );
+                        failed = true;
+                    }
+                    None => interrupted |= r.outcome == RunOutcome::Interrupted,
+                }
             }
             Scheduled::AlreadyRunning => println!("{name}: already running in another process; skipped"),
             Scheduled::AlreadyRan => println!("{name}: another process finished it for this tick; skipped"),

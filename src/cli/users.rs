@@ -63,6 +63,16 @@ pub enum UsersCommand {
         #[arg(long, default_value_t = 1000)]
         batch: u32,
     },
+    /// Erase a person's data (email, names, locale, time zone, tokens) from every
+    /// table, keeping the pseudonymous record an AML file needs (the id, times,
+    /// states, reasons, the ledger and the audit trail). Audited; cannot be undone.
+    Forget {
+        #[arg(value_parser = |s: &str| UserId::parse(s))]
+        id: UserId,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Refresh verification states from GET /v1/user, under the Baanx rate limit:
     /// the state, when it changed, rejections, and the outcome of notified targets.
     Sync(super::sync::SyncArgs),
@@ -81,7 +91,48 @@ pub async fn run(cmd: UsersCommand, ctx: &Context) -> anyhow::Result<u8> {
         }
         UsersCommand::Show { id, json } => show(ctx, &id, json).await,
         UsersCommand::Rekey { batch } => rekey(ctx, batch.max(1)).await,
+        UsersCommand::Forget { id, yes } => forget(ctx, &id, yes).await,
         UsersCommand::Sync(args) => super::sync::run(args, ctx).await,
+    }
+}
+
+/// `users forget ID`: asks first on a terminal, refuses without `--yes` otherwise.
+async fn forget(ctx: &Context, id: &UserId, yes: bool) -> anyhow::Result<u8> {
+    use reverify::store::forget::Forgotten;
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "error: users forget {id}: erasure cannot be undone; pass --yes to confirm (standard input is not a terminal)"
+            );
+            return Ok(exit::FAILURE);
+        }
+        eprint!("Erase the personal data of user {id}? This cannot be undone. Type the user id to confirm: ");
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != id.as_str() {
+            eprintln!("not confirmed; nothing changed");
+            return Ok(exit::FAILURE);
+        }
+    }
+    let store = ctx.store().await?;
+    match store.user_forget(id, &cli_actor(), chrono::Utc::now()).await? {
+        Forgotten::Now { targets, links } => {
+            println!(
+                "user {id}: personal data erased (email, names, locale, time zone, tokens); {targets} open targets \
+                 skipped, {links} links revoked; the pseudonymous record and the audit trail are kept"
+            );
+            Ok(exit::OK)
+        }
+        Forgotten::Already(at) => {
+            println!("user {id}: already forgotten at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            Ok(exit::OK)
+        }
+        Forgotten::Unknown => {
+            eprintln!("error: no user {id}");
+            Ok(exit::FAILURE)
+        }
     }
 }
 

@@ -101,6 +101,13 @@ pub struct Audience {
     pub signed_up_after: Option<DateTime<Utc>>,
     /// At most this many users are ever targeted by the campaign.
     pub max_users: Option<u64>,
+    /// Users whose last rejection carries one of these `failure_code`s (a final
+    /// rejection: fraud, sanctions) are never targeted.
+    #[serde(default)]
+    pub exclude_rejection_codes: Vec<String>,
+    /// Users who have had this many sessions, over all campaigns (the ledger), are
+    /// not targeted again.
+    pub max_attempts: Option<u32>,
 }
 
 fn default_states() -> Vec<VerificationState> {
@@ -117,6 +124,8 @@ impl Default for Audience {
             signed_up_before: None,
             signed_up_after: None,
             max_users: None,
+            exclude_rejection_codes: vec![],
+            max_attempts: None,
         }
     }
 }
@@ -227,6 +236,36 @@ fn default_reminder_template() -> String {
     "reminder".into()
 }
 
+/// A gradual start (`[rollout]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// The first run sends to at most this many targets, then the campaign pauses
+    /// with reason `canary_review` until `campaign resume`.
+    pub canary: Option<u64>,
+}
+
+/// Thresholds that pause a campaign by itself (`[halt]`): once a run has processed
+/// `min_sample` users, a rate above its threshold stops the run and pauses the
+/// campaign with the reason and the figures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Halt {
+    /// Failed deliveries over attempted deliveries (0 to 1).
+    pub delivery_failure_rate: Option<f64>,
+    /// Users whose Baanx calls failed (unavailable, rate limited, refused) over users
+    /// processed (0 to 1).
+    pub api_error_rate: Option<f64>,
+    /// How many users (deliveries, for the delivery rate) a run must have seen before
+    /// a rate is judged.
+    #[serde(default = "default_min_sample")]
+    pub min_sample: u64,
+}
+
+fn default_min_sample() -> u64 {
+    20
+}
+
 /// A whole campaign file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +288,10 @@ pub struct CampaignSpec {
     #[serde(default)]
     pub throttle: Throttle,
     pub reminders: Option<Reminders>,
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    #[serde(default)]
+    pub halt: Option<Halt>,
 }
 
 fn default_timezone() -> String {
@@ -393,6 +436,42 @@ impl CampaignSpec {
         if a.max_users == Some(0) {
             return invalid("audience.max_users", "must be at least 1".into());
         }
+        for c in &a.exclude_rejection_codes {
+            if !is_failure_code(c) {
+                return invalid(
+                    "audience.exclude_rejection_codes",
+                    format!("{c:?} is not a failure code: use 1-64 of A-Z a-z 0-9 _ . -"),
+                );
+            }
+        }
+        if a.max_attempts == Some(0) {
+            return invalid("audience.max_attempts", "must be at least 1".into());
+        }
+        if let Some(r) = &self.rollout
+            && r.canary == Some(0)
+        {
+            return invalid("rollout.canary", "must be at least 1".into());
+        }
+        if let Some(h) = &self.halt {
+            for (field, rate) in
+                [("halt.delivery_failure_rate", h.delivery_failure_rate), ("halt.api_error_rate", h.api_error_rate)]
+            {
+                if let Some(r) = rate
+                    && !(r.is_finite() && r > 0.0 && r <= 1.0)
+                {
+                    return invalid(
+                        field,
+                        format!("{r} is not a rate: use a fraction above 0 and at most 1, like 0.2"),
+                    );
+                }
+            }
+            if h.delivery_failure_rate.is_none() && h.api_error_rate.is_none() {
+                return invalid("halt", "set delivery_failure_rate and/or api_error_rate".into());
+            }
+            if h.min_sample == 0 {
+                return invalid("halt.min_sample", "must be at least 1".into());
+            }
+        }
         let d = &self.delivery;
         if !is_template_name(&d.template) {
             return invalid("delivery.template", format!("{:?} is not a template directory name", d.template));
@@ -473,6 +552,11 @@ impl CampaignSpec {
 /// can never be part of one.
 pub fn is_tag(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+/// A Baanx `failure_code` as campaign files name it: 1-64 of `[A-Za-z0-9_.-]`.
+pub fn is_failure_code(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 fn is_template_name(s: &str) -> bool {

@@ -7,6 +7,7 @@
 //! within a grace period, and records the run as interrupted; the next run resumes.
 
 pub mod adapters;
+pub mod gates;
 mod pipeline;
 pub mod ports;
 pub mod sync;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::domain::{CampaignSpec, Clock};
+use crate::store::campaigns::CANARY_REVIEW;
 use crate::store::runs::{RunCounts, RunOutcome};
 use crate::store::targets::{ClaimCursor, ClaimedTarget};
 
@@ -191,6 +193,9 @@ pub struct RunReport {
     pub run_id: i64,
     pub outcome: RunOutcome,
     pub counts: RunCounts,
+    /// Set when the run paused the campaign: `canary_review`, or a halt's reason
+    /// (`delivery_failure_rate`, `api_error_rate`).
+    pub paused: Option<&'static str>,
 }
 
 pub(crate) struct RunShared {
@@ -296,7 +301,7 @@ impl Run {
         let run_id = store.run_start(campaign_id, &worker, clock.now(), self.tick).await?;
         let result = self.execute_inner(stop).await;
         let (outcome, error, counts) = match &result {
-            Ok((o, counts)) => (*o, None, *counts),
+            Ok((o, counts, _)) => (*o, None, *counts),
             Err((e, p)) => (RunOutcome::Failed, Some(e.to_string()), p.counts()),
         };
         // bounded: with the database gone, the pool would wait its whole timeout
@@ -307,7 +312,7 @@ impl Run {
             Err(_) => warn!("could not record the end of the run: the database did not answer within 10 s"),
         }
         match result {
-            Ok((outcome, counts)) => Ok(RunReport { run_id, outcome, counts }),
+            Ok((outcome, counts, paused)) => Ok(RunReport { run_id, outcome, counts, paused }),
             Err((e, _)) => Err(e),
         }
     }
@@ -315,11 +320,20 @@ impl Run {
     async fn execute_inner(
         self,
         stop: CancellationToken,
-    ) -> Result<(RunOutcome, RunCounts), (EngineError, Arc<Progress>)> {
+    ) -> Result<(RunOutcome, RunCounts, Option<&'static str>), (EngineError, Arc<Progress>)> {
         let progress = self.progress.clone();
         let fail = |e: StoreError, p: &Arc<Progress>| (EngineError::Store(e), p.clone());
         let now = self.clock.now();
         self.store.target_requeue_delivery_failed(self.campaign_id, now).await.map_err(|e| fail(e, &progress))?;
+        // users a compliance exclusion now keeps out are not claimed (issue 16)
+        let excluded = self
+            .store
+            .target_skip_excluded(self.campaign_id, &self.spec.audience, now)
+            .await
+            .map_err(|e| fail(e, &progress))?;
+        if excluded > 0 {
+            info!(campaign = %self.spec.name, excluded, "waiting targets skipped by the audience's exclusions");
+        }
         // outcomes (issue 6): sync users whose session expired, then queue due reminders
         sync::before_run(
             &self.store,
@@ -411,6 +425,22 @@ impl Run {
             })
         };
 
+        // `[rollout] canary`: until a person resumes the campaign after its review,
+        // runs claim no more targets than the canary has left (every claim may
+        // become a message and a session)
+        let canary = match self.spec.rollout.and_then(|r| r.canary) {
+            Some(n)
+                if !self.store.campaign_canary_released(self.campaign_id).await.map_err(|e| fail(e, &progress))? =>
+            {
+                let spent = self.store.campaign_canary_spent(self.campaign_id).await.map_err(|e| fail(e, &progress))?;
+                Some((i64::try_from(n).unwrap_or(i64::MAX), spent))
+            }
+            _ => None,
+        };
+        let mut canary_left = canary.map(|(n, spent)| (n - spent).max(0));
+        let mut halt_watch = gates::HaltWatch::default();
+        let mut tripped: Option<gates::Tripped> = None;
+
         let mut queue: VecDeque<ClaimedTarget> = VecDeque::new();
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
         // The next batch is claimed in the background once the queue runs low, so
@@ -428,10 +458,14 @@ impl Run {
             if halt.is_cancelled() {
                 break;
             }
+            if canary_left == Some(0) {
+                exhausted = true;
+            }
             if claiming.is_none() && !exhausted && queue.len() < concurrency {
                 let (store, clock, worker, lease) =
                     (self.store.clone(), self.clock.clone(), self.config.worker_id.clone(), self.config.lease);
                 let campaign_id = self.campaign_id;
+                let want = canary_left.map_or(want, |left| want.min(left));
                 let mut next = cursor.clone();
                 next.rescue |= rescued_at.elapsed() >= lease;
                 claiming = Some(tokio::spawn(async move {
@@ -452,7 +486,17 @@ impl Run {
                 _ = halt.cancelled() => break,
                 joined = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Some(r) = joined {
-                        progress.record(r.unwrap_or(Outcome::Abandoned));
+                        let o = r.unwrap_or(Outcome::Abandoned);
+                        progress.record(o);
+                        if let Some(h) = &self.spec.halt {
+                            halt_watch.record(o);
+                            if tripped.is_none() && let Some(t) = halt_watch.check(h) {
+                                warn!(campaign = %self.spec.name, reason = t.reason, figures = %t.detail,
+                                      "halt threshold crossed; stopping the run and pausing the campaign");
+                                tripped = Some(t);
+                                halt.cancel();
+                            }
+                        }
                     }
                 }
                 claimed = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
@@ -463,6 +507,9 @@ impl Run {
                     match claimed {
                         Ok(batch) => {
                             progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
+                            if let Some(left) = &mut canary_left {
+                                *left = (*left - i64::try_from(batch.len()).unwrap_or(0)).max(0);
+                            }
                             if next.rescue {
                                 rescued_at = tokio::time::Instant::now();
                             }
@@ -502,7 +549,7 @@ impl Run {
 
         let store_failure = shared.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let store_down = store_error.is_some() || store_failure.is_some();
-        let interrupted = stop.is_cancelled() || store_error.is_some();
+        let interrupted = stop.is_cancelled() || store_error.is_some() || tripped.is_some();
         // Give back what was claimed but not started (with the store down, their
         // leases will do it: trying would only wait out the pool's timeout).
         if store_down {
@@ -545,7 +592,34 @@ impl Run {
         if let Some(reason) = aborted {
             return Err((EngineError::Setup(reason), progress));
         }
-        let outcome = if interrupted { RunOutcome::Interrupted } else { RunOutcome::Finished };
-        Ok((outcome, progress.counts()))
+        let mut outcome = if interrupted { RunOutcome::Interrupted } else { RunOutcome::Finished };
+        let actor = self.config.worker_id.as_str();
+        let mut paused = None;
+        if let Some(t) = tripped {
+            self.store
+                .campaign_pause_by_worker(self.campaign_id, t.reason, &t.detail, actor, self.clock.now())
+                .await
+                .map_err(|e| fail(e, &progress))?;
+            crate::telemetry::global().set_campaign_halted(self.spec.name.as_str(), true);
+            paused = Some(t.reason);
+        } else if let Some((n, _)) = canary
+            && !stop.is_cancelled()
+        {
+            // the canary ran: a person reviews it before anyone else is sent anything
+            // (a run stopped from outside leaves the rest of the canary to the next)
+            let sent = self.store.campaign_canary_spent(self.campaign_id).await.map_err(|e| fail(e, &progress))?;
+            let detail = serde_json::json!({ "canary": n, "sent": sent });
+            self.store
+                .campaign_pause_by_worker(self.campaign_id, CANARY_REVIEW, &detail, actor, self.clock.now())
+                .await
+                .map_err(|e| fail(e, &progress))?;
+            info!(campaign = %self.spec.name, canary = n, sent, "canary sent; the campaign is paused for review");
+            if canary_left == Some(0) {
+                // work is left: the tick stays in progress, resumed after `campaign resume`
+                outcome = RunOutcome::Interrupted;
+            }
+            paused = Some(CANARY_REVIEW);
+        }
+        Ok((outcome, progress.counts(), paused))
     }
 }

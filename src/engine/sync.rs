@@ -198,7 +198,7 @@ pub(crate) async fn before_run(
         }
     }
     let Some(reminders) = &spec.reminders else { return Ok(0) };
-    let queued = store.target_requeue_reminders(campaign_id, reminders, clock.now()).await?;
+    let queued = store.target_requeue_reminders_for(campaign_id, reminders, &spec.audience, clock.now()).await?;
     if queued > 0 {
         info!(campaign = %spec.name, queued, "reminders queued");
     }

@@ -65,12 +65,17 @@ struct Envelope<'a> {
     occurred_at: String,
 }
 
-/// Rejection reasons, as the Baanx documentation lists the common ones.
-const FAILURES: [(&str, &str); 4] = [
+/// Rejection codes and reasons, one or more per kind of rejection Baanx reports: a
+/// document issue, an identity mismatch, a fraud suspicion, an address problem.
+/// `FRAUD_SUSPECTED` is a final rejection (the shipped campaigns exclude it); the
+/// others may pass on a new attempt.
+pub const FAILURES: [(&str, &str); 6] = [
     ("DOCUMENT_EXPIRED", "The identity document has expired"),
-    ("IMAGE_QUALITY", "The document images are blurry or cut off"),
-    ("NAME_MISMATCH", "The names on the document do not match the account"),
+    ("DOCUMENT_UNREADABLE", "The document images are blurry or cut off"),
+    ("IDENTITY_MISMATCH", "The details on the document do not match the account"),
     ("SELFIE_MISMATCH", "The selfie does not match the document photo"),
+    ("FRAUD_SUSPECTED", "The verification was declined after a fraud review"),
+    ("ADDRESS_UNVERIFIED", "The proof of address is missing, unreadable or older than 3 months"),
 ];
 
 /// The body of one event. `kyc_id` names the verification (never the session URL).

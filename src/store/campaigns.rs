@@ -128,6 +128,14 @@ pub struct CampaignRecord {
     pub tick_in_progress: Option<DateTime<Utc>>,
     /// The start of the latest run that finished: every tick at or before it is done.
     pub done_through: Option<DateTime<Utc>>,
+    /// Why the worker paused the campaign (`canary_review`, `delivery_failure_rate`,
+    /// `api_error_rate`); `None` when it is not paused, or a person paused it.
+    pub pause_reason: Option<String>,
+    /// The figures behind `pause_reason` (a JSON object).
+    pub pause_detail: Option<serde_json::Value>,
+    /// When a person resumed the campaign after its canary review: from then on the
+    /// canary no longer limits a run.
+    pub canary_released_at: Option<DateTime<Utc>>,
 }
 
 impl CampaignRecord {
@@ -166,7 +174,8 @@ pub fn spec_hash(toml_text: &str) -> String {
 }
 
 const CAMPAIGN_COLUMNS: &str = "campaign_id, name, spec, spec_hash, version, status, schedule, timezone, \
-     created_at, updated_at, last_run_at, next_run_at, tick_in_progress, done_through";
+     created_at, updated_at, last_run_at, next_run_at, tick_in_progress, done_through, pause_reason, pause_detail, \
+     canary_released_at";
 
 fn decode(message: String) -> sqlx::Error {
     sqlx::Error::Decode(message.into())
@@ -191,6 +200,9 @@ fn campaign_from_row(row: &AnyRow) -> Result<CampaignRecord, sqlx::Error> {
         next_run_at: opt_time("next_run_at")?,
         tick_in_progress: opt_time("tick_in_progress")?,
         done_through: opt_time("done_through")?,
+        pause_reason: row.try_get("pause_reason")?,
+        pause_detail: row.try_get::<Option<String>, _>("pause_detail")?.and_then(|d| serde_json::from_str(&d).ok()),
+        canary_released_at: opt_time("canary_released_at")?,
     })
 }
 
@@ -333,7 +345,7 @@ impl Store {
     ) -> Result<(CampaignStatus, CampaignStatus), StoreError> {
         let mut tx = self.begin_write().await?;
         let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
-        let sql = format!("SELECT campaign_id, status FROM campaigns WHERE name = $1{lock}");
+        let sql = format!("SELECT campaign_id, status, pause_reason FROM campaigns WHERE name = $1{lock}");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(name.as_str())
             .fetch_optional(&mut *tx)
@@ -353,13 +365,22 @@ impl Store {
                 return Err(StoreError::Conflict(format!("campaign {name} cannot be {}: {why}", change.verb())));
             }
         };
-        sqlx::query("UPDATE campaigns SET status = $1, updated_at = $2 WHERE campaign_id = $3")
-            .bind(to.as_str())
-            .bind(to_millis(now))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("campaign_set_status"))?;
+        let pause_reason: Option<String> = row.try_get("pause_reason").map_err(query_err("campaign_set_status"))?;
+        // A resume ends a canary review: the canary limits no later run. Any change
+        // by a person clears the worker's pause reason.
+        let released =
+            (change == StatusChange::Resume && pause_reason.as_deref() == Some(CANARY_REVIEW)).then(|| to_millis(now));
+        sqlx::query(
+            "UPDATE campaigns SET status = $1, updated_at = $2, pause_reason = NULL, pause_detail = NULL, \
+               canary_released_at = COALESCE(canary_released_at, $4) WHERE campaign_id = $3",
+        )
+        .bind(to.as_str())
+        .bind(to_millis(now))
+        .bind(id)
+        .bind(released)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("campaign_set_status"))?;
         let kind = match change {
             StatusChange::Pause => "campaign.paused",
             StatusChange::Resume => "campaign.resumed",
@@ -370,7 +391,9 @@ impl Store {
             kind,
             campaign_id: Some(id),
             user_id: None,
-            detail: Some(serde_json::json!({ "name": name.as_str(), "from": from, "to": to })),
+            detail: Some(serde_json::json!({
+                "name": name.as_str(), "from": from, "to": to, "after_pause_reason": pause_reason,
+            })),
         };
         event_insert(&mut tx, &event, now).await?;
         if to == CampaignStatus::Cancelled {
@@ -387,6 +410,96 @@ impl Store {
         }
         tx.commit().await.map_err(query_err("campaign_set_status commit"))?;
         Ok((from, to))
+    }
+}
+
+/// The pause reason after a canary's first run.
+pub const CANARY_REVIEW: &str = "canary_review";
+/// The pause reasons of `[halt]`: the rate that was crossed.
+pub const HALT_REASONS: [&str; 2] = ["delivery_failure_rate", "api_error_rate"];
+
+/// Whether a pause reason is a halt's.
+pub fn is_halt_reason(reason: &str) -> bool {
+    HALT_REASONS.contains(&reason)
+}
+
+impl Store {
+    /// The worker pauses an active campaign by itself, for `reason` (a short code:
+    /// [`CANARY_REVIEW`], a halt's rate), with the figures in `detail`, and records
+    /// `campaign.paused` with both. Returns false when the campaign was not active
+    /// (a person paused or cancelled it meanwhile): nothing changes then.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_pause_by_worker(
+        &self,
+        campaign_id: i64,
+        reason: &str,
+        detail: &serde_json::Value,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE campaigns SET status = 'paused', pause_reason = $2, pause_detail = $3, updated_at = $4 \
+             WHERE campaign_id = $1 AND status = 'active'",
+        )
+        .bind(campaign_id)
+        .bind(reason)
+        .bind(detail.to_string())
+        .bind(to_millis(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("campaign_pause_by_worker"))?
+        .rows_affected();
+        if n == 1 {
+            let event = NewEvent {
+                actor,
+                kind: "campaign.paused",
+                campaign_id: Some(campaign_id),
+                user_id: None,
+                detail: Some(
+                    serde_json::json!({ "from": "active", "to": "paused", "reason": reason, "figures": detail }),
+                ),
+            };
+            event_insert(&mut tx, &event, now).await?;
+        }
+        tx.commit().await.map_err(query_err("campaign_pause_by_worker commit"))?;
+        Ok(n == 1)
+    }
+
+    /// Whether a person resumed the campaign after its canary review.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_canary_released(&self, campaign_id: i64) -> Result<bool, StoreError> {
+        sqlx::query("SELECT canary_released_at FROM campaigns WHERE campaign_id = $1")
+            .bind(campaign_id)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|r| r.try_get::<Option<i64>, _>("canary_released_at"))
+            .map(|t| t.is_some())
+            .map_err(query_err("campaign_canary_released"))
+    }
+
+    /// How many of the campaign's targets have been sent a message or a session (a
+    /// ledger row or a link for the campaign): what a canary counts.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_canary_spent(&self, campaign_id: i64) -> Result<i64, StoreError> {
+        sqlx::query(
+            "SELECT COUNT(*) AS n FROM campaign_targets t WHERE t.campaign_id = $1 \
+               AND (t.notifications > 0 OR t.first_notified_at IS NOT NULL \
+                    OR EXISTS (SELECT 1 FROM verification_sessions s \
+                               WHERE s.campaign_id = $1 AND s.user_id = t.user_id AND s.status <> 'api_failed') \
+                    OR EXISTS (SELECT 1 FROM verification_links l WHERE l.campaign_id = $1 AND l.user_id = t.user_id))",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await
+        .and_then(|r| r.try_get::<i64, _>("n"))
+        .map_err(query_err("campaign_canary_spent"))
     }
 }
 

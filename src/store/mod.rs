@@ -52,6 +52,7 @@ macro_rules! our_target {
 pub mod campaigns;
 pub mod dashboard;
 pub mod events;
+pub mod forget;
 pub mod group;
 pub mod leases;
 #[cfg(test)]

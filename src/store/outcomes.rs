@@ -33,11 +33,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::sessions::event_in_tx;
-use super::targets::REACHABLE;
+use super::targets::{AudienceSql, REACHABLE, bind_all};
 use super::{Backend, Store, StoreError, greatest_sql, query_err, to_millis};
 use crate::domain::VerificationState;
 use crate::domain::policy;
-use crate::domain::spec::Reminders;
+use crate::domain::spec::{Audience, Reminders};
 
 /// Where a verification state came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,17 +73,34 @@ pub struct StateSource<'a> {
     pub occurred_at: Option<DateTime<Utc>>,
     /// The webhook's `failure_code` for a rejection.
     pub failure_code: Option<&'a str>,
+    /// The webhook's `failure_reason` for a rejection: stored on the user, never put
+    /// in an event (free text might name the person).
+    pub failure_reason: Option<&'a str>,
 }
 
 impl<'a> StateSource<'a> {
     /// A sync by `actor`.
     pub fn sync(actor: &'a str) -> Self {
-        Self { actor, kind: SourceKind::Sync, event_id: None, occurred_at: None, failure_code: None }
+        Self {
+            actor,
+            kind: SourceKind::Sync,
+            event_id: None,
+            occurred_at: None,
+            failure_code: None,
+            failure_reason: None,
+        }
     }
 
     /// The engine's fresh state, by `actor`.
     pub fn fresh_state(actor: &'a str) -> Self {
-        Self { actor, kind: SourceKind::FreshState, event_id: None, occurred_at: None, failure_code: None }
+        Self {
+            actor,
+            kind: SourceKind::FreshState,
+            event_id: None,
+            occurred_at: None,
+            failure_code: None,
+            failure_reason: None,
+        }
     }
 }
 
@@ -114,6 +131,7 @@ pub struct KycEvent {
     pub state: VerificationState,
     pub occurred_at: Option<DateTime<Utc>>,
     pub failure_code: Option<String>,
+    pub failure_reason: Option<String>,
 }
 
 /// What a webhook came to.
@@ -288,6 +306,10 @@ pub(crate) async fn apply_state_in_tx(
         .execute(&mut **tx)
         .await
         .map_err(query_err("user_apply_state update"))?;
+        if new == VerificationState::Verified {
+            // a pass replaces the last rejection's code
+            set_failure(tx, user_id, None, None).await?;
+        }
         let detail = serde_json::json!({
             "from": old.as_str(), "to": new.as_str(), "source": src.kind.as_str(),
             "event_id": src.event_id, "failure_code": src.failure_code,
@@ -321,6 +343,9 @@ pub(crate) async fn apply_state_in_tx(
     // lost PENDING left the stored state equal). A sync that finds a user REJECTED as
     // before says nothing about the campaign's message.
     let news = changed || src.kind == SourceKind::Webhook;
+    if new == VerificationState::Rejected && (src.failure_code.is_some() || src.failure_reason.is_some()) {
+        set_failure(tx, user_id, src.failure_code, src.failure_reason).await?;
+    }
     if news && new != VerificationState::Unverified {
         let sql = format!(
             "UPDATE campaign_targets SET started_at = $2, updated_at = $3 \
@@ -351,6 +376,23 @@ pub(crate) async fn apply_state_in_tx(
         _ => {}
     }
     Ok(StateApplied::Applied { from: old, to: new, changed, started, converted, rejected })
+}
+
+/// Records (or clears) the user's last rejection code and reason.
+async fn set_failure(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    user_id: &str,
+    code: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET failure_code = $2, failure_reason = $3 WHERE user_id = $1")
+        .bind(user_id)
+        .bind(code)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_apply_state failure"))?;
+    Ok(())
 }
 
 /// Runs a target update that returns `campaign_id`, and appends `kind` for each.
@@ -435,6 +477,7 @@ impl Store {
             event_id: Some(&e.event_id),
             occurred_at: e.occurred_at,
             failure_code: e.failure_code.as_deref(),
+            failure_reason: e.failure_reason.as_deref(),
         };
         let applied = apply_state_in_tx(&mut tx, self.backend(), &e.user_id, e.state, now, &src).await?;
         let note = match applied {
@@ -535,6 +578,23 @@ impl Store {
         reminders: &Reminders,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        self.target_requeue_reminders_for(campaign_id, reminders, &Audience::default(), now).await
+    }
+
+    /// [`Store::target_requeue_reminders`], leaving out the users the audience's
+    /// compliance exclusions keep out (`exclude_rejection_codes`, `max_attempts`): a
+    /// user finally rejected after the first message gets no reminder.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_requeue_reminders_for(
+        &self,
+        campaign_id: i64,
+        reminders: &Reminders,
+        audience: &Audience,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let excluded = AudienceSql::exclusions_only(audience, 6);
         let now_ms = to_millis(now);
         let after_ms = i64::try_from(reminders.after.0.as_millis()).unwrap_or(i64::MAX / 4);
         let cooldown = policy::rejection_cooldown().num_milliseconds();
@@ -547,14 +607,17 @@ impl Store {
                AND EXISTS (SELECT 1 FROM users u WHERE u.user_id = campaign_targets.user_id AND {REACHABLE} \
                  AND (u.verification_state = 'UNVERIFIED' \
                       OR ($5 = 1 AND u.verification_state = 'REJECTED' \
-                          AND COALESCE(u.rejected_at, $2) + {cooldown} <= $2)))"
+                          AND COALESCE(u.rejected_at, $2) + {cooldown} <= $2)) \
+                 AND {exclusions})",
+            exclusions = excluded.clause(),
         );
-        let n = sqlx::query(AssertSqlSafe(sql))
+        let q = sqlx::query(AssertSqlSafe(sql))
             .bind(campaign_id)
             .bind(now_ms)
             .bind(i64::from(reminders.max))
             .bind(now_ms.saturating_sub(after_ms))
-            .bind(i64::from(reminders.include_rejected))
+            .bind(i64::from(reminders.include_rejected));
+        let n = bind_all(q, &excluded.binds)
             .execute(&mut *tx)
             .await
             .map_err(query_err("target_requeue_reminders"))?

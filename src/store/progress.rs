@@ -279,6 +279,9 @@ fn plan_case(aud: &AudienceSql) -> String {
     for (name, pred) in &aud.predicates {
         case.push_str(&format!(" WHEN NOT ({pred}) THEN 'not_matching_{name}'"));
     }
+    for (reason, pred) in &aud.exclusions {
+        case.push_str(&format!(" WHEN NOT ({pred}) THEN '{reason}'"));
+    }
     case.push_str(
         " WHEN u.refresh_token_enc IS NULL THEN 'no_refresh_token' \
           WHEN u.consent_required_at IS NOT NULL THEN 'consent_required' \

@@ -53,6 +53,9 @@ pub struct StatusCount {
 /// `first`.
 pub(crate) struct AudienceSql {
     pub predicates: Vec<(&'static str, String)>,
+    /// Compliance exclusions (`exclude_rejection_codes`, `max_attempts`), each with
+    /// the reason `campaign plan` gives for it.
+    pub exclusions: Vec<(&'static str, String)>,
     pub binds: Vec<Bind>,
     first: usize,
 }
@@ -66,7 +69,7 @@ pub(crate) enum Bind {
 
 impl AudienceSql {
     pub(crate) fn build(a: &Audience, first: usize, backend: Backend) -> Self {
-        let mut this = Self { predicates: vec![], binds: vec![], first };
+        let mut this = Self { predicates: vec![], exclusions: vec![], binds: vec![], first };
         let list = |this: &mut Self, name: &'static str, column: &str, values: Vec<String>| {
             if !values.is_empty() {
                 let marks: Vec<String> = values.into_iter().map(|v| format!("${}", this.mark(Bind::Text(v)))).collect();
@@ -93,7 +96,36 @@ impl AudienceSql {
             let m = this.mark(Bind::Int(to_millis(af)));
             this.predicates.push(("signed_up_after", format!("u.signed_up_at >= ${m}")));
         }
+        this.push_exclusions(a);
         this
+    }
+
+    /// Only the compliance exclusions of `a`: what a reminder must still respect.
+    pub(crate) fn exclusions_only(a: &Audience, first: usize) -> Self {
+        let mut this = Self { predicates: vec![], exclusions: vec![], binds: vec![], first };
+        this.push_exclusions(a);
+        this
+    }
+
+    fn push_exclusions(&mut self, a: &Audience) {
+        let this = self;
+        if !a.exclude_rejection_codes.is_empty() {
+            // the last rejection's code, kept until a later decision replaces it: a
+            // final rejection stays final whatever the state reads later
+            let marks: Vec<String> =
+                a.exclude_rejection_codes.iter().map(|c| format!("${}", this.mark(Bind::Text(c.clone())))).collect();
+            this.exclusions.push((
+                "excluded_rejection_code",
+                format!("(u.failure_code IS NULL OR u.failure_code NOT IN ({}))", marks.join(", ")),
+            ));
+        }
+        if let Some(max) = a.max_attempts {
+            let m = this.mark(Bind::Int(i64::from(max)));
+            this.exclusions.push((
+                "max_attempts",
+                format!("(SELECT COUNT(*) FROM verification_sessions s WHERE {SESSION_HAD}) < ${m}"),
+            ));
+        }
     }
 
     /// Binds a value and returns its placeholder's number.
@@ -102,12 +134,12 @@ impl AudienceSql {
         self.first + self.binds.len() - 1
     }
 
-    /// All predicates joined with AND.
+    /// All predicates and exclusions joined with AND.
     pub(crate) fn clause(&self) -> String {
-        if self.predicates.is_empty() {
+        if self.predicates.is_empty() && self.exclusions.is_empty() {
             return "TRUE".into();
         }
-        self.predicates.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(" AND ")
+        self.predicates.iter().chain(&self.exclusions).map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(" AND ")
     }
 }
 
@@ -123,6 +155,12 @@ pub(crate) fn bind_all<'q>(
     }
     q
 }
+
+/// The ledger rows (alias `s`) of user `u` that `audience.max_attempts` counts: every
+/// session reserved for them in any campaign, except those the API certainly never
+/// made (`api_failed`). Decision: a reservation still in flight, an `unknown` or an
+/// `orphaned` row may be a session the person received, so it counts.
+const SESSION_HAD: &str = "s.user_id = u.user_id AND s.status <> 'api_failed'";
 
 /// A user reachable by a campaign: a refresh token on file and no pending re-consent.
 pub(crate) const REACHABLE: &str = "u.refresh_token_enc IS NOT NULL AND u.consent_required_at IS NULL";
@@ -315,6 +353,59 @@ impl Store {
         };
         tx.commit().await.map_err(query_err("target_add_matching commit"))?;
         Ok(Targeted { added, deferred })
+    }
+
+    /// Settles `skipped` the campaign's waiting targets (pending, deferred) whose
+    /// user the audience's compliance exclusions now keep out: a rejection code that
+    /// arrived after the user was targeted (a deferred rejection, say), or sessions
+    /// had in other campaigns since. The reason is the exclusion's (`excluded_rejection_code`,
+    /// `max_attempts`), with a `target.skipped` event each. Returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_skip_excluded(
+        &self,
+        campaign_id: i64,
+        audience: &Audience,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let excluded = AudienceSql::exclusions_only(audience, 3);
+        if excluded.exclusions.is_empty() {
+            return Ok(0);
+        }
+        let now_ms = to_millis(now);
+        let mut tx = self.begin_write().await?;
+        let mut total = 0;
+        for (reason, pred) in &excluded.exclusions {
+            let sql = format!(
+                "UPDATE campaign_targets SET status = 'skipped', reason = '{reason}', not_before = NULL, \
+                   finalized_at = $2, updated_at = $2 \
+                 WHERE campaign_id = $1 AND status IN ('pending', 'deferred') \
+                   AND EXISTS (SELECT 1 FROM users u WHERE u.user_id = campaign_targets.user_id AND NOT ({pred}))"
+            );
+            let q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(now_ms);
+            let n = bind_all(q, &excluded.binds)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("target_skip_excluded"))?
+                .rows_affected();
+            if n > 0 {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+                     SELECT $2, 'engine', 'target.skipped', campaign_id, user_id, '{{\"reason\":\"{reason}\"}}' \
+                     FROM campaign_targets WHERE campaign_id = $1 AND status = 'skipped' AND reason = '{reason}' \
+                       AND updated_at = $2"
+                )))
+                .bind(campaign_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("target_skip_excluded events"))?;
+            }
+            total += n;
+        }
+        tx.commit().await.map_err(query_err("target_skip_excluded commit"))?;
+        Ok(total)
     }
 
     /// Targets whose message could not be delivered become eligible again: a later

@@ -182,7 +182,8 @@ const UPSERT_COLUMNS: &str = "user_id, email, first_name, last_name, locale, tim
      verification_state, rejected_at, refresh_token_enc, token_key_id, tags, signed_up_at, \
      state_changed_at, created_at, updated_at";
 
-/// What an existing row keeps and takes (see the module docs).
+/// What an existing row keeps and takes (see the module docs). A forgotten user's
+/// row takes nothing: an import cannot bring an erased person's data back.
 fn upsert_on_conflict(backend: Backend) -> String {
     format!(
         "{UPSERT_ON_CONFLICT_HEAD}rejected_at = {}, {UPSERT_ON_CONFLICT_TAIL}",
@@ -205,7 +206,8 @@ const UPSERT_ON_CONFLICT_TAIL: &str = "refresh_token_enc = COALESCE(excluded.ref
          THEN users.consent_required_at ELSE NULL END, \
      tags = excluded.tags, \
      signed_up_at = COALESCE(excluded.signed_up_at, users.signed_up_at), \
-     updated_at = excluded.updated_at";
+     updated_at = excluded.updated_at \
+     WHERE users.forgotten_at IS NULL";
 
 /// `rows` groups of `per_row` placeholders. Postgres numbers them (`$1…`); SQLite
 /// gets anonymous `?`: sqlx finds a named parameter's index through

@@ -120,6 +120,7 @@ pub struct Metrics {
     webhook_rejected: Family<ReasonLabels, Counter>,
     locale_fallbacks: Family<FallbackLabels, Counter>,
     timezone_fallbacks: Family<CampaignLabels, Counter>,
+    campaign_halted: Family<CampaignLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -236,6 +237,13 @@ impl Metrics {
              unreadable, malformed, unknown_status)",
             webhook_rejected.clone(),
         );
+        let campaign_halted = Family::<CampaignLabels, Gauge>::default();
+        registry.register(
+            "campaign_halted",
+            "1 while the campaign is paused by its [halt] thresholds (a delivery failure or API error rate \
+             crossed), else 0; read from the database",
+            campaign_halted.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
@@ -256,6 +264,7 @@ impl Metrics {
             webhook_rejected,
             locale_fallbacks,
             timezone_fallbacks,
+            campaign_halted,
         }
     }
 
@@ -269,6 +278,11 @@ impl Metrics {
     /// A send window of `campaign` was read in the campaign's zone for want of the user's.
     pub fn timezone_fallback(&self, campaign: &str) {
         self.timezone_fallbacks.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).inc();
+    }
+
+    /// Whether `campaign` is paused by its halt thresholds.
+    pub fn set_campaign_halted(&self, campaign: &str, halted: bool) {
+        self.campaign_halted.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(i64::from(halted));
     }
 
     /// A session was issued for a user of `campaign`.
@@ -411,6 +425,9 @@ impl Metrics {
             for (status, n) in by_status {
                 self.set_targets(campaign.name.as_str(), &status, n);
             }
+            let halted = campaign.status == crate::store::campaigns::CampaignStatus::Paused
+                && campaign.pause_reason.as_deref().is_some_and(crate::store::campaigns::is_halt_reason);
+            self.set_campaign_halted(campaign.name.as_str(), halted);
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 mod common;
 mod docs;
 mod exit_codes;
+mod gates;
 mod ops;
 mod scheduled;
 mod ui;

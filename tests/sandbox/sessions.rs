@@ -142,8 +142,12 @@ async fn outcomes_send_signed_webhooks_after_the_decision_delay() {
     let (h, body) = events.recv().await.unwrap();
     let failed = verified_event(key, &h, &body);
     assert_eq!(failed["event_object"]["status"], "failed");
-    assert!(failed["event_object"]["failure_code"].is_string());
-    assert!(failed["event_object"]["failure_reason"].is_string());
+    let code = failed["event_object"]["failure_code"].as_str().expect("a failure_code");
+    let (_, reason) = reverify::sandbox::webhook::FAILURES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .unwrap_or_else(|| panic!("{code} is not one of the sandbox's rejection codes"));
+    assert_eq!(failed["event_object"]["failure_reason"], *reason);
     assert_eq!(env.sandbox.user(&rejected.user_id).unwrap().verification_state, VerificationState::Rejected);
 
     // abandoning sends nothing and leaves the state

@@ -100,7 +100,14 @@ async fn standing(s: &Store, id: &str) -> (String, i64, Option<i64>, Option<i64>
 }
 
 fn event(id: &str, user: &str, state: VerificationState, at: DateTime<Utc>) -> KycEvent {
-    KycEvent { event_id: id.into(), user_id: user.into(), state, occurred_at: Some(at), failure_code: None }
+    KycEvent {
+        event_id: id.into(),
+        user_id: user.into(),
+        state,
+        occurred_at: Some(at),
+        failure_code: None,
+        failure_reason: None,
+    }
 }
 
 both_engines!(a_state_change_moves_the_user_and_their_targets_together, |db: TestDb| async move {
