@@ -50,6 +50,7 @@ macro_rules! our_target {
 }
 
 pub mod campaigns;
+pub mod chain;
 pub mod events;
 pub mod group;
 pub mod leases;
