@@ -40,7 +40,8 @@ SELECT c.campaign_id, c.version, c.spec, c.spec_hash,
        c.updated_at
 FROM campaigns c;
 
--- Approvals: one per approved version. `digest` covers the file, the templates it
+-- Approvals of campaign versions (a version approved again when its templates
+-- changed has several; the latest counts). `digest` covers the file, the templates it
 -- uses (`templates`: name -> SHA-256) and its plan at approval (`plan`).
 CREATE TABLE campaign_approvals (
     approval_id BIGSERIAL PRIMARY KEY,
@@ -50,9 +51,9 @@ CREATE TABLE campaign_approvals (
     approved_at BIGINT NOT NULL,
     digest      TEXT NOT NULL,
     templates   TEXT NOT NULL,
-    plan        TEXT NOT NULL,
-    UNIQUE (campaign_id, version)
+    plan        TEXT NOT NULL
 );
+CREATE INDEX campaign_approvals_by_campaign ON campaign_approvals (campaign_id, version);
 
 -- Template versions, by content: the SHA-256 over a template's files, and the
 -- files themselves (JSON: file -> text), kept for the evidence bundle.

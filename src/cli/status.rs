@@ -117,18 +117,18 @@ pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Resu
 }
 
 /// Puts every failed target back in the queue.
-pub async fn retry_failed(store: &Store, c: &CampaignRecord) -> anyhow::Result<u8> {
+pub async fn retry_failed(store: &Store, c: &CampaignRecord, actor: &str) -> anyhow::Result<u8> {
     let now = Utc::now();
     let n = store.target_requeue_failed(c.campaign_id, now).await?;
-    let actor = reverify::store::events::cli_actor();
     let event = reverify::store::events::NewEvent {
-        actor: &actor,
+        actor,
         kind: "campaign.retry_failed",
         campaign_id: Some(c.campaign_id),
         user_id: None,
         detail: Some(serde_json::json!({ "requeued": n })),
     };
     store.event_append(&event, now).await?;
+    super::seal(store).await;
     println!("campaign {}: {n} failed targets re-queued; the next run retries them", c.name);
     Ok(exit::OK)
 }

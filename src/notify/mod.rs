@@ -33,13 +33,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-pub use check::{CampaignCheck, Channels, check_campaign, check_delivery};
+pub use check::{CampaignCheck, Channels, check_campaign, check_delivery, templates_used};
 pub use email::build_email;
 pub use error::NotifyError;
 pub use outbox::{Outbox, is_message_name};
 pub use retry::RetryPolicy;
 pub use smtp::{SmtpConfig, SmtpSender, TlsMode};
-pub use template::{Rendered, TemplateError, Templates};
+pub use template::{Rendered, TEMPLATE_FILES, TemplateError, Templates, template_digest};
 pub use webhook::{WebhookPayload, WebhookSender, sign_webhook};
 
 use crate::config::Settings;

@@ -182,6 +182,27 @@ impl Templates {
         self.names.iter().map(String::as_str)
     }
 
+    /// The files of template `name` as loaded (`subject.txt`, `body.txt`,
+    /// `body.html`, in that order), or `None` when there is no such template.
+    pub fn sources(&self, name: &str) -> Option<Vec<(&'static str, String)>> {
+        if !self.names.contains(name) {
+            return None;
+        }
+        TEMPLATE_FILES
+            .iter()
+            .map(|file| {
+                let tpl = self.env.get_template(&format!("{name}/{file}")).ok()?;
+                Some((*file, tpl.source().to_owned()))
+            })
+            .collect()
+    }
+
+    /// The template's version: lower-case hex SHA-256 of [`template_digest`] over
+    /// its files, or `None` when there is no such template.
+    pub fn digest(&self, name: &str) -> Option<String> {
+        self.sources(name).map(|files| template_digest(&files))
+    }
+
     /// Fails when there is no template called `name`.
     ///
     /// # Errors
@@ -246,6 +267,22 @@ impl Templates {
         }
         Ok(())
     }
+}
+
+/// A template's version, from its files (as `(file, text)` pairs): lower-case hex
+/// SHA-256 of, for each file in order, its name, a NUL, its length in bytes as
+/// decimal, a NUL and its text. Anyone holding the files can recompute it.
+pub fn template_digest(files: &[(&str, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (file, text) in files {
+        h.update(file.as_bytes());
+        h.update([0]);
+        h.update(text.len().to_string().as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 /// A subject is one line: newlines and runs of white space become one space.

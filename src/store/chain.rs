@@ -42,7 +42,7 @@ pub const SEAL_GRACE: chrono::Duration = chrono::Duration::minutes(10);
 const SEAL_BATCH: i64 = 2000;
 
 /// An event's stored columns, as hashed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ChainedEvent {
     pub event_id: i64,
     pub at_ms: i64,
@@ -67,7 +67,7 @@ pub fn event_hash(seq: i64, prev_hash: &str, e: &ChainedEvent) -> String {
 }
 
 /// The chain's head: the last sealed place and its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChainHead {
     pub seq: i64,
     pub hash: String,
@@ -146,6 +146,29 @@ impl Store {
     pub async fn audit_head(&self) -> Result<ChainHead, StoreError> {
         let mut conn = self.pool().acquire().await.map_err(query_err("audit_chain head"))?;
         head_in(&mut conn, "").await
+    }
+
+    /// Up to `limit` of the campaign's events with an id above `after`, oldest
+    /// first, as stored (seals included): for an evidence bundle.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn audit_events_page(
+        &self,
+        campaign_id: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChainedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE campaign_id = $1 AND event_id > $2 ORDER BY event_id LIMIT {limit}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(campaign_id)
+            .bind(after)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err("audit_events_page"))?;
+        rows.iter().map(chained_from_row).collect::<Result<_, _>>().map_err(query_err("audit_events_page"))
     }
 
     /// Seals every committed unsealed event (see the module docs), a batch per

@@ -49,6 +49,7 @@ macro_rules! our_target {
     };
 }
 
+pub mod approvals;
 pub mod campaigns;
 pub mod chain;
 pub mod events;

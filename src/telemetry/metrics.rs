@@ -112,6 +112,7 @@ pub struct Metrics {
     run_duration: Histogram,
     last_success: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     webhook_rejected: Family<ReasonLabels, Counter>,
+    unapproved_skips: Family<CampaignLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -215,6 +216,12 @@ impl Metrics {
              unreadable, malformed, unknown_status)",
             webhook_rejected.clone(),
         );
+        let unapproved_skips = Family::<CampaignLabels, Counter>::default();
+        registry.register(
+            "campaign_unapproved_skips",
+            "Due campaigns not run because their version is not approved (require_approval), by campaign",
+            unapproved_skips.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
@@ -233,6 +240,7 @@ impl Metrics {
             run_duration,
             last_success,
             webhook_rejected,
+            unapproved_skips,
         }
     }
 
@@ -287,6 +295,11 @@ impl Metrics {
     pub fn set_last_success(&self, campaign: &str, at: DateTime<Utc>) {
         let seconds = at.timestamp_millis() as f64 / 1000.0;
         self.last_success.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(seconds);
+    }
+
+    /// A due run of `campaign` was skipped: its version is not approved.
+    pub fn unapproved_skip(&self, campaign: &str) {
+        self.unapproved_skips.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).inc();
     }
 
     /// A Baanx webhook post was refused for `reason`.
