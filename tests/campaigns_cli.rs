@@ -352,14 +352,9 @@ both_engines!(the_actor_is_as_else_reverify_actor_else_the_os_user, |db: TestDb|
         ]
     );
     // `campaign audit` shows each, and the events are sealed into the chain
-    reverify(&db, d)
-        .args(["campaign", "audit", "kyc-refresh-q4"])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("carol").and(predicate::str::contains("dave")).and(predicate::str::contains("erin")));
+    reverify(&db, d).args(["campaign", "audit", "kyc-refresh-q4"]).assert().success().stdout(
+        predicate::str::contains("carol").and(predicate::str::contains("dave")).and(predicate::str::contains("erin")),
+    );
     assert_eq!(db.store.audit_head().await.unwrap().seq, 4);
-    reverify(&db, d)
-        .args(["campaign", "pause", "kyc-refresh-q4", "--as", "bad\u{7}name"])
-        .assert()
-        .code(2);
+    reverify(&db, d).args(["campaign", "pause", "kyc-refresh-q4", "--as", "bad\u{7}name"]).assert().code(2);
 });

@@ -310,15 +310,8 @@ impl Run {
             Err((e, p)) => (RunOutcome::Failed, Some(e.to_string()), p.counts()),
         };
         // bounded: with the database gone, the pool would wait its whole timeout
-        let finish = store.run_finish(
-            run_id,
-            campaign_id,
-            (&worker, &actor),
-            outcome,
-            counts,
-            error.as_deref(),
-            clock.now(),
-        );
+        let finish =
+            store.run_finish(run_id, campaign_id, (&worker, &actor), outcome, counts, error.as_deref(), clock.now());
         match tokio::time::timeout(Duration::from_secs(10), finish).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "could not record the end of the run"),

@@ -19,7 +19,12 @@ both_engines!(four_eyes_and_a_new_version_needs_a_new_approval, |db: TestDb| asy
     let (_, c) = s.campaign_apply(&spec, SPEC, "alice", now).await.unwrap();
     let plan: BTreeMap<String, i64> = [("target".to_owned(), 3), ("not_matching_states".to_owned(), 2)].into();
     let templates = tpl("hello");
-    let ask = |who: &'static str, version: i64| NewApproval { approver: who, version, templates: &templates, plan: plan.clone() };
+    let ask = |who: &'static str, version: i64| NewApproval {
+        approver: who,
+        version,
+        templates: &templates,
+        plan: plan.clone(),
+    };
 
     // the applier may not approve
     let e = s.campaign_approve(&c, &ask("alice", 1), now).await.unwrap_err();
@@ -58,5 +63,8 @@ both_engines!(four_eyes_and_a_new_version_needs_a_new_approval, |db: TestDb| asy
         .into_iter()
         .map(|e| format!("{} {}", e.kind, e.actor))
         .collect();
-    assert_eq!(kinds, ["campaign.applied alice", "campaign.approved bob", "campaign.applied bob", "campaign.approved alice"]);
+    assert_eq!(
+        kinds,
+        ["campaign.applied alice", "campaign.approved bob", "campaign.applied bob", "campaign.approved alice"]
+    );
 });
