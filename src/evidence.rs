@@ -143,10 +143,10 @@ pub async fn write(
         let Some(last) = page.last() else { break };
         after = last.event_id;
         for e in &page {
-            if let Some(d) = e.detail.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()) {
-                if let Some(t) = d.get("template_sha256").and_then(|t| t.as_str()) {
-                    digests.insert(t.to_owned());
-                }
+            if let Some(d) = e.detail.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                && let Some(t) = d.get("template_sha256").and_then(|t| t.as_str())
+            {
+                digests.insert(t.to_owned());
             }
             serde_json::to_writer(&mut events, e)
                 .map_err(|e| EvidenceError::Io { path: "events.jsonl".into(), message: e.to_string() })?;

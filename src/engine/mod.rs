@@ -109,6 +109,10 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
+/// The longest a stopped run spends sealing its audit events before it exits
+/// (a part of the stop budget the deploy files' grace periods cover).
+pub const SEAL_ON_STOP: Duration = Duration::from_secs(2);
+
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -317,11 +321,17 @@ impl Run {
             Ok(Err(e)) => warn!(error = %e, "could not record the end of the run"),
             Err(_) => warn!("could not record the end of the run: the database did not answer within 10 s"),
         }
-        // the run's events join the audit chain (store::chain); bounded like the above
-        match tokio::time::timeout(Duration::from_secs(60), store.audit_seal(clock.now())).await {
+        // the run's events join the audit chain (store::chain). Bounded: after a stop
+        // (SIGTERM) within the deploy files' grace period; the seal commits batch by
+        // batch, and the next seal takes what is left.
+        let bound = if outcome == RunOutcome::Interrupted { SEAL_ON_STOP } else { Duration::from_secs(60) };
+        match tokio::time::timeout(bound, store.audit_seal(clock.now())).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "could not seal the run's audit events; the next seal will"),
-            Err(_) => warn!("could not seal the run's audit events within 60 s; the next seal will"),
+            Err(_) => warn!(
+                seconds = bound.as_secs(),
+                "the run's audit events were not all sealed in time; the next seal will"
+            ),
         }
         match result {
             Ok((outcome, counts)) => Ok(RunReport { run_id, outcome, counts }),
