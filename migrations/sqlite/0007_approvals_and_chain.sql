@@ -10,7 +10,9 @@
 ALTER TABLE events ADD COLUMN chain_seq INTEGER;
 ALTER TABLE events ADD COLUMN prev_hash TEXT;
 ALTER TABLE events ADD COLUMN hash TEXT;
-CREATE UNIQUE INDEX events_by_chain_seq ON events (chain_seq);
+-- both partial: an insert in the hot path adds no entry to the first, and the
+-- second holds only the few events waiting for the sealer
+CREATE UNIQUE INDEX events_by_chain_seq ON events (chain_seq) WHERE chain_seq IS NOT NULL;
 CREATE INDEX events_unsealed ON events (event_id) WHERE chain_seq IS NULL;
 CREATE TABLE audit_chain (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
