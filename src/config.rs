@@ -134,6 +134,9 @@ pub struct Settings {
     pub ui_users_file: Option<PathBuf>,
     /// A header an authenticating proxy sets to the person's name; read only when set.
     pub ui_trusted_user_header: Option<String>,
+    /// Four eyes (`require_approval`, default false): a campaign version runs only
+    /// after `campaign approve` by someone other than whoever applied it.
+    pub require_approval: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -167,6 +170,7 @@ impl std::fmt::Debug for Settings {
             .field("ui_listen", &self.ui_listen)
             .field("ui_users_file", &self.ui_users_file)
             .field("ui_trusted_user_header", &self.ui_trusted_user_header)
+            .field("require_approval", &self.require_approval)
             .finish()
     }
 }
@@ -203,6 +207,7 @@ impl Default for Settings {
             ui_listen: None,
             ui_users_file: None,
             ui_trusted_user_header: None,
+            require_approval: false,
         }
     }
 }
@@ -242,6 +247,7 @@ struct FileSettings {
     ui_listen: Option<String>,
     ui_users_file: Option<PathBuf>,
     ui_trusted_user_header: Option<String>,
+    require_approval: Option<bool>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -365,6 +371,19 @@ impl Settings {
         s.max_concurrency = number(env, "max_concurrency", file.max_concurrency, s.max_concurrency, 1..=10_000)?;
         s.lease_seconds = number(env, "lease_seconds", file.lease_seconds, s.lease_seconds, 2..=86_400)?;
         s.workers = number(env, "workers", file.workers, s.workers, 1..=1_000)?;
+        s.require_approval = match env.get(&env_name("require_approval")) {
+            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(invalid(
+                        "require_approval",
+                        format!("{raw:?} (from {}) is not true or false", env_name("require_approval")),
+                    ));
+                }
+            },
+            None => file.require_approval.unwrap_or(s.require_approval),
+        };
         if let Some(v) = get("session_expiry_margin", file.session_expiry_margin) {
             let d = humantime::parse_duration(v.trim()).map_err(|e| {
                 invalid("session_expiry_margin", format!("{v:?} is not a duration such as 5m or 90s: {e}"))
@@ -608,6 +627,15 @@ mod tests {
         assert!(e.to_string().starts_with("workers:"), "{e}");
         let s = Settings::load_from(None, &env(&[("REVERIFY_WORKERS", "4")])).unwrap();
         assert!((s.rate_share() - 0.25).abs() < 1e-9);
+        assert!(!s.require_approval, "off by default");
+        let s = Settings::load_from(None, &env(&[("REVERIFY_REQUIRE_APPROVAL", "true")])).unwrap();
+        assert!(s.require_approval);
+        let e = Settings::load_from(None, &env(&[("REVERIFY_REQUIRE_APPROVAL", "maybe")])).unwrap_err();
+        assert!(e.to_string().starts_with("require_approval: \"maybe\""), "{e}");
+        std::fs::write(&f, "require_approval = true\n").unwrap();
+        assert!(Settings::load_from(Some(&f), &env(&[])).unwrap().require_approval);
+        let s = Settings::load_from(Some(&f), &env(&[("REVERIFY_REQUIRE_APPROVAL", "false")])).unwrap();
+        assert!(!s.require_approval, "the environment wins");
         let e = Settings::load_from(None, &env(&[("REVERIFY_BAANX_BASE_URL", "not a url")])).unwrap_err();
         assert!(e.to_string().starts_with("baanx_base_url:"), "{e}");
         let e = Settings::load_from(None, &env(&[("REVERIFY_SMTP_URL", "http://x")])).unwrap_err();

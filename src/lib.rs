@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod directory;
 pub mod domain;
 pub mod engine;
+pub mod evidence;
 pub mod notify;
 pub mod report;
 pub mod sandbox;

@@ -325,7 +325,38 @@ both_engines!(apply_versions_and_status_changes, |db: TestDb| async move {
         kinds,
         ["campaign.applied", "campaign.paused", "campaign.applied", "campaign.resumed", "campaign.cancelled"]
     );
-    assert!(events.iter().all(|e| e.actor.starts_with("cli:tester@")), "{events:?}");
+    assert!(events.iter().all(|e| e.actor == "tester"), "{events:?}");
+});
+
+both_engines!(the_actor_is_as_else_reverify_actor_else_the_os_user, |db: TestDb| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("kyc.toml"), SPEC).unwrap();
+    reverify(&db, d).args(["campaign", "apply", "kyc.toml"]).assert().success();
+    reverify(&db, d).args(["campaign", "pause", "kyc-refresh-q4"]).env("REVERIFY_ACTOR", "carol").assert().success();
+    reverify(&db, d)
+        .args(["campaign", "resume", "kyc-refresh-q4", "--as", "dave"])
+        .env("REVERIFY_ACTOR", "carol")
+        .assert()
+        .success();
+    reverify(&db, d).args(["--as", "erin", "campaign", "retry-failed", "kyc-refresh-q4"]).assert().success();
+    let events = db.store.event_list(&EventFilter::default(), 0, 100).await.unwrap();
+    let who: Vec<(&str, &str)> = events.iter().map(|e| (e.kind.as_str(), e.actor.as_str())).collect();
+    assert_eq!(
+        who,
+        [
+            ("campaign.applied", "tester"),
+            ("campaign.paused", "carol"),
+            ("campaign.resumed", "dave"),
+            ("campaign.retry_failed", "erin")
+        ]
+    );
+    // `campaign audit` shows each, and the events are sealed into the chain
+    reverify(&db, d).args(["campaign", "audit", "kyc-refresh-q4"]).assert().success().stdout(
+        predicate::str::contains("carol").and(predicate::str::contains("dave")).and(predicate::str::contains("erin")),
+    );
+    assert_eq!(db.store.audit_head().await.unwrap().seq, 4);
+    reverify(&db, d).args(["campaign", "pause", "kyc-refresh-q4", "--as", "bad\u{7}name"]).assert().code(2);
 });
 
 /// `campaign validate` checks every locale of every template, and the new keys.

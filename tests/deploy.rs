@@ -368,11 +368,13 @@ fn every_workload_runs_locked_down_with_secrets_as_files() {
 // --- stopping, deadlines, exit codes ---------------------------------------------
 
 /// What a stop takes, from SIGTERM to exit: the users in flight (the engine's
-/// grace), the target counts and the metrics push of a one-shot run (each bounded
-/// by its timeout), and a margin for the rest (releasing claims, closing the pool).
+/// grace), sealing the run's audit events, the target counts and the metrics push
+/// of a one-shot run (each bounded by its timeout), and a margin for the rest
+/// (releasing claims, closing the pool).
 fn stop_budget() -> Duration {
     let margin = Duration::from_secs(10);
     reverify::engine::EngineConfig::default().grace
+        + reverify::engine::SEAL_ON_STOP
         + reverify::telemetry::server::READY_TIMEOUT
         + reverify::telemetry::server::PUSH_TIMEOUT
         + margin
@@ -1014,6 +1016,7 @@ fn the_deploy_readme_covers_every_way_to_run_and_the_exit_codes() {
         "Secrets",
         "Migrations",
         "Scaling",
+        "Approvals",
         "Exit codes",
     ] {
         assert!(
@@ -1030,4 +1033,38 @@ fn the_deploy_readme_covers_every_way_to_run_and_the_exit_codes() {
     {
         assert!(readme.contains(topic), "deploy/README.md does not explain {topic}");
     }
+}
+
+/// Issue 16: what is shipped turns four-eyes approval on, and names who applies and
+/// who runs, so that a person's approval can never be the applier's own.
+#[test]
+fn the_shipped_settings_require_approval_and_name_their_actors() {
+    let settings = yaml_doc("deploy/kubernetes/base/settings.yaml");
+    assert_eq!(settings["data"]["REVERIFY_REQUIRE_APPROVAL"], "true", "settings.yaml");
+    for (rel, actor) in [
+        ("deploy/kubernetes/base/setup-job.yaml", "deploy:setup-job"),
+        ("deploy/kubernetes/base/cronjob.yaml", "scheduler:cronjob"),
+        ("deploy/kubernetes/base/deployment.yaml", "scheduler:daemon"),
+    ] {
+        let doc = yaml_doc(rel);
+        let named = pod_specs_of(&doc).iter().any(|spec| {
+            spec["containers"].as_array().into_iter().flatten().any(|c| {
+                c["env"].as_array().into_iter().flatten().any(|e| e["name"] == "REVERIFY_ACTOR" && e["value"] == actor)
+            })
+        });
+        assert!(named, "{rel}: REVERIFY_ACTOR is not {actor}");
+    }
+    for (unit, actor) in
+        [("reverify.service", "systemd:reverify"), ("reverify-daemon.service", "systemd:reverify-daemon")]
+    {
+        let text = read(&format!("deploy/systemd/{unit}"));
+        assert_eq!(unit_setting(&text, "Environment=REVERIFY_REQUIRE_APPROVAL").as_deref(), Some("true"), "{unit}");
+        assert_eq!(unit_setting(&text, "Environment=REVERIFY_ACTOR").as_deref(), Some(actor), "{unit}");
+    }
+    // and the settings parse as the binary reads them
+    let env: std::collections::HashMap<String, String> =
+        [("REVERIFY_REQUIRE_APPROVAL".to_owned(), "true".to_owned())].into();
+    assert!(reverify::config::Settings::load_from(None, &env).unwrap().require_approval);
+    let readme = read("deploy/README.md");
+    assert!(readme.contains("reverify campaign approve"), "deploy/README.md: how to approve");
 }

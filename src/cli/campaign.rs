@@ -9,7 +9,6 @@ use reverify::domain::{CampaignName, CampaignSpec};
 use reverify::notify::CampaignCheck;
 use reverify::store::StoreError;
 use reverify::store::campaigns::{CampaignRecord, CampaignStatus, StatusChange};
-use reverify::store::events::cli_actor;
 
 use super::{Context, exit};
 
@@ -39,12 +38,27 @@ pub enum CampaignCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a campaign: status, version, last and next run, and the applied file.
+    /// Show a campaign: status, version and who applied it, whether it is approved,
+    /// last and next run, and the applied file.
     Show {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         #[arg(long)]
         json: bool,
+    },
+    /// Approve the campaign's current version (four eyes, for require_approval).
+    ///
+    /// Records the approver (--as, REVERIFY_ACTOR or the OS user), who must not be
+    /// whoever applied this version, and a SHA-256 digest over the campaign file, the
+    /// templates it uses (as this process loads them) and its plan now (the targets
+    /// and the exclusions counted by reason). Applying a changed file makes a new
+    /// version, which needs a new approval; a changed template needs one too.
+    Approve {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// Refuse unless this is the current version (the one you reviewed).
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
     },
     /// Stop running a campaign until it is resumed.
     Pause {
@@ -133,7 +147,11 @@ pub enum CampaignCommand {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// Print the campaign's audit trail, oldest first.
+    /// Print the campaign's audit trail, oldest first, with the actor of every event.
+    ///
+    /// With --verify, check the whole audit chain instead (every event stores the
+    /// hash of the one before it): exits 1 naming the first event that was changed,
+    /// removed or inserted behind the trail's back.
     Audit {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
@@ -143,6 +161,21 @@ pub enum CampaignCommand {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Verify the audit chain (all events, every campaign) instead of listing.
+        #[arg(long, conflicts_with = "user")]
+        verify: bool,
+    },
+    /// Write an evidence bundle for a regulator into DIR: the report, the audit
+    /// events (with their chain hashes), every applied version of the campaign file,
+    /// the templates with their hashes, the approvals, and manifest.json with each
+    /// file's SHA-256 and the audit chain's head. Check it with `reverify evidence
+    /// verify DIR`.
+    Evidence {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// The directory to write (created; must be empty if it exists).
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
     },
 }
 
@@ -193,15 +226,24 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
         }
         CampaignCommand::RetryFailed { name } => {
             let (store, c) = existing(ctx, &name).await?;
-            super::status::retry_failed(&store, &c).await
+            super::status::retry_failed(&store, &c, &ctx.actor).await
         }
         CampaignCommand::Report { name, format, output } => {
             let (store, c) = existing(ctx, &name).await?;
             super::report::report(&store, &c, format, output.as_deref()).await
         }
-        CampaignCommand::Audit { name, user, json } => {
+        CampaignCommand::Audit { name, verify: true, json, .. } => {
+            let (store, _) = existing(ctx, &name).await?;
+            super::evidence::verify_chain(&store, json).await
+        }
+        CampaignCommand::Audit { name, user, json, verify: false } => {
             let (store, c) = existing(ctx, &name).await?;
             super::report::audit(&store, &c, user, json).await
+        }
+        CampaignCommand::Approve { name, version } => approve(ctx, &name, version).await,
+        CampaignCommand::Evidence { name, output } => {
+            let (store, c) = existing(ctx, &name).await?;
+            super::evidence::write(ctx, &store, &c, &output).await
         }
     }
 }
@@ -263,11 +305,10 @@ fn check_files(files: &[PathBuf], check: &CampaignCheck) -> (Vec<Checked>, Vec<(
 
 /// Applies checked files one by one; prints a line per file and returns the files
 /// the store refused, each with its error line.
-async fn apply_checked(store: &reverify::store::Store, checked: &[Checked]) -> Vec<(String, String)> {
-    let actor = cli_actor();
+async fn apply_checked(store: &reverify::store::Store, checked: &[Checked], actor: &str) -> Vec<(String, String)> {
     let mut failed = Vec::new();
     for Checked { shown, spec, text } in checked {
-        match store.campaign_apply(spec, text, &actor, Utc::now()).await {
+        match store.campaign_apply(spec, text, actor, Utc::now()).await {
             Ok((outcome, c)) => {
                 let status = if c.status == CampaignStatus::Active { String::new() } else { format!(", {}", c.status) };
                 println!("{shown}: campaign {} {outcome} (version {}{status})", c.name, c.version);
@@ -275,6 +316,7 @@ async fn apply_checked(store: &reverify::store::Store, checked: &[Checked]) -> V
             Err(e) => failed.push((shown.clone(), format!("{shown}: campaign {}: {e}", spec.name))),
         }
     }
+    super::seal(store).await;
     failed
 }
 
@@ -291,7 +333,7 @@ async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
         return Ok(exit::FAILURE);
     }
     let store = ctx.store().await?;
-    let failed = apply_checked(&store, &checked).await;
+    let failed = apply_checked(&store, &checked, &ctx.actor).await;
     for (_, e) in &failed {
         eprintln!("error: {e}");
     }
@@ -325,7 +367,7 @@ async fn apply_jobs_dir(ctx: &Context) -> anyhow::Result<u8> {
     let mut failed: Vec<String> = errors.into_iter().map(|(shown, _)| shown).collect();
     if !checked.is_empty() {
         let store = ctx.store().await?;
-        for (shown, e) in apply_checked(&store, &checked).await {
+        for (shown, e) in apply_checked(&store, &checked, &ctx.actor).await {
             eprintln!("error: {e}");
             failed.push(shown);
         }
@@ -412,13 +454,21 @@ async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<
         eprintln!("error: campaign {name} not found");
         return Ok(exit::FAILURE);
     };
+    let approval = approval_json(ctx, &store, &c).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&record_json(&c))?);
+        let mut v = record_json(&c);
+        v["approval"] = approval;
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(exit::OK);
     }
+    let applied = store.campaign_versions(c.campaign_id).await?.into_iter().find(|v| v.version == c.version);
     println!("name:      {}", c.name);
     println!("status:    {}", c.status);
     println!("version:   {} (sha256 {})", c.version, c.spec_hash);
+    if let Some(v) = applied {
+        println!("applied:   by {} at {}", v.applied_by, time(Some(v.applied_at)));
+    }
+    println!("approval:  {}", approval["summary"].as_str().unwrap_or("-"));
     println!("schedule:  {} ({})", c.schedule.as_deref().unwrap_or("by hand"), c.timezone.as_deref().unwrap_or("UTC"));
     println!("created:   {}", time(Some(c.created_at)));
     println!("updated:   {}", time(Some(c.updated_at)));
@@ -443,9 +493,82 @@ async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<
     Ok(exit::OK)
 }
 
+/// The approval state of `c`'s current version, for `campaign show`: JSON with a
+/// one-line `summary`. Templates are compared when this process can load them.
+async fn approval_json(
+    ctx: &Context,
+    store: &reverify::store::Store,
+    c: &CampaignRecord,
+) -> anyhow::Result<serde_json::Value> {
+    use reverify::engine::approval::{ApprovalState, approval_state, template_versions};
+    let templates = reverify::notify::Templates::from_settings(&ctx.settings)
+        .ok()
+        .and_then(|t| c.spec().ok().map(|spec| template_versions(&spec, &t)));
+    let state = approval_state(store, c, templates.as_deref()).await?;
+    let required = ctx.settings.require_approval;
+    let need = if required { "required: runs wait for it" } else { "not required (require_approval is off)" };
+    let at = |t| time(Some(t));
+    Ok(match state {
+        ApprovalState::Approved(a) => serde_json::json!({
+            "state": "approved", "required": required, "version": a.version, "approver": a.approver,
+            "approved_at": a.approved_at, "digest": a.digest, "templates": a.templates, "plan": a.plan,
+            "summary": format!("version {} approved by {} at {} (digest {})", a.version, a.approver, at(a.approved_at), a.digest),
+        }),
+        ApprovalState::Missing { version, applied_by } => serde_json::json!({
+            "state": "missing", "required": required, "version": version, "applied_by": applied_by,
+            "summary": format!("version {version} not approved; {need}; someone other than {applied_by} may approve it"),
+        }),
+        ApprovalState::TemplatesChanged { approval: a, changed } => serde_json::json!({
+            "state": "templates_changed", "required": required, "version": a.version, "approver": a.approver,
+            "approved_at": a.approved_at, "digest": a.digest, "changed": changed,
+            "summary": format!("version {} was approved by {} at {}, but {} changed since; {need}",
+                a.version, a.approver, at(a.approved_at), changed.join(", ")),
+        }),
+    })
+}
+
+/// `campaign approve NAME`.
+async fn approve(ctx: &Context, name: &CampaignName, reviewed: Option<i64>) -> anyhow::Result<u8> {
+    use reverify::store::approvals::NewApproval;
+    let (store, c) = existing(ctx, name).await?;
+    let spec = c.spec()?;
+    let loaded = reverify::notify::Templates::from_settings(&ctx.settings)
+        .map_err(|e| anyhow::anyhow!("cannot load the templates to approve them: {e}"))?;
+    let templates = reverify::engine::approval::template_versions(&spec, &loaded);
+    let now = Utc::now();
+    let plan = store
+        .campaign_plan(c.campaign_id, &spec.audience, now)
+        .await?
+        .into_iter()
+        .map(|b| (b.bucket, b.count))
+        .collect();
+    let ask = NewApproval { approver: &ctx.actor, version: reviewed.unwrap_or(c.version), templates: &templates, plan };
+    let result = store.campaign_approve(&c, &ask, now).await;
+    super::seal(&store).await;
+    match result {
+        Ok(a) => {
+            println!("campaign {} version {} approved by {} (digest {})", c.name, a.version, a.approver, a.digest);
+            println!("  campaign file sha256 {}", c.spec_hash);
+            for (t, d) in &a.templates {
+                println!("  template {t} sha256 {d}");
+            }
+            let plan: Vec<String> = a.plan.iter().map(|(b, n)| format!("{b} {n}")).collect();
+            println!("  plan: {}", if plan.is_empty() { "nothing".into() } else { plan.join(", ") });
+            Ok(exit::OK)
+        }
+        Err(e @ StoreError::Conflict(_)) => {
+            eprintln!("error: {e}");
+            Ok(exit::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn set_status(ctx: &Context, name: &CampaignName, change: StatusChange) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
-    match store.campaign_set_status(name, change, &cli_actor(), Utc::now()).await {
+    let result = store.campaign_set_status(name, change, &ctx.actor, Utc::now()).await;
+    super::seal(&store).await;
+    match result {
         Ok((from, to)) if from == to => println!("campaign {name} is already {to}"),
         Ok((from, to)) => println!("campaign {name} is now {to} (was {from})"),
         Err(e @ (StoreError::NotFound { .. } | StoreError::Conflict(_))) => {

@@ -143,11 +143,12 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
 
     println!("4. applying the demo campaign (click-through links)");
     let spec = CampaignSpec::from_toml(DEMO_CAMPAIGN, "demo campaign")?;
-    let (_, campaign) = store.campaign_apply(&spec, DEMO_CAMPAIGN, "demo", Utc::now()).await?;
+    let (_, campaign) = store.campaign_apply(&spec, DEMO_CAMPAIGN, &ctx.actor, Utc::now()).await?;
     super::status::plan(&store, &campaign, false).await?;
 
     println!("5. running it");
-    let worker = Worker::from_settings(&settings, store.clone())?;
+    let mut worker = Worker::from_settings(&settings, store.clone())?;
+    worker.config.actor = ctx.actor.clone();
     let progress = Arc::new(Progress::default());
     let display = super::run::show_progress(super::run::ProgressMode::Auto, spec.name.to_string(), progress.clone());
     let report = worker.run_campaign(&campaign, progress, CancellationToken::new()).await;

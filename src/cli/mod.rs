@@ -28,6 +28,7 @@ mod bench_report;
 mod campaign;
 mod daemon;
 mod demo;
+mod evidence;
 mod preview;
 mod report;
 mod run;
@@ -71,6 +72,11 @@ pub struct Cli {
     /// Log line format; overrides the log_format setting.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
+    /// Who is acting, as recorded in the audit trail (apply, approve, pause, resume,
+    /// cancel, retry-failed, run, users …). Default: REVERIFY_ACTOR, else the
+    /// operating-system user.
+    #[arg(long = "as", global = true, value_name = "NAME", env = "REVERIFY_ACTOR", value_parser = parse_actor)]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,9 +104,13 @@ enum Command {
     /// Run a whole demo campaign on the embedded defaults: the built-in sandbox,
     /// SQLite (in a temp dir, or --dir) and a file outbox (./outbox).
     Demo(demo::DemoArgs),
-    /// Validate, apply, list and control campaigns.
+    /// Validate, apply, approve, list and control campaigns; their audit trail and
+    /// evidence.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommand),
+    /// Check an evidence bundle (`campaign evidence`) without the database.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
     /// Import, list, show and re-key the user directory.
     #[command(subcommand)]
     Users(users::UsersCommand),
@@ -147,6 +157,33 @@ enum Command {
 /// What every command starts from.
 pub struct Context {
     pub settings: Settings,
+    /// Who is acting: see [`actor`].
+    pub actor: String,
+}
+
+/// Who a command acts as, in the audit trail: `--as NAME`, else `REVERIFY_ACTOR`
+/// (both read by clap into `given`), else the operating-system user (`USER`, else
+/// `LOGNAME`, else `unknown`). Resolved once per command; every event a command
+/// writes, and an approval's four-eyes check, use it.
+pub fn actor(given: Option<&str>) -> String {
+    match given.map(str::trim).filter(|a| !a.is_empty()) {
+        Some(a) => a.to_owned(),
+        None => std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// `--as` / `REVERIFY_ACTOR`: a name of 1 to 128 printable characters.
+fn parse_actor(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.chars().count() > 128 || s.chars().any(char::is_control) {
+        return Err("an actor name is at most 128 printable characters".into());
+    }
+    Ok(s.to_owned())
 }
 
 impl Context {
@@ -155,6 +192,15 @@ impl Context {
         Store::open(&self.settings.database_url)
             .await
             .with_context(|| "failed to open the database (database_url)".to_string())
+    }
+}
+
+/// Seals the audit events written so far into the chain (see
+/// [`reverify::store::chain`]); every command that writes events calls it at its
+/// end. A failure is a warning: the events are kept, and the next seal takes them.
+pub async fn seal(store: &Store) {
+    if let Err(e) = store.audit_seal(chrono::Utc::now()).await {
+        tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");
     }
 }
 
@@ -178,6 +224,9 @@ pub fn main() -> ExitCode {
         }
         _ => {}
     }
+    if let Command::Evidence(cmd) = cli.command {
+        return ExitCode::from(evidence::run(cmd));
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -194,7 +243,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let ctx = Context { settings };
+    let ctx = Context { settings, actor: actor(cli.actor.as_deref()) };
     match runtime.block_on(run(cli.command, ctx)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -227,6 +276,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::BenchReport(args) => bench_report::run(args).await,
         Command::Completions { shell } => Ok(completions(shell)),
         Command::Man { command } => Ok(man(&command)),
+        Command::Evidence(cmd) => Ok(evidence::run(cmd)),
     }
 }
 

@@ -123,7 +123,7 @@ async fn run_with(args: RunArgs, ctx: &Context, store: reverify::store::Store) -
         return Ok(exit::OK);
     }
     let runs = campaigns.into_iter().map(|c| (c, None)).collect();
-    run_all(&args, ctx, store, runs).await
+    run_all(&args, worker(&args, ctx, store)?, runs).await
 }
 
 /// `run --due`: every due campaign once, under its lease.
@@ -160,23 +160,42 @@ async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) ->
         println!("no campaign is due");
         return Ok(exit::OK);
     }
-    let runs = due.into_iter().map(|(c, tick)| (c, Some(tick))).collect();
-    run_all(&args, ctx, store, runs).await
+    let worker = worker(&args, ctx, store)?;
+    let mut runs = Vec::with_capacity(due.len());
+    for (c, tick) in due {
+        match worker.approval_missing(&c).await? {
+            Some(missing) => {
+                // skipped, not failed: the tick stays due and runs once approved
+                tracing::warn!(campaign = %c.name, "{missing}; skipped");
+                eprintln!("warning: {missing}; skipped");
+                reverify::telemetry::global().unapproved_skip(c.name.as_str());
+            }
+            None => runs.push((c, Some(tick))),
+        }
+    }
+    if runs.is_empty() {
+        return Ok(exit::OK);
+    }
+    run_all(&args, worker, runs).await
 }
 
 /// Runs campaigns side by side on one worker: each by hand (`None`), or for a due
 /// tick under its lease (`Some(tick)`). Prints a line per campaign and returns the
 /// exit code: 1 when any failed, else 4 when any was interrupted, else 0.
+/// The worker for this command's runs.
+fn worker(args: &RunArgs, ctx: &Context, store: reverify::store::Store) -> anyhow::Result<Arc<Worker>> {
+    let mut worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
+    worker.config.fresh_state = !args.no_fresh_state;
+    worker.config.actor = ctx.actor.clone();
+    Ok(Arc::new(worker))
+}
+
 async fn run_all(
     args: &RunArgs,
-    ctx: &Context,
-    store: reverify::store::Store,
+    worker: Arc<Worker>,
     runs: Vec<(CampaignRecord, Option<chrono::DateTime<chrono::Utc>>)>,
 ) -> anyhow::Result<u8> {
     use reverify::schedule::Scheduled;
-    let mut worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
-    worker.config.fresh_state = !args.no_fresh_state;
-    let worker = Arc::new(worker);
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), args.max_duration);
     let mut tasks = tokio::task::JoinSet::new();

@@ -172,9 +172,10 @@ async fn window_forecast(
 }
 
 /// Puts every failed target back in the queue.
-pub async fn retry_failed(store: &Store, c: &CampaignRecord) -> anyhow::Result<u8> {
+pub async fn retry_failed(store: &Store, c: &CampaignRecord, actor: &str) -> anyhow::Result<u8> {
     let now = Utc::now();
-    let n = store.campaign_retry_failed(c.campaign_id, &reverify::store::events::cli_actor(), now).await?;
+    let n = store.campaign_retry_failed(c.campaign_id, actor, now).await?;
+    super::seal(store).await;
     println!("campaign {}: {n} failed targets re-queued; the next run retries them", c.name);
     Ok(exit::OK)
 }

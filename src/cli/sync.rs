@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 use reverify::domain::{CampaignName, SystemClock};
 use reverify::engine::sync::{baanx_api_from_settings, sync_users};
-use reverify::store::events::{NewEvent, cli_actor};
+use reverify::store::events::NewEvent;
 use reverify::store::outcomes::SyncFilter;
 
 use super::{Context, exit};
@@ -43,7 +43,7 @@ pub async fn run(args: SyncArgs, ctx: &Context) -> anyhow::Result<u8> {
         Some(d) => Some(now - chrono::Duration::from_std(d).context("--stale is too long")?),
     };
     let api = baanx_api_from_settings(&ctx.settings, store.clone()).context("failed to set up the Baanx client")?;
-    let actor = cli_actor();
+    let actor = ctx.actor.clone();
     let filter = SyncFilter { campaign_id, synced_before };
     let concurrency = args.concurrency.unwrap_or(ctx.settings.max_concurrency).max(1) as usize;
     let r = sync_users(&store, &api, &SystemClock, &actor, &filter, concurrency).await?;
@@ -55,6 +55,7 @@ pub async fn run(args: SyncArgs, ctx: &Context) -> anyhow::Result<u8> {
         detail: Some(serde_json::to_value(r)?),
     };
     store.event_append(&event, chrono::Utc::now()).await?;
+    super::seal(&store).await;
     println!(
         "synced {} users: {} changed state, {} targets converted, {} need consent again, {} failed",
         r.checked, r.changed, r.converted, r.consent_required, r.failed

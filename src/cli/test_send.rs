@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use reverify::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
 use reverify::notify::{Message, Notifier, Recipient, RetryPolicy};
-use reverify::store::events::{NewEvent, cli_actor};
+use reverify::store::events::NewEvent;
 use sha2::{Digest as _, Sha256};
 
 use super::{Context, exit};
@@ -103,7 +103,7 @@ pub async fn test_send(
         }
     }
     let event = NewEvent {
-        actor: &cli_actor(),
+        actor: &ctx.actor,
         kind: "campaign.test_sent",
         campaign_id: Some(c.campaign_id),
         user_id: user,
@@ -114,5 +114,6 @@ pub async fn test_send(
         })),
     };
     store.event_append(&event, Utc::now()).await?;
+    super::seal(&store).await;
     Ok(if failed { exit::FAILURE } else { exit::OK })
 }

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reverify::crypto::TokenCipher;
 use reverify::directory::{Format, ImportOptions, MAX_REPORTED_PROBLEMS, import_file};
 use reverify::domain::{Region, UserId, VerificationState};
-use reverify::store::events::{NewEvent, cli_actor};
+use reverify::store::events::NewEvent;
 use reverify::store::users::{User, UserFilter};
 
 use super::{Context, exit};
@@ -117,7 +117,9 @@ async fn forget(ctx: &Context, id: &UserId, yes: bool) -> anyhow::Result<u8> {
         }
     }
     let store = ctx.store().await?;
-    match store.user_forget(id, &cli_actor(), chrono::Utc::now()).await? {
+    let forgotten = store.user_forget(id, &ctx.actor, chrono::Utc::now()).await?;
+    super::seal(&store).await;
+    match forgotten {
         Forgotten::Now { targets, links } => {
             println!(
                 "user {id}: personal data erased (email, names, locale, time zone, tokens); {targets} open targets \
@@ -149,8 +151,10 @@ fn token_cipher(ctx: &Context) -> anyhow::Result<Option<Arc<TokenCipher>>> {
 async fn import(ctx: &Context, file: PathBuf, format: Option<Format>, strict: bool) -> anyhow::Result<u8> {
     let cipher = token_cipher(ctx)?;
     let store = ctx.store().await?;
-    let opts = ImportOptions { format, strict, cipher, actor: cli_actor(), now: chrono::Utc::now() };
-    let report = import_file(&store, &file, &opts).await?;
+    let opts = ImportOptions { format, strict, cipher, actor: ctx.actor.clone(), now: chrono::Utc::now() };
+    let report = import_file(&store, &file, &opts).await;
+    super::seal(&store).await;
+    let report = report?;
     let shown = file.display();
     for p in &report.problems {
         eprintln!("{shown}:{}: {}", p.line, p.reason);
@@ -292,7 +296,7 @@ async fn rekey(ctx: &Context, batch: u32) -> anyhow::Result<u8> {
             _ => break,
         }
     }
-    let actor = cli_actor();
+    let actor = ctx.actor.clone();
     let event = NewEvent {
         actor: &actor,
         kind: "users.rekeyed",
@@ -303,6 +307,7 @@ async fn rekey(ctx: &Context, batch: u32) -> anyhow::Result<u8> {
         })),
     };
     store.event_append(&event, chrono::Utc::now()).await?;
+    super::seal(&store).await;
     println!(
         "re-encrypted {rekeyed} refresh tokens with key {}; {raced} changed meanwhile; {failed} failed",
         cipher.key_id()

@@ -77,7 +77,7 @@ pub struct NotifierDeliverer {
 
 #[async_trait]
 impl Deliverer for NotifierDeliverer {
-    async fn deliver(&self, m: Outgoing<'_>) -> Result<(), DeliveryFailure> {
+    async fn deliver(&self, m: Outgoing<'_>) -> Result<Option<crate::domain::MessageDigest>, DeliveryFailure> {
         let t = m.target;
         let bad = |why: String| Err(DeliveryFailure::Permanent(why));
         let (Ok(user_id), Ok(email), Ok(region), Ok(campaign)) = (
@@ -110,10 +110,12 @@ impl Deliverer for NotifierDeliverer {
             step: u32::try_from(t.step).unwrap_or(0),
             delivery,
         };
+        // what goes out, hashed without its link, before the link is sent
+        let digest = self.notifier.digest(&message).ok();
         match self.notifier.send_with_retry(&message).await {
             Ok(d) => {
                 debug!(channel = d.channel.as_str(), attempts = d.attempts, "delivered");
-                Ok(())
+                Ok(digest)
             }
             Err(e) if e.is_setup() => Err(DeliveryFailure::Setup(e.reason())),
             Err(e) if e.is_ambiguous() => Err(DeliveryFailure::Ambiguous(e.reason())),

@@ -7,6 +7,7 @@
 //! within a grace period, and records the run as interrupted; the next run resumes.
 
 pub mod adapters;
+pub mod approval;
 pub mod gates;
 mod pipeline;
 pub mod ports;
@@ -61,6 +62,12 @@ pub struct EngineConfig {
     pub rate_share: f64,
     /// `public_url`: the base of click-through links, needed by click-mode campaigns.
     pub public_url: Option<url::Url>,
+    /// Who started the runs (`--as`, `REVERIFY_ACTOR`, the OS user): the actor of
+    /// each run's `run.started` and `run.<outcome>` events. Per-user events carry
+    /// the worker id.
+    pub actor: String,
+    /// `require_approval`: a campaign version runs only once approved (four eyes).
+    pub require_approval: bool,
 }
 
 /// Click mode: where links point and how long they work.
@@ -90,6 +97,8 @@ impl Default for EngineConfig {
             max_attempts: 5,
             rate_share: 1.0,
             public_url: None,
+            actor: "engine".into(),
+            require_approval: false,
         }
     }
 }
@@ -102,6 +111,10 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
+/// The longest a stopped run spends sealing its audit events before it exits
+/// (a part of the stop budget the deploy files' grace periods cover).
+pub const SEAL_ON_STOP: Duration = Duration::from_secs(2);
+
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -110,6 +123,10 @@ pub enum EngineError {
     /// The worker could not be set up: a setting, a template, a stored spec.
     #[error("{0}")]
     Setup(String),
+    /// Four eyes: the campaign's version is not approved (the message says what is
+    /// missing). Nothing was sent.
+    #[error("{0}")]
+    Unapproved(String),
 }
 
 /// The result of one user.
@@ -298,18 +315,32 @@ impl Run {
     pub async fn execute(self, stop: CancellationToken) -> Result<RunReport, EngineError> {
         let worker = self.config.worker_id.clone();
         let (store, clock, campaign_id) = (self.store.clone(), self.clock.clone(), self.campaign_id);
-        let run_id = store.run_start(campaign_id, &worker, clock.now(), self.tick).await?;
+        let actor = self.config.actor.clone();
+        let run_id = store.run_start(campaign_id, &worker, &actor, clock.now(), self.tick).await?;
         let result = self.execute_inner(stop).await;
         let (outcome, error, counts) = match &result {
             Ok((o, counts, _)) => (*o, None, *counts),
             Err((e, p)) => (RunOutcome::Failed, Some(e.to_string()), p.counts()),
         };
         // bounded: with the database gone, the pool would wait its whole timeout
-        let finish = store.run_finish(run_id, campaign_id, &worker, outcome, counts, error.as_deref(), clock.now());
+        let finish =
+            store.run_finish(run_id, campaign_id, (&worker, &actor), outcome, counts, error.as_deref(), clock.now());
         match tokio::time::timeout(Duration::from_secs(10), finish).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "could not record the end of the run"),
             Err(_) => warn!("could not record the end of the run: the database did not answer within 10 s"),
+        }
+        // the run's events join the audit chain (store::chain). Bounded: after a stop
+        // (SIGTERM) within the deploy files' grace period; the seal commits batch by
+        // batch, and the next seal takes what is left.
+        let bound = if outcome == RunOutcome::Interrupted { SEAL_ON_STOP } else { Duration::from_secs(60) };
+        match tokio::time::timeout(bound, store.audit_seal(clock.now())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not seal the run's audit events; the next seal will"),
+            Err(_) => warn!(
+                seconds = bound.as_secs(),
+                "the run's audit events were not all sealed in time; the next seal will"
+            ),
         }
         match result {
             Ok((outcome, counts, paused)) => Ok(RunReport { run_id, outcome, counts, paused }),

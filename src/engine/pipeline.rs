@@ -12,7 +12,9 @@ use super::{ClickLinks, Outcome, RunShared};
 use crate::domain::SessionUrl;
 use crate::domain::{DeferReason, Region, UserId};
 use crate::store::links::{LinkIssue, LinkIssueParams, link_token_hash, new_link_token};
-use crate::store::sessions::{ApiFailureParams, DeliveryRecord, IssuedParams, Reservation, SessionLife};
+use crate::store::sessions::{
+    ApiFailureParams, DeliveryOutcome, DeliveryRecord, IssuedParams, Reservation, SessionLife,
+};
 use crate::store::targets::ClaimedTarget;
 
 /// Processes one claimed target to a recorded outcome.
@@ -143,8 +145,9 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     // 6. the record
     let kept = s
         .store
-        .session_record_delivery(s.campaign_id, &t.user_id, session_id, delivered, &s.config.worker_id, s.now())
+        .session_record_delivery(s.campaign_id, &t.user_id, session_id, delivered.clone(), &s.config.worker_id, s.now())
         .await?;
+    let delivered = delivered.record;
     if !kept {
         warn!("the claim expired while the message was being sent; the ledger row stands");
     }
@@ -161,11 +164,11 @@ fn delivered_outcome(delivered: DeliveryRecord) -> Outcome {
 }
 
 /// Sends one message through the campaign's channel; what happened, as recorded.
-async fn deliver(s: &RunShared, t: &ClaimedTarget, url: SessionUrl, expires_at: DateTime<Utc>) -> DeliveryRecord {
-    match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await {
-        Ok(()) => {
+async fn deliver(s: &RunShared, t: &ClaimedTarget, url: SessionUrl, expires_at: DateTime<Utc>) -> DeliveryOutcome {
+    let record = match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await {
+        Ok(sent) => {
             s.delivery_outcome(true, None);
-            DeliveryRecord::Delivered
+            return DeliveryOutcome { record: DeliveryRecord::Delivered, sent };
         }
         Err(DeliveryFailure::Permanent(why)) => {
             warn!(reason = %why, "delivery failed");
@@ -186,7 +189,8 @@ async fn deliver(s: &RunShared, t: &ClaimedTarget, url: SessionUrl, expires_at: 
             s.abort(format!("notification channel: {why}"));
             DeliveryRecord::Failed
         }
-    }
+    };
+    record.into()
 }
 
 /// Click mode's send step: a link to our own page instead of a session. No session
@@ -225,8 +229,9 @@ async fn send_link(
     let delivered = deliver(s, t, url, expires_at).await;
     let kept = s
         .store
-        .link_record_delivery(s.campaign_id, &t.user_id, link_id, delivered, &s.config.worker_id, s.now())
+        .link_record_delivery(s.campaign_id, &t.user_id, link_id, delivered.clone(), &s.config.worker_id, s.now())
         .await?;
+    let delivered = delivered.record;
     if !kept {
         warn!("the claim expired while the message was being sent");
     }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use crate::baanx::Pacer;
-use crate::domain::{Region, SessionUrl, UserId, VerificationState};
+use crate::domain::{MessageDigest, Region, SessionUrl, UserId, VerificationState};
 use crate::store::targets::ClaimedTarget;
 
 /// A user as the API needs to address them.
@@ -91,5 +91,6 @@ pub enum DeliveryFailure {
 #[async_trait]
 pub trait Deliverer: Send + Sync {
     /// Sends it; retries transient failures itself (never an ambiguous one).
-    async fn deliver(&self, message: Outgoing<'_>) -> Result<(), DeliveryFailure>;
+    /// Returns what was sent, for the audit trail, when the channel can tell.
+    async fn deliver(&self, message: Outgoing<'_>) -> Result<Option<MessageDigest>, DeliveryFailure>;
 }

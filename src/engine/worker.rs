@@ -51,6 +51,7 @@ impl Worker {
             session_expiry_margin: settings.session_expiry_margin,
             public_url: settings.public_url.clone(),
             rate_share: settings.rate_share(),
+            require_approval: settings.require_approval,
             ..EngineConfig::default()
         };
         Ok(Self { store, client: Arc::new(client), notifier, clock, config })
@@ -98,6 +99,21 @@ impl Worker {
         result
     }
 
+    /// Under `require_approval`, what `campaign` lacks to run (see
+    /// [`super::approval::ApprovalState::missing`]); `None` when it may run.
+    ///
+    /// # Errors
+    /// [`EngineError::Setup`] for a stored spec that no longer parses, [`EngineError::Store`].
+    pub async fn approval_missing(&self, campaign: &CampaignRecord) -> Result<Option<String>, EngineError> {
+        if !self.config.require_approval {
+            return Ok(None);
+        }
+        let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
+        let templates = super::approval::template_versions(&spec, self.notifier.templates());
+        let state = super::approval::approval_state(&self.store, campaign, Some(&templates)).await?;
+        Ok(state.missing(campaign))
+    }
+
     async fn run_campaign_uncounted(
         &self,
         campaign: &CampaignRecord,
@@ -110,6 +126,13 @@ impl Worker {
         let channels = crate::notify::Channels { click: self.config.public_url.is_some(), ..self.notifier.channels() };
         crate::notify::check_campaign(&spec, self.notifier.templates(), channels)
             .map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
+        // four eyes: an unapproved version sends nothing, whichever command runs it
+        if let Some(missing) = self.approval_missing(campaign).await? {
+            return Err(EngineError::Unapproved(missing));
+        }
+        // the template versions this run renders, kept for the evidence bundle
+        let templates = super::approval::template_versions(&spec, self.notifier.templates());
+        self.store.template_versions_record(&templates, self.clock.now()).await?;
         let api: Arc<dyn VerificationApi> = Arc::new(BaanxApi(self.client.clone()));
         let deliverer = Arc::new(NotifierDeliverer {
             notifier: self.notifier.clone(),

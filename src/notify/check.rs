@@ -95,6 +95,27 @@ impl CampaignCheck {
     pub fn check(&self, spec: &CampaignSpec) -> Result<(), NotifyError> {
         check_campaign(spec, &self.templates, self.channels)
     }
+
+    /// The templates loaded from the settings.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+}
+
+/// The templates a campaign's messages are rendered from: the delivery's template
+/// and the reminders' for an email campaign; none for a webhook campaign (its
+/// payload is fixed).
+pub fn templates_used(spec: &CampaignSpec) -> Vec<&str> {
+    match spec.delivery.channel {
+        Channel::Email => {
+            let mut v = vec![spec.delivery.template.as_str()];
+            if let Some(r) = spec.reminders.as_ref().filter(|r| r.template != spec.delivery.template) {
+                v.push(r.template.as_str());
+            }
+            v
+        }
+        Channel::Webhook => Vec::new(),
+    }
 }
 
 /// Fails, naming the campaign field or the setting, when a run could not serve

@@ -33,13 +33,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-pub use check::{CampaignCheck, Channels, check_campaign, check_delivery};
+pub use check::{CampaignCheck, Channels, check_campaign, check_delivery, templates_used};
 pub use email::build_email;
 pub use error::NotifyError;
 pub use outbox::{Outbox, is_message_name};
 pub use retry::RetryPolicy;
 pub use smtp::{SmtpConfig, SmtpSender, TlsMode};
-pub use template::{LocaleMatch, Rendered, SHIPPED_LOCALES, TEXT_WIDTH, TemplateError, Templates, wrap_text};
+pub use template::{
+    LocaleMatch, Rendered, SHIPPED_LOCALES, TEMPLATE_FILES, TEXT_WIDTH, TemplateError, Templates, template_digest,
+    wrap_text,
+};
 pub use webhook::{WebhookPayload, WebhookSender, sign_webhook};
 
 use crate::config::Settings;
@@ -238,6 +241,38 @@ impl Notifier {
     pub async fn send_with_retry(&self, msg: &Message) -> Result<Delivered, NotifyError> {
         let outgoing = self.prepare(msg)?;
         retry::run(&self.retry, || self.attempt(msg, &outgoing)).await
+    }
+
+    /// What `msg` is, for the audit trail (see [`crate::domain::MessageDigest`]):
+    /// its template's version and the SHA-256 of the message as it goes out, with
+    /// the link replaced by [`crate::domain::LINK_PLACEHOLDER`] (rendered again so,
+    /// not searched and replaced: the HTML body escapes the link).
+    ///
+    /// # Errors
+    /// [`NotifyError::Template`] when it does not render (neither would the message).
+    pub fn digest(&self, msg: &Message) -> Result<crate::domain::MessageDigest, NotifyError> {
+        use sha2::{Digest, Sha256};
+        let mut blank = msg.clone();
+        blank.session_url = SessionUrl::new(crate::domain::LINK_PLACEHOLDER.to_owned());
+        Ok(match msg.delivery.channel {
+            Channel::Email => {
+                let r = self.templates.render(&blank)?;
+                let doc = serde_json::json!([r.subject, r.text.as_str(), r.html.as_str()]);
+                crate::domain::MessageDigest {
+                    template: Some(msg.delivery.template.clone()),
+                    template_sha256: self.templates.digest(&msg.delivery.template),
+                    message_sha256: hex::encode(Sha256::digest(doc.to_string().as_bytes())),
+                }
+            }
+            Channel::Webhook => {
+                let body = serde_json::to_vec(&WebhookPayload::of(&blank)).unwrap_or_default();
+                crate::domain::MessageDigest {
+                    template: None,
+                    template_sha256: None,
+                    message_sha256: hex::encode(Sha256::digest(&body)),
+                }
+            }
+        })
     }
 
     /// What every attempt at `msg` sends: its channel and, for email, the message,

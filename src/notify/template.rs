@@ -263,6 +263,28 @@ impl Templates {
         self.locales.get(name).into_iter().flatten().map(String::as_str)
     }
 
+    /// The files of template `name` as loaded, every locale's, as
+    /// (`LOCALE/FILE`, text) pairs sorted by path, or `None` when there is no such
+    /// template.
+    pub fn sources(&self, name: &str) -> Option<Vec<(String, String)>> {
+        let locales = self.locales.get(name)?;
+        let mut files = Vec::new();
+        for locale in locales {
+            for file in TEMPLATE_FILES {
+                let tpl = self.env.get_template(&format!("{name}/{locale}/{file}")).ok()?;
+                files.push((format!("{locale}/{file}"), tpl.source().to_owned()));
+            }
+        }
+        files.sort();
+        Some(files)
+    }
+
+    /// The template's version: lower-case hex SHA-256 of [`template_digest`] over
+    /// its files, or `None` when there is no such template.
+    pub fn digest(&self, name: &str) -> Option<String> {
+        self.sources(name).map(|files| template_digest(&files))
+    }
+
     /// Fails when there is no template called `name`.
     ///
     /// # Errors
@@ -452,6 +474,25 @@ fn read_template(path: &Path) -> Result<String, TemplateError> {
             format!("cannot read: {e}")
         },
     })
+}
+
+/// A template's version, from its files (as `(LOCALE/FILE, text)` pairs, in any
+/// order): lower-case hex SHA-256 of, for each file in path order, its path, a NUL,
+/// its length in bytes as decimal, a NUL and its text. Anyone holding the files can
+/// recompute it.
+pub fn template_digest<S: AsRef<str>>(files: &[(S, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<(&str, &str)> = files.iter().map(|(f, t)| (f.as_ref(), t.as_str())).collect();
+    sorted.sort_unstable();
+    let mut h = Sha256::new();
+    for (file, text) in sorted {
+        h.update(file.as_bytes());
+        h.update([0]);
+        h.update(text.len().to_string().as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 /// A subject is one line: newlines and runs of white space become one space.

@@ -29,6 +29,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> Result<(), cra
     let mut running: JoinSet<(i64, Scheduled)> = JoinSet::new();
     let mut active: HashSet<i64> = HashSet::new();
     let mut missed_logged: HashMap<i64, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut unapproved_logged: HashMap<i64, (chrono::DateTime<chrono::Utc>, i64)> = HashMap::new();
     // campaigns not to start again before a time (held elsewhere, or just failed)
     let mut not_before: HashMap<i64, tokio::time::Instant> = HashMap::new();
     let mut failures_in_a_row = 0u32;
@@ -52,6 +53,29 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> Result<(), cra
                         sleep_for = sleep_for.min(wait.max(Duration::from_millis(200)));
                     }
                     let waiting = not_before.get(&id).is_some_and(|t| *t > tokio::time::Instant::now());
+                    let due_tick = match c.due {
+                        Due::Run { tick } | Due::Resume { tick, .. } if !active.contains(&id) && !waiting => Some(tick),
+                        _ => None,
+                    };
+                    if let Some(tick) = due_tick {
+                        match worker.approval_missing(&c.campaign).await {
+                            Ok(None) => {}
+                            Ok(Some(missing)) => {
+                                // once per tick and version: the pass repeats every minute
+                                let key = (tick, c.campaign.version);
+                                if unapproved_logged.get(&id) != Some(&key) {
+                                    warn!(campaign = %c.campaign.name, "{missing}; skipped");
+                                    crate::telemetry::global().unapproved_skip(c.campaign.name.as_str());
+                                    unapproved_logged.insert(id, key);
+                                }
+                                continue;
+                            }
+                            Err(e) => {
+                                warn!(campaign = %c.campaign.name, error = %e, "cannot check the approval; skipped");
+                                continue;
+                            }
+                        }
+                    }
                     match c.due {
                         Due::Run { tick } | Due::Resume { tick, .. } if !active.contains(&id) && !waiting => {
                             not_before.remove(&id);

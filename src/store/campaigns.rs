@@ -7,7 +7,8 @@
 //! final, so a new campaign needs a new name.
 //!
 //! Every applied version and every status change writes an event in the same
-//! transaction.
+//! transaction, and every applied version's text is kept with who applied it
+//! (`campaign_versions`, see [`super::approvals`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -295,6 +296,7 @@ impl Store {
             })),
         };
         event_insert(&mut tx, &event, now).await?;
+        super::approvals::version_insert(&mut tx, id, version, (toml_text, &hash), actor, now).await?;
         tx.commit().await.map_err(query_err("campaign_apply commit"))?;
         let record = self
             .campaign_get(&spec.name)

@@ -13,23 +13,10 @@ use sqlx::Row;
 use super::{Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::UserId;
 
-/// Who caused an event: `cli:$USER@$HOST` for a person at a terminal, or a worker id.
-pub fn cli_actor() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("cli:{user}@{host}")
-}
-
 /// An event to append.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
-    /// `cli:user@host` or a worker id.
+    /// A person (`--as`, `REVERIFY_ACTOR`, the OS user), a worker id, or `webhook`.
     pub actor: &'a str,
     /// Dotted, noun first: `campaign.applied`, `campaign.paused`, `users.imported`.
     pub kind: &'a str,
@@ -191,10 +178,4 @@ mod tests {
         assert_eq!(odd.len(), 2);
         assert!(odd.iter().all(|e| e.kind == "a.odd" && e.actor == "cli:test@host"));
     });
-
-    #[test]
-    fn cli_actor_has_user_and_host() {
-        let a = cli_actor();
-        assert!(a.starts_with("cli:") && a.contains('@'), "{a}");
-    }
 }

@@ -20,7 +20,8 @@ use sqlx::AssertSqlSafe;
 
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
 use super::sessions::{
-    DeliveryRecord, FreshState, STANDING_COLUMNS, SettleArgs, record_fresh_states_of, standing_from_row,
+    DeliveryOutcome, DeliveryRecord, FreshState, STANDING_COLUMNS, SettleArgs, record_fresh_states_of,
+    standing_from_row,
 };
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
@@ -132,16 +133,18 @@ impl Store {
         campaign_id: i64,
         user_id: &str,
         link_id: i64,
-        record: DeliveryRecord,
+        outcome: impl Into<DeliveryOutcome>,
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let outcome = outcome.into();
         self.write_batched(LinkDelivery {
             backend: self.backend(),
             campaign_id,
             user_id: user_id.to_owned(),
             link_id,
-            record,
+            record: outcome.record,
+            sent: outcome,
             worker: worker.to_owned(),
             now,
         })
@@ -398,6 +401,7 @@ struct LinkDelivery {
     user_id: String,
     link_id: i64,
     record: DeliveryRecord,
+    sent: DeliveryOutcome,
     worker: String,
     now: DateTime<Utc>,
 }
@@ -455,7 +459,7 @@ async fn record_many(writes: &[&LinkDelivery], tx: &mut Tx) -> Result<Vec<bool>,
         let events: Vec<&&&LinkDelivery> = delivered.iter().filter(|w| kept.contains(&w.user_id)).collect();
         if !events.is_empty() {
             let rows = json_rows(events.iter().map(|w| {
-                let detail = serde_json::json!({ "link_id": w.link_id, "link": "click" }).to_string();
+                let detail = w.sent.detail(serde_json::json!({ "link_id": w.link_id, "link": "click" }));
                 serde_json::json!([to_millis(w.now), w.worker, w.campaign_id, w.user_id, detail])
             }));
             let from = json_args(

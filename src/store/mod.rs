@@ -49,7 +49,9 @@ macro_rules! our_target {
     };
 }
 
+pub mod approvals;
 pub mod campaigns;
+pub mod chain;
 pub mod dashboard;
 pub mod events;
 pub mod forget;

@@ -46,6 +46,7 @@ impl Store {
         &self,
         campaign_id: i64,
         worker: &str,
+        actor: &str,
         now: DateTime<Utc>,
         tick: Option<DateTime<Utc>>,
     ) -> Result<i64, StoreError> {
@@ -76,13 +77,13 @@ impl Store {
         super::sessions::event_in_tx(
             &mut tx,
             now,
-            worker,
+            actor,
             "run.started",
             Some(campaign_id),
             None,
             &match tick {
-                Some(t) => serde_json::json!({ "run_id": id, "tick": t }),
-                None => serde_json::json!({ "run_id": id }),
+                Some(t) => serde_json::json!({ "run_id": id, "worker": worker, "tick": t }),
+                None => serde_json::json!({ "run_id": id, "worker": worker }),
             },
         )
         .await?;
@@ -102,7 +103,7 @@ impl Store {
         &self,
         run_id: i64,
         campaign_id: i64,
-        worker: &str,
+        (worker, actor): (&str, &str),
         outcome: RunOutcome,
         counts: RunCounts,
         error: Option<&str>,
@@ -144,11 +145,11 @@ impl Store {
         super::sessions::event_in_tx(
             &mut tx,
             now,
-            worker,
+            actor,
             &format!("run.{}", outcome.as_str()),
             Some(campaign_id),
             None,
-            &serde_json::json!({ "run_id": run_id, "counts": counts, "error": error }),
+            &serde_json::json!({ "run_id": run_id, "worker": worker, "counts": counts, "error": error }),
         )
         .await?;
         tx.commit().await.map_err(query_err("run_finish commit"))?;

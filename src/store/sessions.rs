@@ -155,6 +155,32 @@ pub enum DeliveryRecord {
     Unknown,
 }
 
+/// A delivery's outcome, and what the message was when known (see
+/// [`crate::domain::MessageDigest`]): the latter goes into the audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOutcome {
+    pub record: DeliveryRecord,
+    pub sent: Option<crate::domain::MessageDigest>,
+}
+
+impl From<DeliveryRecord> for DeliveryOutcome {
+    fn from(record: DeliveryRecord) -> Self {
+        Self { record, sent: None }
+    }
+}
+
+impl DeliveryOutcome {
+    /// The audit event's detail: `base`, plus the template and message hashes.
+    pub(crate) fn detail(&self, mut base: serde_json::Value) -> String {
+        if let Some(d) = &self.sent {
+            base["template"] = d.template.clone().into();
+            base["template_sha256"] = d.template_sha256.clone().into();
+            base["message_sha256"] = d.message_sha256.clone().into();
+        }
+        base.to_string()
+    }
+}
+
 impl DeliveryRecord {
     /// (ledger row status, audit event kind, target reason).
     fn recorded(self) -> (&'static str, &'static str, Option<&'static str>) {
@@ -401,16 +427,18 @@ impl Store {
         campaign_id: i64,
         user_id: &str,
         session_id: i64,
-        record: DeliveryRecord,
+        outcome: impl Into<DeliveryOutcome>,
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let outcome = outcome.into();
         let args = DeliveryArgs {
             backend: self.backend(),
             campaign_id,
             user_id: user_id.to_owned(),
             session_id,
-            record,
+            record: outcome.record,
+            sent: outcome,
             worker: worker.to_owned(),
             now,
         };
@@ -895,6 +923,7 @@ struct DeliveryArgs {
     user_id: String,
     session_id: i64,
     record: DeliveryRecord,
+    sent: DeliveryOutcome,
     worker: String,
     now: DateTime<Utc>,
 }
@@ -903,8 +932,8 @@ impl DeliveryArgs {
     /// (ledger row status, audit event kind, target reason, event detail).
     fn recorded(&self) -> (&'static str, &'static str, Option<&'static str>, String) {
         let (session_status, event_kind, reason) = self.record.recorded();
-        let detail = serde_json::json!({ "session_id": self.session_id, "reason": reason });
-        (session_status, event_kind, reason, detail.to_string())
+        let detail = self.sent.detail(serde_json::json!({ "session_id": self.session_id, "reason": reason }));
+        (session_status, event_kind, reason, detail)
     }
 }
 

@@ -121,6 +121,7 @@ pub struct Metrics {
     locale_fallbacks: Family<FallbackLabels, Counter>,
     timezone_fallbacks: Family<CampaignLabels, Counter>,
     campaign_halted: Family<CampaignLabels, Gauge>,
+    unapproved_skips: Family<CampaignLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -244,6 +245,12 @@ impl Metrics {
              crossed), else 0; read from the database",
             campaign_halted.clone(),
         );
+        let unapproved_skips = Family::<CampaignLabels, Counter>::default();
+        registry.register(
+            "campaign_unapproved_skips",
+            "Due campaigns not run because their version is not approved (require_approval), by campaign",
+            unapproved_skips.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
@@ -265,6 +272,7 @@ impl Metrics {
             locale_fallbacks,
             timezone_fallbacks,
             campaign_halted,
+            unapproved_skips,
         }
     }
 
@@ -336,6 +344,11 @@ impl Metrics {
     pub fn set_last_success(&self, campaign: &str, at: DateTime<Utc>) {
         let seconds = at.timestamp_millis() as f64 / 1000.0;
         self.last_success.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(seconds);
+    }
+
+    /// A due run of `campaign` was skipped: its version is not approved.
+    pub fn unapproved_skip(&self, campaign: &str) {
+        self.unapproved_skips.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).inc();
     }
 
     /// A Baanx webhook post was refused for `reason`.

@@ -492,6 +492,10 @@ async fn campaign_action(
         },
         _ => return not_found(State(ui), headers).await,
     };
+    // the action's event joins the audit chain now, as a CLI command's does
+    if let Err(e) = ui.store.audit_seal(now).await {
+        tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");
+    }
     info!(user = %v.name, campaign = %c.name, %action, "dashboard: campaign changed");
     redirect(&format!("/campaigns/{}?done={done}", c.name))
 }

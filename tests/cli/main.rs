@@ -2,6 +2,7 @@
 //! and overlapping scheduled runs. The sandbox runs in the test process; the
 //! binary talks to it over HTTP.
 
+mod approvals;
 mod common;
 mod docs;
 mod exit_codes;

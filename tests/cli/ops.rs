@@ -469,3 +469,53 @@ fn credentials_in_urls_are_masked_in_every_message() {
         }
     }
 }
+
+/// Issue 16: the daemon skips a due campaign that is not approved, counts it once
+/// per tick in `reverify_campaign_unapproved_skips_total`, sends nothing, and runs
+/// it once it is approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_skips_an_unapproved_campaign_and_counts_it() {
+    let db = TestDb::sqlite().await;
+    let bin = Bin::new(&db, 3, None).await;
+    assert_eq!(bin.run(&["users", "import", "users.csv"]).await.status.code(), Some(0));
+    let f = bin.write("d.toml", &campaign("ops-4e", "schedule = \"0 0 * * *\"\nstarting_deadline = \"25h\"", 1000, 2));
+    let o = bin.run(&["campaign", "apply", f.to_str().unwrap(), "--as", "alice"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    sqlx::query("UPDATE campaigns SET created_at = created_at - 172800000").execute(db.pool()).await.unwrap();
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = bin
+        .command(&["daemon"])
+        .env("REVERIFY_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REVERIFY_REQUIRE_APPROVAL", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &base, &mut child).await;
+    let series = r#"reverify_campaign_unapproved_skips_total{campaign="ops-4e"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        if sample(&metrics, series) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bin.outbox_count(), 0, "an unapproved campaign sent something");
+
+    // approved by another person: the daemon's next pass (at most a minute) runs it
+    let o = bin.run(&["campaign", "approve", "ops-4e", "--as", "bob"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while bin.outbox_count() == 0 {
+        assert!(Instant::now() < deadline, "the approved campaign never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(sample(&metrics, series), Some(1.0), "counted once for the tick, not once a pass");
+    assert_eq!(terminate(child).await.code(), Some(0));
+}

@@ -117,7 +117,7 @@ async fn the_dashboard_in_chromium() {
     env.run(&direct).await;
     env.run(&click).await;
     let live = env.apply(&campaign_toml("live-one", "")).await;
-    env.store().run_start(live.campaign_id, "worker-x", chrono::Utc::now(), None).await.unwrap();
+    env.store().run_start(live.campaign_id, "worker-x", "test", chrono::Utc::now(), None).await.unwrap();
 
     // what must never appear in a page
     let mut secrets: Vec<String> = Vec::new();

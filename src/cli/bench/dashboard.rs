@@ -68,7 +68,7 @@ pub async fn dashboard(targets: usize) -> anyhow::Result<()> {
         s.event_append(&e, Utc::now()).await?;
     }
     for _ in 0..20 {
-        s.run_start(c.campaign_id, "bench", Utc::now(), None).await?;
+        s.run_start(c.campaign_id, "bench", "bench", Utc::now(), None).await?;
     }
     sqlx::query("VACUUM ANALYZE").execute(db.pool()).await.context("VACUUM ANALYZE")?;
     let fill = started.elapsed().as_secs_f64();
