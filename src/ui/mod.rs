@@ -21,6 +21,7 @@
 pub mod auth;
 mod html;
 mod pages;
+mod snapshot;
 pub mod svg;
 
 use std::net::{IpAddr, SocketAddr};
@@ -119,7 +120,13 @@ struct Ui {
     limiter: Arc<LoginLimiter>,
     /// Keys the CSRF tokens of people let in by the proxy's header.
     header_key: Arc<[u8; 32]>,
+    /// Each campaign's figures, refreshed in the background (see [`snapshot`]).
+    figures: Arc<snapshot::Snapshots>,
 }
+
+/// How old a campaign's figures may be before a page load refreshes them (in the
+/// background: the page shows the snapshot it has).
+const FIGURES_MAX_AGE: Duration = Duration::from_secs(4);
 
 /// The dashboard's routes.
 pub fn ui_router(store: Store, config: UiConfig) -> Router {
@@ -135,7 +142,9 @@ pub fn ui_router(store: Store, config: UiConfig) -> Router {
         )),
         config: Arc::new(config),
         header_key: Arc::new(key),
+        figures: snapshot::Snapshots::new(FIGURES_MAX_AGE),
     };
+    ui.figures.warm(ui.store.clone());
     Router::new()
         .route("/", get(campaigns_page))
         .route("/ui.css", get(css))
@@ -356,12 +365,14 @@ fn next_run(c: &CampaignRecord) -> Option<chrono::DateTime<Utc>> {
 
 async fn campaigns_page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let v = viewer_or_login!(ui, headers);
-    let now = Utc::now();
     let read = async {
         let (records, latest) = futures::try_join!(ui.store.campaign_list(), ui.store.run_latest_each())?;
-        let progress =
-            futures::future::try_join_all(records.iter().map(|c| ui.store.campaign_progress(c.campaign_id, now)))
-                .await?;
+        let progress = futures::future::try_join_all(
+            records
+                .iter()
+                .map(|c| async { ui.figures.get(&ui.store, c.campaign_id).await.map(|f| f.progress.clone()) }),
+        )
+        .await?;
         Ok::<_, StoreError>(
             records
                 .into_iter()
@@ -416,17 +427,15 @@ async fn campaign_page(
     let id = c.campaign_id;
     let s = &ui.store;
     let read = futures::try_join!(
-        s.campaign_progress(id, Utc::now()),
-        s.dashboard_series(id),
-        s.dashboard_deferred(id),
-        s.dashboard_deferred_next(id, 10),
+        ui.figures.get(s, id),
         s.run_recent(id, 10),
         s.event_page_desc(id, q.before, EVENTS_PER_PAGE),
     );
-    let (progress, series, deferred, deferred_next, runs, (events, more_events)) = match read {
+    let (figures, runs, (events, more_events)) = match read {
         Ok(x) => x,
         Err(e) => return store_failed(Some(&v), &e),
     };
+    let snapshot::Figures { progress, series, deferred, deferred_next, read_at } = (*figures).clone();
     let notice = q.done.as_deref().and_then(|d| match d {
         "paused" => Some("Paused. No run will start until it is resumed.".to_owned()),
         "resumed" => Some("Resumed. The next scheduled or manual run goes on.".to_owned()),
@@ -446,6 +455,7 @@ async fn campaign_page(
         events,
         more_events,
         notice,
+        figures_read_at: read_at,
     };
     html(StatusCode::OK, pages::campaign(&v, &view))
 }
@@ -492,6 +502,7 @@ async fn campaign_action(
         },
         _ => return not_found(State(ui), headers).await,
     };
+    ui.figures.forget(c.campaign_id);
     // the action's event joins the audit chain now, as a CLI command's does
     if let Err(e) = ui.store.audit_seal(now).await {
         tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");

@@ -105,6 +105,8 @@ pub struct CampaignView {
     pub next_run: Option<DateTime<Utc>>,
     /// A message after an action ("paused").
     pub notice: Option<String>,
+    /// When the figures (progress, funnel, series, deferred) were read.
+    pub figures_read_at: DateTime<Utc>,
 }
 
 fn stat(label: &str, value: &str) -> String {
@@ -155,8 +157,10 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
     let _ = write!(
         b,
         "<p class=\"muted\"><a href=\"/\">Campaigns</a> /</p><h1>{name} {status}</h1>\
-         <p class=\"muted\">Version {version} · approval {approval} · next run {next} · last run {last}</p>",
+         <p class=\"muted\">Version {version} · approval {approval} · next run {next} · last run {last} · \
+         figures read {read}</p>",
         status = badge(c.status.as_str()),
+        read = time(Some(cv.figures_read_at)),
         version = c.version,
         approval = approval_cell(c),
         next = time(cv.next_run),
