@@ -47,8 +47,9 @@ pub fn config(ctx: &Context) -> anyhow::Result<Option<(std::net::SocketAddr, UiC
     let Some(listen) = &ctx.settings.ui_listen else { return Ok(None) };
     let addr = reverify::telemetry::parse_listen(listen)
         .map_err(|_| anyhow::anyhow!("ui_listen: {listen:?} must be HOST:PORT, [IPV6]:PORT or :PORT"))?;
-    let config =
+    let mut config =
         UiConfig::from_settings(ctx.settings.ui_users_file.as_ref(), ctx.settings.ui_trusted_user_header.as_deref())?;
+    config.require_approval = ctx.settings.require_approval;
     Ok(Some((addr, config)))
 }
 

@@ -105,7 +105,7 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.sub td:first-child { padding-left: 1.6rem; color: var(--muted); }
 .badge { display: inline-block; padding: .05rem .5rem; border-radius: 999px; font-size: .8rem; font-weight: 600;
   background: #e8ebf1; color: var(--ink); }
-.badge.active, .badge.finished, .badge.converted { background: #dcf3e5; color: var(--ok); }
+.badge.active, .badge.finished, .badge.converted, .badge.approved { background: #dcf3e5; color: var(--ok); }
 .badge.paused, .badge.deferred, .badge.interrupted, .badge.running { background: #fdf0d8; color: var(--warn); }
 .badge.cancelled, .badge.failed { background: #fbe1df; color: var(--bad); }
 .badge.pending-approval { background: #eceff4; color: var(--muted); font-weight: 500; }

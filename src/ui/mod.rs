@@ -65,6 +65,9 @@ pub struct UiConfig {
     pub failures_per_name: u32,
     pub failures_per_address: u32,
     pub login_window: Duration,
+    /// `require_approval`: a campaign without an approval of its version shows as
+    /// awaiting one (else as not needing one).
+    pub require_approval: bool,
 }
 
 impl Default for UiConfig {
@@ -76,6 +79,7 @@ impl Default for UiConfig {
             failures_per_name: 5,
             failures_per_address: 20,
             login_window: Duration::from_secs(15 * 60),
+            require_approval: false,
         }
     }
 }
@@ -367,17 +371,18 @@ async fn campaigns_page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let v = viewer_or_login!(ui, headers);
     let read = async {
         let (records, latest) = futures::try_join!(ui.store.campaign_list(), ui.store.run_latest_each())?;
-        let progress = futures::future::try_join_all(
-            records
-                .iter()
-                .map(|c| async { ui.figures.get(&ui.store, c.campaign_id).await.map(|f| f.progress.clone()) }),
-        )
+        let progress = futures::future::try_join_all(records.iter().map(|c| async {
+            let (figures, approval) =
+                futures::try_join!(ui.figures.get(&ui.store, c.campaign_id), ui.store.approval_current(c))?;
+            Ok::<_, StoreError>((figures.progress.clone(), approval))
+        }))
         .await?;
         Ok::<_, StoreError>(
             records
                 .into_iter()
                 .zip(progress)
-                .map(|(record, progress)| CampaignLine {
+                .map(|(record, (progress, approval))| CampaignLine {
+                    approval,
                     last_run: latest.iter().find(|r| r.campaign_id == record.campaign_id).cloned(),
                     next_run: next_run(&record),
                     record,
@@ -387,7 +392,7 @@ async fn campaigns_page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
         )
     };
     match read.await {
-        Ok(lines) => html(StatusCode::OK, pages::campaigns(&v, &lines)),
+        Ok(lines) => html(StatusCode::OK, pages::campaigns(&v, &lines, ui.config.require_approval)),
         Err(e) => store_failed(Some(&v), &e),
     }
 }
@@ -430,8 +435,9 @@ async fn campaign_page(
         ui.figures.get(s, id),
         s.run_recent(id, 10),
         s.event_page_desc(id, q.before, EVENTS_PER_PAGE),
+        s.approval_current(&c),
     );
-    let (figures, runs, (events, more_events)) = match read {
+    let (figures, runs, (events, more_events), approval) = match read {
         Ok(x) => x,
         Err(e) => return store_failed(Some(&v), &e),
     };
@@ -456,6 +462,8 @@ async fn campaign_page(
         more_events,
         notice,
         figures_read_at: read_at,
+        approval,
+        require_approval: ui.config.require_approval,
     };
     html(StatusCode::OK, pages::campaign(&v, &view))
 }

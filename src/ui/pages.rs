@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use super::auth::{Viewer, mask_email};
 use super::html::{csrf_field, esc, num, page, time};
 use super::svg;
+use crate::store::approvals::Approval;
 use crate::store::campaigns::{CampaignRecord, CampaignStatus};
 use crate::store::dashboard::{DeferredBucket, DeferredTarget, RunRow, Series, UserSession, UserTarget};
 use crate::store::events::Event;
@@ -23,6 +24,8 @@ pub struct CampaignLine {
     pub progress: CampaignProgress,
     pub next_run: Option<DateTime<Utc>>,
     pub last_run: Option<RunRow>,
+    /// The approval of the campaign's current version, if any.
+    pub approval: Option<Approval>,
 }
 
 /// Targets in a final state: everything but pending, claimed and deferred.
@@ -36,8 +39,19 @@ fn badge(s: &str) -> String {
 
 /// APPROVAL (issue 17, built in parallel): the approval state of a campaign goes
 /// here. Until then every campaign shows "not required".
-fn approval_cell(_c: &CampaignRecord) -> String {
-    "<span class=\"badge pending-approval\" data-approval=\"todo\">not required</span>".into()
+/// The approval state of a campaign's current version (four eyes, `require_approval`).
+fn approval_cell(approval: Option<&Approval>, required: bool) -> String {
+    match (approval, required) {
+        (Some(a), _) => format!(
+            "<span class=\"badge approved\" data-approval=\"approved\" title=\"{}\">approved by {}</span>",
+            esc(&a.approved_at.format("%Y-%m-%d %H:%M UTC").to_string()),
+            esc(&a.approver)
+        ),
+        (None, true) => "<span class=\"badge paused\" data-approval=\"missing\">awaiting approval</span>".into(),
+        (None, false) => {
+            "<span class=\"badge pending-approval\" data-approval=\"not-required\">not required</span>".into()
+        }
+    }
 }
 
 fn rate(p: &CampaignProgress) -> String {
@@ -57,7 +71,7 @@ pub fn running(last: Option<&RunRow>) -> bool {
 }
 
 /// The campaigns page.
-pub fn campaigns(v: &Viewer, lines: &[CampaignLine]) -> String {
+pub fn campaigns(v: &Viewer, lines: &[CampaignLine], require_approval: bool) -> String {
     let mut rows = String::new();
     for l in lines {
         let c = &l.record;
@@ -71,7 +85,7 @@ pub fn campaigns(v: &Viewer, lines: &[CampaignLine]) -> String {
              <td class=\"hide-phone\">{next}</td><td>{last}</td><td class=\"n\">{rate}</td></tr>",
             name = esc(c.name.as_str()),
             status = badge(c.status.as_str()),
-            approval = approval_cell(c),
+            approval = approval_cell(l.approval.as_ref(), require_approval),
             bar = svg::progress(done, p.targeted, "settled"),
             done = num(done),
             targeted = num(p.targeted),
@@ -107,6 +121,10 @@ pub struct CampaignView {
     pub notice: Option<String>,
     /// When the figures (progress, funnel, series, deferred) were read.
     pub figures_read_at: DateTime<Utc>,
+    /// The approval of the campaign's current version, if any.
+    pub approval: Option<Approval>,
+    /// Whether versions need one (`require_approval`).
+    pub require_approval: bool,
 }
 
 fn stat(label: &str, value: &str) -> String {
@@ -162,7 +180,7 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
         status = badge(c.status.as_str()),
         read = time(Some(cv.figures_read_at)),
         version = c.version,
-        approval = approval_cell(c),
+        approval = approval_cell(cv.approval.as_ref(), cv.require_approval),
         next = time(cv.next_run),
         last = last_run_cell(cv.runs.first()),
     );
@@ -507,4 +525,26 @@ pub fn message(v: Option<&Viewer>, title: &str, text: &str) -> String {
             esc(text)
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_approval_cell_says_who_approved_or_what_is_awaited() {
+        let a = Approval {
+            approval_id: 1,
+            version: 2,
+            approver: "carol <x>".into(),
+            approved_at: chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
+            digest: "d".into(),
+            templates: Default::default(),
+            plan: Default::default(),
+        };
+        let approved = approval_cell(Some(&a), true);
+        assert!(approved.contains("data-approval=\"approved\"") && approved.contains("approved by carol &lt;x&gt;"));
+        assert!(approval_cell(None, true).contains("awaiting approval"));
+        assert!(approval_cell(None, false).contains("not required"));
+    }
 }

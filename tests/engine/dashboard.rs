@@ -185,7 +185,10 @@ async fn the_dashboard_in_chromium() {
     }
     let source = b.source().await;
     assert!(source.contains("http-equiv=\"refresh\""), "a running campaign refreshes the list");
-    assert!(source.contains("data-approval=\"todo\""), "the approval column is there");
+    assert!(
+        source.contains("data-approval=\"not-required\""),
+        "the approval column says no approval is needed (require_approval is off)"
+    );
     b.screenshots_as("dashboard", "campaigns").await;
     pages.push(source);
 
