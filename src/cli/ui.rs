@@ -50,6 +50,14 @@ pub fn config(ctx: &Context) -> anyhow::Result<Option<(std::net::SocketAddr, UiC
     let mut config =
         UiConfig::from_settings(ctx.settings.ui_users_file.as_ref(), ctx.settings.ui_trusted_user_header.as_deref())?;
     config.require_approval = ctx.settings.require_approval;
+    // for approvals from the page; without them the page says to use the CLI
+    config.templates = match reverify::notify::Templates::from_settings(&ctx.settings) {
+        Ok(t) => Some(std::sync::Arc::new(t)),
+        Err(e) => {
+            tracing::warn!(error = %e, "dashboard: the templates cannot be loaded; approving from the page is off");
+            None
+        }
+    };
     Ok(Some((addr, config)))
 }
 

@@ -60,6 +60,14 @@ pub fn approval_digest(spec_hash: &str, templates: &BTreeMap<String, String>, pl
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))
 }
 
+/// Whether two actors are one person: the dashboard records its people as
+/// `ui:NAME`, the command line as `NAME`, so that `alice` applying a version and
+/// `ui:alice` approving it are the same pair of eyes.
+pub fn same_person(a: &str, b: &str) -> bool {
+    let person = |s: &str| s.strip_prefix("ui:").unwrap_or(s).trim().to_owned();
+    person(a) == person(b)
+}
+
 /// An approval to record.
 #[derive(Debug, Clone)]
 pub struct NewApproval<'a> {
@@ -208,7 +216,7 @@ impl Store {
                 .transpose()
                 .map_err(query_err("campaign_approve applier"))?
                 .unwrap_or_default();
-        if applied_by == approval.approver {
+        if same_person(&applied_by, approval.approver) {
             return Err(StoreError::Conflict(format!(
                 "campaign {} version {version} was applied by {applied_by}, who cannot approve it too: \
                  another person must (four eyes; --as NAME or REVERIFY_ACTOR says who is acting)",

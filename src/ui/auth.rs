@@ -37,7 +37,7 @@ pub enum Role {
     Viewer,
     /// Also pauses, resumes and retries failed targets; sees emails and names.
     Operator,
-    /// Approves campaigns (issue 17, built elsewhere); sees emails and names.
+    /// Approves campaign versions (four eyes); sees emails and names.
     Approver,
 }
 
@@ -64,6 +64,11 @@ impl Role {
     /// Whether pause, resume and retry-failed are allowed.
     pub fn can_operate(self) -> bool {
         self == Role::Operator
+    }
+
+    /// Whether this role may approve a campaign's version (four eyes).
+    pub fn can_approve(self) -> bool {
+        self == Role::Approver
     }
 
     /// Whether emails are shown whole, and names at all.

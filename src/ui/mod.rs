@@ -68,6 +68,10 @@ pub struct UiConfig {
     /// `require_approval`: a campaign without an approval of its version shows as
     /// awaiting one (else as not needing one).
     pub require_approval: bool,
+    /// The templates a run would render, for approvals from the page (their
+    /// versions are part of what is approved); `None`: approving from the page is
+    /// refused with the reason.
+    pub templates: Option<Arc<crate::notify::Templates>>,
 }
 
 impl Default for UiConfig {
@@ -80,6 +84,7 @@ impl Default for UiConfig {
             failures_per_address: 20,
             login_window: Duration::from_secs(15 * 60),
             require_approval: false,
+            templates: None,
         }
     }
 }
@@ -336,6 +341,9 @@ async fn login(
 struct CsrfForm {
     #[serde(default)]
     csrf: String,
+    /// For an approval: the version the page showed.
+    #[serde(default)]
+    version: Option<i64>,
 }
 
 /// Refuses a POST without the viewer's token.
@@ -445,6 +453,7 @@ async fn campaign_page(
     let notice = q.done.as_deref().and_then(|d| match d {
         "paused" => Some("Paused. No run will start until it is resumed.".to_owned()),
         "resumed" => Some("Resumed. The next scheduled or manual run goes on.".to_owned()),
+        "approved" => Some("Approved. This version may run.".to_owned()),
         d if d.starts_with("requeued-") => {
             Some(format!("{} failed targets re-queued for the next run.", d.trim_start_matches("requeued-")))
         }
@@ -481,16 +490,22 @@ async fn campaign_action(
         warn!(user = %v.name, %action, "dashboard: a POST without its CSRF token was refused");
         return refuse_csrf(Some(&v));
     }
-    if !v.role.can_operate() {
-        return html(
-            StatusCode::FORBIDDEN,
-            pages::message(Some(&v), "Not allowed", "Only an operator can pause, resume or retry a campaign."),
-        );
+    let allowed = if action == "approve" { v.role.can_approve() } else { v.role.can_operate() };
+    if !allowed {
+        let why = if action == "approve" {
+            "Only an approver can approve a campaign."
+        } else {
+            "Only an operator can pause, resume or retry a campaign."
+        };
+        return html(StatusCode::FORBIDDEN, pages::message(Some(&v), "Not allowed", why));
     }
     let c = match find_campaign(&ui, &v, &name).await {
         Ok(c) => c,
         Err(r) => return r,
     };
+    if action == "approve" {
+        return approve(&ui, &v, &c, form.version).await;
+    }
     let actor = v.actor();
     let now = Utc::now();
     let done = match action.as_str() {
@@ -517,6 +532,45 @@ async fn campaign_action(
     }
     info!(user = %v.name, campaign = %c.name, %action, "dashboard: campaign changed");
     redirect(&format!("/campaigns/{}?done={done}", c.name))
+}
+
+/// An approval from the page: the same rules and record as `campaign approve` (the
+/// approver must not be whoever applied the version, and the version must be the one
+/// the page showed).
+async fn approve(ui: &Ui, v: &Viewer, c: &CampaignRecord, shown: Option<i64>) -> Response {
+    use crate::store::approvals::NewApproval;
+    let refuse = |status: StatusCode, why: &str| html(status, pages::message(Some(v), "Not approved", why));
+    let Some(loaded) = &ui.config.templates else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The templates could not be loaded when the dashboard started, so their versions cannot be approved here; \
+             use `reverify campaign approve`.",
+        );
+    };
+    let spec = match c.spec() {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::CONFLICT, &format!("The campaign's file cannot be read: {e}")),
+    };
+    let templates = crate::engine::approval::template_versions(&spec, loaded);
+    let now = Utc::now();
+    let plan = match ui.store.campaign_plan(c.campaign_id, &spec.audience, now).await {
+        Ok(p) => p.into_iter().map(|b| (b.bucket, b.count)).collect(),
+        Err(e) => return store_failed(Some(v), &e),
+    };
+    let actor = v.actor();
+    let ask = NewApproval { approver: &actor, version: shown.unwrap_or(c.version), templates: &templates, plan };
+    let result = ui.store.campaign_approve(c, &ask, now).await;
+    if let Err(e) = ui.store.audit_seal(now).await {
+        tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");
+    }
+    match result {
+        Ok(a) => {
+            info!(user = %v.name, campaign = %c.name, version = a.version, "dashboard: campaign approved");
+            redirect(&format!("/campaigns/{}?done=approved", c.name))
+        }
+        Err(StoreError::Conflict(why)) => refuse(StatusCode::CONFLICT, &why),
+        Err(e) => store_failed(Some(v), &e),
+    }
 }
 
 /// Hands the CSV report to the client as it is written, page by page, with the

@@ -143,7 +143,7 @@ fn eta(p: &CampaignProgress) -> String {
     }
 }
 
-fn actions(v: &Viewer, c: &CampaignRecord) -> String {
+fn actions(v: &Viewer, c: &CampaignRecord, approval: Option<&Approval>) -> String {
     let name = esc(c.name.as_str());
     let mut s = String::from("<div class=\"actions\">");
     if v.role.can_operate() {
@@ -160,6 +160,17 @@ fn actions(v: &Viewer, c: &CampaignRecord) -> String {
             _ => {}
         }
         s.push_str(&button("retry-failed", "Retry failed", "secondary"));
+    }
+    if v.role.can_approve() && approval.is_none() && c.status != CampaignStatus::Cancelled {
+        let _ = write!(
+            s,
+            "<form method=\"post\" action=\"/campaigns/{name}/approve\">{}\
+             <input type=\"hidden\" name=\"version\" value=\"{}\">\
+             <button type=\"submit\">Approve version {}</button></form>",
+            csrf_field(v),
+            c.version,
+            c.version
+        );
     }
     let _ = write!(s, "<a class=\"button\" href=\"/campaigns/{name}/report.csv\">Report (CSV)</a></div>");
     s
@@ -187,7 +198,7 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
     if let Some(n) = &cv.notice {
         let _ = write!(b, "<div class=\"notice\">{}</div>", esc(n));
     }
-    b.push_str(&actions(v, c));
+    b.push_str(&actions(v, c, cv.approval.as_ref()));
     let done = settled(p);
     b.push_str("<div class=\"stats\">");
     for (label, value) in [

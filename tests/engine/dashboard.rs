@@ -382,3 +382,80 @@ async fn a_trusted_header_is_read_only_when_set() {
     let not_trusting = ui_router(db.store.clone(), UiConfig { users, ..UiConfig::default() });
     assert_eq!(get(not_trusting, Some("alice")).await.0, 303, "the header means nothing unless the setting is set");
 }
+
+/// Approving from the page: only an approver, never the person who applied the
+/// version (`alice` on the command line is `ui:alice` on the page), and the
+/// approval shows in the column and satisfies the engine's check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_approves_from_the_page_with_the_clis_rules() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use reverify::ui::{UiConfig, ui_router};
+    use tower::ServiceExt as _;
+
+    let db = TestDb::sqlite().await;
+    let text = "name = \"four-eyes\"\n";
+    let spec = reverify::domain::CampaignSpec::from_toml(text, "four-eyes.toml").unwrap();
+    let (_, c) = db.store.campaign_apply(&spec, text, "alice", chrono::Utc::now()).await.unwrap();
+    let hash = reverify::ui::auth::hash_password("pw").unwrap();
+    let users = reverify::ui::auth::UsersFile::parse(
+        &format!("alice:approver:{hash}\ncarol:approver:{hash}\nolga:operator:{hash}\n"),
+        "users",
+    )
+    .unwrap();
+    let router = ui_router(
+        db.store.clone(),
+        UiConfig {
+            users,
+            trusted_header: Some("x-forwarded-user".parse().unwrap()),
+            require_approval: true,
+            templates: Some(std::sync::Arc::new(reverify::notify::Templates::builtin().unwrap())),
+            ..UiConfig::default()
+        },
+    );
+    let call = |req: Request<Body>| {
+        let router = router.clone();
+        async move {
+            let r = router.oneshot(req).await.unwrap();
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let page = |who: &'static str| {
+        call(Request::get("/campaigns/four-eyes").header("x-forwarded-user", who).body(Body::empty()).unwrap())
+    };
+    let approve = |who: &'static str, csrf: String| {
+        call(
+            Request::post("/campaigns/four-eyes/approve")
+                .header("x-forwarded-user", who)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(form(&[("csrf", &csrf), ("version", &c.version.to_string())])))
+                .unwrap(),
+        )
+    };
+
+    let (_, before) = page("carol").await;
+    assert!(before.contains("data-approval=\"missing\""), "awaiting approval: {before}");
+    assert!(before.contains("Approve version 1"), "an approver sees the button");
+    let (_, as_operator) = page("olga").await;
+    assert!(!as_operator.contains("Approve version"), "an operator does not");
+
+    let (status, _) = approve("olga", hidden_csrf(&as_operator)).await;
+    assert_eq!(status, 403, "an operator cannot approve");
+    let (_, as_alice) = page("alice").await;
+    let (status, why) = approve("alice", hidden_csrf(&as_alice)).await;
+    assert_eq!(status, 409, "the applier cannot approve her own version: {why}");
+    assert!(why.contains("cannot approve it too"), "{why}");
+    assert!(db.store.approval_current(&c).await.unwrap().is_none());
+    let (status, _) = approve("carol", String::new()).await;
+    assert_eq!(status, 403, "no CSRF token, no approval");
+
+    let (status, _) = approve("carol", hidden_csrf(&before)).await;
+    assert_eq!(status, 303, "approved, back to the page");
+    let a = db.store.approval_current(&c).await.unwrap().expect("recorded");
+    assert_eq!((a.approver.as_str(), a.version), ("ui:carol", 1));
+    let (_, after) = page("carol").await;
+    assert!(after.contains("approved by ui:carol"), "{after}");
+    assert!(!after.contains("Approve version"), "approved: no button");
+}
