@@ -68,6 +68,9 @@ pub fn public_router(ctx: &Context, store: &reverify::store::Store) -> anyhow::R
     Ok((router, serving))
 }
 
+/// How often `serve` seals the audit events its routes wrote.
+const SEAL_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
     // a malformed users file stops the command before anything listens
     let ui = super::ui::config(ctx)?;
@@ -121,6 +124,19 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
     }
     println!("{}", lines.join("; "));
     super::run::stop_on_signals(stop.clone(), None);
+    // the events the routes write (webhooks, clicks, the dashboard's actions) join the
+    // audit chain while serve runs, not only at the next command that seals
+    let sealer = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(SEAL_EVERY) => super::seal(&store).await,
+                }
+            }
+        }
+    });
     if let Some(server) = server {
         server.handle.await.context("the public server stopped")?.context("the public server failed")?;
     } else {
@@ -129,6 +145,9 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
     for s in [ops, dashboard].into_iter().flatten() {
         let _ = s.handle.await;
     }
+    let _ = sealer.await;
+    // and what the last requests wrote, before the store closes
+    super::seal(&store).await;
     store.close().await;
     Ok(exit::OK)
 }

@@ -147,7 +147,23 @@ async fn serve_keeps_metrics_off_the_public_listener_and_a_flood_out_of_the_log(
     assert_eq!(sample(&metrics, r#"reverify_webhook_rejected_total{reason="unsigned"}"#), Some(1000.0), "{metrics}");
     assert_eq!(sample(&metrics, r#"reverify_webhook_rejected_total{reason="bad_signature"}"#), Some(1.0), "{metrics}");
 
+    // an event written while serve runs (as an accepted webhook or a click writes
+    // one) is in the audit chain once serve has stopped
+    let event = reverify::store::events::NewEvent {
+        actor: "webhook",
+        kind: "user.verification_changed",
+        campaign_id: None,
+        user_id: None,
+        detail: None,
+    };
+    let id = db.store.event_append(&event, chrono::Utc::now()).await.unwrap();
     assert_eq!(terminate(child).await.code(), Some(0));
+    let sealed: Option<i64> = sqlx::query_scalar("SELECT chain_seq FROM events WHERE event_id = $1")
+        .bind(id)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert!(sealed.is_some(), "serve stopped without sealing the events written while it ran");
     let log = std::fs::read_to_string(&log_path).unwrap();
     let about = log.lines().filter(|l| l.contains("webhook refused")).count();
     assert!((1..=2).contains(&about), "{about} lines about refused webhooks:\n{log}");
