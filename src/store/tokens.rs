@@ -401,6 +401,8 @@ fn token_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, sqlx::Error> {
 }
 
 /// [`Store::user_token_store_grant`]'s write; a group's grants go in one statement.
+/// A user forgotten while the refresh was in flight (`users forget` in another
+/// process) keeps no token: the grant only releases the lease.
 struct GrantPut {
     backend: Backend,
     user: String,
@@ -459,13 +461,13 @@ impl BatchWrite for GrantPut {
             );
             let sql = format!(
                 "UPDATE users SET \
-                   refresh_token_enc = CASE WHEN x.hr THEN x.rt ELSE users.refresh_token_enc END, \
-                   token_key_id = CASE WHEN x.hr THEN x.rk ELSE users.token_key_id END, \
+                   refresh_token_enc = CASE WHEN x.hr AND users.forgotten_at IS NULL THEN x.rt ELSE users.refresh_token_enc END, \
+                   token_key_id = CASE WHEN x.hr AND users.forgotten_at IS NULL THEN x.rk ELSE users.token_key_id END, \
                    token_version = users.token_version + CASE WHEN x.hr THEN 1 ELSE 0 END, \
-                   access_token_enc = CASE WHEN x.ha THEN x.at ELSE users.access_token_enc END, \
-                   access_token_key_id = CASE WHEN x.ha THEN x.ak ELSE users.access_token_key_id END, \
-                   access_token_fresh_until = CASE WHEN x.ha THEN x.fu ELSE users.access_token_fresh_until END, \
-                   access_token_expires_at = CASE WHEN x.ha THEN x.ex ELSE users.access_token_expires_at END, \
+                   access_token_enc = CASE WHEN x.ha AND users.forgotten_at IS NULL THEN x.at ELSE users.access_token_enc END, \
+                   access_token_key_id = CASE WHEN x.ha AND users.forgotten_at IS NULL THEN x.ak ELSE users.access_token_key_id END, \
+                   access_token_fresh_until = CASE WHEN x.ha AND users.forgotten_at IS NULL THEN x.fu ELSE users.access_token_fresh_until END, \
+                   access_token_expires_at = CASE WHEN x.ha AND users.forgotten_at IS NULL THEN x.ex ELSE users.access_token_expires_at END, \
                    token_lease_owner = CASE WHEN users.token_lease_owner = x.o THEN NULL \
                      ELSE users.token_lease_owner END, \
                    token_lease_until = CASE WHEN users.token_lease_owner = x.o THEN NULL \
@@ -616,6 +618,40 @@ mod tests {
     fn later(s: i64) -> DateTime<Utc> {
         Utc::now() + chrono::Duration::seconds(s)
     }
+
+    both_engines!(a_grant_that_lands_after_users_forget_stores_no_token, |db: TestDb| async move {
+        let cipher =
+            Arc::new(TokenCipher::from_secrets(Some(&Secret::new(TokenCipher::generate_key())), None).unwrap());
+        let vault = StoreTokenVault::new(db.store.clone(), cipher, Arc::new(SystemClock));
+        let user = UserId::parse(ID).unwrap();
+        insert_user(&db.store, ID).await;
+        vault.put_consented(&user, "rt-first-token").await.unwrap();
+        // a run takes the lease to refresh; meanwhile the person is forgotten
+        let Checkout::Leased(_) = vault.checkout(&user, "run", Utc::now(), later(30), false).await.unwrap() else {
+            panic!()
+        };
+        let forgotten = db.store.user_forget(&user, "dpo", Utc::now()).await.unwrap();
+        assert!(matches!(forgotten, crate::store::forget::Forgotten::Now { .. }), "{forgotten:?}");
+        let grant = Grant {
+            refresh: Some("rt-second-token"),
+            access: Some("at-second-token"),
+            fresh_until: later(600),
+            expires_at: later(900),
+        };
+        vault.store_grant(&user, "run", &grant).await.unwrap();
+        let row = sqlx::query(
+            "SELECT CASE WHEN refresh_token_enc IS NULL THEN 1 ELSE 0 END AS r, \
+               CASE WHEN access_token_enc IS NULL THEN 1 ELSE 0 END AS a, \
+               CASE WHEN token_lease_owner IS NULL THEN 1 ELSE 0 END AS l FROM users WHERE user_id = $1",
+        )
+        .bind(ID)
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+        let none = |c: &str| row.try_get::<i32, _>(c).unwrap() == 1;
+        assert!(none("r") && none("a"), "the grant wrote a token back into a forgotten user's row");
+        assert!(none("l"), "and the lease is free");
+    });
 
     both_engines!(tokens_are_sealed_leased_rotated_and_refused, |db: TestDb| async move {
         let cipher =
