@@ -529,21 +529,12 @@ async fn approval_json(
 
 /// `campaign approve NAME`.
 async fn approve(ctx: &Context, name: &CampaignName, reviewed: Option<i64>) -> anyhow::Result<u8> {
-    use reverify::store::approvals::NewApproval;
     let (store, c) = existing(ctx, name).await?;
     let spec = c.spec()?;
     let loaded = reverify::notify::Templates::from_settings(&ctx.settings)
         .map_err(|e| anyhow::anyhow!("cannot load the templates to approve them: {e}"))?;
-    let templates = reverify::engine::approval::template_versions(&spec, &loaded);
-    let now = Utc::now();
-    let plan = store
-        .campaign_plan(c.campaign_id, &spec.audience, now)
-        .await?
-        .into_iter()
-        .map(|b| (b.bucket, b.count))
-        .collect();
-    let ask = NewApproval { approver: &ctx.actor, version: reviewed.unwrap_or(c.version), templates: &templates, plan };
-    let result = store.campaign_approve(&c, &ask, now).await;
+    let version = reviewed.unwrap_or(c.version);
+    let result = reverify::engine::approval::approve(&store, &c, &spec, &loaded, &ctx.actor, version, Utc::now()).await;
     super::seal(&store).await;
     match result {
         Ok(a) => {

@@ -32,6 +32,7 @@ mod evidence;
 mod preview;
 mod report;
 mod run;
+mod sample;
 mod sandbox;
 mod serve;
 mod status;
@@ -199,9 +200,7 @@ impl Context {
 /// [`reverify::store::chain`]); every command that writes events calls it at its
 /// end. A failure is a warning: the events are kept, and the next seal takes them.
 pub async fn seal(store: &Store) {
-    if let Err(e) = store.audit_seal(chrono::Utc::now()).await {
-        tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");
-    }
+    store.audit_seal_or_warn(chrono::Utc::now()).await;
 }
 
 /// Parses the command line and runs the command.

@@ -5,10 +5,9 @@
 //! read), nothing is recorded against the user, and the send is audited
 //! (`campaign.test_sent`, with the address's SHA-256, never the address).
 
-use anyhow::Context as _;
 use chrono::Utc;
-use reverify::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
-use reverify::notify::{Message, Notifier, Recipient, RetryPolicy};
+use reverify::domain::{CampaignName, EmailAddress, UserId};
+use reverify::notify::{Notifier, RetryPolicy};
 use reverify::store::events::NewEvent;
 use sha2::{Digest as _, Sha256};
 
@@ -16,9 +15,6 @@ use super::{Context, exit};
 
 /// The link every test message carries: a reserved domain that never resolves.
 pub const FAKE_LINK: &str = "https://test-send.invalid/this-is-a-test-message-not-a-verification-link";
-
-/// The sample user, when no `--user` is given.
-const SAMPLE_USER_ID: &str = "00000000-0000-4000-8000-000000000000";
 
 pub async fn test_send(
     ctx: &Context,
@@ -40,57 +36,15 @@ pub async fn test_send(
         .map_err(|e| anyhow::anyhow!("campaign {name}: {e}"))?;
     let last = spec.reminders.as_ref().map_or(0, |r| r.max);
     let steps: Vec<u32> = match step {
-        Some(n) if n > last => {
-            eprintln!("error: --step {n}: campaign {name} has steps 0 (the first message) to {last} (its reminders)");
-            return Ok(exit::FAILURE);
-        }
         Some(n) => vec![n],
         None => (0..=last).collect(),
     };
-    let recipient = match user {
-        Some(id) => {
-            let Some(u) = store.user_get(id).await? else {
-                eprintln!("error: --user {id}: no such user");
-                return Ok(exit::FAILURE);
-            };
-            Recipient {
-                user_id: u.user_id,
-                email: to.clone(),
-                first_name: u.first_name,
-                last_name: u.last_name,
-                locale: u.locale,
-                time_zone: u.timezone,
-                region: u.region,
-            }
-        }
-        None => Recipient {
-            user_id: UserId::parse(SAMPLE_USER_ID).context("the sample user id")?,
-            email: to.clone(),
-            first_name: Some("Sample".into()),
-            last_name: Some("User".into()),
-            locale: Some("en-GB".into()),
-            time_zone: Some("Europe/London".into()),
-            region: Region::Intl,
-        },
-    };
-    let expires_at = Utc::now() + chrono::Duration::hours(24);
+    let mut recipient = super::sample::recipient(&store, user, &spec).await?;
+    recipient.email = to.clone();
     let mut sent = Vec::new();
     let mut failed = false;
     for &n in &steps {
-        let mut delivery = spec.delivery.clone();
-        if n > 0
-            && let Some(r) = &spec.reminders
-        {
-            delivery.template = r.template.clone();
-        }
-        let message = Message {
-            recipient: recipient.clone(),
-            session_url: SessionUrl::new(FAKE_LINK.to_owned()),
-            expires_at,
-            campaign: name.clone(),
-            step: n,
-            delivery,
-        };
+        let message = super::sample::message(&spec, n, recipient.clone(), FAKE_LINK)?;
         match notifier.send_with_retry(&message).await {
             Ok(d) => {
                 println!("{name}: step {n} sent to {to} ({}), with a fake link", d.channel.as_str());

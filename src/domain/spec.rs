@@ -165,6 +165,18 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The delivery of message `step` of a target: this one for the first (0), with
+    /// the reminders' template for a reminder (1 and on).
+    pub fn for_step(&self, step: u32, reminders: Option<&Reminders>) -> Delivery {
+        let mut d = self.clone();
+        if step > 0
+            && let Some(r) = reminders
+        {
+            d.template = r.template.clone();
+        }
+        d
+    }
+
     /// The send window, when the campaign has one (validated with the spec).
     pub fn window(&self) -> Option<super::window::SendWindow> {
         if self.send_window.is_none() && self.send_days.is_none() {
@@ -358,6 +370,11 @@ pub fn read_small_text(path: &Path, max: u64) -> Result<String, String> {
 }
 
 impl CampaignSpec {
+    /// The delivery of message `step` (see [`Delivery::for_step`]).
+    pub fn delivery_for_step(&self, step: u32) -> Delivery {
+        self.delivery.for_step(step, self.reminders.as_ref())
+    }
+
     /// Reads and validates a campaign file.
     ///
     /// # Errors

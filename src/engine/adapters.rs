@@ -88,12 +88,8 @@ impl Deliverer for NotifierDeliverer {
         ) else {
             return bad("the stored user record is not valid".into());
         };
-        let mut delivery = self.delivery.clone();
-        if t.step > 0
-            && let Some(r) = &self.reminders
-        {
-            delivery.template = r.template.clone();
-        }
+        let step = u32::try_from(t.step).unwrap_or(0);
+        let delivery = self.delivery.for_step(step, self.reminders.as_ref());
         let message = Message {
             recipient: Recipient {
                 user_id,
@@ -107,7 +103,7 @@ impl Deliverer for NotifierDeliverer {
             session_url: m.url,
             expires_at: m.expires_at,
             campaign,
-            step: u32::try_from(t.step).unwrap_or(0),
+            step,
             delivery,
         };
         // what goes out, hashed without its link, before the link is sent

@@ -19,7 +19,7 @@ pub fn template_versions(spec: &CampaignSpec, templates: &Templates) -> Vec<Temp
         .filter_map(|name| {
             let files = templates.sources(name)?;
             Some(TemplateVersion {
-                digest: crate::notify::template_digest(&files),
+                digest: templates.digest(name)?,
                 name: name.to_owned(),
                 files: files.into_iter().collect(),
             })
@@ -94,4 +94,31 @@ pub async fn approval_state(
     } else {
         ApprovalState::TemplatesChanged { approval, changed }
     })
+}
+
+/// Records `approver`'s approval of `c` at `version` (the version they looked at),
+/// over the templates a run would render now (`loaded`) and the plan counted now:
+/// what `campaign approve` and the dashboard's Approve button both do.
+///
+/// # Errors
+/// [`StoreError::Conflict`] when the store refuses it (another version was applied
+/// meanwhile, or the approver applied this one); other store failures.
+pub async fn approve(
+    store: &Store,
+    c: &CampaignRecord,
+    spec: &CampaignSpec,
+    loaded: &Templates,
+    approver: &str,
+    version: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Approval, StoreError> {
+    let templates = template_versions(spec, loaded);
+    let plan = store
+        .campaign_plan(c.campaign_id, &spec.audience, now)
+        .await?
+        .into_iter()
+        .map(|b| (b.bucket, b.count))
+        .collect();
+    let ask = crate::store::approvals::NewApproval { approver, version, templates: &templates, plan };
+    store.campaign_approve(c, &ask, now).await
 }

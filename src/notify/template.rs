@@ -98,6 +98,9 @@ pub struct Templates {
     locales: BTreeMap<String, BTreeSet<String>>,
     /// Templates written in the layout before issue 17 (`NAME/FILE`), read as `en`.
     flat: BTreeSet<String>,
+    /// name → its version ([`template_digest`] over every locale's files): the
+    /// templates never change once loaded, so each delivery's record reads it here.
+    digests: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Templates {
@@ -229,7 +232,7 @@ impl Templates {
             keys.push(format!("{name}/{locale}/{file}"));
             env.add_template_owned(format!("{name}/{locale}/{file}"), text).map_err(|e| broken_in(dir, &flat, &e))?;
         }
-        let templates = Self { env, dir: dir.to_path_buf(), locales, flat };
+        let mut templates = Self { env, dir: dir.to_path_buf(), locales, flat, digests: BTreeMap::new() };
         for key in &keys {
             // a locale version with one file but not the others
             let (name, rest) = key.split_once('/').unwrap_or((key, ""));
@@ -245,6 +248,11 @@ impl Templates {
             }
         }
         templates.check_all()?;
+        templates.digests = templates
+            .locales
+            .keys()
+            .filter_map(|name| Some((name.clone(), template_digest(&templates.sources(name)?))))
+            .collect();
         Ok(templates)
     }
 
@@ -282,7 +290,7 @@ impl Templates {
     /// The template's version: lower-case hex SHA-256 of [`template_digest`] over
     /// its files, or `None` when there is no such template.
     pub fn digest(&self, name: &str) -> Option<String> {
-        self.sources(name).map(|files| template_digest(&files))
+        self.digests.get(name).cloned()
     }
 
     /// Fails when there is no template called `name`.

@@ -172,6 +172,14 @@ impl Store {
         rows.iter().map(chained_from_row).collect::<Result<_, _>>().map_err(query_err("audit_events_page"))
     }
 
+    /// [`Store::audit_seal`] at the end of a command or an action, where a failure
+    /// is only a warning: the events are kept, and the next seal takes them.
+    pub async fn audit_seal_or_warn(&self, now: DateTime<Utc>) {
+        if let Err(e) = self.audit_seal(now).await {
+            tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");
+        }
+    }
+
     /// Seals every committed unsealed event (see the module docs), a batch per
     /// transaction, and returns how many and the head. Safe to run from any number
     /// of processes at once: sealers take turns.

@@ -527,9 +527,7 @@ async fn campaign_action(
     };
     ui.figures.forget(c.campaign_id);
     // the action's event joins the audit chain now, as a CLI command's does
-    if let Err(e) = ui.store.audit_seal(now).await {
-        tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");
-    }
+    ui.store.audit_seal_or_warn(now).await;
     info!(user = %v.name, campaign = %c.name, %action, "dashboard: campaign changed");
     redirect(&format!("/campaigns/{}?done={done}", c.name))
 }
@@ -538,7 +536,6 @@ async fn campaign_action(
 /// approver must not be whoever applied the version, and the version must be the one
 /// the page showed).
 async fn approve(ui: &Ui, v: &Viewer, c: &CampaignRecord, shown: Option<i64>) -> Response {
-    use crate::store::approvals::NewApproval;
     let refuse = |status: StatusCode, why: &str| html(status, pages::message(Some(v), "Not approved", why));
     let Some(loaded) = &ui.config.templates else {
         return refuse(
@@ -551,18 +548,10 @@ async fn approve(ui: &Ui, v: &Viewer, c: &CampaignRecord, shown: Option<i64>) ->
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::CONFLICT, &format!("The campaign's file cannot be read: {e}")),
     };
-    let templates = crate::engine::approval::template_versions(&spec, loaded);
     let now = Utc::now();
-    let plan = match ui.store.campaign_plan(c.campaign_id, &spec.audience, now).await {
-        Ok(p) => p.into_iter().map(|b| (b.bucket, b.count)).collect(),
-        Err(e) => return store_failed(Some(v), &e),
-    };
-    let actor = v.actor();
-    let ask = NewApproval { approver: &actor, version: shown.unwrap_or(c.version), templates: &templates, plan };
-    let result = ui.store.campaign_approve(c, &ask, now).await;
-    if let Err(e) = ui.store.audit_seal(now).await {
-        tracing::warn!(error = %e, "could not seal the audit events; the next command that writes events will");
-    }
+    let version = shown.unwrap_or(c.version);
+    let result = crate::engine::approval::approve(&ui.store, c, &spec, loaded, &v.actor(), version, now).await;
+    ui.store.audit_seal_or_warn(now).await;
     match result {
         Ok(a) => {
             info!(user = %v.name, campaign = %c.name, version = a.version, "dashboard: campaign approved");

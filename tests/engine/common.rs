@@ -64,6 +64,12 @@ impl Env {
 
     /// The sandbox's users, as an import would write them.
     async fn load_users(&self) {
+        self.upsert_users(|_, _| {}).await;
+    }
+
+    /// Writes the sandbox's users again as an import would, each (the i-th, in the
+    /// sandbox's order) changed by `adjust` first: a test's own locales, time zones.
+    pub async fn upsert_users(&self, adjust: impl Fn(usize, &mut UserUpsert)) {
         let cipher = TokenCipher::from_secrets(self.settings.token_key.as_ref(), None).unwrap();
         let rows: Vec<UserUpsert> = self
             .sandbox
@@ -86,6 +92,11 @@ impl Env {
                 rejected_at: u.rejected_at,
                 tags: u.tags,
                 signed_up_at: None,
+            })
+            .enumerate()
+            .map(|(i, mut row)| {
+                adjust(i, &mut row);
+                row
             })
             .collect();
         for chunk in rows.chunks(500) {

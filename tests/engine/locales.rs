@@ -4,45 +4,24 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
 use reverify::both_engines;
 use reverify::notify::testing::ReceivedMail;
 use reverify::store::testing::TestDb;
-use reverify::store::users::UserUpsert;
 
 use crate::common::{Env, campaign_toml};
 use crate::outcomes::{reverify, stdout_of};
 
 /// Sets every user's locale round-robin from `locales`; returns email → locale.
 async fn set_locales(env: &Env, locales: &[&str]) -> HashMap<String, String> {
-    let mut locale_of = HashMap::new();
-    let rows: Vec<UserUpsert> = env
-        .sandbox
-        .users()
-        .into_iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let locale = locales[i % locales.len()].to_owned();
-            locale_of.insert(u.email.as_str().to_owned(), locale.clone());
-            UserUpsert {
-                token: None,
-                user_id: u.user_id,
-                email: u.email,
-                first_name: Some(u.first_name),
-                last_name: Some(u.last_name),
-                locale: Some(locale),
-                timezone: Some("Europe/Berlin".into()),
-                region: u.region,
-                country: Some(u.country),
-                verification_state: u.verification_state,
-                rejected_at: u.rejected_at,
-                tags: u.tags,
-                signed_up_at: None,
-            }
-        })
-        .collect();
-    env.store().user_upsert_batch(&rows, Utc::now()).await.unwrap();
-    locale_of
+    let locale_of = std::sync::Mutex::new(HashMap::new());
+    env.upsert_users(|i, u| {
+        let locale = locales[i % locales.len()].to_owned();
+        locale_of.lock().unwrap().insert(u.email.as_str().to_owned(), locale.clone());
+        u.locale = Some(locale);
+        u.timezone = Some("Europe/Berlin".into());
+    })
+    .await;
+    locale_of.into_inner().unwrap()
 }
 
 fn metric(series: &str) -> f64 {

@@ -13,7 +13,6 @@ use reverify::engine::Progress;
 use reverify::notify::testing::ReceivedMail;
 use reverify::sandbox::{SandboxConfig, UserSource};
 use reverify::store::testing::TestDb;
-use reverify::store::users::UserUpsert;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Env, campaign_toml};
@@ -38,33 +37,14 @@ async fn env_with_zones(
         ..Default::default()
     };
     let env = Env::with_sandbox(db, cfg).await;
-    let mut zone_of = HashMap::new();
-    let rows: Vec<UserUpsert> = env
-        .sandbox
-        .users()
-        .into_iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let zone = zones[i % zones.len()].to_owned();
-            zone_of.insert(u.email.as_str().to_owned(), zone.clone());
-            UserUpsert {
-                token: None,
-                user_id: u.user_id,
-                email: u.email,
-                first_name: Some(u.first_name),
-                last_name: Some(u.last_name),
-                locale: Some(u.locale),
-                timezone: Some(zone),
-                region: u.region,
-                country: Some(u.country),
-                verification_state: u.verification_state,
-                rejected_at: u.rejected_at,
-                tags: u.tags,
-                signed_up_at: None,
-            }
-        })
-        .collect();
-    env.store().user_upsert_batch(&rows, Utc::now()).await.unwrap();
+    let zone_of = std::sync::Mutex::new(HashMap::new());
+    env.upsert_users(|i, u| {
+        let zone = zones[i % zones.len()].to_owned();
+        zone_of.lock().unwrap().insert(u.email.as_str().to_owned(), zone.clone());
+        u.timezone = Some(zone);
+    })
+    .await;
+    let zone_of = zone_of.into_inner().unwrap();
     (env, zone_of)
 }
 
