@@ -5,7 +5,7 @@
 //! classification of every failure (retryable, permanent, re-consent needed, rate
 //! limited) with bounded retries. It knows nothing of the database: refresh tokens
 //! are persisted through the [`TokenVault`] seam, implemented over the store in
-//! `store::tokens`.
+//! `engine::adapters::StoreTokenVault`.
 //!
 //! Secrets: a session URL only ever exists inside [`crate::domain::SessionUrl`];
 //! tokens only inside zeroizing strings that no `Debug` shows; error messages carry

@@ -1,7 +1,7 @@
 //! Where tokens live, and the in-memory cache of access tokens.
 //!
 //! The client knows nothing of the database: it keeps users' tokens through the
-//! [`TokenVault`] seam (implemented over the store in `store::tokens`, and in memory
+//! [`TokenVault`] seam (implemented over the store in `engine::adapters::StoreTokenVault`, and in memory
 //! by [`MemoryVault`] for tests).
 //!
 //! One refresh per user at a time, across processes. Runs of several campaigns,

@@ -211,11 +211,11 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
         CampaignCommand::Resume { name } => set_status(ctx, &name, StatusChange::Resume).await,
         CampaignCommand::Cancel { name } => set_status(ctx, &name, StatusChange::Cancel).await,
         CampaignCommand::Status { name, json } => {
-            let (store, c) = existing(ctx, &name).await?;
+            let (store, c) = ctx.existing_campaign(&name).await?;
             super::status::status(&store, &c, json).await
         }
         CampaignCommand::Plan { name, json } => {
-            let (store, c) = existing(ctx, &name).await?;
+            let (store, c) = ctx.existing_campaign(&name).await?;
             super::status::plan(&store, &c, json).await
         }
         CampaignCommand::Preview { name, user, locale, step, format, output } => {
@@ -225,39 +225,27 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             super::test_send::test_send(ctx, &name, &to, user.as_ref(), step).await
         }
         CampaignCommand::RetryFailed { name } => {
-            let (store, c) = existing(ctx, &name).await?;
+            let (store, c) = ctx.existing_campaign(&name).await?;
             super::status::retry_failed(&store, &c, &ctx.actor).await
         }
         CampaignCommand::Report { name, format, output } => {
-            let (store, c) = existing(ctx, &name).await?;
+            let (store, c) = ctx.existing_campaign(&name).await?;
             super::report::report(&store, &c, format, output.as_deref()).await
         }
         CampaignCommand::Audit { name, verify: true, json, .. } => {
-            let (store, _) = existing(ctx, &name).await?;
+            let (store, _) = ctx.existing_campaign(&name).await?;
             super::evidence::verify_chain(&store, json).await
         }
         CampaignCommand::Audit { name, user, json, verify: false } => {
-            let (store, c) = existing(ctx, &name).await?;
+            let (store, c) = ctx.existing_campaign(&name).await?;
             super::report::audit(&store, &c, user, json).await
         }
         CampaignCommand::Approve { name, version } => approve(ctx, &name, version).await,
         CampaignCommand::Evidence { name, output } => {
-            let (store, c) = existing(ctx, &name).await?;
+            let (store, c) = ctx.existing_campaign(&name).await?;
             super::evidence::write(ctx, &store, &c, &output).await
         }
     }
-}
-
-/// The store and the named campaign, or an error that says how to create it.
-pub(super) async fn existing(
-    ctx: &Context,
-    name: &CampaignName,
-) -> anyhow::Result<(reverify::store::Store, CampaignRecord)> {
-    let store = ctx.store().await?;
-    let c = store.campaign_get(name).await?.ok_or_else(|| {
-        anyhow::anyhow!("no campaign named {name}; apply its file first (reverify campaign apply FILE)")
-    })?;
-    Ok((store, c))
 }
 
 /// What a run would check, from the settings: see [`reverify::notify::check_campaign`].
@@ -529,7 +517,7 @@ async fn approval_json(
 
 /// `campaign approve NAME`.
 async fn approve(ctx: &Context, name: &CampaignName, reviewed: Option<i64>) -> anyhow::Result<u8> {
-    let (store, c) = existing(ctx, name).await?;
+    let (store, c) = ctx.existing_campaign(name).await?;
     let spec = c.spec()?;
     let loaded = reverify::notify::Templates::from_settings(&ctx.settings)
         .map_err(|e| anyhow::anyhow!("cannot load the templates to approve them: {e}"))?;

@@ -188,6 +188,18 @@ fn parse_actor(s: &str) -> Result<String, String> {
 }
 
 impl Context {
+    /// The store and the named campaign, or an error that says how to create it.
+    pub async fn existing_campaign(
+        &self,
+        name: &reverify::domain::CampaignName,
+    ) -> anyhow::Result<(Store, reverify::store::campaigns::CampaignRecord)> {
+        let store = self.store().await?;
+        let c = store.campaign_get(name).await?.ok_or_else(|| {
+            anyhow::anyhow!("no campaign named {name}; apply its file first (reverify campaign apply FILE)")
+        })?;
+        Ok((store, c))
+    }
+
     /// Opens the database and brings its schema up to date.
     pub async fn store(&self) -> anyhow::Result<Store> {
         Store::open(&self.settings.database_url)

@@ -39,7 +39,7 @@ pub struct PreviewArgs {
 }
 
 pub async fn preview(ctx: &Context, args: PreviewArgs) -> anyhow::Result<u8> {
-    let (store, c) = super::campaign::existing(ctx, &args.name).await?;
+    let (store, c) = ctx.existing_campaign(&args.name).await?;
     let spec = c.spec()?;
     let templates = Templates::from_settings(&ctx.settings).context("failed to load the templates")?;
     let mut recipient = super::sample::recipient(&store, args.user.as_ref(), &spec).await?;

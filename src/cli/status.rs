@@ -2,6 +2,7 @@
 //! straight from the rows.
 
 use chrono::Utc;
+use reverify::domain::TargetStatus;
 use reverify::store::Store;
 use reverify::store::campaigns::CampaignRecord;
 
@@ -18,13 +19,13 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
             "status": c.status.as_str(),
             "version": c.version,
             "targeted": p.targeted,
-            "pending": p.count("pending"),
-            "claimed": p.count("claimed"),
-            "deferred": p.count("deferred"),
-            "notified": p.count("notified"),
-            "skipped": p.count("skipped"),
-            "failed": p.count("failed"),
-            "converted": p.count("converted"),
+            "pending": p.count(TargetStatus::Pending),
+            "claimed": p.count(TargetStatus::Claimed),
+            "deferred": p.count(TargetStatus::Deferred),
+            "notified": p.count(TargetStatus::Notified),
+            "skipped": p.count(TargetStatus::Skipped),
+            "failed": p.count(TargetStatus::Failed),
+            "converted": p.count(TargetStatus::Converted),
             "by_status": p.by_status,
             "sessions_issued": p.sessions_issued,
             "rate_per_second_last_minute": p.rate_per_second(),
@@ -41,14 +42,16 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
     }
     println!("campaign   {} (version {}, {})", c.name, c.version, c.status);
     println!("targeted   {}", p.targeted);
-    for status in ["pending", "claimed", "deferred", "notified", "converted", "skipped", "failed"] {
+    for status in TargetStatus::BY_PROGRESS {
         let n = p.count(status);
-        if n == 0 && !matches!(status, "pending" | "notified") {
+        if n == 0 && !status.shown_when_zero() {
             continue;
         }
-        println!("{status:<10} {n}");
-        for row in p.by_status.iter().filter(|r| r.status == status && r.reason.is_some()) {
-            println!("  {:<24} {}", row.reason.as_deref().unwrap_or(""), row.count);
+        println!("{:<10} {n}", status.as_str());
+        for row in p.by_status.iter().filter(|r| r.status == status) {
+            if let Some(reason) = row.reason {
+                println!("  {:<24} {}", reason.as_str(), row.count);
+            }
         }
     }
     println!("sessions   {} issued", p.sessions_issued);

@@ -40,8 +40,9 @@ use tracing::warn;
 use crate::domain::{Clock, Region, SystemClock};
 use crate::engine::ports::{ApiFailure, ApiUser, VerificationApi};
 use crate::store::Store;
-use crate::store::links::{ClickStart, LinkRow, link_token_hash};
-use crate::store::sessions::{ClickReservation, ClickReserveParams, ClickSession, SessionLife};
+use crate::store::clicks::{ClickRecordParams, ClickReservation, ClickReserveParams, ClickSession, ClickStart};
+use crate::store::links::{LinkRow, link_token_hash};
+use crate::store::sessions::SessionLife;
 pub use pages::{Lang, Page};
 
 /// The path of a link: `/v/{token}`.
@@ -257,8 +258,15 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
     };
     match s.api.start_session(&user, None).await {
         Ok(url) => {
-            if let Err(e) =
-                s.store.session_record_click(session_id, ClickSession::Delivered, s.clock.now(), s.config.life).await
+            if let Err(e) = s
+                .store
+                .session_record_click(ClickRecordParams {
+                    session_id,
+                    outcome: ClickSession::Delivered,
+                    now: s.clock.now(),
+                    life: s.config.life,
+                })
+                .await
             {
                 // the row stays `reserved` and counts; the person can click again
                 warn!(error = %e, "click: could not record the session; it is not handed out");
@@ -283,7 +291,16 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
                 ApiFailure::Unavailable(_) => ClickSession::Unknown,
                 _ => ClickSession::Refused,
             };
-            if let Err(e) = s.store.session_record_click(session_id, outcome, s.clock.now(), s.config.life).await {
+            if let Err(e) = s
+                .store
+                .session_record_click(ClickRecordParams {
+                    session_id,
+                    outcome,
+                    now: s.clock.now(),
+                    life: s.config.life,
+                })
+                .await
+            {
                 warn!(error = %e, "click: could not record the failed session call; the row keeps counting");
             }
             api_trouble(&f, lang)

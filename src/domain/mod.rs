@@ -10,6 +10,7 @@ pub mod policy;
 pub mod schedule;
 pub mod session_url;
 pub mod spec;
+pub mod status;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -17,6 +18,7 @@ pub use ids::{CampaignName, EmailAddress, IdError, Region, UserId, VerificationS
 pub use policy::{DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
 pub use schedule::{CronSchedule, Due, ScheduleError};
 pub use session_url::SessionUrl;
+pub use status::{SessionStatus, TargetReason, TargetStatus, Transition};
 
 /// What a delivered message was, for the audit trail: the template it was rendered
 /// from at which version, and the SHA-256 of the exact message with its link

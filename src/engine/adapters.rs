@@ -9,8 +9,12 @@ use super::ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, Pa
 use crate::baanx::{BaanxClient, BaanxError};
 use crate::crypto::CryptoError;
 use crate::domain::spec::{Delivery, Reminders};
-use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId, VerificationState};
+use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, TargetReason, UserId, VerificationState};
 use crate::notify::{Message, Notifier, Recipient};
+
+mod vault;
+
+pub use vault::StoreTokenVault;
 
 /// [`VerificationApi`] over the Baanx client.
 #[derive(Debug, Clone)]
@@ -26,7 +30,7 @@ fn to_failure(e: BaanxError) -> ApiFailure {
         BaanxError::Forbidden { message, .. } => ApiFailure::Forbidden(message),
         BaanxError::RateLimited { retry_after, .. } => ApiFailure::RateLimited { retry_after },
         BaanxError::SessionLimit { reason, .. } => {
-            ApiFailure::UserLimited { reason: reason.map_or("api_session_limit", |r| r.as_str()) }
+            ApiFailure::UserLimited { reason: reason.map_or(TargetReason::ApiSessionLimit, TargetReason::from) }
         }
         e @ (BaanxError::ClientRefused { .. } | BaanxError::Config { .. }) => ApiFailure::Fatal(e.to_string()),
         BaanxError::Unauthorized { .. } => ApiFailure::Refused("401 after a fresh access token".into()),

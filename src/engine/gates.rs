@@ -2,13 +2,15 @@
 //! and `[halt]`, which stops a run whose delivery failure or API error rate crosses
 //! a threshold. Both end in the campaign being paused with a reason.
 
-use super::Outcome;
+use super::UserOutcome;
+use crate::domain::TargetReason;
 use crate::domain::spec::Halt;
 
 /// Reasons of outcomes that mean Baanx failed us (not the user, not a limit).
-const API_ERRORS: [&str; 3] = ["api_unavailable", "rate_limited", "api_refused"];
+const API_ERRORS: [TargetReason; 3] =
+    [TargetReason::ApiUnavailable, TargetReason::RateLimited, TargetReason::ApiRefused];
 /// Reasons of outcomes that mean a message could not be delivered.
-const DELIVERY_FAILURES: [&str; 2] = ["delivery_failed", "delivery_unknown"];
+const DELIVERY_FAILURES: [TargetReason; 2] = [TargetReason::DeliveryFailed, TargetReason::DeliveryUnknown];
 
 /// A halt: the reason (the rate crossed) and the figures.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,15 +32,15 @@ pub struct HaltWatch {
 
 impl HaltWatch {
     /// Counts one outcome.
-    pub fn record(&mut self, o: Outcome) {
+    pub fn record(&mut self, o: UserOutcome) {
         let reason = match o {
-            Outcome::Notified => {
+            UserOutcome::Notified => {
                 self.processed += 1;
                 self.deliveries += 1;
                 return;
             }
-            Outcome::Abandoned => return,
-            Outcome::Skipped(r) | Outcome::Deferred(r) | Outcome::Failed(r) => r,
+            UserOutcome::Abandoned => return,
+            UserOutcome::Skipped(r) | UserOutcome::Deferred(r) | UserOutcome::Failed(r) => r,
         };
         self.processed += 1;
         if API_ERRORS.contains(&reason) {
@@ -84,10 +86,10 @@ mod tests {
     fn nothing_trips_before_the_sample() {
         let mut w = HaltWatch::default();
         for _ in 0..9 {
-            w.record(Outcome::Failed("delivery_failed"));
+            w.record(UserOutcome::Failed(TargetReason::DeliveryFailed));
         }
         assert_eq!(w.check(&halt(Some(0.2), None, 10)), None);
-        w.record(Outcome::Failed("delivery_failed"));
+        w.record(UserOutcome::Failed(TargetReason::DeliveryFailed));
         let t = w.check(&halt(Some(0.2), None, 10)).expect("tripped at the 10th");
         assert_eq!(t.reason, "delivery_failure_rate");
         assert_eq!(t.detail["failed"], 10);
@@ -98,10 +100,10 @@ mod tests {
     fn a_rate_at_or_under_the_threshold_does_not_trip() {
         let mut w = HaltWatch::default();
         for i in 0..10 {
-            w.record(if i < 2 { Outcome::Failed("delivery_failed") } else { Outcome::Notified });
+            w.record(if i < 2 { UserOutcome::Failed(TargetReason::DeliveryFailed) } else { UserOutcome::Notified });
         }
         assert_eq!(w.check(&halt(Some(0.2), None, 10)), None, "2 of 10 is not above 0.2");
-        w.record(Outcome::Failed("delivery_unknown"));
+        w.record(UserOutcome::Failed(TargetReason::DeliveryUnknown));
         assert!(w.check(&halt(Some(0.2), None, 10)).is_some(), "3 of 11 is");
     }
 
@@ -109,10 +111,10 @@ mod tests {
     fn api_errors_count_over_users_processed() {
         let mut w = HaltWatch::default();
         for _ in 0..5 {
-            w.record(Outcome::Deferred("api_unavailable"));
-            w.record(Outcome::Skipped("already_verified"));
+            w.record(UserOutcome::Deferred(TargetReason::ApiUnavailable));
+            w.record(UserOutcome::Skipped(TargetReason::AlreadyVerified));
         }
-        w.record(Outcome::Abandoned);
+        w.record(UserOutcome::Abandoned);
         let t = w.check(&halt(None, Some(0.4), 10)).expect("5 of 10");
         assert_eq!(t.reason, "api_error_rate");
         assert_eq!(t.detail["sample"], 10, "a lost claim is no sample");

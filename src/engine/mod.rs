@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::domain::{CampaignSpec, Clock};
+use crate::domain::{CampaignSpec, Clock, TargetReason, TargetStatus, Transition};
 use crate::store::campaigns::CANARY_REVIEW;
 use crate::store::runs::{RunCounts, RunOutcome};
 use crate::store::targets::{ClaimCursor, ClaimedTarget};
@@ -131,13 +131,25 @@ pub enum EngineError {
 
 /// The result of one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum UserOutcome {
     Notified,
-    Skipped(&'static str),
-    Deferred(&'static str),
-    Failed(&'static str),
+    Skipped(TargetReason),
+    /// Deferred, or pending again for a retry.
+    Deferred(TargetReason),
+    Failed(TargetReason),
     /// Nothing recorded (claim lost, or the store failed): the lease will expire.
     Abandoned,
+}
+
+impl From<Transition> for UserOutcome {
+    /// What a target's transition counts as.
+    fn from(t: Transition) -> Self {
+        match t.status {
+            TargetStatus::Skipped => UserOutcome::Skipped(t.reason),
+            TargetStatus::Failed => UserOutcome::Failed(t.reason),
+            _ => UserOutcome::Deferred(t.reason),
+        }
+    }
 }
 
 /// Live counters of a run, for progress bars and metrics.
@@ -156,13 +168,13 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn record(&self, o: Outcome) {
+    fn record(&self, o: UserOutcome) {
         let c = match o {
-            Outcome::Notified => &self.notified,
-            Outcome::Skipped(_) => &self.skipped,
-            Outcome::Deferred(_) => &self.deferred,
-            Outcome::Failed(_) => &self.failed,
-            Outcome::Abandoned => &self.abandoned,
+            UserOutcome::Notified => &self.notified,
+            UserOutcome::Skipped(_) => &self.skipped,
+            UserOutcome::Deferred(_) => &self.deferred,
+            UserOutcome::Failed(_) => &self.failed,
+            UserOutcome::Abandoned => &self.abandoned,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -473,7 +485,7 @@ impl Run {
         let mut tripped: Option<gates::Tripped> = None;
 
         let mut queue: VecDeque<ClaimedTarget> = VecDeque::new();
-        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        let mut in_flight: JoinSet<UserOutcome> = JoinSet::new();
         // The next batch is claimed in the background once the queue runs low, so
         // that claiming overlaps the users in flight instead of pausing them.
         let mut claiming: Option<tokio::task::JoinHandle<ClaimDone>> = None;
@@ -517,7 +529,7 @@ impl Run {
                 _ = halt.cancelled() => break,
                 joined = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Some(r) = joined {
-                        let o = r.unwrap_or(Outcome::Abandoned);
+                        let o = r.unwrap_or(UserOutcome::Abandoned);
                         progress.record(o);
                         if let Some(h) = &self.spec.halt {
                             halt_watch.record(o);
@@ -600,7 +612,7 @@ impl Run {
         let deadline = tokio::time::Instant::now() + grace;
         while !in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
-                Ok(Some(r)) => progress.record(r.unwrap_or(Outcome::Abandoned)),
+                Ok(Some(r)) => progress.record(r.unwrap_or(UserOutcome::Abandoned)),
                 Ok(None) => break,
                 Err(_) => {
                     warn!(left = in_flight.len(), "grace period over; unfinished users are left to their leases");

@@ -8,17 +8,16 @@ use chrono::{DateTime, Utc};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
-use super::{ClickLinks, Outcome, RunShared};
-use crate::domain::SessionUrl;
-use crate::domain::{DeferReason, Region, UserId};
-use crate::store::links::{LinkIssue, LinkIssueParams, link_token_hash, new_link_token};
-use crate::store::sessions::{
-    ApiFailureParams, DeliveryOutcome, DeliveryRecord, IssuedParams, Reservation, SessionLife,
-};
-use crate::store::targets::ClaimedTarget;
+use super::{ClickLinks, RunShared, UserOutcome};
+use crate::domain::{Region, SessionUrl, TargetReason, Transition, UserId};
+use crate::store::clicks::{LinkDeliveryParams, LinkIssue, LinkIssueParams};
+use crate::store::ledger::{ApiFailureParams, DeliveryParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
+use crate::store::links::{link_token_hash, new_link_token};
+use crate::store::sessions::{DeliveryOutcome, DeliveryRecord, IssuedParams, SessionLife};
+use crate::store::targets::{ClaimedTarget, SettleParams};
 
 /// Processes one claimed target to a recorded outcome.
-pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Outcome {
+pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> UserOutcome {
     let span = info_span!("user", user_id = %target.user_id, step = target.step);
     async move {
         let outcome = match process_inner(&shared, &target).await {
@@ -31,7 +30,7 @@ pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Ou
                 // recorded (it would come back as delivery_unknown).
                 warn!(error = %e, "could not record an outcome; the claim will be retried after its lease");
                 shared.store_failed(&e);
-                Outcome::Abandoned
+                UserOutcome::Abandoned
             }
         };
         count_outcome(&shared.campaign_name, outcome);
@@ -41,10 +40,10 @@ pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Ou
     .await
 }
 
-async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crate::store::StoreError> {
+async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, crate::store::StoreError> {
     let user = match (UserId::parse(&t.user_id), t.region.parse::<Region>()) {
         (Ok(user_id), Ok(region)) => ApiUser { user_id, region },
-        _ => return settle(s, t, "failed", "invalid_user_record", None).await,
+        _ => return settle(s, t, Transition::fail(TargetReason::InvalidUserRecord)).await,
     };
 
     // 0. an earlier attempt that died after fetching a session may have reached the
@@ -52,16 +51,24 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     // attempt has no earlier attempt to look for (a released claim gives its attempt
     // back, and a re-queued target starts again at 0 with its old rows final).
     if t.attempts > 1
-        && s.store.session_settle_if_ambiguous(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now()).await?
+        && s.store
+            .session_settle_if_ambiguous(SettleIfAmbiguousParams {
+                campaign_id: s.campaign_id,
+                user_id: &t.user_id,
+                step: t.step,
+                worker: &s.config.worker_id,
+                now: s.now(),
+            })
+            .await?
     {
-        return Ok(Outcome::Failed("delivery_unknown"));
+        return Ok(UserOutcome::Failed(TargetReason::DeliveryUnknown));
     }
 
     // 0b. the send window, in the user's zone: outside it the target waits, deferred
     // to the next opening, before any API call, session or link, with its claim
     // given back (the attempt too)
     if let Some(at) = outside_window(s, t) {
-        return settle(s, t, "deferred", SEND_WINDOW, Some(at)).await;
+        return settle(s, t, Transition::defer(TargetReason::SendWindow, at)).await;
     }
 
     // 1. a fresh state, so that a user who verified since the import is not asked again
@@ -69,7 +76,8 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     if s.config.fresh_state {
         match s.api.fresh_state(&user, Some(s)).await {
             Ok(state) => fresh = Some(state),
-            Err(f) => return api_failed_before_reserve(s, t, f).await,
+            // no session was asked for: whether a failure was definite does not matter
+            Err(f) => return settle(s, t, on_api_failure(s, t, &f).1).await,
         }
     }
 
@@ -79,16 +87,21 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     }
 
     // 2. record it and reserve a ledger row under every per-user limit, in one write
-    let session_id = match s
-        .store
-        .session_reserve_fresh(s.campaign_id, &t.user_id, t.step, &s.config.worker_id, s.now(), life(s), fresh)
-        .await?
-    {
+    let reserve = ReserveParams {
+        campaign_id: s.campaign_id,
+        user_id: &t.user_id,
+        step: t.step,
+        worker: &s.config.worker_id,
+        now: s.now(),
+        life: life(s),
+        fresh,
+    };
+    let session_id = match s.store.session_reserve(reserve).await? {
         Reservation::Reserved { session_id } => session_id,
-        Reservation::Deferred { reason, .. } => return Ok(Outcome::Deferred(reason.as_str())),
-        Reservation::Skipped(reason) => return Ok(Outcome::Skipped(reason.as_str())),
-        Reservation::Ambiguous => return Ok(Outcome::Failed("delivery_unknown")),
-        Reservation::LostClaim => return Ok(Outcome::Abandoned),
+        Reservation::Deferred { reason, .. } => return Ok(UserOutcome::Deferred(reason.into())),
+        Reservation::Skipped(reason) => return Ok(UserOutcome::Skipped(reason.into())),
+        Reservation::Ambiguous => return Ok(UserOutcome::Failed(TargetReason::DeliveryUnknown)),
+        Reservation::LostClaim => return Ok(UserOutcome::Abandoned),
     };
 
     // 3-4. the limiters (the campaign's paces every request, the client's on top), then
@@ -96,7 +109,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     let url = match s.api.start_session(&user, Some(s)).await {
         Ok(url) => url,
         Err(f) => {
-            let (definite, status, reason, not_before) = classify_session_failure(s, t, &f);
+            let (definite, to) = on_api_failure(s, t, &f);
             s.store
                 .session_record_api_failure(ApiFailureParams {
                     campaign_id: s.campaign_id,
@@ -104,14 +117,12 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
                     session_id,
                     definite,
                     worker: &s.config.worker_id,
-                    target_status: status,
-                    reason,
-                    not_before,
+                    to,
                     now: s.now(),
                     life: life(s),
                 })
                 .await?;
-            return Ok(outcome_of(status, reason));
+            return Ok(to.into());
         }
     };
     let issued_at = s.now();
@@ -134,7 +145,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
         // here, unsent; the ledger row stays, `orphaned`, and keeps counting.
         drop(url);
         warn!("the claim was lost before the session could be sent; the session is dropped unsent");
-        return Ok(Outcome::Abandoned);
+        return Ok(UserOutcome::Abandoned);
     }
     let expires_at =
         issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
@@ -145,7 +156,14 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     // 6. the record
     let kept = s
         .store
-        .session_record_delivery(s.campaign_id, &t.user_id, session_id, delivered.clone(), &s.config.worker_id, s.now())
+        .session_record_delivery(DeliveryParams {
+            campaign_id: s.campaign_id,
+            user_id: &t.user_id,
+            session_id,
+            outcome: delivered.clone(),
+            worker: &s.config.worker_id,
+            now: s.now(),
+        })
         .await?;
     let delivered = delivered.record;
     if !kept {
@@ -155,11 +173,12 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<Outcome, crat
     Ok(delivered_outcome(delivered))
 }
 
-fn delivered_outcome(delivered: DeliveryRecord) -> Outcome {
-    match delivered {
-        DeliveryRecord::Delivered => Outcome::Notified,
-        DeliveryRecord::Failed => Outcome::Failed("delivery_failed"),
-        DeliveryRecord::Unknown => Outcome::Failed("delivery_unknown"),
+/// What a delivery's outcome counts as: the target's transition when it was not
+/// delivered (the store records the same, see `sessions::DeliveryRecord::recorded`).
+fn delivered_outcome(delivered: DeliveryRecord) -> UserOutcome {
+    match delivered.recorded().2 {
+        None => UserOutcome::Notified,
+        Some(reason) => Transition::fail(reason).into(),
     }
 }
 
@@ -201,7 +220,7 @@ async fn send_link(
     t: &ClaimedTarget,
     click: &ClickLinks,
     fresh: Option<crate::domain::VerificationState>,
-) -> Result<Outcome, crate::store::StoreError> {
+) -> Result<UserOutcome, crate::store::StoreError> {
     let token = new_link_token();
     let expires_at = s.now() + chrono::Duration::from_std(click.ttl).unwrap_or(chrono::Duration::days(14));
     let hash = link_token_hash(&token);
@@ -220,16 +239,23 @@ async fn send_link(
         .await?;
     let link_id = match issued {
         LinkIssue::Issued { link_id } => link_id,
-        LinkIssue::Deferred { reason, .. } => return Ok(Outcome::Deferred(reason.as_str())),
-        LinkIssue::Skipped(reason) => return Ok(Outcome::Skipped(reason.as_str())),
-        LinkIssue::LostClaim => return Ok(Outcome::Abandoned),
+        LinkIssue::Deferred { reason, .. } => return Ok(UserOutcome::Deferred(reason.into())),
+        LinkIssue::Skipped(reason) => return Ok(UserOutcome::Skipped(reason.into())),
+        LinkIssue::LostClaim => return Ok(UserOutcome::Abandoned),
     };
     let url = SessionUrl::new(click.url_of(&token));
     drop(token);
     let delivered = deliver(s, t, url, expires_at).await;
     let kept = s
         .store
-        .link_record_delivery(s.campaign_id, &t.user_id, link_id, delivered.clone(), &s.config.worker_id, s.now())
+        .link_record_delivery(LinkDeliveryParams {
+            campaign_id: s.campaign_id,
+            user_id: &t.user_id,
+            link_id,
+            outcome: delivered.clone(),
+            worker: &s.config.worker_id,
+            now: s.now(),
+        })
         .await?;
     let delivered = delivered.record;
     if !kept {
@@ -237,9 +263,6 @@ async fn send_link(
     }
     Ok(delivered_outcome(delivered))
 }
-
-/// The reason a target waits for its send window.
-pub(crate) const SEND_WINDOW: &str = "send_window";
 
 /// When the campaign has a send window and `t`'s user is outside it now: the
 /// instant it next opens, in the user's zone (the campaign's when theirs is missing
@@ -258,34 +281,18 @@ fn life(s: &RunShared) -> SessionLife {
     SessionLife { ttl: s.config.session_ttl, margin: s.config.session_expiry_margin }
 }
 
-/// When the API's own per-user limit refused, the wait before asking again: a
-/// rejection's cooldown is 24 hours, the other limits lift within the hour.
-fn user_limited_until(s: &RunShared, reason: &str) -> DateTime<Utc> {
-    let wait = if reason == DeferReason::RejectionCooldown.as_str() {
-        crate::domain::policy::rejection_cooldown()
-    } else {
-        chrono::Duration::hours(1)
-    };
-    s.now() + wait
-}
-
-fn outcome_of(status: &str, reason: &'static str) -> Outcome {
-    match status {
-        "skipped" => Outcome::Skipped(reason),
-        "failed" => Outcome::Failed(reason),
-        _ => Outcome::Deferred(reason),
-    }
-}
-
-async fn settle(
-    s: &RunShared,
-    t: &ClaimedTarget,
-    status: &str,
-    reason: &'static str,
-    not_before: Option<DateTime<Utc>>,
-) -> Result<Outcome, crate::store::StoreError> {
-    s.store.target_settle(s.campaign_id, &t.user_id, &s.config.worker_id, status, reason, not_before, s.now()).await?;
-    Ok(outcome_of(status, reason))
+/// Records `to` for the target (still this worker's claim).
+async fn settle(s: &RunShared, t: &ClaimedTarget, to: Transition) -> Result<UserOutcome, crate::store::StoreError> {
+    s.store
+        .target_settle(SettleParams {
+            campaign_id: s.campaign_id,
+            user_id: &t.user_id,
+            worker: &s.config.worker_id,
+            to,
+            now: s.now(),
+        })
+        .await?;
+    Ok(to.into())
 }
 
 /// Exponential backoff for a target that hit a transient failure: 1, 2, 4 … 60 min.
@@ -296,73 +303,48 @@ fn retry_at(s: &RunShared, attempts: i64, hint: Option<Duration>) -> DateTime<Ut
     s.now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::minutes(1))
 }
 
-async fn api_failed_before_reserve(
-    s: &RunShared,
-    t: &ClaimedTarget,
-    f: ApiFailure,
-) -> Result<Outcome, crate::store::StoreError> {
-    match f {
-        ApiFailure::ConsentRequired => settle(s, t, "skipped", "consent_required", None).await,
-        ApiFailure::Forbidden(_) => settle(s, t, "failed", "forbidden", None).await,
-        ApiFailure::Refused(_) => settle(s, t, "failed", "api_refused", None).await,
-        ApiFailure::UserLimited { reason } => {
-            let at = user_limited_until(s, reason);
-            settle(s, t, "deferred", reason, Some(at)).await
-        }
-        ApiFailure::Fatal(why) => {
-            s.abort(why);
-            settle(s, t, "pending", "run_stopped", None).await
-        }
-        ApiFailure::RateLimited { retry_after } => {
-            if t.attempts >= s.config.max_attempts {
-                return settle(s, t, "failed", "rate_limited", None).await;
-            }
-            let at = retry_at(s, t.attempts, retry_after);
-            settle(s, t, "pending", "rate_limited", Some(at)).await
-        }
-        ApiFailure::Unavailable(_) => {
-            if t.attempts >= s.config.max_attempts {
-                return settle(s, t, "failed", "api_unavailable", None).await;
-            }
-            let at = retry_at(s, t.attempts, None);
-            settle(s, t, "pending", "api_unavailable", Some(at)).await
-        }
-    }
-}
-
-/// (definite, target status, reason, retry time) for a failed session call.
-fn classify_session_failure(
-    s: &RunShared,
-    t: &ClaimedTarget,
-    f: &ApiFailure,
-) -> (bool, &'static str, &'static str, Option<DateTime<Utc>>) {
+/// The one mapping from a failed API call (the fresh state or the session) to the
+/// target's transition, with whether the failure was definite (the API surely made
+/// no session: only a 5xx, a timeout or an unreadable answer may hide one). A
+/// fatal failure stops the run and gives the target back.
+fn on_api_failure(s: &RunShared, t: &ClaimedTarget, f: &ApiFailure) -> (bool, Transition) {
     let out_of_attempts = t.attempts >= s.config.max_attempts;
     match f {
-        ApiFailure::ConsentRequired => (true, "skipped", "consent_required", None),
-        ApiFailure::Forbidden(_) => (true, "failed", "forbidden", None),
-        ApiFailure::Refused(_) => (true, "failed", "api_refused", None),
-        ApiFailure::UserLimited { reason } => (true, "deferred", reason, Some(user_limited_until(s, reason))),
+        ApiFailure::ConsentRequired => (true, Transition::skip(TargetReason::ConsentRequired)),
+        ApiFailure::Forbidden(_) => (true, Transition::fail(TargetReason::Forbidden)),
+        ApiFailure::Refused(_) => (true, Transition::fail(TargetReason::ApiRefused)),
+        ApiFailure::UserLimited { reason } => {
+            // a rejection's cooldown is 24 hours, the other limits lift within the hour
+            let wait = if *reason == TargetReason::RejectionCooldown {
+                crate::domain::policy::rejection_cooldown()
+            } else {
+                chrono::Duration::hours(1)
+            };
+            (true, Transition::new(crate::domain::TargetStatus::Deferred, *reason, Some(s.now() + wait)))
+        }
         ApiFailure::Fatal(why) => {
             s.abort(why.clone());
-            (true, "pending", "run_stopped", None)
+            (true, Transition::retry(TargetReason::RunStopped, None))
         }
-        ApiFailure::RateLimited { .. } if out_of_attempts => (true, "failed", "rate_limited", None),
+        ApiFailure::RateLimited { .. } if out_of_attempts => (true, Transition::fail(TargetReason::RateLimited)),
         ApiFailure::RateLimited { retry_after } => {
-            (true, "pending", "rate_limited", Some(retry_at(s, t.attempts, *retry_after)))
+            (true, Transition::retry(TargetReason::RateLimited, Some(retry_at(s, t.attempts, *retry_after))))
         }
-        ApiFailure::Unavailable(_) if out_of_attempts => (false, "failed", "api_unavailable", None),
-        ApiFailure::Unavailable(_) => (false, "pending", "api_unavailable", Some(retry_at(s, t.attempts, None))),
+        ApiFailure::Unavailable(_) if out_of_attempts => (false, Transition::fail(TargetReason::ApiUnavailable)),
+        ApiFailure::Unavailable(_) => {
+            (false, Transition::retry(TargetReason::ApiUnavailable, Some(retry_at(s, t.attempts, None))))
+        }
     }
 }
 
 /// The outcome in the metrics, as (outcome, reason) labels: reason codes only.
-fn count_outcome(campaign: &str, outcome: Outcome) {
+fn count_outcome(campaign: &str, outcome: UserOutcome) {
     let (kind, reason) = match outcome {
-        Outcome::Notified => ("sent", "ok"),
-        Outcome::Failed(r) => ("failed", r),
-        Outcome::Skipped(r) => ("skipped", r),
-        Outcome::Deferred(r) => ("deferred", r),
-        Outcome::Abandoned => ("abandoned", "unrecorded"),
+        UserOutcome::Notified => ("sent", "ok"),
+        UserOutcome::Failed(r) => ("failed", r.as_str()),
+        UserOutcome::Skipped(r) => ("skipped", r.as_str()),
+        UserOutcome::Deferred(r) => ("deferred", r.as_str()),
+        UserOutcome::Abandoned => ("abandoned", "unrecorded"),
     };
     crate::telemetry::global().notification(campaign, kind, reason);
 }

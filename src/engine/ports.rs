@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use crate::baanx::Pacer;
-use crate::domain::{MessageDigest, Region, SessionUrl, UserId, VerificationState};
+use crate::domain::{MessageDigest, Region, SessionUrl, TargetReason, UserId, VerificationState};
 use crate::store::targets::ClaimedTarget;
 
 /// A user as the API needs to address them.
@@ -34,7 +34,7 @@ pub enum ApiFailure {
     /// the session (sessions started elsewhere, e.g. in the partner's app). Nothing
     /// was created.
     #[error("the API's per-user limit: {reason}")]
-    UserLimited { reason: &'static str },
+    UserLimited { reason: TargetReason },
     /// The client itself is refused (a wrong client key) or misconfigured: every user
     /// would fail the same way, so the run stops.
     #[error("fatal: {0}")]

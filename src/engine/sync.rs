@@ -18,8 +18,8 @@ use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
 use crate::crypto::TokenCipher;
 use crate::domain::{CampaignSpec, Clock, Region, SystemClock, UserId};
+use crate::engine::adapters::StoreTokenVault;
 use crate::store::outcomes::{StateApplied, StateSource, SyncCandidate, SyncFilter};
-use crate::store::tokens::StoreTokenVault;
 use crate::store::{Store, StoreError};
 
 /// Users read per page.

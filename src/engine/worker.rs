@@ -13,12 +13,12 @@ use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
 use crate::crypto::TokenCipher;
 use crate::domain::{Clock, SystemClock};
+use crate::engine::adapters::StoreTokenVault;
 use crate::notify::{Notifier, RetryPolicy};
 use crate::store::Store;
 use crate::store::campaigns::CampaignRecord;
 use crate::store::group::GroupCommit;
 use crate::store::runs::RunOutcome;
-use crate::store::tokens::StoreTokenVault;
 
 /// Everything a run needs that outlives one campaign.
 pub struct Worker {

@@ -97,31 +97,6 @@ fn approval_from_row(r: &sqlx::any::AnyRow) -> Result<Approval, sqlx::Error> {
     })
 }
 
-/// Records an applied version inside the apply's transaction.
-pub(crate) async fn version_insert(
-    conn: &mut sqlx::AnyConnection,
-    campaign_id: i64,
-    version: i64,
-    (text, hash): (&str, &str),
-    actor: &str,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO campaign_versions (campaign_id, version, spec, spec_hash, applied_by, applied_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(campaign_id)
-    .bind(version)
-    .bind(text)
-    .bind(hash)
-    .bind(actor)
-    .bind(to_millis(now))
-    .execute(conn)
-    .await
-    .map_err(query_err("campaign_version insert"))?;
-    Ok(())
-}
-
 impl Store {
     /// Every applied version of the campaign, oldest first.
     ///

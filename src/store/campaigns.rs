@@ -8,7 +8,7 @@
 //!
 //! Every applied version and every status change writes an event in the same
 //! transaction, and every applied version's text is kept with who applied it
-//! (`campaign_versions`, see [`super::approvals`]).
+//! (`campaign_versions`, read by [`super::approvals`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -207,6 +207,31 @@ fn campaign_from_row(row: &AnyRow) -> Result<CampaignRecord, sqlx::Error> {
     })
 }
 
+/// Records an applied version inside the apply's transaction.
+pub(crate) async fn version_insert(
+    conn: &mut sqlx::AnyConnection,
+    campaign_id: i64,
+    version: i64,
+    (text, hash): (&str, &str),
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO campaign_versions (campaign_id, version, spec, spec_hash, applied_by, applied_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(campaign_id)
+    .bind(version)
+    .bind(text)
+    .bind(hash)
+    .bind(actor)
+    .bind(to_millis(now))
+    .execute(conn)
+    .await
+    .map_err(query_err("campaign_version insert"))?;
+    Ok(())
+}
+
 impl Store {
     /// Creates the campaign `spec` describes, or updates it when `toml_text` differs
     /// from the applied version (bumping the version and keeping the status), and
@@ -296,7 +321,7 @@ impl Store {
             })),
         };
         event_insert(&mut tx, &event, now).await?;
-        super::approvals::version_insert(&mut tx, id, version, (toml_text, &hash), actor, now).await?;
+        version_insert(&mut tx, id, version, (toml_text, &hash), actor, now).await?;
         tx.commit().await.map_err(query_err("campaign_apply commit"))?;
         let record = self
             .campaign_get(&spec.name)

@@ -8,9 +8,10 @@
 //! for "what happened to this campaign", and every event carries its own time.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, StoreError, from_millis, query_err, to_millis};
+use super::group::{Arg, Tx, json_args, json_rows};
+use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::UserId;
 
 /// An event to append.
@@ -71,6 +72,79 @@ pub async fn event_insert(
     .await
     .map_err(query_err("event_insert"))?;
     row.try_get::<i64, _>("event_id").map_err(query_err("event_insert"))
+}
+
+/// Appends an audit event inside a transaction (see [`event_insert`]).
+pub(crate) async fn event_in_tx(
+    tx: &mut Tx,
+    at: DateTime<Utc>,
+    actor: &str,
+    kind: &str,
+    campaign_id: Option<i64>,
+    user_id: Option<&str>,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let user_id = user_id.and_then(|u| UserId::parse(u).ok());
+    let event = NewEvent { actor, kind, campaign_id, user_id: user_id.as_ref(), detail: Some(detail.clone()) };
+    event_insert(tx, &event, at).await.map(|_| ())
+}
+
+/// An event of a batch, its detail already JSON text.
+pub(crate) struct NewEventRow<'a> {
+    pub at: DateTime<Utc>,
+    pub actor: &'a str,
+    pub kind: &'a str,
+    pub campaign_id: i64,
+    pub user_id: &'a str,
+    pub detail: &'a str,
+}
+
+/// Appends a batch of events in one statement, in their order.
+pub(crate) async fn events_insert_many_in_tx(
+    backend: Backend,
+    events: &[NewEventRow<'_>],
+    tx: &mut Tx,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows = json_rows(
+        events
+            .iter()
+            .map(|e| serde_json::json!([to_millis(e.at), e.actor, e.kind, e.campaign_id, e.user_id, e.detail])),
+    );
+    let from = json_args(
+        backend,
+        &[("at", Arg::Int), ("w", Arg::Text), ("k", Arg::Text), ("c", Arg::Int), ("u", Arg::Text), ("d", Arg::Text)],
+    );
+    let sql = format!(
+        "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+         SELECT x.at, x.w, x.k, x.c, x.u, x.d FROM ({from}) AS x ORDER BY x.n"
+    );
+    sqlx::query(AssertSqlSafe(sql)).bind(rows).execute(&mut **tx).await.map_err(query_err("events insert"))?;
+    Ok(())
+}
+
+/// One `target.reminder_queued` event per target of the campaign that a reminder
+/// re-queued at `now_ms` (set-based, as the re-queue itself).
+pub(crate) async fn events_reminders_queued_in_tx(
+    tx: &mut Tx,
+    campaign_id: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+         SELECT $2, 'engine', 'target.reminder_queued', campaign_id, user_id, \
+           '{\"step\":' || CAST(step AS TEXT) || '}' \
+         FROM campaign_targets \
+         WHERE campaign_id = $1 AND status = 'pending' AND reason = 'reminder' AND updated_at = $2",
+    )
+    .bind(campaign_id)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("target_requeue_reminders events"))?;
+    Ok(())
 }
 
 impl Store {

@@ -1,17 +1,31 @@
-//! Group commit: the per-user writes of many users in flight share one transaction.
+//! The batching service: the writes of many users in flight share one transaction,
+//! and the writes of one kind one statement.
 //!
-//! A run writes several times per user (the rotated refresh token, the fresh state,
+//! A run writes several times per user (the refresh lease and the rotated tokens,
 //! the reservation, `issued`, the delivery), and each write must be durable before
 //! the next outside step (the token before it is used, the reservation before the
 //! API call, `issued` before the message). One commit each makes the database's log
-//! flush (about 1-2 ms of fsync here) the bottleneck of the whole run. So a store
-//! made with [`Store::with_group_commit`] sends each write as a job to a few writer
-//! tasks; a writer takes every job queued at that moment, runs them in one
-//! transaction (the jobs of one [`BatchWrite`] kind as one statement over all their
-//! arguments), commits once, and only then answers each caller. A
-//! caller still waits for its own write to be durable before it goes on: the order
-//! of every user's steps, and so every invariant of the ledger, is unchanged. Under
-//! load groups grow by themselves; alone, a write costs what it costs without.
+//! flush (about 1-2 ms of fsync here) the bottleneck of the whole run.
+//!
+//! **How a write opts in.** A statement that is worth batching gets a struct of its
+//! arguments implementing [`BatchWrite`]: `run_many` writes any number of them at
+//! once (usually one statement over a JSON array of their arguments, see
+//! [`json_rows`] and [`json_args`]), and `key` names what must not share a
+//! statement (a user's two reservations). The store's function hands it to
+//! [`Store::write_batched`] and returns what it answers. Everything else (one-off
+//! writes of commands and the dashboard) opens its own transaction
+//! (`Store::begin_write`); reads go to the pool and never through here.
+//!
+//! **How a write finds its batch.** A store made with [`Store::with_group_commit`]
+//! sends each write as a job to a few writer tasks. A writer takes every job queued
+//! at that moment (at most `max_group`), orders them so that the jobs of one kind
+//! are neighbours, round by round of their keys ([`order_for_batches`]), runs each
+//! run of one kind as one `run_many` (a key seen twice ends the run), all in one
+//! transaction, commits once, and only then answers each caller. A caller still
+//! waits for its own write to be durable before it goes on: the order of every
+//! user's steps, and so every invariant of the ledger, is unchanged. Under load
+//! groups grow by themselves; alone, a write is a batch of one in a transaction of
+//! its own (also what a store without a group does).
 //!
 //! When one job of a group fails (a dropped connection, a deadlock between two
 //! workers' groups), the group is rolled back and each of its jobs is run again in a
@@ -23,6 +37,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use sqlx::Row;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Store, StoreError, query_err};
@@ -31,8 +46,6 @@ use super::{Store, StoreError, query_err};
 pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 /// A job's statements, borrowing their arguments and the transaction.
 pub(crate) type Step<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-/// The statements of one write: a plain function of its arguments and a transaction.
-pub(crate) type WriteFn<A, T> = for<'a> fn(&'a A, &'a mut Tx) -> Step<'a, T>;
 
 /// Jobs queued per writer before callers wait to queue.
 const QUEUE_PER_WRITER: usize = 256;
@@ -119,50 +132,33 @@ pub(crate) fn json_args(backend: super::Backend, cols: &[(&str, Arg)]) -> String
     }
 }
 
+/// The `user_id` column of the rows a statement returns.
+pub(crate) async fn returned_user_ids(
+    q: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    tx: &mut Tx,
+    op: &'static str,
+) -> Result<HashSet<String>, StoreError> {
+    q.fetch_all(&mut **tx)
+        .await
+        .map_err(query_err(op))?
+        .iter()
+        .map(|r| r.try_get::<String, _>("user_id"))
+        .collect::<Result<_, _>>()
+        .map_err(query_err(op))
+}
+
 /// Runs a batch of jobs that all share one [`Job::batch`] kind.
 type BatchRunner = for<'a> fn(&'a mut [Box<dyn Job>], &'a mut Tx) -> Step<'a, ()>;
 
-/// One write waiting in a group, its type erased.
+/// One write waiting in a group, its type erased (a group holds writes of many
+/// kinds).
 trait Job: Send + Any {
-    /// Runs the statements in `tx`, keeping the result until the commit.
-    fn run<'a>(&'a mut self, tx: &'a mut Tx) -> Step<'a, ()>;
     /// Answers the caller: the kept result once committed, or the error.
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
-    /// For a [`BatchWrite`]: its kind, the runner of a batch of that kind, and its key.
-    fn batch(&self) -> Option<(TypeId, BatchRunner, Option<&str>)> {
-        None
-    }
+    /// Its kind, the runner of a batch of that kind, and its key.
+    fn batch(&self) -> (TypeId, BatchRunner, Option<&str>);
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-}
-
-struct Write<A, T> {
-    args: A,
-    f: WriteFn<A, T>,
-    out: Option<T>,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<A: Send + Sync + 'static, T: Send + 'static> Job for Write<A, T> {
-    fn run<'a>(&'a mut self, tx: &'a mut Tx) -> Step<'a, ()> {
-        let Write { args, f, out, .. } = self;
-        Box::pin(async move {
-            *out = Some(f(args, tx).await?);
-            Ok(())
-        })
-    }
-
-    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
-        answer(self.reply, committed, self.out);
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
 }
 
 /// Answers a job's caller: its kept result once committed, or the error.
@@ -184,20 +180,12 @@ struct Batched<A: BatchWrite> {
 }
 
 impl<A: BatchWrite> Job for Batched<A> {
-    fn run<'a>(&'a mut self, tx: &'a mut Tx) -> Step<'a, ()> {
-        let Batched { args, out, .. } = self;
-        Box::pin(async move {
-            *out = A::run_many(&[&*args], tx).await?.pop();
-            Ok(())
-        })
-    }
-
     fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
         answer(self.reply, committed, self.out);
     }
 
-    fn batch(&self) -> Option<(TypeId, BatchRunner, Option<&str>)> {
-        Some((TypeId::of::<A>(), run_batch::<A>, self.args.key()))
+    fn batch(&self) -> (TypeId, BatchRunner, Option<&str>) {
+        (TypeId::of::<A>(), run_batch::<A>, self.args.key())
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -300,23 +288,19 @@ async fn run_group(store: &Store, mut group: Vec<Box<dyn Job>>) {
     }
 }
 
-/// Runs `jobs` in one transaction and commits it. Batchable writes of one kind run
-/// together (see [`order_for_batches`]); the rest one after the other.
+/// Runs `jobs` in one transaction and commits it, the writes of one kind together
+/// (see [`order_for_batches`]).
 async fn run_together(store: &Store, jobs: &mut Vec<Box<dyn Job>>) -> Result<(), StoreError> {
     let mut tx = store.begin_batch().await?;
     order_for_batches(jobs);
     let mut at = 0;
     while at < jobs.len() {
         // an error rolls the transaction back as it is dropped
-        let Some((kind, runner, key)) = jobs[at].batch() else {
-            jobs[at].run(&mut tx).await?;
-            at += 1;
-            continue;
-        };
+        let (kind, runner, key) = jobs[at].batch();
         // the batch: the neighbours of the same kind, up to a key seen already
         let mut keys: HashSet<&str> = key.into_iter().collect();
         let mut end = at + 1;
-        while let Some((k, _, key)) = jobs.get(end).and_then(|j| j.batch()) {
+        while let Some((k, _, key)) = jobs.get(end).map(|j| j.batch()) {
             if k != kind || key.is_some_and(|key| !keys.insert(key)) {
                 break;
             }
@@ -329,9 +313,9 @@ async fn run_together(store: &Store, jobs: &mut Vec<Box<dyn Job>>) -> Result<(),
     tx.commit().await.map_err(query_err("group commit"))
 }
 
-/// Orders a group so that the writes of one batchable kind are neighbours: first
-/// the writes that cannot batch, in their order, then round by round (round n holds
-/// the n-th write of a key), kind by kind in the order kinds first came. The order
+/// Orders a group so that the writes of one kind are neighbours: round by round
+/// (round n holds the n-th write of a key), kind by kind in the order kinds first
+/// came. The order
 /// between different users' writes does not matter (a run has at most one write per
 /// user in flight), and writes of one key keep their order.
 fn order_for_batches(jobs: &mut Vec<Box<dyn Job>>) {
@@ -342,23 +326,21 @@ fn order_for_batches(jobs: &mut Vec<Box<dyn Job>>) {
     let mut seen: HashMap<(TypeId, String), usize> = HashMap::new();
     let ranks: Vec<(usize, usize)> = jobs
         .iter()
-        .map(|job| match job.batch() {
-            None => (0, 0),
-            Some((k, _, key)) => {
-                let kind = match kinds.iter().position(|x| *x == k) {
-                    Some(p) => p + 1,
-                    None => {
-                        kinds.push(k);
-                        kinds.len()
-                    }
-                };
-                let round = key.map_or(0, |key| {
-                    let n = seen.entry((k, key.to_owned())).or_insert(0);
-                    *n += 1;
-                    *n - 1
-                });
-                (round, kind)
-            }
+        .map(|job| {
+            let (k, _, key) = job.batch();
+            let kind = match kinds.iter().position(|x| *x == k) {
+                Some(p) => p,
+                None => {
+                    kinds.push(k);
+                    kinds.len() - 1
+                }
+            };
+            let round = key.map_or(0, |key| {
+                let n = seen.entry((k, key.to_owned())).or_insert(0);
+                *n += 1;
+                *n - 1
+            });
+            (round, kind)
         })
         .collect();
     let mut ranked: Vec<((usize, usize), Box<dyn Job>)> = ranks.into_iter().zip(jobs.drain(..)).collect();
@@ -376,9 +358,10 @@ impl Store {
         Store { group: Some(Group::start(plain.clone(), cfg)), ..plain }
     }
 
-    /// Runs a [`BatchWrite`]: in a group, batched with the other writes of its kind
-    /// queued at that moment, when this store has one; otherwise alone in a
-    /// transaction of its own. Returns once the write is committed.
+    /// The one way into the batching service: runs a [`BatchWrite`] in a group,
+    /// batched with the other writes of its kind queued at that moment, when this
+    /// store has one; otherwise alone in a transaction of its own. Returns once the
+    /// write is committed.
     pub(crate) async fn write_batched<A: BatchWrite>(&self, args: A) -> Result<A::Out, StoreError> {
         let Some(group) = &self.group else {
             let mut tx = self.begin_batch().await?;
@@ -391,25 +374,6 @@ impl Store {
         group.jobs.send(job).await.map_err(|_| StoreError::Conflict("the group commit writers have stopped".into()))?;
         answer.await.map_err(|_| StoreError::Conflict("a group commit writer stopped mid-write".into()))?
     }
-
-    /// Runs `f(args)` as a write: in a group when this store has one, otherwise in a
-    /// transaction of its own. Returns once the write is committed.
-    pub(crate) async fn write<A, T>(&self, args: A, f: WriteFn<A, T>) -> Result<T, StoreError>
-    where
-        A: Send + Sync + 'static,
-        T: Send + 'static,
-    {
-        let Some(group) = &self.group else {
-            let mut tx = self.begin_batch().await?;
-            let out = f(&args, &mut tx).await?;
-            tx.commit().await.map_err(query_err("commit"))?;
-            return Ok(out);
-        };
-        let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Write { args, f, out: None, reply });
-        group.jobs.send(job).await.map_err(|_| StoreError::Conflict("the group commit writers have stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Conflict("a group commit writer stopped mid-write".into()))?
-    }
 }
 
 #[cfg(test)]
@@ -419,25 +383,46 @@ mod tests {
     use crate::store::testing::TestDb;
     use sqlx::Row;
 
-    fn insert_probe<'a>(n: &'a i64, tx: &'a mut Tx) -> Step<'a, i64> {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) VALUES ($1, 'test', 'probe', NULL, NULL, NULL)",
-            )
-            .bind(*n)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("probe"))?;
-            Ok(*n * 2)
-        })
+    /// A write that inserts a probe event at `n` and answers `2 n`; with `fail`, a
+    /// statement after the insert fails.
+    struct Probe {
+        n: i64,
+        fail: bool,
     }
 
-    fn insert_then_fail<'a>(n: &'a i64, tx: &'a mut Tx) -> Step<'a, i64> {
-        Box::pin(async move {
-            insert_probe(n, tx).await?;
-            sqlx::query("SELECT no_such_column FROM events").execute(&mut **tx).await.map_err(query_err("bad"))?;
-            Ok(0)
-        })
+    impl BatchWrite for Probe {
+        type Out = i64;
+
+        fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<i64>> {
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(writes.len());
+                for w in writes {
+                    sqlx::query(
+                        "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) VALUES ($1, 'test', 'probe', NULL, NULL, NULL)",
+                    )
+                    .bind(w.n)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(query_err("probe"))?;
+                    if w.fail {
+                        sqlx::query("SELECT no_such_column FROM events")
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(query_err("bad"))?;
+                    }
+                    out.push(w.n * 2);
+                }
+                Ok(out)
+            })
+        }
+    }
+
+    fn insert_probe(n: i64) -> Probe {
+        Probe { n, fail: false }
+    }
+
+    fn insert_then_fail(n: i64) -> Probe {
+        Probe { n, fail: true }
     }
 
     async fn probes(store: &Store) -> Vec<i64> {
@@ -455,7 +440,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for n in 1..=200i64 {
             let s = store.clone();
-            tasks.spawn(async move { (n, s.write(n, insert_probe).await.unwrap()) });
+            tasks.spawn(async move { (n, s.write_batched(insert_probe(n)).await.unwrap()) });
         }
         while let Some(r) = tasks.join_next().await {
             let (n, doubled) = r.unwrap();
@@ -471,7 +456,11 @@ mod tests {
         for n in 1..=40i64 {
             let s = store.clone();
             tasks.spawn(async move {
-                let r = if n == 20 { s.write(n, insert_then_fail).await } else { s.write(n, insert_probe).await };
+                let r = if n == 20 {
+                    s.write_batched(insert_then_fail(n)).await
+                } else {
+                    s.write_batched(insert_probe(n)).await
+                };
                 (n, r)
             });
         }
@@ -517,15 +506,20 @@ mod tests {
     }
 
     /// A write that says it has started (`.0`) and waits to be released (`.1`).
-    fn hold_until_released<'a>(
-        gate: &'a Arc<(tokio::sync::Notify, tokio::sync::Notify)>,
-        _tx: &'a mut Tx,
-    ) -> Step<'a, ()> {
-        Box::pin(async move {
-            gate.0.notify_one();
-            gate.1.notified().await;
-            Ok(())
-        })
+    struct Hold(Arc<(tokio::sync::Notify, tokio::sync::Notify)>);
+
+    impl BatchWrite for Hold {
+        type Out = ();
+
+        fn run_many<'a>(writes: &'a [&'a Self], _tx: &'a mut Tx) -> Step<'a, Vec<()>> {
+            Box::pin(async move {
+                for w in writes {
+                    w.0.0.notify_one();
+                    w.0.1.notified().await;
+                }
+                Ok(vec![(); writes.len()])
+            })
+        }
     }
 
     both_engines!(writes_of_one_key_never_share_a_batch_and_keep_their_order, |db: TestDb| async move {
@@ -539,7 +533,7 @@ mod tests {
         let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
         let busy = tokio::spawn({
             let (s, gate) = (store.clone(), gate.clone());
-            async move { s.write(gate, hold_until_released).await.unwrap() }
+            async move { s.write_batched(Hold(gate)).await.unwrap() }
         });
         gate.0.notified().await;
         // polled in order, so that they queue in order
@@ -574,8 +568,8 @@ mod tests {
     });
 
     both_engines!(a_store_without_a_group_writes_alone, |db: TestDb| async move {
-        assert_eq!(db.store.write(7, insert_probe).await.unwrap(), 14);
-        assert!(db.store.write(8, insert_then_fail).await.is_err());
+        assert_eq!(db.store.write_batched(insert_probe(7)).await.unwrap(), 14);
+        assert!(db.store.write_batched(insert_then_fail(8)).await.is_err());
         assert_eq!(probes(&db.store).await, vec![7]);
     });
 }

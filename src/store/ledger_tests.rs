@@ -5,12 +5,67 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Row;
 
-use super::sessions::{DeliveryRecord, IssuedParams, Reservation, SessionLife};
-use super::{Store, to_millis};
+use super::ledger::{DeliveryParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
+use super::sessions::{DeliveryRecord, IssuedParams, SessionLife};
+use super::targets::SettleParams;
+use super::{Store, StoreError, to_millis};
 use crate::both_engines;
 use crate::domain::spec::Audience;
-use crate::domain::{DeferReason, Region, VerificationState};
+use crate::domain::{DeferReason, Region, TargetReason, TargetStatus, Transition, VerificationState};
 use crate::store::testing::TestDb;
+
+/// [`Store::session_reserve`] with its parameters in a row.
+async fn reserve_fresh(
+    s: &Store,
+    (campaign_id, user_id, step, worker): (i64, &str, i64, &str),
+    now: DateTime<Utc>,
+    life: impl Into<SessionLife>,
+    fresh: Option<VerificationState>,
+) -> Result<Reservation, StoreError> {
+    s.session_reserve(ReserveParams { campaign_id, user_id, step, worker, now, life: life.into(), fresh }).await
+}
+
+/// [`Store::session_reserve`] without a fresh state.
+async fn reserve(
+    s: &Store,
+    target: (i64, &str, i64, &str),
+    now: DateTime<Utc>,
+    life: impl Into<SessionLife>,
+) -> Result<Reservation, StoreError> {
+    reserve_fresh(s, target, now, life, None).await
+}
+
+/// [`Store::session_record_delivery`] with its parameters in a row.
+async fn record_delivery(
+    s: &Store,
+    (campaign_id, user_id, session_id): (i64, &str, i64),
+    record: DeliveryRecord,
+    worker: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let p = DeliveryParams { campaign_id, user_id, session_id, outcome: record.into(), worker, now };
+    s.session_record_delivery(p).await
+}
+
+/// [`Store::target_settle`] to `status` for `reason`.
+async fn settle(
+    s: &Store,
+    (campaign_id, user_id, worker): (i64, &str, &str),
+    (status, reason): (TargetStatus, TargetReason),
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let to = Transition::new(status, reason, None);
+    s.target_settle(SettleParams { campaign_id, user_id, worker, to, now }).await
+}
+
+/// [`Store::session_settle_if_ambiguous`] with its parameters in a row.
+async fn settle_if_ambiguous(
+    s: &Store,
+    (campaign_id, user_id, step, worker): (i64, &str, i64, &str),
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    s.session_settle_if_ambiguous(SettleIfAmbiguousParams { campaign_id, user_id, step, worker, now }).await
+}
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
@@ -195,7 +250,7 @@ both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns
         let c = campaign(s, &format!("c{i}")).await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
         s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
-        match s.session_reserve(c, &uid(1), 0, "w", now, DAY).await.unwrap() {
+        match reserve(s, (c, &uid(1), 0, "w"), now, DAY).await.unwrap() {
             Reservation::Reserved { .. } => reserved += 1,
             Reservation::Deferred { reason, until } => {
                 assert_eq!(reason, DeferReason::Concurrency);
@@ -214,7 +269,7 @@ both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns
         let c = campaign(s, &format!("d{i}")).await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
         s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
-        match s.session_reserve(c, &uid(2), 0, "w", now, Duration::from_secs(60)).await.unwrap() {
+        match reserve(s, (c, &uid(2), 0, "w"), now, Duration::from_secs(60)).await.unwrap() {
             Reservation::Reserved { .. } => ok += 1,
             Reservation::Deferred { reason, .. } => assert_eq!(reason, DeferReason::DailyCap, "at {i}"),
             Reservation::Skipped(_) => {}
@@ -242,8 +297,7 @@ both_engines!(
         let c = campaign(s, "c").await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
         assert_eq!(s.target_claim_batch(c, "slow", 10, now, LEASE).await.unwrap().len(), 1);
-        let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "slow", now, DAY).await.unwrap()
-        else {
+        let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "slow"), now, DAY).await.unwrap() else {
             panic!("reserved")
         };
         // the slow worker stalls past its lease while the API makes the session; another
@@ -262,12 +316,12 @@ both_engines!(
         // it keeps counting: three more sessions reach the concurrency limit
         for _ in 0..2 {
             assert!(matches!(
-                s.session_reserve(c, &uid(1), 0, "next", later, DAY).await.unwrap(),
+                reserve(s, (c, &uid(1), 0, "next"), later, DAY).await.unwrap(),
                 Reservation::Reserved { .. }
             ));
         }
         assert!(matches!(
-            s.session_reserve(c, &uid(1), 0, "next", later, DAY).await.unwrap(),
+            reserve(s, (c, &uid(1), 0, "next"), later, DAY).await.unwrap(),
             Reservation::Deferred { reason: DeferReason::Concurrency, .. }
         ));
     }
@@ -281,7 +335,7 @@ both_engines!(an_issued_session_counts_from_the_answer_plus_the_margin, |db: Tes
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
     let life = SessionLife { ttl: DAY, margin: std::time::Duration::from_secs(300) };
-    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "w", now, life).await.unwrap() else {
+    let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "w"), now, life).await.unwrap() else {
         panic!("reserved")
     };
     // the API answers 40 s after the reservation (limiter, retries of other users)
@@ -311,20 +365,17 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     s.target_claim_batch(c, "dead", 10, now, LEASE).await.unwrap();
     // user 1: died after the API answered (issued); user 2: died before it answered (reserved)
-    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "dead", now, DAY).await.unwrap() else {
+    let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "dead"), now, DAY).await.unwrap() else {
         panic!()
     };
     assert!(issued(s, c, 1, "dead", session_id, now).await);
-    s.session_reserve(c, &uid(2), 0, "dead", now, DAY).await.unwrap();
+    reserve(s, (c, &uid(2), 0, "dead"), now, DAY).await.unwrap();
 
     let after = now + chrono::Duration::seconds(31);
     assert_eq!(s.target_claim_batch(c, "next", 10, after, LEASE).await.unwrap().len(), 2);
-    assert_eq!(s.session_reserve(c, &uid(1), 0, "next", after, DAY).await.unwrap(), Reservation::Ambiguous);
+    assert_eq!(reserve(s, (c, &uid(1), 0, "next"), after, DAY).await.unwrap(), Reservation::Ambiguous);
     assert_eq!(status_of(s, c, 1).await, ("failed".into(), Some("delivery_unknown".into()), None));
-    assert!(matches!(
-        s.session_reserve(c, &uid(2), 0, "next", after, DAY).await.unwrap(),
-        Reservation::Reserved { .. }
-    ));
+    assert!(matches!(reserve(s, (c, &uid(2), 0, "next"), after, DAY).await.unwrap(), Reservation::Reserved { .. }));
     // the interrupted reservation still counts against the user's limits
     let counted: i64 = sqlx::query(
         "SELECT COUNT(*) AS n FROM verification_sessions WHERE user_id = $1 AND status IN ('unknown', 'reserved')",
@@ -336,7 +387,7 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
     .get("n");
     assert_eq!(counted, 2);
     // a worker whose claim was taken cannot reserve
-    assert_eq!(s.session_reserve(c, &uid(2), 0, "dead", after, DAY).await.unwrap(), Reservation::LostClaim);
+    assert_eq!(reserve(s, (c, &uid(2), 0, "dead"), after, DAY).await.unwrap(), Reservation::LostClaim);
 });
 
 both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, |db: TestDb| async move {
@@ -349,9 +400,9 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
     let claimed = s.target_claim_batch(c, "dead", 10, now, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 2);
     // a first attempt is not ambiguous: one read, nothing written
-    assert!(!s.session_settle_if_ambiguous(c, &uid(1), 0, "dead", now).await.unwrap());
+    assert!(!settle_if_ambiguous(s, (c, &uid(1), 0, "dead"), now).await.unwrap());
     // user 1: the worker fetched a session, then died before recording the delivery
-    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "dead", now, DAY).await.unwrap() else {
+    let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "dead"), now, DAY).await.unwrap() else {
         panic!("reserved")
     };
     assert!(issued(s, c, 1, "dead", session_id, now).await);
@@ -359,10 +410,10 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
     let later = now + chrono::Duration::seconds(60);
     assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 2);
     // the dead worker cannot settle what is no longer its own
-    assert!(!s.session_settle_if_ambiguous(c, &uid(1), 0, "dead", later).await.unwrap());
-    assert!(s.session_settle_if_ambiguous(c, &uid(1), 0, "next", later).await.unwrap());
+    assert!(!settle_if_ambiguous(s, (c, &uid(1), 0, "dead"), later).await.unwrap());
+    assert!(settle_if_ambiguous(s, (c, &uid(1), 0, "next"), later).await.unwrap());
     assert_eq!(status_of(s, c, 1).await, ("failed".into(), Some("delivery_unknown".into()), None));
-    assert!(!s.session_settle_if_ambiguous(c, &uid(2), 0, "next", later).await.unwrap());
+    assert!(!settle_if_ambiguous(s, (c, &uid(2), 0, "next"), later).await.unwrap());
     assert_eq!(status_of(s, c, 2).await.0, "claimed");
     // the ledger row stays counted, as unknown
     let st: String = sqlx::query("SELECT status FROM verification_sessions WHERE session_id = $1")
@@ -386,12 +437,11 @@ both_engines!(a_delivery_records_delivered_failed_or_unknown_and_only_failed_is_
     let records = [(1, DeliveryRecord::Delivered), (2, DeliveryRecord::Failed), (3, DeliveryRecord::Unknown)];
     // all three in flight at once, so that Postgres records them in one group
     let ids = futures::future::join_all(records.iter().map(|(n, record)| async move {
-        let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(*n), 0, "w", now, DAY).await.unwrap()
-        else {
+        let Reservation::Reserved { session_id } = reserve(s, (c, &uid(*n), 0, "w"), now, DAY).await.unwrap() else {
             panic!("reserved")
         };
         assert!(issued(s, c, *n, "w", session_id, now).await);
-        assert!(s.session_record_delivery(c, &uid(*n), session_id, *record, "w", now).await.unwrap());
+        assert!(record_delivery(s, (c, &uid(*n), session_id), *record, "w", now).await.unwrap());
         session_id
     }))
     .await;
@@ -444,7 +494,7 @@ both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db:
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     assert_eq!(s.target_claim_batch(c, "slow", 10, now, LEASE).await.unwrap().len(), 1);
-    let Reservation::Reserved { session_id } = s.session_reserve(c, &uid(1), 0, "slow", now, DAY).await.unwrap() else {
+    let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "slow"), now, DAY).await.unwrap() else {
         panic!("reserved")
     };
     assert!(issued(s, c, 1, "slow", session_id, now).await);
@@ -452,10 +502,8 @@ both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db:
     let later = now + chrono::Duration::seconds(60);
     assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 1);
     // the slow worker's record keeps the ledger row but moves no target
-    assert!(
-        !s.session_record_delivery(c, &uid(1), session_id, DeliveryRecord::Delivered, "slow", later).await.unwrap()
-    );
-    assert!(!s.target_settle(c, &uid(1), "slow", "failed", "forbidden", None, later).await.unwrap());
+    assert!(!record_delivery(s, (c, &uid(1), session_id), DeliveryRecord::Delivered, "slow", later).await.unwrap());
+    assert!(!settle(s, (c, &uid(1), "slow"), (TargetStatus::Failed, TargetReason::Forbidden), later).await.unwrap());
     assert_eq!(status_of(s, c, 1).await.0, "claimed");
     let st: String = sqlx::query("SELECT status FROM verification_sessions WHERE session_id = $1")
         .bind(session_id)
@@ -465,7 +513,7 @@ both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db:
         .get("status");
     assert_eq!(st, "delivered");
     // the owner's record does move it
-    assert!(s.target_settle(c, &uid(1), "next", "failed", "forbidden", None, later).await.unwrap());
+    assert!(settle(s, (c, &uid(1), "next"), (TargetStatus::Failed, TargetReason::Forbidden), later).await.unwrap());
     assert_eq!(status_of(s, c, 1).await.0, "failed");
 });
 
@@ -491,16 +539,16 @@ both_engines!(a_group_batches_reservations_yet_one_user_never_exceeds_the_limits
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in campaigns.iter().copied().enumerate() {
         let st = store.clone();
-        tasks.spawn(async move { (1, st.session_reserve_fresh(c, &uid(1), 0, "w", now, DAY, None).await.unwrap()) });
+        tasks.spawn(async move { (1, reserve_fresh(&st, (c, &uid(1), 0, "w"), now, DAY, None).await.unwrap()) });
         let st = store.clone();
         let n = u32::try_from(i).unwrap() + 2; // users 2..=7, one campaign each
         let fresh = Some(VerificationState::Unverified);
-        tasks.spawn(async move { (n, st.session_reserve_fresh(c, &uid(n), 0, "w", now, DAY, fresh).await.unwrap()) });
+        tasks.spawn(async move { (n, reserve_fresh(&st, (c, &uid(n), 0, "w"), now, DAY, fresh).await.unwrap()) });
     }
     let st = store.clone();
     let c0 = campaigns[0];
     tasks.spawn(async move {
-        (8, st.session_reserve_fresh(c0, &uid(8), 0, "w", now, DAY, Some(VerificationState::Verified)).await.unwrap())
+        (8, reserve_fresh(&st, (c0, &uid(8), 0, "w"), now, DAY, Some(VerificationState::Verified)).await.unwrap())
     });
     let (mut user1_reserved, mut user1_deferred, mut others_reserved) = (0, 0, 0);
     while let Some(r) = tasks.join_next().await {
@@ -594,7 +642,7 @@ mod reservation_after_the_lock {
         }
         for c in &campaigns[..2] {
             assert!(matches!(
-                s.session_reserve(*c, &uid(1), 0, "w", now, DAY).await.unwrap(),
+                reserve(&s, (*c, &uid(1), 0, "w"), now, DAY).await.unwrap(),
                 Reservation::Reserved { .. }
             ));
         }
@@ -617,7 +665,7 @@ mod reservation_after_the_lock {
         .await
         .unwrap();
         let (s2, c) = (s.clone(), campaigns[2]);
-        let waiting = tokio::spawn(async move { s2.session_reserve(c, &uid(1), 0, "w", now, DAY).await.unwrap() });
+        let waiting = tokio::spawn(async move { reserve(&s2, (c, &uid(1), 0, "w"), now, DAY).await.unwrap() });
         // until the reservation waits on the lock
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -659,10 +707,10 @@ async fn delivered_session(store: &Store, n: u32, at: DateTime<Utc>) {
     store.target_add_matching(c, &Audience::default(), at).await.unwrap();
     store.target_claim_batch(c, "w", 10, at, LEASE).await.unwrap();
     let fresh = Some(VerificationState::Rejected);
-    let r = store.session_reserve_fresh(c, &uid(n), 0, "w", at, DAY, fresh).await.unwrap();
+    let r = reserve_fresh(store, (c, &uid(n), 0, "w"), at, DAY, fresh).await.unwrap();
     let Reservation::Reserved { session_id } = r else { panic!("user {n}: {r:?}") };
     assert!(issued(store, c, n, "w", session_id, at).await);
-    assert!(store.session_record_delivery(c, &uid(n), session_id, DeliveryRecord::Delivered, "w", at).await.unwrap());
+    assert!(record_delivery(store, (c, &uid(n), session_id), DeliveryRecord::Delivered, "w", at).await.unwrap());
 }
 
 both_engines!(a_rejected_user_seen_rejected_after_a_session_is_rejected_no_earlier_than_it, |db: TestDb| async move {
@@ -684,12 +732,12 @@ both_engines!(a_rejected_user_seen_rejected_after_a_session_is_rejected_no_earli
     let sync = crate::store::outcomes::StateSource::sync("t");
     s.user_apply_state(&uid(2), VerificationState::Rejected, now, &sync).await.unwrap();
     assert_eq!(rejected_at(s, 2).await, Some(to_millis(issued)));
-    let r = s.session_reserve(c, &uid(2), 0, "w", now, DAY).await.unwrap();
+    let r = reserve(s, (c, &uid(2), 0, "w"), now, DAY).await.unwrap();
     assert_eq!(r, Reservation::Deferred { reason: DeferReason::RejectionCooldown, until });
 
     // the run's fresh state, recorded with the reservation (the batched statement)
     let fresh = Some(VerificationState::Rejected);
-    let r = s.session_reserve_fresh(c, &uid(1), 0, "w", now, DAY, fresh).await.unwrap();
+    let r = reserve_fresh(s, (c, &uid(1), 0, "w"), now, DAY, fresh).await.unwrap();
     assert_eq!(r, Reservation::Deferred { reason: DeferReason::RejectionCooldown, until });
     assert_eq!(rejected_at(s, 1).await, Some(to_millis(issued)));
     assert_eq!(

@@ -7,7 +7,11 @@
 //! clock, never the database's.
 //!
 //! Statement functions are named noun first (`user_upsert_batch`,
-//! `campaign_get_by_name`, `session_reserve`) and live in one file per table.
+//! `campaign_get_by_name`, `session_reserve`). Each table's statements live in one
+//! file (`users`, `targets`, `sessions`, `links`, `events`, …); the transitions
+//! that move several tables at once compose them in `ledger` (a run's sessions) and
+//! `clicks` (click-through links), and `outcomes` applies a user's new state.
+//! Writes on a run's hot path go through the batching service (`group`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -52,11 +56,13 @@ macro_rules! our_target {
 pub mod approvals;
 pub mod campaigns;
 pub mod chain;
+pub mod clicks;
 pub mod dashboard;
 pub mod events;
 pub mod forget;
 pub mod group;
 pub mod leases;
+pub mod ledger;
 #[cfg(test)]
 mod ledger_tests;
 pub mod links;
@@ -68,7 +74,6 @@ pub mod sessions;
 pub mod targets;
 #[doc(hidden)]
 pub mod testing;
-pub mod tokens;
 pub mod users;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");

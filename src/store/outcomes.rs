@@ -15,29 +15,33 @@
 //! - A change to REJECTED is dated with the receiving clock, never the sender's: the
 //!   24 h cooldown then starts no earlier than the real rejection (conservative). It
 //!   counts a consecutive failure; a change to VERIFIED resets the count.
-//! - The rejection time only moves forward ([`rejected_at_seen_sql`]). A rejection
+//! - The rejection time only moves forward (`users::rejected_at_seen_sql`). A rejection
 //!   webhook for a user already REJECTED is a new rejection (the PENDING before it
 //!   was lost): the time moves to the receive time. Any source that finds a user
 //!   REJECTED takes them to be rejected no earlier than the latest session we had
 //!   issued them, and dates a REJECTED user with no known time at first sight, so
 //!   that the cooldown has an end. The run's batched fresh states
-//!   (`sessions::record_fresh_states`) apply the same rule.
+//!   ([`record_fresh_states`]) apply the same rule.
 //! - A target converts when its user becomes VERIFIED after a message of the campaign
 //!   (`notified_at <= change time`), including a target re-queued for a reminder.
 //!   A claimed target is left to the worker holding it. Targets move only on news: a
 //!   change of state, or a webhook; a sync that finds the state it already knew
 //!   (say, a REJECTED from before the message) moves nothing.
-//! - Reminders re-queue set-based, in one statement per run.
+//! - Reminders re-queue set-based, in one statement per run (`targets`).
 
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::sessions::event_in_tx;
-use super::targets::{AudienceSql, REACHABLE, bind_all};
-use super::{Backend, Store, StoreError, greatest_sql, query_err, to_millis};
+use super::events::event_in_tx;
+use super::group::Tx;
+use super::links::links_revoke_user_in_tx;
+use super::targets::{AfterMessage, targets_after_message_in_tx};
+use super::users::{
+    FreshState, REACHABLE, StateChange, user_failure_in_tx, user_rejected_again_in_tx, user_state_change_in_tx,
+    user_state_lock_in_tx, user_state_unchanged_in_tx, user_synced_in_tx, users_unchanged_states_in_tx,
+};
+use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::domain::VerificationState;
-use crate::domain::policy;
-use crate::domain::spec::{Audience, Reminders};
 
 /// Where a verification state came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,100 +173,64 @@ fn rank(s: VerificationState) -> u8 {
     }
 }
 
-/// A target of the user that has had a message no later than the change (`$2`).
-const AFTER_MESSAGE: &str = "user_id = $1 AND notified_at IS NOT NULL AND notified_at <= $2";
-
-/// The ledger rows (alias `s`) of sessions Baanx issued, which the user may have
-/// taken and been rejected on: `issued` (in flight, or its worker died), `delivered`,
-/// `unknown` with an issue time (an interrupted attempt that got a session), and
-/// `delivery_failed` (the channel gave up, which may follow a timeout after the
-/// message was in fact handed over). Not `reserved` (no session yet) nor `api_failed`
-/// (none was made): neither has an issue time.
-const ISSUED_SESSION: &str =
-    "s.issued_at IS NOT NULL AND s.status IN ('issued', 'delivered', 'unknown', 'delivery_failed')";
-
-/// SQL for the rejection time of a user of table (or alias) `users` whom a source
-/// reports REJECTED: never earlier than the stored time, than `at` (the receive
-/// time of a rejection webhook), or than the issue time of the user's latest session
-/// (seen REJECTED after we sent a session, they may have been rejected on it, and
-/// Baanx counts its 24 h from then: later is the safe side); `first_seen` when none
-/// of these is known, so that the cooldown has a fixed end instead of starting
-/// again at each evaluation.
-pub(crate) fn rejected_at_seen_sql(backend: Backend, users: &str, at: Option<&str>, first_seen: &str) -> String {
-    let stored = format!("{users}.rejected_at");
-    let issued = format!(
-        "(SELECT MAX(s.issued_at) FROM verification_sessions s WHERE s.user_id = {users}.user_id AND {ISSUED_SESSION})"
-    );
-    let mut values = vec![stored.as_str()];
-    values.extend(at);
-    values.push(issued.as_str());
-    format!("COALESCE({}, {first_seen})", greatest_sql(backend, &values))
+/// Records a batch of fresh states (the runs' reservations, the click-through
+/// links' send step). An unchanged state only moves `synced_at`, and for a user
+/// REJECTED as before the rejection time as a sync does (no earlier than our latest
+/// session, a first-seen time when none is known), in one statement for all; a
+/// change goes the whole way of [`apply_state_in_tx`], one user at a time (rare: a
+/// user who verified or was rejected since the import).
+pub(crate) async fn record_fresh_states(
+    backend: Backend,
+    fresh: &[FreshState<'_>],
+    tx: &mut Tx,
+) -> Result<(), StoreError> {
+    let unchanged = users_unchanged_states_in_tx(backend, fresh, tx).await?;
+    let source = StateSource::fresh_state("engine");
+    for f in fresh {
+        if !unchanged.contains(f.user_id) {
+            apply_state_in_tx(tx, backend, f.user_id, f.state, f.now, &source).await?;
+        }
+    }
+    Ok(())
 }
 
 /// [`apply_state_in_tx`], after the common case of a sync or a fresh state:
 /// nothing changed. Then only `synced_at` moves and no target does (only news moves
 /// targets), which one conditional UPDATE does, without reading the user first.
 pub(crate) async fn apply_state_fast_or_in_tx(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut Tx,
     backend: Backend,
     user_id: &str,
     state: VerificationState,
     now: DateTime<Utc>,
     src: &StateSource<'_>,
 ) -> Result<StateApplied, StoreError> {
-    if src.kind != SourceKind::Webhook {
-        // REJECTED as before: the rejection time may still move (see `rejected_at_seen_sql`)
-        let sql = if state == VerificationState::Rejected {
-            format!(
-                "UPDATE users SET synced_at = $2, rejected_at = {} WHERE user_id = $1 AND verification_state = $3",
-                rejected_at_seen_sql(backend, "users", None, "$2")
-            )
-        } else {
-            "UPDATE users SET synced_at = $2 WHERE user_id = $1 AND verification_state = $3".to_owned()
-        };
-        let unchanged = sqlx::query(AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(to_millis(now))
-            .bind(state.as_str())
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("user_apply_state unchanged"))?
-            .rows_affected();
-        if unchanged == 1 {
-            return Ok(StateApplied::Applied {
-                from: state,
-                to: state,
-                changed: false,
-                started: 0,
-                converted: 0,
-                rejected: 0,
-            });
-        }
+    // REJECTED as before: the rejection time may still move (see `rejected_at_seen_sql`)
+    if src.kind != SourceKind::Webhook && user_state_unchanged_in_tx(tx, backend, user_id, state, now).await? {
+        return Ok(StateApplied::Applied {
+            from: state,
+            to: state,
+            changed: false,
+            started: 0,
+            converted: 0,
+            rejected: 0,
+        });
     }
     apply_state_in_tx(tx, backend, user_id, state, now, src).await
 }
 
 /// [`Store::user_apply_state`] inside an open write transaction.
 pub(crate) async fn apply_state_in_tx(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut Tx,
     backend: Backend,
     user_id: &str,
     new: VerificationState,
     now: DateTime<Utc>,
     src: &StateSource<'_>,
 ) -> Result<StateApplied, StoreError> {
-    let lock = match backend {
-        Backend::Postgres => "SELECT verification_state, state_changed_at FROM users WHERE user_id = $1 FOR UPDATE",
-        Backend::Sqlite => "SELECT verification_state, state_changed_at FROM users WHERE user_id = $1",
-    };
-    let Some(row) =
-        sqlx::query(lock).bind(user_id).fetch_optional(&mut **tx).await.map_err(query_err("user_apply_state read"))?
-    else {
+    let Some((old, changed_at)) = user_state_lock_in_tx(tx, backend, user_id).await? else {
         return Ok(StateApplied::UnknownUser);
     };
-    let old: String = row.try_get("verification_state").map_err(query_err("user_apply_state read"))?;
-    let old = old.parse::<VerificationState>().map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let changed_at: Option<i64> = row.try_get("state_changed_at").map_err(query_err("user_apply_state read"))?;
     let now_ms = to_millis(now);
     // the sender's time, but never in our future
     let at_ms = src.occurred_at.map_or(now_ms, |t| to_millis(t).min(now_ms));
@@ -275,40 +243,11 @@ pub(crate) async fn apply_state_in_tx(
     let changed = old != new;
     let synced = (src.kind != SourceKind::Webhook).then_some(now_ms);
     if changed {
-        let rejected = (new == VerificationState::Rejected).then_some(now_ms);
-        // 1: a failure, 2: a success resets the count, 0: neither
-        let failures: i64 = match new {
-            VerificationState::Rejected => 1,
-            VerificationState::Verified => 2,
-            _ => 0,
-        };
-        // a rejection is dated now, but never before a time already known
-        let rejected_at = if rejected.is_some() {
-            rejected_at_seen_sql(backend, "users", Some("$4"), "$4")
-        } else {
-            "rejected_at".to_owned()
-        };
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE users SET verification_state = $2, state_changed_at = $3, \
-               rejected_at = {rejected_at}, last_failure_at = COALESCE($4, last_failure_at), \
-               consecutive_failures = CASE WHEN $5 = 1 THEN consecutive_failures + 1 \
-                                           WHEN $5 = 2 THEN 0 ELSE consecutive_failures END, \
-               synced_at = COALESCE($6, synced_at), updated_at = $7 \
-             WHERE user_id = $1"
-        )))
-        .bind(user_id)
-        .bind(new.as_str())
-        .bind(at_ms)
-        .bind(rejected)
-        .bind(failures)
-        .bind(synced)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_err("user_apply_state update"))?;
+        let change = StateChange { user_id, new, at_ms, synced, now_ms };
+        user_state_change_in_tx(tx, backend, &change).await?;
         if new == VerificationState::Verified {
             // a pass replaces the last rejection's code
-            set_failure(tx, user_id, None, None).await?;
+            user_failure_in_tx(tx, user_id, None, None).await?;
         }
         let detail = serde_json::json!({
             "from": old.as_str(), "to": new.as_str(), "source": src.kind.as_str(),
@@ -318,24 +257,9 @@ pub(crate) async fn apply_state_in_tx(
     } else if new == VerificationState::Rejected {
         // REJECTED again: a rejection webhook is a rejection received now; any
         // source may date it after our latest session (see `rejected_at_seen_sql`)
-        let at = (src.kind == SourceKind::Webhook).then_some("$3");
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE users SET synced_at = COALESCE($2, synced_at), rejected_at = {} WHERE user_id = $1",
-            rejected_at_seen_sql(backend, "users", at, "$3")
-        )))
-        .bind(user_id)
-        .bind(synced)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_err("user_apply_state rejected again"))?;
+        user_rejected_again_in_tx(tx, backend, user_id, synced, now_ms, src.kind == SourceKind::Webhook).await?;
     } else if let Some(s) = synced {
-        sqlx::query("UPDATE users SET synced_at = $2 WHERE user_id = $1")
-            .bind(user_id)
-            .bind(s)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("user_apply_state synced"))?;
+        user_synced_in_tx(tx, user_id, s).await?;
     }
 
     let (mut started, mut converted, mut rejected) = (0, 0, 0);
@@ -344,84 +268,43 @@ pub(crate) async fn apply_state_in_tx(
     // before says nothing about the campaign's message.
     let news = changed || src.kind == SourceKind::Webhook;
     if new == VerificationState::Rejected && (src.failure_code.is_some() || src.failure_reason.is_some()) {
-        set_failure(tx, user_id, src.failure_code, src.failure_reason).await?;
+        user_failure_in_tx(tx, user_id, src.failure_code, src.failure_reason).await?;
     }
     if news && new != VerificationState::Unverified {
-        let sql = format!(
-            "UPDATE campaign_targets SET started_at = $2, updated_at = $3 \
-             WHERE {AFTER_MESSAGE} AND started_at IS NULL RETURNING campaign_id"
-        );
-        started = target_events(tx, &sql, user_id, at_ms, now, src, "target.started").await?;
+        started = target_events(tx, AfterMessage::Started, user_id, at_ms, now, src).await?;
     }
     match new {
         _ if !news => {}
         VerificationState::Verified => {
             // a verified user's click-through links have nothing left to do
-            super::links::links_revoke_user_in_tx(tx, user_id, "verified", now).await?;
-            let sql = format!(
-                "UPDATE campaign_targets SET status = 'converted', reason = NULL, not_before = NULL, \
-                   outcome = 'verified', outcome_at = $2, finalized_at = $3, updated_at = $3 \
-                 WHERE {AFTER_MESSAGE} AND status IN ('notified', 'pending', 'deferred') RETURNING campaign_id"
-            );
-            converted = target_events(tx, &sql, user_id, at_ms, now, src, "target.converted").await?;
+            links_revoke_user_in_tx(tx, user_id, "verified", now).await?;
+            converted = target_events(tx, AfterMessage::Converted, user_id, at_ms, now, src).await?;
         }
         VerificationState::Rejected => {
-            let sql = format!(
-                "UPDATE campaign_targets SET outcome = 'rejected', outcome_at = $2, updated_at = $3 \
-                 WHERE {AFTER_MESSAGE} AND status IN ('notified', 'pending', 'deferred') \
-                   AND (outcome IS NULL OR outcome_at < $2) RETURNING campaign_id"
-            );
-            rejected = target_events(tx, &sql, user_id, at_ms, now, src, "target.rejected").await?;
+            rejected = target_events(tx, AfterMessage::Rejected, user_id, at_ms, now, src).await?;
         }
         _ => {}
     }
     Ok(StateApplied::Applied { from: old, to: new, changed, started, converted, rejected })
 }
 
-/// Records (or clears) the user's last rejection code and reason.
-async fn set_failure(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    user_id: &str,
-    code: Option<&str>,
-    reason: Option<&str>,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET failure_code = $2, failure_reason = $3 WHERE user_id = $1")
-        .bind(user_id)
-        .bind(code)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_err("user_apply_state failure"))?;
-    Ok(())
-}
-
-/// Runs a target update that returns `campaign_id`, and appends `kind` for each.
+/// Moves the user's targets messaged no later than the change (see
+/// [`AfterMessage`]) and appends its event for each; how many.
 async fn target_events(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    sql: &str,
+    tx: &mut Tx,
+    which: AfterMessage,
     user_id: &str,
     at_ms: i64,
     now: DateTime<Utc>,
     src: &StateSource<'_>,
-    kind: &'static str,
 ) -> Result<u64, StoreError> {
-    let campaigns: Vec<i64> = sqlx::query(AssertSqlSafe(sql.to_owned()))
-        .bind(user_id)
-        .bind(at_ms)
-        .bind(to_millis(now))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(query_err("user_apply_state targets"))?
-        .iter()
-        .map(|r| r.try_get::<i64, _>("campaign_id"))
-        .collect::<Result<_, _>>()
-        .map_err(query_err("user_apply_state targets"))?;
+    let campaigns = targets_after_message_in_tx(tx, which, user_id, at_ms, now).await?;
     let detail = serde_json::json!({
         "source": src.kind.as_str(), "event_id": src.event_id, "failure_code": src.failure_code,
         "at": super::from_millis(at_ms),
     });
     for c in &campaigns {
-        event_in_tx(tx, now, src.actor, kind, Some(*c), Some(user_id), &detail).await?;
+        event_in_tx(tx, now, src.actor, which.event_kind(), Some(*c), Some(user_id), &detail).await?;
     }
     Ok(campaigns.len() as u64)
 }
@@ -561,84 +444,6 @@ impl Store {
             .await
             .map_err(query_err("target_expired_unsynced"))?;
         rows.iter().map(candidate).collect::<Result<_, _>>().map_err(query_err("target_expired_unsynced"))
-    }
-
-    /// Re-queues notified targets for their next reminder, set-based: the user is
-    /// still UNVERIFIED (or REJECTED past the 24 h cooldown, with `include_rejected`),
-    /// `after` has passed since the last message, the last session has expired, and
-    /// fewer than `max` reminders were queued. The target goes back to `pending` with
-    /// `step + 1` and reason `reminder`; the ledger still decides whether a session
-    /// may be generated. Returns how many.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn target_requeue_reminders(
-        &self,
-        campaign_id: i64,
-        reminders: &Reminders,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        self.target_requeue_reminders_for(campaign_id, reminders, &Audience::default(), now).await
-    }
-
-    /// [`Store::target_requeue_reminders`], leaving out the users the audience's
-    /// compliance exclusions keep out (`exclude_rejection_codes`, `max_attempts`): a
-    /// user finally rejected after the first message gets no reminder.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn target_requeue_reminders_for(
-        &self,
-        campaign_id: i64,
-        reminders: &Reminders,
-        audience: &Audience,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        let excluded = AudienceSql::exclusions_only(audience, 6);
-        let now_ms = to_millis(now);
-        let after_ms = i64::try_from(reminders.after.0.as_millis()).unwrap_or(i64::MAX / 4);
-        let cooldown = policy::rejection_cooldown().num_milliseconds();
-        let mut tx = self.begin_write().await?;
-        let sql = format!(
-            "UPDATE campaign_targets SET status = 'pending', step = step + 1, reason = 'reminder', \
-               not_before = NULL, attempts = 0, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2 \
-             WHERE campaign_id = $1 AND status = 'notified' AND step < $3 AND notified_at <= $4 \
-               AND (session_expires_at IS NULL OR session_expires_at <= $2) \
-               AND EXISTS (SELECT 1 FROM users u WHERE u.user_id = campaign_targets.user_id AND {REACHABLE} \
-                 AND (u.verification_state = 'UNVERIFIED' \
-                      OR ($5 = 1 AND u.verification_state = 'REJECTED' \
-                          AND COALESCE(u.rejected_at, $2) + {cooldown} <= $2)) \
-                 AND {exclusions})",
-            exclusions = excluded.clause(),
-        );
-        let q = sqlx::query(AssertSqlSafe(sql))
-            .bind(campaign_id)
-            .bind(now_ms)
-            .bind(i64::from(reminders.max))
-            .bind(now_ms.saturating_sub(after_ms))
-            .bind(i64::from(reminders.include_rejected));
-        let n = bind_all(q, &excluded.binds)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("target_requeue_reminders"))?
-            .rows_affected();
-        if n > 0 {
-            // one audit event per re-queued target, set-based as well
-            sqlx::query(
-                "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
-                 SELECT $2, 'engine', 'target.reminder_queued', campaign_id, user_id, \
-                   '{\"step\":' || CAST(step AS TEXT) || '}' \
-                 FROM campaign_targets \
-                 WHERE campaign_id = $1 AND status = 'pending' AND reason = 'reminder' AND updated_at = $2",
-            )
-            .bind(campaign_id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("target_requeue_reminders events"))?;
-        }
-        tx.commit().await.map_err(query_err("target_requeue_reminders commit"))?;
-        Ok(n)
     }
 }
 

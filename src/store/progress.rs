@@ -6,6 +6,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::targets::{AudienceSql, StatusCount, bind_all};
 use super::{Store, StoreError, query_err, to_millis};
+use crate::domain::TargetStatus;
 use crate::domain::spec::Audience;
 
 /// A campaign's progress.
@@ -49,7 +50,7 @@ pub struct Funnel {
 
 impl CampaignProgress {
     /// Targets with this status, over every reason.
-    pub fn count(&self, status: &str) -> i64 {
+    pub fn count(&self, status: TargetStatus) -> i64 {
         self.by_status.iter().filter(|c| c.status == status).map(|c| c.count).sum()
     }
 

@@ -74,7 +74,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_err("run_start campaign"))?;
-        super::sessions::event_in_tx(
+        super::events::event_in_tx(
             &mut tx,
             now,
             actor,
@@ -142,7 +142,7 @@ impl Store {
             .await
             .map_err(query_err("run_finish campaign"))?;
         }
-        super::sessions::event_in_tx(
+        super::events::event_in_tx(
             &mut tx,
             now,
             actor,

@@ -21,34 +21,19 @@
 //! policy reads an unknown time as "now", a cooldown that would never end.
 //! Everything else is the directory's to overwrite.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
-use super::group::{Arg, json_args, json_rows};
+use super::group::{Arg, Tx, json_args, json_rows, returned_user_ids};
 use super::{Backend, Store, StoreError, from_millis, greatest_sql, query_err, to_millis};
-use crate::domain::{EmailAddress, Region, UserId, VerificationState};
+use crate::domain::{EmailAddress, Region, UserId, UserStanding, VerificationState};
 
 /// Rows per multi-row statement: 17 parameters a row stays far below both engines'
 /// limits (Postgres 65535, SQLite 32766).
 pub const UPSERT_ROWS_PER_STATEMENT: usize = 500;
-
-/// A refresh token sealed by `crypto::TokenCipher`, with the id of its key.
-/// `Debug` shows the key id and the length only.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SealedToken {
-    pub key_id: String,
-    /// nonce || ciphertext, the user id being the associated data.
-    pub ciphertext: Vec<u8>,
-}
-
-impl std::fmt::Debug for SealedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealedToken {{ key_id: {:?}, {} bytes }}", self.key_id, self.ciphertext.len())
-    }
-}
 
 /// One user as the directory describes it, for [`Store::user_upsert_batch`].
 #[derive(Debug, Clone, PartialEq)]
@@ -138,7 +123,7 @@ const USER_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timez
      refresh_token_enc IS NOT NULL AS has_token, token_key_id, consent_required_at, tags, signed_up_at, \
      created_at, updated_at, synced_at";
 
-fn decode<E: std::error::Error + Send + Sync + 'static>(e: E) -> sqlx::Error {
+pub(super) fn decode<E: std::error::Error + Send + Sync + 'static>(e: E) -> sqlx::Error {
     sqlx::Error::Decode(Box::new(e))
 }
 
@@ -414,95 +399,261 @@ impl Store {
         }
         (sql, binds)
     }
-
-    /// The sealed refresh token of a user, or `None` when none is on file.
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`] for an unknown user, [`StoreError::Query`].
-    pub async fn user_token_load(&self, id: &UserId) -> Result<Option<SealedToken>, StoreError> {
-        let row = sqlx::query("SELECT refresh_token_enc, token_key_id FROM users WHERE user_id = $1")
-            .bind(id.as_str())
-            .fetch_optional(self.pool())
-            .await
-            .map_err(query_err("user_token_load"))?
-            .ok_or_else(|| StoreError::NotFound { what: "user", key: id.to_string() })?;
-        sealed_from_row(&row).map_err(query_err("user_token_load"))
-    }
-
-    /// Replaces a user's token with `new` only while the stored one is still `old`
-    /// (compare and swap), so that re-keying never overwrites a token that Baanx
-    /// rotated in the meantime. Returns whether it replaced it.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn user_token_replace(
-        &self,
-        id: &UserId,
-        old: &SealedToken,
-        new: &SealedToken,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE users SET refresh_token_enc = $1, token_key_id = $2, updated_at = $3 \
-             WHERE user_id = $4 AND token_key_id = $5 AND refresh_token_enc = $6",
-        )
-        .bind(new.ciphertext.clone())
-        .bind(new.key_id.clone())
-        .bind(to_millis(now))
-        .bind(id.as_str())
-        .bind(old.key_id.clone())
-        .bind(old.ciphertext.clone())
-        .execute(self.pool())
-        .await
-        .map_err(query_err("user_token_replace"))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Up to `limit` users, in id order after `after`, whose token is sealed with a key
-    /// other than `key_id`: the work list of `users rekey`.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn user_tokens_not_under(
-        &self,
-        key_id: &str,
-        after: Option<&UserId>,
-        limit: u32,
-    ) -> Result<Vec<(UserId, SealedToken)>, StoreError> {
-        let sql = format!(
-            "SELECT user_id, refresh_token_enc, token_key_id FROM users \
-             WHERE refresh_token_enc IS NOT NULL AND token_key_id <> $1 AND user_id > $2 \
-             ORDER BY user_id LIMIT {limit}"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(key_id)
-            .bind(after.map_or("", UserId::as_str))
-            .fetch_all(self.pool())
-            .await
-            .map_err(query_err("user_tokens_not_under"))?;
-        rows.iter()
-            .map(|row| {
-                let id = UserId::parse(&row.try_get::<String, _>("user_id")?).map_err(decode)?;
-                let sealed = sealed_from_row(row)?.ok_or(sqlx::Error::RowNotFound)?;
-                Ok((id, sealed))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_err("user_tokens_not_under"))
-    }
 }
 
-fn sealed_from_row(row: &AnyRow) -> Result<Option<SealedToken>, sqlx::Error> {
-    let ct: Option<Vec<u8>> = row.try_get("refresh_token_enc")?;
-    let key: Option<String> = row.try_get("token_key_id")?;
-    Ok(match (ct, key) {
-        (Some(ciphertext), Some(key_id)) => Some(SealedToken { key_id, ciphertext }),
-        _ => None,
+/// A state `GET /v1/user` just reported, to be recorded in a batch.
+pub(crate) struct FreshState<'a> {
+    pub user_id: &'a str,
+    pub now: DateTime<Utc>,
+    pub state: VerificationState,
+}
+
+/// The fresh states that change nothing, recorded in one statement for all: only
+/// `synced_at` moves, and for a user REJECTED as before the rejection time as a
+/// sync moves it ([`rejected_at_seen_sql`]). Returns the users it recorded; a
+/// change goes the whole way of `outcomes::apply_state_in_tx`, one user at a time.
+pub(crate) async fn users_unchanged_states_in_tx(
+    backend: Backend,
+    fresh: &[FreshState<'_>],
+    tx: &mut Tx,
+) -> Result<HashSet<String>, StoreError> {
+    if fresh.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = json_rows(fresh.iter().map(|f| serde_json::json!([f.user_id, to_millis(f.now), f.state.as_str()])));
+    let from = json_args(backend, &[("u", Arg::Text), ("at", Arg::Int), ("st", Arg::Text)]);
+    let sql = format!(
+        "UPDATE users SET synced_at = x.at, \
+           rejected_at = CASE WHEN x.st = 'REJECTED' THEN {rejected} ELSE users.rejected_at END \
+         FROM ({from}) AS x \
+         WHERE users.user_id = x.u AND users.verification_state = x.st RETURNING users.user_id",
+        rejected = rejected_at_seen_sql(backend, "users", None, "x.at")
+    );
+    returned_user_ids(sqlx::query(AssertSqlSafe(sql)).bind(rows), tx, "user_apply_state unchanged").await
+}
+
+/// Locks the user's row until the transaction ends (Postgres; SQLite's
+/// `BEGIN IMMEDIATE` serialises writers already), so that two writers reserving
+/// for one user at once are serialised.
+pub(crate) async fn user_lock_in_tx(tx: &mut Tx, backend: Backend, user_id: &str) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT user_id FROM users WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(query_err("session_reserve_click lock"))?;
+    }
+    Ok(())
+}
+
+/// The ledger rows (alias `s`) of sessions Baanx issued, which the user may have
+/// taken and been rejected on: `issued` (in flight, or its worker died), `delivered`,
+/// `unknown` with an issue time (an interrupted attempt that got a session), and
+/// `delivery_failed` (the channel gave up, which may follow a timeout after the
+/// message was in fact handed over). Not `reserved` (no session yet) nor `api_failed`
+/// (none was made): neither has an issue time.
+const ISSUED_SESSION: &str =
+    "s.issued_at IS NOT NULL AND s.status IN ('issued', 'delivered', 'unknown', 'delivery_failed')";
+
+/// SQL for the rejection time of a user of table (or alias) `users` whom a source
+/// reports REJECTED: never earlier than the stored time, than `at` (the receive
+/// time of a rejection webhook), or than the issue time of the user's latest session
+/// (seen REJECTED after we sent a session, they may have been rejected on it, and
+/// Baanx counts its 24 h from then: later is the safe side); `first_seen` when none
+/// of these is known, so that the cooldown has a fixed end instead of starting
+/// again at each evaluation.
+pub(crate) fn rejected_at_seen_sql(backend: Backend, users: &str, at: Option<&str>, first_seen: &str) -> String {
+    let stored = format!("{users}.rejected_at");
+    let issued = format!(
+        "(SELECT MAX(s.issued_at) FROM verification_sessions s WHERE s.user_id = {users}.user_id AND {ISSUED_SESSION})"
+    );
+    let mut values = vec![stored.as_str()];
+    values.extend(at);
+    values.push(issued.as_str());
+    format!("COALESCE({}, {first_seen})", greatest_sql(backend, &values))
+}
+
+/// A user's standing, as [`standing_from_row`] reads it, from `users u`.
+pub(crate) const STANDING_COLUMNS: &str =
+    "u.verification_state, u.rejected_at, u.consecutive_failures, u.last_failure_at";
+
+/// The policy's view of a user, from a row with [`STANDING_COLUMNS`].
+pub(crate) fn standing_from_row(r: &sqlx::any::AnyRow) -> Result<UserStanding, StoreError> {
+    let state: String = r.try_get("verification_state").map_err(query_err("user standing"))?;
+    let state = state.parse::<VerificationState>().map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let rejected_at: Option<i64> = r.try_get("rejected_at").map_err(query_err("user standing"))?;
+    let failures: i64 = r.try_get("consecutive_failures").map_err(query_err("user standing"))?;
+    let last_failure_at: Option<i64> = r.try_get("last_failure_at").map_err(query_err("user standing"))?;
+    Ok(UserStanding {
+        state,
+        rejected_at: rejected_at.map(from_millis),
+        consecutive_failures: u32::try_from(failures).unwrap_or(u32::MAX),
+        last_failure_at: last_failure_at.map(from_millis),
     })
 }
 
+/// A user reachable by a campaign: a refresh token on file and no pending re-consent.
+pub(crate) const REACHABLE: &str = "u.refresh_token_enc IS NOT NULL AND u.consent_required_at IS NULL";
+
+/// A reported state that equals the stored one: only `synced_at` moves (and, for
+/// REJECTED, the rejection time as [`rejected_at_seen_sql`] says), without reading
+/// the user first. Returns whether it was unchanged (and so recorded).
+pub(crate) async fn user_state_unchanged_in_tx(
+    tx: &mut Tx,
+    backend: Backend,
+    user_id: &str,
+    state: VerificationState,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let sql = if state == VerificationState::Rejected {
+        format!(
+            "UPDATE users SET synced_at = $2, rejected_at = {} WHERE user_id = $1 AND verification_state = $3",
+            rejected_at_seen_sql(backend, "users", None, "$2")
+        )
+    } else {
+        "UPDATE users SET synced_at = $2 WHERE user_id = $1 AND verification_state = $3".to_owned()
+    };
+    let unchanged = sqlx::query(AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(to_millis(now))
+        .bind(state.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_apply_state unchanged"))?
+        .rows_affected();
+    Ok(unchanged == 1)
+}
+
+/// The user's stored state and when it changed (Unix ms), the row locked on
+/// Postgres; `None` for an unknown user.
+pub(crate) async fn user_state_lock_in_tx(
+    tx: &mut Tx,
+    backend: Backend,
+    user_id: &str,
+) -> Result<Option<(VerificationState, Option<i64>)>, StoreError> {
+    let lock = match backend {
+        Backend::Postgres => "SELECT verification_state, state_changed_at FROM users WHERE user_id = $1 FOR UPDATE",
+        Backend::Sqlite => "SELECT verification_state, state_changed_at FROM users WHERE user_id = $1",
+    };
+    let Some(row) =
+        sqlx::query(lock).bind(user_id).fetch_optional(&mut **tx).await.map_err(query_err("user_apply_state read"))?
+    else {
+        return Ok(None);
+    };
+    let old: String = row.try_get("verification_state").map_err(query_err("user_apply_state read"))?;
+    let old = old.parse::<VerificationState>().map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let changed_at: Option<i64> = row.try_get("state_changed_at").map_err(query_err("user_apply_state read"))?;
+    Ok(Some((old, changed_at)))
+}
+
+/// A change of a user's state, for [`user_state_change_in_tx`].
+pub(crate) struct StateChange<'a> {
+    pub user_id: &'a str,
+    pub new: VerificationState,
+    /// When it happened (the sender's time, never in our future).
+    pub at_ms: i64,
+    /// When a sync or a fresh state saw it (not a webhook).
+    pub synced: Option<i64>,
+    pub now_ms: i64,
+}
+
+/// Records a change of state: a rejection is dated now (never before a time
+/// already known) and counts a consecutive failure; a verification resets the count.
+pub(crate) async fn user_state_change_in_tx(
+    tx: &mut Tx,
+    backend: Backend,
+    c: &StateChange<'_>,
+) -> Result<(), StoreError> {
+    let rejected = (c.new == VerificationState::Rejected).then_some(c.now_ms);
+    // 1: a failure, 2: a success resets the count, 0: neither
+    let failures: i64 = match c.new {
+        VerificationState::Rejected => 1,
+        VerificationState::Verified => 2,
+        _ => 0,
+    };
+    let rejected_at = if rejected.is_some() {
+        rejected_at_seen_sql(backend, "users", Some("$4"), "$4")
+    } else {
+        "rejected_at".to_owned()
+    };
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE users SET verification_state = $2, state_changed_at = $3, \
+           rejected_at = {rejected_at}, last_failure_at = COALESCE($4, last_failure_at), \
+           consecutive_failures = CASE WHEN $5 = 1 THEN consecutive_failures + 1 \
+                                       WHEN $5 = 2 THEN 0 ELSE consecutive_failures END, \
+           synced_at = COALESCE($6, synced_at), updated_at = $7 \
+         WHERE user_id = $1"
+    )))
+    .bind(c.user_id)
+    .bind(c.new.as_str())
+    .bind(c.at_ms)
+    .bind(rejected)
+    .bind(failures)
+    .bind(c.synced)
+    .bind(c.now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("user_apply_state update"))?;
+    Ok(())
+}
+
+/// REJECTED again: a rejection webhook is a rejection received now; any source may
+/// date it after our latest session (see [`rejected_at_seen_sql`]).
+pub(crate) async fn user_rejected_again_in_tx(
+    tx: &mut Tx,
+    backend: Backend,
+    user_id: &str,
+    synced: Option<i64>,
+    now_ms: i64,
+    webhook: bool,
+) -> Result<(), StoreError> {
+    let at = webhook.then_some("$3");
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE users SET synced_at = COALESCE($2, synced_at), rejected_at = {} WHERE user_id = $1",
+        rejected_at_seen_sql(backend, "users", at, "$3")
+    )))
+    .bind(user_id)
+    .bind(synced)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("user_apply_state rejected again"))?;
+    Ok(())
+}
+
+/// Moves `synced_at`.
+pub(crate) async fn user_synced_in_tx(tx: &mut Tx, user_id: &str, at_ms: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET synced_at = $2 WHERE user_id = $1")
+        .bind(user_id)
+        .bind(at_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_apply_state synced"))?;
+    Ok(())
+}
+
+/// Records (or clears) the user's last rejection code and reason.
+pub(crate) async fn user_failure_in_tx(
+    tx: &mut Tx,
+    user_id: &str,
+    code: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET failure_code = $2, failure_reason = $3 WHERE user_id = $1")
+        .bind(user_id)
+        .bind(code)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_apply_state failure"))?;
+    Ok(())
+}
+
 mod bulk;
+mod tokens;
 
 pub use bulk::UserBulkUpsert;
+pub use tokens::{GrantWrite, LeaseParams, LeasedToken, SealedToken, TokenRow};
 
 #[cfg(test)]
 mod tests;

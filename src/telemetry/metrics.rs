@@ -433,7 +433,7 @@ impl Metrics {
         for campaign in store.campaign_list().await? {
             let mut by_status: BTreeMap<String, i64> = TARGET_STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
             for c in store.target_counts(campaign.campaign_id).await? {
-                *by_status.entry(c.status).or_default() += c.count;
+                *by_status.entry(c.status.as_str().to_owned()).or_default() += c.count;
             }
             for (status, n) in by_status {
                 self.set_targets(campaign.name.as_str(), &status, n);

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use super::auth::{Viewer, mask_email};
 use super::html::{csrf_field, esc, num, page, time};
 use super::svg;
+use crate::domain::TargetStatus;
 use crate::store::approvals::Approval;
 use crate::store::campaigns::{CampaignRecord, CampaignStatus};
 use crate::store::dashboard::{DeferredBucket, DeferredTarget, RunRow, Series, UserSession, UserTarget};
@@ -30,7 +31,7 @@ pub struct CampaignLine {
 
 /// Targets in a final state: everything but pending, claimed and deferred.
 pub fn settled(p: &CampaignProgress) -> i64 {
-    p.targeted - p.count("pending") - p.count("claimed") - p.count("deferred")
+    p.targeted - TargetStatus::ALL.iter().filter(|s| s.is_waiting()).map(|s| p.count(*s)).sum::<i64>()
 }
 
 fn badge(s: &str) -> String {
@@ -203,10 +204,10 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
     b.push_str("<div class=\"stats\">");
     for (label, value) in [
         ("targeted", num(p.targeted)),
-        ("notified", num(p.count("notified"))),
-        ("converted", num(p.count("converted"))),
-        ("deferred", num(p.count("deferred"))),
-        ("failed", num(p.count("failed"))),
+        ("notified", num(p.count(TargetStatus::Notified))),
+        ("converted", num(p.count(TargetStatus::Converted))),
+        ("deferred", num(p.count(TargetStatus::Deferred))),
+        ("failed", num(p.count(TargetStatus::Failed))),
         ("sessions issued", num(p.sessions_issued)),
         ("rate, last minute", rate(p)),
         ("ETA", eta(p)),
@@ -260,17 +261,18 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
 
     // targets by status and reason
     let mut t = String::new();
-    for status in ["pending", "claimed", "deferred", "notified", "converted", "skipped", "failed"] {
+    for status in TargetStatus::BY_PROGRESS {
         let n = p.count(status);
-        if n == 0 && !matches!(status, "pending" | "notified") {
+        if n == 0 && !status.shown_when_zero() {
             continue;
         }
-        let _ = write!(t, "<tr><td>{}</td><td class=\"n\">{}</td></tr>", badge(status), num(n));
-        for row in p.by_status.iter().filter(|r| r.status == status && r.reason.is_some()) {
+        let _ = write!(t, "<tr><td>{}</td><td class=\"n\">{}</td></tr>", badge(status.as_str()), num(n));
+        for row in p.by_status.iter().filter(|r| r.status == status) {
+            let Some(reason) = row.reason else { continue };
             let _ = write!(
                 t,
                 "<tr class=\"sub\"><td>{}</td><td class=\"n\">{}</td></tr>",
-                esc(row.reason.as_deref().unwrap_or("")),
+                esc(reason.as_str()),
                 num(row.count)
             );
         }

@@ -182,7 +182,7 @@ mod tests {
             let id = campaign(s, "snap").await;
             s.report_bench_fill(id, 10, Utc::now()).await.unwrap();
             let snaps = Snapshots::new(Duration::from_millis(300));
-            let failed = |f: &Figures| f.progress.count("failed");
+            let failed = |f: &Figures| f.progress.count(crate::domain::TargetStatus::Failed);
 
             let first = snaps.get(s, id).await.unwrap();
             assert_eq!((first.progress.targeted, failed(&first)), (10, 0), "no snapshot yet: read now");

@@ -6,8 +6,8 @@ use chrono::{Duration as ChronoDuration, Utc};
 use reverify::baanx::BaanxClient;
 use reverify::crypto::TokenCipher;
 use reverify::domain::{ManualClock, Region, SystemClock, UserId, VerificationState};
+use reverify::engine::adapters::StoreTokenVault;
 use reverify::store::Store;
-use reverify::store::tokens::StoreTokenVault;
 use reverify::{Secret, sandbox::UserRecord};
 use sqlx::Row;
 

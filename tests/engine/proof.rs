@@ -155,7 +155,7 @@ both_engines!(retry_failed_completes_a_run_with_injected_failures, |db: TestDb| 
     assert_eq!(second.counts.notified, 3, "{second:?}");
     assert_eq!(smtp.messages().len(), before + 3);
     let p = env.store().campaign_progress(c.campaign_id, chrono::Utc::now()).await.unwrap();
-    assert_eq!(p.count("failed"), 0);
+    assert_eq!(p.count(reverify::domain::TargetStatus::Failed), 0);
     assert_eq!(env.sandbox.stats().await.violations, 0);
 });
 
@@ -226,6 +226,6 @@ both_engines!(a_message_lost_after_its_data_is_delivery_unknown_and_not_resent, 
     assert_eq!(smtp.messages().len() as i64, others + 1);
     assert_eq!(target().await, ("failed".into(), Some("delivery_unknown".into()), None, true));
     let p = env.store().campaign_progress(c.campaign_id, chrono::Utc::now()).await.unwrap();
-    assert_eq!(p.count("failed"), 1);
+    assert_eq!(p.count(reverify::domain::TargetStatus::Failed), 1);
     assert_eq!(env.sandbox.stats().await.violations, 0);
 });

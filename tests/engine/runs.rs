@@ -91,12 +91,17 @@ both_engines!(a_campaign_notifies_each_eligible_user_once_within_every_limit, |d
 
     // the status counts equal the rows, and every target has a final or waiting state
     let progress = env.store().campaign_progress(c.campaign_id, chrono::Utc::now()).await.unwrap();
-    assert_eq!(progress.count("notified") as usize, messages.len());
-    assert_eq!(progress.count("claimed"), 0, "no claim left behind");
+    assert_eq!(progress.count(reverify::domain::TargetStatus::Notified) as usize, messages.len());
+    assert_eq!(progress.count(reverify::domain::TargetStatus::Claimed), 0, "no claim left behind");
     assert_eq!(progress.sessions_issued as usize, messages.len());
     let rejected_recently = users.iter().filter(|u| u.verification_state == VerificationState::Rejected).count()
         - (eligible_now.len() - users.iter().filter(|u| u.verification_state == VerificationState::Unverified).count());
-    assert_eq!(progress.count("deferred") as usize, rejected_recently, "{:?}", progress.by_status);
+    assert_eq!(
+        progress.count(reverify::domain::TargetStatus::Deferred) as usize,
+        rejected_recently,
+        "{:?}",
+        progress.by_status
+    );
 
     // no session URL anywhere in the database
     let text = all_text_of(&env.db).await;

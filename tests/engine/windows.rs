@@ -95,7 +95,10 @@ async fn deferred_for_window(env: &Env, campaign_id: i64) -> i64 {
         .await
         .unwrap()
         .iter()
-        .filter(|c| c.status == "deferred" && c.reason.as_deref() == Some("send_window"))
+        .filter(|c| {
+            c.status == reverify::domain::TargetStatus::Deferred
+                && c.reason == Some(reverify::domain::TargetReason::SendWindow)
+        })
         .map(|c| c.count)
         .sum()
 }

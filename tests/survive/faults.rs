@@ -10,13 +10,13 @@ use std::time::Duration;
 use reverify::Settings;
 use reverify::baanx::{BaanxClient, BaanxConfig};
 use reverify::crypto::TokenCipher;
+use reverify::engine::adapters::StoreTokenVault;
 use reverify::engine::{Progress, RunReport, Worker};
 use reverify::notify::Notifier;
 use reverify::notify::testing::{Fault, SmtpServer};
 use reverify::sandbox::{Faults, Latency};
 use reverify::store::campaigns::CampaignRecord;
 use reverify::store::testing::TestDb;
-use reverify::store::tokens::StoreTokenVault;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Rig, TargetRow, campaign, check_delivery};

@@ -5,6 +5,7 @@ use chrono::{Duration, TimeZone};
 use super::*;
 use crate::both_engines;
 use crate::domain::spec::HumanDuration;
+use crate::domain::spec::Reminders;
 use crate::domain::{CampaignSpec, EmailAddress, Region, UserId};
 use crate::store::events::EventFilter;
 use crate::store::testing::TestDb;
