@@ -162,21 +162,28 @@ fn too_many(lang: Lang) -> Response {
     r
 }
 
+/// The link of `token` and its user's language, within the address's rate; or the
+/// page to answer instead.
+async fn open(s: &Clicks, peer: SocketAddr, token: &str, now: DateTime<Utc>) -> Result<(LinkRow, Lang), Response> {
+    if s.per_address.check_key(&peer.ip()).is_err() {
+        return Err(too_many(Lang::En));
+    }
+    let link = find(s, token, now).await?;
+    let lang = Lang::of(link.locale.as_deref());
+    Ok((link, lang))
+}
+
 /// `GET /v/{token}`: the page with the button. Reads, never writes.
 async fn show(
     State(s): State<Arc<Clicks>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
 ) -> Response {
-    if s.per_address.check_key(&peer.ip()).is_err() {
-        return too_many(Lang::En);
-    }
     let now = s.clock.now();
-    let link = match find(&s, &token, now).await {
-        Ok(link) => link,
+    let (link, lang) = match open(&s, peer, &token, now).await {
+        Ok(found) => found,
         Err(page) => return page,
     };
-    let lang = Lang::of(link.locale.as_deref());
     let expires = pages::when(link.expires_at, link.timezone.as_deref(), lang);
     respond(StatusCode::OK, &Page::Landing { expires }, lang)
 }
@@ -187,16 +194,12 @@ async fn click(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
 ) -> Response {
-    if s.per_address.check_key(&peer.ip()).is_err() {
-        return too_many(Lang::En);
-    }
     let now = s.clock.now();
-    let link = match find(&s, &token, now).await {
-        Ok(link) => link,
+    let (link, lang) = match open(&s, peer, &token, now).await {
+        Ok(found) => found,
         Err(page) => return page,
     };
     drop(token);
-    let lang = Lang::of(link.locale.as_deref());
     if s.per_link.check_key(&link.link_id).is_err() {
         return too_many(lang);
     }

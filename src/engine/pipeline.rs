@@ -10,10 +10,10 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
 use super::{ClickLinks, RunShared, UserOutcome};
 use crate::domain::{Region, SessionUrl, TargetReason, Transition, UserId};
-use crate::store::clicks::{LinkDeliveryParams, LinkIssue, LinkIssueParams};
-use crate::store::ledger::{ApiFailureParams, DeliveryParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
+use crate::store::clicks::{LinkIssue, LinkIssueParams};
+use crate::store::ledger::{ApiFailureParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
 use crate::store::links::{link_token_hash, new_link_token};
-use crate::store::sessions::{DeliveryOutcome, DeliveryRecord, IssuedParams, SessionLife};
+use crate::store::sessions::{DeliveryOutcome, DeliveryParams, DeliveryRecord, IssuedParams, SessionLife};
 use crate::store::targets::{ClaimedTarget, SettleParams};
 
 /// Processes one claimed target to a recorded outcome.
@@ -150,24 +150,42 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
     let expires_at =
         issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
 
-    // 5. the message; the URL moves into it and is dropped with it
-    let delivered = deliver(s, t, url, expires_at).await;
+    // 5-6. the message (the URL moves into it and is dropped with it), and the record
+    send_and_record(s, t, url, expires_at, Carrier::Session(session_id)).await
+}
 
-    // 6. the record
-    let kept = s
-        .store
-        .session_record_delivery(DeliveryParams {
-            campaign_id: s.campaign_id,
-            user_id: &t.user_id,
-            session_id,
-            outcome: delivered.clone(),
-            worker: &s.config.worker_id,
-            now: s.now(),
-        })
-        .await?;
+/// What carried a message: a session's ledger row, or a click-through link.
+#[derive(Debug, Clone, Copy)]
+enum Carrier {
+    Session(i64),
+    Link(i64),
+}
+
+/// Sends the message with `url` and records how it went, for the carrier.
+async fn send_and_record(
+    s: &RunShared,
+    t: &ClaimedTarget,
+    url: SessionUrl,
+    expires_at: DateTime<Utc>,
+    carrier: Carrier,
+) -> Result<UserOutcome, crate::store::StoreError> {
+    let delivered = deliver(s, t, url, expires_at).await;
+    let (Carrier::Session(id) | Carrier::Link(id)) = carrier;
+    let p = DeliveryParams {
+        campaign_id: s.campaign_id,
+        user_id: &t.user_id,
+        id,
+        outcome: delivered.clone(),
+        worker: &s.config.worker_id,
+        now: s.now(),
+    };
+    let kept = match carrier {
+        Carrier::Session(_) => s.store.session_record_delivery(p).await?,
+        Carrier::Link(_) => s.store.link_record_delivery(p).await?,
+    };
     let delivered = delivered.record;
     if !kept {
-        warn!("the claim expired while the message was being sent; the ledger row stands");
+        warn!(?carrier, "the claim expired while the message was being sent; the record stands");
     }
     debug!(?delivered, "user done");
     Ok(delivered_outcome(delivered))
@@ -245,23 +263,7 @@ async fn send_link(
     };
     let url = SessionUrl::new(click.url_of(&token));
     drop(token);
-    let delivered = deliver(s, t, url, expires_at).await;
-    let kept = s
-        .store
-        .link_record_delivery(LinkDeliveryParams {
-            campaign_id: s.campaign_id,
-            user_id: &t.user_id,
-            link_id,
-            outcome: delivered.clone(),
-            worker: &s.config.worker_id,
-            now: s.now(),
-        })
-        .await?;
-    let delivered = delivered.record;
-    if !kept {
-        warn!("the claim expired while the message was being sent");
-    }
-    Ok(delivered_outcome(delivered))
+    send_and_record(s, t, url, expires_at, Carrier::Link(link_id)).await
 }
 
 /// When the campaign has a send window and `t`'s user is outside it now: the

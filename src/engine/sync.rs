@@ -132,10 +132,36 @@ pub async fn sync_users(
     filter: &SyncFilter,
     concurrency: usize,
 ) -> Result<SyncReport, StoreError> {
+    sync_pages(store, api, clock, actor, concurrency, Pages::Users(filter)).await
+}
+
+/// Which users a sync goes through, page by page in user id order.
+#[derive(Clone, Copy)]
+enum Pages<'a> {
+    /// `users sync`'s.
+    Users(&'a SyncFilter),
+    /// A campaign's notified users whose session expired.
+    Expired { campaign_id: i64 },
+}
+
+/// Syncs page after page of users until a page comes back short.
+async fn sync_pages(
+    store: &Store,
+    api: &dyn VerificationApi,
+    clock: &dyn Clock,
+    actor: &str,
+    concurrency: usize,
+    pages: Pages<'_>,
+) -> Result<SyncReport, StoreError> {
     let mut report = SyncReport::default();
     let mut after = String::new();
     loop {
-        let page = store.user_sync_page(filter, &after, SYNC_PAGE).await?;
+        let page = match pages {
+            Pages::Users(filter) => store.user_sync_page(filter, &after, SYNC_PAGE).await?,
+            Pages::Expired { campaign_id } => {
+                store.target_expired_unsynced(campaign_id, clock.now(), &after, SYNC_PAGE).await?
+            }
+        };
         let Some(last) = page.last() else { break };
         after = last.user_id.clone();
         sync_page(store, api, clock, actor, &page, concurrency, &mut report).await?;
@@ -160,18 +186,7 @@ pub async fn sync_expired(
     campaign_id: i64,
     concurrency: usize,
 ) -> Result<SyncReport, StoreError> {
-    let mut report = SyncReport::default();
-    let mut after = String::new();
-    loop {
-        let page = store.target_expired_unsynced(campaign_id, clock.now(), &after, SYNC_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.user_id.clone();
-        sync_page(store, api, clock, actor, &page, concurrency, &mut report).await?;
-        if (page.len() as i64) < SYNC_PAGE {
-            break;
-        }
-    }
-    Ok(report)
+    sync_pages(store, api, clock, actor, concurrency, Pages::Expired { campaign_id }).await
 }
 
 /// What a run does before it targets: syncs the users whose session expired (when

@@ -13,18 +13,16 @@ use sqlx::{AssertSqlSafe, Row};
 use super::events::{NewEventRow, event_in_tx, events_insert_many_in_tx};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
 use super::links::{LinkNew, LinkRow, link_click_take_in_tx, links_delivered_in_tx, links_insert_in_tx};
-use super::outcomes::{StateSource, apply_state_fast_or_in_tx, record_fresh_states};
+use super::outcomes::{StateSource, apply_state_fast_or_in_tx, fresh_states, record_fresh_states};
 use super::sessions::{
-    DeliveryOutcome, DeliveryRecord, SessionLife, parse_slots, session_insert_click_in_tx, session_read_standing,
-    session_record_click_row,
+    DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_insert_click_in_tx,
+    session_read_standing, session_record_click_row,
 };
-use super::targets::{
-    SettleParams, settle_in_tx, target_click_session, target_clicked_in_tx, targets_notified_by_link_in_tx,
-};
-use super::users::{FreshState, STANDING_COLUMNS, standing_from_row, user_lock_in_tx};
+use super::targets::{Claimed, target_click_session, target_clicked_in_tx, targets_notified_by_link_in_tx};
+use super::users::{STANDING_COLUMNS, standing_from_row, user_lock_in_tx};
 use super::{Backend, Store, StoreError, query_err};
 use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
-use crate::domain::{SessionStatus, TargetReason, Transition, VerificationState};
+use crate::domain::{SessionStatus, Transition, VerificationState};
 
 /// What [`Store::link_issue`] records.
 #[derive(Debug, Clone)]
@@ -54,17 +52,6 @@ pub enum LinkIssue {
     Skipped(SkipReason),
     /// The claim was lost.
     LostClaim,
-}
-
-/// What [`Store::link_record_delivery`] records.
-#[derive(Debug, Clone)]
-pub struct LinkDeliveryParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
-    pub link_id: i64,
-    pub outcome: DeliveryOutcome,
-    pub worker: &'a str,
-    pub now: DateTime<Utc>,
 }
 
 /// What a click's first write came to.
@@ -137,11 +124,8 @@ impl Store {
     pub async fn link_issue(&self, p: LinkIssueParams<'_>) -> Result<LinkIssue, StoreError> {
         self.write_batched(IssueArgs {
             backend: self.backend(),
-            campaign_id: p.campaign_id,
-            user_id: p.user_id.to_owned(),
+            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
             step: p.step,
-            worker: p.worker.to_owned(),
-            now: p.now,
             expires_at: p.expires_at,
             token_hash: p.token_hash.to_owned(),
             fresh: p.fresh,
@@ -149,7 +133,7 @@ impl Store {
         .await
     }
 
-    /// The message carrying link `p.link_id` was delivered, refused, or may have
+    /// The message carrying link `p.id` was delivered, refused, or may have
     /// been delivered: records the link and the target (still `p.worker`'s claim) in
     /// one transaction, as [`Store::session_record_delivery`] does for a session.
     /// Returns whether the claim still held. The target has no session yet
@@ -158,16 +142,13 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn link_record_delivery(&self, p: LinkDeliveryParams<'_>) -> Result<bool, StoreError> {
+    pub async fn link_record_delivery(&self, p: DeliveryParams<'_>) -> Result<bool, StoreError> {
         self.write_batched(LinkDelivery {
             backend: self.backend(),
-            campaign_id: p.campaign_id,
-            user_id: p.user_id.to_owned(),
-            link_id: p.link_id,
+            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
+            link_id: p.id,
             record: p.outcome.record,
             sent: p.outcome,
-            worker: p.worker.to_owned(),
-            now: p.now,
         })
         .await
     }
@@ -269,11 +250,8 @@ impl Store {
 /// a target the user's state holds back is settled on its own (rare).
 struct IssueArgs {
     backend: Backend,
-    campaign_id: i64,
-    user_id: String,
+    claim: Claimed,
     step: i64,
-    worker: String,
-    now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     token_hash: String,
     fresh: Option<VerificationState>,
@@ -285,7 +263,7 @@ impl BatchWrite for IssueArgs {
     /// A user's two campaigns never share a statement: the second sees the first's
     /// state.
     fn key(&self) -> Option<&str> {
-        Some(&self.user_id)
+        Some(&self.claim.user_id)
     }
 
     fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<LinkIssue>> {
@@ -295,13 +273,10 @@ impl BatchWrite for IssueArgs {
 
 async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>, StoreError> {
     let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
-    let fresh: Vec<FreshState<'_>> = writes
-        .iter()
-        .filter_map(|w| w.fresh.map(|state| FreshState { user_id: &w.user_id, now: w.now, state }))
-        .collect();
-    record_fresh_states(backend, &fresh, tx).await?;
+    record_fresh_states(backend, &fresh_states(writes.iter().map(|w| (&w.claim, w.fresh))), tx).await?;
 
-    let rows = json_rows(writes.iter().map(|w| serde_json::json!([w.user_id, w.campaign_id, w.worker])));
+    let rows =
+        json_rows(writes.iter().map(|w| serde_json::json!([w.claim.user_id, w.claim.campaign_id, w.claim.worker])));
     let from = json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text)]);
     let sql = format!(
         "SELECT u.user_id, {STANDING_COLUMNS}, \
@@ -320,42 +295,34 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
     let mut out: Vec<Option<LinkIssue>> = Vec::with_capacity(writes.len());
     let mut eligible: Vec<&IssueArgs> = Vec::new();
     for w in writes {
-        let row = found.get(&w.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: w.user_id.clone() })?;
+        let c = &w.claim;
+        let row = found.get(&c.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: c.user_id.clone() })?;
         if row.try_get::<Option<i64>, _>("mine").map_err(query_err("link_issue fence"))?.is_none() {
             out.push(Some(LinkIssue::LostClaim));
             continue;
         }
-        let settle = |to: Transition| SettleParams {
-            campaign_id: w.campaign_id,
-            user_id: &w.user_id,
-            worker: &w.worker,
-            to,
-            now: w.now,
+        let verdict = policy::standing_verdict(&standing_from_row(row)?, c.now);
+        let decided = match verdict {
+            Verdict::Skip(reason) => Some(LinkIssue::Skipped(reason)),
+            Verdict::Defer { reason, until } => Some(LinkIssue::Deferred { reason, until }),
+            Verdict::Eligible => None,
         };
-        out.push(match policy::standing_verdict(&standing_from_row(row)?, w.now) {
-            Verdict::Skip(reason) => {
-                settle_in_tx(tx, &settle(Transition::skip(reason))).await?;
-                Some(LinkIssue::Skipped(reason))
-            }
-            Verdict::Defer { reason, until } => {
-                settle_in_tx(tx, &settle(Transition::defer(reason, until))).await?;
-                Some(LinkIssue::Deferred { reason, until })
-            }
-            Verdict::Eligible => {
-                eligible.push(w);
-                None
-            }
-        });
+        if decided.is_some() {
+            c.hold_back(tx, verdict).await?;
+        } else {
+            eligible.push(w);
+        }
+        out.push(decided);
     }
 
     let new: Vec<LinkNew<'_>> = eligible
         .iter()
         .map(|w| LinkNew {
             token_hash: &w.token_hash,
-            campaign_id: w.campaign_id,
-            user_id: &w.user_id,
+            campaign_id: w.claim.campaign_id,
+            user_id: &w.claim.user_id,
             step: w.step,
-            now: w.now,
+            now: w.claim.now,
             expires_at: w.expires_at,
         })
         .collect();
@@ -365,9 +332,9 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
         .map(|(decided, w)| match decided {
             Some(r) => Ok(r),
             None => ids
-                .get(&w.user_id)
+                .get(&w.claim.user_id)
                 .map(|link_id| LinkIssue::Issued { link_id: *link_id })
-                .ok_or_else(|| StoreError::Conflict(format!("no link came back for user {}", w.user_id))),
+                .ok_or_else(|| StoreError::Conflict(format!("no link came back for user {}", w.claim.user_id))),
         })
         .collect()
 }
@@ -377,13 +344,10 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
 /// failed or unknown delivery settles its target on its own.
 struct LinkDelivery {
     backend: Backend,
-    campaign_id: i64,
-    user_id: String,
+    claim: Claimed,
     link_id: i64,
     record: DeliveryRecord,
     sent: DeliveryOutcome,
-    worker: String,
-    now: DateTime<Utc>,
 }
 
 impl BatchWrite for LinkDelivery {
@@ -399,44 +363,33 @@ async fn record_many(writes: &[&LinkDelivery], tx: &mut Tx) -> Result<Vec<bool>,
     let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
     // the link reached (or may have reached) the user
     let sent: Vec<(i64, DateTime<Utc>)> =
-        writes.iter().filter(|w| w.record != DeliveryRecord::Failed).map(|w| (w.link_id, w.now)).collect();
+        writes.iter().filter(|w| w.record != DeliveryRecord::Failed).map(|w| (w.link_id, w.claim.now)).collect();
     links_delivered_in_tx(backend, &sent, tx).await?;
     let delivered: Vec<&&LinkDelivery> = writes.iter().filter(|w| w.record == DeliveryRecord::Delivered).collect();
-    let notified: Vec<(i64, &str, &str, DateTime<Utc>)> =
-        delivered.iter().map(|w| (w.campaign_id, w.user_id.as_str(), w.worker.as_str(), w.now)).collect();
+    let notified: Vec<&Claimed> = delivered.iter().map(|w| &w.claim).collect();
     let kept: HashSet<String> = targets_notified_by_link_in_tx(backend, &notified, tx).await?;
-    let details: Vec<(&&&LinkDelivery, String)> = delivered
+    let details: Vec<(&Claimed, String)> = delivered
         .iter()
-        .filter(|w| kept.contains(&w.user_id))
-        .map(|w| (w, w.sent.detail(serde_json::json!({ "link_id": w.link_id, "link": "click" }))))
+        .filter(|w| kept.contains(&w.claim.user_id))
+        .map(|w| (&w.claim, w.sent.detail(serde_json::json!({ "link_id": w.link_id, "link": "click" }))))
         .collect();
     let events: Vec<NewEventRow<'_>> = details
         .iter()
-        .map(|(w, detail)| NewEventRow {
-            at: w.now,
-            actor: &w.worker,
+        .map(|(c, detail)| NewEventRow {
+            at: c.now,
+            actor: &c.worker,
             kind: "target.notified",
-            campaign_id: w.campaign_id,
-            user_id: &w.user_id,
+            campaign_id: c.campaign_id,
+            user_id: &c.user_id,
             detail,
         })
         .collect();
     events_insert_many_in_tx(backend, &events, tx).await?;
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
-        out.push(match w.record {
-            DeliveryRecord::Delivered => kept.contains(&w.user_id),
-            DeliveryRecord::Failed | DeliveryRecord::Unknown => {
-                let reason = if w.record == DeliveryRecord::Unknown {
-                    TargetReason::DeliveryUnknown
-                } else {
-                    TargetReason::DeliveryFailed
-                };
-                let to = Transition::fail(reason);
-                let settle =
-                    SettleParams { campaign_id: w.campaign_id, user_id: &w.user_id, worker: &w.worker, to, now: w.now };
-                settle_in_tx(tx, &settle).await?
-            }
+        out.push(match w.record.recorded().2 {
+            None => kept.contains(&w.claim.user_id),
+            Some(reason) => w.claim.settle(tx, Transition::fail(reason)).await?,
         });
     }
     Ok(out)

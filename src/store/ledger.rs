@@ -11,13 +11,14 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::events::event_in_tx;
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
-use super::outcomes::record_fresh_states;
+use super::outcomes::{fresh_states, record_fresh_states};
 use super::sessions::{
-    Ask, DeliveryOutcome, DeliveryRecord, SessionLife, parse_slots, session_any_sent, session_api_failed_in_tx,
-    session_delivered_in_tx, session_earlier_attempts_in_tx, session_insert_reserved, session_read_standings,
+    Ask, DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_any_sent,
+    session_api_failed_in_tx, session_delivered_in_tx, session_earlier_attempts_in_tx, session_insert_reserved,
+    session_read_standings,
 };
-use super::targets::{SettleParams, TargetDelivered, delivery_target_update, settle_in_tx, target_delivered_in_tx};
-use super::users::{FreshState, standing_from_row};
+use super::targets::{Claimed, TargetDelivered, delivery_target_update, target_delivered_in_tx};
+use super::users::standing_from_row;
 use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
 use crate::domain::{TargetReason, Transition, VerificationState};
@@ -36,6 +37,17 @@ pub enum Reservation {
     Ambiguous,
     /// The claim was lost (the lease expired and another worker took it).
     LostClaim,
+}
+
+impl Reservation {
+    /// What a verdict that holds the user back came to; `None` when it does not.
+    fn held_back(v: Verdict) -> Option<Self> {
+        match v {
+            Verdict::Skip(reason) => Some(Reservation::Skipped(reason)),
+            Verdict::Defer { reason, until } => Some(Reservation::Deferred { reason, until }),
+            Verdict::Eligible => None,
+        }
+    }
 }
 
 /// What [`Store::session_reserve`] reserves for: step `step` of the target
@@ -78,17 +90,6 @@ pub struct ApiFailureParams<'a> {
     pub life: SessionLife,
 }
 
-/// What [`Store::session_record_delivery`] records.
-#[derive(Debug, Clone)]
-pub struct DeliveryParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
-    pub session_id: i64,
-    pub outcome: DeliveryOutcome,
-    pub worker: &'a str,
-    pub now: DateTime<Utc>,
-}
-
 impl Store {
     /// Reserves a session for a target `p.worker` has claimed, if every per-user
     /// limit allows it now; otherwise settles the target as deferred or skipped. The
@@ -102,11 +103,8 @@ impl Store {
     pub async fn session_reserve(&self, p: ReserveParams<'_>) -> Result<Reservation, StoreError> {
         self.write_batched(ReserveArgs {
             backend: self.backend(),
-            campaign_id: p.campaign_id,
-            user_id: p.user_id.to_owned(),
+            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
             step: p.step,
-            worker: p.worker.to_owned(),
-            now: p.now,
             life: p.life,
             fresh: p.fresh,
         })
@@ -138,9 +136,8 @@ impl Store {
         if mine.is_none() {
             return Ok(false);
         }
-        let ask =
-            ClaimedStep { campaign_id: p.campaign_id, user_id: p.user_id, step: p.step, worker: p.worker, now: p.now };
-        let settled = settle_earlier_attempts(&mut tx, &ask).await?;
+        let claim = Claimed::new(p.campaign_id, p.user_id, p.worker, p.now);
+        let settled = settle_earlier_attempts(&mut tx, &claim, p.step).await?;
         tx.commit().await.map_err(query_err("session_settle_if_ambiguous commit"))?;
         Ok(settled)
     }
@@ -153,14 +150,11 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn session_record_api_failure(&self, p: ApiFailureParams<'_>) -> Result<bool, StoreError> {
         self.write_batched(ApiFailed {
+            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
             session_id: p.session_id,
             definite: p.definite,
             life: p.life,
-            campaign_id: p.campaign_id,
-            user_id: p.user_id.to_owned(),
-            worker: p.worker.to_owned(),
             to: p.to,
-            now: p.now,
         })
         .await
     }
@@ -177,36 +171,22 @@ impl Store {
     pub async fn session_record_delivery(&self, p: DeliveryParams<'_>) -> Result<bool, StoreError> {
         self.write_batched(DeliveryArgs {
             backend: self.backend(),
-            campaign_id: p.campaign_id,
-            user_id: p.user_id.to_owned(),
-            session_id: p.session_id,
+            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
+            session_id: p.id,
             record: p.outcome.record,
             sent: p.outcome,
-            worker: p.worker.to_owned(),
-            now: p.now,
         })
         .await
     }
 }
 
-/// A claimed target's step, as the helpers below take it.
-struct ClaimedStep<'a> {
-    campaign_id: i64,
-    user_id: &'a str,
-    step: i64,
-    worker: &'a str,
-    now: DateTime<Utc>,
-}
-
 /// What an earlier, interrupted attempt at this step left behind (see
 /// `sessions::session_earlier_attempts_in_tx`): when one may have reached the user,
 /// the target is failed `delivery_unknown` and `true` is returned.
-async fn settle_earlier_attempts(tx: &mut Tx, c: &ClaimedStep<'_>) -> Result<bool, StoreError> {
-    let ambiguous = session_earlier_attempts_in_tx(tx, c.campaign_id, c.user_id, c.step, c.now).await?;
+async fn settle_earlier_attempts(tx: &mut Tx, claim: &Claimed, step: i64) -> Result<bool, StoreError> {
+    let ambiguous = session_earlier_attempts_in_tx(tx, claim.campaign_id, &claim.user_id, step, claim.now).await?;
     if ambiguous {
-        let to = Transition::fail(TargetReason::DeliveryUnknown);
-        let settle = SettleParams { campaign_id: c.campaign_id, user_id: c.user_id, worker: c.worker, to, now: c.now };
-        settle_in_tx(tx, &settle).await?;
+        claim.settle(tx, Transition::fail(TargetReason::DeliveryUnknown)).await?;
     }
     Ok(ambiguous)
 }
@@ -214,23 +194,21 @@ async fn settle_earlier_attempts(tx: &mut Tx, c: &ClaimedStep<'_>) -> Result<boo
 /// What [`Store::session_reserve`] writes with.
 struct ReserveArgs {
     backend: Backend,
-    campaign_id: i64,
-    user_id: String,
+    claim: Claimed,
     step: i64,
-    worker: String,
-    now: DateTime<Utc>,
     life: SessionLife,
     fresh: Option<VerificationState>,
 }
 
 impl ReserveArgs {
     fn ask(&self) -> Ask<'_> {
+        let c = &self.claim;
         Ask {
-            campaign_id: self.campaign_id,
-            user_id: &self.user_id,
+            campaign_id: c.campaign_id,
+            user_id: &c.user_id,
             step: self.step,
-            worker: &self.worker,
-            now: self.now,
+            worker: &c.worker,
+            now: c.now,
             life: self.life,
         }
     }
@@ -242,7 +220,7 @@ impl BatchWrite for ReserveArgs {
     /// Two reservations for one user (two campaigns) never share a statement: the
     /// second must count the first's session.
     fn key(&self) -> Option<&str> {
-        Some(&self.user_id)
+        Some(&self.claim.user_id)
     }
 
     fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<Reservation>> {
@@ -255,11 +233,7 @@ impl BatchWrite for ReserveArgs {
 /// ledger rows, plus a statement for each target that is deferred or skipped.
 async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reservation>, StoreError> {
     let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
-    let fresh: Vec<FreshState<'_>> = writes
-        .iter()
-        .filter_map(|w| w.fresh.map(|state| FreshState { user_id: &w.user_id, now: w.now, state }))
-        .collect();
-    record_fresh_states(backend, &fresh, tx).await?;
+    record_fresh_states(backend, &fresh_states(writes.iter().map(|w| (&w.claim, w.fresh))), tx).await?;
     let asks: Vec<Ask<'_>> = writes.iter().map(|w| w.ask()).collect();
     let mut standing = session_read_standings(backend, &asks, tx).await?;
 
@@ -267,8 +241,9 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
     let mut out: Vec<Option<Reservation>> = Vec::with_capacity(writes.len());
     let mut eligible: Vec<&Ask<'_>> = Vec::new();
     for (w, ask) in writes.iter().zip(&asks) {
+        let c = &w.claim;
         let row =
-            standing.remove(&w.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: w.user_id.clone() })?;
+            standing.remove(&c.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: c.user_id.clone() })?;
         // fence: the target must still be ours
         let Some(attempts) = row.try_get::<Option<i64>, _>("mine").map_err(query_err("session_reserve fence"))? else {
             out.push(Some(Reservation::LostClaim));
@@ -279,41 +254,19 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
         // target's old rows are already final), so only a rescued claim looks. The
         // sessions read above stay right: the rows it settles turn `unknown`, which
         // still counts.
-        let step = ClaimedStep {
-            campaign_id: w.campaign_id,
-            user_id: &w.user_id,
-            step: w.step,
-            worker: &w.worker,
-            now: w.now,
-        };
-        if attempts > 1 && settle_earlier_attempts(tx, &step).await? {
+        if attempts > 1 && settle_earlier_attempts(tx, c, w.step).await? {
             out.push(Some(Reservation::Ambiguous));
             continue;
         }
-        let user_standing = standing_from_row(&row)?;
         let slots: Option<String> = row.try_get("slots").map_err(query_err("session_reserve ledger"))?;
-        let slots = parse_slots(slots.as_deref().unwrap_or(""))?;
-        let settle = |to: Transition| SettleParams {
-            campaign_id: w.campaign_id,
-            user_id: &w.user_id,
-            worker: &w.worker,
-            to,
-            now: w.now,
-        };
-        out.push(match policy::evaluate(&user_standing, &slots, w.now) {
-            Verdict::Eligible => {
-                eligible.push(ask);
-                None
-            }
-            Verdict::Defer { reason, until } => {
-                settle_in_tx(tx, &settle(Transition::defer(reason, until))).await?;
-                Some(Reservation::Deferred { reason, until })
-            }
-            Verdict::Skip(reason) => {
-                settle_in_tx(tx, &settle(Transition::skip(reason))).await?;
-                Some(Reservation::Skipped(reason))
-            }
-        });
+        let verdict = policy::evaluate(&standing_from_row(&row)?, &parse_slots(slots.as_deref().unwrap_or(""))?, c.now);
+        let decided = Reservation::held_back(verdict);
+        if decided.is_some() {
+            c.hold_back(tx, verdict).await?;
+        } else {
+            eligible.push(ask);
+        }
+        out.push(decided);
     }
 
     let mut ids = session_insert_reserved(backend, &eligible, tx).await?;
@@ -322,23 +275,20 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
         .map(|(decided, w)| match decided {
             Some(r) => Ok(r),
             None => ids
-                .remove(&w.user_id)
+                .remove(&w.claim.user_id)
                 .map(|session_id| Reservation::Reserved { session_id })
-                .ok_or_else(|| StoreError::Conflict(format!("no ledger row came back for user {}", w.user_id))),
+                .ok_or_else(|| StoreError::Conflict(format!("no ledger row came back for user {}", w.claim.user_id))),
         })
         .collect()
 }
 
 /// [`Store::session_record_api_failure`]'s write: the ledger row and the target.
 struct ApiFailed {
+    claim: Claimed,
     session_id: i64,
     definite: bool,
     life: SessionLife,
-    campaign_id: i64,
-    user_id: String,
-    worker: String,
     to: Transition,
-    now: DateTime<Utc>,
 }
 
 impl BatchWrite for ApiFailed {
@@ -349,15 +299,8 @@ impl BatchWrite for ApiFailed {
         Box::pin(async move {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
-                session_api_failed_in_tx(tx, w.session_id, w.definite, w.now, w.life).await?;
-                let settle = SettleParams {
-                    campaign_id: w.campaign_id,
-                    user_id: &w.user_id,
-                    worker: &w.worker,
-                    to: w.to,
-                    now: w.now,
-                };
-                out.push(settle_in_tx(tx, &settle).await?);
+                session_api_failed_in_tx(tx, w.session_id, w.definite, w.claim.now, w.life).await?;
+                out.push(w.claim.settle(tx, w.to).await?);
             }
             Ok(out)
         })
@@ -367,13 +310,10 @@ impl BatchWrite for ApiFailed {
 /// What [`Store::session_record_delivery`] writes with.
 struct DeliveryArgs {
     backend: Backend,
-    campaign_id: i64,
-    user_id: String,
+    claim: Claimed,
     session_id: i64,
     record: DeliveryRecord,
     sent: DeliveryOutcome,
-    worker: String,
-    now: DateTime<Utc>,
 }
 
 impl DeliveryArgs {
@@ -413,10 +353,10 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
     let rows = json_rows(writes.iter().map(|w| {
         let (session_status, event_kind, reason, detail) = w.recorded();
         serde_json::json!([
-            w.campaign_id,
-            w.user_id,
-            w.worker,
-            to_millis(w.now),
+            w.claim.campaign_id,
+            w.claim.user_id,
+            w.claim.worker,
+            to_millis(w.claim.now),
             w.session_id,
             w.record == DeliveryRecord::Delivered,
             reason,
@@ -469,7 +409,8 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
 /// One delivery on SQLite: its statements one after another (SQLite runs them in
 /// process, so a statement costs little of its own).
 async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, StoreError> {
-    let DeliveryArgs { campaign_id, ref user_id, session_id, record, ref worker, now, .. } = *a;
+    let DeliveryArgs { session_id, record, .. } = *a;
+    let Claimed { campaign_id, ref user_id, ref worker, now } = a.claim;
     let (_, event_kind, _, detail) = a.recorded();
     session_delivered_in_tx(tx, session_id, record.recorded().0, now).await?;
     let delivered = TargetDelivered {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Row;
 
-use super::ledger::{DeliveryParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
-use super::sessions::{DeliveryRecord, IssuedParams, SessionLife};
+use super::ledger::{Reservation, ReserveParams, SettleIfAmbiguousParams};
+use super::sessions::{DeliveryParams, DeliveryRecord, IssuedParams, SessionLife};
 use super::targets::SettleParams;
 use super::{Store, StoreError, to_millis};
 use crate::both_engines;
@@ -43,7 +43,7 @@ async fn record_delivery(
     worker: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let p = DeliveryParams { campaign_id, user_id, session_id, outcome: record.into(), worker, now };
+    let p = DeliveryParams { campaign_id, user_id, id: session_id, outcome: record.into(), worker, now };
     s.session_record_delivery(p).await
 }
 

@@ -35,7 +35,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::events::event_in_tx;
 use super::group::Tx;
 use super::links::links_revoke_user_in_tx;
-use super::targets::{AfterMessage, targets_after_message_in_tx};
+use super::targets::{AfterMessage, Claimed, targets_after_message_in_tx};
 use super::users::{
     FreshState, REACHABLE, StateChange, user_failure_in_tx, user_rejected_again_in_tx, user_state_change_in_tx,
     user_state_lock_in_tx, user_state_unchanged_in_tx, user_synced_in_tx, users_unchanged_states_in_tx,
@@ -171,6 +171,13 @@ fn rank(s: VerificationState) -> u8 {
         VerificationState::Pending => 1,
         VerificationState::Verified | VerificationState::Rejected => 2,
     }
+}
+
+/// The fresh states of a batch's claims that carry one.
+pub(crate) fn fresh_states<'a>(
+    claims: impl Iterator<Item = (&'a Claimed, Option<VerificationState>)>,
+) -> Vec<FreshState<'a>> {
+    claims.filter_map(|(c, fresh)| fresh.map(|state| FreshState { user_id: &c.user_id, now: c.now, state })).collect()
 }
 
 /// Records a batch of fresh states (the runs' reservations, the click-through

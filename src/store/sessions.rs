@@ -96,6 +96,20 @@ impl From<DeliveryRecord> for DeliveryOutcome {
     }
 }
 
+/// What `Store::session_record_delivery` and `Store::link_record_delivery` record:
+/// how the message that carried session (or link) `id` of a claimed target went.
+#[derive(Debug, Clone)]
+pub struct DeliveryParams<'a> {
+    pub campaign_id: i64,
+    pub user_id: &'a str,
+    /// The session's id (`session_record_delivery`) or the link's (`link_record_delivery`).
+    pub id: i64,
+    pub outcome: DeliveryOutcome,
+    /// The worker that must still hold the target's claim.
+    pub worker: &'a str,
+    pub now: DateTime<Utc>,
+}
+
 impl DeliveryOutcome {
     /// The audit event's detail: `base`, plus the template and message hashes.
     pub(crate) fn detail(&self, mut base: serde_json::Value) -> String {

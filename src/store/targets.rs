@@ -16,7 +16,7 @@ use super::events::{event_in_tx, events_reminders_queued_in_tx};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows, returned_user_ids};
 use super::users::REACHABLE;
 use super::{Backend, Store, StoreError, query_err, to_millis};
-use crate::domain::policy;
+use crate::domain::policy::{self, Verdict};
 use crate::domain::spec::{Audience, Reminders};
 use crate::domain::{TargetReason, TargetStatus, Transition, VerificationState};
 
@@ -654,7 +654,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn target_settle(&self, p: SettleParams<'_>) -> Result<bool, StoreError> {
-        self.write_batched(Settle::from(&p)).await
+        self.write_batched(Settle { claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now), to: p.to }).await
     }
 
     /// Re-queues notified targets for their next reminder, set-based: the user is
@@ -783,25 +783,50 @@ pub struct SettleParams<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// [`SettleParams`], owned, as a batched write.
-struct Settle {
-    campaign_id: i64,
-    user_id: String,
-    worker: String,
-    to: Transition,
-    now: DateTime<Utc>,
+/// A target a worker claimed, owned, as the transitions' batched writes carry it.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    pub campaign_id: i64,
+    pub user_id: String,
+    /// The worker that must still hold the claim.
+    pub worker: String,
+    pub now: DateTime<Utc>,
 }
 
-impl From<&SettleParams<'_>> for Settle {
-    fn from(p: &SettleParams<'_>) -> Self {
-        Self {
-            campaign_id: p.campaign_id,
-            user_id: p.user_id.to_owned(),
-            worker: p.worker.to_owned(),
-            to: p.to,
-            now: p.now,
-        }
+impl Claimed {
+    pub(crate) fn new(campaign_id: i64, user_id: &str, worker: &str, now: DateTime<Utc>) -> Self {
+        Self { campaign_id, user_id: user_id.to_owned(), worker: worker.to_owned(), now }
     }
+
+    /// Records `to` for the target (see [`settle_in_tx`]); whether the claim held.
+    pub(crate) async fn settle(&self, tx: &mut Tx, to: Transition) -> Result<bool, StoreError> {
+        let p = SettleParams {
+            campaign_id: self.campaign_id,
+            user_id: &self.user_id,
+            worker: &self.worker,
+            to,
+            now: self.now,
+        };
+        settle_in_tx(tx, &p).await
+    }
+
+    /// Settles the target when the policy holds its user back (deferred or
+    /// skipped); whether it did.
+    pub(crate) async fn hold_back(&self, tx: &mut Tx, verdict: Verdict) -> Result<bool, StoreError> {
+        let to = match verdict {
+            Verdict::Eligible => return Ok(false),
+            Verdict::Skip(reason) => Transition::skip(reason),
+            Verdict::Defer { reason, until } => Transition::defer(reason, until),
+        };
+        self.settle(tx, to).await?;
+        Ok(true)
+    }
+}
+
+/// [`SettleParams`], owned, as a batched write.
+struct Settle {
+    claim: Claimed,
+    to: Transition,
 }
 
 impl BatchWrite for Settle {
@@ -812,14 +837,7 @@ impl BatchWrite for Settle {
         Box::pin(async move {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
-                let p = SettleParams {
-                    campaign_id: w.campaign_id,
-                    user_id: &w.user_id,
-                    worker: &w.worker,
-                    to: w.to,
-                    now: w.now,
-                };
-                out.push(settle_in_tx(tx, &p).await?);
+                out.push(w.claim.settle(tx, w.to).await?);
             }
             Ok(out)
         })
@@ -965,19 +983,20 @@ pub(crate) async fn target_clicked_in_tx(
     Ok(first.is_some())
 }
 
-/// Targets (campaign, user, worker, when) whose message carried a link: `notified`
+/// Claimed targets whose message carried a link: `notified`
 /// while still the worker's claim, in one statement; returns those it moved. No
 /// session yet: `session_expires_at` stays empty until a click makes one, so that a
 /// reminder waits only for `reminders.after`.
 pub(crate) async fn targets_notified_by_link_in_tx(
     backend: Backend,
-    notified: &[(i64, &str, &str, DateTime<Utc>)],
+    notified: &[&Claimed],
     tx: &mut Tx,
 ) -> Result<HashSet<String>, StoreError> {
     if notified.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows = json_rows(notified.iter().map(|(c, u, w, at)| serde_json::json!([c, u, w, to_millis(*at)])));
+    let rows =
+        json_rows(notified.iter().map(|c| serde_json::json!([c.campaign_id, c.user_id, c.worker, to_millis(c.now)])));
     let from = json_args(backend, &[("c", Arg::Int), ("u", Arg::Text), ("w", Arg::Text), ("at", Arg::Int)]);
     let sql = format!(
         "UPDATE campaign_targets SET status = 'notified', reason = NULL, \

@@ -56,52 +56,38 @@ async fn test_send_sends_every_step_with_a_fake_link_and_no_baanx_call() {
     assert!(!audit.contains("ops@example.org"), "{audit}");
 }
 
+/// The first column of every row `q` returns, as text.
+async fn names(pool: &sqlx::AnyPool, q: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>) -> Vec<String> {
+    q.fetch_all(pool).await.unwrap().iter().map(|r| r.try_get::<String, _>(0).unwrap()).collect()
+}
+
 /// Every text value of every table, via SQL: what a reader of the database sees.
 async fn every_text_value(db: &TestDb) -> String {
     let pool = db.pool();
     let mut out = String::new();
-    let tables: Vec<String> = match db.backend() {
-        reverify::store::Backend::Postgres => {
-            sqlx::query("SELECT CAST(table_name AS TEXT) FROM information_schema.tables WHERE table_schema = 'public'")
-                .fetch_all(pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.try_get::<String, _>(0).unwrap())
-                .collect()
-        }
-        reverify::store::Backend::Sqlite => sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get::<String, _>(0).unwrap())
-            .collect(),
-    };
+    let tables = names(
+        pool,
+        match db.backend() {
+            reverify::store::Backend::Postgres => sqlx::query(
+                "SELECT CAST(table_name AS TEXT) FROM information_schema.tables WHERE table_schema = 'public'",
+            ),
+            reverify::store::Backend::Sqlite => sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table'"),
+        },
+    )
+    .await;
     assert!(tables.iter().any(|t| t == "users"), "{tables:?}");
     for t in tables {
         // every column as text: a row's whole content, whatever the column types
-        let cols: Vec<String> = match db.backend() {
+        let cols = names(pool, match db.backend() {
             reverify::store::Backend::Postgres => sqlx::query(
                 "SELECT CAST(column_name AS TEXT) FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1",
             )
-            .bind(&t)
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get::<String, _>(0).unwrap())
-            .collect(),
+            .bind(t.clone()),
             reverify::store::Backend::Sqlite => {
                 sqlx::query(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{t}')")))
-                    .fetch_all(pool)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.try_get::<String, _>(0).unwrap())
-                    .collect()
             }
-        };
+        })
+        .await;
         for c in cols {
             // (a SQLite blob as hex: as text it need not be UTF-8)
             let sql = match db.backend() {

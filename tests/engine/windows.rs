@@ -78,6 +78,18 @@ impl Runner<'_> {
         let distinct: std::collections::HashSet<&String> = all.iter().collect();
         assert_eq!(distinct.len(), all.len(), "a user got two messages of one campaign");
     }
+
+    /// [`Runner::run_at`], noting in `sent_at` when each new recipient was sent to.
+    async fn run_noting(&mut self, now: &str, sent_at: &mut HashMap<String, DateTime<Utc>>) {
+        let before: std::collections::HashSet<String> =
+            recipients(self.env, self.campaign.name.as_str()).into_iter().collect();
+        self.run_at(now).await;
+        for to in recipients(self.env, self.campaign.name.as_str()) {
+            if !before.contains(&to) {
+                sent_at.insert(to, at(now));
+            }
+        }
+    }
 }
 
 fn inside(now: DateTime<Utc>, zone: &str, open: u32, close: u32, weekdays_only: bool) -> bool {
@@ -125,14 +137,7 @@ both_engines!(tokyo_london_and_los_angeles_each_get_their_message_in_their_own_h
         "2026-11-27T16:30:00Z", // nobody: Los Angeles opens at 17:00 UTC
         "2026-11-27T17:00:00Z", // Los Angeles
     ] {
-        let before: std::collections::HashSet<String> =
-            recipients(&env, r.campaign.name.as_str()).into_iter().collect();
-        r.run_at(now).await;
-        for to in recipients(&env, r.campaign.name.as_str()) {
-            if !before.contains(&to) {
-                sent_at.insert(to, at(now));
-            }
-        }
+        r.run_noting(now, &mut sent_at).await;
         let by_zone = |z: &str| sent_at.iter().filter(|(to, _)| zone_of[*to] == z).count();
         match now {
             "2026-11-27T08:00:00Z" => {
@@ -194,14 +199,7 @@ both_engines!(a_window_across_midnight_and_a_dst_change, |db: TestDb| async move
     // 21:59 London: nobody; 22:00 London (GMT): London; New York (EDT since 8 March)
     // opens at 02:00 UTC; after the change, 05:59 BST is 04:59 UTC and still open
     for now in ["2026-03-28T21:59:00Z", "2026-03-28T22:00:00Z", "2026-03-29T01:59:00Z", "2026-03-29T02:00:00Z"] {
-        let before: std::collections::HashSet<String> =
-            recipients(&env, r.campaign.name.as_str()).into_iter().collect();
-        r.run_at(now).await;
-        for to in recipients(&env, r.campaign.name.as_str()) {
-            if !before.contains(&to) {
-                sent_at.insert(to, at(now));
-            }
-        }
+        r.run_noting(now, &mut sent_at).await;
         let london = sent_at.iter().filter(|(to, _)| zone_of[*to] == "Europe/London").count();
         let ny = sent_at.len() - london;
         match now {

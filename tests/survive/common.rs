@@ -173,6 +173,11 @@ pub struct TargetRow {
     pub not_before: Option<i64>,
 }
 
+/// The `n` column of a counting query's one row.
+pub async fn count_of(rig: &Rig, q: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>) -> i64 {
+    q.fetch_one(rig.db.pool()).await.unwrap().try_get("n").unwrap()
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",

@@ -26,7 +26,7 @@ use reverify::store::testing::TestDb;
 use reverify::store::to_millis;
 use sqlx::Row;
 
-use crate::common::{Rig, campaign, check_delivery, seed, text};
+use crate::common::{Rig, campaign, check_delivery, count_of, seed, text};
 use crate::summary::{Counts, report};
 
 const USERS: usize = 2000;
@@ -34,13 +34,8 @@ const KILLS: u32 = 20;
 
 /// Users matching `cond` (`$1` is now, in Unix ms).
 async fn count(rig: &Rig, cond: &str) -> i64 {
-    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM users WHERE {cond}")))
-        .bind(to_millis(chrono::Utc::now()))
-        .fetch_one(rig.db.pool())
-        .await
-        .unwrap()
-        .try_get("n")
-        .unwrap()
+    let sql = format!("SELECT COUNT(*) AS n FROM users WHERE {cond}");
+    count_of(rig, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to_millis(chrono::Utc::now()))).await
 }
 
 async fn crash_campaign(db: TestDb) {

@@ -12,9 +12,8 @@ use reverify::notify::testing::{SmtpServer, free_port};
 use reverify::sandbox::{Faults, Latency};
 use reverify::store::testing::TestDb;
 use reverify::store::to_millis;
-use sqlx::Row as _;
 
-use crate::common::{Rig, campaign, check_delivery, wait_until};
+use crate::common::{Rig, campaign, check_delivery, count_of, wait_until};
 use crate::summary::{Counts, report};
 
 /// A Postgres cluster of this test's own.
@@ -85,14 +84,7 @@ impl Drop for Cluster {
 }
 
 async fn count(rig: &Rig, sql: &'static str, campaign_id: i64) -> i64 {
-    sqlx::query(sql)
-        .bind(campaign_id)
-        .bind(to_millis(chrono::Utc::now()))
-        .fetch_one(rig.db.pool())
-        .await
-        .unwrap()
-        .try_get("n")
-        .unwrap()
+    count_of(rig, sqlx::query(sql).bind(campaign_id).bind(to_millis(chrono::Utc::now()))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
