@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use clap::{Args, Subcommand, ValueEnum};
 use reverify::crypto::TokenCipher;
-use reverify::sandbox::Endpoint;
+use reverify::sandbox::SandboxRoute;
 use reverify::store::Backend;
 use reverify::store::testing::TestDb;
 use tokio::runtime::Handle;
@@ -414,7 +414,10 @@ impl Outcome {
 
 /// The requests the worker's limiter admits, as the sandbox counted them.
 fn api_requests(stats: &reverify::sandbox::Stats) -> u64 {
-    [Endpoint::Token, Endpoint::User, Endpoint::Verification].into_iter().map(|e| stats.requests_to(e)).sum()
+    [SandboxRoute::Token, SandboxRoute::User, SandboxRoute::Verification]
+        .into_iter()
+        .map(|e| stats.requests_to(e))
+        .sum()
 }
 
 /// The worker's database URL: on Postgres over loopback without TLS (`sslmode=
@@ -688,19 +691,19 @@ fn click_send(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()> {
         let setup = Setup { link: LinkSetup::Click, ..Setup::throughput(name, users, backend) };
         let o = run_scenario(exe, rt, &setup)?;
         o.expect_all_notified(users)?;
-        let sessions = o.stats.requests_to(Endpoint::Verification);
+        let sessions = o.stats.requests_to(SandboxRoute::Verification);
         ensure!(sessions == 0, "{name}: the send step of a click campaign made {sessions} session calls");
         let figure = format!("throughput_click_send_{engine}");
-        let per_user = |e: Endpoint| o.stats.requests_to(e) as f64 / o.report.notified.max(1) as f64;
+        let per_user = |e: SandboxRoute| o.stats.requests_to(e) as f64 / o.report.notified.max(1) as f64;
         say(format!("{figure}: {:.0} users/s", o.users_per_second()));
         say(format!(
             "# {figure}: API requests per user at send time {:.2}: token refresh {:.2} + GET /v1/user {:.2} + \
              GET /v1/user/verification {:.2} (no session call); users imported with refresh tokens only, so each \
              is refreshed once",
             api_requests(&o.stats) as f64 / o.report.notified.max(1) as f64,
-            per_user(Endpoint::Token),
-            per_user(Endpoint::User),
-            per_user(Endpoint::Verification),
+            per_user(SandboxRoute::Token),
+            per_user(SandboxRoute::User),
+            per_user(SandboxRoute::Verification),
         ));
         say(o.evidence(&figure));
         rates.push(o.users_per_second());
