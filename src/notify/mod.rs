@@ -25,6 +25,7 @@ mod outbox;
 mod retry;
 mod smtp;
 mod template;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 mod webhook;
