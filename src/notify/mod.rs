@@ -26,6 +26,7 @@ mod outbox;
 mod retry;
 mod smtp;
 mod template;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 mod webhook;

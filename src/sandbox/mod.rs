@@ -26,7 +26,6 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{Clock, SystemClock, UserId};
 
-pub mod bench;
 mod faults;
 mod http;
 mod rng;

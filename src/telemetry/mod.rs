@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 
