@@ -7,5 +7,5 @@
 # (e.g. --rows 100000, --skip-postgres).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --quiet
-exec target/release/reverify bench import "$@"
+cargo build --release --locked --workspace --quiet
+exec target/release/reverify-bench import "$@"

@@ -7,5 +7,5 @@
 # (e.g. --rows 100000, --format json, --skip-postgres).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --quiet
-exec target/release/reverify bench-report "$@"
+cargo build --release --locked --workspace --quiet
+exec target/release/reverify-bench report "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The pipeline benchmark (issue 8): builds the release binary and runs
-# `reverify bench`, which prints one `name: value unit` line per figure
-# (throughput_postgres, throughput_sqlite, cpu_per_1k_users, peak_rss_1m,
+# The pipeline benchmark (issue 8): builds the release binaries (reverify and
+# reverify-bench) and runs `reverify-bench`, which prints one `name: value unit`
+# line per figure (throughput_postgres, throughput_sqlite, cpu_per_1k_users, peak_rss_1m,
 # rate_fidelity, rate_max_window, latency_hiding, targeting_1m_postgres,
 # api_requests_per_user_first_run, api_requests_per_user,
 # throughput_click_send_postgres, throughput_click_send_sqlite,
@@ -15,5 +15,5 @@
 # --only throughput-postgres,rate,api-requests,throughput-click-send,click-throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --quiet
-exec target/release/reverify bench "$@"
+cargo build --release --locked --workspace --quiet
+exec target/release/reverify-bench "$@"

@@ -13,7 +13,7 @@ use reverify::config::Secret;
 use reverify::domain::spec::{Channel, Delivery};
 use reverify::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
 use reverify::notify::testing::{Fault, LogCapture, ReceivedMail, SmtpServer, free_port};
-use reverify::notify::{ChannelKind, Message, Notifier, NotifyError, Recipient, RetryPolicy};
+use reverify::notify::{ChannelKind, DeliveryRetryPolicy, Message, Notifier, NotifyError, Recipient};
 
 const SECRET_PART: &str = "sess-7f3a9c-SECRET";
 
@@ -25,8 +25,8 @@ fn templates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates")
 }
 
-fn fast(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
+fn fast(max_attempts: u32) -> DeliveryRetryPolicy {
+    DeliveryRetryPolicy {
         max_attempts,
         initial_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
@@ -69,7 +69,7 @@ fn settings() -> Settings {
     Settings { templates_dir: templates_dir(), ..Settings::default() }
 }
 
-fn smtp_notifier(server_url: &str, retry: RetryPolicy) -> Notifier {
+fn smtp_notifier(server_url: &str, retry: DeliveryRetryPolicy) -> Notifier {
     Notifier::from_settings(&Settings { smtp_url: Some(server_url.to_owned()), ..settings() }, retry).unwrap()
 }
 
@@ -302,7 +302,7 @@ async fn start_receiver(script: Vec<u16>) -> (String, Arc<Mutex<Receiver>>) {
 
 const HOOK_KEY: &str = "whk-test-key-0123456789";
 
-fn webhook_notifier(retry: RetryPolicy) -> Notifier {
+fn webhook_notifier(retry: DeliveryRetryPolicy) -> Notifier {
     Notifier::from_settings(&Settings { notify_webhook_key: Some(Secret::new(HOOK_KEY)), ..settings() }, retry).unwrap()
 }
 

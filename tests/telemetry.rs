@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use reverify::both_engines;
+use reverify::engine::gauges::StoreProbe;
 use reverify::store::testing::TestDb;
 use reverify::telemetry::testing::Pushgateway;
 use reverify::telemetry::{self, TelemetryError, serve_ops};
@@ -16,7 +17,7 @@ fn any_port() -> SocketAddr {
 
 both_engines!(probes_and_metrics_answer_over_http, |db: TestDb| async move {
     let stop = CancellationToken::new();
-    let ops = serve_ops(any_port(), db.store.clone(), stop.clone()).await.unwrap();
+    let ops = serve_ops(any_port(), StoreProbe::of(db.store.clone()), stop.clone()).await.unwrap();
     let base = format!("http://{}", ops.local_addr);
     let http = reqwest::Client::new();
 
@@ -81,7 +82,7 @@ async fn a_taken_port_is_an_error_naming_the_setting() {
     let db = TestDb::sqlite().await;
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap();
-    let e = serve_ops(addr, db.store.clone(), CancellationToken::new()).await.unwrap_err();
+    let e = serve_ops(addr, StoreProbe::of(db.store.clone()), CancellationToken::new()).await.unwrap_err();
     assert!(matches!(e, TelemetryError::Listen { .. }), "{e:?}");
     assert!(e.to_string().starts_with(&format!("metrics_listen {addr}")), "{e}");
 }

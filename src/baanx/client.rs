@@ -9,12 +9,13 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::error::{BaanxError, ConsentReason, Endpoint, TransportKind, scrub_excerpt};
+use super::error::{ApiEndpoint, BaanxError, ConsentReason, TransportKind, scrub_excerpt};
 use super::limiter::{Limiter, LimiterStats};
 use super::model::{
     TokenGrant, UserProfile, error_message, oauth_error_code, parse_session, salvage_refresh_token, session_limit,
 };
-use super::retry::{RetryPolicy, parse_retry_after};
+use super::observer::{ApiObserver, Unobserved};
+use super::retry::{ApiRetryPolicy, parse_retry_after};
 use super::tokens::{CachedToken, Checkout, Grant, LeasedRefresh, StoredAccess, TokenCache, TokenVault, usable_for};
 use crate::config::{Secret, Settings};
 use crate::domain::endpoint::{redact_url, require_https};
@@ -51,7 +52,7 @@ pub struct BaanxConfig {
     /// `max_concurrency`: requests in flight over all regions (default 64).
     pub max_concurrency: u32,
     /// Retry budget per call.
-    pub retry: RetryPolicy,
+    pub retry: ApiRetryPolicy,
     /// Access tokens are refreshed this long before they expire (default 5 min).
     pub refresh_margin: Duration,
     /// How long a user's refresh lease lasts without renewal (`lease_seconds`,
@@ -60,6 +61,9 @@ pub struct BaanxConfig {
     pub refresh_lease: Duration,
     /// Decides when a cached access token is stale (the wall clock by default).
     pub clock: Arc<dyn Clock>,
+    /// Hears of every request ([`Unobserved`] by default); the engine installs one
+    /// that keeps the metrics.
+    pub observer: Arc<dyn ApiObserver>,
 }
 
 impl std::fmt::Debug for BaanxConfig {
@@ -98,10 +102,11 @@ impl BaanxConfig {
             requests_per_second: s.requests_per_second * s.rate_share(),
             burst: share_of(s.burst, s.rate_share()),
             max_concurrency: s.max_concurrency,
-            retry: RetryPolicy::default(),
+            retry: ApiRetryPolicy::default(),
             refresh_margin: Duration::from_secs(300),
             refresh_lease: Duration::from_secs(s.lease_seconds),
             clock: Arc::new(SystemClock),
+            observer: Arc::new(Unobserved),
         })
     }
 
@@ -116,10 +121,11 @@ impl BaanxConfig {
             requests_per_second: d.requests_per_second,
             burst: d.burst,
             max_concurrency: d.max_concurrency,
-            retry: RetryPolicy::default(),
+            retry: ApiRetryPolicy::default(),
             refresh_margin: Duration::from_secs(300),
             refresh_lease: Duration::from_secs(d.lease_seconds),
             clock: Arc::new(SystemClock),
+            observer: Arc::new(Unobserved),
         }
     }
 }
@@ -142,12 +148,13 @@ struct Inner {
     http: reqwest::Client,
     base: url::Url,
     client_key: HeaderValue,
-    retry: RetryPolicy,
+    retry: ApiRetryPolicy,
     refresh_margin: Duration,
     refresh_lease: Duration,
     /// Names this client's refresh leases in the vault: unique per process.
     owner: String,
     clock: Arc<dyn Clock>,
+    observer: Arc<dyn ApiObserver>,
     limiter: Arc<Limiter>,
     vault: Arc<dyn TokenVault>,
     cache: TokenCache,
@@ -164,7 +171,7 @@ impl std::fmt::Debug for BaanxClient {
 
 /// One request to send.
 struct Request<'a> {
-    endpoint: Endpoint,
+    endpoint: ApiEndpoint,
     user: &'a UserId,
     region: Region,
     /// The access token of a user call.
@@ -179,7 +186,7 @@ struct Request<'a> {
 
 impl<'a> Request<'a> {
     fn user_call(
-        endpoint: Endpoint,
+        endpoint: ApiEndpoint,
         user: &'a UserId,
         region: Region,
         token: &'a str,
@@ -248,6 +255,7 @@ impl BaanxClient {
                 refresh_lease: cfg.refresh_lease.max(Duration::from_millis(100)),
                 owner: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]),
                 clock: cfg.clock,
+                observer: cfg.observer,
                 limiter: Arc::new(Limiter::new(cfg.requests_per_second, cfg.burst, cfg.max_concurrency)),
                 vault,
                 cache: TokenCache::default(),
@@ -291,11 +299,11 @@ impl BaanxClient {
         region: Region,
         pace: Option<&dyn Pacer>,
     ) -> Result<UserProfile, BaanxError> {
-        let answer = self.user_call(Endpoint::User, user, region, pace).await?;
+        let answer = self.user_call(ApiEndpoint::User, user, region, pace).await?;
         let profile = UserProfile::parse(answer.status, &answer.body)?;
         if &profile.id != user {
             return Err(BaanxError::Malformed {
-                endpoint: Endpoint::User,
+                endpoint: ApiEndpoint::User,
                 status: answer.status,
                 problem: format!("answered for user {} instead", profile.id),
                 excerpt: String::new(),
@@ -330,7 +338,7 @@ impl BaanxClient {
         region: Region,
         pace: Option<&dyn Pacer>,
     ) -> Result<SessionUrl, BaanxError> {
-        let answer = self.user_call(Endpoint::Verification, user, region, pace).await?;
+        let answer = self.user_call(ApiEndpoint::Verification, user, region, pace).await?;
         parse_session(answer.status, &answer.body)
     }
 
@@ -338,7 +346,7 @@ impl BaanxClient {
     /// send once more; a second 401 is [`BaanxError::Unauthorized`].
     async fn user_call(
         &self,
-        endpoint: Endpoint,
+        endpoint: ApiEndpoint,
         user: &UserId,
         region: Region,
         pace: Option<&dyn Pacer>,
@@ -459,12 +467,12 @@ impl BaanxClient {
         // token on waking, since another process may have rotated it meanwhile.
         let held_since = std::sync::Mutex::new(Instant::now());
         let lease_alive = || held_since.lock().map(|t| t.elapsed() < lease.mul_f64(0.8)).unwrap_or(false);
-        let call = self.with_retries(Endpoint::Token, || async {
+        let call = self.with_retries(ApiEndpoint::Token, || async {
             if !lease_alive() {
                 return Err(lease_lost(user));
             }
             let req = Request {
-                endpoint: Endpoint::Token,
+                endpoint: ApiEndpoint::Token,
                 user,
                 region,
                 bearer: None,
@@ -558,7 +566,7 @@ impl BaanxClient {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the budget is spent.
-    async fn with_retries<F, Fut>(&self, endpoint: Endpoint, mut attempt: F) -> Result<Answer, BaanxError>
+    async fn with_retries<F, Fut>(&self, endpoint: ApiEndpoint, mut attempt: F) -> Result<Answer, BaanxError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Answer, BaanxError>>,
@@ -580,7 +588,7 @@ impl BaanxClient {
                 BaanxError::Transport { kind: TransportKind::Timeout | TransportKind::Other, .. }
                     | BaanxError::Server { .. }
             );
-            if !err.is_retryable() || (endpoint == Endpoint::Verification && ambiguous) {
+            if !err.is_retryable() || (endpoint == ApiEndpoint::Verification && ambiguous) {
                 return Err(err);
             }
             let delay = if let BaanxError::RateLimited { retry_after, .. } = &err {
@@ -645,6 +653,7 @@ impl BaanxClient {
             pace.ready().await;
         }
         let admission = inner.limiter.acquire(region).await;
+        inner.observer.limiter_wait(admission.waited());
         // the limiter may have kept us a while: a refresh goes out only under its lease
         if fence.is_some_and(|alive| !alive()) {
             return Err(lease_lost(user));
@@ -662,8 +671,7 @@ impl BaanxClient {
             BaanxError::Transport { endpoint, kind, source: e.without_url() }
         };
         let answered = request.send().await;
-        crate::telemetry::global()
-            .baanx_request(endpoint.metric_label(), answered.as_ref().ok().map(|r| r.status().as_u16()));
+        inner.observer.request(endpoint, answered.as_ref().ok().map(|r| r.status().as_u16()));
         let mut response = answered.map_err(transport)?;
         let status = response.status();
         let retry_after = response
@@ -690,11 +698,11 @@ impl BaanxClient {
             latency_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX),
             "baanx answered"
         );
-        crate::telemetry::global().api_latency(endpoint.metric_label(), sent.elapsed());
+        inner.observer.latency(endpoint, sent.elapsed());
         if status != StatusCode::TOO_MANY_REQUESTS {
             inner.limiter.on_success();
         } else {
-            crate::telemetry::global().rate_limited();
+            inner.observer.rate_limited();
         }
         classify(endpoint, user, Answer { status, retry_after, body })
     }
@@ -715,19 +723,19 @@ fn lease_lost(user: &UserId) -> BaanxError {
     }
 }
 
-fn give_up(endpoint: Endpoint, attempts: u32, started: Instant, last: BaanxError) -> BaanxError {
+fn give_up(endpoint: ApiEndpoint, attempts: u32, started: Instant, last: BaanxError) -> BaanxError {
     tracing::debug!(endpoint = endpoint.as_str(), attempts, error = %last, "giving up");
     BaanxError::GaveUp { endpoint, attempts, elapsed: started.elapsed(), last: Box::new(last) }
 }
 
 /// The one place a status becomes an outcome.
-fn classify(endpoint: Endpoint, user: &UserId, answer: Answer) -> Result<Answer, BaanxError> {
+fn classify(endpoint: ApiEndpoint, user: &UserId, answer: Answer) -> Result<Answer, BaanxError> {
     let status = answer.status;
     if status.is_success() {
         return Ok(answer);
     }
     let user_id = user.to_string();
-    if endpoint == Endpoint::Token
+    if endpoint == ApiEndpoint::Token
         && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED)
         && oauth_error_code(&answer.body).as_deref() == Some("invalid_grant")
     {
@@ -735,14 +743,14 @@ fn classify(endpoint: Endpoint, user: &UserId, answer: Answer) -> Result<Answer,
     }
     Err(match status {
         // on the token endpoint a 401 is about the client, not the user's token
-        StatusCode::UNAUTHORIZED if endpoint == Endpoint::Token => {
+        StatusCode::UNAUTHORIZED if endpoint == ApiEndpoint::Token => {
             BaanxError::ClientRefused { endpoint, status, message: error_message(&answer.body) }
         }
         StatusCode::UNAUTHORIZED => BaanxError::Unauthorized { endpoint, user_id },
         StatusCode::FORBIDDEN => BaanxError::Forbidden { endpoint, user_id, message: error_message(&answer.body) },
         // a per-user session limit (no Retry-After, the body names it) is not a
         // sign that the client is too fast: no global pause, no retry
-        StatusCode::TOO_MANY_REQUESTS if endpoint == Endpoint::Verification && answer.retry_after.is_none() => {
+        StatusCode::TOO_MANY_REQUESTS if endpoint == ApiEndpoint::Verification && answer.retry_after.is_none() => {
             match session_limit(&answer.body) {
                 Some(reason) => BaanxError::SessionLimit { endpoint, user_id, reason },
                 None => BaanxError::RateLimited { endpoint, retry_after: None },

@@ -13,7 +13,7 @@ use crate::domain::DeferReason;
 
 /// Which call failed, for messages and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum ApiEndpoint {
     /// `POST /v1/auth/oauth/token`
     Token,
     /// `GET /v1/user`
@@ -22,36 +22,36 @@ pub enum Endpoint {
     Verification,
 }
 
-impl Endpoint {
+impl ApiEndpoint {
     /// The method and path, as the API spells them.
     pub fn as_str(self) -> &'static str {
         match self {
-            Endpoint::Token => "POST /v1/auth/oauth/token",
-            Endpoint::User => "GET /v1/user",
-            Endpoint::Verification => "GET /v1/user/verification",
+            ApiEndpoint::Token => "POST /v1/auth/oauth/token",
+            ApiEndpoint::User => "GET /v1/user",
+            ApiEndpoint::Verification => "GET /v1/user/verification",
         }
     }
 
     /// A short name for metric labels (which take identifiers, not paths).
     pub fn metric_label(self) -> &'static str {
         match self {
-            Endpoint::Token => "token",
-            Endpoint::User => "user",
-            Endpoint::Verification => "verification",
+            ApiEndpoint::Token => "token",
+            ApiEndpoint::User => "user",
+            ApiEndpoint::Verification => "verification",
         }
     }
 
     /// The path under the base URL.
     pub(crate) fn path(self) -> &'static str {
         match self {
-            Endpoint::Token => "v1/auth/oauth/token",
-            Endpoint::User => "v1/user",
-            Endpoint::Verification => "v1/user/verification",
+            ApiEndpoint::Token => "v1/auth/oauth/token",
+            ApiEndpoint::User => "v1/user",
+            ApiEndpoint::Verification => "v1/user/verification",
         }
     }
 }
 
-impl std::fmt::Display for Endpoint {
+impl std::fmt::Display for ApiEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -141,7 +141,7 @@ pub enum BaanxError {
     /// `invalid_grant`: a wrong or missing `baanx_client_key`). Every user would
     /// fail the same way, so the caller should stop, not fail users one by one.
     #[error("{endpoint}: the API refused the client ({status}: {message}); check baanx_client_key")]
-    ClientRefused { endpoint: Endpoint, status: StatusCode, message: String },
+    ClientRefused { endpoint: ApiEndpoint, status: StatusCode, message: String },
     /// The user must consent again before anything can be done for them.
     #[error("user {user_id} must consent again: {}", match .reason {
         ConsentReason::NoToken => "no usable refresh token is held",
@@ -150,39 +150,39 @@ pub enum BaanxError {
     ConsentRequired { user_id: String, reason: ConsentReason },
     /// 401 even with a freshly minted access token.
     #[error("{endpoint} for user {user_id}: 401 Unauthorized even after minting a new access token")]
-    Unauthorized { endpoint: Endpoint, user_id: String },
+    Unauthorized { endpoint: ApiEndpoint, user_id: String },
     /// 403: the user is suspended or disabled, or belongs to another client.
     #[error("{endpoint} for user {user_id}: 403 Forbidden ({message})")]
-    Forbidden { endpoint: Endpoint, user_id: String, message: String },
+    Forbidden { endpoint: ApiEndpoint, user_id: String, message: String },
     /// 429, with the delay the server asked for.
     #[error("{endpoint}: 429 Too Many Requests (retry after {})", fmt_retry_after(*.retry_after))]
-    RateLimited { endpoint: Endpoint, retry_after: Option<Duration> },
+    RateLimited { endpoint: ApiEndpoint, retry_after: Option<Duration> },
     /// 429 on `GET /v1/user/verification` naming a per-user session limit: no
     /// retry can help before the limit lifts, and it says nothing about the rate of
     /// the whole client, so it neither retries nor slows other users down.
     #[error("{endpoint} for user {user_id}: session limit reached ({})", .reason.map_or("unspecified", DeferReason::as_str))]
-    SessionLimit { endpoint: Endpoint, user_id: String, reason: Option<DeferReason> },
+    SessionLimit { endpoint: ApiEndpoint, user_id: String, reason: Option<DeferReason> },
     /// 5xx.
     #[error("{endpoint}: server error {status} ({excerpt})")]
-    Server { endpoint: Endpoint, status: StatusCode, excerpt: String },
+    Server { endpoint: ApiEndpoint, status: StatusCode, excerpt: String },
     /// Another status this client does not expect (4xx other than 401/403/429, 3xx).
     #[error("{endpoint}: unexpected status {status} ({excerpt})")]
-    UnexpectedStatus { endpoint: Endpoint, status: StatusCode, excerpt: String },
+    UnexpectedStatus { endpoint: ApiEndpoint, status: StatusCode, excerpt: String },
     /// Connect errors, timeouts, broken connections.
     #[error("{endpoint}: {kind}")]
     Transport {
-        endpoint: Endpoint,
+        endpoint: ApiEndpoint,
         kind: TransportKind,
         #[source]
         source: reqwest::Error,
     },
     /// A body that is not the JSON the contract promises.
     #[error("{endpoint}: malformed response (status {status}): {problem}; body starts {excerpt:?}")]
-    Malformed { endpoint: Endpoint, status: StatusCode, problem: String, excerpt: String },
+    Malformed { endpoint: ApiEndpoint, status: StatusCode, problem: String, excerpt: String },
     /// Retrying did not help within the attempt and time budget.
     #[error("{endpoint}: gave up after {attempts} attempts in {:.1}s", .elapsed.as_secs_f64())]
     GaveUp {
-        endpoint: Endpoint,
+        endpoint: ApiEndpoint,
         attempts: u32,
         elapsed: Duration,
         #[source]
@@ -239,11 +239,11 @@ impl BaanxError {
     /// user's limits) rather than `api_failed`.
     pub fn may_have_created_session(&self) -> bool {
         match self {
-            BaanxError::Transport { endpoint: Endpoint::Verification, kind, .. } => {
+            BaanxError::Transport { endpoint: ApiEndpoint::Verification, kind, .. } => {
                 matches!(kind, TransportKind::Timeout | TransportKind::Other)
             }
-            BaanxError::Server { endpoint: Endpoint::Verification, .. } => true,
-            BaanxError::Malformed { endpoint: Endpoint::Verification, status, .. } => status.is_success(),
+            BaanxError::Server { endpoint: ApiEndpoint::Verification, .. } => true,
+            BaanxError::Malformed { endpoint: ApiEndpoint::Verification, status, .. } => status.is_success(),
             BaanxError::GaveUp { last, .. } => last.may_have_created_session(),
             _ => false,
         }
@@ -413,22 +413,22 @@ mod tests {
 
     #[test]
     fn classification() {
-        let e = BaanxError::RateLimited { endpoint: Endpoint::User, retry_after: Some(Duration::from_secs(2)) };
+        let e = BaanxError::RateLimited { endpoint: ApiEndpoint::User, retry_after: Some(Duration::from_secs(2)) };
         assert!(e.is_retryable());
         assert_eq!(e.class(), ErrorClass::Transient);
         assert!(e.to_string().contains("2.0s"), "{e}");
-        let e = BaanxError::Forbidden { endpoint: Endpoint::User, user_id: "u".into(), message: "suspended".into() };
+        let e = BaanxError::Forbidden { endpoint: ApiEndpoint::User, user_id: "u".into(), message: "suspended".into() };
         assert!(!e.is_retryable());
         assert_eq!(e.class(), ErrorClass::Permanent);
         let e = BaanxError::ConsentRequired { user_id: "u".into(), reason: ConsentReason::InvalidGrant };
         assert!(!e.is_retryable() && e.is_consent_required());
         assert_eq!(e.class().as_str(), "consent_required");
         let gave_up = BaanxError::GaveUp {
-            endpoint: Endpoint::Verification,
+            endpoint: ApiEndpoint::Verification,
             attempts: 3,
             elapsed: Duration::from_secs(1),
             last: Box::new(BaanxError::Server {
-                endpoint: Endpoint::Verification,
+                endpoint: ApiEndpoint::Verification,
                 status: StatusCode::BAD_GATEWAY,
                 excerpt: String::new(),
             }),
@@ -436,7 +436,7 @@ mod tests {
         assert!(!gave_up.is_retryable());
         assert!(gave_up.may_have_created_session(), "a 5xx may hide a session");
         let cut = BaanxError::Malformed {
-            endpoint: Endpoint::Verification,
+            endpoint: ApiEndpoint::Verification,
             status: StatusCode::OK,
             problem: String::new(),
             excerpt: String::new(),

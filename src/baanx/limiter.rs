@@ -86,6 +86,14 @@ impl std::fmt::Debug for Limiter {
 #[derive(Debug)]
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
+    waited: Duration,
+}
+
+impl Admission {
+    /// How long the request waited for it (all gates).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
 }
 
 impl Limiter {
@@ -122,10 +130,9 @@ impl Limiter {
             Region::Us => self.us.until_ready().await,
         };
         let waited = started.elapsed();
-        crate::telemetry::global().limiter_wait(waited);
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.counters.wait_nanos.fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        Admission { _permit: permit }
+        Admission { _permit: permit, waited }
     }
 
     fn paused_until(&self) -> Option<Instant> {

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use super::error::{BaanxError, Endpoint, scrub_excerpt};
+use super::error::{ApiEndpoint, BaanxError, scrub_excerpt};
 use crate::domain::{DeferReason, EmailAddress, SessionUrl, UserId, VerificationState};
 
 /// What the worker needs of a user's profile. No date of birth, SSN, address or
@@ -28,11 +28,11 @@ pub struct UserProfile {
     pub created_at: Option<String>,
 }
 
-fn malformed(endpoint: Endpoint, status: StatusCode, body: &[u8], problem: impl Into<String>) -> BaanxError {
+fn malformed(endpoint: ApiEndpoint, status: StatusCode, body: &[u8], problem: impl Into<String>) -> BaanxError {
     BaanxError::Malformed { endpoint, status, problem: problem.into(), excerpt: scrub_excerpt(body) }
 }
 
-fn object(endpoint: Endpoint, status: StatusCode, body: &[u8]) -> Result<Map<String, Value>, BaanxError> {
+fn object(endpoint: ApiEndpoint, status: StatusCode, body: &[u8]) -> Result<Map<String, Value>, BaanxError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(malformed(endpoint, status, body, "not a JSON object")),
@@ -53,7 +53,7 @@ impl UserProfile {
     /// # Errors
     /// [`BaanxError::Malformed`] naming the field.
     pub fn parse(status: StatusCode, body: &[u8]) -> Result<Self, BaanxError> {
-        let ep = Endpoint::User;
+        let ep = ApiEndpoint::User;
         let m = object(ep, status, body)?;
         let id = m
             .get("id")
@@ -111,7 +111,7 @@ const MAX_EXPIRES_IN: u64 = 366 * 86_400;
 impl TokenGrant {
     /// Parses a `POST /v1/auth/oauth/token` success body.
     pub(crate) fn parse(status: StatusCode, body: &[u8]) -> Result<Self, BaanxError> {
-        let ep = Endpoint::Token;
+        let ep = ApiEndpoint::Token;
         let m = object(ep, status, body)?;
         let access_token = m
             .get("access_token")
@@ -180,7 +180,7 @@ pub(crate) fn error_message(body: &[u8]) -> String {
 /// Parses a `GET /v1/user/verification` body into the URL, which goes straight into
 /// its redacting type. A malformed body's excerpt is scrubbed of the URL.
 pub(crate) fn parse_session(status: StatusCode, body: &[u8]) -> Result<SessionUrl, BaanxError> {
-    let ep = Endpoint::Verification;
+    let ep = ApiEndpoint::Verification;
     let m = object(ep, status, body)?;
     let raw = m
         .get("sessionUrl")

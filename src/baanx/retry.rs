@@ -12,7 +12,7 @@ use rand::Rng as _;
 /// The retry budget of one call. Defaults suit a batch worker: a few quick retries
 /// for blips, and a rate limit honoured for up to about two minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub struct ApiRetryPolicy {
     /// Attempts in all, the first included, for 5xx, connect errors and timeouts.
     /// Default 4.
     pub max_attempts: u32,
@@ -27,7 +27,7 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for ApiRetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 4,
@@ -39,7 +39,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl ApiRetryPolicy {
     /// The pause before attempt `attempt + 1`, after `attempt` failed ones:
     /// `base * 2^(attempt-1)`, capped, then a uniformly random point in its upper
     /// half ("equal jitter": never zero, never in lockstep with other workers).
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        let p = RetryPolicy::default();
+        let p = ApiRetryPolicy::default();
         for attempt in 1..=30 {
             let d = p.backoff(attempt);
             let full = p.base_delay.saturating_mul(1 << (attempt - 1).min(20)).min(p.max_delay);

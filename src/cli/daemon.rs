@@ -71,7 +71,7 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
     };
     let ops = ops.map(|(server, starting)| {
-        starting.ready(worker.store.clone(), axum::Router::new());
+        starting.ready(reverify::engine::gauges::StoreProbe::of(worker.store.clone()), axum::Router::new());
         server
     });
     let webhooks = match (args.webhook_listen, webhook_key) {

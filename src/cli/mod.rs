@@ -22,9 +22,6 @@ macro_rules! eprintln {
     }};
 }
 
-mod bench;
-mod bench_import;
-mod bench_report;
 mod campaign;
 mod daemon;
 mod demo;
@@ -115,14 +112,6 @@ enum Command {
     /// Import, list, show and re-key the user directory.
     #[command(subcommand)]
     Users(users::UsersCommand),
-    /// Benchmarks: the whole pipeline (sandbox, import, campaign, worker) and its
-    /// figures, one `name: value unit` line each; or `bench sandbox`, `bench import`.
-    ///
-    /// Each scenario runs the real binaries: the sandbox and the worker are child
-    /// processes, the worker is measured with /usr/bin/time, the databases are fresh
-    /// (Postgres at REVERIFY_TEST_POSTGRES_URL, SQLite in a temporary file). Build with
-    /// --release for meaningful figures (scripts/bench.sh does).
-    Bench(Box<bench::BenchArgs>),
     Sandbox(Box<sandbox::SandboxArgs>),
     /// Serve the public routes (Baanx webhooks, click-through links) and, on
     /// ui_listen, the dashboard.
@@ -130,9 +119,6 @@ enum Command {
     /// The dashboard's helpers: `ui hash-password` makes a ui_users_file hash.
     #[command(subcommand)]
     Ui(ui::UiCommand),
-    /// Benchmark: stream the report of 1M generated targets to /dev/null.
-    #[command(hide = true)]
-    BenchReport(bench_report::BenchReportArgs),
     /// Print a shell completion script to standard output.
     ///
     /// For example: `reverify completions bash > /etc/bash_completion.d/reverify`,
@@ -280,11 +266,9 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(args, &ctx).await,
         Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
-        Command::Bench(args) => bench::run(*args).await,
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
         Command::Serve(args) => serve::run(args, &ctx).await,
         Command::Ui(c) => ui::run(c),
-        Command::BenchReport(args) => bench_report::run(args).await,
         Command::Completions { shell } => Ok(completions(shell)),
         Command::Man { command } => Ok(man(&command)),
         Command::Evidence(cmd) => Ok(evidence::run(cmd)),

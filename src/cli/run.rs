@@ -331,7 +331,7 @@ async fn push_metrics_if_set(ctx: &Context, store: Option<&reverify::store::Stor
         // flight, these counts, the push) must fit in the grace period the deploy
         // files give (tests/deploy.rs adds them up); a database that went away must
         // not hold the push up.
-        let read = reverify::telemetry::refresh_gauges(store);
+        let read = reverify::engine::gauges::refresh_gauges(store);
         match tokio::time::timeout(reverify::telemetry::server::READY_TIMEOUT, read).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not read the gauges for the metrics push"),

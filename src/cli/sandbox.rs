@@ -1,5 +1,5 @@
-//! `reverify sandbox` (serve the Baanx simulator) and `reverify bench sandbox`
-//! (measure its speed). The flags map one to one onto `SandboxConfig` and `Faults`.
+//! `reverify sandbox`: serve the Baanx simulator. The flags map one to one onto
+//! `SandboxConfig` and `Faults`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
-use reverify::sandbox::bench::{self, BenchOptions};
 use reverify::sandbox::{
     DEMO_CLIENT_KEY, Faults, Latency, RefreshReuse, Sandbox, SandboxConfig, UserSource, WebhookTarget, userfile,
 };
@@ -143,30 +142,6 @@ pub struct SandboxArgs {
     refresh_reuse: RefreshReuse,
 }
 
-/// Measure the sandbox's requests per second.
-///
-/// Starts a sandbox in-process and drives GET /v1/user/verification (no latency) over
-/// loopback with concurrent HTTP clients, then prints
-/// `sandbox_requests_per_second: N req/s`. Build with --release for a meaningful figure.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Users to spread the requests over (enough that no per-user limit is reached).
-    #[arg(long, default_value_t = 50_000)]
-    users: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// How long to measure (after a warm-up of a tenth of it).
-    #[arg(long, default_value = "5s", value_parser = duration)]
-    duration: Duration,
-    /// Switch the per-user limits off (reported separately).
-    #[arg(long)]
-    no_limits: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
 pub async fn run(args: SandboxArgs, ctx: &Context) -> anyhow::Result<u8> {
     let users = match &args.seed {
         Some(path) => UserSource::Records(userfile::read_users(path)?),
@@ -257,45 +232,6 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
-    let opts = BenchOptions {
-        users: args.users.max(1),
-        concurrency: args.concurrency.max(1),
-        duration: args.duration,
-        no_limits: args.no_limits,
-    };
-    let report = bench::run(&opts).await.context("failed to run the sandbox benchmark")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "sandbox_requests_per_second: {:.0} req/s ({} requests in {:.2} s, {} concurrent, {} users, limits {}, {} violations, {} non-200, {} transport errors)",
-            report.requests_per_second,
-            report.requests,
-            report.seconds,
-            report.concurrency,
-            report.users,
-            if report.limits_enforced { "on" } else { "off" },
-            report.violations,
-            report.non_ok,
-            report.transport_errors,
-        );
-        if let (Some(cpu), Some(server), Some(per_cpu)) =
-            (report.cpu_seconds, report.server_cpu_seconds, report.server_requests_per_cpu_second)
-        {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            println!(
-                "cpu: {cpu:.2} s in {:.2} s on {cores} cores ({:.0} % of the machine), of which the server {server:.2} s: \
-                 sandbox_requests_per_server_cpu_second: {per_cpu:.0} (about {:.0} req/s with all {cores} cores for the server)",
-                report.seconds,
-                100.0 * cpu / (report.seconds * cores as f64),
-                per_cpu * cores as f64,
-            );
-        }
-    }
-    Ok(exit::OK)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use axum::Router;
 use clap::Args;
 use reverify::click::{ClickConfig, LINK_PATH, click_router};
+use reverify::engine::gauges::StoreProbe;
 use reverify::store::sessions::SessionLife;
 use reverify::webhooks::{WEBHOOK_PATH, webhook_router};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +89,7 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
             let listen = reverify::telemetry::parse_listen(listen)?;
-            Some(reverify::telemetry::serve_ops(listen, store.clone(), stop.clone()).await?)
+            Some(reverify::telemetry::serve_ops(listen, StoreProbe::of(store.clone()), stop.clone()).await?)
         }
         None => None,
     };

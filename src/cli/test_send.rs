@@ -7,7 +7,7 @@
 
 use chrono::Utc;
 use reverify::domain::{CampaignName, EmailAddress, UserId};
-use reverify::notify::{Notifier, RetryPolicy};
+use reverify::notify::{DeliveryRetryPolicy, Notifier};
 use reverify::store::events::NewEvent;
 use sha2::{Digest as _, Sha256};
 
@@ -29,8 +29,9 @@ pub async fn test_send(
         return Ok(exit::FAILURE);
     };
     let spec = c.spec()?;
-    let notifier = Notifier::from_settings(&ctx.settings, RetryPolicy::default())
-        .map_err(|e| anyhow::anyhow!("notifications: {e}"))?;
+    let notifier = Notifier::from_settings(&ctx.settings, DeliveryRetryPolicy::default())
+        .map_err(|e| anyhow::anyhow!("notifications: {e}"))?
+        .observed_by(std::sync::Arc::new(reverify::engine::observe::Metered));
     let channels = reverify::notify::Channels { click: ctx.settings.public_url.is_some(), ..notifier.channels() };
     reverify::notify::check_campaign(&spec, notifier.templates(), channels)
         .map_err(|e| anyhow::anyhow!("campaign {name}: {e}"))?;

@@ -1,4 +1,5 @@
-//! Importing the user directory from CSV or JSON Lines.
+//! Importing the user directory from a user file, CSV or JSON Lines (its format:
+//! [`crate::domain::userfile`]).
 //!
 //! Two streaming passes over the file, each in constant memory apart from what a
 //! report needs:
@@ -15,45 +16,25 @@
 //! both rows of a duplicate be left out (which one is right is the owner's call),
 //! and refuses a file with tokens before anything is written when no key is set.
 
-pub mod columns;
-pub mod source;
-
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::crypto::TokenCipher;
+pub use crate::domain::userfile::Format;
+use crate::domain::userfile::{Fields, FileError, Missing, Source, UserRow, parse_fields};
 use crate::store::events::NewEvent;
 use crate::store::users::{SealedToken, UserUpsert};
 use crate::store::{Store, StoreError};
-use columns::{Fields, parse_fields};
-use source::Source;
 
 /// Rows handed to the store per call (one write transaction).
 const BATCH_ROWS: usize = 4000;
 /// How many problems a report keeps (the lowest line numbers); the rest are counted.
 pub const MAX_REPORTED_PROBLEMS: usize = 20;
-
-/// A file's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Csv,
-    Jsonl,
-}
-
-impl Format {
-    /// The format a file name implies: `.csv`, or `.jsonl` / `.ndjson`.
-    pub fn from_path(path: &Path) -> Option<Format> {
-        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-            "csv" => Some(Format::Csv),
-            "jsonl" | "ndjson" => Some(Format::Jsonl),
-            _ => None,
-        }
-    }
-}
 
 /// Why an import stopped. Bad rows are not errors: they are in the [`ImportReport`].
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +43,9 @@ pub enum ImportError {
     Open { file: String, source: std::io::Error },
     #[error("{file}: cannot tell the format from the file name; use --format csv or --format jsonl")]
     UnknownFormat { file: String },
-    #[error("{file}: header row: {message}")]
-    Header { file: String, message: String },
-    #[error("{file}:{line}: {message}")]
-    Read { file: String, line: u64, message: String },
+    /// The header, or reading the file on.
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(
         "{file}:{line}: the row carries a refresh_token, but token_key is not set: set REVERIFY_TOKEN_KEY or REVERIFY_TOKEN_KEY_FILE (nothing was imported)"
     )]
@@ -144,8 +124,39 @@ struct Checked {
     first_token_line: Option<u64>,
 }
 
+/// Opens `path` and, for CSV, reads and checks its header: the directory requires
+/// every user's region and verification state.
+///
+/// # Errors
+/// [`ImportError::Open`], or [`FileError::Header`].
+pub fn open_file(path: &Path, format: Format) -> Result<Source<BufReader<File>>, ImportError> {
+    let file = path.display().to_string();
+    let opened = File::open(path).map_err(|source| ImportError::Open { file: file.clone(), source })?;
+    Ok(Source::new(BufReader::with_capacity(256 * 1024, opened), &file, format, Missing::Refused)?)
+}
+
+/// `row` as the store takes it, and its refresh token (not yet sealed).
+fn to_upsert(row: UserRow) -> (UserUpsert, Option<zeroize::Zeroizing<String>>) {
+    let user = UserUpsert {
+        user_id: row.user_id,
+        email: row.email,
+        first_name: row.first_name,
+        last_name: row.last_name,
+        locale: row.locale,
+        timezone: row.timezone,
+        region: row.region,
+        country: row.country,
+        verification_state: row.verification_state,
+        rejected_at: row.rejected_at,
+        tags: row.tags,
+        signed_up_at: row.signed_up_at,
+        token: None,
+    };
+    (user, row.refresh_token)
+}
+
 fn check(path: &Path, format: Format) -> Result<Checked, ImportError> {
-    let mut src = Source::open(path, format)?;
+    let mut src = open_file(path, format)?;
     let mut fields: Fields = Default::default();
     let mut problems = Problems::default();
     let mut rows = 0u64;
@@ -158,14 +169,14 @@ fn check(path: &Path, format: Format) -> Result<Checked, ImportError> {
             problems.add(r.line, p);
             continue;
         }
-        match parse_fields(&fields) {
-            Err(why) => problems.add(r.line, why),
+        match parse_fields(&fields, Missing::Refused) {
+            Err(why) => problems.add(r.line, why.to_string()),
             Ok(d) => {
                 if d.refresh_token.is_some() && first_token_line.is_none() {
                     first_token_line = Some(r.line);
                 }
-                let bytes = uuid::Uuid::parse_str(d.user.user_id.as_str()).map(|u| u.into_bytes()).unwrap_or_default();
-                let line = u32::try_from(r.line).map_err(|_| ImportError::Read {
+                let bytes = uuid::Uuid::parse_str(d.user_id.as_str()).map(|u| u.into_bytes()).unwrap_or_default();
+                let line = u32::try_from(r.line).map_err(|_| FileError::Read {
                     file: path.display().to_string(),
                     line: r.line,
                     message: "more than 4 billion lines".into(),
@@ -200,7 +211,7 @@ fn produce(
     tx: tokio::sync::mpsc::Sender<Vec<UserUpsert>>,
 ) -> Result<(), ImportError> {
     let file = path.display().to_string();
-    let mut src = Source::open(&path, format)?;
+    let mut src = open_file(&path, format)?;
     let mut fields: Fields = Default::default();
     let mut bad = bad_lines.iter().peekable();
     let mut batch = Vec::with_capacity(BATCH_ROWS);
@@ -213,13 +224,14 @@ fn produce(
         if let Some(p) = r.problem {
             return Err(changed(p));
         }
-        let mut draft = parse_fields(&fields).map_err(changed)?;
-        if let Some(token) = draft.refresh_token.take() {
+        let row = parse_fields(&fields, Missing::Refused).map_err(|p| changed(p.to_string()))?;
+        let (mut user, token) = to_upsert(row);
+        if let Some(token) = token {
             let cipher = cipher.as_ref().ok_or_else(|| ImportError::NoKey { file: file.clone(), line: r.line })?;
-            let ciphertext = cipher.seal(draft.user.user_id.as_str(), &token);
-            draft.user.token = Some(SealedToken { key_id: cipher.key_id().to_owned(), ciphertext });
+            let ciphertext = cipher.seal(user.user_id.as_str(), &token);
+            user.token = Some(SealedToken { key_id: cipher.key_id().to_owned(), ciphertext });
         }
-        batch.push(draft.user);
+        batch.push(user);
         if batch.len() == BATCH_ROWS {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
             if tx.blocking_send(full).is_err() {

@@ -1,6 +1,7 @@
 //! Pure types and rules: identifiers parsed at the edge, the eligibility policy,
-//! campaign specs and cron schedules. Nothing here does I/O; time comes in through
-//! [`Clock`] so that every rule can be tested at its boundaries.
+//! campaign specs, cron schedules and the user file format. Nothing here opens a
+//! file or a connection; time comes in through [`Clock`] so that every rule can be
+//! tested at its boundaries.
 
 pub mod clock;
 pub mod endpoint;
@@ -11,6 +12,7 @@ pub mod schedule;
 pub mod session_url;
 pub mod spec;
 pub mod status;
+pub mod userfile;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -9,6 +9,8 @@
 pub mod adapters;
 pub mod approval;
 pub mod gates;
+pub mod gauges;
+pub mod observe;
 mod pipeline;
 pub mod ports;
 pub mod sync;

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::EngineError;
 use super::adapters::BaanxApi;
+use super::observe::Metered;
 use super::ports::{ApiFailure, ApiUser, VerificationApi};
 use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
@@ -71,7 +72,8 @@ pub fn baanx_api_from_settings(settings: &Settings, store: Store) -> Result<Baan
     let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
         .map_err(|e| EngineError::Setup(e.to_string()))?;
     let vault = StoreTokenVault::new(store, Arc::new(cipher), clock);
-    let cfg = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
+    let mut cfg = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
+    cfg.observer = Arc::new(Metered);
     let client = BaanxClient::new(cfg, Arc::new(vault)).map_err(|e| EngineError::Setup(e.to_string()))?;
     Ok(BaanxApi(Arc::new(client)))
 }

@@ -8,13 +8,14 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::adapters::{BaanxApi, NotifierDeliverer};
+use super::observe::Metered;
 use super::{EngineConfig, EngineError, Progress, Run, RunReport, VerificationApi};
 use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
 use crate::crypto::TokenCipher;
 use crate::domain::{Clock, SystemClock};
 use crate::engine::adapters::StoreTokenVault;
-use crate::notify::{Notifier, RetryPolicy};
+use crate::notify::{DeliveryRetryPolicy, Notifier};
 use crate::store::Store;
 use crate::store::campaigns::CampaignRecord;
 use crate::store::group::GroupCommit;
@@ -42,10 +43,12 @@ impl Worker {
         let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
             .map_err(|e| EngineError::Setup(e.to_string()))?;
         let vault = StoreTokenVault::new(store.clone(), Arc::new(cipher), clock.clone());
-        let baanx = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
+        let mut baanx = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
+        baanx.observer = Arc::new(Metered);
         let client = BaanxClient::new(baanx, Arc::new(vault)).map_err(|e| EngineError::Setup(e.to_string()))?;
-        let notifier = Notifier::from_settings(settings, RetryPolicy::default())
-            .map_err(|e| EngineError::Setup(format!("notifications: {e}")))?;
+        let notifier = Notifier::from_settings(settings, DeliveryRetryPolicy::default())
+            .map_err(|e| EngineError::Setup(format!("notifications: {e}")))?
+            .observed_by(Arc::new(Metered));
         let config = EngineConfig {
             lease: Duration::from_secs(settings.lease_seconds),
             session_expiry_margin: settings.session_expiry_margin,

@@ -1,5 +1,5 @@
-//! The one error type of the `notify` layer, and the classification every caller
-//! relies on: transient (retry while the URL is in memory), permanent (record
+//! The errors of the `notify` layer ([`NotifyError`], and the [`TemplateError`] it
+//! wraps), and the classification every caller relies on: transient (retry while the URL is in memory), permanent (record
 //! `delivery_failed`) or ambiguous (the message may have arrived: record
 //! `delivery_unknown`, never send it again on its own).
 //!
@@ -10,8 +10,6 @@
 use std::time::Duration;
 
 use crate::domain::SessionUrl;
-
-use super::template::TemplateError;
 
 /// Why a message was not delivered, or a notifier not set up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,8 +102,37 @@ impl NotifyError {
     }
 }
 
+/// A template that could not be loaded or rendered. Names the file, and the line
+/// when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{dir}: cannot read the templates directory: {message}")]
+    Dir { dir: String, message: String },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("{location}: {message}")]
+    Broken {
+        /// `path/to/file:line`, or the path alone.
+        location: String,
+        message: String,
+    },
+    #[error("template {name:?} is not in {dir} (found: {available})")]
+    Unknown { name: String, dir: String, available: String },
+}
+
+impl TemplateError {
+    pub(crate) fn scrubbed(self, url: &SessionUrl) -> Self {
+        match self {
+            TemplateError::Broken { location, message } => {
+                TemplateError::Broken { location, message: scrub(&message, url) }
+            }
+            other => other,
+        }
+    }
+}
+
 /// `text` with the session URL (and its path without the query) blanked out.
-pub(crate) fn scrub(text: &str, url: &SessionUrl) -> String {
+fn scrub(text: &str, url: &SessionUrl) -> String {
     let full = url.expose();
     let mut out = if full.is_empty() { text.to_owned() } else { text.replace(full, "[REDACTED]") };
     if let Some((prefix, _)) = full.split_once('?')

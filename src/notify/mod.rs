@@ -16,15 +16,17 @@
 //! resent and becomes `delivery_unknown`, and a set-up error ([`NotifyError::is_setup`]:
 //! a broken template, refused SMTP credentials) should stop the run. Reasons are short, and are scrubbed of the URL
 //! before they leave this module (design.md, invariant 2). `notify` knows nothing of
-//! the database.
+//! the database, nor of metrics: it tells a [`NotifyObserver`] what it does.
 
 mod check;
 mod email;
 mod error;
+mod observer;
 mod outbox;
 mod retry;
 mod smtp;
 mod template;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 mod webhook;
@@ -35,13 +37,13 @@ use chrono::{DateTime, Utc};
 
 pub use check::{CampaignCheck, Channels, check_campaign, check_delivery, templates_used};
 pub use email::build_email;
-pub use error::NotifyError;
+pub use error::{NotifyError, TemplateError};
+pub use observer::{NotifyObserver, Unheard};
 pub use outbox::{Outbox, is_message_name};
-pub use retry::RetryPolicy;
+pub use retry::DeliveryRetryPolicy;
 pub use smtp::{SmtpConfig, SmtpSender, TlsMode};
 pub use template::{
-    LocaleMatch, Rendered, SHIPPED_LOCALES, TEMPLATE_FILES, TEXT_WIDTH, TemplateError, Templates, template_digest,
-    wrap_text,
+    LocaleMatch, Rendered, SHIPPED_LOCALES, TEMPLATE_FILES, TEXT_WIDTH, Templates, template_digest, wrap_text,
 };
 pub use webhook::{WebhookPayload, WebhookSender, sign_webhook};
 
@@ -127,7 +129,8 @@ pub struct Notifier {
     templates: Arc<Templates>,
     email: Option<EmailSender>,
     webhook: Option<WebhookSender>,
-    retry: RetryPolicy,
+    retry: DeliveryRetryPolicy,
+    observer: Arc<dyn NotifyObserver>,
 }
 
 impl Notifier {
@@ -136,9 +139,15 @@ impl Notifier {
         templates: Templates,
         email: Option<EmailSender>,
         webhook: Option<WebhookSender>,
-        retry: RetryPolicy,
+        retry: DeliveryRetryPolicy,
     ) -> Self {
-        Self { templates: Arc::new(templates), email, webhook, retry }
+        Self { templates: Arc::new(templates), email, webhook, retry, observer: Arc::new(Unheard) }
+    }
+
+    /// This notifier, telling `observer` what it does (by default nobody hears).
+    #[must_use]
+    pub fn observed_by(self, observer: Arc<dyn NotifyObserver>) -> Self {
+        Self { observer, ..self }
     }
 
     /// Loads the templates from `templates_dir` and sets up the channels the settings
@@ -149,7 +158,7 @@ impl Notifier {
     /// # Errors
     /// [`NotifyError::Template`] naming the file and line of a broken template;
     /// [`NotifyError::Config`] naming the settings key that is wrong.
-    pub fn from_settings(settings: &Settings, retry: RetryPolicy) -> Result<Self, NotifyError> {
+    pub fn from_settings(settings: &Settings, retry: DeliveryRetryPolicy) -> Result<Self, NotifyError> {
         let templates = Templates::from_settings(settings)?;
         // the same checks of the channel settings as `campaign validate` and `apply`
         Channels::from_settings(settings)?;
@@ -294,7 +303,7 @@ impl Notifier {
                 })?;
                 let rendered = self.templates.render(msg)?;
                 if rendered.matched != LocaleMatch::Exact {
-                    crate::telemetry::global().locale_fallback(msg.campaign.as_str(), rendered.matched.as_str());
+                    self.observer.locale_fallback(&msg.campaign, rendered.matched);
                 }
                 let email = build_email(msg, &rendered).map_err(scrub)?;
                 Ok(Outgoing::Email(sender, email))
@@ -344,7 +353,7 @@ mod tests {
     #[test]
     fn notifier_and_its_futures_cross_threads() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates");
-        let n = Notifier::new(Templates::load(&dir).unwrap(), None, None, RetryPolicy::none());
+        let n = Notifier::new(Templates::load(&dir).unwrap(), None, None, DeliveryRetryPolicy::none());
         is_send_sync(&n);
         let msg = template::tests_support::sample();
         is_send(&n.send(&msg));

@@ -50,7 +50,7 @@ const KEY: &str = "outbox_dir";
 #[derive(Debug, Clone)]
 pub struct Outbox {
     dir: PathBuf,
-    commits: Arc<GroupCommit>,
+    commits: Arc<OutboxBatch>,
 }
 
 /// Whether `name` (an entry of an outbox directory) is a message: an `.eml` file
@@ -88,7 +88,7 @@ impl Outbox {
             }
         }
         let handle = std::fs::File::open(dir).map_err(|e| bad("cannot open", e))?;
-        Ok(Self { dir: dir.to_path_buf(), commits: Arc::new(GroupCommit::new(dir, handle)) })
+        Ok(Self { dir: dir.to_path_buf(), commits: Arc::new(OutboxBatch::new(dir, handle)) })
     }
 
     /// The directory.
@@ -160,7 +160,7 @@ struct Written {
 /// The messages waiting for the next group commit, shared by every clone of an
 /// [`Outbox`].
 #[derive(Debug)]
-struct GroupCommit {
+struct OutboxBatch {
     dir: PathBuf,
     /// The directory, open since [`Outbox::open`]: synced after the renames, and the
     /// handle `syncfs` reports write-back errors through (each error once per handle,
@@ -178,7 +178,7 @@ struct Queue {
     committing: bool,
 }
 
-impl GroupCommit {
+impl OutboxBatch {
     fn new(dir: &Path, handle: std::fs::File) -> Self {
         Self {
             dir: dir.to_path_buf(),
@@ -310,7 +310,7 @@ impl GroupCommit {
 /// shutting down): the next write starts a new one, and writers still queued hear
 /// "stopped" instead of waiting forever.
 struct CommitterGone<'a> {
-    commits: &'a GroupCommit,
+    commits: &'a OutboxBatch,
     armed: bool,
 }
 

@@ -20,7 +20,7 @@ use super::{Delivered, NotifyError};
 
 /// How hard to try. Every field documents its default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub struct DeliveryRetryPolicy {
     /// Attempts in all, the first included (default 4).
     pub max_attempts: u32,
     /// The pause before the second attempt, doubled each time (default 1 s).
@@ -31,7 +31,7 @@ pub struct RetryPolicy {
     pub max_elapsed: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for DeliveryRetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 4,
@@ -42,7 +42,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl DeliveryRetryPolicy {
     /// One attempt, no retry.
     pub fn none() -> Self {
         Self { max_attempts: 1, ..Self::default() }
@@ -65,7 +65,7 @@ impl RetryPolicy {
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy runs out; the
 /// result's `attempts` says how many it took.
-pub(crate) async fn run<F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Result<Delivered, NotifyError>
+pub(crate) async fn run<F, Fut>(policy: &DeliveryRetryPolicy, mut attempt: F) -> Result<Delivered, NotifyError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Delivered, NotifyError>>,
@@ -113,8 +113,8 @@ mod tests {
         Delivered { channel: ChannelKind::Outbox, message_id: None, detail: String::new(), attempts: 1 }
     }
 
-    fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy {
+    fn fast(max_attempts: u32) -> DeliveryRetryPolicy {
+        DeliveryRetryPolicy {
             max_attempts,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_below_it() {
-        let p = RetryPolicy::default();
+        let p = DeliveryRetryPolicy::default();
         assert_eq!(p.base_delay(1), Duration::from_secs(1));
         assert_eq!(p.base_delay(2), Duration::from_secs(2));
         assert_eq!(p.base_delay(3), Duration::from_secs(4));
@@ -186,7 +186,7 @@ mod tests {
     #[tokio::test]
     async fn total_time_is_bounded() {
         let calls = AtomicU32::new(0);
-        let policy = RetryPolicy { max_elapsed: Duration::from_millis(50), ..fast(100) };
+        let policy = DeliveryRetryPolicy { max_elapsed: Duration::from_millis(50), ..fast(100) };
         // the other side asks for a pause longer than the budget: give up at once
         let e = run(&policy, || async {
             calls.fetch_add(1, Ordering::SeqCst);

@@ -33,40 +33,11 @@ use crate::domain::locale::Lang;
 use crate::domain::spec::Delivery;
 use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
 
-use super::error::scrub;
+use super::error::TemplateError;
 use super::{Message, Recipient};
 
 /// The files every template directory holds.
 pub const TEMPLATE_FILES: [&str; 3] = ["subject.txt", "body.txt", "body.html"];
-
-/// A template that could not be loaded or rendered. Names the file, and the line
-/// when there is one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    #[error("{dir}: cannot read the templates directory: {message}")]
-    Dir { dir: String, message: String },
-    #[error("{file}: {message}")]
-    File { file: String, message: String },
-    #[error("{location}: {message}")]
-    Broken {
-        /// `path/to/file:line`, or the path alone.
-        location: String,
-        message: String,
-    },
-    #[error("template {name:?} is not in {dir} (found: {available})")]
-    Unknown { name: String, dir: String, available: String },
-}
-
-impl TemplateError {
-    pub(crate) fn scrubbed(self, url: &SessionUrl) -> Self {
-        match self {
-            TemplateError::Broken { location, message } => {
-                TemplateError::Broken { location, message: scrub(&message, url) }
-            }
-            other => other,
-        }
-    }
-}
 
 /// A rendered message. It holds the link, so its `Debug` shows only sizes and its
 /// text is wiped from memory when dropped.

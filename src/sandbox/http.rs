@@ -16,8 +16,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::faults::{Fate, ScriptedFault};
-use super::state::{GrantError, Outcome, Refusal, SessionError, State};
-use super::stats::Endpoint;
+use super::state::{GrantError, Refusal, SessionError, SessionOutcome, State};
+use super::stats::SandboxRoute;
 use crate::domain::UserId;
 
 type Shared = Arc<State>;
@@ -52,7 +52,7 @@ fn too_many(retry_after_secs: u64, msg: &str) -> Response {
 
 /// Counts the request and applies its fate: `Some(response)` when a fault answers
 /// instead of the handler.
-async fn gate(s: &State, e: Endpoint) -> Option<Response> {
+async fn gate(s: &State, e: SandboxRoute) -> Option<Response> {
     s.stats.request(e);
     match s.faults.decide() {
         Fate::Serve(d) if d.is_zero() => None,
@@ -113,7 +113,7 @@ struct TokenRequest {
 }
 
 async fn token(AxState(s): AxState<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = gate(&s, Endpoint::Token).await {
+    if let Some(r) = gate(&s, SandboxRoute::Token).await {
         return r;
     }
     match client_key_matches(&s, &h) {
@@ -200,7 +200,7 @@ fn user_auth(s: &State, h: &HeaderMap) -> Result<(usize, u64), Refusal> {
 }
 
 async fn user(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
-    if let Some(r) = gate(&s, Endpoint::User).await {
+    if let Some(r) = gate(&s, SandboxRoute::User).await {
         return r;
     }
     let (i, generation) = match user_auth(&s, &h) {
@@ -221,7 +221,7 @@ struct SessionBody<'a> {
 }
 
 async fn verification(AxState(s): AxState<Shared>, h: HeaderMap) -> Response {
-    if let Some(r) = gate(&s, Endpoint::Verification).await {
+    if let Some(r) = gate(&s, SandboxRoute::Verification).await {
         return r;
     }
     let (i, generation) = match user_auth(&s, &h) {
@@ -260,7 +260,7 @@ async fn session_get(AxState(s): AxState<Shared>, Path(id): Path<String>, Query(
     if q.outcome.is_some() {
         return complete(&s, &id, q.outcome.as_deref());
     }
-    s.stats.request(Endpoint::SessionPage);
+    s.stats.request(SandboxRoute::SessionPage);
     if !valid_session_id(&id) {
         return session_error_page(SessionError::NotFound);
     }
@@ -288,8 +288,8 @@ async fn session_post(AxState(s): AxState<Shared>, Path(id): Path<String>, Query
 }
 
 fn complete(s: &Shared, id: &str, outcome: Option<&str>) -> Response {
-    s.stats.request(Endpoint::SessionComplete);
-    let Some(outcome) = outcome.and_then(|o| o.parse::<Outcome>().ok()) else {
+    s.stats.request(SandboxRoute::SessionComplete);
+    let Some(outcome) = outcome.and_then(|o| o.parse::<SessionOutcome>().ok()) else {
         return (
             StatusCode::BAD_REQUEST,
             Html("<!doctype html><p>outcome must be one of verified, rejected, abandoned.</p>".to_owned()),
@@ -302,9 +302,9 @@ fn complete(s: &Shared, id: &str, outcome: Option<&str>) -> Response {
     match s.complete(id, outcome) {
         Ok(()) => {
             let text = match outcome {
-                Outcome::Verified => "Thank you: your documents were submitted and are being checked.",
-                Outcome::Rejected => "Your documents were submitted; the check will fail (sandbox).",
-                Outcome::Abandoned => "You left the verification. Ask for a new link to try again.",
+                SessionOutcome::Verified => "Thank you: your documents were submitted and are being checked.",
+                SessionOutcome::Rejected => "Your documents were submitted; the check will fail (sandbox).",
+                SessionOutcome::Abandoned => "You left the verification. Ask for a new link to try again.",
             };
             Html(format!("{PAGE_HEAD}<title>Verification</title><p>{text}</p>")).into_response()
         }
@@ -313,7 +313,7 @@ fn complete(s: &Shared, id: &str, outcome: Option<&str>) -> Response {
 }
 
 async fn stats(AxState(s): AxState<Shared>) -> Response {
-    s.stats.request(Endpoint::Control);
+    s.stats.request(SandboxRoute::Control);
     axum::Json(s.stats.snapshot()).into_response()
 }
 
@@ -322,7 +322,7 @@ fn find_user(s: &State, id: &str) -> Option<usize> {
 }
 
 async fn user_view(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Response {
-    s.stats.request(Endpoint::Control);
+    s.stats.request(SandboxRoute::Control);
     match find_user(&s, &id) {
         Some(i) => axum::Json(s.view(i)).into_response(),
         None => message(StatusCode::NOT_FOUND, "No such user"),
@@ -330,7 +330,7 @@ async fn user_view(AxState(s): AxState<Shared>, Path(id): Path<String>) -> Respo
 }
 
 async fn user_control(AxState(s): AxState<Shared>, Path((id, action)): Path<(String, String)>) -> Response {
-    s.stats.request(Endpoint::Control);
+    s.stats.request(SandboxRoute::Control);
     let Some(i) = find_user(&s, &id) else {
         return message(StatusCode::NOT_FOUND, "No such user");
     };
@@ -346,6 +346,6 @@ async fn user_control(AxState(s): AxState<Shared>, Path((id, action)): Path<(Str
 }
 
 async fn not_found(AxState(s): AxState<Shared>) -> Response {
-    s.stats.request(Endpoint::NotFound);
+    s.stats.request(SandboxRoute::NotFound);
     message(StatusCode::NOT_FOUND, "Not found")
 }

@@ -26,7 +26,6 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{Clock, SystemClock, UserId};
 
-pub mod bench;
 mod faults;
 mod http;
 mod rng;
@@ -37,8 +36,8 @@ pub mod users;
 pub mod webhook;
 
 pub use faults::{Faults, FaultsError, Latency, LatencyError, ScriptedFault};
-pub use state::{Outcome, RefreshReuse, RefreshReuseError, UserView};
-pub use stats::{Endpoint, Stats, TooManyRequests, ViolationKind};
+pub use state::{RefreshReuse, RefreshReuseError, SessionOutcome, UserView};
+pub use stats::{SandboxRoute, Stats, TooManyRequests, ViolationKind};
 pub use userfile::{UserFileError, UserRecord};
 pub use webhook::{WebhookTarget, signature};
 
@@ -350,7 +349,7 @@ impl SandboxHandle {
 
     /// Completes a session as its page would, from its URL. `false` when the session
     /// is unknown, already used or expired.
-    pub fn complete_session(&self, session_url: &str, outcome: Outcome) -> bool {
+    pub fn complete_session(&self, session_url: &str, outcome: SessionOutcome) -> bool {
         let id = session_url.rsplit('/').next().unwrap_or_default();
         self.state.complete(id, outcome).is_ok()
     }

@@ -156,19 +156,19 @@ pub enum Refusal {
 
 /// How a session page visit ends a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum SessionOutcome {
     Verified,
     Rejected,
     Abandoned,
 }
 
-impl std::str::FromStr for Outcome {
+impl std::str::FromStr for SessionOutcome {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
         match s {
-            "verified" => Ok(Outcome::Verified),
-            "rejected" => Ok(Outcome::Rejected),
-            "abandoned" => Ok(Outcome::Abandoned),
+            "verified" => Ok(SessionOutcome::Verified),
+            "rejected" => Ok(SessionOutcome::Rejected),
+            "abandoned" => Ok(SessionOutcome::Abandoned),
             _ => Err(()),
         }
     }
@@ -552,7 +552,7 @@ impl State {
 
     /// Completes a session once. Verified and rejected move the user to PENDING, then
     /// (after the decision delay) to VERIFIED or REJECTED; abandoned counts a failure.
-    pub fn complete(self: &Arc<Self>, id: &str, outcome: Outcome) -> Result<(), SessionError> {
+    pub fn complete(self: &Arc<Self>, id: &str, outcome: SessionOutcome) -> Result<(), SessionError> {
         let now = self.clock.now();
         let (user, seq) = {
             let mut shard = self.sessions.shard(id);
@@ -574,13 +574,13 @@ impl State {
                 slot.active_until = slot.active_until.min(now);
             }
             match outcome {
-                Outcome::Abandoned => {
+                SessionOutcome::Abandoned => {
                     u.consecutive_failures += 1;
                     u.last_failure_at = Some(now);
                     self.stats.completed_abandoned.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                Outcome::Verified | Outcome::Rejected => set_state(&mut u, VerificationState::Pending),
+                SessionOutcome::Verified | SessionOutcome::Rejected => set_state(&mut u, VerificationState::Pending),
             }
             u.record.user_id.clone()
         };
@@ -607,11 +607,11 @@ impl State {
     }
 
     /// Moves a PENDING user to the outcome; returns the webhook body to send, if any.
-    fn decide(&self, user: usize, kyc_id: &str, outcome: Outcome) -> Option<Vec<u8>> {
+    fn decide(&self, user: usize, kyc_id: &str, outcome: SessionOutcome) -> Option<Vec<u8>> {
         let now = self.clock.now();
         let (user_id, status) = {
             let mut u = self.user(user);
-            let status = if outcome == Outcome::Verified {
+            let status = if outcome == SessionOutcome::Verified {
                 set_state(&mut u, VerificationState::Verified);
                 u.consecutive_failures = 0;
                 self.stats.completed_verified.fetch_add(1, Ordering::Relaxed);

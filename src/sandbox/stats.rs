@@ -19,7 +19,7 @@ use crate::domain::DeferReason;
 
 /// The endpoints the sandbox counts requests for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub enum SandboxRoute {
     Token,
     User,
     Verification,
@@ -29,27 +29,27 @@ pub enum Endpoint {
     NotFound,
 }
 
-impl Endpoint {
-    const ALL: [Endpoint; 7] = [
-        Endpoint::Token,
-        Endpoint::User,
-        Endpoint::Verification,
-        Endpoint::SessionPage,
-        Endpoint::SessionComplete,
-        Endpoint::Control,
-        Endpoint::NotFound,
+impl SandboxRoute {
+    const ALL: [SandboxRoute; 7] = [
+        SandboxRoute::Token,
+        SandboxRoute::User,
+        SandboxRoute::Verification,
+        SandboxRoute::SessionPage,
+        SandboxRoute::SessionComplete,
+        SandboxRoute::Control,
+        SandboxRoute::NotFound,
     ];
 
     /// The key in [`Stats::requests`].
     pub fn as_str(self) -> &'static str {
         match self {
-            Endpoint::Token => "POST /v1/auth/oauth/token",
-            Endpoint::User => "GET /v1/user",
-            Endpoint::Verification => "GET /v1/user/verification",
-            Endpoint::SessionPage => "GET /session/{id}",
-            Endpoint::SessionComplete => "/session/{id}?outcome",
-            Endpoint::Control => "/_sandbox",
-            Endpoint::NotFound => "not found",
+            SandboxRoute::Token => "POST /v1/auth/oauth/token",
+            SandboxRoute::User => "GET /v1/user",
+            SandboxRoute::Verification => "GET /v1/user/verification",
+            SandboxRoute::SessionPage => "GET /session/{id}",
+            SandboxRoute::SessionComplete => "/session/{id}?outcome",
+            SandboxRoute::Control => "/_sandbox",
+            SandboxRoute::NotFound => "not found",
         }
     }
 }
@@ -175,14 +175,14 @@ impl Counters {
     }
 
     /// Counts one request.
-    pub fn request(&self, e: Endpoint) {
-        let i = Endpoint::ALL.iter().position(|x| *x == e).unwrap_or(0);
+    pub fn request(&self, e: SandboxRoute) {
+        let i = SandboxRoute::ALL.iter().position(|x| *x == e).unwrap_or(0);
         self.requests[i].fetch_add(1, Ordering::Relaxed);
-        if matches!(e, Endpoint::Token | Endpoint::User | Endpoint::Verification) {
+        if matches!(e, SandboxRoute::Token | SandboxRoute::User | SandboxRoute::Verification) {
             let bucket = (self.started.elapsed().as_millis() / (1000 / BUCKETS_PER_SECOND as u128)) as usize;
             let mut h = self.buckets.lock().expect("histogram poisoned");
             bump(&mut h.api, bucket);
-            if e == Endpoint::Verification {
+            if e == SandboxRoute::Verification {
                 bump(&mut h.verification, bucket);
             }
         }
@@ -199,7 +199,8 @@ impl Counters {
     /// A snapshot.
     pub fn snapshot(&self) -> Stats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let requests = Endpoint::ALL.iter().zip(&self.requests).map(|(e, n)| (e.as_str().to_owned(), get(n))).collect();
+        let requests =
+            SandboxRoute::ALL.iter().zip(&self.requests).map(|(e, n)| (e.as_str().to_owned(), get(n))).collect();
         let violations_by_kind: BTreeMap<String, u64> =
             ViolationKind::ALL.iter().zip(&self.violations).map(|(k, n)| (k.as_str().to_owned(), get(n))).collect();
         let ((busiest, first, per_second), (api_busiest, api_first, api_per_second)) = {
@@ -315,7 +316,7 @@ pub struct Stats {
 
 impl Stats {
     /// Requests counted for one endpoint.
-    pub fn requests_to(&self, e: Endpoint) -> u64 {
+    pub fn requests_to(&self, e: SandboxRoute) -> u64 {
         self.requests.get(e.as_str()).copied().unwrap_or(0)
     }
 

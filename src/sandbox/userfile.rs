@@ -1,36 +1,25 @@
-//! The user import format: CSV (or JSON Lines) rows of Baanx users with their refresh
-//! tokens.
+//! The sandbox's users in the user file format ([`crate::domain::userfile`]).
 //!
 //! One format serves both sides of a demo: the sandbox loads it with `--seed FILE` and
 //! writes it with `--export-users FILE`, and the worker's users importer reads the same
-//! file, so both hold the same users. Reading reports every bad row with its line and
-//! field, and a caller that wants a partial import (keep the good rows) can use
-//! [`read_rows`]; [`read_users`] refuses the whole file on the first bad row.
+//! file, so both hold the same users. A seed file may leave out `region` and
+//! `verification_state` (then `intl` and `UNVERIFIED`). Reading reports every bad row
+//! with its line and field, and a caller that wants a partial import (keep the good
+//! rows) can use [`read_rows`]; [`read_users`] refuses the whole file on the first bad
+//! row.
 
 use std::fmt;
-use std::io::{BufRead, Read, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use zeroize::Zeroizing;
 
+use crate::domain::userfile::{
+    self, Column, Fields, FileError, Format, Missing, Source, UserRow, WRITTEN, parse_fields,
+};
 use crate::domain::{EmailAddress, Region, UserId, VerificationState};
-
-/// The CSV header, in order.
-pub const HEADER: [&str; 12] = [
-    "user_id",
-    "email",
-    "first_name",
-    "last_name",
-    "locale",
-    "timezone",
-    "region",
-    "country",
-    "verification_state",
-    "rejected_at",
-    "refresh_token",
-    "tags",
-];
 
 /// One user of the import format. `Debug` hides the refresh token.
 #[derive(Clone, PartialEq, Eq)]
@@ -67,6 +56,46 @@ impl fmt::Debug for UserRecord {
     }
 }
 
+impl From<UserRow> for UserRecord {
+    fn from(row: UserRow) -> Self {
+        Self {
+            user_id: row.user_id,
+            email: row.email,
+            first_name: row.first_name.unwrap_or_default(),
+            last_name: row.last_name.unwrap_or_default(),
+            locale: row.locale.unwrap_or_default(),
+            timezone: row.timezone.unwrap_or_default(),
+            region: row.region,
+            country: row.country.unwrap_or_default(),
+            verification_state: row.verification_state,
+            rejected_at: row.rejected_at,
+            refresh_token: row.refresh_token.map(|t| t.as_str().to_owned()),
+            tags: row.tags,
+        }
+    }
+}
+
+impl From<&UserRecord> for UserRow {
+    fn from(u: &UserRecord) -> Self {
+        let text = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        Self {
+            user_id: u.user_id.clone(),
+            email: u.email.clone(),
+            first_name: text(&u.first_name),
+            last_name: text(&u.last_name),
+            locale: text(&u.locale),
+            timezone: text(&u.timezone),
+            region: u.region,
+            country: text(&u.country),
+            verification_state: u.verification_state,
+            rejected_at: u.rejected_at,
+            signed_up_at: None,
+            tags: u.tags.clone(),
+            refresh_token: u.refresh_token.clone().map(Zeroizing::new),
+        }
+    }
+}
+
 /// Why a user file (or one of its rows) could not be read. Each names the file and,
 /// when it applies, the line and the field.
 #[derive(Debug, thiserror::Error)]
@@ -84,60 +113,19 @@ pub enum UserFileError {
     Duplicate { file: String, line: u64, first: u64, user_id: String },
 }
 
-/// The raw row, as CSV and JSON Lines spell it.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRow {
-    user_id: String,
-    email: String,
-    #[serde(default)]
-    first_name: String,
-    #[serde(default)]
-    last_name: String,
-    #[serde(default)]
-    locale: String,
-    #[serde(default)]
-    timezone: String,
-    #[serde(default)]
-    region: String,
-    #[serde(default)]
-    country: String,
-    #[serde(default)]
-    verification_state: String,
-    #[serde(default)]
-    rejected_at: Option<String>,
-    #[serde(default)]
-    refresh_token: Option<String>,
-    /// CSV: `;`-separated. JSON Lines: the same string, or an array.
-    #[serde(default)]
-    tags: Tags,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Tags {
-    #[default]
-    None,
-    Joined(String),
-    List(Vec<String>),
-}
-
 /// A row's line number and what it parsed to, for the caller's report.
 pub type Row = (u64, Result<UserRecord, UserFileError>);
 
-/// Reads every row of a file (CSV, or JSON Lines when the name ends in `.jsonl`),
-/// keeping bad rows as errors so that a caller can keep the good ones.
+/// Reads every row of a file (JSON Lines when the name ends in `.jsonl` or
+/// `.ndjson`, else CSV), keeping bad rows as errors so that a caller can keep the
+/// good ones.
 ///
 /// # Errors
 /// [`UserFileError`] when the file cannot be read at all or its header is wrong.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, UserFileError> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl")) {
-        read_jsonl(std::io::BufReader::new(file), &name)
-    } else {
-        read_csv(file, &name)
-    }
+    let file = File::open(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
+    read_from(BufReader::new(file), &name, Format::from_path(path).unwrap_or(Format::Csv))
 }
 
 /// Reads a whole file, refusing it at the first bad row or duplicate user.
@@ -159,134 +147,37 @@ pub fn read_users(path: &Path) -> Result<Vec<UserRecord>, UserFileError> {
     Ok(out)
 }
 
-/// Reads CSV rows from any reader; `name` is used in errors.
+/// Reads rows in `format` from any reader; `name` is used in errors. A bad row is
+/// reported at its first problem.
 ///
 /// # Errors
 /// [`UserFileError::Header`] or [`UserFileError::Syntax`] when the file as a whole is
 /// unusable; row errors are returned inside the vector.
-pub fn read_csv<R: Read>(reader: R, name: &str) -> Result<Vec<Row>, UserFileError> {
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
-    let headers = rdr
-        .headers()
-        .map_err(|e| UserFileError::Syntax { file: name.to_owned(), line: 1, message: e.to_string() })?
-        .clone();
-    let found: Vec<&str> = headers.iter().collect();
-    let required = ["user_id", "email"];
-    let unknown = found.iter().find(|h| !HEADER.contains(h));
-    if unknown.is_some() || required.iter().any(|r| !found.contains(r)) {
-        return Err(UserFileError::Header {
-            file: name.to_owned(),
-            expected: HEADER.join(","),
-            found: found.join(","),
-        });
-    }
+pub fn read_from<R: BufRead>(reader: R, name: &str, format: Format) -> Result<Vec<Row>, UserFileError> {
+    let mut src = Source::new(reader, name, format, Missing::Defaulted).map_err(file_error)?;
+    let mut fields: Fields = Default::default();
     let mut rows = Vec::new();
-    for result in rdr.records() {
-        let row = match result {
-            Ok(record) => {
-                let line = record.position().map_or(0, csv::Position::line);
-                let parsed = record
-                    .deserialize::<RawRow>(Some(&headers))
-                    .map_err(|e| UserFileError::Syntax { file: name.to_owned(), line, message: e.to_string() })
-                    .and_then(|raw| parse_row(raw, name, line));
-                (line, parsed)
-            }
-            Err(e) => {
-                let line = e.position().map_or(0, csv::Position::line);
-                (line, Err(UserFileError::Syntax { file: name.to_owned(), line, message: e.to_string() }))
-            }
+    while let Some(read) = src.next_row(&mut fields).map_err(file_error)? {
+        let line = read.line;
+        let parsed = match read.problem {
+            Some(message) => Err(UserFileError::Syntax { file: name.to_owned(), line, message }),
+            None => parse_fields(&fields, Missing::Defaulted).map(UserRecord::from).map_err(|problems| {
+                let (column, message) = problems.first();
+                UserFileError::Field { file: name.to_owned(), line, field: column.name(), message: message.to_owned() }
+            }),
         };
-        rows.push(row);
+        rows.push((line, parsed));
     }
     Ok(rows)
 }
 
-/// Reads JSON Lines rows; blank lines are skipped.
-///
-/// # Errors
-/// [`UserFileError::Io`] when the reader fails; row errors are returned inside the vector.
-pub fn read_jsonl<R: BufRead>(reader: R, name: &str) -> Result<Vec<Row>, UserFileError> {
-    let mut rows = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let line = line.map_err(|error| UserFileError::Io { file: name.to_owned(), error })?;
-        if line.trim().is_empty() {
-            continue;
+fn file_error(e: FileError) -> UserFileError {
+    match e {
+        FileError::Header { file, found, .. } => {
+            UserFileError::Header { file, expected: WRITTEN.map(Column::name).join(","), found }
         }
-        let row = serde_json::from_str::<RawRow>(&line)
-            .map_err(|e| UserFileError::Syntax { file: name.to_owned(), line: line_no, message: e.to_string() })
-            .and_then(|raw| parse_row(raw, name, line_no));
-        rows.push((line_no, row));
+        FileError::Read { file, line, message } => UserFileError::Syntax { file, line, message },
     }
-    Ok(rows)
-}
-
-fn parse_row(raw: RawRow, file: &str, line: u64) -> Result<UserRecord, UserFileError> {
-    let field =
-        |field: &'static str, message: String| UserFileError::Field { file: file.to_owned(), line, field, message };
-    let user_id = UserId::parse(&raw.user_id).map_err(|e| field("user_id", e.to_string()))?;
-    let email = EmailAddress::parse(&raw.email).map_err(|e| field("email", e.to_string()))?;
-    let region = if raw.region.trim().is_empty() {
-        Region::Intl
-    } else {
-        raw.region.parse::<Region>().map_err(|e| field("region", e.to_string()))?
-    };
-    let verification_state = if raw.verification_state.trim().is_empty() {
-        VerificationState::Unverified
-    } else {
-        raw.verification_state.parse::<VerificationState>().map_err(|e| field("verification_state", e.to_string()))?
-    };
-    let timezone = raw.timezone.trim().to_owned();
-    if !timezone.is_empty() && timezone.parse::<chrono_tz::Tz>().is_err() {
-        return Err(field("timezone", format!("{timezone:?} is not an IANA time zone (e.g. Europe/London)")));
-    }
-    let country = raw.country.trim().to_ascii_uppercase();
-    let country_ok = country.is_empty() || (country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase()));
-    if !country_ok {
-        return Err(field("country", format!("{:?} is not an ISO 3166-1 alpha-2 code", raw.country)));
-    }
-    let locale = raw.locale.trim().to_owned();
-    if !locale.is_empty()
-        && !locale
-            .split(['-', '_'])
-            .all(|p| !p.is_empty() && p.len() <= 8 && p.chars().all(|c| c.is_ascii_alphanumeric()))
-    {
-        return Err(field("locale", format!("{locale:?} is not a language tag (e.g. en-GB)")));
-    }
-    let rejected_at = match raw.rejected_at.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
-            DateTime::parse_from_rfc3339(s)
-                .map_err(|e| field("rejected_at", format!("{s:?} is not an RFC 3339 time: {e}")))?
-                .with_timezone(&Utc),
-        ),
-    };
-    let refresh_token = raw.refresh_token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-    if refresh_token.as_deref().is_some_and(|t| t.chars().any(|c| c.is_whitespace() || c.is_control())) {
-        return Err(field("refresh_token", "contains white space or a control character".into()));
-    }
-    let tags = match raw.tags {
-        Tags::None => Vec::new(),
-        Tags::Joined(s) => s.split(';').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
-        Tags::List(v) => v.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
-    };
-    if let Some(bad) = tags.iter().find(|t| t.contains(';')) {
-        return Err(field("tags", format!("tag {bad:?} contains ';'")));
-    }
-    Ok(UserRecord {
-        user_id,
-        email,
-        first_name: raw.first_name.trim().to_owned(),
-        last_name: raw.last_name.trim().to_owned(),
-        locale,
-        timezone,
-        region,
-        country,
-        verification_state,
-        rejected_at,
-        refresh_token,
-        tags,
-    })
 }
 
 /// Writes users as CSV with the header, refresh tokens included.
@@ -294,28 +185,8 @@ fn parse_row(raw: RawRow, file: &str, line: u64) -> Result<UserRecord, UserFileE
 /// # Errors
 /// [`UserFileError::Io`] when writing fails.
 pub fn write_csv<W: Write>(writer: W, users: &[UserRecord], name: &str) -> Result<(), UserFileError> {
-    let io = |e: csv::Error| UserFileError::Io { file: name.to_owned(), error: std::io::Error::other(e) };
-    let mut w = csv::Writer::from_writer(writer);
-    w.write_record(HEADER).map_err(io)?;
-    for u in users {
-        let rejected_at = u.rejected_at.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)).unwrap_or_default();
-        w.write_record([
-            u.user_id.as_str(),
-            u.email.as_str(),
-            &u.first_name,
-            &u.last_name,
-            &u.locale,
-            &u.timezone,
-            u.region.as_str(),
-            &u.country,
-            u.verification_state.as_str(),
-            &rejected_at,
-            u.refresh_token.as_deref().unwrap_or(""),
-            &u.tags.join(";"),
-        ])
-        .map_err(io)?;
-    }
-    w.flush().map_err(|error| UserFileError::Io { file: name.to_owned(), error })
+    userfile::write_csv(writer, users.iter().map(UserRow::from))
+        .map_err(|error| UserFileError::Io { file: name.to_owned(), error })
 }
 
 /// Writes users as CSV to a file, replacing it.
@@ -324,7 +195,7 @@ pub fn write_csv<W: Write>(writer: W, users: &[UserRecord], name: &str) -> Resul
 /// [`UserFileError::Io`] naming the file.
 pub fn write_users(path: &Path, users: &[UserRecord]) -> Result<(), UserFileError> {
     let name = path.display().to_string();
-    let file = std::fs::File::create(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
+    let file = File::create(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
     write_csv(std::io::BufWriter::new(file), users, &name)
 }
 
@@ -339,7 +210,7 @@ mod tests {
 
     #[test]
     fn csv_round_trip() {
-        let rows = read_csv(GOOD.as_bytes(), "u.csv").unwrap();
+        let rows = read_from(GOOD.as_bytes(), "u.csv", Format::Csv).unwrap();
         let users: Vec<UserRecord> = rows.into_iter().map(|(_, r)| r.unwrap()).collect();
         assert_eq!(users.len(), 2);
         assert_eq!(users[0].country, "GB");
@@ -350,7 +221,7 @@ mod tests {
         let mut out = Vec::new();
         write_csv(&mut out, &users, "out").unwrap();
         let again: Vec<UserRecord> =
-            read_csv(out.as_slice(), "out").unwrap().into_iter().map(|(_, r)| r.unwrap()).collect();
+            read_from(out.as_slice(), "out", Format::Csv).unwrap().into_iter().map(|(_, r)| r.unwrap()).collect();
         assert_eq!(again, users);
         assert!(!format!("{:?}", users[0]).contains("rt_1"));
     }
@@ -359,21 +230,21 @@ mod tests {
     fn bad_rows_name_line_and_field() {
         let text =
             format!("{GOOD}8f9619ff-8b86-d011-b42d-00c04fc964ff,c@example.test,C,D,en,Mars/Base,intl,FR,VERIFIED,,,\n");
-        let rows = read_csv(text.as_bytes(), "u.csv").unwrap();
+        let rows = read_from(text.as_bytes(), "u.csv", Format::Csv).unwrap();
         let err = rows[2].1.as_ref().unwrap_err().to_string();
         assert!(err.starts_with("u.csv:4: field timezone:"), "{err}");
         let bad_state = GOOD.replace("UNVERIFIED", "DONE");
-        let rows = read_csv(bad_state.as_bytes(), "u.csv").unwrap();
+        let rows = read_from(bad_state.as_bytes(), "u.csv", Format::Csv).unwrap();
         let err = rows[1].1.as_ref().unwrap_err().to_string();
         assert!(err.starts_with("u.csv:3: field verification_state:"), "{err}");
-        let err = read_csv("id,email\n".as_bytes(), "h.csv").unwrap_err().to_string();
+        let err = read_from("id,email\n".as_bytes(), "h.csv", Format::Csv).unwrap_err().to_string();
         assert!(err.starts_with("h.csv: the header must be"), "{err}");
     }
 
     #[test]
     fn jsonl_rows() {
         let text = "{\"user_id\":\"6f9619ff-8b86-d011-b42d-00c04fc964ff\",\"email\":\"a@example.test\",\"tags\":[\"x\"],\"region\":\"us\"}\n\n{\"user_id\":\"nope\",\"email\":\"a@example.test\"}\n";
-        let rows = read_jsonl(text.as_bytes(), "u.jsonl").unwrap();
+        let rows = read_from(text.as_bytes(), "u.jsonl", Format::Jsonl).unwrap();
         assert_eq!(rows.len(), 2);
         let u = rows[0].1.as_ref().unwrap();
         assert_eq!(u.tags, vec!["x"]);

@@ -4,7 +4,7 @@
 //! ledger across campaigns.
 //!
 //! Every statement here reads a range of an index: the 1,000,000-target campaign of
-//! `reverify bench` (figure `dashboard_p95_ms`) must render in under 200 ms on
+//! `reverify-bench` (figure `dashboard_p95_ms`) must render in under 200 ms on
 //! Postgres. Migration 0010 adds the indexes the series read.
 
 use chrono::{DateTime, Utc};

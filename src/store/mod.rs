@@ -72,6 +72,7 @@ pub mod report;
 pub mod runs;
 pub mod sessions;
 pub mod targets;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod users;

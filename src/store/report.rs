@@ -105,11 +105,12 @@ impl Store {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Store {
-    /// Benchmark fixture (`reverify bench-report`): `n` generated users and one
-    /// target each in `campaign_id`, in a mix of statuses, written by the database
-    /// itself (a recursive CTE / `generate_series`) so that filling a million rows
-    /// costs seconds and no client memory.
+    /// Benchmark and test fixture (`reverify-bench report`, `--only dashboard`): `n`
+    /// generated users and one target each in `campaign_id`, in a mix of statuses,
+    /// written by the database itself (a recursive CTE / `generate_series`) so that
+    /// filling a million rows costs seconds and no client memory.
     ///
     /// # Errors
     /// [`StoreError::Query`].

@@ -1,11 +1,12 @@
-//! Prometheus metrics: one registry per process, fed by the places that know
-//! (the Baanx client, its limiter, the engine's per-user pipeline) and read by
-//! `/metrics` (daemon) or pushed to a Pushgateway (one-shot runs).
+//! Prometheus metrics: one registry per process, fed by the engine (its per-user
+//! pipeline, what the Baanx client and the notifier tell it through
+//! `engine::observe`, and the gauges `engine::gauges` reads from the database) and
+//! read by `/metrics` (daemon) or pushed to a Pushgateway (one-shot runs). This
+//! module knows nothing of the database.
 //!
 //! Decisions:
 //! - A process-wide [`Metrics`] behind [`global()`] rather than a handle threaded
-//!   through every constructor: the client, the limiter and the engine record one
-//!   line each, and a second worker in the same process adds to the same series,
+//!   through every constructor: each place records one line, and a second worker in the same process adds to the same series,
 //!   which is what a scrape should see. Tests that need exact numbers build their
 //!   own [`Metrics::new`].
 //! - Labels are low-cardinality and never personal: a campaign name (already
@@ -17,7 +18,6 @@
 //!   text format 0.0.4 for everything else, because the Pushgateway parses only the
 //!   latter (it reads an OpenMetrics counter's `_total` sample as a second family).
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -32,8 +32,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::store::{Store, StoreError};
-
 /// The `Content-Type` of [`Metrics::encode`].
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The `Content-Type` of [`Metrics::encode_prometheus`].
@@ -41,10 +39,6 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheu
 
 /// The label value used in place of one that is not a short identifier.
 pub const INVALID_LABEL: &str = "invalid";
-
-/// Every target status the schema knows, so that a status that empties is set to 0
-/// rather than left at its last value.
-pub const TARGET_STATUSES: [&str; 7] = ["pending", "claimed", "notified", "skipped", "deferred", "failed", "converted"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CampaignLabels {
@@ -387,62 +381,6 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-/// Sets the targets-by-status gauges of the global [`Metrics`] from the database.
-///
-/// # Errors
-/// [`StoreError`] when a campaign or its counts cannot be read; gauges already set
-/// keep their values.
-pub async fn refresh_target_gauges(store: &Store) -> Result<(), StoreError> {
-    global().refresh_targets(store).await
-}
-
-/// Sets every gauge of the global [`Metrics`] read from the database: targets by
-/// status and each campaign's last success.
-///
-/// # Errors
-/// As [`refresh_target_gauges`].
-pub async fn refresh_gauges(store: &Store) -> Result<(), StoreError> {
-    global().refresh(store).await
-}
-
-impl Metrics {
-    /// [`Metrics::refresh_targets`], then each campaign's last success from its
-    /// runs: a scrape or a push shows it even when this process ran nothing (a
-    /// `run --due` with nothing due, a restarted daemon).
-    ///
-    /// # Errors
-    /// [`StoreError`] when the database cannot be read.
-    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
-        self.refresh_targets(store).await?;
-        for (campaign, at) in store.run_last_successes().await? {
-            self.set_last_success(&campaign, at);
-        }
-        Ok(())
-    }
-
-    /// Sets the targets-by-status gauges from the database: for every campaign,
-    /// every status in [`TARGET_STATUSES`] (0 when it has none) and any other
-    /// status found, summed over reasons.
-    ///
-    /// # Errors
-    /// [`StoreError`] when a campaign or its counts cannot be read.
-    pub async fn refresh_targets(&self, store: &Store) -> Result<(), StoreError> {
-        for campaign in store.campaign_list().await? {
-            let mut by_status: BTreeMap<String, i64> = TARGET_STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
-            for c in store.target_counts(campaign.campaign_id).await? {
-                *by_status.entry(c.status.as_str().to_owned()).or_default() += c.count;
-            }
-            for (status, n) in by_status {
-                self.set_targets(campaign.name.as_str(), &status, n);
-            }
-            let halted = campaign.status == crate::store::campaigns::CampaignStatus::Paused
-                && campaign.pause_reason.as_deref().is_some_and(crate::store::campaigns::is_halt_reason);
-            self.set_campaign_halted(campaign.name.as_str(), halted);
-        }
-        Ok(())
     }
 }
 

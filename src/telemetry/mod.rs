@@ -1,8 +1,11 @@
 //! Telemetry: log set-up (human-readable lines on a terminal, JSON lines for
 //! Kubernetes), Prometheus metrics, and the operations endpoints a daemon serves.
+//! It knows nothing of the database: the engine sets the gauges read from it
+//! (`engine::gauges`) and answers the endpoints' questions about it ([`OpsProbe`]).
 
 pub mod metrics;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 
@@ -14,10 +17,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
-pub use metrics::{Metrics, global, refresh_gauges, refresh_target_gauges};
+pub use metrics::{Metrics, global};
 pub use server::{
-    OpsServer, OpsStarting, parse_listen, push_instance, push_metrics, serve_ops, serve_ops_starting, serve_public,
-    serve_public_on,
+    OpsProbe, OpsServer, OpsStarting, ProbeError, parse_listen, push_instance, push_metrics, serve_ops,
+    serve_ops_starting, serve_public, serve_public_on,
 };
 
 /// Why the operations server could not start or a push failed. Messages never

@@ -14,7 +14,7 @@
 //! - The daemon binds before it opens (and migrates) the database
 //!   ([`serve_ops_starting`]): a long migration answers `/healthz` all along, so a
 //!   liveness or startup probe never kills it half-way, and `/readyz` answers 503
-//!   `starting` until [`OpsStarting::ready`] hands the migrated store over.
+//!   `starting` until [`OpsStarting::ready`] says the database is migrated.
 //! - `/metrics` refreshes the targets-by-status and last-success gauges from the
 //!   database on each scrape (bounded by the same timeout; on failure the last
 //!   values stay), so the gauges are as fresh as the scrape and nobody has to
@@ -38,12 +38,26 @@ use tracing::{debug, info, warn};
 
 use super::TelemetryError;
 use super::metrics::{self, Metrics};
-use crate::store::{Store, redact_url};
+use crate::domain::endpoint::redact_url;
 
 /// The longest `/readyz` (and the gauge refresh of `/metrics`) waits on the database.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a push to the Pushgateway may take.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the operations endpoints ask of the layer that owns the database
+/// (`engine::gauges::StoreProbe`): telemetry itself knows nothing of it.
+#[async_trait::async_trait]
+pub trait OpsProbe: Send + Sync {
+    /// Whether the database answers (`/readyz`).
+    async fn ping(&self) -> Result<(), ProbeError>;
+    /// Sets the gauges of the global metrics that are read from the database
+    /// (before each `/metrics` answer).
+    async fn refresh_gauges(&self) -> Result<(), ProbeError>;
+}
+
+/// Why an [`OpsProbe`] failed; logged, never served.
+pub type ProbeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A running operations server.
 #[derive(Debug)]
@@ -54,7 +68,7 @@ pub struct OpsServer {
     pub handle: JoinHandle<Result<(), std::io::Error>>,
 }
 
-/// What the endpoints serve from: empty until the store is open and migrated.
+/// What the endpoints serve from: empty until the database is open and migrated.
 #[derive(Clone)]
 struct Ops {
     ready: Arc<OnceLock<Ready>>,
@@ -62,12 +76,12 @@ struct Ops {
 }
 
 struct Ready {
-    store: Store,
+    probe: Arc<dyn OpsProbe>,
     /// Routes beside the operations endpoints (the webhook receiver).
     extra: Router,
 }
 
-/// The handle [`serve_ops_starting`] returns: hands the server its store once the
+/// The handle [`serve_ops_starting`] returns: hands the server its probe once the
 /// database is open and migrated.
 #[derive(Debug)]
 pub struct OpsStarting {
@@ -81,10 +95,9 @@ impl std::fmt::Debug for Ready {
 }
 
 impl OpsStarting {
-    /// From now on `/readyz` asks `store`, `/metrics` refreshes its gauges from it,
-    /// and `extra`'s routes answer.
-    pub fn ready(self, store: Store, extra: Router) {
-        let _ = self.ready.set(Ready { store, extra });
+    /// From now on `/readyz` and `/metrics` ask `probe`, and `extra`'s routes answer.
+    pub fn ready(self, probe: Arc<dyn OpsProbe>, extra: Router) {
+        let _ = self.ready.set(Ready { probe, extra });
     }
 }
 
@@ -103,13 +116,13 @@ pub fn parse_listen(value: &str) -> Result<SocketAddr, TelemetryError> {
 }
 
 /// The router, over the global metrics.
-pub fn router(store: Store) -> Router {
+pub fn router(probe: Arc<dyn OpsProbe>) -> Router {
     let (router, starting) = starting_router();
-    starting.ready(store, Router::new());
+    starting.ready(probe, Router::new());
     router
 }
 
-/// The router before the store is open: `/healthz` answers, the rest says 503
+/// The router before the database is open: `/healthz` answers, the rest says 503
 /// `starting` until [`OpsStarting::ready`].
 fn starting_router() -> (Router, OpsStarting) {
     let ready = Arc::new(OnceLock::new());
@@ -130,14 +143,14 @@ fn starting_router() -> (Router, OpsStarting) {
 /// [`TelemetryError::Listen`] when the address cannot be bound.
 pub async fn serve_ops(
     listen: SocketAddr,
-    store: Store,
+    probe: Arc<dyn OpsProbe>,
     shutdown: CancellationToken,
 ) -> Result<OpsServer, TelemetryError> {
     let bind_err = |e: std::io::Error| TelemetryError::Listen { addr: listen.to_string(), message: e.to_string() };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_err)?;
     let local_addr = listener.local_addr().map_err(bind_err)?;
     info!(%local_addr, "serving /healthz, /readyz and /metrics");
-    Ok(OpsServer { local_addr, handle: spawn(listener, router(store), shutdown) })
+    Ok(OpsServer { local_addr, handle: spawn(listener, router(probe), shutdown) })
 }
 
 /// Binds `listen` and serves `routes` (the Baanx webhook receiver) and `/healthz`,
@@ -188,9 +201,9 @@ fn spawn(
 
 /// Binds `listen` and serves the operations endpoints before the database is
 /// open: `/healthz` answers at once; `/readyz` answers 503 `starting` until
-/// [`OpsStarting::ready`] is called with the migrated store. `/metrics` serves the
-/// process's metrics throughout, and the gauges read from the database once the
-/// store is there.
+/// [`OpsStarting::ready`] is called once the database is migrated. `/metrics`
+/// serves the process's metrics throughout, and the gauges read from the database
+/// once it is there.
 ///
 /// # Errors
 /// As [`serve_ops`].
@@ -231,7 +244,7 @@ async fn readyz(State(ops): State<Ops>) -> Response {
         debug!("not ready: the database is not open (or not migrated) yet");
         return starting();
     };
-    match tokio::time::timeout(READY_TIMEOUT, ready.store.ping()).await {
+    match tokio::time::timeout(READY_TIMEOUT, ready.probe.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {
             warn!(error = %e, "not ready: the database does not answer");
@@ -247,7 +260,7 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the 0.0.4 text.
 async fn metrics_handler(State(ops): State<Ops>, headers: HeaderMap) -> Response {
     if let Some(ready) = ops.ready.get() {
-        match tokio::time::timeout(READY_TIMEOUT, ops.metrics.refresh(&ready.store)).await {
+        match tokio::time::timeout(READY_TIMEOUT, ready.probe.refresh_gauges()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => debug!(error = %e, "target gauges not refreshed"),
             Err(_) => debug!("target gauges not refreshed: the database did not answer in time"),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use reverify::Secret;
-use reverify::baanx::{BaanxConfig, RetryPolicy};
+use reverify::baanx::{ApiRetryPolicy, BaanxConfig};
 use reverify::sandbox::{Sandbox, SandboxConfig, Stats, UserSource};
 
 /// A user id for the stub API.
@@ -17,7 +17,7 @@ pub fn fast_config(base: url::Url, client_key: &str) -> BaanxConfig {
     cfg.requests_per_second = 10_000.0;
     cfg.burst = 1_000;
     cfg.max_concurrency = 64;
-    cfg.retry = RetryPolicy {
+    cfg.retry = ApiRetryPolicy {
         max_attempts: 4,
         max_rate_limited_attempts: 6,
         max_elapsed: Duration::from_secs(20),

@@ -80,3 +80,18 @@ fn man_prints_roff_pages() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no command"), "{o:?}");
 }
+
+#[test]
+fn benchmarks_are_not_product_commands() {
+    let help = stdout(&reverify(&["--help"]));
+    assert!(!help.lines().any(|l| l.trim_start().starts_with("bench")), "a bench line in\n{help}");
+    assert!(!commands().iter().any(|c| c.starts_with("bench")));
+    for c in ["bench", "bench-report"] {
+        let o = reverify(&[c]);
+        assert_eq!(o.status.code(), Some(2), "reverify {c} is a usage error");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("unrecognized subcommand '{c}'")), "reverify {c}: {err}");
+        let o = reverify(&["man", c]);
+        assert_eq!(o.status.code(), Some(1), "reverify man {c}");
+    }
+}

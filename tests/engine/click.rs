@@ -201,7 +201,7 @@ both_engines!(a_verified_user_is_told_so_and_their_links_are_revoked, |db: TestD
     // the person clicks, completes the session at Baanx and is verified
     let r = c.http.post(&link).send().await.unwrap();
     let location = r.headers()["location"].to_str().unwrap().to_owned();
-    assert!(c.env.sandbox.complete_session(&location, reverify::sandbox::Outcome::Verified));
+    assert!(c.env.sandbox.complete_session(&location, reverify::sandbox::SessionOutcome::Verified));
     // an old tab: the click finds the user verified, and says so
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     let page = c.http.post(&link).send().await.unwrap();

@@ -117,13 +117,13 @@ both_engines!(an_smtp_failure_storm_halts_and_pauses_the_campaign, |db: TestDb| 
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].detail.as_ref().unwrap()["reason"], "delivery_failure_rate");
     let metrics = reverify::telemetry::global();
-    metrics.refresh(env.store()).await.unwrap();
+    reverify::engine::gauges::refresh_gauges(env.store()).await.unwrap();
     let text = metrics.encode();
     assert!(text.contains("reverify_campaign_halted{campaign=\"storm\"} 1"), "{text}");
 
     // resuming clears it
     env.store().campaign_set_status(&c.name, StatusChange::Resume, "test", Utc::now()).await.unwrap();
-    metrics.refresh(env.store()).await.unwrap();
+    reverify::engine::gauges::refresh_gauges(env.store()).await.unwrap();
     assert!(metrics.encode().contains("reverify_campaign_halted{campaign=\"storm\"} 0"));
 });
 

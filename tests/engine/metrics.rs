@@ -43,7 +43,7 @@ both_engines!(a_run_is_counted_in_the_metrics, |db: TestDb| async move {
     env.sandbox.fail_next(ScriptedFault::Throttle { retry_after_secs: 1 }, 1);
     let report = env.run(&campaign).await;
     assert!(report.counts.notified > 0, "{report:?}");
-    telemetry::refresh_target_gauges(env.store()).await.unwrap();
+    reverify::engine::gauges::refresh_target_gauges(env.store()).await.unwrap();
 
     let text = telemetry::global().encode();
     let c = format!("campaign=\"{name}\"");

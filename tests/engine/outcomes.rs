@@ -13,7 +13,7 @@ use reverify::Secret;
 use reverify::both_engines;
 use reverify::domain::{Clock as _, ManualClock, VerificationState};
 use reverify::engine::Progress;
-use reverify::sandbox::{Outcome, SandboxConfig, UserSource, WebhookTarget};
+use reverify::sandbox::{SandboxConfig, SessionOutcome, UserSource, WebhookTarget};
 use reverify::store::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
@@ -181,7 +181,7 @@ both_engines!(reminders_hold_every_limit_and_stop_after_max, |db: TestDb| async 
     // one user verifies on the sandbox; no webhook is configured: the run's sync of
     // expired sessions must find out before reminding
     let (verifier, url) = first[0].clone();
-    assert!(env.sandbox.complete_session(&url, Outcome::Verified));
+    assert!(env.sandbox.complete_session(&url, SessionOutcome::Verified));
 
     clock.advance(chrono::Duration::hours(2));
     run().await;
@@ -232,7 +232,7 @@ both_engines!(users_sync_records_what_baanx_says, |db: TestDb| async move {
     env.run(&c).await;
     let sent = links(&env);
     let (email, url) = &sent[0];
-    assert!(env.sandbox.complete_session(url, Outcome::Rejected));
+    assert!(env.sandbox.complete_session(url, SessionOutcome::Rejected));
     let user = user_of(&env, email);
 
     let out = stdout_of(reverify(&env).args(["users", "sync", "--campaign", "kyc"]));

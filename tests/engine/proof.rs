@@ -11,7 +11,7 @@ use reverify::both_engines;
 use reverify::domain::{UserId, VerificationState};
 use reverify::engine::Progress;
 use reverify::notify::testing::{Fault, ReceivedMail, SmtpServer};
-use reverify::sandbox::{Outcome, SandboxConfig, UserSource};
+use reverify::sandbox::{SandboxConfig, SessionOutcome, UserSource};
 use reverify::store::testing::TestDb;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
@@ -81,10 +81,10 @@ both_engines!(each_eligible_user_gets_one_email_with_their_own_session, |db: Tes
     // verifies that user and nobody else
     for (to, link) in sent.iter().take(10) {
         let user = eligible[to];
-        assert!(env.sandbox.complete_session(link, Outcome::Verified), "the link works once");
+        assert!(env.sandbox.complete_session(link, SessionOutcome::Verified), "the link works once");
         let view = env.sandbox.user(&user.user_id).unwrap();
         assert_eq!(view.verification_state, VerificationState::Verified, "{to}'s link verified {to}");
-        assert!(!env.sandbox.complete_session(link, Outcome::Verified), "and only once");
+        assert!(!env.sandbox.complete_session(link, SessionOutcome::Verified), "and only once");
     }
 
     // every ineligible user got nothing and has a recorded reason

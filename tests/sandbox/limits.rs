@@ -6,7 +6,7 @@ use std::time::Duration as StdDuration;
 use chrono::Duration;
 use reqwest::StatusCode;
 use reverify::domain::{DeferReason, Region, VerificationState};
-use reverify::sandbox::Outcome;
+use reverify::sandbox::SessionOutcome;
 
 use super::common::{Env, record, t0};
 
@@ -66,7 +66,7 @@ async fn third_concurrent_session_ok_fourth_refused() {
     env.clock.set(t0() + Duration::hours(24));
     env.session(&token, false).await.expect("a slot freed by expiry");
     // completing a session frees its slot too (and does not count as expired use)
-    assert!(!env.sandbox.complete_session(&first, Outcome::Verified), "the first expired");
+    assert!(!env.sandbox.complete_session(&first, SessionOutcome::Verified), "the first expired");
     assert_limited(env.session(&token, false).await, DeferReason::Concurrency);
     let view = env.sandbox.user(&u.user_id).unwrap();
     assert_eq!(view.active_sessions, 3);
@@ -83,7 +83,7 @@ async fn a_completed_session_frees_its_concurrency_slot() {
     env.session(&token, false).await.unwrap();
     env.session(&token, false).await.unwrap();
     assert_limited(env.session(&token, false).await, DeferReason::Concurrency);
-    assert!(env.sandbox.complete_session(&a, Outcome::Verified));
+    assert!(env.sandbox.complete_session(&a, SessionOutcome::Verified));
     env.session(&token, false).await.expect("slot freed by completion");
     env.sandbox.shutdown().await;
 }
@@ -97,13 +97,13 @@ async fn cooldown_after_three_consecutive_failures_and_reset_by_success() {
     // two failures: no cooldown
     for _ in 0..2 {
         let s = env.session(&token, false).await.unwrap();
-        assert!(env.sandbox.complete_session(&s, Outcome::Abandoned));
+        assert!(env.sandbox.complete_session(&s, SessionOutcome::Abandoned));
     }
     let s = env.session(&token, false).await.expect("two failures are allowed");
     // the third failure (abandoned) starts a 1 h cooldown from its moment
     env.clock.advance(Duration::minutes(5));
     let failed_at = t0() + Duration::minutes(5);
-    assert!(env.sandbox.complete_session(&s, Outcome::Abandoned));
+    assert!(env.sandbox.complete_session(&s, SessionOutcome::Abandoned));
     assert_limited(env.session(&token, false).await, DeferReason::FailureCooldown);
     env.clock.set(failed_at + Duration::hours(1) - Duration::milliseconds(1));
     assert_limited(env.session(&token, false).await, DeferReason::FailureCooldown);
@@ -113,7 +113,9 @@ async fn cooldown_after_three_consecutive_failures_and_reset_by_success() {
 
     // a verified session resets the run of failures
     let token = env.access_token(&v).await;
-    for outcome in [Outcome::Abandoned, Outcome::Abandoned, Outcome::Verified, Outcome::Abandoned] {
+    for outcome in
+        [SessionOutcome::Abandoned, SessionOutcome::Abandoned, SessionOutcome::Verified, SessionOutcome::Abandoned]
+    {
         let s = env.session(&token, false).await.expect("no cooldown");
         assert!(env.sandbox.complete_session(&s, outcome));
     }
@@ -138,7 +140,7 @@ async fn twenty_four_hours_after_a_rejection() {
     // a rejection through a session starts the cooldown at the decision
     let token = env.access_token(&fresh).await;
     let s = env.session(&token, true).await.unwrap();
-    assert!(env.sandbox.complete_session(&s, Outcome::Rejected));
+    assert!(env.sandbox.complete_session(&s, SessionOutcome::Rejected));
     let view = env.sandbox.user(&fresh.user_id).unwrap();
     assert_eq!(view.verification_state, VerificationState::Rejected);
     assert_eq!(view.rejected_at, Some(t0() + Duration::hours(1)));

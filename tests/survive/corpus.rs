@@ -285,10 +285,9 @@ async fn malformed_api_answers_are_recorded_not_trusted() {
 
 mod fuzz {
     use proptest::prelude::*;
-    use reverify::directory::Format;
-    use reverify::directory::columns::{Fields, parse_fields};
-    use reverify::directory::source::Source;
+    use reverify::directory::{Format, open_file};
     use reverify::domain::CampaignSpec;
+    use reverify::domain::userfile::{Fields, Missing, parse_fields};
 
     fn config() -> ProptestConfig {
         let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
@@ -335,7 +334,7 @@ mod fuzz {
             let mut bytes = headers[header].as_bytes().to_vec();
             bytes.extend_from_slice(&body);
             std::fs::write(&p, &bytes).unwrap();
-            match Source::open(&p, Format::Csv) {
+            match open_file(&p, Format::Csv) {
                 Err(e) => prop_assert!(e.to_string().contains("f.csv"), "{e}"),
                 Ok(mut src) => {
                     let mut fields: Fields = Default::default();
@@ -345,7 +344,7 @@ mod fuzz {
                             Ok(Some(r)) => {
                                 prop_assert!(r.line >= 2);
                                 if r.problem.is_none() {
-                                    let _ = parse_fields(&fields);
+                                    let _ = parse_fields(&fields, Missing::Refused);
                                 }
                             }
                             Err(e) => {

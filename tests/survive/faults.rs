@@ -11,6 +11,7 @@ use reverify::Settings;
 use reverify::baanx::{BaanxClient, BaanxConfig};
 use reverify::crypto::TokenCipher;
 use reverify::engine::adapters::StoreTokenVault;
+use reverify::engine::observe::Metered;
 use reverify::engine::{Progress, RunReport, Worker};
 use reverify::notify::Notifier;
 use reverify::notify::testing::{Fault, SmtpServer};
@@ -28,24 +29,26 @@ fn quick_worker(rig: &Rig, settings: &Settings) -> Worker {
     let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), None).unwrap();
     let vault = StoreTokenVault::new(rig.db.store.clone(), Arc::new(cipher), w.clock.clone());
     let mut cfg = BaanxConfig::from_settings(settings).unwrap();
-    cfg.retry = reverify::baanx::RetryPolicy {
+    cfg.retry = reverify::baanx::ApiRetryPolicy {
         max_attempts: 3,
         max_rate_limited_attempts: 4,
         max_elapsed: Duration::from_secs(8),
         base_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(200),
     };
+    cfg.observer = Arc::new(Metered);
     w.client = Arc::new(BaanxClient::new(cfg, Arc::new(vault)).unwrap());
     w.notifier = Notifier::from_settings(
         settings,
-        reverify::notify::RetryPolicy {
+        reverify::notify::DeliveryRetryPolicy {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(200),
             max_elapsed: Duration::from_secs(5),
         },
     )
-    .unwrap();
+    .unwrap()
+    .observed_by(Arc::new(Metered));
     w
 }
 

@@ -1,4 +1,4 @@
-//! `reverify bench import`: generates a CSV of N users, every one with a refresh
+//! `reverify-bench import`: generates a CSV of N users, every one with a refresh
 //! token, and times `users import` of it into a fresh SQLite file and a fresh
 //! Postgres database. Run it from `scripts/bench-import.sh` (release build).
 //!
@@ -16,8 +16,6 @@ use reverify::directory::{ImportOptions, import_file};
 use reverify::store::Store;
 use reverify::store::testing::TestDb;
 use reverify::store::users::UserFilter;
-
-use super::exit;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchImportArgs {
@@ -54,7 +52,7 @@ fn reset_peak_rss() {
 /// Writes `rows` users in the import format, each with a refresh token: 60 %
 /// UNVERIFIED, 20 % REJECTED long ago, 10 % PENDING, 10 % VERIFIED, or every one
 /// UNVERIFIED when `all_unverified` (the targeting benchmark wants all eligible).
-pub(super) fn generate(path: &Path, rows: u64, all_unverified: bool) -> anyhow::Result<()> {
+pub fn generate(path: &Path, rows: u64, all_unverified: bool) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(
         out,
@@ -102,7 +100,7 @@ async fn time_import(store: &Store, csv: &Path, cipher: &Arc<TokenCipher>, rows:
     Ok((secs, peak))
 }
 
-pub async fn run(args: BenchImportArgs) -> anyhow::Result<u8> {
+pub async fn run(args: BenchImportArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
@@ -129,5 +127,5 @@ pub async fn run(args: BenchImportArgs) -> anyhow::Result<u8> {
         peak = peak.max(p);
     }
     println!("import_peak_rss: {peak:.0} MB");
-    Ok(exit::OK)
+    Ok(())
 }

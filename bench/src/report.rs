@@ -1,4 +1,4 @@
-//! `reverify bench-report` (hidden): fills a throw-away database with N targets of
+//! `reverify-bench report`: fills a throw-away database with N targets of
 //! one campaign and streams `campaign report` of it to /dev/null, timing it and
 //! watching memory. Run it from `scripts/bench-report.sh` (release build).
 //!
@@ -14,8 +14,6 @@ use reverify::domain::CampaignSpec;
 use reverify::report::{ReportFormat, write_report};
 use reverify::store::Store;
 use reverify::store::testing::TestDb;
-
-use super::exit;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchReportArgs {
@@ -90,7 +88,7 @@ async fn bench(store: &Store, engine: &str, args: &BenchReportArgs) -> anyhow::R
     Ok(())
 }
 
-pub async fn run(args: BenchReportArgs) -> anyhow::Result<u8> {
+pub async fn run(args: BenchReportArgs) -> anyhow::Result<()> {
     if !args.skip_sqlite {
         let db = TestDb::sqlite().await;
         bench(&db.store, "sqlite", &args).await?;
@@ -99,5 +97,5 @@ pub async fn run(args: BenchReportArgs) -> anyhow::Result<u8> {
         let db = TestDb::postgres().await;
         bench(&db.store, "postgres", &args).await?;
     }
-    Ok(exit::OK)
+    Ok(())
 }

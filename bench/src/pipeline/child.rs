@@ -8,6 +8,9 @@
 //! `REVERIFY_*` variable of the caller, no settings file (`REVERIFY_CONFIG=/dev/null`),
 //! and the scenario's directory as its working directory (so the built-in templates
 //! are used and no `./reverify.toml` is read).
+//!
+//! The binary is the `reverify` next to this executable (cargo builds both into the
+//! same target directory), or the one `REVERIFY_BIN` names.
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
@@ -19,6 +22,25 @@ use reverify::sandbox::Stats;
 
 /// GNU time, from the Debian package `time` (scripts/install-test-deps.sh).
 pub const TIME: &str = "/usr/bin/time";
+
+/// The `reverify` binary the scenarios run: `REVERIFY_BIN`, else the `reverify`
+/// next to this executable.
+pub fn reverify_exe() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("REVERIFY_BIN") {
+        let path = PathBuf::from(path);
+        ensure!(path.is_file(), "REVERIFY_BIN={}: no such file", path.display());
+        return Ok(path);
+    }
+    let me = std::env::current_exe().context("cannot find this executable")?;
+    let exe = me.with_file_name(format!("reverify{}", std::env::consts::EXE_SUFFIX));
+    ensure!(
+        exe.is_file(),
+        "the reverify binary is missing: no {}; build it with cargo build --release --workspace \
+         (or name it in REVERIFY_BIN)",
+        exe.display()
+    );
+    Ok(exe)
+}
 
 /// A `reverify` command with a clean environment, run in `dir`.
 pub fn reverify(exe: &Path, dir: &Path) -> Command {

@@ -1,10 +1,14 @@
-//! `reverify bench --quick` as CI runs it: the whole pipeline at a small size, so
+//! `reverify-bench --quick` as CI runs it: the whole pipeline at a small size, so
 //! that the harness cannot rot. It asserts that every figure line is printed and
 //! parses, never how fast anything was (a shared CI machine gives any number).
+//!
+//! The scenarios run the `reverify` binary next to `reverify-bench` in the target
+//! directory: `cargo test --workspace` builds both.
 
+use std::path::Path;
 use std::process::Command;
 
-/// (figure, unit) as `reverify bench` prints them: `name: value unit`.
+/// (figure, unit) as `reverify-bench` prints them: `name: value unit`.
 const FIGURES: [(&str, &str); 16] = [
     ("throughput_postgres", "users/s"),
     ("cpu_per_1k_users", "s"),
@@ -26,11 +30,19 @@ const FIGURES: [(&str, &str); 16] = [
 
 #[test]
 fn quick_bench_prints_every_figure() {
-    let out = Command::new(env!("CARGO_BIN_EXE_reverify"))
-        .args(["bench", "--quick"])
+    let bench = Path::new(env!("CARGO_BIN_EXE_reverify-bench"));
+    let reverify = bench.with_file_name(format!("reverify{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        reverify.is_file(),
+        "no {}: run the tests with cargo test --workspace, which builds the reverify binary too",
+        reverify.display()
+    );
+    let out = Command::new(bench)
+        .arg("--quick")
         .env("REVERIFY_CONFIG", "/dev/null")
+        .env_remove("REVERIFY_BIN")
         .output()
-        .expect("reverify runs");
+        .expect("reverify-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     let machine = stdout.lines().next().unwrap_or_default();

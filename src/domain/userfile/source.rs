@@ -1,18 +1,15 @@
-//! Reading a directory file row by row, CSV or JSON Lines, in constant memory.
+//! Reading a user file row by row, CSV or JSON Lines, in constant memory.
 //!
 //! A [`Source`] fills a reused [`Fields`] per row and says which line the row
 //! started on. A row that cannot be read as a row (wrong field count, bytes that are
 //! not UTF-8, a JSON line that is not an object, an unknown key) comes back as a
 //! problem for that line, and reading goes on. Only what makes the rest of the file
-//! unreadable is an error: the file itself, its CSV header, or a line so long it
+//! unreadable is an error: reading the file, its CSV header, or a line so long it
 //! cannot be a user ([`MAX_LINE_BYTES`]).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::io::{BufRead, Read};
 
-use super::columns::{Column, Fields, column_list};
-use super::{Format, ImportError};
+use super::{Column, Fields, FileError, Format, Missing, column_list};
 
 /// The longest line accepted. A user row is well under 1 KiB; a longer line is a
 /// wrong file (or an attack), refused before it is buffered whole.
@@ -24,32 +21,30 @@ pub struct RowRead {
     pub problem: Option<String>,
 }
 
-/// A file being read.
-pub enum Source {
-    Csv(CsvSource),
-    Jsonl(JsonlSource),
+/// A file being read from `R`.
+pub enum Source<R> {
+    Csv(CsvSource<R>),
+    Jsonl(JsonlSource<R>),
 }
 
-impl Source {
-    /// Opens `path` and, for CSV, reads and checks the header.
+impl<R: BufRead> Source<R> {
+    /// Reads `file` (its name, for messages) from `reader` and, for CSV, reads and
+    /// checks the header: `missing` says which columns it must have.
     ///
     /// # Errors
-    /// [`ImportError::Open`], [`ImportError::Header`].
-    pub fn open(path: &Path, format: Format) -> Result<Source, ImportError> {
-        let file_name = path.display().to_string();
-        let file = File::open(path).map_err(|e| ImportError::Open { file: file_name.clone(), source: e })?;
-        let reader = BufReader::with_capacity(256 * 1024, file);
+    /// [`FileError::Header`].
+    pub fn new(reader: R, file: &str, format: Format, missing: Missing) -> Result<Self, FileError> {
         match format {
-            Format::Csv => CsvSource::new(reader, file_name).map(Source::Csv),
-            Format::Jsonl => Ok(Source::Jsonl(JsonlSource { reader, file: file_name, line: 0, buf: Vec::new() })),
+            Format::Csv => CsvSource::new(reader, file.to_owned(), missing).map(Source::Csv),
+            Format::Jsonl => Ok(Source::Jsonl(JsonlSource { reader, file: file.to_owned(), line: 0, buf: Vec::new() })),
         }
     }
 
     /// Reads the next row into `out`; `None` at the end of the file.
     ///
     /// # Errors
-    /// [`ImportError::Read`] when the file cannot be read on.
-    pub fn next_row(&mut self, out: &mut Fields) -> Result<Option<RowRead>, ImportError> {
+    /// [`FileError::Read`] when the file cannot be read on.
+    pub fn next_row(&mut self, out: &mut Fields) -> Result<Option<RowRead>, FileError> {
         match self {
             Source::Csv(s) => s.next_row(out),
             Source::Jsonl(s) => s.next_row(out),
@@ -107,23 +102,30 @@ impl<R: Read> Read for LineLimit<R> {
 }
 
 /// CSV with a header row.
-pub struct CsvSource {
-    reader: csv::Reader<LineLimit<BufReader<File>>>,
+pub struct CsvSource<R> {
+    reader: csv::Reader<LineLimit<R>>,
     file: String,
-    /// For each file column, the directory column it holds.
+    /// For each file column, the column it holds.
     map: Vec<Column>,
     record: csv::ByteRecord,
 }
 
-impl CsvSource {
-    fn new(reader: BufReader<File>, file: String) -> Result<Self, ImportError> {
+impl<R: Read> CsvSource<R> {
+    fn new(reader: R, file: String, missing: Missing) -> Result<Self, FileError> {
         let mut reader = csv::ReaderBuilder::new().flexible(true).has_headers(true).from_reader(LineLimit {
             inner: reader,
             since_newline: 0,
             newlines: 0,
         });
-        let header_err = |message: String| ImportError::Header { file: file.clone(), message };
-        let header = reader.byte_headers().map_err(|e| header_err(format!("cannot read the header row: {e}")))?.clone();
+        let header = match reader.byte_headers() {
+            Ok(h) => h.clone(),
+            Err(e) => {
+                let message = format!("cannot read the header row: {e}");
+                return Err(FileError::Header { file, message, found: String::new() });
+            }
+        };
+        let found = header.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join(",");
+        let header_err = |message: String| FileError::Header { file: file.clone(), message, found: found.clone() };
         if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
             return Err(header_err(format!(
                 "the file is empty; the first line must name the columns: {}",
@@ -159,22 +161,22 @@ impl CsvSource {
                 column_list()
             )));
         }
-        let missing: Vec<&str> =
-            Column::ALL.into_iter().filter(|c| c.required() && !map.contains(c)).map(Column::name).collect();
-        if !missing.is_empty() {
-            return Err(header_err(format!("missing required column(s) {}", missing.join(", "))));
+        let absent: Vec<&str> =
+            Column::ALL.into_iter().filter(|c| missing.requires(*c) && !map.contains(c)).map(Column::name).collect();
+        if !absent.is_empty() {
+            return Err(header_err(format!("missing required column(s) {}", absent.join(", "))));
         }
         Ok(Self { reader, file, map, record: csv::ByteRecord::new() })
     }
 
-    fn next_row(&mut self, out: &mut Fields) -> Result<Option<RowRead>, ImportError> {
+    fn next_row(&mut self, out: &mut Fields) -> Result<Option<RowRead>, FileError> {
         let more = self.reader.read_byte_record(&mut self.record).map_err(|e| {
             let line = e.position().map_or(self.reader.get_ref().newlines + 1, csv::Position::line);
             let message = match e.into_kind() {
                 csv::ErrorKind::Io(io) => io.to_string(),
                 other => format!("{other:?}"),
             };
-            ImportError::Read { file: self.file.clone(), line, message }
+            FileError::Read { file: self.file.clone(), line, message }
         })?;
         if !more {
             return Ok(None);
@@ -199,14 +201,14 @@ impl CsvSource {
 }
 
 /// JSON Lines: one object per line, keys as the CSV columns; `tags` may be a list.
-pub struct JsonlSource {
-    reader: BufReader<File>,
+pub struct JsonlSource<R> {
+    reader: R,
     file: String,
     line: u64,
     buf: Vec<u8>,
 }
 
-impl JsonlSource {
+impl<R: BufRead> JsonlSource<R> {
     /// Reads one line into `buf`, at most [`MAX_LINE_BYTES`]; `Some(false)` when it
     /// was longer (the rest is skipped), `None` at the end.
     fn read_line(&mut self) -> std::io::Result<Option<bool>> {
@@ -236,9 +238,9 @@ impl JsonlSource {
         }
     }
 
-    fn next_row(&mut self, out: &mut Fields) -> Result<Option<RowRead>, ImportError> {
+    fn next_row(&mut self, out: &mut Fields) -> Result<Option<RowRead>, FileError> {
         loop {
-            let fits = self.read_line().map_err(|e| ImportError::Read {
+            let fits = self.read_line().map_err(|e| FileError::Read {
                 file: self.file.clone(),
                 line: self.line + 1,
                 message: e.to_string(),

@@ -1,4 +1,5 @@
-//! `reverify bench`: the benchmark of issue 8, measuring the real pipeline.
+//! The pipeline benchmark of issue 8 (`reverify-bench` without a subcommand),
+//! measuring the real pipeline.
 //!
 //! Each scenario starts the sandbox as a child process with generated users,
 //! exports them, imports them with `reverify users import` into a fresh database,
@@ -17,9 +18,6 @@
 //! Click-through links have two scenarios: the send step of a `delivery.link =
 //! "click"` campaign (no session call), and the clicks themselves: `reverify serve`
 //! as a child, many concurrent POSTs to distinct links, each request's latency.
-//!
-//! `reverify bench sandbox` and `reverify bench import` are the sandbox's and the
-//! import's own benchmarks, kept under the same command.
 
 mod child;
 mod dashboard;
@@ -29,38 +27,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use reverify::crypto::TokenCipher;
-use reverify::sandbox::Endpoint;
+use reverify::sandbox::SandboxRoute;
 use reverify::store::Backend;
 use reverify::store::testing::TestDb;
 use tokio::runtime::Handle;
 
 use self::child::{CLIENT_KEY, Measured, Report, SandboxChild, ServeChild};
 use self::probe::Sampled;
-use super::exit;
-
-/// Benchmarks. Without a subcommand: the whole pipeline (issue 8).
-#[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    command: Option<BenchCommand>,
-    #[command(flatten)]
-    pipeline: PipelineArgs,
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Measure the sandbox's requests per second (in-process, over loopback).
-    Sandbox(super::sandbox::BenchArgs),
-    /// Import a generated CSV of 1M users into SQLite and Postgres.
-    Import(super::bench_import::BenchImportArgs),
-}
 
 /// Options of the pipeline benchmark.
 #[derive(Debug, Args)]
-struct PipelineArgs {
+pub struct PipelineArgs {
     /// Small sizes for CI (2,000 users, a short rate window, the "1m" figures at
     /// 1,000 users). The figures are printed all the same; their values mean little.
     #[arg(long)]
@@ -157,17 +136,10 @@ const CLICK_ADDRESSES: usize = 200;
 /// The `public_url` of the send-only click scenario: nothing is clicked there.
 const UNSERVED_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
-    match args.command {
-        Some(BenchCommand::Sandbox(a)) => super::sandbox::bench(a).await,
-        Some(BenchCommand::Import(a)) => super::bench_import::run(a).await,
-        None => {
-            let handle = Handle::current();
-            tokio::task::spawn_blocking(move || pipeline(&args.pipeline, &handle))
-                .await
-                .context("the benchmark thread panicked")?
-        }
-    }
+/// Runs the pipeline benchmark on a blocking thread.
+pub async fn run(args: PipelineArgs) -> anyhow::Result<()> {
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || pipeline(&args, &handle)).await.context("the benchmark thread panicked")?
 }
 
 /// Prints a line at once (a long run shows its figures as they come).
@@ -180,8 +152,8 @@ fn say(line: impl AsRef<str>) {
 
 /// The whole benchmark. Runs on a blocking thread: the children are waited for
 /// synchronously, and the few async calls go through `rt`.
-fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<u8> {
-    let exe = std::env::current_exe().context("cannot find the reverify binary")?;
+fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<()> {
+    let exe = child::reverify_exe()?;
     let sizes = Sizes::new(args.quick, args.size);
     let wanted = |s: Scenario| {
         let skipped = args.skip_1m && matches!(s, Scenario::PeakRss1m | Scenario::Targeting1m);
@@ -260,7 +232,7 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<u8> {
         let targets = if args.skip_1m { sizes.throughput } else { sizes.million };
         rt.block_on(dashboard::dashboard(targets))?;
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 /// One scenario's settings.
@@ -347,7 +319,7 @@ impl Setup {
 }
 
 /// What one scenario measured.
-struct Outcome {
+struct ScenarioOutcome {
     users: usize,
     report: Report,
     measured: Measured,
@@ -363,7 +335,7 @@ struct Outcome {
     second: Option<(Report, u64)>,
 }
 
-impl Outcome {
+impl ScenarioOutcome {
     fn users_per_second(&self) -> f64 {
         self.report.notified as f64 / self.measured.wall
     }
@@ -414,7 +386,10 @@ impl Outcome {
 
 /// The requests the worker's limiter admits, as the sandbox counted them.
 fn api_requests(stats: &reverify::sandbox::Stats) -> u64 {
-    [Endpoint::Token, Endpoint::User, Endpoint::Verification].into_iter().map(|e| stats.requests_to(e)).sum()
+    [SandboxRoute::Token, SandboxRoute::User, SandboxRoute::Verification]
+        .into_iter()
+        .map(|e| stats.requests_to(e))
+        .sum()
 }
 
 /// The worker's database URL: on Postgres over loopback without TLS (`sslmode=
@@ -435,7 +410,7 @@ fn database_name(url: &str) -> Option<String> {
 }
 
 /// Runs one scenario from nothing: sandbox, database, import, campaign, worker.
-fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<Outcome> {
+fn run_scenario(exe: &Path, rt: &Handle, setup: &Setup) -> anyhow::Result<ScenarioOutcome> {
     run_scenario_with(exe, rt, setup, |_| Ok(())).map(|(o, ())| o)
 }
 
@@ -457,7 +432,7 @@ fn run_scenario_with<T>(
     rt: &Handle,
     setup: &Setup,
     after: impl FnOnce(Scene<'_>) -> anyhow::Result<T>,
-) -> anyhow::Result<(Outcome, T)> {
+) -> anyhow::Result<(ScenarioOutcome, T)> {
     let dir = tempfile::Builder::new().prefix("reverify-bench-").tempdir()?;
     let sandbox = SandboxChild::start(exe, dir.path(), setup.users, &setup.sandbox_flags)
         .with_context(|| format!("{}: the sandbox", setup.name))?;
@@ -567,7 +542,7 @@ fn run_scenario_with<T>(
     drop(serve);
     drop(sandbox);
     drop(db);
-    let outcome = Outcome {
+    let outcome = ScenarioOutcome {
         users: setup.users,
         report,
         measured,
@@ -688,19 +663,19 @@ fn click_send(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()> {
         let setup = Setup { link: LinkSetup::Click, ..Setup::throughput(name, users, backend) };
         let o = run_scenario(exe, rt, &setup)?;
         o.expect_all_notified(users)?;
-        let sessions = o.stats.requests_to(Endpoint::Verification);
+        let sessions = o.stats.requests_to(SandboxRoute::Verification);
         ensure!(sessions == 0, "{name}: the send step of a click campaign made {sessions} session calls");
         let figure = format!("throughput_click_send_{engine}");
-        let per_user = |e: Endpoint| o.stats.requests_to(e) as f64 / o.report.notified.max(1) as f64;
+        let per_user = |e: SandboxRoute| o.stats.requests_to(e) as f64 / o.report.notified.max(1) as f64;
         say(format!("{figure}: {:.0} users/s", o.users_per_second()));
         say(format!(
             "# {figure}: API requests per user at send time {:.2}: token refresh {:.2} + GET /v1/user {:.2} + \
              GET /v1/user/verification {:.2} (no session call); users imported with refresh tokens only, so each \
              is refreshed once",
             api_requests(&o.stats) as f64 / o.report.notified.max(1) as f64,
-            per_user(Endpoint::Token),
-            per_user(Endpoint::User),
-            per_user(Endpoint::Verification),
+            per_user(SandboxRoute::Token),
+            per_user(SandboxRoute::User),
+            per_user(SandboxRoute::Verification),
         ));
         say(o.evidence(&figure));
         rates.push(o.users_per_second());
@@ -710,7 +685,7 @@ fn click_send(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()> {
 }
 
 /// What the POSTs of the click scenario measured.
-struct Clicks {
+struct ClickFigures {
     posts: usize,
     wall: f64,
     /// Each request's latency, sorted.
@@ -722,7 +697,7 @@ struct Clicks {
     sampled: Sampled,
 }
 
-impl Clicks {
+impl ClickFigures {
     /// The `q` quantile (nearest rank).
     fn quantile(&self, q: f64) -> Duration {
         let n = self.latencies.len();
@@ -769,7 +744,7 @@ fn click_throughput(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<()>
 
 /// One POST to each of the scene's links; every answer must be the redirect to a
 /// session, and the sandbox must count no violation.
-async fn click_posts(scene: Scene<'_>) -> anyhow::Result<Clicks> {
+async fn click_posts(scene: Scene<'_>) -> anyhow::Result<ClickFigures> {
     let serve = scene.serve.context("click: reverify serve is not running")?;
     let name = scene.name;
     let links = scene.links;
@@ -842,7 +817,7 @@ async fn click_posts(scene: Scene<'_>) -> anyhow::Result<Clicks> {
     ensure!(sessions == links.len() as u64, "{name}: {sessions} sessions for {} POSTs", links.len());
     let mut latencies: Vec<Duration> = answers.iter().map(|(_, d)| *d).collect();
     latencies.sort();
-    Ok(Clicks {
+    Ok(ClickFigures {
         posts: links.len(),
         wall,
         latencies,
@@ -862,7 +837,7 @@ async fn targeting(users: usize) -> anyhow::Result<f64> {
     let csv = dir.path().join("users.csv");
     let rows = users as u64;
     let path = csv.clone();
-    tokio::task::spawn_blocking(move || super::bench_import::generate(&path, rows, true)).await??;
+    tokio::task::spawn_blocking(move || crate::import::generate(&path, rows, true)).await??;
     let db = TestDb::postgres().await;
     let cipher = std::sync::Arc::new(TokenCipher::from_secrets(
         Some(&reverify::Secret::new(TokenCipher::generate_key())),

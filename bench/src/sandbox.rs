@@ -1,63 +1,76 @@
-//! The sandbox's speed figure: requests per second on `GET /v1/user/verification`
-//! with no injected latency, measured over loopback with concurrent reqwest clients.
+//! `reverify-bench sandbox`: the sandbox's speed figure, requests per second on
+//! `GET /v1/user/verification` with no injected latency, measured over loopback
+//! with concurrent reqwest clients.
 //!
-//! It lives in the library (called by `reverify bench sandbox`) rather than in a
-//! timed test: a figure is reported, never asserted. The users are all eligible and
-//! numerous enough, with short sessions, that the per-user limits stay enforced but
-//! are never hit; the report carries the violation count to prove it.
+//! A figure is reported, never asserted (not a timed test). The users are all
+//! eligible and numerous enough, with short sessions, that the per-user limits stay
+//! enforced but are never hit; the report carries the violation count to prove it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use clap::Args;
+use reverify::domain::Region;
+use reverify::sandbox::{Sandbox, SandboxConfig, UserSource, users};
 use serde::Serialize;
 
-use super::{Sandbox, SandboxConfig, SandboxError, UserSource, users};
-use crate::domain::Region;
-
-/// How to run the benchmark.
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
-    /// Users to spread requests over. Default 50,000.
-    pub users: usize,
-    /// Requests in flight at once. Default 64.
-    pub concurrency: usize,
-    /// How long to measure, after a warm-up of a tenth of it. Default 5 s.
-    pub duration: Duration,
-    /// Turn the per-user limits off (then the figure is for the server alone).
-    pub no_limits: bool,
+fn duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 24h, 500ms: {e}"))
 }
 
-impl Default for BenchOptions {
-    fn default() -> Self {
-        Self { users: 50_000, concurrency: 64, duration: Duration::from_secs(5), no_limits: false }
-    }
+/// Measure the sandbox's requests per second.
+///
+/// Starts a sandbox in-process and drives GET /v1/user/verification (no latency) over
+/// loopback with concurrent HTTP clients, then prints
+/// `sandbox_requests_per_second: N req/s`. Build with --release for a meaningful figure.
+#[derive(Debug, Args)]
+pub struct SandboxBenchArgs {
+    /// Users to spread the requests over (enough that no per-user limit is reached).
+    #[arg(long, default_value_t = 50_000)]
+    users: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to measure (after a warm-up of a tenth of it).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    duration: Duration,
+    /// Switch the per-user limits off (reported separately).
+    #[arg(long)]
+    no_limits: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
+struct SandboxBenchReport {
     /// Answered 200 per wall-clock second, server and clients sharing the machine.
-    pub requests_per_second: f64,
-    pub requests: u64,
+    requests_per_second: f64,
+    requests: u64,
     /// Answers other than 200 (should be 0).
-    pub non_ok: u64,
-    pub transport_errors: u64,
-    pub seconds: f64,
-    pub limits_enforced: bool,
+    non_ok: u64,
+    transport_errors: u64,
+    seconds: f64,
+    limits_enforced: bool,
     /// Limit violations the sandbox counted (should be 0).
-    pub violations: u64,
-    pub concurrency: usize,
-    pub users: usize,
+    violations: u64,
+    concurrency: usize,
+    users: usize,
     /// CPU time the whole process (server and clients) used while measuring, when
     /// the platform tells (Linux `/proc`).
-    pub cpu_seconds: Option<f64>,
+    cpu_seconds: Option<f64>,
     /// CPU time of the sandbox's own runtime threads alone.
-    pub server_cpu_seconds: Option<f64>,
+    server_cpu_seconds: Option<f64>,
     /// Requests per CPU-second of the server alone: what one fully available core
     /// would serve. Unlike wall-clock req/s, a machine shared with other work does
     /// not distort it much.
-    pub server_requests_per_cpu_second: Option<f64>,
+    server_requests_per_cpu_second: Option<f64>,
 }
 
 /// The thread name of the sandbox's own runtime, so that its CPU time can be told
@@ -93,16 +106,14 @@ fn cpu_seconds() -> Option<(f64, f64)> {
 }
 
 /// Starts a sandbox in-process and drives it.
-///
-/// # Errors
-/// [`SandboxError`] when the sandbox cannot start.
-pub async fn run(opts: &BenchOptions) -> Result<BenchReport, SandboxError> {
-    let records = users::generate_unverified(opts.users, 1, chrono::Utc::now());
+async fn measure(args: &SandboxBenchArgs) -> anyhow::Result<SandboxBenchReport> {
+    let (user_count, concurrency) = (args.users.max(1), args.concurrency.max(1));
+    let records = users::generate_unverified(user_count, 1, chrono::Utc::now());
     let config = SandboxConfig {
         users: UserSource::Records(records),
         // short sessions keep the concurrency limit from biting as users come round again
         session_ttl: Duration::from_millis(200),
-        enforce_limits: !opts.no_limits,
+        enforce_limits: !args.no_limits,
         ..SandboxConfig::default()
     };
     // The server gets its own runtime (as it would in its own process), so that its
@@ -112,7 +123,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, SandboxError> {
         .thread_name(SERVER_THREAD)
         .enable_all()
         .build()
-        .map_err(|source| SandboxError::Bind { addr: config.listen, source })?;
+        .context("cannot start the sandbox's runtime")?;
     let sandbox = match server_rt.spawn(Sandbox::start(config)).await {
         Ok(started) => started?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -129,15 +140,15 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, SandboxError> {
     );
     let url = sandbox.base_url().join("/v1/user/verification").expect("a valid path").to_string();
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(opts.concurrency)
+        .pool_max_idle_per_host(concurrency)
         .build()
-        .map_err(SandboxError::HttpClient)?;
+        .context("cannot build an HTTP client")?;
     let key = sandbox.client_key().to_owned();
     let next = Arc::new(AtomicUsize::new(0));
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, non_ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let tasks: Vec<_> = (0..opts.concurrency.max(1))
+    let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, url, key, targets) = (client.clone(), url.clone(), key.clone(), Arc::clone(&targets));
             let (next, counting, stop) = (Arc::clone(&next), Arc::clone(&counting), Arc::clone(&stop));
@@ -165,11 +176,11 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, SandboxError> {
             })
         })
         .collect();
-    tokio::time::sleep(opts.duration / 10).await;
+    tokio::time::sleep(args.duration / 10).await;
     counting.store(true, Ordering::Relaxed);
     let start = Instant::now();
     let cpu_start = cpu_seconds();
-    tokio::time::sleep(opts.duration).await;
+    tokio::time::sleep(args.duration).await;
     counting.store(false, Ordering::Relaxed);
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu_start.zip(cpu_seconds()).map(|((t0, s0), (t1, s1))| (t1 - t0, s1 - s0));
@@ -182,20 +193,53 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, SandboxError> {
     drop(sandbox);
     server_rt.shutdown_background();
     let requests = ok.load(Ordering::Relaxed);
-    Ok(BenchReport {
+    Ok(SandboxBenchReport {
         requests_per_second: requests as f64 / seconds,
         requests,
         non_ok: non_ok.load(Ordering::Relaxed),
         transport_errors: errors.load(Ordering::Relaxed),
         seconds,
-        limits_enforced: !opts.no_limits,
+        limits_enforced: !args.no_limits,
         violations: stats.violations,
-        concurrency: opts.concurrency,
-        users: opts.users,
+        concurrency,
+        users: user_count,
         cpu_seconds: cpu.map(|c| c.0),
         server_cpu_seconds: cpu.map(|c| c.1),
         server_requests_per_cpu_second: cpu.map(|c| c.1).filter(|c| *c > 0.0).map(|c| requests as f64 / c),
     })
+}
+
+pub async fn run(args: SandboxBenchArgs) -> anyhow::Result<()> {
+    let report = measure(&args).await.context("failed to run the sandbox benchmark")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "sandbox_requests_per_second: {:.0} req/s ({} requests in {:.2} s, {} concurrent, {} users, limits {}, {} violations, {} non-200, {} transport errors)",
+            report.requests_per_second,
+            report.requests,
+            report.seconds,
+            report.concurrency,
+            report.users,
+            if report.limits_enforced { "on" } else { "off" },
+            report.violations,
+            report.non_ok,
+            report.transport_errors,
+        );
+        if let (Some(cpu), Some(server), Some(per_cpu)) =
+            (report.cpu_seconds, report.server_cpu_seconds, report.server_requests_per_cpu_second)
+        {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "cpu: {cpu:.2} s in {:.2} s on {cores} cores ({:.0} % of the machine), of which the server {server:.2} s: \
+                 sandbox_requests_per_server_cpu_second: {per_cpu:.0} (about {:.0} req/s with all {cores} cores for the server)",
+                report.seconds,
+                100.0 * cpu / (report.seconds * cores as f64),
+                per_cpu * cores as f64,
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,100 +1,94 @@
-//! The columns of a user directory file and how each field is parsed.
-//!
-//! A row comes in as one optional text per [`Column`] (absent column, empty field
-//! and JSON `null` all mean "none") and leaves as a [`Draft`]: a `UserUpsert` whose
-//! every field is valid, plus the refresh token in plain text, which the caller
-//! seals at once. Reasons never quote a refresh token.
+//! One row: its fields, parsed and checked into a [`UserRow`], or every problem
+//! with it, each naming its column. Reasons never quote a refresh token.
+
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use zeroize::Zeroizing;
 
+use super::{Column, Fields};
 use crate::domain::spec::is_tag;
-use crate::domain::{EmailAddress, Region, UserId, VerificationState};
-use crate::store::users::UserUpsert;
+use crate::domain::{EmailAddress, IdError, Region, UserId, VerificationState};
 
-/// Every column a file may have, in the documented order.
+/// Whether a file may leave out `region` and `verification_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Column {
-    UserId,
-    Email,
-    FirstName,
-    LastName,
-    Locale,
-    Timezone,
-    Region,
-    Country,
-    VerificationState,
-    RejectedAt,
-    RefreshToken,
-    Tags,
-    SignedUpAt,
+pub enum Missing {
+    /// Both are required, as columns and in every row (the directory import).
+    Refused,
+    /// Left out (no column, or an empty field), they are `intl` and `UNVERIFIED`
+    /// (the sandbox's seed files).
+    Defaulted,
 }
 
-/// How many columns there are.
-pub const COLUMN_COUNT: usize = 13;
-
-impl Column {
-    /// All columns, in order; `Column::X as usize` is the index.
-    pub const ALL: [Column; COLUMN_COUNT] = [
-        Column::UserId,
-        Column::Email,
-        Column::FirstName,
-        Column::LastName,
-        Column::Locale,
-        Column::Timezone,
-        Column::Region,
-        Column::Country,
-        Column::VerificationState,
-        Column::RejectedAt,
-        Column::RefreshToken,
-        Column::Tags,
-        Column::SignedUpAt,
-    ];
-
-    /// The header name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Column::UserId => "user_id",
-            Column::Email => "email",
-            Column::FirstName => "first_name",
-            Column::LastName => "last_name",
-            Column::Locale => "locale",
-            Column::Timezone => "timezone",
-            Column::Region => "region",
-            Column::Country => "country",
-            Column::VerificationState => "verification_state",
-            Column::RejectedAt => "rejected_at",
-            Column::RefreshToken => "refresh_token",
-            Column::Tags => "tags",
-            Column::SignedUpAt => "signed_up_at",
+impl Missing {
+    /// Whether a file must have column `c`.
+    pub fn requires(self, c: Column) -> bool {
+        match c {
+            Column::UserId | Column::Email => true,
+            Column::Region | Column::VerificationState => self == Missing::Refused,
+            _ => false,
         }
     }
-
-    /// Columns a file must have: the ones a user row cannot do without.
-    pub fn required(self) -> bool {
-        matches!(self, Column::UserId | Column::Email | Column::Region | Column::VerificationState)
-    }
-
-    /// The column with this header name (exact, after trimming).
-    pub fn from_name(name: &str) -> Option<Column> {
-        Column::ALL.into_iter().find(|c| c.name() == name.trim())
-    }
 }
 
-/// The names of every column, for messages.
-pub fn column_list() -> String {
-    Column::ALL.map(Column::name).join(", ")
-}
-
-/// One row's fields, indexed by `Column as usize`.
-pub type Fields = [Option<String>; COLUMN_COUNT];
-
-/// A valid row before its token is sealed.
-pub struct Draft {
-    /// `token` is always `None` here.
-    pub user: UserUpsert,
+/// A valid row. `Debug` hides the refresh token.
+#[derive(Clone)]
+pub struct UserRow {
+    pub user_id: UserId,
+    pub email: EmailAddress,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// A BCP 47 tag such as `en-GB`, normalised (`en_gb` is `en-GB`).
+    pub locale: Option<String>,
+    /// An IANA time zone such as `Europe/London`.
+    pub timezone: Option<String>,
+    pub region: Region,
+    /// ISO 3166-1 alpha-2, upper case.
+    pub country: Option<String>,
+    pub verification_state: VerificationState,
+    pub rejected_at: Option<DateTime<Utc>>,
+    pub signed_up_at: Option<DateTime<Utc>>,
+    /// Without repeats.
+    pub tags: Vec<String>,
+    /// The user's current Baanx refresh token, when known.
     pub refresh_token: Option<Zeroizing<String>>,
+}
+
+impl fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRow")
+            .field("user_id", &self.user_id)
+            .field("email", &self.email)
+            .field("region", &self.region)
+            .field("verification_state", &self.verification_state)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything wrong with a row, in column order; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowProblems(pub Vec<(Column, String)>);
+
+impl RowProblems {
+    /// The first problem: its column and what is wrong.
+    pub fn first(&self) -> (Column, &str) {
+        self.0.first().map_or((Column::UserId, "not valid"), |(c, why)| (*c, why.as_str()))
+    }
+}
+
+/// `column: why` for each problem, `; `-separated.
+impl fmt::Display for RowProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (c, why)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {why}", c.name())?;
+        }
+        Ok(())
+    }
 }
 
 const MAX_NAME_CHARS: usize = 200;
@@ -115,14 +109,14 @@ fn field(fields: &Fields, c: Column) -> Option<&str> {
     fields[c as usize].as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// Parses one row, or says everything that is wrong with it (`; `-separated, each
-/// part naming its column).
+/// Parses one row, or says everything that is wrong with it. `missing` says
+/// whether `region` and `verification_state` may be left out.
 ///
 /// # Errors
-/// The reasons, as text for the import report.
-pub fn parse_fields(fields: &Fields) -> Result<Draft, String> {
-    let mut errors: Vec<String> = Vec::new();
-    let mut err = |c: Column, why: String| errors.push(format!("{}: {why}", c.name()));
+/// [`RowProblems`], each naming its column.
+pub fn parse_fields(fields: &Fields, missing: Missing) -> Result<UserRow, RowProblems> {
+    let mut errors: Vec<(Column, String)> = Vec::new();
+    let mut err = |c: Column, why: String| errors.push((c, why));
 
     let user_id = match field(fields, Column::UserId) {
         None => {
@@ -139,7 +133,7 @@ pub fn parse_fields(fields: &Fields) -> Result<Draft, String> {
         Some(v) => EmailAddress::parse(v)
             .map_err(|e| {
                 let why = match e {
-                    crate::domain::IdError::Email(_, why) => why,
+                    IdError::Email(_, why) => why,
                     _ => "not valid",
                 };
                 err(Column::Email, format!("{} is not an email address: {why}", quoted(v)));
@@ -147,6 +141,7 @@ pub fn parse_fields(fields: &Fields) -> Result<Draft, String> {
             .ok(),
     };
     let region = match field(fields, Column::Region) {
+        None if missing == Missing::Defaulted => Some(Region::Intl),
         None => {
             err(Column::Region, "missing (intl or us)".into());
             None
@@ -156,6 +151,7 @@ pub fn parse_fields(fields: &Fields) -> Result<Draft, String> {
         }
     };
     let state = match field(fields, Column::VerificationState) {
+        None if missing == Missing::Defaulted => Some(VerificationState::Unverified),
         None => {
             err(Column::VerificationState, "missing".into());
             None
@@ -233,25 +229,22 @@ pub fn parse_fields(fields: &Fields) -> Result<Draft, String> {
         }
     });
     match (user_id, email, region, state) {
-        (Some(user_id), Some(email), Some(region), Some(verification_state)) if errors.is_empty() => Ok(Draft {
-            user: UserUpsert {
-                user_id,
-                email,
-                first_name,
-                last_name,
-                locale,
-                timezone,
-                region,
-                country,
-                verification_state,
-                rejected_at,
-                tags,
-                signed_up_at,
-                token: None,
-            },
+        (Some(user_id), Some(email), Some(region), Some(verification_state)) if errors.is_empty() => Ok(UserRow {
+            user_id,
+            email,
+            first_name,
+            last_name,
+            locale,
+            timezone,
+            region,
+            country,
+            verification_state,
+            rejected_at,
+            signed_up_at,
+            tags,
             refresh_token,
         }),
-        _ => Err(errors.join("; ")),
+        _ => Err(RowProblems(errors)),
     }
 }
 
@@ -309,13 +302,13 @@ mod tests {
             (Column::FirstName, "=cmd|' /C calc'!A0"),
             (Column::RefreshToken, "rt_abc.DEF-123"),
         ]);
-        let d = parse_fields(&row(&r)).unwrap();
-        assert_eq!(d.user.user_id.as_str(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
-        assert_eq!(d.user.locale.as_deref(), Some("en-GB"));
-        assert_eq!(d.user.country.as_deref(), Some("GB"));
-        assert_eq!(d.user.tags, vec!["vip".to_owned(), "beta".to_owned()]);
-        assert_eq!(d.user.rejected_at.unwrap().to_rfc3339(), "2026-01-31T08:00:00+00:00");
-        assert_eq!(d.user.first_name.as_deref(), Some("=cmd|' /C calc'!A0"));
+        let d = parse_fields(&row(&r), Missing::Refused).unwrap();
+        assert_eq!(d.user_id.as_str(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+        assert_eq!(d.locale.as_deref(), Some("en-GB"));
+        assert_eq!(d.country.as_deref(), Some("GB"));
+        assert_eq!(d.tags, vec!["vip".to_owned(), "beta".to_owned()]);
+        assert_eq!(d.rejected_at.unwrap().to_rfc3339(), "2026-01-31T08:00:00+00:00");
+        assert_eq!(d.first_name.as_deref(), Some("=cmd|' /C calc'!A0"));
         assert_eq!(d.refresh_token.as_deref().map(String::as_str), Some("rt_abc.DEF-123"));
     }
 
@@ -331,7 +324,7 @@ mod tests {
             (Column::Locale, "english"),
             (Column::FirstName, "a\u{7}b"),
         ]);
-        let why = parse_fields(&r).err().unwrap();
+        let why = parse_fields(&r, Missing::Refused).err().unwrap().to_string();
         for part in [
             "user_id: missing",
             "email: \"not-an-email\" is not an email address: no '@'",
@@ -348,10 +341,20 @@ mod tests {
     }
 
     #[test]
+    fn region_and_state_are_defaulted_only_when_asked() {
+        let r = row(&good()[..2]);
+        let d = parse_fields(&r, Missing::Defaulted).unwrap();
+        assert_eq!((d.region, d.verification_state), (Region::Intl, VerificationState::Unverified));
+        let why = parse_fields(&r, Missing::Refused).err().unwrap().to_string();
+        assert_eq!(why, "region: missing (intl or us); verification_state: missing");
+        assert!(Missing::Refused.requires(Column::Region) && !Missing::Defaulted.requires(Column::Region));
+    }
+
+    #[test]
     fn a_bad_token_is_never_quoted() {
         let mut r = good();
         r.push((Column::RefreshToken, "secret token with spaces"));
-        let why = parse_fields(&row(&r)).err().unwrap();
+        let why = parse_fields(&row(&r), Missing::Refused).err().unwrap().to_string();
         assert!(why.starts_with("refresh_token: contains") && !why.contains("secret"), "{why}");
     }
 
@@ -360,7 +363,7 @@ mod tests {
         let mut r = good();
         let long = "x".repeat(10_000);
         r[1] = (Column::Email, long.as_str());
-        let why = parse_fields(&row(&r)).err().unwrap();
+        let why = parse_fields(&row(&r), Missing::Refused).err().unwrap().to_string();
         assert!(why.len() < 300 && why.contains("(10000 characters)"), "{why}");
     }
 
