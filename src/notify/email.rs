@@ -16,7 +16,6 @@ use std::time::SystemTime;
 
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use sha2::{Digest as _, Sha256};
 
 use super::template::Rendered;
 use super::{Message, NotifyError};
@@ -52,7 +51,7 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
     // The Message-ID is ours (not the host name lettre would use) so that replies and
     // bounces can be matched. It names no user: a digest of what makes the message
     // this message.
-    let digest = message_digest(msg);
+    let digest = hex::encode(msg.identity());
     let message_id = format!("{}@{}", &digest[..32], from.email.domain());
     let mut builder = lettre::Message::builder()
         .from(from)
@@ -80,21 +79,6 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
                 .singlepart(SinglePart::html(rendered.html.to_string())),
         )
         .map_err(|e| NotifyError::permanent(format!("the email cannot be built: {e}")))
-}
-
-/// SHA-256, in hex, of the campaign, the user, the step and the expiry (ms).
-fn message_digest(msg: &Message) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        msg.campaign.as_str(),
-        msg.recipient.user_id.as_str(),
-        &msg.step.to_string(),
-        &msg.expires_at.timestamp_millis().to_string(),
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())
 }
 
 /// The Message-ID of a built email, without angle brackets.

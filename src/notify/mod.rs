@@ -84,6 +84,26 @@ pub struct Message {
     pub delivery: Delivery,
 }
 
+impl Message {
+    /// SHA-256 of the campaign, the user, the step and the session's expiry (ms):
+    /// the same for one message across retries and restarts, different for a new
+    /// session. The email's Message-ID and the webhook's delivery id come from it.
+    pub(crate) fn identity(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            self.campaign.as_str(),
+            self.recipient.user_id.as_str(),
+            &self.step.to_string(),
+            &self.expires_at.timestamp_millis().to_string(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.finalize().into()
+    }
+}
+
 /// Which way a message left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::config::Secret;
@@ -153,19 +153,9 @@ impl WebhookSender {
 }
 
 /// Stable for one message across retries (and restarts), different for a new
-/// session: campaign, user, step and the session's expiry, hashed.
+/// session (see [`Message::identity`]).
 fn delivery_id(msg: &Message) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        msg.campaign.as_str(),
-        msg.recipient.user_id.as_str(),
-        &msg.step.to_string(),
-        &msg.expires_at.timestamp_millis().to_string(),
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(&h.finalize()[..16])
+    hex::encode(&msg.identity()[..16])
 }
 
 /// A failed request: its causes as text, without the URL (which may hold a token).
