@@ -14,7 +14,7 @@ use crate::notify::{Message, Notifier, Recipient};
 
 mod vault;
 
-pub use vault::StoreTokenVault;
+pub use vault::{StoreTokenVault, TokenSnapshots};
 
 /// [`VerificationApi`] over the Baanx client.
 #[derive(Debug, Clone)]

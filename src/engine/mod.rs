@@ -36,6 +36,7 @@ use crate::store::targets::{ClaimCursor, ClaimedTarget};
 /// A background claim's outcome, and the cursor it leaves.
 type ClaimDone = (Result<Vec<ClaimedTarget>, StoreError>, ClaimCursor);
 use crate::store::{Store, StoreError};
+pub use adapters::TokenSnapshots;
 pub use ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
 pub use worker::Worker;
 
@@ -216,6 +217,8 @@ pub struct Run {
     /// The scheduled tick this run is for (`run --due`, the daemon), recorded as the
     /// campaign's tick in progress until a run finishes; `None` for a run by hand.
     pub tick: Option<DateTime<Utc>>,
+    /// Where the run hands its claims' token reads to the API's vault.
+    pub snapshots: TokenSnapshots,
 }
 
 /// How a run ended.
@@ -251,6 +254,8 @@ pub(crate) struct RunShared {
     window: Option<crate::domain::window::SendWindow>,
     /// The campaign's `timezone`: the window's zone for a user without a valid one.
     campaign_zone: chrono_tz::Tz,
+    /// See [`Run::snapshots`].
+    snapshots: TokenSnapshots,
 }
 
 /// Deliveries in a row that may fail for want of the channel (SMTP refusing
@@ -432,6 +437,7 @@ impl Run {
             click,
             window: self.spec.delivery.window(),
             campaign_zone: self.spec.timezone.parse().unwrap_or(chrono_tz::Tz::UTC),
+            snapshots: self.snapshots,
         });
         // A stop asked from outside, or an abort from inside, ends the claiming.
         let halt = CancellationToken::new();

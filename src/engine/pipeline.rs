@@ -20,6 +20,8 @@ use crate::store::targets::{ClaimedTarget, SettleParams};
 pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> UserOutcome {
     let span = info_span!("user", user_id = %target.user_id, step = target.step);
     async move {
+        // the claim read the user's tokens: the vault's first checkout starts there
+        shared.snapshots.put(&target.user_id, target.tokens.clone());
         let outcome = match process_inner(&shared, &target).await {
             Ok(o) => o,
             Err(e) => {
@@ -33,6 +35,7 @@ pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> Us
                 UserOutcome::Abandoned
             }
         };
+        shared.snapshots.take(&target.user_id);
         count_outcome(&shared.campaign_name, outcome);
         outcome
     }

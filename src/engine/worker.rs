@@ -14,7 +14,7 @@ use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
 use crate::crypto::TokenCipher;
 use crate::domain::{Clock, SystemClock};
-use crate::engine::adapters::StoreTokenVault;
+use crate::engine::adapters::{StoreTokenVault, TokenSnapshots};
 use crate::notify::{DeliveryRetryPolicy, Notifier};
 use crate::store::Store;
 use crate::store::campaigns::CampaignRecord;
@@ -28,6 +28,8 @@ pub struct Worker {
     pub notifier: Notifier,
     pub clock: Arc<dyn Clock>,
     pub config: EngineConfig,
+    /// What the runs' claims read of their users' tokens, for the client's vault.
+    pub snapshots: TokenSnapshots,
 }
 
 impl Worker {
@@ -42,7 +44,9 @@ impl Worker {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
             .map_err(|e| EngineError::Setup(e.to_string()))?;
-        let vault = StoreTokenVault::new(store.clone(), Arc::new(cipher), clock.clone());
+        let snapshots = TokenSnapshots::default();
+        let vault =
+            StoreTokenVault::new(store.clone(), Arc::new(cipher), clock.clone()).with_snapshots(snapshots.clone());
         let mut baanx = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
         baanx.observer = Arc::new(Metered);
         let client = BaanxClient::new(baanx, Arc::new(vault)).map_err(|e| EngineError::Setup(e.to_string()))?;
@@ -57,7 +61,7 @@ impl Worker {
             require_approval: settings.require_approval,
             ..EngineConfig::default()
         };
-        Ok(Self { store, client: Arc::new(client), notifier, clock, config })
+        Ok(Self { store, client: Arc::new(client), notifier, clock, config, snapshots })
     }
 
     /// Runs one campaign until nothing is due or `stop` is cancelled, and counts the
@@ -152,6 +156,7 @@ impl Worker {
             spec,
             progress,
             tick,
+            snapshots: self.snapshots.clone(),
         }
         .execute(stop)
         .await

@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::events::{event_in_tx, events_reminders_queued_in_tx};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows, returned_user_ids};
-use super::users::REACHABLE;
+use super::users::{REACHABLE, TokenRow, token_row};
 use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::domain::policy::{self, Verdict};
 use crate::domain::spec::{Audience, Reminders};
@@ -43,6 +43,9 @@ pub struct ClaimedTarget {
     pub region: String,
     pub country: Option<String>,
     pub verification_state: String,
+    /// The user's tokens, sealed, as the claim read them: the run's token vault
+    /// starts from them instead of reading them again (`engine::adapters::vault`).
+    pub tokens: TokenRow,
 }
 
 /// One row of a campaign's progress: how many targets have this status and reason.
@@ -169,9 +172,12 @@ const SESSION_HAD: &str = "s.user_id = u.user_id AND s.status <> 'api_failed'";
 
 const DAY_MS: i64 = 86_400_000;
 
-/// What a claim reads of each target and its user (`t`: the target, `u`: the user).
+/// What a claim reads of each target and its user (`t`: the target, `u`: the user),
+/// the user's sealed tokens included (see [`ClaimedTarget::tokens`]).
 const CLAIMED_COLUMNS: &str = "t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, \
-     u.timezone, u.region, u.country, u.verification_state";
+     u.timezone, u.region, u.country, u.verification_state, u.refresh_token_enc, u.token_key_id, \
+     u.consent_required_at, u.token_version, u.access_token_enc, u.access_token_key_id, \
+     u.access_token_fresh_until, u.token_lease_owner, u.token_lease_until";
 
 /// Where a run's claims have got to, so that each claim starts where the last one
 /// ended instead of walking again past every target already taken.
@@ -766,6 +772,7 @@ fn claimed_from_row(r: &sqlx::any::AnyRow) -> Result<ClaimedTarget, sqlx::Error>
         region: r.try_get("region")?,
         country: r.try_get("country")?,
         verification_state: r.try_get("verification_state")?,
+        tokens: token_row(r)?,
     })
 }
 

@@ -653,6 +653,7 @@ mod bulk;
 mod tokens;
 
 pub use bulk::UserBulkUpsert;
+pub(crate) use tokens::token_row;
 pub use tokens::{GrantWrite, LeaseParams, LeasedToken, SealedToken, TokenRow};
 
 #[cfg(test)]

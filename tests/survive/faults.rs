@@ -27,7 +27,8 @@ use crate::summary::{Counts, report};
 fn quick_worker(rig: &Rig, settings: &Settings) -> Worker {
     let mut w = Worker::from_settings(settings, rig.db.store.clone()).expect("worker");
     let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), None).unwrap();
-    let vault = StoreTokenVault::new(rig.db.store.clone(), Arc::new(cipher), w.clock.clone());
+    let vault = StoreTokenVault::new(rig.db.store.clone(), Arc::new(cipher), w.clock.clone())
+        .with_snapshots(w.snapshots.clone());
     let mut cfg = BaanxConfig::from_settings(settings).unwrap();
     cfg.retry = reverify::baanx::ApiRetryPolicy {
         max_attempts: 3,

@@ -1,7 +1,13 @@
 //! The token vault over the store: the Baanx client's [`TokenVault`] with tokens
 //! sealed by [`TokenCipher`] in `users` (the statements are `store::users::tokens`).
+//!
+//! A checkout starts from the user's tokens as they stand: a run hands the vault
+//! what its claim read of them ([`TokenSnapshots`]), so that its first checkout of a
+//! user needs no statement of its own; any other checkout reads them from the pool.
+//! Either way, taking the refresh lease is a write that checks everything again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -9,12 +15,30 @@ use chrono::{DateTime, Utc};
 use crate::baanx::{Checkout, Grant, LeasedRefresh, StoredAccess, TokenVault, VaultError};
 use crate::crypto::TokenCipher;
 use crate::domain::{Clock, UserId};
-use crate::store::users::{GrantWrite, LeaseParams, SealedToken};
+use crate::store::users::{GrantWrite, LeaseParams, SealedToken, TokenRow};
 use crate::store::{Store, StoreError, to_millis};
 
 /// The associated data an access token is sealed with: not the refresh token's.
 fn access_ad(user: &UserId) -> String {
     format!("{user}:access")
+}
+
+/// Users' tokens as a run's claim read them, by user id: each is taken by the first
+/// checkout of its user (or dropped when the user is done), so that it is never
+/// used twice. Shared by a worker's runs and its vault.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSnapshots(Arc<Mutex<HashMap<String, TokenRow>>>);
+
+impl TokenSnapshots {
+    /// Hands over `tokens` of `user_id` for its next checkout.
+    pub fn put(&self, user_id: &str, tokens: TokenRow) {
+        self.0.lock().expect("snapshots lock poisoned").insert(user_id.to_owned(), tokens);
+    }
+
+    /// Takes (and forgets) what was handed over for `user_id`.
+    pub fn take(&self, user_id: &str) -> Option<TokenRow> {
+        self.0.lock().expect("snapshots lock poisoned").remove(user_id)
+    }
 }
 
 /// The [`TokenVault`] over the store: tokens sealed with the user id as associated
@@ -24,12 +48,19 @@ pub struct StoreTokenVault {
     store: Store,
     cipher: Arc<TokenCipher>,
     clock: Arc<dyn Clock>,
+    snapshots: TokenSnapshots,
 }
 
 impl StoreTokenVault {
     /// A vault over `store`, sealing with `cipher`.
     pub fn new(store: Store, cipher: Arc<TokenCipher>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, cipher, clock }
+        Self { store, cipher, clock, snapshots: TokenSnapshots::default() }
+    }
+
+    /// This vault, starting a user's first checkout from what `snapshots` holds of
+    /// them.
+    pub fn with_snapshots(self, snapshots: TokenSnapshots) -> Self {
+        Self { snapshots, ..self }
     }
 
     /// Seals and stores a newly consented token (import, re-consent), clearing the
@@ -70,8 +101,15 @@ impl TokenVault for StoreTokenVault {
     ) -> Result<Checkout, VaultError> {
         let mut force = force;
         loop {
-            // a read first: a usable access token needs no write at all
-            let Some(row) = self.store.user_token_get(user).await? else { return Ok(Checkout::NoToken) };
+            // what the tokens are: a usable access token needs no write at all
+            let snapshot = if force { None } else { self.snapshots.take(user.as_str()) };
+            let row = match snapshot {
+                Some(row) => row,
+                None => match self.store.user_token_get(user).await? {
+                    Some(row) => row,
+                    None => return Ok(Checkout::NoToken),
+                },
+            };
             if row.refresh.is_none() || row.consent_required_at.is_some() {
                 return Ok(Checkout::NoToken);
             }

@@ -353,7 +353,8 @@ impl BatchWrite for TokenLease {
     }
 }
 
-fn token_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, sqlx::Error> {
+/// The [`TokenRow`] of a row holding the users columns it names.
+pub(crate) fn token_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, sqlx::Error> {
     let sealed = |data: &str, key: &str| -> Result<Option<SealedToken>, sqlx::Error> {
         let ciphertext: Option<Vec<u8>> = row.try_get(data)?;
         let key_id: Option<String> = row.try_get(key)?;
