@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::domain::{CampaignSpec, Clock, TargetReason, TargetStatus, Transition};
 use crate::store::campaigns::CANARY_REVIEW;
-use crate::store::runs::{RunCounts, RunOutcome};
+use crate::store::runs::{RunCounts, RunFinishParams, RunOutcome};
 use crate::store::targets::{ClaimCursor, ClaimedTarget};
 
 /// A background claim's outcome, and the cursor it leaves.
@@ -342,8 +342,16 @@ impl Run {
             Err((e, p)) => (RunOutcome::Failed, Some(e.to_string()), p.counts()),
         };
         // bounded: with the database gone, the pool would wait its whole timeout
-        let finish =
-            store.run_finish(run_id, campaign_id, (&worker, &actor), outcome, counts, error.as_deref(), clock.now());
+        let finish = store.run_finish(RunFinishParams {
+            run_id,
+            campaign_id,
+            worker: &worker,
+            actor: &actor,
+            outcome,
+            counts,
+            error: error.as_deref(),
+            now: clock.now(),
+        });
         match tokio::time::timeout(Duration::from_secs(10), finish).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "could not record the end of the run"),

@@ -35,6 +35,21 @@ pub struct RunCounts {
     pub failed: i64,
 }
 
+/// What [`Store::run_finish`] records.
+#[derive(Debug, Clone)]
+pub struct RunFinishParams<'a> {
+    pub run_id: i64,
+    pub campaign_id: i64,
+    /// The worker that ran it.
+    pub worker: &'a str,
+    /// Who started it: the actor of the `run.<outcome>` event.
+    pub actor: &'a str,
+    pub outcome: RunOutcome,
+    pub counts: RunCounts,
+    pub error: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
 impl Store {
     /// Records the start of a run and returns its id. A scheduled run passes the
     /// tick it is for, which stays the campaign's `tick_in_progress` until a run
@@ -91,24 +106,16 @@ impl Store {
         Ok(id)
     }
 
-    /// Records the end of a run. A run that finished (nothing left that is due)
-    /// marks every tick up to its start as done: `done_through` moves to its start,
-    /// and the campaign's `tick_in_progress` is cleared when this run started after
-    /// it. An interrupted or failed run changes neither, so the tick stays due.
-    #[allow(clippy::too_many_arguments)]
+    /// Records the end of a run (see [`RunFinishParams`]). A run that finished
+    /// (nothing left that is due) marks every tick up to its start as done:
+    /// `done_through` moves to its start, and the campaign's `tick_in_progress` is
+    /// cleared when this run started after it. An interrupted or failed run changes
+    /// neither, so the tick stays due.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn run_finish(
-        &self,
-        run_id: i64,
-        campaign_id: i64,
-        (worker, actor): (&str, &str),
-        outcome: RunOutcome,
-        counts: RunCounts,
-        error: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn run_finish(&self, p: RunFinishParams<'_>) -> Result<(), StoreError> {
+        let RunFinishParams { run_id, campaign_id, worker, actor, outcome, counts, error, now } = p;
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE campaign_runs SET finished_at = $2, outcome = $3, error = $4, targeted = $5, notified = $6, \
