@@ -3,6 +3,7 @@
 use super::*;
 use crate::both_engines;
 use crate::store::events::EventFilter;
+use crate::store::runs::{RunCounts, RunFinishParams, RunOutcome};
 use crate::store::testing::TestDb;
 use chrono::TimeZone;
 
@@ -113,7 +114,6 @@ fn finished_campaigns_can_only_be_cancelled() {
 }
 
 both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
-    use crate::store::runs::{RunCounts, RunOutcome};
     let s = &db.store;
     let spec = parse(SPEC);
     let (_, c) = s.campaign_apply(&spec, SPEC, "cli:a@h", at(1)).await.unwrap();
@@ -156,10 +156,10 @@ both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
 fn finish(
     run_id: i64,
     campaign_id: i64,
-    worker: &str,
+    worker: &'static str,
     outcome: RunOutcome,
     error: Option<&'static str>,
     now: DateTime<Utc>,
-) -> RunFinishParams<'_> {
+) -> RunFinishParams<'static> {
     RunFinishParams { run_id, campaign_id, worker, actor: "tester", outcome, counts: RunCounts::default(), error, now }
 }
