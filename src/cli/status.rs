@@ -42,16 +42,10 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
     }
     println!("campaign   {} (version {}, {})", c.name, c.version, c.status);
     println!("targeted   {}", p.targeted);
-    for status in TargetStatus::BY_PROGRESS {
-        let n = p.count(status);
-        if n == 0 && !status.shown_when_zero() {
-            continue;
-        }
+    for (status, n, reasons) in p.listing() {
         println!("{:<10} {n}", status.as_str());
-        for row in p.by_status.iter().filter(|r| r.status == status) {
-            if let Some(reason) = row.reason {
-                println!("  {:<24} {}", reason.as_str(), row.count);
-            }
+        for (reason, n) in reasons {
+            println!("  {:<24} {n}", reason.as_str());
         }
     }
     println!("sessions   {} issued", p.sessions_issued);

@@ -17,11 +17,11 @@ use crate::store::sessions::{DeliveryOutcome, DeliveryParams, DeliveryRecord, Is
 use crate::store::targets::{ClaimedTarget, SettleParams};
 
 /// Processes one claimed target to a recorded outcome.
-pub(crate) async fn process(shared: Arc<RunShared>, target: ClaimedTarget) -> UserOutcome {
+pub(crate) async fn process(shared: Arc<RunShared>, mut target: ClaimedTarget) -> UserOutcome {
     let span = info_span!("user", user_id = %target.user_id, step = target.step);
     async move {
         // the claim read the user's tokens: the vault's first checkout starts there
-        shared.snapshots.put(&target.user_id, target.tokens.clone());
+        shared.snapshots.put(&target.user_id, std::mem::take(&mut target.tokens));
         let outcome = match process_inner(&shared, &target).await {
             Ok(o) => o,
             Err(e) => {

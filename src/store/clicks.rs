@@ -371,7 +371,7 @@ async fn record_many(writes: &[&LinkDelivery], tx: &mut Tx) -> Result<Vec<bool>,
     let details: Vec<(&Claimed, String)> = delivered
         .iter()
         .filter(|w| kept.contains(&w.claim.user_id))
-        .map(|w| (&w.claim, w.sent.detail(serde_json::json!({ "link_id": w.link_id, "link": "click" }))))
+        .map(|w| (&w.claim, w.sent.detail(serde_json::json!({ "link_id": w.link_id, "link": "click" })).to_string()))
         .collect();
     let events: Vec<NewEventRow<'_>> = details
         .iter()

@@ -318,7 +318,7 @@ struct DeliveryArgs {
 
 impl DeliveryArgs {
     /// (ledger row status, audit event kind, target reason, event detail).
-    fn recorded(&self) -> (&'static str, &'static str, Option<&'static str>, String) {
+    fn recorded(&self) -> (&'static str, &'static str, Option<&'static str>, serde_json::Value) {
         let (session_status, event_kind, reason) = self.record.recorded();
         let reason = reason.map(TargetReason::as_str);
         let detail = self.sent.detail(serde_json::json!({ "session_id": self.session_id, "reason": reason }));
@@ -362,7 +362,7 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
             reason,
             session_status,
             event_kind,
-            detail
+            detail.to_string()
         ])
     }));
     let target = delivery_target_update("x.ok", "x.why", "x.at", "s.expires_at");
@@ -412,18 +412,18 @@ async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, S
     let DeliveryArgs { session_id, record, .. } = *a;
     let Claimed { campaign_id, ref user_id, ref worker, now } = a.claim;
     let (_, event_kind, _, detail) = a.recorded();
-    session_delivered_in_tx(tx, session_id, record.recorded().0, now).await?;
+    let (session_status, _, reason) = record.recorded();
+    session_delivered_in_tx(tx, session_id, session_status, now).await?;
     let delivered = TargetDelivered {
         campaign_id,
         user_id,
         worker,
         session_id,
         ok: record == DeliveryRecord::Delivered,
-        reason: record.recorded().2,
+        reason,
         now,
     };
     let kept = target_delivered_in_tx(tx, &delivered).await?;
-    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
     event_in_tx(tx, now, worker, event_kind, Some(campaign_id), Some(user_id), &detail).await?;
     Ok(kept)
 }

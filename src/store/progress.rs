@@ -6,8 +6,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::targets::{AudienceSql, StatusCount, bind_all};
 use super::{Store, StoreError, query_err, to_millis};
-use crate::domain::TargetStatus;
 use crate::domain::spec::Audience;
+use crate::domain::{TargetReason, TargetStatus};
 
 /// A campaign's progress.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,10 +48,33 @@ pub struct Funnel {
     pub median_seconds_to_verify: Option<f64>,
 }
 
+/// Targets by reason, within one status.
+pub type ReasonCounts = Vec<(TargetReason, i64)>;
+
 impl CampaignProgress {
     /// Targets with this status, over every reason.
     pub fn count(&self, status: TargetStatus) -> i64 {
         self.by_status.iter().filter(|c| c.status == status).map(|c| c.count).sum()
+    }
+
+    /// The listing `campaign status` and the dashboard show: each status in
+    /// [`TargetStatus::BY_PROGRESS`] order (pending and notified even when empty),
+    /// its count, and its counts by reason.
+    pub fn listing(&self) -> Vec<(TargetStatus, i64, ReasonCounts)> {
+        TargetStatus::BY_PROGRESS
+            .into_iter()
+            .map(|status| (status, self.count(status)))
+            .filter(|(status, n)| *n > 0 || status.shown_when_zero())
+            .map(|(status, n)| {
+                let reasons = self
+                    .by_status
+                    .iter()
+                    .filter(|r| r.status == status)
+                    .filter_map(|r| r.reason.map(|reason| (reason, r.count)))
+                    .collect();
+                (status, n, reasons)
+            })
+            .collect()
     }
 
     /// Users per second over the last minute.

@@ -112,13 +112,13 @@ pub struct DeliveryParams<'a> {
 
 impl DeliveryOutcome {
     /// The audit event's detail: `base`, plus the template and message hashes.
-    pub(crate) fn detail(&self, mut base: serde_json::Value) -> String {
+    pub(crate) fn detail(&self, mut base: serde_json::Value) -> serde_json::Value {
         if let Some(d) = &self.sent {
             base["template"] = d.template.clone().into();
             base["template_sha256"] = d.template_sha256.clone().into();
             base["message_sha256"] = d.message_sha256.clone().into();
         }
-        base.to_string()
+        base
     }
 }
 

@@ -261,20 +261,11 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
 
     // targets by status and reason
     let mut t = String::new();
-    for status in TargetStatus::BY_PROGRESS {
-        let n = p.count(status);
-        if n == 0 && !status.shown_when_zero() {
-            continue;
-        }
+    for (status, n, reasons) in p.listing() {
         let _ = write!(t, "<tr><td>{}</td><td class=\"n\">{}</td></tr>", badge(status.as_str()), num(n));
-        for row in p.by_status.iter().filter(|r| r.status == status) {
-            let Some(reason) = row.reason else { continue };
-            let _ = write!(
-                t,
-                "<tr class=\"sub\"><td>{}</td><td class=\"n\">{}</td></tr>",
-                esc(reason.as_str()),
-                num(row.count)
-            );
+        for (reason, n) in reasons {
+            let _ =
+                write!(t, "<tr class=\"sub\"><td>{}</td><td class=\"n\">{}</td></tr>", esc(reason.as_str()), num(n));
         }
     }
     let _ = write!(

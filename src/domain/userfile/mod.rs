@@ -127,22 +127,19 @@ pub fn column_list() -> String {
 /// One row's fields, indexed by `Column as usize`.
 pub type Fields = [Option<String>; COLUMN_COUNT];
 
-/// The columns [`write_csv`] writes, in order: every column but `signed_up_at`,
-/// which only an import reads.
-pub const WRITTEN: [Column; 12] = [
-    Column::UserId,
-    Column::Email,
-    Column::FirstName,
-    Column::LastName,
-    Column::Locale,
-    Column::Timezone,
-    Column::Region,
-    Column::Country,
-    Column::VerificationState,
-    Column::RejectedAt,
-    Column::RefreshToken,
-    Column::Tags,
-];
+/// The columns [`write_csv`] writes, in order: every column but `signed_up_at`
+/// (the last of [`Column::ALL`]), which only an import reads.
+pub const WRITTEN: [Column; COLUMN_COUNT - 1] = {
+    let mut written = [Column::UserId; COLUMN_COUNT - 1];
+    let mut i = 0;
+    while i < written.len() {
+        written[i] = Column::ALL[i];
+        i += 1;
+    }
+    written
+};
+const _: () =
+    assert!(matches!(Column::ALL[COLUMN_COUNT - 1], Column::SignedUpAt), "WRITTEN leaves out the last column");
 
 /// Writes `rows` as CSV under a header of the [`WRITTEN`] columns, refresh tokens
 /// included.
