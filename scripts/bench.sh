@@ -5,14 +5,16 @@
 # rate_fidelity, rate_max_window, latency_hiding, targeting_1m_postgres,
 # api_requests_per_user_first_run, api_requests_per_user,
 # throughput_click_send_postgres, throughput_click_send_sqlite,
-# throughput_click_send, click_throughput, click_throughput_p99) after a
+# throughput_click_send, click_throughput, click_throughput_p99, follow_up_lag_p99_s,
+# daemon_idle_cpu_percent) after a
 # `machine:` line, with `# ` lines of evidence beside them.
 #
 # Needs Postgres at REVERIFY_TEST_POSTGRES_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) and /usr/bin/time
 # (scripts/install-test-deps.sh installs it). The full run takes many minutes;
 # extra arguments go to the command: --skip-1m, --size 0.1, --quick,
-# --only throughput-postgres,rate,api-requests,throughput-click-send,click-throughput.
+# --only throughput-postgres,rate,api-requests,throughput-click-send,click-throughput,
+# follow-up-lag,daemon-idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace --quiet

@@ -415,3 +415,77 @@ async fn validate_names_a_locale_missing_a_file_or_a_variable_and_bad_windows() 
         assert!(err.contains("c.toml") && err.contains(expect), "{change}: {err}");
     }
 }
+
+// A campaign's life (issue 23): an ends_at already past is refused at apply with the
+// file, line and column; a completed campaign's file cannot be changed (ends_at
+// included), though the same file applies again as unchanged; `validate` warns of a
+// window that never opens before the end.
+both_engines!(a_campaigns_life_is_checked_at_apply_and_final_once_completed, |db: TestDb| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let life = |ends: &str, window: &str| {
+        format!(
+            "name = \"ends\"\nschedule = \"0 9 * * *\"\nends_at = \"{ends}\"\n[delivery]\n\
+             from = \"Compliance <compliance@example.com>\"\n{window}"
+        )
+    };
+    std::fs::write(dir.path().join("past.toml"), life("2020-01-01T00:00:00Z", "")).unwrap();
+    reverify(&db, dir.path())
+        .args(["campaign", "apply", "past.toml"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("past.toml:3:1: `ends_at`: 2020-01-01T00:00:00Z has already passed"));
+    reverify(&db, dir.path())
+        .args(["campaign", "validate", "past.toml"])
+        .assert()
+        .stderr(predicate::str::contains("warning: past.toml: ends_at has already passed"));
+
+    // Saturdays only, and the campaign ends before the next one
+    let now = chrono::Utc::now();
+    let saturday = (0..7)
+        .map(|d| now + chrono::Duration::days(d))
+        .find(|t| chrono::Datelike::weekday(t) == chrono::Weekday::Sat)
+        .unwrap();
+    let friday_end = (saturday - chrono::Duration::days(1)).date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    if friday_end > now + chrono::Duration::hours(14) {
+        let never = life(&friday_end.to_rfc3339(), "send_window = \"09:00-10:00\"\nsend_days = [\"sat\"]\n");
+        std::fs::write(dir.path().join("never.toml"), never).unwrap();
+        reverify(&db, dir.path())
+            .args(["campaign", "validate", "never.toml"])
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("send_window and send_days admit no time"));
+    }
+
+    let soon = (now + chrono::Duration::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(dir.path().join("ends.toml"), life(&soon, "")).unwrap();
+    reverify(&db, dir.path()).args(["campaign", "apply", "ends.toml"]).assert().success();
+    reverify(&db, dir.path())
+        .args(["campaign", "show", "ends"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("ends: {soon}")))
+        .stdout(predicate::str::contains("next follow-up: none: nobody waits"));
+    // completed (as the scheduler does once ends_at passes)
+    let store = &db.store;
+    let c = store.campaign_get(&reverify::domain::CampaignName::parse("ends").unwrap()).await.unwrap().unwrap();
+    store.campaign_complete(c.campaign_id, now, now + chrono::Duration::days(30), "test", now).await.unwrap().unwrap();
+    reverify(&db, dir.path()).args(["campaign", "apply", "ends.toml"]).assert().success();
+    let later = (now + chrono::Duration::days(9)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(dir.path().join("ends.toml"), life(&later, "")).unwrap();
+    reverify(&db, dir.path())
+        .args(["campaign", "apply", "ends.toml"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("campaign ends completed at").and(predicate::str::contains("new name")));
+    reverify(&db, dir.path())
+        .args(["campaign", "resume", "ends"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("completed"));
+    reverify(&db, dir.path())
+        .args(["campaign", "status", "ends"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(version 1, completed)"))
+        .stdout(predicate::str::contains("completed "));
+});

@@ -21,6 +21,7 @@
 
 mod child;
 mod dashboard;
+mod followup;
 mod probe;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,12 @@ enum Scenario {
     /// dashboard_p95_ms: the dashboard's campaign page over the "1m" campaign on
     /// Postgres (the throughput size with --skip-1m).
     Dashboard,
+    /// follow_up_lag_p99_s: the daemon taking the throughput size's users as their
+    /// holds end, spread over 10 minutes (Postgres).
+    FollowUpLag,
+    /// daemon_idle_cpu_percent: the daemon idle over the "1m" size's targets
+    /// deferred a day ahead (Postgres; the throughput size with --skip-1m).
+    DaemonIdle,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -231,6 +238,13 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<()> {
     if wanted(Scenario::Dashboard) {
         let targets = if args.skip_1m { sizes.throughput } else { sizes.million };
         rt.block_on(dashboard::dashboard(targets))?;
+    }
+    if wanted(Scenario::FollowUpLag) {
+        followup::lag(&exe, rt, sizes.throughput, followup::Times::new(args.quick))?;
+    }
+    if wanted(Scenario::DaemonIdle) {
+        let targets = if args.skip_1m { sizes.throughput } else { sizes.million };
+        followup::idle(&exe, rt, targets, followup::Times::new(args.quick))?;
     }
     Ok(())
 }

@@ -194,6 +194,9 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
                         if let Some(ticks) = next_ticks(&spec, Utc::now(), 3) {
                             println!("  next ticks ({}): {ticks}", spec.timezone);
                         }
+                        for w in life_warnings(&spec, Utc::now()) {
+                            eprintln!("warning: {}: {w}", f.display());
+                        }
                     }
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -296,6 +299,14 @@ fn check_files(files: &[PathBuf], check: &CampaignCheck) -> (Vec<Checked>, Vec<(
 async fn apply_checked(store: &reverify::store::Store, checked: &[Checked], actor: &str) -> Vec<(String, String)> {
     let mut failed = Vec::new();
     for Checked { shown, spec, text } in checked {
+        // an ended campaign is not applied anew; the same file again is unchanged
+        // (a completed campaign's file may stay in jobs_dir)
+        let stored = store.campaign_get(&spec.name).await.ok().flatten();
+        let unchanged = stored.is_some_and(|c| c.spec_hash == reverify::store::campaigns::spec_hash(text));
+        if !unchanged && let Err(e) = spec.validate_at_apply(text, shown, Utc::now()) {
+            failed.push((shown.clone(), e.to_string()));
+            continue;
+        }
         match store.campaign_apply(spec, text, actor, Utc::now()).await {
             Ok((outcome, c)) => {
                 let status = if c.status == CampaignStatus::Active { String::new() } else { format!(", {}", c.status) };
@@ -390,6 +401,63 @@ fn next_ticks(spec: &CampaignSpec, after: DateTime<Utc>, n: usize) -> Option<Str
     Some(if ticks.is_empty() { "none".into() } else { ticks.join(", ") })
 }
 
+/// What in a campaign file is allowed but cannot be what its author meant: a send
+/// window that never opens inside the campaign's life (in any time zone), a
+/// schedule with no tick in it, an `ends_at` already past.
+fn life_warnings(spec: &CampaignSpec, now: DateTime<Utc>) -> Vec<String> {
+    let mut out = Vec::new();
+    let from = spec.starts_at.map_or(now, |s| s.0.max(now));
+    let end = spec.ends_at.map(|e| e.0);
+    if end.is_some_and(|e| e <= now) {
+        out.push("ends_at has already passed: `campaign apply` refuses it".into());
+        return out;
+    }
+    if let Some(window) = spec.delivery.window() {
+        // every offset from UTC-12 to UTC+14: a window that opens for nobody
+        let opens = (-12..=14).any(|h| window_opens_before(&window, from, end, h));
+        if !opens {
+            out.push(match end {
+                Some(e) => format!(
+                    "send_window and send_days admit no time between {} and ends_at {}: nobody would be sent \
+                     anything",
+                    from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                None => "send_window and send_days admit no time at all: nobody would be sent anything".into(),
+            });
+        }
+    }
+    if spec.schedule.is_some() && spec.next_tick_after(now).is_none() {
+        out.push(
+            "the schedule has no tick inside the campaign's life (starts_at to ends_at): nobody is targeted \
+                  unless it is run by hand"
+                .into(),
+        );
+    }
+    out
+}
+
+/// Whether `window`, read at UTC offset `hours`, opens (or is open) between `from`
+/// and `end`.
+fn window_opens_before(
+    window: &reverify::domain::window::SendWindow,
+    from: DateTime<Utc>,
+    end: Option<DateTime<Utc>>,
+    hours: i32,
+) -> bool {
+    let name = match hours {
+        0 => "Etc/UTC".to_owned(),
+        // the Etc zones' signs are the other way round
+        h if h > 0 => format!("Etc/GMT-{h}"),
+        h => format!("Etc/GMT+{}", -h),
+    };
+    let Ok(tz) = name.parse::<chrono_tz::Tz>() else { return true };
+    match window.next_opening(from, tz) {
+        None => true,
+        Some(open) => end.is_none_or(|e| open < e),
+    }
+}
+
 /// The next run: the schedule's next tick from now (computed with this binary's
 /// rules), else as stored by the scheduler.
 fn next_run(c: &CampaignRecord) -> Option<DateTime<Utc>> {
@@ -443,9 +511,13 @@ async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<
         return Ok(exit::FAILURE);
     };
     let approval = approval_json(ctx, &store, &c).await?;
+    let outlook = reverify::engine::outlook::outlook(&store, &c, Utc::now()).await?;
     if json {
         let mut v = record_json(&c);
         v["approval"] = approval;
+        v["next_tick"] = serde_json::to_value(outlook.next_tick)?;
+        v["next_follow_up"] = serde_json::to_value(&outlook.next_follow_up)?;
+        v["follows_up"] = serde_json::Value::Bool(outlook.follows_up);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(exit::OK);
     }
@@ -470,6 +542,9 @@ async fn show(ctx: &Context, name: &CampaignName, json: bool) -> anyhow::Result<
         println!("paused by: the worker, {reason}{figures}; `reverify campaign resume {}` to go on", c.name);
     }
     println!("next run:  {}", time(next_run(&c)));
+    for (label, text) in outlook.lines(c.status) {
+        println!("{label}: {text}");
+    }
     if let Some(ticks) = c.spec().ok().and_then(|spec| next_ticks(&spec, Utc::now(), 3)) {
         println!("next ticks: {ticks}");
     }

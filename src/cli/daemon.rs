@@ -19,6 +19,15 @@ pub struct DaemonArgs {
     /// metrics_listen.
     #[arg(long, value_name = "ADDR")]
     webhook_listen: Option<SocketAddr>,
+    /// Take campaigns only at their schedule's ticks: users a rule held back wait
+    /// for the next tick instead of being followed up when the hold ends.
+    #[arg(long)]
+    no_follow_up: bool,
+    /// The longest the daemon sleeps before it reads the campaigns again (new
+    /// applies, pauses, resumes, approvals). It also wakes at every campaign's next
+    /// tick, next follow-up and end.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    poll: std::time::Duration,
 }
 
 /// Decision: the operations listener is bound before the database is opened, so
@@ -108,7 +117,11 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    reverify::schedule::daemon::run(worker.clone(), stop).await?;
+    let opts = reverify::schedule::daemon::DaemonOptions {
+        poll: args.poll.max(std::time::Duration::from_millis(100)),
+        follow_up: !args.no_follow_up,
+    };
+    reverify::schedule::daemon::run_with(worker.clone(), stop, opts).await?;
     for server in [ops, webhooks, public, dashboard].into_iter().flatten() {
         let _ = server.handle.await;
     }

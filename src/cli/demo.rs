@@ -189,7 +189,15 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     if serve && stats.violations == 0 {
         println!("\nServing the sandbox and the link until Ctrl-C: open the link, press the button, and complete");
         println!("the verification on the sandbox's page; `campaign status` then shows it clicked and converted.");
+        // the daemon's loop: the deferred users are asked the moment their hold ends
+        let following = stop.child_token();
+        let daemon = tokio::spawn(reverify::schedule::daemon::run(Arc::new(worker), following.clone()));
+        if let Some(plan) = store.target_follow_up_plan(campaign.campaign_id, Utc::now()).await? {
+            println!("Following up meanwhile, as the daemon does: next {}", plan.describe());
+        }
         let _ = tokio::signal::ctrl_c().await;
+        following.cancel();
+        let _ = daemon.await;
         super::status::status(&store, &campaign, false).await?;
     }
     stop.cancel();

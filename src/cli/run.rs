@@ -24,16 +24,31 @@ pub struct RunArgs {
     /// Run every active campaign.
     #[arg(long, conflicts_with_all = ["names", "due"])]
     all: bool,
-    /// Run every active campaign whose schedule had a tick since its last finished
-    /// run (at most starting_deadline ago), or whose last scheduled run did not
-    /// finish (resumed, whatever the deadline), each under a lease so that
-    /// overlapping invocations run it once. For cron, systemd timers and Kubernetes
-    /// CronJobs.
+    /// Run every active campaign with work due, each under a lease so that
+    /// overlapping invocations run it once: a tick of its schedule since its last
+    /// finished run (at most starting_deadline ago), a scheduled run that did not
+    /// finish (resumed, whatever the deadline), or follow-up: users a rule held back
+    /// (a cooldown, the send window, the daily cap, a retry, a reminder) whose time
+    /// has come. Campaigns whose ends_at passed are completed. For cron, systemd
+    /// timers and Kubernetes CronJobs: run it every few minutes; with nothing due it
+    /// costs a query per campaign and exits 0.
     #[arg(long, conflicts_with = "names")]
     due: bool,
+    /// With --due: run only the campaigns whose schedule ticked (users held back
+    /// wait for the next tick, as campaigns with schedule_only = true always do).
+    #[arg(long, requires = "due")]
+    no_follow_up: bool,
     /// Stop claiming users after this long (e.g. 10m, 1h); users in flight finish.
+    /// The exit code is 4 (stopped with work left) unless --max-duration-exit says
+    /// otherwise; the next run resumes.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     max_duration: Option<Duration>,
+    /// The exit code when --max-duration stopped the run with work left (default 4).
+    /// A CronJob that runs `run --due` every few minutes in slices sets 0: the work
+    /// left stays due and the next invocation resumes it, so the slice is no failure
+    /// and needs no replacement pod. A stop by SIGTERM or SIGINT still exits 4.
+    #[arg(long, value_name = "CODE", requires = "max_duration", default_value_t = 4)]
+    max_duration_exit: u8,
     /// Do not ask GET /v1/user for a fresh state before each session.
     #[arg(long)]
     no_fresh_state: bool,
@@ -50,8 +65,11 @@ pub enum ProgressMode {
     None,
 }
 
-/// Cancels `stop` on SIGTERM, SIGINT, or when `max` elapses.
-pub fn stop_on_signals(stop: CancellationToken, max: Option<Duration>) {
+/// Cancels `stop` on SIGTERM, SIGINT, or when `max` elapses. The flag it returns
+/// is set when `max` did it.
+pub fn stop_on_signals(stop: CancellationToken, max: Option<Duration>) -> Arc<std::sync::atomic::AtomicBool> {
+    let by_limit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = by_limit.clone();
     tokio::spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
@@ -69,10 +87,14 @@ pub fn stop_on_signals(stop: CancellationToken, max: Option<Duration>) {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: stopping after the users in flight"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping after the users in flight"),
-            _ = limit => info!("--max-duration reached: stopping after the users in flight"),
+            _ = limit => {
+                info!("--max-duration reached: stopping after the users in flight");
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         stop.cancel();
     });
+    by_limit
 }
 
 /// Runs what was asked, then pushes the metrics to `metrics_push_url` (when set)
@@ -126,15 +148,17 @@ async fn run_with(args: RunArgs, ctx: &Context, store: reverify::store::Store) -
     run_all(&args, worker(&args, ctx, store)?, runs).await
 }
 
-/// `run --due`: every due campaign once, under its lease.
+/// `run --due`: every campaign with work due, once, under its lease.
 async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) -> anyhow::Result<u8> {
     use reverify::domain::Due;
-    use reverify::schedule::due_campaigns;
+    use reverify::schedule::PassOptions;
     let now = chrono::Utc::now();
-    let checks = due_campaigns(&store, now).await?;
-    for c in &checks {
-        store.campaign_set_next_run(c.campaign.campaign_id, c.next).await?;
-        let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let pass = reverify::schedule::pass(&store, &ctx.actor, now, PassOptions { follow_up: !args.no_follow_up }).await?;
+    for name in &pass.completed {
+        println!("{name}: completed (its ends_at passed); waiting users skipped as campaign_ended");
+    }
+    for c in &pass.checks {
         match c.due {
             Due::Missed { tick } => println!(
                 "{}: the tick at {} was missed by more than its starting_deadline; not run late",
@@ -149,28 +173,28 @@ async fn run_due(args: RunArgs, ctx: &Context, store: reverify::store::Store) ->
             Due::Run { .. } | Due::NotDue => {}
         }
     }
-    let due: Vec<_> = checks
-        .into_iter()
-        .filter_map(|c| match c.due {
-            Due::Run { tick } | Due::Resume { tick, .. } => Some((c.campaign, tick)),
-            Due::Missed { .. } | Due::NotDue => None,
-        })
-        .collect();
-    if due.is_empty() {
-        println!("no campaign is due");
+    if pass.due.is_empty() {
+        match pass.next_wake(now) {
+            Some(t) => println!("no campaign is due; next at {}", at(t)),
+            None => println!("no campaign is due"),
+        }
         return Ok(exit::OK);
     }
+    let due = pass.due;
     let worker = worker(&args, ctx, store)?;
     let mut runs = Vec::with_capacity(due.len());
-    for (c, tick) in due {
+    for (c, work) in due {
+        if matches!(work, reverify::schedule::Work::FollowUp) {
+            println!("{}: following up users whose hold ended", c.name);
+        }
         match worker.approval_missing(&c).await? {
             Some(missing) => {
-                // skipped, not failed: the tick stays due and runs once approved
+                // skipped, not failed: the work stays due and runs once approved
                 tracing::warn!(campaign = %c.name, "{missing}; skipped");
                 eprintln!("warning: {missing}; skipped");
                 reverify::telemetry::global().unapproved_skip(c.name.as_str());
             }
-            None => runs.push((c, Some(tick))),
+            None => runs.push((c, Some(work))),
         }
     }
     if runs.is_empty() {
@@ -193,20 +217,20 @@ fn worker(args: &RunArgs, ctx: &Context, store: reverify::store::Store) -> anyho
 async fn run_all(
     args: &RunArgs,
     worker: Arc<Worker>,
-    runs: Vec<(CampaignRecord, Option<chrono::DateTime<chrono::Utc>>)>,
+    runs: Vec<(CampaignRecord, Option<reverify::schedule::Work>)>,
 ) -> anyhow::Result<u8> {
     use reverify::schedule::Scheduled;
     let stop = CancellationToken::new();
-    stop_on_signals(stop.clone(), args.max_duration);
+    let by_limit = stop_on_signals(stop.clone(), args.max_duration);
     let mut tasks = tokio::task::JoinSet::new();
-    for (c, tick) in runs {
+    for (c, work) in runs {
         let (worker, stop) = (worker.clone(), stop.clone());
         let progress = Arc::new(Progress::default());
         let display = show_progress(args.progress, c.name.to_string(), progress.clone());
         tasks.spawn(async move {
             let name = c.name.clone();
-            let outcome = match tick {
-                Some(tick) => reverify::schedule::run_due(worker, c, tick, progress, stop).await,
+            let outcome = match work {
+                Some(work) => reverify::schedule::run_work(worker, c, work, None, progress, stop).await,
                 None => match worker.run_campaign(&c, progress, stop).await {
                     Ok(r) => Scheduled::Ran(r),
                     Err(e) => Scheduled::Failed(e),
@@ -239,7 +263,7 @@ async fn run_all(
                 }
             }
             Scheduled::AlreadyRunning => println!("{name}: already running in another process; skipped"),
-            Scheduled::AlreadyRan => println!("{name}: another process finished it for this tick; skipped"),
+            Scheduled::AlreadyRan => println!("{name}: another process has just done its due work; skipped"),
             Scheduled::Failed(e) => {
                 // the engine names the campaign in its set-up errors; say it once
                 let e = e.to_string();
@@ -253,8 +277,14 @@ async fn run_all(
             }
         }
     }
+    let sliced = interrupted && by_limit.load(std::sync::atomic::Ordering::SeqCst);
+    if sliced {
+        println!("stopped at --max-duration with work left; the next run resumes it");
+    }
     Ok(if failed {
         exit::FAILURE
+    } else if sliced {
+        args.max_duration_exit
     } else if interrupted {
         exit::INTERRUPTED
     } else {

@@ -13,6 +13,7 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
     let now = Utc::now();
     let p = store.campaign_progress(c.campaign_id, now).await?;
     let (waiting, next_window) = store.target_window_waiting(c.campaign_id).await?;
+    let outlook = reverify::engine::outlook::outlook(store, c, now).await?;
     if json {
         let doc = serde_json::json!({
             "campaign": c.name.as_str(),
@@ -36,6 +37,12 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
             "next_window_opens_at": next_window,
             "last_run_at": c.last_run_at,
             "funnel": p.funnel,
+            "next_tick": outlook.next_tick,
+            "next_follow_up": outlook.next_follow_up,
+            "follows_up": outlook.follows_up,
+            "starts_at": outlook.starts_at,
+            "ends_at": outlook.ends_at,
+            "completed_at": outlook.completed_at,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit::OK);
@@ -89,6 +96,9 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
             "window     {waiting} wait for their send window; the next opens at {}",
             t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
+    }
+    for (label, text) in outlook.lines(c.status) {
+        println!("{label} {text}");
     }
     Ok(exit::OK)
 }

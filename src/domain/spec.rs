@@ -304,6 +304,58 @@ pub struct CampaignSpec {
     pub rollout: Option<Rollout>,
     #[serde(default)]
     pub halt: Option<Halt>,
+    /// Nothing is targeted before this instant (RFC 3339; absent: from the apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<Instant>,
+    /// No message leaves after this instant (RFC 3339): the campaign becomes
+    /// `completed`, and its waiting targets are skipped (`campaign_ended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<Instant>,
+    /// Run only at the schedule's ticks: users held back wait for the next tick
+    /// instead of being followed up when their hold ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub schedule_only: bool,
+    /// How long after `ends_at` outcomes (webhooks, `users sync`) still update the
+    /// campaign's funnel (default 30 days).
+    #[serde(default = "default_track_outcomes_for")]
+    pub track_outcomes_for: HumanDuration,
+}
+
+/// An RFC 3339 instant in a campaign file, written as a TOML date-time
+/// (`ends_at = 2026-12-31T18:00:00Z`) or a string (`"2026-12-31T18:00:00+01:00"`).
+/// The offset is required: an instant must not depend on where the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "InstantText", into = "String")]
+pub struct Instant(pub DateTime<Utc>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InstantText {
+    Text(String),
+    Toml(toml::value::Datetime),
+}
+
+impl TryFrom<InstantText> for Instant {
+    type Error = String;
+    fn try_from(v: InstantText) -> Result<Self, String> {
+        let text = match v {
+            InstantText::Text(s) => s,
+            InstantText::Toml(d) => d.to_string(),
+        };
+        DateTime::parse_from_rfc3339(&text).map(|d| Instant(d.with_timezone(&Utc))).map_err(|e| {
+            format!("{text:?} is not an RFC 3339 instant like 2026-12-31T18:00:00Z (with its offset): {e}")
+        })
+    }
+}
+
+impl From<Instant> for String {
+    fn from(i: Instant) -> String {
+        i.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+}
+
+fn default_track_outcomes_for() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 86_400))
 }
 
 fn default_timezone() -> String {
@@ -403,8 +455,57 @@ impl CampaignSpec {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             SpecError::Parse { file: file.to_owned(), line, column, message: e.message().to_owned() }
         })?;
-        spec.validate(file)?;
+        spec.validate(file).map_err(|e| locate(e, text))?;
         Ok(spec)
+    }
+
+    /// Checks what only the moment of an apply can tell: an `ends_at` already past.
+    /// `text` is the file's, for the line and column.
+    ///
+    /// # Errors
+    /// [`SpecError::Parse`] naming the line and column of `ends_at`.
+    pub fn validate_at_apply(&self, text: &str, file: &str, now: DateTime<Utc>) -> Result<(), SpecError> {
+        match self.ends_at {
+            Some(end) if end.0 <= now => Err(locate(
+                SpecError::Invalid {
+                    file: file.to_owned(),
+                    field: "ends_at".into(),
+                    message: format!(
+                        "{} has already passed; a campaign that ended cannot be applied (set a later ends_at)",
+                        String::from(end)
+                    ),
+                },
+                text,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The campaign's life at `now`: before `starts_at`, running, or after `ends_at`.
+    pub fn life_at(&self, now: DateTime<Utc>) -> Life {
+        if self.ends_at.is_some_and(|e| now >= e.0) {
+            Life::Ended
+        } else if self.starts_at.is_some_and(|s| now < s.0) {
+            Life::NotStarted
+        } else {
+            Life::Running
+        }
+    }
+
+    /// The schedule's next tick after `now` inside the campaign's life (from
+    /// `starts_at`, before `ends_at`); `None` without a schedule or a tick to come.
+    pub fn next_tick_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let from = match self.starts_at {
+            // a tick exactly at starts_at is the campaign's first
+            Some(s) if s.0 > now => s.0 - chrono::Duration::milliseconds(1),
+            _ => now,
+        };
+        self.cron()?.next_after(from, self.tz()).filter(|t| self.ends_at.is_none_or(|e| *t < e.0))
+    }
+
+    /// Whether users held back are followed up between ticks (not `schedule_only`).
+    pub fn follows_up(&self) -> bool {
+        !self.schedule_only
     }
 
     /// The checks that types cannot express.
@@ -422,6 +523,19 @@ impl CampaignSpec {
             && let Err(e) = CronSchedule::parse(s)
         {
             return invalid("schedule", e.to_string());
+        }
+        if self.schedule_only && self.schedule.is_none() {
+            return invalid(
+                "schedule_only",
+                "needs a schedule: without one the campaign only runs by hand, and its held-back users would \
+                 never be asked again"
+                    .into(),
+            );
+        }
+        if let (Some(start), Some(end)) = (self.starts_at, self.ends_at)
+            && end <= start
+        {
+            return invalid("ends_at", format!("{} is not after starts_at {}", String::from(end), String::from(start)));
         }
         let a = &self.audience;
         if a.states.is_empty() {
@@ -580,6 +694,39 @@ fn is_template_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// Where a campaign is in its life (`starts_at`, `ends_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    NotStarted,
+    Running,
+    Ended,
+}
+
+/// A field error of a top-level key (`ends_at`, `starts_at`, `schedule_only`) turned
+/// into one with the key's line and column in `text`; other errors as they are.
+fn locate(e: SpecError, text: &str) -> SpecError {
+    let SpecError::Invalid { file, field, message } = e else { return e };
+    if !matches!(field.as_str(), "ends_at" | "starts_at" | "schedule_only") {
+        return SpecError::Invalid { file, field, message };
+    }
+    // the key at the start of a line before the first table header
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = trimmed.strip_prefix(field.as_str())
+            && rest.trim_start().starts_with('=')
+        {
+            let (line, column) = line_col(text, offset + (line.len() - trimmed.len()));
+            return SpecError::Parse { file, line, column, message: format!("`{field}`: {message}") };
+        }
+        offset += line.len();
+    }
+    SpecError::Invalid { file, field, message }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -724,5 +871,58 @@ concurrency = 8
             }
         }
         assert!(n >= 2, "expected the example campaigns in jobs/");
+    }
+
+    /// A campaign file with `head` as its top-level keys.
+    fn with_life(head: &str) -> String {
+        format!("name = \"life\"\nschedule = \"0 9 * * *\"\n{head}\n[delivery]\nfrom = \"a@example.com\"\n")
+    }
+
+    #[test]
+    fn a_life_is_two_rfc3339_instants_in_order() {
+        // a TOML date-time or a string, the offset required
+        let spec = CampaignSpec::from_toml(
+            &with_life("starts_at = 2026-12-01T09:00:00Z\nends_at = \"2026-12-31T18:00:00+01:00\""),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(spec.starts_at.unwrap().0.to_rfc3339(), "2026-12-01T09:00:00+00:00");
+        assert_eq!(spec.ends_at.unwrap().0.to_rfc3339(), "2026-12-31T17:00:00+00:00");
+        assert_eq!(spec.track_outcomes_for.0, Duration::from_secs(30 * 86_400));
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(spec.life_at(at("2026-11-30T00:00:00Z")), Life::NotStarted);
+        assert_eq!(spec.life_at(at("2026-12-10T00:00:00Z")), Life::Running);
+        assert_eq!(spec.life_at(at("2026-12-31T17:00:00Z")), Life::Ended);
+        // ticks inside the life only: the first at 09:00 on starts_at's day, none after the end
+        assert_eq!(spec.next_tick_after(at("2026-11-01T00:00:00Z")), Some(at("2026-12-01T09:00:00Z")));
+        assert_eq!(spec.next_tick_after(at("2026-12-31T10:00:00Z")), None);
+
+        // each mistake names the file, the line and the column of the key
+        for (head, line, says) in [
+            ("starts_at = \"2026-12-31T00:00:00Z\"\nends_at = \"2026-12-01T00:00:00Z\"", 4, "is not after starts_at"),
+            ("ends_at = \"31/12/2026\"", 3, "not an RFC 3339 instant"),
+            ("ends_at = 2026-12-31T18:00:00", 3, "with its offset"),
+            ("schedule_only = true", 3, "needs a schedule"),
+        ] {
+            let mut text = with_life(head);
+            if head.starts_with("schedule_only") {
+                text = text.replace("schedule = \"0 9 * * *\"\n", "description = \"x\"\n");
+            }
+            let e = CampaignSpec::from_toml(&text, "jobs/life.toml").unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.starts_with(&format!("jobs/life.toml:{line}:")), "{head}: {shown}");
+            assert!(shown.contains(says), "{head}: {shown}");
+        }
+    }
+
+    #[test]
+    fn an_ends_at_already_past_is_refused_at_apply_with_its_place() {
+        let text = with_life("ends_at = \"2026-01-01T00:00:00Z\"");
+        let spec = CampaignSpec::from_toml(&text, "f").unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let e = spec.validate_at_apply(&text, "jobs/old.toml", now).unwrap_err().to_string();
+        assert!(e.starts_with("jobs/old.toml:3:1: `ends_at`: 2026-01-01T00:00:00Z has already passed"), "{e}");
+        let before = DateTime::parse_from_rfc3339("2025-06-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        assert!(spec.validate_at_apply(&text, "f", before).is_ok());
     }
 }

@@ -156,6 +156,8 @@ stored_text! {
         RunStopped = "run_stopped",
         /// Re-queued for a reminder.
         Reminder = "reminder",
+        /// The campaign's `ends_at` passed before the user could be asked (skipped).
+        CampaignEnded = "campaign_ended",
     }
 }
 

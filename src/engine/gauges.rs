@@ -1,5 +1,5 @@
 //! The gauges read from the database (targets by status, halted campaigns, each
-//! campaign's last success), set in the process's metrics; and [`StoreProbe`],
+//! campaign's last success, next tick and next follow-up), set in the process's metrics; and [`StoreProbe`],
 //! what the operations server asks of the store.
 
 use std::collections::BTreeMap;
@@ -49,6 +49,9 @@ async fn refresh_targets(metrics: &Metrics, store: &Store) -> Result<(), StoreEr
         let halted =
             campaign.status == CampaignStatus::Paused && campaign.pause_reason.as_deref().is_some_and(is_halt_reason);
         metrics.set_campaign_halted(campaign.name.as_str(), halted);
+        // the next tick and follow-up, so that an alert tells "stuck" from "waiting"
+        let o = super::outlook::outlook(store, &campaign, chrono::Utc::now()).await?;
+        metrics.set_campaign_next(campaign.name.as_str(), o.next_tick, o.next_follow_up.map(|p| p.at));
     }
     Ok(())
 }

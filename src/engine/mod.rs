@@ -11,6 +11,7 @@ pub mod approval;
 pub mod gates;
 pub mod gauges;
 pub mod observe;
+pub mod outlook;
 mod pipeline;
 pub mod ports;
 pub mod sync;
@@ -214,12 +215,53 @@ pub struct Run {
     pub campaign_id: i64,
     pub spec: CampaignSpec,
     pub progress: Arc<Progress>,
-    /// The scheduled tick this run is for (`run --due`, the daemon), recorded as the
-    /// campaign's tick in progress until a run finishes; `None` for a run by hand.
-    pub tick: Option<DateTime<Utc>>,
+    /// Why the run runs: by hand, a scheduled tick (recorded as the campaign's tick
+    /// in progress until a run finishes), or a follow-up between ticks.
+    pub kind: RunKind,
     /// Where the run hands its claims' token reads to the API's vault.
     pub snapshots: TokenSnapshots,
 }
+
+/// Why a run runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// By hand (`run NAME`, `run --all`): targeting, then every user due.
+    Manual,
+    /// A scheduled tick (`run --due`, the daemon): as by hand; the tick stays the
+    /// campaign's tick in progress until a run finishes.
+    Tick(DateTime<Utc>),
+    /// Follow-up between ticks (`run --due`, the daemon): nobody new is targeted; the
+    /// users whose hold ended are taken. With `linger_until`, the run goes on taking
+    /// users as they come due until then, instead of ending when none is due.
+    FollowUp { linger_until: Option<DateTime<Utc>> },
+}
+
+impl RunKind {
+    /// The scheduled tick, for a tick's run.
+    pub fn tick(self) -> Option<DateTime<Utc>> {
+        match self {
+            RunKind::Tick(t) => Some(t),
+            RunKind::Manual | RunKind::FollowUp { .. } => None,
+        }
+    }
+
+    /// The spelling in the run's `run.started` event and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Manual => "manual",
+            RunKind::Tick(_) => "tick",
+            RunKind::FollowUp { .. } => "follow_up",
+        }
+    }
+}
+
+/// How long a lingering follow-up run waits for the next user at most before it
+/// looks again (a user re-queued by another process, a lease that expired).
+const LINGER_LOOK: Duration = Duration::from_secs(5);
+
+/// A lingering follow-up run waits for a user due at most this far ahead; it ends
+/// when the next is later (the daemon wakes for that one).
+const LINGER_NEAR: Duration = Duration::from_secs(30);
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +296,8 @@ pub(crate) struct RunShared {
     window: Option<crate::domain::window::SendWindow>,
     /// The campaign's `timezone`: the window's zone for a user without a valid one.
     campaign_zone: chrono_tz::Tz,
+    /// The campaign's `ends_at`: no message leaves after it.
+    ends_at: Option<DateTime<Utc>>,
     /// See [`Run::snapshots`].
     snapshots: TokenSnapshots,
 }
@@ -326,6 +370,30 @@ fn campaign_quota(spec: &CampaignSpec, share: f64) -> Quota {
     Quota::with_period(period).expect("period is positive").allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
 }
 
+/// A lingering follow-up run with nothing due now: how long to wait before looking
+/// again (until the next user is due, at most [`LINGER_LOOK`]), or `None` when the
+/// run ends (no horizon, past it or past the campaign's end, or nobody due within
+/// [`LINGER_NEAR`] and before it).
+async fn linger(
+    store: &Store,
+    campaign_id: i64,
+    now: DateTime<Utc>,
+    ends_at: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Option<Duration>, StoreError> {
+    let Some(until) = until else { return Ok(None) };
+    if now >= until || ends_at.is_some_and(|e| now >= e) {
+        return Ok(None);
+    }
+    let Some(next) = store.target_next_follow_up(campaign_id, now).await? else { return Ok(None) };
+    // a user due later than that is the daemon's to wake for: the run ends
+    if next >= until || next > now + chrono::Duration::from_std(LINGER_NEAR).unwrap_or_default() {
+        return Ok(None);
+    }
+    let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+    Ok(Some(wait.clamp(Duration::from_millis(50), LINGER_LOOK)))
+}
+
 impl Run {
     /// Runs the campaign until nothing is due, or until `stop` is cancelled.
     ///
@@ -335,7 +403,8 @@ impl Run {
         let worker = self.config.worker_id.clone();
         let (store, clock, campaign_id) = (self.store.clone(), self.clock.clone(), self.campaign_id);
         let actor = self.config.actor.clone();
-        let run_id = store.run_start(campaign_id, &worker, &actor, clock.now(), self.tick).await?;
+        let run_id = store.run_start(campaign_id, &worker, &actor, clock.now(), self.kind.tick()).await?;
+        info!(campaign = %self.spec.name, run_id, kind = self.kind.as_str(), "run started");
         let result = self.execute_inner(stop).await;
         let (outcome, error, counts) = match &result {
             Ok((o, counts, _)) => (*o, None, *counts),
@@ -404,14 +473,25 @@ impl Run {
         )
         .await
         .map_err(|e| fail(e, &progress))?;
-        let targeted = self
-            .store
-            .target_add_matching_counted(self.campaign_id, &self.spec.audience, now)
-            .await
-            .map_err(|e| fail(e, &progress))?;
-        progress.targeted.store(i64::try_from(targeted.added).unwrap_or(i64::MAX), Ordering::Relaxed);
-        progress.deferred_at_targeting.store(i64::try_from(targeted.deferred).unwrap_or(i64::MAX), Ordering::Relaxed);
-        info!(campaign = %self.spec.name, added = targeted.added, deferred = targeted.deferred, "targeting done");
+        // only a tick (or a person) adds users: follow-up takes those already targeted
+        if !matches!(self.kind, RunKind::FollowUp { .. }) {
+            let targeted = self
+                .store
+                .target_add_matching_counted(self.campaign_id, &self.spec.audience, now)
+                .await
+                .map_err(|e| fail(e, &progress))?;
+            progress.targeted.store(i64::try_from(targeted.added).unwrap_or(i64::MAX), Ordering::Relaxed);
+            progress
+                .deferred_at_targeting
+                .store(i64::try_from(targeted.deferred).unwrap_or(i64::MAX), Ordering::Relaxed);
+            info!(campaign = %self.spec.name, added = targeted.added, deferred = targeted.deferred, "targeting done");
+        }
+        let linger_until = match self.kind {
+            RunKind::FollowUp { linger_until } => linger_until,
+            RunKind::Manual | RunKind::Tick(_) => None,
+        };
+        // no claim after the campaign's end
+        let ends_at = self.spec.ends_at.map(|e| e.0);
 
         let concurrency = usize::try_from(self.spec.throttle.concurrency).unwrap_or(1).max(1);
         let click = match self.spec.delivery.link {
@@ -445,6 +525,7 @@ impl Run {
             click,
             window: self.spec.delivery.window(),
             campaign_zone: self.spec.timezone.parse().unwrap_or(chrono_tz::Tz::UTC),
+            ends_at,
             snapshots: self.snapshots,
         });
         // A stop asked from outside, or an abort from inside, ends the claiming.
@@ -512,15 +593,17 @@ impl Run {
         let mut cursor = ClaimCursor::start();
         let mut rescued_at = tokio::time::Instant::now();
         let mut exhausted = false;
+        // a lingering follow-up run's next look for due users
+        let mut look_again: Option<tokio::time::Instant> = None;
         let mut store_error: Option<StoreError> = None;
         loop {
             if halt.is_cancelled() {
                 break;
             }
-            if canary_left == Some(0) {
+            if canary_left == Some(0) || ends_at.is_some_and(|e| self.clock.now() >= e) {
                 exhausted = true;
             }
-            if claiming.is_none() && !exhausted && queue.len() < concurrency {
+            if claiming.is_none() && !exhausted && look_again.is_none() && queue.len() < concurrency {
                 let (store, clock, worker, lease) =
                     (self.store.clone(), self.clock.clone(), self.config.worker_id.clone(), self.config.lease);
                 let campaign_id = self.campaign_id;
@@ -537,12 +620,15 @@ impl Run {
                 let Some(t) = queue.pop_front() else { break };
                 in_flight.spawn(pipeline::process(shared.clone(), t));
             }
-            if in_flight.is_empty() && queue.is_empty() && claiming.is_none() {
+            if in_flight.is_empty() && queue.is_empty() && claiming.is_none() && look_again.is_none() {
                 // exhausted: nothing queued, nothing in flight, nothing left to claim
                 break;
             }
             tokio::select! {
                 _ = halt.cancelled() => break,
+                _ = tokio::time::sleep_until(look_again.unwrap_or_else(tokio::time::Instant::now)), if look_again.is_some() => {
+                    look_again = None;
+                }
                 joined = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Some(r) = joined {
                         let o = r.unwrap_or(UserOutcome::Abandoned);
@@ -580,7 +666,19 @@ impl Run {
                                 if cursor.after.is_some() {
                                     cursor = ClaimCursor::start();
                                 } else {
-                                    exhausted = true;
+                                    // a follow-up run waits for the next user due
+                                    // before its horizon, then passes from the start
+                                    match linger(&self.store, self.campaign_id, self.clock.now(), ends_at, linger_until).await {
+                                        Ok(Some(wait)) => {
+                                            look_again = Some(tokio::time::Instant::now() + wait);
+                                            cursor = ClaimCursor::start();
+                                        }
+                                        Ok(None) => exhausted = true,
+                                        Err(e) => {
+                                            store_error = Some(e);
+                                            break;
+                                        }
+                                    }
                                 }
                             }
                             queue.extend(batch);
@@ -650,6 +748,10 @@ impl Run {
         let aborted = shared.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(reason) = aborted {
             return Err((EngineError::Setup(reason), progress));
+        }
+        // the reminders of the users notified by this run wait on the claim index
+        if let Some(reminders) = &self.spec.reminders {
+            self.store.target_stamp_reminders(self.campaign_id, reminders).await.map_err(|e| fail(e, &progress))?;
         }
         let mut outcome = if interrupted { RunOutcome::Interrupted } else { RunOutcome::Finished };
         let actor = self.config.worker_id.as_str();

@@ -67,6 +67,11 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
         return Ok(UserOutcome::Failed(TargetReason::DeliveryUnknown));
     }
 
+    // 0a. the campaign's end: nothing leaves after ends_at
+    if s.ends_at.is_some_and(|e| s.now() >= e) {
+        return settle(s, t, Transition::skip(TargetReason::CampaignEnded)).await;
+    }
+
     // 0b. the send window, in the user's zone: outside it the target waits, deferred
     // to the next opening, before any API call, session or link, with its claim
     // given back (the attempt too)

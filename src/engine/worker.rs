@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::adapters::{BaanxApi, NotifierDeliverer};
 use super::observe::Metered;
-use super::{EngineConfig, EngineError, Progress, Run, RunReport, VerificationApi};
+use super::{EngineConfig, EngineError, Progress, Run, RunKind, RunReport, VerificationApi};
 use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
 use crate::crypto::TokenCipher;
@@ -94,8 +94,24 @@ impl Worker {
         progress: Arc<Progress>,
         stop: CancellationToken,
     ) -> Result<RunReport, EngineError> {
+        let kind = tick.map_or(RunKind::Manual, RunKind::Tick);
+        self.run_campaign_as(campaign, kind, progress, stop).await
+    }
+
+    /// As [`Worker::run_campaign`], for a run of `kind`: by hand, a tick, or a
+    /// follow-up between ticks. Every run is counted in the batch-job metrics.
+    ///
+    /// # Errors
+    /// As [`Worker::run_campaign`].
+    pub async fn run_campaign_as(
+        &self,
+        campaign: &CampaignRecord,
+        kind: RunKind,
+        progress: Arc<Progress>,
+        stop: CancellationToken,
+    ) -> Result<RunReport, EngineError> {
         let started = std::time::Instant::now();
-        let result = self.run_campaign_uncounted(campaign, tick, progress, stop).await;
+        let result = self.run_campaign_uncounted(campaign, kind, progress, stop).await;
         let outcome = result.as_ref().map_or(RunOutcome::Failed, |r| r.outcome);
         crate::telemetry::global().run_ended(
             campaign.name.as_str(),
@@ -124,11 +140,31 @@ impl Worker {
     async fn run_campaign_uncounted(
         &self,
         campaign: &CampaignRecord,
-        tick: Option<DateTime<Utc>>,
+        kind: RunKind,
         progress: Arc<Progress>,
         stop: CancellationToken,
     ) -> Result<RunReport, EngineError> {
         let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
+        // a campaign's life: nothing targeted before starts_at, nothing sent after ends_at
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match spec.life_at(self.clock.now()) {
+            crate::domain::spec::Life::Running => {}
+            crate::domain::spec::Life::NotStarted => {
+                return Err(EngineError::Setup(format!(
+                    "campaign {} starts at {} (starts_at): nothing is targeted before then",
+                    spec.name,
+                    at(spec.starts_at.map(|s| s.0).unwrap_or_default())
+                )));
+            }
+            crate::domain::spec::Life::Ended => {
+                return Err(EngineError::Setup(format!(
+                    "campaign {} ended at {} (ends_at): no message leaves after it; `run --due` or the daemon \
+                     completes it",
+                    spec.name,
+                    at(spec.ends_at.map(|s| s.0).unwrap_or_default())
+                )));
+            }
+        }
         // the check `campaign validate` and `campaign apply` make (notify::check_campaign)
         let channels = crate::notify::Channels { click: self.config.public_url.is_some(), ..self.notifier.channels() };
         crate::notify::check_campaign(&spec, self.notifier.templates(), channels)
@@ -155,7 +191,7 @@ impl Worker {
             campaign_id: campaign.campaign_id,
             spec,
             progress,
-            tick,
+            kind,
             snapshots: self.snapshots.clone(),
         }
         .execute(stop)

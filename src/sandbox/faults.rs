@@ -224,6 +224,13 @@ impl FaultEngine {
         self.scripted_len.store(q.len(), Ordering::Release);
     }
 
+    /// Drops every scripted fault not yet met.
+    pub fn clear(&self) {
+        let mut q = self.scripted.lock().expect("fault queue poisoned");
+        q.clear();
+        self.scripted_len.store(0, Ordering::Release);
+    }
+
     /// The fate of the next request.
     pub fn decide(&self) -> Fate {
         // the common case (nothing queued) costs one atomic load

@@ -347,6 +347,11 @@ impl SandboxHandle {
         self.state.faults.push(fault, count);
     }
 
+    /// Drops the scripted faults not yet met (see [`SandboxHandle::fail_next`]).
+    pub fn clear_faults(&self) {
+        self.state.faults.clear();
+    }
+
     /// Completes a session as its page would, from its URL. `false` when the session
     /// is unknown, already used or expired.
     pub fn complete_session(&self, session_url: &str, outcome: SessionOutcome) -> bool {

@@ -35,6 +35,9 @@ pub enum CampaignStatus {
     Cancelled,
     /// Ran to its end (a one-off campaign); can be cancelled, not resumed.
     Finished,
+    /// Its `ends_at` passed: nothing more is sent; outcomes still update its funnel
+    /// for `track_outcomes_for`. Final.
+    Completed,
 }
 
 impl CampaignStatus {
@@ -45,6 +48,7 @@ impl CampaignStatus {
             CampaignStatus::Paused => "paused",
             CampaignStatus::Cancelled => "cancelled",
             CampaignStatus::Finished => "finished",
+            CampaignStatus::Completed => "completed",
         }
     }
 }
@@ -63,7 +67,10 @@ impl FromStr for CampaignStatus {
             "paused" => Ok(CampaignStatus::Paused),
             "cancelled" => Ok(CampaignStatus::Cancelled),
             "finished" => Ok(CampaignStatus::Finished),
-            other => Err(format!("campaign status {other:?} is not one of active, paused, cancelled, finished")),
+            "completed" => Ok(CampaignStatus::Completed),
+            other => {
+                Err(format!("campaign status {other:?} is not one of active, paused, cancelled, finished, completed"))
+            }
         }
     }
 }
@@ -102,6 +109,9 @@ impl StatusChange {
             (StatusChange::Pause | StatusChange::Resume, Finished) => {
                 Err("it has finished; apply the file under a new name to run it again".into())
             }
+            (_, Completed) => Err("it has completed (its ends_at passed), which is final; its record stays as it \
+                                   is: apply the file under a new name for a new campaign"
+                .into()),
         }
     }
 }
@@ -137,6 +147,8 @@ pub struct CampaignRecord {
     /// When a person resumed the campaign after its canary review: from then on the
     /// canary no longer limits a run.
     pub canary_released_at: Option<DateTime<Utc>>,
+    /// When the campaign became `completed` (its `ends_at` had passed).
+    pub completed_at: Option<DateTime<Utc>>,
 }
 
 impl CampaignRecord {
@@ -176,7 +188,7 @@ pub fn spec_hash(toml_text: &str) -> String {
 
 const CAMPAIGN_COLUMNS: &str = "campaign_id, name, spec, spec_hash, version, status, schedule, timezone, \
      created_at, updated_at, last_run_at, next_run_at, tick_in_progress, done_through, pause_reason, pause_detail, \
-     canary_released_at";
+     canary_released_at, completed_at";
 
 fn decode(message: String) -> sqlx::Error {
     sqlx::Error::Decode(message.into())
@@ -204,6 +216,7 @@ fn campaign_from_row(row: &AnyRow) -> Result<CampaignRecord, sqlx::Error> {
         pause_reason: row.try_get("pause_reason")?,
         pause_detail: row.try_get::<Option<String>, _>("pause_detail")?.and_then(|d| serde_json::from_str(&d).ok()),
         canary_released_at: opt_time("canary_released_at")?,
+        completed_at: opt_time("completed_at")?,
     })
 }
 
@@ -270,6 +283,15 @@ impl Store {
                 return Err(StoreError::Conflict(format!(
                     "campaign {} is cancelled (version {}), which is final: give the changed file a new name",
                     c.name, c.version
+                )));
+            }
+            Some(c) if c.status == CampaignStatus::Completed => {
+                let ended = c.completed_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                return Err(StoreError::Conflict(format!(
+                    "campaign {} completed at {} (its ends_at had passed): its record is final, ends_at included; \
+                     give the changed file a new name to start a new campaign",
+                    c.name,
+                    ended.unwrap_or_default()
                 )));
             }
             Some(c) => {
@@ -493,6 +515,55 @@ impl Store {
         }
         tx.commit().await.map_err(query_err("campaign_pause_by_worker commit"))?;
         Ok(n == 1)
+    }
+
+    /// Completes a campaign whose `ends_at` has passed (active or paused): nothing
+    /// more is sent, its waiting targets are skipped (`campaign_ended`), and
+    /// outcomes update its funnel until `outcomes_until`. Returns how many targets
+    /// were skipped, or `None` when it was not active or paused (another process
+    /// completed it first, or a person cancelled it).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_complete(
+        &self,
+        campaign_id: i64,
+        ends_at: DateTime<Utc>,
+        outcomes_until: DateTime<Utc>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE campaigns SET status = 'completed', completed_at = $2, outcomes_until = $3, \
+               pause_reason = NULL, pause_detail = NULL, next_run_at = NULL, updated_at = $2 \
+             WHERE campaign_id = $1 AND status IN ('active', 'paused')",
+        )
+        .bind(campaign_id)
+        .bind(to_millis(now))
+        .bind(to_millis(outcomes_until))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("campaign_complete"))?
+        .rows_affected();
+        if n != 1 {
+            return Ok(None);
+        }
+        let skipped = super::targets::targets_end_campaign_in_tx(&mut tx, campaign_id, now).await?;
+        let event = NewEvent {
+            actor,
+            kind: "campaign.completed",
+            campaign_id: Some(campaign_id),
+            user_id: None,
+            detail: Some(serde_json::json!({
+                "ends_at": ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "skipped_campaign_ended": skipped,
+                "outcomes_until": outcomes_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            })),
+        };
+        event_insert(&mut tx, &event, now).await?;
+        tx.commit().await.map_err(query_err("campaign_complete commit"))?;
+        Ok(Some(skipped))
     }
 
     /// Whether a person resumed the campaign after its canary review.

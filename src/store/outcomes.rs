@@ -35,7 +35,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::events::event_in_tx;
 use super::group::Tx;
 use super::links::links_revoke_user_in_tx;
-use super::targets::{AfterMessage, Claimed, targets_after_message_in_tx};
+use super::targets::{AfterMessage, Claimed, targets_after_message_in_tx, targets_reminder_recheck_in_tx};
 use super::users::{
     FreshState, REACHABLE, StateChange, user_failure_in_tx, user_rejected_again_in_tx, user_state_change_in_tx,
     user_state_lock_in_tx, user_state_unchanged_in_tx, user_synced_in_tx, users_unchanged_states_in_tx,
@@ -289,8 +289,12 @@ pub(crate) async fn apply_state_in_tx(
         }
         VerificationState::Rejected => {
             rejected = target_events(tx, AfterMessage::Rejected, user_id, at_ms, now, src).await?;
+            // a campaign that reminds the rejected does so once the cooldown is over
+            let due = now + crate::domain::policy::rejection_cooldown();
+            targets_reminder_recheck_in_tx(tx, user_id, due).await?;
         }
-        _ => {}
+        VerificationState::Unverified => targets_reminder_recheck_in_tx(tx, user_id, now).await?,
+        VerificationState::Pending => {}
     }
     Ok(StateApplied::Applied { from: old, to: new, changed, started, converted, rejected })
 }

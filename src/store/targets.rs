@@ -6,6 +6,8 @@
 //! SQLite: its single writer). A heartbeat renews the lease while the worker lives;
 //! a worker that dies leaves claims that expire and are claimed again by the next.
 
+mod followup;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -19,6 +21,9 @@ use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::domain::policy::{self, Verdict};
 use crate::domain::spec::{Audience, Reminders};
 use crate::domain::{TargetReason, TargetStatus, Transition, VerificationState};
+
+pub use followup::{FollowUpPlan, NO_REMINDER_YET};
+pub(crate) use followup::{targets_end_campaign_in_tx, targets_reminder_recheck_in_tx};
 
 /// What a targeting pass added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -726,6 +731,33 @@ impl Store {
             // one audit event per re-queued target, set-based as well
             events_reminders_queued_in_tx(&mut tx, campaign_id, now_ms).await?;
         }
+        // The stamped targets that came due and did not qualify wait on (see
+        // `followup`): for their time or their session's expiry when either is
+        // ahead, for a rejected user's cooldown when the campaign reminds the
+        // rejected, else for a change of the user's state.
+        let user = |col: &str| format!("(SELECT u.{col} FROM users u WHERE u.user_id = campaign_targets.user_id)");
+        let push = format!(
+            "UPDATE campaign_targets SET not_before = CASE \
+                 WHEN COALESCE(notified_at, 0) + $3 > $2 OR COALESCE(session_expires_at, 0) > $2 THEN \
+                   CASE WHEN COALESCE(session_expires_at, 0) > COALESCE(notified_at, 0) + $3 THEN session_expires_at \
+                        ELSE COALESCE(notified_at, 0) + $3 END \
+                 WHEN $5 = 1 AND {state} = 'REJECTED' AND COALESCE({rejected}, 0) + {cooldown} > $2 \
+                   THEN {rejected} + {cooldown} \
+                 ELSE {NO_REMINDER_YET} END \
+             WHERE campaign_id = $1 AND status = 'notified' AND step < $4 \
+               AND not_before IS NOT NULL AND not_before <= $2",
+            state = user("verification_state"),
+            rejected = user("rejected_at"),
+        );
+        sqlx::query(AssertSqlSafe(push))
+            .bind(campaign_id)
+            .bind(now_ms)
+            .bind(after_ms)
+            .bind(i64::from(reminders.max))
+            .bind(i64::from(reminders.include_rejected))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("target_requeue_reminders wait"))?;
         tx.commit().await.map_err(query_err("target_requeue_reminders commit"))?;
         Ok(n)
     }
@@ -907,7 +939,7 @@ pub(crate) fn delivery_target_update(ok: &str, why: &str, at: &str, expires_at: 
            first_notified_at = CASE WHEN {ok} THEN COALESCE(first_notified_at, {at}) ELSE first_notified_at END, \
            finalized_at = CASE WHEN {ok} THEN finalized_at ELSE {at} END, \
            lease_owner = NULL, lease_expires_at = NULL, sessions = sessions + 1, updated_at = {at}, \
-           session_expires_at = {expires_at}"
+           session_expires_at = {expires_at}, not_before = NULL"
     )
 }
 
@@ -1009,7 +1041,7 @@ pub(crate) async fn targets_notified_by_link_in_tx(
         "UPDATE campaign_targets SET status = 'notified', reason = NULL, \
            notifications = notifications + 1, notified_at = x.at, \
            first_notified_at = COALESCE(first_notified_at, x.at), lease_owner = NULL, \
-           lease_expires_at = NULL, updated_at = x.at, session_expires_at = NULL \
+           lease_expires_at = NULL, updated_at = x.at, session_expires_at = NULL, not_before = NULL \
          FROM ({from}) AS x WHERE campaign_targets.campaign_id = x.c AND campaign_targets.user_id = x.u \
            AND {ours} RETURNING campaign_targets.user_id",
         ours = ours!("campaign_targets.", "x.w"),
@@ -1017,8 +1049,12 @@ pub(crate) async fn targets_notified_by_link_in_tx(
     returned_user_ids(sqlx::query(AssertSqlSafe(sql)).bind(rows), tx, "link_record_delivery target").await
 }
 
-/// A target of the user that has had a message no later than the change (`$2`).
-const AFTER_MESSAGE: &str = "user_id = $1 AND notified_at IS NOT NULL AND notified_at <= $2";
+/// A target of the user that has had a message no later than the change (`$2`), in
+/// a campaign whose outcomes are still tracked at `$3` (a completed campaign's, for
+/// its `track_outcomes_for`).
+const AFTER_MESSAGE: &str = "user_id = $1 AND notified_at IS NOT NULL AND notified_at <= $2 \
+     AND NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.campaign_id = campaign_targets.campaign_id \
+       AND c.outcomes_until < $3)";
 
 /// How a user's new state moves their targets that had a message no later than
 /// the change (see `outcomes::apply_state_in_tx`).

@@ -116,6 +116,8 @@ pub struct Metrics {
     timezone_fallbacks: Family<CampaignLabels, Counter>,
     campaign_halted: Family<CampaignLabels, Gauge>,
     unapproved_skips: Family<CampaignLabels, Counter>,
+    next_tick: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
+    next_follow_up: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -245,6 +247,22 @@ impl Metrics {
             "Due campaigns not run because their version is not approved (require_approval), by campaign",
             unapproved_skips.clone(),
         );
+        let next_tick = Family::<CampaignLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "campaign_next_tick_timestamp",
+            "When the campaign's schedule ticks next (Unix time), inside its life; absent when it has no tick \
+             to come",
+            Unit::Seconds,
+            next_tick.clone(),
+        );
+        let next_follow_up = Family::<CampaignLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "campaign_next_follow_up_timestamp",
+            "When the campaign's first held-back user is due (Unix time): a value in the past that stays there \
+             means stuck, one in the future means waiting; absent when nobody waits",
+            Unit::Seconds,
+            next_follow_up.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
@@ -267,7 +285,29 @@ impl Metrics {
             timezone_fallbacks,
             campaign_halted,
             unapproved_skips,
+            next_tick,
+            next_follow_up,
         }
+    }
+
+    /// `campaign`'s next tick and next follow-up (a series is removed when `None`).
+    pub fn set_campaign_next(&self, campaign: &str, tick: Option<DateTime<Utc>>, follow_up: Option<DateTime<Utc>>) {
+        let labels = CampaignLabels { campaign: label(campaign).into() };
+        for (family, at) in [(&self.next_tick, tick), (&self.next_follow_up, follow_up)] {
+            match at {
+                Some(at) => {
+                    family.get_or_create(&labels).set(at.timestamp_millis() as f64 / 1000.0);
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// `campaign` completed or went away: it has no next tick or follow-up.
+    pub fn forget_campaign_schedule(&self, campaign: &str) {
+        self.set_campaign_next(campaign, None, None);
     }
 
     /// A message of `campaign` was rendered in a fallback locale (`to`: `language`

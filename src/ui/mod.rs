@@ -444,8 +444,9 @@ async fn campaign_page(
         s.run_recent(id, 10),
         s.event_page_desc(id, q.before, EVENTS_PER_PAGE),
         s.approval_current(&c),
+        crate::engine::outlook::outlook(s, &c, Utc::now()),
     );
-    let (figures, runs, (events, more_events), approval) = match read {
+    let (figures, runs, (events, more_events), approval, outlook) = match read {
         Ok(x) => x,
         Err(e) => return store_failed(Some(&v), &e),
     };
@@ -461,6 +462,7 @@ async fn campaign_page(
     });
     let view = CampaignView {
         next_run: next_run(&c),
+        outlook,
         record: c,
         progress,
         series,

@@ -118,6 +118,8 @@ pub struct CampaignView {
     pub events: Vec<Event>,
     pub more_events: bool,
     pub next_run: Option<DateTime<Utc>>,
+    /// The next tick and the next follow-up (and the campaign's life).
+    pub outlook: crate::engine::outlook::Outlook,
     /// A message after an action ("paused").
     pub notice: Option<String>,
     /// When the figures (progress, funnel, series, deferred) were read.
@@ -196,6 +198,13 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
         next = time(cv.next_run),
         last = last_run_cell(cv.runs.first()),
     );
+    let outlook: Vec<String> = cv
+        .outlook
+        .lines(c.status)
+        .into_iter()
+        .map(|(label, text)| format!("<span class=\"outlook\"><b>{}</b> {}</span>", esc(label), esc(&text)))
+        .collect();
+    let _ = write!(b, "<p class=\"muted\" id=\"outlook\">{}</p>", outlook.join(" · "));
     if let Some(n) = &cv.notice {
         let _ = write!(b, "<div class=\"notice\">{}</div>", esc(n));
     }

@@ -18,10 +18,16 @@ impl Bin {
     /// for the binary pointing at both and at `db`.
     pub async fn new(db: &TestDb, users: usize, latency: Option<Duration>) -> Self {
         let faults = Faults { latency: latency.map_or(Latency::None, Latency::Fixed), ..Faults::default() };
-        let sandbox =
-            Sandbox::start(SandboxConfig { users: UserSource::Generate(users), seed: 3, faults, ..Default::default() })
-                .await
-                .unwrap();
+        Self::with_sandbox(
+            db,
+            SandboxConfig { users: UserSource::Generate(users), seed: 3, faults, ..Default::default() },
+        )
+        .await
+    }
+
+    /// As [`Bin::new`], with the sandbox configured as given (the test's own users).
+    pub async fn with_sandbox(db: &TestDb, config: SandboxConfig) -> Self {
+        let sandbox = Sandbox::start(config).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         reverify::sandbox::userfile::write_users(&dir.path().join("users.csv"), &sandbox.users()).unwrap();
         Self { dir, sandbox, db_url: db.url.clone(), token_key: TokenCipher::generate_key() }

@@ -6,6 +6,7 @@ mod approvals;
 mod common;
 mod docs;
 mod exit_codes;
+mod followup;
 mod gates;
 mod ops;
 mod scheduled;

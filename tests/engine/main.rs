@@ -5,6 +5,7 @@ mod browser;
 mod click;
 mod common;
 mod dashboard;
+mod followup;
 mod gates;
 mod locales;
 mod metrics;
