@@ -180,7 +180,10 @@ pub async fn due_campaigns(store: &Store, now: DateTime<Utc>) -> Result<Vec<DueC
 /// [`StoreError`].
 pub async fn record_next(store: &Store, checks: &[DueCheck]) -> Result<(), StoreError> {
     for c in checks {
-        store.campaign_set_next_run(c.campaign.campaign_id, c.next).await?;
+        // written only when it moved: an idle pass writes nothing
+        if c.campaign.next_run_at != c.next {
+            store.campaign_set_next_run(c.campaign.campaign_id, c.next).await?;
+        }
         crate::telemetry::global().set_campaign_next(c.campaign.name.as_str(), c.next, c.follow_up);
     }
     Ok(())

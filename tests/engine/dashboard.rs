@@ -198,6 +198,8 @@ async fn the_dashboard_in_chromium() {
         assert!(text.contains(label), "{label}: {text}");
     }
     assert!(text.contains("Report (CSV)") && !text.contains("Pause"), "a viewer has no pause button: {text}");
+    // what happens next: the tick and the follow-up of the users held back
+    assert!(text.contains("next tick") && text.contains("next follow-up"), "{text}");
     let source = b.source().await;
     for (status_name, key) in [("notified", "notified"), ("deferred", "deferred"), ("skipped", "skipped")] {
         let want = status[key].as_i64().unwrap();
