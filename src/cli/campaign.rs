@@ -29,9 +29,15 @@ pub enum CampaignCommand {
     /// With no FILE, every *.toml file in jobs_dir (the setting) is applied, each on
     /// its own: a bad file is reported and skipped, the others applied, and the exit
     /// code is 1 when any failed.
+    ///
+    /// With approvers_file set, each applied version needs an SSH signature by a key
+    /// listed there (--sign-with or --signature), and the audit trail names the
+    /// principal the key proves, not --as.
     Apply {
         /// Campaign files (TOML); default: every *.toml in jobs_dir.
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        proof: ProofArgs,
     },
     /// List campaigns.
     List {
@@ -53,12 +59,34 @@ pub enum CampaignCommand {
     /// templates it uses (as this process loads them) and its plan now (the targets
     /// and the exclusions counted by reason). Applying a changed file makes a new
     /// version, which needs a new approval; a changed template needs one too.
+    ///
+    /// With approvers_file set, the approval needs an SSH signature (namespace
+    /// reverify) over what `campaign digest NAME --version N` prints, by a key listed
+    /// there (--sign-with, or --signature made elsewhere with `ssh-keygen -Y sign -n
+    /// reverify`): the approver is the principal the key proves, who must differ from
+    /// the one who signed the apply. --as alone approves nothing then.
     Approve {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// Refuse unless this is the current version (the one you reviewed).
         #[arg(long, value_name = "N")]
         version: Option<i64>,
+        #[command(flatten)]
+        proof: ProofArgs,
+    },
+    /// Print what to sign (with `ssh-keygen -Y sign -n reverify -f KEY`) to approve
+    /// version N of the campaign, or, with --file, to apply that file as its next
+    /// version; pass the signature to approve or apply with --signature.
+    Digest {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// The version to approve (default: the current one); with --file, the
+        /// version the apply will make (default: the next one).
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+        /// Print the message for applying this file instead.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
     },
     /// Stop running a campaign until it is resumed.
     Pause {
@@ -179,6 +207,63 @@ pub enum CampaignCommand {
     },
 }
 
+/// How a person proves who they are to apply, approve or change a setting, when
+/// approvers_file is set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProofArgs {
+    /// Sign with this SSH key: a private key file (Ed25519, ECDSA), or the public
+    /// half of a key held by ssh-agent.
+    #[arg(long, value_name = "KEY", conflicts_with = "signature")]
+    pub sign_with: Option<PathBuf>,
+    /// A signature made elsewhere with `ssh-keygen -Y sign -n reverify` over what
+    /// the matching `digest` command prints, so that the key never touches this
+    /// machine.
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
+}
+
+impl ProofArgs {
+    /// The proof given, if any; a signature file is read here (its errors name it).
+    pub fn proof(&self) -> anyhow::Result<Option<reverify::engine::approval::Proof>> {
+        use reverify::engine::approval::Proof;
+        Ok(match (&self.sign_with, &self.signature) {
+            (Some(k), _) => Some(Proof::SignWith(k.clone())),
+            (None, Some(f)) => Some(Proof::Signature(
+                std::fs::read_to_string(f).with_context(|| format!("--signature {}: cannot read", f.display()))?,
+            )),
+            (None, None) => None,
+        })
+    }
+
+    fn given(&self) -> bool {
+        self.sign_with.is_some() || self.signature.is_some()
+    }
+}
+
+/// Who may sign (`approvers_file`), loaded; `None` when the setting is not set.
+pub fn approvers(ctx: &Context) -> anyhow::Result<Option<reverify::engine::approval::Approvers>> {
+    ctx.settings
+        .approvers_file
+        .as_deref()
+        .map(|p| reverify::engine::approval::Approvers::load(p).map_err(|e| anyhow::anyhow!("approvers_file: {e}")))
+        .transpose()
+}
+
+/// Refuses a command on a database that asks for signed approvals when this
+/// process has no approvers_file, or whose require_approval this process asks off.
+pub async fn check_policy(
+    ctx: &Context,
+    store: &reverify::store::Store,
+    approvers: Option<&reverify::engine::approval::Approvers>,
+) -> anyhow::Result<reverify::engine::approval::Policy> {
+    match reverify::engine::approval::policy(store, ctx.settings.require_approval, approvers.map(|a| a.text.as_str()))
+        .await?
+    {
+        Ok(p) => Ok(p),
+        Err(why) => Err(anyhow::anyhow!(why)),
+    }
+}
+
 pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
     match cmd {
         CampaignCommand::Validate { files } => {
@@ -203,8 +288,9 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             }
             Ok(if bad == 0 { exit::OK } else { exit::FAILURE })
         }
-        CampaignCommand::Apply { files } if files.is_empty() => apply_jobs_dir(ctx).await,
-        CampaignCommand::Apply { files } => apply(ctx, &files).await,
+        CampaignCommand::Apply { files, proof } if files.is_empty() => apply_jobs_dir(ctx, &proof).await,
+        CampaignCommand::Apply { files, proof } => apply(ctx, &files, &proof).await,
+        CampaignCommand::Digest { name, version, file } => digest(ctx, &name, version, file.as_deref()).await,
         CampaignCommand::List { json } => list(ctx, json).await,
         CampaignCommand::Show { name, json } => show(ctx, &name, json).await,
         CampaignCommand::Pause { name } => set_status(ctx, &name, StatusChange::Pause).await,
@@ -240,7 +326,7 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             let (store, c) = ctx.existing_campaign(&name).await?;
             super::report::audit(&store, &c, user, json).await
         }
-        CampaignCommand::Approve { name, version } => approve(ctx, &name, version).await,
+        CampaignCommand::Approve { name, version, proof } => approve(ctx, &name, version, &proof).await,
         CampaignCommand::Evidence { name, output } => {
             let (store, c) = ctx.existing_campaign(&name).await?;
             super::evidence::write(ctx, &store, &c, &output).await
@@ -291,12 +377,83 @@ fn check_files(files: &[PathBuf], check: &CampaignCheck) -> (Vec<Checked>, Vec<(
     (good, errors)
 }
 
+/// Who applies: a label (`--as`), or, with approvers_file, a signature to verify.
+enum Applier<'a> {
+    Label(&'a str),
+    Signed(&'a reverify::engine::approval::Approvers, reverify::engine::approval::Proof),
+}
+
+impl Applier<'_> {
+    /// The applier of `ctx`'s command, or why it cannot apply.
+    fn of<'a>(
+        ctx: &'a Context,
+        approvers: Option<&'a reverify::engine::approval::Approvers>,
+        proof: &ProofArgs,
+        files: usize,
+    ) -> anyhow::Result<Applier<'a>> {
+        match (approvers, proof.proof()?) {
+            (None, None) => Ok(Applier::Label(&ctx.actor)),
+            (None, Some(_)) => Err(anyhow::anyhow!(
+                "--sign-with and --signature need approvers_file (REVERIFY_APPROVERS_FILE): \
+                 without it there is nobody to check the signature against"
+            )),
+            (Some(_), None) => Err(anyhow::anyhow!(
+                "approvers_file is set: applying needs an SSH signature by a listed key (--sign-with KEY, or \
+                 --signature FILE over what `reverify campaign digest NAME --file FILE` prints); --as is only a label"
+            )),
+            (Some(_), Some(reverify::engine::approval::Proof::Signature(_))) if files != 1 => {
+                Err(anyhow::anyhow!("--signature signs one file: name exactly one (or use --sign-with for several)"))
+            }
+            (Some(a), Some(p)) => Ok(Applier::Signed(a, p)),
+        }
+    }
+
+    /// The principal and the signature for applying `c` (`None`: a label, `Ok(None)`
+    /// when the file is unchanged and already signed, nothing to apply).
+    async fn prove(
+        &self,
+        store: &reverify::store::Store,
+        c: &Checked,
+    ) -> Result<Option<(String, i64, String)>, String> {
+        let Applier::Signed(approvers, proof) = self else { return Ok(None) };
+        let hash = reverify::store::campaigns::spec_hash(&c.text);
+        let current = store.campaign_get(&c.spec.name).await.map_err(|e| e.to_string())?;
+        let next = current.as_ref().map_or(1, |r| r.version + 1);
+        let msg = reverify::engine::approval::apply_message(c.spec.name.as_str(), next, &hash);
+        let sig = proof.signature(&msg).map_err(|e| e.to_string())?;
+        let who = reverify::engine::approval::prove(approvers, &msg, &sig).map_err(|e| {
+            format!(
+                "the signature does not prove an approver: {e} (sign exactly what `reverify campaign digest {} \
+                 --file {}` prints)",
+                c.spec.name, c.shown
+            )
+        })?;
+        Ok(Some((who, next, sig)))
+    }
+}
+
 /// Applies checked files one by one; prints a line per file and returns the files
 /// the store refused, each with its error line.
-async fn apply_checked(store: &reverify::store::Store, checked: &[Checked], actor: &str) -> Vec<(String, String)> {
+async fn apply_checked(
+    store: &reverify::store::Store,
+    checked: &[Checked],
+    applier: &Applier<'_>,
+) -> Vec<(String, String)> {
     let mut failed = Vec::new();
-    for Checked { shown, spec, text } in checked {
-        match store.campaign_apply(spec, text, actor, Utc::now()).await {
+    for c in checked {
+        let Checked { shown, spec, text } = c;
+        let result = match applier.prove(store, c).await {
+            Err(e) => Err(e),
+            Ok(None) => {
+                let Applier::Label(actor) = applier else { unreachable!("a signed applier proves") };
+                store.campaign_apply(spec, text, actor, Utc::now()).await.map_err(|e| e.to_string())
+            }
+            Ok(Some((who, version, sig))) => store
+                .campaign_apply_signed(spec, text, &who, Some((version, &sig)), Utc::now())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match result {
             Ok((outcome, c)) => {
                 let status = if c.status == CampaignStatus::Active { String::new() } else { format!(", {}", c.status) };
                 println!("{shown}: campaign {} {outcome} (version {}{status})", c.name, c.version);
@@ -308,9 +465,46 @@ async fn apply_checked(store: &reverify::store::Store, checked: &[Checked], acto
     failed
 }
 
+/// `campaign digest NAME [--version N] [--file FILE]`: the message to sign.
+async fn digest(ctx: &Context, name: &CampaignName, version: Option<i64>, file: Option<&Path>) -> anyhow::Result<u8> {
+    use reverify::engine::approval::{apply_message, approve_message, pending};
+    let store = ctx.store().await?;
+    let current = store.campaign_get(name).await?;
+    if let Some(f) = file {
+        let check = campaign_check(ctx)?;
+        let c = check_file(f, &check).map_err(|e| anyhow::anyhow!(e))?;
+        if &c.spec.name != name {
+            anyhow::bail!("{}: the file is campaign {}, not {name}", c.shown, c.spec.name);
+        }
+        let next = version.unwrap_or_else(|| current.as_ref().map_or(1, |r| r.version + 1));
+        print!("{}", apply_message(name.as_str(), next, &reverify::store::campaigns::spec_hash(&c.text)));
+        return Ok(exit::OK);
+    }
+    let Some(c) = current else {
+        eprintln!("error: campaign {name} not found (to sign its first apply: campaign digest {name} --file FILE)");
+        return Ok(exit::FAILURE);
+    };
+    let version = version.unwrap_or(c.version);
+    if version != c.version {
+        eprintln!(
+            "error: campaign {name} is at version {}, not {version}: only the current version can be approved",
+            c.version
+        );
+        return Ok(exit::FAILURE);
+    }
+    let spec = c.spec()?;
+    let loaded = reverify::notify::Templates::from_settings(&ctx.settings)
+        .map_err(|e| anyhow::anyhow!("cannot load the templates the approval covers: {e}"))?;
+    let p = pending(&store, &c, &spec, &loaded, Utc::now()).await?;
+    print!("{}", approve_message(name.as_str(), version, &p.digest));
+    Ok(exit::OK)
+}
+
 /// `campaign apply FILE…`: every file is checked before the database is touched;
 /// one bad file and nothing is applied.
-async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
+async fn apply(ctx: &Context, files: &[PathBuf], proof: &ProofArgs) -> anyhow::Result<u8> {
+    let approvers = approvers(ctx)?;
+    let applier = Applier::of(ctx, approvers.as_ref(), proof, files.len())?;
     let check = campaign_check(ctx)?;
     let (checked, errors) = check_files(files, &check);
     if !errors.is_empty() {
@@ -321,7 +515,8 @@ async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
         return Ok(exit::FAILURE);
     }
     let store = ctx.store().await?;
-    let failed = apply_checked(&store, &checked, &ctx.actor).await;
+    check_policy(ctx, &store, approvers.as_ref()).await?;
+    let failed = apply_checked(&store, &checked, &applier).await;
     for (_, e) in &failed {
         eprintln!("error: {e}");
     }
@@ -330,7 +525,9 @@ async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
 
 /// `campaign apply` with no file: every `*.toml` in `jobs_dir`, each file applied or
 /// refused on its own, then one line naming the files that failed.
-async fn apply_jobs_dir(ctx: &Context) -> anyhow::Result<u8> {
+async fn apply_jobs_dir(ctx: &Context, proof: &ProofArgs) -> anyhow::Result<u8> {
+    let approvers = approvers(ctx)?;
+    let applier = Applier::of(ctx, approvers.as_ref(), proof, usize::MAX)?;
     let dir = &ctx.settings.jobs_dir;
     let entries = std::fs::read_dir(dir).with_context(|| {
         format!("jobs_dir {}: cannot read the campaign files (set jobs_dir or name the files)", dir.display())
@@ -355,7 +552,8 @@ async fn apply_jobs_dir(ctx: &Context) -> anyhow::Result<u8> {
     let mut failed: Vec<String> = errors.into_iter().map(|(shown, _)| shown).collect();
     if !checked.is_empty() {
         let store = ctx.store().await?;
-        for (shown, e) in apply_checked(&store, &checked, &ctx.actor).await {
+        check_policy(ctx, &store, approvers.as_ref()).await?;
+        for (shown, e) in apply_checked(&store, &checked, &applier).await {
             eprintln!("error: {e}");
             failed.push(shown);
         }
@@ -493,7 +691,17 @@ async fn approval_json(
         .ok()
         .and_then(|t| c.spec().ok().map(|spec| template_versions(&spec, &t)));
     let state = approval_state(store, c, templates.as_deref()).await?;
-    let required = ctx.settings.require_approval;
+    let approvers = approvers(ctx)?;
+    let required = match reverify::engine::approval::policy(
+        store,
+        ctx.settings.require_approval,
+        approvers.as_ref().map(|a| a.text.as_str()),
+    )
+    .await?
+    {
+        Ok(p) => p.required,
+        Err(_) => true,
+    };
     let need = if required { "required: runs wait for it" } else { "not required (require_approval is off)" };
     let at = |t| time(Some(t));
     Ok(match state {
@@ -516,13 +724,42 @@ async fn approval_json(
 }
 
 /// `campaign approve NAME`.
-async fn approve(ctx: &Context, name: &CampaignName, reviewed: Option<i64>) -> anyhow::Result<u8> {
+async fn approve(ctx: &Context, name: &CampaignName, reviewed: Option<i64>, proof: &ProofArgs) -> anyhow::Result<u8> {
+    let approvers = approvers(ctx)?;
+    if approvers.is_none() && proof.given() {
+        anyhow::bail!("--sign-with and --signature need approvers_file (REVERIFY_APPROVERS_FILE)");
+    }
     let (store, c) = ctx.existing_campaign(name).await?;
+    check_policy(ctx, &store, approvers.as_ref()).await?;
     let spec = c.spec()?;
     let loaded = reverify::notify::Templates::from_settings(&ctx.settings)
         .map_err(|e| anyhow::anyhow!("cannot load the templates to approve them: {e}"))?;
     let version = reviewed.unwrap_or(c.version);
-    let result = reverify::engine::approval::approve(&store, &c, &spec, &loaded, &ctx.actor, version, Utc::now()).await;
+    let result = match (&approvers, proof.proof()?) {
+        (None, _) => {
+            reverify::engine::approval::approve(&store, &c, &spec, &loaded, &ctx.actor, version, Utc::now()).await
+        }
+        (Some(_), None) => {
+            eprintln!(
+                "error: approvers_file is set: an approval needs an SSH signature by a listed key: \
+                 --sign-with KEY, or --signature FILE over what `reverify campaign digest {name} --version {version}` \
+                 prints (ssh-keygen -Y sign -n reverify -f KEY). --as names nobody that a key proves"
+            );
+            return Ok(exit::FAILURE);
+        }
+        (Some(a), Some(p)) => {
+            match reverify::engine::approval::approve_signed(&store, &c, &spec, &loaded, a, &p, version, Utc::now())
+                .await
+            {
+                Ok(a) => Ok(a),
+                Err(Ok(why)) => {
+                    eprintln!("error: {why}");
+                    return Ok(exit::FAILURE);
+                }
+                Err(Err(e)) => Err(e),
+            }
+        }
+    };
     super::seal(&store).await;
     match result {
         Ok(a) => {

@@ -13,9 +13,14 @@
 //! page is cheaper than a table. The cookie holds 256 random bits; the map is keyed
 //! by their SHA-256, so the map never holds a usable cookie.
 //!
-//! Failed logins are limited per name and per client address, counted in a fixed
-//! window: enough to make guessing a password by the network useless, at the price
-//! of locking a name out for the window when someone guesses at it.
+//! Login attempts are limited per name and per client address, counted in a fixed
+//! window *before* the password is hashed (a burst sent at once is limited like a
+//! series; a good login forgets its name's count): enough to make guessing a
+//! password by the network useless, at the price of locking a name out for the
+//! window when someone guesses at it. The client address is the peer's, or
+//! `X-Forwarded-For`'s from a trusted proxy (`ui_trusted_proxies`). The map of
+//! counts is pruned, and capped, so that rotating addresses cannot grow it without
+//! bound.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -283,7 +288,11 @@ impl Sessions {
     }
 }
 
-/// Failed logins per name and per address, in fixed windows.
+/// The most names and addresses the login limiter remembers; past it the oldest
+/// windows are forgotten (about 100 bytes each: some 10 MB at most).
+pub const LOGIN_LIMITER_CAP: usize = 100_000;
+
+/// Login attempts per name and per address, in fixed windows.
 pub struct LoginLimiter {
     window: Duration,
     per_name: u32,
@@ -305,7 +314,16 @@ impl LoginLimiter {
     /// How long until a login may be tried again, when it may not now.
     pub fn blocked(&self, name: &str, addr: IpAddr) -> Option<Duration> {
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        self.blocked_in(&map, name, addr, Instant::now())
+    }
+
+    fn blocked_in(
+        &self,
+        map: &HashMap<String, (Instant, u32)>,
+        name: &str,
+        addr: IpAddr,
+        now: Instant,
+    ) -> Option<Duration> {
         Self::keys(name, addr).iter().find_map(|(k, is_name)| {
             let (start, n) = map.get(k)?;
             let limit = if *is_name { self.per_name } else { self.per_address };
@@ -314,12 +332,28 @@ impl LoginLimiter {
         })
     }
 
-    /// Counts a failure.
-    pub fn failed(&self, name: &str, addr: IpAddr) {
+    /// Counts an attempt, before its password is checked: `Err(wait)` when the name
+    /// or the address has used its attempts for the window (then nothing is
+    /// counted). Check and count are one step, so that attempts sent at once are
+    /// limited like attempts one after another.
+    ///
+    /// # Errors
+    /// How long until the next attempt may be made.
+    pub fn attempt(&self, name: &str, addr: IpAddr) -> Result<(), Duration> {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if map.len() > 100_000 {
+        if let Some(wait) = self.blocked_in(&map, name, addr, now) {
+            return Err(wait);
+        }
+        if map.len() >= LOGIN_LIMITER_CAP {
             map.retain(|_, (start, _)| *start + self.window > now);
+            if map.len() >= LOGIN_LIMITER_CAP {
+                // still full of live windows: forget the older half
+                let mut starts: Vec<Instant> = map.values().map(|(s, _)| *s).collect();
+                starts.sort_unstable();
+                let cut = starts[starts.len() / 2];
+                map.retain(|_, (start, _)| *start > cut);
+            }
         }
         for (k, _) in Self::keys(name, addr) {
             let e = map.entry(k).or_insert((now, 0));
@@ -328,6 +362,22 @@ impl LoginLimiter {
             }
             e.1 += 1;
         }
+        Ok(())
+    }
+
+    /// Counts a failure (as [`LoginLimiter::attempt`], ignoring the limit).
+    pub fn failed(&self, name: &str, addr: IpAddr) {
+        let _ = self.attempt(name, addr);
+    }
+
+    /// How many names and addresses are remembered.
+    pub fn len(&self) -> usize {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets a name's failures after a good login.
@@ -399,6 +449,20 @@ mod tests {
         l.failed("carol", a);
         assert!(l.blocked("dave", a).is_some(), "the address is locked for every name");
         assert!(l.blocked("dave", b).is_none());
+    }
+
+    #[test]
+    fn attempts_are_counted_before_the_check_and_the_map_stays_bounded() {
+        let l = LoginLimiter::new(Duration::from_secs(900), 5, 1_000_000);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let allowed = (0..200).filter(|_| l.attempt("alice", a).is_ok()).count();
+        assert_eq!(allowed, 5, "five attempts per name per window, however fast they come");
+        // rotating addresses and names do not grow the map without bound
+        for i in 0..(LOGIN_LIMITER_CAP as u32 + 5_000) {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = l.attempt(&format!("n{i}"), addr);
+        }
+        assert!(l.len() <= LOGIN_LIMITER_CAP + 2, "{}", l.len());
     }
 
     #[test]

@@ -545,6 +545,7 @@ mod tests {
             digest: "d".into(),
             templates: Default::default(),
             plan: Default::default(),
+            signature: None,
         };
         let approved = approval_cell(Some(&a), true);
         assert!(approved.contains("data-approval=\"approved\"") && approved.contains("approved by carol &lt;x&gt;"));
