@@ -9,4 +9,5 @@ mod exit_codes;
 mod gates;
 mod ops;
 mod scheduled;
+mod signed;
 mod ui;
