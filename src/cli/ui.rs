@@ -73,7 +73,9 @@ pub async fn serve(
 ) -> anyhow::Result<OpsServer> {
     // four eyes as the database holds it (the settings may only turn it on)
     let db = store.setting_get(reverify::engine::approval::REQUIRE_APPROVAL).await?;
-    config.require_approval |= db.is_some_and(|s| s.value != "false");
+    config.require_approval |= db.as_ref().is_some_and(|s| s.value != "false");
+    // approvals that need signatures cannot be made on the page
+    config.approvals_signed |= db.is_some_and(|s| s.value == "signed");
     reverify::telemetry::serve_public(addr, ui_router(store.clone(), config), stop)
         .await
         .with_context(|| format!("failed to listen on {addr} (ui_listen)"))

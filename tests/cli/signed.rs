@@ -222,6 +222,12 @@ async fn env_cannot_switch_off(db: TestDb) {
         assert_eq!(o.status.code(), Some(1), "{env:?}: {}", text(&o));
         assert_eq!(bin.outbox_count(), 0, "{env:?}: an unapproved version sent mail");
     }
+    // run --due too: an error before anything runs, not a skipped campaign
+    let mut c = bin.command(&["run", "--due", "--progress", "none"]);
+    c.env("REVERIFY_REQUIRE_APPROVAL", "false");
+    let o = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr(&o).contains("require_approval is on in the database (set by alice at"), "{}", text(&o));
     // a hand-written approval by "bob" with a made-up digest (templates right) is not honoured
     let templates =
         reverify::notify::Templates::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/templates"))
