@@ -426,9 +426,15 @@ impl LoginLimiter {
         self.len() == 0
     }
 
-    /// Forgets a name's failures after a good login.
-    pub fn succeeded(&self, name: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("n:{name}"));
+    /// After a good login: forgets the name's attempts, and gives the address back
+    /// the attempt it counted (so that many people behind one address who log in
+    /// well are not locked out).
+    pub fn succeeded(&self, name: &str, addr: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&format!("n:{name}"));
+        if let Some((_, n)) = map.get_mut(&format!("a:{addr}")) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 

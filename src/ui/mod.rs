@@ -422,7 +422,7 @@ async fn login(
         warn!(user = %name, %addr, "dashboard: login failed");
         return login_form(StatusCode::UNAUTHORIZED, Some("Wrong user name or password."));
     };
-    ui.limiter.succeeded(&name);
+    ui.limiter.succeeded(&name, addr);
     info!(user = %user.name, role = user.role.as_str(), "dashboard: logged in");
     let token = ui.sessions.create(&user.name, user.role);
     let mut r = redirect("/");
@@ -578,6 +578,7 @@ async fn campaign_page(
         figures_read_at: read_at,
         approval,
         require_approval: ui.config.require_approval,
+        approvals_here: ui.config.approvals && !ui.config.approvals_signed,
     };
     html(StatusCode::OK, pages::campaign(&v, &view))
 }
