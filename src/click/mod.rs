@@ -90,21 +90,30 @@ struct Clicks {
     clock: Arc<dyn Clock>,
     config: ClickConfig,
     /// By link id (the token itself is not kept).
-    per_link: DefaultKeyedRateLimiter<i64>,
-    per_address: DefaultKeyedRateLimiter<IpAddr>,
-    /// Requests seen, for pruning the limiters.
+    per_link: Limiter<i64>,
+    per_address: Limiter<IpAddr>,
+}
+
+/// A keyed rate limiter that forgets, every [`PRUNE_EVERY`] checks, the keys whose
+/// state is back to fresh: its map holds only the keys seen within about one
+/// quota period, however many addresses rotate through it.
+struct Limiter<K: std::hash::Hash + Eq + Clone> {
+    inner: DefaultKeyedRateLimiter<K>,
     seen: std::sync::atomic::AtomicU64,
 }
 
-impl Clicks {
-    /// Drops the limiters' keys whose state is back to fresh, now and then.
-    fn prune(&self) {
+impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
+    fn per_minute(n: u32) -> Self {
+        Self { inner: RateLimiter::keyed(per_minute(n)), seen: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Counts a request for `key`; false when over its rate.
+    fn check(&self, key: &K) -> bool {
         if self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.per_address.retain_recent();
-            self.per_address.shrink_to_fit();
-            self.per_link.retain_recent();
-            self.per_link.shrink_to_fit();
+            self.inner.retain_recent();
+            self.inner.shrink_to_fit();
         }
+        self.inner.check_key(key).is_ok()
     }
 }
 
@@ -129,10 +138,9 @@ pub fn click_router_with_clock(
         store,
         api,
         clock,
-        per_link: RateLimiter::keyed(per_minute(config.per_link_per_minute)),
-        per_address: RateLimiter::keyed(per_minute(config.per_address_per_minute)),
+        per_link: Limiter::per_minute(config.per_link_per_minute),
+        per_address: Limiter::per_minute(config.per_address_per_minute),
         config,
-        seen: std::sync::atomic::AtomicU64::new(0),
     });
     Router::new().route(LINK_PATH, get(show).post(click)).with_state(state)
 }
@@ -198,10 +206,9 @@ async fn open(
     token: &str,
     now: DateTime<Utc>,
 ) -> Result<(LinkRow, Lang), Response> {
-    s.prune();
     let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
     let client = s.config.trusted_proxies.client(peer.ip(), forwarded);
-    if s.per_address.check_key(&client).is_err() {
+    if !s.per_address.check(&client) {
         return Err(too_many(Lang::En));
     }
     let link = find(s, token, now).await?;
@@ -238,7 +245,7 @@ async fn click(
         Err(page) => return page,
     };
     drop(token);
-    if s.per_link.check_key(&link.link_id).is_err() {
+    if !s.per_link.check(&link.link_id) {
         return too_many(lang);
     }
     match s.store.link_click_start(&link, "click", now).await {
@@ -356,5 +363,29 @@ fn api_trouble(f: &ApiFailure, lang: Lang) -> Response {
         ApiFailure::UserLimited { .. } => respond(StatusCode::OK, &Page::NotYet { at: None }, lang),
         ApiFailure::ConsentRequired | ApiFailure::Forbidden(_) => respond(StatusCode::OK, &Page::Contact, lang),
         _ => respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotating_addresses_do_not_grow_the_limiter() {
+        let l: Limiter<IpAddr> = Limiter::per_minute(120);
+        let addr = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..20_000 {
+            assert!(l.check(&addr(i)), "a new address is allowed");
+        }
+        // one request at 120 a minute is forgotten about a second later
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        for i in 0..u32::try_from(PRUNE_EVERY).unwrap() {
+            l.check(&addr(1_000_000 + i));
+        }
+        assert!(l.inner.len() <= PRUNE_EVERY as usize, "{} keys kept", l.inner.len());
+        // and a limited address stays limited
+        let one = addr(7_000_000);
+        let allowed = (0..200).filter(|_| l.check(&one)).count();
+        assert_eq!(allowed, 120, "120 at once, then 429");
     }
 }
