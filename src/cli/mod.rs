@@ -22,10 +22,12 @@ macro_rules! eprintln {
     }};
 }
 
+mod approve;
 mod campaign;
 mod daemon;
 mod demo;
 mod evidence;
+mod files;
 mod preview;
 mod report;
 mod run;

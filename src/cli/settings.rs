@@ -8,7 +8,7 @@ use reverify::engine::approval::{APPROVERS, REQUIRE_APPROVAL, prove, setting_mes
 use reverify::store::StoreError;
 use reverify::store::settings::SettingChange;
 
-use super::campaign::{ProofArgs, approvers};
+use super::approve::{ProofArgs, approvers};
 use super::{Context, exit};
 
 #[derive(Debug, Subcommand)]
