@@ -216,7 +216,7 @@ impl Store {
             )));
         }
         let earlier = sqlx::query(
-            "SELECT approver, templates FROM campaign_approvals WHERE campaign_id = $1 AND version = $2 \
+            "SELECT approver, templates, signature FROM campaign_approvals WHERE campaign_id = $1 AND version = $2 \
              ORDER BY approval_id DESC LIMIT 1",
         )
         .bind(c.campaign_id)
@@ -227,7 +227,12 @@ impl Store {
         if let Some(r) = earlier {
             let by: String = r.try_get("approver").map_err(query_err("campaign_approve earlier"))?;
             let same: String = r.try_get("templates").map_err(query_err("campaign_approve earlier"))?;
-            if serde_json::from_str::<BTreeMap<String, String>>(&same).ok().as_ref() == Some(&templates) {
+            let signed: Option<String> = r.try_get("signature").map_err(query_err("campaign_approve earlier"))?;
+            // an unsigned approval does not stand in the way of a signed one (a run
+            // with approvers_file honours only the signed)
+            let superseded = signed.is_none() && approval.signature.is_some();
+            if !superseded && serde_json::from_str::<BTreeMap<String, String>>(&same).ok().as_ref() == Some(&templates)
+            {
                 return Err(StoreError::Conflict(format!(
                     "campaign {} version {version} is already approved (by {by})",
                     c.name
