@@ -20,6 +20,9 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # (tests/engine/browser.rs)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# ssh-keygen and ssh-agent: SSH signatures made and checked by OpenSSH itself, for the
+# approvals' interoperability tests (src/crypto/sshsig, tests/cli/approvals.rs)
+{ command -v ssh-keygen && command -v ssh-agent; } >/dev/null || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

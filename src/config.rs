@@ -132,11 +132,28 @@ pub struct Settings {
     pub ui_listen: Option<String>,
     /// The dashboard's users: `name:role:argon2-hash` per line.
     pub ui_users_file: Option<PathBuf>,
-    /// A header an authenticating proxy sets to the person's name; read only when set.
+    /// A header an authenticating proxy sets to the person's name; read only when set,
+    /// and only from a peer in `ui_trusted_proxies`.
     pub ui_trusted_user_header: Option<String>,
-    /// Four eyes (`require_approval`, default false): a campaign version runs only
-    /// after `campaign approve` by someone other than whoever applied it.
-    pub require_approval: bool,
+    /// The proxies the dashboard believes (`ui_trusted_proxies`, CIDRs, default:
+    /// `trusted_proxies`): only from these peers is `ui_trusted_user_header` read, and
+    /// `X-Forwarded-For` taken as the client's address for the login limit.
+    pub ui_trusted_proxies: Vec<ipnet::IpNet>,
+    /// The proxies the public listener believes (`trusted_proxies`, CIDRs, default
+    /// none): only from these peers does `X-Forwarded-For` name the client, for the
+    /// click page's per-address limit.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Four eyes (`require_approval`): `Some(true)` turns it on for this process;
+    /// `Some(false)` asks for it off, which the database's own setting overrules
+    /// (an error when the database has it on); `None`: as the database says.
+    pub require_approval: Option<bool>,
+    /// Who may apply and approve (`approvers_file`, OpenSSH `allowed_signers`):
+    /// when set, `campaign apply` and `campaign approve` need an SSH signature
+    /// (namespace `reverify`) by a key listed there, and the recorded actor is the
+    /// principal the key proves.
+    pub approvers_file: Option<PathBuf>,
+    /// Whether the dashboard's Approve button works (`ui_approvals`, default true).
+    pub ui_approvals: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -170,7 +187,11 @@ impl std::fmt::Debug for Settings {
             .field("ui_listen", &self.ui_listen)
             .field("ui_users_file", &self.ui_users_file)
             .field("ui_trusted_user_header", &self.ui_trusted_user_header)
+            .field("ui_trusted_proxies", &self.ui_trusted_proxies)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("require_approval", &self.require_approval)
+            .field("approvers_file", &self.approvers_file)
+            .field("ui_approvals", &self.ui_approvals)
             .finish()
     }
 }
@@ -207,7 +228,11 @@ impl Default for Settings {
             ui_listen: None,
             ui_users_file: None,
             ui_trusted_user_header: None,
-            require_approval: false,
+            ui_trusted_proxies: Vec::new(),
+            trusted_proxies: Vec::new(),
+            require_approval: None,
+            approvers_file: None,
+            ui_approvals: true,
         }
     }
 }
@@ -247,7 +272,11 @@ struct FileSettings {
     ui_listen: Option<String>,
     ui_users_file: Option<PathBuf>,
     ui_trusted_user_header: Option<String>,
+    ui_trusted_proxies: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
     require_approval: Option<bool>,
+    approvers_file: Option<PathBuf>,
+    ui_approvals: Option<bool>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -371,19 +400,12 @@ impl Settings {
         s.max_concurrency = number(env, "max_concurrency", file.max_concurrency, s.max_concurrency, 1..=10_000)?;
         s.lease_seconds = number(env, "lease_seconds", file.lease_seconds, s.lease_seconds, 2..=86_400)?;
         s.workers = number(env, "workers", file.workers, s.workers, 1..=1_000)?;
-        s.require_approval = match env.get(&env_name("require_approval")) {
-            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => {
-                    return Err(invalid(
-                        "require_approval",
-                        format!("{raw:?} (from {}) is not true or false", env_name("require_approval")),
-                    ));
-                }
-            },
-            None => file.require_approval.unwrap_or(s.require_approval),
-        };
+        s.require_approval = boolean(env, "require_approval", file.require_approval)?;
+        s.ui_approvals = boolean(env, "ui_approvals", file.ui_approvals)?.unwrap_or(s.ui_approvals);
+        s.approvers_file = get("approvers_file", file.approvers_file.map(path_string)).map(PathBuf::from);
+        s.trusted_proxies = cidrs(env, "trusted_proxies", file.trusted_proxies)?.unwrap_or_default();
+        s.ui_trusted_proxies =
+            cidrs(env, "ui_trusted_proxies", file.ui_trusted_proxies)?.unwrap_or_else(|| s.trusted_proxies.clone());
         if let Some(v) = get("session_expiry_margin", file.session_expiry_margin) {
             let d = humantime::parse_duration(v.trim()).map_err(|e| {
                 invalid("session_expiry_margin", format!("{v:?} is not a duration such as 5m or 90s: {e}"))
@@ -544,6 +566,44 @@ where
     Ok(v)
 }
 
+/// A true/false setting: the environment (`true`, `1`, `yes`, `on` and their
+/// opposites), else the file; `None` when neither says.
+fn boolean(env: &HashMap<String, String>, key: &str, from_file: Option<bool>) -> Result<Option<bool>, ConfigError> {
+    Ok(match env.get(&env_name(key)) {
+        Some(raw) => Some(match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(invalid(key, format!("{raw:?} (from {}) is not true or false", env_name(key)))),
+        }),
+        None => from_file,
+    })
+}
+
+/// A list of networks (`10.0.0.0/8`; a bare address is one host): the environment
+/// as a comma-separated list, else the file's array.
+fn cidrs(
+    env: &HashMap<String, String>,
+    key: &str,
+    from_file: Option<Vec<String>>,
+) -> Result<Option<Vec<ipnet::IpNet>>, ConfigError> {
+    let raw: Vec<String> = match env.get(&env_name(key)) {
+        Some(v) => v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Into::into).collect(),
+        None => match from_file {
+            Some(v) => v,
+            None => return Ok(None),
+        },
+    };
+    raw.iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| invalid(key, format!("{s:?} is not a network (10.0.0.0/8) or an address")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 fn secret(env: &HashMap<String, String>, key: &str, from_file: Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
     let var = env_name(key);
     let file_var = format!("{var}_FILE");
@@ -627,15 +687,23 @@ mod tests {
         assert!(e.to_string().starts_with("workers:"), "{e}");
         let s = Settings::load_from(None, &env(&[("REVERIFY_WORKERS", "4")])).unwrap();
         assert!((s.rate_share() - 0.25).abs() < 1e-9);
-        assert!(!s.require_approval, "off by default");
+        assert_eq!(s.require_approval, None, "the database decides by default");
         let s = Settings::load_from(None, &env(&[("REVERIFY_REQUIRE_APPROVAL", "true")])).unwrap();
-        assert!(s.require_approval);
+        assert_eq!(s.require_approval, Some(true));
         let e = Settings::load_from(None, &env(&[("REVERIFY_REQUIRE_APPROVAL", "maybe")])).unwrap_err();
         assert!(e.to_string().starts_with("require_approval: \"maybe\""), "{e}");
         std::fs::write(&f, "require_approval = true\n").unwrap();
-        assert!(Settings::load_from(Some(&f), &env(&[])).unwrap().require_approval);
+        assert_eq!(Settings::load_from(Some(&f), &env(&[])).unwrap().require_approval, Some(true));
         let s = Settings::load_from(Some(&f), &env(&[("REVERIFY_REQUIRE_APPROVAL", "false")])).unwrap();
-        assert!(!s.require_approval, "the environment wins");
+        assert_eq!(s.require_approval, Some(false), "asked off: the database overrules it when on");
+        let s = Settings::load_from(None, &env(&[("REVERIFY_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")])).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.ui_trusted_proxies, s.trusted_proxies, "the dashboard's list defaults to the general one");
+        let e = Settings::load_from(None, &env(&[("REVERIFY_UI_TRUSTED_PROXIES", "10.0.0.0/33")])).unwrap_err();
+        assert!(e.to_string().starts_with("ui_trusted_proxies:"), "{e}");
+        assert!(s.ui_approvals);
+        let s = Settings::load_from(None, &env(&[("REVERIFY_UI_APPROVALS", "false")])).unwrap();
+        assert!(!s.ui_approvals);
         let e = Settings::load_from(None, &env(&[("REVERIFY_BAANX_BASE_URL", "not a url")])).unwrap_err();
         assert!(e.to_string().starts_with("baanx_base_url:"), "{e}");
         let e = Settings::load_from(None, &env(&[("REVERIFY_SMTP_URL", "http://x")])).unwrap_err();

@@ -4,6 +4,8 @@
 //! A key's id is the first 8 hex digits of its SHA-256, stored beside each
 //! ciphertext. Rotation: set the new key as `token_key`, the old one in
 //! `token_keys_previous`, and run `reverify users rekey`.
+//!
+//! [`sshsig`]: SSH signatures, which prove who approved a campaign version.
 
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -12,6 +14,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::config::Secret;
+
+pub mod sshsig;
 
 const NONCE_LEN: usize = 12;
 

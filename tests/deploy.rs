@@ -1081,7 +1081,7 @@ fn the_shipped_settings_require_approval_and_name_their_actors() {
     // and the settings parse as the binary reads them
     let env: std::collections::HashMap<String, String> =
         [("REVERIFY_REQUIRE_APPROVAL".to_owned(), "true".to_owned())].into();
-    assert!(reverify::config::Settings::load_from(None, &env).unwrap().require_approval);
+    assert_eq!(reverify::config::Settings::load_from(None, &env).unwrap().require_approval, Some(true));
     let readme = read("deploy/README.md");
     assert!(readme.contains("reverify campaign approve"), "deploy/README.md: how to approve");
 }

@@ -418,6 +418,30 @@ fn worker_database_url(url: &str, backend: Backend) -> String {
     }
 }
 
+/// A worker's settings in a scenario: the database, the sandbox, the token key,
+/// the outbox, its rate and concurrency, and the production log level.
+fn worker_env(
+    db_url: &str,
+    backend: Backend,
+    sandbox: &SandboxChild,
+    token_key: String,
+    outbox: &Path,
+    rate: f64,
+    concurrency: u32,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("REVERIFY_DATABASE_URL", worker_database_url(db_url, backend)),
+        ("REVERIFY_BAANX_BASE_URL", sandbox.base_url.clone()),
+        ("REVERIFY_BAANX_CLIENT_KEY", CLIENT_KEY.to_owned()),
+        ("REVERIFY_TOKEN_KEY", token_key),
+        ("REVERIFY_OUTBOX_DIR", outbox.display().to_string()),
+        ("REVERIFY_REQUESTS_PER_SECOND", rate.to_string()),
+        ("REVERIFY_MAX_CONCURRENCY", concurrency.to_string()),
+        // the production default; per-user lines are at debug
+        ("REVERIFY_LOG_LEVEL", "info".to_owned()),
+    ]
+}
+
 /// The database name of a Postgres URL (its path), to find its backends.
 fn database_name(url: &str) -> Option<String> {
     url::Url::parse(url).ok().map(|u| u.path().trim_start_matches('/').to_owned()).filter(|n| !n.is_empty())
@@ -479,17 +503,8 @@ fn run_scenario_with<T>(
     }
     child::run_to_end(apply, "reverify campaign apply")?;
 
-    let mut env = vec![
-        ("REVERIFY_DATABASE_URL", worker_database_url(&db.url, setup.backend)),
-        ("REVERIFY_BAANX_BASE_URL", sandbox.base_url.clone()),
-        ("REVERIFY_BAANX_CLIENT_KEY", CLIENT_KEY.to_owned()),
-        ("REVERIFY_TOKEN_KEY", key),
-        ("REVERIFY_OUTBOX_DIR", outbox.display().to_string()),
-        ("REVERIFY_REQUESTS_PER_SECOND", setup.worker_rate.to_string()),
-        ("REVERIFY_MAX_CONCURRENCY", setup.worker_concurrency.to_string()),
-        // the production default; per-user lines are at debug
-        ("REVERIFY_LOG_LEVEL", "info".to_owned()),
-    ];
+    let mut env =
+        worker_env(&db.url, setup.backend, &sandbox, key, &outbox, setup.worker_rate, setup.worker_concurrency);
     if let Some(b) = setup.worker_burst {
         env.push(("REVERIFY_BURST", b.to_string()));
     }

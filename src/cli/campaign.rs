@@ -1,15 +1,16 @@
 //! `reverify campaign …`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use reverify::domain::{CampaignName, CampaignSpec};
-use reverify::notify::CampaignCheck;
 use reverify::store::StoreError;
 use reverify::store::campaigns::{CampaignRecord, CampaignStatus, StatusChange};
 
+use super::approve::{Applier, ProofArgs, approvers, check_policy};
+use super::files::{Checked, campaign_check, check_files};
 use super::{Context, exit};
 
 #[derive(Debug, Subcommand)]
@@ -29,9 +30,15 @@ pub enum CampaignCommand {
     /// With no FILE, every *.toml file in jobs_dir (the setting) is applied, each on
     /// its own: a bad file is reported and skipped, the others applied, and the exit
     /// code is 1 when any failed.
+    ///
+    /// With approvers_file set, each applied version needs an SSH signature by a key
+    /// listed there (--sign-with or --signature), and the audit trail names the
+    /// principal the key proves, not --as.
     Apply {
         /// Campaign files (TOML); default: every *.toml in jobs_dir.
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        proof: ProofArgs,
     },
     /// List campaigns.
     List {
@@ -53,12 +60,34 @@ pub enum CampaignCommand {
     /// templates it uses (as this process loads them) and its plan now (the targets
     /// and the exclusions counted by reason). Applying a changed file makes a new
     /// version, which needs a new approval; a changed template needs one too.
+    ///
+    /// With approvers_file set, the approval needs an SSH signature (namespace
+    /// reverify) over what `campaign digest NAME --version N` prints, by a key listed
+    /// there (--sign-with, or --signature made elsewhere with `ssh-keygen -Y sign -n
+    /// reverify`): the approver is the principal the key proves, who must differ from
+    /// the one who signed the apply. --as alone approves nothing then.
     Approve {
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// Refuse unless this is the current version (the one you reviewed).
         #[arg(long, value_name = "N")]
         version: Option<i64>,
+        #[command(flatten)]
+        proof: ProofArgs,
+    },
+    /// Print what to sign (with `ssh-keygen -Y sign -n reverify -f KEY`) to approve
+    /// version N of the campaign, or, with --file, to apply that file as its next
+    /// version; pass the signature to approve or apply with --signature.
+    Digest {
+        #[arg(value_parser = |s: &str| CampaignName::parse(s))]
+        name: CampaignName,
+        /// The version to approve (default: the current one); with --file, the
+        /// version the apply will make (default: the next one).
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+        /// Print the message for applying this file instead.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
     },
     /// Stop running a campaign until it is resumed.
     Pause {
@@ -206,8 +235,11 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             }
             Ok(if bad == 0 { exit::OK } else { exit::FAILURE })
         }
-        CampaignCommand::Apply { files } if files.is_empty() => apply_jobs_dir(ctx).await,
-        CampaignCommand::Apply { files } => apply(ctx, &files).await,
+        CampaignCommand::Apply { files, proof } if files.is_empty() => apply_jobs_dir(ctx, &proof).await,
+        CampaignCommand::Apply { files, proof } => apply(ctx, &files, &proof).await,
+        CampaignCommand::Digest { name, version, file } => {
+            super::approve::digest(ctx, &name, version, file.as_deref()).await
+        }
         CampaignCommand::List { json } => list(ctx, json).await,
         CampaignCommand::Show { name, json } => show(ctx, &name, json).await,
         CampaignCommand::Pause { name } => set_status(ctx, &name, StatusChange::Pause).await,
@@ -243,7 +275,7 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             let (store, c) = ctx.existing_campaign(&name).await?;
             super::report::audit(&store, &c, user, json).await
         }
-        CampaignCommand::Approve { name, version } => approve(ctx, &name, version).await,
+        CampaignCommand::Approve { name, version, proof } => super::approve::approve(ctx, &name, version, &proof).await,
         CampaignCommand::Evidence { name, output } => {
             let (store, c) = ctx.existing_campaign(&name).await?;
             super::evidence::write(ctx, &store, &c, &output).await
@@ -251,54 +283,16 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
     }
 }
 
-/// What a run would check, from the settings: see [`reverify::notify::check_campaign`].
-fn campaign_check(ctx: &Context) -> anyhow::Result<CampaignCheck> {
-    CampaignCheck::from_settings(&ctx.settings)
-        .map_err(|e| anyhow::anyhow!("the settings cannot serve any campaign: {e}"))
-}
-
-/// A campaign file read, parsed and checked: its name as shown, spec and text.
-struct Checked {
-    shown: String,
-    spec: CampaignSpec,
-    text: String,
-}
-
-/// Reads, parses and checks one file; the error names the file (and the line, the
-/// field or the setting).
-fn check_file(f: &Path, check: &CampaignCheck) -> Result<Checked, String> {
-    let shown = f.display().to_string();
-    let text = CampaignSpec::read_text(f).map_err(|e| e.to_string())?;
-    let spec = CampaignSpec::from_toml(&text, &shown).map_err(|e| e.to_string())?;
-    check.check(&spec).map_err(|e| format!("{shown}: {e}"))?;
-    Ok(Checked { shown, spec, text })
-}
-
-/// Checks `files`, refusing a second file for a campaign name already seen; returns
-/// the good ones, and each bad one with its error line.
-fn check_files(files: &[PathBuf], check: &CampaignCheck) -> (Vec<Checked>, Vec<(String, String)>) {
-    let mut good: Vec<Checked> = Vec::with_capacity(files.len());
-    let mut errors = Vec::new();
-    for f in files {
-        match check_file(f, check) {
-            Ok(c) => match good.iter().find(|g| g.spec.name == c.spec.name) {
-                Some(other) => {
-                    let e = format!("{}: campaign {} is also defined in {}", c.shown, c.spec.name, other.shown);
-                    errors.push((c.shown, e));
-                }
-                None => good.push(c),
-            },
-            Err(e) => errors.push((f.display().to_string(), e)),
-        }
-    }
-    (good, errors)
-}
-
 /// Applies checked files one by one; prints a line per file and returns the files
 /// the store refused, each with its error line.
-async fn apply_checked(store: &reverify::store::Store, checked: &[Checked], actor: &str) -> Vec<(String, String)> {
+async fn apply_checked(
+    store: &reverify::store::Store,
+    checked: &[Checked],
+    applier: &Applier<'_>,
+) -> Vec<(String, String)> {
     let mut failed = Vec::new();
-    for Checked { shown, spec, text } in checked {
+    for c in checked {
+        let Checked { shown, spec, text } = c;
         // an ended campaign is not applied anew; the same file again is unchanged
         // (a completed campaign's file may stay in jobs_dir)
         let stored = store.campaign_get(&spec.name).await.ok().flatten();
@@ -307,7 +301,18 @@ async fn apply_checked(store: &reverify::store::Store, checked: &[Checked], acto
             failed.push((shown.clone(), e.to_string()));
             continue;
         }
-        match store.campaign_apply(spec, text, actor, Utc::now()).await {
+        let result = match applier.prove(store, c).await {
+            Err(e) => Err(e),
+            Ok(None) => {
+                let Applier::Label(actor) = applier else { unreachable!("a signed applier proves") };
+                store.campaign_apply(spec, text, actor, Utc::now()).await.map_err(|e| e.to_string())
+            }
+            Ok(Some((who, version, sig))) => store
+                .campaign_apply_signed(spec, text, &who, Some((version, &sig)), Utc::now())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match result {
             Ok((outcome, c)) => {
                 let status = if c.status == CampaignStatus::Active { String::new() } else { format!(", {}", c.status) };
                 println!("{shown}: campaign {} {outcome} (version {}{status})", c.name, c.version);
@@ -321,7 +326,9 @@ async fn apply_checked(store: &reverify::store::Store, checked: &[Checked], acto
 
 /// `campaign apply FILE…`: every file is checked before the database is touched;
 /// one bad file and nothing is applied.
-async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
+async fn apply(ctx: &Context, files: &[PathBuf], proof: &ProofArgs) -> anyhow::Result<u8> {
+    let approvers = approvers(ctx)?;
+    let applier = Applier::of(ctx, approvers.as_ref(), proof, files.len())?;
     let check = campaign_check(ctx)?;
     let (checked, errors) = check_files(files, &check);
     if !errors.is_empty() {
@@ -332,7 +339,8 @@ async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
         return Ok(exit::FAILURE);
     }
     let store = ctx.store().await?;
-    let failed = apply_checked(&store, &checked, &ctx.actor).await;
+    check_policy(ctx, &store, approvers.as_ref()).await?;
+    let failed = apply_checked(&store, &checked, &applier).await;
     for (_, e) in &failed {
         eprintln!("error: {e}");
     }
@@ -341,7 +349,9 @@ async fn apply(ctx: &Context, files: &[PathBuf]) -> anyhow::Result<u8> {
 
 /// `campaign apply` with no file: every `*.toml` in `jobs_dir`, each file applied or
 /// refused on its own, then one line naming the files that failed.
-async fn apply_jobs_dir(ctx: &Context) -> anyhow::Result<u8> {
+async fn apply_jobs_dir(ctx: &Context, proof: &ProofArgs) -> anyhow::Result<u8> {
+    let approvers = approvers(ctx)?;
+    let applier = Applier::of(ctx, approvers.as_ref(), proof, usize::MAX)?;
     let dir = &ctx.settings.jobs_dir;
     let entries = std::fs::read_dir(dir).with_context(|| {
         format!("jobs_dir {}: cannot read the campaign files (set jobs_dir or name the files)", dir.display())
@@ -366,7 +376,8 @@ async fn apply_jobs_dir(ctx: &Context) -> anyhow::Result<u8> {
     let mut failed: Vec<String> = errors.into_iter().map(|(shown, _)| shown).collect();
     if !checked.is_empty() {
         let store = ctx.store().await?;
-        for (shown, e) in apply_checked(&store, &checked, &ctx.actor).await {
+        check_policy(ctx, &store, approvers.as_ref()).await?;
+        for (shown, e) in apply_checked(&store, &checked, &applier).await {
             eprintln!("error: {e}");
             failed.push(shown);
         }
@@ -568,7 +579,17 @@ async fn approval_json(
         .ok()
         .and_then(|t| c.spec().ok().map(|spec| template_versions(&spec, &t)));
     let state = approval_state(store, c, templates.as_deref()).await?;
-    let required = ctx.settings.require_approval;
+    let approvers = approvers(ctx)?;
+    let required = match reverify::engine::approval::policy(
+        store,
+        ctx.settings.require_approval,
+        approvers.as_ref().map(|a| a.text.as_str()),
+    )
+    .await?
+    {
+        Ok(p) => p.required,
+        Err(_) => true,
+    };
     let need = if required { "required: runs wait for it" } else { "not required (require_approval is off)" };
     let at = |t| time(Some(t));
     Ok(match state {
@@ -588,34 +609,6 @@ async fn approval_json(
                 a.version, a.approver, at(a.approved_at), changed.join(", ")),
         }),
     })
-}
-
-/// `campaign approve NAME`.
-async fn approve(ctx: &Context, name: &CampaignName, reviewed: Option<i64>) -> anyhow::Result<u8> {
-    let (store, c) = ctx.existing_campaign(name).await?;
-    let spec = c.spec()?;
-    let loaded = reverify::notify::Templates::from_settings(&ctx.settings)
-        .map_err(|e| anyhow::anyhow!("cannot load the templates to approve them: {e}"))?;
-    let version = reviewed.unwrap_or(c.version);
-    let result = reverify::engine::approval::approve(&store, &c, &spec, &loaded, &ctx.actor, version, Utc::now()).await;
-    super::seal(&store).await;
-    match result {
-        Ok(a) => {
-            println!("campaign {} version {} approved by {} (digest {})", c.name, a.version, a.approver, a.digest);
-            println!("  campaign file sha256 {}", c.spec_hash);
-            for (t, d) in &a.templates {
-                println!("  template {t} sha256 {d}");
-            }
-            let plan: Vec<String> = a.plan.iter().map(|(b, n)| format!("{b} {n}")).collect();
-            println!("  plan: {}", if plan.is_empty() { "nothing".into() } else { plan.join(", ") });
-            Ok(exit::OK)
-        }
-        Err(e @ StoreError::Conflict(_)) => {
-            eprintln!("error: {e}");
-            Ok(exit::FAILURE)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn set_status(ctx: &Context, name: &CampaignName, change: StatusChange) -> anyhow::Result<u8> {

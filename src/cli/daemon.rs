@@ -67,6 +67,8 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
     };
     let opened = async {
         let store = ctx.store().await?;
+        let approvers = super::approve::approvers(ctx)?;
+        super::approve::check_policy(ctx, &store, approvers.as_ref()).await?;
         let mut worker = Worker::from_settings(&ctx.settings, store).context("failed to set up the worker")?;
         worker.config.actor = ctx.actor.clone();
         anyhow::Ok(Arc::new(worker))

@@ -22,16 +22,19 @@ macro_rules! eprintln {
     }};
 }
 
+mod approve;
 mod campaign;
 mod daemon;
 mod demo;
 mod evidence;
+mod files;
 mod preview;
 mod report;
 mod run;
 mod sample;
 mod sandbox;
 mod serve;
+mod settings;
 mod status;
 mod sync;
 mod test_send;
@@ -109,6 +112,10 @@ enum Command {
     /// Check an evidence bundle (`campaign evidence`) without the database.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// The settings the database holds (require_approval), audited; no runner's
+    /// environment can switch them off.
+    #[command(subcommand)]
+    Settings(settings::SettingsCommand),
     /// Import, list, show and re-key the user directory.
     #[command(subcommand)]
     Users(users::UsersCommand),
@@ -266,6 +273,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(args, &ctx).await,
         Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
+        Command::Settings(c) => settings::run(c, &ctx).await,
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
         Command::Serve(args) => serve::run(args, &ctx).await,
         Command::Ui(c) => ui::run(c),

@@ -120,6 +120,10 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<u8> {
 }
 
 async fn run_with(args: RunArgs, ctx: &Context, store: reverify::store::Store) -> anyhow::Result<u8> {
+    // four eyes as the database holds it: an environment that asks it off, or a
+    // missing or foreign approvers file, stops the command before anything runs
+    let approvers = super::approve::approvers(ctx)?;
+    super::approve::check_policy(ctx, &store, approvers.as_ref()).await?;
     if args.due {
         return run_due(args, ctx, store).await;
     }

@@ -47,9 +47,9 @@ pub fn config(ctx: &Context) -> anyhow::Result<Option<(std::net::SocketAddr, UiC
     let Some(listen) = &ctx.settings.ui_listen else { return Ok(None) };
     let addr = reverify::telemetry::parse_listen(listen)
         .map_err(|_| anyhow::anyhow!("ui_listen: {listen:?} must be HOST:PORT, [IPV6]:PORT or :PORT"))?;
-    let mut config =
-        UiConfig::from_settings(ctx.settings.ui_users_file.as_ref(), ctx.settings.ui_trusted_user_header.as_deref())?;
-    config.require_approval = ctx.settings.require_approval;
+    let mut config = UiConfig::from_all_settings(&ctx.settings)?;
+    // shown as the page's default until the database is read (see serve)
+    config.require_approval = ctx.settings.require_approval == Some(true);
     // for approvals from the page; without them the page says to use the CLI
     config.templates = match reverify::notify::Templates::from_settings(&ctx.settings) {
         Ok(t) => Some(std::sync::Arc::new(t)),
@@ -67,10 +67,15 @@ pub fn config(ctx: &Context) -> anyhow::Result<Option<(std::net::SocketAddr, UiC
 /// The address cannot be bound.
 pub async fn serve(
     addr: std::net::SocketAddr,
-    config: UiConfig,
+    mut config: UiConfig,
     store: &Store,
     stop: CancellationToken,
 ) -> anyhow::Result<OpsServer> {
+    // four eyes as the database holds it (the settings may only turn it on)
+    let db = store.setting_get(reverify::engine::approval::REQUIRE_APPROVAL).await?;
+    config.require_approval |= db.as_ref().is_some_and(|s| s.value != "false");
+    // approvals that need signatures cannot be made on the page
+    config.approvals_signed |= db.is_some_and(|s| s.value == "signed");
     reverify::telemetry::serve_public(addr, ui_router(store.clone(), config), stop)
         .await
         .with_context(|| format!("failed to listen on {addr} (ui_listen)"))

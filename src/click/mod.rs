@@ -17,8 +17,12 @@
 //!   Unknown, expired and revoked links get the same few words whoever asks, with
 //!   no hint whether the user exists.
 //! - **Abuse**: POSTs are rate-limited per link and every request per client
-//!   address (the peer address; behind a proxy, the proxy's); the answer is a 429
-//!   page. The pages load nothing from elsewhere (a strict Content-Security-Policy,
+//!   address: the peer's, or, from a peer in `trusted_proxies` (an ingress), the
+//!   address `X-Forwarded-For` names (read from the right, see
+//!   [`crate::domain::proxies`]), so that one client cannot use up everybody's
+//!   limit behind the ingress. The answer is a 429 page. The limiters forget idle
+//!   keys every [`PRUNE_EVERY`] requests, so rotating addresses cannot grow them
+//!   without bound. The pages load nothing from elsewhere (a strict Content-Security-Policy,
 //!   whose `form-action` lets the POST's redirect go to the session page), and are
 //!   not cached or indexed.
 
@@ -30,13 +34,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tracing::warn;
 
+use crate::domain::proxies::TrustedProxies;
 use crate::domain::{Clock, Region, SystemClock};
 use crate::engine::ports::{ApiFailure, ApiUser, VerificationApi};
 use crate::store::Store;
@@ -48,8 +53,11 @@ pub use pages::{Lang, Page};
 /// The path of a link: `/v/{token}`.
 pub const LINK_PATH: &str = "/v/{token}";
 
+/// How often (in requests) the rate limiters drop the keys they no longer need.
+pub const PRUNE_EVERY: u64 = 1024;
+
 /// How the click routes behave. Every field documents its default.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClickConfig {
     /// A session's life at the API and the ledger's margin (24 h, 5 min).
     pub life: SessionLife,
@@ -57,6 +65,9 @@ pub struct ClickConfig {
     pub per_link_per_minute: u32,
     /// Requests per client address per minute (default 120).
     pub per_address_per_minute: u32,
+    /// `trusted_proxies` (none by default): the peers whose `X-Forwarded-For` names
+    /// the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ClickConfig {
@@ -68,6 +79,7 @@ impl Default for ClickConfig {
             },
             per_link_per_minute: 6,
             per_address_per_minute: 120,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -78,8 +90,31 @@ struct Clicks {
     clock: Arc<dyn Clock>,
     config: ClickConfig,
     /// By link id (the token itself is not kept).
-    per_link: DefaultKeyedRateLimiter<i64>,
-    per_address: DefaultKeyedRateLimiter<IpAddr>,
+    per_link: Limiter<i64>,
+    per_address: Limiter<IpAddr>,
+}
+
+/// A keyed rate limiter that forgets, every [`PRUNE_EVERY`] checks, the keys whose
+/// state is back to fresh: its map holds only the keys seen within about one
+/// quota period, however many addresses rotate through it.
+struct Limiter<K: std::hash::Hash + Eq + Clone> {
+    inner: DefaultKeyedRateLimiter<K>,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
+    fn per_minute(n: u32) -> Self {
+        Self { inner: RateLimiter::keyed(per_minute(n)), seen: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Counts a request for `key`; false when over its rate.
+    fn check(&self, key: &K) -> bool {
+        if self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.inner.retain_recent();
+            self.inner.shrink_to_fit();
+        }
+        self.inner.check_key(key).is_ok()
+    }
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -103,9 +138,9 @@ pub fn click_router_with_clock(
         store,
         api,
         clock,
+        per_link: Limiter::per_minute(config.per_link_per_minute),
+        per_address: Limiter::per_minute(config.per_address_per_minute),
         config,
-        per_link: RateLimiter::keyed(per_minute(config.per_link_per_minute)),
-        per_address: RateLimiter::keyed(per_minute(config.per_address_per_minute)),
     });
     Router::new().route(LINK_PATH, get(show).post(click)).with_state(state)
 }
@@ -164,8 +199,16 @@ fn too_many(lang: Lang) -> Response {
 
 /// The link of `token` and its user's language, within the address's rate; or the
 /// page to answer instead.
-async fn open(s: &Clicks, peer: SocketAddr, token: &str, now: DateTime<Utc>) -> Result<(LinkRow, Lang), Response> {
-    if s.per_address.check_key(&peer.ip()).is_err() {
+async fn open(
+    s: &Clicks,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<(LinkRow, Lang), Response> {
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let client = s.config.trusted_proxies.client(peer.ip(), forwarded);
+    if !s.per_address.check(&client) {
         return Err(too_many(Lang::En));
     }
     let link = find(s, token, now).await?;
@@ -177,10 +220,11 @@ async fn open(s: &Clicks, peer: SocketAddr, token: &str, now: DateTime<Utc>) -> 
 async fn show(
     State(s): State<Arc<Clicks>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
     let now = s.clock.now();
-    let (link, lang) = match open(&s, peer, &token, now).await {
+    let (link, lang) = match open(&s, peer, &headers, &token, now).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -192,15 +236,16 @@ async fn show(
 async fn click(
     State(s): State<Arc<Clicks>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
     let now = s.clock.now();
-    let (link, lang) = match open(&s, peer, &token, now).await {
+    let (link, lang) = match open(&s, peer, &headers, &token, now).await {
         Ok(found) => found,
         Err(page) => return page,
     };
     drop(token);
-    if s.per_link.check_key(&link.link_id).is_err() {
+    if !s.per_link.check(&link.link_id) {
         return too_many(lang);
     }
     match s.store.link_click_start(&link, "click", now).await {
@@ -318,5 +363,29 @@ fn api_trouble(f: &ApiFailure, lang: Lang) -> Response {
         ApiFailure::UserLimited { .. } => respond(StatusCode::OK, &Page::NotYet { at: None }, lang),
         ApiFailure::ConsentRequired | ApiFailure::Forbidden(_) => respond(StatusCode::OK, &Page::Contact, lang),
         _ => respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotating_addresses_do_not_grow_the_limiter() {
+        let l: Limiter<IpAddr> = Limiter::per_minute(120);
+        let addr = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..20_000 {
+            assert!(l.check(&addr(i)), "a new address is allowed");
+        }
+        // one request at 120 a minute is forgotten about a second later
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        for i in 0..u32::try_from(PRUNE_EVERY).unwrap() {
+            l.check(&addr(1_000_000 + i));
+        }
+        assert!(l.inner.len() <= PRUNE_EVERY as usize, "{} keys kept", l.inner.len());
+        // and a limited address stays limited
+        let one = addr(7_000_000);
+        let allowed = (0..200).filter(|_| l.check(&one)).count();
+        assert_eq!(allowed, 120, "120 at once, then 429");
     }
 }

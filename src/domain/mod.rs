@@ -8,6 +8,7 @@ pub mod endpoint;
 pub mod ids;
 pub mod locale;
 pub mod policy;
+pub mod proxies;
 pub mod schedule;
 pub mod session_url;
 pub mod spec;

@@ -70,8 +70,13 @@ pub struct EngineConfig {
     /// each run's `run.started` and `run.<outcome>` events. Per-user events carry
     /// the worker id.
     pub actor: String,
-    /// `require_approval`: a campaign version runs only once approved (four eyes).
-    pub require_approval: bool,
+    /// `require_approval` as this process's settings ask it: on, asked off (refused
+    /// when the database has it on), or as the database says (`None`); see
+    /// [`approval::policy`].
+    pub require_approval: Option<bool>,
+    /// `approvers_file`: who may apply and approve, proven by SSH signatures that a
+    /// run checks again before it sends.
+    pub approvers: Option<Arc<approval::Approvers>>,
 }
 
 /// Click mode: where links point and how long they work.
@@ -102,7 +107,8 @@ impl Default for EngineConfig {
             rate_share: 1.0,
             public_url: None,
             actor: "engine".into(),
-            require_approval: false,
+            require_approval: None,
+            approvers: None,
         }
     }
 }
@@ -218,6 +224,9 @@ pub struct Run {
     /// Why the run runs: by hand, a scheduled tick (recorded as the campaign's tick
     /// in progress until a run finishes), or a follow-up between ticks.
     pub kind: RunKind,
+    /// The approval this run checked and runs under (`require_approval`), recorded
+    /// in its `run.started` event.
+    pub approval: Option<approval::RunApproval>,
     /// Where the run hands its claims' token reads to the API's vault.
     pub snapshots: TokenSnapshots,
 }
@@ -403,7 +412,16 @@ impl Run {
         let worker = self.config.worker_id.clone();
         let (store, clock, campaign_id) = (self.store.clone(), self.clock.clone(), self.campaign_id);
         let actor = self.config.actor.clone();
-        let run_id = store.run_start(campaign_id, &worker, &actor, clock.now(), self.kind.tick()).await?;
+        let run_id = store
+            .run_start_with(
+                campaign_id,
+                &worker,
+                &actor,
+                clock.now(),
+                self.kind.tick(),
+                self.approval.as_ref().map(|a| a.detail()),
+            )
+            .await?;
         info!(campaign = %self.spec.name, run_id, kind = self.kind.as_str(), "run started");
         let result = self.execute_inner(stop).await;
         let (outcome, error, counts) = match &result {

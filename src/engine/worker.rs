@@ -59,6 +59,13 @@ impl Worker {
             public_url: settings.public_url.clone(),
             rate_share: settings.rate_share(),
             require_approval: settings.require_approval,
+            approvers: match &settings.approvers_file {
+                Some(path) => Some(Arc::new(
+                    super::approval::Approvers::load(path)
+                        .map_err(|e| EngineError::Setup(format!("approvers_file: {e}")))?,
+                )),
+                None => None,
+            },
             ..EngineConfig::default()
         };
         Ok(Self { store, client: Arc::new(client), notifier, clock, config, snapshots })
@@ -128,13 +135,37 @@ impl Worker {
     /// # Errors
     /// [`EngineError::Setup`] for a stored spec that no longer parses, [`EngineError::Store`].
     pub async fn approval_missing(&self, campaign: &CampaignRecord) -> Result<Option<String>, EngineError> {
-        if !self.config.require_approval {
-            return Ok(None);
+        Ok(self.approval_check(campaign).await?.err())
+    }
+
+    /// Four eyes as the database and the settings make it ([`super::approval::policy`]):
+    /// `Ok(None)` when not required, the approval checked again
+    /// ([`super::approval::approval_verified`]) when it is, else why not.
+    ///
+    /// # Errors
+    /// [`EngineError::Setup`] for a stored spec that no longer parses, [`EngineError::Store`].
+    pub async fn approval_check(
+        &self,
+        campaign: &CampaignRecord,
+    ) -> Result<Result<Option<super::approval::RunApproval>, String>, EngineError> {
+        let approvers = self.config.approvers.as_deref();
+        let policy = match super::approval::policy(
+            &self.store,
+            self.config.require_approval,
+            approvers.map(|a| a.text.as_str()),
+        )
+        .await?
+        {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        if !policy.required {
+            return Ok(Ok(None));
         }
         let spec = campaign.spec().map_err(|e| EngineError::Setup(e.to_string()))?;
         let templates = super::approval::template_versions(&spec, self.notifier.templates());
-        let state = super::approval::approval_state(&self.store, campaign, Some(&templates)).await?;
-        Ok(state.missing(campaign))
+        let checked = super::approval::approval_verified(&self.store, campaign, &templates, approvers).await?;
+        Ok(checked.map(Some))
     }
 
     async fn run_campaign_uncounted(
@@ -170,9 +201,10 @@ impl Worker {
         crate::notify::check_campaign(&spec, self.notifier.templates(), channels)
             .map_err(|e| EngineError::Setup(format!("campaign {}: {e}", spec.name)))?;
         // four eyes: an unapproved version sends nothing, whichever command runs it
-        if let Some(missing) = self.approval_missing(campaign).await? {
-            return Err(EngineError::Unapproved(missing));
-        }
+        let approval = match self.approval_check(campaign).await? {
+            Ok(a) => a,
+            Err(missing) => return Err(EngineError::Unapproved(missing)),
+        };
         // the template versions this run renders, kept for the evidence bundle
         let templates = super::approval::template_versions(&spec, self.notifier.templates());
         self.store.template_versions_record(&templates, self.clock.now()).await?;
@@ -192,6 +224,7 @@ impl Worker {
             spec,
             progress,
             kind,
+            approval,
             snapshots: self.snapshots.clone(),
         }
         .execute(stop)

@@ -26,6 +26,8 @@ pub struct CampaignVersion {
     pub spec_hash: String,
     pub applied_by: String,
     pub applied_at: DateTime<Utc>,
+    /// The SSH signature that proved `applied_by` (with `approvers_file`).
+    pub signature: Option<String>,
 }
 
 /// A recorded approval.
@@ -41,6 +43,8 @@ pub struct Approval {
     pub templates: BTreeMap<String, String>,
     /// The plan at approval: targets and exclusions counted by reason.
     pub plan: BTreeMap<String, i64>,
+    /// The SSH signature that proved `approver` (with `approvers_file`).
+    pub signature: Option<String>,
 }
 
 /// A template's files at one version, as kept for evidence.
@@ -64,7 +68,8 @@ pub fn approval_digest(spec_hash: &str, templates: &BTreeMap<String, String>, pl
 /// `ui:NAME`, the command line as `NAME`, so that `alice` applying a version and
 /// `ui:alice` approving it are the same pair of eyes.
 pub fn same_person(a: &str, b: &str) -> bool {
-    let person = |s: &str| s.strip_prefix("ui:").unwrap_or(s).trim().to_owned();
+    // case and white space do not make another person (` Alice` is `alice`)
+    let person = |s: &str| s.trim().strip_prefix("ui:").unwrap_or(s.trim()).trim().to_lowercase();
     person(a) == person(b)
 }
 
@@ -76,6 +81,11 @@ pub struct NewApproval<'a> {
     pub version: i64,
     pub templates: &'a [TemplateVersion],
     pub plan: BTreeMap<String, i64>,
+    /// The SSH signature that proved `approver`, when one was asked.
+    pub signature: Option<&'a str>,
+    /// The proven principal who applied this version, when the caller checked the
+    /// version's own signature: four eyes compares with it instead of the label.
+    pub applied_by: Option<&'a str>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, sqlx::Error> {
@@ -94,6 +104,7 @@ fn approval_from_row(r: &sqlx::any::AnyRow) -> Result<Approval, sqlx::Error> {
         digest: r.try_get("digest")?,
         templates: decode(json("templates")?)?,
         plan: decode(json("plan")?)?,
+        signature: r.try_get("signature")?,
     })
 }
 
@@ -104,7 +115,7 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn campaign_versions(&self, campaign_id: i64) -> Result<Vec<CampaignVersion>, StoreError> {
         let rows = sqlx::query(
-            "SELECT version, spec, spec_hash, applied_by, applied_at FROM campaign_versions \
+            "SELECT version, spec, spec_hash, applied_by, applied_at, signature FROM campaign_versions \
              WHERE campaign_id = $1 ORDER BY version",
         )
         .bind(campaign_id)
@@ -119,6 +130,7 @@ impl Store {
                     spec_hash: r.try_get("spec_hash")?,
                     applied_by: r.try_get("applied_by")?,
                     applied_at: from_millis(r.try_get("applied_at")?),
+                    signature: r.try_get("signature")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -131,7 +143,7 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn approval_list(&self, campaign_id: i64) -> Result<Vec<Approval>, StoreError> {
         let rows = sqlx::query(
-            "SELECT approval_id, version, approver, approved_at, digest, templates, plan FROM campaign_approvals \
+            "SELECT approval_id, version, approver, approved_at, digest, templates, plan, signature FROM campaign_approvals \
              WHERE campaign_id = $1 ORDER BY approval_id",
         )
         .bind(campaign_id)
@@ -191,15 +203,20 @@ impl Store {
                 .transpose()
                 .map_err(query_err("campaign_approve applier"))?
                 .unwrap_or_default();
+        let applied_by = approval.applied_by.map_or(applied_by, str::to_owned);
         if same_person(&applied_by, approval.approver) {
+            let how = if approval.signature.is_some() {
+                "another approver must sign with their own key (approvers_file)"
+            } else {
+                "another person must approve it, under their own name"
+            };
             return Err(StoreError::Conflict(format!(
-                "campaign {} version {version} was applied by {applied_by}, who cannot approve it too: \
-                 another person must (four eyes; --as NAME or REVERIFY_ACTOR says who is acting)",
+                "campaign {} version {version} was applied by {applied_by}, who cannot approve it too: {how} (four eyes)",
                 c.name
             )));
         }
         let earlier = sqlx::query(
-            "SELECT approver, templates FROM campaign_approvals WHERE campaign_id = $1 AND version = $2 \
+            "SELECT approver, templates, signature FROM campaign_approvals WHERE campaign_id = $1 AND version = $2 \
              ORDER BY approval_id DESC LIMIT 1",
         )
         .bind(c.campaign_id)
@@ -210,7 +227,12 @@ impl Store {
         if let Some(r) = earlier {
             let by: String = r.try_get("approver").map_err(query_err("campaign_approve earlier"))?;
             let same: String = r.try_get("templates").map_err(query_err("campaign_approve earlier"))?;
-            if serde_json::from_str::<BTreeMap<String, String>>(&same).ok().as_ref() == Some(&templates) {
+            let signed: Option<String> = r.try_get("signature").map_err(query_err("campaign_approve earlier"))?;
+            // an unsigned approval does not stand in the way of a signed one (a run
+            // with approvers_file honours only the signed)
+            let superseded = signed.is_none() && approval.signature.is_some();
+            if !superseded && serde_json::from_str::<BTreeMap<String, String>>(&same).ok().as_ref() == Some(&templates)
+            {
                 return Err(StoreError::Conflict(format!(
                     "campaign {} version {version} is already approved (by {by})",
                     c.name
@@ -221,8 +243,8 @@ impl Store {
         let templates_json = serde_json::to_string(&templates).unwrap_or_default();
         let plan_json = serde_json::to_string(&approval.plan).unwrap_or_default();
         let id: i64 = sqlx::query(
-            "INSERT INTO campaign_approvals (campaign_id, version, approver, approved_at, digest, templates, plan) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING approval_id",
+            "INSERT INTO campaign_approvals (campaign_id, version, approver, approved_at, digest, templates, plan, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING approval_id",
         )
         .bind(c.campaign_id)
         .bind(version)
@@ -231,6 +253,7 @@ impl Store {
         .bind(digest.as_str())
         .bind(templates_json)
         .bind(plan_json)
+        .bind(approval.signature)
         .fetch_one(&mut *tx)
         .await
         .and_then(|r| r.try_get("approval_id"))
@@ -244,6 +267,7 @@ impl Store {
             detail: Some(serde_json::json!({
                 "name": c.name.as_str(), "version": version, "spec_hash": spec_hash, "digest": digest,
                 "templates": templates, "plan": approval.plan, "applied_by": applied_by,
+                "signature": approval.signature,
             })),
         };
         event_insert(&mut tx, &event, now).await?;
@@ -256,6 +280,7 @@ impl Store {
             digest,
             templates,
             plan: approval.plan.clone(),
+            signature: approval.signature.map(str::to_owned),
         })
     }
 

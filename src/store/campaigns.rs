@@ -226,12 +226,12 @@ pub(crate) async fn version_insert(
     campaign_id: i64,
     version: i64,
     (text, hash): (&str, &str),
-    actor: &str,
+    (actor, signature): (&str, Option<&str>),
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO campaign_versions (campaign_id, version, spec, spec_hash, applied_by, applied_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO campaign_versions (campaign_id, version, spec, spec_hash, applied_by, applied_at, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(campaign_id)
     .bind(version)
@@ -239,6 +239,7 @@ pub(crate) async fn version_insert(
     .bind(hash)
     .bind(actor)
     .bind(to_millis(now))
+    .bind(signature)
     .execute(conn)
     .await
     .map_err(query_err("campaign_version insert"))?;
@@ -261,6 +262,26 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<(ApplyOutcome, CampaignRecord), StoreError> {
+        self.campaign_apply_signed(spec, toml_text, actor, None, now).await
+    }
+
+    /// [`Store::campaign_apply`] by a proven `actor`: `signed` is the version the
+    /// signature names and the armored signature, kept with the version. An
+    /// unchanged file whose current version has no signature becomes a new,
+    /// signed version (so that a version applied before signatures were required
+    /// can be proven).
+    ///
+    /// # Errors
+    /// As [`Store::campaign_apply`]; [`StoreError::Conflict`] when the version the
+    /// file would get is not the one signed (another apply came between).
+    pub async fn campaign_apply_signed(
+        &self,
+        spec: &CampaignSpec,
+        toml_text: &str,
+        actor: &str,
+        signed: Option<(i64, &str)>,
+        now: DateTime<Utc>,
+    ) -> Result<(ApplyOutcome, CampaignRecord), StoreError> {
         let hash = spec_hash(toml_text);
         let next_run = spec.cron().and_then(|c| c.next_after(now, spec.tz())).map(to_millis);
         let mut tx = self.begin_write().await?;
@@ -277,8 +298,35 @@ impl Store {
             .map(|r| campaign_from_row(&r))
             .transpose()
             .map_err(query_err("campaign_apply select"))?;
+        let unsigned_now = match &existing {
+            Some(c) if c.spec_hash == hash && signed.is_some() => {
+                sqlx::query("SELECT signature FROM campaign_versions WHERE campaign_id = $1 AND version = $2")
+                    .bind(c.campaign_id)
+                    .bind(c.version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_err("campaign_apply signature"))?
+                    .map(|r| r.try_get::<Option<String>, _>("signature"))
+                    .transpose()
+                    .map_err(query_err("campaign_apply signature"))?
+                    .flatten()
+                    .is_none()
+            }
+            _ => false,
+        };
+        let next = existing.as_ref().map_or(1, |c| c.version + 1);
+        if let Some((v, _)) = signed
+            && v != next
+            && !existing.as_ref().is_some_and(|c| c.spec_hash == hash && !unsigned_now)
+        {
+            return Err(StoreError::Conflict(format!(
+                "the signature is for version {v} of campaign {}, but this apply makes version {next}: \
+                 print the message again (campaign digest {} --file FILE) and sign that",
+                spec.name, spec.name
+            )));
+        }
         let (outcome, id, version) = match existing {
-            Some(c) if c.spec_hash == hash => return Ok((ApplyOutcome::Unchanged, c)),
+            Some(c) if c.spec_hash == hash && !unsigned_now => return Ok((ApplyOutcome::Unchanged, c)),
             Some(c) if c.status == CampaignStatus::Cancelled => {
                 return Err(StoreError::Conflict(format!(
                     "campaign {} is cancelled (version {}), which is final: give the changed file a new name",
@@ -340,10 +388,11 @@ impl Store {
             user_id: None,
             detail: Some(serde_json::json!({
                 "name": spec.name.as_str(), "version": version, "spec_hash": hash, "outcome": outcome,
+                "signature": signed.map(|(_, sig)| sig),
             })),
         };
         event_insert(&mut tx, &event, now).await?;
-        version_insert(&mut tx, id, version, (toml_text, &hash), actor, now).await?;
+        version_insert(&mut tx, id, version, (toml_text, &hash), (actor, signed.map(|(_, s)| s)), now).await?;
         tx.commit().await.map_err(query_err("campaign_apply commit"))?;
         let record = self
             .campaign_get(&spec.name)

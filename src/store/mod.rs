@@ -71,6 +71,7 @@ pub mod progress;
 pub mod report;
 pub mod runs;
 pub mod sessions;
+pub mod settings;
 pub mod targets;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]

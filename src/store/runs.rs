@@ -65,6 +65,23 @@ impl Store {
         now: DateTime<Utc>,
         tick: Option<DateTime<Utc>>,
     ) -> Result<i64, StoreError> {
+        self.run_start_with(campaign_id, worker, actor, now, tick, None).await
+    }
+
+    /// [`Store::run_start`], with the approval the run runs under (its id, digest and
+    /// principals), kept in the `run.started` event as `approval`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn run_start_with(
+        &self,
+        campaign_id: i64,
+        worker: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+        tick: Option<DateTime<Utc>>,
+        approval: Option<serde_json::Value>,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO campaign_runs (campaign_id, worker_id, started_at, outcome) VALUES ($1, $2, $3, 'running') \
@@ -89,18 +106,16 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_err("run_start campaign"))?;
-        super::events::event_in_tx(
-            &mut tx,
-            now,
-            actor,
-            "run.started",
-            Some(campaign_id),
-            None,
-            &match tick {
-                Some(t) => serde_json::json!({ "run_id": id, "worker": worker, "tick": t }),
-                None => serde_json::json!({ "run_id": id, "worker": worker }),
-            },
-        )
+        super::events::event_in_tx(&mut tx, now, actor, "run.started", Some(campaign_id), None, &{
+            let mut detail = serde_json::json!({ "run_id": id, "worker": worker });
+            if let Some(t) = tick {
+                detail["tick"] = serde_json::json!(t);
+            }
+            if let Some(a) = approval {
+                detail["approval"] = a;
+            }
+            detail
+        })
         .await?;
         tx.commit().await.map_err(query_err("run_start commit"))?;
         Ok(id)

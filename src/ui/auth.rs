@@ -13,9 +13,14 @@
 //! page is cheaper than a table. The cookie holds 256 random bits; the map is keyed
 //! by their SHA-256, so the map never holds a usable cookie.
 //!
-//! Failed logins are limited per name and per client address, counted in a fixed
-//! window: enough to make guessing a password by the network useless, at the price
-//! of locking a name out for the window when someone guesses at it.
+//! Login attempts are limited per name and per client address, counted in a fixed
+//! window *before* the password is hashed (a burst sent at once is limited like a
+//! series; a good login forgets its name's count): enough to make guessing a
+//! password by the network useless, at the price of locking a name out for the
+//! window when someone guesses at it. The client address is the peer's, or
+//! `X-Forwarded-For`'s from a trusted proxy (`ui_trusted_proxies`). The map of
+//! counts is pruned, and capped, so that rotating addresses cannot grow it without
+//! bound.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use base64::Engine as _;
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
@@ -191,9 +196,55 @@ pub fn hash_password(password: &str) -> Result<String, String> {
     Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
-/// Whether `password` matches the PHC `hash` (argon2 compares in constant time).
+/// Whether `password` matches the PHC `hash` (compared in constant time).
+///
+/// The hash's memory (19 MiB at the default cost) comes from a small pool that
+/// is reused, never from a fresh allocation per login: measured with 200 logins
+/// at once and 4 hashes at a time, allocating per hash left the process at 850 MB,
+/// because glibc's per-thread arenas keep what a large freed block leaves behind
+/// (the mmap threshold rises to the block's size after the first free).
 pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    let Ok(h) = PasswordHash::new(hash) else { return false };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else { return false };
+    let Ok(algorithm) = argon2::Algorithm::try_from(h.algorithm) else { return false };
+    let Ok(version) = h.version.map_or(Ok(argon2::Version::default()), argon2::Version::try_from) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&h) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let mut memory = HASH_MEMORY.take(blocks);
+    let ok = argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks]).is_ok();
+    HASH_MEMORY.give_back(memory);
+    ok && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+}
+
+/// The argon2 working memory kept for reuse: at most [`HashMemory::KEEP`] buffers.
+struct HashMemory(Mutex<Vec<Vec<argon2::Block>>>);
+
+static HASH_MEMORY: HashMemory = HashMemory(Mutex::new(Vec::new()));
+
+impl HashMemory {
+    /// As many as the dashboard hashes at once (`UiConfig::max_hashes`' default).
+    const KEEP: usize = 4;
+
+    fn take(&self, blocks: usize) -> Vec<argon2::Block> {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        if v.len() < blocks {
+            v.resize(blocks, argon2::Block::default());
+        }
+        v
+    }
+
+    fn give_back(&self, v: Vec<argon2::Block>) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < Self::KEEP {
+            pool.push(v);
+        }
+    }
 }
 
 /// Checks a login: the user when the name exists and the password matches. An
@@ -283,7 +334,11 @@ impl Sessions {
     }
 }
 
-/// Failed logins per name and per address, in fixed windows.
+/// The most names and addresses the login limiter remembers; past it the oldest
+/// windows are forgotten (about 100 bytes each: some 10 MB at most).
+pub const LOGIN_LIMITER_CAP: usize = 100_000;
+
+/// Login attempts per name and per address, in fixed windows.
 pub struct LoginLimiter {
     window: Duration,
     per_name: u32,
@@ -305,7 +360,16 @@ impl LoginLimiter {
     /// How long until a login may be tried again, when it may not now.
     pub fn blocked(&self, name: &str, addr: IpAddr) -> Option<Duration> {
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        self.blocked_in(&map, name, addr, Instant::now())
+    }
+
+    fn blocked_in(
+        &self,
+        map: &HashMap<String, (Instant, u32)>,
+        name: &str,
+        addr: IpAddr,
+        now: Instant,
+    ) -> Option<Duration> {
         Self::keys(name, addr).iter().find_map(|(k, is_name)| {
             let (start, n) = map.get(k)?;
             let limit = if *is_name { self.per_name } else { self.per_address };
@@ -314,12 +378,28 @@ impl LoginLimiter {
         })
     }
 
-    /// Counts a failure.
-    pub fn failed(&self, name: &str, addr: IpAddr) {
+    /// Counts an attempt, before its password is checked: `Err(wait)` when the name
+    /// or the address has used its attempts for the window (then nothing is
+    /// counted). Check and count are one step, so that attempts sent at once are
+    /// limited like attempts one after another.
+    ///
+    /// # Errors
+    /// How long until the next attempt may be made.
+    pub fn attempt(&self, name: &str, addr: IpAddr) -> Result<(), Duration> {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if map.len() > 100_000 {
+        if let Some(wait) = self.blocked_in(&map, name, addr, now) {
+            return Err(wait);
+        }
+        if map.len() >= LOGIN_LIMITER_CAP {
             map.retain(|_, (start, _)| *start + self.window > now);
+            if map.len() >= LOGIN_LIMITER_CAP {
+                // still full of live windows: forget the older half
+                let mut starts: Vec<Instant> = map.values().map(|(s, _)| *s).collect();
+                starts.sort_unstable();
+                let cut = starts[starts.len() / 2];
+                map.retain(|_, (start, _)| *start > cut);
+            }
         }
         for (k, _) in Self::keys(name, addr) {
             let e = map.entry(k).or_insert((now, 0));
@@ -328,11 +408,33 @@ impl LoginLimiter {
             }
             e.1 += 1;
         }
+        Ok(())
     }
 
-    /// Forgets a name's failures after a good login.
-    pub fn succeeded(&self, name: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("n:{name}"));
+    /// Counts a failure (as [`LoginLimiter::attempt`], ignoring the limit).
+    pub fn failed(&self, name: &str, addr: IpAddr) {
+        let _ = self.attempt(name, addr);
+    }
+
+    /// How many names and addresses are remembered.
+    pub fn len(&self) -> usize {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// After a good login: forgets the name's attempts, and gives the address back
+    /// the attempt it counted (so that many people behind one address who log in
+    /// well are not locked out).
+    pub fn succeeded(&self, name: &str, addr: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&format!("n:{name}"));
+        if let Some((_, n)) = map.get_mut(&format!("a:{addr}")) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -399,6 +501,20 @@ mod tests {
         l.failed("carol", a);
         assert!(l.blocked("dave", a).is_some(), "the address is locked for every name");
         assert!(l.blocked("dave", b).is_none());
+    }
+
+    #[test]
+    fn attempts_are_counted_before_the_check_and_the_map_stays_bounded() {
+        let l = LoginLimiter::new(Duration::from_secs(900), 5, 1_000_000);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let allowed = (0..200).filter(|_| l.attempt("alice", a).is_ok()).count();
+        assert_eq!(allowed, 5, "five attempts per name per window, however fast they come");
+        // rotating addresses and names do not grow the map without bound
+        for i in 0..(LOGIN_LIMITER_CAP as u32 + 5_000) {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = l.attempt(&format!("n{i}"), addr);
+        }
+        assert!(l.len() <= LOGIN_LIMITER_CAP + 2, "{}", l.len());
     }
 
     #[test]

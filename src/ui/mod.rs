@@ -13,6 +13,12 @@
 //!   token, and the session cookie is `Secure`, `HttpOnly` and `SameSite=Strict`.
 //!   Pause, resume and retry-failed are the CLI's store functions, audited with the
 //!   actor `ui:NAME`, and only for the `operator` role.
+//! - A proxy's user header (`ui_trusted_user_header`) is believed only from a peer
+//!   in `ui_trusted_proxies`; from anyone else it is dropped (and a warning logged
+//!   once), and a request carrying it twice is refused (400): see [`proxy_guard`].
+//! - Logins under attack: an attempt is counted before its password is hashed, and
+//!   at most [`UiConfig::max_hashes`] argon2 hashes (about 19 MiB each) run at once;
+//!   the rest wait up to [`UiConfig::hash_wait`] and then get 429.
 //! - No page shows a session URL, a link token or a refresh token: none is ever
 //!   read here (the store holds no URL, links only as hashes, tokens sealed and
 //!   never selected by these queries). Emails are masked and names left out for
@@ -24,13 +30,14 @@ mod pages;
 mod snapshot;
 pub mod svg;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,6 +47,7 @@ use tracing::{info, warn};
 
 use self::auth::{LoginLimiter, Role, Sessions, UsersFile, Viewer, same};
 use self::pages::{CampaignLine, CampaignView, UserView};
+use crate::domain::proxies::TrustedProxies;
 use crate::domain::{CampaignName, UserId};
 use crate::store::campaigns::{CampaignRecord, CampaignStatus, StatusChange};
 use crate::store::{Store, StoreError};
@@ -56,8 +64,21 @@ pub const EVENTS_PER_PAGE: u32 = 25;
 pub struct UiConfig {
     /// `ui_users_file`, read: empty when unset.
     pub users: UsersFile,
-    /// `ui_trusted_user_header`: unset by default, and then never read.
+    /// `ui_trusted_user_header`: unset by default, and then never read; when set,
+    /// read only from a peer in `trusted_proxies`.
     pub trusted_header: Option<HeaderName>,
+    /// `ui_trusted_proxies` (none by default): the peers whose user header and
+    /// `X-Forwarded-For` are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// `ui_approvals` (true): whether the page's Approve button works.
+    pub approvals: bool,
+    /// `approvers_file` is set: approvals need SSH signatures, which a page cannot
+    /// carry, so the page refuses them and says to use `campaign approve`.
+    pub approvals_signed: bool,
+    /// The most argon2 password hashes at once (4), and how long a login waits for
+    /// one before it gets 429 (10 s).
+    pub max_hashes: usize,
+    pub hash_wait: Duration,
     /// How long a login lasts (12 hours).
     pub session_ttl: Duration,
     /// Failed logins allowed per name (5) and per client address (20) in
@@ -85,6 +106,11 @@ impl Default for UiConfig {
             login_window: Duration::from_secs(15 * 60),
             require_approval: false,
             templates: None,
+            trusted_proxies: TrustedProxies::default(),
+            approvals: true,
+            approvals_signed: false,
+            max_hashes: 4,
+            hash_wait: Duration::from_secs(10),
         }
     }
 }
@@ -101,6 +127,11 @@ pub enum UiError {
          ui_trusted_user_header (REVERIFY_UI_TRUSTED_USER_HEADER)"
     )]
     NoWayIn,
+    #[error(
+        "ui_trusted_user_header is set, but ui_trusted_proxies (REVERIFY_UI_TRUSTED_PROXIES) is not: the header \
+         would be believed from nobody; list the proxies' addresses (CIDRs)"
+    )]
+    NoTrustedProxy,
 }
 
 impl UiConfig {
@@ -119,6 +150,24 @@ impl UiConfig {
         }
         Ok(Self { users, trusted_header, ..Self::default() })
     }
+
+    /// [`UiConfig::from_settings`] with the rest of the settings: the trusted
+    /// proxies, `ui_approvals` and whether approvals need signatures.
+    ///
+    /// # Errors
+    /// As [`UiConfig::from_settings`]; [`UiError::NoTrustedProxy`] for a user header
+    /// with no proxy to believe it from.
+    pub fn from_all_settings(settings: &crate::Settings) -> Result<Self, UiError> {
+        let mut config =
+            Self::from_settings(settings.ui_users_file.as_ref(), settings.ui_trusted_user_header.as_deref())?;
+        if config.trusted_header.is_some() && settings.ui_trusted_proxies.is_empty() {
+            return Err(UiError::NoTrustedProxy);
+        }
+        config.trusted_proxies = TrustedProxies::new(settings.ui_trusted_proxies.clone());
+        config.approvals = settings.ui_approvals;
+        config.approvals_signed = settings.approvers_file.is_some();
+        Ok(config)
+    }
 }
 
 #[derive(Clone)]
@@ -131,6 +180,10 @@ struct Ui {
     header_key: Arc<[u8; 32]>,
     /// Each campaign's figures, refreshed in the background (see [`snapshot`]).
     figures: Arc<snapshot::Snapshots>,
+    /// The argon2 hashes allowed at once.
+    hashes: Arc<tokio::sync::Semaphore>,
+    /// Whether the user header from an untrusted peer was warned about.
+    warned_untrusted: Arc<AtomicBool>,
 }
 
 /// How old a campaign's figures may be before a page load refreshes them (in the
@@ -141,6 +194,7 @@ const FIGURES_MAX_AGE: Duration = Duration::from_secs(4);
 pub fn ui_router(store: Store, config: UiConfig) -> Router {
     let mut key = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+    let config_hashes = config.max_hashes.max(1);
     let ui = Ui {
         store,
         sessions: Arc::new(Sessions::new(config.session_ttl)),
@@ -152,6 +206,8 @@ pub fn ui_router(store: Store, config: UiConfig) -> Router {
         config: Arc::new(config),
         header_key: Arc::new(key),
         figures: snapshot::Snapshots::new(FIGURES_MAX_AGE),
+        hashes: Arc::new(tokio::sync::Semaphore::new(config_hashes)),
+        warned_untrusted: Arc::new(AtomicBool::new(false)),
     };
     ui.figures.warm(ui.store.clone());
     Router::new()
@@ -165,7 +221,37 @@ pub fn ui_router(store: Store, config: UiConfig) -> Router {
         .route("/campaigns/{name}/{action}", post(campaign_action))
         .route("/users", get(user_page))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(ui.clone(), proxy_guard))
         .with_state(ui)
+}
+
+/// The user header's gate: a request carrying it twice is refused (400), and from
+/// a peer outside `ui_trusted_proxies` it is dropped before any handler reads it
+/// (with one warning per process, so that a misconfigured proxy is noticed and an
+/// attacker cannot fill the log).
+async fn proxy_guard(State(ui): State<Ui>, mut req: Request, next: axum::middleware::Next) -> Response {
+    if let Some(h) = ui.config.trusted_header.clone() {
+        let count = req.headers().get_all(&h).iter().count();
+        if count > 1 {
+            warn!(header = %h, "dashboard: a request carried the user header twice; refused");
+            return html(StatusCode::BAD_REQUEST, pages::message(None, "Refused", "The request named its user twice."));
+        }
+        if count == 1 {
+            let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+            if !peer.is_some_and(|p| ui.config.trusted_proxies.trusts(p)) {
+                if !ui.warned_untrusted.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        header = %h,
+                        peer = ?peer,
+                        "dashboard: the user header came from a peer outside ui_trusted_proxies and was ignored \
+                         (warned once)"
+                    );
+                }
+                req.headers_mut().remove(&h);
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// The headers every answer carries.
@@ -307,33 +393,52 @@ async fn login(
             pages::message(None, "Refused", "The form had expired or did not come from this page; log in again."),
         );
     }
-    let addr: IpAddr = peer.ip();
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let addr = ui.config.trusted_proxies.client(peer.ip(), forwarded);
     let name = form.user.trim().to_owned();
-    if let Some(wait) = ui.limiter.blocked(&name, addr) {
-        warn!(user = %name, %addr, "dashboard: login refused, too many failures");
-        let mut r = login_form(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&format!("Too many failed logins. Try again in {} minutes.", wait.as_secs().div_ceil(60))),
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+    // counted before the hash: a burst of guesses at once is limited like a series
+    if let Err(wait) = ui.limiter.attempt(&name, addr) {
+        warn!(user = %name, %addr, "dashboard: login refused, too many attempts");
+        return too_many_logins(wait);
     }
+    // at most max_hashes argon2 hashes at once (memory), the rest wait a while
+    let permit = match tokio::time::timeout(ui.config.hash_wait, ui.hashes.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            warn!(user = %name, %addr, "dashboard: login refused, too many at once");
+            return too_many_logins(Duration::from_secs(5));
+        }
+    };
     let users = ui.config.clone();
     let (n, p) = (name.clone(), form.password);
-    let found = tokio::task::spawn_blocking(move || auth::check_login(&users.users, &n, &p)).await.ok().flatten();
+    let found = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        auth::check_login(&users.users, &n, &p)
+    })
+    .await
+    .ok()
+    .flatten();
     let Some(user) = found else {
-        ui.limiter.failed(&name, addr);
         warn!(user = %name, %addr, "dashboard: login failed");
         return login_form(StatusCode::UNAUTHORIZED, Some("Wrong user name or password."));
     };
-    ui.limiter.succeeded(&name);
+    ui.limiter.succeeded(&name, addr);
     info!(user = %user.name, role = user.role.as_str(), "dashboard: logged in");
     let token = ui.sessions.create(&user.name, user.role);
     let mut r = redirect("/");
     set_cookie(&mut r, SESSION_COOKIE, &token, ui.config.session_ttl.as_secs());
     set_cookie(&mut r, LOGIN_COOKIE, "", 0);
+    r
+}
+
+fn too_many_logins(wait: Duration) -> Response {
+    let mut r = login_form(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(&format!("Too many logins. Try again in {} minutes.", wait.as_secs().div_ceil(60).max(1))),
+    );
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
     r
 }
 
@@ -475,6 +580,7 @@ async fn campaign_page(
         figures_read_at: read_at,
         approval,
         require_approval: ui.config.require_approval,
+        approvals_here: ui.config.approvals && !ui.config.approvals_signed,
     };
     html(StatusCode::OK, pages::campaign(&v, &view))
 }
@@ -539,6 +645,19 @@ async fn campaign_action(
 /// the page showed).
 async fn approve(ui: &Ui, v: &Viewer, c: &CampaignRecord, shown: Option<i64>) -> Response {
     let refuse = |status: StatusCode, why: &str| html(status, pages::message(Some(v), "Not approved", why));
+    if !ui.config.approvals {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Approving on this page is turned off (ui_approvals = false); use `reverify campaign approve`.",
+        );
+    }
+    if ui.config.approvals_signed {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Approvals need an SSH signature here (approvers_file), which this page cannot make: use \
+             `reverify campaign approve NAME --sign-with KEY` (or --signature).",
+        );
+    }
     let Some(loaded) = &ui.config.templates else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

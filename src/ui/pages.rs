@@ -128,6 +128,8 @@ pub struct CampaignView {
     pub approval: Option<Approval>,
     /// Whether versions need one (`require_approval`).
     pub require_approval: bool,
+    /// Whether the page may approve (`ui_approvals`, and no signature required).
+    pub approvals_here: bool,
 }
 
 fn stat(label: &str, value: &str) -> String {
@@ -146,7 +148,7 @@ fn eta(p: &CampaignProgress) -> String {
     }
 }
 
-fn actions(v: &Viewer, c: &CampaignRecord, approval: Option<&Approval>) -> String {
+fn actions(v: &Viewer, c: &CampaignRecord, approval: Option<&Approval>, approvals_here: bool) -> String {
     let name = esc(c.name.as_str());
     let mut s = String::from("<div class=\"actions\">");
     if v.role.can_operate() {
@@ -164,7 +166,7 @@ fn actions(v: &Viewer, c: &CampaignRecord, approval: Option<&Approval>) -> Strin
         }
         s.push_str(&button("retry-failed", "Retry failed", "secondary"));
     }
-    if v.role.can_approve() && approval.is_none() && c.status != CampaignStatus::Cancelled {
+    if approvals_here && v.role.can_approve() && approval.is_none() && c.status != CampaignStatus::Cancelled {
         let _ = write!(
             s,
             "<form method=\"post\" action=\"/campaigns/{name}/approve\">{}\
@@ -208,7 +210,7 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
     if let Some(n) = &cv.notice {
         let _ = write!(b, "<div class=\"notice\">{}</div>", esc(n));
     }
-    b.push_str(&actions(v, c, cv.approval.as_ref()));
+    b.push_str(&actions(v, c, cv.approval.as_ref(), cv.approvals_here));
     let done = settled(p);
     b.push_str("<div class=\"stats\">");
     for (label, value) in [
@@ -554,6 +556,7 @@ mod tests {
             digest: "d".into(),
             templates: Default::default(),
             plan: Default::default(),
+            signature: None,
         };
         let approved = approval_cell(Some(&a), true);
         assert!(approved.contains("data-approval=\"approved\"") && approved.contains("approved by carol &lt;x&gt;"));

@@ -10,4 +10,5 @@ mod followup;
 mod gates;
 mod ops;
 mod scheduled;
+mod signed;
 mod ui;

@@ -301,3 +301,74 @@ async fn posts_are_rate_limited_per_link_and_per_address() {
     assert_eq!(env.sandbox.stats().await.sessions_issued, 1);
     stop.cancel();
 }
+
+/// Issue 24: behind an ingress every request comes from the ingress's address. With
+/// the ingress in `trusted_proxies`, `X-Forwarded-For` names the client, so one
+/// client's made-up tokens use up its own limit, not everybody's; from a peer that
+/// is not a trusted proxy the header changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_ingress_each_client_has_its_own_limit() {
+    let mut users = reverify::sandbox::users::generate_unverified(1, 3, Utc::now());
+    users[0].locale = "en-GB".into();
+    let mut env = Env::with_sandbox(
+        TestDb::sqlite().await,
+        SandboxConfig { users: UserSource::Records(users), ..SandboxConfig::default() },
+    )
+    .await;
+    let worker = env.worker();
+    let store = env.store().clone();
+    let serve = |proxies: Vec<&str>| {
+        let router = reverify::click::click_router(
+            store.clone(),
+            Arc::new(BaanxApi(worker.client.clone())),
+            ClickConfig {
+                per_link_per_minute: 100,
+                per_address_per_minute: 6,
+                trusted_proxies: reverify::domain::proxies::TrustedProxies::new(
+                    proxies.into_iter().map(|p| p.parse().unwrap()).collect(),
+                ),
+                ..ClickConfig::default()
+            },
+        );
+        let stop = CancellationToken::new();
+        let server = serve_public("127.0.0.1:0".parse().unwrap(), router, stop.clone());
+        async move { (server.await.unwrap(), stop) }
+    };
+    let (ingress, stop) = serve(vec!["127.0.0.1/32"]).await;
+    env.settings.public_url = Some(format!("http://{}", ingress.local_addr).parse().unwrap());
+    let campaign = env.apply(&click_campaign("ingress")).await;
+    env.run(&campaign).await;
+    let link = links(&env, ingress.local_addr).pop().unwrap();
+    let http = reqwest::Client::new();
+    let get = |url: String, client: &'static str| {
+        let http = http.clone();
+        async move { http.get(url).header("x-forwarded-for", client).send().await.unwrap().status().as_u16() }
+    };
+    // an attacker behind the ingress tries made-up tokens until it is refused
+    let base = format!("http://{}/v/", ingress.local_addr);
+    let mut refused = 0;
+    for i in 0..20 {
+        if get(format!("{base}madeup{i}"), "198.51.100.66").await == 429 {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 14, "6 a minute for the attacker");
+    // a real person behind the same ingress still gets the page; another header
+    // spelled by the attacker with its real address on the right does not escape
+    assert_eq!(get(link.clone(), "203.0.113.5").await, 200);
+    assert_eq!(get(link.clone(), "203.0.113.5, 198.51.100.66").await, 429, "the right-most hop counts");
+    stop.cancel();
+
+    // a peer that is not a trusted proxy: the header is not believed
+    let (direct, stop) = serve(vec!["10.0.0.0/8"]).await;
+    let base = format!("http://{}/v/", direct.local_addr);
+    let statuses: Vec<u16> = futures::future::join_all((0..8).map(|i| {
+        let url = format!("{base}madeup{i}");
+        let from =
+            ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6", "192.0.2.7", "192.0.2.8"][i];
+        get(url, from)
+    }))
+    .await;
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "one address, 6 a minute: {statuses:?}");
+    stop.cancel();
+}

@@ -338,8 +338,10 @@ async fn the_dashboard_in_chromium() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
-/// The proxy's header lets a person in only when `ui_trusted_user_header` is set;
-/// their role is the users file's, else viewer.
+/// The proxy's header lets a person in only when `ui_trusted_user_header` is set,
+/// and only from a peer in `ui_trusted_proxies` (issue 24: from anyone else it is
+/// ignored); twice in one request, it is refused. Their role is the users file's,
+/// else viewer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_header_is_read_only_when_set() {
     use axum::body::Body;
@@ -353,13 +355,16 @@ async fn a_trusted_header_is_read_only_when_set() {
         "users",
     )
     .unwrap();
-    let get = |router: axum::Router, who: Option<&str>| {
+    let proxy: std::net::SocketAddr = "10.0.0.7:40000".parse().unwrap();
+    let get_from = |router: axum::Router, who: Vec<&str>, peer: std::net::SocketAddr| {
         let mut req = Request::get("/");
-        if let Some(who) = who {
+        for who in who {
             req = req.header("x-forwarded-user", who);
         }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         async move {
-            let r = router.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let r = router.oneshot(req).await.unwrap();
             let status = r.status();
             let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
             (status, String::from_utf8_lossy(&body).into_owned())
@@ -370,16 +375,24 @@ async fn a_trusted_header_is_read_only_when_set() {
         UiConfig {
             users: users.clone(),
             trusted_header: Some("x-forwarded-user".parse().unwrap()),
+            trusted_proxies: reverify::domain::proxies::TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]),
             ..UiConfig::default()
         },
     );
+    let get = |router: axum::Router, who: Option<&str>| get_from(router, who.into_iter().collect(), proxy);
     let (status, page) = get(trusting.clone(), Some("alice")).await;
     assert_eq!(status, 200);
     assert!(page.contains("alice (operator)"), "{page}");
     let (status, page) = get(trusting.clone(), Some("dave")).await;
     assert_eq!(status, 200);
     assert!(page.contains("dave (viewer)"), "{page}");
-    assert_eq!(get(trusting, None).await.0, 303, "no header, no cookie: to the login page");
+    assert_eq!(get(trusting.clone(), None).await.0, 303, "no header, no cookie: to the login page");
+    // from a peer that is not a trusted proxy the header is ignored
+    let anyone: std::net::SocketAddr = "192.0.2.9:5555".parse().unwrap();
+    assert_eq!(get_from(trusting.clone(), vec!["alice"], anyone).await.0, 303, "a client naming itself");
+    // twice in one request: refused, even from the proxy
+    assert_eq!(get_from(trusting.clone(), vec!["dave", "alice"], proxy).await.0, 400);
+    assert_eq!(get_from(trusting, vec!["alice", "alice"], anyone).await.0, 400);
 
     let not_trusting = ui_router(db.store.clone(), UiConfig { users, ..UiConfig::default() });
     assert_eq!(get(not_trusting, Some("alice")).await.0, 303, "the header means nothing unless the setting is set");
@@ -410,13 +423,15 @@ async fn an_approver_approves_from_the_page_with_the_clis_rules() {
         UiConfig {
             users,
             trusted_header: Some("x-forwarded-user".parse().unwrap()),
+            trusted_proxies: reverify::domain::proxies::TrustedProxies::new(vec!["127.0.0.1/32".parse().unwrap()]),
             require_approval: true,
             templates: Some(std::sync::Arc::new(reverify::notify::Templates::builtin().unwrap())),
             ..UiConfig::default()
         },
     );
-    let call = |req: Request<Body>| {
+    let call = |mut req: Request<Body>| {
         let router = router.clone();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000))));
         async move {
             let r = router.oneshot(req).await.unwrap();
             let status = r.status();
@@ -460,4 +475,38 @@ async fn an_approver_approves_from_the_page_with_the_clis_rules() {
     let (_, after) = page("carol").await;
     assert!(after.contains("approved by ui:carol"), "{after}");
     assert!(!after.contains("Approve version"), "approved: no button");
+
+    // ui_approvals = false, or approvals that need signatures: the page approves nothing
+    for config in [
+        UiConfig { approvals: false, ..UiConfig::default() },
+        UiConfig { approvals_signed: true, ..UiConfig::default() },
+    ] {
+        let router = ui_router(
+            db.store.clone(),
+            UiConfig {
+                users: reverify::ui::auth::UsersFile::parse(&format!("carol:approver:{hash}\n"), "users").unwrap(),
+                trusted_header: Some("x-forwarded-user".parse().unwrap()),
+                trusted_proxies: reverify::domain::proxies::TrustedProxies::new(vec!["127.0.0.1/32".parse().unwrap()]),
+                templates: Some(std::sync::Arc::new(reverify::notify::Templates::builtin().unwrap())),
+                ..config
+            },
+        );
+        let peer = axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 4000)));
+        let mut req =
+            Request::get("/campaigns/four-eyes").header("x-forwarded-user", "carol").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(peer);
+        let r = router.clone().oneshot(req).await.unwrap();
+        let page = String::from_utf8_lossy(&axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap()).into_owned();
+        let mut req = Request::post("/campaigns/four-eyes/approve")
+            .header("x-forwarded-user", "carol")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(form(&[("csrf", &hidden_csrf(&page)), ("version", "1")])))
+            .unwrap();
+        req.extensions_mut().insert(peer);
+        let r = router.oneshot(req).await.unwrap();
+        let status = r.status();
+        let body = String::from_utf8_lossy(&axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap()).into_owned();
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("ui_approvals = false") || body.contains("need an SSH signature"), "{body}");
+    }
 }

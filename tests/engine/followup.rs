@@ -22,6 +22,7 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Env, campaign_toml};
+use crate::outcomes::until;
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -395,19 +396,6 @@ both_engines!(schedule_only_and_no_follow_up_wait_for_the_next_tick, |db: TestDb
     .await;
     assert_eq!(waiting_for(&env, only.campaign_id, "rejection_cooldown").await.0, users);
 });
-
-/// Waits (up to 20 s of real time) until `check` holds.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Starts the daemon's loop on `clock`, reading the campaigns every 50 ms.
 fn daemon(env: &Env, clock: &ManualClock, follow_up: bool) -> (CancellationToken, tokio::task::JoinHandle<()>) {

@@ -65,8 +65,8 @@ pub(crate) fn stdout_of(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Waits (bounded) until `check` holds, re-reading the store.
-async fn until<F, Fut>(what: &str, mut check: F)
+/// Waits (bounded: 15 s of real time) until `check` holds, re-reading the store.
+pub(crate) async fn until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -19,8 +19,8 @@ use reverify::store::Backend;
 use reverify::store::testing::TestDb;
 use tokio::runtime::Handle;
 
-use super::child::{self, CLIENT_KEY, SandboxChild};
-use super::{database_name, probe, say, worker_database_url};
+use super::child::{self, SandboxChild};
+use super::{database_name, probe, say, worker_env};
 
 /// The scenarios' times: full, and `--quick` (CI: the harness, not the figure).
 #[derive(Debug, Clone, Copy)]
@@ -105,16 +105,7 @@ fn scene(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<Scene> {
             .fetch_one(&sqlx::PgPool::connect(&db.url).await?)
             .await
     })?;
-    let env = vec![
-        ("REVERIFY_DATABASE_URL", worker_database_url(&db.url, Backend::Postgres)),
-        ("REVERIFY_BAANX_BASE_URL", sandbox.base_url.clone()),
-        ("REVERIFY_BAANX_CLIENT_KEY", CLIENT_KEY.to_owned()),
-        ("REVERIFY_TOKEN_KEY", key),
-        ("REVERIFY_OUTBOX_DIR", outbox.display().to_string()),
-        ("REVERIFY_REQUESTS_PER_SECOND", "1000000".to_owned()),
-        ("REVERIFY_MAX_CONCURRENCY", "64".to_owned()),
-        ("REVERIFY_LOG_LEVEL", "info".to_owned()),
-    ];
+    let env = worker_env(&db.url, Backend::Postgres, &sandbox, key, &outbox, 1_000_000.0, 64);
     Ok(Scene { dir, _sandbox: sandbox, db, env, campaign_id })
 }
 

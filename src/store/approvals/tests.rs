@@ -24,6 +24,8 @@ both_engines!(four_eyes_and_a_new_version_needs_a_new_approval, |db: TestDb| asy
         version,
         templates: &templates,
         plan: plan.clone(),
+        signature: None,
+        applied_by: None,
     };
 
     // the applier may not approve
