@@ -137,6 +137,15 @@ pub struct Settings {
     /// Four eyes (`require_approval`, default false): a campaign version runs only
     /// after `campaign approve` by someone other than whoever applied it.
     pub require_approval: bool,
+    /// Keys every audit chain link (`audit_key`, a secret of at least 32 bytes):
+    /// without it, whoever can write the database can recompute the chain.
+    pub audit_key: Option<Secret>,
+    /// Where each new chain head goes, outside the database (`audit_anchor`):
+    /// `file:///PATH` (an append-only file of JSON lines) or `syslog`.
+    pub audit_anchor: Option<String>,
+    /// Signs evidence bundles (`evidence_signing_key`, a secret: an OpenSSH
+    /// private key, Ed25519 or another type `ssh-keygen` makes, not encrypted).
+    pub evidence_signing_key: Option<Secret>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -171,6 +180,9 @@ impl std::fmt::Debug for Settings {
             .field("ui_users_file", &self.ui_users_file)
             .field("ui_trusted_user_header", &self.ui_trusted_user_header)
             .field("require_approval", &self.require_approval)
+            .field("audit_key", &self.audit_key)
+            .field("audit_anchor", &self.audit_anchor)
+            .field("evidence_signing_key", &self.evidence_signing_key)
             .finish()
     }
 }
@@ -208,6 +220,9 @@ impl Default for Settings {
             ui_users_file: None,
             ui_trusted_user_header: None,
             require_approval: false,
+            audit_key: None,
+            audit_anchor: None,
+            evidence_signing_key: None,
         }
     }
 }
@@ -248,6 +263,9 @@ struct FileSettings {
     ui_users_file: Option<PathBuf>,
     ui_trusted_user_header: Option<String>,
     require_approval: Option<bool>,
+    audit_key_file: Option<PathBuf>,
+    audit_anchor: Option<String>,
+    evidence_signing_key_file: Option<PathBuf>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -256,8 +274,16 @@ pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
 /// The secret keys: each is read from `REVERIFY_<KEY>`, `REVERIFY_<KEY>_FILE`, the
 /// TOML's `<key>_file`, or the systemd credential named `<key>`.
-pub const SECRET_KEYS: [&str; 6] =
-    ["baanx_client_key", "token_key", "token_keys_previous", "smtp_password", "webhook_key", "notify_webhook_key"];
+pub const SECRET_KEYS: [&str; 8] = [
+    "baanx_client_key",
+    "token_key",
+    "token_keys_previous",
+    "smtp_password",
+    "webhook_key",
+    "notify_webhook_key",
+    "audit_key",
+    "evidence_signing_key",
+];
 
 impl Settings {
     /// This worker's share of every configured rate: `1 / workers`.
@@ -433,15 +459,21 @@ impl Settings {
         if let Some(u) = &s.metrics_push_url {
             parse_url("metrics_push_url", u)?;
         }
+        s.audit_anchor = get("audit_anchor", file.audit_anchor);
+        if let Some(a) = &s.audit_anchor {
+            crate::domain::endpoint::parse_anchor(a).map_err(|m| invalid("audit_anchor", m))?;
+        }
 
         // secrets: environment value, else environment _FILE, else the TOML's *_file
-        let file_paths: [Option<PathBuf>; 6] = [
+        let file_paths: [Option<PathBuf>; 8] = [
             file.baanx_client_key_file,
             file.token_key_file,
             file.token_keys_previous_file,
             file.smtp_password_file,
             file.webhook_key_file,
             file.notify_webhook_key_file,
+            file.audit_key_file,
+            file.evidence_signing_key_file,
         ];
         let mut secrets: Vec<Option<Secret>> = Vec::with_capacity(SECRET_KEYS.len());
         for (key, from_file) in SECRET_KEYS.iter().zip(file_paths) {
@@ -454,6 +486,8 @@ impl Settings {
         s.smtp_password = it.next().flatten();
         s.webhook_key = it.next().flatten();
         s.notify_webhook_key = it.next().flatten();
+        s.audit_key = it.next().flatten();
+        s.evidence_signing_key = it.next().flatten();
         Ok(s)
     }
 }
@@ -563,7 +597,7 @@ fn secret(env: &HashMap<String, String>, key: &str, from_file: Option<PathBuf>) 
             (None, None) => return Ok(None),
         },
     };
-    if matches!(key, "webhook_key" | "notify_webhook_key") && value.len() < MIN_WEBHOOK_KEY_BYTES {
+    if matches!(key, "webhook_key" | "notify_webhook_key" | "audit_key") && value.len() < MIN_WEBHOOK_KEY_BYTES {
         return Err(invalid(
             key,
             format!(

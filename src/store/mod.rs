@@ -53,6 +53,7 @@ macro_rules! our_target {
     };
 }
 
+pub mod anchor;
 pub mod approvals;
 pub mod campaigns;
 pub mod chain;
@@ -127,6 +128,9 @@ pub struct Store {
     backend: Backend,
     /// Set by [`Store::with_group_commit`]: writes go through shared transactions.
     group: Option<group::Group>,
+    /// How this process seals the audit chain: its key and anchor
+    /// ([`Store::with_sealing`]).
+    sealing: std::sync::Arc<chain::Sealing>,
 }
 
 pub use crate::domain::endpoint::redact_url;
@@ -249,7 +253,7 @@ impl Store {
         .acquire_timeout(Duration::from_secs(30));
         let pool =
             pool_options.connect_with(options).await.map_err(|source| StoreError::Connect { url: shown, source })?;
-        Ok(Self { pool, backend, group: None })
+        Ok(Self { pool, backend, group: None, sealing: Default::default() })
     }
 
     /// Connects and brings the schema up to date.
