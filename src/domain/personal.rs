@@ -25,7 +25,7 @@ fn is_host_char(c: char) -> bool {
 }
 
 /// `text` with every address-shaped run replaced by `f(address)`.
-pub fn map_addresses(text: &str, f: impl Fn(&str) -> String) -> String {
+pub fn map_addresses(text: &str, mut f: impl FnMut(&str) -> String) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('@') {
