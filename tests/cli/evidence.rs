@@ -325,3 +325,62 @@ async fn a_cut_tail_is_found_against_the_anchor_sqlite() {
 async fn a_cut_tail_is_found_against_the_anchor_postgres() {
     cut_tail_against_the_anchor(TestDb::postgres().await).await;
 }
+
+/// `deploy/sql/events-append-only.sql` run as an operator would: the application's
+/// role then cannot delete or rewrite an event, re-seal one or set the head back,
+/// and the worker still writes, seals and verifies as that role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_append_only_grants_refuse_edits_and_keep_the_worker_working() {
+    let db = TestDb::postgres().await;
+    let role = format!("reverify_app_{}", std::process::id());
+    let admin = |sql: String| {
+        let pool = db.pool().clone();
+        async move { sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await }
+    };
+    admin(format!("DROP ROLE IF EXISTS {role}")).await.ok();
+    admin(format!("CREATE ROLE {role} LOGIN")).await.unwrap();
+    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/sql/events-append-only.sql");
+    let o = Command::new("psql")
+        .arg(&db.url)
+        .args(["-X", "-q", "-v", &format!("app_role={role}"), "-f"])
+        .arg(&sql)
+        .output()
+        .expect("psql is installed");
+    assert!(o.status.success(), "{}", text(&o));
+
+    // the worker, as the application's role
+    let mut app_url = url::Url::parse(&db.url).unwrap();
+    app_url.set_username(&role).unwrap();
+    let mut bin = Bin::new(&db, 2, None).await;
+    bin.db_url = app_url.to_string();
+    bin.write("a.toml", &campaign("kyc-a", "", 10, 1));
+    for args in [
+        &["campaign", "apply", "a.toml"][..],
+        &["campaign", "pause", "kyc-a"],
+        &["campaign", "audit", "kyc-a", "--verify"],
+    ] {
+        let o = bin.run(args).await;
+        assert_eq!(o.status.code(), Some(0), "{args:?} as {role}: {}", text(&o));
+    }
+    let head: i64 = sqlx::query_scalar("SELECT seq FROM audit_chain").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(head, 2, "the worker sealed its events");
+
+    // the same role, by hand: every edit refused
+    let app = reverify::store::Store::connect(app_url.as_str()).await.unwrap();
+    let pool = sqlx::AnyPool::connect(app_url.as_str()).await.unwrap();
+    drop(app);
+    for (sql, expect) in [
+        ("DELETE FROM events", "permission denied"),
+        ("TRUNCATE events", "permission denied"),
+        ("UPDATE events SET actor = 'mallory'", "permission denied"),
+        ("UPDATE events SET hash = 'x' WHERE chain_seq = 1", "is sealed: the audit trail is append-only"),
+        ("UPDATE audit_chain SET seq = 1", "moves forward only"),
+        ("DELETE FROM audit_chain", "permission denied"),
+    ] {
+        let e = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.expect_err(sql).to_string();
+        assert!(e.contains(expect), "{sql}: {e}");
+    }
+    pool.close().await;
+    admin(format!("DROP OWNED BY {role}")).await.unwrap();
+    admin(format!("DROP ROLE {role}")).await.ok();
+}
