@@ -69,7 +69,7 @@ impl Store {
         if let Some(at) = row.try_get::<Option<i64>, _>("forgotten_at").map_err(query_err("user_forget read"))? {
             drop(tx);
             // the rewrite may not have run (a lock timeout, a crash): run it again
-            self.scrub_free_space().await?;
+            self.scrub_free_space(id).await?;
             return Ok(Forgotten::Already(from_millis(at)));
         }
         let email: String = row.try_get("email").map_err(query_err("user_forget read"))?;
@@ -130,7 +130,7 @@ impl Store {
         };
         event_insert(&mut tx, &event, now).await?;
         tx.commit().await.map_err(query_err("user_forget commit"))?;
-        self.scrub_free_space().await?;
+        self.scrub_free_space(id).await?;
         Ok(Forgotten::Now { targets, links })
     }
 
@@ -138,7 +138,7 @@ impl Store {
     /// vacuumed (free pages and free space inside pages go) and its WAL truncated;
     /// on Postgres `users` and `campaign_runs` are rewritten (`VACUUM FULL`), so
     /// that their heap files hold no dead row version (see the module docs).
-    async fn scrub_free_space(&self) -> Result<(), StoreError> {
+    async fn scrub_free_space(&self, id: &UserId) -> Result<(), StoreError> {
         match self.backend() {
             Backend::Sqlite => {
                 sqlx::query("VACUUM").execute(self.pool()).await.map_err(query_err("user_forget vacuum"))?;
@@ -148,6 +148,7 @@ impl Store {
                     .map_err(query_err("user_forget checkpoint"))?;
             }
             Backend::Postgres => {
+                self.wait_for_older_snapshots(id).await?;
                 let filenode = |table: &'static str| async move {
                     sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
                         "SELECT pg_relation_filenode('{table}')::text"
@@ -177,4 +178,45 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Waits until no other session of this database holds a snapshot older than
+    /// the erasure (up to [`SNAPSHOT_WAIT`]): `VACUUM FULL` copies a dead row version
+    /// that such a snapshot may still see (an autovacuum `ANALYZE` of a busy
+    /// database is enough), and the address would survive in the new file.
+    async fn wait_for_older_snapshots(&self, id: &UserId) -> Result<(), StoreError> {
+        // the transaction that wrote the erased row
+        let xid: Option<String> = sqlx::query_scalar("SELECT xmin::text FROM users WHERE user_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_err("user_forget xmin"))?;
+        let Some(xid) = xid else { return Ok(()) };
+        let deadline = std::time::Instant::now() + SNAPSHOT_WAIT;
+        loop {
+            let older: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL \
+                 AND age(backend_xmin) >= age($1::xid) LIMIT 1",
+            )
+            .bind(xid.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_err("user_forget snapshots"))?;
+            match older {
+                None => return Ok(()),
+                Some(pid) if std::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Conflict(format!(
+                        "the personal data is erased, but session {pid} has held a snapshot older than the \
+                         erasure for {}s, which would keep the old row version through the rewrite: run \
+                         `reverify users forget ID --yes` again once it ends",
+                        SNAPSHOT_WAIT.as_secs()
+                    )));
+                }
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
 }
+
+/// How long `users forget` waits for older snapshots before its rewrite.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
