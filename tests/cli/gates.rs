@@ -351,7 +351,11 @@ both_engines!(users_forget_leaves_no_trace_and_keeps_the_evidence, |db: TestDb| 
     }
     assert!(String::from_utf8_lossy(&o.stdout).contains("1 messages removed from the outbox"), "{}", text(&o));
     // a viewer of the dashboard sees no address whole, on any page
+    // an actor named by an address: it shows in the audit trail, masked for a viewer
+    let o = bin.run(&["--as", "carol.ops@example.org", "campaign", "pause", "erase"]).await;
+    assert!(o.status.success(), "{}", text(&o));
     let pages = viewer_pages(&bin, &id).await;
+    assert!(pages.contains("c***@e***.org"), "the actor, masked in the audit trail");
     assert!(pages.contains("Audit trail") && pages.contains("Timeline"), "{pages}");
     let mut seen = Vec::new();
     reverify::domain::personal::map_addresses(&pages, |a| {
