@@ -869,4 +869,31 @@ mod tests {
         assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(s.max_concurrency, 64);
     }
+
+    #[test]
+    fn the_audit_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("audit_key");
+        std::fs::write(&key, "short\n").unwrap();
+        let k = key.to_str().unwrap();
+        let e = Settings::load_from(None, &env(&[("REVERIFY_AUDIT_KEY_FILE", k)])).unwrap_err();
+        assert!(e.to_string().starts_with("audit_key: must be at least 32 bytes"), "{e}");
+        std::fs::write(&key, "an audit key of more than thirty-two bytes\n").unwrap();
+        let s = Settings::load_from(
+            None,
+            &env(&[("REVERIFY_AUDIT_KEY_FILE", k), ("REVERIFY_AUDIT_ANCHOR", "file:///var/lib/heads.jsonl")]),
+        )
+        .unwrap();
+        assert_eq!(s.audit_key.as_ref().map(|k| k.expose().len()), Some(42));
+        assert!(!format!("{s:?}").contains("thirty-two"), "the key is redacted");
+        assert_eq!(s.audit_anchor.as_deref(), Some("file:///var/lib/heads.jsonl"));
+        let e = Settings::load_from(None, &env(&[("REVERIFY_AUDIT_ANCHOR", "heads.jsonl")])).unwrap_err();
+        assert!(e.to_string().starts_with("audit_anchor: \"heads.jsonl\": use file:///PATH"), "{e}");
+        let signing = dir.path().join("signing");
+        std::fs::write(&signing, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        let s = Settings::load_from(None, &env(&[("REVERIFY_EVIDENCE_SIGNING_KEY_FILE", signing.to_str().unwrap())]))
+            .unwrap();
+        assert!(s.evidence_signing_key.is_some());
+        assert!(!format!("{s:?}").contains("OPENSSH"), "the signing key is redacted");
+    }
 }
