@@ -154,6 +154,15 @@ pub struct Settings {
     pub approvers_file: Option<PathBuf>,
     /// Whether the dashboard's Approve button works (`ui_approvals`, default true).
     pub ui_approvals: bool,
+    /// Keys every audit chain link (`audit_key`, a secret of at least 32 bytes):
+    /// without it, whoever can write the database can recompute the chain.
+    pub audit_key: Option<Secret>,
+    /// Where each new chain head goes, outside the database (`audit_anchor`):
+    /// `file:///PATH` (an append-only file of JSON lines) or `syslog`.
+    pub audit_anchor: Option<String>,
+    /// Signs evidence bundles (`evidence_signing_key`, a secret: an OpenSSH
+    /// private key, Ed25519 or another type `ssh-keygen` makes, not encrypted).
+    pub evidence_signing_key: Option<Secret>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -192,6 +201,9 @@ impl std::fmt::Debug for Settings {
             .field("require_approval", &self.require_approval)
             .field("approvers_file", &self.approvers_file)
             .field("ui_approvals", &self.ui_approvals)
+            .field("audit_key", &self.audit_key)
+            .field("audit_anchor", &self.audit_anchor)
+            .field("evidence_signing_key", &self.evidence_signing_key)
             .finish()
     }
 }
@@ -233,6 +245,9 @@ impl Default for Settings {
             require_approval: None,
             approvers_file: None,
             ui_approvals: true,
+            audit_key: None,
+            audit_anchor: None,
+            evidence_signing_key: None,
         }
     }
 }
@@ -277,6 +292,9 @@ struct FileSettings {
     require_approval: Option<bool>,
     approvers_file: Option<PathBuf>,
     ui_approvals: Option<bool>,
+    audit_key_file: Option<PathBuf>,
+    audit_anchor: Option<String>,
+    evidence_signing_key_file: Option<PathBuf>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -285,8 +303,16 @@ pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
 /// The secret keys: each is read from `REVERIFY_<KEY>`, `REVERIFY_<KEY>_FILE`, the
 /// TOML's `<key>_file`, or the systemd credential named `<key>`.
-pub const SECRET_KEYS: [&str; 6] =
-    ["baanx_client_key", "token_key", "token_keys_previous", "smtp_password", "webhook_key", "notify_webhook_key"];
+pub const SECRET_KEYS: [&str; 8] = [
+    "baanx_client_key",
+    "token_key",
+    "token_keys_previous",
+    "smtp_password",
+    "webhook_key",
+    "notify_webhook_key",
+    "audit_key",
+    "evidence_signing_key",
+];
 
 impl Settings {
     /// This worker's share of every configured rate: `1 / workers`.
@@ -455,15 +481,21 @@ impl Settings {
         if let Some(u) = &s.metrics_push_url {
             parse_url("metrics_push_url", u)?;
         }
+        s.audit_anchor = get("audit_anchor", file.audit_anchor);
+        if let Some(a) = &s.audit_anchor {
+            crate::domain::endpoint::parse_anchor(a).map_err(|m| invalid("audit_anchor", m))?;
+        }
 
         // secrets: environment value, else environment _FILE, else the TOML's *_file
-        let file_paths: [Option<PathBuf>; 6] = [
+        let file_paths: [Option<PathBuf>; 8] = [
             file.baanx_client_key_file,
             file.token_key_file,
             file.token_keys_previous_file,
             file.smtp_password_file,
             file.webhook_key_file,
             file.notify_webhook_key_file,
+            file.audit_key_file,
+            file.evidence_signing_key_file,
         ];
         let mut secrets: Vec<Option<Secret>> = Vec::with_capacity(SECRET_KEYS.len());
         for (key, from_file) in SECRET_KEYS.iter().zip(file_paths) {
@@ -476,6 +508,8 @@ impl Settings {
         s.smtp_password = it.next().flatten();
         s.webhook_key = it.next().flatten();
         s.notify_webhook_key = it.next().flatten();
+        s.audit_key = it.next().flatten();
+        s.evidence_signing_key = it.next().flatten();
         Ok(s)
     }
 }
@@ -623,7 +657,7 @@ fn secret(env: &HashMap<String, String>, key: &str, from_file: Option<PathBuf>) 
             (None, None) => return Ok(None),
         },
     };
-    if matches!(key, "webhook_key" | "notify_webhook_key") && value.len() < MIN_WEBHOOK_KEY_BYTES {
+    if matches!(key, "webhook_key" | "notify_webhook_key" | "audit_key") && value.len() < MIN_WEBHOOK_KEY_BYTES {
         return Err(invalid(
             key,
             format!(
@@ -902,5 +936,32 @@ mod tests {
         let s = Settings::load_from(Some(&f), &env(&[])).unwrap();
         assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(s.max_concurrency, 64);
+    }
+
+    #[test]
+    fn the_audit_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("audit_key");
+        std::fs::write(&key, "short\n").unwrap();
+        let k = key.to_str().unwrap();
+        let e = Settings::load_from(None, &env(&[("REVERIFY_AUDIT_KEY_FILE", k)])).unwrap_err();
+        assert!(e.to_string().starts_with("audit_key: must be at least 32 bytes"), "{e}");
+        std::fs::write(&key, "an audit key of more than thirty-two bytes\n").unwrap();
+        let s = Settings::load_from(
+            None,
+            &env(&[("REVERIFY_AUDIT_KEY_FILE", k), ("REVERIFY_AUDIT_ANCHOR", "file:///var/lib/heads.jsonl")]),
+        )
+        .unwrap();
+        assert_eq!(s.audit_key.as_ref().map(|k| k.expose().len()), Some(42));
+        assert!(!format!("{s:?}").contains("thirty-two"), "the key is redacted");
+        assert_eq!(s.audit_anchor.as_deref(), Some("file:///var/lib/heads.jsonl"));
+        let e = Settings::load_from(None, &env(&[("REVERIFY_AUDIT_ANCHOR", "heads.jsonl")])).unwrap_err();
+        assert!(e.to_string().starts_with("audit_anchor: \"heads.jsonl\": use file:///PATH"), "{e}");
+        let signing = dir.path().join("signing");
+        std::fs::write(&signing, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        let s = Settings::load_from(None, &env(&[("REVERIFY_EVIDENCE_SIGNING_KEY_FILE", signing.to_str().unwrap())]))
+            .unwrap();
+        assert!(s.evidence_signing_key.is_some());
+        assert!(!format!("{s:?}").contains("OPENSSH"), "the signing key is redacted");
     }
 }

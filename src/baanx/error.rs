@@ -284,6 +284,8 @@ pub(crate) const EXCERPT_CHARS: usize = 160;
 pub fn scrub_excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(4 * EXCERPT_CHARS)]);
     let text = redact_sensitive_keys(&text);
+    // a person's address, wherever it stands (a body may echo the user)
+    let text = crate::domain::personal::redact_addresses(&text);
     let text = redact_long_runs(&text);
     let mut out: String = text.chars().filter(|c| !c.is_control() || *c == ' ').take(EXCERPT_CHARS).collect();
     if text.chars().count() > EXCERPT_CHARS || body.len() > 4 * EXCERPT_CHARS {
@@ -294,7 +296,9 @@ pub fn scrub_excerpt(body: &[u8]) -> String {
 
 fn is_sensitive_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["token", "url", "session", "secret", "password", "ssn", "birth", "address"].iter().any(|w| k.contains(w))
+    ["token", "url", "session", "secret", "password", "ssn", "birth", "address", "mail", "name", "phone"]
+        .iter()
+        .any(|w| k.contains(w))
 }
 
 /// Replaces the string value of sensitive JSON keys with `[redacted]`, also when
@@ -396,6 +400,15 @@ mod tests {
             assert!(!e.contains("abc123secret"), "{e}");
             assert!(!e.contains("verify.example/s"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_persons_address_and_names_never_survive_an_excerpt() {
+        let body = br#"{"id":"u1","email":"jane.doe@example.com","firstName":"Jane","lastName":"Doe","note":"write to jane.doe@example.com"}"#;
+        let e = scrub_excerpt(body);
+        assert!(!e.contains("jane.doe") && !e.contains("Jane") && !e.contains("Doe"), "{e}");
+        let e = scrub_excerpt(b"<p>No account for Jane.Doe@Example.com</p>");
+        assert_eq!(e, "<p>No account for [address]</p>");
     }
 
     #[test]

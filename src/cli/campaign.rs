@@ -190,9 +190,15 @@ pub enum CampaignCommand {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
-        /// Verify the audit chain (all events, every campaign) instead of listing.
+        /// Verify the audit chain (all events, every campaign) instead of listing:
+        /// every link (keyed with audit_key when set), then every head the anchor
+        /// recorded; only when all is well are the events waiting sealed (and listed).
         #[arg(long, conflicts_with = "user")]
         verify: bool,
+        /// With --verify: the anchor to compare with, instead of audit_anchor
+        /// (file:///PATH; for a syslog anchor, its exported lines).
+        #[arg(long, value_name = "URL", requires = "verify")]
+        anchor: Option<String>,
     },
     /// Write an evidence bundle for a regulator into DIR: the report, the audit
     /// events (with their chain hashes), every applied version of the campaign file,
@@ -267,11 +273,12 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             let (store, c) = ctx.existing_campaign(&name).await?;
             super::report::report(&store, &c, format, output.as_deref()).await
         }
-        CampaignCommand::Audit { name, verify: true, json, .. } => {
+        CampaignCommand::Audit { name, verify: true, json, anchor, .. } => {
             let (store, _) = ctx.existing_campaign(&name).await?;
+            let store = store.with_sealing(ctx.sealing(anchor.as_deref())?);
             super::evidence::verify_chain(&store, json).await
         }
-        CampaignCommand::Audit { name, user, json, verify: false } => {
+        CampaignCommand::Audit { name, user, json, verify: false, .. } => {
             let (store, c) = ctx.existing_campaign(&name).await?;
             super::report::audit(&store, &c, user, json).await
         }

@@ -193,11 +193,29 @@ impl Context {
         Ok((store, c))
     }
 
-    /// Opens the database and brings its schema up to date.
+    /// Opens the database and brings its schema up to date; its seals link with
+    /// `audit_key` and write to `audit_anchor` when they are set.
     pub async fn store(&self) -> anyhow::Result<Store> {
-        Store::open(&self.settings.database_url)
+        let store = Store::open(&self.settings.database_url)
             .await
-            .with_context(|| "failed to open the database (database_url)".to_string())
+            .with_context(|| "failed to open the database (database_url)".to_string())?;
+        Ok(store.with_sealing(self.sealing(None)?))
+    }
+
+    /// How this process seals the audit chain, from the settings; `anchor`, when
+    /// given, stands for `audit_anchor`.
+    pub fn sealing(&self, anchor: Option<&str>) -> anyhow::Result<reverify::store::chain::Sealing> {
+        use reverify::store::anchor::Anchor;
+        use reverify::store::chain::{AuditKey, Sealing};
+        let key = match &self.settings.audit_key {
+            Some(k) => Some(AuditKey::new(k.expose().as_bytes()).map_err(|m| anyhow::anyhow!("audit_key {m}"))?),
+            None => None,
+        };
+        let anchor = match anchor.or(self.settings.audit_anchor.as_deref()) {
+            Some(a) => Some(Anchor::parse(a)?),
+            None => None,
+        };
+        Ok(Sealing { key, anchor })
     }
 }
 

@@ -118,17 +118,42 @@ async fn forget(ctx: &Context, id: &UserId, yes: bool) -> anyhow::Result<u8> {
     }
     let store = ctx.store().await?;
     let forgotten = store.user_forget(id, &ctx.actor, chrono::Utc::now()).await?;
+    // the messages written for them: each holds their address and name
+    let outbox = match (&forgotten, &ctx.settings.outbox_dir) {
+        (Forgotten::Unknown, _) | (_, None) => 0,
+        (_, Some(dir)) => {
+            let removed = reverify::notify::outbox_forget_user(dir, id.as_str())?;
+            if !removed.is_empty() {
+                let event = reverify::store::events::NewEvent {
+                    actor: &ctx.actor,
+                    kind: "user.outbox_erased",
+                    campaign_id: None,
+                    user_id: Some(id),
+                    detail: Some(serde_json::json!({ "messages_removed": removed.len() })),
+                };
+                store.event_append(&event, chrono::Utc::now()).await?;
+            }
+            removed.len()
+        }
+    };
     super::seal(&store).await;
+    let outbox = match &ctx.settings.outbox_dir {
+        Some(_) => format!("; {outbox} messages removed from the outbox"),
+        None => String::new(),
+    };
     match forgotten {
         Forgotten::Now { targets, links } => {
             println!(
                 "user {id}: personal data erased (email, names, locale, time zone, tokens); {targets} open targets \
-                 skipped, {links} links revoked; the pseudonymous record and the audit trail are kept"
+                 skipped, {links} links revoked{outbox}; the pseudonymous record and the audit trail are kept"
             );
             Ok(exit::OK)
         }
         Forgotten::Already(at) => {
-            println!("user {id}: already forgotten at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            println!(
+                "user {id}: already forgotten at {}{outbox}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
             Ok(exit::OK)
         }
         Forgotten::Unknown => {

@@ -18,6 +18,36 @@ use std::net::{IpAddr, Ipv6Addr};
 /// What replaces a secret in a shown URL.
 const MASK: &str = "***";
 
+/// Where `audit_anchor` points: `file:///ABSOLUTE` (an append-only file), or the
+/// syslog socket (`syslog` for `/dev/log`, `syslog:///SOCKET`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnchorTarget {
+    File(std::path::PathBuf),
+    Syslog(std::path::PathBuf),
+}
+
+/// Parses `audit_anchor`; the error says what is accepted.
+///
+/// # Errors
+/// A message naming the value.
+pub fn parse_anchor(s: &str) -> Result<AnchorTarget, String> {
+    let s = s.trim();
+    let refused = || format!("{s:?}: use file:///PATH (an absolute path), syslog, or syslog:///SOCKET");
+    if s == "syslog" || s == "syslog://" {
+        return Ok(AnchorTarget::Syslog("/dev/log".into()));
+    }
+    let (scheme, rest) = s.split_once("://").ok_or_else(refused)?;
+    let path = std::path::Path::new(rest);
+    if !path.is_absolute() || rest.contains('?') || rest.contains('#') {
+        return Err(refused());
+    }
+    match scheme {
+        "file" => Ok(AnchorTarget::File(path.to_path_buf())),
+        "syslog" => Ok(AnchorTarget::Syslog(path.to_path_buf())),
+        _ => Err(refused()),
+    }
+}
+
 /// True when a query parameter's key names a secret: it contains `password`,
 /// `secret` or `token` (any case), like `password`, `sslpassword`, `client_secret`,
 /// `access_token`.

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod endpoint;
 pub mod ids;
 pub mod locale;
+pub mod personal;
 pub mod policy;
 pub mod proxies;
 pub mod schedule;

@@ -89,14 +89,25 @@ impl NotifyError {
     /// The same error with every occurrence of the URL (and of its query-less
     /// prefix, which alone may identify the session) replaced.
     pub(crate) fn scrubbed(self, url: &SessionUrl) -> Self {
-        let clean = |s: String| scrub(&s, url);
+        self.map_text(|s| scrub(&s, url))
+    }
+
+    /// The same error without the recipient's address, any other address, or the
+    /// recipient's names ([`crate::domain::personal::scrub_person`]): an SMTP reply
+    /// that quotes the recipient must not reach a log, a run's error or an event.
+    pub(crate) fn without_person(self, r: &super::Recipient) -> Self {
+        let names: Vec<&str> = [r.first_name.as_deref(), r.last_name.as_deref()].into_iter().flatten().collect();
+        self.map_text(|s| crate::domain::personal::scrub_person(&s, r.email.as_str(), &names))
+    }
+
+    fn map_text(self, clean: impl Fn(String) -> String) -> Self {
         match self {
             NotifyError::Transient { reason, retry_after } => {
                 NotifyError::Transient { reason: clean(reason), retry_after }
             }
             NotifyError::Permanent { reason } => NotifyError::Permanent { reason: clean(reason) },
             NotifyError::Ambiguous { reason } => NotifyError::Ambiguous { reason: clean(reason) },
-            NotifyError::Template(t) => NotifyError::Template(t.scrubbed(url)),
+            NotifyError::Template(t) => NotifyError::Template(t.map_text(clean)),
             NotifyError::Config { key, message } => NotifyError::Config { key, message: clean(message) },
         }
     }
@@ -122,10 +133,12 @@ pub enum TemplateError {
 
 impl TemplateError {
     pub(crate) fn scrubbed(self, url: &SessionUrl) -> Self {
+        self.map_text(|m| scrub(&m, url))
+    }
+
+    fn map_text(self, clean: impl Fn(String) -> String) -> Self {
         match self {
-            TemplateError::Broken { location, message } => {
-                TemplateError::Broken { location, message: scrub(&message, url) }
-            }
+            TemplateError::Broken { location, message } => TemplateError::Broken { location, message: clean(message) },
             other => other,
         }
     }

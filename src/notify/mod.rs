@@ -39,7 +39,7 @@ pub use check::{CampaignCheck, Channels, check_campaign, check_delivery, templat
 pub use email::build_email;
 pub use error::{NotifyError, TemplateError};
 pub use observer::{NotifyObserver, Unheard};
-pub use outbox::{Outbox, is_message_name};
+pub use outbox::{Outbox, forget_user as outbox_forget_user, is_message_name};
 pub use retry::DeliveryRetryPolicy;
 pub use smtp::{SmtpConfig, SmtpSender, TlsMode};
 pub use template::{
@@ -315,13 +315,13 @@ impl Notifier {
     }
 
     fn prepare_inner(&self, msg: &Message) -> Result<Outgoing<'_>, NotifyError> {
-        let scrub = |e: NotifyError| e.scrubbed(&msg.session_url);
+        let scrub = |e: NotifyError| e.scrubbed(&msg.session_url).without_person(&msg.recipient);
         match msg.delivery.channel {
             Channel::Email => {
                 let sender = self.email.as_ref().ok_or_else(|| {
                     NotifyError::config("smtp_url", "the campaign sends email: set smtp_url (or outbox_dir)")
                 })?;
-                let rendered = self.templates.render(msg)?;
+                let rendered = self.templates.render(msg).map_err(|e| scrub(e.into()))?;
                 if rendered.matched != LocaleMatch::Exact {
                     self.observer.locale_fallback(&msg.campaign, rendered.matched);
                 }
@@ -343,7 +343,7 @@ impl Notifier {
             Outgoing::Email(EmailSender::Outbox(o), email) => o.write(msg, email).await,
             Outgoing::Webhook(sender) => sender.send(msg).await,
         }
-        .map_err(|e| e.scrubbed(&msg.session_url));
+        .map_err(|e| e.scrubbed(&msg.session_url).without_person(&msg.recipient));
         match &result {
             Ok(d) => tracing::debug!(detail = %d.detail, "delivered"),
             Err(e) => tracing::debug!(error = %e, transient = e.is_transient(), "not delivered"),

@@ -60,6 +60,38 @@ pub fn is_message_name(name: &OsStr) -> bool {
     !name.starts_with('.') && name.ends_with(".eml")
 }
 
+/// Removes every message for user `user_id` from the outbox directory `dir`
+/// (`users forget`), then syncs the directory; returns the names removed. A
+/// directory that does not exist holds none. A message is the user's when its name
+/// says so (`…_CAMPAIGN_USERID_sSTEP.eml`; user ids are UUIDs, so one never
+/// contains another).
+///
+/// # Errors
+/// [`NotifyError::Config`] naming `outbox_dir`, the path and what failed.
+pub fn forget_user(dir: &Path, user_id: &str) -> Result<Vec<String>, NotifyError> {
+    let bad = |what: &str, e: std::io::Error| NotifyError::config(KEY, format!("{}: {what}: {e}", dir.display()));
+    let entries = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(bad("cannot read", e)),
+    };
+    let marker = format!("_{user_id}_s");
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| bad("cannot read", e))?;
+        let name = entry.file_name();
+        if is_message_name(&name) && name.to_string_lossy().contains(&marker) {
+            std::fs::remove_file(entry.path()).map_err(|e| bad("cannot remove a message", e))?;
+            removed.push(name.to_string_lossy().into_owned());
+        }
+    }
+    if !removed.is_empty() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| bad("cannot sync", e))?;
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 impl Outbox {
     /// Opens the directory, creating it (0700) when missing, and tightening it to
     /// 0700 when others could read it.

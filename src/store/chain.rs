@@ -17,16 +17,35 @@
 //!   head, or no seal although it is dated more than [`SEAL_GRACE`] before the last
 //!   seal ran (every legitimate event is committed within moments of its time, and
 //!   sealed by the next seal). The sealer never seals such a row, so it stays visible.
-//! - **Limits**: SHA-256 is not keyed: whoever can write the database can rebuild the
-//!   whole chain, or append plausible events after the head. The head's hash kept
-//!   elsewhere (an evidence bundle's `manifest.json`, a log line) pins everything
-//!   before it.
+//! - **Keyed links** (`audit_key`, [`Sealing::key`]): with a key kept outside the
+//!   database, each link is an HMAC-SHA256 of the same array instead of its SHA-256,
+//!   stored as `hmac-sha256:` and the hex ([`KEYED`]), so that nobody who can write
+//!   the database but lacks the key can recompute a link. Links sealed before the
+//!   key was set stay plain; once a link is keyed, every later one must be
+//!   ([`ChainProblem::Unkeyed`]), and a process without the key refuses to seal
+//!   after a keyed head (the events wait for a process that has it).
+//! - **The anchor** (`audit_anchor`, [`super::anchor`]): every seal that moves the
+//!   head appends it outside the database before it commits. `--verify` compares
+//!   the chain with every head the anchor recorded: a cut tail, a rewound head or
+//!   a rebuilt chain no longer matches ([`ChainProblem::Behind`],
+//!   [`ChainProblem::AnchorDiffers`]).
+//! - **Verify checks before it seals**: [`Store::audit_verify`] reads the chain as
+//!   it is, and seals the events waiting only when nothing is wrong, listing what
+//!   it sealed so that an event made up a moment ago is seen, not absorbed.
+//! - **Limits**: without a key, whoever can write the database can rebuild the whole
+//!   chain; without an anchor, they can also cut its tail and set the head back.
+//!   With both, they can still append events that the next seal takes in (the
+//!   sealer cannot tell a made-up row from a real one written by the same
+//!   database role): deploy/README.md says how to keep the application's role from
+//!   changing or deleting events, and the list of what a seal took in is shown.
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Row};
 
+use super::anchor::{Anchor, AnchoredHead};
 use super::group::{Arg, json_args, json_rows};
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 
@@ -43,7 +62,7 @@ pub const SEAL_GRACE: chrono::Duration = chrono::Duration::minutes(10);
 const SEAL_BATCH: i64 = 5000;
 
 /// An event's stored columns, as hashed.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChainedEvent {
     pub event_id: i64,
     pub at_ms: i64,
@@ -58,13 +77,90 @@ pub struct ChainedEvent {
     pub hash: Option<String>,
 }
 
-/// The hash of the event at place `seq` after `prev_hash`: lower-case hex SHA-256
-/// of the JSON array `[seq, prev_hash, event_id, at_ms, actor, kind, campaign_id,
-/// user_id, detail]` (`null` for a missing value; the detail as stored text).
+/// What a keyed link starts with.
+pub const KEYED: &str = "hmac-sha256:";
+
+/// The shortest `audit_key` accepted: an HMAC-SHA256 key shorter than the hash
+/// gives away strength.
+pub const MIN_AUDIT_KEY_BYTES: usize = 32;
+
+/// `audit_key`: the bytes links are keyed with. `Debug` shows nothing of them.
+#[derive(Clone)]
+pub struct AuditKey(zeroize::Zeroizing<Vec<u8>>);
+
+impl AuditKey {
+    /// The key's bytes (the secret file's contents, trimmed).
+    ///
+    /// # Errors
+    /// A message when it is shorter than [`MIN_AUDIT_KEY_BYTES`].
+    pub fn new(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < MIN_AUDIT_KEY_BYTES {
+            return Err(format!(
+                "is {} bytes; an audit key needs at least {MIN_AUDIT_KEY_BYTES} (reverify keygen prints one)",
+                bytes.len()
+            ));
+        }
+        Ok(Self(zeroize::Zeroizing::new(bytes.to_vec())))
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey([REDACTED])")
+    }
+}
+
+/// How this process seals: the key its links are made with, and where each new
+/// head goes. The default (neither) seals plain SHA-256 links and anchors nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Sealing {
+    pub key: Option<AuditKey>,
+    pub anchor: Option<Anchor>,
+}
+
+fn canonical(seq: i64, prev_hash: &str, e: &ChainedEvent) -> String {
+    serde_json::json!([seq, prev_hash, e.event_id, e.at_ms, e.actor, e.kind, e.campaign_id, e.user_id, e.detail])
+        .to_string()
+}
+
+/// The plain link of the event at place `seq` after `prev_hash`: lower-case hex
+/// SHA-256 of the JSON array `[seq, prev_hash, event_id, at_ms, actor, kind,
+/// campaign_id, user_id, detail]` (`null` for a missing value; the detail as
+/// stored text).
 pub fn event_hash(seq: i64, prev_hash: &str, e: &ChainedEvent) -> String {
-    let canonical =
-        serde_json::json!([seq, prev_hash, e.event_id, e.at_ms, e.actor, e.kind, e.campaign_id, e.user_id, e.detail]);
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    hex::encode(Sha256::digest(canonical(seq, prev_hash, e).as_bytes()))
+}
+
+/// The keyed link: [`KEYED`] and the hex HMAC-SHA256 of the same array.
+pub fn keyed_hash(key: &AuditKey, seq: i64, prev_hash: &str, e: &ChainedEvent) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).expect("HMAC takes a key of any length");
+    mac.update(canonical(seq, prev_hash, e).as_bytes());
+    format!("{KEYED}{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The link a sealer with `key` (or none) makes.
+pub fn link_hash(key: Option<&AuditKey>, seq: i64, prev_hash: &str, e: &ChainedEvent) -> String {
+    match key {
+        Some(k) => keyed_hash(k, seq, prev_hash, e),
+        None => event_hash(seq, prev_hash, e),
+    }
+}
+
+/// Whether a stored link was made with a key.
+pub fn is_keyed(hash: &str) -> bool {
+    hash.starts_with(KEYED)
+}
+
+/// Whether `hash` is the right link for `e` at `seq` after `prev`: a plain link
+/// recomputed, a keyed one with `key`. `None` when it is keyed and there is no key.
+fn link_holds(key: Option<&AuditKey>, seq: i64, prev: &str, e: &ChainedEvent, hash: &str) -> Option<bool> {
+    if is_keyed(hash) {
+        let key = key?;
+        let want = keyed_hash(key, seq, prev, e);
+        Some(subtle::ConstantTimeEq::ct_eq(want.as_bytes(), hash.as_bytes()).into())
+    } else {
+        Some(event_hash(seq, prev, e) == hash)
+    }
 }
 
 /// The chain's head: the last sealed place and its hash.
@@ -99,6 +195,33 @@ pub enum ChainProblem {
     /// The head row does not match the last sealed event.
     #[error("the chain's head (place {seq}) does not match the last sealed event")]
     Head { seq: i64 },
+    /// A keyed link, and no key to check it with.
+    #[error(
+        "event {event_id} (chain place {seq}) is linked with audit_key, which is not set here: \
+         set audit_key (REVERIFY_AUDIT_KEY_FILE) to check the chain"
+    )]
+    NeedsKey { event_id: i64, seq: i64 },
+    /// A plain link after keyed ones.
+    #[error(
+        "event {event_id} (chain place {seq}) is not linked with audit_key although the links before it are: \
+         the chain was rebuilt from here by someone without the key, or sealed by a process without it"
+    )]
+    Unkeyed { event_id: i64, seq: i64 },
+    /// The chain ends before a head the anchor recorded.
+    #[error(
+        "the chain's head is at place {head}, but the anchor recorded place {anchored} (sealed {anchored_at}): \
+         the tail was cut or the head set back; the first event missing is the one at chain place {first}{}",
+        next_event.map(|id| format!(" (event {id} is still stored there, past the head)")).unwrap_or_default()
+    )]
+    Behind { head: i64, anchored: i64, anchored_at: String, first: i64, next_event: Option<i64> },
+    /// An anchored place holds another link than the anchor recorded.
+    #[error(
+        "event {event_id} at chain place {seq} is not the one the anchor recorded there (sealed {anchored_at}): \
+         the chain was rebuilt; it matches the anchor up to place {matched}, so the first event that differs \
+         is at a place from {} to {seq}",
+        matched + 1
+    )]
+    AnchorDiffers { event_id: i64, seq: i64, anchored_at: String, matched: i64 },
 }
 
 /// What `campaign audit --verify` found.
@@ -106,11 +229,35 @@ pub enum ChainProblem {
 pub struct ChainReport {
     /// Sealed events checked.
     pub checked: u64,
-    /// Events written too recently to be sealed (a run in progress), not checked.
+    /// Of those, how many links are keyed with `audit_key`.
+    pub keyed: u64,
+    /// Events left unsealed: written too recently to be sealed (a run in
+    /// progress), or waiting because the check found a problem.
     pub unsealed: u64,
+    /// The head checked (before the seal that follows a clean check).
     pub head: ChainHead,
     pub problem: Option<ChainProblem>,
+    /// What the anchor said, when one is set.
+    pub anchor: Option<AnchorReport>,
+    /// The events the seal after a clean check took in, oldest first (at most
+    /// [`LISTED_AFTER_CHECK`]): checked by nobody yet, so shown.
+    pub sealed_after_check: Vec<ChainedEvent>,
+    /// The head after that seal.
+    pub head_after: Option<ChainHead>,
 }
+
+/// The anchor's side of a verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnchorReport {
+    pub anchor: String,
+    /// Heads it recorded; `None` when it cannot be read back (syslog).
+    pub heads: Option<u64>,
+    /// The last head it recorded, matched against the chain.
+    pub last: Option<AnchoredHead>,
+}
+
+/// The most newly sealed events a verify lists.
+pub const LISTED_AFTER_CHECK: u32 = 50;
 
 const COLUMNS: &str = "event_id, at, actor, kind, campaign_id, user_id, detail, chain_seq, prev_hash, hash";
 
@@ -149,27 +296,35 @@ impl Store {
         head_in(&mut conn, "").await
     }
 
-    /// Up to `limit` of the campaign's events with an id above `after`, oldest
-    /// first, as stored (seals included): for an evidence bundle.
+    /// The chain place of the campaign's first sealed event, if it has one.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn audit_events_page(
-        &self,
-        campaign_id: i64,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<ChainedEvent>, StoreError> {
+    pub async fn audit_campaign_first(&self, campaign_id: i64) -> Result<Option<i64>, StoreError> {
+        sqlx::query("SELECT MIN(chain_seq) AS s FROM events WHERE campaign_id = $1")
+            .bind(campaign_id)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|r| r.try_get::<Option<i64>, _>("s"))
+            .map_err(query_err("audit_campaign_first"))
+    }
+
+    /// Up to `limit` sealed events with a chain place above `after` and at most
+    /// `to`, in chain order, as stored: a segment of the chain.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn audit_segment_page(&self, after: i64, to: i64, limit: u32) -> Result<Vec<ChainedEvent>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE campaign_id = $1 AND event_id > $2 ORDER BY event_id LIMIT {limit}"
+            "SELECT {COLUMNS} FROM events WHERE chain_seq > $1 AND chain_seq <= $2 ORDER BY chain_seq LIMIT {limit}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(campaign_id)
             .bind(after)
+            .bind(to)
             .fetch_all(self.pool())
             .await
-            .map_err(query_err("audit_events_page"))?;
-        rows.iter().map(chained_from_row).collect::<Result<_, _>>().map_err(query_err("audit_events_page"))
+            .map_err(query_err("audit_segment_page"))?;
+        rows.iter().map(chained_from_row).collect::<Result<_, _>>().map_err(query_err("audit_segment_page"))
     }
 
     /// [`Store::audit_seal`] at the end of a command or an action, where a failure
@@ -180,15 +335,31 @@ impl Store {
         }
     }
 
+    /// This store with `sealing`: the key its seals link with, the anchor they
+    /// write to.
+    #[must_use]
+    pub fn with_sealing(mut self, sealing: Sealing) -> Self {
+        self.sealing = std::sync::Arc::new(sealing);
+        self
+    }
+
+    /// How this store seals.
+    pub fn sealing(&self) -> &Sealing {
+        &self.sealing
+    }
+
     /// Seals every committed unsealed event (see the module docs), a batch per
-    /// transaction, and returns how many and the head. Safe to run from any number
-    /// of processes at once: sealers take turns.
+    /// transaction, and returns how many and the head. Each batch's head goes to
+    /// the anchor before the batch commits. Safe to run from any number of
+    /// processes at once: sealers take turns.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when a row already holds a place beyond the head (a
-    /// made-up seal: `--verify` names it), [`StoreError::Query`].
+    /// made-up seal: `--verify` names it), when the head is keyed and this store
+    /// has no key, or when the anchor cannot be written; [`StoreError::Query`].
     pub async fn audit_seal(&self, now: DateTime<Utc>) -> Result<(u64, ChainHead), StoreError> {
         let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let key = self.sealing.key.as_ref();
         let mut sealed = 0u64;
         // decided once per seal: the previous seal's time, less the grace
         let mut oldest: Option<i64> = None;
@@ -228,11 +399,18 @@ impl Store {
                 .map(chained_from_row)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(query_err("audit_seal select"))?;
+            if !events.is_empty() && key.is_none() && is_keyed(&head.hash) {
+                return Err(StoreError::Conflict(
+                    "the audit chain is keyed with audit_key, which is not set for this process: \
+                     its events stay unsealed until a process with the key seals them"
+                        .into(),
+                ));
+            }
             let (mut seq, mut prev) = (head.seq, head.hash.clone());
             let mut seals = Vec::with_capacity(events.len());
             for e in &events {
                 seq += 1;
-                let hash = event_hash(seq, &prev, e);
+                let hash = link_hash(key, seq, &prev, e);
                 seals.push(serde_json::json!([e.event_id, seq, prev, hash]));
                 prev = hash;
             }
@@ -255,6 +433,22 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err("audit_seal head"))?;
+            // the anchor hears of the head before it commits, in chain order (the
+            // head is locked): no committed head is missing from it
+            if let (Some(anchor), Some(last)) = (&self.sealing.anchor, events.last()) {
+                let line = AnchoredHead {
+                    seq,
+                    hash: prev.clone(),
+                    at: now,
+                    event_id: last.event_id,
+                    sealed: events.len() as u64,
+                };
+                let anchor = anchor.clone();
+                tokio::task::spawn_blocking(move || anchor.append(&line))
+                    .await
+                    .map_err(|e| StoreError::Conflict(format!("audit anchor: {e}")))?
+                    .map_err(|e| StoreError::Conflict(format!("the seal was not committed: {e}")))?;
+            }
             tx.commit().await.map_err(query_err("audit_seal commit"))?;
             sealed += events.len() as u64;
             if (events.len() as i64) < SEAL_BATCH {
@@ -263,24 +457,64 @@ impl Store {
         }
     }
 
-    /// Seals what is unsealed (unless a made-up seal is in the way), then checks the
-    /// whole chain from its first place to the head and returns the first problem.
+    /// Checks the whole chain as stored, from its first place to the head, against
+    /// the anchor's heads when an anchor is set; then, only when nothing is wrong,
+    /// seals what waits and lists it. Returns the first problem.
     ///
     /// # Errors
-    /// [`StoreError::Query`].
+    /// [`StoreError::Query`]; [`StoreError::Conflict`] when the anchor cannot be
+    /// read.
     pub async fn audit_verify(&self, now: DateTime<Utc>) -> Result<ChainReport, StoreError> {
-        match self.audit_seal(now).await {
-            Ok(_) | Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
+        let key = self.sealing.key.as_ref();
         let head = self.audit_head().await?;
-        let mut report = ChainReport { checked: 0, unsealed: 0, head: head.clone(), problem: None };
+        let mut report = ChainReport {
+            checked: 0,
+            keyed: 0,
+            unsealed: 0,
+            head: head.clone(),
+            problem: None,
+            anchor: None,
+            sealed_after_check: Vec::new(),
+            head_after: None,
+        };
+        // the anchor's heads by place (the last line for a place wins)
+        let mut anchored = std::collections::BTreeMap::new();
+        if let Some(anchor) = &self.sealing.anchor {
+            let a = anchor.clone();
+            let heads = tokio::task::spawn_blocking(move || a.read())
+                .await
+                .map_err(|e| StoreError::Conflict(format!("audit anchor: {e}")))?
+                .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            report.anchor = Some(AnchorReport {
+                anchor: anchor.shown(),
+                heads: heads.as_ref().map(|h| h.len() as u64),
+                last: heads.as_ref().and_then(|h| h.iter().max_by_key(|h| h.seq).cloned()),
+            });
+            for h in heads.into_iter().flatten().filter(|h| h.seq > 0) {
+                anchored.insert(h.seq, h);
+            }
+        }
+        let anchored_max = anchored.last_key_value().map(|(_, h)| h.clone());
+        let behind = |head_seq: i64, next_event: Option<i64>| {
+            anchored_max.as_ref().filter(|a| a.seq > head_seq).map(|a| ChainProblem::Behind {
+                head: head_seq,
+                anchored: a.seq,
+                anchored_at: a.at.to_rfc3339(),
+                first: head_seq + 1,
+                next_event,
+            })
+        };
         let (mut expect, mut prev, mut prev_id) = (1i64, GENESIS.to_owned(), 0i64);
+        let mut matched = 0i64;
+        let mut seen_keyed = false;
         let mut after = i64::MIN;
         'pages: loop {
-            let sql = format!("SELECT {COLUMNS} FROM events WHERE chain_seq > $1 ORDER BY chain_seq LIMIT 5000");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE chain_seq > $1 AND chain_seq <= $2 ORDER BY chain_seq LIMIT 5000"
+            );
             let rows = sqlx::query(AssertSqlSafe(sql))
                 .bind(after)
+                .bind(head.seq)
                 .fetch_all(self.pool())
                 .await
                 .map_err(query_err("audit_verify"))?;
@@ -291,26 +525,48 @@ impl Store {
                 let e = chained_from_row(r).map_err(query_err("audit_verify"))?;
                 let seq = e.chain_seq.unwrap_or_default();
                 after = seq;
-                let problem = if seq < expect || seq > head.seq {
+                let stored = e.hash.as_deref().unwrap_or("");
+                let problem = if seq < expect {
                     Some(ChainProblem::Inserted {
                         event_id: e.event_id,
                         why: format!("it holds chain place {seq}, which the sealer never gave out"),
                     })
                 } else if seq > expect {
                     Some(ChainProblem::Removed { seq: expect, after: prev_id })
-                } else if e.hash.as_deref() != Some(event_hash(seq, e.prev_hash.as_deref().unwrap_or(""), &e).as_str())
-                {
-                    Some(ChainProblem::Changed { event_id: e.event_id, seq })
-                } else if e.prev_hash.as_deref() != Some(prev.as_str()) {
-                    Some(ChainProblem::Relinked { event_id: e.event_id, seq, before: prev_id })
                 } else {
-                    None
+                    match link_holds(key, seq, e.prev_hash.as_deref().unwrap_or(""), &e, stored) {
+                        None => Some(ChainProblem::NeedsKey { event_id: e.event_id, seq }),
+                        Some(false) => Some(ChainProblem::Changed { event_id: e.event_id, seq }),
+                        Some(true) if e.prev_hash.as_deref() != Some(prev.as_str()) => {
+                            Some(ChainProblem::Relinked { event_id: e.event_id, seq, before: prev_id })
+                        }
+                        Some(true) if seen_keyed && !is_keyed(stored) => {
+                            Some(ChainProblem::Unkeyed { event_id: e.event_id, seq })
+                        }
+                        Some(true) => match anchored.get(&seq) {
+                            Some(a) if a.hash != stored => Some(ChainProblem::AnchorDiffers {
+                                event_id: e.event_id,
+                                seq,
+                                anchored_at: a.at.to_rfc3339(),
+                                matched,
+                            }),
+                            Some(_) => {
+                                matched = seq;
+                                None
+                            }
+                            None => None,
+                        },
+                    }
                 };
                 if problem.is_some() {
                     report.problem = problem;
                     break 'pages;
                 }
                 report.checked += 1;
+                if is_keyed(stored) {
+                    seen_keyed = true;
+                    report.keyed += 1;
+                }
                 expect += 1;
                 prev = e.hash.unwrap_or_default();
                 prev_id = e.event_id;
@@ -322,6 +578,23 @@ impl Store {
             } else if prev != head.hash {
                 report.problem = Some(ChainProblem::Head { seq: head.seq });
             }
+        }
+        // a row beyond the head: a seal that committed since the head was read, a
+        // head set back (the anchor knows), or a made-up seal
+        if report.problem.is_none()
+            && let Some((id, seq)) = self.first_beyond(head.seq).await?
+        {
+            let now_head = self.audit_head().await?;
+            let beyond = if seq <= now_head.seq { self.first_beyond(now_head.seq).await? } else { Some((id, seq)) };
+            if let Some((id, seq)) = beyond {
+                report.problem = behind(head.seq, Some(id)).or(Some(ChainProblem::Inserted {
+                    event_id: id,
+                    why: format!("it holds chain place {seq}, which the sealer never gave out"),
+                }));
+            }
+        }
+        if report.problem.is_none() {
+            report.problem = behind(head.seq, None);
         }
         // unsealed rows: too recent to seal, or dated before the last seal's grace
         let oldest = head.sealed_at.map_or(i64::MIN, |t| to_millis(t - SEAL_GRACE));
@@ -338,6 +611,35 @@ impl Store {
                 why: "it was never sealed, and is dated before the last seal".into(),
             });
         }
+        // checked and clean: now seal what waits, and show it
+        if report.problem.is_none() {
+            match self.audit_seal(now).await {
+                Ok((n, after_head)) => {
+                    if n > 0 {
+                        let sql = format!(
+                            "SELECT {COLUMNS} FROM events WHERE chain_seq > $1 AND chain_seq <= $2 \
+                             ORDER BY chain_seq LIMIT {LISTED_AFTER_CHECK}"
+                        );
+                        let rows = sqlx::query(AssertSqlSafe(sql))
+                            .bind(head.seq)
+                            .bind(after_head.seq)
+                            .fetch_all(self.pool())
+                            .await
+                            .map_err(query_err("audit_verify sealed"))?;
+                        report.sealed_after_check = rows
+                            .iter()
+                            .map(chained_from_row)
+                            .collect::<Result<_, _>>()
+                            .map_err(query_err("audit_verify sealed"))?;
+                    }
+                    report.head_after = Some(after_head);
+                }
+                Err(StoreError::Conflict(why)) => {
+                    tracing::warn!(%why, "the chain checked clean, but the events waiting were not sealed")
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let n = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE chain_seq IS NULL")
             .fetch_one(self.pool())
             .await
@@ -345,6 +647,18 @@ impl Store {
             .map_err(query_err("audit_verify unsealed"))?;
         report.unsealed = u64::try_from(n).unwrap_or(0);
         Ok(report)
+    }
+
+    /// The first event holding a place beyond `seq`: its id and place.
+    async fn first_beyond(&self, seq: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        let r = sqlx::query("SELECT event_id, chain_seq FROM events WHERE chain_seq > $1 ORDER BY chain_seq LIMIT 1")
+            .bind(seq)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_err("audit_verify beyond"))?;
+        r.map(|r| Ok((r.try_get("event_id")?, r.try_get("chain_seq")?)))
+            .transpose()
+            .map_err(query_err("audit_verify beyond"))
     }
 }
 

@@ -53,6 +53,7 @@ macro_rules! our_target {
     };
 }
 
+pub mod anchor;
 pub mod approvals;
 pub mod campaigns;
 pub mod chain;
@@ -128,6 +129,9 @@ pub struct Store {
     backend: Backend,
     /// Set by [`Store::with_group_commit`]: writes go through shared transactions.
     group: Option<group::Group>,
+    /// How this process seals the audit chain: its key and anchor
+    /// ([`Store::with_sealing`]).
+    sealing: std::sync::Arc<chain::Sealing>,
 }
 
 pub use crate::domain::endpoint::redact_url;
@@ -250,7 +254,7 @@ impl Store {
         .acquire_timeout(Duration::from_secs(30));
         let pool =
             pool_options.connect_with(options).await.map_err(|source| StoreError::Connect { url: shown, source })?;
-        Ok(Self { pool, backend, group: None })
+        Ok(Self { pool, backend, group: None, sealing: Default::default() })
     }
 
     /// Connects and brings the schema up to date.
@@ -269,10 +273,26 @@ impl Store {
     /// [`StoreError::Migrate`].
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
+            // a schema already up to date needs nothing: the application's role of
+            // deploy/sql/events-append-only.sql may not create anything, not even
+            // sqlx's bookkeeping table, which the migrator creates before it reads it
+            Backend::Postgres if self.postgres_schema_is_current().await => {}
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// Whether every migration is applied (and none failed): read from sqlx's
+    /// bookkeeping table, `false` on any error (no table yet: the migrator runs).
+    async fn postgres_schema_is_current(&self) -> bool {
+        let applied: Result<Vec<i64>, _> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await;
+        let mut wanted: Vec<i64> = POSTGRES_MIGRATIONS.iter().map(|m| m.version).collect();
+        wanted.sort_unstable();
+        applied.is_ok_and(|a| a == wanted)
     }
 
     /// The engine.

@@ -48,6 +48,16 @@ pub fn csrf_field(v: &Viewer) -> String {
 /// A whole page: head, the bar with the search and the viewer, `body`.
 /// `refresh` adds a meta refresh (a running campaign).
 pub fn page(title: &str, viewer: Option<&Viewer>, refresh: Option<u32>, body: &str) -> String {
+    // a viewer sees every address on every page masked: the user's, and any an
+    // actor, an event's detail or an error text holds (the audit trail included)
+    let masked;
+    let body = match viewer {
+        Some(v) if !v.role.sees_personal_data() => {
+            masked = crate::domain::personal::map_addresses(body, super::auth::mask_email);
+            masked.as_str()
+        }
+        _ => body,
+    };
     let refresh = refresh.map_or_else(String::new, |s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"));
     let bar = match viewer {
         Some(v) => format!(

@@ -136,9 +136,11 @@ async fn four_eyes(db: TestDb) {
     assert_eq!(approvals.len(), 2);
     let templates = std::fs::read_dir(bin.path("ev/templates")).unwrap().count();
     assert_eq!(templates, 1, "one template version, named by the approvals and the deliveries");
+    // unsigned (no evidence_signing_key): it all matches, but that is integrity only
     let o = bin.run(&["evidence", "verify", "ev"]).await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(stdout(&o).contains(": ok: campaign kyc-4e"), "{}", text(&o));
+    assert!(stderr(&o).contains("integrity only, not origin"), "{}", text(&o));
     let o = bin.run(&["campaign", "evidence", "kyc-4e", "--output", "ev"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(stderr(&o).contains("exists and is not empty"), "{}", text(&o));

@@ -5,6 +5,7 @@
 mod approvals;
 mod common;
 mod docs;
+mod evidence;
 mod exit_codes;
 mod followup;
 mod gates;

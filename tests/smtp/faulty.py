@@ -9,7 +9,8 @@ A RULE is PATTERN=ACTION or PATTERN=ACTION*COUNT. A recipient address that conta
 PATTERN gets ACTION, COUNT times (every time when no COUNT is given), and is accepted
 afterwards. ACTION is one of:
 
-- a reply code at RCPT TO (450, 451, 452 say "try later"; 550, 553 say "never");
+- a reply code at RCPT TO (450, 451, 452 say "try later"; 550, 553 say "never"),
+  quoting the recipient as Postfix does (`450 4.2.1 <jane@example.com>: Mailbox busy`);
 - "drop": close the connection at RCPT TO, without a reply;
 - "accept-drop": at the end of the message data, store the message in the Maildir,
   then close the connection without a reply (it arrived, but the client cannot know);
@@ -85,7 +86,10 @@ class FaultyMailbox(Mailbox):
             server.transport.close()
             return "421 4.3.2 Closing connection"
         if action is not None:
-            return f"{action} {TEXTS.get(action, 'Refused by the test server')}"
+            # as Postfix does, the refusal quotes the recipient: a client must not
+            # log or store it as it is
+            status, _, text = TEXTS.get(action, "5.0.0 Refused by the test server").partition(" ")
+            return f"{action} {status} <{address}>: {text}"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
