@@ -137,6 +137,9 @@ pub struct Settings {
     /// Four eyes (`require_approval`, default false): a campaign version runs only
     /// after `campaign approve` by someone other than whoever applied it.
     pub require_approval: bool,
+    /// `[brand]`: who every campaign's messages are from (a campaign's own
+    /// `[brand]` overrides it field by field); none by default.
+    pub brand: Option<crate::domain::spec::Brand>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -171,6 +174,7 @@ impl std::fmt::Debug for Settings {
             .field("ui_users_file", &self.ui_users_file)
             .field("ui_trusted_user_header", &self.ui_trusted_user_header)
             .field("require_approval", &self.require_approval)
+            .field("brand", &self.brand)
             .finish()
     }
 }
@@ -208,6 +212,7 @@ impl Default for Settings {
             ui_users_file: None,
             ui_trusted_user_header: None,
             require_approval: false,
+            brand: None,
         }
     }
 }
@@ -248,6 +253,7 @@ struct FileSettings {
     ui_users_file: Option<PathBuf>,
     ui_trusted_user_header: Option<String>,
     require_approval: Option<bool>,
+    brand: Option<crate::domain::spec::Brand>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -433,6 +439,10 @@ impl Settings {
         if let Some(u) = &s.metrics_push_url {
             parse_url("metrics_push_url", u)?;
         }
+        if let Some(b) = &file.brand {
+            b.check().map_err(|(field, m)| invalid(&format!("brand.{field}"), m))?;
+        }
+        s.brand = file.brand;
 
         // secrets: environment value, else environment _FILE, else the TOML's *_file
         let file_paths: [Option<PathBuf>; 6] = [

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -137,21 +137,35 @@ fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
     r
 }
 
+/// The language of a page shown before the link is known (an unknown link, the
+/// per-address limit): the first of the browser's `Accept-Language` that we
+/// write, else English.
+fn browser_lang(headers: &HeaderMap) -> Lang {
+    headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| range.split(';').next().map(str::trim))
+        .find_map(crate::domain::locale::Lang::known)
+        .unwrap_or(Lang::En)
+}
+
 /// What a token leads to before anything is done: the link, or the page to show.
-async fn find(s: &Clicks, token: &str, now: DateTime<Utc>) -> Result<LinkRow, Response> {
+async fn find(s: &Clicks, token: &str, now: DateTime<Utc>, hint: Lang) -> Result<LinkRow, Response> {
     // a token is 43 characters of URL-safe base64; anything else is not one of ours
     if token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, Lang::En));
+        return Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, hint));
     }
     match s.store.link_find(&link_token_hash(token)).await {
         Ok(Some(link)) if link.revoked || link.expires_at <= now => {
             Err(respond(StatusCode::GONE, &Page::Gone, Lang::of(link.locale.as_deref())))
         }
         Ok(Some(link)) => Ok(link),
-        Ok(None) => Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, Lang::En)),
+        Ok(None) => Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, hint)),
         Err(e) => {
             warn!(error = %e, "click: the database failed");
-            Err(respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, Lang::En))
+            Err(respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, hint))
         }
     }
 }
@@ -164,11 +178,18 @@ fn too_many(lang: Lang) -> Response {
 
 /// The link of `token` and its user's language, within the address's rate; or the
 /// page to answer instead.
-async fn open(s: &Clicks, peer: SocketAddr, token: &str, now: DateTime<Utc>) -> Result<(LinkRow, Lang), Response> {
+async fn open(
+    s: &Clicks,
+    peer: SocketAddr,
+    token: &str,
+    now: DateTime<Utc>,
+    headers: &HeaderMap,
+) -> Result<(LinkRow, Lang), Response> {
+    let hint = browser_lang(headers);
     if s.per_address.check_key(&peer.ip()).is_err() {
-        return Err(too_many(Lang::En));
+        return Err(too_many(hint));
     }
-    let link = find(s, token, now).await?;
+    let link = find(s, token, now, hint).await?;
     let lang = Lang::of(link.locale.as_deref());
     Ok((link, lang))
 }
@@ -178,9 +199,10 @@ async fn show(
     State(s): State<Arc<Clicks>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let now = s.clock.now();
-    let (link, lang) = match open(&s, peer, &token, now).await {
+    let (link, lang) = match open(&s, peer, &token, now, &headers).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -193,9 +215,10 @@ async fn click(
     State(s): State<Arc<Clicks>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let now = s.clock.now();
-    let (link, lang) = match open(&s, peer, &token, now).await {
+    let (link, lang) = match open(&s, peer, &token, now, &headers).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -250,9 +273,10 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
         Ok(ClickReservation::Skipped(crate::domain::SkipReason::Pending)) => {
             return respond(StatusCode::OK, &Page::Pending, lang);
         }
-        Ok(ClickReservation::Deferred { until, .. }) => {
+        Ok(ClickReservation::Deferred { until, reason }) => {
             let at = pages::when(until, link.timezone.as_deref(), lang);
-            return respond(StatusCode::OK, &Page::NotYet { at }, lang);
+            let tomorrow = pages::is_another_day(now, until, link.timezone.as_deref());
+            return respond(StatusCode::OK, &Page::NotYet { at, why: Some(reason), tomorrow }, lang);
         }
         Err(e) => {
             warn!(error = %e, "click: the database failed");
@@ -315,7 +339,9 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
 fn api_trouble(f: &ApiFailure, lang: Lang) -> Response {
     warn!(error = %f, "click: the Baanx call failed");
     match f {
-        ApiFailure::UserLimited { .. } => respond(StatusCode::OK, &Page::NotYet { at: None }, lang),
+        ApiFailure::UserLimited { .. } => {
+            respond(StatusCode::OK, &Page::NotYet { at: None, why: None, tomorrow: false }, lang)
+        }
         ApiFailure::ConsentRequired | ApiFailure::Forbidden(_) => respond(StatusCode::OK, &Page::Contact, lang),
         _ => respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang),
     }

@@ -6,8 +6,13 @@
 //!   chrono's `unstable-locales` (a large generated table, behind a feature its
 //!   authors call unstable): seven languages need 133 words.
 //! - A locale tag is matched without regard to case and with `_` read as `-`
-//!   (`de_at` is `de-AT`); the fallback chain is the exact tag, then its language,
-//!   then the campaign's default (see [`fallback_chain`]).
+//!   (`de_at` is `de-AT`); the fallback chain is the exact tag, then its regional
+//!   group (`es-MX` → `es-419`, `en-PR` → `en-US`), then its language, then the
+//!   campaign's default (see [`fallback_chain`]).
+//! - A language's own directory (`pt`, `es`, `en`) is written for one home region
+//!   ([`home_region`]: Portugal, Spain, the United Kingdom): a `pt-PT` reader served
+//!   `pt` got their own variant, which is no fallback; a `pt-BR` reader served `pt`
+//!   is one.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;
@@ -234,13 +239,59 @@ pub fn language_of(tag: &str) -> String {
     tag.trim().split(['-', '_']).next().unwrap_or("").to_ascii_lowercase()
 }
 
-/// The locales to try for a user, in order: their exact tag, its language, the
-/// campaign's default (each once): `de-AT` with default `en` → `de-AT`, `de`, `en`.
+/// The regions of Latin America and the Caribbean where Spanish is spoken, and the
+/// United States: their Spanish is `es-419` (CLDR's parent locale for them).
+const SPANISH_419: [&str; 21] = [
+    "419", "AR", "BO", "CL", "CO", "CR", "CU", "DO", "EC", "GT", "HN", "MX", "NI", "PA", "PE", "PR", "PY", "SV", "US",
+    "UY", "VE",
+];
+
+/// The United States and its territories, whose English is `en-US`.
+const ENGLISH_US: [&str; 7] = ["US", "AS", "GU", "MP", "PR", "UM", "VI"];
+
+/// The region part of a normalized tag (`pt-BR` → `BR`, `zh-Hant-TW` → `TW`).
+pub fn region_of(tag: &str) -> Option<&str> {
+    tag.split('-').skip(1).find(|p| (p.len() == 2 && p.chars().all(|c| c.is_ascii_uppercase())) || p == &"419")
+}
+
+/// The regional variant a tag falls to before its language, when it has one:
+/// `es-MX`, `es-US` → `es-419`; `en-PR`, `en-VI` → `en-US`.
+pub fn regional_group(tag: &str) -> Option<String> {
+    let lang = language_of(tag);
+    let region = region_of(tag)?;
+    match lang.as_str() {
+        "es" if SPANISH_419.contains(&region) => Some("es-419".to_owned()),
+        "en" if ENGLISH_US.contains(&region) => Some("en-US".to_owned()),
+        _ => None,
+    }
+}
+
+/// The region a language's own directory is written for: `pt` is Portugal's
+/// Portuguese, `es` Spain's Spanish, `en` British English, and each other shipped
+/// language its main country's.
+pub fn home_region(lang: &str) -> Option<&'static str> {
+    match lang {
+        "en" => Some("GB"),
+        "de" => Some("DE"),
+        "fr" => Some("FR"),
+        "es" => Some("ES"),
+        "it" => Some("IT"),
+        "nl" => Some("NL"),
+        "pt" => Some("PT"),
+        _ => None,
+    }
+}
+
+/// The locales to try for a user, in order: their exact tag, its regional group,
+/// its language, the campaign's default (each once): `de-AT` with default `en` →
+/// `de-AT`, `de`, `en`; `es-MX` → `es-MX`, `es-419`, `es`, `en`.
 pub fn fallback_chain(user: Option<&str>, default: &str) -> Vec<String> {
-    let mut chain: Vec<String> = Vec::with_capacity(3);
+    let mut chain: Vec<String> = Vec::with_capacity(4);
     if let Some(tag) = user.and_then(normalize) {
         let lang = language_of(&tag);
+        let group = regional_group(&tag);
         chain.push(tag);
+        chain.extend(group);
         chain.push(lang);
     }
     chain.push(normalize(default).unwrap_or_else(|| "en".to_owned()));
@@ -267,6 +318,12 @@ mod tests {
         assert_eq!(fallback_chain(None, "de"), ["de"]);
         assert_eq!(fallback_chain(Some("not a tag!"), "en"), ["en"]);
         assert_eq!(fallback_chain(Some("zh-Hant-TW"), "en"), ["zh-Hant-TW", "zh", "en"]);
+        assert_eq!(fallback_chain(Some("es-MX"), "en"), ["es-MX", "es-419", "es", "en"]);
+        assert_eq!(fallback_chain(Some("es_us"), "en"), ["es-US", "es-419", "es", "en"]);
+        assert_eq!(fallback_chain(Some("es-419"), "en"), ["es-419", "es", "en"]);
+        assert_eq!(fallback_chain(Some("es-ES"), "en"), ["es-ES", "es", "en"]);
+        assert_eq!(fallback_chain(Some("en-PR"), "de"), ["en-PR", "en-US", "en", "de"]);
+        assert_eq!(fallback_chain(Some("pt-BR"), "en"), ["pt-BR", "pt", "en"]);
     }
 
     #[test]
