@@ -173,6 +173,11 @@ pub struct Delivery {
     /// [`CampaignSpec::delivery_for_step`] and by the worker.
     #[serde(skip)]
     pub brand: Option<Brand>,
+    /// The campaign's `timezone` (not part of `[delivery]`): a message's dates are
+    /// written in it when the user's zone is missing or unknown, as the send
+    /// window reads it. Set like `brand`.
+    #[serde(skip)]
+    pub zone: Option<String>,
 }
 
 /// `[brand]`: who the message is from, as people know them: in the subject, the
@@ -425,6 +430,7 @@ fn default_delivery() -> Delivery {
         send_days: None,
         trace_headers: false,
         brand: None,
+        zone: None,
     }
 }
 
@@ -466,6 +472,7 @@ impl CampaignSpec {
     pub fn delivery_for_step(&self, step: u32) -> Delivery {
         let mut d = self.delivery.for_step(step, self.reminders.as_ref());
         d.brand.clone_from(&self.brand);
+        d.zone = Some(self.timezone.clone());
         d
     }
 

@@ -396,7 +396,7 @@ impl Templates {
         // the expiry and the review time are read as one piece: never split over lines
         let lang = Lang::of(Some(&locale));
         let keep = [
-            crate::domain::locale::format_datetime(msg.expires_at, zone_of(&msg.recipient), lang),
+            crate::domain::locale::format_datetime(msg.expires_at, zone_of(msg), lang),
             processing_time(msg.recipient.region, lang).to_owned(),
         ];
         let text = Zeroizing::new(wrap_text_keeping(&render("body.txt")?, TEXT_WIDTH, &keep));
@@ -637,9 +637,11 @@ pub fn processing_time(region: Region, lang: Lang) -> &'static str {
     }
 }
 
-/// The user's zone, or UTC when it is missing or unknown.
-pub(crate) fn zone_of(r: &Recipient) -> Tz {
-    r.time_zone.as_deref().and_then(|z| z.trim().parse::<Tz>().ok()).unwrap_or(Tz::UTC)
+/// The user's zone; the campaign's when theirs is missing or unknown (as the send
+/// window reads it), and UTC when neither is known.
+pub(crate) fn zone_of(msg: &Message) -> Tz {
+    let parse = |z: Option<&str>| z.and_then(|z| z.trim().parse::<Tz>().ok());
+    parse(msg.recipient.time_zone.as_deref()).or_else(|| parse(msg.delivery.zone.as_deref())).unwrap_or(Tz::UTC)
 }
 
 /// The `lang` attribute for a message in the template locale `used`: the user's own
@@ -660,7 +662,7 @@ fn context_of(msg: &Message, used: &str, campaign_subject: Option<&str>, global:
         (None, Some(g)) => g.clone(),
         (None, None) => Brand::default(),
     };
-    let tz = zone_of(r);
+    let tz = zone_of(msg);
     let lang = Lang::of(Some(used));
     let first_name = r.first_name.as_deref().map(str::trim).filter(|s| !s.is_empty());
     let last_name = r.last_name.as_deref().map(str::trim).filter(|s| !s.is_empty());
@@ -950,6 +952,21 @@ mod tests {
         // Italian with Lei on the button too
         let it = t.render(&for_locale(Some("it"))).unwrap();
         assert!(!it.html.contains("Verifica la mia") && it.html.contains("Verifichi la sua identità"));
+    }
+
+    #[test]
+    fn without_a_zone_of_their_own_the_user_reads_the_campaigns() {
+        let t = shipped();
+        let mut m = for_locale(Some("en-US"));
+        m.recipient.time_zone = None;
+        m.delivery.zone = Some("America/New_York".into());
+        let r = t.render(&m).unwrap();
+        // 15:00 UTC is 10:00 in New York, as the send window reads it
+        assert!(r.text.contains("Friday 27 November 2026, 10:00 EST"), "{}", r.text.as_str());
+        m.recipient.time_zone = Some("not/a zone".into());
+        assert!(t.render(&m).unwrap().text.contains("10:00 EST"));
+        m.delivery.zone = None;
+        assert!(t.render(&m).unwrap().text.contains("15:00 UTC"));
     }
 
     #[test]
