@@ -43,7 +43,7 @@ use crate::store::Store;
 use crate::store::clicks::{ClickRecordParams, ClickReservation, ClickReserveParams, ClickSession, ClickStart};
 use crate::store::links::{LinkRow, link_token_hash};
 use crate::store::sessions::SessionLife;
-pub use pages::{Lang, Page};
+pub use pages::{Lang, Page, Reader};
 
 /// The path of a link: `/v/{token}`.
 pub const LINK_PATH: &str = "/v/{token}";
@@ -115,7 +115,7 @@ pub fn click_router_with_clock(
 pub use crate::telemetry::{serve_public, serve_public_on};
 
 /// A page as a response, with the headers every page carries.
-fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
+fn respond(status: StatusCode, page: &Page, lang: Reader) -> Response {
     let mut r = (status, page.render(lang)).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -140,26 +140,26 @@ fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
 /// The language of a page shown before the link is known (an unknown link, the
 /// per-address limit): the first of the browser's `Accept-Language` that we
 /// write, else English.
-fn browser_lang(headers: &HeaderMap) -> Lang {
+fn browser_lang(headers: &HeaderMap) -> Reader {
     headers
         .get(header::ACCEPT_LANGUAGE)
         .and_then(|v| v.to_str().ok())
         .into_iter()
         .flat_map(|v| v.split(','))
         .filter_map(|range| range.split(';').next().map(str::trim))
-        .find_map(crate::domain::locale::Lang::known)
-        .unwrap_or(Lang::En)
+        .find(|tag| crate::domain::locale::Lang::known(tag).is_some())
+        .map_or(Reader::EN, |tag| Reader::of(Some(tag)))
 }
 
 /// What a token leads to before anything is done: the link, or the page to show.
-async fn find(s: &Clicks, token: &str, now: DateTime<Utc>, hint: Lang) -> Result<LinkRow, Response> {
+async fn find(s: &Clicks, token: &str, now: DateTime<Utc>, hint: Reader) -> Result<LinkRow, Response> {
     // a token is 43 characters of URL-safe base64; anything else is not one of ours
     if token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, hint));
     }
     match s.store.link_find(&link_token_hash(token)).await {
         Ok(Some(link)) if link.revoked || link.expires_at <= now => {
-            Err(respond(StatusCode::GONE, &Page::Gone, Lang::of(link.locale.as_deref())))
+            Err(respond(StatusCode::GONE, &Page::Gone, Reader::of(link.locale.as_deref())))
         }
         Ok(Some(link)) => Ok(link),
         Ok(None) => Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, hint)),
@@ -170,7 +170,7 @@ async fn find(s: &Clicks, token: &str, now: DateTime<Utc>, hint: Lang) -> Result
     }
 }
 
-fn too_many(lang: Lang) -> Response {
+fn too_many(lang: Reader) -> Response {
     let mut r = respond(StatusCode::TOO_MANY_REQUESTS, &Page::TooMany, lang);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
     r
@@ -184,13 +184,13 @@ async fn open(
     token: &str,
     now: DateTime<Utc>,
     headers: &HeaderMap,
-) -> Result<(LinkRow, Lang), Response> {
+) -> Result<(LinkRow, Reader), Response> {
     let hint = browser_lang(headers);
     if s.per_address.check_key(&peer.ip()).is_err() {
         return Err(too_many(hint));
     }
     let link = find(s, token, now, hint).await?;
-    let lang = Lang::of(link.locale.as_deref());
+    let lang = Reader::of(link.locale.as_deref());
     Ok((link, lang))
 }
 
@@ -206,7 +206,7 @@ async fn show(
         Ok(found) => found,
         Err(page) => return page,
     };
-    let expires = pages::when(link.expires_at, link.timezone.as_deref(), lang);
+    let expires = pages::when(link.expires_at, link.timezone.as_deref(), lang.lang);
     respond(StatusCode::OK, &Page::Landing { expires }, lang)
 }
 
@@ -244,7 +244,7 @@ async fn click(
 }
 
 /// The fresh state, the reservation, the session; the page or the redirect.
-async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>) -> Response {
+async fn make_session(s: &Clicks, link: &LinkRow, lang: Reader, now: DateTime<Utc>) -> Response {
     let (Ok(user_id), Ok(region)) = (crate::store::links::link_user(link), link.region.parse::<Region>()) else {
         return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
     };
@@ -274,7 +274,7 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
             return respond(StatusCode::OK, &Page::Pending, lang);
         }
         Ok(ClickReservation::Deferred { until, reason }) => {
-            let at = pages::when(until, link.timezone.as_deref(), lang);
+            let at = pages::when(until, link.timezone.as_deref(), lang.lang);
             let tomorrow = pages::is_another_day(now, until, link.timezone.as_deref());
             return respond(StatusCode::OK, &Page::NotYet { at, why: Some(reason), tomorrow }, lang);
         }
@@ -336,7 +336,7 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
 }
 
 /// The page for an API failure; nothing of the failure is shown.
-fn api_trouble(f: &ApiFailure, lang: Lang) -> Response {
+fn api_trouble(f: &ApiFailure, lang: Reader) -> Response {
     warn!(error = %f, "click: the Baanx call failed");
     match f {
         ApiFailure::UserLimited { .. } => {

@@ -294,6 +294,149 @@ fn text(page: &Page, lang: Lang) -> Text {
     }
 }
 
+/// Who reads a page: their language, and the regional variant when the pages have
+/// one (the templates' `pt-BR`, `es-419`, `en-US`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reader {
+    pub lang: Lang,
+    pub variant: Option<Variant>,
+}
+
+/// A regional variant of a language's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Brazilian Portuguese (the language's pages are Portugal's).
+    PtBr,
+    /// Latin American Spanish, for `es-419` and the regions that fall to it.
+    Es419,
+    /// American English.
+    EnUs,
+}
+
+impl Reader {
+    /// A reader of English, with no variant.
+    pub const EN: Reader = Reader { lang: Lang::En, variant: None };
+
+    /// The reader of a link tagged `locale`: the language, and the variant its
+    /// tag or its regional group names (`es-MX` → `es-419`).
+    pub fn of(locale: Option<&str>) -> Reader {
+        use crate::domain::locale::{normalize, regional_group};
+        let lang = Lang::of(locale);
+        let tag = locale.and_then(normalize);
+        let group = tag.as_deref().and_then(regional_group);
+        let variant = match (tag.as_deref(), group.as_deref()) {
+            (Some("pt-BR"), _) => Some(Variant::PtBr),
+            (Some("es-419"), _) | (_, Some("es-419")) => Some(Variant::Es419),
+            (Some("en-US"), _) | (_, Some("en-US")) => Some(Variant::EnUs),
+            _ => None,
+        };
+        Reader { lang, variant }
+    }
+
+    /// The `lang` attribute.
+    pub fn code(self) -> &'static str {
+        match self.variant {
+            Some(Variant::PtBr) => "pt-BR",
+            Some(Variant::Es419) => "es-419",
+            Some(Variant::EnUs) => "en-US",
+            None => self.lang.code(),
+        }
+    }
+}
+
+impl From<Lang> for Reader {
+    fn from(lang: Lang) -> Self {
+        Reader { lang, variant: None }
+    }
+}
+
+/// A page's words where a regional variant writes them differently from its
+/// language's pages; `None` where they are the same.
+fn regional_text(page: &Page, variant: Variant) -> Option<Text> {
+    use DeferReason::*;
+    let t = |title, body| Some(Text { title, body });
+    match (variant, page) {
+        (Variant::PtBr, Page::Landing { .. }) => t(
+            "Confirme sua identidade",
+            "Toque no botão para abrir sua página de verificação segura. Leva cerca de cinco minutos; tenha seu documento de identidade em mãos.",
+        ),
+        (Variant::PtBr, Page::Verified) => {
+            t("Sua identidade está verificada", "Sua identidade já foi confirmada. Você não precisa fazer mais nada.")
+        }
+        (Variant::PtBr, Page::Pending) => t(
+            "Estamos analisando seus documentos",
+            "Recebemos sua verificação e ela está em análise. Avisaremos você assim que for concluída.",
+        ),
+        (Variant::PtBr, Page::NotYet { why, .. }) => match why {
+            Some(RejectionCooldown) => t(
+                "Ainda não",
+                "Sua última verificação não foi aceita. Por segurança, você só poderá iniciar uma nova após um período de espera.",
+            ),
+            Some(FailureCooldown) => t(
+                "Ainda não",
+                "Suas últimas tentativas não foram concluídas. Por segurança, aguarde um pouco antes de tentar de novo.",
+            ),
+            Some(DailyCap) => t("Limite diário atingido", "Você atingiu o número máximo de verificações por hoje."),
+            Some(Concurrency) => t(
+                "Ainda não",
+                "Você já tem várias verificações abertas. Conclua uma delas ou aguarde até que uma expire.",
+            ),
+            None => t(
+                "Ainda não",
+                "Por segurança, não é possível abrir uma nova verificação agora. Tente de novo mais tarde.",
+            ),
+        },
+        (Variant::PtBr, Page::OnItsWay) => t(
+            "Sua página está abrindo",
+            "Sua página de verificação já está abrindo. Se nada acontecer, aguarde meio minuto e toque no botão de novo.",
+        ),
+        (Variant::PtBr, Page::NotFound) => {
+            t("Link não reconhecido", "Este link não é válido. Confira se você abriu o link completo da sua mensagem.")
+        }
+        (Variant::PtBr, Page::Gone) => t(
+            "Este link não é mais válido",
+            "O link expirou ou não é mais necessário. Se você ainda precisar confirmar sua identidade, use nosso aplicativo ou fale com nosso atendimento; os links de mensagens anteriores não funcionam mais.",
+        ),
+        (Variant::PtBr, Page::TooMany) => t("Muitas tentativas", "Aguarde um minuto e tente de novo."),
+        (Variant::PtBr, Page::TryLater) => t(
+            "Tente de novo em instantes",
+            "Não foi possível abrir sua página de verificação agora. Tente de novo em alguns minutos.",
+        ),
+        (Variant::PtBr, Page::Contact) => t(
+            "Fale conosco",
+            "Não é possível abrir uma verificação para esta conta por aqui. Fale com nosso atendimento pelo aplicativo ou pelo site.",
+        ),
+        (Variant::Es419, Page::Landing { .. }) => t(
+            "Verifique su identidad",
+            "Presione el botón para abrir su página de verificación segura. Le tomará unos cinco minutos; tenga a mano su documento de identidad.",
+        ),
+        (Variant::Es419, Page::OnItsWay) => t(
+            "Su página se está abriendo",
+            "Su página de verificación ya se está abriendo. Si no pasa nada, espere medio minuto y vuelva a presionar el botón.",
+        ),
+        (Variant::Es419, Page::Gone) => t(
+            "Este enlace ya no es válido",
+            "El enlace venció o ya no es necesario. Si todavía tiene que verificar su identidad, hágalo desde nuestra app o comuníquese con nuestro servicio de atención al cliente; los enlaces de mensajes anteriores ya no funcionan.",
+        ),
+        (Variant::Es419, Page::NotYet { why: Some(Concurrency), .. }) => t(
+            "Todavía no",
+            "Ya tiene varias verificaciones abiertas. Termine una de ellas o espere a que venza alguna.",
+        ),
+        (Variant::Es419, Page::TryLater) => t(
+            "Vuelva a intentarlo en breve",
+            "No pudimos abrir su página de verificación en este momento. Inténtelo de nuevo en unos minutos.",
+        ),
+        (Variant::Es419, Page::Contact) => t(
+            "Comuníquese con nosotros",
+            "Desde aquí no podemos abrir una verificación para esta cuenta. Comuníquese con nuestro servicio de atención al cliente a través de nuestra app o de nuestro sitio web.",
+        ),
+        (Variant::EnUs, Page::NotFound) => {
+            t("Link not recognized", "This link is not valid. Check that you opened the whole link from your message.")
+        }
+        _ => None,
+    }
+}
+
 /// The title and the text of a limit's page: which limit, in `lang`.
 fn not_yet(why: Option<DeferReason>, lang: Lang) -> Text {
     use DeferReason::*;
@@ -478,9 +621,14 @@ button:focus-visible{outline:3px solid #1b1f24;outline-offset:2px}.note{color:#4
 
 impl Page {
     /// The whole HTML document.
-    pub fn render(&self, lang: Lang) -> String {
-        let t = text(self, lang);
-        let (button, until) = extras(lang);
+    pub fn render(&self, reader: impl Into<Reader>) -> String {
+        let reader: Reader = reader.into();
+        let lang = reader.lang;
+        let t = reader.variant.and_then(|v| regional_text(self, v)).unwrap_or_else(|| text(self, lang));
+        let (button, until) = match reader.variant {
+            Some(Variant::PtBr) => ("Continuar para a verificação", "Este link vale até"),
+            _ => extras(lang),
+        };
         let mut inner = format!("<h1>{}</h1>\n<p>{}</p>\n", escape(t.title), escape(t.body));
         match self {
             Page::Landing { expires } => {
@@ -493,7 +641,11 @@ impl Page {
                 }
             }
             Page::NotYet { at: Some(at), tomorrow, .. } => {
-                let from = retry_from(lang, *tomorrow);
+                let from = match (reader.variant, *tomorrow) {
+                    (Some(Variant::PtBr), false) => "Você poderá tentar de novo a partir de",
+                    (Some(Variant::PtBr), true) => "Você poderá tentar de novo amanhã, a partir de",
+                    _ => retry_from(lang, *tomorrow),
+                };
                 inner.push_str(&format!("<p><strong>{} {}.</strong></p>\n", escape(from), escape(at)));
             }
             Page::OnItsWay => {
@@ -509,7 +661,7 @@ impl Page {
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
              <meta name=\"robots\" content=\"noindex, nofollow\">\n<title>{title}</title>\n\
              <style>{STYLE}</style>\n</head>\n<body>\n<main>\n<div class=\"card\">\n{inner}</div>\n</main>\n</body>\n</html>\n",
-            code = lang.code(),
+            code = reader.code(),
             title = escape(t.title),
         )
     }
@@ -566,6 +718,16 @@ mod tests {
         let cap = Page::NotYet { at: Some("y".into()), why: Some(DeferReason::DailyCap), tomorrow: true };
         assert!(cap.render(Lang::En).contains("tomorrow"), "{}", cap.render(Lang::En));
         assert!(cap.render(Lang::Fr).contains("demain"));
+        // regional variants: Brazilian Portuguese of its own, Latin American Spanish
+        let br = Page::Gone.render(Reader::of(Some("pt-BR")));
+        assert!(br.contains("<html lang=\"pt-BR\">") && br.contains("Este link não é mais válido"), "{br}");
+        assert!(!br.contains("ligação"), "{br}");
+        let pt = Page::Gone.render(Reader::of(Some("pt-PT")));
+        assert!(pt.contains("<html lang=\"pt\">") && pt.contains("ligação"), "{pt}");
+        let mx = Page::Gone.render(Reader::of(Some("es-MX")));
+        assert!(mx.contains("lang=\"es-419\"") && mx.contains("venció"), "{mx}");
+        let us = Page::NotFound.render(Reader::of(Some("en-US")));
+        assert!(us.contains("Link not recognized"), "{us}");
         // an expired link promises no new message; contact asks for no reply
         let gone = Page::Gone.render(Lang::En);
         assert!(!gone.contains("you will receive"), "{gone}");
