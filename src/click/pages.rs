@@ -22,9 +22,9 @@ pub use crate::domain::locale::Lang;
 
 /// The instant as the email writes it (`Friday 27 November 2026, 16:00 CET`), in
 /// the user's zone and language; UTC when the zone is unknown.
-pub fn when(at: DateTime<Utc>, zone: Option<&str>, lang: Lang) -> Option<String> {
+pub fn when(at: DateTime<Utc>, zone: Option<&str>, reader: impl Into<Reader>) -> Option<String> {
     let tz: Tz = zone.and_then(|z| z.trim().parse().ok()).unwrap_or(Tz::UTC);
-    Some(crate::domain::locale::format_datetime(at, tz, lang))
+    Some(crate::domain::locale::format_datetime_in(at, tz, reader.into().code()))
 }
 
 /// Whether `until` falls on a later day than `now`, in the user's zone: a daily
@@ -683,13 +683,17 @@ mod tests {
     #[test]
     fn dates_are_in_the_users_zone_and_language_as_the_email_writes_them() {
         let at = Utc.with_ymd_and_hms(2026, 3, 29, 8, 30, 0).unwrap();
-        assert_eq!(when(at, Some("Europe/Berlin"), Lang::De).unwrap(), "Sonntag, 29. März 2026, 10:30 CEST");
+        assert_eq!(when(at, Some("Europe/Berlin"), Lang::De).unwrap(), "Sonntag, 29. März 2026, 10:30 MESZ");
+        assert_eq!(
+            when(at, Some("America/New_York"), Reader::of(Some("en-US"))).unwrap(),
+            "Sunday, March 29, 2026, 4:30 AM EDT"
+        );
         assert_eq!(when(at, Some("Europe/London"), Lang::En).unwrap(), "Sunday 29 March 2026, 09:30 BST");
         assert_eq!(when(at, Some("not/a-zone"), Lang::Es).unwrap(), "domingo, 29 de marzo de 2026, 08:30 UTC");
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
         assert_eq!(
             when(at, Some("Europe/Berlin"), Lang::De).unwrap(),
-            crate::domain::locale::format_datetime(at, berlin, Lang::De),
+            crate::domain::locale::format_datetime_in(at, berlin, "de-DE"),
             "one spelling of one instant"
         );
         // 23:30 in London is already the next day in Berlin

@@ -396,7 +396,7 @@ impl Templates {
         // the expiry and the review time are read as one piece: never split over lines
         let lang = Lang::of(Some(&locale));
         let keep = [
-            crate::domain::locale::format_datetime(msg.expires_at, zone_of(msg), lang),
+            crate::domain::locale::format_datetime_in(msg.expires_at, zone_of(msg), &locale),
             processing_time(msg.recipient.region, lang).to_owned(),
         ];
         let text = Zeroizing::new(wrap_text_keeping(&render("body.txt")?, TEXT_WIDTH, &keep));
@@ -686,7 +686,7 @@ fn context_of(msg: &Message, used: &str, campaign_subject: Option<&str>, global:
         // session itself, single use
         link_mode => msg.delivery.link.as_str(),
         link_reusable => msg.delivery.link == crate::domain::spec::LinkMode::Click,
-        expires_at => crate::domain::locale::format_datetime(msg.expires_at, tz, lang),
+        expires_at => crate::domain::locale::format_datetime_in(msg.expires_at, tz, used),
         expires_at_iso => msg.expires_at.with_timezone(&tz).to_rfc3339(),
         time_zone => tz.name(),
         processing_time => processing_time(r.region, lang),
@@ -850,7 +850,7 @@ mod tests {
         let de = t.render(&for_locale(Some("de-DE"))).unwrap();
         assert_eq!(de.subject, "Example Bank – Bitte bestätigen Sie Ihre Identität");
         assert!(de.html.contains("<html lang=\"de-DE\">"), "{}", de.html.as_str());
-        assert!(de.text.contains("Freitag, 27. November 2026, 16:00 CET"), "{}", de.text.as_str());
+        assert!(de.text.contains("Freitag, 27. November 2026, 16:00 MEZ"), "{}", de.text.as_str());
         assert!(de.text.contains("5 bis 30 Minuten"));
         // `de` is written for Germany: a de-DE reader is served their own text
         assert_eq!((de.locale.as_str(), de.matched), ("de", LocaleMatch::Exact));
@@ -962,11 +962,11 @@ mod tests {
         m.delivery.zone = Some("America/New_York".into());
         let r = t.render(&m).unwrap();
         // 15:00 UTC is 10:00 in New York, as the send window reads it
-        assert!(r.text.contains("Friday 27 November 2026, 10:00 EST"), "{}", r.text.as_str());
+        assert!(r.text.contains("Friday, November 27, 2026, 10:00 AM EST"), "{}", r.text.as_str());
         m.recipient.time_zone = Some("not/a zone".into());
-        assert!(t.render(&m).unwrap().text.contains("10:00 EST"));
+        assert!(t.render(&m).unwrap().text.contains("10:00 AM EST"));
         m.delivery.zone = None;
-        assert!(t.render(&m).unwrap().text.contains("15:00 UTC"));
+        assert!(t.render(&m).unwrap().text.contains("3:00 PM UTC"));
     }
 
     #[test]

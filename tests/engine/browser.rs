@@ -551,8 +551,7 @@ async fn every_shipped_template_reads_well_in_chromium() {
             assert_eq!(rendered.locale, locale);
             let file = pages.path().join(format!("{name}-{locale}.html"));
             std::fs::write(&file, rendered.html.as_bytes()).unwrap();
-            let lang = reverify::domain::locale::Lang::of(Some(locale));
-            let expiry = reverify::domain::locale::format_datetime(expires_at, zone.parse().unwrap(), lang);
+            let expiry = reverify::domain::locale::format_datetime_in(expires_at, zone.parse().unwrap(), locale);
             for ((label, width, height, phone), dark) in VIEWPORTS.into_iter().flat_map(|v| [(v, false), (v, true)]) {
                 browser.viewport(width, height, phone).await;
                 browser.color_scheme(dark).await;
