@@ -163,6 +163,9 @@ pub struct Settings {
     /// Signs evidence bundles (`evidence_signing_key`, a secret: an OpenSSH
     /// private key, Ed25519 or another type `ssh-keygen` makes, not encrypted).
     pub evidence_signing_key: Option<Secret>,
+    /// `[brand]`: who every campaign's messages are from (a campaign's own
+    /// `[brand]` overrides it field by field); none by default.
+    pub brand: Option<crate::domain::spec::Brand>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -204,6 +207,7 @@ impl std::fmt::Debug for Settings {
             .field("audit_key", &self.audit_key)
             .field("audit_anchor", &self.audit_anchor)
             .field("evidence_signing_key", &self.evidence_signing_key)
+            .field("brand", &self.brand)
             .finish()
     }
 }
@@ -248,6 +252,7 @@ impl Default for Settings {
             audit_key: None,
             audit_anchor: None,
             evidence_signing_key: None,
+            brand: None,
         }
     }
 }
@@ -295,6 +300,7 @@ struct FileSettings {
     audit_key_file: Option<PathBuf>,
     audit_anchor: Option<String>,
     evidence_signing_key_file: Option<PathBuf>,
+    brand: Option<crate::domain::spec::Brand>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -485,6 +491,10 @@ impl Settings {
         if let Some(a) = &s.audit_anchor {
             crate::domain::endpoint::parse_anchor(a).map_err(|m| invalid("audit_anchor", m))?;
         }
+        if let Some(b) = &file.brand {
+            b.check().map_err(|(field, m)| invalid(&format!("brand.{field}"), m))?;
+        }
+        s.brand = file.brand;
 
         // secrets: environment value, else environment _FILE, else the TOML's *_file
         let file_paths: [Option<PathBuf>; 8] = [

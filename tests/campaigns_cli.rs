@@ -130,6 +130,37 @@ async fn validate_and_apply_refuse_what_run_refuses() {
     let expect = "reminders.template: template \"nudge\" is not in";
     refused_alike(&db, d, "nudge.toml", &reminder, &[("REVERIFY_OUTBOX_DIR", outbox)], expect).await;
 
+    // one subject for every language is valid, with a warning; a table per locale
+    // is not warned about, and a bad locale key is refused naming the field
+    std::fs::write(d.join("one-subject.toml"), SPEC).unwrap();
+    bare(&db, d)
+        .args(["campaign", "validate", "one-subject.toml"])
+        .env("REVERIFY_OUTBOX_DIR", outbox)
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("one-subject.toml: ok (campaign kyc-refresh-q4)\n"))
+        .stderr(predicate::str::contains(
+            "warning: one-subject.toml: `delivery.subject`: one subject (\"Please verify your identity\") is sent in every language",
+        ));
+    let table = SPEC.replace(
+        "subject = \"Please verify your identity\"\n",
+        "[delivery.subject]\nen = \"Please verify your identity\"\nde = \"Bitte bestätigen Sie Ihre Identität\"\n",
+    );
+    std::fs::write(d.join("subjects.toml"), &table).unwrap();
+    bare(&db, d)
+        .args(["campaign", "validate", "subjects.toml"])
+        .env("REVERIFY_OUTBOX_DIR", outbox)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("warning").not());
+    std::fs::write(d.join("bad-subjects.toml"), table.replace("de = ", "\"d e\" = ")).unwrap();
+    bare(&db, d)
+        .args(["campaign", "validate", "bad-subjects.toml"])
+        .env("REVERIFY_OUTBOX_DIR", outbox)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("bad-subjects.toml: `delivery.subject`: \"d e\" is not a locale tag"));
+
     // a webhook to a plain-http host that is not this one (in the file itself)
     let plain = WEBHOOK_SPEC.replace("http://127.0.0.1:9/hook", "http://push.example.com/hook?token=hunter2");
     std::fs::write(d.join("plain.toml"), &plain).unwrap();

@@ -226,6 +226,9 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
                 }) {
                     Ok(spec) => {
                         println!("{}: ok (campaign {})", f.display(), spec.name);
+                        for (field, warning) in spec.delivery.warnings() {
+                            eprintln!("warning: {}: `{field}`: {warning}", f.display());
+                        }
                         if let Some(ticks) = next_ticks(&spec, Utc::now(), 3) {
                             println!("  next ticks ({}): {ticks}", spec.timezone);
                         }

@@ -48,7 +48,7 @@ use crate::store::Store;
 use crate::store::clicks::{ClickRecordParams, ClickReservation, ClickReserveParams, ClickSession, ClickStart};
 use crate::store::links::{LinkRow, link_token_hash};
 use crate::store::sessions::SessionLife;
-pub use pages::{Lang, Page};
+pub use pages::{Lang, Page, Reader};
 
 /// The path of a link: `/v/{token}`.
 pub const LINK_PATH: &str = "/v/{token}";
@@ -150,7 +150,7 @@ pub fn click_router_with_clock(
 pub use crate::telemetry::{serve_public, serve_public_on};
 
 /// A page as a response, with the headers every page carries.
-fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
+fn respond(status: StatusCode, page: &Page, lang: Reader) -> Response {
     let mut r = (status, page.render(lang)).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -172,26 +172,40 @@ fn respond(status: StatusCode, page: &Page, lang: Lang) -> Response {
     r
 }
 
+/// The language of a page shown before the link is known (an unknown link, the
+/// per-address limit): the first of the browser's `Accept-Language` that we
+/// write, else English.
+fn browser_lang(headers: &HeaderMap) -> Reader {
+    headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| range.split(';').next().map(str::trim))
+        .find(|tag| crate::domain::locale::Lang::known(tag).is_some())
+        .map_or(Reader::EN, |tag| Reader::of(Some(tag)))
+}
+
 /// What a token leads to before anything is done: the link, or the page to show.
-async fn find(s: &Clicks, token: &str, now: DateTime<Utc>) -> Result<LinkRow, Response> {
+async fn find(s: &Clicks, token: &str, now: DateTime<Utc>, hint: Reader) -> Result<LinkRow, Response> {
     // a token is 43 characters of URL-safe base64; anything else is not one of ours
     if token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, Lang::En));
+        return Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, hint));
     }
     match s.store.link_find(&link_token_hash(token)).await {
         Ok(Some(link)) if link.revoked || link.expires_at <= now => {
-            Err(respond(StatusCode::GONE, &Page::Gone, Lang::of(link.locale.as_deref())))
+            Err(respond(StatusCode::GONE, &Page::Gone, Reader::of(link.locale.as_deref())))
         }
         Ok(Some(link)) => Ok(link),
-        Ok(None) => Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, Lang::En)),
+        Ok(None) => Err(respond(StatusCode::NOT_FOUND, &Page::NotFound, hint)),
         Err(e) => {
             warn!(error = %e, "click: the database failed");
-            Err(respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, Lang::En))
+            Err(respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, hint))
         }
     }
 }
 
-fn too_many(lang: Lang) -> Response {
+fn too_many(lang: Reader) -> Response {
     let mut r = respond(StatusCode::TOO_MANY_REQUESTS, &Page::TooMany, lang);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
     r
@@ -205,14 +219,15 @@ async fn open(
     headers: &HeaderMap,
     token: &str,
     now: DateTime<Utc>,
-) -> Result<(LinkRow, Lang), Response> {
+) -> Result<(LinkRow, Reader), Response> {
+    let hint = browser_lang(headers);
     let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
     let client = s.config.trusted_proxies.client(peer.ip(), forwarded);
     if !s.per_address.check(&client) {
-        return Err(too_many(Lang::En));
+        return Err(too_many(hint));
     }
-    let link = find(s, token, now).await?;
-    let lang = Lang::of(link.locale.as_deref());
+    let link = find(s, token, now, hint).await?;
+    let lang = Reader::of(link.locale.as_deref());
     Ok((link, lang))
 }
 
@@ -266,7 +281,7 @@ async fn click(
 }
 
 /// The fresh state, the reservation, the session; the page or the redirect.
-async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>) -> Response {
+async fn make_session(s: &Clicks, link: &LinkRow, lang: Reader, now: DateTime<Utc>) -> Response {
     let (Ok(user_id), Ok(region)) = (crate::store::links::link_user(link), link.region.parse::<Region>()) else {
         return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
     };
@@ -295,9 +310,10 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
         Ok(ClickReservation::Skipped(crate::domain::SkipReason::Pending)) => {
             return respond(StatusCode::OK, &Page::Pending, lang);
         }
-        Ok(ClickReservation::Deferred { until, .. }) => {
+        Ok(ClickReservation::Deferred { until, reason }) => {
             let at = pages::when(until, link.timezone.as_deref(), lang);
-            return respond(StatusCode::OK, &Page::NotYet { at }, lang);
+            let tomorrow = pages::is_another_day(now, until, link.timezone.as_deref());
+            return respond(StatusCode::OK, &Page::NotYet { at, why: Some(reason), tomorrow }, lang);
         }
         Err(e) => {
             warn!(error = %e, "click: the database failed");
@@ -357,10 +373,12 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Lang, now: DateTime<Utc>
 }
 
 /// The page for an API failure; nothing of the failure is shown.
-fn api_trouble(f: &ApiFailure, lang: Lang) -> Response {
+fn api_trouble(f: &ApiFailure, lang: Reader) -> Response {
     warn!(error = %f, "click: the Baanx call failed");
     match f {
-        ApiFailure::UserLimited { .. } => respond(StatusCode::OK, &Page::NotYet { at: None }, lang),
+        ApiFailure::UserLimited { .. } => {
+            respond(StatusCode::OK, &Page::NotYet { at: None, why: None, tomorrow: false }, lang)
+        }
         ApiFailure::ConsentRequired | ApiFailure::Forbidden(_) => respond(StatusCode::OK, &Page::Contact, lang),
         _ => respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang),
     }

@@ -14,6 +14,7 @@ pub mod schedule;
 pub mod session_url;
 pub mod spec;
 pub mod status;
+pub mod subject;
 pub mod userfile;
 pub mod window;
 

@@ -142,7 +142,10 @@ pub struct Delivery {
     /// The From header, e.g. `Compliance <compliance@example.com>`.
     pub from: Option<String>,
     pub reply_to: Option<String>,
-    pub subject: Option<String>,
+    /// The subject: one line for every locale, or `[delivery.subject]` with a line
+    /// per locale (see [`super::subject::Subject`]); absent, each template's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<super::subject::Subject>,
     /// For the webhook channel: where to POST.
     pub webhook_url: Option<String>,
     /// `direct` (default) or `click`: see [`LinkMode`].
@@ -162,6 +165,84 @@ pub struct Delivery {
     /// `["mon", …]`: the days a window opens on (absent: every day).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_days: Option<Vec<String>>,
+    /// Adds `X-Reverify-Campaign` and `X-Reverify-Step` to every email (default
+    /// false: a campaign's name is internal, and recipients can read headers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace_headers: bool,
+    /// The campaign's `[brand]` (not part of `[delivery]`): set from the spec by
+    /// [`CampaignSpec::delivery_for_step`] and by the worker.
+    #[serde(skip)]
+    pub brand: Option<Brand>,
+    /// The campaign's `timezone` (not part of `[delivery]`): a message's dates are
+    /// written in it when the user's zone is missing or unknown, as the send
+    /// window reads it. Set like `brand`.
+    #[serde(skip)]
+    pub zone: Option<String>,
+}
+
+/// `[brand]`: who the message is from, as people know them: in the subject, the
+/// signature and the footer. Per campaign, or global in the settings; a campaign's
+/// field wins over the global one ([`Brand::over`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Brand {
+    /// The company's name, as on its cards and in its app: `Example Bank`.
+    pub name: Option<String>,
+    /// Where people check that a message is genuine, typed by hand (https).
+    pub support_url: Option<String>,
+    /// Where people write to.
+    pub support_email: Option<String>,
+    /// The postal address in the footer.
+    pub address: Option<String>,
+    /// The app's name, for "you can also start from the app".
+    pub app_name: Option<String>,
+}
+
+impl Brand {
+    /// This brand's fields, each falling back to `global`'s.
+    pub fn over(&self, global: &Brand) -> Brand {
+        let pick = |mine: &Option<String>, theirs: &Option<String>| mine.clone().or_else(|| theirs.clone());
+        Brand {
+            name: pick(&self.name, &global.name),
+            support_url: pick(&self.support_url, &global.support_url),
+            support_email: pick(&self.support_email, &global.support_email),
+            address: pick(&self.address, &global.address),
+            app_name: pick(&self.app_name, &global.app_name),
+        }
+    }
+
+    /// What types cannot check, as (field under `brand.`, message).
+    ///
+    /// # Errors
+    /// The first field at fault.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (field, v) in [
+            ("name", &self.name),
+            ("support_url", &self.support_url),
+            ("support_email", &self.support_email),
+            ("address", &self.address),
+            ("app_name", &self.app_name),
+        ] {
+            if let Some(v) = v
+                && (v.trim().is_empty() || v.contains(['\n', '\r']))
+            {
+                return Err((field, "must be one non-empty line; leave it out instead".into()));
+            }
+        }
+        if let Some(u) = &self.support_url {
+            match url::Url::parse(u) {
+                Ok(parsed) if parsed.scheme() == "https" => {}
+                Ok(_) => return Err(("support_url", format!("{u:?} must start with https://"))),
+                Err(e) => return Err(("support_url", format!("{u:?} is not a URL: {e}"))),
+            }
+        }
+        if let Some(e) = &self.support_email
+            && super::EmailAddress::parse(e).is_err()
+        {
+            return Err(("support_email", format!("{e:?} is not an email address")));
+        }
+        Ok(())
+    }
 }
 
 impl Delivery {
@@ -175,6 +256,17 @@ impl Delivery {
             d.template = r.template.clone();
         }
         d
+    }
+
+    /// What `campaign validate` warns about, as (field, message): a campaign may
+    /// mean it, but it is rarely right.
+    pub fn warnings(&self) -> Vec<(&'static str, String)> {
+        self.subject
+            .as_ref()
+            .and_then(super::subject::Subject::warning)
+            .map(|w| ("delivery.subject", w))
+            .into_iter()
+            .collect()
     }
 
     /// The send window, when the campaign has one (validated with the spec).
@@ -319,6 +411,9 @@ pub struct CampaignSpec {
     /// campaign's funnel (default 30 days).
     #[serde(default = "default_track_outcomes_for")]
     pub track_outcomes_for: HumanDuration,
+    /// `[brand]`: see [`Brand`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<Brand>,
 }
 
 /// An RFC 3339 instant in a campaign file, written as a TOML date-time
@@ -385,6 +480,9 @@ fn default_delivery() -> Delivery {
         default_locale: default_locale(),
         send_window: None,
         send_days: None,
+        trace_headers: false,
+        brand: None,
+        zone: None,
     }
 }
 
@@ -424,7 +522,10 @@ pub fn read_small_text(path: &Path, max: u64) -> Result<String, String> {
 impl CampaignSpec {
     /// The delivery of message `step` (see [`Delivery::for_step`]).
     pub fn delivery_for_step(&self, step: u32) -> Delivery {
-        self.delivery.for_step(step, self.reminders.as_ref())
+        let mut d = self.delivery.for_step(step, self.reminders.as_ref());
+        d.brand.clone_from(&self.brand);
+        d.zone = Some(self.timezone.clone());
+        d
     }
 
     /// Reads and validates a campaign file.
@@ -637,6 +738,12 @@ impl CampaignSpec {
             && (d.link_ttl.0 < Duration::from_secs(3600) || d.link_ttl.0 > Duration::from_secs(90 * 86_400))
         {
             return invalid("delivery.link_ttl", "must be from 1h to 90d".into());
+        }
+        if let Some(Err(m)) = d.subject.as_ref().map(super::subject::Subject::check) {
+            return invalid("delivery.subject", m);
+        }
+        if let Some(Err((field, m))) = self.brand.as_ref().map(Brand::check) {
+            return invalid(&format!("brand.{field}"), m);
         }
         if super::locale::normalize(&d.default_locale).is_none() {
             return invalid(

@@ -211,7 +211,11 @@ impl Worker {
         let api: Arc<dyn VerificationApi> = Arc::new(BaanxApi(self.client.clone()));
         let deliverer = Arc::new(NotifierDeliverer {
             notifier: self.notifier.clone(),
-            delivery: spec.delivery.clone(),
+            delivery: crate::domain::spec::Delivery {
+                brand: spec.brand.clone(),
+                zone: Some(spec.timezone.clone()),
+                ..spec.delivery.clone()
+            },
             reminders: spec.reminders.clone(),
         });
         Run {

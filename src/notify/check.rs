@@ -61,12 +61,14 @@ impl Templates {
     /// [`super::TemplateError`] naming the directory, or the file and line of a
     /// broken template.
     pub fn from_settings(settings: &Settings) -> Result<Self, super::TemplateError> {
-        if settings.templates_dir == Settings::default().templates_dir && !settings.templates_dir.exists() {
-            tracing::info!("{} not found: using the built-in templates", settings.templates_dir.display());
-            Templates::builtin()
-        } else {
-            Templates::load(&settings.templates_dir)
-        }
+        let templates =
+            if settings.templates_dir == Settings::default().templates_dir && !settings.templates_dir.exists() {
+                tracing::info!("{} not found: using the built-in templates", settings.templates_dir.display());
+                Templates::builtin()?
+            } else {
+                Templates::load(&settings.templates_dir)?
+            };
+        Ok(templates.with_brand(settings.brand.clone()))
     }
 }
 

@@ -4,8 +4,10 @@
 //! It is `multipart/alternative` (plain text first, then HTML), with From, To,
 //! Reply-To, Subject, Date, a Message-ID in the sender's domain,
 //! `Auto-Submitted: auto-generated` (RFC 3834: no vacation auto-replies), and
-//! `X-Reverify-Campaign` / `X-Reverify-Step` so that a mailbox or a bounce can be traced
-//! to its campaign without any lookup.
+//! `X-Reverify-Step`. `X-Reverify-Campaign` (the campaign's name) is added only with
+//! `delivery.trace_headers = true`: a name such as `us-cardholders-monthly` is
+//! internal, and every recipient can read the headers; the Message-ID (a digest)
+//! traces a message to its campaign without naming it.
 //!
 //! The Message-ID is stable: a digest of the campaign, the user, the step and the
 //! link's expiry, so the same message built again (a retry, a rebuilt email) has the
@@ -59,12 +61,14 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
         .subject(rendered.subject.clone())
         .date(SystemTime::now())
         .message_id(Some(format!("<{message_id}>")))
-        .raw_header(HeaderValue::new(
-            HeaderName::new_from_ascii_str("X-Reverify-Campaign"),
-            msg.campaign.as_str().to_owned(),
-        ))
         .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("X-Reverify-Step"), msg.step.to_string()))
         .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-generated".to_owned()));
+    if msg.delivery.trace_headers {
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Reverify-Campaign"),
+            msg.campaign.as_str().to_owned(),
+        ));
+    }
     if let Some(rt) = msg.delivery.reply_to.as_deref() {
         let mbox: Mailbox = rt
             .parse()

@@ -23,6 +23,8 @@ mod email;
 mod error;
 mod observer;
 mod outbox;
+#[cfg(test)]
+mod proofread;
 mod retry;
 mod smtp;
 mod template;

@@ -30,7 +30,7 @@ use minijinja::{Environment, UndefinedBehavior, Value, context};
 use zeroize::Zeroizing;
 
 use crate::domain::locale::Lang;
-use crate::domain::spec::Delivery;
+use crate::domain::spec::{Brand, Delivery};
 use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
 
 use super::error::TemplateError;
@@ -72,6 +72,8 @@ pub struct Templates {
     /// name → its version ([`template_digest`] over every locale's files): the
     /// templates never change once loaded, so each delivery's record reads it here.
     digests: BTreeMap<String, String>,
+    /// The settings' `[brand]`, under each campaign's own.
+    brand: Option<Brand>,
 }
 
 impl fmt::Debug for Templates {
@@ -83,9 +85,13 @@ impl fmt::Debug for Templates {
 /// The locale a message was rendered in, and how it was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocaleMatch {
-    /// The user's exact locale.
+    /// The user's exact locale, or their language's own directory when it is
+    /// written for the user's region (`pt-PT` → `pt`, see
+    /// [`crate::domain::locale::home_region`]).
     Exact,
-    /// The language of the user's locale (`de-AT` → `de`).
+    /// The regional variant of the user's region (`es-MX` → `es-419`).
+    Regional,
+    /// The language of the user's locale (`de-AT` → `de`, `pt-BR` → `pt`).
     Language,
     /// The campaign's `delivery.default_locale`: nothing nearer exists.
     Default,
@@ -96,14 +102,16 @@ impl LocaleMatch {
     pub fn as_str(self) -> &'static str {
         match self {
             LocaleMatch::Exact => "exact",
+            LocaleMatch::Regional => "regional",
             LocaleMatch::Language => "language",
             LocaleMatch::Default => "default",
         }
     }
 }
 
-/// The locale the shipped templates are written in.
-pub const SHIPPED_LOCALES: [&str; 7] = ["en", "de", "fr", "es", "it", "nl", "pt"];
+/// The locales the shipped templates are written in: each language for its home
+/// region ([`crate::domain::locale::home_region`]), and three regional variants.
+pub const SHIPPED_LOCALES: [&str; 10] = ["en", "en-US", "de", "fr", "es", "es-419", "it", "nl", "pt", "pt-BR"];
 
 impl Templates {
     /// Loads, compiles and checks every template under `dir`: `NAME/LOCALE/FILE`,
@@ -165,8 +173,8 @@ impl Templates {
             )*};
         }
         let mut v = Vec::new();
-        one!(v, "default", "en", "de", "fr", "es", "it", "nl", "pt");
-        one!(v, "reminder", "en", "de", "fr", "es", "it", "nl", "pt");
+        one!(v, "default", "en", "en-US", "de", "fr", "es", "es-419", "it", "nl", "pt", "pt-BR");
+        one!(v, "reminder", "en", "en-US", "de", "fr", "es", "es-419", "it", "nl", "pt", "pt-BR");
         Self::from_sources(Path::new("(built-in templates)"), v)
     }
 
@@ -181,6 +189,19 @@ impl Templates {
         env.set_debug(false);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // minijinja's HTML escaping writes `/` as `&#x2f;` (a habit for attribute
+        // values without quotes); mail filters read escaped slashes in an href as
+        // obfuscation. Every attribute in a template is quoted, so `&`, `<`, `>`,
+        // `"` and `'` are what needs escaping.
+        env.set_formatter(|out, state, value| {
+            if matches!(state.auto_escape(), minijinja::AutoEscape::Html)
+                && !value.is_safe()
+                && let Some(s) = value.as_str()
+            {
+                return out.write_str(&escape_html(s)).map_err(minijinja::Error::from);
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         let mut locales: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut flat = BTreeSet::new();
         let mut keys = Vec::new();
@@ -203,7 +224,7 @@ impl Templates {
             keys.push(format!("{name}/{locale}/{file}"));
             env.add_template_owned(format!("{name}/{locale}/{file}"), text).map_err(|e| broken_in(dir, &flat, &e))?;
         }
-        let mut templates = Self { env, dir: dir.to_path_buf(), locales, flat, digests: BTreeMap::new() };
+        let mut templates = Self { env, dir: dir.to_path_buf(), locales, flat, digests: BTreeMap::new(), brand: None };
         for key in &keys {
             // a locale version with one file but not the others
             let (name, rest) = key.split_once('/').unwrap_or((key, ""));
@@ -225,6 +246,14 @@ impl Templates {
             .filter_map(|name| Some((name.clone(), template_digest(&templates.sources(name)?))))
             .collect();
         Ok(templates)
+    }
+
+    /// These templates with the settings' `[brand]`, which every campaign's own
+    /// `[brand]` overrides field by field.
+    #[must_use]
+    pub fn with_brand(mut self, brand: Option<Brand>) -> Self {
+        self.brand = brand;
+        self
     }
 
     /// The directory the templates came from.
@@ -317,9 +346,14 @@ impl Templates {
         let user_tag = msg.recipient.locale.as_deref().and_then(crate::domain::locale::normalize);
         for tag in &chain {
             if have.contains(tag) {
+                use crate::domain::locale::{home_region, language_of, region_of, regional_group};
                 let how = match &user_tag {
                     Some(u) if u == tag => LocaleMatch::Exact,
-                    Some(u) if crate::domain::locale::language_of(u) == *tag => LocaleMatch::Language,
+                    Some(u) if regional_group(u).as_ref() == Some(tag) => LocaleMatch::Regional,
+                    Some(u) if language_of(u) == *tag && region_of(u).is_some() && region_of(u) == home_region(tag) => {
+                        LocaleMatch::Exact
+                    }
+                    Some(u) if language_of(u) == *tag => LocaleMatch::Language,
                     // no locale on file, or none of theirs: the campaign's default
                     _ => LocaleMatch::Default,
                 };
@@ -338,14 +372,20 @@ impl Templates {
     pub fn render(&self, msg: &Message) -> Result<Rendered, TemplateError> {
         let name = &msg.delivery.template;
         let (locale, matched) = self.locale_for(msg)?;
-        let ctx = context_of(msg, &locale);
+        // the campaign's subject for this user, where it is as near as the template
+        let chain =
+            crate::domain::locale::fallback_chain(msg.recipient.locale.as_deref(), &msg.delivery.default_locale);
+        let campaign_subject = msg.delivery.subject.as_ref().and_then(|s| s.for_chain(&chain, &locale)).map(one_line);
+        let ctx = context_of(msg, &locale, campaign_subject.as_deref(), self.brand.as_ref());
         let render = |file: &str| -> Result<String, TemplateError> {
             let tpl = self.env.get_template(&format!("{name}/{locale}/{file}")).map_err(|e| self.broken(&e))?;
             tpl.render(&ctx).map_err(|e| self.broken(&e).scrubbed(&msg.session_url))
         };
-        let subject = match msg.delivery.subject.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            Some(s) => one_line(s),
-            None => one_line(&render("subject.txt")?),
+        // A subject template that places `{{ subject }}` itself (a reminder's
+        // prefix) keeps its words around the campaign's; any other is replaced.
+        let subject = match campaign_subject {
+            Some(s) if !self.subject_takes_campaigns(name, &locale) => s,
+            _ => one_line(&render("subject.txt")?),
         };
         if subject.is_empty() {
             return Err(TemplateError::Broken {
@@ -356,12 +396,19 @@ impl Templates {
         // the expiry and the review time are read as one piece: never split over lines
         let lang = Lang::of(Some(&locale));
         let keep = [
-            crate::domain::locale::format_datetime(msg.expires_at, zone_of(&msg.recipient), lang),
+            crate::domain::locale::format_datetime_in(msg.expires_at, zone_of(msg), &locale),
             processing_time(msg.recipient.region, lang).to_owned(),
         ];
         let text = Zeroizing::new(wrap_text_keeping(&render("body.txt")?, TEXT_WIDTH, &keep));
         let html = Zeroizing::new(render("body.html")?);
         Ok(Rendered { subject, text, html, locale, matched })
+    }
+
+    /// Whether `name`'s subject in `locale` uses `{{ subject }}` (the campaign's).
+    fn subject_takes_campaigns(&self, name: &str, locale: &str) -> bool {
+        self.env
+            .get_template(&format!("{name}/{locale}/subject.txt"))
+            .is_ok_and(|t| t.undeclared_variables(false).contains("subject"))
     }
 
     /// Renders every template in every locale against sample messages, so that a
@@ -375,7 +422,13 @@ impl Templates {
                 for locale in locales {
                     let key = format!("{name}/{locale}/{file}");
                     let tpl = self.env.get_template(&key).map_err(|e| self.broken(&e))?;
-                    used.insert(locale, tpl.undeclared_variables(false).into_iter().collect());
+                    // the name in a greeting is each language's own (a first name in
+                    // English, the full name with German *Sie*): any of them counts
+                    let vars = tpl.undeclared_variables(false).into_iter().map(|v| match v.as_str() {
+                        "first_name" | "last_name" | "full_name" => "first_name, last_name or full_name".to_owned(),
+                        _ => v,
+                    });
+                    used.insert(locale, vars.collect());
                 }
                 let all: BTreeSet<&String> = used.values().flatten().collect();
                 for (locale, vars) in &used {
@@ -474,6 +527,22 @@ pub fn template_digest<S: AsRef<str>>(files: &[(S, String)]) -> String {
     hex::encode(h.finalize())
 }
 
+/// Text for HTML, in an element or a quoted attribute.
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A subject is one line: newlines and runs of white space become one space.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -557,7 +626,7 @@ pub fn processing_time(region: Region, lang: Lang) -> &'static str {
         (Region::Us, Lang::De) => "höchstens 60 Minuten",
         (Region::Intl, Lang::Fr) => "5 à 30 minutes",
         (Region::Us, Lang::Fr) => "60 minutes au plus",
-        (Region::Intl, Lang::Es) => "de 5 a 30 minutos",
+        (Region::Intl, Lang::Es) => "entre 5 y 30 minutos",
         (Region::Us, Lang::Es) => "hasta 60 minutos",
         (Region::Intl, Lang::It) => "da 5 a 30 minuti",
         (Region::Us, Lang::It) => "fino a 60 minuti",
@@ -568,9 +637,11 @@ pub fn processing_time(region: Region, lang: Lang) -> &'static str {
     }
 }
 
-/// The user's zone, or UTC when it is missing or unknown.
-pub(crate) fn zone_of(r: &Recipient) -> Tz {
-    r.time_zone.as_deref().and_then(|z| z.trim().parse::<Tz>().ok()).unwrap_or(Tz::UTC)
+/// The user's zone; the campaign's when theirs is missing or unknown (as the send
+/// window reads it), and UTC when neither is known.
+pub(crate) fn zone_of(msg: &Message) -> Tz {
+    let parse = |z: Option<&str>| z.and_then(|z| z.trim().parse::<Tz>().ok());
+    parse(msg.recipient.time_zone.as_deref()).or_else(|| parse(msg.delivery.zone.as_deref())).unwrap_or(Tz::UTC)
 }
 
 /// The `lang` attribute for a message in the template locale `used`: the user's own
@@ -583,9 +654,15 @@ pub fn lang_attribute(user: Option<&str>, used: &str) -> String {
 }
 
 /// The variables every template sees. The README's template section lists them.
-fn context_of(msg: &Message, used: &str) -> Value {
+fn context_of(msg: &Message, used: &str, campaign_subject: Option<&str>, global: Option<&Brand>) -> Value {
     let r = &msg.recipient;
-    let tz = zone_of(r);
+    let brand = match (&msg.delivery.brand, global) {
+        (Some(mine), Some(g)) => mine.over(g),
+        (Some(mine), None) => mine.clone(),
+        (None, Some(g)) => g.clone(),
+        (None, None) => Brand::default(),
+    };
+    let tz = zone_of(msg);
     let lang = Lang::of(Some(used));
     let first_name = r.first_name.as_deref().map(str::trim).filter(|s| !s.is_empty());
     let last_name = r.last_name.as_deref().map(str::trim).filter(|s| !s.is_empty());
@@ -609,7 +686,7 @@ fn context_of(msg: &Message, used: &str) -> Value {
         // session itself, single use
         link_mode => msg.delivery.link.as_str(),
         link_reusable => msg.delivery.link == crate::domain::spec::LinkMode::Click,
-        expires_at => crate::domain::locale::format_datetime(msg.expires_at, tz, lang),
+        expires_at => crate::domain::locale::format_datetime_in(msg.expires_at, tz, used),
         expires_at_iso => msg.expires_at.with_timezone(&tz).to_rfc3339(),
         time_zone => tz.name(),
         processing_time => processing_time(r.region, lang),
@@ -617,6 +694,24 @@ fn context_of(msg: &Message, used: &str) -> Value {
         step => msg.step,
         is_reminder => msg.step > 0,
         reply_to => msg.delivery.reply_to.as_deref(),
+        // the campaign's `delivery.subject` for this locale, or none
+        subject => campaign_subject,
+        // the Reply-To's address alone, for a mailto: link
+        reply_to_address => msg.delivery.reply_to.as_deref().map(address_of),
+        // `[brand]`: the campaign's, each field falling back to the settings'
+        brand_name => brand.name,
+        support_url => brand.support_url,
+        support_email => brand.support_email,
+        postal_address => brand.address,
+        app_name => brand.app_name,
+    }
+}
+
+/// The address of a mailbox (`Support <help@example.com>` → `help@example.com`).
+fn address_of(mailbox: &str) -> String {
+    match mailbox.parse::<lettre::message::Mailbox>() {
+        Ok(m) => m.email.to_string(),
+        Err(_) => mailbox.trim().to_owned(),
     }
 }
 
@@ -643,6 +738,14 @@ pub(crate) fn sample_message(template: &str, step: u32, region: Region, named: b
             reply_to: named.then(|| "Support <support@example.com>".to_owned()),
             subject: None,
             webhook_url: None,
+            // the templates are checked with and without a brand
+            brand: named.then(|| Brand {
+                name: Some("Example Bank".to_owned()),
+                support_url: Some("https://example.com/help".to_owned()),
+                support_email: Some("help@example.com".to_owned()),
+                address: Some("1 Example Street, London".to_owned()),
+                app_name: Some("Example Bank".to_owned()),
+            }),
             ..Delivery::default()
         },
     }
@@ -720,7 +823,9 @@ mod tests {
         let r = t.render(&m).unwrap();
         assert_eq!(r.subject, "Hello <b>Ann</b>");
         assert_eq!(r.text.as_str(), "<b>Ann</b> https://v.example/s?a=1&b=2");
-        assert!(r.html.contains("&lt;b&gt;Ann&lt;&#x2f;b&gt;"), "{}", r.html.as_str());
+        assert!(r.html.contains("&lt;b&gt;Ann&lt;/b&gt;"), "{}", r.html.as_str());
+        // a link is written as it is: escaped slashes read as obfuscation to filters
+        assert!(r.html.contains("href=\"https://v.example/s?a=1&amp;b=2\""), "{}", r.html.as_str());
         assert!(r.html.contains("a=1&amp;b=2"), "{}", r.html.as_str());
         assert!(!format!("{r:?}").contains("v.example"));
         m.delivery.subject = Some("Campaign subject".into());
@@ -743,33 +848,49 @@ mod tests {
     fn the_users_locale_then_its_language_then_the_default() {
         let t = shipped();
         let de = t.render(&for_locale(Some("de-DE"))).unwrap();
-        assert_eq!(de.subject, "Bitte bestätigen Sie Ihre Identität");
+        assert_eq!(de.subject, "Example Bank – Bitte bestätigen Sie Ihre Identität");
         assert!(de.html.contains("<html lang=\"de-DE\">"), "{}", de.html.as_str());
-        assert!(de.text.contains("Freitag, 27. November 2026, 16:00 CET"), "{}", de.text.as_str());
+        assert!(de.text.contains("Freitag, 27. November 2026, 16:00 MEZ"), "{}", de.text.as_str());
         assert!(de.text.contains("5 bis 30 Minuten"));
-        assert_eq!((de.locale.as_str(), de.matched), ("de", LocaleMatch::Language));
+        // `de` is written for Germany: a de-DE reader is served their own text
+        assert_eq!((de.locale.as_str(), de.matched), ("de", LocaleMatch::Exact));
 
         let ch = t.render(&for_locale(Some("de-CH"))).unwrap();
         assert_eq!(ch.subject, de.subject);
+        assert_eq!(ch.matched, LocaleMatch::Language);
         assert!(ch.html.contains("lang=\"de-CH\""));
 
         let xx = t.render(&for_locale(Some("xx-YY"))).unwrap();
-        assert_eq!(xx.subject, "Please verify your identity");
+        assert_eq!(xx.subject, "Example Bank – Please verify your identity");
         assert!(xx.html.contains("<html lang=\"en\">"), "the lang is the text's, not the user's");
         assert!(xx.text.contains("Friday 27 November 2026, 16:00 CET"));
         assert_eq!((xx.locale.as_str(), xx.matched), ("en", LocaleMatch::Default));
 
         let fr = t.render(&for_locale(Some("fr"))).unwrap();
         assert_eq!(fr.matched, LocaleMatch::Exact);
-        // an English user is no fallback to the default
-        assert_eq!(t.render(&for_locale(Some("en-GB"))).unwrap().matched, LocaleMatch::Language);
+        // an English user is no fallback to the default; en is written for the UK
+        assert_eq!(t.render(&for_locale(Some("en-GB"))).unwrap().matched, LocaleMatch::Exact);
+        assert_eq!(t.render(&for_locale(Some("en-AU"))).unwrap().matched, LocaleMatch::Language);
+        // regional variants: exact, then the regional group, then the language
+        let br = t.render(&for_locale(Some("pt-BR"))).unwrap();
+        assert_eq!((br.locale.as_str(), br.matched), ("pt-BR", LocaleMatch::Exact));
+        assert!(br.text.contains("você") && !br.text.contains("telemóvel"), "{}", br.text.as_str());
+        let pt = t.render(&for_locale(Some("pt-PT"))).unwrap();
+        assert_eq!((pt.locale.as_str(), pt.matched), ("pt", LocaleMatch::Exact));
+        let mx = t.render(&for_locale(Some("es-MX"))).unwrap();
+        assert_eq!((mx.locale.as_str(), mx.matched), ("es-419", LocaleMatch::Regional));
+        assert!(mx.html.contains("lang=\"es-MX\""));
+        let es = t.render(&for_locale(Some("es-ES"))).unwrap();
+        assert_eq!((es.locale.as_str(), es.matched), ("es", LocaleMatch::Exact));
+        let us = t.render(&for_locale(Some("en-US"))).unwrap();
+        assert!(us.text.contains("driver's license") && !us.text.contains("driving licence"), "{}", us.text.as_str());
         assert!(fr.text.contains("vendredi 27 novembre 2026 à 16:00 CET"));
 
         // the campaign's default locale ends the chain
         let mut m = for_locale(Some("xx-YY"));
         m.delivery.default_locale = "nl".into();
         let nl = t.render(&m).unwrap();
-        assert_eq!(nl.subject, "Bevestig uw identiteit");
+        assert_eq!(nl.subject, "Example Bank – Verifieer uw identiteit");
         assert!(nl.html.contains("lang=\"nl\""));
         m.delivery.default_locale = "sv".into();
         let e = t.render(&m).unwrap_err().to_string();
@@ -790,7 +911,7 @@ mod tests {
                 m.delivery.template = name.into();
                 t.render(&m).unwrap()
             };
-            for locale in SHIPPED_LOCALES.iter().filter(|l| **l != "en") {
+            for locale in SHIPPED_LOCALES.iter().filter(|l| crate::domain::locale::language_of(l) != "en") {
                 let mut m = for_locale(Some(locale));
                 m.delivery.template = name.into();
                 let r = t.render(&m).unwrap();
@@ -799,6 +920,53 @@ mod tests {
                 assert!(r.text.lines().all(|l| l.chars().count() <= TEXT_WIDTH || !l.contains(' ')), "{name}/{locale}");
             }
         }
+    }
+
+    #[test]
+    fn the_texts_read_as_written_no_doubled_words_no_lost_paragraphs() {
+        let t = shipped();
+        for name in ["default", "reminder"] {
+            for region in [Region::Intl, Region::Us] {
+                let mut m = for_locale(Some("es-ES"));
+                m.delivery.template = name.into();
+                m.recipient.region = region;
+                let es = t.render(&m).unwrap();
+                assert!(!es.text.contains(" de de ") && !es.html.contains(" de de "), "{name}: {}", es.text.as_str());
+            }
+        }
+        // the paragraph after the link's conditional sentence keeps its blank line
+        let en = t.render(&for_locale(Some("en"))).unwrap();
+        assert!(en.text.contains(".\n\nWhat you will need\n"), "{}", en.text.as_str());
+        let mut m = for_locale(Some("en"));
+        m.delivery.template = "reminder".into();
+        let rem = t.render(&m).unwrap();
+        assert!(rem.text.contains(".\n\nYou will need"), "{}", rem.text.as_str());
+        // German with Sie greets formally; no name is no "there"
+        let de = t.render(&for_locale(Some("de-DE"))).unwrap();
+        assert!(de.text.starts_with("Guten Tag Sample User,"), "{}", de.text.as_str());
+        assert!(!de.text.contains("Führerschein,"), "the GwG does not accept a driving licence");
+        let mut anon = for_locale(Some("en"));
+        anon.recipient.first_name = None;
+        anon.recipient.last_name = None;
+        assert!(t.render(&anon).unwrap().text.starts_with("Hello,"));
+        // Italian with Lei on the button too
+        let it = t.render(&for_locale(Some("it"))).unwrap();
+        assert!(!it.html.contains("Verifica la mia") && it.html.contains("Verifichi la sua identità"));
+    }
+
+    #[test]
+    fn without_a_zone_of_their_own_the_user_reads_the_campaigns() {
+        let t = shipped();
+        let mut m = for_locale(Some("en-US"));
+        m.recipient.time_zone = None;
+        m.delivery.zone = Some("America/New_York".into());
+        let r = t.render(&m).unwrap();
+        // 15:00 UTC is 10:00 in New York, as the send window reads it
+        assert!(r.text.contains("Friday, November 27, 2026, 10:00 AM EST"), "{}", r.text.as_str());
+        m.recipient.time_zone = Some("not/a zone".into());
+        assert!(t.render(&m).unwrap().text.contains("10:00 AM EST"));
+        m.delivery.zone = None;
+        assert!(t.render(&m).unwrap().text.contains("3:00 PM UTC"));
     }
 
     #[test]
@@ -848,8 +1016,8 @@ mod tests {
         let mut m = sample_message("default", 0, Region::Us, true);
         m.recipient.time_zone = Some("America/Chicago".into());
         let r = t.render(&m).unwrap();
-        // minijinja's HTML escaping also escapes '/', which browsers undo in an href
-        let html_link = "https:&#x2f;&#x2f;verify.example.invalid&#x2f;sample";
+        // the link as it is, in the text and in the HTML (no `&#x2f;`)
+        let html_link = "href=\"https://verify.example.invalid/sample\"";
         for (part, link) in [(r.text.as_str(), "https://verify.example.invalid/sample"), (r.html.as_str(), html_link)] {
             assert!(part.contains("Sample"), "{part}");
             assert!(part.contains(link), "{part}");

@@ -166,8 +166,10 @@ impl Metrics {
         let locale_fallbacks = Family::<FallbackLabels, Counter>::default();
         registry.register(
             "locale_fallbacks",
-            "Messages rendered in another locale than the user's: their language (to=language) or the \
-             campaign's default_locale (to=default)",
+            "Messages rendered in another locale than the user's: their regional variant (to=regional, \
+             es-MX served es-419), their language (to=language, pt-BR served pt) or the campaign's \
+             default_locale (to=default); a language's own text read in its home region (pt-PT served pt) is \
+             no fallback",
             locale_fallbacks.clone(),
         );
         let timezone_fallbacks = Family::<CampaignLabels, Counter>::default();

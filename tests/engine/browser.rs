@@ -289,6 +289,18 @@ impl Browser {
         // applied when the command returns; each screenshot's width is checked
     }
 
+    /// Emulates the reader's colour scheme (`prefers-color-scheme`), as a mail
+    /// reader in dark mode reports it.
+    pub(crate) async fn color_scheme(&self, dark: bool) {
+        self.post(
+            "/goog/cdp/execute",
+            json!({ "cmd": "Emulation.setEmulatedMedia", "params": {
+                "features": [{ "name": "prefers-color-scheme", "value": if dark { "dark" } else { "light" } }],
+            }}),
+        )
+        .await;
+    }
+
     /// Screenshots at each width to `target/screenshots/click-{name}-{width}.png`;
     /// leaves the phone's viewport on, as a person on a phone goes on.
     pub(crate) async fn screenshots(&self, name: &str) -> Vec<PathBuf> {
@@ -428,7 +440,8 @@ async fn a_person_clicks_through_in_chromium_and_is_converted() {
     let page = browser.wait_for_text("Continue to verification").await;
     assert_eq!(browser.title().await, "Verify your identity");
     assert!(page.contains("Verify your identity") && page.contains("have your ID ready"), "{page}");
-    assert!(page.contains("This link works until") && page.contains("(Europe/London)"), "{page}");
+    // the expiry as the email writes it, in the user's zone
+    assert!(page.contains("This link works until") && (page.contains(" GMT") || page.contains(" BST")), "{page}");
     let button = browser.find("css selector", "form[method=post] button[type=submit]").await;
     let label = browser.get(&format!("/element/{button}/text")).await;
     assert_eq!(label.as_str(), Some("Continue to verification"));
@@ -486,10 +499,11 @@ async fn a_person_clicks_through_in_chromium_and_is_converted() {
 }
 
 /// Every shipped template, in every shipped locale, as a mail reader shows its
-/// HTML: headless Chromium at a phone's width and a desktop's. The link and the
-/// expiry must be in the rendered text, the page must not scroll sideways on the
-/// phone, and a screenshot of each is written to
-/// `target/screenshots/mail-{template}-{locale}-{375,1280}.png`.
+/// HTML: headless Chromium at a phone's width and a desktop's, in light and dark
+/// mode. The link and the expiry must be in the rendered text, the page must not
+/// scroll sideways on the phone, dark mode must turn the background dark with
+/// light text, and a screenshot of each is written to
+/// `target/screenshots/mail-{template}-{locale}-{375,1280}-{light,dark}.png`.
 #[tokio::test]
 async fn every_shipped_template_reads_well_in_chromium() {
     use reverify::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
@@ -523,6 +537,13 @@ async fn every_shipped_template_reads_well_in_chromium() {
                     template: name.into(),
                     reply_to: Some("Support <support@example.com>".into()),
                     link: reverify::domain::spec::LinkMode::Click,
+                    brand: Some(reverify::domain::spec::Brand {
+                        name: Some("Example Bank".into()),
+                        support_url: Some("https://example.com/help".into()),
+                        support_email: Some("help@example.com".into()),
+                        address: Some("1 Example Street, London EC1A 1AA".into()),
+                        app_name: Some("Example Bank".into()),
+                    }),
                     ..Default::default()
                 },
             };
@@ -530,10 +551,10 @@ async fn every_shipped_template_reads_well_in_chromium() {
             assert_eq!(rendered.locale, locale);
             let file = pages.path().join(format!("{name}-{locale}.html"));
             std::fs::write(&file, rendered.html.as_bytes()).unwrap();
-            let lang = reverify::domain::locale::Lang::of(Some(locale));
-            let expiry = reverify::domain::locale::format_datetime(expires_at, zone.parse().unwrap(), lang);
-            for (label, width, height, phone) in VIEWPORTS {
+            let expiry = reverify::domain::locale::format_datetime_in(expires_at, zone.parse().unwrap(), locale);
+            for ((label, width, height, phone), dark) in VIEWPORTS.into_iter().flat_map(|v| [(v, false), (v, true)]) {
                 browser.viewport(width, height, phone).await;
+                browser.color_scheme(dark).await;
                 browser.go(&format!("file://{}", file.display())).await;
                 let text = browser.wait_for_text(link).await;
                 assert!(text.contains(&expiry), "{name}/{locale} at {label}: no {expiry:?} in\n{text}");
@@ -548,6 +569,31 @@ async fn every_shipped_template_reads_well_in_chromium() {
                     overflow.as_u64().unwrap_or(u64::MAX) <= u64::from(width),
                     "{name}/{locale} scrolls sideways at {width} px: {overflow}"
                 );
+                // the body's own colours: light on dark in dark mode, dark on light otherwise
+                let colours = browser
+                    .post(
+                        "/execute/sync",
+                        json!({ "script": "const s = getComputedStyle(document.body); \
+                                           return [s.backgroundColor, s.color];", "args": [] }),
+                    )
+                    .await;
+                let lum = |i: usize| -> u32 {
+                    colours[i]
+                        .as_str()
+                        .unwrap_or_default()
+                        .trim_start_matches("rgb(")
+                        .trim_end_matches(')')
+                        .split(',')
+                        .take(3)
+                        .map(|c| c.trim().parse::<u32>().unwrap_or(0))
+                        .sum()
+                };
+                let (background, text) = (lum(0), lum(1));
+                assert!(
+                    if dark { background < 200 && text > 500 } else { background > 700 && text < 200 },
+                    "{name}/{locale} dark={dark}: {colours}"
+                );
+                let label = format!("{label}-{}", if dark { "dark" } else { "light" });
                 let b64 = browser.get("/screenshot").await;
                 let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap_or_default()).unwrap();
                 assert_eq!(png.get(..8), Some(&b"\x89PNG\r\n\x1a\n"[..]), "a PNG");

@@ -26,7 +26,7 @@ pub struct Env {
 
 pub fn campaign_toml(name: &str, extra: &str) -> String {
     format!(
-        "name = \"{name}\"\n{extra}\n[delivery]\nfrom = \"Compliance <compliance@example.com>\"\n\
+        "name = \"{name}\"\n{extra}\n[delivery]\nfrom = \"Compliance <compliance@example.com>\"\ntrace_headers = true\n\
          [throttle]\nrequests_per_second = 5000\nconcurrency = 16\n"
     )
 }

@@ -38,6 +38,9 @@ both_engines!(each_user_reads_their_language_and_unknown_ones_fall_back_to_engli
     let c = env.apply(&campaign_toml(&name, "")).await;
     let series = format!("reverify_locale_fallbacks_total{{campaign=\"{name}\",to=\"default\"}}");
     let before = metric(&series);
+    let language = format!("reverify_locale_fallbacks_total{{campaign=\"{name}\",to=\"language\"}}");
+    let language_before = metric(&language);
+    let mut swiss = 0;
     env.run(&c).await;
     let mut english = 0;
     let messages = env.messages();
@@ -57,9 +60,11 @@ both_engines!(each_user_reads_their_language_and_unknown_ones_fall_back_to_engli
                 let days = ["Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"];
                 let flat = text.replace('\n', " ");
                 assert!(days.iter().any(|d| flat.contains(&format!("gültig bis {d}, "))), "{text}");
-                assert!(text.contains(" CET") || text.contains(" CEST"), "{text}");
+                // German names for Central European time
+                assert!(text.contains(" MEZ") || text.contains(" MESZ"), "{text}");
             }
             "de-CH" => {
+                swiss += 1;
                 assert_eq!(subject, "Bitte bestätigen Sie Ihre Identität");
                 assert!(html.contains("<html lang=\"de-CH\">"), "{html}");
             }
@@ -72,7 +77,11 @@ both_engines!(each_user_reads_their_language_and_unknown_ones_fall_back_to_engli
                 assert_eq!(subject, "Merci de confirmer votre identité");
                 assert!(html.contains("<html lang=\"fr-FR\">"), "{html}");
             }
-            "pt-BR" => assert_eq!(subject, "Confirme a sua identidade"),
+            // Brazilian Portuguese of its own, no fallback
+            "pt-BR" => {
+                assert_eq!(subject, "Confirme sua identidade");
+                assert!(text.contains("você") && !text.contains("telemóvel"), "{text}");
+            }
             other => panic!("{other}"),
         }
         // every message is well formed for its readers
@@ -86,6 +95,8 @@ both_engines!(each_user_reads_their_language_and_unknown_ones_fall_back_to_engli
     }
     assert!(english > 0);
     assert_eq!(metric(&series) - before, f64::from(english), "each fallback to the default locale is counted");
+    // de-CH read the German of Germany: a fallback; de-DE and pt-BR got their own
+    assert_eq!(metric(&language) - language_before, f64::from(swiss), "only real fallbacks are counted");
 });
 
 /// Times (`HH:MM`) masked: a preview's expiry is computed a moment after the run's.
@@ -152,8 +163,10 @@ both_engines!(preview_renders_what_the_outbox_writes, |db: TestDb| async move {
     assert!(preview.content_type.starts_with("multipart/alternative"));
     // the same text and HTML, links aside
     let norm = |s: &str| mask_times(&s.replace(&link_line, "LINK").replace(fake, "LINK"));
-    let html_link = link_line.replace('/', "&#x2f;");
-    let norm_html = |s: &str| mask_times(&s.replace(&html_link, "LINK").replace(&fake.replace('/', "&#x2f;"), "LINK"));
+    // links are written as they are in the HTML (`/` unescaped)
+    let html_link = link_line.replace('&', "&amp;");
+    let norm_html = |s: &str| mask_times(&s.replace(&html_link, "LINK").replace(fake, "LINK"));
+    assert!(!sent.html.as_deref().unwrap().contains("&#x2f;"));
     assert_eq!(norm(preview.text.as_deref().unwrap()), norm(sent.text.as_deref().unwrap()));
     assert_eq!(norm_html(preview.html.as_deref().unwrap()), norm_html(sent.html.as_deref().unwrap()));
 
@@ -173,6 +186,26 @@ both_engines!(preview_renders_what_the_outbox_writes, |db: TestDb| async move {
     assert!(html.contains("<html lang=\"es\">") && html.contains("Verificar mi identidad"), "{html}");
     assert_eq!(env.sandbox.stats().await.sessions_issued, sessions);
     assert_eq!(env.messages().len(), std::fs::read_dir(&env.outbox).unwrap().count());
+
+    // a subject per locale: the preview shows the one that will be sent
+    let toml = campaign_toml("subjects", "").replace(
+        "[throttle]",
+        "[delivery.subject]\nen = \"Check your account\"\nde = \"Prüfen Sie Ihr Konto\"\n[throttle]",
+    );
+    env.apply(&toml).await;
+    let subject_in = |locale: &str| {
+        let text = stdout_of(
+            reverify(&env)
+                .env("REVERIFY_TEMPLATES_DIR", &templates)
+                .args(["campaign", "preview", "subjects", "--locale", locale, "--format", "text"]),
+        );
+        text.lines().next().unwrap().to_owned()
+    };
+    assert_eq!(subject_in("de"), "Subject: Prüfen Sie Ihr Konto");
+    assert_eq!(subject_in("de-AT"), "Subject: Prüfen Sie Ihr Konto");
+    assert_eq!(subject_in("en-US"), "Subject: Check your account");
+    // no French line: the French template's own, not the English one
+    assert_eq!(subject_in("fr"), "Subject: Merci de confirmer votre identité");
     let bad = reverify(&env).args(["campaign", "preview", "preview", "--step", "1"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--step 1"), "{}", String::from_utf8_lossy(&bad.stderr));

@@ -190,7 +190,7 @@ pub fn text(o: &Output) -> String {
 /// A campaign file delivering by email.
 pub fn campaign(name: &str, rps: u32, concurrency: u32) -> String {
     format!(
-        "name = \"{name}\"\n[delivery]\nfrom = \"Compliance <compliance@example.com>\"\n\
+        "name = \"{name}\"\n[delivery]\nfrom = \"Compliance <compliance@example.com>\"\ntrace_headers = true\n\
          [throttle]\nrequests_per_second = {rps}\nconcurrency = {concurrency}\n"
     )
 }
