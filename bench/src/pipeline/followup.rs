@@ -235,11 +235,11 @@ pub fn idle(exe: &Path, rt: &Handle, targets: usize, times: Times) -> anyhow::Re
     let daemon = start_daemon(exe, &scene)?;
     std::thread::sleep(times.warm_up);
     let pid = daemon.0.id();
-    let before = probe::process_cpu(pid).context("the daemon's CPU time")?;
+    let before = probe::process_cpu_precise(pid).context("the daemon's CPU time")?;
     let window = times.window;
     let sampler = probe::Sampler::start(database_name(&scene.db.url));
     std::thread::sleep(window);
-    let after = probe::process_cpu(pid).context("the daemon's CPU time")?;
+    let after = probe::process_cpu_precise(pid).context("the daemon's CPU time")?;
     let sampled = sampler.finish();
     let runs: i64 =
         rt.block_on(sqlx::query_scalar("SELECT COUNT(*) FROM campaign_runs").fetch_one(&pool)).unwrap_or_default();
@@ -247,7 +247,8 @@ pub fn idle(exe: &Path, rt: &Handle, targets: usize, times: Times) -> anyhow::Re
     let percent = 100.0 * (after - before) / window.as_secs_f64();
     say(format!("daemon_idle_cpu_percent: {percent:.4} %"));
     say(format!(
-        "# daemon_idle_cpu_percent: the daemon over {targets} targets deferred a day ahead, {:.3} s of CPU in {} s \
+        "# daemon_idle_cpu_percent: the daemon over {targets} targets deferred a day ahead, {:.4} s of CPU (every \
+         thread's schedstat) in {} s \
          after a 10 s warm-up; its Postgres backends {}; {runs} runs (none expected); goal: under 1 % of a core",
         after - before,
         window.as_secs(),

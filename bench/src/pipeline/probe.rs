@@ -52,6 +52,18 @@ pub fn process_cpu(pid: u32) -> Option<f64> {
     parse_stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// CPU seconds of a process from the scheduler's nanosecond counts (every thread's
+/// `/proc/PID/task/TID/schedstat`): precise where `stat`'s 10 ms ticks read 0.
+pub fn process_cpu_precise(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns: u64 = 0;
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
 /// (busy, total) jiffies of the whole machine from the `cpu` line of `/proc/stat`.
 fn machine_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
