@@ -251,7 +251,15 @@ impl Store {
                 })
             }),
         }
-        .acquire_timeout(Duration::from_secs(30));
+        .acquire_timeout(Duration::from_secs(30))
+        // No reaping of idle or old connections, so no pool maintenance task: sqlx
+        // 0.9's reads its idle count while `release` can have it wrapped below zero
+        // for a moment (the connection pushed and its permit freed before the count
+        // goes up, so a concurrent acquire decrements first), and then loops over
+        // ~2^64 without yielding, one worker at 100 % CPU for good (a `campaign
+        // apply` seen spinning for 17 minutes). A worker keeps its few connections.
+        .idle_timeout(None)
+        .max_lifetime(None);
         let pool =
             pool_options.connect_with(options).await.map_err(|source| StoreError::Connect { url: shown, source })?;
         Ok(Self { pool, backend, group: None, sealing: Default::default() })
