@@ -124,8 +124,18 @@ impl Default for PassOptions {
 /// # Errors
 /// [`StoreError`].
 pub async fn complete_ended(store: &Store, actor: &str, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    complete_ended_of(store, &store.campaign_list().await?, actor, now).await
+}
+
+/// [`complete_ended`] over campaigns already read.
+async fn complete_ended_of(
+    store: &Store,
+    campaigns: &[CampaignRecord],
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
     let mut done = Vec::new();
-    for c in store.campaign_list().await? {
+    for c in campaigns {
         if !matches!(c.status, CampaignStatus::Active | CampaignStatus::Paused) {
             continue;
         }
@@ -151,8 +161,18 @@ pub async fn due_campaigns_with(
     now: DateTime<Utc>,
     opts: PassOptions,
 ) -> Result<Vec<DueCheck>, StoreError> {
+    checks_of(store, &store.campaign_list().await?, now, opts).await
+}
+
+/// [`due_campaigns_with`] over campaigns already read.
+async fn checks_of(
+    store: &Store,
+    campaigns: &[CampaignRecord],
+    now: DateTime<Utc>,
+    opts: PassOptions,
+) -> Result<Vec<DueCheck>, StoreError> {
     let mut checks = Vec::new();
-    for c in store.campaign_list().await?.iter().filter(|c| c.status == CampaignStatus::Active) {
+    for c in campaigns.iter().filter(|c| c.status == CampaignStatus::Active) {
         let mut check = check(c, now);
         let follows = c.spec().is_ok_and(|s| s.follows_up() && s.life_at(now) == Life::Running);
         if opts.follow_up && follows {
@@ -213,8 +233,11 @@ impl Pass {
 /// # Errors
 /// [`StoreError`].
 pub async fn pass(store: &Store, actor: &str, now: DateTime<Utc>, opts: PassOptions) -> Result<Pass, StoreError> {
-    let completed = complete_ended(store, actor, now).await?;
-    let checks = due_campaigns_with(store, now, opts).await?;
+    // one read of the campaigns per pass: those it completes are no longer active
+    let mut campaigns = store.campaign_list().await?;
+    let completed = complete_ended_of(store, &campaigns, actor, now).await?;
+    campaigns.retain(|c| !completed.iter().any(|n| n == c.name.as_str()));
+    let checks = checks_of(store, &campaigns, now, opts).await?;
     record_next(store, &checks).await?;
     let due = checks.iter().filter_map(|c| c.work(now).map(|w| (c.campaign.clone(), w))).collect();
     Ok(Pass { completed, checks, due })
