@@ -112,6 +112,15 @@ pub struct Settings {
     /// (`session_expiry_margin`, a duration such as `5m`, default 5 minutes, at most
     /// 1 hour): a user's slot frees no earlier than the API frees it.
     pub session_expiry_margin: std::time::Duration,
+    /// `fresh_state_max_age`: a user whose state was confirmed (a fresh-state call,
+    /// a signed webhook, `users sync`, an import) within it is not asked
+    /// `GET /v1/user` again before a session. `None`: `6h` when `webhook_key` is set
+    /// and the feed is healthy, else `0s` (always ask). A campaign's
+    /// `[audience] fresh_state_max_age` overrides it.
+    pub fresh_state_max_age: Option<std::time::Duration>,
+    /// `webhook_feed_max_silence` (default `24h`): the webhook feed is healthy while a
+    /// signed webhook was accepted, or a `users sync` finished, within it.
+    pub webhook_feed_max_silence: std::time::Duration,
     /// How many workers run the same campaigns at once against one database
     /// (`workers`, default 1). Each worker takes `1/workers` of `requests_per_second`,
     /// of `burst` and of every campaign's `throttle.requests_per_second`, so that the
@@ -191,6 +200,8 @@ impl std::fmt::Debug for Settings {
             .field("max_concurrency", &self.max_concurrency)
             .field("lease_seconds", &self.lease_seconds)
             .field("session_expiry_margin", &self.session_expiry_margin)
+            .field("fresh_state_max_age", &self.fresh_state_max_age)
+            .field("webhook_feed_max_silence", &self.webhook_feed_max_silence)
             .field("workers", &self.workers)
             .field("log_format", &self.log_format)
             .field("log_level", &self.log_level)
@@ -234,6 +245,8 @@ impl Default for Settings {
             max_concurrency: 64,
             lease_seconds: 30,
             session_expiry_margin: std::time::Duration::from_secs(300),
+            fresh_state_max_age: None,
+            webhook_feed_max_silence: std::time::Duration::from_secs(24 * 3600),
             workers: 1,
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -282,6 +295,8 @@ struct FileSettings {
     max_concurrency: Option<u32>,
     lease_seconds: Option<u64>,
     session_expiry_margin: Option<String>,
+    fresh_state_max_age: Option<String>,
+    webhook_feed_max_silence: Option<String>,
     workers: Option<u32>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -321,6 +336,15 @@ pub const SECRET_KEYS: [&str; 8] = [
 ];
 
 impl Settings {
+    /// `fresh_state_max_age` and the webhook feed, as `domain::freshness` takes them.
+    pub fn freshness(&self) -> crate::domain::freshness::FreshStateSettings {
+        crate::domain::freshness::FreshStateSettings {
+            max_age: self.fresh_state_max_age,
+            webhook_feed: self.webhook_key.is_some(),
+            max_silence: self.webhook_feed_max_silence,
+        }
+    }
+
     /// This worker's share of every configured rate: `1 / workers`.
     pub fn rate_share(&self) -> f64 {
         1.0 / f64::from(self.workers.max(1))
@@ -446,6 +470,20 @@ impl Settings {
                 return Err(invalid("session_expiry_margin", format!("{v:?} is over the most, 1h")));
             }
             s.session_expiry_margin = d;
+        }
+        let duration = |key: &'static str, v: String| {
+            humantime::parse_duration(v.trim())
+                .map_err(|e| invalid(key, format!("{v:?} is not a duration such as 6h, 30m or 0s: {e}")))
+        };
+        if let Some(v) = get("fresh_state_max_age", file.fresh_state_max_age) {
+            s.fresh_state_max_age = Some(duration("fresh_state_max_age", v)?);
+        }
+        if let Some(v) = get("webhook_feed_max_silence", file.webhook_feed_max_silence) {
+            let d = duration("webhook_feed_max_silence", v.clone())?;
+            if d.is_zero() {
+                return Err(invalid("webhook_feed_max_silence", format!("{v:?} must be above 0s")));
+            }
+            s.webhook_feed_max_silence = d;
         }
         s.requests_per_second = match env.get(&env_name("requests_per_second")) {
             Some(v) => {

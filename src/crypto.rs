@@ -134,6 +134,12 @@ impl TokenCipher {
     }
 }
 
+/// The associated data an access token is sealed with: not the refresh token's
+/// (the user id), so that one cannot stand in for the other.
+pub fn access_token_ad(user_id: &str) -> String {
+    format!("{user_id}:access")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

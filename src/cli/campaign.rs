@@ -260,7 +260,7 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
         }
         CampaignCommand::Plan { name, json } => {
             let (store, c) = ctx.existing_campaign(&name).await?;
-            super::status::plan(&store, &c, json).await
+            super::status::plan(&store, &c, ctx.settings.freshness(), json).await
         }
         CampaignCommand::Preview { name, user, locale, step, format, output } => {
             super::preview::preview(ctx, super::preview::PreviewArgs { name, user, locale, step, format, output }).await

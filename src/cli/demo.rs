@@ -144,7 +144,7 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     println!("4. applying the demo campaign (click-through links)");
     let spec = CampaignSpec::from_toml(DEMO_CAMPAIGN, "demo campaign")?;
     let (_, campaign) = store.campaign_apply(&spec, DEMO_CAMPAIGN, &ctx.actor, Utc::now()).await?;
-    super::status::plan(&store, &campaign, false).await?;
+    super::status::plan(&store, &campaign, settings.freshness(), false).await?;
 
     println!("5. running it");
     let mut worker = Worker::from_settings(&settings, store.clone())?;

@@ -83,6 +83,11 @@ pub struct SandboxArgs {
     /// `reverify users import`.
     #[arg(long, value_name = "FILE")]
     export_users: Option<PathBuf>,
+    /// With --export-users: also mint each user an access token (valid for
+    /// --access-token-ttl) and write it with its expiry and `state_as_of` (now), as
+    /// a directory that holds access tokens would export them.
+    #[arg(long, requires = "export_users")]
+    export_access_tokens: bool,
     /// The accepted x-client-key. Default: the baanx_client_key setting
     /// (REVERIFY_BAANX_CLIENT_KEY), else a demo key printed at start.
     #[arg(long, value_name = "KEY")]
@@ -191,7 +196,15 @@ pub async fn run(args: SandboxArgs, ctx: &Context) -> anyhow::Result<u8> {
     let sandbox = Sandbox::start(config).await.context("failed to start the sandbox")?;
     if let Some(path) = &args.export_users {
         let users = sandbox.users();
-        userfile::write_users(path, &users)?;
+        if args.export_access_tokens {
+            let now = chrono::Utc::now();
+            let expires_at = now + chrono::Duration::from_std(args.access_token_ttl).unwrap_or_default();
+            userfile::write_users_with_access(path, &users, now, |u| {
+                sandbox.mint_access_token(&u.user_id).ok().map(|t| (t, expires_at))
+            })?;
+        } else {
+            userfile::write_users(path, &users)?;
+        }
         println!("exported {} users to {}", users.len(), path.display());
     }
     println!("sandbox listening on {}", sandbox.base_url());

@@ -36,6 +36,7 @@ pub fn click_config(settings: &reverify::Settings) -> ClickConfig {
     ClickConfig {
         life: SessionLife { ttl: std::time::Duration::from_secs(24 * 3600), margin: settings.session_expiry_margin },
         trusted_proxies: reverify::domain::proxies::TrustedProxies::new(settings.trusted_proxies.clone()),
+        freshness: settings.freshness(),
         ..ClickConfig::default()
     }
 }

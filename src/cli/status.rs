@@ -108,13 +108,25 @@ fn secs(s: f64) -> std::time::Duration {
 }
 
 /// Prints who a run would target now, without calling the API.
-pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Result<u8> {
+pub async fn plan(
+    store: &Store,
+    c: &CampaignRecord,
+    freshness: reverify::domain::freshness::FreshStateSettings,
+    json: bool,
+) -> anyhow::Result<u8> {
     let spec = c.spec()?;
     let now = Utc::now();
     let buckets = store.campaign_plan(c.campaign_id, &spec.audience, now).await?;
     let window = window_forecast(store, c, &spec, now).await?;
+    let fresh = fresh_forecast(store, c, &spec, freshness, now).await?;
     if json {
         let mut doc = serde_json::json!({ "campaign": c.name.as_str(), "buckets": buckets });
+        doc["fresh_state"] = serde_json::json!({
+            "max_age_seconds": fresh.age.max_age.as_secs(),
+            "webhook_feed": feed_name(fresh.age.feed),
+            "skip_fresh_state_call": fresh.skipping,
+            "oldest_confirmation_used": fresh.oldest,
+        });
         if let Some(w) = &window {
             doc["send_window"] = serde_json::json!({
                 "new_targets_outside_window": w.new_outside,
@@ -136,6 +148,25 @@ pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Resu
     for b in buckets.iter().filter(|b| !b.bucket.starts_with("target")) {
         println!("  {:<28} {}", b.bucket, b.count);
     }
+    println!("fresh state (GET /v1/user before each session)");
+    println!(
+        "  {:<28} {} (webhook feed: {})",
+        "fresh_state_max_age",
+        humantime::format_duration(fresh.age.max_age),
+        feed_name(fresh.age.feed)
+    );
+    println!("  {:<28} {}", "targets skipping the call", fresh.skipping);
+    match fresh.oldest {
+        Some(t) => println!(
+            "  {:<28} {} ({} ago)",
+            "oldest confirmation used",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            humantime::format_duration(std::time::Duration::from_secs(
+                u64::try_from((now - t).num_seconds()).unwrap_or(0)
+            ))
+        ),
+        None => println!("  {:<28} -", "oldest confirmation used"),
+    }
     if let Some(w) = window {
         println!("send window");
         println!("  {:<28} {}", "new targets outside it now", w.new_outside);
@@ -148,6 +179,39 @@ pub async fn plan(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Resu
         }
     }
     Ok(exit::OK)
+}
+
+/// Who a run would spare the fresh-state call: the targets (new and waiting) whose
+/// state was confirmed within the campaign's `fresh_state_max_age`.
+struct FreshForecast {
+    age: reverify::domain::freshness::FreshStateAge,
+    skipping: i64,
+    oldest: Option<chrono::DateTime<Utc>>,
+}
+
+async fn fresh_forecast(
+    store: &Store,
+    c: &CampaignRecord,
+    spec: &reverify::domain::CampaignSpec,
+    freshness: reverify::domain::freshness::FreshStateSettings,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<FreshForecast> {
+    let age = reverify::engine::fresh_state_age(store, freshness, spec, now).await?;
+    if age.max_age.is_zero() {
+        return Ok(FreshForecast { age, skipping: 0, oldest: None });
+    }
+    let since = now - chrono::Duration::from_std(age.max_age).unwrap_or(chrono::Duration::MAX);
+    let (skipping, oldest) = store.campaign_plan_fresh(c.campaign_id, &spec.audience, now, since).await?;
+    Ok(FreshForecast { age, skipping, oldest })
+}
+
+/// The feed's state as `campaign plan` prints it.
+fn feed_name(feed: reverify::domain::freshness::Feed) -> &'static str {
+    match feed {
+        reverify::domain::freshness::Feed::None => "none",
+        reverify::domain::freshness::Feed::Healthy => "healthy",
+        reverify::domain::freshness::Feed::Silent => "silent",
+    }
 }
 
 /// Who waits for the campaign's send window: the users a run would add now whose

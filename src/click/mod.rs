@@ -41,12 +41,14 @@ use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tracing::warn;
 
+use crate::domain::freshness::{Feed, FreshStateAge, FreshStateSettings};
 use crate::domain::proxies::TrustedProxies;
 use crate::domain::{Clock, Region, SystemClock};
 use crate::engine::ports::{ApiFailure, ApiUser, VerificationApi};
 use crate::store::Store;
 use crate::store::clicks::{ClickRecordParams, ClickReservation, ClickReserveParams, ClickSession, ClickStart};
 use crate::store::links::{LinkRow, link_token_hash};
+use crate::store::outcomes::Fresh;
 use crate::store::sessions::SessionLife;
 pub use pages::{Lang, Page, Reader};
 
@@ -68,6 +70,9 @@ pub struct ClickConfig {
     /// `trusted_proxies` (none by default): the peers whose `X-Forwarded-For` names
     /// the client.
     pub trusted_proxies: TrustedProxies,
+    /// `fresh_state_max_age` and the webhook feed (none, none, 24 h by default); a
+    /// link's campaign key overrides the age.
+    pub freshness: FreshStateSettings,
 }
 
 impl Default for ClickConfig {
@@ -80,6 +85,7 @@ impl Default for ClickConfig {
             per_link_per_minute: 6,
             per_address_per_minute: 120,
             trusted_proxies: TrustedProxies::default(),
+            freshness: FreshStateSettings::default(),
         }
     }
 }
@@ -280,15 +286,40 @@ async fn click(
     answer
 }
 
+/// The `fresh_state_max_age` for a click of `link` (see `domain::freshness`): its
+/// campaign's key as sent, else the setting, with the feed as it stands. A store
+/// that cannot say how the feed is counts as a silent feed: the state is asked.
+async fn fresh_age(s: &Clicks, link: &LinkRow, now: DateTime<Utc>) -> FreshStateAge {
+    let settings = s.config.freshness;
+    let feed = if settings.webhook_feed {
+        match s.store.feed_marks().await {
+            Ok(marks) => Feed::judge(true, marks.last_heard(), settings.max_silence, now),
+            Err(e) => {
+                warn!(error = %e, "click: could not read the webhook feed's health; asking the state");
+                Feed::Silent
+            }
+        }
+    } else {
+        Feed::None
+    };
+    FreshStateAge::resolve(link.fresh_state_max_age, settings.max_age, feed)
+}
+
 /// The fresh state, the reservation, the session; the page or the redirect.
 async fn make_session(s: &Clicks, link: &LinkRow, lang: Reader, now: DateTime<Utc>) -> Response {
     let (Ok(user_id), Ok(region)) = (crate::store::links::link_user(link), link.region.parse::<Region>()) else {
         return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
     };
     let user = ApiUser { user_id, region };
-    let fresh = match s.api.fresh_state(&user, None).await {
-        Ok(state) => state,
-        Err(f) => return api_trouble(&f, lang),
+    // the state, asked fresh unless the stored one was confirmed recently enough
+    let fresh = if fresh_age(s, link, now).await.trusts(link.state_confirmed_at, now) {
+        None
+    } else {
+        let asked_at = s.clock.now();
+        match s.api.fresh_state(&user, None).await {
+            Ok(state) => Some(Fresh { state, asked_at }),
+            Err(f) => return api_trouble(&f, lang),
+        }
     };
     let reserved = s
         .store
@@ -299,7 +330,7 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Reader, now: DateTime<Ut
             link_id: link.link_id,
             now,
             life: s.config.life,
-            fresh: Some(fresh),
+            fresh,
         })
         .await;
     let session_id = match reserved {

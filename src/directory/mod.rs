@@ -135,8 +135,41 @@ pub fn open_file(path: &Path, format: Format) -> Result<Source<BufReader<File>>,
     Ok(Source::new(BufReader::with_capacity(256 * 1024, opened), &file, format, Missing::Refused)?)
 }
 
-/// `row` as the store takes it, and its refresh token (not yet sealed).
-fn to_upsert(row: UserRow) -> (UserUpsert, Option<zeroize::Zeroizing<String>>) {
+/// How far ahead of our clock a `state_as_of` may be (the exporting system's clock
+/// may run a little fast); it is recorded as our "now" then.
+const STATE_AS_OF_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Why `row` cannot be imported at `now` though it parses: a `state_as_of` in the
+/// future.
+fn problem_at(row: &UserRow, now: DateTime<Utc>) -> Option<String> {
+    let at = row.state_as_of?;
+    (at > now + STATE_AS_OF_SKEW).then(|| {
+        format!(
+            "state_as_of: {} is in the future (now is {}): a state cannot be known before it happens",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    })
+}
+
+/// How long before its expiry an imported access token stops being used: the
+/// client's refresh margin (5 minutes), so that a token is never sent about to die.
+const ACCESS_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Until when an access token that expires at `expires_at` is used.
+fn access_usable_until(expires_at: DateTime<Utc>) -> DateTime<Utc> {
+    expires_at - ACCESS_MARGIN
+}
+
+/// The tokens of a row, not yet sealed.
+struct RowTokens {
+    refresh: Option<zeroize::Zeroizing<String>>,
+    access: Option<(zeroize::Zeroizing<String>, DateTime<Utc>)>,
+}
+
+/// `row` as the store takes it at `now`, and its tokens (not yet sealed). Its state
+/// is confirmed as of `state_as_of`, or of the import.
+fn to_upsert(row: UserRow, now: DateTime<Utc>) -> (UserUpsert, RowTokens) {
     let user = UserUpsert {
         user_id: row.user_id,
         email: row.email,
@@ -151,11 +184,13 @@ fn to_upsert(row: UserRow) -> (UserUpsert, Option<zeroize::Zeroizing<String>>) {
         tags: row.tags,
         signed_up_at: row.signed_up_at,
         token: None,
+        state_confirmed_at: Some(row.state_as_of.map_or(now, |at| at.min(now))),
+        access: None,
     };
-    (user, row.refresh_token)
+    (user, RowTokens { refresh: row.refresh_token, access: row.access_token })
 }
 
-fn check(path: &Path, format: Format) -> Result<Checked, ImportError> {
+fn check(path: &Path, format: Format, now: DateTime<Utc>) -> Result<Checked, ImportError> {
     let mut src = open_file(path, format)?;
     let mut fields: Fields = Default::default();
     let mut problems = Problems::default();
@@ -171,8 +206,9 @@ fn check(path: &Path, format: Format) -> Result<Checked, ImportError> {
         }
         match parse_fields(&fields, Missing::Refused) {
             Err(why) => problems.add(r.line, why.to_string()),
+            Ok(d) if problem_at(&d, now).is_some() => problems.add(r.line, problem_at(&d, now).unwrap_or_default()),
             Ok(d) => {
-                if d.refresh_token.is_some() && first_token_line.is_none() {
+                if (d.refresh_token.is_some() || d.access_token.is_some()) && first_token_line.is_none() {
                     first_token_line = Some(r.line);
                 }
                 let bytes = uuid::Uuid::parse_str(d.user_id.as_str()).map(|u| u.into_bytes()).unwrap_or_default();
@@ -208,6 +244,7 @@ fn produce(
     format: Format,
     bad_lines: Vec<u64>,
     cipher: Option<Arc<TokenCipher>>,
+    now: DateTime<Utc>,
     tx: tokio::sync::mpsc::Sender<Vec<UserUpsert>>,
 ) -> Result<(), ImportError> {
     let file = path.display().to_string();
@@ -225,11 +262,17 @@ fn produce(
             return Err(changed(p));
         }
         let row = parse_fields(&fields, Missing::Refused).map_err(|p| changed(p.to_string()))?;
-        let (mut user, token) = to_upsert(row);
-        if let Some(token) = token {
+        let (mut user, tokens) = to_upsert(row, now);
+        if tokens.refresh.is_some() || tokens.access.is_some() {
             let cipher = cipher.as_ref().ok_or_else(|| ImportError::NoKey { file: file.clone(), line: r.line })?;
-            let ciphertext = cipher.seal(user.user_id.as_str(), &token);
-            user.token = Some(SealedToken { key_id: cipher.key_id().to_owned(), ciphertext });
+            let sealed = |ad: &str, token: &str| SealedToken {
+                key_id: cipher.key_id().to_owned(),
+                ciphertext: cipher.seal(ad, token),
+            };
+            user.token = tokens.refresh.map(|t| sealed(user.user_id.as_str(), &t));
+            user.access = tokens.access.map(|(t, until)| {
+                (sealed(&crate::crypto::access_token_ad(user.user_id.as_str()), &t), access_usable_until(until))
+            });
         }
         batch.push(user);
         if batch.len() == BATCH_ROWS {
@@ -259,7 +302,8 @@ pub async fn import_file(store: &Store, path: &Path, opts: &ImportOptions) -> Re
     };
     let thread_err = |e: tokio::task::JoinError| ImportError::Thread { file: file.clone(), message: e.to_string() };
     let owned = path.to_path_buf();
-    let checked = tokio::task::spawn_blocking(move || check(&owned, format)).await.map_err(thread_err)??;
+    let now = opts.now;
+    let checked = tokio::task::spawn_blocking(move || check(&owned, format, now)).await.map_err(thread_err)??;
     let mut report = ImportReport {
         rows: checked.rows,
         bad: checked.bad_lines.len() as u64,
@@ -277,7 +321,7 @@ pub async fn import_file(store: &Store, path: &Path, opts: &ImportOptions) -> Re
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<UserUpsert>>(2);
     let owned = path.to_path_buf();
     let cipher = opts.cipher.clone();
-    let producer = tokio::task::spawn_blocking(move || produce(owned, format, checked.bad_lines, cipher, tx));
+    let producer = tokio::task::spawn_blocking(move || produce(owned, format, checked.bad_lines, cipher, now, tx));
     let written = async {
         let mut bulk = store.user_bulk_begin().await?;
         while let Some(batch) = rx.recv().await {

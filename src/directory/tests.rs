@@ -7,6 +7,7 @@ use crate::domain::{UserId, VerificationState};
 use crate::store::testing::TestDb;
 use crate::store::users::UserFilter;
 use chrono::TimeZone;
+use sqlx::Row;
 
 const HEADER: &str = "user_id,email,first_name,last_name,locale,timezone,region,country,verification_state,rejected_at,refresh_token,tags\n";
 
@@ -230,3 +231,50 @@ fn spreadsheet_safe_neutralises_formulas() {
     }
     assert_eq!(spreadsheet_safe("Ann"), "Ann");
 }
+
+both_engines!(state_as_of_and_access_tokens_are_read_checked_and_sealed, |db: TestDb| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let header = HEADER.trim_end().to_owned() + ",state_as_of,access_token,access_token_expires_at\n";
+    let row = |n: u32, rest: &str| {
+        format!("{},u{n}@example.com,Ann,Lee,en-GB,Europe/London,intl,GB,UNVERIFIED,,rt_{n},,{rest}\n", uid(n))
+    };
+    let mut s = header;
+    s += &row(1, "2026-03-01T08:00:00Z,at_one,2026-03-01T14:00:00Z"); // line 2: good
+    s += &row(2, "2026-03-01T09:30:00Z,,"); // 3: state_as_of 30 minutes in the future
+    s += &row(3, ",at_three,"); // 4: an access token without its expiry
+    s += &row(4, ",,2026-03-01T14:00:00Z"); // 5: an expiry without a token
+    s += &row(5, ",,"); // 6: good, confirmed at the import
+    s += &row(6, "2026-03-01T09:00:30Z,,"); // 7: 30 s ahead: clock skew, taken as now
+    let path = write(&dir, "users.csv", s.as_bytes());
+    let report = import_file(&db.store, &path, &opts(false, Some(cipher()))).await.unwrap();
+    assert_eq!((report.imported, report.bad), (3, 3), "{report:?}");
+    let why = |line: u64| report.problems.iter().find(|p| p.line == line).map(|p| p.reason.clone()).unwrap_or_default();
+    assert!(why(3).starts_with("state_as_of: 2026-03-01T09:30:00Z is in the future"), "{}", why(3));
+    assert!(why(4).starts_with("access_token: has no access_token_expires_at"), "{}", why(4));
+    assert!(!why(4).contains("at_three"), "a token is never quoted: {}", why(4));
+    assert!(why(5).starts_with("access_token_expires_at: given without an access_token"), "{}", why(5));
+
+    let now = opts(false, None).now;
+    let confirmed = |n: u32| {
+        let store = db.store.clone();
+        async move {
+            let r = sqlx::query("SELECT state_confirmed_at, state_source FROM users WHERE user_id = $1")
+                .bind(uid(n))
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            (r.get::<Option<i64>, _>("state_confirmed_at"), r.get::<Option<String>, _>("state_source"))
+        }
+    };
+    let at = |h: u32, m: u32| Some(Utc.with_ymd_and_hms(2026, 3, 1, h, m, 0).unwrap().timestamp_millis());
+    assert_eq!(confirmed(1).await, (at(8, 0), Some("import".into())));
+    assert_eq!(confirmed(5).await, (Some(now.timestamp_millis()), Some("import".into())));
+    assert_eq!(confirmed(6).await.0, Some(now.timestamp_millis()), "a time a little ahead is now");
+
+    // the access token is sealed (never stored as given) and used until 5 minutes before
+    let tokens = db.store.user_token_get(&UserId::parse(&uid(1)).unwrap()).await.unwrap().unwrap();
+    let (sealed, until) = tokens.access.expect("an access token");
+    assert!(!sealed.ciphertext.windows(6).any(|w| w == b"at_one"));
+    assert_eq!(until, Utc.with_ymd_and_hms(2026, 3, 1, 13, 55, 0).unwrap());
+    assert!(db.store.user_token_get(&UserId::parse(&uid(5)).unwrap()).await.unwrap().unwrap().access.is_none());
+});

@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod endpoint;
+pub mod freshness;
 pub mod ids;
 pub mod locale;
 pub mod personal;

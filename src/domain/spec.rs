@@ -108,6 +108,10 @@ pub struct Audience {
     /// Users who have had this many sessions, over all campaigns (the ledger), are
     /// not targeted again.
     pub max_attempts: Option<u32>,
+    /// A user whose state was confirmed within this (a fresh-state call, a signed
+    /// webhook, `users sync`, an import) is not asked `GET /v1/user` again before the
+    /// session. Unset: the setting of that name (see the README).
+    pub fresh_state_max_age: Option<HumanDuration>,
 }
 
 fn default_states() -> Vec<VerificationState> {
@@ -126,6 +130,7 @@ impl Default for Audience {
             max_users: None,
             exclude_rejection_codes: vec![],
             max_attempts: None,
+            fresh_state_max_age: None,
         }
     }
 }
@@ -1031,5 +1036,17 @@ concurrency = 8
         assert!(e.starts_with("jobs/old.toml:3:1: `ends_at`: 2026-01-01T00:00:00Z has already passed"), "{e}");
         let before = DateTime::parse_from_rfc3339("2025-06-01T00:00:00Z").unwrap().with_timezone(&Utc);
         assert!(spec.validate_at_apply(&text, "f", before).is_ok());
+    }
+
+    #[test]
+    fn a_fresh_state_max_age_that_is_not_a_duration_is_refused_with_its_place() {
+        let head = "name = \"fresh\"\n[delivery]\nfrom = \"a@example.com\"\n[audience]\n";
+        let ok = CampaignSpec::from_toml(&format!("{head}fresh_state_max_age = \"6h\"\n"), "f").unwrap();
+        assert_eq!(ok.audience.fresh_state_max_age, Some(HumanDuration(Duration::from_secs(6 * 3600))));
+        for bad in ["\"-1h\"", "\"soon\"", "6"] {
+            let text = format!("{head}fresh_state_max_age = {bad}\n");
+            let e = CampaignSpec::from_toml(&text, "jobs/fresh.toml").unwrap_err().to_string();
+            assert!(e.starts_with("jobs/fresh.toml:5:"), "{bad}: {e}");
+        }
     }
 }

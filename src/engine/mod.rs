@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::domain::freshness::FreshStateSettings;
 use crate::domain::{CampaignSpec, Clock, TargetReason, TargetStatus, Transition};
 use crate::store::campaigns::CANARY_REVIEW;
 use crate::store::runs::{RunCounts, RunFinishParams, RunOutcome};
@@ -57,8 +58,11 @@ pub struct EngineConfig {
     pub session_expiry_margin: Duration,
     /// How long users in flight may take to finish once a stop is asked for.
     pub grace: Duration,
-    /// Ask `GET /v1/user` before each session.
+    /// Ask `GET /v1/user` before each session (unless the state is fresh enough, see
+    /// `fresh_state_max_age`).
     pub fresh_state: bool,
+    /// `fresh_state_max_age` and the webhook feed (see `domain::freshness`).
+    pub freshness: FreshStateSettings,
     /// Transient failures per target before it is failed.
     pub max_attempts: i64,
     /// This worker's share of the campaign's `throttle.requests_per_second` and
@@ -84,6 +88,8 @@ pub struct EngineConfig {
 pub(crate) struct ClickLinks {
     pub public_url: url::Url,
     pub ttl: Duration,
+    /// The campaign's `fresh_state_max_age`, kept with each link for the click.
+    pub fresh_state_max_age: Option<Duration>,
 }
 
 impl ClickLinks {
@@ -103,6 +109,7 @@ impl Default for EngineConfig {
             session_expiry_margin: Duration::from_secs(300),
             grace: Duration::from_secs(20),
             fresh_state: true,
+            freshness: FreshStateSettings::default(),
             max_attempts: 5,
             rate_share: 1.0,
             public_url: None,
@@ -111,6 +118,40 @@ impl Default for EngineConfig {
             approvers: None,
         }
     }
+}
+
+/// The `fresh_state_max_age` in force for a run of `spec` at `now` (see
+/// `domain::freshness`), with the feed's health in `reverify_webhook_feed_healthy`
+/// and a warning when a configured feed has gone silent.
+///
+/// # Errors
+/// [`StoreError`] reading the feeds' marks.
+pub async fn fresh_state_age(
+    store: &Store,
+    settings: FreshStateSettings,
+    spec: &CampaignSpec,
+    now: DateTime<Utc>,
+) -> Result<crate::domain::freshness::FreshStateAge, StoreError> {
+    use crate::domain::freshness::{Feed, FreshStateAge};
+    let feed = if settings.webhook_feed {
+        let marks = store.feed_marks().await?;
+        let feed = Feed::judge(true, marks.last_heard(), settings.max_silence, now);
+        crate::telemetry::global().set_webhook_feed_healthy(feed == Feed::Healthy);
+        if feed == Feed::Silent {
+            warn!(
+                campaign = %spec.name,
+                last_webhook = ?marks.webhook,
+                last_sync = ?marks.sync,
+                max_silence = %humantime::format_duration(settings.max_silence),
+                "the webhook feed is silent: every user's state is asked again (fresh_state_max_age 0s)"
+            );
+        }
+        feed
+    } else {
+        Feed::None
+    };
+    let campaign = spec.audience.fresh_state_max_age.as_ref().map(|d| d.0);
+    Ok(FreshStateAge::resolve(campaign, settings.max_age, feed))
 }
 
 /// `host-pid-random`: readable in the database, unique per process.
@@ -309,6 +350,8 @@ pub(crate) struct RunShared {
     ends_at: Option<DateTime<Utc>>,
     /// See [`Run::snapshots`].
     snapshots: TokenSnapshots,
+    /// How recent a stored state must be to skip `GET /v1/user`, for this run.
+    fresh_age: crate::domain::freshness::FreshStateAge,
 }
 
 /// Deliveries in a row that may fail for want of the channel (SMTP refusing
@@ -524,10 +567,18 @@ impl Run {
                     ))
                 });
                 let public_url = public_url.map_err(|e| (e, progress.clone()))?;
-                Some(ClickLinks { public_url, ttl: self.spec.delivery.link_ttl.0 })
+                Some(ClickLinks {
+                    public_url,
+                    ttl: self.spec.delivery.link_ttl.0,
+                    fresh_state_max_age: self.spec.audience.fresh_state_max_age.as_ref().map(|d| d.0),
+                })
             }
         };
+        let fresh_age = fresh_state_age(&self.store, self.config.freshness, &self.spec, now)
+            .await
+            .map_err(|e| fail(e, &progress))?;
         let shared = Arc::new(RunShared {
+            fresh_age,
             store: self.store.clone(),
             api: self.api,
             deliverer: self.deliverer,

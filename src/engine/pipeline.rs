@@ -13,6 +13,7 @@ use crate::domain::{Region, SessionUrl, TargetReason, Transition, UserId};
 use crate::store::clicks::{LinkIssue, LinkIssueParams};
 use crate::store::ledger::{ApiFailureParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
 use crate::store::links::{link_token_hash, new_link_token};
+use crate::store::outcomes::Fresh;
 use crate::store::sessions::{DeliveryOutcome, DeliveryParams, DeliveryRecord, IssuedParams, SessionLife};
 use crate::store::targets::{ClaimedTarget, SettleParams};
 
@@ -79,11 +80,14 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
         return settle(s, t, Transition::defer(TargetReason::SendWindow, at)).await;
     }
 
-    // 1. a fresh state, so that a user who verified since the import is not asked again
+    // 1. a fresh state, so that a user who verified since the import is not asked
+    // again; unless the stored one was confirmed within fresh_state_max_age (a
+    // webhook, a sync, an import, an earlier call): the reservation reads it then
     let mut fresh = None;
-    if s.config.fresh_state {
+    if s.config.fresh_state && !s.fresh_age.trusts(t.state_confirmed_at, s.now()) {
+        let asked_at = s.now();
         match s.api.fresh_state(&user, Some(s)).await {
-            Ok(state) => fresh = Some(state),
+            Ok(state) => fresh = Some(Fresh { state, asked_at }),
             // no session was asked for: whether a failure was definite does not matter
             Err(f) => return settle(s, t, on_api_failure(s, t, &f).1).await,
         }
@@ -245,7 +249,7 @@ async fn send_link(
     s: &RunShared,
     t: &ClaimedTarget,
     click: &ClickLinks,
-    fresh: Option<crate::domain::VerificationState>,
+    fresh: Option<Fresh>,
 ) -> Result<UserOutcome, crate::store::StoreError> {
     let token = new_link_token();
     let expires_at = s.now() + chrono::Duration::from_std(click.ttl).unwrap_or(chrono::Duration::days(14));
@@ -261,6 +265,7 @@ async fn send_link(
             expires_at,
             token_hash: &hash,
             fresh,
+            fresh_state_max_age: click.fresh_state_max_age,
         })
         .await?;
     let link_id = match issued {

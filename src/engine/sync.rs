@@ -89,9 +89,11 @@ async fn sync_one(
         warn!(user_id = %c.user_id, "stored user record is not valid; not synced");
         return Ok(SyncOne::Failed);
     };
+    let asked_at = clock.now();
     match api.fresh_state(&ApiUser { user_id, region }, None).await {
         Ok(state) => {
-            let applied = store.user_apply_state(&c.user_id, state, clock.now(), &StateSource::sync(actor)).await?;
+            let source = StateSource::sync(actor).asked(asked_at);
+            let applied = store.user_apply_state(&c.user_id, state, clock.now(), &source).await?;
             Ok(SyncOne::Applied(applied))
         }
         Err(ApiFailure::ConsentRequired) => Ok(SyncOne::ConsentRequired),
@@ -134,7 +136,10 @@ pub async fn sync_users(
     filter: &SyncFilter,
     concurrency: usize,
 ) -> Result<SyncReport, StoreError> {
-    sync_pages(store, api, clock, actor, concurrency, Pages::Users(filter)).await
+    let report = sync_pages(store, api, clock, actor, concurrency, Pages::Users(filter)).await?;
+    // a sync that went through is a sign of life of the state feed
+    store.feed_heard(crate::store::feeds::StateFeed::Sync, clock.now()).await?;
+    Ok(report)
 }
 
 /// Which users a sync goes through, page by page in user id order.

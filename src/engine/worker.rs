@@ -56,6 +56,7 @@ impl Worker {
         let config = EngineConfig {
             lease: Duration::from_secs(settings.lease_seconds),
             session_expiry_margin: settings.session_expiry_margin,
+            freshness: settings.freshness(),
             public_url: settings.public_url.clone(),
             rate_share: settings.rate_share(),
             require_approval: settings.require_approval,

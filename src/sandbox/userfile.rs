@@ -92,6 +92,8 @@ impl From<&UserRecord> for UserRow {
             signed_up_at: None,
             tags: u.tags.clone(),
             refresh_token: u.refresh_token.clone().map(Zeroizing::new),
+            state_as_of: None,
+            access_token: None,
         }
     }
 }
@@ -197,6 +199,28 @@ pub fn write_users(path: &Path, users: &[UserRecord]) -> Result<(), UserFileErro
     let name = path.display().to_string();
     let file = File::create(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
     write_csv(std::io::BufWriter::new(file), users, &name)
+}
+
+/// Writes users as CSV to a file, replacing it, each with `state_as_of` and an
+/// access token from `access` (the user's token and when it expires).
+///
+/// # Errors
+/// [`UserFileError::Io`] naming the file.
+pub fn write_users_with_access(
+    path: &Path,
+    users: &[UserRecord],
+    state_as_of: DateTime<Utc>,
+    access: impl Fn(&UserRecord) -> Option<(String, DateTime<Utc>)>,
+) -> Result<(), UserFileError> {
+    let name = path.display().to_string();
+    let file = File::create(path).map_err(|error| UserFileError::Io { file: name.clone(), error })?;
+    let rows = users.iter().map(|u| UserRow {
+        state_as_of: Some(state_as_of),
+        access_token: access(u).map(|(t, at)| (Zeroizing::new(t), at)),
+        ..UserRow::from(u)
+    });
+    userfile::write_csv_with_access(std::io::BufWriter::new(file), rows)
+        .map_err(|error| UserFileError::Io { file: name, error })
 }
 
 #[cfg(test)]

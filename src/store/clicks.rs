@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::events::{NewEventRow, event_in_tx, events_insert_many_in_tx};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
 use super::links::{LinkNew, LinkRow, link_click_take_in_tx, links_delivered_in_tx, links_insert_in_tx};
-use super::outcomes::{StateSource, apply_state_fast_or_in_tx, fresh_states, record_fresh_states};
+use super::outcomes::{Fresh, StateSource, apply_state_fast_or_in_tx, fresh_states, record_fresh_states};
 use super::sessions::{
     DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_insert_click_in_tx,
     session_read_standing, session_record_click_row,
@@ -22,7 +22,7 @@ use super::targets::{Claimed, target_click_session, target_clicked_in_tx, target
 use super::users::{STANDING_COLUMNS, standing_from_row, user_lock_in_tx};
 use super::{Backend, Store, StoreError, query_err};
 use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
-use crate::domain::{SessionStatus, Transition, VerificationState};
+use crate::domain::{SessionStatus, Transition};
 
 /// What [`Store::link_issue`] records.
 #[derive(Debug, Clone)]
@@ -37,7 +37,9 @@ pub struct LinkIssueParams<'a> {
     /// The hash of the new token ([`super::links::link_token_hash`]).
     pub token_hash: &'a str,
     /// The state `GET /v1/user` just reported, when the campaign asks for one.
-    pub fresh: Option<VerificationState>,
+    pub fresh: Option<Fresh>,
+    /// The campaign's `fresh_state_max_age`, kept with the link for the click.
+    pub fresh_state_max_age: Option<std::time::Duration>,
 }
 
 /// What issuing a link came to.
@@ -74,8 +76,9 @@ pub struct ClickReserveParams<'a> {
     pub link_id: i64,
     pub now: DateTime<Utc>,
     pub life: SessionLife,
-    /// The state `GET /v1/user` just reported.
-    pub fresh: Option<VerificationState>,
+    /// The state `GET /v1/user` just reported; `None` when the stored one is fresh
+    /// enough.
+    pub fresh: Option<Fresh>,
 }
 
 /// What a click's reservation came to. Nothing is settled on the target: it was
@@ -129,6 +132,7 @@ impl Store {
             expires_at: p.expires_at,
             token_hash: p.token_hash.to_owned(),
             fresh: p.fresh,
+            fresh_state_max_age: p.fresh_state_max_age,
         })
         .await
     }
@@ -198,9 +202,9 @@ impl Store {
     pub async fn session_reserve_click(&self, p: ClickReserveParams<'_>) -> Result<ClickReservation, StoreError> {
         let backend = self.backend();
         let mut tx = self.begin_write().await?;
-        if let Some(state) = p.fresh {
-            let source = StateSource::fresh_state("click");
-            apply_state_fast_or_in_tx(&mut tx, backend, p.user_id, state, p.now, &source).await?;
+        if let Some(f) = p.fresh {
+            let source = StateSource::fresh_state("click").asked(f.asked_at);
+            apply_state_fast_or_in_tx(&mut tx, backend, p.user_id, f.state, p.now, &source).await?;
         }
         user_lock_in_tx(&mut tx, backend, p.user_id).await?;
         let row = session_read_standing(&mut tx, backend, p.user_id, p.now)
@@ -254,7 +258,8 @@ struct IssueArgs {
     step: i64,
     expires_at: DateTime<Utc>,
     token_hash: String,
-    fresh: Option<VerificationState>,
+    fresh: Option<Fresh>,
+    fresh_state_max_age: Option<std::time::Duration>,
 }
 
 impl BatchWrite for IssueArgs {
@@ -324,6 +329,7 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
             step: w.step,
             now: w.claim.now,
             expires_at: w.expires_at,
+            fresh_state_max_age: w.fresh_state_max_age,
         })
         .collect();
     let ids = links_insert_in_tx(backend, &new, tx).await?;

@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::events::event_in_tx;
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
-use super::outcomes::{fresh_states, record_fresh_states};
+use super::outcomes::{Fresh, fresh_states, record_fresh_states};
 use super::sessions::{
     Ask, DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_any_sent,
     session_api_failed_in_tx, session_delivered_in_tx, session_earlier_attempts_in_tx, session_insert_reserved,
@@ -21,7 +21,7 @@ use super::targets::{Claimed, TargetDelivered, delivery_target_update, target_de
 use super::users::standing_from_row;
 use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
-use crate::domain::{TargetReason, Transition, VerificationState};
+use crate::domain::{TargetReason, Transition};
 
 /// What reserving a session for a claimed target came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub struct ReserveParams<'a> {
     pub now: DateTime<Utc>,
     pub life: SessionLife,
     /// The state `GET /v1/user` just reported, recorded first and judged on.
-    pub fresh: Option<VerificationState>,
+    pub fresh: Option<Fresh>,
 }
 
 /// What [`Store::session_settle_if_ambiguous`] looks at.
@@ -197,7 +197,7 @@ struct ReserveArgs {
     claim: Claimed,
     step: i64,
     life: SessionLife,
-    fresh: Option<VerificationState>,
+    fresh: Option<Fresh>,
 }
 
 impl ReserveArgs {

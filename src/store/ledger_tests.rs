@@ -22,6 +22,7 @@ async fn reserve_fresh(
     life: impl Into<SessionLife>,
     fresh: Option<VerificationState>,
 ) -> Result<Reservation, StoreError> {
+    let fresh = fresh.map(|state| super::outcomes::Fresh { state, asked_at: now });
     s.session_reserve(ReserveParams { campaign_id, user_id, step, worker, now, life: life.into(), fresh }).await
 }
 
@@ -769,6 +770,8 @@ both_engines!(a_rejection_without_a_time_is_dated_once_and_its_cooldown_ends, |d
         tags: vec![],
         signed_up_at: None,
         token: Some(crate::store::users::SealedToken { key_id: "k".into(), ciphertext: vec![1, 2, 3] }),
+        state_confirmed_at: None,
+        access: None,
     };
     s.user_upsert_batch(std::slice::from_ref(&row), clock.now()).await.unwrap();
     let first_seen = clock.now();

@@ -51,6 +51,10 @@ pub struct LinkRow {
     pub region: String,
     pub locale: Option<String>,
     pub timezone: Option<String>,
+    /// When the user's state was last confirmed.
+    pub state_confirmed_at: Option<DateTime<Utc>>,
+    /// The campaign's `fresh_state_max_age` when the link was sent.
+    pub fresh_state_max_age: Option<std::time::Duration>,
 }
 
 impl Store {
@@ -62,7 +66,7 @@ impl Store {
     pub async fn link_find(&self, token_hash: &str) -> Result<Option<LinkRow>, StoreError> {
         let row = sqlx::query(
             "SELECT l.link_id, l.campaign_id, l.user_id, l.step, l.expires_at, l.revoked_at, \
-               u.region, u.locale, u.timezone \
+               l.fresh_state_max_age_ms, u.region, u.locale, u.timezone, u.state_confirmed_at \
              FROM verification_links l JOIN users u ON u.user_id = l.user_id WHERE l.token_hash = $1",
         )
         .bind(token_hash)
@@ -81,6 +85,11 @@ impl Store {
             region: r.try_get("region").map_err(get)?,
             locale: r.try_get("locale").map_err(get)?,
             timezone: r.try_get("timezone").map_err(get)?,
+            state_confirmed_at: r.try_get::<Option<i64>, _>("state_confirmed_at").map_err(get)?.map(from_millis),
+            fresh_state_max_age: r
+                .try_get::<Option<i64>, _>("fresh_state_max_age_ms")
+                .map_err(get)?
+                .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         }))
     }
 
@@ -131,6 +140,7 @@ pub(crate) struct LinkNew<'a> {
     pub step: i64,
     pub now: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub fresh_state_max_age: Option<std::time::Duration>,
 }
 
 /// Records links in one statement; their ids by user.
@@ -144,15 +154,33 @@ pub(crate) async fn links_insert_in_tx(
         return Ok(ids);
     }
     let rows = json_rows(links.iter().map(|w| {
-        serde_json::json!([w.token_hash, w.campaign_id, w.user_id, w.step, to_millis(w.now), to_millis(w.expires_at)])
+        let max_age = w.fresh_state_max_age.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        serde_json::json!([
+            w.token_hash,
+            w.campaign_id,
+            w.user_id,
+            w.step,
+            to_millis(w.now),
+            to_millis(w.expires_at),
+            max_age
+        ])
     }));
     let from = json_args(
         backend,
-        &[("h", Arg::Text), ("c", Arg::Int), ("u", Arg::Text), ("step", Arg::Int), ("at", Arg::Int), ("exp", Arg::Int)],
+        &[
+            ("h", Arg::Text),
+            ("c", Arg::Int),
+            ("u", Arg::Text),
+            ("step", Arg::Int),
+            ("at", Arg::Int),
+            ("exp", Arg::Int),
+            ("age", Arg::Int),
+        ],
     );
     let sql = format!(
-        "INSERT INTO verification_links (token_hash, campaign_id, user_id, step, created_at, expires_at) \
-         SELECT x.h, x.c, x.u, x.step, x.at, x.exp FROM ({from}) AS x RETURNING link_id, user_id"
+        "INSERT INTO verification_links \
+           (token_hash, campaign_id, user_id, step, created_at, expires_at, fresh_state_max_age_ms) \
+         SELECT x.h, x.c, x.u, x.step, x.at, x.exp, x.age FROM ({from}) AS x RETURNING link_id, user_id"
     );
     for row in
         sqlx::query(AssertSqlSafe(sql)).bind(rows).fetch_all(&mut **tx).await.map_err(query_err("link_issue insert"))?

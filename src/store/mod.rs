@@ -60,6 +60,7 @@ pub mod chain;
 pub mod clicks;
 pub mod dashboard;
 pub mod events;
+pub mod feeds;
 pub mod forget;
 pub mod group;
 pub mod leases;

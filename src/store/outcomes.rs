@@ -37,8 +37,9 @@ use super::group::Tx;
 use super::links::links_revoke_user_in_tx;
 use super::targets::{AfterMessage, Claimed, targets_after_message_in_tx, targets_reminder_recheck_in_tx};
 use super::users::{
-    FreshState, REACHABLE, StateChange, user_failure_in_tx, user_rejected_again_in_tx, user_state_change_in_tx,
-    user_state_lock_in_tx, user_state_unchanged_in_tx, user_synced_in_tx, users_unchanged_states_in_tx,
+    FreshState, REACHABLE, RejectedAgain, StateChange, user_confirmed_in_tx, user_failure_in_tx,
+    user_rejected_again_in_tx, user_state_change_in_tx, user_state_lock_in_tx, user_state_unchanged_in_tx,
+    users_unchanged_states_in_tx,
 };
 use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::domain::VerificationState;
@@ -63,6 +64,24 @@ impl SourceKind {
             SourceKind::FreshState => "fresh_state",
         }
     }
+
+    /// What `users.state_source` records for a confirmation from this source.
+    pub fn confirmed_by(self) -> &'static str {
+        match self {
+            SourceKind::Webhook => "webhook",
+            SourceKind::Sync => "sync",
+            SourceKind::FreshState => "api",
+        }
+    }
+}
+
+/// A state `GET /v1/user` reported, with when it was asked: the confirmation's
+/// time is the request's, not the answer's, so that a webhook for a change that
+/// happened while the request was on its way wins over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fresh {
+    pub state: VerificationState,
+    pub asked_at: DateTime<Utc>,
 }
 
 /// Who reported a state, and what they said about it.
@@ -75,6 +94,8 @@ pub struct StateSource<'a> {
     pub event_id: Option<&'a str>,
     /// When the change happened, as the sender says (webhooks); `None` means now.
     pub occurred_at: Option<DateTime<Utc>>,
+    /// When a sync or a fresh state asked (the confirmation's time); `None` means now.
+    pub asked_at: Option<DateTime<Utc>>,
     /// The webhook's `failure_code` for a rejection.
     pub failure_code: Option<&'a str>,
     /// The webhook's `failure_reason` for a rejection: stored on the user, never put
@@ -90,6 +111,7 @@ impl<'a> StateSource<'a> {
             kind: SourceKind::Sync,
             event_id: None,
             occurred_at: None,
+            asked_at: None,
             failure_code: None,
             failure_reason: None,
         }
@@ -102,9 +124,25 @@ impl<'a> StateSource<'a> {
             kind: SourceKind::FreshState,
             event_id: None,
             occurred_at: None,
+            asked_at: None,
             failure_code: None,
             failure_reason: None,
         }
+    }
+
+    /// This source, confirming as of `at` (when its request was sent).
+    pub fn asked(self, at: DateTime<Utc>) -> Self {
+        Self { asked_at: Some(at), ..self }
+    }
+
+    /// When this source confirms the state, in Unix ms: a webhook as of the change
+    /// it reports, a sync or a fresh state as of its request; never after `now_ms`.
+    pub fn confirmed_ms(&self, now_ms: i64) -> i64 {
+        let at = match self.kind {
+            SourceKind::Webhook => self.occurred_at,
+            SourceKind::Sync | SourceKind::FreshState => self.asked_at,
+        };
+        at.map_or(now_ms, |t| to_millis(t).min(now_ms))
     }
 }
 
@@ -174,10 +212,17 @@ fn rank(s: VerificationState) -> u8 {
 }
 
 /// The fresh states of a batch's claims that carry one.
-pub(crate) fn fresh_states<'a>(
-    claims: impl Iterator<Item = (&'a Claimed, Option<VerificationState>)>,
-) -> Vec<FreshState<'a>> {
-    claims.filter_map(|(c, fresh)| fresh.map(|state| FreshState { user_id: &c.user_id, now: c.now, state })).collect()
+pub(crate) fn fresh_states<'a>(claims: impl Iterator<Item = (&'a Claimed, Option<Fresh>)>) -> Vec<FreshState<'a>> {
+    claims
+        .filter_map(|(c, fresh)| {
+            fresh.map(|f| FreshState {
+                user_id: &c.user_id,
+                now: c.now,
+                asked_at: f.asked_at.min(c.now),
+                state: f.state,
+            })
+        })
+        .collect()
 }
 
 /// Records a batch of fresh states (the runs' reservations, the click-through
@@ -192,9 +237,9 @@ pub(crate) async fn record_fresh_states(
     tx: &mut Tx,
 ) -> Result<(), StoreError> {
     let unchanged = users_unchanged_states_in_tx(backend, fresh, tx).await?;
-    let source = StateSource::fresh_state("engine");
     for f in fresh {
         if !unchanged.contains(f.user_id) {
+            let source = StateSource::fresh_state("engine").asked(f.asked_at);
             apply_state_in_tx(tx, backend, f.user_id, f.state, f.now, &source).await?;
         }
     }
@@ -213,7 +258,10 @@ pub(crate) async fn apply_state_fast_or_in_tx(
     src: &StateSource<'_>,
 ) -> Result<StateApplied, StoreError> {
     // REJECTED as before: the rejection time may still move (see `rejected_at_seen_sql`)
-    if src.kind != SourceKind::Webhook && user_state_unchanged_in_tx(tx, backend, user_id, state, now).await? {
+    let confirmed = (src.confirmed_ms(to_millis(now)), src.kind.confirmed_by());
+    if src.kind != SourceKind::Webhook
+        && user_state_unchanged_in_tx(tx, backend, user_id, state, now, confirmed).await?
+    {
         return Ok(StateApplied::Applied {
             from: state,
             to: state,
@@ -235,9 +283,10 @@ pub(crate) async fn apply_state_in_tx(
     now: DateTime<Utc>,
     src: &StateSource<'_>,
 ) -> Result<StateApplied, StoreError> {
-    let Some((old, changed_at)) = user_state_lock_in_tx(tx, backend, user_id).await? else {
+    let Some(stored) = user_state_lock_in_tx(tx, backend, user_id).await? else {
         return Ok(StateApplied::UnknownUser);
     };
+    let (old, changed_at) = (stored.state, stored.changed_at);
     let now_ms = to_millis(now);
     // the sender's time, but never in our future
     let at_ms = src.occurred_at.map_or(now_ms, |t| to_millis(t).min(now_ms));
@@ -248,9 +297,16 @@ pub(crate) async fn apply_state_in_tx(
         return Ok(StateApplied::Stale);
     }
     let changed = old != new;
+    // The later confirmation wins, by when each source saw the state and not by
+    // when it arrived: a fresh state asked before a webhook's change, recorded
+    // after it, does not undo it.
+    let confirmed = (src.confirmed_ms(now_ms), src.kind.confirmed_by());
+    if changed && stored.confirmed_at.is_some_and(|c| confirmed.0 < c) {
+        return Ok(StateApplied::Stale);
+    }
     let synced = (src.kind != SourceKind::Webhook).then_some(now_ms);
     if changed {
-        let change = StateChange { user_id, new, at_ms, synced, now_ms };
+        let change = StateChange { user_id, new, at_ms, synced, now_ms, confirmed };
         user_state_change_in_tx(tx, backend, &change).await?;
         if new == VerificationState::Verified {
             // a pass replaces the last rejection's code
@@ -264,9 +320,10 @@ pub(crate) async fn apply_state_in_tx(
     } else if new == VerificationState::Rejected {
         // REJECTED again: a rejection webhook is a rejection received now; any
         // source may date it after our latest session (see `rejected_at_seen_sql`)
-        user_rejected_again_in_tx(tx, backend, user_id, synced, now_ms, src.kind == SourceKind::Webhook).await?;
-    } else if let Some(s) = synced {
-        user_synced_in_tx(tx, user_id, s).await?;
+        let again = RejectedAgain { user_id, synced, now_ms, webhook: src.kind == SourceKind::Webhook, confirmed };
+        user_rejected_again_in_tx(tx, backend, &again).await?;
+    } else {
+        user_confirmed_in_tx(tx, user_id, synced, confirmed).await?;
     }
 
     let (mut started, mut converted, mut rejected) = (0, 0, 0);
@@ -365,11 +422,14 @@ impl Store {
             tx.rollback().await.map_err(query_err("webhook_apply rollback"))?;
             return Ok(WebhookResult::Duplicate);
         }
+        // a signed webhook accepted: the feed is alive
+        super::feeds::feed_heard_in_tx(&mut tx, super::feeds::StateFeed::Webhook, now).await?;
         let src = StateSource {
             actor: "webhook:baanx",
             kind: SourceKind::Webhook,
             event_id: Some(&e.event_id),
             occurred_at: e.occurred_at,
+            asked_at: None,
             failure_code: e.failure_code.as_deref(),
             failure_reason: e.failure_reason.as_deref(),
         };

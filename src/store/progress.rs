@@ -248,6 +248,40 @@ impl Store {
             .map_err(query_err("campaign_plan row"))
     }
 
+    /// Of the users a run would add now as due targets (the plan's `target` bucket)
+    /// and the campaign's targets waiting (pending or deferred), how many have a
+    /// state confirmed no earlier than `since` (and so skip the fresh-state call),
+    /// and the oldest such confirmation.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn campaign_plan_fresh(
+        &self,
+        campaign_id: i64,
+        audience: &Audience,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let aud = AudienceSql::build(audience, 3, self.backend());
+        let case = plan_case(&aud);
+        let since = to_millis(since);
+        let sql = format!(
+            "SELECT COUNT(*) AS n, MIN(confirmed) AS oldest FROM ( \
+               SELECT u.state_confirmed_at AS confirmed FROM ( \
+                 SELECT {case} AS bucket, u.state_confirmed_at FROM users u) u \
+               WHERE u.bucket = 'target' AND u.state_confirmed_at >= {since} \
+               UNION ALL \
+               SELECT u.state_confirmed_at FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
+               WHERE t.campaign_id = $1 AND t.status IN ('pending', 'deferred') \
+                 AND u.state_confirmed_at >= {since}) f"
+        );
+        let q = sqlx::query(AssertSqlSafe(sql)).bind(campaign_id).bind(to_millis(now));
+        let row = bind_all(q, &aud.binds).fetch_one(self.pool()).await.map_err(query_err("campaign_plan_fresh"))?;
+        let n: i64 = row.try_get("n").map_err(query_err("campaign_plan_fresh row"))?;
+        let oldest: Option<i64> = row.try_get("oldest").map_err(query_err("campaign_plan_fresh row"))?;
+        Ok((n, oldest.map(super::from_millis)))
+    }
+
     /// The users a run would add now as due targets (the plan's `target` bucket),
     /// counted by their stored time zone, for the send-window forecast.
     ///

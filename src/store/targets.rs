@@ -48,6 +48,9 @@ pub struct ClaimedTarget {
     pub region: String,
     pub country: Option<String>,
     pub verification_state: String,
+    /// When that state was last confirmed (a fresh-state call, a signed webhook, a
+    /// sync or an import): a run trusts it within `fresh_state_max_age`.
+    pub state_confirmed_at: Option<DateTime<Utc>>,
     /// The user's tokens, sealed, as the claim read them: the run's token vault
     /// starts from them instead of reading them again (`engine::adapters::vault`).
     pub tokens: TokenRow,
@@ -180,7 +183,7 @@ const DAY_MS: i64 = 86_400_000;
 /// What a claim reads of each target and its user (`t`: the target, `u`: the user),
 /// the user's sealed tokens included (see [`ClaimedTarget::tokens`]).
 const CLAIMED_COLUMNS: &str = "t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, \
-     u.timezone, u.region, u.country, u.verification_state, u.refresh_token_enc, u.token_key_id, \
+     u.timezone, u.region, u.country, u.verification_state, u.state_confirmed_at, u.refresh_token_enc, u.token_key_id, \
      u.consent_required_at, u.token_version, u.access_token_enc, u.access_token_key_id, \
      u.access_token_fresh_until, u.token_lease_owner, u.token_lease_until";
 
@@ -804,6 +807,7 @@ fn claimed_from_row(r: &sqlx::any::AnyRow) -> Result<ClaimedTarget, sqlx::Error>
         region: r.try_get("region")?,
         country: r.try_get("country")?,
         verification_state: r.try_get("verification_state")?,
+        state_confirmed_at: r.try_get::<Option<i64>, _>("state_confirmed_at")?.map(super::from_millis),
         tokens: token_row(r)?,
     })
 }

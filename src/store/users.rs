@@ -58,6 +58,13 @@ pub struct UserUpsert {
     pub signed_up_at: Option<DateTime<Utc>>,
     /// `None` keeps the stored token.
     pub token: Option<SealedToken>,
+    /// When the directory knew `verification_state` to be true; `None`: the time of
+    /// the upsert. The later confirmation wins: a row confirmed before what is
+    /// stored (say, a webhook since) keeps the stored state.
+    pub state_confirmed_at: Option<DateTime<Utc>>,
+    /// A valid access token, sealed, and when it stops being usable; `None` keeps
+    /// the stored one.
+    pub access: Option<(SealedToken, DateTime<Utc>)>,
 }
 
 /// A stored user, without the token.
@@ -73,6 +80,10 @@ pub struct User {
     pub country: Option<String>,
     pub verification_state: VerificationState,
     pub state_changed_at: Option<DateTime<Utc>>,
+    /// When the state was last confirmed, and by what (`api`, `webhook`, `sync`,
+    /// `import`).
+    pub state_confirmed_at: Option<DateTime<Utc>>,
+    pub state_source: Option<String>,
     pub rejected_at: Option<DateTime<Utc>>,
     pub consecutive_failures: i64,
     pub last_failure_at: Option<DateTime<Utc>>,
@@ -119,8 +130,8 @@ pub fn tag_match_sql(backend: Backend, param: usize) -> String {
 }
 
 const USER_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timezone, region, country, \
-     verification_state, state_changed_at, rejected_at, consecutive_failures, last_failure_at, \
-     refresh_token_enc IS NOT NULL AS has_token, token_key_id, consent_required_at, tags, signed_up_at, \
+     verification_state, state_changed_at, state_confirmed_at, state_source, rejected_at, consecutive_failures, \
+     last_failure_at, refresh_token_enc IS NOT NULL AS has_token, token_key_id, consent_required_at, tags, signed_up_at, \
      created_at, updated_at, synced_at";
 
 pub(super) fn decode<E: std::error::Error + Send + Sync + 'static>(e: E) -> sqlx::Error {
@@ -148,6 +159,8 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
         country: row.try_get("country")?,
         verification_state: row.try_get::<String, _>("verification_state")?.parse().map_err(decode)?,
         state_changed_at: opt_time(row, "state_changed_at")?,
+        state_confirmed_at: opt_time(row, "state_confirmed_at")?,
+        state_source: row.try_get("state_source")?,
         rejected_at: opt_time(row, "rejected_at")?,
         consecutive_failures: row.try_get("consecutive_failures")?,
         last_failure_at: opt_time(row, "last_failure_at")?,
@@ -162,10 +175,14 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
     })
 }
 
-/// The columns an upsert writes, in binding order: 14 from the row, then three times.
+/// The columns an upsert writes, in binding order: 19 from the row, then three times.
 const UPSERT_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timezone, region, country, \
      verification_state, rejected_at, refresh_token_enc, token_key_id, tags, signed_up_at, \
+     state_confirmed_at, state_source, access_token_enc, access_token_key_id, access_token_fresh_until, \
      state_changed_at, created_at, updated_at";
+
+/// Values an upsert binds per row from [`UserUpsert`] ([`bind_row`]).
+const ROW_VALUES: usize = 19;
 
 /// What an existing row keeps and takes (see the module docs). A forgotten user's
 /// row takes nothing: an import cannot bring an erased person's data back.
@@ -176,13 +193,29 @@ fn upsert_on_conflict(backend: Backend) -> String {
     )
 }
 
+/// The state, its change time and its confirmation move only when the row's
+/// confirmation is no earlier than the stored one ([`LATER_CONFIRMATION`]).
 const UPSERT_ON_CONFLICT_HEAD: &str = " ON CONFLICT (user_id) DO UPDATE SET \
      email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name, \
      locale = excluded.locale, timezone = excluded.timezone, region = excluded.region, \
      country = excluded.country, \
      state_changed_at = CASE WHEN users.verification_state = excluded.verification_state \
+           OR NOT (users.state_confirmed_at IS NULL OR users.state_confirmed_at <= excluded.state_confirmed_at) \
          THEN users.state_changed_at ELSE excluded.state_changed_at END, \
-     verification_state = excluded.verification_state, ";
+     verification_state = CASE WHEN users.state_confirmed_at IS NULL \
+           OR users.state_confirmed_at <= excluded.state_confirmed_at \
+         THEN excluded.verification_state ELSE users.verification_state END, \
+     state_source = CASE WHEN users.state_confirmed_at IS NULL \
+           OR users.state_confirmed_at <= excluded.state_confirmed_at \
+         THEN excluded.state_source ELSE users.state_source END, \
+     state_confirmed_at = CASE WHEN users.state_confirmed_at IS NULL \
+           OR users.state_confirmed_at <= excluded.state_confirmed_at \
+         THEN excluded.state_confirmed_at ELSE users.state_confirmed_at END, \
+     access_token_enc = COALESCE(excluded.access_token_enc, users.access_token_enc), \
+     access_token_key_id = CASE WHEN excluded.access_token_enc IS NULL \
+         THEN users.access_token_key_id ELSE excluded.access_token_key_id END, \
+     access_token_fresh_until = CASE WHEN excluded.access_token_enc IS NULL \
+         THEN users.access_token_fresh_until ELSE excluded.access_token_fresh_until END, ";
 
 const UPSERT_ON_CONFLICT_TAIL: &str = "refresh_token_enc = COALESCE(excluded.refresh_token_enc, users.refresh_token_enc), \
      token_key_id = CASE WHEN excluded.refresh_token_enc IS NULL \
@@ -217,11 +250,11 @@ fn values_sql(sql: &mut String, backend: Backend, rows: usize, per_row: usize) {
     }
 }
 
-/// The upsert for `rows` rows: 17 parameters a row, the row's 14 then "now" thrice.
+/// The upsert for `rows` rows: 22 parameters a row, the row's 19 then "now" thrice.
 fn upsert_sql(backend: Backend, rows: usize) -> String {
-    let mut sql = String::with_capacity(900 + rows * 80);
+    let mut sql = String::with_capacity(1400 + rows * 100);
     sql.push_str(&format!("INSERT INTO users ({UPSERT_COLUMNS}) VALUES "));
-    values_sql(&mut sql, backend, rows, 17);
+    values_sql(&mut sql, backend, rows, ROW_VALUES + 3);
     sql.push_str(&upsert_on_conflict(backend));
     sql
 }
@@ -240,11 +273,14 @@ fn fill_first_seen_sql(now: &str, users_written: &str) -> String {
     )
 }
 
-/// Binds one row's 14 values, in [`UPSERT_COLUMNS`] order.
+/// Binds one row's [`ROW_VALUES`] values, in [`UPSERT_COLUMNS`] order; a row with no
+/// confirmation time takes `confirmed_default` (`None`: left NULL, for staging).
 fn bind_row<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     r: &UserUpsert,
+    confirmed_default: Option<i64>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let access = r.access.as_ref();
     q.bind(r.user_id.as_str().to_owned())
         .bind(r.email.as_str().to_owned())
         .bind(r.first_name.clone())
@@ -259,6 +295,11 @@ fn bind_row<'q>(
         .bind(r.token.as_ref().map(|t| t.key_id.clone()))
         .bind(tags_to_column(&r.tags))
         .bind(r.signed_up_at.map(to_millis))
+        .bind(r.state_confirmed_at.map(to_millis).or(confirmed_default))
+        .bind("import")
+        .bind(access.map(|(t, _)| t.ciphertext.clone()))
+        .bind(access.map(|(t, _)| t.key_id.clone()))
+        .bind(access.map(|(_, until)| to_millis(*until)))
 }
 
 /// Runs the upsert statements for `rows` (no user id twice) on `conn`.
@@ -272,7 +313,7 @@ async fn upsert_on(
     for chunk in rows.chunks(UPSERT_ROWS_PER_STATEMENT) {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(backend, chunk.len())));
         for r in chunk {
-            q = bind_row(q, r).bind(now_ms).bind(now_ms).bind(now_ms);
+            q = bind_row(q, r, Some(now_ms)).bind(now_ms).bind(now_ms).bind(now_ms);
         }
         q.execute(&mut *conn).await.map_err(query_err("user_upsert_batch"))?;
     }
@@ -405,7 +446,21 @@ impl Store {
 pub(crate) struct FreshState<'a> {
     pub user_id: &'a str,
     pub now: DateTime<Utc>,
+    /// When the call was made: the confirmation's time.
+    pub asked_at: DateTime<Utc>,
     pub state: VerificationState,
+}
+
+/// SQL for the `SET` of a confirmation at `at` (a placeholder or column, Unix ms)
+/// by `source` (a placeholder or literal): it moves `state_confirmed_at` forward
+/// only, and `state_source` with it, so that the later confirmation wins whatever
+/// the order the writes arrive in. (Both engines read the old row on the right.)
+pub(crate) fn confirm_sql(at: &str, source: &str) -> String {
+    let later = format!("(users.state_confirmed_at IS NULL OR users.state_confirmed_at <= {at})");
+    format!(
+        "state_confirmed_at = CASE WHEN {later} THEN {at} ELSE users.state_confirmed_at END, \
+         state_source = CASE WHEN {later} THEN {source} ELSE users.state_source END"
+    )
 }
 
 /// The fresh states that change nothing, recorded in one statement for all: only
@@ -420,13 +475,17 @@ pub(crate) async fn users_unchanged_states_in_tx(
     if fresh.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows = json_rows(fresh.iter().map(|f| serde_json::json!([f.user_id, to_millis(f.now), f.state.as_str()])));
-    let from = json_args(backend, &[("u", Arg::Text), ("at", Arg::Int), ("st", Arg::Text)]);
+    let rows =
+        json_rows(fresh.iter().map(|f| {
+            serde_json::json!([f.user_id, to_millis(f.now), f.state.as_str(), to_millis(f.asked_at.min(f.now))])
+        }));
+    let from = json_args(backend, &[("u", Arg::Text), ("at", Arg::Int), ("st", Arg::Text), ("asked", Arg::Int)]);
     let sql = format!(
-        "UPDATE users SET synced_at = x.at, \
+        "UPDATE users SET synced_at = x.at, {confirm}, \
            rejected_at = CASE WHEN x.st = 'REJECTED' THEN {rejected} ELSE users.rejected_at END \
          FROM ({from}) AS x \
          WHERE users.user_id = x.u AND users.verification_state = x.st RETURNING users.user_id",
+        confirm = confirm_sql("x.asked", "'api'"),
         rejected = rejected_at_seen_sql(backend, "users", None, "x.at")
     );
     returned_user_ids(sqlx::query(AssertSqlSafe(sql)).bind(rows), tx, "user_apply_state unchanged").await
@@ -504,19 +563,24 @@ pub(crate) async fn user_state_unchanged_in_tx(
     user_id: &str,
     state: VerificationState,
     now: DateTime<Utc>,
+    (confirmed_at, source): (i64, &str),
 ) -> Result<bool, StoreError> {
+    let confirm = confirm_sql("$4", "$5");
     let sql = if state == VerificationState::Rejected {
         format!(
-            "UPDATE users SET synced_at = $2, rejected_at = {} WHERE user_id = $1 AND verification_state = $3",
+            "UPDATE users SET synced_at = $2, {confirm}, rejected_at = {} \
+             WHERE user_id = $1 AND verification_state = $3",
             rejected_at_seen_sql(backend, "users", None, "$2")
         )
     } else {
-        "UPDATE users SET synced_at = $2 WHERE user_id = $1 AND verification_state = $3".to_owned()
+        format!("UPDATE users SET synced_at = $2, {confirm} WHERE user_id = $1 AND verification_state = $3")
     };
     let unchanged = sqlx::query(AssertSqlSafe(sql))
         .bind(user_id)
         .bind(to_millis(now))
         .bind(state.as_str())
+        .bind(confirmed_at)
+        .bind(source)
         .execute(&mut **tx)
         .await
         .map_err(query_err("user_apply_state unchanged"))?
@@ -524,16 +588,27 @@ pub(crate) async fn user_state_unchanged_in_tx(
     Ok(unchanged == 1)
 }
 
-/// The user's stored state and when it changed (Unix ms), the row locked on
-/// Postgres; `None` for an unknown user.
+/// A user's stored state, as [`user_state_lock_in_tx`] reads it (times in Unix ms).
+pub(crate) struct StoredState {
+    pub state: VerificationState,
+    pub changed_at: Option<i64>,
+    pub confirmed_at: Option<i64>,
+}
+
+/// The user's stored state, when it changed and when it was last confirmed, the
+/// row locked on Postgres; `None` for an unknown user.
 pub(crate) async fn user_state_lock_in_tx(
     tx: &mut Tx,
     backend: Backend,
     user_id: &str,
-) -> Result<Option<(VerificationState, Option<i64>)>, StoreError> {
+) -> Result<Option<StoredState>, StoreError> {
     let lock = match backend {
-        Backend::Postgres => "SELECT verification_state, state_changed_at FROM users WHERE user_id = $1 FOR UPDATE",
-        Backend::Sqlite => "SELECT verification_state, state_changed_at FROM users WHERE user_id = $1",
+        Backend::Postgres => {
+            "SELECT verification_state, state_changed_at, state_confirmed_at FROM users WHERE user_id = $1 FOR UPDATE"
+        }
+        Backend::Sqlite => {
+            "SELECT verification_state, state_changed_at, state_confirmed_at FROM users WHERE user_id = $1"
+        }
     };
     let Some(row) =
         sqlx::query(lock).bind(user_id).fetch_optional(&mut **tx).await.map_err(query_err("user_apply_state read"))?
@@ -543,7 +618,8 @@ pub(crate) async fn user_state_lock_in_tx(
     let old: String = row.try_get("verification_state").map_err(query_err("user_apply_state read"))?;
     let old = old.parse::<VerificationState>().map_err(|e| StoreError::Conflict(e.to_string()))?;
     let changed_at: Option<i64> = row.try_get("state_changed_at").map_err(query_err("user_apply_state read"))?;
-    Ok(Some((old, changed_at)))
+    let confirmed_at: Option<i64> = row.try_get("state_confirmed_at").map_err(query_err("user_apply_state read"))?;
+    Ok(Some(StoredState { state: old, changed_at, confirmed_at }))
 }
 
 /// A change of a user's state, for [`user_state_change_in_tx`].
@@ -555,6 +631,8 @@ pub(crate) struct StateChange<'a> {
     /// When a sync or a fresh state saw it (not a webhook).
     pub synced: Option<i64>,
     pub now_ms: i64,
+    /// When the source confirmed it (Unix ms), and the source's `state_source`.
+    pub confirmed: (i64, &'static str),
 }
 
 /// Records a change of state: a rejection is dated now (never before a time
@@ -581,7 +659,8 @@ pub(crate) async fn user_state_change_in_tx(
            rejected_at = {rejected_at}, last_failure_at = COALESCE($4, last_failure_at), \
            consecutive_failures = CASE WHEN $5 = 1 THEN consecutive_failures + 1 \
                                        WHEN $5 = 2 THEN 0 ELSE consecutive_failures END, \
-           synced_at = COALESCE($6, synced_at), updated_at = $7 \
+           synced_at = COALESCE($6, synced_at), updated_at = $7, \
+           state_confirmed_at = $8, state_source = $9 \
          WHERE user_id = $1"
     )))
     .bind(c.user_id)
@@ -591,10 +670,23 @@ pub(crate) async fn user_state_change_in_tx(
     .bind(failures)
     .bind(c.synced)
     .bind(c.now_ms)
+    .bind(c.confirmed.0)
+    .bind(c.confirmed.1)
     .execute(&mut **tx)
     .await
     .map_err(query_err("user_apply_state update"))?;
     Ok(())
+}
+
+/// A REJECTED user reported REJECTED again, for [`user_rejected_again_in_tx`].
+pub(crate) struct RejectedAgain<'a> {
+    pub user_id: &'a str,
+    /// When a sync or a fresh state saw it (not a webhook).
+    pub synced: Option<i64>,
+    pub now_ms: i64,
+    pub webhook: bool,
+    /// When the source confirmed it (Unix ms), and the source's `state_source`.
+    pub confirmed: (i64, &'static str),
 }
 
 /// REJECTED again: a rejection webhook is a rejection received now; any source may
@@ -602,33 +694,44 @@ pub(crate) async fn user_state_change_in_tx(
 pub(crate) async fn user_rejected_again_in_tx(
     tx: &mut Tx,
     backend: Backend,
-    user_id: &str,
-    synced: Option<i64>,
-    now_ms: i64,
-    webhook: bool,
+    r: &RejectedAgain<'_>,
 ) -> Result<(), StoreError> {
-    let at = webhook.then_some("$3");
+    let at = r.webhook.then_some("$3");
     sqlx::query(AssertSqlSafe(format!(
-        "UPDATE users SET synced_at = COALESCE($2, synced_at), rejected_at = {} WHERE user_id = $1",
-        rejected_at_seen_sql(backend, "users", at, "$3")
+        "UPDATE users SET synced_at = COALESCE($2, synced_at), rejected_at = {}, {} WHERE user_id = $1",
+        rejected_at_seen_sql(backend, "users", at, "$3"),
+        confirm_sql("$4", "$5")
     )))
-    .bind(user_id)
-    .bind(synced)
-    .bind(now_ms)
+    .bind(r.user_id)
+    .bind(r.synced)
+    .bind(r.now_ms)
+    .bind(r.confirmed.0)
+    .bind(r.confirmed.1)
     .execute(&mut **tx)
     .await
     .map_err(query_err("user_apply_state rejected again"))?;
     Ok(())
 }
 
-/// Moves `synced_at`.
-pub(crate) async fn user_synced_in_tx(tx: &mut Tx, user_id: &str, at_ms: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET synced_at = $2 WHERE user_id = $1")
-        .bind(user_id)
-        .bind(at_ms)
-        .execute(&mut **tx)
-        .await
-        .map_err(query_err("user_apply_state synced"))?;
+/// The same state confirmed again: `synced_at` moves (a sync or a fresh state),
+/// and the confirmation when it is the later one.
+pub(crate) async fn user_confirmed_in_tx(
+    tx: &mut Tx,
+    user_id: &str,
+    synced: Option<i64>,
+    (confirmed_at, source): (i64, &str),
+) -> Result<(), StoreError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE users SET synced_at = COALESCE($2, synced_at), {} WHERE user_id = $1",
+        confirm_sql("$3", "$4")
+    )))
+    .bind(user_id)
+    .bind(synced)
+    .bind(confirmed_at)
+    .bind(source)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("user_apply_state confirmed"))?;
     Ok(())
 }
 

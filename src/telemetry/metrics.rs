@@ -118,6 +118,7 @@ pub struct Metrics {
     unapproved_skips: Family<CampaignLabels, Counter>,
     next_tick: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     next_follow_up: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
+    webhook_feed_healthy: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -265,6 +266,14 @@ impl Metrics {
             Unit::Seconds,
             next_follow_up.clone(),
         );
+        let webhook_feed_healthy = Gauge::default();
+        registry.register(
+            "webhook_feed_healthy",
+            "1 while the configured webhook feed was heard from (a signed webhook accepted, a users sync finished) \
+             within webhook_feed_max_silence, so that fresh states are trusted for fresh_state_max_age; 0 when it \
+             is silent (every state is asked again) or no webhook_key is set",
+            webhook_feed_healthy.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
@@ -289,6 +298,7 @@ impl Metrics {
             unapproved_skips,
             next_tick,
             next_follow_up,
+            webhook_feed_healthy,
         }
     }
 
@@ -325,6 +335,12 @@ impl Metrics {
     }
 
     /// Whether `campaign` is paused by its halt thresholds.
+    /// `reverify_webhook_feed_healthy`: 1 while the configured webhook feed was heard
+    /// from within `webhook_feed_max_silence` (issue 29), else 0.
+    pub fn set_webhook_feed_healthy(&self, healthy: bool) {
+        self.webhook_feed_healthy.set(i64::from(healthy));
+    }
+
     pub fn set_campaign_halted(&self, campaign: &str, halted: bool) {
         self.campaign_halted.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(i64::from(halted));
     }

@@ -374,3 +374,33 @@ async fn behind_a_trusted_ingress_each_client_has_its_own_limit() {
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "one address, 6 a minute: {statuses:?}");
     stop.cancel();
 }
+
+/// The sandbox's (token refreshes, profiles, sessions).
+async fn api_counts(env: &Env) -> (u64, u64, u64) {
+    let s = env.sandbox.stats().await;
+    let n = |k: &str| s.requests.get(k).copied().unwrap_or(0);
+    (n("POST /v1/auth/oauth/token"), n("GET /v1/user"), n("GET /v1/user/verification"))
+}
+
+both_engines!(a_fresh_state_spares_the_send_every_call_and_the_click_all_but_the_session, |db: TestDb| async move {
+    let c = click_env(db, 4, Arc::new(SystemClock)).await;
+    // a direct campaign first stores each user's access token and confirms their state
+    let direct = c.env.apply(&crate::common::campaign_toml("direct-first", "")).await;
+    assert_eq!(c.env.run(&direct).await.counts.notified, 4);
+    let before = api_counts(&c.env).await;
+    assert_eq!(before, (4, 4, 4), "the direct campaign: refresh, state, session each");
+
+    let toml =
+        click_campaign("fresh-clicks").replace("[delivery]", "[audience]\nfresh_state_max_age = \"6h\"\n[delivery]");
+    let campaign = c.env.apply(&toml).await;
+    assert_eq!(c.env.run(&campaign).await.counts.notified, 4);
+    assert_eq!(api_counts(&c.env).await, before, "the send step of fresh users makes no API call at all");
+    let links = links(&c.env, c.addr);
+    assert_eq!(links.len(), 4, "{links:?}");
+    for link in &links {
+        assert_eq!(c.http.post(link).send().await.unwrap().status(), 303);
+    }
+    let (tokens, profiles, sessions) = api_counts(&c.env).await;
+    assert_eq!((tokens - before.0, profiles - before.1, sessions - before.2), (0, 0, 4), "a click: the session alone");
+    assert_eq!(c.env.sandbox.stats().await.violations, 0);
+});

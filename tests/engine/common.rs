@@ -76,6 +76,8 @@ impl Env {
             .users()
             .into_iter()
             .map(|u| UserUpsert {
+                state_confirmed_at: None,
+                access: None,
                 token: u.refresh_token.as_ref().map(|t| SealedToken {
                     key_id: cipher.key_id().to_owned(),
                     ciphertext: cipher.seal(u.user_id.as_str(), t),

@@ -6,6 +6,7 @@ mod click;
 mod common;
 mod dashboard;
 mod followup;
+mod freshness;
 mod gates;
 mod locales;
 mod metrics;

@@ -71,10 +71,16 @@ pub enum Column {
     RefreshToken,
     Tags,
     SignedUpAt,
+    /// When the directory knew `verification_state` to be true (RFC 3339); without
+    /// it, the import's time.
+    StateAsOf,
+    /// A valid Baanx access token (sealed like the refresh token), with its expiry.
+    AccessToken,
+    AccessTokenExpiresAt,
 }
 
 /// How many columns there are.
-pub const COLUMN_COUNT: usize = 13;
+pub const COLUMN_COUNT: usize = 16;
 
 impl Column {
     /// All columns, in order; `Column::X as usize` is the index.
@@ -92,6 +98,9 @@ impl Column {
         Column::RefreshToken,
         Column::Tags,
         Column::SignedUpAt,
+        Column::StateAsOf,
+        Column::AccessToken,
+        Column::AccessTokenExpiresAt,
     ];
 
     /// The header name.
@@ -110,6 +119,9 @@ impl Column {
             Column::RefreshToken => "refresh_token",
             Column::Tags => "tags",
             Column::SignedUpAt => "signed_up_at",
+            Column::StateAsOf => "state_as_of",
+            Column::AccessToken => "access_token",
+            Column::AccessTokenExpiresAt => "access_token_expires_at",
         }
     }
 
@@ -127,10 +139,14 @@ pub fn column_list() -> String {
 /// One row's fields, indexed by `Column as usize`.
 pub type Fields = [Option<String>; COLUMN_COUNT];
 
-/// The columns [`write_csv`] writes, in order: every column but `signed_up_at`
-/// (the last of [`Column::ALL`]), which only an import reads.
-pub const WRITTEN: [Column; COLUMN_COUNT - 1] = {
-    let mut written = [Column::UserId; COLUMN_COUNT - 1];
+/// How many columns [`write_csv`] writes.
+const WRITTEN_COUNT: usize = 12;
+
+/// The columns [`write_csv`] writes, in order: the first twelve of [`Column::ALL`],
+/// up to `tags`. `signed_up_at`, `state_as_of` and the access token are only read
+/// (by an import).
+pub const WRITTEN: [Column; WRITTEN_COUNT] = {
+    let mut written = [Column::UserId; WRITTEN_COUNT];
     let mut i = 0;
     while i < written.len() {
         written[i] = Column::ALL[i];
@@ -138,8 +154,7 @@ pub const WRITTEN: [Column; COLUMN_COUNT - 1] = {
     }
     written
 };
-const _: () =
-    assert!(matches!(Column::ALL[COLUMN_COUNT - 1], Column::SignedUpAt), "WRITTEN leaves out the last column");
+const _: () = assert!(matches!(Column::ALL[WRITTEN_COUNT], Column::SignedUpAt), "WRITTEN ends before signed_up_at");
 
 /// Writes `rows` as CSV under a header of the [`WRITTEN`] columns, refresh tokens
 /// included.
@@ -147,12 +162,32 @@ const _: () =
 /// # Errors
 /// When writing fails.
 pub fn write_csv<W: Write>(writer: W, rows: impl IntoIterator<Item = UserRow>) -> std::io::Result<()> {
+    write_rows(writer, rows, false)
+}
+
+/// [`write_csv`], with `state_as_of` and the access token and its expiry after the
+/// [`WRITTEN`] columns.
+///
+/// # Errors
+/// When writing fails.
+pub fn write_csv_with_access<W: Write>(writer: W, rows: impl IntoIterator<Item = UserRow>) -> std::io::Result<()> {
+    write_rows(writer, rows, true)
+}
+
+fn write_rows<W: Write>(writer: W, rows: impl IntoIterator<Item = UserRow>, access: bool) -> std::io::Result<()> {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)).unwrap_or_default()
+    };
     let mut w = csv::Writer::from_writer(writer);
-    w.write_record(WRITTEN.map(Column::name)).map_err(std::io::Error::other)?;
+    let mut header: Vec<&str> = WRITTEN.map(Column::name).to_vec();
+    if access {
+        header.extend([Column::StateAsOf, Column::AccessToken, Column::AccessTokenExpiresAt].map(Column::name));
+    }
+    w.write_record(&header).map_err(std::io::Error::other)?;
     for u in rows {
-        let rejected_at = u.rejected_at.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)).unwrap_or_default();
+        let rejected_at = time(u.rejected_at);
         let tags = u.tags.join(";");
-        w.write_record([
+        let mut record: Vec<&str> = vec![
             u.user_id.as_str(),
             u.email.as_str(),
             text(&u.first_name),
@@ -165,8 +200,17 @@ pub fn write_csv<W: Write>(writer: W, rows: impl IntoIterator<Item = UserRow>) -
             &rejected_at,
             u.refresh_token.as_deref().map_or("", String::as_str),
             &tags,
-        ])
-        .map_err(std::io::Error::other)?;
+        ];
+        let state_as_of = time(u.state_as_of);
+        let expires = time(u.access_token.as_ref().map(|(_, at)| *at));
+        if access {
+            record.extend([
+                state_as_of.as_str(),
+                u.access_token.as_ref().map_or("", |(t, _)| t.as_str()),
+                expires.as_str(),
+            ]);
+        }
+        w.write_record(&record).map_err(std::io::Error::other)?;
     }
     w.flush()
 }

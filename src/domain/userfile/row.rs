@@ -53,6 +53,10 @@ pub struct UserRow {
     pub tags: Vec<String>,
     /// The user's current Baanx refresh token, when known.
     pub refresh_token: Option<Zeroizing<String>>,
+    /// When the directory knew the state to be true.
+    pub state_as_of: Option<DateTime<Utc>>,
+    /// A valid access token and when it expires (both or neither).
+    pub access_token: Option<(Zeroizing<String>, DateTime<Utc>)>,
 }
 
 impl fmt::Debug for UserRow {
@@ -63,6 +67,8 @@ impl fmt::Debug for UserRow {
             .field("region", &self.region)
             .field("verification_state", &self.verification_state)
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[REDACTED]"))
+            .field("state_as_of", &self.state_as_of)
+            .field("access_token", &self.access_token.as_ref().map(|(_, exp)| ("[REDACTED]", exp)))
             .finish_non_exhaustive()
     }
 }
@@ -208,6 +214,8 @@ pub fn parse_fields(fields: &Fields, missing: Missing) -> Result<UserRow, RowPro
     };
     let rejected_at = time(Column::RejectedAt);
     let signed_up_at = time(Column::SignedUpAt);
+    let state_as_of = time(Column::StateAsOf);
+    let access_expires_at = time(Column::AccessTokenExpiresAt);
     let mut tags: Vec<String> = Vec::new();
     for t in field(fields, Column::Tags).unwrap_or("").split(';').map(str::trim).filter(|t| !t.is_empty()) {
         if !is_tag(t) {
@@ -216,18 +224,36 @@ pub fn parse_fields(fields: &Fields, missing: Missing) -> Result<UserRow, RowPro
             tags.push(t.to_owned());
         }
     }
-    let refresh_token = field(fields, Column::RefreshToken).and_then(|v| {
-        // Never quote a token in a message, not even a malformed one.
-        if v.len() > MAX_TOKEN_LEN {
-            err(Column::RefreshToken, format!("longer than {MAX_TOKEN_LEN} bytes"));
+    let mut token = |c: Column| {
+        field(fields, c).and_then(|v| {
+            // Never quote a token in a message, not even a malformed one.
+            if v.len() > MAX_TOKEN_LEN {
+                err(c, format!("longer than {MAX_TOKEN_LEN} bytes"));
+                None
+            } else if !v.bytes().all(|b| b.is_ascii_graphic()) {
+                err(c, "contains a character a token cannot have (space, control or non-ASCII)".into());
+                None
+            } else {
+                Some(Zeroizing::new(v.to_owned()))
+            }
+        })
+    };
+    let refresh_token = token(Column::RefreshToken);
+    let access = token(Column::AccessToken);
+    let access_token = match (access, access_expires_at) {
+        (Some(t), Some(exp)) => Some((t, exp)),
+        (None, None) => None,
+        (Some(_), None) if field(fields, Column::AccessTokenExpiresAt).is_none() => {
+            err(Column::AccessToken, "has no access_token_expires_at: an access token needs its expiry".into());
             None
-        } else if !v.bytes().all(|b| b.is_ascii_graphic()) {
-            err(Column::RefreshToken, "contains a character a token cannot have (space, control or non-ASCII)".into());
-            None
-        } else {
-            Some(Zeroizing::new(v.to_owned()))
         }
-    });
+        (None, Some(_)) if field(fields, Column::AccessToken).is_none() => {
+            err(Column::AccessTokenExpiresAt, "given without an access_token".into());
+            None
+        }
+        // the other field was bad, and is reported
+        _ => None,
+    };
     match (user_id, email, region, state) {
         (Some(user_id), Some(email), Some(region), Some(verification_state)) if errors.is_empty() => Ok(UserRow {
             user_id,
@@ -243,6 +269,8 @@ pub fn parse_fields(fields: &Fields, missing: Missing) -> Result<UserRow, RowPro
             signed_up_at,
             tags,
             refresh_token,
+            state_as_of,
+            access_token,
         }),
         _ => Err(RowProblems(errors)),
     }

@@ -20,7 +20,7 @@ use crate::store::{Store, StoreError, to_millis};
 
 /// The associated data an access token is sealed with: not the refresh token's.
 fn access_ad(user: &UserId) -> String {
-    format!("{user}:access")
+    crate::crypto::access_token_ad(user.as_str())
 }
 
 /// Users' tokens as a run's claim read them, by user id: each is taken by the first

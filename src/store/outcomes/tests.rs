@@ -34,6 +34,8 @@ async fn user(s: &Store, id: &str, state: VerificationState) {
         tags: vec![],
         signed_up_at: None,
         token: Some(SealedToken { key_id: "k".into(), ciphertext: vec![1, 2, 3] }),
+        state_confirmed_at: None,
+        access: None,
     };
     s.user_upsert_batch(&[row], t0() - Duration::days(30)).await.unwrap();
 }
@@ -277,6 +279,8 @@ both_engines!(a_rejection_webhook_for_a_rejected_user_moves_the_time_forward_onl
         tags: vec![],
         signed_up_at: None,
         token: None,
+        state_confirmed_at: None,
+        access: None,
     };
     // rejected ten days ago, on file since thirty
     s.user_upsert_batch(&[rejected(t0() - Duration::days(10))], t0() - Duration::days(30)).await.unwrap();

@@ -16,14 +16,22 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, Connection as _};
 
 use super::{
-    UPSERT_COLUMNS, UPSERT_ROWS_PER_STATEMENT, UserUpsert, bind_row, fill_first_seen_sql, upsert_on_conflict,
-    values_sql,
+    ROW_VALUES, UPSERT_COLUMNS, UPSERT_ROWS_PER_STATEMENT, UserUpsert, bind_row, fill_first_seen_sql,
+    upsert_on_conflict, values_sql,
 };
 use crate::domain::VerificationState;
 use crate::store::{Backend, Store, StoreError, query_err, to_millis};
 
 const STAGE_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timezone, region, country, \
-     verification_state, rejected_at, refresh_token_enc, token_key_id, tags, signed_up_at";
+     verification_state, rejected_at, refresh_token_enc, token_key_id, tags, signed_up_at, \
+     state_confirmed_at, state_source, access_token_enc, access_token_key_id, access_token_fresh_until";
+
+/// [`STAGE_COLUMNS`] as the final upsert selects them: a row without a
+/// confirmation time is confirmed at the import's time (`$1`).
+const STAGED_VALUES: &str = "user_id, email, first_name, last_name, locale, timezone, region, country, \
+     verification_state, rejected_at, refresh_token_enc, token_key_id, tags, signed_up_at, \
+     COALESCE(state_confirmed_at, $1), state_source, access_token_enc, access_token_key_id, \
+     access_token_fresh_until";
 
 /// An upsert of many rows, pushed in batches and written at [`UserBulkUpsert::finish`].
 pub struct UserBulkUpsert {
@@ -50,7 +58,8 @@ impl Store {
                  user_id TEXT NOT NULL, email TEXT NOT NULL, first_name TEXT, last_name TEXT, locale TEXT, \
                  timezone TEXT, region TEXT NOT NULL, country TEXT, verification_state TEXT NOT NULL, \
                  rejected_at BIGINT, refresh_token_enc BYTEA, token_key_id TEXT, tags TEXT NOT NULL, \
-                 signed_up_at BIGINT); \
+                 signed_up_at BIGINT, state_confirmed_at BIGINT, state_source TEXT, access_token_enc BYTEA, \
+                 access_token_key_id TEXT, access_token_fresh_until BIGINT); \
                  TRUNCATE users_import;"
             }
             Backend::Sqlite => {
@@ -58,7 +67,8 @@ impl Store {
                  user_id TEXT NOT NULL, email TEXT NOT NULL, first_name TEXT, last_name TEXT, locale TEXT, \
                  timezone TEXT, region TEXT NOT NULL, country TEXT, verification_state TEXT NOT NULL, \
                  rejected_at INTEGER, refresh_token_enc BLOB, token_key_id TEXT, tags TEXT NOT NULL, \
-                 signed_up_at INTEGER); \
+                 signed_up_at INTEGER, state_confirmed_at INTEGER, state_source TEXT, access_token_enc BLOB, \
+                 access_token_key_id TEXT, access_token_fresh_until INTEGER); \
                  DELETE FROM users_import;"
             }
         };
@@ -76,10 +86,10 @@ impl UserBulkUpsert {
         let mut tx = self.conn.begin().await.map_err(query_err("user_bulk_push"))?;
         for chunk in rows.chunks(UPSERT_ROWS_PER_STATEMENT) {
             let mut sql = format!("INSERT INTO users_import ({STAGE_COLUMNS}) VALUES ");
-            values_sql(&mut sql, self.backend, chunk.len(), 14);
+            values_sql(&mut sql, self.backend, chunk.len(), ROW_VALUES);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
-                q = bind_row(q, r);
+                q = bind_row(q, r, None);
             }
             q.execute(&mut *tx).await.map_err(query_err("user_bulk_push"))?;
         }
@@ -102,13 +112,13 @@ impl UserBulkUpsert {
         let sql = match self.backend {
             // One statement may not update a row twice on Postgres: keep the last push.
             Backend::Postgres => format!(
-                "INSERT INTO users ({UPSERT_COLUMNS}) SELECT DISTINCT ON (user_id) {STAGE_COLUMNS}, $1, $1, $1 \
+                "INSERT INTO users ({UPSERT_COLUMNS}) SELECT DISTINCT ON (user_id) {STAGED_VALUES}, $1, $1, $1 \
                  FROM users_import ORDER BY user_id, seq DESC{on_conflict}"
             ),
             // SQLite applies repeated keys in order, so the last push wins as well;
             // `WHERE true` keeps it from reading ON CONFLICT as a join's ON.
             Backend::Sqlite => format!(
-                "INSERT INTO users ({UPSERT_COLUMNS}) SELECT {STAGE_COLUMNS}, $1, $1, $1 FROM users_import \
+                "INSERT INTO users ({UPSERT_COLUMNS}) SELECT {STAGED_VALUES}, $1, $1, $1 FROM users_import \
                  WHERE true ORDER BY user_id, seq{on_conflict}"
             ),
         };

@@ -32,6 +32,8 @@ fn user(n: u32) -> UserUpsert {
         tags: vec![],
         signed_up_at: Some(at(1)),
         token: None,
+        state_confirmed_at: None,
+        access: None,
     }
 }
 
