@@ -143,7 +143,7 @@ pub enum CampaignCommand {
         #[arg(long, value_name = "ID", value_parser = |s: &str| reverify::domain::UserId::parse(s))]
         user: Option<reverify::domain::UserId>,
         /// Render in this locale instead of the user's (the fallback chain applies).
-        #[arg(long, value_name = "L")]
+        #[arg(long, value_name = "L", value_parser = super::parse_locale)]
         locale: Option<String>,
         /// 0 for the first message, N for the N-th reminder.
         #[arg(long, value_name = "N", default_value_t = 0)]

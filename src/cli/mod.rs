@@ -274,8 +274,31 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit::FAILURE)
+            // a command line that only shows as wrong at run time is still a usage error
+            let usage = e.chain().any(|c| c.is::<UsageError>());
+            ExitCode::from(if usage { exit::USAGE } else { exit::FAILURE })
         }
+    }
+}
+
+/// A command line found wrong only once the command runs (a `--step` the campaign
+/// does not have): exits 2, as clap's own usage errors do.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `--locale L`: a locale tag (`de-DE`, `pt_br`), checked by clap (exit 2).
+pub fn parse_locale(s: &str) -> Result<String, String> {
+    match reverify::domain::locale::normalize(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err(format!("{s:?} is not a locale tag like \"de-DE\"")),
     }
 }
 
