@@ -101,6 +101,13 @@ enum Command {
     /// least every minute, so that apply, pause and resume take effect), runs what is
     /// due under each campaign's lease, and on SIGTERM lets the users in flight finish
     /// before it exits.
+    ///
+    /// Listeners, from the settings: metrics_listen (REVERIFY_METRICS_LISTEN) serves
+    /// /metrics, /healthz and /readyz for the cluster only; public_listen
+    /// (REVERIFY_PUBLIC_LISTEN) serves what Baanx and the users' browsers reach:
+    /// POST /webhooks/baanx (with webhook_key) and the click-through pages /c/…
+    /// (with the Baanx client settings); ui_listen (REVERIFY_UI_LISTEN) serves the
+    /// dashboard. Each is off until set.
     Daemon(daemon::DaemonArgs),
     /// Run a whole demo campaign on the embedded defaults: the built-in sandbox,
     /// SQLite (in a temp dir, or --dir) and a file outbox (./outbox).
