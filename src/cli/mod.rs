@@ -105,7 +105,7 @@ enum Command {
     /// Listeners, from the settings: metrics_listen (REVERIFY_METRICS_LISTEN) serves
     /// /metrics, /healthz and /readyz for the cluster only; public_listen
     /// (REVERIFY_PUBLIC_LISTEN) serves what Baanx and the users' browsers reach:
-    /// POST /webhooks/baanx (with webhook_key) and the click-through pages /c/…
+    /// POST /webhooks/baanx (with webhook_key) and the click-through pages /v/…
     /// (with the Baanx client settings); ui_listen (REVERIFY_UI_LISTEN) serves the
     /// dashboard. Each is off until set.
     Daemon(daemon::DaemonArgs),
