@@ -119,6 +119,7 @@ pub struct Metrics {
     next_tick: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     next_follow_up: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     webhook_feed_healthy: Gauge,
+    scheduler_last_pass: Gauge<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -274,6 +275,14 @@ impl Metrics {
              is silent (every state is asked again) or no webhook_key is set",
             webhook_feed_healthy.clone(),
         );
+        let scheduler_last_pass = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "scheduler_last_pass_timestamp",
+            "When the daemon's scheduler loop last completed a pass (Unix time); /healthz fails when it is older \
+             than twice the loop's longest sleep plus a margin. 0 in one-shot runs",
+            Unit::Seconds,
+            scheduler_last_pass.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
@@ -299,6 +308,7 @@ impl Metrics {
             next_tick,
             next_follow_up,
             webhook_feed_healthy,
+            scheduler_last_pass,
         }
     }
 
@@ -334,13 +344,19 @@ impl Metrics {
         self.timezone_fallbacks.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).inc();
     }
 
-    /// Whether `campaign` is paused by its halt thresholds.
     /// `reverify_webhook_feed_healthy`: 1 while the configured webhook feed was heard
     /// from within `webhook_feed_max_silence` (issue 29), else 0.
     pub fn set_webhook_feed_healthy(&self, healthy: bool) {
         self.webhook_feed_healthy.set(i64::from(healthy));
     }
 
+    /// `reverify_scheduler_last_pass_timestamp_seconds`: when the daemon's scheduler
+    /// loop last completed a pass (Unix time).
+    pub fn set_scheduler_pass(&self, at_unix_seconds: f64) {
+        self.scheduler_last_pass.set(at_unix_seconds);
+    }
+
+    /// Whether `campaign` is paused by its halt thresholds.
     pub fn set_campaign_halted(&self, campaign: &str, halted: bool) {
         self.campaign_halted.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(i64::from(halted));
     }

@@ -8,7 +8,9 @@
 //!   serves the Baanx webhook receiver and `/healthz` only: what the scrape and the
 //!   readiness probe tell (campaign names, target counts, whether the database
 //!   answers) stays off the internet.
-//! - `/healthz` says only that the process answers; `/readyz` asks the database
+//! - `/healthz` says that the process answers and, on the operations listener,
+//!   that the daemon's scheduler loop still completes passes ([`super::liveness`]);
+//!   `/readyz` asks the database
 //!   (`SELECT 1`, at most [`READY_TIMEOUT`]), so that Kubernetes stops routing to a
 //!   worker that lost its database without restarting it.
 //! - The daemon binds before it opens (and migrates) the database
@@ -127,7 +129,7 @@ pub fn router(probe: Arc<dyn OpsProbe>) -> Router {
 fn starting_router() -> (Router, OpsStarting) {
     let ready = Arc::new(OnceLock::new());
     let router = Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz_ops))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .fallback(extra_routes)
@@ -221,6 +223,19 @@ pub async fn serve_ops_starting(
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// `/healthz` of the operations listener, the liveness probe's: also fails (503)
+/// when the daemon's scheduler loop has not completed a pass within its window
+/// ([`super::liveness`]).
+async fn healthz_ops() -> Response {
+    match super::liveness::liveness().stale() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(quiet) => {
+            warn!(quiet_seconds = quiet.as_secs(), "liveness: the scheduler loop has completed no pass");
+            (StatusCode::SERVICE_UNAVAILABLE, "scheduler loop stale\n").into_response()
+        }
+    }
 }
 
 /// The answer of every endpoint that needs the database before it is migrated.
