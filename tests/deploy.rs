@@ -793,6 +793,12 @@ fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
                         let ops = ops.unwrap_or_else(|| panic!("{who}: no operations listener for its probes"));
                         assert_ne!(port_of(&ops), container_port, "{who}: the operations port behind the Ingress");
                         assert!(ui.is_none_or(|u| port_of(&u) != container_port), "{who}: the dashboard behind the Ingress");
+                        // behind the Ingress, X-Forwarded-For names the client only from
+                        // the proxies it trusts (the click page's per-address limit)
+                        let proxies = env_of(c, "REVERIFY_TRUSTED_PROXIES")
+                            .or_else(|| settings["data"]["REVERIFY_TRUSTED_PROXIES"].as_str())
+                            .unwrap_or_default();
+                        assert!(!proxies.trim().is_empty(), "{who}: no trusted_proxies: every click counts as the controller's");
                         // the keys the routes need (serve.rs public_router)
                         let needs: &[&str] = if p == webhook {
                             &["REVERIFY_WEBHOOK_KEY_FILE"]
