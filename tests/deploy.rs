@@ -234,7 +234,11 @@ fn the_kustomizations_name_every_resource_and_render() {
         for kept in serve {
             assert!(has(kept), "{overlay}: no {kept:?}");
         }
-        assert_eq!(has(("Service", "reverify-metrics")), overlay == "daemon", "{overlay}: the daemon's metrics Service");
+        assert_eq!(
+            has(("Service", "reverify-metrics")),
+            overlay == "daemon",
+            "{overlay}: the daemon's metrics Service"
+        );
         for needed in ["Job", "ConfigMap", "ServiceAccount", "NetworkPolicy"] {
             assert!(kinds.contains(&needed), "{overlay}: no {needed} in {kinds:?}");
         }
@@ -630,19 +634,19 @@ fn the_network_policy_lets_reverify_reach_its_services_and_nothing_else() {
         assert!(matches(labels), "{rel}: its pods escape the network policy");
     }
 
-    // ingress: each listener's port from its own clients only, in each overlay as
-    // it renders (the rules follow in the_listeners_are_open_to_their_clients_only)
-    let _ = policy("reverify-ops-ingress");
+    // ingress: one policy per listener, each port from its own clients only (checked
+    // in each overlay as it renders: the_listeners_are_open_to_their_clients_only)
+    let names: BTreeSet<&str> = docs.iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["reverify", "reverify-ops-ingress", "reverify-public-ingress", "reverify-dashboard-ingress"].into(),
+    );
 }
 
 /// Whether a selector (`matchLabels` and `In` / `NotIn` / `Exists` expressions)
 /// selects these labels.
 fn selects(selector: &Value, labels: &Value) -> bool {
-    let by_labels = selector["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| labels[k] == *v);
+    let by_labels = selector["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| labels[k] == *v);
     let by_expressions = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
         let key = e["key"].as_str().unwrap();
         let values: Vec<&Value> = e["values"].as_array().into_iter().flatten().collect();
@@ -679,9 +683,8 @@ fn port_of(listen: &str) -> u64 {
 /// What a container listens on: (public, ui, operations), each `HOST:PORT` as its
 /// settings and arguments say (`serve --listen`, the daemon's `public_listen`).
 fn listeners(c: &Value, settings: &Value) -> (Option<String>, Option<String>, Option<String>) {
-    let var = |name: &str| {
-        env_of(c, name).map(str::to_owned).or_else(|| settings["data"][name].as_str().map(str::to_owned))
-    };
+    let var =
+        |name: &str| env_of(c, name).map(str::to_owned).or_else(|| settings["data"][name].as_str().map(str::to_owned));
     let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap_or_default();
     let flag = |f: &str| args.iter().position(|a| a == f).map(|i| args[i + 1].clone());
     let public = match args.first().map(String::as_str) {
@@ -749,8 +752,8 @@ fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
                 .unwrap_or_else(|| panic!("{overlay}: no {kind} {name}"))
         };
         let settings = find("ConfigMap", "reverify-settings");
-        let public_url = url::Url::parse(settings["data"]["REVERIFY_PUBLIC_URL"].as_str().expect("public_url set"))
-            .unwrap();
+        let public_url =
+            url::Url::parse(settings["data"]["REVERIFY_PUBLIC_URL"].as_str().expect("public_url set")).unwrap();
         assert_eq!(public_url.scheme(), "https");
         let ingresses: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Ingress").collect();
         assert!(!ingresses.is_empty(), "{overlay}: no Ingress: nothing public reaches the links and webhooks");
@@ -780,7 +783,11 @@ fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
                         backend["port"]["number"].clone()
                     };
                     let backends = service_backends(&docs, service, &port);
-                    assert!(!backends.is_empty(), "{overlay}: {p} goes to {port} of {}, which no pod serves", service["metadata"]["name"]);
+                    assert!(
+                        !backends.is_empty(),
+                        "{overlay}: {p} goes to {port} of {}, which no pod serves",
+                        service["metadata"]["name"]
+                    );
                     for (w, c, container_port) in backends {
                         let who = format!("{overlay}: {p} -> {}/{}", w["metadata"]["name"], c["name"]);
                         let (public, ui, ops) = listeners(c, settings);
@@ -792,13 +799,19 @@ fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
                         );
                         let ops = ops.unwrap_or_else(|| panic!("{who}: no operations listener for its probes"));
                         assert_ne!(port_of(&ops), container_port, "{who}: the operations port behind the Ingress");
-                        assert!(ui.is_none_or(|u| port_of(&u) != container_port), "{who}: the dashboard behind the Ingress");
+                        assert!(
+                            ui.is_none_or(|u| port_of(&u) != container_port),
+                            "{who}: the dashboard behind the Ingress"
+                        );
                         // behind the Ingress, X-Forwarded-For names the client only from
                         // the proxies it trusts (the click page's per-address limit)
                         let proxies = env_of(c, "REVERIFY_TRUSTED_PROXIES")
                             .or_else(|| settings["data"]["REVERIFY_TRUSTED_PROXIES"].as_str())
                             .unwrap_or_default();
-                        assert!(!proxies.trim().is_empty(), "{who}: no trusted_proxies: every click counts as the controller's");
+                        assert!(
+                            !proxies.trim().is_empty(),
+                            "{who}: no trusted_proxies: every click counts as the controller's"
+                        );
                         // the keys the routes need (serve.rs public_router)
                         let needs: &[&str] = if p == webhook {
                             &["REVERIFY_WEBHOOK_KEY_FILE"]
@@ -811,7 +824,12 @@ fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
                         // the Service the Ingress reaches exposes nothing but public ports
                         for sp in service["spec"]["ports"].as_array().unwrap() {
                             for (_, _, cp) in service_backends(&docs, service, &sp["name"]) {
-                                assert_ne!(cp, port_of(&ops), "{overlay}: {} exposes the operations port", service["metadata"]["name"]);
+                                assert_ne!(
+                                    cp,
+                                    port_of(&ops),
+                                    "{overlay}: {} exposes the operations port",
+                                    service["metadata"]["name"]
+                                );
                             }
                         }
                     }
@@ -853,7 +871,10 @@ fn the_listeners_are_open_to_their_clients_only() {
         for p in &policies {
             for rule in p["spec"]["ingress"].as_array().into_iter().flatten() {
                 let name = &p["metadata"]["name"];
-                assert!(rule["ports"].as_array().is_some_and(|v| !v.is_empty()), "{overlay}: {name}: a rule for every port");
+                assert!(
+                    rule["ports"].as_array().is_some_and(|v| !v.is_empty()),
+                    "{overlay}: {name}: a rule for every port"
+                );
                 let from = rule["from"].as_array().unwrap_or_else(|| panic!("{overlay}: {name}: a rule from anywhere"));
                 assert!(!from.is_empty(), "{overlay}: {name}: a rule from anywhere");
                 for peer in from {
@@ -873,7 +894,11 @@ fn the_listeners_are_open_to_their_clients_only() {
                 for rule in p["spec"]["ingress"].as_array().into_iter().flatten() {
                     if rule["ports"].as_array().unwrap().iter().any(|pp| pp["port"] == port) {
                         for peer in rule["from"].as_array().unwrap() {
-                            out.insert(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str().map(str::to_owned));
+                            out.insert(
+                                peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                                    .as_str()
+                                    .map(str::to_owned),
+                            );
                         }
                     }
                 }
@@ -893,7 +918,11 @@ fn the_listeners_are_open_to_their_clients_only() {
                 if let Some(ops) = &ops {
                     seen_ops = true;
                     let from = admitted(labels, port_of(ops));
-                    assert_eq!(from, [Some("monitoring".to_owned())].into(), "{overlay}: {name}: the operations port is open to {from:?}");
+                    assert_eq!(
+                        from,
+                        [Some("monitoring".to_owned())].into(),
+                        "{overlay}: {name}: the operations port is open to {from:?}"
+                    );
                 }
                 if let Some(public) = &public {
                     let from = admitted(labels, port_of(public));
@@ -909,7 +938,10 @@ fn the_listeners_are_open_to_their_clients_only() {
                 // a pod with no listener is open to nothing
                 for port in [8080, 8081, 9090] {
                     if !listening.contains(&port) {
-                        assert!(admitted(labels, port).is_empty(), "{overlay}: {name}: port {port} open with no listener");
+                        assert!(
+                            admitted(labels, port).is_empty(),
+                            "{overlay}: {name}: port {port} open with no listener"
+                        );
                     }
                 }
             }
@@ -975,7 +1007,11 @@ fn every_workload_that_runs_campaigns_has_the_keys_their_channels_need() {
                     Some(format!("/run/secrets/reverify/{key}").as_str()),
                     "{rel}/{name} runs campaigns without {var}"
                 );
-                let mounted = c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"] == "/run/secrets/reverify");
+                let mounted = c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["mountPath"] == "/run/secrets/reverify");
                 assert!(mounted && secret_volume_holds(pod, key), "{rel}/{name}: {key} is not mounted");
             }
         }
@@ -1499,4 +1535,132 @@ fn the_shipped_settings_require_approval_and_name_their_actors() {
     assert_eq!(reverify::config::Settings::load_from(None, &env).unwrap().require_approval, Some(true));
     let readme = read("deploy/README.md");
     assert!(readme.contains("reverify campaign approve"), "deploy/README.md: how to approve");
+}
+
+// --- reverify serve, started as shipped ------------------------------------------
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`: (status, lower-cased head, body).
+fn http(port: u16, method: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: verify.example.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    (status, head.to_lowercase(), body.to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Issue 25: `reverify-serve` started as its manifest starts it (its arguments, the
+/// settings ConfigMap and its own environment, each secret as a file; only its
+/// addresses moved to free local ports and the database to SQLite) serves the paths
+/// the Ingress routes on its public port, and nothing of the operations listener
+/// there; /metrics and /readyz are on the operations port, the dashboard on its own.
+#[test]
+fn reverify_serve_started_as_shipped_serves_what_the_ingress_routes_to_it() {
+    let serve = yaml_doc("deploy/kubernetes/base/serve.yaml");
+    let settings = yaml_doc("deploy/kubernetes/base/settings.yaml");
+    let c = &pod_spec(&serve)["containers"][0];
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let (public, ui, ops) = (free_port(), free_port(), free_port());
+    let moved = |v: &str| -> String {
+        match port_of(v) {
+            8080 => format!("127.0.0.1:{public}"),
+            8081 => format!("127.0.0.1:{ui}"),
+            9090 => format!("127.0.0.1:{ops}"),
+            other => panic!("{v}: an unexpected port {other}"),
+        }
+    };
+    let mut env: BTreeMap<String, String> =
+        serde_json::from_value::<BTreeMap<String, String>>(settings["data"].clone()).unwrap();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_owned();
+        let value = if e["valueFrom"]["secretKeyRef"]["key"] == "database_url" {
+            format!("sqlite://{}", dir.path().join("reverify.db").display())
+        } else if name.ends_with("_LISTEN") {
+            moved(e["value"].as_str().unwrap())
+        } else if let Some(key) = e["value"].as_str().and_then(|v| v.strip_prefix("/run/secrets/reverify/")) {
+            let content = match key {
+                "token_key" | "webhook_key" => reverify::crypto::TokenCipher::generate_key(),
+                "ui_users" => {
+                    let mut hash = Command::new(env!("CARGO_BIN_EXE_reverify"))
+                        .args(["ui", "hash-password"])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    use std::io::Write as _;
+                    hash.stdin.take().unwrap().write_all(b"correct horse battery staple\n").unwrap();
+                    let out = hash.wait_with_output().unwrap();
+                    assert!(out.status.success());
+                    format!("alice:approver:{}", String::from_utf8(out.stdout).unwrap().trim())
+                }
+                other => format!("{other}-value"),
+            };
+            std::fs::write(secrets.join(key), content).unwrap();
+            secrets.join(key).display().to_string()
+        } else {
+            e["value"].as_str().unwrap_or_else(|| panic!("{name}: neither a value nor the database_url")).to_owned()
+        };
+        env.insert(name, value);
+    }
+    let args: Vec<String> = serde_json::from_value::<Vec<String>>(c["args"].clone())
+        .unwrap()
+        .into_iter()
+        .map(|a| if a.starts_with("0.0.0.0:") { moved(&a) } else { a })
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reverify"))
+        .args(&args)
+        .env_clear()
+        .envs(&env)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while [public, ui, ops].iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err()) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("reverify {} exited {status}:\n{err}", args.join(" "));
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "reverify serve did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let check = || {
+        // the public port: the Ingress's two paths, answered by reverify's routes
+        let (status, head, _) = http(public, "GET", "/v/no-such-link");
+        assert!(status == 404 && head.contains("content-type: text/html"), "GET /v/…: {status} {head}");
+        let (status, _, _) = http(public, "POST", reverify::webhooks::WEBHOOK_PATH);
+        assert_eq!(status, 401, "an unsigned webhook is refused by the receiver, not missing");
+        for path in ["/metrics", "/readyz"] {
+            assert_eq!(http(public, "GET", path).0, 404, "{path} on the public port");
+        }
+        // the operations port: the probes and Prometheus, and never the webhook
+        assert_eq!(http(ops, "GET", "/readyz").0, 200);
+        let (status, _, body) = http(ops, "GET", "/metrics");
+        assert!(status == 200 && body.contains("reverify_"), "/metrics: {status}");
+        assert_eq!(http(ops, "POST", reverify::webhooks::WEBHOOK_PATH).0, 404, "the webhook on the operations port");
+        // the dashboard: its login, on its own port only
+        let (status, _, _) = http(ui, "GET", "/");
+        assert!([200, 302, 303, 307].contains(&status), "the dashboard answers {status}");
+        assert_eq!(http(public, "GET", "/login").0, 404, "the dashboard on the public port");
+    };
+    let result = std::panic::catch_unwind(check);
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(status.success(), "reverify serve stopped on SIGTERM with {status}");
 }
