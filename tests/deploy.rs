@@ -221,7 +221,8 @@ fn the_kustomizations_name_every_resource_and_render() {
         ("Ingress", "reverify-public"),
         ("NetworkPolicy", "reverify-ops-ingress"),
     ];
-    let overlays: [(&str, (&str, &str), (&str, &str)); 2] = [
+    type Object<'a> = (&'a str, &'a str);
+    let overlays: [(&str, Object, Object); 2] = [
         ("cronjob", ("CronJob", "reverify"), ("Deployment", "reverify-daemon")),
         ("daemon", ("Deployment", "reverify-daemon"), ("CronJob", "reverify")),
     ];
