@@ -52,7 +52,11 @@ const SECONDS_FIELDS: [Option<(&str, u32, u32)>; 7] = [
 /// Checks every number of every field against its bounds before the cron crate
 /// sees it (whose messages give the wrong bound and no field), pointing a caret at
 /// the item in the expression as written.
-fn check_bounds(written: &str, fields: &[&str], bounds: &[Option<(&'static str, u32, u32)>]) -> Result<(), ScheduleError> {
+fn check_bounds(
+    written: &str,
+    fields: &[&str],
+    bounds: &[Option<(&'static str, u32, u32)>],
+) -> Result<(), ScheduleError> {
     // where each field starts in the expression as written (macros are never out of range)
     let mut starts = Vec::with_capacity(fields.len());
     let mut from = 0;

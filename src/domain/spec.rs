@@ -942,9 +942,15 @@ concurrency = 8
 
     #[test]
     fn plain_types_replaces_whole_names_only() {
-        assert_eq!(plain_types("invalid type: string, expected u32"), "invalid type: string, expected a whole number from 0 to 4,294,967,295");
+        assert_eq!(
+            plain_types("invalid type: string, expected u32"),
+            "invalid type: string, expected a whole number from 0 to 4,294,967,295"
+        );
         assert_eq!(plain_types("expected u320x"), "expected u320x");
-        assert_eq!(plain_types("expected u8 or expected u8"), "expected a whole number from 0 to 255 or expected a whole number from 0 to 255");
+        assert_eq!(
+            plain_types("expected u8 or expected u8"),
+            "expected a whole number from 0 to 255 or expected a whole number from 0 to 255"
+        );
     }
 
     #[test]

@@ -110,4 +110,7 @@ async fn a_frozen_worker_holds_the_fleet_up_for_a_bounded_time(db: TestDb) {
     assert!(d.notified + d.delivery_unknown >= USERS - 16, "{d:?}: {log}");
 }
 
-reverify::postgres_only!(a_frozen_worker_holds_the_fleet_up_for_a_bounded_time, a_frozen_worker_holds_the_fleet_up_for_a_bounded_time);
+reverify::postgres_only!(
+    a_frozen_worker_holds_the_fleet_up_for_a_bounded_time,
+    a_frozen_worker_holds_the_fleet_up_for_a_bounded_time
+);
