@@ -387,7 +387,7 @@ mod tests {
         assert!(matches!(CronSchedule::parse("0 9 * *"), Err(ScheduleError::FieldCount { fields: 4, .. })));
         assert!(matches!(CronSchedule::parse("0 9 * * 8"), Err(ScheduleError::DayOfWeek { .. })));
         assert!(matches!(CronSchedule::parse("0 9 * * 5-1"), Err(ScheduleError::DayOfWeek { .. })));
-        assert!(matches!(CronSchedule::parse("61 9 * * *"), Err(ScheduleError::Invalid { .. })));
+        assert!(matches!(CronSchedule::parse("61 9 * * *"), Err(ScheduleError::OutOfRange { field: "minute", .. })));
         assert!(CronSchedule::parse("@daily").is_ok());
     }
 
