@@ -340,8 +340,8 @@ async fn a_run_pushes_its_metrics_to_the_pushgateway() {
         format!(r#"reverify_sessions_issued_total{{campaign="ops-push",{grouping}}} {sent}"#),
         format!(r#"reverify_notifications_total{{campaign="ops-push",{grouping},outcome="sent",reason="ok"}} {sent}"#),
         format!(r#"reverify_targets{{campaign="ops-push",{grouping},status="notified"}} {sent}"#),
-        format!(r#"reverify_runs_total{{{grouping},outcome="finished"}} 1"#),
-        format!(r#"reverify_run_duration_seconds_count{{{grouping}}} 1"#),
+        format!(r#"reverify_runs_total{{campaign="ops-push",{grouping},outcome="finished"}} 1"#),
+        format!(r#"reverify_run_duration_seconds_count{{campaign="ops-push",{grouping}}} 1"#),
         format!(r#"reverify_baanx_requests_total{{code="200",endpoint="verification",{grouping}}} {sent}"#),
     ] {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
@@ -392,13 +392,16 @@ async fn every_run_pushes_even_with_nothing_due_or_failing() {
             .is_some(),
         "{body}"
     );
-    assert!(!body.contains("reverify_runs_total{"), "nothing ran:\n{body}");
+    assert!(
+        body.lines().filter(|l| l.starts_with("reverify_runs_total{")).all(|l| l.ends_with(" 0")),
+        "nothing ran:\n{body}"
+    );
 
     // a run that fails before any campaign starts: one failed run, pushed
     let o = run(&["run", "no-such-campaign", "--progress", "none"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let body = pgw.scrape().await;
-    let failed = format!(r#"reverify_runs_total{{{grouping},outcome="failed"}}"#);
+    let failed = format!(r#"reverify_runs_total{{campaign="",{grouping},outcome="failed"}}"#);
     assert_eq!(sample(&body, &failed), Some(1.0), "{body}");
 
     // a campaign whose run fails (its templates are gone since it was applied): one
@@ -412,13 +415,24 @@ async fn every_run_pushes_even_with_nothing_due_or_failing() {
     let o = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let body = pgw.scrape().await;
-    assert_eq!(sample(&body, &failed), Some(1.0), "{body}");
-    assert_eq!(sample(&body, &format!(r#"reverify_run_duration_seconds_count{{{grouping}}}"#)), Some(1.0), "{body}");
+    let broken = format!(r#"reverify_runs_total{{campaign="ops-broken",{grouping},outcome="failed"}}"#);
+    assert_eq!(sample(&body, &broken), Some(1.0), "{body}");
+    let took = format!(r#"reverify_run_duration_seconds_count{{campaign="ops-broken",{grouping}}}"#);
+    assert_eq!(sample(&body, &took), Some(1.0), "{body}");
     assert!(
         sample(&body, &format!(r#"reverify_last_success_timestamp_seconds{{campaign="ops-broken",{grouping}}}"#))
             .is_none(),
         "{body}"
     );
+    // the campaign's own group keeps its failed run...
+    let last_failed = r#"reverify_last_run_timestamp_seconds{campaign="ops-broken",job="reverify",outcome="failed"}"#;
+    assert!(sample(&body, last_failed).is_some(), "{body}");
+    // ...when a later run --due with nothing due replaces the process's group
+    let o = run(&["run", "--due", "--progress", "none"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let body = pgw.scrape().await;
+    assert_eq!(sample(&body, &broken), Some(0.0), "the process's group is this run's: {body}");
+    assert!(sample(&body, last_failed).is_some(), "an empty run erased the failed run: {body}");
 }
 
 /// Item 6: the summary line counts the users deferred at targeting (REJECTED inside
