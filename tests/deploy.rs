@@ -1490,10 +1490,9 @@ fn the_service_monitor_and_the_alert_rules_fit_the_manifests() {
     assert_eq!(endpoints.len(), 1, "one endpoint: the operations port");
     let port = &endpoints[0]["port"];
     assert_eq!(endpoints[0]["path"], "/metrics");
-    for (overlay, expected) in [
-        ("cronjob", vec!["reverify-serve-metrics"]),
-        ("daemon", vec!["reverify-metrics", "reverify-serve-metrics"]),
-    ] {
+    for (overlay, expected) in
+        [("cronjob", vec!["reverify-serve-metrics"]), ("daemon", vec!["reverify-metrics", "reverify-serve-metrics"])]
+    {
         let docs = rendered(overlay);
         let settings = docs.iter().find(|d| d["metadata"]["name"] == "reverify-settings").unwrap();
         let mut scraped = Vec::new();
@@ -1508,7 +1507,8 @@ fn the_service_monitor_and_the_alert_rules_fit_the_manifests() {
             assert!(!backends.is_empty(), "{overlay}: Service {name} port {port} reaches no pod");
             for (w, c, container_port) in backends {
                 let (_, _, ops) = listeners(c, settings);
-                let ops = ops.unwrap_or_else(|| panic!("{overlay}: {} serves no operations port", w["metadata"]["name"]));
+                let ops =
+                    ops.unwrap_or_else(|| panic!("{overlay}: {} serves no operations port", w["metadata"]["name"]));
                 assert_eq!(port_of(&ops), container_port, "{overlay}: {name} must reach metrics_listen, /metrics");
             }
             scraped.push(name);
