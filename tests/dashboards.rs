@@ -302,3 +302,31 @@ fn the_name_extraction_reads_promql_as_prometheus_does() {
     assert!(!scraped.contains("reverify_click_duration_seconds"), "a histogram is its _bucket, _sum and _count");
     assert!(scraped.contains("reverify_click_duration_seconds_bucket"), "{scraped:?}");
 }
+
+/// The dashboard imports anywhere: it asks for its Prometheus (`${datasource}`),
+/// every query uses it, and the campaign filter lists the campaigns reverify knows.
+#[test]
+fn the_dashboard_queries_the_chosen_data_source_and_lists_the_campaigns() {
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/reverify.json")).expect("the dashboard is JSON");
+    assert!(dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "{}", dashboard["schemaVersion"]);
+    let vars = dashboard["templating"]["list"].as_array().expect("templating.list");
+    let var = |name: &str| vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no ${name} variable"));
+    assert_eq!(var("datasource")["type"], "datasource");
+    assert_eq!(var("datasource")["query"], "prometheus");
+    assert_eq!(var("campaign")["query"], "label_values(reverify_targets, campaign)");
+    fn walk(panels: &Value, out: &mut Vec<Value>) {
+        for p in panels.as_array().into_iter().flatten() {
+            out.push(p.clone());
+            walk(&p["panels"], out);
+        }
+    }
+    let mut panels = Vec::new();
+    walk(&dashboard["panels"], &mut panels);
+    let mut ids = BTreeSet::new();
+    for p in &panels {
+        assert!(ids.insert(p["id"].as_u64().expect("a panel id")), "panel id {} twice", p["id"]);
+        for t in p["targets"].as_array().into_iter().flatten() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "panel {}: {t}", p["title"]);
+        }
+    }
+}
