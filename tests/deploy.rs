@@ -1461,6 +1461,116 @@ fn the_systemd_units_verify() {
     assert!(problems.iter().any(|l| l.contains("soon")), "{problems:?}");
 }
 
+// --- Prometheus: the ServiceMonitor and the alert rules -----------------------------
+
+/// The `## ` headings of deploy/RUNBOOK.md as GitHub makes their anchors (an
+/// alert's name, lowercased).
+fn runbook_anchors() -> BTreeSet<String> {
+    read("deploy/RUNBOOK.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase().replace(' ', "-"))
+        .collect()
+}
+
+/// Issue 25: the ServiceMonitor scrapes the operations port of the daemon and of
+/// `reverify serve` in each overlay, through the Services that expose it, and
+/// nothing else; the PrometheusRule holds exactly the rules of the plain rules file
+/// (scripts/gen-rules.py); every alert has a severity, a summary, a description and
+/// a runbook_url into a section of deploy/RUNBOOK.md. kubernetes-validate has no
+/// schema for the Prometheus Operator's CRDs (it only warns that it found none), so
+/// these objects are checked here by structure, and by their schema on the day the
+/// validator knows it. promtool checks and unit-tests the rules themselves (.ci/run).
+#[test]
+fn the_service_monitor_and_the_alert_rules_fit_the_manifests() {
+    let sm = yaml_doc("deploy/prometheus/servicemonitor.yaml");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["kind"], "ServiceMonitor");
+    let endpoints = sm["spec"]["endpoints"].as_array().expect("spec.endpoints");
+    assert_eq!(endpoints.len(), 1, "one endpoint: the operations port");
+    let port = &endpoints[0]["port"];
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    for (overlay, expected) in
+        [("cronjob", vec!["reverify-serve-metrics"]), ("daemon", vec!["reverify-metrics", "reverify-serve-metrics"])]
+    {
+        let docs = rendered(overlay);
+        let settings = docs.iter().find(|d| d["metadata"]["name"] == "reverify-settings").unwrap();
+        let mut scraped = Vec::new();
+        for svc in docs.iter().filter(|d| d["kind"] == "Service") {
+            let name = svc["metadata"]["name"].as_str().unwrap();
+            // the Operator makes a target of each selected Service's port of that name
+            let has_port = svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == *port);
+            if !selects(&sm["spec"]["selector"], &svc["metadata"]["labels"]) || !has_port {
+                continue;
+            }
+            let backends = service_backends(&docs, svc, port);
+            assert!(!backends.is_empty(), "{overlay}: Service {name} port {port} reaches no pod");
+            for (w, c, container_port) in backends {
+                let (_, _, ops) = listeners(c, settings);
+                let ops =
+                    ops.unwrap_or_else(|| panic!("{overlay}: {} serves no operations port", w["metadata"]["name"]));
+                assert_eq!(port_of(&ops), container_port, "{overlay}: {name} must reach metrics_listen, /metrics");
+            }
+            scraped.push(name);
+        }
+        scraped.sort_unstable();
+        assert_eq!(scraped, expected, "{overlay}: the Services the ServiceMonitor scrapes");
+    }
+    // the job label the rules read (serve's job left out of the missed-run alert,
+    // every reverify job in ReverifyDaemonDown) is the Service's name: the
+    // Operator's default, which a jobLabel would change
+    assert!(sm["spec"]["jobLabel"].is_null(), "the rules expect job = the Service's name");
+
+    // the PrometheusRule is the rules file, rule for rule
+    let rule = yaml_doc("deploy/prometheus/alerts.yaml");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let plain = yaml_doc("deploy/prometheus/rules.yml");
+    assert_eq!(rule["spec"]["groups"], plain["groups"], "alerts.yaml is out of date: run python3 scripts/gen-rules.py");
+    let anchors = runbook_anchors();
+    let mut alerts = BTreeSet::new();
+    for group in plain["groups"].as_array().unwrap() {
+        for r in group["rules"].as_array().unwrap() {
+            let Some(alert) = r["alert"].as_str() else { continue };
+            alerts.insert(alert.to_owned());
+            assert!(
+                ["critical", "warning", "info"].contains(&r["labels"]["severity"].as_str().unwrap_or_default()),
+                "{alert}: a severity label"
+            );
+            for key in ["summary", "description", "runbook_url"] {
+                assert!(r["annotations"][key].as_str().is_some_and(|s| !s.is_empty()), "{alert}: no {key}");
+            }
+            let url = r["annotations"]["runbook_url"].as_str().unwrap();
+            let anchor = url
+                .strip_prefix("https://github.com/reverify/reverify/blob/main/deploy/RUNBOOK.md#")
+                .unwrap_or_else(|| panic!("{alert}: runbook_url {url} is not into deploy/RUNBOOK.md"));
+            assert_eq!(anchor, alert.to_lowercase(), "{alert}: the runbook section is the alert's name");
+            assert!(anchors.contains(anchor), "{alert}: deploy/RUNBOOK.md has no section #{anchor}");
+        }
+    }
+    assert!(alerts.len() >= 9, "{alerts:?}");
+    // and the promtool unit tests name every alert
+    let tests = read("deploy/prometheus/tests.yml");
+    for alert in &alerts {
+        assert!(tests.contains(&format!("alertname: {alert}\n")), "deploy/prometheus/tests.yml never tests {alert}");
+    }
+
+    // the schemas, where kubernetes-validate has them (it has none for these CRDs
+    // today, and says so rather than failing)
+    let files = [root().join("deploy/prometheus/servicemonitor.yaml"), root().join("deploy/prometheus/alerts.yaml")];
+    let out = Command::new(venv_bin().join("kubernetes-validate"))
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if said.contains("Couldn't find schema") {
+        eprintln!("note: kubernetes-validate has no schema for the Prometheus Operator's CRDs; checked by structure");
+    } else {
+        assert!(out.status.success(), "kubernetes-validate --strict failed:\n{said}");
+    }
+}
+
 // --- README ----------------------------------------------------------------------
 
 #[test]
@@ -1499,6 +1609,9 @@ fn the_deploy_readme_covers_every_way_to_run_and_the_exit_codes() {
         "kubectl create -f deploy/kubernetes/jobs/run-campaign.yaml",
         "kubectl port-forward",
         "webhooks/baanx",
+        "deploy/prometheus/servicemonitor.yaml",
+        "deploy/RUNBOOK.md",
+        "deploy/grafana/reverify.json",
     ] {
         assert!(readme.contains(topic), "deploy/README.md does not explain {topic}");
     }
