@@ -148,10 +148,7 @@ pub fn click_router_with_clock(
         per_address: Limiter::per_minute(config.per_address_per_minute),
         config,
     });
-    Router::new()
-        .route(LINK_PATH, get(show).post(click))
-        .with_state(state)
-        .layer(axum::middleware::from_fn(counted))
+    Router::new().route(LINK_PATH, get(show).post(click)).with_state(state).layer(axum::middleware::from_fn(counted))
 }
 
 /// Counts each click-through request by what it came to, and times it

@@ -428,20 +428,22 @@ impl Metrics {
     /// first event is an increase an alert's `increase()` sees.
     fn with_series_at_zero(self) -> Self {
         for reason in WEBHOOK_REJECTIONS {
-            self.webhook_rejected.get_or_create(&ReasonLabels { reason: reason.into() });
+            let _ = self.webhook_rejected.get_or_create(&ReasonLabels { reason: reason.into() });
         }
         for result in WEBHOOK_RESULTS {
-            self.webhook_events.get_or_create(&ResultLabels { result: result.into() });
+            let _ = self.webhook_events.get_or_create(&ResultLabels { result: result.into() });
         }
         for result in CLICK_RESULTS {
-            self.click_requests.get_or_create(&ResultLabels { result: result.into() });
+            let _ = self.click_requests.get_or_create(&ResultLabels { result: result.into() });
         }
         for channel in DELIVERY_CHANNELS {
             for result in DELIVERY_RESULTS {
-                self.delivery_attempts.get_or_create(&AttemptLabels { channel: channel.into(), result: result.into() });
+                let _ = self
+                    .delivery_attempts
+                    .get_or_create(&AttemptLabels { channel: channel.into(), result: result.into() });
             }
         }
-        self.runs.get_or_create(&RunLabels { campaign: String::new(), outcome: "failed".into() });
+        let _ = self.runs.get_or_create(&RunLabels { campaign: String::new(), outcome: "failed".into() });
         self
     }
 
@@ -452,17 +454,17 @@ impl Metrics {
         let campaign = label(campaign);
         let c = || CampaignLabels { campaign: campaign.into() };
         for outcome in RUN_OUTCOMES {
-            self.runs.get_or_create(&RunLabels { campaign: campaign.into(), outcome: outcome.into() });
+            let _ = self.runs.get_or_create(&RunLabels { campaign: campaign.into(), outcome: outcome.into() });
         }
-        self.sessions_issued.get_or_create(&c());
+        let _ = self.sessions_issued.get_or_create(&c());
         for (outcome, reason) in [("sent", "ok"), ("failed", "delivery_failed"), ("failed", "delivery_unknown")] {
             let labels = OutcomeLabels { campaign: campaign.into(), outcome: outcome.into(), reason: reason.into() };
-            self.notifications.get_or_create(&labels);
+            let _ = self.notifications.get_or_create(&labels);
         }
-        self.unapproved_skips.get_or_create(&c());
-        self.timezone_fallbacks.get_or_create(&c());
+        let _ = self.unapproved_skips.get_or_create(&c());
+        let _ = self.timezone_fallbacks.get_or_create(&c());
         for to in ["regional", "language", "default"] {
-            self.locale_fallbacks.get_or_create(&FallbackLabels { campaign: campaign.into(), to: to.into() });
+            let _ = self.locale_fallbacks.get_or_create(&FallbackLabels { campaign: campaign.into(), to: to.into() });
         }
     }
 
@@ -480,7 +482,9 @@ impl Metrics {
     pub fn delivery_attempt(&self, channel: &str, result: &str, took: Duration) {
         let labels = AttemptLabels { channel: label(channel).into(), result: label(result).into() };
         self.delivery_attempts.get_or_create(&labels).inc();
-        self.delivery_duration.get_or_create(&ChannelLabels { channel: label(channel).into() }).observe(took.as_secs_f64());
+        self.delivery_duration
+            .get_or_create(&ChannelLabels { channel: label(channel).into() })
+            .observe(took.as_secs_f64());
     }
 
     /// A click-through request came to `result` (one of [`CLICK_RESULTS`]) after `took`.
@@ -579,12 +583,17 @@ impl Metrics {
     /// after `took`, at `at`. A finished run is the campaign's last success.
     pub fn run_ended(&self, campaign: &str, outcome: &str, took: Duration, at: DateTime<Utc>) {
         self.runs.get_or_create(&RunLabels { campaign: label(campaign).into(), outcome: label(outcome).into() }).inc();
-        self.run_duration.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).observe(took.as_secs_f64());
+        self.run_duration
+            .get_or_create(&CampaignLabels { campaign: label(campaign).into() })
+            .observe(took.as_secs_f64());
         if outcome == "finished" {
             self.set_last_success(campaign, at);
         }
         let run = LastRun { outcome: label(outcome).to_owned(), ended_at: at, took };
-        self.last_runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(label(campaign).to_owned(), run);
+        self.last_runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(label(campaign).to_owned(), run);
     }
 
     /// A `reverify run` failed before any campaign run started (the database
@@ -655,7 +664,11 @@ impl Metrics {
                 );
                 took.get_or_create(&CampaignLabels { campaign: campaign.clone() }).set(run.took.as_secs_f64());
                 let users = Family::<StatusLabels, Gauge>::default();
-                registry.register("last_run_users", "The campaign's targets by status after its last run", users.clone());
+                registry.register(
+                    "last_run_users",
+                    "The campaign's targets by status after its last run",
+                    users.clone(),
+                );
                 for ((c, status), n) in counts.iter().filter(|((c, _), _)| *c == campaign) {
                     users.get_or_create(&StatusLabels { campaign: c.clone(), status: status.clone() }).set(*n);
                 }
@@ -740,9 +753,15 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
         let prom = m.encode_prometheus();
         assert!(prom.contains("# TYPE reverify_sessions_issued_total counter"), "{prom}");
-        assert!(!text.contains(r#"reverify_last_success_timestamp_seconds{campaign="other""#), "a failed run is no success:\n{text}");
+        assert!(
+            !text.contains(r#"reverify_last_success_timestamp_seconds{campaign="other""#),
+            "a failed run is no success:\n{text}"
+        );
         assert!(!text.contains("reverify_baanx_rate_limited"), "a 429 is baanx_requests_total's code=\"429\"");
-        assert!(!text.contains(r#"reverify_notifications_total{campaign="kyc-refresh",outcome="deferred""#), "a deferred user got no message");
+        assert!(
+            !text.contains(r#"reverify_notifications_total{campaign="kyc-refresh",outcome="deferred""#),
+            "a deferred user got no message"
+        );
         assert!(prom.lines().any(|l| l.starts_with("reverify_build_info{") && l.ends_with(" 1")), "{prom}");
         assert!(!prom.contains("# EOF"));
     }

@@ -78,7 +78,11 @@ both_engines!(a_run_is_counted_in_the_metrics, |db: TestDb| async move {
     assert!(!text.contains(&format!("reverify_notifications_total{{{c},outcome=\"skipped\"")), "{text}");
     assert!(!text.contains(&format!("reverify_notifications_total{{{c},outcome=\"deferred\"")), "{text}");
     // an SMTP-less test run writes its messages to the outbox: each attempt timed
-    assert!(sample(&text, "reverify_delivery_attempts_total{channel=\"outbox\",result=\"ok\"}").unwrap_or(0.0) >= report.counts.notified as f64, "{text}");
+    assert!(
+        sample(&text, "reverify_delivery_attempts_total{channel=\"outbox\",result=\"ok\"}").unwrap_or(0.0)
+            >= report.counts.notified as f64,
+        "{text}"
+    );
     assert!(sample(&text, "reverify_delivery_duration_seconds_count{channel=\"outbox\"}").is_some(), "{text}");
     // the campaign's series an alert reads exist at 0 once the gauges were read
     assert_eq!(sample(&text, &format!("reverify_campaign_unapproved_skips_total{{{c}}}")), Some(0.0), "{text}");
