@@ -120,9 +120,9 @@ async fn a_push_reaches_a_real_pushgateway() {
         r#"reverify_runs_total{campaign="push-test",instance="worker-1",job="reverify",outcome="finished"} 1"#,
         r#"reverify_run_duration_seconds_count{campaign="push-test",instance="worker-1",job="reverify"} 1"#,
         // the campaign's own group: its last run
-        r#"reverify_last_run_timestamp_seconds{campaign="push-test",job="reverify",outcome="finished"} 1.8e+09"#,
-        r#"reverify_last_run_duration_seconds{campaign="push-test",job="reverify"} 2"#,
-        r#"reverify_last_run_users{campaign="push-test",job="reverify",status="pending"} 7"#,
+        r#"reverify_last_run_timestamp_seconds{campaign="push-test",instance="",job="reverify",outcome="finished"} 1.8e+09"#,
+        r#"reverify_last_run_duration_seconds{campaign="push-test",instance="",job="reverify"} 2"#,
+        r#"reverify_last_run_users{campaign="push-test",instance="",job="reverify",status="pending"} 7"#,
         r#"reverify_last_success_timestamp_seconds{campaign="push-test",instance="worker-1",job="reverify"} 1.8e+09"#,
         r#"reverify_webhook_rejected_total{instance="worker-1",job="reverify",reason="unsigned"} 1"#,
     ] {

@@ -425,7 +425,8 @@ async fn every_run_pushes_even_with_nothing_due_or_failing() {
         "{body}"
     );
     // the campaign's own group keeps its failed run...
-    let last_failed = r#"reverify_last_run_timestamp_seconds{campaign="ops-broken",job="reverify",outcome="failed"}"#;
+    let last_failed =
+        r#"reverify_last_run_timestamp_seconds{campaign="ops-broken",instance="",job="reverify",outcome="failed"}"#;
     assert!(sample(&body, last_failed).is_some(), "{body}");
     // ...when a later run --due with nothing due replaces the process's group
     let o = run(&["run", "--due", "--progress", "none"]).await;
