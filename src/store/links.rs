@@ -51,10 +51,25 @@ pub struct LinkRow {
     pub region: String,
     pub locale: Option<String>,
     pub timezone: Option<String>,
+    /// The campaign's `timezone`: the page's dates are written in it when the
+    /// user's zone is missing or unknown, as the email's and the send window's are.
+    pub campaign_timezone: Option<String>,
     /// When the user's state was last confirmed.
     pub state_confirmed_at: Option<DateTime<Utc>>,
     /// The campaign's `fresh_state_max_age` when the link was sent.
     pub fresh_state_max_age: Option<std::time::Duration>,
+}
+
+impl LinkRow {
+    /// The zone the link's pages write dates in: the user's, else the campaign's
+    /// when the user's is missing or not an IANA zone (the email's rule,
+    /// `notify::template::zone_of`); `None` (UTC) when neither is known.
+    pub fn zone(&self) -> Option<&str> {
+        fn known(z: Option<&str>) -> Option<&str> {
+            z.filter(|z| z.trim().parse::<chrono_tz::Tz>().is_ok())
+        }
+        known(self.timezone.as_deref()).or_else(|| known(self.campaign_timezone.as_deref()))
+    }
 }
 
 impl Store {
@@ -66,8 +81,10 @@ impl Store {
     pub async fn link_find(&self, token_hash: &str) -> Result<Option<LinkRow>, StoreError> {
         let row = sqlx::query(
             "SELECT l.link_id, l.campaign_id, l.user_id, l.step, l.expires_at, l.revoked_at, \
-               l.fresh_state_max_age_ms, u.region, u.locale, u.timezone, u.state_confirmed_at \
-             FROM verification_links l JOIN users u ON u.user_id = l.user_id WHERE l.token_hash = $1",
+               l.fresh_state_max_age_ms, u.region, u.locale, u.timezone, u.state_confirmed_at, \
+               c.timezone AS campaign_timezone \
+             FROM verification_links l JOIN users u ON u.user_id = l.user_id \
+             LEFT JOIN campaigns c ON c.campaign_id = l.campaign_id WHERE l.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(self.pool())
@@ -85,6 +102,7 @@ impl Store {
             region: r.try_get("region").map_err(get)?,
             locale: r.try_get("locale").map_err(get)?,
             timezone: r.try_get("timezone").map_err(get)?,
+            campaign_timezone: r.try_get("campaign_timezone").map_err(get)?,
             state_confirmed_at: r.try_get::<Option<i64>, _>("state_confirmed_at").map_err(get)?.map(from_millis),
             fresh_state_max_age: r
                 .try_get::<Option<i64>, _>("fresh_state_max_age_ms")
