@@ -685,13 +685,13 @@ mod tests {
     #[test]
     fn dates_are_in_the_users_zone_and_language_as_the_email_writes_them() {
         let at = Utc.with_ymd_and_hms(2026, 3, 29, 8, 30, 0).unwrap();
-        assert_eq!(when(at, Some("Europe/Berlin"), Lang::De).unwrap(), "Sonntag, 29. März 2026, 10:30 MESZ");
+        assert_eq!(when(at, Some("Europe/Berlin"), Lang::De).unwrap(), "Sonntag, 29. März 2026 um 10:30 MESZ");
         assert_eq!(
             when(at, Some("America/New_York"), Reader::of(Some("en-US"))).unwrap(),
-            "Sunday, March 29, 2026, 4:30 AM EDT"
+            "Sunday, March 29, 2026 at 4:30\u{202f}AM EDT"
         );
-        assert_eq!(when(at, Some("Europe/London"), Lang::En).unwrap(), "Sunday 29 March 2026, 09:30 BST");
-        assert_eq!(when(at, Some("not/a-zone"), Lang::Es).unwrap(), "domingo, 29 de marzo de 2026, 08:30 UTC");
+        assert_eq!(when(at, Some("Europe/London"), Lang::En).unwrap(), "Sunday, 29 March 2026 at 09:30 BST");
+        assert_eq!(when(at, Some("not/a-zone"), Lang::Es).unwrap(), "domingo, 29 de marzo de 2026 a las 08:30 UTC");
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
         assert_eq!(
             when(at, Some("Europe/Berlin"), Lang::De).unwrap(),

@@ -115,7 +115,7 @@ pub fn format_datetime(at: DateTime<Utc>, tz: Tz, lang: Lang) -> String {
 /// the long date with the weekday, the time on the locale's clock (12-hour in
 /// American English, `Tuesday, December 1, 2026 at 8:35 PM EST`; 24-hour elsewhere)
 /// and the zone's specific short name in that language (`MEZ`/`MESZ` in German),
-/// or CLDR's localized offset where the language has none (`GMT+8`, `UTC−3`).
+/// or CLDR's localized offset where the language has none (`GMT+8`, `UTC-3` in French).
 ///
 /// The tag is read as the templates and the pages read it ([`cldr_locale`]), so the
 /// email, the click page and the dashboard write one instant one way. One step is

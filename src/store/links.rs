@@ -264,3 +264,33 @@ pub(crate) async fn link_click_take_in_tx(
     .map_err(query_err("link_click_start"))?;
     Ok(Some(from_millis(since.unwrap_or(now_ms))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LinkRow;
+
+    fn row(user: Option<&str>, campaign: Option<&str>) -> LinkRow {
+        LinkRow {
+            link_id: 1,
+            campaign_id: 1,
+            user_id: "u1".into(),
+            step: 0,
+            expires_at: chrono::Utc::now(),
+            revoked: false,
+            region: "eu".into(),
+            locale: Some("de-DE".into()),
+            timezone: user.map(Into::into),
+            campaign_timezone: campaign.map(Into::into),
+            state_confirmed_at: None,
+            fresh_state_max_age: None,
+        }
+    }
+
+    #[test]
+    fn a_page_without_the_users_zone_is_dated_in_the_campaigns() {
+        assert_eq!(row(Some("Asia/Tokyo"), Some("Europe/Berlin")).zone(), Some("Asia/Tokyo"));
+        assert_eq!(row(None, Some("Europe/Berlin")).zone(), Some("Europe/Berlin"));
+        assert_eq!(row(Some("not/a zone"), Some("Europe/Berlin")).zone(), Some("Europe/Berlin"));
+        assert_eq!(row(None, None).zone(), None);
+    }
+}
