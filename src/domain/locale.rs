@@ -5,10 +5,11 @@
 //! - Dates, times and zones are written by ICU4X (`icu` 2.x with its compiled CLDR
 //!   data, the Unicode Consortium's own library): no table of ours for month or day
 //!   names, patterns, clocks or zone names. CLDR gives each locale its long date,
-//!   its clock (12-hour in American English, 24-hour in the other shipped
-//!   locales) and its zone names: `MEZ`/`MESZ` in German, `EST`/`EDT` in American
-//!   English, and CLDR's localized offset (`GMT+8`, `UTC+8` in French) for a zone
-//!   the language has no name for. One field set for every text
+//!   its clock (12-hour in American English and Latin American Spanish, 24-hour
+//!   in the other shipped locales) and its zone names: `MEZ`/`MESZ` in German,
+//!   `EST`/`EDT` in American English, and CLDR's localized offset (`GMT+8`; `UTC+1`
+//!   for Paris in French, which has only a long name for it) for a zone the
+//!   language has no short name for. One field set for every text
 //!   ([`format_datetime_in`]): weekday, day, month, year, hours and minutes, and the
 //!   zone's specific short name, in the Gregorian calendar. The email, the click
 //!   page and the dashboard call it with the same locale (see [`cldr_locale`]), so
@@ -27,9 +28,13 @@
 //!   which needs no article.
 //! - CLDR writes the American clock with a narrow no-break space before AM/PM
 //!   ("8:35\u{202f}PM"); kept, as it keeps the time on one line.
-//! - Cost (measured on this 2-core machine, shared): see the README's "Dates"
-//!   paragraph; `icu` pulls every ICU4X component and its data crate (collation,
+//! - Cost, measured on the shared 2-core build machine (the README's "Dates"): the
+//!   31 crates `icu` adds build in about 45–50 s of CPU in the debug profile (157 of
+//!   the 851 unit-seconds of `cargo build -p icu --timings`, whose closure used 254 s
+//!   of user CPU); `icu` pulls every ICU4X component and its data crate (collation,
 //!   segmentation and the rest are compiled but unused, and the linker drops them).
+//!   A call takes about 36 µs in a debug build: the formatter is built per call.
+//!   The release binary's size was not measured.
 //! - A locale tag is matched without regard to case and with `_` read as `-`
 //!   (`de_at` is `de-AT`); the fallback chain is the exact tag, then its regional
 //!   group (`es-MX` → `es-419`, `en-PR` → `en-US`), then its language, then the
