@@ -11,6 +11,9 @@ need_apt=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
 # the real Pushgateway the metrics push test pushes to (tests/telemetry.rs)
 [ -x /usr/bin/prometheus-pushgateway ] || need_apt+=(prometheus-pushgateway)
+# promtool checks and unit-tests the alert rules (.ci/run, deploy/prometheus/); Debian
+# ships it in the prometheus package
+command -v promtool >/dev/null || need_apt+=(prometheus)
 # GNU time measures the worker's CPU and peak RSS in `reverify-bench` (bench/tests/bench_smoke.rs)
 [ -x /usr/bin/time ] || need_apt+=(time)
 # systemd-analyze verifies the systemd units (tests/deploy.rs); it works without

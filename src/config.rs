@@ -406,7 +406,10 @@ impl Settings {
                             (before.matches('\n').count() + 1, before.rsplit('\n').next().map_or(0, str::len) + 1)
                         })
                         .unwrap_or((1, 1));
-                    ConfigError::File { file: format!("{name}:{line}:{col}"), message: e.message().to_owned() }
+                    ConfigError::File {
+                        file: format!("{name}:{line}:{col}"),
+                        message: crate::domain::spec::plain_types(e.message()),
+                    }
                 })?
             }
             None => FileSettings::default(),

@@ -139,7 +139,19 @@ fn state_of(status: &str) -> Option<VerificationState> {
     }
 }
 
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+/// Answers a post, timed in `reverify_webhook_duration_seconds`.
+async fn receive(state: State<Arc<Receiver>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let answer = receive_timed(state, headers, body).await;
+    crate::telemetry::global().webhook_answered(started.elapsed());
+    answer
+}
+
+async fn receive_timed(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -172,6 +184,7 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Resul
     };
     if env.event_type != "kyc.status.changed" {
         info!(event_type = %env.event_type, event_id = %env.event_id, "webhook ignored: not a KYC status change");
+        crate::telemetry::global().webhook_event("ignored");
         return answer(StatusCode::OK, "ignored");
     }
     let status = env.event_object.as_ref().and_then(|o| o.status.clone()).or(env.event_object_status.clone());
@@ -195,7 +208,18 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Resul
             .map(|c| c.chars().take(100).collect()),
         failure_reason: env.event_object.and_then(|o| o.failure_reason).map(|c| c.chars().take(500).collect()),
     };
-    match r.store.webhook_apply(&event, now).await {
+    let result = r.store.webhook_apply(&event, now).await;
+    let counted = match &result {
+        Ok(WebhookResult::Duplicate) => Some("duplicate"),
+        Ok(WebhookResult::Recorded(StateApplied::UnknownUser)) => Some("unknown_user"),
+        Ok(WebhookResult::Recorded(StateApplied::Stale)) => Some("stale"),
+        Ok(WebhookResult::Recorded(StateApplied::Applied { .. })) => Some("applied"),
+        Err(_) => None,
+    };
+    if let Some(c) = counted {
+        crate::telemetry::global().webhook_event(c);
+    }
+    match result {
         Ok(WebhookResult::Duplicate) => {
             info!(event_id = %event.event_id, "webhook already processed");
             answer(StatusCode::OK, "duplicate")

@@ -308,7 +308,11 @@ both_engines!(apply_versions_and_status_changes, |db: TestDb| async move {
 
     let out = reverify(&db, d).args(["campaign", "list", "--json"]).output().unwrap();
     assert!(out.status.success());
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // JSON Lines: one campaign per line
+    let lines: Vec<&[u8]> = out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", String::from_utf8_lossy(&out.stdout));
+    let list = [serde_json::from_slice::<serde_json::Value>(lines[0]).unwrap()];
+    assert!(list[0].get("next_run_at").is_none() && list[0].get("next_run").is_some(), "one name: {}", list[0]);
     assert_eq!(list[0]["name"], "kyc-refresh-q4");
     assert_eq!(list[0]["version"], 2);
     assert_eq!(list[0]["status"], "paused");

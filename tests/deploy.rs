@@ -90,6 +90,16 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every shipped workload: the base's and the Job template for an unscheduled
+/// campaign (deploy/kubernetes/jobs/, created by hand, not by the kustomization).
+const WORKLOADS: [&str; 5] = [
+    "deploy/kubernetes/base/cronjob.yaml",
+    "deploy/kubernetes/base/deployment.yaml",
+    "deploy/kubernetes/base/setup-job.yaml",
+    "deploy/kubernetes/base/serve.yaml",
+    "deploy/kubernetes/jobs/run-campaign.yaml",
+];
+
 fn is_kustomization(p: &Path) -> bool {
     p.file_name().is_some_and(|n| n == "kustomization.yaml")
 }
@@ -202,18 +212,37 @@ fn the_kustomizations_name_every_resource_and_render() {
     // Render each overlay (scripts/render-kustomize.py; kubectl's own output must be
     // the same where kubectl is installed) and validate what it renders.
     let dir = tempfile::tempdir().unwrap();
-    let overlays: [(&str, &str, &[&str]); 2] =
-        [("cronjob", "CronJob", &["Deployment", "Service"]), ("daemon", "Deployment", &["CronJob"])];
+    // (kind, name) each overlay keeps and drops: both keep `reverify serve` (the
+    // click-through links, Baanx's webhooks, the dashboard), its Services and Ingress
+    let serve: [(&str, &str); 5] = [
+        ("Deployment", "reverify-serve"),
+        ("Service", "reverify-public"),
+        ("Service", "reverify-dashboard"),
+        ("Ingress", "reverify-public"),
+        ("NetworkPolicy", "reverify-ops-ingress"),
+    ];
+    type Object<'a> = (&'a str, &'a str);
+    let overlays: [(&str, Object, Object); 2] = [
+        ("cronjob", ("CronJob", "reverify"), ("Deployment", "reverify-daemon")),
+        ("daemon", ("Deployment", "reverify-daemon"), ("CronJob", "reverify")),
+    ];
     for (overlay, keeps, drops) in overlays {
         let file = render_to(overlay, dir.path());
         let docs = yaml_docs(&file);
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or_default()).collect();
-        assert!(kinds.contains(&keeps) && !drops.iter().any(|k| kinds.contains(k)), "{overlay}: {kinds:?}");
+        let has = |(kind, name): (&str, &str)| docs.iter().any(|d| d["kind"] == kind && d["metadata"]["name"] == name);
+        assert!(has(keeps) && !has(drops), "{overlay}: {kinds:?}");
+        for kept in serve {
+            assert!(has(kept), "{overlay}: no {kept:?}");
+        }
+        assert_eq!(
+            has(("Service", "reverify-metrics")),
+            overlay == "daemon",
+            "{overlay}: the daemon's metrics Service"
+        );
         for needed in ["Job", "ConfigMap", "ServiceAccount", "NetworkPolicy"] {
             assert!(kinds.contains(&needed), "{overlay}: no {needed} in {kinds:?}");
         }
-        let daemon_ingress = docs.iter().any(|d| d["metadata"]["name"] == "reverify-daemon-ingress");
-        assert_eq!(daemon_ingress, overlay == "daemon", "{overlay}: the daemon's ingress policy goes with the daemon");
         for d in &docs {
             assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/part-of"], "reverify", "{overlay}: {d}");
             for spec in pod_specs_of(d) {
@@ -244,6 +273,15 @@ fn the_kustomizations_name_every_resource_and_render() {
             }
         }
     }
+
+    // the Job template (not rendered) names the image the overlays deploy
+    let images = &k["images"][0];
+    let template = yaml_doc("deploy/kubernetes/jobs/run-campaign.yaml");
+    assert_eq!(
+        pod_spec(&template)["containers"][0]["image"],
+        format!("{}:{}", images["name"].as_str().unwrap(), images["newTag"].as_str().unwrap()),
+        "jobs/run-campaign.yaml: the image the overlays deploy"
+    );
 
     // the renderer refuses what it does not understand instead of rendering it wrong
     let odd = tempfile::tempdir().unwrap();
@@ -293,8 +331,8 @@ fn every_workload_runs_locked_down_with_secrets_as_files() {
     assert!(secret_keys.values().all(|v| v.contains("REPLACE_ME")), "the example Secret holds placeholders only");
     assert!(read("deploy/kubernetes/base/secret.example.yaml").contains("secret manager"));
 
-    for rel in ["cronjob.yaml", "deployment.yaml", "setup-job.yaml"] {
-        let doc = yaml_doc(&format!("deploy/kubernetes/base/{rel}"));
+    for rel in WORKLOADS {
+        let doc = yaml_doc(rel);
         let pod = pod_spec(&doc);
         let psc = &pod["securityContext"];
         assert_eq!(psc["runAsNonRoot"], true, "{rel}");
@@ -332,6 +370,7 @@ fn every_workload_runs_locked_down_with_secrets_as_files() {
                         .iter()
                         .any(|m| m["mountPath"] == "/run/secrets/reverify" && m["readOnly"] == true);
                     assert!(mounted, "{rel}/{name}: {var} without the secrets mount");
+                    assert!(secret_volume_holds(pod, key), "{rel}/{name}: {var}: the secrets volume leaves {key} out");
                 }
                 assert!(e["value"].as_str().is_none_or(|v| !v.contains("REPLACE_ME")), "{rel}: a secret inline");
             }
@@ -367,6 +406,17 @@ fn every_workload_runs_locked_down_with_secrets_as_files() {
     assert!(listen["value"].as_str().unwrap().ends_with(":9090"));
 }
 
+/// Whether the pod's `secrets` volume (the reverify-secrets Secret) holds `key`: all
+/// its keys, or `key` among its `items`.
+fn secret_volume_holds(pod: &Value, key: &str) -> bool {
+    pod["volumes"].as_array().into_iter().flatten().any(|v| {
+        v["secret"]["secretName"] == "reverify-secrets"
+            && v["secret"]["items"]
+                .as_array()
+                .is_none_or(|items| items.iter().any(|i| i["key"] == key && i["path"] == key))
+    })
+}
+
 // --- stopping, deadlines, exit codes ---------------------------------------------
 
 /// What a stop takes, from SIGTERM to exit: the users in flight (the engine's
@@ -398,8 +448,8 @@ fn max_duration(args: &[String]) -> Duration {
 #[test]
 fn grace_periods_cover_a_whole_stop() {
     let budget = stop_budget().as_secs();
-    for rel in ["cronjob.yaml", "deployment.yaml"] {
-        let doc = yaml_doc(&format!("deploy/kubernetes/base/{rel}"));
+    for rel in WORKLOADS.into_iter().filter(|r| !r.ends_with("setup-job.yaml")) {
+        let doc = yaml_doc(rel);
         let grace = pod_spec(&doc)["terminationGracePeriodSeconds"].as_u64().unwrap();
         assert!(grace >= budget, "{rel}: terminationGracePeriodSeconds {grace} < the {budget} s a stop takes");
     }
@@ -443,6 +493,17 @@ fn runs_end_on_their_own_before_any_deadline() {
     let exit = args.iter().position(|a| a == "--max-duration-exit").map(|i| args[i + 1].as_str());
     assert_eq!(exit, Some("0"), "cronjob.yaml: a slice that reached --max-duration must end the Job as complete");
 
+    // the Job template: its run stops itself before the Job's deadline
+    let job = yaml_doc("deploy/kubernetes/jobs/run-campaign.yaml");
+    let args: Vec<String> = serde_json::from_value(pod_spec(&job)["containers"][0]["args"].clone()).unwrap();
+    assert_eq!(args[0], "run");
+    let deadline = Duration::from_secs(job["spec"]["activeDeadlineSeconds"].as_u64().unwrap());
+    let run = max_duration(&args);
+    assert!(
+        start + run + stop_budget() <= deadline,
+        "jobs/run-campaign.yaml: --max-duration {run:?} leaves no room for the stop before activeDeadlineSeconds {deadline:?}"
+    );
+
     let unit = read("deploy/systemd/reverify.service");
     let exec: Vec<String> =
         unit_setting(&unit, "ExecStart").unwrap().split_whitespace().skip(1).map(str::to_owned).collect();
@@ -480,6 +541,20 @@ fn every_exit_code_has_a_decided_pod_failure_action() {
     // same input; 4 stopped with work left: not a failure (its next tick resumes it)
     let expected = [(1, "Count"), (2, "FailJob"), (3, "FailJob"), (4, "Ignore")];
     let readme = read("deploy/README.md");
+    // the Job template for an unscheduled campaign: the same, but 4 (stopped with
+    // work left) ends the Job: creating it again resumes, a retry meets the deadline
+    let job = yaml_doc("deploy/kubernetes/jobs/run-campaign.yaml");
+    assert_eq!(pod_spec(&job)["restartPolicy"], "Never");
+    let job_rules = job["spec"]["podFailurePolicy"]["rules"].as_array().unwrap();
+    assert_eq!(job_rules[0]["onPodConditions"], rules[0]["onPodConditions"]);
+    for (code, want) in [(1, "Count"), (2, "FailJob"), (3, "FailJob"), (4, "FailJob")] {
+        let rule = job_rules
+            .iter()
+            .find(|r| r["onExitCodes"]["values"].as_array().is_some_and(|v| v.iter().any(|c| c == code)))
+            .unwrap_or_else(|| panic!("jobs/run-campaign.yaml: no podFailurePolicy rule for exit {code}"));
+        assert_eq!(rule["action"], want, "jobs/run-campaign.yaml: exit {code}");
+        assert_eq!(rule["onExitCodes"]["containerName"], pod_spec(&job)["containers"][0]["name"]);
+    }
     for (code, want) in expected {
         assert_eq!(action(code), want, "exit {code}");
         let row = readme.lines().find(|l| l.starts_with(&format!("| {code} |"))).unwrap();
@@ -551,8 +626,8 @@ fn the_network_policy_lets_reverify_reach_its_services_and_nothing_else() {
     let selector: BTreeMap<String, String> =
         serde_json::from_value(all["spec"]["podSelector"]["matchLabels"].clone()).unwrap();
     let matches = |labels: &Value| selector.iter().all(|(k, v)| labels[k] == v.as_str());
-    for rel in ["cronjob.yaml", "deployment.yaml", "setup-job.yaml"] {
-        let doc = yaml_doc(&format!("deploy/kubernetes/base/{rel}"));
+    for rel in WORKLOADS {
+        let doc = yaml_doc(rel);
         let labels = match doc["kind"].as_str() {
             Some("CronJob") => &doc["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
             _ => &doc["spec"]["template"]["metadata"]["labels"],
@@ -560,28 +635,389 @@ fn the_network_policy_lets_reverify_reach_its_services_and_nothing_else() {
         assert!(matches(labels), "{rel}: its pods escape the network policy");
     }
 
-    // ingress: the daemon's pods, on the daemon's ports only
-    let daemon = yaml_doc("deploy/kubernetes/base/deployment.yaml");
-    let ingress = policy("reverify-daemon-ingress");
-    assert_eq!(ingress["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
-    let sel: BTreeMap<String, String> =
-        serde_json::from_value(ingress["spec"]["podSelector"]["matchLabels"].clone()).unwrap();
-    let pod_labels = &daemon["spec"]["template"]["metadata"]["labels"];
-    assert!(sel.iter().all(|(k, v)| pod_labels[k] == v.as_str()) && sel.contains_key("app.kubernetes.io/component"));
-    let open: BTreeSet<(String, u64)> = ingress["spec"]["ingress"]
+    // ingress: one policy per listener, each port from its own clients only (checked
+    // in each overlay as it renders: the_listeners_are_open_to_their_clients_only)
+    let names: BTreeSet<&str> = docs.iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["reverify", "reverify-ops-ingress", "reverify-public-ingress", "reverify-dashboard-ingress"].into(),
+    );
+}
+
+/// Whether a selector (`matchLabels` and `In` / `NotIn` / `Exists` expressions)
+/// selects these labels.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let by_labels = selector["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| labels[k] == *v);
+    let by_expressions = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
+        let key = e["key"].as_str().unwrap();
+        let values: Vec<&Value> = e["values"].as_array().into_iter().flatten().collect();
+        match e["operator"].as_str().unwrap() {
+            "In" => values.contains(&&labels[key]),
+            "NotIn" => !values.contains(&&labels[key]),
+            "Exists" => !labels[key].is_null(),
+            "DoesNotExist" => labels[key].is_null(),
+            other => panic!("selector operator {other}"),
+        }
+    });
+    by_labels && by_expressions
+}
+
+/// The pod template labels of a workload.
+fn pod_labels(doc: &Value) -> &Value {
+    match doc["kind"].as_str() {
+        Some("CronJob") => &doc["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
+        _ => &doc["spec"]["template"]["metadata"]["labels"],
+    }
+}
+
+/// A container's environment variable, from its `env` (the settings ConfigMap's
+/// `envFrom` is looked up by the caller).
+fn env_of<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
+    c["env"].as_array().into_iter().flatten().find(|e| e["name"] == name).and_then(|e| e["value"].as_str())
+}
+
+/// The port of `HOST:PORT`.
+fn port_of(listen: &str) -> u64 {
+    listen.rsplit(':').next().unwrap().parse().unwrap_or_else(|_| panic!("{listen}: no port"))
+}
+
+/// What a container listens on: (public, ui, operations), each `HOST:PORT` as its
+/// settings and arguments say (`serve --listen`, the daemon's `public_listen`).
+fn listeners(c: &Value, settings: &Value) -> (Option<String>, Option<String>, Option<String>) {
+    let var =
+        |name: &str| env_of(c, name).map(str::to_owned).or_else(|| settings["data"][name].as_str().map(str::to_owned));
+    let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap_or_default();
+    let flag = |f: &str| args.iter().position(|a| a == f).map(|i| args[i + 1].clone());
+    let public = match args.first().map(String::as_str) {
+        // `serve` always serves its public routes, on --listen (default 127.0.0.1:8080)
+        Some("serve") => Some(flag("--listen").unwrap_or_else(|| "127.0.0.1:8080".to_owned())),
+        Some("daemon") => var("REVERIFY_PUBLIC_LISTEN"),
+        _ => None,
+    };
+    let long_running = matches!(args.first().map(String::as_str), Some("serve" | "daemon"));
+    let ui = var("REVERIFY_UI_LISTEN").filter(|_| long_running);
+    let ops = var("REVERIFY_METRICS_LISTEN").filter(|_| long_running);
+    (public, ui, ops)
+}
+
+/// Renders an overlay and returns its objects.
+fn rendered(overlay: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    yaml_docs(&render_to(overlay, dir.path()))
+}
+
+/// The container port a Service port reaches in the pods it selects, with the
+/// container: (workload, container, containerPort), for each workload selected.
+fn service_backends<'a>(docs: &'a [Value], service: &Value, port: &Value) -> Vec<(&'a Value, &'a Value, u64)> {
+    let svc_port = service["spec"]["ports"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|r| r["ports"].as_array().expect("an ingress rule names its ports").clone())
-        .map(|p| (p["protocol"].as_str().unwrap().to_owned(), p["port"].as_u64().unwrap()))
-        .collect();
-    let ports: BTreeSet<(String, u64)> = pod_spec(&daemon)["containers"][0]["ports"]
-        .as_array()
-        .unwrap()
+        .find(|p| p["name"] == *port || p["port"] == *port)
+        .unwrap_or_else(|| panic!("Service {} has no port {port}", service["metadata"]["name"]));
+    let target = &svc_port["targetPort"];
+    let mut out = Vec::new();
+    for w in docs.iter().filter(|d| !pod_specs_of(d).is_empty()) {
+        if !selects(&serde_json::json!({"matchLabels": service["spec"]["selector"]}), pod_labels(w)) {
+            continue;
+        }
+        for c in pod_spec(w)["containers"].as_array().unwrap() {
+            for p in c["ports"].as_array().into_iter().flatten() {
+                if p["name"] == *target || p["containerPort"] == *target {
+                    out.push((w, c, p["containerPort"].as_u64().unwrap()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Issue 25: the click-through links and Baanx's webhooks work as shipped. In each
+/// overlay the Ingress routes exactly the public routes (the product's own paths),
+/// over TLS, on public_url's host, to a Service port whose pods really serve them
+/// there: a container whose settings and arguments put its public listener on that
+/// port (never its operations or dashboard port) and that has the keys those routes
+/// need. The dashboard has its own internal Service, and no Ingress reaches it.
+#[test]
+fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
+    // the paths the product serves on its public listener
+    let link_prefix = reverify::click::LINK_PATH.split('{').next().unwrap().trim_end_matches('/');
+    let webhook = reverify::webhooks::WEBHOOK_PATH;
+    let expected: BTreeSet<(String, String)> =
+        [(link_prefix.to_owned(), "Prefix".to_owned()), (webhook.to_owned(), "Exact".to_owned())].into();
+    for overlay in ["cronjob", "daemon"] {
+        let docs = rendered(overlay);
+        let find = |kind: &str, name: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{overlay}: no {kind} {name}"))
+        };
+        let settings = find("ConfigMap", "reverify-settings");
+        let public_url =
+            url::Url::parse(settings["data"]["REVERIFY_PUBLIC_URL"].as_str().expect("public_url set")).unwrap();
+        assert_eq!(public_url.scheme(), "https");
+        let ingresses: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Ingress").collect();
+        assert!(!ingresses.is_empty(), "{overlay}: no Ingress: nothing public reaches the links and webhooks");
+        let mut routed_services = BTreeSet::new();
+        let mut routed = BTreeSet::new();
+        for ing in &ingresses {
+            assert!(ing["spec"]["defaultBackend"].is_null(), "{overlay}: a default backend routes every path");
+            let tls = ing["spec"]["tls"].as_array().expect("the Ingress terminates TLS");
+            for rule in ing["spec"]["rules"].as_array().unwrap() {
+                let host = rule["host"].as_str().expect("a rule names its host");
+                assert_eq!(Some(host), public_url.host_str(), "{overlay}: the Ingress host is public_url's");
+                assert!(
+                    tls.iter().any(|t| t["hosts"].as_array().unwrap().iter().any(|h| h == host)
+                        && t["secretName"].as_str().is_some_and(|s| !s.is_empty())),
+                    "{overlay}: {host} has no TLS secret"
+                );
+                for path in rule["http"]["paths"].as_array().unwrap() {
+                    let p = path["path"].as_str().unwrap().to_owned();
+                    routed.insert((p.clone(), path["pathType"].as_str().unwrap().to_owned()));
+                    let backend = &path["backend"]["service"];
+                    let service = find("Service", backend["name"].as_str().unwrap());
+                    assert_eq!(service["spec"]["type"], "ClusterIP", "{overlay}: only the Ingress exposes it");
+                    routed_services.insert(backend["name"].as_str().unwrap().to_owned());
+                    let port = if backend["port"]["name"].is_string() {
+                        backend["port"]["name"].clone()
+                    } else {
+                        backend["port"]["number"].clone()
+                    };
+                    let backends = service_backends(&docs, service, &port);
+                    assert!(
+                        !backends.is_empty(),
+                        "{overlay}: {p} goes to {port} of {}, which no pod serves",
+                        service["metadata"]["name"]
+                    );
+                    for (w, c, container_port) in backends {
+                        let who = format!("{overlay}: {p} -> {}/{}", w["metadata"]["name"], c["name"]);
+                        let (public, ui, ops) = listeners(c, settings);
+                        let public = public.unwrap_or_else(|| panic!("{who}: the container serves no public routes"));
+                        assert_eq!(port_of(&public), container_port, "{who}: its public listener is {public}");
+                        assert!(
+                            public.starts_with("0.0.0.0:") || public.starts_with("[::]:"),
+                            "{who}: {public} is not reachable from the Ingress controller"
+                        );
+                        let ops = ops.unwrap_or_else(|| panic!("{who}: no operations listener for its probes"));
+                        assert_ne!(port_of(&ops), container_port, "{who}: the operations port behind the Ingress");
+                        assert!(
+                            ui.is_none_or(|u| port_of(&u) != container_port),
+                            "{who}: the dashboard behind the Ingress"
+                        );
+                        // behind the Ingress, X-Forwarded-For names the client only from
+                        // the proxies it trusts (the click page's per-address limit)
+                        let proxies = env_of(c, "REVERIFY_TRUSTED_PROXIES")
+                            .or_else(|| settings["data"]["REVERIFY_TRUSTED_PROXIES"].as_str())
+                            .unwrap_or_default();
+                        assert!(
+                            !proxies.trim().is_empty(),
+                            "{who}: no trusted_proxies: every click counts as the controller's"
+                        );
+                        // the keys the routes need (serve.rs public_router)
+                        let needs: &[&str] = if p == webhook {
+                            &["REVERIFY_WEBHOOK_KEY_FILE"]
+                        } else {
+                            &["REVERIFY_BAANX_CLIENT_KEY_FILE", "REVERIFY_TOKEN_KEY_FILE"]
+                        };
+                        for var in needs {
+                            assert!(env_of(c, var).is_some(), "{who}: {p} needs {var}");
+                        }
+                        // the Service the Ingress reaches exposes nothing but public ports
+                        for sp in service["spec"]["ports"].as_array().unwrap() {
+                            for (_, _, cp) in service_backends(&docs, service, &sp["name"]) {
+                                assert_ne!(
+                                    cp,
+                                    port_of(&ops),
+                                    "{overlay}: {} exposes the operations port",
+                                    service["metadata"]["name"]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(routed, expected, "{overlay}: the Ingress routes exactly the public routes");
+
+        // the dashboard: its own Service to ui_listen, internal, behind no Ingress
+        let dashboard = find("Service", "reverify-dashboard");
+        assert_eq!(dashboard["spec"]["type"], "ClusterIP");
+        assert!(!routed_services.contains("reverify-dashboard"), "{overlay}: the dashboard is internal by default");
+        let backends = service_backends(&docs, dashboard, &serde_json::json!("ui"));
+        assert!(!backends.is_empty(), "{overlay}: nothing serves the dashboard Service");
+        for (w, c, cp) in backends {
+            let (_, ui, _) = listeners(c, settings);
+            let ui = ui.unwrap_or_else(|| panic!("{overlay}: {} sets no ui_listen", w["metadata"]["name"]));
+            assert_eq!(port_of(&ui), cp, "{overlay}: the dashboard Service reaches ui_listen");
+            assert!(env_of(c, "REVERIFY_UI_USERS_FILE").is_some(), "{overlay}: the dashboard has no users");
+        }
+    }
+}
+
+/// Issue 25: each listener's port is open to its own clients only, in each overlay
+/// as it renders: the operations port (/metrics, /readyz) to the monitoring
+/// namespace alone (never every namespace, never the Ingress controller), the
+/// public port to the Ingress controller's namespace, the dashboard to this
+/// namespace. No ingress rule opens every port or admits every source.
+#[test]
+fn the_listeners_are_open_to_their_clients_only() {
+    for overlay in ["cronjob", "daemon"] {
+        let docs = rendered(overlay);
+        let settings = docs.iter().find(|d| d["metadata"]["name"] == "reverify-settings").unwrap();
+        let policies: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "NetworkPolicy")
+            .filter(|d| d["spec"]["policyTypes"].as_array().unwrap().iter().any(|t| t == "Ingress"))
+            .collect();
+        for p in &policies {
+            for rule in p["spec"]["ingress"].as_array().into_iter().flatten() {
+                let name = &p["metadata"]["name"];
+                assert!(
+                    rule["ports"].as_array().is_some_and(|v| !v.is_empty()),
+                    "{overlay}: {name}: a rule for every port"
+                );
+                let from = rule["from"].as_array().unwrap_or_else(|| panic!("{overlay}: {name}: a rule from anywhere"));
+                assert!(!from.is_empty(), "{overlay}: {name}: a rule from anywhere");
+                for peer in from {
+                    assert!(peer["ipBlock"].is_null(), "{overlay}: {name}: an ipBlock: {peer}");
+                    let ns = &peer["namespaceSelector"];
+                    assert!(
+                        ns.is_null() || ns["matchLabels"]["kubernetes.io/metadata.name"].is_string(),
+                        "{overlay}: {name}: a peer in every namespace (or any labelled one): {peer}"
+                    );
+                }
+            }
+        }
+        // the namespaces a port of a pod is open to (None: this namespace's pods)
+        let admitted = |labels: &Value, port: u64| -> BTreeSet<Option<String>> {
+            let mut out = BTreeSet::new();
+            for p in policies.iter().filter(|p| selects(&p["spec"]["podSelector"], labels)) {
+                for rule in p["spec"]["ingress"].as_array().into_iter().flatten() {
+                    if rule["ports"].as_array().unwrap().iter().any(|pp| pp["port"] == port) {
+                        for peer in rule["from"].as_array().unwrap() {
+                            out.insert(
+                                peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                                    .as_str()
+                                    .map(str::to_owned),
+                            );
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let mut seen_ops = false;
+        for w in docs.iter().filter(|d| !pod_specs_of(d).is_empty()) {
+            let labels = pod_labels(w);
+            let name = w["metadata"]["name"].as_str().unwrap();
+            for c in pod_spec(w)["containers"].as_array().unwrap() {
+                let (public, ui, ops) = listeners(c, settings);
+                let declared: BTreeSet<u64> =
+                    c["ports"].as_array().into_iter().flatten().map(|p| p["containerPort"].as_u64().unwrap()).collect();
+                let listening: BTreeSet<u64> = [&public, &ui, &ops].into_iter().flatten().map(|l| port_of(l)).collect();
+                assert_eq!(declared, listening, "{overlay}: {name}: its declared ports are its listeners");
+                if let Some(ops) = &ops {
+                    seen_ops = true;
+                    let from = admitted(labels, port_of(ops));
+                    assert_eq!(
+                        from,
+                        [Some("monitoring".to_owned())].into(),
+                        "{overlay}: {name}: the operations port is open to {from:?}"
+                    );
+                }
+                if let Some(public) = &public {
+                    let from = admitted(labels, port_of(public));
+                    assert!(
+                        from.len() == 1 && from.iter().all(|n| n.as_ref().is_some_and(|n| n != "monitoring")),
+                        "{overlay}: {name}: the public port is open to {from:?}, not the Ingress controller's namespace"
+                    );
+                }
+                if let Some(ui) = &ui {
+                    let from = admitted(labels, port_of(ui));
+                    assert_eq!(from, [None].into(), "{overlay}: {name}: the dashboard is open to {from:?}");
+                }
+                // a pod with no listener is open to nothing
+                for port in [8080, 8081, 9090] {
+                    if !listening.contains(&port) {
+                        assert!(
+                            admitted(labels, port).is_empty(),
+                            "{overlay}: {name}: port {port} open with no listener"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(seen_ops, "{overlay}: no operations listener");
+    }
+    // and nothing says Baanx's webhooks go to the operations port
+    let mut files = vec![root().join("README.md")];
+    files.extend(all_files(&root().join("deploy")));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("9090")) {
+            let l = line.to_lowercase();
+            assert!(!l.contains("webhook"), "{}: {line}: webhooks never go to the operations port", f.display());
+        }
+    }
+}
+
+/// Issue 25: every workload that runs campaigns has the secrets the shipped
+/// campaigns' channels need, as files: the notify webhook key for a webhook
+/// campaign, the SMTP password for email (not only the setup Job's `campaign
+/// apply`), so that the webhook campaign, its follow-ups and reminders run
+/// wherever campaigns run.
+#[test]
+fn every_workload_that_runs_campaigns_has_the_keys_their_channels_need() {
+    let mut channels = BTreeSet::new();
+    for (name, text) in campaigns_configmap().1 {
+        let spec: toml::Table = text.parse().unwrap_or_else(|e| panic!("jobs/{name}: {e}"));
+        let channel = spec.get("delivery").and_then(|d| d.get("channel")).and_then(|c| c.as_str()).unwrap_or("email");
+        channels.insert(channel.to_owned());
+    }
+    assert!(channels.contains("webhook"), "a shipped campaign uses the webhook channel: {channels:?}");
+    let needs: Vec<(&str, &str)> = channels
         .iter()
-        .map(|p| (p["protocol"].as_str().unwrap().to_owned(), p["containerPort"].as_u64().unwrap()))
+        .filter_map(|c| match c.as_str() {
+            "webhook" => Some(("REVERIFY_NOTIFY_WEBHOOK_KEY_FILE", "notify_webhook_key")),
+            "email" => Some(("REVERIFY_SMTP_PASSWORD_FILE", "smtp_password")),
+            _ => None,
+        })
         .collect();
-    assert_eq!(open, ports, "ingress opens exactly the daemon's container ports");
+    let mut runners = 0;
+    for rel in WORKLOADS {
+        let doc = yaml_doc(rel);
+        let pod = pod_spec(&doc);
+        for c in pod["containers"].as_array().unwrap() {
+            let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
+            let runs = matches!(args[0].as_str(), "run" | "daemon") || args[..2] == ["campaign", "apply"];
+            let name = c["name"].as_str().unwrap();
+            if !runs {
+                // the rest never sends a message: it holds neither key
+                for (var, _) in &needs {
+                    assert!(env_of(c, var).is_none(), "{rel}/{name}: {var} where no campaign runs");
+                }
+                continue;
+            }
+            runners += 1;
+            for (var, key) in &needs {
+                if *key == "smtp_password" && args[0] == "campaign" {
+                    continue; // apply checks the channel's settings, it sends nothing
+                }
+                assert_eq!(
+                    env_of(c, var),
+                    Some(format!("/run/secrets/reverify/{key}").as_str()),
+                    "{rel}/{name} runs campaigns without {var}"
+                );
+                let mounted = c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["mountPath"] == "/run/secrets/reverify");
+                assert!(mounted && secret_volume_holds(pod, key), "{rel}/{name}: {key} is not mounted");
+            }
+        }
+    }
+    assert_eq!(runners, 4, "the setup Job, the CronJob, the daemon and the Job template run campaigns");
 }
 
 // --- one rate story ----------------------------------------------------------------
@@ -602,6 +1038,13 @@ fn rates_are_fleet_totals_and_every_workload_says_how_many_share_them() {
     let daemon = yaml_doc("deploy/kubernetes/base/deployment.yaml");
     let replicas = daemon["spec"]["replicas"].as_u64().unwrap();
     assert_eq!(env_value(&daemon, "REVERIFY_WORKERS"), Some(replicas.to_string()), "deployment.yaml");
+    // serve's click route calls Baanx too; the Job template runs a campaign
+    let serve = yaml_doc("deploy/kubernetes/base/serve.yaml");
+    let replicas = serve["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(env_value(&serve, "REVERIFY_WORKERS"), Some(replicas.to_string()), "serve.yaml");
+    let job = yaml_doc("deploy/kubernetes/jobs/run-campaign.yaml");
+    let parallelism = job["spec"]["parallelism"].as_u64().expect("an explicit parallelism");
+    assert_eq!(env_value(&job, "REVERIFY_WORKERS"), Some(parallelism.to_string()), "jobs/run-campaign.yaml");
     let settings = yaml_doc("deploy/kubernetes/base/settings.yaml");
     assert!(settings["data"]["REVERIFY_WORKERS"].is_null(), "set per workload, next to its replica count");
 
@@ -859,8 +1302,8 @@ fn deploy_commands() -> Vec<(String, Vec<String>)> {
     let steps = instructions(&read("deploy/Dockerfile"));
     let cmd = steps.iter().rev().find(|(o, _)| o == "CMD").unwrap();
     out.push(("deploy/Dockerfile CMD".to_owned(), serde_json::from_str(&cmd.1).unwrap()));
-    for rel in ["cronjob.yaml", "deployment.yaml", "setup-job.yaml"] {
-        let doc = yaml_doc(&format!("deploy/kubernetes/base/{rel}"));
+    for rel in WORKLOADS {
+        let doc = yaml_doc(rel);
         let pod = pod_spec(&doc);
         for c in
             pod["containers"].as_array().unwrap().iter().chain(pod["initContainers"].as_array().into_iter().flatten())
@@ -1018,12 +1461,123 @@ fn the_systemd_units_verify() {
     assert!(problems.iter().any(|l| l.contains("soon")), "{problems:?}");
 }
 
+// --- Prometheus: the ServiceMonitor and the alert rules -----------------------------
+
+/// The `## ` headings of deploy/RUNBOOK.md as GitHub makes their anchors (an
+/// alert's name, lowercased).
+fn runbook_anchors() -> BTreeSet<String> {
+    read("deploy/RUNBOOK.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase().replace(' ', "-"))
+        .collect()
+}
+
+/// Issue 25: the ServiceMonitor scrapes the operations port of the daemon and of
+/// `reverify serve` in each overlay, through the Services that expose it, and
+/// nothing else; the PrometheusRule holds exactly the rules of the plain rules file
+/// (scripts/gen-rules.py); every alert has a severity, a summary, a description and
+/// a runbook_url into a section of deploy/RUNBOOK.md. kubernetes-validate has no
+/// schema for the Prometheus Operator's CRDs (it only warns that it found none), so
+/// these objects are checked here by structure, and by their schema on the day the
+/// validator knows it. promtool checks and unit-tests the rules themselves (.ci/run).
+#[test]
+fn the_service_monitor_and_the_alert_rules_fit_the_manifests() {
+    let sm = yaml_doc("deploy/prometheus/servicemonitor.yaml");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["kind"], "ServiceMonitor");
+    let endpoints = sm["spec"]["endpoints"].as_array().expect("spec.endpoints");
+    assert_eq!(endpoints.len(), 1, "one endpoint: the operations port");
+    let port = &endpoints[0]["port"];
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    for (overlay, expected) in
+        [("cronjob", vec!["reverify-serve-metrics"]), ("daemon", vec!["reverify-metrics", "reverify-serve-metrics"])]
+    {
+        let docs = rendered(overlay);
+        let settings = docs.iter().find(|d| d["metadata"]["name"] == "reverify-settings").unwrap();
+        let mut scraped = Vec::new();
+        for svc in docs.iter().filter(|d| d["kind"] == "Service") {
+            let name = svc["metadata"]["name"].as_str().unwrap();
+            // the Operator makes a target of each selected Service's port of that name
+            let has_port = svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == *port);
+            if !selects(&sm["spec"]["selector"], &svc["metadata"]["labels"]) || !has_port {
+                continue;
+            }
+            let backends = service_backends(&docs, svc, port);
+            assert!(!backends.is_empty(), "{overlay}: Service {name} port {port} reaches no pod");
+            for (w, c, container_port) in backends {
+                let (_, _, ops) = listeners(c, settings);
+                let ops =
+                    ops.unwrap_or_else(|| panic!("{overlay}: {} serves no operations port", w["metadata"]["name"]));
+                assert_eq!(port_of(&ops), container_port, "{overlay}: {name} must reach metrics_listen, /metrics");
+            }
+            scraped.push(name);
+        }
+        scraped.sort_unstable();
+        assert_eq!(scraped, expected, "{overlay}: the Services the ServiceMonitor scrapes");
+    }
+    // the job label the rules read (serve's job left out of the missed-run alert,
+    // every reverify job in ReverifyDaemonDown) is the Service's name: the
+    // Operator's default, which a jobLabel would change
+    assert!(sm["spec"]["jobLabel"].is_null(), "the rules expect job = the Service's name");
+
+    // the PrometheusRule is the rules file, rule for rule
+    let rule = yaml_doc("deploy/prometheus/alerts.yaml");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let plain = yaml_doc("deploy/prometheus/rules.yml");
+    assert_eq!(rule["spec"]["groups"], plain["groups"], "alerts.yaml is out of date: run python3 scripts/gen-rules.py");
+    let anchors = runbook_anchors();
+    let mut alerts = BTreeSet::new();
+    for group in plain["groups"].as_array().unwrap() {
+        for r in group["rules"].as_array().unwrap() {
+            let Some(alert) = r["alert"].as_str() else { continue };
+            alerts.insert(alert.to_owned());
+            assert!(
+                ["critical", "warning", "info"].contains(&r["labels"]["severity"].as_str().unwrap_or_default()),
+                "{alert}: a severity label"
+            );
+            for key in ["summary", "description", "runbook_url"] {
+                assert!(r["annotations"][key].as_str().is_some_and(|s| !s.is_empty()), "{alert}: no {key}");
+            }
+            let url = r["annotations"]["runbook_url"].as_str().unwrap();
+            let anchor = url
+                .strip_prefix("https://github.com/reverify/reverify/blob/main/deploy/RUNBOOK.md#")
+                .unwrap_or_else(|| panic!("{alert}: runbook_url {url} is not into deploy/RUNBOOK.md"));
+            assert_eq!(anchor, alert.to_lowercase(), "{alert}: the runbook section is the alert's name");
+            assert!(anchors.contains(anchor), "{alert}: deploy/RUNBOOK.md has no section #{anchor}");
+        }
+    }
+    assert!(alerts.len() >= 9, "{alerts:?}");
+    // and the promtool unit tests name every alert
+    let tests = read("deploy/prometheus/tests.yml");
+    for alert in &alerts {
+        assert!(tests.contains(&format!("alertname: {alert}\n")), "deploy/prometheus/tests.yml never tests {alert}");
+    }
+
+    // the schemas, where kubernetes-validate has them (it has none for these CRDs
+    // today, and says so rather than failing)
+    let files = [root().join("deploy/prometheus/servicemonitor.yaml"), root().join("deploy/prometheus/alerts.yaml")];
+    let out = Command::new(venv_bin().join("kubernetes-validate"))
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if said.contains("Couldn't find schema") {
+        eprintln!("note: kubernetes-validate has no schema for the Prometheus Operator's CRDs; checked by structure");
+    } else {
+        assert!(out.status.success(), "kubernetes-validate --strict failed:\n{said}");
+    }
+}
+
 // --- README ----------------------------------------------------------------------
 
 #[test]
 fn the_deploy_readme_covers_every_way_to_run_and_the_exit_codes() {
     let readme = read("deploy/README.md");
     for section in [
+        "From an empty cluster",
         "Kubernetes CronJob",
         "Kubernetes daemon",
         "systemd timer",
@@ -1045,9 +1599,20 @@ fn the_deploy_readme_covers_every_way_to_run_and_the_exit_codes() {
         assert!(readme.contains(code), "deploy/README.md: exit code row {code}");
     }
     assert!(readme.contains("requests_per_second"), "the scaling note on the rate");
-    for topic in
-        ["podFailurePolicy", "NetworkPolicy", "startupProbe", "scripts/pin-base-images.sh", "CREDENTIALS_DIRECTORY"]
-    {
+    for topic in [
+        "podFailurePolicy",
+        "NetworkPolicy",
+        "startupProbe",
+        "scripts/pin-base-images.sh",
+        "CREDENTIALS_DIRECTORY",
+        "Ingress",
+        "kubectl create -f deploy/kubernetes/jobs/run-campaign.yaml",
+        "kubectl port-forward",
+        "webhooks/baanx",
+        "deploy/prometheus/servicemonitor.yaml",
+        "deploy/RUNBOOK.md",
+        "deploy/grafana/reverify.json",
+    ] {
         assert!(readme.contains(topic), "deploy/README.md does not explain {topic}");
     }
 }
@@ -1084,4 +1649,180 @@ fn the_shipped_settings_require_approval_and_name_their_actors() {
     assert_eq!(reverify::config::Settings::load_from(None, &env).unwrap().require_approval, Some(true));
     let readme = read("deploy/README.md");
     assert!(readme.contains("reverify campaign approve"), "deploy/README.md: how to approve");
+}
+
+// --- reverify serve, started as shipped ------------------------------------------
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`: (status, lower-cased head, body).
+fn http(port: u16, method: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: verify.example.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    (status, head.to_lowercase(), body.to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Issue 25: `reverify-serve` started as its manifest starts it (its arguments, the
+/// settings ConfigMap and its own environment, each secret as a file; only its
+/// addresses moved to free local ports and the database to SQLite) serves the paths
+/// the Ingress routes on its public port, and nothing of the operations listener
+/// there; /metrics and /readyz are on the operations port, the dashboard on its own.
+#[test]
+fn reverify_serve_started_as_shipped_serves_what_the_ingress_routes_to_it() {
+    let serve = yaml_doc("deploy/kubernetes/base/serve.yaml");
+    let settings = yaml_doc("deploy/kubernetes/base/settings.yaml");
+    let c = &pod_spec(&serve)["containers"][0];
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let (public, ui, ops) = (free_port(), free_port(), free_port());
+    let moved = |v: &str| -> String {
+        match port_of(v) {
+            8080 => format!("127.0.0.1:{public}"),
+            8081 => format!("127.0.0.1:{ui}"),
+            9090 => format!("127.0.0.1:{ops}"),
+            other => panic!("{v}: an unexpected port {other}"),
+        }
+    };
+    let mut env: BTreeMap<String, String> =
+        serde_json::from_value::<BTreeMap<String, String>>(settings["data"].clone()).unwrap();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_owned();
+        let value = if e["valueFrom"]["secretKeyRef"]["key"] == "database_url" {
+            format!("sqlite://{}", dir.path().join("reverify.db").display())
+        } else if name.ends_with("_LISTEN") {
+            moved(e["value"].as_str().unwrap())
+        } else if let Some(key) = e["value"].as_str().and_then(|v| v.strip_prefix("/run/secrets/reverify/")) {
+            let content = match key {
+                "token_key" | "webhook_key" => reverify::crypto::TokenCipher::generate_key(),
+                "ui_users" => {
+                    let mut hash = Command::new(env!("CARGO_BIN_EXE_reverify"))
+                        .args(["ui", "hash-password"])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    use std::io::Write as _;
+                    hash.stdin.take().unwrap().write_all(b"correct horse battery staple\n").unwrap();
+                    let out = hash.wait_with_output().unwrap();
+                    assert!(out.status.success());
+                    format!("alice:approver:{}", String::from_utf8(out.stdout).unwrap().trim())
+                }
+                other => format!("{other}-value"),
+            };
+            std::fs::write(secrets.join(key), content).unwrap();
+            secrets.join(key).display().to_string()
+        } else {
+            e["value"].as_str().unwrap_or_else(|| panic!("{name}: neither a value nor the database_url")).to_owned()
+        };
+        env.insert(name, value);
+    }
+    let args: Vec<String> = serde_json::from_value::<Vec<String>>(c["args"].clone())
+        .unwrap()
+        .into_iter()
+        .map(|a| if a.starts_with("0.0.0.0:") { moved(&a) } else { a })
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reverify"))
+        .args(&args)
+        .env_clear()
+        .envs(&env)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while [public, ui, ops].iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err()) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("reverify {} exited {status}:\n{err}", args.join(" "));
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "reverify serve did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let check = || {
+        // the public port: the Ingress's two paths, answered by reverify's routes
+        let (status, head, _) = http(public, "GET", "/v/no-such-link");
+        assert!(status == 404 && head.contains("content-type: text/html"), "GET /v/…: {status} {head}");
+        let (status, _, _) = http(public, "POST", reverify::webhooks::WEBHOOK_PATH);
+        assert_eq!(status, 401, "an unsigned webhook is refused by the receiver, not missing");
+        for path in ["/metrics", "/readyz"] {
+            assert_eq!(http(public, "GET", path).0, 404, "{path} on the public port");
+        }
+        // the operations port: the probes and Prometheus, and never the webhook
+        assert_eq!(http(ops, "GET", "/readyz").0, 200);
+        let (status, _, body) = http(ops, "GET", "/metrics");
+        assert!(status == 200 && body.contains("reverify_"), "/metrics: {status}");
+        assert_eq!(http(ops, "POST", reverify::webhooks::WEBHOOK_PATH).0, 404, "the webhook on the operations port");
+        // the dashboard: its login, on its own port only
+        let (status, _, _) = http(ui, "GET", "/");
+        assert!([200, 302, 303, 307].contains(&status), "the dashboard answers {status}");
+        assert_eq!(http(public, "GET", "/login").0, 404, "the dashboard on the public port");
+    };
+    let result = std::panic::catch_unwind(check);
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(status.success(), "reverify serve stopped on SIGTERM with {status}");
+}
+
+/// Issue 25: the overlay deploy/README.md's walkthrough writes ("From an empty
+/// cluster to a first campaign", step 2) renders with `kubectl kustomize` (its
+/// namespace and JSON patches are beyond scripts/render-kustomize.py) and
+/// validates, with the host, public_url, trusted proxies and image it sets. Where
+/// kubectl is missing, the walkthrough's file is still checked to be there.
+#[test]
+fn the_walkthroughs_overlay_renders_and_validates() {
+    let readme = read("deploy/README.md");
+    let start = "   cat > deploy/kubernetes/overlays/prod/kustomization.yaml <<'EOF'\n";
+    let body = readme.split(start).nth(1).expect("the walkthrough writes its overlay");
+    let body = body.split("\n   EOF\n").next().unwrap();
+    let kustomization: String = body.lines().map(|l| format!("{}\n", l.strip_prefix("   ").unwrap_or(l))).collect();
+    assert!(kustomization.contains("../cronjob"), "{kustomization}");
+    let dir = tempfile::tempdir().unwrap();
+    // a copy of deploy/kubernetes with the overlay where the walkthrough puts it
+    let copy = dir.path().join("kubernetes");
+    let status = Command::new("cp").arg("-r").arg(root().join("deploy/kubernetes")).arg(&copy).status().unwrap();
+    assert!(status.success());
+    std::fs::create_dir(copy.join("overlays/prod")).unwrap();
+    std::fs::write(copy.join("overlays/prod/kustomization.yaml"), &kustomization).unwrap();
+    let out = match Command::new("kubectl").arg("kustomize").arg(copy.join("overlays/prod")).output() {
+        Err(_) => {
+            eprintln!("note: kubectl not found; the walkthrough's overlay is not rendered");
+            return;
+        }
+        Ok(out) => out,
+    };
+    assert!(out.status.success(), "kubectl kustomize prod: {}", String::from_utf8_lossy(&out.stderr));
+    let file = dir.path().join("prod.yaml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let v = kubernetes_validate(std::slice::from_ref(&file));
+    assert!(v.status.success(), "the walkthrough's overlay renders invalid:\n{}", String::from_utf8_lossy(&v.stdout));
+    let docs = yaml_docs(&file);
+    let settings = docs.iter().find(|d| d["metadata"]["name"] == "reverify-settings").unwrap();
+    let public_url = url::Url::parse(settings["data"]["REVERIFY_PUBLIC_URL"].as_str().unwrap()).unwrap();
+    let ingress = docs.iter().find(|d| d["kind"] == "Ingress").unwrap();
+    assert_eq!(ingress["spec"]["rules"][0]["host"].as_str(), public_url.host_str());
+    assert_eq!(ingress["spec"]["tls"][0]["hosts"][0].as_str(), public_url.host_str());
+    assert_ne!(public_url.host_str(), Some("verify.example.com"), "the walkthrough sets its own host");
+    assert_ne!(settings["data"]["REVERIFY_TRUSTED_PROXIES"], "10.0.0.0/8", "the walkthrough sets its pod network");
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], "reverify", "{}", d["metadata"]["name"]);
+        for spec in pod_specs_of(d) {
+            assert!(spec["containers"][0]["image"].as_str().unwrap().starts_with("registry.example.com/reverify:"));
+        }
+    }
 }

@@ -95,7 +95,6 @@ async fn a_push_reaches_a_real_pushgateway() {
     m.session_issued("push-test");
     m.notification("push-test", "failed", "delivery_failed");
     m.api_latency("verification", Duration::from_millis(30));
-    m.rate_limited();
     m.limiter_wait(Duration::from_millis(2));
     m.set_targets("push-test", "pending", 7);
     m.baanx_request("verification", Some(200));
@@ -114,13 +113,16 @@ async fn a_push_reaches_a_real_pushgateway() {
         r#"reverify_sessions_issued_total{campaign="push-test",instance="worker-1",job="reverify"} 2"#,
         r#"reverify_notifications_total{campaign="push-test",instance="worker-1",job="reverify",outcome="failed",reason="delivery_failed"} 1"#,
         r#"reverify_baanx_request_duration_seconds_count{endpoint="verification",instance="worker-1",job="reverify"} 1"#,
-        r#"reverify_baanx_rate_limited_total{instance="worker-1",job="reverify"} 1"#,
         r#"reverify_limiter_wait_seconds_count{instance="worker-1",job="reverify"} 1"#,
         r#"reverify_targets{campaign="push-test",instance="worker-1",job="reverify",status="pending"} 7"#,
         r#"reverify_baanx_requests_total{code="200",endpoint="verification",instance="worker-1",job="reverify"} 1"#,
         r#"reverify_baanx_requests_total{code="error",endpoint="user",instance="worker-1",job="reverify"} 1"#,
-        r#"reverify_runs_total{instance="worker-1",job="reverify",outcome="finished"} 1"#,
-        r#"reverify_run_duration_seconds_count{instance="worker-1",job="reverify"} 1"#,
+        r#"reverify_runs_total{campaign="push-test",instance="worker-1",job="reverify",outcome="finished"} 1"#,
+        r#"reverify_run_duration_seconds_count{campaign="push-test",instance="worker-1",job="reverify"} 1"#,
+        // the campaign's own group: its last run
+        r#"reverify_last_run_timestamp_seconds{campaign="push-test",instance="",job="reverify",outcome="finished"} 1.8e+09"#,
+        r#"reverify_last_run_duration_seconds{campaign="push-test",instance="",job="reverify"} 2"#,
+        r#"reverify_last_run_users{campaign="push-test",instance="",job="reverify",status="pending"} 7"#,
         r#"reverify_last_success_timestamp_seconds{campaign="push-test",instance="worker-1",job="reverify"} 1.8e+09"#,
         r#"reverify_webhook_rejected_total{instance="worker-1",job="reverify",reason="unsigned"} 1"#,
     ] {

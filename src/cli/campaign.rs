@@ -42,14 +42,17 @@ pub enum CampaignCommand {
     },
     /// List campaigns.
     List {
+        /// Print JSON (one object; a list is JSON Lines, one object per line).
         #[arg(long)]
         json: bool,
     },
     /// Show a campaign: status, version and who applied it, whether it is approved,
     /// last and next run, and the applied file.
     Show {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
+        /// Print JSON (one object; a list is JSON Lines, one object per line).
         #[arg(long)]
         json: bool,
     },
@@ -67,6 +70,7 @@ pub enum CampaignCommand {
     /// reverify`): the approver is the principal the key proves, who must differ from
     /// the one who signed the apply. --as alone approves nothing then.
     Approve {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// Refuse unless this is the current version (the one you reviewed).
@@ -79,6 +83,7 @@ pub enum CampaignCommand {
     /// version N of the campaign, or, with --file, to apply that file as its next
     /// version; pass the signature to approve or apply with --signature.
     Digest {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// The version to approve (default: the current one); with --file, the
@@ -91,32 +96,39 @@ pub enum CampaignCommand {
     },
     /// Stop running a campaign until it is resumed.
     Pause {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
     },
     /// Run a paused campaign again when due.
     Resume {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
     },
     /// Stop a campaign for good.
     Cancel {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
     },
     /// Progress: targets by status and reason, sessions issued, the rate over the
     /// last minute and an ETA. The counts are read from the rows.
     Status {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
+        /// Print JSON (one object; a list is JSON Lines, one object per line).
         #[arg(long)]
         json: bool,
     },
     /// Who a run would target now, and how many users are excluded and why,
     /// without calling the API.
     Plan {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
+        /// Print JSON (one object; a list is JSON Lines, one object per line).
         #[arg(long)]
         json: bool,
     },
@@ -124,13 +136,14 @@ pub enum CampaignCommand {
     /// database or a sample user, in their locale (or --locale), with a clearly fake
     /// link. Makes no API call and sends nothing.
     Preview {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// The user to render it for (default: a sample user).
         #[arg(long, value_name = "ID", value_parser = |s: &str| reverify::domain::UserId::parse(s))]
         user: Option<reverify::domain::UserId>,
         /// Render in this locale instead of the user's (the fallback chain applies).
-        #[arg(long, value_name = "L")]
+        #[arg(long, value_name = "L", value_parser = super::parse_locale)]
         locale: Option<String>,
         /// 0 for the first message, N for the N-th reminder.
         #[arg(long, value_name = "N", default_value_t = 0)]
@@ -146,6 +159,7 @@ pub enum CampaignCommand {
     /// rendered with a user's data (--user) or a sample user's, through the
     /// campaign's channel and with an obviously fake link. No Baanx call; audited.
     TestSend {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// Where the messages go.
@@ -160,6 +174,7 @@ pub enum CampaignCommand {
     },
     /// Put every failed target back in the queue for the next run.
     RetryFailed {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
     },
@@ -167,6 +182,7 @@ pub enum CampaignCommand {
     /// the time of each step, the outcome, sessions and messages. No email, token,
     /// session URL, date of birth or SSN. Streams, whatever the size.
     Report {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// csv (with a header; formula-like cells get a leading ') or json (JSON Lines).
@@ -182,6 +198,7 @@ pub enum CampaignCommand {
     /// hash of the one before it): exits 1 naming the first event that was changed,
     /// removed or inserted behind the trail's back.
     Audit {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// Only the events about this user.
@@ -206,6 +223,7 @@ pub enum CampaignCommand {
     /// file's SHA-256 and the audit chain's head. Check it with `reverify evidence
     /// verify DIR`.
     Evidence {
+        /// The campaign's name (its file's `name`, as `campaign list` shows it).
         #[arg(value_parser = |s: &str| CampaignName::parse(s))]
         name: CampaignName,
         /// The directory to write (created; must be empty if it exists).
@@ -490,6 +508,11 @@ fn next_run(c: &CampaignRecord) -> Option<DateTime<Utc>> {
 
 fn record_json(c: &CampaignRecord) -> serde_json::Value {
     let mut v = serde_json::to_value(c).unwrap_or_default();
+    // one name for the next run: this binary's reading of the schedule (the stored
+    // next_run_at is the scheduler's bookkeeping)
+    if let Some(o) = v.as_object_mut() {
+        o.remove("next_run_at");
+    }
     v["next_run"] = serde_json::to_value(next_run(c)).unwrap_or_default();
     v
 }
@@ -498,8 +521,10 @@ async fn list(ctx: &Context, json: bool) -> anyhow::Result<u8> {
     let store = ctx.store().await?;
     let all = store.campaign_list().await?;
     if json {
-        let out: Vec<serde_json::Value> = all.iter().map(record_json).collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        // a list: JSON Lines, one campaign per line (nothing for none)
+        for c in &all {
+            println!("{}", serde_json::to_string(&record_json(c))?);
+        }
         return Ok(exit::OK);
     }
     println!("{:<32}  {:<9}  {:>7}  {:<24}  {:<20}  NEXT RUN", "NAME", "STATUS", "VERSION", "SCHEDULE", "LAST RUN");

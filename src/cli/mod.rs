@@ -47,8 +47,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// It failed: the message on standard error says why.
     pub const FAILURE: u8 = 1;
-    /// The command line itself was wrong (clap's own code).
-    #[allow(dead_code)] // returned by clap itself; listed for the README
+    /// The command line itself was wrong: clap's own code, and ours for what only
+    /// shows at run time (`man nonsense`, an unknown `--locale`).
     pub const USAGE: u8 = 2;
     /// A run was stopped (--max-duration, SIGTERM, SIGINT) with work left; the next run resumes.
     pub const INTERRUPTED: u8 = 4;
@@ -101,6 +101,13 @@ enum Command {
     /// least every minute, so that apply, pause and resume take effect), runs what is
     /// due under each campaign's lease, and on SIGTERM lets the users in flight finish
     /// before it exits.
+    ///
+    /// Listeners, from the settings: metrics_listen (REVERIFY_METRICS_LISTEN) serves
+    /// /metrics, /healthz and /readyz for the cluster only; public_listen
+    /// (REVERIFY_PUBLIC_LISTEN) serves what Baanx and the users' browsers reach:
+    /// POST /webhooks/baanx (with webhook_key) and the click-through pages /v/…
+    /// (with the Baanx client settings); ui_listen (REVERIFY_UI_LISTEN) serves the
+    /// dashboard. Each is off until set.
     Daemon(daemon::DaemonArgs),
     /// Run a whole demo campaign on the embedded defaults: the built-in sandbox,
     /// SQLite (in a temp dir, or --dir) and a file outbox (./outbox).
@@ -228,7 +235,11 @@ pub async fn seal(store: &Store) {
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = {
+        use clap::FromArgMatches as _;
+        let matches = command().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
     // These need no settings, database or runtime: a broken settings file must not
     // stop a package build from generating them.
     match &cli.command {
@@ -270,8 +281,31 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit::FAILURE)
+            // a command line that only shows as wrong at run time is still a usage error
+            let usage = e.chain().any(|c| c.is::<UsageError>());
+            ExitCode::from(if usage { exit::USAGE } else { exit::FAILURE })
         }
+    }
+}
+
+/// A command line found wrong only once the command runs (a `--step` the campaign
+/// does not have): exits 2, as clap's own usage errors do.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `--locale L`: a locale tag (`de-DE`, `pt_br`), checked by clap (exit 2).
+pub fn parse_locale(s: &str) -> Result<String, String> {
+    match reverify::domain::locale::normalize(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err(format!("{s:?} is not a locale tag like \"de-DE\"")),
     }
 }
 
@@ -301,23 +335,40 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
     }
 }
 
+/// What every `--help` and the manual page end with.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done: the command did what it was asked
+  1  failed: the message on standard error says why
+  2  usage: the command line was wrong (an unknown flag, command or value)
+  3  partial: input was partly bad (an import with rejected rows); the good part was kept
+  4  interrupted: a run stopped (--max-duration, SIGTERM, SIGINT) with work left; the next run resumes";
+
+/// The command line as clap sees it, with the exit codes after every command's help.
+pub fn command() -> clap::Command {
+    fn with_exit_codes(cmd: clap::Command) -> clap::Command {
+        cmd.after_help(EXIT_CODES).mut_subcommands(with_exit_codes)
+    }
+    with_exit_codes(Cli::command())
+}
+
 /// `reverify completions SHELL`.
 fn completions(shell: clap_complete::Shell) -> u8 {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "reverify", &mut script);
+    clap_complete::generate(shell, &mut command(), "reverify", &mut script);
     print_generated(&script, "the completion script")
 }
 
 /// `reverify man [COMMAND…]`: the main page, with every command listed, or one
 /// command's page.
 fn man(path: &[String]) -> u8 {
-    let mut cmd = Cli::command();
+    let mut cmd = command();
     // names the subcommands' pages reverify-campaign-apply and so on
     cmd.build();
     for name in path {
         let Some(sub) = cmd.find_subcommand(name).filter(|c| !c.is_hide_set()).cloned() else {
             eprintln!("error: no command {:?}; see reverify --help", path.join(" "));
-            return exit::FAILURE;
+            return exit::USAGE;
         };
         cmd = sub;
     }
@@ -342,5 +393,53 @@ fn print_generated(text: &[u8], what: &str) -> u8 {
             eprintln!("error: cannot write {what}: {e}");
             exit::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every argument and flag of every command, with the path of commands to it,
+    /// that has no help text.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") || arg.is_hide_set() {
+                continue;
+            }
+            let help = arg.get_help().or(arg.get_long_help()).map(ToString::to_string).unwrap_or_default();
+            if help.trim().is_empty() {
+                out.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_flag_has_help() {
+        let mut cmd = super::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "reverify", &mut missing);
+        assert!(missing.is_empty(), "arguments without help:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn every_help_ends_with_the_exit_codes() {
+        fn check(cmd: &mut clap::Command, path: &str) {
+            let help = cmd.render_long_help().to_string();
+            assert!(help.contains("Exit codes:") && help.contains("4  interrupted"), "{path}: {help}");
+            // (clap's own `help` subcommands print the others' help)
+            let names: Vec<String> =
+                cmd.get_subcommands().map(|s| s.get_name().to_owned()).filter(|n| n != "help").collect();
+            for name in names {
+                let sub = cmd.find_subcommand_mut(&name).unwrap();
+                check(sub, &format!("{path} {name}"));
+            }
+        }
+        let mut cmd = super::command();
+        cmd.build();
+        check(&mut cmd, "reverify");
     }
 }

@@ -44,9 +44,7 @@ pub async fn preview(ctx: &Context, args: PreviewArgs) -> anyhow::Result<u8> {
     let templates = Templates::from_settings(&ctx.settings).context("failed to load the templates")?;
     let mut recipient = super::sample::recipient(&store, args.user.as_ref(), &spec).await?;
     if let Some(l) = &args.locale {
-        if reverify::domain::locale::normalize(l).is_none() {
-            anyhow::bail!("--locale: {l:?} is not a locale tag like \"de-DE\"");
-        }
+        // checked by clap (super::parse_locale)
         recipient.locale = Some(l.clone());
     }
     let msg = super::sample::message(&spec, args.step, recipient, PREVIEW_LINK)?;

@@ -50,10 +50,11 @@ pub async fn recipient(store: &Store, user: Option<&UserId>, spec: &CampaignSpec
 pub fn message(spec: &CampaignSpec, step: u32, recipient: Recipient, link: &str) -> anyhow::Result<Message> {
     let last = spec.reminders.as_ref().map_or(0, |r| r.max);
     if step > last {
-        anyhow::bail!(
+        return Err(super::UsageError(format!(
             "--step {step}: campaign {} has steps 0 (the first message) to {last} (its reminders)",
             spec.name
-        );
+        ))
+        .into());
     }
     let delivery = spec.delivery_for_step(step);
     let life = match delivery.link {

@@ -33,8 +33,10 @@ pub enum SettingsCommand {
     },
     /// Print what to sign (ssh-keygen -Y sign -n reverify) to set KEY to VALUE now.
     Digest {
+        /// The setting's name (see `settings show`).
         #[arg(value_parser = ["require_approval"])]
         key: String,
+        /// Its new value.
         #[arg(value_parser = ["true", "false"])]
         value: String,
     },

@@ -35,8 +35,10 @@ pub enum UsersCommand {
     },
     /// List users, in user id order.
     List {
+        /// Only users in this verification state: UNVERIFIED, PENDING, VERIFIED or REJECTED.
         #[arg(long, value_parser = |s: &str| s.parse::<VerificationState>())]
         state: Option<VerificationState>,
+        /// Only users of this region: us or international.
         #[arg(long, value_parser = |s: &str| s.parse::<Region>())]
         region: Option<Region>,
         /// Users carrying this tag.
@@ -51,8 +53,10 @@ pub enum UsersCommand {
     },
     /// Show one user (whether a refresh token is on file, never the token).
     Show {
+        /// The user's Baanx user id.
         #[arg(value_parser = |s: &str| UserId::parse(s))]
         id: UserId,
+        /// Print JSON (one object; a list is JSON Lines, one object per line).
         #[arg(long)]
         json: bool,
     },
@@ -67,6 +71,7 @@ pub enum UsersCommand {
     /// table, keeping the pseudonymous record an AML file needs (the id, times,
     /// states, reasons, the ledger and the audit trail). Audited; cannot be undone.
     Forget {
+        /// The user's Baanx user id.
         #[arg(value_parser = |s: &str| UserId::parse(s))]
         id: UserId,
         /// Do not ask for confirmation (needed when standard input is not a terminal).

@@ -148,7 +148,23 @@ pub fn click_router_with_clock(
         per_address: Limiter::per_minute(config.per_address_per_minute),
         config,
     });
-    Router::new().route(LINK_PATH, get(show).post(click)).with_state(state)
+    Router::new().route(LINK_PATH, get(show).post(click)).with_state(state).layer(axum::middleware::from_fn(counted))
+}
+
+/// Counts each click-through request by what it came to, and times it
+/// (`reverify_click_requests_total`, `reverify_click_duration_seconds`).
+async fn counted(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let result = match response.status() {
+        StatusCode::SEE_OTHER => "redirected",
+        StatusCode::NOT_FOUND | StatusCode::GONE => "not_found",
+        StatusCode::TOO_MANY_REQUESTS => "limited",
+        s if s.is_server_error() => "error",
+        _ => "page",
+    };
+    crate::telemetry::global().click_answered(result, started.elapsed());
+    response
 }
 
 /// Serves the public routes: see [`crate::telemetry::serve_public`] (with each
@@ -367,7 +383,7 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Reader, now: DateTime<Ut
                 warn!(error = %e, "click: could not record the session; it is not handed out");
                 return respond(StatusCode::SERVICE_UNAVAILABLE, &Page::TryLater, lang);
             }
-            crate::telemetry::global().session_issued("click");
+            crate::telemetry::global().session_issued(&link.campaign_name);
             let mut r = StatusCode::SEE_OTHER.into_response();
             let h = r.headers_mut();
             match HeaderValue::from_str(url.expose()) {

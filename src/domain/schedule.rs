@@ -28,8 +28,68 @@ pub enum ScheduleError {
     FieldCount { expr: String, fields: usize },
     #[error("schedule {expr:?}: day of week {item:?} is not valid (0-7 or SUN-SAT, ranges and steps allowed)")]
     DayOfWeek { expr: String, item: String },
+    #[error("schedule {expr:?}: {field} {item:?} is out of range: {field}s are {min} to {max}\n  {expr}\n  {caret}")]
+    OutOfRange { expr: String, field: &'static str, item: String, min: u32, max: u32, caret: String },
     #[error("schedule {expr:?} is not valid: {reason}")]
     Invalid { expr: String, reason: String },
+}
+
+/// The numeric fields of each spelling, with their bounds; `None` for a field left
+/// to its own check (crontab's day of week) or to the cron crate (its day of week,
+/// years).
+const CRONTAB_FIELDS: [Option<(&str, u32, u32)>; 5] =
+    [Some(("minute", 0, 59)), Some(("hour", 0, 23)), Some(("day of month", 1, 31)), Some(("month", 1, 12)), None];
+const SECONDS_FIELDS: [Option<(&str, u32, u32)>; 7] = [
+    Some(("second", 0, 59)),
+    Some(("minute", 0, 59)),
+    Some(("hour", 0, 23)),
+    Some(("day of month", 1, 31)),
+    Some(("month", 1, 12)),
+    None,
+    None,
+];
+
+/// Checks every number of every field against its bounds before the cron crate
+/// sees it (whose messages give the wrong bound and no field), pointing a caret at
+/// the item in the expression as written.
+fn check_bounds(
+    written: &str,
+    fields: &[&str],
+    bounds: &[Option<(&'static str, u32, u32)>],
+) -> Result<(), ScheduleError> {
+    // where each field starts in the expression as written (macros are never out of range)
+    let mut starts = Vec::with_capacity(fields.len());
+    let mut from = 0;
+    for f in fields {
+        let at = written[from..].find(f).map_or(0, |i| from + i);
+        starts.push(at);
+        from = at + f.len();
+    }
+    for ((field, bound), start) in fields.iter().zip(bounds).zip(starts) {
+        let Some((name, min, max)) = *bound else { continue };
+        let mut offset = 0;
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (item, None),
+            };
+            let out = range.split('-').any(|n| n.parse::<u32>().is_ok_and(|v| v < min || v > max))
+                || step.is_some_and(|s| s.parse::<u32>().is_ok_and(|v| v == 0 || v > max));
+            if out {
+                let caret = format!("{}{}", " ".repeat(start + offset), "^".repeat(item.len().max(1)));
+                return Err(ScheduleError::OutOfRange {
+                    expr: written.to_owned(),
+                    field: name,
+                    item: item.to_owned(),
+                    min,
+                    max,
+                    caret,
+                });
+            }
+            offset += item.len() + 1;
+        }
+    }
+    Ok(())
 }
 
 /// A parsed schedule; it keeps the text it was written as.
@@ -68,6 +128,11 @@ impl CronSchedule {
             other => other,
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
+        match fields.len() {
+            5 => check_bounds(&written, &fields, &CRONTAB_FIELDS)?,
+            6 | 7 => check_bounds(&written, &fields, &SECONDS_FIELDS)?,
+            _ => {}
+        }
         let cron_forms = match fields.len() {
             5 => {
                 let dow = crontab_day_of_week(fields[4])
@@ -270,6 +335,23 @@ mod tests {
     use chrono::{Datelike, TimeZone, Timelike, Weekday};
 
     #[test]
+    fn a_number_out_of_its_field_names_the_field_its_bounds_and_where() {
+        let e = CronSchedule::parse("0 25 * * *").unwrap_err().to_string();
+        assert!(e.contains("hour \"25\" is out of range: hours are 0 to 23"), "{e}");
+        assert!(e.ends_with("  0 25 * * *\n    ^^"), "the caret under 25:\n{e}");
+        let e = CronSchedule::parse("0 9 1,32 * *").unwrap_err().to_string();
+        assert!(e.contains("day of month \"32\"") && e.contains("1 to 31") && e.ends_with("\n        ^^"), "{e}");
+        let e = CronSchedule::parse("*/0 * * * *").unwrap_err().to_string();
+        assert!(e.contains("minute \"*/0\""), "{e}");
+        let e = CronSchedule::parse("0 60 9 * * *").unwrap_err().to_string();
+        assert!(e.contains("minute \"60\"") && e.contains("0 to 59"), "{e}");
+        // the bounds themselves are accepted
+        for ok in ["59 23 31 12 7", "0 0 1 1 0", "0-59/15 0-23 1-31 1-12 *", "59 59 23 31 12 * 2099"] {
+            CronSchedule::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
     fn five_field_weekdays_mean_monday_to_friday() {
         let s = CronSchedule::parse("0 9 * * 1-5").unwrap();
         let tz: Tz = "Europe/London".parse().unwrap();
@@ -305,7 +387,7 @@ mod tests {
         assert!(matches!(CronSchedule::parse("0 9 * *"), Err(ScheduleError::FieldCount { fields: 4, .. })));
         assert!(matches!(CronSchedule::parse("0 9 * * 8"), Err(ScheduleError::DayOfWeek { .. })));
         assert!(matches!(CronSchedule::parse("0 9 * * 5-1"), Err(ScheduleError::DayOfWeek { .. })));
-        assert!(matches!(CronSchedule::parse("61 9 * * *"), Err(ScheduleError::Invalid { .. })));
+        assert!(matches!(CronSchedule::parse("61 9 * * *"), Err(ScheduleError::OutOfRange { field: "minute", .. })));
         assert!(CronSchedule::parse("@daily").is_ok());
     }
 

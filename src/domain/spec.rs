@@ -559,7 +559,7 @@ impl CampaignSpec {
     pub fn from_toml(text: &str, file: &str) -> Result<Self, SpecError> {
         let spec: CampaignSpec = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            SpecError::Parse { file: file.to_owned(), line, column, message: e.message().to_owned() }
+            SpecError::Parse { file: file.to_owned(), line, column, message: plain_types(e.message()) }
         })?;
         spec.validate(file).map_err(|e| locate(e, text))?;
         Ok(spec)
@@ -847,6 +847,37 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// A TOML error message with Rust's type names put the way a person writes them:
+/// "expected u32" becomes "expected a whole number from 0 to 4,294,967,295".
+pub fn plain_types(message: &str) -> String {
+    const NAMES: [(&str, &str); 9] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65,535"),
+        ("expected u32", "expected a whole number from 0 to 4,294,967,295"),
+        ("expected u64", "expected a whole number from 0 to 18,446,744,073,709,551,615"),
+        ("expected usize", "expected a whole number from 0 to 18,446,744,073,709,551,615"),
+        ("expected i32", "expected a whole number from -2,147,483,648 to 2,147,483,647"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    let mut out = message.to_owned();
+    for (rust, plain) in NAMES {
+        // whole words only: "u32" and not the start of another name
+        let mut from = 0;
+        while let Some(i) = out[from..].find(rust).map(|i| from + i) {
+            let end = i + rust.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                from = end;
+                continue;
+            }
+            out.replace_range(i..end, plain);
+            from = i + plain.len();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -904,6 +935,22 @@ concurrency = 8
             panic!("expected a parse error")
         };
         assert_eq!(line, 18);
+        let text = EXAMPLE.replace("concurrency = 8", "concurrency = -1");
+        let e = CampaignSpec::from_toml(&text, "f").unwrap_err().to_string();
+        assert!(e.contains("a whole number from 0 to 4,294,967,295") && !e.contains("u32"), "{e}");
+    }
+
+    #[test]
+    fn plain_types_replaces_whole_names_only() {
+        assert_eq!(
+            plain_types("invalid type: string, expected u32"),
+            "invalid type: string, expected a whole number from 0 to 4,294,967,295"
+        );
+        assert_eq!(plain_types("expected u320x"), "expected u320x");
+        assert_eq!(
+            plain_types("expected u8 or expected u8"),
+            "expected a whole number from 0 to 255 or expected a whole number from 0 to 255"
+        );
     }
 
     #[test]

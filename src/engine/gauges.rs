@@ -39,6 +39,8 @@ pub async fn refresh_gauges(store: &Store) -> Result<(), StoreError> {
 
 async fn refresh_targets(metrics: &Metrics, store: &Store) -> Result<(), StoreError> {
     for campaign in store.campaign_list().await? {
+        // every series an alert reads exists, at 0, before its first event
+        metrics.campaign_known(campaign.name.as_str());
         let mut by_status: BTreeMap<TargetStatus, i64> = TargetStatus::ALL.iter().map(|s| (*s, 0)).collect();
         for c in store.target_counts(campaign.campaign_id).await? {
             *by_status.entry(c.status).or_default() += c.count;

@@ -9,8 +9,10 @@ use crate::domain::CampaignName;
 use crate::notify::{LocaleMatch, NotifyObserver};
 
 /// Feeds the process's metrics: `reverify_baanx_requests_total`,
-/// `reverify_baanx_request_duration_seconds`, `reverify_baanx_rate_limited_total`,
-/// `reverify_limiter_wait_seconds` and `reverify_locale_fallbacks_total`.
+/// `reverify_baanx_request_duration_seconds`, `reverify_limiter_wait_seconds`,
+/// `reverify_locale_fallbacks_total`, `reverify_delivery_attempts_total` and
+/// `reverify_delivery_duration_seconds`. (A 429 is `reverify_baanx_requests_total`'s
+/// `code="429"`: no counter of its own.)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Metered;
 
@@ -23,10 +25,6 @@ impl ApiObserver for Metered {
         crate::telemetry::global().api_latency(endpoint.metric_label(), latency);
     }
 
-    fn rate_limited(&self) {
-        crate::telemetry::global().rate_limited();
-    }
-
     fn limiter_wait(&self, wait: Duration) {
         crate::telemetry::global().limiter_wait(wait);
     }
@@ -35,5 +33,9 @@ impl ApiObserver for Metered {
 impl NotifyObserver for Metered {
     fn locale_fallback(&self, campaign: &CampaignName, matched: LocaleMatch) {
         crate::telemetry::global().locale_fallback(campaign.as_str(), matched.as_str());
+    }
+
+    fn attempt(&self, channel: &'static str, result: &'static str, took: Duration) {
+        crate::telemetry::global().delivery_attempt(channel, result, took);
     }
 }

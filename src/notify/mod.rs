@@ -340,6 +340,12 @@ impl Notifier {
     }
 
     async fn attempt(&self, msg: &Message, outgoing: &Outgoing<'_>) -> Result<Delivered, NotifyError> {
+        let started = std::time::Instant::now();
+        let channel = match outgoing {
+            Outgoing::Email(EmailSender::Smtp(_), _) => "smtp",
+            Outgoing::Email(EmailSender::Outbox(_), _) => "outbox",
+            Outgoing::Webhook(_) => "webhook",
+        };
         let result = match outgoing {
             Outgoing::Email(EmailSender::Smtp(s), email) => s.send(email).await,
             Outgoing::Email(EmailSender::Outbox(o), email) => o.write(msg, email).await,
@@ -350,6 +356,14 @@ impl Notifier {
             Ok(d) => tracing::debug!(detail = %d.detail, "delivered"),
             Err(e) => tracing::debug!(error = %e, transient = e.is_transient(), "not delivered"),
         }
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(NotifyError::Transient { .. }) => "transient",
+            Err(NotifyError::Permanent { .. }) => "permanent",
+            Err(NotifyError::Ambiguous { .. }) => "unknown",
+            Err(_) => "error",
+        };
+        self.observer.attempt(channel, outcome, started.elapsed());
         result
     }
 }

@@ -235,6 +235,12 @@ impl SandboxHandle {
         self.base_url.clone()
     }
 
+    /// The sandbox's "now" (its configured clock): tests that move a clock import
+    /// users at that time, as the API would have seen them.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.state.clock.now()
+    }
+
     /// The address the sandbox listens on.
     pub fn addr(&self) -> SocketAddr {
         let host = self.base_url.host_str().unwrap_or("127.0.0.1");

@@ -31,6 +31,13 @@ use crate::engine::{Progress, Worker};
 /// The longest one follow-up run lingers for users coming due.
 pub const LINGER: Duration = Duration::from_secs(600);
 
+/// The sleep after each failed read of the campaigns grows by this much.
+const BACKOFF_STEP: Duration = Duration::from_secs(5);
+/// Failed reads in a row that stop the daemon.
+const MAX_FAILURES: u32 = 5;
+/// The longest sleep after a failed read.
+const MAX_BACKOFF: Duration = Duration::from_secs(5 * (MAX_FAILURES as u64 - 1));
+
 /// How the daemon behaves; the defaults suit production.
 #[derive(Debug, Clone, Copy)]
 pub struct DaemonOptions {
@@ -81,10 +88,16 @@ pub async fn run_with(
     let mut failures_in_a_row = 0u32;
     let opts_pass = PassOptions { follow_up: opts.follow_up };
     info!(worker = %worker.config.worker_id, poll_seconds = opts.poll.as_secs_f64(), "daemon started");
+    // the liveness probe fails when no pass completes within twice the longest
+    // sleep (the poll, or the backoff after failed reads) plus a margin
+    let liveness = crate::telemetry::liveness::liveness();
+    liveness.watch(crate::telemetry::liveness::window_for(opts.poll.max(MAX_BACKOFF)));
     loop {
         if stop.is_cancelled() {
             break;
         }
+        #[cfg(feature = "testing")]
+        frozen_for_tests().await;
         let now = worker.clock.now();
         let mut sleep_for = opts.poll;
         match super::pass(&worker.store, &worker.config.worker_id, now, opts_pass).await {
@@ -101,12 +114,13 @@ pub async fn run_with(
             Err(e) => {
                 failures_in_a_row += 1;
                 error!(error = %e, "cannot read the campaigns");
-                if failures_in_a_row >= 5 {
+                if failures_in_a_row >= MAX_FAILURES {
                     return Err(e);
                 }
-                sleep_for = Duration::from_secs(5 * u64::from(failures_in_a_row));
+                sleep_for = BACKOFF_STEP * failures_in_a_row;
             }
         }
+        liveness.beat();
         // a campaign held back (elsewhere, failed) is looked at again when it may go
         if let Some(t) = state.not_before.values().filter(|t| **t > tokio::time::Instant::now()).min() {
             sleep_for = sleep_for.min(t.saturating_duration_since(tokio::time::Instant::now()));
@@ -134,6 +148,7 @@ pub async fn run_with(
             }
         }
     }
+    liveness.unwatch();
     info!(in_flight = runs.len(), "daemon stopping; waiting for runs in progress");
     while let Some(done) = runs.join_next().await {
         if let Ok((id, _, outcome)) = done {
@@ -142,6 +157,18 @@ pub async fn run_with(
     }
     info!("daemon stopped");
     Ok(())
+}
+
+/// Tests freeze the loop, and not the process, with a file: while the file named
+/// by `REVERIFY_TESTING_FREEZE_FILE` exists, no pass starts (the liveness test).
+/// Not in the product binary.
+#[cfg(feature = "testing")]
+async fn frozen_for_tests() {
+    if let Some(path) = std::env::var_os("REVERIFY_TESTING_FREEZE_FILE") {
+        while std::path::Path::new(&path).exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Starts `c`'s due work, unless it is running here, held back, or unapproved.

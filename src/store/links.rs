@@ -44,6 +44,8 @@ pub fn link_token_hash(token: &str) -> String {
 pub struct LinkRow {
     pub link_id: i64,
     pub campaign_id: i64,
+    /// The campaign's name (the metrics' `campaign` label).
+    pub campaign_name: String,
     pub user_id: String,
     pub step: i64,
     pub expires_at: DateTime<Utc>,
@@ -82,9 +84,9 @@ impl Store {
         let row = sqlx::query(
             "SELECT l.link_id, l.campaign_id, l.user_id, l.step, l.expires_at, l.revoked_at, \
                l.fresh_state_max_age_ms, u.region, u.locale, u.timezone, u.state_confirmed_at, \
-               c.timezone AS campaign_timezone \
+               c.timezone AS campaign_timezone, c.name AS campaign_name \
              FROM verification_links l JOIN users u ON u.user_id = l.user_id \
-             LEFT JOIN campaigns c ON c.campaign_id = l.campaign_id WHERE l.token_hash = $1",
+             JOIN campaigns c ON c.campaign_id = l.campaign_id WHERE l.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(self.pool())
@@ -95,6 +97,7 @@ impl Store {
         Ok(Some(LinkRow {
             link_id: r.try_get("link_id").map_err(get)?,
             campaign_id: r.try_get("campaign_id").map_err(get)?,
+            campaign_name: r.try_get("campaign_name").map_err(get)?,
             user_id: r.try_get("user_id").map_err(get)?,
             step: r.try_get("step").map_err(get)?,
             expires_at: from_millis(r.try_get("expires_at").map_err(get)?),

@@ -124,3 +124,21 @@ macro_rules! both_engines {
         }
     };
 }
+
+/// A test that needs what only Postgres has (a second server process, row locks
+/// held across processes): `postgres_only!(name, |db: TestDb| async move { ... });`
+/// defines `name::postgres`, so `.ci/run` sees a skipped one as it sees any other.
+#[macro_export]
+macro_rules! postgres_only {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = $crate::store::testing::TestDb::postgres().await;
+                ($body)(db).await;
+            }
+        }
+    };
+}

@@ -71,8 +71,39 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
+    campaign: String,
     outcome: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    channel: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The run outcomes, each series made at 0 for every campaign the process knows.
+pub const RUN_OUTCOMES: [&str; 3] = ["finished", "interrupted", "failed"];
+/// The reasons a webhook post is refused (`reverify_webhook_rejected_total`).
+pub const WEBHOOK_REJECTIONS: [&str; 7] =
+    ["unsigned", "bad_signature", "stale_timestamp", "too_large", "unreadable", "malformed", "unknown_status"];
+/// What became of a signed webhook event (`reverify_webhook_events_total`).
+pub const WEBHOOK_RESULTS: [&str; 5] = ["applied", "duplicate", "ignored", "unknown_user", "stale"];
+/// The delivery channels and the results of one attempt
+/// (`reverify_delivery_attempts_total`).
+pub const DELIVERY_CHANNELS: [&str; 3] = ["smtp", "outbox", "webhook"];
+pub const DELIVERY_RESULTS: [&str; 5] = ["ok", "transient", "permanent", "unknown", "error"];
+/// What a click-through request came to (`reverify_click_requests_total`).
+pub const CLICK_RESULTS: [&str; 5] = ["redirected", "page", "not_found", "limited", "error"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -98,18 +129,30 @@ struct StatusLabels {
     status: String,
 }
 
+/// A campaign's last run in this process, for its own Pushgateway group.
+#[derive(Debug, Clone)]
+struct LastRun {
+    outcome: String,
+    ended_at: DateTime<Utc>,
+    took: Duration,
+}
+
 /// The worker's metrics. Cheap to share: every family is an `Arc` inside.
 pub struct Metrics {
+    /// Each campaign's last run here, and its targets by status as last read: what
+    /// a one-shot run pushes under the campaign's own grouping key.
+    last_runs: std::sync::Mutex<std::collections::BTreeMap<String, LastRun>>,
+    target_counts: std::sync::Mutex<std::collections::BTreeMap<(String, String), i64>>,
     registry: Registry,
     sessions_issued: Family<CampaignLabels, Counter>,
     notifications: Family<OutcomeLabels, Counter>,
+    users: Family<OutcomeLabels, Counter>,
     api_latency: Family<EndpointLabels, Histogram>,
-    rate_limited: Counter,
     limiter_wait: Histogram,
     targets: Family<StatusLabels, Gauge>,
     baanx_requests: Family<RequestLabels, Counter>,
     runs: Family<RunLabels, Counter>,
-    run_duration: Histogram,
+    run_duration: Family<CampaignLabels, Histogram>,
     last_success: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     webhook_rejected: Family<ReasonLabels, Counter>,
     locale_fallbacks: Family<FallbackLabels, Counter>,
@@ -119,6 +162,13 @@ pub struct Metrics {
     next_tick: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     next_follow_up: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     webhook_feed_healthy: Gauge,
+    scheduler_last_pass: Gauge<f64, AtomicU64>,
+    webhook_events: Family<ResultLabels, Counter>,
+    webhook_duration: Histogram,
+    delivery_attempts: Family<AttemptLabels, Counter>,
+    delivery_duration: Family<ChannelLabels, Histogram>,
+    click_requests: Family<ResultLabels, Counter>,
+    click_duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -161,8 +211,15 @@ impl Metrics {
         let notifications = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "notifications",
-            "Users processed, by outcome (sent, failed, skipped, deferred) and reason code",
+            "Messages handed over for delivery, by outcome: sent (reason ok), or failed (reason delivery_failed, \
+             delivery_unknown); users who got no message are in reverify_users_total",
             notifications.clone(),
+        );
+        let users = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "users",
+            "Users a run processed, by outcome (sent, failed, skipped, deferred, abandoned) and reason code",
+            users.clone(),
         );
         let locale_fallbacks = Family::<FallbackLabels, Counter>::default();
         registry.register(
@@ -190,8 +247,6 @@ impl Metrics {
             Unit::Seconds,
             api_latency.clone(),
         );
-        let rate_limited = Counter::default();
-        registry.register("baanx_rate_limited", "429 answers received from Baanx", rate_limited.clone());
         // 1 ms .. ~65 s: a request normally waits nothing; a 429 pause can be 30 s.
         let limiter_wait = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         registry.register_with_unit(
@@ -211,15 +266,17 @@ impl Metrics {
         let runs = Family::<RunLabels, Counter>::default();
         registry.register(
             "runs",
-            "Campaign runs that ended, by outcome (finished, interrupted, failed); a `reverify run` that fails \
-             before any campaign starts counts one failed",
+            "Campaign runs that ended, by campaign and outcome (finished, interrupted, failed); a `reverify run` \
+             that fails before any campaign starts counts one failed with campaign=\"\"",
             runs.clone(),
         );
         // 1 s .. ~9 h: a small campaign takes seconds, a million users hours.
-        let run_duration = Histogram::new(exponential_buckets(1.0, 2.0, 16));
+        let run_duration = Family::<CampaignLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(1.0, 2.0, 16))) as fn() -> Histogram,
+        );
         registry.register_with_unit(
             "run_duration",
-            "How long each campaign run took, from its start to its end whatever the outcome",
+            "How long each campaign run took, from its start to its end whatever the outcome, by campaign",
             Unit::Seconds,
             run_duration.clone(),
         );
@@ -274,17 +331,74 @@ impl Metrics {
              is silent (every state is asked again) or no webhook_key is set",
             webhook_feed_healthy.clone(),
         );
+        let scheduler_last_pass = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "scheduler_last_pass_timestamp",
+            "When the daemon's scheduler loop last completed a pass (Unix time); /healthz fails when it is older \
+             than twice the loop's longest sleep plus a margin. 0 in one-shot runs",
+            Unit::Seconds,
+            scheduler_last_pass.clone(),
+        );
+        let webhook_events = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "webhook_events",
+            "Signed Baanx webhook events accepted, by what became of them (applied, duplicate, ignored: not a KYC \
+             status change, unknown_user, stale: older than the state we hold)",
+            webhook_events.clone(),
+        );
+        // 1 ms .. ~16 s: a webhook is one transaction
+        let webhook_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register_with_unit(
+            "webhook_duration",
+            "Time to answer a Baanx webhook post, refused ones included",
+            Unit::Seconds,
+            webhook_duration.clone(),
+        );
+        let delivery_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts (each retry counts), by channel (smtp, outbox, webhook) and result (ok, transient, \
+             permanent, unknown: the message may have arrived, error: a set-up fault)",
+            delivery_attempts.clone(),
+        );
+        // 5 ms .. ~82 s: an SMTP relay answers in milliseconds, a slow one in tens of seconds
+        let delivery_duration = Family::<ChannelLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.005, 2.0, 15))) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "delivery_duration",
+            "Time of one delivery attempt, by channel: the SMTP conversation, the outbox write, the webhook post",
+            Unit::Seconds,
+            delivery_duration.clone(),
+        );
+        let click_requests = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "click_requests",
+            "Click-through link requests, by result (redirected: to a fresh session, page: a page that says why \
+             not, not_found, limited: a per-address or per-link limit, error: the database or Baanx failed)",
+            click_requests.clone(),
+        );
+        // 5 ms .. ~41 s: a click makes a Baanx call or two
+        let click_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register_with_unit(
+            "click_duration",
+            "Time to answer a click-through link request",
+            Unit::Seconds,
+            click_duration.clone(),
+        );
         let build = Info::new(BuildLabels {
             version: label(env!("CARGO_PKG_VERSION")).to_owned(),
             revision: label(REVISION).to_owned(),
         });
         registry.register("build", "The running binary's version and git commit (always 1)", build);
         Self {
+            last_runs: std::sync::Mutex::default(),
+            target_counts: std::sync::Mutex::default(),
             registry,
             sessions_issued,
             notifications,
+            users,
             api_latency,
-            rate_limited,
             limiter_wait,
             targets,
             baanx_requests,
@@ -299,7 +413,84 @@ impl Metrics {
             next_tick,
             next_follow_up,
             webhook_feed_healthy,
+            scheduler_last_pass,
+            webhook_events,
+            webhook_duration,
+            delivery_attempts,
+            delivery_duration,
+            click_requests,
+            click_duration,
         }
+        .with_series_at_zero()
+    }
+
+    /// Makes every series whose labels do not name a campaign at 0, so that the
+    /// first event is an increase an alert's `increase()` sees.
+    fn with_series_at_zero(self) -> Self {
+        for reason in WEBHOOK_REJECTIONS {
+            let _ = self.webhook_rejected.get_or_create(&ReasonLabels { reason: reason.into() });
+        }
+        for result in WEBHOOK_RESULTS {
+            let _ = self.webhook_events.get_or_create(&ResultLabels { result: result.into() });
+        }
+        for result in CLICK_RESULTS {
+            let _ = self.click_requests.get_or_create(&ResultLabels { result: result.into() });
+        }
+        for channel in DELIVERY_CHANNELS {
+            for result in DELIVERY_RESULTS {
+                let _ = self
+                    .delivery_attempts
+                    .get_or_create(&AttemptLabels { channel: channel.into(), result: result.into() });
+            }
+        }
+        let _ = self.runs.get_or_create(&RunLabels { campaign: String::new(), outcome: "failed".into() });
+        self
+    }
+
+    /// Makes `campaign`'s series at 0 (runs by outcome, sessions, messages sent and
+    /// failed, unapproved skips, time zone and locale fallbacks): called for every
+    /// campaign each time the gauges are read from the database.
+    pub fn campaign_known(&self, campaign: &str) {
+        let campaign = label(campaign);
+        let c = || CampaignLabels { campaign: campaign.into() };
+        for outcome in RUN_OUTCOMES {
+            let _ = self.runs.get_or_create(&RunLabels { campaign: campaign.into(), outcome: outcome.into() });
+        }
+        let _ = self.sessions_issued.get_or_create(&c());
+        for (outcome, reason) in [("sent", "ok"), ("failed", "delivery_failed"), ("failed", "delivery_unknown")] {
+            let labels = OutcomeLabels { campaign: campaign.into(), outcome: outcome.into(), reason: reason.into() };
+            let _ = self.notifications.get_or_create(&labels);
+        }
+        let _ = self.unapproved_skips.get_or_create(&c());
+        let _ = self.timezone_fallbacks.get_or_create(&c());
+        for to in ["regional", "language", "default"] {
+            let _ = self.locale_fallbacks.get_or_create(&FallbackLabels { campaign: campaign.into(), to: to.into() });
+        }
+    }
+
+    /// A signed webhook event came to `result` (one of [`WEBHOOK_RESULTS`]).
+    pub fn webhook_event(&self, result: &str) {
+        self.webhook_events.get_or_create(&ResultLabels { result: label(result).into() }).inc();
+    }
+
+    /// A webhook post was answered after `took`.
+    pub fn webhook_answered(&self, took: Duration) {
+        self.webhook_duration.observe(took.as_secs_f64());
+    }
+
+    /// One delivery attempt on `channel` came to `result` after `took`.
+    pub fn delivery_attempt(&self, channel: &str, result: &str, took: Duration) {
+        let labels = AttemptLabels { channel: label(channel).into(), result: label(result).into() };
+        self.delivery_attempts.get_or_create(&labels).inc();
+        self.delivery_duration
+            .get_or_create(&ChannelLabels { channel: label(channel).into() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A click-through request came to `result` (one of [`CLICK_RESULTS`]) after `took`.
+    pub fn click_answered(&self, result: &str, took: Duration) {
+        self.click_requests.get_or_create(&ResultLabels { result: label(result).into() }).inc();
+        self.click_duration.observe(took.as_secs_f64());
     }
 
     /// `campaign`'s next tick and next follow-up (a series is removed when `None`).
@@ -334,13 +525,19 @@ impl Metrics {
         self.timezone_fallbacks.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).inc();
     }
 
-    /// Whether `campaign` is paused by its halt thresholds.
     /// `reverify_webhook_feed_healthy`: 1 while the configured webhook feed was heard
     /// from within `webhook_feed_max_silence` (issue 29), else 0.
     pub fn set_webhook_feed_healthy(&self, healthy: bool) {
         self.webhook_feed_healthy.set(i64::from(healthy));
     }
 
+    /// `reverify_scheduler_last_pass_timestamp_seconds`: when the daemon's scheduler
+    /// loop last completed a pass (Unix time).
+    pub fn set_scheduler_pass(&self, at_unix_seconds: f64) {
+        self.scheduler_last_pass.set(at_unix_seconds);
+    }
+
+    /// Whether `campaign` is paused by its halt thresholds.
     pub fn set_campaign_halted(&self, campaign: &str, halted: bool) {
         self.campaign_halted.get_or_create(&CampaignLabels { campaign: label(campaign).into() }).set(i64::from(halted));
     }
@@ -351,15 +548,21 @@ impl Metrics {
     }
 
     /// A user of `campaign` ended with `outcome` (`sent`, `failed`, `skipped`,
-    /// `deferred`) for `reason` (a reason code such as `delivery_failed`; `ok` when
-    /// sent).
+    /// `deferred`, `abandoned`) for `reason` (a reason code such as
+    /// `delivery_failed`; `ok` when sent): `reverify_users_total`, and, when a
+    /// message was handed over (sent, or a delivery failure),
+    /// `reverify_notifications_total`.
     pub fn notification(&self, campaign: &str, outcome: &str, reason: &str) {
         let labels = OutcomeLabels {
             campaign: label(campaign).into(),
             outcome: label(outcome).into(),
             reason: label(reason).into(),
         };
-        self.notifications.get_or_create(&labels).inc();
+        self.users.get_or_create(&labels).inc();
+        let message = outcome == "sent" || (outcome == "failed" && reason.starts_with("delivery_"));
+        if message {
+            self.notifications.get_or_create(&labels).inc();
+        }
     }
 
     /// Baanx answered a request to `endpoint` after `latency`.
@@ -379,17 +582,24 @@ impl Metrics {
     /// A run of `campaign` ended with `outcome` (`finished`, `interrupted`, `failed`)
     /// after `took`, at `at`. A finished run is the campaign's last success.
     pub fn run_ended(&self, campaign: &str, outcome: &str, took: Duration, at: DateTime<Utc>) {
-        self.runs.get_or_create(&RunLabels { outcome: label(outcome).into() }).inc();
-        self.run_duration.observe(took.as_secs_f64());
+        self.runs.get_or_create(&RunLabels { campaign: label(campaign).into(), outcome: label(outcome).into() }).inc();
+        self.run_duration
+            .get_or_create(&CampaignLabels { campaign: label(campaign).into() })
+            .observe(took.as_secs_f64());
         if outcome == "finished" {
             self.set_last_success(campaign, at);
         }
+        let run = LastRun { outcome: label(outcome).to_owned(), ended_at: at, took };
+        self.last_runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(label(campaign).to_owned(), run);
     }
 
     /// A `reverify run` failed before any campaign run started (the database
     /// unreachable, an unknown campaign, a bad setting): one failed run.
     pub fn run_failed_to_start(&self) {
-        self.runs.get_or_create(&RunLabels { outcome: "failed".into() }).inc();
+        self.runs.get_or_create(&RunLabels { campaign: String::new(), outcome: "failed".into() }).inc();
     }
 
     /// `campaign`'s last finished run ended at `at`.
@@ -408,11 +618,6 @@ impl Metrics {
         self.webhook_rejected.get_or_create(&ReasonLabels { reason: label(reason).into() }).inc();
     }
 
-    /// Baanx answered 429.
-    pub fn rate_limited(&self) {
-        self.rate_limited.inc();
-    }
-
     /// A request waited `wait` on the global limiter before it was sent.
     pub fn limiter_wait(&self, wait: Duration) {
         self.limiter_wait.observe(wait.as_secs_f64());
@@ -420,9 +625,59 @@ impl Metrics {
 
     /// `campaign` has `n` targets in `status`.
     pub fn set_targets(&self, campaign: &str, status: &str, n: i64) {
+        self.target_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((label(campaign).to_owned(), label(status).to_owned()), n);
         self.targets
             .get_or_create(&StatusLabels { campaign: label(campaign).into(), status: label(status).into() })
             .set(n);
+    }
+
+    /// The campaigns that ended a run in this process, each with its last run as
+    /// gauges in the Prometheus text format: `reverify_last_run_timestamp_seconds{campaign,outcome}`,
+    /// `reverify_last_run_duration_seconds{campaign}` and
+    /// `reverify_last_run_users{campaign,status}` (its targets by status as last
+    /// read). A one-shot run pushes each under the grouping key (job, campaign), so
+    /// that a later run of other campaigns, or of none, never replaces it.
+    pub fn last_runs(&self) -> Vec<(String, String)> {
+        let runs = self.last_runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let counts = self.target_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        runs.into_iter()
+            .map(|(campaign, run)| {
+                let mut registry = Registry::with_prefix("reverify");
+                let at = Family::<RunLabels, Gauge<f64, AtomicU64>>::default();
+                registry.register_with_unit(
+                    "last_run_timestamp",
+                    "When the campaign's last run ended (Unix time), by its outcome",
+                    Unit::Seconds,
+                    at.clone(),
+                );
+                at.get_or_create(&RunLabels { campaign: campaign.clone(), outcome: run.outcome.clone() })
+                    .set(run.ended_at.timestamp_millis() as f64 / 1000.0);
+                let took = Family::<CampaignLabels, Gauge<f64, AtomicU64>>::default();
+                registry.register_with_unit(
+                    "last_run_duration",
+                    "How long the campaign's last run took",
+                    Unit::Seconds,
+                    took.clone(),
+                );
+                took.get_or_create(&CampaignLabels { campaign: campaign.clone() }).set(run.took.as_secs_f64());
+                let users = Family::<StatusLabels, Gauge>::default();
+                registry.register(
+                    "last_run_users",
+                    "The campaign's targets by status after its last run",
+                    users.clone(),
+                );
+                for ((c, status), n) in counts.iter().filter(|((c, _), _)| *c == campaign) {
+                    users.get_or_create(&StatusLabels { campaign: c.clone(), status: status.clone() }).set(*n);
+                }
+                let mut out = String::new();
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+                    .expect("writing to a String cannot fail");
+                (campaign, out)
+            })
+            .collect()
     }
 
     /// Every metric in the OpenMetrics text format (ends with `# EOF`).
@@ -454,7 +709,7 @@ mod tests {
         m.notification("kyc-refresh", "sent", "ok");
         m.notification("kyc-refresh", "failed", "delivery_failed");
         m.api_latency("verification", Duration::from_millis(12));
-        m.rate_limited();
+        m.notification("kyc-refresh", "deferred", "send_window");
         m.limiter_wait(Duration::from_millis(3));
         m.set_targets("kyc-refresh", "pending", 41);
         m.set_targets("kyc-refresh", "pending", 40);
@@ -475,17 +730,19 @@ mod tests {
             r#"reverify_notifications_total{campaign="kyc-refresh",outcome="failed",reason="delivery_failed"} 1"#,
             r#"reverify_baanx_request_duration_seconds_count{endpoint="verification"} 1"#,
             r#"reverify_baanx_request_duration_seconds_bucket{le="0.02",endpoint="verification"} 1"#,
-            "reverify_baanx_rate_limited_total 1",
+            r#"reverify_users_total{campaign="kyc-refresh",outcome="deferred",reason="send_window"} 1"#,
+            r#"reverify_users_total{campaign="kyc-refresh",outcome="sent",reason="ok"} 1"#,
             "reverify_limiter_wait_seconds_count 1",
             r#"reverify_targets{campaign="kyc-refresh",status="pending"} 40"#,
             r#"reverify_baanx_requests_total{endpoint="verification",code="200"} 2"#,
             r#"reverify_baanx_requests_total{endpoint="token",code="503"} 1"#,
             r#"reverify_baanx_requests_total{endpoint="user",code="error"} 1"#,
-            r#"reverify_runs_total{outcome="finished"} 1"#,
-            r#"reverify_runs_total{outcome="interrupted"} 1"#,
-            r#"reverify_runs_total{outcome="failed"} 2"#,
-            "reverify_run_duration_seconds_count 3",
-            "reverify_run_duration_seconds_sum 9.0",
+            r#"reverify_runs_total{campaign="kyc-refresh",outcome="finished"} 1"#,
+            r#"reverify_runs_total{campaign="kyc-refresh",outcome="interrupted"} 1"#,
+            r#"reverify_runs_total{campaign="other",outcome="failed"} 1"#,
+            r#"reverify_runs_total{campaign="",outcome="failed"} 1"#,
+            r#"reverify_run_duration_seconds_count{campaign="kyc-refresh"} 2"#,
+            r#"reverify_run_duration_seconds_sum{campaign="kyc-refresh"} 8.0"#,
             // only a finished run is a success
             r#"reverify_last_success_timestamp_seconds{campaign="kyc-refresh"} 1767225600.5"#,
             r#"reverify_webhook_rejected_total{reason="unsigned"} 1"#,
@@ -496,7 +753,15 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
         let prom = m.encode_prometheus();
         assert!(prom.contains("# TYPE reverify_sessions_issued_total counter"), "{prom}");
-        assert!(!text.contains(r#"campaign="other""#), "a failed run is no success:\n{text}");
+        assert!(
+            !text.contains(r#"reverify_last_success_timestamp_seconds{campaign="other""#),
+            "a failed run is no success:\n{text}"
+        );
+        assert!(!text.contains("reverify_baanx_rate_limited"), "a 429 is baanx_requests_total's code=\"429\"");
+        assert!(
+            !text.contains(r#"reverify_notifications_total{campaign="kyc-refresh",outcome="deferred""#),
+            "a deferred user got no message"
+        );
         assert!(prom.lines().any(|l| l.starts_with("reverify_build_info{") && l.ends_with(" 1")), "{prom}");
         assert!(!prom.contains("# EOF"));
     }
@@ -516,6 +781,34 @@ mod tests {
         assert_eq!(label("delivery_failed"), "delivery_failed");
         assert_eq!(label(""), INVALID_LABEL);
         assert_eq!(label(&"x".repeat(65)), INVALID_LABEL);
+    }
+
+    #[test]
+    fn every_series_an_alert_reads_exists_at_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for line in [
+            r#"reverify_webhook_rejected_total{reason="bad_signature"} 0"#,
+            r#"reverify_webhook_events_total{result="applied"} 0"#,
+            r#"reverify_click_requests_total{result="redirected"} 0"#,
+            r#"reverify_delivery_attempts_total{channel="smtp",result="permanent"} 0"#,
+            r#"reverify_runs_total{campaign="",outcome="failed"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        m.campaign_known("q4");
+        let text = m.encode();
+        for line in [
+            r#"reverify_runs_total{campaign="q4",outcome="failed"} 0"#,
+            r#"reverify_runs_total{campaign="q4",outcome="finished"} 0"#,
+            r#"reverify_sessions_issued_total{campaign="q4"} 0"#,
+            r#"reverify_notifications_total{campaign="q4",outcome="failed",reason="delivery_failed"} 0"#,
+            r#"reverify_campaign_unapproved_skips_total{campaign="q4"} 0"#,
+            r#"reverify_timezone_fallbacks_total{campaign="q4"} 0"#,
+            r#"reverify_locale_fallbacks_total{campaign="q4",to="language"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! It knows nothing of the database: the engine sets the gauges read from it
 //! (`engine::gauges`) and answers the endpoints' questions about it ([`OpsProbe`]).
 
+pub mod liveness;
 pub mod metrics;
 pub mod server;
 #[cfg(any(test, feature = "testing"))]

@@ -8,7 +8,9 @@
 //!   serves the Baanx webhook receiver and `/healthz` only: what the scrape and the
 //!   readiness probe tell (campaign names, target counts, whether the database
 //!   answers) stays off the internet.
-//! - `/healthz` says only that the process answers; `/readyz` asks the database
+//! - `/healthz` says that the process answers and, on the operations listener,
+//!   that the daemon's scheduler loop still completes passes ([`super::liveness`]);
+//!   `/readyz` asks the database
 //!   (`SELECT 1`, at most [`READY_TIMEOUT`]), so that Kubernetes stops routing to a
 //!   worker that lost its database without restarting it.
 //! - The daemon binds before it opens (and migrates) the database
@@ -127,7 +129,7 @@ pub fn router(probe: Arc<dyn OpsProbe>) -> Router {
 fn starting_router() -> (Router, OpsStarting) {
     let ready = Arc::new(OnceLock::new());
     let router = Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz_ops))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .fallback(extra_routes)
@@ -223,6 +225,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `/healthz` of the operations listener, the liveness probe's: also fails (503)
+/// when the daemon's scheduler loop has not completed a pass within its window
+/// ([`super::liveness`]).
+async fn healthz_ops() -> Response {
+    match super::liveness::liveness().stale() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(quiet) => {
+            warn!(quiet_seconds = quiet.as_secs(), "liveness: the scheduler loop has completed no pass");
+            (StatusCode::SERVICE_UNAVAILABLE, "scheduler loop stale\n").into_response()
+        }
+    }
+}
+
 /// The answer of every endpoint that needs the database before it is migrated.
 fn starting() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
@@ -285,17 +300,25 @@ async fn metrics_handler(State(ops): State<Ops>, headers: HeaderMap) -> Response
 /// [`TelemetryError::PushUrl`] for a URL that is not http(s) or an empty job or
 /// instance (the Pushgateway refuses empty grouping values).
 pub fn push_url(base: &str, job: &str, instance: &str) -> Result<url::Url, TelemetryError> {
+    push_url_grouped(base, job, ("instance", instance))
+}
+
+/// The grouping URL `{base}/metrics/job/{job}/{key}/{value}`.
+///
+/// # Errors
+/// As [`push_url`].
+pub fn push_url_grouped(base: &str, job: &str, (key, value): (&str, &str)) -> Result<url::Url, TelemetryError> {
     let bad = |message: &str| TelemetryError::PushUrl { url: redact_url(base), message: message.to_owned() };
     let mut url = url::Url::parse(base.trim()).map_err(|e| bad(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(bad("metrics_push_url must be an http(s) URL"));
     }
-    if job.is_empty() || instance.is_empty() {
+    if job.is_empty() || value.is_empty() {
         return Err(bad("the job and instance must not be empty"));
     }
     {
         let mut segments = url.path_segments_mut().map_err(|()| bad("metrics_push_url cannot take a path"))?;
-        segments.pop_if_empty().extend(["metrics", "job", job, "instance", instance]);
+        segments.pop_if_empty().extend(["metrics", "job", job, key, value]);
     }
     Ok(url)
 }
@@ -312,7 +335,10 @@ pub fn push_instance() -> String {
 
 /// Replaces the group `job`/`instance` on the Pushgateway at `base`
 /// (`metrics_push_url`) with the global metrics, in the Prometheus text format (a
-/// PUT: the group then holds exactly this run's numbers).
+/// PUT: the group then holds exactly this run's numbers), and, for each campaign
+/// that ended a run in this process, the group `job`/`campaign` with that last
+/// run's gauges ([`Metrics::last_runs`]): a failed run stays visible until the
+/// campaign runs again, whatever other runs push meanwhile.
 ///
 /// # Errors
 /// [`TelemetryError::PushUrl`] for a bad URL, [`TelemetryError::Push`] when the
@@ -327,6 +353,17 @@ pub async fn push_metrics(base: &str, job: &str, instance: &str) -> Result<(), T
 /// As [`push_metrics`].
 pub async fn push_metrics_of(metrics: &Metrics, base: &str, job: &str, instance: &str) -> Result<(), TelemetryError> {
     let url = push_url(base, job, instance)?;
+    put_group(url, metrics.encode_prometheus()).await?;
+    // each campaign that ran here: its last run under its own key, which a run of
+    // other campaigns (or of none) never replaces
+    for (campaign, text) in metrics.last_runs() {
+        put_group(push_url_grouped(base, job, ("campaign", &campaign))?, text).await?;
+    }
+    Ok(())
+}
+
+/// Replaces the group at `url` with `body` (Prometheus text).
+async fn put_group(url: url::Url, body: String) -> Result<(), TelemetryError> {
     let shown = redact_url(url.as_str());
     let fail = |message: String| TelemetryError::Push { url: shown.clone(), message };
     let client = reqwest::Client::builder()
@@ -336,7 +373,7 @@ pub async fn push_metrics_of(metrics: &Metrics, base: &str, job: &str, instance:
     let response = client
         .put(url)
         .header(reqwest::header::CONTENT_TYPE, metrics::PROMETHEUS_CONTENT_TYPE)
-        .body(metrics.encode_prometheus())
+        .body(body)
         .send()
         .await
         .map_err(|e| fail(e.without_url().to_string()))?;

@@ -192,12 +192,4 @@ async fn four_eyes(db: TestDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_eyes_chain_and_evidence_sqlite() {
-    four_eyes(TestDb::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_eyes_chain_and_evidence_postgres() {
-    four_eyes(TestDb::postgres().await).await;
-}
+reverify::both_engines!(four_eyes_chain_and_evidence, four_eyes);

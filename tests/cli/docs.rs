@@ -76,8 +76,9 @@ fn man_prints_roff_pages() {
     let nested = stdout(&reverify(&["man", "campaign", "apply"]));
     assert!(nested.contains(".TH reverify-campaign-apply 1 ") && nested.contains(".SH SYNOPSIS"), "{nested}");
 
+    assert!(page.contains("Exit codes:") && nested.contains("Exit codes:"), "the exit codes in the man pages");
     let o = reverify(&["man", "no-such-command"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "an unknown command is a usage error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no command"), "{o:?}");
 }
 
@@ -92,6 +93,6 @@ fn benchmarks_are_not_product_commands() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(&format!("unrecognized subcommand '{c}'")), "reverify {c}: {err}");
         let o = reverify(&["man", c]);
-        assert_eq!(o.status.code(), Some(1), "reverify man {c}");
+        assert_eq!(o.status.code(), Some(2), "reverify man {c}");
     }
 }

@@ -316,16 +316,6 @@ async fn cut_tail_against_the_anchor(db: TestDb) {
     assert_eq!(head, 2, "a broken chain is not sealed onto");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_tail_is_found_against_the_anchor_sqlite() {
-    cut_tail_against_the_anchor(TestDb::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_tail_is_found_against_the_anchor_postgres() {
-    cut_tail_against_the_anchor(TestDb::postgres().await).await;
-}
-
 /// `deploy/sql/events-append-only.sql` run as an operator would: the application's
 /// role then cannot delete or rewrite an event, re-seal one or set the head back,
 /// and the worker still writes, seals and verifies as that role.
@@ -384,3 +374,5 @@ async fn the_append_only_grants_refuse_edits_and_keep_the_worker_working() {
     admin(format!("DROP OWNED BY {role}")).await.unwrap();
     admin(format!("DROP ROLE {role}")).await.ok();
 }
+
+reverify::both_engines!(a_cut_tail_is_found_against_the_anchor, cut_tail_against_the_anchor);

@@ -42,7 +42,7 @@ async fn test_send_sends_every_step_with_a_fake_link_and_no_baanx_call() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(bin.outbox_count(), 4);
     let o = bin.run(&["campaign", "test-send", "trial", "--to", "ops@example.org", "--step", "3"]).await;
-    assert_eq!(o.status.code(), Some(1), "there is no step 3: {}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "there is no step 3 (a usage error): {}", text(&o));
 
     let stats = bin.sandbox.stats().await;
     assert_eq!(stats.requests.values().sum::<u64>(), 0, "no Baanx call: {:?}", stats.requests);

@@ -101,6 +101,71 @@ async fn the_daemon_serves_probes_and_metrics_until_sigterm() {
     assert!(http.get(format!("{hooks}/healthz")).send().await.is_err(), "the port is closed after the exit");
 }
 
+/// Issue 25 item 5: the liveness probe (`/healthz` on metrics_listen) fails when
+/// the scheduler loop completes no pass within twice its longest sleep plus a
+/// margin (70 s at `--poll 1s`: the longest sleep is the 20 s backoff), while
+/// `/readyz` (the database) stays 200; it passes again once the loop runs. The loop
+/// is frozen, not the process, through the testing build's freeze file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_fails_when_the_scheduler_loop_is_frozen() {
+    let db = TestDb::sqlite().await;
+    let bin = Bin::new(&db, 3, None).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let freeze = bin.path("freeze");
+    let mut child = bin
+        .command(&["daemon", "--poll", "1s"])
+        .env("REVERIFY_METRICS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REVERIFY_TESTING_FREEZE_FILE", &freeze)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &base, &mut child).await;
+    let last_pass = || async {
+        let m = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        sample(&m, "reverify_scheduler_last_pass_timestamp_seconds").unwrap_or(0.0)
+    };
+    // passes complete: the gauge moves
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last_pass().await == 0.0 {
+        assert!(Instant::now() < deadline, "no pass was recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = last_pass().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(last_pass().await > first, "a pass a second moves the gauge");
+
+    std::fs::write(&freeze, "").unwrap();
+    let frozen_at = Instant::now();
+    let deadline = frozen_at + Duration::from_secs(110);
+    loop {
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        if r.status() == 503 {
+            assert_eq!(r.text().await.unwrap(), "scheduler loop stale\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/healthz never failed with the loop frozen");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let waited = frozen_at.elapsed();
+    assert!(waited >= Duration::from_secs(65), "failed too early, after {waited:?}: the window is 70 s");
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200, "the database still answers");
+    assert!(child.try_wait().unwrap().is_none(), "the process is alive, only its loop is not");
+
+    std::fs::remove_file(&freeze).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if http.get(format!("{base}/healthz")).send().await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/healthz did not recover once the loop ran again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(terminate(child).await.code(), Some(0));
+}
+
 /// Item 5: `reverify serve`'s public listener answers the webhook and /healthz and
 /// 404 to /metrics and /readyz, which are on metrics_listen; 1,000 unsigned posts
 /// are 1,000 in `reverify_webhook_rejected_total` and at most two log lines, and
@@ -275,8 +340,8 @@ async fn a_run_pushes_its_metrics_to_the_pushgateway() {
         format!(r#"reverify_sessions_issued_total{{campaign="ops-push",{grouping}}} {sent}"#),
         format!(r#"reverify_notifications_total{{campaign="ops-push",{grouping},outcome="sent",reason="ok"}} {sent}"#),
         format!(r#"reverify_targets{{campaign="ops-push",{grouping},status="notified"}} {sent}"#),
-        format!(r#"reverify_runs_total{{{grouping},outcome="finished"}} 1"#),
-        format!(r#"reverify_run_duration_seconds_count{{{grouping}}} 1"#),
+        format!(r#"reverify_runs_total{{campaign="ops-push",{grouping},outcome="finished"}} 1"#),
+        format!(r#"reverify_run_duration_seconds_count{{campaign="ops-push",{grouping}}} 1"#),
         format!(r#"reverify_baanx_requests_total{{code="200",endpoint="verification",{grouping}}} {sent}"#),
     ] {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
@@ -327,13 +392,16 @@ async fn every_run_pushes_even_with_nothing_due_or_failing() {
             .is_some(),
         "{body}"
     );
-    assert!(!body.contains("reverify_runs_total{"), "nothing ran:\n{body}");
+    assert!(
+        body.lines().filter(|l| l.starts_with("reverify_runs_total{")).all(|l| l.ends_with(" 0")),
+        "nothing ran:\n{body}"
+    );
 
     // a run that fails before any campaign starts: one failed run, pushed
     let o = run(&["run", "no-such-campaign", "--progress", "none"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let body = pgw.scrape().await;
-    let failed = format!(r#"reverify_runs_total{{{grouping},outcome="failed"}}"#);
+    let failed = format!(r#"reverify_runs_total{{campaign="",{grouping},outcome="failed"}}"#);
     assert_eq!(sample(&body, &failed), Some(1.0), "{body}");
 
     // a campaign whose run fails (its templates are gone since it was applied): one
@@ -347,13 +415,25 @@ async fn every_run_pushes_even_with_nothing_due_or_failing() {
     let o = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let body = pgw.scrape().await;
-    assert_eq!(sample(&body, &failed), Some(1.0), "{body}");
-    assert_eq!(sample(&body, &format!(r#"reverify_run_duration_seconds_count{{{grouping}}}"#)), Some(1.0), "{body}");
+    let broken = format!(r#"reverify_runs_total{{campaign="ops-broken",{grouping},outcome="failed"}}"#);
+    assert_eq!(sample(&body, &broken), Some(1.0), "{body}");
+    let took = format!(r#"reverify_run_duration_seconds_count{{campaign="ops-broken",{grouping}}}"#);
+    assert_eq!(sample(&body, &took), Some(1.0), "{body}");
     assert!(
         sample(&body, &format!(r#"reverify_last_success_timestamp_seconds{{campaign="ops-broken",{grouping}}}"#))
             .is_none(),
         "{body}"
     );
+    // the campaign's own group keeps its failed run...
+    let last_failed =
+        r#"reverify_last_run_timestamp_seconds{campaign="ops-broken",instance="",job="reverify",outcome="failed"}"#;
+    assert!(sample(&body, last_failed).is_some(), "{body}");
+    // ...when a later run --due with nothing due replaces the process's group
+    let o = run(&["run", "--due", "--progress", "none"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let body = pgw.scrape().await;
+    assert_eq!(sample(&body, &broken), Some(0.0), "the process's group is this run's: {body}");
+    assert!(sample(&body, last_failed).is_some(), "an empty run erased the failed run: {body}");
 }
 
 /// Item 6: the summary line counts the users deferred at targeting (REJECTED inside

@@ -275,22 +275,6 @@ async fn env_cannot_switch_off(db: TestDb) {
     assert!(stdout(&o).contains("require_approval = true (set by alice"), "{}", text(&o));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proven_approvals_sqlite() {
-    proven_approvals(TestDb::sqlite().await).await;
-}
+reverify::both_engines!(proven_approvals, proven_approvals);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proven_approvals_postgres() {
-    proven_approvals(TestDb::postgres().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_environment_cannot_switch_approval_off_sqlite() {
-    env_cannot_switch_off(TestDb::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_environment_cannot_switch_approval_off_postgres() {
-    env_cannot_switch_off(TestDb::postgres().await).await;
-}
+reverify::both_engines!(the_environment_cannot_switch_approval_off, env_cannot_switch_off);

@@ -123,9 +123,20 @@ both_engines!(a_click_campaign_sends_links_and_no_session_until_a_person_clicks,
     assert_eq!(clicks, 0, "a GET counts no click");
     assert_eq!(c.env.sandbox.stats().await.sessions_issued, 0);
 
-    // a person's click: one session, 303 to it
+    // a person's click: one session, 303 to it, counted under the link's campaign
+    let metric = |text: &str, series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let issued = r#"reverify_sessions_issued_total{campaign="clicks"}"#;
+    let redirected = r#"reverify_click_requests_total{result="redirected"}"#;
+    let before = reverify::telemetry::global().encode();
     let r = c.http.post(&links[0]).send().await.unwrap();
     assert_eq!(r.status(), 303);
+    let after = reverify::telemetry::global().encode();
+    assert!(metric(&after, issued) > metric(&before, issued), "{after}");
+    assert!(metric(&after, redirected) > metric(&before, redirected), "{after}");
+    assert!(metric(&after, r#"reverify_click_requests_total{result="page"}"#) >= 100.0, "the scanner's pages: {after}");
+    assert!(!after.contains(r#"campaign="click""#), "no made-up campaign label: {after}");
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(c.env.sandbox.session_urls().contains(&location), "{location}");
     let row =

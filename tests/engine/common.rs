@@ -102,7 +102,8 @@ impl Env {
             })
             .collect();
         for chunk in rows.chunks(500) {
-            self.store().user_upsert_batch(chunk, Utc::now()).await.unwrap();
+            // at the sandbox's time: a test that moves the clock imports then
+            self.store().user_upsert_batch(chunk, self.sandbox.now()).await.unwrap();
         }
     }
 

@@ -478,7 +478,8 @@ both_engines!(the_daemon_reaches_users_in_every_zone_of_a_window_campaign, |db: 
         .filter(|t| t.1 == "deferred" && t.2.as_deref() == Some("send_window") && t.3.is_some_and(|n| n <= now))
         .collect();
     assert!(overdue.is_empty(), "{overdue:?}");
-    assert_eq!(env.sandbox.stats().await.violations, 0);
+    let stats = env.sandbox.stats().await;
+    assert_eq!(stats.violations, 0, "{:?}", stats.violations_by_kind);
 });
 
 both_engines!(a_campaign_lives_from_starts_at_to_ends_at, |db: TestDb| async move {

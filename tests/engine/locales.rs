@@ -207,6 +207,6 @@ both_engines!(preview_renders_what_the_outbox_writes, |db: TestDb| async move {
     // no French line: the French template's own, not the English one
     assert_eq!(subject_in("fr"), "Subject: Merci de confirmer votre identité");
     let bad = reverify(&env).args(["campaign", "preview", "preview", "--step", "1"]).output().unwrap();
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2), "a step the campaign does not have is a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--step 1"), "{}", String::from_utf8_lossy(&bad.stderr));
 });

@@ -116,7 +116,17 @@ both_engines!(only_signed_fresh_new_events_change_anything, |db: TestDb| async m
     assert_eq!(state().await, VerificationState::Verified);
     assert_eq!(changes().await, 1);
     // the same event again (Baanx retries with a fresh signature): acknowledged, ignored
+    let metric = |text: &str, series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let dup = r#"reverify_webhook_events_total{result="duplicate"}"#;
+    let timed = "reverify_webhook_duration_seconds_count";
+    let before = reverify::telemetry::global().encode();
     assert_eq!(p.post(KEY, Utc::now().timestamp(), &good).await, (200, "duplicate".into()));
+    let after = reverify::telemetry::global().encode();
+    assert!(metric(&after, dup) > metric(&before, dup), "{after}");
+    assert!(metric(&after, timed) > metric(&before, timed), "{after}");
+    assert!(metric(&after, r#"reverify_webhook_events_total{result="applied"}"#) >= 1.0, "{after}");
     assert_eq!(changes().await, 1);
     // a late, older pending event does not undo the decision
     let late = serde_json::to_vec(&serde_json::json!({

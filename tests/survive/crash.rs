@@ -193,12 +193,4 @@ async fn crash_campaign(db: TestDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_postgres() {
-    crash_campaign(TestDb::postgres().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_sqlite() {
-    crash_campaign(TestDb::sqlite().await).await;
-}
+reverify::both_engines!(sigkill_at_random_moments, crash_campaign);

@@ -158,9 +158,8 @@ async fn slow_responses() {
 
 /// Access tokens expired under the worker (401): refreshed once, retried, notified.
 /// Suspended users (403): failed `forbidden`, no message, nothing retried.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_tokens_and_suspended_users_postgres() {
-    let mut rig = Rig::new(TestDb::postgres().await, 60, 34, Faults::default()).await;
+async fn expired_tokens_and_suspended_users(db: TestDb) {
+    let mut rig = Rig::new(db, 60, 34, Faults::default()).await;
     let smtp = SmtpServer::start();
     rig.smtp_url = Some(smtp.url());
     let w = quick_worker(&rig, &rig.settings());
@@ -246,3 +245,5 @@ async fn smtp_refused_dropped_4xx_5xx() {
         }
     }
 }
+
+reverify::postgres_only!(expired_tokens_and_suspended_users, expired_tokens_and_suspended_users);

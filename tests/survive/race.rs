@@ -124,10 +124,20 @@ async fn race(db: TestDb) {
         ),
         Counts { violations: stats.violations, ..Counts::default() },
     );
+    // what each campaign made of a user short of 3 sessions, for the failure message
+    let mut short = Vec::new();
+    for (user, n) in &wrong_sessions {
+        let mut seen = Vec::new();
+        for id in &ids {
+            let t = rig.targets(*id).await.into_iter().find(|t| &t.user_id == user);
+            seen.push(t.map(|t| format!("{}/{}", t.status, t.reason.unwrap_or_default())));
+        }
+        short.push(format!("{user}: {n} sessions, targets {seen:?}"));
+    }
     assert_eq!(stats.violations, 0, "{stats:?}");
     assert_eq!(stats.refresh_token_reuses, 0, "{stats:?}");
     assert_eq!(consent_lost, 0, "users whose consent was lost");
-    assert!(wrong_sessions.is_empty(), "users without exactly 3 sessions: {wrong_sessions:?}");
+    assert!(wrong_sessions.is_empty(), "users without exactly 3 sessions:\n{}", short.join("\n"));
     assert!(wrong_mails.is_empty(), "users without exactly 3 messages: {wrong_mails:?}");
     for (name, id) in names.iter().zip(&ids) {
         let targets = rig.targets(*id).await;

@@ -191,12 +191,4 @@ async fn secrets_stay_secret(db: TestDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_stay_secret_postgres() {
-    secrets_stay_secret(TestDb::postgres().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_stay_secret_sqlite() {
-    secrets_stay_secret(TestDb::sqlite().await).await;
-}
+reverify::both_engines!(secrets_stay_secret, secrets_stay_secret);

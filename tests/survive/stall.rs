@@ -25,8 +25,7 @@ fn signal(pid: u32, sig: &str) {
     assert!(s.success(), "kill {sig} {pid}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_worker_holds_the_fleet_up_for_a_bounded_time_postgres() {
+async fn a_frozen_worker_holds_the_fleet_up_for_a_bounded_time(db: TestDb) {
     let users = reverify::sandbox::users::generate_unverified(USERS, 17, chrono::Utc::now());
     let config = SandboxConfig {
         users: UserSource::Records(users),
@@ -35,7 +34,7 @@ async fn a_frozen_worker_holds_the_fleet_up_for_a_bounded_time_postgres() {
         refresh_reuse: RefreshReuse::RevokeFamily,
         ..SandboxConfig::default()
     };
-    let mut rig = Rig::with_sandbox(TestDb::postgres().await, config).await;
+    let mut rig = Rig::with_sandbox(db, config).await;
     let smtp = SmtpServer::start();
     rig.smtp_url = Some(smtp.url());
     let name = "stall";
@@ -110,3 +109,8 @@ async fn a_frozen_worker_holds_the_fleet_up_for_a_bounded_time_postgres() {
     assert_eq!(stats.violations_by_kind.iter().filter(|(k, _)| *k != "refresh_reuse").map(|(_, n)| n).sum::<u64>(), 0);
     assert!(d.notified + d.delivery_unknown >= USERS - 16, "{d:?}: {log}");
 }
+
+reverify::postgres_only!(
+    a_frozen_worker_holds_the_fleet_up_for_a_bounded_time,
+    a_frozen_worker_holds_the_fleet_up_for_a_bounded_time
+);
