@@ -276,6 +276,7 @@ mod tests {
         LinkRow {
             link_id: 1,
             campaign_id: 1,
+            campaign_name: "c".into(),
             user_id: "u1".into(),
             step: 0,
             expires_at: chrono::Utc::now(),
