@@ -265,7 +265,7 @@ async fn show(
         Ok(found) => found,
         Err(page) => return page,
     };
-    let expires = pages::when(link.expires_at, link.timezone.as_deref(), lang);
+    let expires = pages::when(link.expires_at, link.zone(), lang);
     respond(StatusCode::OK, &Page::Landing { expires }, lang)
 }
 
@@ -358,8 +358,8 @@ async fn make_session(s: &Clicks, link: &LinkRow, lang: Reader, now: DateTime<Ut
             return respond(StatusCode::OK, &Page::Pending, lang);
         }
         Ok(ClickReservation::Deferred { until, reason }) => {
-            let at = pages::when(until, link.timezone.as_deref(), lang);
-            let tomorrow = pages::is_another_day(now, until, link.timezone.as_deref());
+            let at = pages::when(until, link.zone(), lang);
+            let tomorrow = pages::is_another_day(now, until, link.zone());
             return respond(StatusCode::OK, &Page::NotYet { at, why: Some(reason), tomorrow }, lang);
         }
         Err(e) => {

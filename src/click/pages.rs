@@ -7,7 +7,7 @@
 //!   the contact page included; a page shown before the link is known (not
 //!   recognised, the per-address limit) is in the browser's `Accept-Language`.
 //! - A date is written by the email's formatter
-//!   ([`crate::domain::locale::format_datetime`]): the deadline a person reads in
+//!   ([`crate::domain::locale::format_datetime_in`], ICU4X): the deadline a person reads in
 //!   the email is the one the page shows, spelt the same.
 //! - The texts promise nothing the worker may not do: an expired link does not
 //!   announce a new message (reminders may be used up, the campaign over), a
@@ -20,8 +20,10 @@ use chrono_tz::Tz;
 pub use crate::domain::DeferReason;
 pub use crate::domain::locale::Lang;
 
-/// The instant as the email writes it (`Friday 27 November 2026, 16:00 CET`), in
-/// the user's zone and language; UTC when the zone is unknown.
+/// The instant as the email writes it ([`crate::domain::locale::format_datetime_in`],
+/// `Friday 27 November 2026 at 16:00 CET`), in `zone` (the user's, else the
+/// campaign's: [`crate::store::links::LinkRow::zone`]) and the reader's language; UTC
+/// when no zone is known.
 pub fn when(at: DateTime<Utc>, zone: Option<&str>, reader: impl Into<Reader>) -> Option<String> {
     let tz: Tz = zone.and_then(|z| z.trim().parse().ok()).unwrap_or(Tz::UTC);
     Some(crate::domain::locale::format_datetime_in(at, tz, reader.into().code()))
@@ -683,13 +685,13 @@ mod tests {
     #[test]
     fn dates_are_in_the_users_zone_and_language_as_the_email_writes_them() {
         let at = Utc.with_ymd_and_hms(2026, 3, 29, 8, 30, 0).unwrap();
-        assert_eq!(when(at, Some("Europe/Berlin"), Lang::De).unwrap(), "Sonntag, 29. März 2026, 10:30 MESZ");
+        assert_eq!(when(at, Some("Europe/Berlin"), Lang::De).unwrap(), "Sonntag, 29. März 2026 um 10:30 MESZ");
         assert_eq!(
             when(at, Some("America/New_York"), Reader::of(Some("en-US"))).unwrap(),
-            "Sunday, March 29, 2026, 4:30 AM EDT"
+            "Sunday, March 29, 2026 at 4:30\u{202f}AM EDT"
         );
-        assert_eq!(when(at, Some("Europe/London"), Lang::En).unwrap(), "Sunday 29 March 2026, 09:30 BST");
-        assert_eq!(when(at, Some("not/a-zone"), Lang::Es).unwrap(), "domingo, 29 de marzo de 2026, 08:30 UTC");
+        assert_eq!(when(at, Some("Europe/London"), Lang::En).unwrap(), "Sunday, 29 March 2026 at 09:30 BST");
+        assert_eq!(when(at, Some("not/a-zone"), Lang::Es).unwrap(), "domingo, 29 de marzo de 2026 a las 08:30 UTC");
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
         assert_eq!(
             when(at, Some("Europe/Berlin"), Lang::De).unwrap(),

@@ -2,15 +2,39 @@
 //! their language writes them.
 //!
 //! Decisions:
-//! - A hand table of month and day names for the seven languages we ship, not
-//!   chrono's `unstable-locales` (a large generated table, behind a feature its
-//!   authors call unstable): seven languages need 133 words. Issue 26 asked for
-//!   ICU4X (`icu` with compiled data); measured, it builds in about 35 s of CPU,
-//!   but its CLDR patterns give neither "1er décembre" nor German prepositions,
-//!   and its zone names need the IANA→BCP-47 mapping wired in. Until it replaces
-//!   this table, the hand rules cover what the issue found: French "1er", German
-//!   MEZ/MESZ, `UTC+8` for zones without an abbreviation, and the 12-hour,
-//!   month-first American form ([`format_datetime_in`]).
+//! - Dates, times and zones are written by ICU4X (`icu` 2.x with its compiled CLDR
+//!   data, the Unicode Consortium's own library): no table of ours for month or day
+//!   names, patterns, clocks or zone names. CLDR gives each locale its long date,
+//!   its clock (12-hour in American English and Latin American Spanish, 24-hour
+//!   in the other shipped locales) and its zone names: `MEZ`/`MESZ` in German,
+//!   `EST`/`EDT` in American English, and CLDR's localized offset (`GMT+8`; `UTC+1`
+//!   for Paris in French, which has only a long name for it) for a zone the
+//!   language has no short name for. One field set for every text
+//!   ([`format_datetime_in`]): weekday, day, month, year, hours and minutes, and the
+//!   zone's specific short name, in the Gregorian calendar. The email, the click
+//!   page and the dashboard call it with the same locale (see [`cldr_locale`]), so
+//!   one instant has one spelling per locale.
+//! - The zone: the IANA id (chrono-tz's `Tz`) is mapped to CLDR's zone by ICU4X's
+//!   own `IanaParser` (aliases and all); the UTC offset of the instant comes from
+//!   chrono-tz, and ICU4X reads standard or daylight time from it (its 2.x API
+//!   infers the variant from the offset and CLDR's zone offsets; a variant set by
+//!   hand is deprecated). An offset CLDR does not know for the zone is written as
+//!   a localized offset, never as a wrong name.
+//! - One post-processing step remains, for a convention CLDR does not have:
+//!   French writes the first of the month as an ordinal, "1er décembre" (CLDR's
+//!   French patterns give "1 décembre"). Italian elisions ("all'8") are the
+//!   templates' text: the shipped Italian texts put the date after "fino a" and
+//!   "scade", and the date starts with its weekday ("fino a martedì 8 dicembre"),
+//!   which needs no article.
+//! - CLDR writes the American clock with a narrow no-break space before AM/PM
+//!   ("8:35\u{202f}PM"); kept, as it keeps the time on one line.
+//! - Cost, measured on the shared 2-core build machine (the README's "Dates"): the
+//!   31 crates `icu` adds build in about 45–50 s of CPU in the debug profile (157 of
+//!   the 851 unit-seconds of `cargo build -p icu --timings`, whose closure used 254 s
+//!   of user CPU); `icu` pulls every ICU4X component and its data crate (collation,
+//!   segmentation and the rest are compiled but unused, and the linker drops them).
+//!   A call takes about 36 µs in a debug build: the formatter is built per call.
+//!   The release binary's size was not measured.
 //! - A locale tag is matched without regard to case and with `_` read as `-`
 //!   (`de_at` is `de-AT`); the fallback chain is the exact tag, then its regional
 //!   group (`es-MX` → `es-419`, `en-PR` → `en-US`), then its language, then the
@@ -20,8 +44,14 @@
 //!   `pt` got their own variant, which is no fallback; a `pt-BR` reader served `pt`
 //!   is one.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Datelike, Offset, Timelike, Utc};
 use chrono_tz::Tz;
+use icu::calendar::{Date, Gregorian};
+use icu::datetime::FixedCalendarDateTimeFormatter;
+use icu::datetime::fieldsets::{self, Combo, zone};
+use icu::datetime::input::{Time, UtcOffset, ZonedDateTime};
+use icu::locale::Locale;
+use icu::time::zone::{IanaParser, ZoneNameTimestamp};
 
 /// The languages the pages are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,128 +93,9 @@ impl Lang {
             Lang::Pt => "pt",
         }
     }
-
-    /// The month names, January first.
-    pub fn months(self) -> [&'static str; 12] {
-        match self {
-            Lang::En => [
-                "January",
-                "February",
-                "March",
-                "April",
-                "May",
-                "June",
-                "July",
-                "August",
-                "September",
-                "October",
-                "November",
-                "December",
-            ],
-            Lang::De => [
-                "Januar",
-                "Februar",
-                "März",
-                "April",
-                "Mai",
-                "Juni",
-                "Juli",
-                "August",
-                "September",
-                "Oktober",
-                "November",
-                "Dezember",
-            ],
-            Lang::Fr => [
-                "janvier",
-                "février",
-                "mars",
-                "avril",
-                "mai",
-                "juin",
-                "juillet",
-                "août",
-                "septembre",
-                "octobre",
-                "novembre",
-                "décembre",
-            ],
-            Lang::Es => [
-                "enero",
-                "febrero",
-                "marzo",
-                "abril",
-                "mayo",
-                "junio",
-                "julio",
-                "agosto",
-                "septiembre",
-                "octubre",
-                "noviembre",
-                "diciembre",
-            ],
-            Lang::It => [
-                "gennaio",
-                "febbraio",
-                "marzo",
-                "aprile",
-                "maggio",
-                "giugno",
-                "luglio",
-                "agosto",
-                "settembre",
-                "ottobre",
-                "novembre",
-                "dicembre",
-            ],
-            Lang::Nl => [
-                "januari",
-                "februari",
-                "maart",
-                "april",
-                "mei",
-                "juni",
-                "juli",
-                "augustus",
-                "september",
-                "oktober",
-                "november",
-                "december",
-            ],
-            Lang::Pt => [
-                "janeiro",
-                "fevereiro",
-                "março",
-                "abril",
-                "maio",
-                "junho",
-                "julho",
-                "agosto",
-                "setembro",
-                "outubro",
-                "novembro",
-                "dezembro",
-            ],
-        }
-    }
 }
 
 impl Lang {
-    /// The day names, Monday first.
-    pub fn weekdays(self) -> [&'static str; 7] {
-        match self {
-            Lang::En => ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
-            Lang::De => ["Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"],
-            Lang::Fr => ["lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche"],
-            Lang::Es => ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"],
-            Lang::It => ["lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica"],
-            Lang::Nl => ["maandag", "dinsdag", "woensdag", "donderdag", "vrijdag", "zaterdag", "zondag"],
-            Lang::Pt => {
-                ["segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira", "sábado", "domingo"]
-            }
-        }
-    }
-
     /// The language of a translation's locale tag when it is one of ours (`pt-BR` →
     /// Portuguese), else `None`.
     pub fn known(locale: &str) -> Option<Lang> {
@@ -193,70 +104,96 @@ impl Lang {
     }
 }
 
-/// An instant written in `lang`, in `tz`, with the day of the week and the zone's
-/// abbreviation: `Friday 27 November 2026, 10:00 EST`, `Freitag, 27. November 2026,
-/// 16:00 CET`, `vendredi 27 novembre 2026 à 16:00 CET`.
+/// The CLDR formatter of every date we write: weekday, day, month and year in the
+/// locale's long form, hours and minutes on the locale's clock, and the zone's
+/// specific short name (`MEZ`, `EST`, or a localized offset `GMT+8`).
+type Formatter = FixedCalendarDateTimeFormatter<Gregorian, Combo<fieldsets::YMDET, zone::SpecificShort>>;
+
+/// An instant written in `lang` (its home region's variant: British English,
+/// Portugal's Portuguese, Spain's Spanish), in `tz`: `Friday 27 November 2026 at
+/// 10:00 EST`, `Freitag, 27. November 2026 um 16:00 MEZ`. See [`format_datetime_in`].
 pub fn format_datetime(at: DateTime<Utc>, tz: Tz, lang: Lang) -> String {
-    let local = at.with_timezone(&tz);
-    let day = lang.weekdays()[local.weekday().num_days_from_monday() as usize];
-    let month = lang.months()[local.month0() as usize];
-    let (d, y) = (local.day(), local.year());
-    let time = format!("{:02}:{:02} {}", local.hour(), local.minute(), zone_label(&local, lang));
-    // French writes the first of the month as an ordinal: "1er décembre"
-    let d = if lang == Lang::Fr && d == 1 { "1er".to_owned() } else { d.to_string() };
-    match lang {
-        Lang::En => format!("{day} {d} {month} {y}, {time}"),
-        Lang::De => format!("{day}, {d}. {month} {y}, {time}"),
-        Lang::Fr => format!("{day} {d} {month} {y} à {time}"),
-        Lang::Es => format!("{day}, {d} de {month} de {y}, {time}"),
-        Lang::It => format!("{day} {d} {month} {y}, ore {time}"),
-        Lang::Nl => format!("{day} {d} {month} {y}, {time}"),
-        Lang::Pt => format!("{day}, {d} de {month} de {y}, {time}"),
-    }
+    format_datetime_in(at, tz, lang.code())
 }
 
-/// [`format_datetime`] for a text in the locale `tag`: American English (`en-US`
-/// and the regions that fall to it) writes the month first and a 12-hour clock,
-/// `Friday, November 27, 2026, 10:00 AM EST`; every other tag its language's way.
+/// An instant written for a text in the locale `tag`, in `tz`, by ICU4X from CLDR:
+/// the long date with the weekday, the time on the locale's clock (12-hour in
+/// American English, `Tuesday, December 1, 2026 at 8:35 PM EST`; 24-hour elsewhere)
+/// and the zone's specific short name in that language (`MEZ`/`MESZ` in German),
+/// or CLDR's localized offset where the language has none (`GMT+8`, `UTC-3` in French).
+///
+/// The tag is read as the templates and the pages read it ([`cldr_locale`]), so the
+/// email, the click page and the dashboard write one instant one way. One step is
+/// ours, not CLDR's: French writes the first of the month as an ordinal, `1er`.
 pub fn format_datetime_in(at: DateTime<Utc>, tz: Tz, tag: &str) -> String {
-    let us = normalize(tag).is_some_and(|t| t == "en-US" || regional_group(&t).as_deref() == Some("en-US"));
-    if !us {
-        return format_datetime(at, tz, Lang::of(Some(tag)));
-    }
+    let cldr = cldr_locale(tag);
     let local = at.with_timezone(&tz);
-    let lang = Lang::En;
-    let day = lang.weekdays()[local.weekday().num_days_from_monday() as usize];
-    let month = lang.months()[local.month0() as usize];
-    let (pm, hour) = local.hour12();
-    format!(
-        "{day}, {month} {}, {}, {hour}:{:02} {} {}",
-        local.day(),
-        local.year(),
-        local.minute(),
-        if pm { "PM" } else { "AM" },
-        zone_label(&local, lang)
-    )
+    let text = icu_format(&local, tz, &cldr).unwrap_or_else(|| {
+        // unreachable with compiled data (every locale falls back to root); kept
+        // so that a date is never lost
+        format!("{} {}", local.format("%Y-%m-%d %H:%M"), tz.name())
+    });
+    if language_of(&cldr) == "fr" && local.day() == 1 { french_first_of_month(&text) } else { text }
 }
 
-/// The zone as a reader of `lang` knows it: its abbreviation (German's own for
-/// Central Europe, MEZ and MESZ), or `UTC+8`, `UTC-3`, `UTC+5:30` where the zone
-/// has none (tz data writes those as `+08`, `-03`, `+0530`).
-fn zone_label(local: &DateTime<Tz>, lang: Lang) -> String {
-    let abbr = local.format("%Z").to_string();
-    match (lang, abbr.as_str()) {
-        (Lang::De, "CET") => return "MEZ".to_owned(),
-        (Lang::De, "CEST") => return "MESZ".to_owned(),
-        _ => {}
+/// The CLDR locale a text in `tag` is dated in: the regional variant of the
+/// language we write texts in (`en-US`, `es-419`, `pt-BR`: the tag itself or its
+/// regional group, `en-PR` → `en-US`, `es-MX` → `es-419`), else the language's home
+/// region (`en`, `en-GB`, `en-IE` → `en-GB`; `de`, `de-CH` → `de-DE`; `pt` →
+/// `pt-PT`), as that language's own texts are written for it ([`home_region`]). A
+/// language we do not ship is written as the English texts are, `en-GB`.
+///
+/// So the user's own tag, the template's locale the email used and the page's
+/// reader give one CLDR locale, and one spelling of an instant.
+pub fn cldr_locale(tag: &str) -> String {
+    const VARIANTS: [&str; 3] = ["en-US", "es-419", "pt-BR"];
+    let Some(tag) = normalize(tag) else { return "en-GB".to_owned() };
+    if Lang::known(&tag).is_none() {
+        return "en-GB".to_owned();
     }
-    let Some(sign) = abbr.chars().next().filter(|c| *c == '+' || *c == '-') else { return abbr };
-    let digits = &abbr[1..];
-    let (h, m) = digits.split_at(digits.len().min(2));
-    let hours = h.trim_start_matches('0');
-    let hours = if hours.is_empty() { "0" } else { hours };
-    match m.trim_start_matches('0') {
-        "" => format!("UTC{sign}{hours}"),
-        _ => format!("UTC{sign}{hours}:{m}"),
+    if let Some(v) = VARIANTS.iter().find(|v| **v == tag || regional_group(&tag).as_deref() == Some(**v)) {
+        return (*v).to_owned();
     }
+    let lang = language_of(&tag);
+    match home_region(&lang) {
+        Some(region) => format!("{lang}-{region}"),
+        None => "en-GB".to_owned(),
+    }
+}
+
+/// ICU4X's text for the local time `local` in `tz`, in the CLDR locale `cldr`.
+fn icu_format(local: &DateTime<Tz>, tz: Tz, cldr: &str) -> Option<String> {
+    let locale = Locale::try_from_str(cldr).ok()?;
+    let formatter =
+        Formatter::try_new((&locale).into(), fieldsets::YMDE::long().with_time_hm().with_zone(zone::SpecificShort))
+            .ok()?;
+    let date = Date::try_new_gregorian(local.year(), local.month() as u8, local.day() as u8).ok()?;
+    let time = Time::try_new(local.hour() as u8, local.minute() as u8, local.second().min(59) as u8, 0).ok()?;
+    // the zone: CLDR's identity for the IANA id (ICU4X's own parser, aliases
+    // included), at the offset tz data gives for this instant; ICU4X reads standard
+    // or daylight time from that offset and the zone's CLDR offsets, and writes a
+    // localized offset when the offset matches neither
+    let offset = UtcOffset::try_from_seconds(local.offset().fix().local_minus_utc()).ok()?;
+    let zone = IanaParser::new()
+        .parse(tz.name())
+        .with_offset(Some(offset))
+        .with_zone_name_timestamp(ZoneNameTimestamp::from_epoch_seconds(local.timestamp()));
+    Some(formatter.format(&ZonedDateTime { date, time, zone }).to_string())
+}
+
+/// `1er` for the day in a French date of the first of the month: CLDR's French
+/// patterns write the day as a number (`mardi 1 décembre 2026`), French typography
+/// an ordinal (`mardi 1er décembre 2026`). The day is the first number in the text
+/// (the weekday before it is a word), so the `1` that starts the first run of
+/// digits is it.
+fn french_first_of_month(text: &str) -> String {
+    let Some(start) = text.find(|c: char| c.is_ascii_digit()) else { return text.to_owned() };
+    let rest = &text[start..];
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    if &rest[..digits] != "1" {
+        return text.to_owned();
+    }
+    format!("{}1er{}", &text[..start], &rest[1..])
 }
 
 /// A locale tag in its usual spelling: `de_at` → `de-AT`, `EN` → `en`. `None` when it
@@ -378,47 +315,115 @@ mod tests {
         assert_eq!(fallback_chain(Some("pt-BR"), "en"), ["pt-BR", "pt", "en"]);
     }
 
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn tz(name: &str) -> Tz {
+        name.parse().unwrap()
+    }
+
+    /// CLDR's American clock: a narrow no-break space before AM and PM.
+    const NNBSP: char = '\u{202f}';
+
     #[test]
-    fn dates_use_the_languages_names_in_the_zone() {
-        let at = DateTime::parse_from_rfc3339("2026-11-27T15:00:00Z").unwrap().with_timezone(&Utc);
-        let ny: Tz = "America/New_York".parse().unwrap();
-        let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        assert_eq!(format_datetime(at, ny, Lang::En), "Friday 27 November 2026, 10:00 EST");
-        assert_eq!(format_datetime(at, berlin, Lang::De), "Freitag, 27. November 2026, 16:00 MEZ");
-        assert_eq!(format_datetime(at, berlin, Lang::Fr), "vendredi 27 novembre 2026 à 16:00 CET");
-        assert_eq!(format_datetime(at, berlin, Lang::Pt), "sexta-feira, 27 de novembro de 2026, 16:00 CET");
-        // 01:00 in Tokyo is already Saturday
-        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
-        assert!(format_datetime(at, tokyo, Lang::It).starts_with("sabato 28 novembre 2026, ore 00:00"));
+    fn each_shipped_locale_gets_cldrs_long_date_its_clock_and_its_zone_name() {
+        // 01:35 UTC on 2 December is 20:35 on 1 December in New York
+        let winter = at("2026-12-02T01:35:00Z");
+        let ny = tz("America/New_York");
+        assert_eq!(format_datetime_in(winter, ny, "en-US"), format!("Tuesday, December 1, 2026 at 8:35{NNBSP}PM EST"));
+        // the regions that fall to en-US read it the same way
+        assert_eq!(format_datetime_in(winter, ny, "en-PR"), format_datetime_in(winter, ny, "en-US"));
+        let summer = at("2026-07-08T12:00:00Z");
+        assert_eq!(format_datetime_in(summer, ny, "en-US"), format!("Wednesday, July 8, 2026 at 8:00{NNBSP}AM EDT"));
+        // British English: 24 hours; CLDR's en-GB names no American zone
+        assert_eq!(format_datetime_in(winter, ny, "en-GB"), "Tuesday, 1 December 2026 at 20:35 GMT-5");
+        assert_eq!(format_datetime_in(summer, tz("Europe/London"), "en"), "Wednesday, 8 July 2026 at 13:00 BST");
+        assert_eq!(format_datetime_in(winter, tz("Europe/Berlin"), "en-GB"), "Wednesday, 2 December 2026 at 02:35 CET");
+        // German: MEZ in winter, MESZ in summer
+        let berlin = tz("Europe/Berlin");
+        assert_eq!(format_datetime_in(winter, berlin, "de-DE"), "Mittwoch, 2. Dezember 2026 um 02:35 MEZ");
+        assert_eq!(format_datetime_in(summer, berlin, "de"), "Mittwoch, 8. Juli 2026 um 14:00 MESZ");
+        assert_eq!(format_datetime_in(summer, tz("Europe/Vienna"), "de-AT"), "Mittwoch, 8. Juli 2026 um 14:00 MESZ");
+        // French: 1er for the first of the month (ours), CLDR's offset for a zone
+        // French has no short name for
+        let paris = tz("Europe/Paris");
+        let first = at("2026-12-01T09:00:00Z");
+        assert_eq!(format_datetime_in(first, paris, "fr"), "mardi 1er décembre 2026 à 10:00 UTC+1");
+        assert_eq!(format_datetime_in(winter, paris, "fr-FR"), "mercredi 2 décembre 2026 à 02:35 UTC+1");
+        assert_eq!(format_datetime_in(summer, paris, "fr"), "mercredi 8 juillet 2026 à 14:00 UTC+2");
+        assert_eq!(
+            format_datetime(at("2026-11-11T09:00:00Z"), paris, Lang::Fr),
+            "mercredi 11 novembre 2026 à 10:00 UTC+1"
+        );
+        assert_eq!(
+            format_datetime(at("2026-11-21T09:00:00Z"), paris, Lang::Fr),
+            "samedi 21 novembre 2026 à 10:00 UTC+1"
+        );
+        // Italian, Spanish, Dutch: 24 hours and CET/CEST
+        assert_eq!(format_datetime_in(first, tz("Europe/Rome"), "it"), "martedì 1 dicembre 2026 alle ore 10:00 CET");
+        assert_eq!(
+            format_datetime_in(summer, tz("Europe/Madrid"), "es-ES"),
+            "miércoles, 8 de julio de 2026 a las 14:00 CEST"
+        );
+        assert_eq!(format_datetime_in(first, tz("Europe/Amsterdam"), "nl"), "dinsdag 1 december 2026 om 10:00 CET");
+        // Latin American Spanish: CLDR's es-419 clock is 12-hour
+        assert_eq!(
+            format_datetime_in(winter, tz("America/Mexico_City"), "es-MX"),
+            format!("martes, 1 de diciembre de 2026 a las 7:35{NNBSP}p.m. GMT-6")
+        );
+        // Portuguese: Brazil's and Portugal's own forms and zone names
+        assert_eq!(
+            format_datetime_in(winter, tz("America/Sao_Paulo"), "pt-BR"),
+            "terça-feira, 1 de dezembro de 2026 às 22:35 BRT"
+        );
+        assert_eq!(format_datetime_in(first, tz("Europe/Lisbon"), "pt"), "terça-feira, 1/12/2026 às 09:00 WET");
+        assert_eq!(format_datetime_in(summer, tz("Europe/Lisbon"), "pt-PT"), "quarta-feira, 8/07/2026 às 13:00 WEST");
     }
 
     #[test]
-    fn each_reader_gets_their_way_of_writing_a_time() {
-        let at = DateTime::parse_from_rfc3339("2026-12-02T01:35:00Z").unwrap().with_timezone(&Utc);
-        let ny: Tz = "America/New_York".parse().unwrap();
-        assert_eq!(format_datetime_in(at, ny, "en-US"), "Tuesday, December 1, 2026, 8:35 PM EST");
-        assert_eq!(format_datetime_in(at, ny, "en-PR"), "Tuesday, December 1, 2026, 8:35 PM EST");
-        assert_eq!(format_datetime_in(at, ny, "en-GB"), "Tuesday 1 December 2026, 20:35 EST");
-        let paris: Tz = "Europe/Paris".parse().unwrap();
-        assert_eq!(format_datetime_in(at, paris, "fr-FR"), "mercredi 2 décembre 2026 à 02:35 CET");
-        let first = DateTime::parse_from_rfc3339("2026-12-01T09:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(format_datetime(first, paris, Lang::Fr), "mardi 1er décembre 2026 à 10:00 CET");
-        let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        let summer = DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(format_datetime(summer, berlin, Lang::De), "Mittwoch, 1. Juli 2026, 14:00 MESZ");
-        // zones without an abbreviation are written as an offset from UTC
-        let sg: Tz = "Asia/Singapore".parse().unwrap();
-        assert!(
-            format_datetime(first, sg, Lang::En).ends_with("17:00 UTC+8"),
-            "{}",
-            format_datetime(first, sg, Lang::En)
+    fn a_zone_without_a_cldr_name_is_written_as_a_localized_offset() {
+        let first = at("2026-12-01T09:00:00Z");
+        let sg = tz("Asia/Singapore");
+        assert_eq!(format_datetime_in(first, sg, "en"), "Tuesday, 1 December 2026 at 17:00 GMT+8");
+        assert_eq!(format_datetime_in(first, sg, "de"), "Dienstag, 1. Dezember 2026 um 17:00 GMT+8");
+        assert_eq!(format_datetime_in(first, tz("Asia/Kathmandu"), "fr"), "mardi 1er décembre 2026 à 14:45 UTC+5:45");
+        assert_eq!(format_datetime_in(first, tz("Asia/Kolkata"), "en"), "Tuesday, 1 December 2026 at 14:30 GMT+5:30");
+        assert_eq!(format_datetime_in(first, Tz::UTC, "de"), "Dienstag, 1. Dezember 2026 um 09:00 UTC");
+        // an IANA alias is CLDR's zone all the same
+        assert_eq!(
+            format_datetime_in(first, tz("Asia/Calcutta"), "en"),
+            format_datetime_in(first, tz("Asia/Kolkata"), "en")
         );
-        let sp: Tz = "America/Sao_Paulo".parse().unwrap();
-        assert!(format_datetime(first, sp, Lang::Pt).ends_with("06:00 UTC-3"));
-        let kolkata: Tz = "Asia/Kolkata".parse().unwrap();
-        assert!(format_datetime(first, kolkata, Lang::En).ends_with("14:30 IST"));
-        let kathmandu: Tz = "Asia/Kathmandu".parse().unwrap();
-        assert!(format_datetime(first, kathmandu, Lang::En).ends_with("14:45 UTC+5:45"));
+    }
+
+    #[test]
+    fn the_users_tag_the_templates_locale_and_the_pages_reader_give_one_spelling() {
+        assert_eq!(cldr_locale("en"), "en-GB");
+        assert_eq!(cldr_locale("en-IE"), "en-GB");
+        assert_eq!(cldr_locale("en_us"), "en-US");
+        assert_eq!(cldr_locale("en-VI"), "en-US");
+        assert_eq!(cldr_locale("de-CH"), "de-DE");
+        assert_eq!(cldr_locale("es-MX"), "es-419");
+        assert_eq!(cldr_locale("es"), "es-ES");
+        assert_eq!(cldr_locale("pt"), "pt-PT");
+        assert_eq!(cldr_locale("pt-BR"), "pt-BR");
+        assert_eq!(cldr_locale("xx-YY"), "en-GB");
+        assert_eq!(cldr_locale("not a tag!"), "en-GB");
+        let at = at("2026-12-01T09:00:00Z");
+        let berlin = tz("Europe/Berlin");
+        assert_eq!(format_datetime_in(at, berlin, "de-CH"), format_datetime(at, berlin, Lang::De));
+        assert_eq!(format_datetime_in(at, berlin, "xx-YY"), format_datetime(at, berlin, Lang::En));
+    }
+
+    #[test]
+    fn french_ordinal_touches_only_the_day() {
+        assert_eq!(
+            french_first_of_month("mardi 1 décembre 2026 à 10:00 UTC+1"),
+            "mardi 1er décembre 2026 à 10:00 UTC+1"
+        );
+        assert_eq!(french_first_of_month("mardi 11 décembre"), "mardi 11 décembre");
+        assert_eq!(french_first_of_month("sans date"), "sans date");
     }
 
     #[test]

@@ -53,10 +53,25 @@ pub struct LinkRow {
     pub region: String,
     pub locale: Option<String>,
     pub timezone: Option<String>,
+    /// The campaign's `timezone`: the page's dates are written in it when the
+    /// user's zone is missing or unknown, as the email's and the send window's are.
+    pub campaign_timezone: Option<String>,
     /// When the user's state was last confirmed.
     pub state_confirmed_at: Option<DateTime<Utc>>,
     /// The campaign's `fresh_state_max_age` when the link was sent.
     pub fresh_state_max_age: Option<std::time::Duration>,
+}
+
+impl LinkRow {
+    /// The zone the link's pages write dates in: the user's, else the campaign's
+    /// when the user's is missing or not an IANA zone (the email's rule,
+    /// `notify::template::zone_of`); `None` (UTC) when neither is known.
+    pub fn zone(&self) -> Option<&str> {
+        fn known(z: Option<&str>) -> Option<&str> {
+            z.filter(|z| z.trim().parse::<chrono_tz::Tz>().is_ok())
+        }
+        known(self.timezone.as_deref()).or_else(|| known(self.campaign_timezone.as_deref()))
+    }
 }
 
 impl Store {
@@ -69,7 +84,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT l.link_id, l.campaign_id, l.user_id, l.step, l.expires_at, l.revoked_at, \
                l.fresh_state_max_age_ms, u.region, u.locale, u.timezone, u.state_confirmed_at, \
-               c.name AS campaign_name \
+               c.timezone AS campaign_timezone, c.name AS campaign_name \
              FROM verification_links l JOIN users u ON u.user_id = l.user_id \
              JOIN campaigns c ON c.campaign_id = l.campaign_id WHERE l.token_hash = $1",
         )
@@ -90,6 +105,7 @@ impl Store {
             region: r.try_get("region").map_err(get)?,
             locale: r.try_get("locale").map_err(get)?,
             timezone: r.try_get("timezone").map_err(get)?,
+            campaign_timezone: r.try_get("campaign_timezone").map_err(get)?,
             state_confirmed_at: r.try_get::<Option<i64>, _>("state_confirmed_at").map_err(get)?.map(from_millis),
             fresh_state_max_age: r
                 .try_get::<Option<i64>, _>("fresh_state_max_age_ms")
@@ -250,4 +266,35 @@ pub(crate) async fn link_click_take_in_tx(
     .and_then(|r| r.try_get("session_started_at"))
     .map_err(query_err("link_click_start"))?;
     Ok(Some(from_millis(since.unwrap_or(now_ms))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkRow;
+
+    fn row(user: Option<&str>, campaign: Option<&str>) -> LinkRow {
+        LinkRow {
+            link_id: 1,
+            campaign_id: 1,
+            campaign_name: "c".into(),
+            user_id: "u1".into(),
+            step: 0,
+            expires_at: chrono::Utc::now(),
+            revoked: false,
+            region: "eu".into(),
+            locale: Some("de-DE".into()),
+            timezone: user.map(Into::into),
+            campaign_timezone: campaign.map(Into::into),
+            state_confirmed_at: None,
+            fresh_state_max_age: None,
+        }
+    }
+
+    #[test]
+    fn a_page_without_the_users_zone_is_dated_in_the_campaigns() {
+        assert_eq!(row(Some("Asia/Tokyo"), Some("Europe/Berlin")).zone(), Some("Asia/Tokyo"));
+        assert_eq!(row(None, Some("Europe/Berlin")).zone(), Some("Europe/Berlin"));
+        assert_eq!(row(Some("not/a zone"), Some("Europe/Berlin")).zone(), Some("Europe/Berlin"));
+        assert_eq!(row(None, None).zone(), None);
+    }
 }

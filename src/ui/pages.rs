@@ -474,12 +474,21 @@ pub fn user(v: &Viewer, uv: &UserView) -> String {
 
     // one timeline: the ledger's sessions and the audit trail's events, newest first
     let mut timeline: Vec<(DateTime<Utc>, String, String, String)> = Vec::new();
+    // the expiry as the user read it in the email and on the page (the one
+    // formatter, in their locale and zone), when their zone is known
+    let zone = u.timezone.as_deref().and_then(|z| z.trim().parse::<chrono_tz::Tz>().ok());
+    let as_read = |at| {
+        zone.map_or_else(String::new, |tz| {
+            let tag = u.locale.as_deref().unwrap_or("en");
+            format!(" ({})", crate::domain::locale::format_datetime_in(at, tz, tag))
+        })
+    };
     for s in &uv.sessions {
         timeline.push((
             s.reserved_at,
             format!("session {}", s.status),
             s.campaign.clone().unwrap_or_default(),
-            format!("step {}; expires {}", s.step, time(Some(s.expires_at))),
+            format!("step {}; expires {}{}", s.step, time(Some(s.expires_at)), as_read(s.expires_at)),
         ));
     }
     for e in &uv.events {
