@@ -454,6 +454,16 @@ both_engines!(the_daemon_reaches_users_in_every_zone_of_a_window_campaign, |db: 
     let (stop, task) = daemon(&env, &clock, true);
     clock.set(tick + chrono::Duration::seconds(30));
     until("the tick's London users", || async { notified_in(c.campaign_id, "Europe/London").await.0 > 0 }).await;
+    // both tick runs have settled every user (notified, or deferred to the window)
+    // before the clock moves: a run still going would read its users at the new time
+    let settled = |id: i64| {
+        let env = &env;
+        async move {
+            let all = targets(env, id).await;
+            !all.is_empty() && all.iter().all(|t| t.1 != "pending" && t.1 != "claimed")
+        }
+    };
+    until("the tick runs to settle", || async { settled(c.campaign_id).await && settled(off.campaign_id).await }).await;
     // Los Angeles opens at 17:00 UTC, Tokyo at 00:00 UTC the next day
     for (open, zone) in [("2026-11-27T17:00:05Z", "America/Los_Angeles"), ("2026-11-28T00:00:05Z", "Asia/Tokyo")] {
         let (n, _) = notified_in(c.campaign_id, zone).await;
