@@ -132,3 +132,38 @@ impl Env {
         v
     }
 }
+
+/// A Baanx webhook receiver of `store`'s, over real HTTP, and a sender that signs
+/// each post as Baanx does.
+pub struct WebhookReceiver {
+    addr: std::net::SocketAddr,
+    key: &'static str,
+}
+
+impl WebhookReceiver {
+    /// Serves `POST /webhooks/baanx` for `store`, verifying with `key`.
+    pub async fn start(store: &Store, key: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = reverify::webhooks::webhook_router(store.clone(), Secret::new(key));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { addr, key }
+    }
+
+    /// Posts `body` signed now; the answer's status.
+    pub async fn post(&self, body: Vec<u8>) -> u16 {
+        let ts = Utc::now().timestamp().to_string();
+        let sig = reverify::sandbox::signature(self.key.as_bytes(), &ts, &body);
+        reqwest::Client::new()
+            .post(format!("http://{}/webhooks/baanx", self.addr))
+            .header("content-type", "application/json")
+            .header("X-Timestamp", ts)
+            .header("X-Signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}

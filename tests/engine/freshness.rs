@@ -8,7 +8,6 @@ use chrono::{DateTime, Duration, Utc};
 use reverify::Secret;
 use reverify::both_engines;
 use reverify::domain::VerificationState;
-use reverify::sandbox::signature;
 use reverify::sandbox::{SandboxConfig, UserSource};
 use reverify::store::outcomes::{StateApplied, StateSource};
 use reverify::store::testing::TestDb;
@@ -34,10 +33,6 @@ async fn requests(env: &Env) -> (u64, u64, u64) {
 /// Posts a signed `kyc.status.changed` for `user` to a webhook receiver of `env`'s
 /// store, over HTTP; the answer's status.
 async fn webhook(env: &Env, event_id: &str, user: &str, status: &str, occurred_at: DateTime<Utc>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = reverify::webhooks::webhook_router(env.store().clone(), Secret::new(KEY));
-    tokio::spawn(async move { axum::serve(listener, router).await });
     let body = serde_json::to_vec(&serde_json::json!({
         "api_version": "v1", "event_id": event_id, "event_category": "kyc",
         "event_type": "kyc.status.changed", "user_id": user, "event_object_id": "kyc-1",
@@ -46,19 +41,7 @@ async fn webhook(env: &Env, event_id: &str, user: &str, status: &str, occurred_a
         "occurred_at": occurred_at.to_rfc3339(),
     }))
     .unwrap();
-    let ts = Utc::now().timestamp().to_string();
-    let sig = signature(KEY.as_bytes(), &ts, &body);
-    reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/baanx"))
-        .header("content-type", "application/json")
-        .header("X-Timestamp", ts)
-        .header("X-Signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    crate::common::WebhookReceiver::start(env.store(), KEY).await.post(body).await
 }
 
 /// (state, state_source, state_confirmed_at) as stored.

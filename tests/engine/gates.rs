@@ -6,12 +6,11 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use reverify::Secret;
 use reverify::both_engines;
 use reverify::domain::VerificationState;
 use reverify::engine::Progress;
 use reverify::notify::testing::{Fault, SmtpServer};
-use reverify::sandbox::{SandboxConfig, UserSource, signature};
+use reverify::sandbox::{SandboxConfig, UserSource};
 use reverify::store::campaigns::{CampaignStatus, StatusChange};
 use reverify::store::testing::TestDb;
 use sqlx::Row;
@@ -148,25 +147,8 @@ both_engines!(final_rejections_and_spent_attempts_are_not_invited, |db: TestDb| 
     let env = Env::new(db, 40).await;
     let store = env.store().clone();
     let key = "whsec_gates_receiver";
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = reverify::webhooks::webhook_router(store.clone(), Secret::new(key));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    let post = |body: Vec<u8>| async move {
-        let ts = Utc::now().timestamp().to_string();
-        let sig = signature(key.as_bytes(), &ts, &body);
-        reqwest::Client::new()
-            .post(format!("http://{addr}/webhooks/baanx"))
-            .header("content-type", "application/json")
-            .header("X-Timestamp", ts)
-            .header("X-Signature", sig)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let receiver = crate::common::WebhookReceiver::start(&store, key).await;
+    let post = |body: Vec<u8>| receiver.post(body);
     let mut unverified = env
         .sandbox
         .users()
