@@ -6,6 +6,7 @@
 //! then `engine` and `schedule` on top.
 
 pub mod baanx;
+pub mod bounces;
 pub mod click;
 pub mod config;
 pub mod crypto;

@@ -3,6 +3,7 @@
 //! file or a connection; time comes in through [`Clock`] so that every rule can be
 //! tested at its boundaries.
 
+pub mod bounce;
 pub mod clock;
 pub mod endpoint;
 pub mod freshness;

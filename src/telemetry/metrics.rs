@@ -102,12 +102,42 @@ pub const WEBHOOK_RESULTS: [&str; 5] = ["applied", "duplicate", "ignored", "unkn
 /// (`reverify_delivery_attempts_total`).
 pub const DELIVERY_CHANNELS: [&str; 3] = ["smtp", "outbox", "webhook"];
 pub const DELIVERY_RESULTS: [&str; 5] = ["ok", "transient", "permanent", "unknown", "error"];
+/// The bounce intakes (`reverify_bounce_rejected_total{source}`).
+pub const BOUNCE_SOURCES: [&str; 4] = ["ses", "sendgrid", "postmark", "mailbox"];
+/// Why a bounce report was refused or ignored (`reverify_bounce_rejected_total{reason}`):
+/// a bad signature or credentials, a certificate from outside the SNS hosts, a
+/// replayed or stale post, a body over the limit, a report that does not parse, a
+/// token no key of ours made, a message nobody sent.
+pub const BOUNCE_REJECTIONS: [&str; 8] = [
+    "bad_signature",
+    "bad_certificate",
+    "stale_timestamp",
+    "too_large",
+    "malformed",
+    "unknown_token",
+    "unmatched",
+    "duplicate",
+];
+/// What a bounce does (`reverify_bounces_total{kind}`).
+pub const BOUNCE_KINDS: [&str; 4] = ["hard", "soft", "complaint", "unknown"];
 /// What a click-through request came to (`reverify_click_requests_total`).
 pub const CLICK_RESULTS: [&str; 5] = ["redirected", "page", "not_found", "limited", "error"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceReasonLabels {
+    source: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    campaign: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,6 +185,9 @@ pub struct Metrics {
     run_duration: Family<CampaignLabels, Histogram>,
     last_success: Family<CampaignLabels, Gauge<f64, AtomicU64>>,
     webhook_rejected: Family<ReasonLabels, Counter>,
+    bounce_rejected: Family<SourceReasonLabels, Counter>,
+    bounces: Family<KindLabels, Counter>,
+    bounce_mailbox_up: Gauge,
     locale_fallbacks: Family<FallbackLabels, Counter>,
     timezone_fallbacks: Family<CampaignLabels, Counter>,
     campaign_halted: Family<CampaignLabels, Gauge>,
@@ -294,6 +327,28 @@ impl Metrics {
              unreadable, malformed, unknown_status)",
             webhook_rejected.clone(),
         );
+        let bounce_rejected = Family::<SourceReasonLabels, Counter>::default();
+        registry.register(
+            "bounce_rejected",
+            "Bounce reports refused or ignored, by intake (ses, sendgrid, postmark, mailbox) and reason \
+             (bad_signature, bad_certificate, stale_timestamp, too_large, malformed, unknown_token, unmatched, \
+             duplicate)",
+            bounce_rejected.clone(),
+        );
+        let bounces = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "bounces",
+            "Bounces and complaints recorded against a campaign's messages, by kind (hard, soft, complaint, \
+             unknown); a report delivered twice counts once",
+            bounces.clone(),
+        );
+        let bounce_mailbox_up = Gauge::default();
+        registry.register(
+            "bounce_mailbox_up",
+            "1 while the last poll of bounce_mailbox worked, 0 while it is failing (retried with backoff); \
+             absent without a bounce_mailbox",
+            bounce_mailbox_up.clone(),
+        );
         let campaign_halted = Family::<CampaignLabels, Gauge>::default();
         registry.register(
             "campaign_halted",
@@ -406,6 +461,9 @@ impl Metrics {
             run_duration,
             last_success,
             webhook_rejected,
+            bounce_rejected,
+            bounces,
+            bounce_mailbox_up,
             locale_fallbacks,
             timezone_fallbacks,
             campaign_halted,
@@ -429,6 +487,13 @@ impl Metrics {
     fn with_series_at_zero(self) -> Self {
         for reason in WEBHOOK_REJECTIONS {
             let _ = self.webhook_rejected.get_or_create(&ReasonLabels { reason: reason.into() });
+        }
+        for source in BOUNCE_SOURCES {
+            for reason in BOUNCE_REJECTIONS {
+                let _ = self
+                    .bounce_rejected
+                    .get_or_create(&SourceReasonLabels { source: source.into(), reason: reason.into() });
+            }
         }
         for result in WEBHOOK_RESULTS {
             let _ = self.webhook_events.get_or_create(&ResultLabels { result: result.into() });
@@ -462,6 +527,9 @@ impl Metrics {
             let _ = self.notifications.get_or_create(&labels);
         }
         let _ = self.unapproved_skips.get_or_create(&c());
+        for kind in BOUNCE_KINDS {
+            let _ = self.bounces.get_or_create(&KindLabels { campaign: campaign.into(), kind: kind.into() });
+        }
         let _ = self.timezone_fallbacks.get_or_create(&c());
         for to in ["regional", "language", "default"] {
             let _ = self.locale_fallbacks.get_or_create(&FallbackLabels { campaign: campaign.into(), to: to.into() });
@@ -616,6 +684,22 @@ impl Metrics {
     /// A Baanx webhook post was refused for `reason`.
     pub fn webhook_rejected(&self, reason: &str) {
         self.webhook_rejected.get_or_create(&ReasonLabels { reason: label(reason).into() }).inc();
+    }
+
+    /// A bounce report from `source` was refused or ignored for `reason` (one of
+    /// [`BOUNCE_REJECTIONS`]).
+    pub fn bounce_rejected(&self, source: &str, reason: &str) {
+        self.bounce_rejected.get_or_create(&SourceReasonLabels { source: label(source).into(), reason: label(reason).into() }).inc();
+    }
+
+    /// A bounce of `kind` (one of [`BOUNCE_KINDS`]) was recorded against `campaign`.
+    pub fn bounce_recorded(&self, campaign: &str, kind: &str) {
+        self.bounces.get_or_create(&KindLabels { campaign: label(campaign).into(), kind: label(kind).into() }).inc();
+    }
+
+    /// Whether the last poll of the bounce mailbox worked.
+    pub fn bounce_mailbox_up(&self, up: bool) {
+        self.bounce_mailbox_up.set(i64::from(up));
     }
 
     /// A request waited `wait` on the global limiter before it was sent.
