@@ -345,6 +345,12 @@ impl Settings {
         }
     }
 
+    /// The key of the VERP tokens in return paths and Message-IDs, derived from
+    /// `token_key` (absent without one: bounces are then matched by address).
+    pub fn verp_key(&self) -> Option<crate::domain::bounce::VerpKey> {
+        self.token_key.as_ref().map(|k| crate::domain::bounce::VerpKey::derive(k.expose().as_bytes()))
+    }
+
     /// This worker's share of every configured rate: `1 / workers`.
     pub fn rate_share(&self) -> f64 {
         1.0 / f64::from(self.workers.max(1))

@@ -19,7 +19,7 @@ use crate::store::{Store, StoreError};
 pub const REPORT_PAGE: i64 = 5_000;
 
 /// The columns, in order (CSV header and JSON keys).
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 22] = [
     "user_id",
     "status",
     "reason",
@@ -39,6 +39,9 @@ pub const COLUMNS: [&str; 19] = [
     "sessions",
     "notifications",
     "clicks",
+    "bounced_at",
+    "bounce_diagnostic",
+    "fallback_sent_at",
 ];
 
 /// The output format.
@@ -74,7 +77,7 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(String::new, |t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
-fn cells(r: &ReportRow) -> [String; 19] {
+fn cells(r: &ReportRow) -> [String; 22] {
     [
         r.user_id.clone(),
         r.status.clone(),
@@ -95,6 +98,9 @@ fn cells(r: &ReportRow) -> [String; 19] {
         r.sessions.to_string(),
         r.notifications.to_string(),
         r.clicks.to_string(),
+        time(r.bounced_at),
+        r.bounce_diagnostic.clone().unwrap_or_default(),
+        time(r.fallback_sent_at),
     ]
 }
 
@@ -198,6 +204,9 @@ mod tests {
             sessions: 1,
             notifications: 1,
             clicks: 0,
+            bounced_at: None,
+            bounce_diagnostic: Some("550 5.1.1 <address>: user unknown".into()),
+            fallback_sent_at: None,
         };
         assert_eq!(cells(&r).len(), COLUMNS.len());
         let json = serde_json::to_value(&r).unwrap();

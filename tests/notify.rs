@@ -49,6 +49,7 @@ fn message(email: &str, step: u32) -> Message {
             time_zone: Some("America/New_York".into()),
             region: Region::Us,
         },
+        bounce_token: None,
         session_url: SessionUrl::new(link()),
         expires_at: expiry(),
         campaign: CampaignName::parse("kyc-refresh-q4").unwrap(),

@@ -63,6 +63,7 @@ pub fn message(spec: &CampaignSpec, step: u32, recipient: Recipient, link: &str)
     };
     Ok(Message {
         recipient,
+        bounce_token: None,
         session_url: SessionUrl::new(link.to_owned()),
         expires_at: Utc::now() + life,
         campaign: spec.name.clone(),

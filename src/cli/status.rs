@@ -37,6 +37,9 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
             "next_window_opens_at": next_window,
             "last_run_at": c.last_run_at,
             "funnel": p.funnel,
+            "bounced": p.funnel.bounced,
+            "bounce_rate": p.funnel.bounce_rate(),
+            "fallback_sent": p.funnel.fallback_sent,
             "next_tick": outlook.next_tick,
             "next_follow_up": outlook.next_follow_up,
             "follows_up": outlook.follows_up,
@@ -80,6 +83,14 @@ pub async fn status(store: &Store, c: &CampaignRecord, json: bool) -> anyhow::Re
         println!(
             "funnel     targeted {} → notified {} → started {} → verified {} / rejected {}",
             f.targeted, f.notified, f.started, f.verified, f.rejected
+        );
+    }
+    if f.bounced > 0 || f.fallback_sent > 0 {
+        println!(
+            "  bounced                  {} ({:.1}% bounce rate); fallback sent {}",
+            f.bounced,
+            100.0 * f.bounce_rate(),
+            f.fallback_sent
         );
     }
     println!("  verified                 {}{}", f.verified, pct(f.verified));

@@ -44,6 +44,10 @@ pub enum UsersCommand {
         /// Users carrying this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only users whose email is undeliverable (a hard bounce, or three soft
+        /// ones in 7 days) or who complained, with since when and why.
+        #[arg(long)]
+        undeliverable: bool,
         /// At most this many (0: all).
         #[arg(long, default_value_t = 100)]
         limit: u64,
@@ -86,13 +90,13 @@ pub enum UsersCommand {
 pub async fn run(cmd: UsersCommand, ctx: &Context) -> anyhow::Result<u8> {
     match cmd {
         UsersCommand::Import { file, format, strict } => import(ctx, file, format, strict).await,
-        UsersCommand::List { state, region, tag, limit, json } => {
+        UsersCommand::List { state, region, tag, undeliverable, limit, json } => {
             if let Some(t) = &tag
                 && !reverify::domain::spec::is_tag(t)
             {
                 anyhow::bail!("--tag {t:?} is not a tag: use 1-64 of A-Z a-z 0-9 . _ : -");
             }
-            list(ctx, UserFilter { state, region, tag }, limit, json).await
+            list(ctx, UserFilter { state, region, tag, undeliverable }, limit, json).await
         }
         UsersCommand::Show { id, json } => show(ctx, &id, json).await,
         UsersCommand::Rekey { batch } => rekey(ctx, batch.max(1)).await,
@@ -215,7 +219,9 @@ async fn list(ctx: &Context, filter: UserFilter, limit: u64, json: bool) -> anyh
     let store = ctx.store().await?;
     let mut after: Option<UserId> = None;
     let mut printed = 0u64;
-    if !json {
+    if !json && filter.undeliverable {
+        println!("{:<36}  {:<32}  {:<24}  {:<24}  REASON", "USER_ID", "EMAIL", "UNDELIVERABLE_SINCE", "COMPLAINED_AT");
+    } else if !json {
         println!("{:<36}  {:<32}  {:<4}  {:<10}  {:<5}  TAGS", "USER_ID", "EMAIL", "REG", "STATE", "TOKEN");
     }
     // Pages, so that listing a million users holds one page at a time.
@@ -226,8 +232,20 @@ async fn list(ctx: &Context, filter: UserFilter, limit: u64, json: bool) -> anyh
         }
         let page = store.user_list(&filter, after.as_ref(), want as u32).await?;
         for u in &page {
+            let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            };
             if json {
                 println!("{}", serde_json::to_string(u)?);
+            } else if filter.undeliverable {
+                println!(
+                    "{:<36}  {:<32}  {:<24}  {:<24}  {}",
+                    u.user_id.as_str(),
+                    u.email.as_str(),
+                    at(u.email_undeliverable_at),
+                    at(u.complained_at),
+                    u.email_undeliverable_reason.as_deref().unwrap_or("-")
+                );
             } else {
                 println!(
                     "{:<36}  {:<32}  {:<4}  {:<10}  {:<5}  {}",

@@ -58,6 +58,35 @@ pub enum Channel {
     Webhook,
 }
 
+/// What a campaign does with a user who complained about a message
+/// (`delivery.on_complaint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnComplaint {
+    /// Go on asking them (the default): a KYC request is a legal obligation, not
+    /// marketing. The complaint is still counted and audited.
+    #[default]
+    Continue,
+    /// Skip them (reason `complained`).
+    Suppress,
+}
+
+impl OnComplaint {
+    fn is_continue(&self) -> bool {
+        *self == OnComplaint::Continue
+    }
+}
+
+/// Where a user whose email is undeliverable is reached instead
+/// (`delivery.fallback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// The signed webhook channel, at `delivery.fallback_webhook_url` (the partner's
+    /// SMS or push gateway).
+    Webhook,
+}
+
 /// What a message's link is (`delivery.link`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +203,22 @@ pub struct Delivery {
     /// false: a campaign's name is internal, and recipients can read headers).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trace_headers: bool,
+    /// The envelope sender of every email, with `{token}` in its local part
+    /// (`bounces+{token}@example.com`): each message's own opaque token, so that an
+    /// asynchronous bounce finds its message without trusting the bounce's headers
+    /// (VERP). Absent: the From address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_path: Option<String>,
+    /// A user whose email is undeliverable is sent through this channel instead,
+    /// with a new session (absent: they are skipped, reason `email_undeliverable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    /// Where the webhook fallback posts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_webhook_url: Option<String>,
+    /// `continue` (default) or `suppress`: see [`OnComplaint`].
+    #[serde(default, skip_serializing_if = "OnComplaint::is_continue")]
+    pub on_complaint: OnComplaint,
     /// The campaign's `[brand]` (not part of `[delivery]`): set from the spec by
     /// [`CampaignSpec::delivery_for_step`] and by the worker.
     #[serde(skip)]
@@ -365,6 +410,10 @@ pub struct Halt {
     /// Users whose Baanx calls failed (unavailable, rate limited, refused) over users
     /// processed (0 to 1).
     pub api_error_rate: Option<f64>,
+    /// Hard-bounced messages over messages delivered (0 to 1), judged as bounces
+    /// arrive (issue 27): protects the sender's reputation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_rate: Option<f64>,
     /// How many users (deliveries, for the delivery rate) a run must have seen before
     /// a rate is judged.
     #[serde(default = "default_min_sample")]
@@ -486,6 +535,10 @@ fn default_delivery() -> Delivery {
         send_window: None,
         send_days: None,
         trace_headers: false,
+        return_path: None,
+        fallback: None,
+        fallback_webhook_url: None,
+        on_complaint: OnComplaint::Continue,
         brand: None,
         zone: None,
     }
@@ -690,9 +743,11 @@ impl CampaignSpec {
             return invalid("rollout.canary", "must be at least 1".into());
         }
         if let Some(h) = &self.halt {
-            for (field, rate) in
-                [("halt.delivery_failure_rate", h.delivery_failure_rate), ("halt.api_error_rate", h.api_error_rate)]
-            {
+            for (field, rate) in [
+                ("halt.delivery_failure_rate", h.delivery_failure_rate),
+                ("halt.api_error_rate", h.api_error_rate),
+                ("halt.bounce_rate", h.bounce_rate),
+            ] {
                 if let Some(r) = rate
                     && !(r.is_finite() && r > 0.0 && r <= 1.0)
                 {
@@ -702,8 +757,8 @@ impl CampaignSpec {
                     );
                 }
             }
-            if h.delivery_failure_rate.is_none() && h.api_error_rate.is_none() {
-                return invalid("halt", "set delivery_failure_rate and/or api_error_rate".into());
+            if h.delivery_failure_rate.is_none() && h.api_error_rate.is_none() && h.bounce_rate.is_none() {
+                return invalid("halt", "set delivery_failure_rate, api_error_rate and/or bounce_rate".into());
             }
             if h.min_sample == 0 {
                 return invalid("halt.min_sample", "must be at least 1".into());
@@ -738,6 +793,37 @@ impl CampaignSpec {
                     }
                 },
             },
+        }
+        if let Some(rp) = &d.return_path {
+            if d.channel != Channel::Email {
+                return invalid("delivery.return_path", "only the email channel has an envelope sender".into());
+            }
+            if let Err(m) = super::bounce::ReturnPath::parse(rp) {
+                return invalid("delivery.return_path", m);
+            }
+        }
+        match (d.fallback, &d.fallback_webhook_url) {
+            (Some(Fallback::Webhook), None) => {
+                return invalid("delivery.fallback_webhook_url", "the webhook fallback needs a URL".into());
+            }
+            (None, Some(_)) => {
+                return invalid("delivery.fallback", "fallback_webhook_url is set: set fallback = \"webhook\"".into());
+            }
+            (Some(_), Some(_)) if d.channel != Channel::Email => {
+                return invalid("delivery.fallback", "a fallback is for the email channel".into());
+            }
+            (Some(_), Some(u)) => match url::Url::parse(u) {
+                Ok(parsed) => {
+                    if let Err(m) = super::endpoint::require_https(&parsed) {
+                        return invalid("delivery.fallback_webhook_url", m);
+                    }
+                }
+                Err(e) => {
+                    let shown = super::endpoint::redact_url(u);
+                    return invalid("delivery.fallback_webhook_url", format!("{shown:?} is not a URL: {e}"));
+                }
+            },
+            (None, None) => {}
         }
         if d.link == LinkMode::Click
             && (d.link_ttl.0 < Duration::from_secs(3600) || d.link_ttl.0 > Duration::from_secs(90 * 86_400))

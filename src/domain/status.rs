@@ -121,6 +121,9 @@ stored_text! {
         ApiFailed = "api_failed",
         Unknown = "unknown",
         Orphaned = "orphaned",
+        /// Delivered, then bounced (a hard bounce, or the third soft one in 7 days):
+        /// the person never saw it. It keeps counting: the session exists.
+        Bounced = "bounced",
     }
 }
 
@@ -149,6 +152,16 @@ stored_text! {
         InvalidUserRecord = "invalid_user_record",
         DeliveryFailed = "delivery_failed",
         DeliveryUnknown = "delivery_unknown",
+        /// The message bounced for good (issue 27): the address is undeliverable.
+        Bounced = "bounced",
+        // skipped by email
+        /// The user's address bounced for good and the campaign has no fallback.
+        EmailUndeliverable = "email_undeliverable",
+        /// The user complained about a message and the campaign's
+        /// `delivery.on_complaint` is `suppress`.
+        Complained = "complained",
+        /// Re-queued to be sent through the campaign's fallback channel after a bounce.
+        Fallback = "fallback",
         // retried later (pending), or failed once out of attempts
         RateLimited = "rate_limited",
         ApiUnavailable = "api_unavailable",
@@ -245,9 +258,9 @@ mod tests {
             let initial = read("0001_initial.sql");
             let targets = checked(&initial, "CREATE TABLE campaign_targets");
             assert_eq!(targets, spellings(TargetStatus::ALL, TargetStatus::as_str), "{engine}: campaign_targets");
-            // migration 0003 added `orphaned` to the ledger's check
-            let later = read("0003_shared_user_state.sql");
-            let at = later.find("'orphaned'").and_then(|i| later[..i].rfind("CHECK")).expect("the ledger's check");
+            // migration 0003 added `orphaned` to the ledger's check, 0016 `bounced`
+            let later = read("0016_bounces.sql");
+            let at = later.find("'bounced'").and_then(|i| later[..i].rfind("CHECK")).expect("the ledger's check");
             let sessions = checked(&later[at..], "CHECK");
             assert_eq!(
                 sessions,

@@ -93,7 +93,12 @@ impl Deliverer for NotifierDeliverer {
             return bad("the stored user record is not valid".into());
         };
         let step = u32::try_from(t.step).unwrap_or(0);
-        let delivery = self.delivery.for_step(step, self.reminders.as_ref());
+        let mut delivery = self.delivery.for_step(step, self.reminders.as_ref());
+        if m.fallback {
+            // the user's email bounced: the partner's SMS or push gateway instead
+            delivery.channel = crate::domain::spec::Channel::Webhook;
+            delivery.webhook_url = delivery.fallback_webhook_url.clone();
+        }
         let message = Message {
             recipient: Recipient {
                 user_id,
@@ -105,6 +110,7 @@ impl Deliverer for NotifierDeliverer {
                 region,
             },
             session_url: m.url,
+            bounce_token: m.bounce_token,
             expires_at: m.expires_at,
             campaign,
             step,

@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     fn halt(delivery: Option<f64>, api: Option<f64>, min_sample: u64) -> Halt {
-        Halt { delivery_failure_rate: delivery, api_error_rate: api, min_sample }
+        Halt { delivery_failure_rate: delivery, api_error_rate: api, bounce_rate: None, min_sample }
     }
 
     #[test]

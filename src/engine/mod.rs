@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod approval;
+pub mod bounces;
 pub mod gates;
 pub mod gauges;
 pub mod observe;
@@ -81,6 +82,10 @@ pub struct EngineConfig {
     /// `approvers_file`: who may apply and approve, proven by SSH signatures that a
     /// run checks again before it sends.
     pub approvers: Option<Arc<approval::Approvers>>,
+    /// Makes each message's VERP token (derived from `token_key`): with it, a
+    /// Message-ID, and with `delivery.return_path` the envelope sender, names the
+    /// message a bounce is about.
+    pub verp: Option<crate::domain::bounce::VerpKey>,
 }
 
 /// Click mode: where links point and how long they work.
@@ -116,6 +121,7 @@ impl Default for EngineConfig {
             actor: "engine".into(),
             require_approval: None,
             approvers: None,
+            verp: None,
         }
     }
 }
@@ -352,6 +358,30 @@ pub(crate) struct RunShared {
     snapshots: TokenSnapshots,
     /// How recent a stored state must be to skip `GET /v1/user`, for this run.
     fresh_age: crate::domain::freshness::FreshStateAge,
+    /// Who the campaign's email cannot or must not reach, and what then.
+    reach: Reach,
+}
+
+/// What a campaign does with a user whose address bounced or who complained
+/// (issue 27): its channel, `delivery.fallback` and `delivery.on_complaint`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reach {
+    /// The campaign sends email (bounces and complaints are about email).
+    email: bool,
+    /// `delivery.fallback` is set: an undeliverable user is sent through it.
+    fallback: bool,
+    /// `delivery.on_complaint = "suppress"`.
+    suppress_complaints: bool,
+}
+
+impl Reach {
+    fn of(d: &crate::domain::spec::Delivery) -> Self {
+        Self {
+            email: d.channel == crate::domain::spec::Channel::Email,
+            fallback: d.fallback.is_some(),
+            suppress_complaints: d.on_complaint == crate::domain::spec::OnComplaint::Suppress,
+        }
+    }
 }
 
 /// Deliveries in a row that may fail for want of the channel (SMTP refusing
@@ -579,6 +609,7 @@ impl Run {
             .map_err(|e| fail(e, &progress))?;
         let shared = Arc::new(RunShared {
             fresh_age,
+            reach: Reach::of(&self.spec.delivery),
             store: self.store.clone(),
             api: self.api,
             deliverer: self.deliverer,

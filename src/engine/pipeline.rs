@@ -9,6 +9,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
 use super::{ClickLinks, RunShared, UserOutcome};
+use crate::domain::bounce::MessageRef;
 use crate::domain::{Region, SessionUrl, TargetReason, Transition, UserId};
 use crate::store::clicks::{LinkIssue, LinkIssueParams};
 use crate::store::ledger::{ApiFailureParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
@@ -80,6 +81,14 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
         return settle(s, t, Transition::defer(TargetReason::SendWindow, at)).await;
     }
 
+    // 0c. the address (issue 27): a user whose email bounced for good is reached
+    // through the fallback channel, or skipped; one who complained, skipped when the
+    // campaign suppresses complaints. Before any API call.
+    let fallback = match reach(s, t) {
+        Ok(fallback) => fallback,
+        Err(reason) => return settle(s, t, Transition::skip(reason)).await,
+    };
+
     // 1. a fresh state, so that a user who verified since the import is not asked
     // again; unless the stored one was confirmed within fresh_state_max_age (a
     // webhook, a sync, an import, an earlier call): the reservation reads it then
@@ -95,7 +104,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
 
     // click mode: a link to our page, the session made at the click
     if let Some(click) = &s.click {
-        return send_link(s, t, click, fresh).await;
+        return send_link(s, t, click, fresh, fallback).await;
     }
 
     // 2. record it and reserve a ledger row under every per-user limit, in one write
@@ -163,7 +172,23 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
         issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
 
     // 5-6. the message (the URL moves into it and is dropped with it), and the record
-    send_and_record(s, t, url, expires_at, Carrier::Session(session_id)).await
+    send_and_record(s, t, url, expires_at, Carrier::Session(session_id), fallback).await
+}
+
+/// Whether `t` is reached by email (`Ok(false)`), through the campaign's fallback
+/// channel (`Ok(true)`), or not at all (the skip reason).
+fn reach(s: &RunShared, t: &ClaimedTarget) -> Result<bool, TargetReason> {
+    if !s.reach.email {
+        return Ok(false);
+    }
+    if t.complained && s.reach.suppress_complaints {
+        return Err(TargetReason::Complained);
+    }
+    match (t.email_undeliverable, s.reach.fallback) {
+        (false, _) => Ok(false),
+        (true, true) => Ok(true),
+        (true, false) => Err(TargetReason::EmailUndeliverable),
+    }
 }
 
 /// What carried a message: a session's ledger row, or a click-through link.
@@ -180,8 +205,15 @@ async fn send_and_record(
     url: SessionUrl,
     expires_at: DateTime<Utc>,
     carrier: Carrier,
+    fallback: bool,
 ) -> Result<UserOutcome, crate::store::StoreError> {
-    let delivered = deliver(s, t, url, expires_at).await;
+    let token = s.config.verp.as_ref().map(|k| {
+        k.token(match carrier {
+            Carrier::Session(id) => MessageRef::Session(id),
+            Carrier::Link(id) => MessageRef::Link(id),
+        })
+    });
+    let delivered = deliver(s, t, Sending { url, expires_at, bounce_token: token, fallback }).await;
     let (Carrier::Session(id) | Carrier::Link(id)) = carrier;
     let p = DeliveryParams {
         campaign_id: s.campaign_id,
@@ -196,6 +228,9 @@ async fn send_and_record(
         Carrier::Link(_) => s.store.link_record_delivery(p).await?,
     };
     let delivered = delivered.record;
+    if fallback && kept && delivered == DeliveryRecord::Delivered {
+        s.store.target_fallback_sent(s.campaign_id, &t.user_id, s.now()).await?;
+    }
     if !kept {
         warn!(?carrier, "the claim expired while the message was being sent; the record stands");
     }
@@ -212,9 +247,26 @@ fn delivered_outcome(delivered: DeliveryRecord) -> UserOutcome {
     }
 }
 
+/// One message on its way: the link (in memory only), until when it works, its VERP
+/// token, and whether it goes through the fallback channel.
+struct Sending {
+    url: SessionUrl,
+    expires_at: DateTime<Utc>,
+    bounce_token: Option<String>,
+    fallback: bool,
+}
+
 /// Sends one message through the campaign's channel; what happened, as recorded.
-async fn deliver(s: &RunShared, t: &ClaimedTarget, url: SessionUrl, expires_at: DateTime<Utc>) -> DeliveryOutcome {
-    let record = match s.deliverer.deliver(Outgoing { campaign: &s.campaign_name, target: t, url, expires_at }).await {
+async fn deliver(s: &RunShared, t: &ClaimedTarget, m: Sending) -> DeliveryOutcome {
+    let out = Outgoing {
+        campaign: &s.campaign_name,
+        target: t,
+        url: m.url,
+        expires_at: m.expires_at,
+        bounce_token: m.bounce_token,
+        fallback: m.fallback,
+    };
+    let record = match s.deliverer.deliver(out).await {
         Ok(sent) => {
             s.delivery_outcome(true, None);
             return DeliveryOutcome { record: DeliveryRecord::Delivered, sent };
@@ -250,6 +302,7 @@ async fn send_link(
     t: &ClaimedTarget,
     click: &ClickLinks,
     fresh: Option<Fresh>,
+    fallback: bool,
 ) -> Result<UserOutcome, crate::store::StoreError> {
     let token = new_link_token();
     let expires_at = s.now() + chrono::Duration::from_std(click.ttl).unwrap_or(chrono::Duration::days(14));
@@ -276,7 +329,7 @@ async fn send_link(
     };
     let url = SessionUrl::new(click.url_of(&token));
     drop(token);
-    send_and_record(s, t, url, expires_at, Carrier::Link(link_id)).await
+    send_and_record(s, t, url, expires_at, Carrier::Link(link_id), fallback).await
 }
 
 /// When the campaign has a send window and `t`'s user is outside it now: the

@@ -65,6 +65,10 @@ pub struct Outgoing<'a> {
     pub target: &'a ClaimedTarget,
     pub url: SessionUrl,
     pub expires_at: DateTime<Utc>,
+    /// The message's VERP token (see `notify::Message::bounce_token`).
+    pub bounce_token: Option<String>,
+    /// Send through the campaign's fallback channel (the user's email bounced).
+    pub fallback: bool,
 }
 
 /// A delivery that did not happen, after the channel's own retries.

@@ -59,6 +59,7 @@ impl Worker {
             freshness: settings.freshness(),
             public_url: settings.public_url.clone(),
             rate_share: settings.rate_share(),
+            verp: settings.verp_key(),
             require_approval: settings.require_approval,
             approvers: match &settings.approvers_file {
                 Some(path) => Some(Arc::new(

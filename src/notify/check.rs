@@ -176,6 +176,13 @@ pub fn check_delivery(
                      (REVERIFY_SMTP_URL or REVERIFY_OUTBOX_DIR)",
                 ));
             }
+            if delivery.fallback.is_some() && !channels.webhook {
+                return Err(NotifyError::config(
+                    "notify_webhook_key",
+                    "the campaign's fallback is the webhook channel: set notify_webhook_key \
+                     (REVERIFY_NOTIFY_WEBHOOK_KEY_FILE) to sign it",
+                ));
+            }
         }
         Channel::Webhook => {
             let Some(url) = delivery.webhook_url.as_deref() else {

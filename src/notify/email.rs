@@ -54,7 +54,13 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
     // bounces can be matched. It names no user: a digest of what makes the message
     // this message.
     let digest = hex::encode(msg.identity());
-    let message_id = format!("{}@{}", &digest[..32], from.email.domain());
+    // with a VERP token, the Message-ID carries it too: the second key a bounce is
+    // matched by, for the reports that keep the original headers but not the envelope
+    let message_id = match &msg.bounce_token {
+        Some(token) => format!("{}+{token}@{}", &digest[..32], from.email.domain()),
+        None => format!("{}@{}", &digest[..32], from.email.domain()),
+    };
+    let envelope = envelope_for(msg, &to)?;
     let mut builder = lettre::Message::builder()
         .from(from)
         .to(to)
@@ -75,6 +81,9 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
             .map_err(|e| NotifyError::config("delivery.reply_to", format!("{rt:?} is not a mailbox: {e}")))?;
         builder = builder.reply_to(mbox);
     }
+    if let Some(envelope) = envelope {
+        builder = builder.envelope(envelope);
+    }
     builder
         .multipart(
             MultiPart::alternative()
@@ -83,6 +92,24 @@ pub fn build_email(msg: &Message, rendered: &Rendered) -> Result<lettre::Message
                 .singlepart(SinglePart::html(rendered.html.to_string())),
         )
         .map_err(|e| NotifyError::permanent(format!("the email cannot be built: {e}")))
+}
+
+/// The envelope of `msg` when its campaign has a `delivery.return_path` and the
+/// message a VERP token: the sender is the return path with the token (every bounce
+/// goes there), the recipient the message's one. `None`: lettre's default (From).
+fn envelope_for(msg: &Message, to: &Mailbox) -> Result<Option<lettre::address::Envelope>, NotifyError> {
+    let (Some(rp), Some(token)) = (msg.delivery.return_path.as_deref(), msg.bounce_token.as_deref()) else {
+        return Ok(None);
+    };
+    let rp =
+        crate::domain::bounce::ReturnPath::parse(rp).map_err(|m| NotifyError::config("delivery.return_path", m))?;
+    let sender: lettre::Address = rp
+        .address(token)
+        .parse()
+        .map_err(|e| NotifyError::config("delivery.return_path", format!("not an address with the token: {e}")))?;
+    lettre::address::Envelope::new(Some(sender), vec![to.email.clone()])
+        .map(Some)
+        .map_err(|e| NotifyError::permanent(format!("the envelope cannot be built: {e}")))
 }
 
 /// The Message-ID of a built email, without angle brackets.

@@ -80,6 +80,10 @@ pub struct Message {
     pub campaign: CampaignName,
     /// 0 for the first message, n for the n-th reminder.
     pub step: u32,
+    /// This message's VERP token (`domain::bounce::VerpKey::token`), when the worker
+    /// has a key: it goes into the Message-ID (`<digest+token@domain>`) and, with
+    /// `delivery.return_path`, into the envelope sender, so that a bounce finds it.
+    pub bounce_token: Option<String>,
     /// The campaign's delivery settings. The engine puts the template to use in
     /// `delivery.template` (the reminder template for a reminder step); a `subject`
     /// here overrides the template's subject at every step.

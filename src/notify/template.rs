@@ -727,6 +727,7 @@ pub(crate) fn sample_message(template: &str, step: u32, region: Region, named: b
             time_zone: named.then(|| "Europe/London".to_owned()),
             region,
         },
+        bounce_token: None,
         session_url: SessionUrl::new("https://verify.example.invalid/sample".to_owned()),
         expires_at: DateTime::from_timestamp(1_800_000_000, 0).expect("valid sample time"),
         campaign: CampaignName::parse("sample").expect("valid sample name"),

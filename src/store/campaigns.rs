@@ -514,7 +514,7 @@ impl Store {
 /// The pause reason after a canary's first run.
 pub const CANARY_REVIEW: &str = "canary_review";
 /// The pause reasons of `[halt]`: the rate that was crossed.
-pub const HALT_REASONS: [&str; 2] = ["delivery_failure_rate", "api_error_rate"];
+pub const HALT_REASONS: [&str; 3] = ["delivery_failure_rate", "api_error_rate", "bounce_rate"];
 
 /// Whether a pause reason is a halt's.
 pub fn is_halt_reason(reason: &str) -> bool {

@@ -88,7 +88,8 @@ impl Store {
             "UPDATE users SET email = $2, first_name = NULL, last_name = NULL, locale = NULL, timezone = NULL, \
                refresh_token_enc = NULL, token_key_id = NULL, access_token_enc = NULL, access_token_key_id = NULL, \
                access_token_expires_at = NULL, access_token_fresh_until = NULL, token_lease_owner = NULL, \
-               token_lease_until = NULL, token_version = token_version + 1, forgotten_at = $3, updated_at = $3 \
+               token_lease_until = NULL, token_version = token_version + 1, forgotten_at = $3, updated_at = $3, \
+               email_undeliverable_reason = NULL \
              WHERE user_id = $1",
         )
         .bind(id.as_str())
@@ -108,6 +109,14 @@ impl Store {
         .await
         .map_err(query_err("user_forget targets"))?
         .rows_affected();
+        // the bounce diagnostics go with the person (they were scrubbed of the
+        // address, but say what a server said about their mailbox)
+        sqlx::query("UPDATE campaign_targets SET bounce_diagnostic = NULL WHERE user_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("user_forget bounce diagnostics"))?;
+        let bounces = super::bounces::bounces_forget_user_in_tx(&mut tx, id.as_str()).await?;
         let links = sqlx::query(
             "UPDATE verification_links SET revoked_at = $2, revoked_reason = 'forgotten' \
              WHERE user_id = $1 AND revoked_at IS NULL",
@@ -124,8 +133,9 @@ impl Store {
             campaign_id: None,
             user_id: Some(id),
             detail: Some(serde_json::json!({
-                "erased": ["email", "first_name", "last_name", "locale", "timezone", "refresh_token", "access_token"],
-                "targets_skipped": targets, "links_revoked": links,
+                "erased": ["email", "first_name", "last_name", "locale", "timezone", "refresh_token", "access_token",
+                    "bounces"],
+                "targets_skipped": targets, "links_revoked": links, "bounces_erased": bounces,
             })),
         };
         event_insert(&mut tx, &event, now).await?;

@@ -268,6 +268,21 @@ pub(crate) async fn link_click_take_in_tx(
     Ok(Some(from_millis(since.unwrap_or(now_ms))))
 }
 
+/// A link's message bounced: the link is revoked (`bounced`), so nobody clicks a
+/// message that never arrived.
+pub(crate) async fn link_revoke_bounced_in_tx(tx: &mut Tx, link_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE verification_links SET revoked_at = $2, revoked_reason = 'bounced' \
+         WHERE link_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(link_id)
+    .bind(to_millis(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("link_revoke_bounced"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::LinkRow;

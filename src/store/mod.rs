@@ -55,6 +55,7 @@ macro_rules! our_target {
 
 pub mod anchor;
 pub mod approvals;
+pub mod bounces;
 pub mod campaigns;
 pub mod chain;
 pub mod clicks;

@@ -36,6 +36,10 @@ pub struct Funnel {
     pub notified: i64,
     /// Notified, then clicked a click-through link (click mode only).
     pub clicked: i64,
+    /// Notified, and the message bounced for good (issue 27).
+    pub bounced: i64,
+    /// Bounced, then sent through the campaign's fallback channel.
+    pub fallback_sent: i64,
     /// Notified, then seen PENDING (or decided) after a message.
     pub started: i64,
     /// Converted: VERIFIED after a message.
@@ -46,6 +50,14 @@ pub struct Funnel {
     pub no_response_after_expiry: i64,
     /// Median time from the first message to VERIFIED, over converted targets.
     pub median_seconds_to_verify: Option<f64>,
+}
+
+impl Funnel {
+    /// Hard bounces over messages sent (0 when none was sent).
+    pub fn bounce_rate(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        if self.notified > 0 { self.bounced as f64 / self.notified as f64 } else { 0.0 }
+    }
 }
 
 /// Targets by reason, within one status.
@@ -156,11 +168,14 @@ impl Store {
         let sum = |cond: &str| format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)");
         let sql = format!(
             "SELECT COUNT(*) AS targeted, {notified} AS notified, {clicked} AS clicked, {started} AS started, \
+               {bounced} AS bounced, {fallback} AS fallback_sent, \
                {verified} AS verified, \
                {rejected} AS rejected, {silent} AS silent \
              FROM campaign_targets t JOIN users u ON u.user_id = t.user_id WHERE t.campaign_id = $1",
             notified = sum("t.first_notified_at IS NOT NULL"),
             clicked = sum("t.first_notified_at IS NOT NULL AND t.clicked_at IS NOT NULL"),
+            bounced = sum("t.bounced_at IS NOT NULL"),
+            fallback = sum("t.fallback_sent_at IS NOT NULL"),
             started = sum("t.first_notified_at IS NOT NULL AND t.started_at IS NOT NULL"),
             verified = sum("t.status = 'converted'"),
             rejected = sum("t.outcome = 'rejected' AND t.status <> 'converted'"),
@@ -181,6 +196,8 @@ impl Store {
             targeted: get("targeted")?,
             notified: get("notified")?,
             clicked: get("clicked")?,
+            bounced: get("bounced")?,
+            fallback_sent: get("fallback_sent")?,
             started: get("started")?,
             verified: get("verified")?,
             rejected: get("rejected")?,

@@ -41,6 +41,12 @@ pub struct ReportRow {
     pub notifications: i64,
     /// Submitted clicks of its click-through links.
     pub clicks: i64,
+    /// When its message bounced for good (issue 27).
+    pub bounced_at: Option<DateTime<Utc>>,
+    /// The status code and the remote server's words, scrubbed of addresses.
+    pub bounce_diagnostic: Option<String>,
+    /// When it was sent through the campaign's fallback channel.
+    pub fallback_sent_at: Option<DateTime<Utc>>,
 }
 
 fn time(r: &sqlx::any::AnyRow, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
@@ -70,6 +76,9 @@ fn report_row(r: &sqlx::any::AnyRow) -> Result<ReportRow, sqlx::Error> {
         sessions: r.try_get("sessions")?,
         notifications: r.try_get("notifications")?,
         clicks: r.try_get("clicks")?,
+        bounced_at: time(r, "bounced_at")?,
+        bounce_diagnostic: r.try_get("bounce_diagnostic")?,
+        fallback_sent_at: time(r, "fallback_sent_at")?,
         outcome,
     })
 }
@@ -91,7 +100,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT t.user_id, t.status, t.reason, t.step, t.attempts, u.verification_state, t.created_at, \
                     t.claimed_at, t.first_notified_at, t.notified_at, t.started_at, t.outcome, t.outcome_at, \
-                    t.finalized_at, t.sessions, t.notifications, t.clicked_at, t.clicks \
+                    t.finalized_at, t.sessions, t.notifications, t.clicked_at, t.clicks, t.bounced_at, \
+                    t.bounce_diagnostic, t.fallback_sent_at \
              FROM campaign_targets t JOIN users u ON u.user_id = t.user_id \
              WHERE t.campaign_id = $1 AND t.user_id > $2 AND u.user_id > $2 ORDER BY t.user_id LIMIT $3",
         )

@@ -552,3 +552,18 @@ pub(crate) async fn session_record_click_row(
     .map_err(query_err("session_record_click"))?;
     Ok(expires_at)
 }
+
+/// A delivered message bounced: its ledger row becomes `bounced` (it keeps counting:
+/// the session exists).
+pub(crate) async fn session_bounced_in_tx(tx: &mut Tx, session_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE verification_sessions SET status = 'bounced', updated_at = $2 \
+         WHERE session_id = $1 AND status = 'delivered'",
+    )
+    .bind(session_id)
+    .bind(to_millis(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("session_bounced"))?;
+    Ok(())
+}

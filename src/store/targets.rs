@@ -54,6 +54,10 @@ pub struct ClaimedTarget {
     /// The user's tokens, sealed, as the claim read them: the run's token vault
     /// starts from them instead of reading them again (`engine::adapters::vault`).
     pub tokens: TokenRow,
+    /// The user's address bounced for good (issue 27): no email reaches them.
+    pub email_undeliverable: bool,
+    /// The user reported a message as abuse.
+    pub complained: bool,
 }
 
 /// One row of a campaign's progress: how many targets have this status and reason.
@@ -185,7 +189,7 @@ const DAY_MS: i64 = 86_400_000;
 const CLAIMED_COLUMNS: &str = "t.user_id, t.step, t.attempts, u.email, u.first_name, u.last_name, u.locale, \
      u.timezone, u.region, u.country, u.verification_state, u.state_confirmed_at, u.refresh_token_enc, u.token_key_id, \
      u.consent_required_at, u.token_version, u.access_token_enc, u.access_token_key_id, \
-     u.access_token_fresh_until, u.token_lease_owner, u.token_lease_until";
+     u.access_token_fresh_until, u.token_lease_owner, u.token_lease_until, u.email_undeliverable_at, u.complained_at";
 
 /// Where a run's claims have got to, so that each claim starts where the last one
 /// ended instead of walking again past every target already taken.
@@ -809,6 +813,8 @@ fn claimed_from_row(r: &sqlx::any::AnyRow) -> Result<ClaimedTarget, sqlx::Error>
         verification_state: r.try_get("verification_state")?,
         state_confirmed_at: r.try_get::<Option<i64>, _>("state_confirmed_at")?.map(super::from_millis),
         tokens: token_row(r)?,
+        email_undeliverable: r.try_get::<Option<i64>, _>("email_undeliverable_at")?.is_some(),
+        complained: r.try_get::<Option<i64>, _>("complained_at")?.is_some(),
     })
 }
 
@@ -1119,4 +1125,87 @@ pub(crate) async fn targets_after_message_in_tx(
         .map(|r| r.try_get::<i64, _>("campaign_id"))
         .collect::<Result<_, _>>()
         .map_err(query_err("user_apply_state targets"))
+}
+
+/// What [`target_bounced_in_tx`] moves: the target notified at `step` with the
+/// message that bounced.
+pub(crate) struct TargetBounced<'a> {
+    pub campaign_id: i64,
+    pub user_id: &'a str,
+    pub step: i64,
+    pub diagnostic: &'a str,
+    /// Re-queue for the campaign's fallback channel (`pending` / `fallback`, the
+    /// next step, due now) instead of `failed` / `bounced`.
+    pub fallback: bool,
+    pub now: DateTime<Utc>,
+}
+
+/// A notified target's message bounced for good. Every such target keeps when and
+/// why (`bounced_at`, `bounce_diagnostic`: the funnel's `bounced` stage, the
+/// report's columns). Returns whether the target moved (it was still `notified` at
+/// that step).
+pub(crate) async fn target_bounced_in_tx(tx: &mut Tx, b: TargetBounced<'_>) -> Result<bool, StoreError> {
+    let sql = if b.fallback {
+        "UPDATE campaign_targets SET status = 'pending', reason = 'fallback', step = step + 1, attempts = 0, \
+           not_before = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+           bounced_at = COALESCE(bounced_at, $4), bounce_diagnostic = $5, updated_at = $4 \
+         WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status = 'notified'"
+    } else {
+        "UPDATE campaign_targets SET status = 'failed', reason = 'bounced', not_before = NULL, \
+           lease_owner = NULL, lease_expires_at = NULL, finalized_at = $4, \
+           bounced_at = COALESCE(bounced_at, $4), bounce_diagnostic = $5, updated_at = $4 \
+         WHERE campaign_id = $1 AND user_id = $2 AND step = $3 AND status = 'notified'"
+    };
+    let n = sqlx::query(sql)
+        .bind(b.campaign_id)
+        .bind(b.user_id)
+        .bind(b.step)
+        .bind(to_millis(b.now))
+        .bind(b.diagnostic)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("target_bounced"))?
+        .rows_affected();
+    if n == 0 {
+        // it moved on (a reminder, a conversion): it still keeps the bounce
+        sqlx::query(
+            "UPDATE campaign_targets SET bounced_at = COALESCE(bounced_at, $3), \
+               bounce_diagnostic = COALESCE(bounce_diagnostic, $4) \
+             WHERE campaign_id = $1 AND user_id = $2",
+        )
+        .bind(b.campaign_id)
+        .bind(b.user_id)
+        .bind(to_millis(b.now))
+        .bind(b.diagnostic)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("target_bounced keep"))?;
+    }
+    Ok(n > 0)
+}
+
+impl Store {
+    /// The claimed target's message went out through the campaign's fallback
+    /// channel (the funnel's `fallback sent`).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn target_fallback_sent(
+        &self,
+        campaign_id: i64,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE campaign_targets SET fallback_sent_at = COALESCE(fallback_sent_at, $3) \
+             WHERE campaign_id = $1 AND user_id = $2",
+        )
+        .bind(campaign_id)
+        .bind(user_id)
+        .bind(to_millis(now))
+        .execute(self.pool())
+        .await
+        .map_err(query_err("target_fallback_sent"))?;
+        Ok(())
+    }
 }

@@ -98,6 +98,12 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub synced_at: Option<DateTime<Utc>>,
+    /// Since when the address is undeliverable (a hard bounce, or three soft ones
+    /// in 7 days), and why: the status code and the server's scrubbed words.
+    pub email_undeliverable_at: Option<DateTime<Utc>>,
+    pub email_undeliverable_reason: Option<String>,
+    /// When the user reported a message as abuse.
+    pub complained_at: Option<DateTime<Utc>>,
 }
 
 /// Which users to list or count; every field present must match.
@@ -106,6 +112,8 @@ pub struct UserFilter {
     pub state: Option<VerificationState>,
     pub region: Option<Region>,
     pub tag: Option<String>,
+    /// Only users whose address is undeliverable or who complained.
+    pub undeliverable: bool,
 }
 
 /// Tags as stored: `,a,b,` (or empty), so that one tag is the substring `,tag,`.
@@ -132,7 +140,7 @@ pub fn tag_match_sql(backend: Backend, param: usize) -> String {
 const USER_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timezone, region, country, \
      verification_state, state_changed_at, state_confirmed_at, state_source, rejected_at, consecutive_failures, \
      last_failure_at, refresh_token_enc IS NOT NULL AS has_token, token_key_id, consent_required_at, tags, signed_up_at, \
-     created_at, updated_at, synced_at";
+     created_at, updated_at, synced_at, email_undeliverable_at, email_undeliverable_reason, complained_at";
 
 pub(super) fn decode<E: std::error::Error + Send + Sync + 'static>(e: E) -> sqlx::Error {
     sqlx::Error::Decode(Box::new(e))
@@ -172,6 +180,9 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),
         synced_at: opt_time(row, "synced_at")?,
+        email_undeliverable_at: opt_time(row, "email_undeliverable_at")?,
+        email_undeliverable_reason: row.try_get("email_undeliverable_reason")?,
+        complained_at: opt_time(row, "complained_at")?,
     })
 }
 
@@ -194,8 +205,14 @@ fn upsert_on_conflict(backend: Backend) -> String {
 }
 
 /// The state, its change time and its confirmation move only when the row's
-/// confirmation is no earlier than the stored one ([`LATER_CONFIRMATION`]).
+/// confirmation is no earlier than the stored one ([`LATER_CONFIRMATION`]). A
+/// different address clears what bounces and complaints said of the old one.
 const UPSERT_ON_CONFLICT_HEAD: &str = " ON CONFLICT (user_id) DO UPDATE SET \
+     email_undeliverable_at = CASE WHEN lower(users.email) = lower(excluded.email) \
+         THEN users.email_undeliverable_at ELSE NULL END, \
+     email_undeliverable_reason = CASE WHEN lower(users.email) = lower(excluded.email) \
+         THEN users.email_undeliverable_reason ELSE NULL END, \
+     complained_at = CASE WHEN lower(users.email) = lower(excluded.email) THEN users.complained_at ELSE NULL END, \
      email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name, \
      locale = excluded.locale, timezone = excluded.timezone, region = excluded.region, \
      country = excluded.country, \
@@ -429,6 +446,9 @@ impl Store {
             binds.push(format!(",{t},"));
             clauses.push(tag_match_sql(self.backend(), binds.len()));
         }
+        if filter.undeliverable {
+            clauses.push("(email_undeliverable_at IS NOT NULL OR complained_at IS NOT NULL)".to_owned());
+        }
         if let Some(a) = after {
             binds.push(a.as_str().to_owned());
             clauses.push(format!("user_id > ${}", binds.len()));
@@ -509,10 +529,10 @@ pub(crate) async fn user_lock_in_tx(tx: &mut Tx, backend: Backend, user_id: &str
 /// taken and been rejected on: `issued` (in flight, or its worker died), `delivered`,
 /// `unknown` with an issue time (an interrupted attempt that got a session), and
 /// `delivery_failed` (the channel gave up, which may follow a timeout after the
-/// message was in fact handed over). Not `reserved` (no session yet) nor `api_failed`
+/// message was in fact handed over), and `bounced` (delivered, then bounced). Not `reserved` (no session yet) nor `api_failed`
 /// (none was made): neither has an issue time.
 const ISSUED_SESSION: &str =
-    "s.issued_at IS NOT NULL AND s.status IN ('issued', 'delivered', 'unknown', 'delivery_failed')";
+    "s.issued_at IS NOT NULL AND s.status IN ('issued', 'delivered', 'unknown', 'delivery_failed', 'bounced')";
 
 /// SQL for the rejection time of a user of table (or alias) `users` whom a source
 /// reports REJECTED: never earlier than the stored time, than `at` (the receive
@@ -758,6 +778,40 @@ mod tokens;
 pub use bulk::UserBulkUpsert;
 pub(crate) use tokens::token_row;
 pub use tokens::{GrantWrite, LeaseParams, LeasedToken, SealedToken, TokenRow};
+
+/// A hard bounce: the user's address is undeliverable from `now`, for `reason`
+/// (the status code and the scrubbed diagnostic). Returns whether it was not
+/// already (the first hard bounce since the address came).
+pub(crate) async fn user_undeliverable_in_tx(
+    tx: &mut Tx,
+    user_id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let n = sqlx::query(
+        "UPDATE users SET email_undeliverable_at = $2, email_undeliverable_reason = $3, updated_at = $2 \
+         WHERE user_id = $1 AND email_undeliverable_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(to_millis(now))
+    .bind(reason)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("user_undeliverable"))?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// A complaint: the user reported a message as abuse (the first time is kept).
+pub(crate) async fn user_complained_in_tx(tx: &mut Tx, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET complained_at = COALESCE(complained_at, $2), updated_at = $2 WHERE user_id = $1")
+        .bind(user_id)
+        .bind(to_millis(now))
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_complained"))?;
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests;

@@ -689,7 +689,9 @@ impl Metrics {
     /// A bounce report from `source` was refused or ignored for `reason` (one of
     /// [`BOUNCE_REJECTIONS`]).
     pub fn bounce_rejected(&self, source: &str, reason: &str) {
-        self.bounce_rejected.get_or_create(&SourceReasonLabels { source: label(source).into(), reason: label(reason).into() }).inc();
+        self.bounce_rejected
+            .get_or_create(&SourceReasonLabels { source: label(source).into(), reason: label(reason).into() })
+            .inc();
     }
 
     /// A bounce of `kind` (one of [`BOUNCE_KINDS`]) was recorded against `campaign`.

@@ -242,8 +242,14 @@ pub fn campaign(v: &Viewer, cv: &CampaignView) -> String {
         stages.push(("clicked", f.clicked));
     }
     stages.extend([("started", f.started), ("verified", f.verified), ("rejected", f.rejected)]);
+    // the table has the bounced stage beside notified (its share of notified is the
+    // bounce rate); the chart keeps the conversion path, each bar a share of the last
+    let mut rows = stages.clone();
+    if f.bounced > 0 || f.fallback_sent > 0 {
+        rows.splice(2..2, [("bounced", f.bounced), ("fallback sent", f.fallback_sent)]);
+    }
     let mut conv = String::new();
-    for (label, n) in &stages {
+    for (label, n) in &rows {
         let _ = write!(
             conv,
             "<tr><td>{label}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",

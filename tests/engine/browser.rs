@@ -529,6 +529,7 @@ async fn every_shipped_template_reads_well_in_chromium() {
                     time_zone: Some(zone.into()),
                     region: Region::Intl,
                 },
+                bounce_token: None,
                 session_url: SessionUrl::new(link.to_owned()),
                 expires_at,
                 campaign: CampaignName::parse("browser").unwrap(),

@@ -1,6 +1,7 @@
 //! End-to-end campaign runs: the real worker against the sandbox over HTTP, a real
 //! SQLite file or Postgres database, and a real outbox directory or SMTP server.
 
+mod bounces;
 mod browser;
 mod click;
 mod common;
