@@ -175,6 +175,24 @@ pub struct Settings {
     /// `[brand]`: who every campaign's messages are from (a campaign's own
     /// `[brand]` overrides it field by field); none by default.
     pub brand: Option<crate::domain::spec::Brand>,
+    /// Postmark's bounce webhook password (HTTP Basic auth, any user name):
+    /// mounts `POST /bounces/postmark`.
+    pub bounce_webhook_secret: Option<Secret>,
+    /// SendGrid's Event Webhook verification key (base64 DER, from SendGrid's
+    /// settings): mounts `POST /bounces/sendgrid`.
+    pub bounce_sendgrid_public_key: Option<String>,
+    /// The SNS topics whose SES notifications are accepted: mounts
+    /// `POST /bounces/ses`. A valid SNS signature only proves SNS sent it.
+    pub bounce_ses_topic_arns: Vec<String>,
+    /// `imaps://user@host[:port]/INBOX`: the mailbox DSNs and ARF reports arrive in.
+    pub bounce_mailbox: Option<String>,
+    pub bounce_mailbox_password: Option<Secret>,
+    /// A CA certificate (PEM) to trust for the mailbox's server, beside the system's.
+    pub bounce_mailbox_ca_file: Option<PathBuf>,
+    /// How often the mailbox is read (default 60s).
+    pub bounce_mailbox_poll: std::time::Duration,
+    /// Where processed messages are moved (absent: they are flagged and stay).
+    pub bounce_mailbox_done_folder: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -219,6 +237,14 @@ impl std::fmt::Debug for Settings {
             .field("audit_anchor", &self.audit_anchor)
             .field("evidence_signing_key", &self.evidence_signing_key)
             .field("brand", &self.brand)
+            .field("bounce_webhook_secret", &self.bounce_webhook_secret)
+            .field("bounce_sendgrid_public_key", &self.bounce_sendgrid_public_key)
+            .field("bounce_ses_topic_arns", &self.bounce_ses_topic_arns)
+            .field("bounce_mailbox", &url(&self.bounce_mailbox))
+            .field("bounce_mailbox_password", &self.bounce_mailbox_password)
+            .field("bounce_mailbox_ca_file", &self.bounce_mailbox_ca_file)
+            .field("bounce_mailbox_poll", &self.bounce_mailbox_poll)
+            .field("bounce_mailbox_done_folder", &self.bounce_mailbox_done_folder)
             .finish()
     }
 }
@@ -266,6 +292,14 @@ impl Default for Settings {
             audit_anchor: None,
             evidence_signing_key: None,
             brand: None,
+            bounce_webhook_secret: None,
+            bounce_sendgrid_public_key: None,
+            bounce_ses_topic_arns: Vec::new(),
+            bounce_mailbox: None,
+            bounce_mailbox_password: None,
+            bounce_mailbox_ca_file: None,
+            bounce_mailbox_poll: std::time::Duration::from_secs(60),
+            bounce_mailbox_done_folder: None,
         }
     }
 }
@@ -316,6 +350,14 @@ struct FileSettings {
     audit_anchor: Option<String>,
     evidence_signing_key_file: Option<PathBuf>,
     brand: Option<crate::domain::spec::Brand>,
+    bounce_webhook_secret_file: Option<PathBuf>,
+    bounce_sendgrid_public_key: Option<String>,
+    bounce_ses_topic_arns: Option<Vec<String>>,
+    bounce_mailbox: Option<String>,
+    bounce_mailbox_password_file: Option<PathBuf>,
+    bounce_mailbox_ca_file: Option<PathBuf>,
+    bounce_mailbox_poll: Option<String>,
+    bounce_mailbox_done_folder: Option<String>,
 }
 
 /// The secret keys: (settings key, environment variable stem).
@@ -324,7 +366,7 @@ pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
 /// The secret keys: each is read from `REVERIFY_<KEY>`, `REVERIFY_<KEY>_FILE`, the
 /// TOML's `<key>_file`, or the systemd credential named `<key>`.
-pub const SECRET_KEYS: [&str; 8] = [
+pub const SECRET_KEYS: [&str; 10] = [
     "baanx_client_key",
     "token_key",
     "token_keys_previous",
@@ -333,6 +375,8 @@ pub const SECRET_KEYS: [&str; 8] = [
     "notify_webhook_key",
     "audit_key",
     "evidence_signing_key",
+    "bounce_webhook_secret",
+    "bounce_mailbox_password",
 ];
 
 impl Settings {
@@ -542,9 +586,42 @@ impl Settings {
             b.check().map_err(|(field, m)| invalid(&format!("brand.{field}"), m))?;
         }
         s.brand = file.brand;
+        s.bounce_sendgrid_public_key = get("bounce_sendgrid_public_key", file.bounce_sendgrid_public_key);
+        s.bounce_ses_topic_arns = match env.get(&env_name("bounce_ses_topic_arns")) {
+            Some(v) => v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect(),
+            None => file.bounce_ses_topic_arns.unwrap_or_default(),
+        };
+        for arn in &s.bounce_ses_topic_arns {
+            if !arn.starts_with("arn:aws") || arn.split(':').count() != 6 {
+                return Err(invalid(
+                    "bounce_ses_topic_arns",
+                    format!("{arn:?} is not a topic ARN such as arn:aws:sns:eu-west-1:123456789012:ses-bounces"),
+                ));
+            }
+        }
+        s.bounce_mailbox = get("bounce_mailbox", file.bounce_mailbox);
+        if let Some(m) = &s.bounce_mailbox {
+            let u = parse_url("bounce_mailbox", m)?;
+            if !matches!(u.scheme(), "imaps" | "imap") || u.username().is_empty() {
+                return Err(invalid(
+                    "bounce_mailbox",
+                    format!("{:?} must look like imaps://user@host/INBOX", redact_url(m)),
+                ));
+            }
+        }
+        s.bounce_mailbox_ca_file =
+            get("bounce_mailbox_ca_file", file.bounce_mailbox_ca_file.map(path_string)).map(PathBuf::from);
+        if let Some(v) = get("bounce_mailbox_poll", file.bounce_mailbox_poll) {
+            let d = duration("bounce_mailbox_poll", v.clone())?;
+            if d < std::time::Duration::from_secs(1) {
+                return Err(invalid("bounce_mailbox_poll", format!("{v:?} must be at least 1s")));
+            }
+            s.bounce_mailbox_poll = d;
+        }
+        s.bounce_mailbox_done_folder = get("bounce_mailbox_done_folder", file.bounce_mailbox_done_folder);
 
         // secrets: environment value, else environment _FILE, else the TOML's *_file
-        let file_paths: [Option<PathBuf>; 8] = [
+        let file_paths: [Option<PathBuf>; 10] = [
             file.baanx_client_key_file,
             file.token_key_file,
             file.token_keys_previous_file,
@@ -553,6 +630,8 @@ impl Settings {
             file.notify_webhook_key_file,
             file.audit_key_file,
             file.evidence_signing_key_file,
+            file.bounce_webhook_secret_file,
+            file.bounce_mailbox_password_file,
         ];
         let mut secrets: Vec<Option<Secret>> = Vec::with_capacity(SECRET_KEYS.len());
         for (key, from_file) in SECRET_KEYS.iter().zip(file_paths) {
@@ -567,6 +646,14 @@ impl Settings {
         s.notify_webhook_key = it.next().flatten();
         s.audit_key = it.next().flatten();
         s.evidence_signing_key = it.next().flatten();
+        s.bounce_webhook_secret = it.next().flatten();
+        s.bounce_mailbox_password = it.next().flatten();
+        if s.bounce_mailbox.is_some() && s.bounce_mailbox_password.is_none() {
+            return Err(invalid(
+                "bounce_mailbox_password",
+                "bounce_mailbox is set: give its password (REVERIFY_BOUNCE_MAILBOX_PASSWORD_FILE)".into(),
+            ));
+        }
         Ok(s)
     }
 }

@@ -181,6 +181,38 @@ async fn campaign_subject_overrides_and_reminder_uses_its_template() {
     assert_no_url(&logs);
 }
 
+/// With `delivery.return_path` and a VERP token, the SMTP envelope sender is the
+/// return path with the token (what a bounce is sent to), and the Message-ID carries
+/// the token too; the From header stays the campaign's.
+#[tokio::test]
+async fn smtp_envelope_sender_and_message_id_carry_the_verp_token() {
+    let server = SmtpServer::start();
+    let notifier = smtp_notifier(&server.url(), fast(1));
+    let key = reverify::domain::bounce::VerpKey::derive(b"a token key");
+    let token = key.token(reverify::domain::bounce::MessageRef::Session(4242));
+    let mut msg = message("ada@example.com", 0);
+    msg.bounce_token = Some(token.clone());
+    msg.delivery.return_path = Some("bounces+{token}@example.com".into());
+    let d = notifier.send_with_retry(&msg).await.unwrap();
+
+    let got = server.messages();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    // aiosmtpd records the envelope: MAIL FROM as X-MailFrom
+    assert_eq!(m.header("X-MailFrom").unwrap(), format!("bounces+{token}@example.com"));
+    assert_eq!(m.header("From").unwrap(), "Compliance <compliance@example.com>");
+    let id = d.message_id.unwrap();
+    assert_eq!(m.header("Message-ID").unwrap(), format!("<{id}>"));
+    let carried = reverify::domain::bounce::token_in_plus_address(&id).unwrap();
+    assert_eq!(key.open(carried), Some(reverify::domain::bounce::MessageRef::Session(4242)));
+
+    // without a return path the envelope sender is the From address
+    let mut plain = message("ada@example.com", 1);
+    plain.bounce_token = Some(token);
+    notifier.send_with_retry(&plain).await.unwrap();
+    assert_eq!(server.messages()[1].header("X-MailFrom").unwrap(), "compliance@example.com");
+}
+
 #[tokio::test]
 async fn smtp_4xx_is_retried_until_it_is_accepted() {
     let (logs, _guard) = LogCapture::start();

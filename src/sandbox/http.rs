@@ -30,10 +30,21 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/user/verification", get(verification))
         .route("/session/{id}", get(session_get).post(session_post))
         .route("/_sandbox/stats", get(stats))
+        .route("/_sandbox/gateway", post(gateway))
         .route("/_sandbox/users/{id}", get(user_view))
         .route("/_sandbox/users/{id}/{action}", post(user_control))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// A partner's SMS or push gateway, as far as the fallback channel sees one: it
+/// takes the signed JSON post (a message for one user) and counts it.
+async fn gateway(AxState(s): AxState<Shared>, body: Bytes) -> Response {
+    if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        return message(StatusCode::BAD_REQUEST, "not JSON");
+    }
+    s.stats.gateway_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (StatusCode::ACCEPTED, axum::Json(json!({ "status": "queued" }))).into_response()
 }
 
 fn message(status: StatusCode, msg: &str) -> Response {

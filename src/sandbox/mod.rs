@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{Clock, SystemClock, UserId};
 
+pub mod bounces;
 mod faults;
 mod http;
 mod rng;

@@ -117,6 +117,9 @@ pub struct Counters {
     pub injected_timeouts: AtomicU64,
     pub webhooks_delivered: AtomicU64,
     pub webhooks_failed: AtomicU64,
+    /// Messages posted to `/_sandbox/gateway` (the stand-in for a partner's SMS or
+    /// push gateway, the fallback channel's far end).
+    pub gateway_messages: AtomicU64,
     buckets: Mutex<Histograms>,
 }
 
@@ -169,6 +172,7 @@ impl Counters {
             injected_500: AtomicU64::new(0),
             injected_timeouts: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
+            gateway_messages: AtomicU64::new(0),
             webhooks_failed: AtomicU64::new(0),
             buckets: Mutex::new(Histograms::default()),
         }
@@ -230,6 +234,7 @@ impl Counters {
             injected_server_errors: get(&self.injected_500),
             injected_timeouts: get(&self.injected_timeouts),
             webhooks_delivered: get(&self.webhooks_delivered),
+            gateway_messages: get(&self.gateway_messages),
             webhooks_failed: get(&self.webhooks_failed),
             verification_busiest_second: busiest,
             verification_first_second: first,
@@ -291,6 +296,9 @@ pub struct Stats {
     pub injected_timeouts: u64,
     /// Webhook deliveries answered 2xx.
     pub webhooks_delivered: u64,
+    /// Messages the fallback channel posted to `/_sandbox/gateway`.
+    #[serde(default)]
+    pub gateway_messages: u64,
     /// Webhook deliveries given up.
     pub webhooks_failed: u64,
     /// The most `GET /v1/user/verification` requests in any 1-second window (sliding
