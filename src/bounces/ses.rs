@@ -858,6 +858,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unsubscribe_confirmation_is_acknowledged_and_not_acted_on() {
+        let rig = rig();
+        let url =
+            format!("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=2336");
+        let mut m = subscription(&url);
+        m["Type"] = json!("UnsubscribeConfirmation");
+        let (status, text) = post(&rig.router, SES_PATH, &[], sign_v2(m)).await;
+        assert_eq!((status, text.contains("ignored")), (StatusCode::OK, true));
+        assert!(rig.sns.confirmed.lock().unwrap().is_empty());
+        assert!(rig.sink.taken().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_body_that_is_no_sns_message_is_malformed() {
         let rig = rig();
         let before = rejected("ses", "malformed");
