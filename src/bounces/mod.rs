@@ -17,7 +17,14 @@
 
 use async_trait::async_trait;
 
+pub mod http;
+pub mod postmark;
+pub mod sendgrid;
+pub mod ses;
+
 pub use crate::domain::bounce::{BounceKey, BounceKind, BounceReport, BounceSource};
+pub use http::{BounceWebhooks, bounce_router};
+pub use ses::{CertSource, FetchError, HttpsCertSource};
 
 /// What became of one report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

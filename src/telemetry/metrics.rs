@@ -105,12 +105,14 @@ pub const DELIVERY_RESULTS: [&str; 5] = ["ok", "transient", "permanent", "unknow
 /// The bounce intakes (`reverify_bounce_rejected_total{source}`).
 pub const BOUNCE_SOURCES: [&str; 4] = ["ses", "sendgrid", "postmark", "mailbox"];
 /// Why a bounce report was refused or ignored (`reverify_bounce_rejected_total{reason}`):
-/// a bad signature or credentials, a certificate from outside the SNS hosts, a
-/// replayed or stale post, a body over the limit, a report that does not parse, a
-/// token no key of ours made, a message nobody sent.
-pub const BOUNCE_REJECTIONS: [&str; 8] = [
+/// a bad signature or credentials, a certificate from outside the SNS hosts, an
+/// SNS topic not in `bounce_ses_topic_arns`, a replayed or stale post, a body over
+/// the limit, a report that does not parse, a token no key of ours made, a message
+/// nobody sent.
+pub const BOUNCE_REJECTIONS: [&str; 9] = [
     "bad_signature",
     "bad_certificate",
+    "unknown_topic",
     "stale_timestamp",
     "too_large",
     "malformed",
@@ -331,7 +333,7 @@ impl Metrics {
         registry.register(
             "bounce_rejected",
             "Bounce reports refused or ignored, by intake (ses, sendgrid, postmark, mailbox) and reason \
-             (bad_signature, bad_certificate, stale_timestamp, too_large, malformed, unknown_token, unmatched, \
+             (bad_signature, bad_certificate, unknown_topic, stale_timestamp, too_large, malformed, unknown_token, unmatched, \
              duplicate)",
             bounce_rejected.clone(),
         );
