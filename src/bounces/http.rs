@@ -205,6 +205,10 @@ impl Intake {
                     info!(source, dedupe_id, "bounce report matches no message of ours; recorded as unmatched");
                     self.count("unmatched");
                 }
+                Ok(Recorded::UnknownToken) => {
+                    info!(source, dedupe_id, "bounce report names a VERP token no key of ours made; ignored");
+                    self.count("unknown_token");
+                }
                 Err(e) => {
                     warn!(source, dedupe_id, error = %e, "bounce report not recorded; the provider will retry");
                     return answer(StatusCode::SERVICE_UNAVAILABLE, "try again");

@@ -33,9 +33,12 @@ pub enum Recorded {
     Applied,
     /// The same (source, dedupe id) was recorded before: nothing changed.
     Duplicate,
-    /// No message of ours matches (an unknown token, a Message-ID or address
-    /// nobody sent to): recorded as unmatched, nothing else changed.
+    /// No message of ours matches (a Message-ID or an address nobody sent to, a
+    /// message since gone): nothing changed. The intake counts it `unmatched`.
     Unmatched,
+    /// It named the message by a VERP token no key of ours made (forged, or from
+    /// another installation): nothing changed. The intake counts it `unknown_token`.
+    UnknownToken,
 }
 
 /// The sink could not record the report (the database is down): the intake must

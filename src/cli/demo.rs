@@ -4,7 +4,9 @@
 //! import format and imports them into a fresh SQLite database, starts the public
 //! routes (click-through links and the webhook receiver) beside the sandbox, applies
 //! a demo campaign in click mode, runs it with messages written to a file outbox,
-//! and prints the status, the sandbox's own count of limit violations (which must be
+//! has three of its addresses bounce (Postmark's webhook, posted to the bounce
+//! route) and follows up through the fallback channel (the sandbox's stand-in for a
+//! partner's SMS gateway), and prints the status, the sandbox's own count of limit violations (which must be
 //! zero) and one link to click. On a terminal (or with `--serve`) it then keeps
 //! serving until Ctrl-C, so that the link can be clicked: the sandbox's session page
 //! completes the verification, and its signed webhook turns the target converted.
@@ -114,6 +116,9 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     settings.outbox_dir = Some(args.outbox.clone());
     settings.public_url = Some(public_url.clone());
     settings.webhook_key = Some(webhook_key);
+    // the bounces: Postmark's webhook password, and the fallback channel's signing key
+    settings.bounce_webhook_secret = Some(Secret::new(hex::encode(rand::random::<[u8; 32]>())));
+    settings.notify_webhook_key = Some(Secret::new(hex::encode(rand::random::<[u8; 32]>())));
 
     println!("2. importing {} into {}", users_file.display(), settings.database_url);
     let store = Store::open(&settings.database_url).await?;
@@ -126,8 +131,11 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     .await?;
     println!("   {} users imported, {} refresh tokens encrypted", report.imported, report.tokens);
 
-    println!("3. serving the click-through links and the webhook receiver on {public_url}");
+    println!("3. serving the click-through links, the webhook receiver and the bounce webhooks on {public_url}");
     let stop = CancellationToken::new();
+    let bounces = reverify::engine::bounces::bounce_router_from_settings(&settings, store.clone())
+        .map_err(|m| anyhow::anyhow!("bounce webhooks: {m}"))?
+        .context("the demo's bounce webhook")?;
     let router = reverify::webhooks::webhook_router(
         store.clone(),
         settings.webhook_key.clone().context("the demo's webhook key")?,
@@ -136,14 +144,16 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         store.clone(),
         Arc::new(reverify::engine::sync::baanx_api_from_settings(&settings, store.clone())?),
         super::serve::click_config(&settings),
-    ));
+    ))
+    .merge(bounces);
     let public = reverify::click::serve_public(public_addr, router, stop.clone())
         .await
         .with_context(|| format!("cannot listen on {public_addr}"))?;
 
-    println!("4. applying the demo campaign (click-through links)");
-    let spec = CampaignSpec::from_toml(DEMO_CAMPAIGN, "demo campaign")?;
-    let (_, campaign) = store.campaign_apply(&spec, DEMO_CAMPAIGN, &ctx.actor, Utc::now()).await?;
+    println!("4. applying the demo campaign (click-through links; a bounced address goes by the fallback)");
+    let text = with_fallback(DEMO_CAMPAIGN, &sandbox.base_url().join("_sandbox/gateway").context("the gateway URL")?);
+    let spec = CampaignSpec::from_toml(&text, "demo campaign")?;
+    let (_, campaign) = store.campaign_apply(&spec, &text, &ctx.actor, Utc::now()).await?;
     super::status::plan(&store, &campaign, settings.freshness(), false).await?;
 
     println!("5. running it");
@@ -164,7 +174,26 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
         report.counts.failed
     );
 
-    println!("6. status");
+    println!("6. three addresses bounce: their provider posts Postmark's bounce webhook");
+    let bounce_url = public_url.join("bounces/postmark").context("the bounce URL")?;
+    let secret = settings.bounce_webhook_secret.clone().context("the demo's bounce secret")?;
+    for (i, to) in recipients(&args.outbox).into_iter().take(3).enumerate() {
+        let status =
+            reverify::sandbox::bounces::post_postmark_bounce(&bounce_url, &secret, 1000 + i as u64, &to, true).await?;
+        println!("   {to}: a hard bounce, answered {status}");
+    }
+
+    println!("7. following up: the bounced users are sent a new link through the fallback channel");
+    let report = worker.run_campaign(&campaign, Arc::new(Progress::default()), CancellationToken::new()).await?;
+    println!(
+        "   run {} {}: {} sent by the fallback; the partner's gateway (the sandbox) took {} messages",
+        report.run_id,
+        report.outcome.as_str(),
+        report.counts.notified,
+        sandbox.stats().await.gateway_messages
+    );
+
+    println!("8. status");
     let campaign = store.campaign_get(&spec.name).await?.context("the demo campaign vanished")?;
     super::status::status(&store, &campaign, false).await?;
     let stats = sandbox.stats().await;
@@ -185,6 +214,7 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     println!("  export REVERIFY_DATABASE_URL={} REVERIFY_TOKEN_KEY_FILE={}", settings.database_url, key_file.display());
     println!("  reverify campaign status demo-reverification");
     println!("  reverify users list --state UNVERIFIED --limit 5");
+    println!("  reverify users list --undeliverable");
     let serve = args.serve || (!args.no_serve && std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if serve && stats.violations == 0 {
         println!("\nServing the sandbox and the link until Ctrl-C: open the link, press the button, and complete");
@@ -205,6 +235,29 @@ pub async fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<u8> {
     store.close().await;
     sandbox.shutdown().await;
     Ok(if stats.violations == 0 { exit::OK } else { exit::FAILURE })
+}
+
+/// The demo campaign's text with `delivery.fallback` pointing at `gateway` (the
+/// sandbox's stand-in for a partner's SMS gateway), before `[throttle]`.
+fn with_fallback(campaign: &str, gateway: &url::Url) -> String {
+    let lines = format!("fallback = \"webhook\"\nfallback_webhook_url = \"{gateway}\"\n\n[throttle]");
+    campaign.replacen("\n[throttle]", &format!("\n{lines}"), 1)
+}
+
+/// The addresses the outbox's messages went to, in file name order.
+fn recipients(outbox: &std::path::Path) -> Vec<reverify::domain::EmailAddress> {
+    let Ok(dir) = std::fs::read_dir(outbox) else { return vec![] };
+    let mut files: Vec<_> = dir.flatten().filter(|e| reverify::notify::is_message_name(&e.file_name())).collect();
+    files.sort_by_key(std::fs::DirEntry::file_name);
+    files
+        .iter()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|m| {
+            let to = m.lines().find(|l| l.starts_with("To: "))?;
+            let addr = to.rsplit_once('<').map_or(&to[4..], |(_, a)| a.trim_end_matches('>'));
+            reverify::domain::EmailAddress::parse(addr.trim()).ok()
+        })
+        .collect()
 }
 
 /// The click-through link in the first message of the outbox.

@@ -18,9 +18,12 @@ use super::{Context, exit};
 
 /// Serve the public routes: Baanx kyc.status.changed webhooks on POST
 /// /webhooks/baanx (when webhook_key is set: REVERIFY_WEBHOOK_KEY or
-/// REVERIFY_WEBHOOK_KEY_FILE), and click-through links on GET and POST /v/{token}
-/// (when the Baanx client is configured: baanx_client_key and token_key), plus
-/// /healthz. /readyz and /metrics are served on metrics_listen only, never here.
+/// REVERIFY_WEBHOOK_KEY_FILE), click-through links on GET and POST /v/{token}
+/// (when the Baanx client is configured: baanx_client_key and token_key), the mail
+/// providers' bounce webhooks on POST /bounces/ses, /bounces/sendgrid and
+/// /bounces/postmark (each when its setting is: bounce_ses_topic_arns,
+/// bounce_sendgrid_public_key, bounce_webhook_secret), plus /healthz. With
+/// bounce_mailbox set, the DSN mailbox is read too. /readyz and /metrics are served on metrics_listen only, never here.
 /// With ui_listen set, the dashboard is served there (its own listener; with no
 /// public route to serve, the dashboard alone). Stops on SIGTERM or SIGINT after
 /// the requests in flight.
@@ -30,6 +33,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 }
+
+/// The bounce webhooks' paths, as the start line shows them.
+pub const BOUNCES_PATH: &str = "/bounces/{ses,sendgrid,postmark}";
 
 /// The click routes' settings from the worker's.
 pub fn click_config(settings: &reverify::Settings) -> ClickConfig {
@@ -55,6 +61,12 @@ pub fn public_router(ctx: &Context, store: &reverify::store::Store) -> anyhow::R
         router = router.merge(webhook_router(store.clone(), key.clone()));
         serving.push(WEBHOOK_PATH);
     }
+    if let Some(bounces) = reverify::engine::bounces::bounce_router_from_settings(&ctx.settings, store.clone())
+        .map_err(|m| anyhow::anyhow!("bounce webhooks: {m}"))?
+    {
+        router = router.merge(bounces);
+        serving.push(BOUNCES_PATH);
+    }
     match reverify::engine::sync::baanx_api_from_settings(&ctx.settings, store.clone()) {
         Ok(api) => {
             router = router.merge(click_router(store.clone(), Arc::new(api), click_config(&ctx.settings)));
@@ -63,7 +75,8 @@ pub fn public_router(ctx: &Context, store: &reverify::store::Store) -> anyhow::R
         Err(e) if serving.is_empty() => {
             anyhow::bail!(
                 "nothing to serve: set webhook_key (REVERIFY_WEBHOOK_KEY or REVERIFY_WEBHOOK_KEY_FILE) for the Baanx \
-                 webhook, or the Baanx client settings for click-through links ({e})"
+                 webhook, a bounce webhook setting (bounce_webhook_secret, bounce_sendgrid_public_key, \
+                 bounce_ses_topic_arns), or the Baanx client settings for click-through links ({e})"
             )
         }
         Err(e) => info!(reason = %e, "click-through links are not served"),

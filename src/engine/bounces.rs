@@ -131,14 +131,8 @@ impl BounceSink for StoreBounceSink {
         let source = r.source.as_str();
         let matched = match self.find(&r).await? {
             Ok(m) => m,
-            Err(Miss::UnknownToken) => {
-                metrics.bounce_rejected(source, "unknown_token");
-                return Ok(Recorded::Unmatched);
-            }
-            Err(Miss::Unmatched) => {
-                metrics.bounce_rejected(source, "unmatched");
-                return Ok(Recorded::Unmatched);
-            }
+            Err(Miss::UnknownToken) => return Ok(Recorded::UnknownToken),
+            Err(Miss::Unmatched) => return Ok(Recorded::Unmatched),
         };
         let spec = self.spec_of(matched.campaign_id).await?;
         let reported = r.keys.iter().find_map(|k| match k {
@@ -164,7 +158,6 @@ impl BounceSink for StoreBounceSink {
             .await
             .map_err(sink)?;
         let BounceOutcome::Recorded { effective, undeliverable, fallback_queued } = outcome else {
-            metrics.bounce_rejected(source, "duplicate");
             return Ok(Recorded::Duplicate);
         };
         let campaign = spec.as_ref().map_or("", |(name, _)| name.as_str());
@@ -186,4 +179,28 @@ impl BounceSink for StoreBounceSink {
         }
         Ok(Recorded::Applied)
     }
+}
+
+/// The provider webhooks the settings configure (`bounce_ses_topic_arns`,
+/// `bounce_sendgrid_public_key`, `bounce_webhook_secret`), over a sink into `store`;
+/// `None` when none is.
+///
+/// # Errors
+/// A setting that is wrong, named (a SendGrid key that does not parse, a topic that
+/// is not an ARN).
+pub fn bounce_router_from_settings(
+    settings: &crate::Settings,
+    store: Store,
+) -> Result<Option<axum::Router>, String> {
+    let timeout = std::time::Duration::from_millis(settings.http_request_timeout_ms.min(10_000));
+    let mut config = crate::bounces::BounceWebhooks::new(timeout)?;
+    config.ses_topic_arns.clone_from(&settings.bounce_ses_topic_arns);
+    config.sendgrid_public_key.clone_from(&settings.bounce_sendgrid_public_key);
+    config.postmark_secret.clone_from(&settings.bounce_webhook_secret);
+    if config.is_empty() {
+        return Ok(None);
+    }
+    config.check()?;
+    let sink: Arc<dyn BounceSink> = Arc::new(StoreBounceSink::new(store, settings.verp_key()));
+    Ok(Some(crate::bounces::bounce_router(sink, config)))
 }

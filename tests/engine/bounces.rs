@@ -120,7 +120,7 @@ both_engines!(dead_addresses_bounce_then_go_by_the_fallback_and_are_skipped_by_e
         // and a token forged from it opens nothing
         let forged = token.replacen(&token[1..3], "99", 1);
         let r = report(&format!("forged-{i}"), vec![BounceKey::Token(forged)], BounceKind::Hard, BounceSource::Mailbox);
-        assert_eq!(sink.record(r).await.unwrap(), Recorded::Unmatched);
+        assert_eq!(sink.record(r).await.unwrap(), Recorded::UnknownToken);
     }
     for u in &dead {
         let (status, reason, step, bounced_at, _) = target(&env, c.campaign_id, u.user_id.as_str()).await;
