@@ -214,11 +214,12 @@ fn the_kustomizations_name_every_resource_and_render() {
     let dir = tempfile::tempdir().unwrap();
     // (kind, name) each overlay keeps and drops: both keep `reverify serve` (the
     // click-through links, Baanx's webhooks, the dashboard), its Services and Ingress
-    let serve: [(&str, &str); 5] = [
+    let serve: [(&str, &str); 6] = [
         ("Deployment", "reverify-serve"),
         ("Service", "reverify-public"),
         ("Service", "reverify-dashboard"),
         ("Ingress", "reverify-public"),
+        ("Ingress", "reverify-bounces"),
         ("NetworkPolicy", "reverify-ops-ingress"),
     ];
     type Object<'a> = (&'a str, &'a str);
@@ -743,8 +744,13 @@ fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
     // the paths the product serves on its public listener
     let link_prefix = reverify::click::LINK_PATH.split('{').next().unwrap().trim_end_matches('/');
     let webhook = reverify::webhooks::WEBHOOK_PATH;
-    let expected: BTreeSet<(String, String)> =
-        [(link_prefix.to_owned(), "Prefix".to_owned()), (webhook.to_owned(), "Exact".to_owned())].into();
+    let bounces = reverify::bounces::http::BOUNCES_PREFIX;
+    let expected: BTreeSet<(String, String)> = [
+        (link_prefix.to_owned(), "Prefix".to_owned()),
+        (webhook.to_owned(), "Exact".to_owned()),
+        (bounces.to_owned(), "Prefix".to_owned()),
+    ]
+    .into();
     for overlay in ["cronjob", "daemon"] {
         let docs = rendered(overlay);
         let find = |kind: &str, name: &str| {
@@ -816,6 +822,9 @@ fn the_ingress_routes_the_public_routes_to_the_listener_that_serves_them() {
                         // the keys the routes need (serve.rs public_router)
                         let needs: &[&str] = if p == webhook {
                             &["REVERIFY_WEBHOOK_KEY_FILE"]
+                        } else if p == bounces {
+                            // Postmark's; SES and SendGrid take a plain setting
+                            &["REVERIFY_BOUNCE_WEBHOOK_SECRET_FILE"]
                         } else {
                             &["REVERIFY_BAANX_CLIENT_KEY_FILE", "REVERIFY_TOKEN_KEY_FILE"]
                         };

@@ -38,6 +38,8 @@ use crate::telemetry::LogThrottle;
 
 /// The largest body accepted on any bounce webhook.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// What every bounce route's path starts with (an Ingress routes the prefix).
+pub const BOUNCES_PREFIX: &str = "/bounces";
 /// At most one log line per this, per provider, about refused unauthenticated posts.
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// The longest dedupe id kept (longer provider ids are cut).

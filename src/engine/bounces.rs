@@ -188,10 +188,7 @@ impl BounceSink for StoreBounceSink {
 /// # Errors
 /// A setting that is wrong, named (a SendGrid key that does not parse, a topic that
 /// is not an ARN).
-pub fn bounce_router_from_settings(
-    settings: &crate::Settings,
-    store: Store,
-) -> Result<Option<axum::Router>, String> {
+pub fn bounce_router_from_settings(settings: &crate::Settings, store: Store) -> Result<Option<axum::Router>, String> {
     let timeout = std::time::Duration::from_millis(settings.http_request_timeout_ms.min(10_000));
     let mut config = crate::bounces::BounceWebhooks::new(timeout)?;
     config.ses_topic_arns.clone_from(&settings.bounce_ses_topic_arns);
