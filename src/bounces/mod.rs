@@ -15,7 +15,16 @@
 //!
 //! Every refusal is counted in `reverify_bounce_rejected_total{source,reason}`.
 
+pub mod dsn;
+pub mod mailbox;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
+
 use async_trait::async_trait;
+
+pub use dsn::{DsnError, parse_message};
+pub use mailbox::{MailboxConfig, MailboxHealth, run_mailbox};
 
 pub use crate::domain::bounce::{BounceKey, BounceKind, BounceReport, BounceSource};
 
