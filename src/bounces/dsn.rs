@@ -430,10 +430,10 @@ fn original_of(message: &Message<'_>) -> Original {
         if let PartType::Message(inner) = &part.body {
             return original_in(inner);
         }
-        if is_type(part, "text", &["rfc822-headers", "rfc822-header"]) {
-            if let Some(inner) = MessageParser::new().parse_headers(part.contents()) {
-                return original_in(&inner);
-            }
+        if is_type(part, "text", &["rfc822-headers", "rfc822-header"])
+            && let Some(inner) = MessageParser::new().parse_headers(part.contents())
+        {
+            return original_in(&inner);
         }
     }
     Original::default()
@@ -528,7 +528,7 @@ fn enhanced_code(text: &str) -> Option<String> {
         let end = dotted_end(b, end)?;
         let boundary = b
             .get(end)
-            .is_none_or(|c| !c.is_ascii_digit() && !(*c == b'.' && b.get(end + 1).is_some_and(u8::is_ascii_digit)));
+            .is_none_or(|c| !(c.is_ascii_digit() || *c == b'.' && b.get(end + 1).is_some_and(u8::is_ascii_digit)));
         boundary.then(|| text[start..end].to_owned())
     })
 }

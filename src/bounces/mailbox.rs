@@ -520,3 +520,174 @@ mod tests {
         assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300]);
     }
 }
+
+/// Against a real Dovecot (`bounces::testing`).
+#[cfg(test)]
+mod dovecot {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::bounces::testing::{DovecotServer, RecordingSink, arf_for, dsn_for};
+    use crate::bounces::{BounceKey, BounceKind};
+
+    const TOKEN: &str = "s42-0123456789abcdef";
+
+    fn original(n: u32) -> Vec<u8> {
+        format!(
+            "Return-Path: <bounces+{TOKEN}@example.com>\r\nFrom: Example <noreply@example.com>\r\n\
+             To: jane{n}@example.org\r\nSubject: Please re-verify\r\nMessage-ID: <orig-{n}@example.com>\r\n\r\nHello\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn hard_bounce(n: u32) -> Vec<u8> {
+        dsn_for(
+            &original(n),
+            &format!("jane{n}@example.org"),
+            "5.1.1",
+            "550 5.1.1 user unknown",
+            &format!("bounces+{TOKEN}@example.com"),
+        )
+    }
+
+    async fn poll(server: &DovecotServer, sink: &RecordingSink) -> PollSummary {
+        let config = server.mailbox_config();
+        let tls = tls_connector(&config).unwrap();
+        poll_once(&config, tls.as_ref(), sink).await.unwrap_or_else(|e| panic!("{e}\n{}", server.log()))
+    }
+
+    fn malformed_count() -> u64 {
+        let text = crate::telemetry::global().encode();
+        text.lines()
+            .find(|l| {
+                l.starts_with("reverify_bounce_rejected_total{")
+                    && l.contains("source=\"mailbox\"")
+                    && l.contains("reason=\"malformed\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    #[tokio::test]
+    async fn reports_reach_the_sink_and_their_messages_are_flagged_not_deleted() {
+        let server = DovecotServer::start();
+        server.deliver(&hard_bounce(1));
+        server.deliver(&arf_for(&original(2), "jane2@example.org", &format!("bounces+{TOKEN}@example.com")));
+        let sink = RecordingSink::new();
+        let summary = poll(&server, &sink).await;
+        assert_eq!((summary.processed, summary.reports, summary.malformed, summary.sink_failed), (2, 2, 0, false));
+        let reports = sink.reports();
+        let kinds: Vec<BounceKind> = reports.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [BounceKind::Hard, BounceKind::Complaint]);
+        assert_eq!(reports[0].keys[0], BounceKey::Token(TOKEN.into()));
+        assert_eq!(reports[0].keys[1], BounceKey::MessageId("orig-1@example.com".into()));
+        assert_eq!(reports[1].keys[1], BounceKey::MessageId("orig-2@example.com".into()));
+        let inbox = server.messages("INBOX");
+        assert_eq!(inbox.len(), 2, "nothing deleted");
+        assert!(inbox.iter().all(|m| m.is_done() && !m.deleted), "{inbox:?}");
+        // a second poll finds nothing new
+        assert_eq!(poll(&server, &sink).await.processed, 0);
+        assert_eq!(sink.reports().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_leaves_the_message_for_the_next_poll() {
+        let server = DovecotServer::start();
+        server.deliver(&hard_bounce(3));
+        let sink = RecordingSink::new();
+        sink.set_failing(true);
+        let summary = poll(&server, &sink).await;
+        assert!(summary.sink_failed);
+        assert_eq!(summary.processed, 0);
+        let inbox = server.messages("INBOX");
+        assert!(inbox.iter().all(|m| !m.seen && m.keywords.is_empty()), "left unflagged: {inbox:?}");
+        sink.set_failing(false);
+        assert_eq!(poll(&server, &sink).await.processed, 1);
+        assert_eq!(sink.reports().len(), 1);
+        assert!(server.messages("INBOX")[0].is_done());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_message_is_flagged_and_counted() {
+        let server = DovecotServer::start();
+        let raw = b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n--B\r\n\
+                    Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\n--B--\r\n";
+        server.deliver(raw);
+        let before = malformed_count();
+        let sink = RecordingSink::new();
+        let summary = poll(&server, &sink).await;
+        assert_eq!((summary.processed, summary.malformed, summary.reports), (1, 1, 0));
+        assert!(malformed_count() > before);
+        assert!(server.messages("INBOX")[0].is_done());
+    }
+
+    #[tokio::test]
+    async fn a_done_folder_receives_the_processed_messages() {
+        let server = DovecotServer::start();
+        server.deliver(&hard_bounce(4));
+        let mut config = server.mailbox_config();
+        config.done_folder = Some("Processed".into());
+        let sink = RecordingSink::new();
+        let tls = tls_connector(&config).unwrap();
+        let summary = poll_once(&config, tls.as_ref(), &sink).await.unwrap();
+        assert_eq!(summary.processed, 1);
+        assert!(server.messages("INBOX").is_empty());
+        let done = server.messages("Processed");
+        assert_eq!(done.len(), 1);
+        assert!(done[0].is_done());
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_that_is_down_is_retried_until_it_is_up() {
+        let mut server = DovecotServer::start();
+        server.stop();
+        server.deliver(&hard_bounce(5));
+        let mut config = server.mailbox_config();
+        config.retry_min = Duration::from_millis(100);
+        config.retry_max = Duration::from_millis(400);
+        config.poll_every = Duration::from_millis(200);
+        let sink = Arc::new(RecordingSink::new());
+        let health = MailboxHealth::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_mailbox(config, sink.clone(), health.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while health.last_error().is_none() {
+            assert!(Instant::now() < deadline, "no failed poll");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!health.is_up());
+        assert!(health.last_error().unwrap().contains("connecting to 127.0.0.1"), "{:?}", health.last_error());
+        server.restart();
+        while !health.is_up() || sink.reports().is_empty() {
+            assert!(Instant::now() < deadline, "not up: {:?}\n{}", health.last_error(), server.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(health.last_error(), None);
+        let _ = stop.send(());
+        task.await.unwrap();
+        assert!(server.messages("INBOX")[0].is_done());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_is_down_with_the_reason() {
+        let server = DovecotServer::start();
+        let mut config = server.mailbox_config();
+        config.password = Secret::new("wrong");
+        let tls = tls_connector(&config).unwrap();
+        let e = poll_once(&config, tls.as_ref(), &RecordingSink::new()).await.unwrap_err();
+        assert!(e.to_string().contains("logging in"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_outside_the_trusted_cas_is_refused() {
+        let server = DovecotServer::start();
+        let mut config = server.mailbox_config();
+        config.ca_file = None;
+        let tls = tls_connector(&config).unwrap();
+        let e = poll_once(&config, tls.as_ref(), &RecordingSink::new()).await.unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
+    }
+}
