@@ -31,6 +31,9 @@ pub enum DsnError {
     /// No header could be read: not an email.
     #[error("not an email message: no header could be read")]
     NotAMessage,
+    /// The parser itself failed (a bug: it is meant never to panic).
+    #[error("the MIME parser failed on this message")]
+    ParserFailed,
     /// A `multipart/report` whose machine-readable part is missing or says nothing
     /// usable.
     #[error("a {report_type} report without its {part} part")]
@@ -692,6 +695,14 @@ mod tests {
         let mut per_file = Vec::new();
         for path in &files {
             let raw = std::fs::read(path).unwrap();
+            for cut in [raw.len() / 3, raw.len() / 2, raw.len() * 9 / 10] {
+                let truncated = &raw[..cut];
+                assert!(
+                    std::panic::catch_unwind(|| parse_message(truncated)).is_ok(),
+                    "{} cut at {cut} panicked",
+                    path.display()
+                );
+            }
             let outcome = match std::panic::catch_unwind(|| parse_message(&raw)) {
                 Err(_) => panic!("{} panicked", path.display()),
                 Ok(Err(_)) => "error",

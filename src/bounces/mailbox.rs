@@ -44,6 +44,10 @@ pub const DEFAULT_POLL_EVERY: Duration = Duration::from_secs(60);
 /// How long one poll may take before it counts as a failure.
 const POLL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The most of one message read: a DSN's machine-readable parts come first, and a
+/// bounce that returns a huge attachment is not read whole.
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+
 /// How long connecting (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -232,8 +236,14 @@ pub async fn run_mailbox(
     };
     let mut backoff = config.retry_min;
     loop {
-        let wait = match tokio::time::timeout(POLL_TIMEOUT, poll_once(&config, connector.as_ref(), sink.as_ref())).await
-        {
+        // a poll cut by the shutdown is safe: an unmarked message is read again, and
+        // the sink counts a report once per dedupe id
+        let poll = tokio::time::timeout(POLL_TIMEOUT, poll_once(&config, connector.as_ref(), sink.as_ref()));
+        let outcome = tokio::select! {
+            () = &mut shutdown => return,
+            outcome = poll => outcome,
+        };
+        let wait = match outcome {
             Ok(Ok(summary)) => {
                 health.set(None);
                 backoff = config.retry_min;
@@ -396,7 +406,10 @@ where
     let Some(raw) = fetch_raw(session, uid).await? else {
         return Ok(true);
     };
-    match parse_message(&raw) {
+    // parse_message does not panic (see its tests); should a message prove otherwise,
+    // it is counted malformed instead of ending the reader
+    let parsed = std::panic::catch_unwind(|| parse_message(&raw)).unwrap_or(Err(super::DsnError::ParserFailed));
+    match parsed {
         Ok(reports) => {
             let count = reports.len();
             if let Err(e) = record_all(sink, reports).await {
@@ -423,13 +436,14 @@ async fn record_all(sink: &dyn BounceSink, reports: Vec<super::BounceReport>) ->
     Ok(())
 }
 
-/// The message's bytes, fetched without setting `\Seen`; `None` when it is gone.
+/// The message's first [`MAX_MESSAGE_BYTES`], fetched without setting `\Seen`;
+/// `None` when it is gone.
 async fn fetch_raw<T>(session: &mut async_imap::Session<T>, uid: u32) -> Result<Option<Vec<u8>>, MailboxError>
 where
     T: AsyncRead + AsyncWrite + Unpin + std::fmt::Debug + Send,
 {
     let fetches: Vec<_> = session
-        .uid_fetch(uid.to_string(), "BODY.PEEK[]")
+        .uid_fetch(uid.to_string(), format!("BODY.PEEK[]<0.{MAX_MESSAGE_BYTES}>"))
         .await
         .map_err(|e| MailboxError::Down(format!("FETCH {uid}: {e}")))?
         .try_collect()
@@ -589,6 +603,25 @@ mod dovecot {
         // a second poll finds nothing new
         assert_eq!(poll(&server, &sink).await.processed, 0);
         assert_eq!(sink.reports().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_huge_bounce_is_read_up_to_the_limit() {
+        let server = DovecotServer::start();
+        let mut raw = hard_bounce(6);
+        let end = raw.len() - "--reverify-dsn-boundary--\r\n".len();
+        raw.truncate(end);
+        let filler = "x".repeat(998) + "\r\n";
+        let mut huge = String::from("--reverify-dsn-boundary\r\nContent-Type: text/plain\r\n\r\n");
+        while huge.len() < MAX_MESSAGE_BYTES + 1024 * 1024 {
+            huge.push_str(&filler);
+        }
+        raw.extend_from_slice(huge.as_bytes());
+        raw.extend_from_slice(b"--reverify-dsn-boundary--\r\n");
+        server.deliver(&raw);
+        let sink = RecordingSink::new();
+        assert_eq!(poll(&server, &sink).await.processed, 1);
+        assert_eq!(sink.reports()[0].kind, BounceKind::Hard);
     }
 
     #[tokio::test]
