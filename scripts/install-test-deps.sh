@@ -11,6 +11,9 @@ need_apt=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
 # the real Pushgateway the metrics push test pushes to (tests/telemetry.rs)
 [ -x /usr/bin/prometheus-pushgateway ] || need_apt+=(prometheus-pushgateway)
+# the real IMAP server the DSN mailbox tests read from (src/bounces/testing.rs); a
+# private instance with a generated config, so the package's own service stays off
+[ -x /usr/sbin/dovecot ] || need_apt+=(dovecot-imapd)
 # promtool checks and unit-tests the alert rules (.ci/run, deploy/prometheus/); Debian
 # ships it in the prometheus package
 command -v promtool >/dev/null || need_apt+=(prometheus)

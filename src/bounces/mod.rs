@@ -15,12 +15,20 @@
 //!
 //! Every refusal is counted in `reverify_bounce_rejected_total{source,reason}`.
 
+pub mod dsn;
+pub mod mailbox;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
+
 use async_trait::async_trait;
 
 pub mod http;
 pub mod postmark;
 pub mod sendgrid;
 pub mod ses;
+pub use dsn::{DsnError, parse_message};
+pub use mailbox::{MailboxConfig, MailboxHealth, run_mailbox};
 
 pub use crate::domain::bounce::{BounceKey, BounceKind, BounceReport, BounceSource};
 pub use http::{BounceWebhooks, bounce_router};
