@@ -81,8 +81,20 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
             return Err(e);
         }
     };
+    // the DSN mailbox, when bounce_mailbox is set
+    let mailbox = match reverify::engine::bounces::start_mailbox(&ctx.settings, worker.store.clone(), stop.clone()) {
+        Ok(m) => m,
+        Err(m) => {
+            stop.cancel();
+            anyhow::bail!("the bounce mailbox: {m}");
+        }
+    };
+    let health = mailbox.as_ref().map(|(h, _)| h.clone());
     let ops = ops.map(|(server, starting)| {
-        starting.ready(reverify::engine::gauges::StoreProbe::of(worker.store.clone()), axum::Router::new());
+        starting.ready(
+            reverify::engine::gauges::StoreProbe::with_mailbox(worker.store.clone(), health),
+            axum::Router::new(),
+        );
         server
     });
     let webhooks = match (args.webhook_listen, webhook_key) {
@@ -126,6 +138,9 @@ pub async fn run(args: DaemonArgs, ctx: &Context) -> anyhow::Result<u8> {
     reverify::schedule::daemon::run_with(worker.clone(), stop, opts).await?;
     for server in [ops, webhooks, public, dashboard].into_iter().flatten() {
         let _ = server.handle.await;
+    }
+    if let Some((_, task)) = mailbox {
+        let _ = task.await;
     }
     worker.store.close().await;
     Ok(exit::OK)

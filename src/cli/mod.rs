@@ -23,6 +23,7 @@ macro_rules! eprintln {
 }
 
 mod approve;
+mod bounces;
 mod campaign;
 mod daemon;
 mod demo;
@@ -126,6 +127,10 @@ enum Command {
     /// Import, list, show and re-key the user directory.
     #[command(subcommand)]
     Users(users::UsersCommand),
+    /// Bounces and complaints: `bounces ingest` records one DSN or ARF report (for
+    /// an MTA that pipes bounces to a program).
+    #[command(subcommand)]
+    Bounces(bounces::BouncesCommand),
     Sandbox(Box<sandbox::SandboxArgs>),
     /// Serve the public routes (Baanx webhooks, click-through links) and, on
     /// ui_listen, the dashboard.
@@ -325,6 +330,7 @@ async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(args, &ctx).await,
         Command::Demo(args) => demo::run(args, &ctx).await,
         Command::Users(c) => users::run(c, &ctx).await,
+        Command::Bounces(c) => bounces::run(c, &ctx).await,
         Command::Settings(c) => settings::run(c, &ctx).await,
         Command::Sandbox(a) => sandbox::run(*a, &ctx).await,
         Command::Serve(args) => serve::run(args, &ctx).await,

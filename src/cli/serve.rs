@@ -94,17 +94,22 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
     // with the dashboard on, a server with no public route serves the dashboard alone
     let public = match public_router(ctx, &store) {
         Ok(p) => Some(p),
-        Err(e) if ui.is_some() => {
-            info!(reason = %e, "no public route to serve; serving the dashboard only");
+        Err(e) if ui.is_some() || ctx.settings.bounce_mailbox.is_some() => {
+            info!(reason = %e, "no public route to serve");
             None
         }
         Err(e) => return Err(e),
     };
     let stop = CancellationToken::new();
+    // the DSN mailbox, when bounce_mailbox is set (several readers are safe: a report
+    // counts once)
+    let mailbox = reverify::engine::bounces::start_mailbox(&ctx.settings, store.clone(), stop.clone())
+        .map_err(|m| anyhow::anyhow!("the bounce mailbox: {m}"))?;
     let ops = match &ctx.settings.metrics_listen {
         Some(listen) => {
             let listen = reverify::telemetry::parse_listen(listen)?;
-            Some(reverify::telemetry::serve_ops(listen, StoreProbe::of(store.clone()), stop.clone()).await?)
+            let probe = StoreProbe::with_mailbox(store.clone(), mailbox.as_ref().map(|(h, _)| h.clone()));
+            Some(reverify::telemetry::serve_ops(listen, probe, stop.clone()).await?)
         }
         None => None,
     };
@@ -138,6 +143,9 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
         info!(addr = %d.local_addr, "dashboard listening");
         lines.push(format!("dashboard on http://{}/", d.local_addr));
     }
+    if mailbox.is_some() {
+        lines.push("reading the bounce mailbox".to_owned());
+    }
     println!("{}", lines.join("; "));
     super::run::stop_on_signals(stop.clone(), None);
     // the events the routes write (webhooks, clicks, the dashboard's actions) join the
@@ -160,6 +168,9 @@ pub async fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<u8> {
     }
     for s in [ops, dashboard].into_iter().flatten() {
         let _ = s.handle.await;
+    }
+    if let Some((_, task)) = mailbox {
+        let _ = task.await;
     }
     let _ = sealer.await;
     // and what the last requests wrote, before the store closes

@@ -201,3 +201,43 @@ pub fn bounce_router_from_settings(settings: &crate::Settings, store: Store) -> 
     let sink: Arc<dyn BounceSink> = Arc::new(StoreBounceSink::new(store, settings.verp_key()));
     Ok(Some(crate::bounces::bounce_router(sink, config)))
 }
+
+/// The DSN mailbox the settings name (`bounce_mailbox` and its password, CA file,
+/// poll and done folder); `None` when none is.
+///
+/// # Errors
+/// The setting that is wrong, named.
+pub fn mailbox_from_settings(settings: &crate::Settings) -> Result<Option<crate::bounces::MailboxConfig>, String> {
+    let Some(url) = &settings.bounce_mailbox else { return Ok(None) };
+    let password = settings
+        .bounce_mailbox_password
+        .clone()
+        .ok_or_else(|| "bounce_mailbox_password: bounce_mailbox is set: give its password".to_owned())?;
+    let mut config = crate::bounces::MailboxConfig::parse(url, password).map_err(|e| e.to_string())?;
+    config.poll_every = settings.bounce_mailbox_poll;
+    config.ca_file.clone_from(&settings.bounce_mailbox_ca_file);
+    config.done_folder.clone_from(&settings.bounce_mailbox_done_folder);
+    Ok(Some(config))
+}
+
+/// Starts reading the DSN mailbox the settings name into `store`, until `stop`; its
+/// health (for `/readyz`) and the task. `None` without a mailbox.
+///
+/// # Errors
+/// As [`mailbox_from_settings`], and a TLS set-up that cannot work (`ca_file`).
+pub fn start_mailbox(
+    settings: &crate::Settings,
+    store: Store,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<Option<(crate::bounces::MailboxHealth, tokio::task::JoinHandle<()>)>, String> {
+    let Some(config) = mailbox_from_settings(settings)? else { return Ok(None) };
+    crate::bounces::mailbox::tls_connector(&config).map_err(|e| e.to_string())?;
+    let sink: Arc<dyn BounceSink> = Arc::new(StoreBounceSink::new(store, settings.verp_key()));
+    let health = crate::bounces::MailboxHealth::new();
+    let h = health.clone();
+    info!(host = %config.host, folder = %config.folder, every = ?config.poll_every, "reading the bounce mailbox");
+    let task = tokio::spawn(async move {
+        crate::bounces::run_mailbox(config, sink, h, async move { stop.cancelled().await }).await;
+    });
+    Ok(Some((health, task)))
+}

@@ -68,6 +68,42 @@ impl StoreProbe {
     pub fn of(store: Store) -> Arc<dyn OpsProbe> {
         Arc::new(StoreProbe(store))
     }
+
+    /// As [`StoreProbe::of`], with the bounce mailbox's health, when one is read:
+    /// `/readyz` says when it is down (and stays 200: a mailbox outage is no reason
+    /// to stop serving click-through links).
+    pub fn with_mailbox(store: Store, mailbox: Option<crate::bounces::MailboxHealth>) -> Arc<dyn OpsProbe> {
+        match mailbox {
+            Some(mailbox) => Arc::new(MailboxProbe { store: StoreProbe(store), mailbox }),
+            None => Self::of(store),
+        }
+    }
+}
+
+/// [`StoreProbe`] and the bounce mailbox's health.
+#[derive(Debug, Clone)]
+struct MailboxProbe {
+    store: StoreProbe,
+    mailbox: crate::bounces::MailboxHealth,
+}
+
+#[async_trait::async_trait]
+impl OpsProbe for MailboxProbe {
+    async fn ping(&self) -> Result<(), ProbeError> {
+        self.store.ping().await
+    }
+
+    async fn refresh_gauges(&self) -> Result<(), ProbeError> {
+        self.store.refresh_gauges().await
+    }
+
+    fn notes(&self) -> Vec<String> {
+        if self.mailbox.is_up() {
+            return vec!["bounce mailbox: up".to_owned()];
+        }
+        let why = self.mailbox.last_error().unwrap_or_else(|| "not read yet".to_owned());
+        vec![format!("bounce mailbox: down ({why}); retrying with backoff")]
+    }
 }
 
 #[async_trait::async_trait]

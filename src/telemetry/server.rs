@@ -56,6 +56,11 @@ pub trait OpsProbe: Send + Sync {
     /// Sets the gauges of the global metrics that are read from the database
     /// (before each `/metrics` answer).
     async fn refresh_gauges(&self) -> Result<(), ProbeError>;
+    /// What is degraded without making the process unready (a bounce mailbox that
+    /// is down): one line each, added to `/readyz`'s answer, which stays 200.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Why an [`OpsProbe`] failed; logged, never served.
@@ -260,7 +265,14 @@ async fn readyz(State(ops): State<Ops>) -> Response {
         return starting();
     };
     match tokio::time::timeout(READY_TIMEOUT, ready.probe.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(())) => {
+            let mut body = "ready\n".to_owned();
+            for note in ready.probe.notes() {
+                body.push_str(&note);
+                body.push('\n');
+            }
+            (StatusCode::OK, body).into_response()
+        }
         Ok(Err(e)) => {
             warn!(error = %e, "not ready: the database does not answer");
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()

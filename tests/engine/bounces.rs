@@ -287,3 +287,83 @@ both_engines!(a_hard_bounce_rate_above_the_halt_pauses_the_campaign, |db: TestDb
         }
     }
 });
+
+// The whole way, with real parts: the campaign's emails leave over SMTP with the
+// VERP envelope sender; the relay's asynchronous DSNs for the dead addresses (and
+// one ARF complaint) land in an IMAP mailbox (Dovecot); the mailbox reader records
+// them; the next campaign skips the dead addresses by email.
+both_engines!(dsns_through_a_real_mailbox_make_addresses_undeliverable, |db: TestDb| async move {
+    use reverify::bounces::testing::{DovecotServer, arf_for, dsn_for};
+    use reverify::notify::testing::SmtpServer;
+    let mut env = env_of(db, 100).await;
+    let smtp = SmtpServer::start();
+    env.settings.smtp_url = Some(smtp.url());
+    env.settings.outbox_dir = None;
+    let c = env.apply(&campaign("by-mail", "", "")).await;
+    assert_eq!(env.run(&c).await.counts.notified, 100);
+    let sent = smtp.messages();
+    assert_eq!(sent.len(), 100);
+
+    // 3% dead: the relay bounces them to the envelope sender, hours later
+    let imap = DovecotServer::start();
+    let users = env.sandbox.users();
+    let dead: Vec<_> = users.iter().take(3).collect();
+    for u in &dead {
+        let m = sent.iter().find(|m| m.raw.contains(&format!("<{}>", u.email))).expect("a message to the address");
+        let envelope_from = m.header("X-MailFrom").expect("aiosmtpd records the envelope sender");
+        assert!(envelope_from.starts_with("bounces+s"), "the VERP return path: {envelope_from}");
+        let dsn = dsn_for(m.raw.as_bytes(), u.email.as_str(), "5.1.1", "smtp; 550 5.1.1 user unknown", &envelope_from);
+        imap.deliver(&dsn);
+    }
+    // and one complaint, from a feedback loop
+    let complainer = &users[10];
+    let m = sent.iter().find(|m| m.raw.contains(&format!("<{}>", complainer.email))).unwrap();
+    imap.deliver(&arf_for(m.raw.as_bytes(), complainer.email.as_str(), &m.header("X-MailFrom").unwrap()));
+    // a forged DSN naming an address, with no token: ignored
+    let forged = dsn_for(sent[50].raw.as_bytes(), users[50].email.as_str(), "5.1.1", "550", "bounces@example.com")
+        .into_iter()
+        .collect::<Vec<u8>>();
+    let forged = String::from_utf8(forged).unwrap().replace(&sent[50].header("Message-ID").unwrap(), "<forged@x>");
+    imap.deliver(forged.as_bytes());
+
+    let sink = StoreBounceSink::new(env.store().clone(), env.settings.verp_key());
+    let config = imap.mailbox_config();
+    let tls = reverify::bounces::mailbox::tls_connector(&config).unwrap();
+    let summary = reverify::bounces::mailbox::poll_once(&config, tls.as_ref(), &sink).await.unwrap();
+    assert_eq!(summary.processed, 5, "{summary:?}");
+    assert!(imap.messages("INBOX").iter().all(|m| m.is_done()), "every message flagged, none deleted");
+    // a second poll finds nothing new
+    let again = reverify::bounces::mailbox::poll_once(&config, tls.as_ref(), &sink).await.unwrap();
+    assert_eq!(again.processed, 0);
+
+    let undeliverable: Vec<String> =
+        sqlx::query("SELECT user_id FROM users WHERE email_undeliverable_at IS NOT NULL ORDER BY user_id")
+            .fetch_all(env.db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("user_id"))
+            .collect();
+    let mut want: Vec<String> = dead.iter().map(|u| u.user_id.to_string()).collect();
+    want.sort();
+    assert_eq!(undeliverable, want, "the three dead addresses, and not the forged one's");
+    let complained: Option<i64> = sqlx::query("SELECT complained_at FROM users WHERE user_id = $1")
+        .bind(complainer.user_id.as_str())
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap()
+        .get("complained_at");
+    assert!(complained.is_some());
+    let status = env.store().campaign_funnel(c.campaign_id, Utc::now()).await.unwrap();
+    assert_eq!((status.notified, status.bounced), (100, 3));
+
+    // the next campaign does not email them
+    let before = smtp.messages().len();
+    let c2 = env.apply(&campaign("by-mail-2", "", "")).await;
+    assert_eq!(env.run(&c2).await.counts.notified, 97);
+    let later = smtp.messages();
+    assert_eq!(later.len() - before, 97);
+    for u in &dead {
+        assert!(!later[before..].iter().any(|m| m.raw.contains(&format!("<{}>", u.email))), "mailed a dead address");
+    }
+});
