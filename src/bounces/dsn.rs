@@ -758,6 +758,23 @@ mod tests {
         }
 
         #[test]
+        fn any_corrupted_sample_parses_without_panic(
+            pick in proptest::num::usize::ANY,
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..32),
+        ) {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bounces/set-of-emails");
+            let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+            files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+            files.sort();
+            let mut raw = std::fs::read(&files[pick % files.len()]).unwrap();
+            for (at, byte) in flips {
+                let at = at % raw.len();
+                raw[at] = byte;
+            }
+            let _ = parse_message(&raw);
+        }
+
+        #[test]
         fn any_cut_of_a_dsn_parses_without_panic(cut in 0usize..1200, junk in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let mut raw = dsn("5.1.1", "failed", "smtp; 550 5.1.1 no");
             raw.truncate(cut.min(raw.len()));
