@@ -3,6 +3,7 @@
 //! binary talks to it over HTTP.
 
 mod approvals;
+mod bounces;
 mod common;
 mod docs;
 mod evidence;
