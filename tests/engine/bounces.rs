@@ -195,6 +195,30 @@ both_engines!(dead_addresses_bounce_then_go_by_the_fallback_and_are_skipped_by_e
     let mut still: Vec<String> = dead[1..].iter().map(|u| u.user_id.to_string()).collect();
     still.sort();
     assert_eq!(undeliverable, still, "only the user with a new address is deliverable again");
+
+    // users forget takes the person's bounce records and diagnostics with them
+    let gone = &dead[1].user_id;
+    env.store().user_forget(gone, "test", Utc::now()).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces WHERE user_id = $1")
+        .bind(gone.as_str())
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the bounce records are erased");
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM campaign_targets WHERE user_id = $1 AND bounce_diagnostic IS NOT NULL",
+    )
+    .bind(gone.as_str())
+    .fetch_one(env.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(kept, 0, "the diagnostics are erased");
+    let reason: Option<String> = sqlx::query_scalar("SELECT email_undeliverable_reason FROM users WHERE user_id = $1")
+        .bind(gone.as_str())
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(reason, None);
 });
 
 both_engines!(soft_bounces_complaints_and_untrusted_reports, |db: TestDb| async move {

@@ -116,6 +116,27 @@ async fn the_dashboard_in_chromium() {
         .await;
     env.run(&direct).await;
     env.run(&click).await;
+    // one of the direct campaign's messages bounced (a DSN, by its VERP token)
+    let sink = reverify::engine::bounces::StoreBounceSink::new(env.store().clone(), env.settings.verp_key());
+    let session: i64 = sqlx::query_scalar(
+        "SELECT session_id FROM verification_sessions WHERE campaign_id = $1 AND status = 'delivered' LIMIT 1",
+    )
+    .bind(direct.campaign_id)
+    .fetch_one(env.db.pool())
+    .await
+    .unwrap();
+    let token = env.settings.verp_key().unwrap().token(reverify::domain::bounce::MessageRef::Session(session));
+    let report = reverify::domain::bounce::BounceReport {
+        source: reverify::domain::bounce::BounceSource::Mailbox,
+        dedupe_id: "dsn-1".into(),
+        keys: vec![reverify::domain::bounce::BounceKey::Token(token)],
+        kind: reverify::domain::bounce::BounceKind::Hard,
+        status_code: Some("5.1.1".into()),
+        diagnostic: Some("user unknown".into()),
+        occurred_at: None,
+    };
+    use reverify::bounces::BounceSink as _;
+    assert_eq!(sink.record(report).await.unwrap(), reverify::bounces::Recorded::Applied);
     let live = env.apply(&campaign_toml("live-one", "")).await;
     env.store().run_start(live.campaign_id, "worker-x", "test", chrono::Utc::now(), None).await.unwrap();
 
@@ -197,6 +218,11 @@ async fn the_dashboard_in_chromium() {
     for label in ["Targets by status and reason", "Sends and conversions over time", "Recent runs", "Audit trail"] {
         assert!(text.contains(label), "{label}: {text}");
     }
+    // the funnel's bounced stage, its share of notified the bounce rate
+    let notified = status["funnel"]["notified"].as_i64().unwrap();
+    assert_eq!(status["bounced"], 1, "{status}");
+    let rate = format!("{:.1}%", 100.0 / notified as f64);
+    assert!(text.contains("bounced") && text.contains(&rate), "the bounced stage at {rate}: {text}");
     assert!(text.contains("Report (CSV)") && !text.contains("Pause"), "a viewer has no pause button: {text}");
     // what happens next: the tick and the follow-up of the users held back
     assert!(text.contains("next tick") && text.contains("next follow-up"), "{text}");
