@@ -20,30 +20,22 @@
 //! is counted in `reverify_bounce_rejected_total{source,reason}`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use tracing::{info, warn};
 
+use super::intake::Intake;
+pub use super::intake::{DEDUPE_ID_MAX_CHARS, REFUSAL_LOG_EVERY};
 use super::ses::{CertSource, HttpsCertSource};
-use super::{BounceKey, BounceReport, BounceSink, BounceSource, Recorded};
+use super::{BounceSink, BounceSource};
 use crate::Secret;
-use crate::domain::bounce::scrub_diagnostic;
-use crate::domain::{Clock, EmailAddress, SystemClock};
-use crate::telemetry::LogThrottle;
+use crate::domain::{Clock, SystemClock};
 
 /// The largest body accepted on any bounce webhook.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What every bounce route's path starts with (an Ingress routes the prefix).
 pub const BOUNCES_PREFIX: &str = "/bounces";
-/// At most one log line per this, per provider, about refused unauthenticated posts.
-pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-/// The longest dedupe id kept (longer provider ids are cut).
-pub const DEDUPE_ID_MAX_CHARS: usize = 200;
 
 /// Which provider webhooks to mount and what they check with. A provider whose
 /// setting is empty gets no route (its path answers 404).
@@ -133,121 +125,6 @@ pub fn bounce_router(sink: Arc<dyn BounceSink>, config: BounceWebhooks) -> Route
     router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// What every provider's receiver shares: where reports go, the clock, and the
-/// throttle on refusal log lines.
-pub(crate) struct Intake {
-    pub(crate) source: BounceSource,
-    sink: Arc<dyn BounceSink>,
-    pub(crate) clock: Arc<dyn Clock>,
-    refusals: LogThrottle,
-}
-
-impl Intake {
-    fn new(source: BounceSource, sink: Arc<dyn BounceSink>, clock: Arc<dyn Clock>) -> Self {
-        Self { source, sink, clock, refusals: LogThrottle::new(REFUSAL_LOG_EVERY) }
-    }
-
-    /// Counts `reason` for this provider.
-    pub(crate) fn count(&self, reason: &'static str) {
-        crate::telemetry::global().bounce_rejected(self.source.as_str(), reason);
-    }
-
-    /// Refuses a post nobody authenticated (or a replay): counted, and logged at
-    /// most once per [`REFUSAL_LOG_EVERY`]. Logged words are scrubbed of addresses
-    /// (a parse error may quote the body).
-    pub(crate) fn refuse_quietly(&self, reason: &'static str, status: StatusCode, result: &str) -> Response {
-        self.count(reason);
-        if let Some(held_back) = self.refusals.admit(Instant::now()) {
-            let source = self.source.as_str();
-            let result = scrub_diagnostic(result);
-            warn!(
-                source,
-                reason,
-                held_back,
-                "bounce webhook refused ({source}: {reason}: {result}); {held_back} more refused since the last such \
-                 line. These refusals are logged at most once a minute and counted in reverify_bounce_rejected_total"
-            );
-        }
-        answer(status, result)
-    }
-
-    /// Refuses an authenticated post that makes no sense: counted and logged (only
-    /// the provider can send these).
-    pub(crate) fn refuse(&self, reason: &'static str, status: StatusCode, result: &str) -> Response {
-        self.count(reason);
-        warn!(source = self.source.as_str(), reason, "bounce webhook refused: {}", scrub_diagnostic(result));
-        answer(status, result)
-    }
-
-    /// The answer to a body that could not be read: 413 for one over
-    /// [`MAX_BODY_BYTES`], else 400.
-    pub(crate) fn unreadable(&self, rejection: BytesRejection) -> Response {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return self.refuse_quietly("too_large", StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-        }
-        self.refuse_quietly("malformed", StatusCode::BAD_REQUEST, &format!("unreadable body: {rejection}"))
-    }
-
-    /// Hands `reports` to the sink in order: 200 once all are recorded, 503 at
-    /// the first the sink could not record (the provider retries the whole post;
-    /// the sink ignores the reports it already has).
-    pub(crate) async fn deliver(&self, reports: Vec<BounceReport>) -> Response {
-        let source = self.source.as_str();
-        if reports.is_empty() {
-            info!(source, "bounce webhook: nothing to record (no bounce or complaint)");
-            return answer(StatusCode::OK, "ignored");
-        }
-        let total = reports.len();
-        for report in reports {
-            let dedupe_id = report.dedupe_id.clone();
-            match self.sink.record(report).await {
-                Ok(Recorded::Applied) => {}
-                Ok(Recorded::Duplicate) => self.count("duplicate"),
-                Ok(Recorded::Unmatched) => {
-                    info!(source, dedupe_id, "bounce report matches no message of ours; recorded as unmatched");
-                    self.count("unmatched");
-                }
-                Ok(Recorded::UnknownToken) => {
-                    info!(source, dedupe_id, "bounce report names a VERP token no key of ours made; ignored");
-                    self.count("unknown_token");
-                }
-                Err(e) => {
-                    warn!(source, dedupe_id, error = %e, "bounce report not recorded; the provider will retry");
-                    return answer(StatusCode::SERVICE_UNAVAILABLE, "try again");
-                }
-            }
-        }
-        info!(source, reports = total, "bounce webhook recorded");
-        answer(StatusCode::OK, "recorded")
-    }
-}
-
-/// `{"result": result}` with `status`.
-pub(crate) fn answer(status: StatusCode, result: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "result": result }))).into_response()
-}
-
-/// `s` without surrounding white space and angle brackets (`<id@host>` → `id@host`).
-pub(crate) fn strip_angle(s: &str) -> &str {
-    s.trim().trim_start_matches('<').trim_end_matches('>').trim()
-}
-
-/// A [`BounceKey::MessageId`] from a Message-ID header value, when it has one.
-pub(crate) fn message_id_key(header: Option<&str>) -> Option<BounceKey> {
-    let id = strip_angle(header?);
-    (!id.is_empty()).then(|| BounceKey::MessageId(id.to_owned()))
-}
-
-/// A [`BounceKey::Address`] from a recipient's address, when it parses.
-pub(crate) fn address_key(address: Option<&str>) -> Option<BounceKey> {
-    EmailAddress::parse(strip_angle(address?)).ok().map(BounceKey::Address)
-}
-
-/// `id` cut at [`DEDUPE_ID_MAX_CHARS`].
-pub(crate) fn dedupe_id(id: &str) -> String {
-    id.trim().chars().take(DEDUPE_ID_MAX_CHARS).collect()
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     //! A recording sink and a request helper for the provider tests.
@@ -259,8 +136,10 @@ pub(crate) mod testing {
     use axum::http::Request;
     use tower::ServiceExt;
 
+    use axum::http::StatusCode;
+
     use super::*;
-    use crate::bounces::SinkError;
+    use crate::bounces::{BounceReport, Recorded, SinkError};
 
     /// Records every report; answers `answer` (or fails when it is `None`).
     pub(crate) struct RecordingSink {
@@ -320,8 +199,12 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::testing::*;
     use super::*;
+    use crate::bounces::intake::{address_key, dedupe_id, message_id_key};
+    use crate::bounces::{BounceKey, Recorded};
 
     fn postmark_only() -> BounceWebhooks {
         let mut c = BounceWebhooks::with_sources(

@@ -24,6 +24,7 @@ pub mod testing;
 use async_trait::async_trait;
 
 pub mod http;
+mod intake;
 pub mod postmark;
 pub mod sendgrid;
 pub mod ses;

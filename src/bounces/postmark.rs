@@ -31,7 +31,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::http::{Intake, address_key, dedupe_id};
+use super::intake::{Intake, address_key, dedupe_id};
 use super::{BounceKind, BounceReport, BounceSource};
 use crate::Secret;
 use crate::domain::bounce::scrub_diagnostic;

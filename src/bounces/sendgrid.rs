@@ -36,7 +36,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use super::http::{Intake, address_key, dedupe_id, message_id_key};
+use super::intake::{Intake, address_key, dedupe_id, message_id_key};
 use super::{BounceKind, BounceReport, BounceSource};
 use crate::domain::bounce::scrub_diagnostic;
 

@@ -51,7 +51,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 use url::Url;
 
-use super::http::{Intake, address_key, answer, dedupe_id, message_id_key};
+use super::intake::{Intake, address_key, answer, dedupe_id, message_id_key};
 use super::{BounceKey, BounceKind, BounceReport, BounceSource};
 use crate::domain::bounce::{scrub_diagnostic, token_in_plus_address};
 
