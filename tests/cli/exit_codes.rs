@@ -107,6 +107,10 @@ fn the_demo_runs_a_whole_campaign_with_nothing_configured() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("0 limit violations"), "{out}");
+    // three addresses bounce (Postmark's webhook, matched by address to the click
+    // links), and the follow-up reaches them through the fallback gateway
+    assert!(out.contains("bounced                  3 (") && out.contains("fallback sent 3"), "{out}");
+    assert!(out.contains("3 sent by the fallback; the partner's gateway (the sandbox) took 3 messages"), "{out}");
     let sent = std::fs::read_dir(dir.path().join("outbox")).unwrap().count();
     assert!(sent > 0 && out.contains(&format!("{sent} messages are in outbox")), "{out}");
     // a second demo in the same place refuses to mix with the first
