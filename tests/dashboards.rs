@@ -193,6 +193,9 @@ fn every_family_recorded() -> Metrics {
     m.set_scheduler_pass(1_800_000_000.0);
     m.locale_fallback("q4", "language");
     m.timezone_fallback("q4");
+    m.bounce_recorded("q4", "hard");
+    m.bounce_rejected("ses", "bad_signature");
+    m.bounce_mailbox_up(true);
     m
 }
 
