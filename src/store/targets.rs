@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::events::{event_in_tx, events_reminders_queued_in_tx};
+use super::events::{event_in_tx, events_reminders_queued_in_tx, events_targets_skipped_in_tx};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows, returned_user_ids};
 use super::users::{REACHABLE, TokenRow, token_row};
 use super::{Backend, Store, StoreError, query_err, to_millis};
@@ -410,17 +410,7 @@ impl Store {
                 .map_err(query_err("target_skip_excluded"))?
                 .rows_affected();
             if n > 0 {
-                sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
-                     SELECT $2, 'engine', 'target.skipped', campaign_id, user_id, '{{\"reason\":\"{reason}\"}}' \
-                     FROM campaign_targets WHERE campaign_id = $1 AND status = 'skipped' AND reason = '{reason}' \
-                       AND updated_at = $2"
-                )))
-                .bind(campaign_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("target_skip_excluded events"))?;
+                events_targets_skipped_in_tx(&mut tx, campaign_id, reason, now_ms).await?;
             }
             total += n;
         }
@@ -1182,6 +1172,34 @@ pub(crate) async fn target_bounced_in_tx(tx: &mut Tx, b: TargetBounced<'_>) -> R
         .map_err(query_err("target_bounced keep"))?;
     }
     Ok(n > 0)
+}
+
+/// A forgotten user's open targets are settled `skipped` / `forgotten`, and every
+/// target of theirs loses its bounce diagnostic (it says what a server said about
+/// their mailbox). Returns how many targets were settled.
+pub(crate) async fn targets_forget_user_in_tx(
+    tx: &mut Tx,
+    user_id: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let now_ms = to_millis(now);
+    let settled = sqlx::query(
+        "UPDATE campaign_targets SET status = 'skipped', reason = 'forgotten', not_before = NULL, \
+           lease_owner = NULL, lease_expires_at = NULL, finalized_at = $2, updated_at = $2 \
+         WHERE user_id = $1 AND status IN ('pending', 'deferred', 'claimed')",
+    )
+    .bind(user_id)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("user_forget targets"))?
+    .rows_affected();
+    sqlx::query("UPDATE campaign_targets SET bounce_diagnostic = NULL WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_forget bounce diagnostics"))?;
+    Ok(settled)
 }
 
 impl Store {
