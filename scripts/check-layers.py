@@ -11,9 +11,14 @@ anywhere). Then:
 1. a module may import only modules in lower layers (modules of one layer stand
    beside each other and import none of each other);
 2. no files form a cycle of imports (a `pub use` re-export and a `mod` line are
-   not imports: they are how a folder shows its parts).
+   not imports: they are how a folder shows its parts);
+3. a table is written (`INSERT INTO t`, `UPDATE t`, `DELETE FROM t` in a string
+   literal of `src/store/**`, test code left out) only by the files the ```tables
+   block of ARCHITECTURE.md names as its owners; the composers it lists write no
+   table of their own, and a table name built with `format!` fails (it cannot be
+   checked).
 
-Exit 0 when both hold; 1 with one line per violation otherwise.
+Exit 0 when all hold; 1 with one line per violation otherwise.
 """
 
 from __future__ import annotations
@@ -170,6 +175,176 @@ def imports(path: Path) -> list[tuple[int, list[str]]]:
     return found
 
 
+# --- table ownership (issue 28) -------------------------------------------------
+
+STORE = SRC / "store"
+WRITE = re.compile(r"\b(INSERT\s+INTO|(?<!FOR\s)(?<!NO KEY\s)(?<!DO\s)UPDATE|DELETE\s+FROM)\s+(\{[^}]*\}|[a-z_][a-z0-9_]*)")
+
+
+def table_map() -> tuple[dict[str, list[str]], list[str]]:
+    """The ```tables block: `table owner-file…` lines, and one `composers file…` line."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    m = re.search(r"```tables\n(.*?)```", text, re.S)
+    if not m:
+        sys.exit("check-layers: ARCHITECTURE.md has no ```tables block")
+    owners: dict[str, list[str]] = {}
+    composers: list[str] = []
+    for line in m.group(1).splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, *files = line.split()
+        if name == "composers":
+            composers += files
+        else:
+            owners[name] = files
+    return owners, composers
+
+
+def string_literals(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string literal in the file's code: comments, char
+    literals and test items (`#[cfg(test)]`, `#[cfg(any(test, feature = "testing"))]`)
+    are left out. Handles escapes, `\\` line continuations and raw strings."""
+    src = path.read_text()
+    out: list[tuple[int, str]] = []
+    i, n, line = 0, len(src), 1
+    depth = 0
+    skip_depth: int | None = None  # brace depth at which a test item started
+    pending_test = False
+    while i < n:
+        c = src[i]
+        if c == "\n":
+            line += 1
+            i += 1
+            continue
+        if src.startswith("//", i):
+            j = src.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if src.startswith("/*", i):
+            level, i = 1, i + 2
+            while i < n and level:
+                if src.startswith("/*", i):
+                    level, i = level + 1, i + 2
+                elif src.startswith("*/", i):
+                    level, i = level - 1, i + 2
+                else:
+                    line += src[i] == "\n"
+                    i += 1
+            continue
+        if src.startswith("#[", i):
+            j = src.find("]", i)
+            # attributes may nest brackets; find the matching one
+            level, j = 0, i + 1
+            while j < n:
+                if src[j] == "[":
+                    level += 1
+                elif src[j] == "]":
+                    level -= 1
+                    if level == 0:
+                        break
+                j += 1
+            attr = src[i : j + 1]
+            if re.match(r"#\[cfg\((all\(|any\()?\s*test\b", attr) and skip_depth is None:
+                pending_test = True
+            line += attr.count("\n")
+            i = j + 1
+            continue
+        raw = re.match(r'b?r(#*)"', src[i : i + 260]) if c in "br" and (i == 0 or not (src[i - 1].isalnum() or src[i - 1] == "_")) else None
+        if raw or c == '"' or (c == "b" and src.startswith('b"', i) and not (src[i - 1].isalnum() or src[i - 1] == "_")):
+            start = line
+            if raw:
+                close = '"' + raw.group(1)
+                j = src.index(close, i + raw.end())
+                text = src[i + raw.end() : j]
+                i = j + len(close)
+            else:
+                i = src.index('"', i) + 1
+                buf = []
+                while src[i] != '"':
+                    if src[i] == "\\":
+                        if src[i + 1] == "\n":  # continuation: skip the newline and leading blanks
+                            i += 2
+                            line += 1
+                            while src[i] in " \t\n":
+                                line += src[i] == "\n"
+                                i += 1
+                            buf.append(" ")
+                            continue
+                        buf.append(src[i : i + 2])
+                        i += 2
+                        continue
+                    line += src[i] == "\n"
+                    buf.append(src[i])
+                    i += 1
+                text = "".join(buf)
+                i += 1
+            line += text.count("\n") if raw else 0
+            if skip_depth is None and not pending_test:
+                out.append((start, text))
+            continue
+        if c == "'":
+            m = re.match(r"'(\\.[^']*|[^\\'])'", src[i : i + 12])
+            if m:  # a char literal ('"' included); otherwise a lifetime
+                i += m.end()
+                continue
+        if c == "{":
+            if pending_test and skip_depth is None:
+                skip_depth, pending_test = depth, False
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if skip_depth is not None and depth <= skip_depth:
+                skip_depth = None
+        elif c == ";" and pending_test and skip_depth is None:
+            pending_test = False  # a test-only `use` or item without a body
+        i += 1
+    return out
+
+
+def check_tables() -> list[str]:
+    """A file below src/store/ writes (`INSERT INTO`, `UPDATE`, `DELETE FROM`, in a
+    string literal of its code) only the tables the map lists it as an owner of;
+    a composer writes none; a table name the check cannot read (`format!`'s
+    `{table}`, or a literal that ends at the keyword) fails too."""
+    owners, composers = table_map()
+    problems = []
+    owned_by: dict[str, set[str]] = {}
+    for table, files in owners.items():
+        for f in files:
+            owned_by.setdefault(f, set()).add(table)
+            if not (STORE / f).is_file():
+                problems.append(f"ARCHITECTURE.md: the table map names src/store/{f}, which does not exist")
+    for f in composers:
+        if not (STORE / f).is_file():
+            problems.append(f"ARCHITECTURE.md: the table map names src/store/{f}, which does not exist")
+    for path in sorted(STORE.rglob("*.rs")):
+        if is_test_file(path):
+            continue
+        rel = path.relative_to(STORE).as_posix()
+        mine = owned_by.get(rel, set())
+        for no, text in string_literals(path):
+            for m in WRITE.finditer(text):
+                table = m.group(2)
+                verb = " ".join(m.group(1).split())
+                if table.startswith("{") or not re.fullmatch(r"[a-z_][a-z0-9_]*", table):
+                    problems.append(
+                        f"src/store/{rel}:{no}: `{verb} {table}`: a table name the check cannot read "
+                        "(write the table's name in the literal)"
+                    )
+                elif table not in owners:
+                    problems.append(f"src/store/{rel}:{no}: `{verb} {table}`: `{table}` is in no row of the table map")
+                elif table not in mine:
+                    who = ", ".join(owners[table])
+                    problems.append(
+                        f"src/store/{rel}:{no}: `{verb} {table}` outside the table's owners ({who}); "
+                        "call a statement of theirs"
+                    )
+            if re.search(r"\b(INSERT\s+INTO|(?<!FOR\s)(?<!DO\s)UPDATE|DELETE\s+FROM)\s*$", text):
+                problems.append(f"src/store/{rel}:{no}: a write whose table name is not in the literal")
+    return problems
+
+
 def main() -> int:
     order = layers()
     rank = {m: i for i, row in enumerate(order) for m in row}
@@ -239,12 +414,16 @@ def main() -> int:
                 if b in members:
                     detail.append(f"{a.relative_to(ROOT)}:{no} -> {b.relative_to(ROOT)}")
         problems.append("files import each other: " + "; ".join(detail))
+    problems += check_tables()
     for p in problems:
         print(p)
     if problems:
         print(f"check-layers: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"check-layers: {len(files)} files, {sum(len(e) for e in edges.values())} imports between files, layers hold")
+    print(
+        f"check-layers: {len(files)} files, {sum(len(e) for e in edges.values())} imports between files, "
+        "layers hold, every table written only by its owners"
+    )
     return 0
 
 

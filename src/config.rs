@@ -20,6 +20,8 @@
 //! (`REVERIFY_DATABASE_URL_FILE`, or `database_url_file` in the TOML). Every URL is
 //! shown with its credentials masked ([`redact_url`]), in errors and in `Debug`.
 
+pub mod files;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -439,15 +441,15 @@ impl Settings {
             Some(p) => {
                 let name = p.display().to_string();
                 // at most 1 MiB of UTF-8; the error says where a bad byte is
-                let text = crate::domain::spec::read_small_text(p, crate::domain::spec::MAX_SPEC_BYTES).map_err(
-                    |m| match m.strip_prefix(&name).and_then(|rest| rest.strip_prefix(": ")) {
+                let text = files::read_small_text(p, crate::domain::spec::MAX_SPEC_BYTES).map_err(|m| {
+                    match m.strip_prefix(&name).and_then(|rest| rest.strip_prefix(": ")) {
                         Some(message) => ConfigError::File { file: name.clone(), message: message.to_owned() },
                         None => ConfigError::File {
                             file: m.split(' ').next().unwrap_or(&name).trim_end_matches(':').to_owned(),
                             message: m.split_once(": ").map_or(m.clone(), |(_, rest)| rest.to_owned()),
                         },
-                    },
-                )?;
+                    }
+                })?;
                 toml::from_str::<FileSettings>(&text).map_err(|e| {
                     let (line, col) = e
                         .span()

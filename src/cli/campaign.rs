@@ -238,7 +238,7 @@ pub async fn run(cmd: CampaignCommand, ctx: &Context) -> anyhow::Result<u8> {
             let check = campaign_check(ctx)?;
             let mut bad = 0;
             for f in &files {
-                match CampaignSpec::from_file(f).map_err(|e| e.to_string()).and_then(|spec| {
+                match reverify::config::files::read_spec(f).map_err(|e| e.to_string()).and_then(|spec| {
                     check.check(&spec).map_err(|e| format!("{}: {e}", f.display()))?;
                     Ok(spec)
                 }) {

@@ -25,7 +25,7 @@ pub struct Checked {
 /// field or the setting).
 pub fn check_file(f: &Path, check: &CampaignCheck) -> Result<Checked, String> {
     let shown = f.display().to_string();
-    let text = CampaignSpec::read_text(f).map_err(|e| e.to_string())?;
+    let text = reverify::config::files::read_spec_text(f).map_err(|e| e.to_string())?;
     let spec = CampaignSpec::from_toml(&text, &shown).map_err(|e| e.to_string())?;
     check.check(&spec).map_err(|e| format!("{shown}: {e}"))?;
     Ok(Checked { shown, spec, text })

@@ -5,7 +5,6 @@
 //! is an error with a line and column; then [`CampaignSpec::validate`] checks what
 //! types cannot (a real time zone, a cron expression, a positive rate).
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -549,34 +548,6 @@ fn default_delivery() -> Delivery {
 /// with it).
 pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 
-/// The text of a small settings-like file (a campaign file, a config): at most
-/// `max` bytes, and UTF-8, or an error that says where the first bad byte is.
-///
-/// # Errors
-/// A message starting with the file name (and `:line:column` for bad bytes).
-pub fn read_small_text(path: &Path, max: u64) -> Result<String, String> {
-    use std::io::Read as _;
-    let file = path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
-    let mut bytes = Vec::new();
-    f.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("{file}: cannot read: {e}"))?;
-    if bytes.len() as u64 > max {
-        return Err(format!("{file}: larger than {} MiB; this is not a settings file", max >> 20));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        let good = e.utf8_error().valid_up_to();
-        let bytes = e.as_bytes();
-        let text = String::from_utf8_lossy(&bytes[..good]);
-        let (line, column) = line_col(&text, good);
-        let hint = if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
-            " (the file is UTF-16)"
-        } else {
-            ""
-        };
-        format!("{file}:{line}:{column}: byte 0x{:02X} is not UTF-8{hint}; save the file as UTF-8", bytes[good])
-    })
-}
-
 impl CampaignSpec {
     /// The delivery of message `step` (see [`Delivery::for_step`]).
     pub fn delivery_for_step(&self, step: u32) -> Delivery {
@@ -584,25 +555,6 @@ impl CampaignSpec {
         d.brand.clone_from(&self.brand);
         d.zone = Some(self.timezone.clone());
         d
-    }
-
-    /// Reads and validates a campaign file.
-    ///
-    /// # Errors
-    /// [`SpecError`] naming the file, and the line and column or the field.
-    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
-        let file = path.display().to_string();
-        let text = Self::read_text(path)?;
-        Self::from_toml(&text, &file)
-    }
-
-    /// A campaign file's text: at most [`MAX_SPEC_BYTES`], and UTF-8.
-    ///
-    /// # Errors
-    /// [`SpecError::Read`] naming the file (and where a bad byte is).
-    pub fn read_text(path: &Path) -> Result<String, SpecError> {
-        read_small_text(path, MAX_SPEC_BYTES)
-            .map_err(|message| SpecError::Unusable { file: path.display().to_string(), message })
     }
 
     /// Parses and validates campaign TOML; `file` is only used in errors.
@@ -926,7 +878,7 @@ fn locate(e: SpecError, text: &str) -> SpecError {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -1111,7 +1063,8 @@ concurrency = 8
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                CampaignSpec::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                let text = std::fs::read_to_string(&path).unwrap();
+                CampaignSpec::from_toml(&text, &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
                 n += 1;
             }
         }

@@ -205,7 +205,7 @@ mod tests {
             if path.extension().is_none_or(|e| e != "toml") {
                 continue;
             }
-            let spec = crate::domain::CampaignSpec::from_file(&path).unwrap();
+            let spec = crate::config::files::read_spec(&path).unwrap();
             if spec.delivery.channel != crate::domain::spec::Channel::Email {
                 continue;
             }

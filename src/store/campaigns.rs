@@ -20,6 +20,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::events::{NewEvent, event_insert};
+use super::group::Tx;
+use super::links::links_revoke_campaign_in_tx;
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::{CampaignName, CampaignSpec, SpecError};
 
@@ -218,6 +220,20 @@ fn campaign_from_row(row: &AnyRow) -> Result<CampaignRecord, sqlx::Error> {
         canary_released_at: opt_time("canary_released_at")?,
         completed_at: opt_time("completed_at")?,
     })
+}
+
+/// Replaces `address` in every campaign's `pause_detail` (`users forget`: texts
+/// kept from before errors were scrubbed where they enter).
+pub(crate) async fn campaigns_scrub_address_in_tx(tx: &mut Tx, address: &str, with: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE campaigns SET pause_detail = REPLACE(pause_detail, $1, $2) WHERE pause_detail LIKE '%' || $1 || '%'",
+    )
+    .bind(address)
+    .bind(with)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("user_forget texts"))?;
+    Ok(())
 }
 
 /// Records an applied version inside the apply's transaction.
@@ -496,15 +512,7 @@ impl Store {
         event_insert(&mut tx, &event, now).await?;
         if to == CampaignStatus::Cancelled {
             // its click-through links die with it
-            sqlx::query(
-                "UPDATE verification_links SET revoked_at = $2, revoked_reason = 'campaign_cancelled' \
-                 WHERE campaign_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(to_millis(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("campaign_set_status links"))?;
+            links_revoke_campaign_in_tx(&mut tx, id, now).await?;
         }
         tx.commit().await.map_err(query_err("campaign_set_status commit"))?;
         Ok((from, to))

@@ -147,6 +147,40 @@ pub(crate) async fn events_reminders_queued_in_tx(
     Ok(())
 }
 
+/// One `target.skipped` event with `reason` per target of the campaign skipped
+/// for that reason at `now_ms` (set-based, as the skip itself). `reason` is a
+/// `TargetReason`'s text (no quote or backslash), written into the JSON detail.
+pub(crate) async fn events_targets_skipped_in_tx(
+    tx: &mut Tx,
+    campaign_id: i64,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+         SELECT $2, 'engine', 'target.skipped', campaign_id, user_id, '{{\"reason\":\"{reason}\"}}' \
+         FROM campaign_targets WHERE campaign_id = $1 AND status = 'skipped' AND reason = '{reason}' \
+           AND updated_at = $2"
+    )))
+    .bind(campaign_id)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("target_skip_excluded events"))?;
+    Ok(())
+}
+
+/// The events part of a statement that appends one event per row of `rows`
+/// (a CTE or a table expression), in `rows.order`: `at`, `actor`, `kind`,
+/// `campaign_id`, `user_id` and `detail` are the expressions given.
+pub(crate) fn events_insert_select(cols: [&str; 6], rows: &str, order: &str) -> String {
+    let [at, actor, kind, campaign_id, user_id, detail] = cols;
+    format!(
+        "INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
+         SELECT {at}, {actor}, {kind}, {campaign_id}, {user_id}, {detail} FROM {rows} ORDER BY {order}"
+    )
+}
+
 impl Store {
     /// Appends one event in a transaction of its own.
     ///

@@ -31,8 +31,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use super::campaigns::campaigns_scrub_address_in_tx;
 use super::events::{NewEvent, event_insert};
-use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
+use super::links::links_revoke_user_in_tx;
+use super::runs::runs_scrub_address_in_tx;
+use super::targets::targets_forget_user_in_tx;
+use super::users::user_erase_in_tx;
+use super::{Backend, Store, StoreError, from_millis, query_err};
 use crate::domain::UserId;
 
 /// The address a forgotten user's row carries instead of theirs.
@@ -56,7 +61,6 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn user_forget(&self, id: &UserId, actor: &str, now: DateTime<Utc>) -> Result<Forgotten, StoreError> {
-        let now_ms = to_millis(now);
         let mut tx = self.begin_write().await?;
         let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
         let row =
@@ -74,59 +78,14 @@ impl Store {
         }
         let email: String = row.try_get("email").map_err(query_err("user_forget read"))?;
         // texts kept from before errors were scrubbed where they enter
-        for (table, column) in [("campaign_runs", "error"), ("campaigns", "pause_detail")] {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE {table} SET {column} = REPLACE({column}, $1, $2) WHERE {column} LIKE '%' || $1 || '%'"
-            )))
-            .bind(email.as_str())
-            .bind(crate::domain::personal::ADDRESS)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("user_forget texts"))?;
-        }
-        sqlx::query(
-            "UPDATE users SET email = $2, first_name = NULL, last_name = NULL, locale = NULL, timezone = NULL, \
-               refresh_token_enc = NULL, token_key_id = NULL, access_token_enc = NULL, access_token_key_id = NULL, \
-               access_token_expires_at = NULL, access_token_fresh_until = NULL, token_lease_owner = NULL, \
-               token_lease_until = NULL, token_version = token_version + 1, forgotten_at = $3, updated_at = $3, \
-               email_undeliverable_reason = NULL \
-             WHERE user_id = $1",
-        )
-        .bind(id.as_str())
-        .bind(FORGOTTEN_EMAIL)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("user_forget"))?;
-        let targets = sqlx::query(
-            "UPDATE campaign_targets SET status = 'skipped', reason = 'forgotten', not_before = NULL, \
-               lease_owner = NULL, lease_expires_at = NULL, finalized_at = $2, updated_at = $2 \
-             WHERE user_id = $1 AND status IN ('pending', 'deferred', 'claimed')",
-        )
-        .bind(id.as_str())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("user_forget targets"))?
-        .rows_affected();
+        runs_scrub_address_in_tx(&mut tx, &email, crate::domain::personal::ADDRESS).await?;
+        campaigns_scrub_address_in_tx(&mut tx, &email, crate::domain::personal::ADDRESS).await?;
+        user_erase_in_tx(&mut tx, id.as_str(), FORGOTTEN_EMAIL, now).await?;
         // the bounce diagnostics go with the person (they were scrubbed of the
         // address, but say what a server said about their mailbox)
-        sqlx::query("UPDATE campaign_targets SET bounce_diagnostic = NULL WHERE user_id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("user_forget bounce diagnostics"))?;
+        let targets = targets_forget_user_in_tx(&mut tx, id.as_str(), now).await?;
         let bounces = super::bounces::bounces_forget_user_in_tx(&mut tx, id.as_str()).await?;
-        let links = sqlx::query(
-            "UPDATE verification_links SET revoked_at = $2, revoked_reason = 'forgotten' \
-             WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id.as_str())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("user_forget links"))?
-        .rows_affected();
+        let links = links_revoke_user_in_tx(&mut tx, id.as_str(), "forgotten", now).await?;
         let event = NewEvent {
             actor,
             kind: "user.forgotten",

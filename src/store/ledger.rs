@@ -9,13 +9,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::events::event_in_tx;
+use super::events::{event_in_tx, events_insert_select};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
 use super::outcomes::{Fresh, fresh_states, record_fresh_states};
 use super::sessions::{
-    Ask, DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_any_sent,
-    session_api_failed_in_tx, session_delivered_in_tx, session_earlier_attempts_in_tx, session_insert_reserved,
-    session_read_standings,
+    Ask, DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, delivery_session_update, parse_slots,
+    session_any_sent, session_api_failed_in_tx, session_delivered_in_tx, session_earlier_attempts_in_tx,
+    session_insert_reserved, session_read_standings,
 };
 use super::targets::{Claimed, TargetDelivered, delivery_target_update, target_delivered_in_tx};
 use super::users::standing_from_row;
@@ -365,16 +365,16 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
             detail.to_string()
         ])
     }));
+    let session = delivery_session_update("x");
     let target = delivery_target_update("x.ok", "x.why", "x.at", "s.expires_at");
+    let events = events_insert_select(["x.at", "x.w", "x.kind", "x.c", "x.u", "x.detail"], "x", "x.n");
     let sql = format!(
         "WITH x AS ({args}), \
-              s AS (UPDATE verification_sessions s SET status = x.st, updated_at = x.at FROM x \
-                    WHERE s.session_id = x.sid RETURNING s.session_id, s.expires_at), \
+              s AS ({session}), \
               t AS ({target} FROM x JOIN s ON s.session_id = x.sid \
                     WHERE t.campaign_id = x.c AND t.user_id = x.u AND {fence} \
                     RETURNING t.campaign_id, t.user_id), \
-              e AS (INSERT INTO events (at, actor, kind, campaign_id, user_id, detail) \
-                    SELECT x.at, x.w, x.kind, x.c, x.u, x.detail FROM x ORDER BY x.n) \
+              e AS ({events}) \
          SELECT x.n, EXISTS (SELECT 1 FROM t WHERE t.campaign_id = x.c AND t.user_id = x.u) AS kept \
          FROM x ORDER BY x.n",
         fence = ours!("t.", "x.w"),

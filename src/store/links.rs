@@ -148,6 +148,24 @@ pub(crate) async fn links_revoke_user_in_tx(
     .map_err(query_err("links_revoke_user"))
 }
 
+/// Revokes every live link of a campaign inside a transaction (it was cancelled).
+pub(crate) async fn links_revoke_campaign_in_tx(
+    tx: &mut Tx,
+    campaign_id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE verification_links SET revoked_at = $2, revoked_reason = 'campaign_cancelled' \
+         WHERE campaign_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(campaign_id)
+    .bind(to_millis(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("campaign_set_status links"))?;
+    Ok(())
+}
+
 /// Parses a link user's id (the rows hold valid ids; a bad one is a conflict).
 pub fn link_user(row: &LinkRow) -> Result<UserId, StoreError> {
     UserId::parse(&row.user_id).map_err(|e| StoreError::Conflict(e.to_string()))

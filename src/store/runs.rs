@@ -3,7 +3,20 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use super::group::Tx;
 use super::{Store, StoreError, from_millis, query_err, to_millis};
+
+/// Replaces `address` in every run's `error` (`users forget`: texts kept from
+/// before errors were scrubbed where they enter).
+pub(crate) async fn runs_scrub_address_in_tx(tx: &mut Tx, address: &str, with: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE campaign_runs SET error = REPLACE(error, $1, $2) WHERE error LIKE '%' || $1 || '%'")
+        .bind(address)
+        .bind(with)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_err("user_forget texts"))?;
+    Ok(())
+}
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

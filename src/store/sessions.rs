@@ -233,6 +233,16 @@ pub(crate) async fn session_api_failed_in_tx(
     Ok(())
 }
 
+/// The ledger's part of a group's delivery statement (Postgres, `store::ledger`):
+/// each session of `rows` (a CTE with `sid`, `st` and `at`) takes its status,
+/// returning the sessions' ids and expiries.
+pub(crate) fn delivery_session_update(rows: &str) -> String {
+    format!(
+        "UPDATE verification_sessions s SET status = {rows}.st, updated_at = {rows}.at FROM {rows} \
+         WHERE s.session_id = {rows}.sid RETURNING s.session_id, s.expires_at"
+    )
+}
+
 /// One delivery's ledger row, on its own (SQLite; Postgres writes a group's in the
 /// delivery statement of `store::ledger`).
 pub(crate) async fn session_delivered_in_tx(

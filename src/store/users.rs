@@ -813,5 +813,31 @@ pub(crate) async fn user_complained_in_tx(tx: &mut Tx, user_id: &str, now: DateT
     Ok(())
 }
 
+/// Erases a user's personal data from their row (`users forget`): the address
+/// becomes `placeholder`, the names, locale, time zone and every token go, the
+/// token version moves on and `forgotten_at` is stamped.
+pub(crate) async fn user_erase_in_tx(
+    tx: &mut Tx,
+    user_id: &str,
+    placeholder: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE users SET email = $2, first_name = NULL, last_name = NULL, locale = NULL, timezone = NULL, \
+           refresh_token_enc = NULL, token_key_id = NULL, access_token_enc = NULL, access_token_key_id = NULL, \
+           access_token_expires_at = NULL, access_token_fresh_until = NULL, token_lease_owner = NULL, \
+           token_lease_until = NULL, token_version = token_version + 1, forgotten_at = $3, updated_at = $3, \
+           email_undeliverable_reason = NULL \
+         WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(placeholder)
+    .bind(to_millis(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(query_err("user_forget"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,8 @@ use reverify::crypto::TokenCipher;
 use reverify::domain::{ManualClock, Region, SystemClock, UserId, VerificationState};
 use reverify::engine::adapters::StoreTokenVault;
 use reverify::store::Store;
+use reverify::store::group::GroupCommit;
+use reverify::store::testing::TestDb;
 use reverify::{Secret, sandbox::UserRecord};
 use sqlx::Row;
 
@@ -111,74 +113,58 @@ async fn a_rotated_token_survives_a_restart_of_the_worker() {
 /// stored access token. Before the shared lease and the stored access token, both
 /// refreshed, and the second presented a rotated token (`invalid_grant`: the user's
 /// consent was lost).
-mod two_processes {
-    use reverify::store::group::GroupCommit;
-    use reverify::store::testing::TestDb;
-
-    use super::*;
-
-    async fn one_refresh_per_user(db: TestDb) {
-        const USERS: usize = 24;
-        let sb = start_sandbox(USERS, |_| {}).await;
-        let key = Secret::new(TokenCipher::generate_key());
-        let cipher = Arc::new(TokenCipher::from_secrets(Some(&key), None).unwrap());
-        let users: Vec<UserRecord> = sb.users();
-        for u in &users {
-            insert_user(&db.url, &u.user_id, u.region).await;
-            StoreTokenVault::new(db.store.clone(), cipher.clone(), Arc::new(SystemClock))
-                .put_consented(&u.user_id, u.refresh_token.as_deref().unwrap())
-                .await
-                .unwrap();
-        }
-        let mut clients = Vec::new();
-        for grouped in [false, true] {
-            let store = Store::connect(&db.url).await.unwrap();
-            let store =
-                if grouped { store.with_group_commit(GroupCommit::for_backend(store.backend())) } else { store };
-            let vault = StoreTokenVault::new(store, cipher.clone(), Arc::new(SystemClock));
-            clients.push(BaanxClient::new(fast_config(sb.base_url(), sb.client_key()), Arc::new(vault)).unwrap());
-        }
-        let mut calls = tokio::task::JoinSet::new();
-        for u in &users {
-            for c in &clients {
-                let (c, id, region) = (c.clone(), u.user_id.clone(), u.region);
-                calls.spawn(async move { c.get_user(&id, region).await.map(|p| p.id) });
-            }
-        }
-        let mut ok = 0;
-        while let Some(r) = calls.join_next().await {
-            r.unwrap().unwrap_or_else(|e| panic!("a call failed: {e}"));
-            ok += 1;
-        }
-        assert_eq!(ok, 2 * USERS);
-        let stats = sb.stats().await;
-        assert_eq!(requests(&stats, "POST /v1/auth/oauth/token"), USERS as u64, "one refresh per user: {stats:?}");
-        let lost: i64 = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE consent_required_at IS NOT NULL")
-            .fetch_one(db.pool())
+async fn one_refresh_per_user(db: TestDb) {
+    const USERS: usize = 24;
+    let sb = start_sandbox(USERS, |_| {}).await;
+    let key = Secret::new(TokenCipher::generate_key());
+    let cipher = Arc::new(TokenCipher::from_secrets(Some(&key), None).unwrap());
+    let users: Vec<UserRecord> = sb.users();
+    for u in &users {
+        insert_user(&db.url, &u.user_id, u.region).await;
+        StoreTokenVault::new(db.store.clone(), cipher.clone(), Arc::new(SystemClock))
+            .put_consented(&u.user_id, u.refresh_token.as_deref().unwrap())
             .await
-            .unwrap()
-            .try_get("n")
             .unwrap();
-        assert_eq!(lost, 0, "no consent lost");
-        // a third "process" later within the token's life makes no refresh at all
-        let vault = StoreTokenVault::new(Store::connect(&db.url).await.unwrap(), cipher.clone(), Arc::new(SystemClock));
-        let third = BaanxClient::new(fast_config(sb.base_url(), sb.client_key()), Arc::new(vault)).unwrap();
-        for u in &users {
-            third.get_user(&u.user_id, u.region).await.unwrap();
+    }
+    let mut clients = Vec::new();
+    for grouped in [false, true] {
+        let store = Store::connect(&db.url).await.unwrap();
+        let store = if grouped { store.with_group_commit(GroupCommit::for_backend(store.backend())) } else { store };
+        let vault = StoreTokenVault::new(store, cipher.clone(), Arc::new(SystemClock));
+        clients.push(BaanxClient::new(fast_config(sb.base_url(), sb.client_key()), Arc::new(vault)).unwrap());
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for u in &users {
+        for c in &clients {
+            let (c, id, region) = (c.clone(), u.user_id.clone(), u.region);
+            calls.spawn(async move { c.get_user(&id, region).await.map(|p| p.id) });
         }
-        assert_eq!(requests(&sb.stats().await, "POST /v1/auth/oauth/token"), USERS as u64);
     }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        one_refresh_per_user(TestDb::sqlite().await).await;
+    let mut ok = 0;
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap_or_else(|e| panic!("a call failed: {e}"));
+        ok += 1;
     }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        one_refresh_per_user(TestDb::postgres().await).await;
+    assert_eq!(ok, 2 * USERS);
+    let stats = sb.stats().await;
+    assert_eq!(requests(&stats, "POST /v1/auth/oauth/token"), USERS as u64, "one refresh per user: {stats:?}");
+    let lost: i64 = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE consent_required_at IS NOT NULL")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(lost, 0, "no consent lost");
+    // a third "process" later within the token's life makes no refresh at all
+    let vault = StoreTokenVault::new(Store::connect(&db.url).await.unwrap(), cipher.clone(), Arc::new(SystemClock));
+    let third = BaanxClient::new(fast_config(sb.base_url(), sb.client_key()), Arc::new(vault)).unwrap();
+    for u in &users {
+        third.get_user(&u.user_id, u.region).await.unwrap();
     }
+    assert_eq!(requests(&sb.stats().await, "POST /v1/auth/oauth/token"), USERS as u64);
 }
+
+reverify::both_engines!(two_processes, one_refresh_per_user);
 
 #[tokio::test]
 async fn an_expired_stored_access_token_is_refreshed_once() {

@@ -241,9 +241,7 @@ async fn serve_keeps_metrics_off_the_public_listener_and_a_flood_out_of_the_log(
 /// and /readyz (and any other path) says 503 `starting`; once the table is free and
 /// the schema checked, /readyz is 200, and the webhook receiver is not on this
 /// listener (it has its own, `--webhook-listen`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_answers_healthz_while_it_migrates_and_is_ready_after() {
-    let db = TestDb::postgres().await;
+async fn the_daemon_answers_healthz_while_it_migrates_and_is_ready_after(db: TestDb) {
     let bin = Bin::new(&db, 3, None).await;
     let mut blocker = db.pool().begin().await.unwrap();
     // the store's sessions end a transaction idle for 15 s; this one must last
@@ -314,6 +312,10 @@ async fn the_daemon_answers_healthz_while_it_migrates_and_is_ready_after() {
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }
+reverify::postgres_only!(
+    the_daemon_answers_healthz_while_it_migrates_and_is_ready_after,
+    the_daemon_answers_healthz_while_it_migrates_and_is_ready_after
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_pushes_its_metrics_to_the_pushgateway() {
@@ -512,9 +514,7 @@ async fn a_closed_or_broken_stderr_changes_no_exit_code() {
 /// `sqlx::postgres::notice=warn` directive (its unit test is
 /// `telemetry::tests::postgres_notices_are_not_logged_at_info`) and the sessions'
 /// `client_min_messages = warning`; this guards the pair.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_notices_stay_out_of_an_info_log() {
-    let db = TestDb::postgres().await;
+async fn postgres_notices_stay_out_of_an_info_log(db: TestDb) {
     let bin = Bin::new(&db, 1, None).await;
     for _ in 0..2 {
         let mut c = bin.command(&["migrate"]);
@@ -525,6 +525,7 @@ async fn postgres_notices_stay_out_of_an_info_log() {
         assert!(!err.contains("already exists") && !err.contains("notice"), "{err}");
     }
 }
+reverify::postgres_only!(postgres_notices_stay_out_of_an_info_log, postgres_notices_stay_out_of_an_info_log);
 
 /// A password or token in a URL setting never reaches the terminal or the logs:
 /// not in a connection error, not in the driver's warning about a parameter it

@@ -376,8 +376,7 @@ async fn target_status(env: &Env) -> String {
     sqlx::query("SELECT status FROM campaign_targets").fetch_one(env.db.pool()).await.unwrap().get("status")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_clicks_through_in_chromium_and_is_converted() {
+async fn a_person_clicks_through_in_chromium_and_is_converted(db: TestDb) {
     require_browser();
     // the public server's address first: the sandbox sends its webhooks there
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -393,7 +392,7 @@ async fn a_person_clicks_through_in_chromium_and_is_converted() {
         }),
         ..SandboxConfig::default()
     };
-    let mut env = Env::with_sandbox(TestDb::postgres().await, sandbox).await;
+    let mut env = Env::with_sandbox(db, sandbox).await;
     let smtp = SmtpServer::start();
     env.settings.outbox_dir = None;
     env.settings.smtp_url = Some(smtp.url());
@@ -497,6 +496,10 @@ async fn a_person_clicks_through_in_chromium_and_is_converted() {
     assert_eq!(env.sandbox.stats().await.sessions_issued, 1, "one session in all");
     browser.shutdown();
 }
+reverify::postgres_only!(
+    a_person_clicks_through_in_chromium_and_is_converted,
+    a_person_clicks_through_in_chromium_and_is_converted
+);
 
 /// Every shipped template, in every shipped locale, as a mail reader shows its
 /// HTML: headless Chromium at a phone's width and a desktop's, in light and dark

@@ -100,12 +100,11 @@ async fn log_out(b: &Browser) {
     b.wait_for_text("User name").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_in_chromium() {
+async fn the_dashboard_in_chromium(db: TestDb) {
     require_browser();
     // seed: a direct campaign and a click-mode one, run for real; a third with a run
     // in progress
-    let mut env = Env::new(TestDb::postgres().await, 60).await;
+    let mut env = Env::new(db, 60).await;
     env.settings.public_url = Some("http://127.0.0.1:9/".parse().unwrap());
     let direct = env.apply(&campaign_toml("kyc-refresh", "schedule = \"0 9 * * 1-5\"")).await;
     let click = env
@@ -363,6 +362,7 @@ async fn the_dashboard_in_chromium() {
     drop(server);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+reverify::postgres_only!(the_dashboard_in_chromium, the_dashboard_in_chromium);
 
 /// The proxy's header lets a person in only when `ui_trusted_user_header` is set,
 /// and only from a peer in `ui_trusted_proxies` (issue 24: from anyone else it is

@@ -107,10 +107,9 @@ both_engines!(each_eligible_user_gets_one_email_with_their_own_session, |db: Tes
     assert_eq!(env.sandbox.stats().await.violations, 0);
 });
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_workers_at_once_on_postgres_notify_each_user_once() {
+async fn two_workers_at_once_on_postgres_notify_each_user_once(db: TestDb) {
     let smtp = SmtpServer::start();
-    let env = env_with_smtp(TestDb::postgres().await, 150, &smtp).await;
+    let env = env_with_smtp(db, 150, &smtp).await;
     let c = env.apply(&campaign_toml("pair", "")).await;
     let (a, b) = (env.worker(), env.worker());
     let (ra, rb) = tokio::join!(
@@ -127,6 +126,10 @@ async fn two_workers_at_once_on_postgres_notify_each_user_once() {
     assert_eq!(sent.len() as i64, ra.counts.notified + rb.counts.notified);
     assert_eq!(env.sandbox.stats().await.violations, 0);
 }
+reverify::postgres_only!(
+    two_workers_at_once_on_postgres_notify_each_user_once,
+    two_workers_at_once_on_postgres_notify_each_user_once
+);
 
 both_engines!(retry_failed_completes_a_run_with_injected_failures, |db: TestDb| async move {
     let smtp = SmtpServer::start();

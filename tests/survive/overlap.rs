@@ -17,10 +17,9 @@ const USERS: usize = 800;
 /// The campaign's total `throttle.requests_per_second` (burst 1).
 const TOTAL_RPS: u32 = 80;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_workers_share_one_campaign_and_its_rate() {
+async fn four_workers_share_one_campaign_and_its_rate(db: TestDb) {
     let faults = Faults { latency: Latency::Fixed(std::time::Duration::from_millis(3)), ..Faults::default() };
-    let mut rig = Rig::new(TestDb::postgres().await, USERS, 21, faults).await;
+    let mut rig = Rig::new(db, USERS, 21, faults).await;
     let smtp = SmtpServer::start();
     rig.smtp_url = Some(smtp.url());
     let name = "overlap";
@@ -80,3 +79,4 @@ async fn four_workers_share_one_campaign_and_its_rate() {
         Counts { violations: stats.violations, ..Counts::default() },
     );
 }
+reverify::postgres_only!(four_workers_share_one_campaign_and_its_rate, four_workers_share_one_campaign_and_its_rate);

@@ -145,13 +145,6 @@ async fn race(db: TestDb) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres() {
-    race(TestDb::postgres().await).await;
-}
-
-/// Two processes per campaign on one SQLite file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite() {
-    race(TestDb::sqlite().await).await;
-}
+// On Postgres, and with two processes per campaign on one SQLite file:
+// `race::four_campaigns_two_processes_each::{postgres,sqlite}`.
+reverify::both_engines!(four_campaigns_two_processes_each, race);
