@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use reverify::domain::{CampaignName, SystemClock};
-use reverify::engine::sync::{baanx_api_from_settings, sync_users};
+use reverify::engine::sync::{SyncCtx, baanx_api_from_settings, sync_users};
 use reverify::store::events::NewEvent;
 use reverify::store::outcomes::SyncFilter;
 
@@ -46,7 +46,8 @@ pub async fn run(args: SyncArgs, ctx: &Context) -> anyhow::Result<u8> {
     let actor = ctx.actor.clone();
     let filter = SyncFilter { campaign_id, synced_before };
     let concurrency = args.concurrency.unwrap_or(ctx.settings.max_concurrency).max(1) as usize;
-    let r = sync_users(&store, &api, &SystemClock, &actor, &filter, concurrency).await?;
+    let r = sync_users(SyncCtx { store: &store, api: &api, clock: &SystemClock, actor: &actor }, &filter, concurrency)
+        .await?;
     let event = NewEvent {
         actor: &actor,
         kind: "users.synced",

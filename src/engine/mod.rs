@@ -540,53 +540,73 @@ impl Run {
         stop: CancellationToken,
     ) -> Result<(RunOutcome, RunCounts, Option<&'static str>), (EngineError, Arc<Progress>)> {
         let progress = self.progress.clone();
-        let fail = |e: StoreError, p: &Arc<Progress>| (EngineError::Store(e), p.clone());
+        let fail = |e: StoreError| (EngineError::Store(e), progress.clone());
         let now = self.clock.now();
-        self.store.target_requeue_delivery_failed(self.campaign_id, now).await.map_err(|e| fail(e, &progress))?;
+        self.prepare(now).await.map_err(fail)?;
+        let click = self.click_links().map_err(|e| (e, progress.clone()))?;
+        let fresh_age = fresh_state_age(&self.store, self.config.freshness, &self.spec, now).await.map_err(fail)?;
+        let shared = self.shared(fresh_age, click);
+        let halt = halt_on(&stop, &shared.abort);
+        let heartbeat = Heartbeat::spawn(&self);
+        let canary = self.canary().await.map_err(fail)?;
+        let mut claims = ClaimLoop::new(&self, &shared, &halt, canary.map(|(n, spent)| (n - spent).max(0)));
+        claims.run().await;
+        let ClaimLoop { queue, in_flight, store_error, tripped, canary_left, .. } = claims;
+        let store_failure = shared.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let store_down = store_error.is_some() || store_failure.is_some();
+        let interrupted = stop.is_cancelled() || store_error.is_some() || tripped.is_some();
+        self.wind_down(queue, in_flight, store_down).await;
+        heartbeat.end().await;
+        if let Some(e) = store_error {
+            return Err((EngineError::Store(e), progress));
+        }
+        if let Some(e) = store_failure {
+            return Err((EngineError::Setup(format!("the database failed: {e}")), progress));
+        }
+        let aborted = shared.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(reason) = aborted {
+            return Err((EngineError::Setup(reason), progress));
+        }
+        let ended = Ended { interrupted, stopped: stop.is_cancelled(), tripped, canary, canary_left };
+        let (outcome, paused) = self.gates_after(ended).await.map_err(fail)?;
+        Ok((outcome, progress.counts(), paused))
+    }
+
+    /// What a run does before it claims: failed deliveries re-queued, the targets a
+    /// compliance exclusion now keeps out skipped (issue 16), the users whose
+    /// session expired synced and due reminders queued (issue 6), and, unless the
+    /// run is a follow-up, the audience targeted.
+    async fn prepare(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let progress = &self.progress;
+        self.store.target_requeue_delivery_failed(self.campaign_id, now).await?;
         // users a compliance exclusion now keeps out are not claimed (issue 16)
-        let excluded = self
-            .store
-            .target_skip_excluded(self.campaign_id, &self.spec.audience, now)
-            .await
-            .map_err(|e| fail(e, &progress))?;
+        let excluded = self.store.target_skip_excluded(self.campaign_id, &self.spec.audience, now).await?;
         if excluded > 0 {
             info!(campaign = %self.spec.name, excluded, "waiting targets skipped by the audience's exclusions");
         }
         // outcomes (issue 6): sync users whose session expired, then queue due reminders
-        sync::before_run(
-            &self.store,
-            &*self.api,
-            &*self.clock,
-            &self.config.worker_id,
-            self.campaign_id,
-            &self.spec,
-            self.config.fresh_state,
-        )
-        .await
-        .map_err(|e| fail(e, &progress))?;
+        let ctx =
+            sync::SyncCtx { store: &self.store, api: &*self.api, clock: &*self.clock, actor: &self.config.worker_id };
+        sync::before_run(ctx, self.campaign_id, &self.spec, self.config.fresh_state).await?;
         // only a tick (or a person) adds users: follow-up takes those already targeted
         if !matches!(self.kind, RunKind::FollowUp { .. }) {
-            let targeted = self
-                .store
-                .target_add_matching_counted(self.campaign_id, &self.spec.audience, now)
-                .await
-                .map_err(|e| fail(e, &progress))?;
+            let targeted = self.store.target_add_matching_counted(self.campaign_id, &self.spec.audience, now).await?;
             progress.targeted.store(i64::try_from(targeted.added).unwrap_or(i64::MAX), Ordering::Relaxed);
             progress
                 .deferred_at_targeting
                 .store(i64::try_from(targeted.deferred).unwrap_or(i64::MAX), Ordering::Relaxed);
             info!(campaign = %self.spec.name, added = targeted.added, deferred = targeted.deferred, "targeting done");
         }
-        let linger_until = match self.kind {
-            RunKind::FollowUp { linger_until } => linger_until,
-            RunKind::Manual | RunKind::Tick(_) => None,
-        };
-        // no claim after the campaign's end
-        let ends_at = self.spec.ends_at.map(|e| e.0);
+        Ok(())
+    }
 
-        let concurrency = usize::try_from(self.spec.throttle.concurrency).unwrap_or(1).max(1);
-        let click = match self.spec.delivery.link {
-            crate::domain::spec::LinkMode::Direct => None,
+    /// Click mode's links, or `None` for direct links.
+    ///
+    /// # Errors
+    /// [`EngineError::Setup`] when click mode has no `public_url`.
+    fn click_links(&self) -> Result<Option<ClickLinks>, EngineError> {
+        match self.spec.delivery.link {
+            crate::domain::spec::LinkMode::Direct => Ok(None),
             crate::domain::spec::LinkMode::Click => {
                 let public_url = self.config.public_url.clone().ok_or_else(|| {
                     EngineError::Setup(format!(
@@ -595,24 +615,24 @@ impl Run {
                          public_listen answers /v/{{token}}",
                         self.spec.name
                     ))
-                });
-                let public_url = public_url.map_err(|e| (e, progress.clone()))?;
-                Some(ClickLinks {
+                })?;
+                Ok(Some(ClickLinks {
                     public_url,
                     ttl: self.spec.delivery.link_ttl.0,
                     fresh_state_max_age: self.spec.audience.fresh_state_max_age.as_ref().map(|d| d.0),
-                })
+                }))
             }
-        };
-        let fresh_age = fresh_state_age(&self.store, self.config.freshness, &self.spec, now)
-            .await
-            .map_err(|e| fail(e, &progress))?;
-        let shared = Arc::new(RunShared {
+        }
+    }
+
+    /// What every user of the run shares (see [`RunShared`]).
+    fn shared(&self, fresh_age: crate::domain::freshness::FreshStateAge, click: Option<ClickLinks>) -> Arc<RunShared> {
+        Arc::new(RunShared {
             fresh_age,
             reach: Reach::of(&self.spec.delivery),
             store: self.store.clone(),
-            api: self.api,
-            deliverer: self.deliverer,
+            api: self.api.clone(),
+            deliverer: self.deliverer.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
             campaign_id: self.campaign_id,
@@ -625,190 +645,35 @@ impl Run {
             click,
             window: self.spec.delivery.window(),
             campaign_zone: self.spec.timezone.parse().unwrap_or(chrono_tz::Tz::UTC),
-            ends_at,
-            snapshots: self.snapshots,
-        });
-        // A stop asked from outside, or an abort from inside, ends the claiming.
-        let halt = CancellationToken::new();
-        {
-            let (halt, stop, abort) = (halt.clone(), stop.clone(), shared.abort.clone());
-            tokio::spawn(async move {
-                tokio::select! { _ = stop.cancelled() => {}, _ = abort.cancelled() => {} }
-                halt.cancel();
-            });
+            // no claim after the campaign's end
+            ends_at: self.spec.ends_at.map(|e| e.0),
+            snapshots: self.snapshots.clone(),
+        })
+    }
+
+    /// `[rollout] canary`: until a person resumes the campaign after its review,
+    /// runs claim no more targets than the canary has left (every claim may become
+    /// a message and a session). The canary's size and what it has sent so far.
+    async fn canary(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        match self.spec.rollout.and_then(|r| r.canary) {
+            Some(n) if !self.store.campaign_canary_released(self.campaign_id).await? => {
+                let spent = self.store.campaign_canary_spent(self.campaign_id).await?;
+                Ok(Some((i64::try_from(n).unwrap_or(i64::MAX), spent)))
+            }
+            _ => Ok(None),
         }
+    }
 
-        // heartbeat: renew our claims while we live
-        let hb_stop = CancellationToken::new();
-        let heartbeat = {
-            let campaign_id = self.campaign_id;
-            let (store, clock, worker, lease, hb_stop) = (
-                self.store.clone(),
-                self.clock.clone(),
-                self.config.worker_id.clone(),
-                self.config.lease,
-                hb_stop.clone(),
-            );
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(lease / 3);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = hb_stop.cancelled() => break,
-                        _ = tick.tick() => {
-                            if let Err(e) = store.target_heartbeat(campaign_id, &worker, clock.now(), lease).await {
-                                warn!(error = %e, "lease heartbeat failed");
-                            }
-                        }
-                    }
-                }
-            })
-        };
-
-        // `[rollout] canary`: until a person resumes the campaign after its review,
-        // runs claim no more targets than the canary has left (every claim may
-        // become a message and a session)
-        let canary = match self.spec.rollout.and_then(|r| r.canary) {
-            Some(n)
-                if !self.store.campaign_canary_released(self.campaign_id).await.map_err(|e| fail(e, &progress))? =>
-            {
-                let spent = self.store.campaign_canary_spent(self.campaign_id).await.map_err(|e| fail(e, &progress))?;
-                Some((i64::try_from(n).unwrap_or(i64::MAX), spent))
-            }
-            _ => None,
-        };
-        let mut canary_left = canary.map(|(n, spent)| (n - spent).max(0));
-        let mut halt_watch = gates::HaltWatch::default();
-        let mut tripped: Option<gates::Tripped> = None;
-
-        let mut queue: VecDeque<ClaimedTarget> = VecDeque::new();
-        let mut in_flight: JoinSet<UserOutcome> = JoinSet::new();
-        // The next batch is claimed in the background once the queue runs low, so
-        // that claiming overlaps the users in flight instead of pausing them.
-        let mut claiming: Option<tokio::task::JoinHandle<ClaimDone>> = None;
-        let want = i64::try_from(self.config.batch_size.max(concurrency)).unwrap_or(100);
-        // Each claim goes on from where the last ended; expired claims are looked
-        // for on the first claim, once a lease, and on the pass from the start that
-        // ends the run.
-        let mut cursor = ClaimCursor::start();
-        let mut rescued_at = tokio::time::Instant::now();
-        let mut exhausted = false;
-        // a lingering follow-up run's next look for due users
-        let mut look_again: Option<tokio::time::Instant> = None;
-        let mut store_error: Option<StoreError> = None;
-        loop {
-            if halt.is_cancelled() {
-                break;
-            }
-            if canary_left == Some(0) || ends_at.is_some_and(|e| self.clock.now() >= e) {
-                exhausted = true;
-            }
-            if claiming.is_none() && !exhausted && look_again.is_none() && queue.len() < concurrency {
-                let (store, clock, worker, lease) =
-                    (self.store.clone(), self.clock.clone(), self.config.worker_id.clone(), self.config.lease);
-                let campaign_id = self.campaign_id;
-                let want = canary_left.map_or(want, |left| want.min(left));
-                let mut next = cursor.clone();
-                next.rescue |= rescued_at.elapsed() >= lease;
-                claiming = Some(tokio::spawn(async move {
-                    let claimed =
-                        store.target_claim_next(campaign_id, &worker, want, clock.now(), lease, &mut next).await;
-                    (claimed, next)
-                }));
-            }
-            while in_flight.len() < concurrency {
-                let Some(t) = queue.pop_front() else { break };
-                in_flight.spawn(pipeline::process(shared.clone(), t));
-            }
-            if in_flight.is_empty() && queue.is_empty() && claiming.is_none() && look_again.is_none() {
-                // exhausted: nothing queued, nothing in flight, nothing left to claim
-                break;
-            }
-            tokio::select! {
-                _ = halt.cancelled() => break,
-                _ = tokio::time::sleep_until(look_again.unwrap_or_else(tokio::time::Instant::now)), if look_again.is_some() => {
-                    look_again = None;
-                }
-                joined = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Some(r) = joined {
-                        let o = r.unwrap_or(UserOutcome::Abandoned);
-                        progress.record(o);
-                        if let Some(h) = &self.spec.halt {
-                            halt_watch.record(o);
-                            if tripped.is_none() && let Some(t) = halt_watch.check(h) {
-                                warn!(campaign = %self.spec.name, reason = t.reason, figures = %t.detail,
-                                      "halt threshold crossed; stopping the run and pausing the campaign");
-                                tripped = Some(t);
-                                halt.cancel();
-                            }
-                        }
-                    }
-                }
-                claimed = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
-                    claiming = None;
-                    let (claimed, next) = claimed.unwrap_or_else(|e| {
-                        (Err(StoreError::Conflict(format!("claim task failed: {e}"))), cursor.clone())
-                    });
-                    match claimed {
-                        Ok(batch) => {
-                            progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
-                            if let Some(left) = &mut canary_left {
-                                *left = (*left - i64::try_from(batch.len()).unwrap_or(0)).max(0);
-                            }
-                            if next.rescue {
-                                rescued_at = tokio::time::Instant::now();
-                            }
-                            cursor = ClaimCursor { rescue: false, ..next };
-                            if batch.is_empty() {
-                                // nothing after the cursor: one pass from the start
-                                // (targets given back or re-queued meanwhile) before
-                                // the run ends
-                                if cursor.after.is_some() {
-                                    cursor = ClaimCursor::start();
-                                } else {
-                                    // a follow-up run waits for the next user due
-                                    // before its horizon, then passes from the start
-                                    match linger(&self.store, self.campaign_id, self.clock.now(), ends_at, linger_until).await {
-                                        Ok(Some(wait)) => {
-                                            look_again = Some(tokio::time::Instant::now() + wait);
-                                            cursor = ClaimCursor::start();
-                                        }
-                                        Ok(None) => exhausted = true,
-                                        Err(e) => {
-                                            store_error = Some(e);
-                                            break;
-                                        }
-                                    }
-                                }
-                            }
-                            queue.extend(batch);
-                        }
-                        Err(e) => {
-                            store_error = Some(e);
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        // A claim still running is waited for (one statement), so that what it
-        // claimed is given back below rather than left to its lease.
-        if let Some(c) = claiming.take() {
-            match tokio::time::timeout(Duration::from_secs(5), c).await {
-                Ok(Ok((Ok(batch), _))) => {
-                    progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
-                    queue.extend(batch);
-                }
-                Ok(Ok((Err(e), _))) if store_error.is_none() => store_error = Some(e),
-                _ => {}
-            }
-        }
-
-        let store_failure = shared.store_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let store_down = store_error.is_some() || store_failure.is_some();
-        let interrupted = stop.is_cancelled() || store_error.is_some() || tripped.is_some();
-        // Give back what was claimed but not started (with the store down, their
-        // leases will do it: trying would only wait out the pool's timeout).
+    /// After the claiming: what was claimed but not started is given back (with
+    /// the store down, their leases will do it: trying would only wait out the
+    /// pool's timeout), and the users in flight finish within the grace period
+    /// (short when the store is down: they cannot record anything).
+    async fn wind_down(
+        &self,
+        mut queue: VecDeque<ClaimedTarget>,
+        mut in_flight: JoinSet<UserOutcome>,
+        store_down: bool,
+    ) {
         if store_down {
             queue.clear();
         }
@@ -820,13 +685,11 @@ impl Run {
                 warn!(error = %e, "could not release unstarted claims; they will expire with their lease");
             }
         }
-        // Let users in flight finish, within the grace period (short when the store
-        // is down: they cannot record anything).
         let grace = if store_down { self.config.grace.min(Duration::from_secs(5)) } else { self.config.grace };
         let deadline = tokio::time::Instant::now() + grace;
         while !in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
-                Ok(Some(r)) => progress.record(r.unwrap_or(UserOutcome::Abandoned)),
+                Ok(Some(r)) => self.progress.record(r.unwrap_or(UserOutcome::Abandoned)),
                 Ok(None) => break,
                 Err(_) => {
                     warn!(left = in_flight.len(), "grace period over; unfinished users are left to their leases");
@@ -835,52 +698,315 @@ impl Run {
                 }
             }
         }
-        hb_stop.cancel();
-        // a heartbeat stuck on a dead database is not waited for
-        heartbeat.abort();
-        let _ = heartbeat.await;
-        if let Some(e) = store_error {
-            return Err((EngineError::Store(e), progress));
-        }
-        if let Some(e) = store_failure {
-            return Err((EngineError::Setup(format!("the database failed: {e}")), progress));
-        }
-        let aborted = shared.abort_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(reason) = aborted {
-            return Err((EngineError::Setup(reason), progress));
-        }
+    }
+
+    /// The gates after a run that ended well: the reminders of the users it
+    /// notified stamped, and the campaign paused when a halt threshold tripped or
+    /// the canary ran. The run's outcome and why the campaign was paused.
+    async fn gates_after(&self, ended: Ended) -> Result<(RunOutcome, Option<&'static str>), StoreError> {
         // the reminders of the users notified by this run wait on the claim index
         if let Some(reminders) = &self.spec.reminders {
-            self.store.target_stamp_reminders(self.campaign_id, reminders).await.map_err(|e| fail(e, &progress))?;
+            self.store.target_stamp_reminders(self.campaign_id, reminders).await?;
         }
-        let mut outcome = if interrupted { RunOutcome::Interrupted } else { RunOutcome::Finished };
+        let mut outcome = if ended.interrupted { RunOutcome::Interrupted } else { RunOutcome::Finished };
         let actor = self.config.worker_id.as_str();
         let mut paused = None;
-        if let Some(t) = tripped {
-            self.store
-                .campaign_pause_by_worker(self.campaign_id, t.reason, &t.detail, actor, self.clock.now())
-                .await
-                .map_err(|e| fail(e, &progress))?;
+        if let Some(t) = ended.tripped {
+            self.store.campaign_pause_by_worker(self.campaign_id, t.reason, &t.detail, actor, self.clock.now()).await?;
             crate::telemetry::global().set_campaign_halted(self.spec.name.as_str(), true);
             paused = Some(t.reason);
-        } else if let Some((n, _)) = canary
-            && !stop.is_cancelled()
+        } else if let Some((n, _)) = ended.canary
+            && !ended.stopped
         {
             // the canary ran: a person reviews it before anyone else is sent anything
             // (a run stopped from outside leaves the rest of the canary to the next)
-            let sent = self.store.campaign_canary_spent(self.campaign_id).await.map_err(|e| fail(e, &progress))?;
+            let sent = self.store.campaign_canary_spent(self.campaign_id).await?;
             let detail = serde_json::json!({ "canary": n, "sent": sent });
             self.store
                 .campaign_pause_by_worker(self.campaign_id, CANARY_REVIEW, &detail, actor, self.clock.now())
-                .await
-                .map_err(|e| fail(e, &progress))?;
+                .await?;
             info!(campaign = %self.spec.name, canary = n, sent, "canary sent; the campaign is paused for review");
-            if canary_left == Some(0) {
+            if ended.canary_left == Some(0) {
                 // work is left: the tick stays in progress, resumed after `campaign resume`
                 outcome = RunOutcome::Interrupted;
             }
             paused = Some(CANARY_REVIEW);
         }
-        Ok((outcome, progress.counts(), paused))
+        Ok((outcome, paused))
+    }
+}
+
+/// How the claiming ended, for [`Run::gates_after`].
+struct Ended {
+    /// Stopped from outside, by the store or by a halt threshold.
+    interrupted: bool,
+    /// Stopped from outside.
+    stopped: bool,
+    tripped: Option<gates::Tripped>,
+    /// The canary's size and what it had sent when the run started.
+    canary: Option<(i64, i64)>,
+    canary_left: Option<i64>,
+}
+
+/// A token cancelled when a stop is asked from outside or the run aborts from
+/// inside: it ends the claiming.
+fn halt_on(stop: &CancellationToken, abort: &CancellationToken) -> CancellationToken {
+    let halt = CancellationToken::new();
+    let (h, stop, abort) = (halt.clone(), stop.clone(), abort.clone());
+    tokio::spawn(async move {
+        tokio::select! { _ = stop.cancelled() => {}, _ = abort.cancelled() => {} }
+        h.cancel();
+    });
+    halt
+}
+
+/// Renews the run's claims every third of a lease while the run lives.
+struct Heartbeat {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn spawn(run: &Run) -> Self {
+        let stop = CancellationToken::new();
+        let campaign_id = run.campaign_id;
+        let (store, clock, worker, lease, hb_stop) =
+            (run.store.clone(), run.clock.clone(), run.config.worker_id.clone(), run.config.lease, stop.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = hb_stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = store.target_heartbeat(campaign_id, &worker, clock.now(), lease).await {
+                            warn!(error = %e, "lease heartbeat failed");
+                        }
+                    }
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops it; a heartbeat stuck on a dead database is not waited for.
+    async fn end(self) {
+        self.stop.cancel();
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// The claim loop: claims batches (the next in the background once the queue
+/// runs low, so that claiming overlaps the users in flight instead of pausing
+/// them), runs up to `concurrency` users at once, watches the halt thresholds,
+/// and ends when nothing is left, on a halt or when the store fails.
+struct ClaimLoop<'a> {
+    run: &'a Run,
+    shared: &'a Arc<RunShared>,
+    halt: &'a CancellationToken,
+    concurrency: usize,
+    /// How many targets a claim asks for.
+    want: i64,
+    ends_at: Option<DateTime<Utc>>,
+    linger_until: Option<DateTime<Utc>>,
+    queue: VecDeque<ClaimedTarget>,
+    in_flight: JoinSet<UserOutcome>,
+    claiming: Option<tokio::task::JoinHandle<ClaimDone>>,
+    /// Each claim goes on from where the last ended; expired claims are looked
+    /// for on the first claim, once a lease, and on the pass from the start that
+    /// ends the run.
+    cursor: ClaimCursor,
+    rescued_at: tokio::time::Instant,
+    exhausted: bool,
+    /// A lingering follow-up run's next look for due users.
+    look_again: Option<tokio::time::Instant>,
+    store_error: Option<StoreError>,
+    canary_left: Option<i64>,
+    halt_watch: gates::HaltWatch,
+    tripped: Option<gates::Tripped>,
+}
+
+impl<'a> ClaimLoop<'a> {
+    fn new(run: &'a Run, shared: &'a Arc<RunShared>, halt: &'a CancellationToken, canary_left: Option<i64>) -> Self {
+        let concurrency = usize::try_from(run.spec.throttle.concurrency).unwrap_or(1).max(1);
+        let linger_until = match run.kind {
+            RunKind::FollowUp { linger_until } => linger_until,
+            RunKind::Manual | RunKind::Tick(_) => None,
+        };
+        Self {
+            run,
+            shared,
+            halt,
+            concurrency,
+            want: i64::try_from(run.config.batch_size.max(concurrency)).unwrap_or(100),
+            ends_at: run.spec.ends_at.map(|e| e.0),
+            linger_until,
+            queue: VecDeque::new(),
+            in_flight: JoinSet::new(),
+            claiming: None,
+            cursor: ClaimCursor::start(),
+            rescued_at: tokio::time::Instant::now(),
+            exhausted: false,
+            look_again: None,
+            store_error: None,
+            canary_left,
+            halt_watch: gates::HaltWatch::default(),
+            tripped: None,
+        }
+    }
+
+    /// Claims, runs and waits until the run has nothing left or must stop; then
+    /// waits for a claim still running (one statement), so that what it claimed is
+    /// given back rather than left to its lease.
+    async fn run(&mut self) {
+        loop {
+            if self.halt.is_cancelled() {
+                break;
+            }
+            if self.canary_left == Some(0) || self.ends_at.is_some_and(|e| self.run.clock.now() >= e) {
+                self.exhausted = true;
+            }
+            self.claim_if_low();
+            while self.in_flight.len() < self.concurrency {
+                let Some(t) = self.queue.pop_front() else { break };
+                self.in_flight.spawn(pipeline::process(self.shared.clone(), t));
+            }
+            if self.in_flight.is_empty()
+                && self.queue.is_empty()
+                && self.claiming.is_none()
+                && self.look_again.is_none()
+            {
+                // exhausted: nothing queued, nothing in flight, nothing left to claim
+                break;
+            }
+            if self.step().await.is_break() {
+                break;
+            }
+        }
+        if let Some(c) = self.claiming.take() {
+            match tokio::time::timeout(Duration::from_secs(5), c).await {
+                Ok(Ok((Ok(batch), _))) => {
+                    self.run.progress.claimed.fetch_add(i64::try_from(batch.len()).unwrap_or(0), Ordering::Relaxed);
+                    self.queue.extend(batch);
+                }
+                Ok(Ok((Err(e), _))) if self.store_error.is_none() => self.store_error = Some(e),
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts the next claim in the background when the queue runs low.
+    fn claim_if_low(&mut self) {
+        if self.claiming.is_some()
+            || self.exhausted
+            || self.look_again.is_some()
+            || self.queue.len() >= self.concurrency
+        {
+            return;
+        }
+        let run = self.run;
+        let (store, clock, worker, lease) =
+            (run.store.clone(), run.clock.clone(), run.config.worker_id.clone(), run.config.lease);
+        let campaign_id = run.campaign_id;
+        let want = self.canary_left.map_or(self.want, |left| self.want.min(left));
+        let mut next = self.cursor.clone();
+        next.rescue |= self.rescued_at.elapsed() >= lease;
+        self.claiming = Some(tokio::spawn(async move {
+            let claimed = store.target_claim_next(campaign_id, &worker, want, clock.now(), lease, &mut next).await;
+            (claimed, next)
+        }));
+    }
+
+    /// Waits for the next thing to happen: a halt, the time to look again, a user
+    /// done, or a claim back.
+    async fn step(&mut self) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow;
+        let look_again = self.look_again;
+        tokio::select! {
+            _ = self.halt.cancelled() => return ControlFlow::Break(()),
+            _ = tokio::time::sleep_until(look_again.unwrap_or_else(tokio::time::Instant::now)), if look_again.is_some() => {
+                self.look_again = None;
+            }
+            joined = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                if let Some(r) = joined {
+                    self.user_done(r.unwrap_or(UserOutcome::Abandoned));
+                }
+            }
+            claimed = async { self.claiming.as_mut().expect("guarded").await }, if self.claiming.is_some() => {
+                self.claiming = None;
+                let (claimed, next) = claimed.unwrap_or_else(|e| {
+                    (Err(StoreError::Conflict(format!("claim task failed: {e}"))), self.cursor.clone())
+                });
+                return self.claimed(claimed, next).await;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Counts a user's outcome; crosses a halt threshold, and the run stops.
+    fn user_done(&mut self, o: UserOutcome) {
+        self.run.progress.record(o);
+        if let Some(h) = &self.run.spec.halt {
+            self.halt_watch.record(o);
+            if self.tripped.is_none()
+                && let Some(t) = self.halt_watch.check(h)
+            {
+                warn!(campaign = %self.run.spec.name, reason = t.reason, figures = %t.detail,
+                      "halt threshold crossed; stopping the run and pausing the campaign");
+                self.tripped = Some(t);
+                self.halt.cancel();
+            }
+        }
+    }
+
+    /// A claim came back: its targets queued, the cursor moved on; an empty one
+    /// passes once more from the start, or lingers (a follow-up), or ends the run.
+    async fn claimed(
+        &mut self,
+        claimed: Result<Vec<ClaimedTarget>, StoreError>,
+        next: ClaimCursor,
+    ) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow;
+        let batch = match claimed {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.store_error = Some(e);
+                return ControlFlow::Break(());
+            }
+        };
+        let n = i64::try_from(batch.len()).unwrap_or(0);
+        self.run.progress.claimed.fetch_add(n, Ordering::Relaxed);
+        if let Some(left) = &mut self.canary_left {
+            *left = (*left - n).max(0);
+        }
+        if next.rescue {
+            self.rescued_at = tokio::time::Instant::now();
+        }
+        self.cursor = ClaimCursor { rescue: false, ..next };
+        if batch.is_empty() {
+            // nothing after the cursor: one pass from the start (targets given back
+            // or re-queued meanwhile) before the run ends
+            if self.cursor.after.is_some() {
+                self.cursor = ClaimCursor::start();
+            } else {
+                // a follow-up run waits for the next user due before its horizon,
+                // then passes from the start
+                let run = self.run;
+                match linger(&run.store, run.campaign_id, run.clock.now(), self.ends_at, self.linger_until).await {
+                    Ok(Some(wait)) => {
+                        self.look_again = Some(tokio::time::Instant::now() + wait);
+                        self.cursor = ClaimCursor::start();
+                    }
+                    Ok(None) => self.exhausted = true,
+                    Err(e) => {
+                        self.store_error = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+        }
+        self.queue.extend(batch);
+        ControlFlow::Continue(())
     }
 }

@@ -78,13 +78,22 @@ pub fn baanx_api_from_settings(settings: &Settings, store: Store) -> Result<Baan
     Ok(BaanxApi(Arc::new(client)))
 }
 
-async fn sync_one(
-    store: &Store,
-    api: &dyn VerificationApi,
-    clock: &dyn Clock,
-    actor: &str,
-    c: &SyncCandidate,
-) -> Result<SyncOne, StoreError> {
+/// What every step of a sync works with: the store, the API, the clock and who
+/// the sync's events name.
+#[derive(Clone, Copy)]
+pub struct SyncCtx<'a> {
+    /// Where the users are read and their new states applied.
+    pub store: &'a Store,
+    /// Who is asked for each user's state.
+    pub api: &'a dyn VerificationApi,
+    /// When each call is asked and each state applied.
+    pub clock: &'a dyn Clock,
+    /// Who the sync's events name.
+    pub actor: &'a str,
+}
+
+async fn sync_one(ctx: SyncCtx<'_>, c: &SyncCandidate) -> Result<SyncOne, StoreError> {
+    let SyncCtx { store, api, clock, actor } = ctx;
     let (Ok(user_id), Ok(region)) = (UserId::parse(&c.user_id), c.region.parse::<Region>()) else {
         warn!(user_id = %c.user_id, "stored user record is not valid; not synced");
         return Ok(SyncOne::Failed);
@@ -106,17 +115,14 @@ async fn sync_one(
 
 /// Syncs one page with at most `concurrency` calls in flight.
 async fn sync_page(
-    store: &Store,
-    api: &dyn VerificationApi,
-    clock: &dyn Clock,
-    actor: &str,
+    ctx: SyncCtx<'_>,
     page: &[SyncCandidate],
     concurrency: usize,
     report: &mut SyncReport,
 ) -> Result<(), StoreError> {
     // collected first: a stream over a borrowing closure trips the compiler's Send
     // check (higher-ranked lifetimes) when a run is spawned
-    let calls: Vec<_> = page.iter().map(|c| sync_one(store, api, clock, actor, c)).collect();
+    let calls: Vec<_> = page.iter().map(|c| sync_one(ctx, c)).collect();
     let mut results = futures::stream::iter(calls).buffer_unordered(concurrency.max(1));
     while let Some(r) = results.next().await {
         report.add(&r?);
@@ -128,17 +134,10 @@ async fn sync_page(
 ///
 /// # Errors
 /// [`StoreError`] when the store fails; API failures are counted, not raised.
-pub async fn sync_users(
-    store: &Store,
-    api: &dyn VerificationApi,
-    clock: &dyn Clock,
-    actor: &str,
-    filter: &SyncFilter,
-    concurrency: usize,
-) -> Result<SyncReport, StoreError> {
-    let report = sync_pages(store, api, clock, actor, concurrency, Pages::Users(filter)).await?;
+pub async fn sync_users(ctx: SyncCtx<'_>, filter: &SyncFilter, concurrency: usize) -> Result<SyncReport, StoreError> {
+    let report = sync_pages(ctx, concurrency, Pages::Users(filter)).await?;
     // a sync that went through is a sign of life of the state feed
-    store.feed_heard(crate::store::feeds::StateFeed::Sync, clock.now()).await?;
+    ctx.store.feed_heard(crate::store::feeds::StateFeed::Sync, ctx.clock.now()).await?;
     Ok(report)
 }
 
@@ -152,14 +151,8 @@ enum Pages<'a> {
 }
 
 /// Syncs page after page of users until a page comes back short.
-async fn sync_pages(
-    store: &Store,
-    api: &dyn VerificationApi,
-    clock: &dyn Clock,
-    actor: &str,
-    concurrency: usize,
-    pages: Pages<'_>,
-) -> Result<SyncReport, StoreError> {
+async fn sync_pages(ctx: SyncCtx<'_>, concurrency: usize, pages: Pages<'_>) -> Result<SyncReport, StoreError> {
+    let SyncCtx { store, clock, .. } = ctx;
     let mut report = SyncReport::default();
     let mut after = String::new();
     loop {
@@ -171,7 +164,7 @@ async fn sync_pages(
         };
         let Some(last) = page.last() else { break };
         after = last.user_id.clone();
-        sync_page(store, api, clock, actor, &page, concurrency, &mut report).await?;
+        sync_page(ctx, &page, concurrency, &mut report).await?;
         if (page.len() as i64) < SYNC_PAGE {
             break;
         }
@@ -185,15 +178,8 @@ async fn sync_pages(
 ///
 /// # Errors
 /// [`StoreError`] when the store fails.
-pub async fn sync_expired(
-    store: &Store,
-    api: &dyn VerificationApi,
-    clock: &dyn Clock,
-    actor: &str,
-    campaign_id: i64,
-    concurrency: usize,
-) -> Result<SyncReport, StoreError> {
-    sync_pages(store, api, clock, actor, concurrency, Pages::Expired { campaign_id }).await
+pub async fn sync_expired(ctx: SyncCtx<'_>, campaign_id: i64, concurrency: usize) -> Result<SyncReport, StoreError> {
+    sync_pages(ctx, concurrency, Pages::Expired { campaign_id }).await
 }
 
 /// What a run does before it targets: syncs the users whose session expired (when
@@ -203,17 +189,15 @@ pub async fn sync_expired(
 /// # Errors
 /// [`StoreError`] when the store fails.
 pub(crate) async fn before_run(
-    store: &Store,
-    api: &dyn VerificationApi,
-    clock: &dyn Clock,
-    actor: &str,
+    ctx: SyncCtx<'_>,
     campaign_id: i64,
     spec: &CampaignSpec,
     fresh_state: bool,
 ) -> Result<u64, StoreError> {
+    let SyncCtx { store, clock, .. } = ctx;
     if fresh_state {
         let concurrency = usize::try_from(spec.throttle.concurrency).unwrap_or(1);
-        let r = sync_expired(store, api, clock, actor, campaign_id, concurrency).await?;
+        let r = sync_expired(ctx, campaign_id, concurrency).await?;
         if r.checked > 0 {
             info!(campaign = %spec.name, checked = r.checked, changed = r.changed, converted = r.converted,
                   failed = r.failed, "synced users whose session expired");
