@@ -151,20 +151,29 @@ fn template_dir(t: &TemplateVersion) -> String {
     format!("templates/{}-{}", t.name, &t.digest[..t.digest.len().min(16)])
 }
 
+/// What [`write`] writes: the bundle for `c` into `dir`.
+#[derive(Clone, Copy)]
+pub struct WriteParams<'a> {
+    /// The campaign the bundle is for.
+    pub c: &'a CampaignRecord,
+    /// The directory it is written into.
+    pub dir: &'a Path,
+    /// Who generates it.
+    pub generated_by: &'a str,
+    /// When it is generated.
+    pub now: DateTime<Utc>,
+    /// The key it is signed with, when given.
+    pub key: Option<&'a sshsig::SigningKey>,
+}
+
 /// Writes the bundle for `c` into `dir` (created; refused when it exists and is
 /// not empty), signed with `key` when given. The caller seals the audit chain
 /// first.
 ///
 /// # Errors
 /// [`EvidenceError`] naming the file.
-pub async fn write(
-    store: &Store,
-    c: &CampaignRecord,
-    dir: &Path,
-    generated_by: &str,
-    now: DateTime<Utc>,
-    key: Option<&sshsig::SigningKey>,
-) -> Result<Written, EvidenceError> {
+pub async fn write(store: &Store, p: &WriteParams<'_>) -> Result<Written, EvidenceError> {
+    let WriteParams { c, dir, generated_by, now, key } = *p;
     if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
         return Err(EvidenceError::Io {
             path: dir.display().to_string(),

@@ -183,7 +183,18 @@ pub async fn approve(
     let version = reviewed.unwrap_or(c.version);
     let result = match (&approvers, proof.proof()?) {
         (None, _) => {
-            reverify::engine::approval::approve(&store, &c, &spec, &loaded, &ctx.actor, version, Utc::now()).await
+            reverify::engine::approval::approve(
+                &store,
+                &reverify::engine::approval::ApproveParams {
+                    c: &c,
+                    spec: &spec,
+                    loaded: &loaded,
+                    approver: &ctx.actor,
+                    version,
+                    now: Utc::now(),
+                },
+            )
+            .await
         }
         (Some(_), None) => {
             eprintln!(

@@ -336,7 +336,13 @@ async fn apply_checked(
                 store.campaign_apply(spec, text, actor, Utc::now()).await.map_err(|e| e.to_string())
             }
             Ok(Some((who, version, sig))) => store
-                .campaign_apply_signed(spec, text, &who, Some((version, &sig)), Utc::now())
+                .campaign_apply_signed(&reverify::store::campaigns::ApplySignedParams {
+                    spec,
+                    toml_text: text,
+                    actor: &who,
+                    signed: Some((version, &sig)),
+                    now: Utc::now(),
+                })
                 .await
                 .map_err(|e| e.to_string()),
         };

@@ -188,7 +188,12 @@ pub async fn write(ctx: &Context, store: &Store, c: &CampaignRecord, dir: &Path)
     };
     store.event_append(&event, now).await?;
     store.audit_seal(now).await?;
-    let written = match reverify::evidence::write(store, c, dir, &ctx.actor, now, key.as_ref()).await {
+    let written = match reverify::evidence::write(
+        store,
+        &reverify::evidence::WriteParams { c, dir, generated_by: &ctx.actor, now, key: key.as_ref() },
+    )
+    .await
+    {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: {e}");

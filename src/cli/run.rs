@@ -234,7 +234,17 @@ async fn run_all(
         tasks.spawn(async move {
             let name = c.name.clone();
             let outcome = match work {
-                Some(work) => reverify::schedule::run_work(worker, c, work, None, progress, stop).await,
+                Some(work) => {
+                    reverify::schedule::run_work(reverify::schedule::RunWork {
+                        worker,
+                        campaign: c,
+                        work,
+                        linger_until: None,
+                        progress,
+                        stop,
+                    })
+                    .await
+                }
                 None => match worker.run_campaign(&c, progress, stop).await {
                     Ok(r) => Scheduled::Ran(r),
                     Err(e) => Scheduled::Failed(e),

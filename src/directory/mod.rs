@@ -238,15 +238,19 @@ fn check(path: &Path, format: Format, now: DateTime<Utc>) -> Result<Checked, Imp
     Ok(Checked { rows, problems, bad_lines, first_token_line })
 }
 
-/// Pass 2 on a blocking thread: good rows, sealed, in batches.
-fn produce(
+/// What [`produce`] reads: the file at `path`, less the lines pass 1 found bad.
+struct Pass2 {
     path: PathBuf,
     format: Format,
     bad_lines: Vec<u64>,
+    /// Seals the tokens; `None` when the file has none.
     cipher: Option<Arc<TokenCipher>>,
     now: DateTime<Utc>,
-    tx: tokio::sync::mpsc::Sender<Vec<UserUpsert>>,
-) -> Result<(), ImportError> {
+}
+
+/// Pass 2 on a blocking thread: good rows, sealed, in batches.
+fn produce(p: Pass2, tx: tokio::sync::mpsc::Sender<Vec<UserUpsert>>) -> Result<(), ImportError> {
+    let Pass2 { path, format, bad_lines, cipher, now } = p;
     let file = path.display().to_string();
     let mut src = open_file(&path, format)?;
     let mut fields: Fields = Default::default();
@@ -321,7 +325,8 @@ pub async fn import_file(store: &Store, path: &Path, opts: &ImportOptions) -> Re
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<UserUpsert>>(2);
     let owned = path.to_path_buf();
     let cipher = opts.cipher.clone();
-    let producer = tokio::task::spawn_blocking(move || produce(owned, format, checked.bad_lines, cipher, now, tx));
+    let pass2 = Pass2 { path: owned, format, bad_lines: checked.bad_lines, cipher, now };
+    let producer = tokio::task::spawn_blocking(move || produce(pass2, tx));
     let written = async {
         let mut bulk = store.user_bulk_begin().await?;
         while let Some(batch) = rx.recv().await {

@@ -297,6 +297,23 @@ pub fn due(
     }
 }
 
+/// What [`due_or_resume`] judges.
+#[derive(Debug, Clone, Copy)]
+pub struct DueParams<'a> {
+    /// The campaign's schedule.
+    pub schedule: &'a CronSchedule,
+    /// The time zone the schedule is read in.
+    pub tz: Tz,
+    /// The start of the latest finished run, or the campaign's creation.
+    pub since: DateTime<Utc>,
+    /// The tick a scheduled run started that no finished run covers yet.
+    pub in_progress: Option<DateTime<Utc>>,
+    /// When it is judged.
+    pub now: DateTime<Utc>,
+    /// How late a tick's first run may start.
+    pub deadline: chrono::Duration,
+}
+
 /// The due rule with resumption. `since` is the start of the latest finished run
 /// (every tick at or before it is done) or the campaign's creation, and
 /// `in_progress` the tick a scheduled run started that no finished run covers yet.
@@ -307,14 +324,8 @@ pub fn due(
 /// the people it targets were expecting it, and the work left would otherwise wait
 /// for the next tick (a week, a month). The resumed run is for the latest tick,
 /// so a tick that came meanwhile is covered by it, deadline or not.
-pub fn due_or_resume(
-    schedule: &CronSchedule,
-    tz: Tz,
-    since: DateTime<Utc>,
-    in_progress: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    deadline: chrono::Duration,
-) -> Due {
+pub fn due_or_resume(p: &DueParams<'_>) -> Due {
+    let DueParams { schedule, tz, since, in_progress, now, deadline } = *p;
     let plain = due(schedule, tz, since, now, deadline);
     match in_progress.filter(|t| *t > since) {
         None => plain,
@@ -590,29 +601,77 @@ mod tests {
         let next_monday = Utc.with_ymd_and_hms(2026, 3, 9, 9, 0, 0).unwrap();
         let later = Utc.with_ymd_and_hms(2026, 3, 2, 15, 0, 0).unwrap();
         // nothing in progress: the plain rule (missed after the deadline)
-        assert_eq!(due_or_resume(&s, tz, created, None, later, hour), Due::Missed { tick: monday });
         assert_eq!(
-            due_or_resume(&s, tz, created, None, monday + chrono::Duration::minutes(5), hour),
+            due_or_resume(&DueParams {
+                schedule: &s,
+                tz,
+                since: created,
+                in_progress: None,
+                now: later,
+                deadline: hour
+            }),
+            Due::Missed { tick: monday }
+        );
+        assert_eq!(
+            due_or_resume(&DueParams {
+                schedule: &s,
+                tz,
+                since: created,
+                in_progress: None,
+                now: monday + chrono::Duration::minutes(5),
+                deadline: hour
+            }),
             Due::Run { tick: monday }
         );
         // the run of Monday's tick started and did not finish: resumed hours later
         assert_eq!(
-            due_or_resume(&s, tz, created, Some(monday), later, hour),
+            due_or_resume(&DueParams {
+                schedule: &s,
+                tz,
+                since: created,
+                in_progress: Some(monday),
+                now: later,
+                deadline: hour
+            }),
             Due::Resume { tick: monday, interrupted: monday }
         );
         // a finished run after the tick (done_through past it) ends that
         let finished = monday + chrono::Duration::hours(2);
-        assert_eq!(due_or_resume(&s, tz, finished, Some(monday), later, hour), Due::NotDue);
+        assert_eq!(
+            due_or_resume(&DueParams {
+                schedule: &s,
+                tz,
+                since: finished,
+                in_progress: Some(monday),
+                now: later,
+                deadline: hour
+            }),
+            Due::NotDue
+        );
         // still unfinished at the next tick: one run, for the latest tick
         let after_next = next_monday + chrono::Duration::hours(3);
         assert_eq!(
-            due_or_resume(&s, tz, created, Some(monday), after_next, hour),
+            due_or_resume(&DueParams {
+                schedule: &s,
+                tz,
+                since: created,
+                in_progress: Some(monday),
+                now: after_next,
+                deadline: hour
+            }),
             Due::Resume { tick: next_monday, interrupted: monday }
         );
         // the schedule changed meanwhile (no tick of the new one since): still resumed
         let other = CronSchedule::parse("0 9 1 1 *").unwrap();
         assert_eq!(
-            due_or_resume(&other, tz, created, Some(monday), later, hour),
+            due_or_resume(&DueParams {
+                schedule: &other,
+                tz,
+                since: created,
+                in_progress: Some(monday),
+                now: later,
+                deadline: hour
+            }),
             Due::Resume { tick: monday, interrupted: monday }
         );
     }

@@ -324,6 +324,23 @@ pub async fn approval_state(
     })
 }
 
+/// What [`approve`] records: `approver`'s approval of `c` at `version`.
+#[derive(Clone, Copy)]
+pub struct ApproveParams<'a> {
+    /// The campaign approved.
+    pub c: &'a CampaignRecord,
+    /// Its parsed file.
+    pub spec: &'a CampaignSpec,
+    /// The templates a run would render now.
+    pub loaded: &'a Templates,
+    /// Who approves.
+    pub approver: &'a str,
+    /// The version they looked at.
+    pub version: i64,
+    /// When they approve.
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
 /// Records `approver`'s approval of `c` at `version` (the version they looked at),
 /// over the templates a run would render now (`loaded`) and the plan counted now:
 /// what `campaign approve` and the dashboard's Approve button both do.
@@ -331,15 +348,8 @@ pub async fn approval_state(
 /// # Errors
 /// [`StoreError::Conflict`] when the store refuses it (another version was applied
 /// meanwhile, or the approver applied this one); other store failures.
-pub async fn approve(
-    store: &Store,
-    c: &CampaignRecord,
-    spec: &CampaignSpec,
-    loaded: &Templates,
-    approver: &str,
-    version: i64,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Approval, StoreError> {
+pub async fn approve(store: &Store, p: &ApproveParams<'_>) -> Result<Approval, StoreError> {
+    let ApproveParams { c, spec, loaded, approver, version, now } = *p;
     let pending = pending(store, c, spec, loaded, now).await?;
     let ask = crate::store::approvals::NewApproval {
         approver,

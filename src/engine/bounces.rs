@@ -110,7 +110,13 @@ impl StoreBounceSink {
         });
         let paused = self
             .store
-            .campaign_pause_by_worker(campaign_id, "bounce_rate", &detail, "bounces", self.clock.now())
+            .campaign_pause_by_worker(&crate::store::campaigns::WorkerPauseParams {
+                campaign_id,
+                reason: "bounce_rate",
+                detail: &detail,
+                actor: "bounces",
+                now: self.clock.now(),
+            })
             .await
             .map_err(sink)?;
         if paused {

@@ -33,8 +33,9 @@ use tracing::{info, warn};
 use crate::domain::freshness::FreshStateSettings;
 use crate::domain::{CampaignSpec, Clock, TargetReason, TargetStatus, Transition};
 use crate::store::campaigns::CANARY_REVIEW;
-use crate::store::runs::{RunCounts, RunFinishParams, RunOutcome};
-use crate::store::targets::{ClaimCursor, ClaimedTarget};
+use crate::store::campaigns::WorkerPauseParams;
+use crate::store::runs::{RunCounts, RunFinishParams, RunOutcome, RunStartParams};
+use crate::store::targets::{ClaimBatchParams, ClaimCursor, ClaimedTarget};
 
 /// A background claim's outcome, and the cursor it leaves.
 type ClaimDone = (Result<Vec<ClaimedTarget>, StoreError>, ClaimCursor);
@@ -487,11 +488,13 @@ impl Run {
         let actor = self.config.actor.clone();
         let run_id = store
             .run_start_with(
-                campaign_id,
-                &worker,
-                &actor,
-                clock.now(),
-                self.kind.tick(),
+                &RunStartParams {
+                    campaign_id,
+                    worker: &worker,
+                    actor: &actor,
+                    now: clock.now(),
+                    tick: self.kind.tick(),
+                },
                 self.approval.as_ref().map(|a| a.detail()),
             )
             .await?;
@@ -712,7 +715,14 @@ impl Run {
         let actor = self.config.worker_id.as_str();
         let mut paused = None;
         if let Some(t) = ended.tripped {
-            self.store.campaign_pause_by_worker(self.campaign_id, t.reason, &t.detail, actor, self.clock.now()).await?;
+            let pause = WorkerPauseParams {
+                campaign_id: self.campaign_id,
+                reason: t.reason,
+                detail: &t.detail,
+                actor,
+                now: self.clock.now(),
+            };
+            self.store.campaign_pause_by_worker(&pause).await?;
             crate::telemetry::global().set_campaign_halted(self.spec.name.as_str(), true);
             paused = Some(t.reason);
         } else if let Some((n, _)) = ended.canary
@@ -722,9 +732,14 @@ impl Run {
             // (a run stopped from outside leaves the rest of the canary to the next)
             let sent = self.store.campaign_canary_spent(self.campaign_id).await?;
             let detail = serde_json::json!({ "canary": n, "sent": sent });
-            self.store
-                .campaign_pause_by_worker(self.campaign_id, CANARY_REVIEW, &detail, actor, self.clock.now())
-                .await?;
+            let pause = WorkerPauseParams {
+                campaign_id: self.campaign_id,
+                reason: CANARY_REVIEW,
+                detail: &detail,
+                actor,
+                now: self.clock.now(),
+            };
+            self.store.campaign_pause_by_worker(&pause).await?;
             info!(campaign = %self.spec.name, canary = n, sent, "canary sent; the campaign is paused for review");
             if ended.canary_left == Some(0) {
                 // work is left: the tick stays in progress, resumed after `campaign resume`
@@ -913,7 +928,12 @@ impl<'a> ClaimLoop<'a> {
         let mut next = self.cursor.clone();
         next.rescue |= self.rescued_at.elapsed() >= lease;
         self.claiming = Some(tokio::spawn(async move {
-            let claimed = store.target_claim_next(campaign_id, &worker, want, clock.now(), lease, &mut next).await;
+            let claimed = store
+                .target_claim_next(
+                    ClaimBatchParams { campaign_id, worker: &worker, limit: want, now: clock.now(), lease },
+                    &mut next,
+                )
+                .await;
             (claimed, next)
         }));
     }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{DueCheck, PassOptions, REFRESH, Scheduled, Work, run_work};
+use super::{DueCheck, PassOptions, REFRESH, RunWork, Scheduled, Work, run_work};
 use crate::domain::Due;
 use crate::engine::{Progress, Worker};
 
@@ -108,7 +108,7 @@ pub async fn run_with(
                         let wait = (wake - now).to_std().unwrap_or(Duration::ZERO);
                         sleep_for = sleep_for.min(wait.max(Duration::from_millis(20)));
                     }
-                    start_due(&worker, &stop, &mut runs, &mut state, c, now).await;
+                    start_due(&mut Launch { worker: &worker, stop: &stop, runs: &mut runs }, &mut state, c, now).await;
                 }
             }
             Err(e) => {
@@ -171,15 +171,16 @@ async fn frozen_for_tests() {
     }
 }
 
+/// Where [`start_due`] starts a run: by `worker`, on a child of `stop`, in `runs`.
+struct Launch<'a> {
+    worker: &'a Arc<Worker>,
+    stop: &'a CancellationToken,
+    runs: &'a mut JoinSet<(i64, Work, Scheduled)>,
+}
+
 /// Starts `c`'s due work, unless it is running here, held back, or unapproved.
-async fn start_due(
-    worker: &Arc<Worker>,
-    stop: &CancellationToken,
-    runs: &mut JoinSet<(i64, Work, Scheduled)>,
-    state: &mut State,
-    c: DueCheck,
-    now: DateTime<Utc>,
-) {
+async fn start_due(launch: &mut Launch<'_>, state: &mut State, c: DueCheck, now: DateTime<Utc>) {
+    let (worker, stop, runs) = (launch.worker, launch.stop, &mut *launch.runs);
     let id = c.campaign.campaign_id;
     if let Due::Missed { tick } = c.due
         && state.missed_logged.get(&id) != Some(&tick)
@@ -219,7 +220,19 @@ async fn start_due(
     state.running.insert(id);
     let (w, s) = (worker.clone(), stop.child_token());
     runs.spawn(async move {
-        (id, work, run_work(w, c.campaign, work, linger_until, Arc::new(Progress::default()), s).await)
+        (
+            id,
+            work,
+            run_work(RunWork {
+                worker: w,
+                campaign: c.campaign,
+                work,
+                linger_until,
+                progress: Arc::new(Progress::default()),
+                stop: s,
+            })
+            .await,
+        )
     });
 }
 

@@ -98,7 +98,14 @@ pub fn check(campaign: &CampaignRecord, now: DateTime<Utc>) -> DueCheck {
     let deadline = chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::hours(1));
     DueCheck {
         campaign: campaign.clone(),
-        due: schedule::due_or_resume(&cron, tz, since, campaign.tick_in_progress, now, deadline),
+        due: schedule::due_or_resume(&schedule::DueParams {
+            schedule: &cron,
+            tz,
+            since,
+            in_progress: campaign.tick_in_progress,
+            now,
+            deadline,
+        }),
         next,
         follow_up: None,
         ends_at,
@@ -142,7 +149,16 @@ async fn complete_ended_of(
         let Ok(spec) = c.spec() else { continue };
         let Some(end) = spec.ends_at.map(|e| e.0).filter(|e| *e <= now) else { continue };
         let until = end + chrono::Duration::from_std(spec.track_outcomes_for.0).unwrap_or(chrono::Duration::days(30));
-        if let Some(skipped) = store.campaign_complete(c.campaign_id, end, until, actor, now).await? {
+        if let Some(skipped) = store
+            .campaign_complete(&crate::store::campaigns::CompleteParams {
+                campaign_id: c.campaign_id,
+                ends_at: end,
+                outcomes_until: until,
+                actor,
+                now,
+            })
+            .await?
+        {
             info!(campaign = %c.name, skipped, "campaign completed: its ends_at passed");
             crate::telemetry::global().forget_campaign_schedule(c.name.as_str());
             done.push(c.name.to_string());
@@ -262,20 +278,30 @@ pub async fn run_due(
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) -> Scheduled {
-    run_work(worker, c, Work::Tick(tick), None, progress, stop).await
+    run_work(RunWork { worker, campaign: c, work: Work::Tick(tick), linger_until: None, progress, stop }).await
+}
+
+/// What [`run_work`] runs: `campaign`'s `work`, by `worker`, until `stop`.
+pub struct RunWork {
+    /// The worker that runs it.
+    pub worker: Arc<Worker>,
+    /// The due campaign.
+    pub campaign: CampaignRecord,
+    /// A tick's run or a follow-up run.
+    pub work: Work,
+    /// Until when a follow-up run lingers, taking users as they come due.
+    pub linger_until: Option<DateTime<Utc>>,
+    /// Where the run reports its progress.
+    pub progress: Arc<Progress>,
+    /// Stops the run when cancelled.
+    pub stop: CancellationToken,
 }
 
 /// Runs one due campaign's `work` under its lease, renewing the lease while it
 /// runs. A follow-up run lingers, taking users as they come due, until
 /// `linger_until` (the daemon passes its next look at the campaign).
-pub async fn run_work(
-    worker: Arc<Worker>,
-    c: CampaignRecord,
-    work: Work,
-    linger_until: Option<DateTime<Utc>>,
-    progress: Arc<Progress>,
-    stop: CancellationToken,
-) -> Scheduled {
+pub async fn run_work(p: RunWork) -> Scheduled {
+    let RunWork { worker, campaign: c, work, linger_until, progress, stop } = p;
     let store = worker.store.clone();
     let me = worker.config.worker_id.clone();
     let ttl = worker.config.lease;

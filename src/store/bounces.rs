@@ -22,7 +22,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::events::event_in_tx;
+use super::events::{TxEvent, event_in_tx};
 use super::group::Tx;
 use super::links::link_revoke_bounced_in_tx;
 use super::sessions::session_bounced_in_tx;
@@ -283,10 +283,26 @@ async fn bounce_record_in_tx(tx: &mut Tx, p: &BounceParams<'_>) -> Result<Bounce
         BounceKind::Complaint => "message.complained",
         _ => "message.bounced",
     };
-    event_in_tx(tx, p.now, "bounces", kind, m.campaign_id, Some(&m.user_id), &detail).await?;
+    event_in_tx(
+        tx,
+        p.now,
+        &TxEvent { actor: "bounces", kind, campaign_id: m.campaign_id, user_id: Some(&m.user_id), detail: &detail },
+    )
+    .await?;
     if undeliverable {
         let d = serde_json::json!({ "source": p.source.as_str(), "status_code": p.status_code });
-        event_in_tx(tx, p.now, "bounces", "user.email_undeliverable", None, Some(&m.user_id), &d).await?;
+        event_in_tx(
+            tx,
+            p.now,
+            &TxEvent {
+                actor: "bounces",
+                kind: "user.email_undeliverable",
+                campaign_id: None,
+                user_id: Some(&m.user_id),
+                detail: &d,
+            },
+        )
+        .await?;
     }
     Ok(BounceOutcome::Recorded { effective, undeliverable, fallback_queued })
 }

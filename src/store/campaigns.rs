@@ -236,15 +236,39 @@ pub(crate) async fn campaigns_scrub_address_in_tx(tx: &mut Tx, address: &str, wi
     Ok(())
 }
 
+/// What [`Store::campaign_apply_signed`] applies: `spec`, read from `toml_text`,
+/// by `actor`, with the version and armored signature when `signed`.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplySignedParams<'a> {
+    /// The parsed campaign file.
+    pub spec: &'a CampaignSpec,
+    /// The file's text, kept as the version.
+    pub toml_text: &'a str,
+    /// Who applies it.
+    pub actor: &'a str,
+    /// The version the signature names and the armored signature.
+    pub signed: Option<(i64, &'a str)>,
+    /// When it is applied.
+    pub now: DateTime<Utc>,
+}
+
+/// A `campaign_versions` row for [`version_insert`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VersionRow<'a> {
+    pub campaign_id: i64,
+    pub version: i64,
+    /// The file's text and its hash.
+    pub text: &'a str,
+    pub hash: &'a str,
+    /// Who applied it, and the armored signature when it was signed.
+    pub actor: &'a str,
+    pub signature: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
 /// Records an applied version inside the apply's transaction.
-pub(crate) async fn version_insert(
-    conn: &mut sqlx::AnyConnection,
-    campaign_id: i64,
-    version: i64,
-    (text, hash): (&str, &str),
-    (actor, signature): (&str, Option<&str>),
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+pub(crate) async fn version_insert(conn: &mut sqlx::AnyConnection, row: &VersionRow<'_>) -> Result<(), StoreError> {
+    let VersionRow { campaign_id, version, text, hash, actor, signature, now } = *row;
     sqlx::query(
         "INSERT INTO campaign_versions (campaign_id, version, spec, spec_hash, applied_by, applied_at, signature) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -278,7 +302,7 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<(ApplyOutcome, CampaignRecord), StoreError> {
-        self.campaign_apply_signed(spec, toml_text, actor, None, now).await
+        self.campaign_apply_signed(&ApplySignedParams { spec, toml_text, actor, signed: None, now }).await
     }
 
     /// [`Store::campaign_apply`] by a proven `actor`: `signed` is the version the
@@ -292,12 +316,9 @@ impl Store {
     /// file would get is not the one signed (another apply came between).
     pub async fn campaign_apply_signed(
         &self,
-        spec: &CampaignSpec,
-        toml_text: &str,
-        actor: &str,
-        signed: Option<(i64, &str)>,
-        now: DateTime<Utc>,
+        p: &ApplySignedParams<'_>,
     ) -> Result<(ApplyOutcome, CampaignRecord), StoreError> {
+        let ApplySignedParams { spec, toml_text, actor, signed, now } = *p;
         let hash = spec_hash(toml_text);
         let next_run = spec.cron().and_then(|c| c.next_after(now, spec.tz())).map(to_millis);
         let mut tx = self.begin_write().await?;
@@ -408,7 +429,16 @@ impl Store {
             })),
         };
         event_insert(&mut tx, &event, now).await?;
-        version_insert(&mut tx, id, version, (toml_text, &hash), (actor, signed.map(|(_, s)| s)), now).await?;
+        let row = VersionRow {
+            campaign_id: id,
+            version,
+            text: toml_text,
+            hash: &hash,
+            actor,
+            signature: signed.map(|(_, s)| s),
+            now,
+        };
+        version_insert(&mut tx, &row).await?;
         tx.commit().await.map_err(query_err("campaign_apply commit"))?;
         let record = self
             .campaign_get(&spec.name)
@@ -529,6 +559,36 @@ pub fn is_halt_reason(reason: &str) -> bool {
     HALT_REASONS.contains(&reason)
 }
 
+/// What [`Store::campaign_pause_by_worker`] pauses, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerPauseParams<'a> {
+    /// The campaign to pause.
+    pub campaign_id: i64,
+    /// A short code: [`CANARY_REVIEW`], a halt's rate.
+    pub reason: &'a str,
+    /// The figures behind it, kept with the pause and in its event.
+    pub detail: &'a serde_json::Value,
+    /// Who the `campaign.paused` event names.
+    pub actor: &'a str,
+    /// When it pauses.
+    pub now: DateTime<Utc>,
+}
+
+/// What [`Store::campaign_complete`] completes.
+#[derive(Debug, Clone, Copy)]
+pub struct CompleteParams<'a> {
+    /// The campaign to complete.
+    pub campaign_id: i64,
+    /// The campaign's `ends_at`, which has passed.
+    pub ends_at: DateTime<Utc>,
+    /// Until when outcomes still update its funnel.
+    pub outcomes_until: DateTime<Utc>,
+    /// Who the event names.
+    pub actor: &'a str,
+    /// When it completes.
+    pub now: DateTime<Utc>,
+}
+
 impl Store {
     /// The worker pauses an active campaign by itself, for `reason` (a short code:
     /// [`CANARY_REVIEW`], a halt's rate), with the figures in `detail`, and records
@@ -537,14 +597,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn campaign_pause_by_worker(
-        &self,
-        campaign_id: i64,
-        reason: &str,
-        detail: &serde_json::Value,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    pub async fn campaign_pause_by_worker(&self, p: &WorkerPauseParams<'_>) -> Result<bool, StoreError> {
+        let WorkerPauseParams { campaign_id, reason, detail, actor, now } = *p;
         let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE campaigns SET status = 'paused', pause_reason = $2, pause_detail = $3, updated_at = $4 \
@@ -582,14 +636,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn campaign_complete(
-        &self,
-        campaign_id: i64,
-        ends_at: DateTime<Utc>,
-        outcomes_until: DateTime<Utc>,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<u64>, StoreError> {
+    pub async fn campaign_complete(&self, p: &CompleteParams<'_>) -> Result<Option<u64>, StoreError> {
+        let CompleteParams { campaign_id, ends_at, outcomes_until, actor, now } = *p;
         let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE campaigns SET status = 'completed', completed_at = $2, outcomes_until = $3, \

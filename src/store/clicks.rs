@@ -10,12 +10,12 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::events::{NewEventRow, event_in_tx, events_insert_many_in_tx};
+use super::events::{NewEventRow, TxEvent, event_in_tx, events_insert_many_in_tx};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
 use super::links::{LinkNew, LinkRow, link_click_take_in_tx, links_delivered_in_tx, links_insert_in_tx};
-use super::outcomes::{Fresh, StateSource, apply_state_fast_or_in_tx, fresh_states, record_fresh_states};
+use super::outcomes::{ApplyState, Fresh, StateSource, apply_state_fast_or_in_tx, fresh_states, record_fresh_states};
 use super::sessions::{
-    DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_insert_click_in_tx,
+    ClickRow, DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_insert_click_in_tx,
     session_read_standing, session_record_click_row,
 };
 use super::targets::{Claimed, target_click_session, target_clicked_in_tx, targets_notified_by_link_in_tx};
@@ -179,11 +179,13 @@ impl Store {
             event_in_tx(
                 &mut tx,
                 now,
-                actor,
-                "target.clicked",
-                Some(link.campaign_id),
-                Some(&link.user_id),
-                &serde_json::json!({ "link_id": link.link_id, "step": link.step }),
+                &TxEvent {
+                    actor,
+                    kind: "target.clicked",
+                    campaign_id: Some(link.campaign_id),
+                    user_id: Some(&link.user_id),
+                    detail: &serde_json::json!({ "link_id": link.link_id, "step": link.step }),
+                },
             )
             .await?;
         }
@@ -204,7 +206,12 @@ impl Store {
         let mut tx = self.begin_write().await?;
         if let Some(f) = p.fresh {
             let source = StateSource::fresh_state("click").asked(f.asked_at);
-            apply_state_fast_or_in_tx(&mut tx, backend, p.user_id, f.state, p.now, &source).await?;
+            apply_state_fast_or_in_tx(
+                &mut tx,
+                backend,
+                &ApplyState { user_id: p.user_id, state: f.state, now: p.now, src: &source },
+            )
+            .await?;
         }
         user_lock_in_tx(&mut tx, backend, p.user_id).await?;
         let row = session_read_standing(&mut tx, backend, p.user_id, p.now)
@@ -216,9 +223,18 @@ impl Store {
             Verdict::Skip(reason) => ClickReservation::Skipped(reason),
             Verdict::Defer { reason, until } => ClickReservation::Deferred { reason, until },
             Verdict::Eligible => {
-                let session_id =
-                    session_insert_click_in_tx(&mut tx, p.campaign_id, p.user_id, p.step, p.link_id, p.now, p.life)
-                        .await?;
+                let session_id = session_insert_click_in_tx(
+                    &mut tx,
+                    &ClickRow {
+                        campaign_id: p.campaign_id,
+                        user_id: p.user_id,
+                        step: p.step,
+                        link_id: p.link_id,
+                        now: p.now,
+                        life: p.life,
+                    },
+                )
+                .await?;
                 ClickReservation::Reserved { session_id }
             }
         };

@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::events::{event_in_tx, events_insert_select};
+use super::events::{TxEvent, event_in_tx, events_insert_select};
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
 use super::outcomes::{Fresh, fresh_states, record_fresh_states};
 use super::sessions::{
@@ -424,6 +424,17 @@ async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, S
         now,
     };
     let kept = target_delivered_in_tx(tx, &delivered).await?;
-    event_in_tx(tx, now, worker, event_kind, Some(campaign_id), Some(user_id), &detail).await?;
+    event_in_tx(
+        tx,
+        now,
+        &TxEvent {
+            actor: worker,
+            kind: event_kind,
+            campaign_id: Some(campaign_id),
+            user_id: Some(user_id),
+            detail: &detail,
+        },
+    )
+    .await?;
     Ok(kept)
 }

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::ledger::{Reservation, ReserveParams, SettleIfAmbiguousParams};
 use super::sessions::{DeliveryParams, DeliveryRecord, IssuedParams, SessionLife};
-use super::targets::SettleParams;
+use super::targets::{ClaimBatchParams, SettleParams};
 use super::{Store, StoreError, to_millis};
 use crate::both_engines;
 use crate::domain::spec::Audience;
@@ -118,6 +118,11 @@ async fn status_of(store: &Store, campaign_id: i64, n: u32) -> (String, Option<S
 }
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// A claim of up to `limit` targets of `c` by `worker` at `now`, for [`LEASE`].
+fn claim(c: i64, worker: &str, limit: i64, now: DateTime<Utc>) -> ClaimBatchParams<'_> {
+    ClaimBatchParams { campaign_id: c, worker, limit, now, lease: LEASE }
+}
 const DAY: Duration = Duration::from_secs(86_400);
 
 both_engines!(targeting_is_set_based_filtered_and_idempotent, |db: TestDb| async move {
@@ -215,8 +220,8 @@ both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| 
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     let (a, b) = tokio::join!(
-        s.target_claim_batch(c, "worker-a", 30, now, LEASE),
-        s.target_claim_batch(c, "worker-b", 30, now, LEASE)
+        s.target_claim_batch(claim(c, "worker-a", 30, now)),
+        s.target_claim_batch(claim(c, "worker-b", 30, now))
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.len() + b.len(), 50);
@@ -224,20 +229,20 @@ both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| 
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 50, "no user claimed twice");
-    assert!(s.target_claim_batch(c, "worker-c", 10, now, LEASE).await.unwrap().is_empty());
+    assert!(s.target_claim_batch(claim(c, "worker-c", 10, now)).await.unwrap().is_empty());
 
     // a's heartbeat keeps its claims; b dies: its claims come back after the lease
     let later = now + chrono::Duration::seconds(20);
     s.target_heartbeat(c, "worker-a", later, LEASE).await.unwrap();
     let after = now + chrono::Duration::seconds(31);
-    let rescued = s.target_claim_batch(c, "worker-c", 100, after, LEASE).await.unwrap();
+    let rescued = s.target_claim_batch(claim(c, "worker-c", 100, after)).await.unwrap();
     assert_eq!(rescued.len(), b.len(), "only the dead worker's claims are rescued");
     assert!(rescued.iter().all(|t| t.attempts == 2));
 
     // released claims are due at once and the attempt is not counted
     let ids: Vec<String> = rescued.iter().map(|t| t.user_id.clone()).collect();
     assert_eq!(s.target_release(c, "worker-c", &ids, after).await.unwrap(), ids.len() as u64);
-    let again = s.target_claim_batch(c, "worker-d", 100, after, LEASE).await.unwrap();
+    let again = s.target_claim_batch(claim(c, "worker-d", 100, after)).await.unwrap();
     assert_eq!(again.len(), ids.len());
 });
 
@@ -250,7 +255,7 @@ both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns
     for i in 0..4 {
         let c = campaign(s, &format!("c{i}")).await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-        s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
+        s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap();
         match reserve(s, (c, &uid(1), 0, "w"), now, DAY).await.unwrap() {
             Reservation::Reserved { .. } => reserved += 1,
             Reservation::Deferred { reason, until } => {
@@ -269,7 +274,7 @@ both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns
     for i in 0..11 {
         let c = campaign(s, &format!("d{i}")).await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-        s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
+        s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap();
         match reserve(s, (c, &uid(2), 0, "w"), now, Duration::from_secs(60)).await.unwrap() {
             Reservation::Reserved { .. } => ok += 1,
             Reservation::Deferred { reason, .. } => assert_eq!(reason, DeferReason::DailyCap, "at {i}"),
@@ -297,14 +302,14 @@ both_engines!(
         user(s, 1, "UNVERIFIED", "intl", None, "").await;
         let c = campaign(s, "c").await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-        assert_eq!(s.target_claim_batch(c, "slow", 10, now, LEASE).await.unwrap().len(), 1);
+        assert_eq!(s.target_claim_batch(claim(c, "slow", 10, now)).await.unwrap().len(), 1);
         let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "slow"), now, DAY).await.unwrap() else {
             panic!("reserved")
         };
         // the slow worker stalls past its lease while the API makes the session; another
         // worker takes the target over
         let later = now + chrono::Duration::seconds(60);
-        assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 1);
+        assert_eq!(s.target_claim_batch(claim(c, "next", 10, later)).await.unwrap().len(), 1);
         // the answer arrives: the claim is gone, so the URL must not be sent
         assert!(!issued(s, c, 1, "slow", session_id, later).await, "a lost claim must not be told to send");
         let row = sqlx::query("SELECT status, issued_at FROM verification_sessions WHERE session_id = $1")
@@ -334,7 +339,7 @@ both_engines!(an_issued_session_counts_from_the_answer_plus_the_margin, |db: Tes
     user(s, 1, "UNVERIFIED", "intl", None, "").await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-    s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap();
+    s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap();
     let life = SessionLife { ttl: DAY, margin: std::time::Duration::from_secs(300) };
     let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "w"), now, life).await.unwrap() else {
         panic!("reserved")
@@ -364,7 +369,7 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
     user(s, 2, "UNVERIFIED", "intl", None, "").await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-    s.target_claim_batch(c, "dead", 10, now, LEASE).await.unwrap();
+    s.target_claim_batch(claim(c, "dead", 10, now)).await.unwrap();
     // user 1: died after the API answered (issued); user 2: died before it answered (reserved)
     let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "dead"), now, DAY).await.unwrap() else {
         panic!()
@@ -373,7 +378,7 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
     reserve(s, (c, &uid(2), 0, "dead"), now, DAY).await.unwrap();
 
     let after = now + chrono::Duration::seconds(31);
-    assert_eq!(s.target_claim_batch(c, "next", 10, after, LEASE).await.unwrap().len(), 2);
+    assert_eq!(s.target_claim_batch(claim(c, "next", 10, after)).await.unwrap().len(), 2);
     assert_eq!(reserve(s, (c, &uid(1), 0, "next"), after, DAY).await.unwrap(), Reservation::Ambiguous);
     assert_eq!(status_of(s, c, 1).await, ("failed".into(), Some("delivery_unknown".into()), None));
     assert!(matches!(reserve(s, (c, &uid(2), 0, "next"), after, DAY).await.unwrap(), Reservation::Reserved { .. }));
@@ -398,7 +403,7 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
     user(s, 2, "UNVERIFIED", "intl", None, "").await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-    let claimed = s.target_claim_batch(c, "dead", 10, now, LEASE).await.unwrap();
+    let claimed = s.target_claim_batch(claim(c, "dead", 10, now)).await.unwrap();
     assert_eq!(claimed.len(), 2);
     // a first attempt is not ambiguous: one read, nothing written
     assert!(!settle_if_ambiguous(s, (c, &uid(1), 0, "dead"), now).await.unwrap());
@@ -409,7 +414,7 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
     assert!(issued(s, c, 1, "dead", session_id, now).await);
     // both claims expire; another worker takes them
     let later = now + chrono::Duration::seconds(60);
-    assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 2);
+    assert_eq!(s.target_claim_batch(claim(c, "next", 10, later)).await.unwrap().len(), 2);
     // the dead worker cannot settle what is no longer its own
     assert!(!settle_if_ambiguous(s, (c, &uid(1), 0, "dead"), later).await.unwrap());
     assert!(settle_if_ambiguous(s, (c, &uid(1), 0, "next"), later).await.unwrap());
@@ -434,7 +439,7 @@ both_engines!(a_delivery_records_delivered_failed_or_unknown_and_only_failed_is_
     }
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-    assert_eq!(s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap().len(), 3);
+    assert_eq!(s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap().len(), 3);
     let records = [(1, DeliveryRecord::Delivered), (2, DeliveryRecord::Failed), (3, DeliveryRecord::Unknown)];
     // all three in flight at once, so that Postgres records them in one group
     let ids = futures::future::join_all(records.iter().map(|(n, record)| async move {
@@ -494,14 +499,14 @@ both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db:
     user(s, 1, "UNVERIFIED", "intl", None, "").await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-    assert_eq!(s.target_claim_batch(c, "slow", 10, now, LEASE).await.unwrap().len(), 1);
+    assert_eq!(s.target_claim_batch(claim(c, "slow", 10, now)).await.unwrap().len(), 1);
     let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "slow"), now, DAY).await.unwrap() else {
         panic!("reserved")
     };
     assert!(issued(s, c, 1, "slow", session_id, now).await);
     // the lease runs out mid-message; another worker takes the target
     let later = now + chrono::Duration::seconds(60);
-    assert_eq!(s.target_claim_batch(c, "next", 10, later, LEASE).await.unwrap().len(), 1);
+    assert_eq!(s.target_claim_batch(claim(c, "next", 10, later)).await.unwrap().len(), 1);
     // the slow worker's record keeps the ledger row but moves no target
     assert!(!record_delivery(s, (c, &uid(1), session_id), DeliveryRecord::Delivered, "slow", later).await.unwrap());
     assert!(!settle(s, (c, &uid(1), "slow"), (TargetStatus::Failed, TargetReason::Forbidden), later).await.unwrap());
@@ -534,7 +539,7 @@ both_engines!(a_group_batches_reservations_yet_one_user_never_exceeds_the_limits
     for i in 0..6 {
         let c = campaign(s, &format!("c{i}")).await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-        s.target_claim_batch(c, "w", 100, now, LEASE).await.unwrap();
+        s.target_claim_batch(claim(c, "w", 100, now)).await.unwrap();
         campaigns.push(c);
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -596,27 +601,27 @@ both_engines!(claims_go_on_from_their_cursor_and_a_pass_from_the_start_finds_the
         v
     };
     let mut cursor = ClaimCursor::start();
-    let first = s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap();
+    let first = s.target_claim_next(claim(c, "w", 3, now), &mut cursor).await.unwrap();
     assert_eq!(ids(&first), vec![uid(1), uid(2), uid(3)], "fresh targets in user id order");
     assert_eq!(cursor.after, Some(uid(3)));
     // user 2 is given back: behind the cursor, so not taken by the next claims
     s.target_release(c, "w", &[uid(2)], now).await.unwrap();
     cursor.rescue = false;
-    let second = s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap();
+    let second = s.target_claim_next(claim(c, "w", 3, now), &mut cursor).await.unwrap();
     assert_eq!(ids(&second), vec![uid(4), uid(5), uid(6)]);
-    let third = s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap();
+    let third = s.target_claim_next(claim(c, "w", 3, now), &mut cursor).await.unwrap();
     assert_eq!(ids(&third), vec![uid(7), uid(8)]);
-    assert!(s.target_claim_next(c, "w", 3, now, LEASE, &mut cursor).await.unwrap().is_empty());
+    assert!(s.target_claim_next(claim(c, "w", 3, now), &mut cursor).await.unwrap().is_empty());
     // the pass from the start finds it
     let mut again = ClaimCursor::start();
-    assert_eq!(ids(&s.target_claim_next(c, "w", 3, now, LEASE, &mut again).await.unwrap()), vec![uid(2)]);
+    assert_eq!(ids(&s.target_claim_next(claim(c, "w", 3, now), &mut again).await.unwrap()), vec![uid(2)]);
 
     // expired claims are looked for only when the cursor asks
     let later = now + chrono::Duration::seconds(60);
     let mut quiet = ClaimCursor { after: Some(uid(8)), rescue: false };
-    assert!(s.target_claim_next(c, "x", 10, later, LEASE, &mut quiet).await.unwrap().is_empty());
+    assert!(s.target_claim_next(claim(c, "x", 10, later), &mut quiet).await.unwrap().is_empty());
     let mut rescue = ClaimCursor { after: Some(uid(8)), rescue: true };
-    assert_eq!(s.target_claim_next(c, "x", 10, later, LEASE, &mut rescue).await.unwrap().len(), 8);
+    assert_eq!(s.target_claim_next(claim(c, "x", 10, later), &mut rescue).await.unwrap().len(), 8);
 });
 
 /// Issue 13, item 3: a reservation that waits for the user's row lock sees the
@@ -638,7 +643,7 @@ mod reservation_after_the_lock {
         for name in ["a", "b", "c"] {
             let c = campaign(&s, name).await;
             s.target_add_matching(c, &Audience::default(), now).await.unwrap();
-            assert_eq!(s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap().len(), 1);
+            assert_eq!(s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap().len(), 1);
             campaigns.push(c);
         }
         for c in &campaigns[..2] {
@@ -706,7 +711,7 @@ async fn rejected_at(store: &Store, n: u32) -> Option<i64> {
 async fn delivered_session(store: &Store, n: u32, at: DateTime<Utc>) {
     let c = campaign(store, &format!("first-{n}")).await;
     store.target_add_matching(c, &Audience::default(), at).await.unwrap();
-    store.target_claim_batch(c, "w", 10, at, LEASE).await.unwrap();
+    store.target_claim_batch(claim(c, "w", 10, at)).await.unwrap();
     let fresh = Some(VerificationState::Rejected);
     let r = reserve_fresh(store, (c, &uid(n), 0, "w"), at, DAY, fresh).await.unwrap();
     let Reservation::Reserved { session_id } = r else { panic!("user {n}: {r:?}") };
@@ -727,7 +732,7 @@ both_engines!(a_rejected_user_seen_rejected_after_a_session_is_rejected_no_earli
     }
     let c = campaign(s, "again").await;
     assert_eq!(s.target_add_matching(c, &Audience::default(), now).await.unwrap(), 2);
-    assert_eq!(s.target_claim_batch(c, "w", 10, now, LEASE).await.unwrap().len(), 2);
+    assert_eq!(s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap().len(), 2);
     let until = issued + chrono::Duration::hours(24);
 
     let sync = crate::store::outcomes::StateSource::sync("t");

@@ -32,12 +32,12 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::events::event_in_tx;
+use super::events::{TxEvent, event_in_tx};
 use super::group::Tx;
 use super::links::links_revoke_user_in_tx;
 use super::targets::{AfterMessage, Claimed, targets_after_message_in_tx, targets_reminder_recheck_in_tx};
 use super::users::{
-    FreshState, REACHABLE, RejectedAgain, StateChange, user_confirmed_in_tx, user_failure_in_tx,
+    FreshState, REACHABLE, RejectedAgain, StateChange, StateUnchanged, user_confirmed_in_tx, user_failure_in_tx,
     user_rejected_again_in_tx, user_state_change_in_tx, user_state_lock_in_tx, user_state_unchanged_in_tx,
     users_unchanged_states_in_tx,
 };
@@ -240,7 +240,12 @@ pub(crate) async fn record_fresh_states(
     for f in fresh {
         if !unchanged.contains(f.user_id) {
             let source = StateSource::fresh_state("engine").asked(f.asked_at);
-            apply_state_in_tx(tx, backend, f.user_id, f.state, f.now, &source).await?;
+            apply_state_in_tx(
+                tx,
+                backend,
+                &ApplyState { user_id: f.user_id, state: f.state, now: f.now, src: &source },
+            )
+            .await?;
         }
     }
     Ok(())
@@ -252,15 +257,13 @@ pub(crate) async fn record_fresh_states(
 pub(crate) async fn apply_state_fast_or_in_tx(
     tx: &mut Tx,
     backend: Backend,
-    user_id: &str,
-    state: VerificationState,
-    now: DateTime<Utc>,
-    src: &StateSource<'_>,
+    p: &ApplyState<'_>,
 ) -> Result<StateApplied, StoreError> {
+    let ApplyState { user_id, state, now, src } = *p;
     // REJECTED as before: the rejection time may still move (see `rejected_at_seen_sql`)
     let confirmed = (src.confirmed_ms(to_millis(now)), src.kind.confirmed_by());
     if src.kind != SourceKind::Webhook
-        && user_state_unchanged_in_tx(tx, backend, user_id, state, now, confirmed).await?
+        && user_state_unchanged_in_tx(tx, backend, &StateUnchanged { user_id, state, now, confirmed }).await?
     {
         return Ok(StateApplied::Applied {
             from: state,
@@ -271,18 +274,26 @@ pub(crate) async fn apply_state_fast_or_in_tx(
             rejected: 0,
         });
     }
-    apply_state_in_tx(tx, backend, user_id, state, now, src).await
+    apply_state_in_tx(tx, backend, p).await
+}
+
+/// A reported state of `user_id`, for [`apply_state_in_tx`] and
+/// [`apply_state_fast_or_in_tx`]: `state`, from `src`, recorded at `now`.
+#[derive(Clone, Copy)]
+pub(crate) struct ApplyState<'a> {
+    pub user_id: &'a str,
+    pub state: VerificationState,
+    pub now: DateTime<Utc>,
+    pub src: &'a StateSource<'a>,
 }
 
 /// [`Store::user_apply_state`] inside an open write transaction.
 pub(crate) async fn apply_state_in_tx(
     tx: &mut Tx,
     backend: Backend,
-    user_id: &str,
-    new: VerificationState,
-    now: DateTime<Utc>,
-    src: &StateSource<'_>,
+    p: &ApplyState<'_>,
 ) -> Result<StateApplied, StoreError> {
+    let ApplyState { user_id, state: new, now, src } = *p;
     let Some(stored) = user_state_lock_in_tx(tx, backend, user_id).await? else {
         return Ok(StateApplied::UnknownUser);
     };
@@ -316,7 +327,18 @@ pub(crate) async fn apply_state_in_tx(
             "from": old.as_str(), "to": new.as_str(), "source": src.kind.as_str(),
             "event_id": src.event_id, "failure_code": src.failure_code,
         });
-        event_in_tx(tx, now, src.actor, "user.state_changed", None, Some(user_id), &detail).await?;
+        event_in_tx(
+            tx,
+            now,
+            &TxEvent {
+                actor: src.actor,
+                kind: "user.state_changed",
+                campaign_id: None,
+                user_id: Some(user_id),
+                detail: &detail,
+            },
+        )
+        .await?;
     } else if new == VerificationState::Rejected {
         // REJECTED again: a rejection webhook is a rejection received now; any
         // source may date it after our latest session (see `rejected_at_seen_sql`)
@@ -335,17 +357,17 @@ pub(crate) async fn apply_state_in_tx(
         user_failure_in_tx(tx, user_id, src.failure_code, src.failure_reason).await?;
     }
     if news && new != VerificationState::Unverified {
-        started = target_events(tx, AfterMessage::Started, user_id, at_ms, now, src).await?;
+        started = target_events(tx, AfterMessage::Started, p, at_ms).await?;
     }
     match new {
         _ if !news => {}
         VerificationState::Verified => {
             // a verified user's click-through links have nothing left to do
             links_revoke_user_in_tx(tx, user_id, "verified", now).await?;
-            converted = target_events(tx, AfterMessage::Converted, user_id, at_ms, now, src).await?;
+            converted = target_events(tx, AfterMessage::Converted, p, at_ms).await?;
         }
         VerificationState::Rejected => {
-            rejected = target_events(tx, AfterMessage::Rejected, user_id, at_ms, now, src).await?;
+            rejected = target_events(tx, AfterMessage::Rejected, p, at_ms).await?;
             // a campaign that reminds the rejected does so once the cooldown is over
             let due = now + crate::domain::policy::rejection_cooldown();
             targets_reminder_recheck_in_tx(tx, user_id, due).await?;
@@ -358,21 +380,26 @@ pub(crate) async fn apply_state_in_tx(
 
 /// Moves the user's targets messaged no later than the change (see
 /// [`AfterMessage`]) and appends its event for each; how many.
-async fn target_events(
-    tx: &mut Tx,
-    which: AfterMessage,
-    user_id: &str,
-    at_ms: i64,
-    now: DateTime<Utc>,
-    src: &StateSource<'_>,
-) -> Result<u64, StoreError> {
+async fn target_events(tx: &mut Tx, which: AfterMessage, p: &ApplyState<'_>, at_ms: i64) -> Result<u64, StoreError> {
+    let ApplyState { user_id, now, src, .. } = *p;
     let campaigns = targets_after_message_in_tx(tx, which, user_id, at_ms, now).await?;
     let detail = serde_json::json!({
         "source": src.kind.as_str(), "event_id": src.event_id, "failure_code": src.failure_code,
         "at": super::from_millis(at_ms),
     });
     for c in &campaigns {
-        event_in_tx(tx, now, src.actor, which.event_kind(), Some(*c), Some(user_id), &detail).await?;
+        event_in_tx(
+            tx,
+            now,
+            &TxEvent {
+                actor: src.actor,
+                kind: which.event_kind(),
+                campaign_id: Some(*c),
+                user_id: Some(user_id),
+                detail: &detail,
+            },
+        )
+        .await?;
     }
     Ok(campaigns.len() as u64)
 }
@@ -396,7 +423,8 @@ impl Store {
         src: &StateSource<'_>,
     ) -> Result<StateApplied, StoreError> {
         let mut tx = self.begin_write().await?;
-        let applied = apply_state_fast_or_in_tx(&mut tx, self.backend(), user_id, state, now, src).await?;
+        let applied =
+            apply_state_fast_or_in_tx(&mut tx, self.backend(), &ApplyState { user_id, state, now, src }).await?;
         tx.commit().await.map_err(query_err("user_apply_state commit"))?;
         Ok(applied)
     }
@@ -433,7 +461,12 @@ impl Store {
             failure_code: e.failure_code.as_deref(),
             failure_reason: e.failure_reason.as_deref(),
         };
-        let applied = apply_state_in_tx(&mut tx, self.backend(), &e.user_id, e.state, now, &src).await?;
+        let applied = apply_state_in_tx(
+            &mut tx,
+            self.backend(),
+            &ApplyState { user_id: &e.user_id, state: e.state, now, src: &src },
+        )
+        .await?;
         let note = match applied {
             StateApplied::UnknownUser => Some("webhook.unknown_user"),
             StateApplied::Stale => Some("webhook.stale"),
@@ -445,7 +478,12 @@ impl Store {
                 // an unknown id is kept in the detail: the user column takes valid ids only
                 "user_id": e.user_id.chars().take(64).collect::<String>(),
             });
-            event_in_tx(&mut tx, now, src.actor, kind, None, Some(&e.user_id), &detail).await?;
+            event_in_tx(
+                &mut tx,
+                now,
+                &TxEvent { actor: src.actor, kind, campaign_id: None, user_id: Some(&e.user_id), detail: &detail },
+            )
+            .await?;
         }
         tx.commit().await.map_err(query_err("webhook_apply commit"))?;
         Ok(WebhookResult::Recorded(applied))

@@ -63,6 +63,22 @@ pub struct RunFinishParams<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// What [`Store::run_start`] records: a run of `campaign_id` by `worker`, for
+/// `tick` when it is a scheduled one.
+#[derive(Debug, Clone, Copy)]
+pub struct RunStartParams<'a> {
+    /// The campaign the run is for.
+    pub campaign_id: i64,
+    /// The worker that runs it.
+    pub worker: &'a str,
+    /// Who the `run.started` event names.
+    pub actor: &'a str,
+    /// When it starts.
+    pub now: DateTime<Utc>,
+    /// The scheduled tick the run is for; `None` for a manual run.
+    pub tick: Option<DateTime<Utc>>,
+}
+
 impl Store {
     /// Records the start of a run and returns its id. A scheduled run passes the
     /// tick it is for, which stays the campaign's `tick_in_progress` until a run
@@ -70,15 +86,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn run_start(
-        &self,
-        campaign_id: i64,
-        worker: &str,
-        actor: &str,
-        now: DateTime<Utc>,
-        tick: Option<DateTime<Utc>>,
-    ) -> Result<i64, StoreError> {
-        self.run_start_with(campaign_id, worker, actor, now, tick, None).await
+    pub async fn run_start(&self, p: &RunStartParams<'_>) -> Result<i64, StoreError> {
+        self.run_start_with(p, None).await
     }
 
     /// [`Store::run_start`], with the approval the run runs under (its id, digest and
@@ -88,13 +97,10 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn run_start_with(
         &self,
-        campaign_id: i64,
-        worker: &str,
-        actor: &str,
-        now: DateTime<Utc>,
-        tick: Option<DateTime<Utc>>,
+        p: &RunStartParams<'_>,
         approval: Option<serde_json::Value>,
     ) -> Result<i64, StoreError> {
+        let RunStartParams { campaign_id, worker, actor, now, tick } = *p;
         let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO campaign_runs (campaign_id, worker_id, started_at, outcome) VALUES ($1, $2, $3, 'running') \
@@ -119,16 +125,26 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_err("run_start campaign"))?;
-        super::events::event_in_tx(&mut tx, now, actor, "run.started", Some(campaign_id), None, &{
-            let mut detail = serde_json::json!({ "run_id": id, "worker": worker });
-            if let Some(t) = tick {
-                detail["tick"] = serde_json::json!(t);
-            }
-            if let Some(a) = approval {
-                detail["approval"] = a;
-            }
-            detail
-        })
+        super::events::event_in_tx(
+            &mut tx,
+            now,
+            &super::events::TxEvent {
+                actor,
+                kind: "run.started",
+                campaign_id: Some(campaign_id),
+                user_id: None,
+                detail: &{
+                    let mut detail = serde_json::json!({ "run_id": id, "worker": worker });
+                    if let Some(t) = tick {
+                        detail["tick"] = serde_json::json!(t);
+                    }
+                    if let Some(a) = approval {
+                        detail["approval"] = a;
+                    }
+                    detail
+                },
+            },
+        )
         .await?;
         tx.commit().await.map_err(query_err("run_start commit"))?;
         Ok(id)
@@ -180,11 +196,13 @@ impl Store {
         super::events::event_in_tx(
             &mut tx,
             now,
-            actor,
-            &format!("run.{}", outcome.as_str()),
-            Some(campaign_id),
-            None,
-            &serde_json::json!({ "run_id": run_id, "worker": worker, "counts": counts, "error": error }),
+            &super::events::TxEvent {
+                actor,
+                kind: &format!("run.{}", outcome.as_str()),
+                campaign_id: Some(campaign_id),
+                user_id: None,
+                detail: &serde_json::json!({ "run_id": run_id, "worker": worker, "counts": counts, "error": error }),
+            },
         )
         .await?;
         tx.commit().await.map_err(query_err("run_finish commit"))?;

@@ -502,16 +502,21 @@ pub(crate) async fn session_read_standing(
         .map_err(query_err("session_reserve_click read"))
 }
 
+/// A click's ledger row, for [`session_insert_click_in_tx`]: step `step` of the
+/// target (campaign, user), reserved through link `link_id`.
+#[derive(Clone, Copy)]
+pub(crate) struct ClickRow<'a> {
+    pub campaign_id: i64,
+    pub user_id: &'a str,
+    pub step: i64,
+    pub link_id: i64,
+    pub now: DateTime<Utc>,
+    pub life: SessionLife,
+}
+
 /// A click's ledger row, `reserved`, carrying its link; its id.
-pub(crate) async fn session_insert_click_in_tx(
-    tx: &mut Tx,
-    campaign_id: i64,
-    user_id: &str,
-    step: i64,
-    link_id: i64,
-    now: DateTime<Utc>,
-    life: SessionLife,
-) -> Result<i64, StoreError> {
+pub(crate) async fn session_insert_click_in_tx(tx: &mut Tx, row: &ClickRow<'_>) -> Result<i64, StoreError> {
+    let ClickRow { campaign_id, user_id, step, link_id, now, life } = *row;
     let now_ms = to_millis(now);
     let (counted_at, expires_at) = life.counted_and_expiry(now_ms);
     sqlx::query(

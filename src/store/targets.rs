@@ -18,7 +18,7 @@ mod transitions;
 
 pub use audience::Targeted;
 pub(crate) use audience::{AudienceSql, bind_all};
-pub use claims::{ClaimCursor, ClaimedTarget};
+pub use claims::{ClaimBatchParams, ClaimCursor, ClaimedTarget};
 pub(crate) use transitions::{
     AfterMessage, Claimed, TargetBounced, TargetDelivered, delivery_target_update, target_bounced_in_tx,
     target_click_session, target_clicked_in_tx, target_delivered_in_tx, targets_after_message_in_tx,

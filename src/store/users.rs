@@ -580,11 +580,9 @@ pub(crate) const REACHABLE: &str = "u.refresh_token_enc IS NOT NULL AND u.consen
 pub(crate) async fn user_state_unchanged_in_tx(
     tx: &mut Tx,
     backend: Backend,
-    user_id: &str,
-    state: VerificationState,
-    now: DateTime<Utc>,
-    (confirmed_at, source): (i64, &str),
+    p: &StateUnchanged<'_>,
 ) -> Result<bool, StoreError> {
+    let StateUnchanged { user_id, state, now, confirmed: (confirmed_at, source) } = *p;
     let confirm = confirm_sql("$4", "$5");
     let sql = if state == VerificationState::Rejected {
         format!(
@@ -640,6 +638,16 @@ pub(crate) async fn user_state_lock_in_tx(
     let changed_at: Option<i64> = row.try_get("state_changed_at").map_err(query_err("user_apply_state read"))?;
     let confirmed_at: Option<i64> = row.try_get("state_confirmed_at").map_err(query_err("user_apply_state read"))?;
     Ok(Some(StoredState { state: old, changed_at, confirmed_at }))
+}
+
+/// A reported state equal to the stored one, for [`user_state_unchanged_in_tx`].
+#[derive(Clone, Copy)]
+pub(crate) struct StateUnchanged<'a> {
+    pub user_id: &'a str,
+    pub state: VerificationState,
+    pub now: DateTime<Utc>,
+    /// When the source confirmed it (Unix ms), and the source's `state_source`.
+    pub confirmed: (i64, &'a str),
 }
 
 /// A change of a user's state, for [`user_state_change_in_tx`].

@@ -671,7 +671,11 @@ async fn approve(ui: &Ui, v: &Viewer, c: &CampaignRecord, shown: Option<i64>) ->
     };
     let now = Utc::now();
     let version = shown.unwrap_or(c.version);
-    let result = crate::engine::approval::approve(&ui.store, c, &spec, loaded, &v.actor(), version, now).await;
+    let result = crate::engine::approval::approve(
+        &ui.store,
+        &crate::engine::approval::ApproveParams { c, spec: &spec, loaded, approver: &v.actor(), version, now },
+    )
+    .await;
     ui.store.audit_seal_or_warn(now).await;
     match result {
         Ok(a) => {

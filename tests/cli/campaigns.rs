@@ -503,7 +503,17 @@ both_engines!(a_campaigns_life_is_checked_at_apply_and_final_once_completed, |db
     // completed (as the scheduler does once ends_at passes)
     let store = &db.store;
     let c = store.campaign_get(&reverify::domain::CampaignName::parse("ends").unwrap()).await.unwrap().unwrap();
-    store.campaign_complete(c.campaign_id, now, now + chrono::Duration::days(30), "test", now).await.unwrap().unwrap();
+    store
+        .campaign_complete(&reverify::store::campaigns::CompleteParams {
+            campaign_id: c.campaign_id,
+            ends_at: now,
+            outcomes_until: now + chrono::Duration::days(30),
+            actor: "test",
+            now,
+        })
+        .await
+        .unwrap()
+        .unwrap();
     reverify(&db, dir.path()).args(["campaign", "apply", "ends.toml"]).assert().success();
     let later = (now + chrono::Duration::days(9)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     std::fs::write(dir.path().join("ends.toml"), life(&later, "")).unwrap();

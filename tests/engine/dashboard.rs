@@ -137,7 +137,16 @@ async fn the_dashboard_in_chromium(db: TestDb) {
     use reverify::bounces::BounceSink as _;
     assert_eq!(sink.record(report).await.unwrap(), reverify::bounces::Recorded::Applied);
     let live = env.apply(&campaign_toml("live-one", "")).await;
-    env.store().run_start(live.campaign_id, "worker-x", "test", chrono::Utc::now(), None).await.unwrap();
+    env.store()
+        .run_start(&reverify::store::runs::RunStartParams {
+            campaign_id: live.campaign_id,
+            worker: "worker-x",
+            actor: "test",
+            now: chrono::Utc::now(),
+            tick: None,
+        })
+        .await
+        .unwrap();
 
     // what must never appear in a page
     let mut secrets: Vec<String> = Vec::new();

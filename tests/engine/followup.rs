@@ -54,7 +54,16 @@ async fn due_pass(env: &Env, clock: &ManualClock, opts: PassOptions) -> Vec<(Str
     for (c, work) in pass.due {
         let name = c.name.to_string();
         let progress = Arc::new(Progress::default());
-        match reverify::schedule::run_work(w.clone(), c, work, None, progress, CancellationToken::new()).await {
+        match reverify::schedule::run_work(reverify::schedule::RunWork {
+            worker: w.clone(),
+            campaign: c,
+            work,
+            linger_until: None,
+            progress,
+            stop: CancellationToken::new(),
+        })
+        .await
+        {
             Scheduled::Ran(_) | Scheduled::AlreadyRan => ran.push((name, work)),
             other => panic!("{name}: {other:?}"),
         }

@@ -79,7 +79,14 @@ pub async fn dashboard(targets: usize) -> anyhow::Result<()> {
         s.event_append(&e, Utc::now()).await?;
     }
     for _ in 0..20 {
-        s.run_start(c.campaign_id, "bench", "bench", Utc::now(), None).await?;
+        s.run_start(&reverify::store::runs::RunStartParams {
+            campaign_id: c.campaign_id,
+            worker: "bench",
+            actor: "bench",
+            now: Utc::now(),
+            tick: None,
+        })
+        .await?;
     }
     sqlx::query("VACUUM ANALYZE").execute(db.pool()).await.context("VACUUM ANALYZE")?;
     let fill = started.elapsed().as_secs_f64();

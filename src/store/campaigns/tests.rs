@@ -122,32 +122,77 @@ both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
     let get = || async { s.campaign_get(&spec.name).await.unwrap().unwrap() };
 
     // a scheduled run of the tick is interrupted: in progress, not done
-    let run = s.run_start(id, "w1", "tester", later, Some(tick)).await.unwrap();
+    let run = s
+        .run_start(&crate::store::runs::RunStartParams {
+            campaign_id: id,
+            worker: "w1",
+            actor: "tester",
+            now: later,
+            tick: Some(tick),
+        })
+        .await
+        .unwrap();
     s.run_finish(finish(run, id, "w1", RunOutcome::Interrupted, None, later)).await.unwrap();
     let c = get().await;
     assert_eq!((c.tick_in_progress, c.done_through, c.last_run_at), (Some(tick), None, Some(later)));
     // a failed one neither
-    let run = s.run_start(id, "w1", "tester", later, Some(tick)).await.unwrap();
+    let run = s
+        .run_start(&crate::store::runs::RunStartParams {
+            campaign_id: id,
+            worker: "w1",
+            actor: "tester",
+            now: later,
+            tick: Some(tick),
+        })
+        .await
+        .unwrap();
     s.run_finish(finish(run, id, "w1", RunOutcome::Failed, Some("boom"), later)).await.unwrap();
     assert_eq!(get().await.tick_in_progress, Some(tick));
     assert_eq!(s.campaign_done_through(id).await.unwrap(), None);
 
     // a manual run that started before the tick and finishes after does not cover it
     let early = tick - chrono::Duration::minutes(5);
-    let manual = s.run_start(id, "w2", "tester", early, None).await.unwrap();
+    let manual = s
+        .run_start(&crate::store::runs::RunStartParams {
+            campaign_id: id,
+            worker: "w2",
+            actor: "tester",
+            now: early,
+            tick: None,
+        })
+        .await
+        .unwrap();
     s.run_finish(finish(manual, id, "w2", RunOutcome::Finished, None, later)).await.unwrap();
     let c = get().await;
     assert_eq!((c.tick_in_progress, c.done_through), (Some(tick), Some(early)));
 
     // the resumed run finishes: the tick is done through its start
     let resumed_at = later + chrono::Duration::minutes(5);
-    let run = s.run_start(id, "w1", "tester", resumed_at, Some(tick)).await.unwrap();
+    let run = s
+        .run_start(&crate::store::runs::RunStartParams {
+            campaign_id: id,
+            worker: "w1",
+            actor: "tester",
+            now: resumed_at,
+            tick: Some(tick),
+        })
+        .await
+        .unwrap();
     s.run_finish(finish(run, id, "w1", RunOutcome::Finished, None, resumed_at)).await.unwrap();
     let c = get().await;
     assert_eq!((c.tick_in_progress, c.done_through), (None, Some(resumed_at)));
     assert_eq!(s.campaign_done_through(id).await.unwrap(), Some(resumed_at));
     // done_through never moves back
-    let old = s.run_start(id, "w3", "tester", early, None).await.unwrap();
+    let old = s
+        .run_start(&crate::store::runs::RunStartParams {
+            campaign_id: id,
+            worker: "w3",
+            actor: "tester",
+            now: early,
+            tick: None,
+        })
+        .await
+        .unwrap();
     s.run_finish(finish(old, id, "w3", RunOutcome::Finished, None, resumed_at)).await.unwrap();
     assert_eq!(get().await.done_through, Some(resumed_at));
 });

@@ -41,8 +41,26 @@ both_engines!(series_deferred_runs_and_events_read_the_rows, |db: TestDb| async 
     assert_eq!(p.targeted, 50);
     assert_eq!(p.funnel.verified, series.conversions.iter().map(|c| c.1).sum::<i64>());
 
-    let r1 = s.run_start(id, "w1", "test", at(), None).await.unwrap();
-    let r2 = s.run_start(id, "w2", "test", at(), None).await.unwrap();
+    let r1 = s
+        .run_start(&crate::store::runs::RunStartParams {
+            campaign_id: id,
+            worker: "w1",
+            actor: "test",
+            now: at(),
+            tick: None,
+        })
+        .await
+        .unwrap();
+    let r2 = s
+        .run_start(&crate::store::runs::RunStartParams {
+            campaign_id: id,
+            worker: "w2",
+            actor: "test",
+            now: at(),
+            tick: None,
+        })
+        .await
+        .unwrap();
     let runs = s.run_recent(id, 10).await.unwrap();
     assert_eq!(runs.iter().map(|r| r.run_id).collect::<Vec<_>>(), vec![r2, r1]);
     assert_eq!(runs[0].outcome, "running");

@@ -103,6 +103,22 @@ fn due_targets(backend: Backend, limit: i64, rescue: bool) -> String {
     format!("picked AS ({} LIMIT {limit})", parts.join(" UNION ALL "))
 }
 
+/// What [`Store::target_claim_batch`] and [`Store::target_claim_next`] claim: up
+/// to `limit` due targets of `campaign_id` for `worker`, until `now + lease`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimBatchParams<'a> {
+    /// The campaign whose targets are claimed.
+    pub campaign_id: i64,
+    /// The worker that claims them.
+    pub worker: &'a str,
+    /// How many at most.
+    pub limit: i64,
+    /// When the claim is made.
+    pub now: DateTime<Utc>,
+    /// How long the claim holds.
+    pub lease: Duration,
+}
+
 impl Store {
     /// Claims up to `limit` targets that are due (pending, or deferred until now or
     /// earlier) or whose claim expired, for `worker`, until `now + lease`. The
@@ -110,15 +126,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn target_claim_batch(
-        &self,
-        campaign_id: i64,
-        worker: &str,
-        limit: i64,
-        now: DateTime<Utc>,
-        lease: Duration,
-    ) -> Result<Vec<ClaimedTarget>, StoreError> {
-        self.target_claim_next(campaign_id, worker, limit, now, lease, &mut ClaimCursor::start()).await
+    pub async fn target_claim_batch(&self, p: ClaimBatchParams<'_>) -> Result<Vec<ClaimedTarget>, StoreError> {
+        self.target_claim_next(p, &mut ClaimCursor::start()).await
     }
 
     /// [`Store::target_claim_batch`] from where `cursor` says, moving it on. Fresh
@@ -130,14 +139,10 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn target_claim_next(
         &self,
-        campaign_id: i64,
-        worker: &str,
-        limit: i64,
-        now: DateTime<Utc>,
-        lease: Duration,
+        p: ClaimBatchParams<'_>,
         cursor: &mut ClaimCursor,
     ) -> Result<Vec<ClaimedTarget>, StoreError> {
-        let claimed = self.claim(campaign_id, worker, limit, now, lease, cursor).await?;
+        let claimed = self.claim(p, cursor).await?;
         if let Some(last) = claimed.iter().map(|t| t.user_id.as_str()).max()
             && cursor.after.as_deref().is_none_or(|a| last > a)
         {
@@ -146,15 +151,8 @@ impl Store {
         Ok(claimed)
     }
 
-    async fn claim(
-        &self,
-        campaign_id: i64,
-        worker: &str,
-        limit: i64,
-        now: DateTime<Utc>,
-        lease: Duration,
-        cursor: &ClaimCursor,
-    ) -> Result<Vec<ClaimedTarget>, StoreError> {
+    async fn claim(&self, p: ClaimBatchParams<'_>, cursor: &ClaimCursor) -> Result<Vec<ClaimedTarget>, StoreError> {
+        let ClaimBatchParams { campaign_id, worker, limit, now, lease } = p;
         let after = cursor.after.as_deref().unwrap_or("");
         let now_ms = to_millis(now);
         let expires = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);

@@ -11,7 +11,7 @@ use super::followup::NO_REMINDER_YET;
 use crate::domain::policy::{self, Verdict};
 use crate::domain::spec::{Audience, Reminders};
 use crate::domain::{TargetReason, TargetStatus, Transition};
-use crate::store::events::{event_in_tx, events_reminders_queued_in_tx};
+use crate::store::events::{TxEvent, event_in_tx, events_reminders_queued_in_tx};
 use crate::store::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows, returned_user_ids};
 use crate::store::users::REACHABLE;
 use crate::store::{Backend, Store, StoreError, query_err, to_millis};
@@ -301,11 +301,13 @@ pub(crate) async fn settle_in_tx(tx: &mut Tx, p: &SettleParams<'_>) -> Result<bo
         event_in_tx(
             tx,
             p.now,
-            p.worker,
-            &format!("target.{status}"),
-            Some(p.campaign_id),
-            Some(p.user_id),
-            &serde_json::json!({ "reason": reason.as_str(), "not_before": not_before }),
+            &TxEvent {
+                actor: p.worker,
+                kind: &format!("target.{status}"),
+                campaign_id: Some(p.campaign_id),
+                user_id: Some(p.user_id),
+                detail: &serde_json::json!({ "reason": reason.as_str(), "not_before": not_before }),
+            },
         )
         .await?;
     }

@@ -243,7 +243,7 @@ impl Store {
         key_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.user_token_put(user, sealed, key_id, now_ms, false).await
+        self.user_token_put(&TokenPut { user, sealed, key_id, now_ms }, false).await
     }
 
     /// Puts a newly consented refresh token in place, clears `consent_required_at`
@@ -258,19 +258,13 @@ impl Store {
         key_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.user_token_put(user, sealed, key_id, now_ms, true).await
+        self.user_token_put(&TokenPut { user, sealed, key_id, now_ms }, true).await
     }
 
     /// The one statement behind both: a new sealed token (a new version), and the
     /// consent mark and the access token cleared when `consented`.
-    async fn user_token_put(
-        &self,
-        user: &UserId,
-        sealed: &[u8],
-        key_id: &str,
-        now_ms: i64,
-        consented: bool,
-    ) -> Result<(), StoreError> {
+    async fn user_token_put(&self, p: &TokenPut<'_>, consented: bool) -> Result<(), StoreError> {
+        let TokenPut { user, sealed, key_id, now_ms } = *p;
         let done = sqlx::query(
             "UPDATE users SET refresh_token_enc = $2, token_key_id = $3, updated_at = $4, \
                token_version = token_version + 1, \
@@ -292,6 +286,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A newly sealed refresh token of `user`, for `Store::user_token_put`.
+#[derive(Clone, Copy)]
+struct TokenPut<'a> {
+    user: &'a UserId,
+    sealed: &'a [u8],
+    key_id: &'a str,
+    now_ms: i64,
 }
 
 /// [`Store::user_token_lease`] in a group: the leases of every user asking at that
