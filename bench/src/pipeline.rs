@@ -474,17 +474,24 @@ fn worker_database_url(url: &str, backend: Backend) -> String {
     }
 }
 
+/// What a worker's settings take from its scenario: the token key, the outbox, its
+/// rate and concurrency.
+pub(crate) struct WorkerRun<'a> {
+    pub(crate) token_key: String,
+    pub(crate) outbox: &'a Path,
+    pub(crate) rate: f64,
+    pub(crate) concurrency: u32,
+}
+
 /// A worker's settings in a scenario: the database, the sandbox, the token key,
 /// the outbox, its rate and concurrency, and the production log level.
-fn worker_env(
+pub(crate) fn worker_env(
     db_url: &str,
     backend: Backend,
     sandbox: &SandboxChild,
-    token_key: String,
-    outbox: &Path,
-    rate: f64,
-    concurrency: u32,
+    w: WorkerRun<'_>,
 ) -> Vec<(&'static str, String)> {
+    let WorkerRun { token_key, outbox, rate, concurrency } = w;
     vec![
         ("REVERIFY_DATABASE_URL", worker_database_url(db_url, backend)),
         ("REVERIFY_BAANX_BASE_URL", sandbox.base_url.clone()),
@@ -559,8 +566,12 @@ fn run_scenario_with<T>(
     }
     child::run_to_end(apply, "reverify campaign apply")?;
 
-    let mut env =
-        worker_env(&db.url, setup.backend, &sandbox, key, &outbox, setup.worker_rate, setup.worker_concurrency);
+    let mut env = worker_env(
+        &db.url,
+        setup.backend,
+        &sandbox,
+        WorkerRun { token_key: key, outbox: &outbox, rate: setup.worker_rate, concurrency: setup.worker_concurrency },
+    );
     if let Some(b) = setup.worker_burst {
         env.push(("REVERIFY_BURST", b.to_string()));
     }

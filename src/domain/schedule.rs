@@ -402,8 +402,17 @@ mod tests {
         assert!(CronSchedule::parse("@daily").is_ok());
     }
 
-    fn at(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        tz.with_ymd_and_hms(y, mo, d, h, mi, 0).single().unwrap().with_timezone(&Utc)
+    /// A wall-clock time, read in a zone by [`at`].
+    struct Local {
+        y: i32,
+        mo: u32,
+        d: u32,
+        h: u32,
+        mi: u32,
+    }
+
+    fn at(tz: Tz, t: Local) -> DateTime<Utc> {
+        tz.with_ymd_and_hms(t.y, t.mo, t.d, t.h, t.mi, 0).single().unwrap().with_timezone(&Utc)
     }
 
     #[test]
@@ -411,18 +420,39 @@ mod tests {
         let s = CronSchedule::parse("0 9 * * *").unwrap();
         let tz: Tz = "Europe/London".parse().unwrap();
         let hour = chrono::Duration::hours(1);
-        let created = at(tz, 2026, 3, 1, 8, 0);
+        let created = at(tz, Local { y: 2026, mo: 3, d: 1, h: 8, mi: 0 });
         // 09:20 on the 1st: the 09:00 tick is due
-        assert_eq!(due(&s, tz, created, at(tz, 2026, 3, 1, 9, 20), hour), Due::Run { tick: at(tz, 2026, 3, 1, 9, 0) });
+        assert_eq!(
+            due(&s, tz, created, at(tz, Local { y: 2026, mo: 3, d: 1, h: 9, mi: 20 }), hour),
+            Due::Run { tick: at(tz, Local { y: 2026, mo: 3, d: 1, h: 9, mi: 0 }) }
+        );
         // after a run at 09:20 nothing is due until the next day
-        assert_eq!(due(&s, tz, at(tz, 2026, 3, 1, 9, 20), at(tz, 2026, 3, 1, 23, 0), hour), Due::NotDue);
+        assert_eq!(
+            due(
+                &s,
+                tz,
+                at(tz, Local { y: 2026, mo: 3, d: 1, h: 9, mi: 20 }),
+                at(tz, Local { y: 2026, mo: 3, d: 1, h: 23, mi: 0 }),
+                hour
+            ),
+            Due::NotDue
+        );
         // three days missed: one run, for the latest tick only, when it is recent
-        let last = at(tz, 2026, 3, 1, 9, 20);
-        assert_eq!(due(&s, tz, last, at(tz, 2026, 3, 4, 9, 30), hour), Due::Run { tick: at(tz, 2026, 3, 4, 9, 0) });
+        let last = at(tz, Local { y: 2026, mo: 3, d: 1, h: 9, mi: 20 });
+        assert_eq!(
+            due(&s, tz, last, at(tz, Local { y: 2026, mo: 3, d: 4, h: 9, mi: 30 }), hour),
+            Due::Run { tick: at(tz, Local { y: 2026, mo: 3, d: 4, h: 9, mi: 0 }) }
+        );
         // ... and not at all when even the latest is older than the deadline
-        assert_eq!(due(&s, tz, last, at(tz, 2026, 3, 4, 10, 30), hour), Due::Missed { tick: at(tz, 2026, 3, 4, 9, 0) });
+        assert_eq!(
+            due(&s, tz, last, at(tz, Local { y: 2026, mo: 3, d: 4, h: 10, mi: 30 }), hour),
+            Due::Missed { tick: at(tz, Local { y: 2026, mo: 3, d: 4, h: 9, mi: 0 }) }
+        );
         // exactly at the deadline still runs
-        assert_eq!(due(&s, tz, last, at(tz, 2026, 3, 4, 10, 0), hour), Due::Run { tick: at(tz, 2026, 3, 4, 9, 0) });
+        assert_eq!(
+            due(&s, tz, last, at(tz, Local { y: 2026, mo: 3, d: 4, h: 10, mi: 0 }), hour),
+            Due::Run { tick: at(tz, Local { y: 2026, mo: 3, d: 4, h: 9, mi: 0 }) }
+        );
     }
 
     #[test]
@@ -430,16 +460,16 @@ mod tests {
         // London springs forward on 2026-03-29 (01:00 -> 02:00 local).
         let tz: Tz = "Europe/London".parse().unwrap();
         let s = CronSchedule::parse("0 9 * * *").unwrap();
-        let before = at(tz, 2026, 3, 28, 9, 0);
-        let after = at(tz, 2026, 3, 29, 9, 0);
+        let before = at(tz, Local { y: 2026, mo: 3, d: 28, h: 9, mi: 0 });
+        let after = at(tz, Local { y: 2026, mo: 3, d: 29, h: 9, mi: 0 });
         assert_eq!(before.hour(), 9, "GMT: 09:00 local is 09:00 UTC");
         assert_eq!(after.hour(), 8, "BST: 09:00 local is 08:00 UTC");
         assert_eq!(s.next_after(before, tz), Some(after));
         // a tick at 01:30 local does not exist on the spring-forward day
         let s = CronSchedule::parse("30 1 * * *").unwrap();
-        let day_before = at(tz, 2026, 3, 28, 1, 30);
+        let day_before = at(tz, Local { y: 2026, mo: 3, d: 28, h: 1, mi: 30 });
         let next = s.next_after(day_before, tz).unwrap();
-        assert!(next > at(tz, 2026, 3, 29, 0, 0), "{next}");
+        assert!(next > at(tz, Local { y: 2026, mo: 3, d: 29, h: 0, mi: 0 }), "{next}");
         assert_ne!(next.with_timezone(&tz).date_naive(), day_before.with_timezone(&tz).date_naive());
         // New York falls back on 2026-11-01: 01:30 local exists twice (EDT, then EST).
         let ny: Tz = "America/New_York".parse().unwrap();

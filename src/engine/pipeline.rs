@@ -172,7 +172,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
         issued_at + chrono::Duration::from_std(s.config.session_ttl).unwrap_or(chrono::Duration::hours(24));
 
     // 5-6. the message (the URL moves into it and is dropped with it), and the record
-    send_and_record(s, t, url, expires_at, Carrier::Session(session_id), fallback).await
+    send_and_record(s, t, Carrier::Session(session_id), Outbound { url, expires_at, fallback }).await
 }
 
 /// Whether `t` is reached by email (`Ok(false)`), through the campaign's fallback
@@ -198,15 +198,22 @@ enum Carrier {
     Link(i64),
 }
 
-/// Sends the message with `url` and records how it went, for the carrier.
+/// A message to send: its link (in memory only), until when the link works, and
+/// whether it goes through the campaign's fallback channel.
+struct Outbound {
+    url: SessionUrl,
+    expires_at: DateTime<Utc>,
+    fallback: bool,
+}
+
+/// Sends the message and records how it went, for the carrier.
 async fn send_and_record(
     s: &RunShared,
     t: &ClaimedTarget,
-    url: SessionUrl,
-    expires_at: DateTime<Utc>,
     carrier: Carrier,
-    fallback: bool,
+    out: Outbound,
 ) -> Result<UserOutcome, crate::store::StoreError> {
+    let Outbound { url, expires_at, fallback } = out;
     let token = s.config.verp.as_ref().map(|k| {
         k.token(match carrier {
             Carrier::Session(id) => MessageRef::Session(id),
@@ -329,7 +336,7 @@ async fn send_link(
     };
     let url = SessionUrl::new(click.url_of(&token));
     drop(token);
-    send_and_record(s, t, url, expires_at, Carrier::Link(link_id), fallback).await
+    send_and_record(s, t, Carrier::Link(link_id), Outbound { url, expires_at, fallback }).await
 }
 
 /// When the campaign has a send window and `t`'s user is outside it now: the

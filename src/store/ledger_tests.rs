@@ -76,7 +76,16 @@ fn uid(n: u32) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
 }
 
-async fn user(store: &Store, n: u32, state: &str, region: &str, rejected_at: Option<DateTime<Utc>>, tags: &str) {
+/// A seeded user's state, region, rejection time and tags.
+struct Profile<'a> {
+    state: &'a str,
+    region: &'a str,
+    rejected_at: Option<DateTime<Utc>>,
+    tags: &'a str,
+}
+
+async fn user(store: &Store, n: u32, p: Profile<'_>) {
+    let Profile { state, region, rejected_at, tags } = p;
     sqlx::query(
         "INSERT INTO users (user_id, email, region, verification_state, rejected_at, refresh_token_enc, token_key_id, \
            tags, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'k', $7, 0, 0)",
@@ -128,13 +137,23 @@ const DAY: Duration = Duration::from_secs(86_400);
 both_engines!(targeting_is_set_based_filtered_and_idempotent, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
-    user(s, 1, "UNVERIFIED", "intl", None, ",vip,").await;
-    user(s, 2, "UNVERIFIED", "us", None, "").await;
-    user(s, 3, "REJECTED", "intl", Some(now - chrono::Duration::hours(30)), "").await;
-    user(s, 4, "REJECTED", "intl", Some(now - chrono::Duration::hours(2)), "").await;
-    user(s, 5, "VERIFIED", "intl", None, "").await;
-    user(s, 6, "PENDING", "intl", None, "").await;
-    user(s, 7, "UNVERIFIED", "intl", None, ",vip_x,").await;
+    user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: ",vip," }).await;
+    user(s, 2, Profile { state: "UNVERIFIED", region: "us", rejected_at: None, tags: "" }).await;
+    user(
+        s,
+        3,
+        Profile { state: "REJECTED", region: "intl", rejected_at: Some(now - chrono::Duration::hours(30)), tags: "" },
+    )
+    .await;
+    user(
+        s,
+        4,
+        Profile { state: "REJECTED", region: "intl", rejected_at: Some(now - chrono::Duration::hours(2)), tags: "" },
+    )
+    .await;
+    user(s, 5, Profile { state: "VERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
+    user(s, 6, Profile { state: "PENDING", region: "intl", rejected_at: None, tags: "" }).await;
+    user(s, 7, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: ",vip_x," }).await;
     sqlx::query("UPDATE users SET refresh_token_enc = NULL WHERE user_id = $1")
         .bind(uid(2))
         .execute(s.pool())
@@ -182,7 +201,7 @@ both_engines!(overlapping_targeting_passes_add_each_user_once, |db: TestDb| asyn
     let s = &db.store;
     let now = t0();
     for n in 0..300 {
-        user(s, n, "UNVERIFIED", "intl", None, "").await;
+        user(s, n, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     }
     let c = campaign(s, "c").await;
     let all = Audience::default();
@@ -203,7 +222,7 @@ both_engines!(overlapping_targeting_passes_add_each_user_once, |db: TestDb| asyn
 // campaign_targets has no foreign key (issue 8): targeting checks the campaign itself.
 both_engines!(targeting_an_unknown_campaign_is_refused, |db: TestDb| async move {
     let s = &db.store;
-    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     let err = s.target_add_matching(4242, &Audience::default(), t0()).await.unwrap_err();
     assert!(matches!(err, crate::store::StoreError::NotFound { what: "campaign", .. }), "{err}");
     let rows: i64 =
@@ -215,7 +234,7 @@ both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| 
     let s = &db.store;
     let now = t0();
     for n in 0..50 {
-        user(s, n, "UNVERIFIED", "intl", None, "").await;
+        user(s, n, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     }
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
@@ -249,7 +268,7 @@ both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| 
 both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns, |db: TestDb| async move {
     let s = &db.store;
     let mut now = t0();
-    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     // three campaigns reserve for the same user with 24 h sessions: 3 fit, the 4th waits
     let mut reserved = 0;
     for i in 0..4 {
@@ -269,7 +288,7 @@ both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns
     assert_eq!(reserved, 3);
 
     // short sessions: the daily cap of 10 is what stops the 11th
-    user(s, 2, "UNVERIFIED", "intl", None, "").await;
+    user(s, 2, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     let mut ok = 0;
     for i in 0..11 {
         let c = campaign(s, &format!("d{i}")).await;
@@ -287,7 +306,16 @@ both_engines!(the_ledger_enforces_concurrency_and_the_daily_cap_across_campaigns
 });
 
 /// `session_mark_issued` for user `n`'s session at step 0, a day's life.
-async fn issued(s: &Store, c: i64, n: u32, worker: &str, session_id: i64, now: DateTime<Utc>) -> bool {
+/// Which user's session, by which worker, when.
+struct Issue<'a> {
+    n: u32,
+    worker: &'a str,
+    session_id: i64,
+    now: DateTime<Utc>,
+}
+
+async fn issued(s: &Store, c: i64, i: Issue<'_>) -> bool {
+    let Issue { n, worker, session_id, now } = i;
     let user = uid(n);
     let life = SessionLife { ttl: DAY, margin: std::time::Duration::ZERO };
     let p = IssuedParams { campaign_id: c, user_id: &user, step: 0, worker, session_id, now, life };
@@ -299,7 +327,7 @@ both_engines!(
     |db: TestDb| async move {
         let s = &db.store;
         let now = t0();
-        user(s, 1, "UNVERIFIED", "intl", None, "").await;
+        user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
         let c = campaign(s, "c").await;
         s.target_add_matching(c, &Audience::default(), now).await.unwrap();
         assert_eq!(s.target_claim_batch(claim(c, "slow", 10, now)).await.unwrap().len(), 1);
@@ -311,7 +339,10 @@ both_engines!(
         let later = now + chrono::Duration::seconds(60);
         assert_eq!(s.target_claim_batch(claim(c, "next", 10, later)).await.unwrap().len(), 1);
         // the answer arrives: the claim is gone, so the URL must not be sent
-        assert!(!issued(s, c, 1, "slow", session_id, later).await, "a lost claim must not be told to send");
+        assert!(
+            !issued(s, c, Issue { n: 1, worker: "slow", session_id, now: later }).await,
+            "a lost claim must not be told to send"
+        );
         let row = sqlx::query("SELECT status, issued_at FROM verification_sessions WHERE session_id = $1")
             .bind(session_id)
             .fetch_one(s.pool())
@@ -336,7 +367,7 @@ both_engines!(
 both_engines!(an_issued_session_counts_from_the_answer_plus_the_margin, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
-    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap();
@@ -365,8 +396,8 @@ both_engines!(an_issued_session_counts_from_the_answer_plus_the_margin, |db: Tes
 both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
-    user(s, 1, "UNVERIFIED", "intl", None, "").await;
-    user(s, 2, "UNVERIFIED", "intl", None, "").await;
+    user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
+    user(s, 2, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     s.target_claim_batch(claim(c, "dead", 10, now)).await.unwrap();
@@ -374,7 +405,7 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
     let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "dead"), now, DAY).await.unwrap() else {
         panic!()
     };
-    assert!(issued(s, c, 1, "dead", session_id, now).await);
+    assert!(issued(s, c, Issue { n: 1, worker: "dead", session_id, now }).await);
     reserve(s, (c, &uid(2), 0, "dead"), now, DAY).await.unwrap();
 
     let after = now + chrono::Duration::seconds(31);
@@ -399,8 +430,8 @@ both_engines!(a_crash_after_the_session_is_never_a_second_message, |db: TestDb| 
 both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
-    user(s, 1, "UNVERIFIED", "intl", None, "").await;
-    user(s, 2, "UNVERIFIED", "intl", None, "").await;
+    user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
+    user(s, 2, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     let claimed = s.target_claim_batch(claim(c, "dead", 10, now)).await.unwrap();
@@ -411,7 +442,7 @@ both_engines!(an_earlier_issued_session_settles_the_target_before_any_api_call, 
     let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "dead"), now, DAY).await.unwrap() else {
         panic!("reserved")
     };
-    assert!(issued(s, c, 1, "dead", session_id, now).await);
+    assert!(issued(s, c, Issue { n: 1, worker: "dead", session_id, now }).await);
     // both claims expire; another worker takes them
     let later = now + chrono::Duration::seconds(60);
     assert_eq!(s.target_claim_batch(claim(c, "next", 10, later)).await.unwrap().len(), 2);
@@ -435,7 +466,7 @@ both_engines!(a_delivery_records_delivered_failed_or_unknown_and_only_failed_is_
     let s = &db.store;
     let now = t0();
     for n in 1..=3 {
-        user(s, n, "UNVERIFIED", "intl", None, "").await;
+        user(s, n, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     }
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
@@ -446,7 +477,7 @@ both_engines!(a_delivery_records_delivered_failed_or_unknown_and_only_failed_is_
         let Reservation::Reserved { session_id } = reserve(s, (c, &uid(*n), 0, "w"), now, DAY).await.unwrap() else {
             panic!("reserved")
         };
-        assert!(issued(s, c, *n, "w", session_id, now).await);
+        assert!(issued(s, c, Issue { n: *n, worker: "w", session_id, now }).await);
         assert!(record_delivery(s, (c, &uid(*n), session_id), *record, "w", now).await.unwrap());
         session_id
     }))
@@ -496,14 +527,14 @@ both_engines!(a_delivery_records_delivered_failed_or_unknown_and_only_failed_is_
 both_engines!(a_worker_whose_claim_was_taken_records_nothing_on_the_target, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
-    user(s, 1, "UNVERIFIED", "intl", None, "").await;
+    user(s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     assert_eq!(s.target_claim_batch(claim(c, "slow", 10, now)).await.unwrap().len(), 1);
     let Reservation::Reserved { session_id } = reserve(s, (c, &uid(1), 0, "slow"), now, DAY).await.unwrap() else {
         panic!("reserved")
     };
-    assert!(issued(s, c, 1, "slow", session_id, now).await);
+    assert!(issued(s, c, Issue { n: 1, worker: "slow", session_id, now }).await);
     // the lease runs out mid-message; another worker takes the target
     let later = now + chrono::Duration::seconds(60);
     assert_eq!(s.target_claim_batch(claim(c, "next", 10, later)).await.unwrap().len(), 1);
@@ -533,7 +564,7 @@ both_engines!(a_group_batches_reservations_yet_one_user_never_exceeds_the_limits
     let s = &db.store;
     let now = t0();
     for n in 1..=8 {
-        user(s, n, "UNVERIFIED", "intl", None, "").await;
+        user(s, n, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     }
     let mut campaigns = Vec::new();
     for i in 0..6 {
@@ -591,7 +622,7 @@ both_engines!(claims_go_on_from_their_cursor_and_a_pass_from_the_start_finds_the
     let s = &db.store;
     let now = t0();
     for n in 1..=8 {
-        user(s, n, "UNVERIFIED", "intl", None, "").await;
+        user(s, n, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
     }
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
@@ -638,7 +669,7 @@ mod reservation_after_the_lock {
         let db = TestDb::postgres().await;
         let s = db.store.clone();
         let now = t0();
-        user(&s, 1, "UNVERIFIED", "intl", None, "").await;
+        user(&s, 1, Profile { state: "UNVERIFIED", region: "intl", rejected_at: None, tags: "" }).await;
         let mut campaigns = Vec::new();
         for name in ["a", "b", "c"] {
             let c = campaign(&s, name).await;
@@ -715,7 +746,7 @@ async fn delivered_session(store: &Store, n: u32, at: DateTime<Utc>) {
     let fresh = Some(VerificationState::Rejected);
     let r = reserve_fresh(store, (c, &uid(n), 0, "w"), at, DAY, fresh).await.unwrap();
     let Reservation::Reserved { session_id } = r else { panic!("user {n}: {r:?}") };
-    assert!(issued(store, c, n, "w", session_id, at).await);
+    assert!(issued(store, c, Issue { n, worker: "w", session_id, now: at }).await);
     assert!(record_delivery(store, (c, &uid(n), session_id), DeliveryRecord::Delivered, "w", at).await.unwrap());
 }
 
@@ -726,7 +757,17 @@ both_engines!(a_rejected_user_seen_rejected_after_a_session_is_rejected_no_earli
     // rejected two days ago, so a session went out two hours ago; each is REJECTED
     // again now: user 1 as a run's fresh state finds it, user 2 by `users sync`
     for n in [1, 2] {
-        user(s, n, "REJECTED", "intl", Some(now - chrono::Duration::hours(48)), "").await;
+        user(
+            s,
+            n,
+            Profile {
+                state: "REJECTED",
+                region: "intl",
+                rejected_at: Some(now - chrono::Duration::hours(48)),
+                tags: "",
+            },
+        )
+        .await;
         delivered_session(s, n, issued).await;
         assert_eq!(rejected_at(s, n).await, Some(to_millis(now - chrono::Duration::hours(48))));
     }

@@ -57,7 +57,17 @@ webhook_url = "http://127.0.0.1:9/hook"
 /// `campaign validate`, then `campaign apply`, of `file` (in `dir`): both exit 1
 /// with `expect` on standard error, and nothing is applied. Then the same campaign
 /// stored behind apply's back is refused by `reverify run` with the same words.
-async fn refused_alike(db: &TestDb, dir: &Path, file: &str, spec: &str, env: &[(&str, &str)], expect: &str) {
+/// A campaign file that must be refused: its name, its text, the environment, and
+/// the words every command must refuse it with.
+struct Refusal<'a> {
+    file: &'a str,
+    spec: &'a str,
+    env: &'a [(&'a str, &'a str)],
+    expect: &'a str,
+}
+
+async fn refused_alike(db: &TestDb, dir: &Path, r: Refusal<'_>) {
+    let Refusal { file, spec, env, expect } = r;
     std::fs::write(dir.join(file), spec).unwrap();
     let with_env = |args: &[&str]| {
         let mut c = bare(db, dir);
@@ -101,12 +111,17 @@ async fn validate_and_apply_refuse_what_run_refuses() {
     let db = TestDb::sqlite().await;
     let no_from = SPEC.replace("from = \"Compliance <compliance@example.com>\"\n", "");
     let expect = "delivery.from: the email channel needs a From address";
-    refused_alike(&db, d, "no-from.toml", &no_from, &[("REVERIFY_OUTBOX_DIR", outbox)], expect).await;
+    refused_alike(
+        &db,
+        d,
+        Refusal { file: "no-from.toml", spec: &no_from, env: &[("REVERIFY_OUTBOX_DIR", outbox)], expect },
+    )
+    .await;
 
     // a webhook campaign without notify_webhook_key
     let db = TestDb::sqlite().await;
     let expect = "notify_webhook_key: the campaign uses the webhook channel: set notify_webhook_key";
-    refused_alike(&db, d, "push.toml", WEBHOOK_SPEC, &[], expect).await;
+    refused_alike(&db, d, Refusal { file: "push.toml", spec: WEBHOOK_SPEC, env: &[], expect }).await;
     // with the key, it is valid
     bare(&db, d)
         .args(["campaign", "validate", "push.toml"])
@@ -118,17 +133,27 @@ async fn validate_and_apply_refuse_what_run_refuses() {
     // an email campaign with neither smtp_url nor outbox_dir
     let db = TestDb::sqlite().await;
     let expect = "smtp_url: the campaign sends email, and neither smtp_url nor outbox_dir is set";
-    refused_alike(&db, d, "nowhere.toml", SPEC, &[], expect).await;
+    refused_alike(&db, d, Refusal { file: "nowhere.toml", spec: SPEC, env: &[], expect }).await;
 
     // a template that does not exist (the built-in ones are default and reminder)
     let db = TestDb::sqlite().await;
     let welcome = SPEC.replace("[throttle]", "template = \"welcome\"\n\n[throttle]");
     let expect = "delivery.template: template \"welcome\" is not in (built-in templates) (found: default, reminder)";
-    refused_alike(&db, d, "welcome.toml", &welcome, &[("REVERIFY_OUTBOX_DIR", outbox)], expect).await;
+    refused_alike(
+        &db,
+        d,
+        Refusal { file: "welcome.toml", spec: &welcome, env: &[("REVERIFY_OUTBOX_DIR", outbox)], expect },
+    )
+    .await;
     let db = TestDb::sqlite().await;
     let reminder = format!("{SPEC}\n[reminders]\nafter = \"72h\"\ntemplate = \"nudge\"\n");
     let expect = "reminders.template: template \"nudge\" is not in";
-    refused_alike(&db, d, "nudge.toml", &reminder, &[("REVERIFY_OUTBOX_DIR", outbox)], expect).await;
+    refused_alike(
+        &db,
+        d,
+        Refusal { file: "nudge.toml", spec: &reminder, env: &[("REVERIFY_OUTBOX_DIR", outbox)], expect },
+    )
+    .await;
 
     // one subject for every language is valid, with a warning; a table per locale
     // is not warned about, and a bad locale key is refused naming the field

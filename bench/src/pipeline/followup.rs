@@ -20,7 +20,7 @@ use reverify::store::testing::TestDb;
 use tokio::runtime::Handle;
 
 use super::child::{self, SandboxChild};
-use super::{database_name, probe, say, worker_env};
+use super::{WorkerRun, database_name, probe, say, worker_env};
 
 /// The scenarios' times: full, and `--quick` (CI: the harness, not the figure).
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +105,12 @@ fn scene(exe: &Path, rt: &Handle, users: usize) -> anyhow::Result<Scene> {
             .fetch_one(&sqlx::PgPool::connect(&db.url).await?)
             .await
     })?;
-    let env = worker_env(&db.url, Backend::Postgres, &sandbox, key, &outbox, 1_000_000.0, 64);
+    let env = worker_env(
+        &db.url,
+        Backend::Postgres,
+        &sandbox,
+        WorkerRun { token_key: key, outbox: &outbox, rate: 1_000_000.0, concurrency: 64 },
+    );
     Ok(Scene { dir, _sandbox: sandbox, db, env, campaign_id })
 }
 

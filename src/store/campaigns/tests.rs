@@ -132,7 +132,9 @@ both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
         })
         .await
         .unwrap();
-    s.run_finish(finish(run, id, "w1", RunOutcome::Interrupted, None, later)).await.unwrap();
+    s.run_finish(finish(run, id, "w1", Ended { outcome: RunOutcome::Interrupted, error: None, now: later }))
+        .await
+        .unwrap();
     let c = get().await;
     assert_eq!((c.tick_in_progress, c.done_through, c.last_run_at), (Some(tick), None, Some(later)));
     // a failed one neither
@@ -146,7 +148,9 @@ both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
         })
         .await
         .unwrap();
-    s.run_finish(finish(run, id, "w1", RunOutcome::Failed, Some("boom"), later)).await.unwrap();
+    s.run_finish(finish(run, id, "w1", Ended { outcome: RunOutcome::Failed, error: Some("boom"), now: later }))
+        .await
+        .unwrap();
     assert_eq!(get().await.tick_in_progress, Some(tick));
     assert_eq!(s.campaign_done_through(id).await.unwrap(), None);
 
@@ -162,7 +166,9 @@ both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
         })
         .await
         .unwrap();
-    s.run_finish(finish(manual, id, "w2", RunOutcome::Finished, None, later)).await.unwrap();
+    s.run_finish(finish(manual, id, "w2", Ended { outcome: RunOutcome::Finished, error: None, now: later }))
+        .await
+        .unwrap();
     let c = get().await;
     assert_eq!((c.tick_in_progress, c.done_through), (Some(tick), Some(early)));
 
@@ -178,7 +184,9 @@ both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
         })
         .await
         .unwrap();
-    s.run_finish(finish(run, id, "w1", RunOutcome::Finished, None, resumed_at)).await.unwrap();
+    s.run_finish(finish(run, id, "w1", Ended { outcome: RunOutcome::Finished, error: None, now: resumed_at }))
+        .await
+        .unwrap();
     let c = get().await;
     assert_eq!((c.tick_in_progress, c.done_through), (None, Some(resumed_at)));
     assert_eq!(s.campaign_done_through(id).await.unwrap(), Some(resumed_at));
@@ -193,18 +201,21 @@ both_engines!(a_tick_is_done_only_when_a_run_finishes, |db: TestDb| async move {
         })
         .await
         .unwrap();
-    s.run_finish(finish(old, id, "w3", RunOutcome::Finished, None, resumed_at)).await.unwrap();
+    s.run_finish(finish(old, id, "w3", Ended { outcome: RunOutcome::Finished, error: None, now: resumed_at }))
+        .await
+        .unwrap();
     assert_eq!(get().await.done_through, Some(resumed_at));
 });
 
 /// A run's end by `worker`, started by "tester", with no counts.
-fn finish(
-    run_id: i64,
-    campaign_id: i64,
-    worker: &'static str,
+/// How a run ended, and when.
+struct Ended {
     outcome: RunOutcome,
     error: Option<&'static str>,
     now: DateTime<Utc>,
-) -> RunFinishParams<'static> {
+}
+
+fn finish(run_id: i64, campaign_id: i64, worker: &'static str, e: Ended) -> RunFinishParams<'static> {
+    let Ended { outcome, error, now } = e;
     RunFinishParams { run_id, campaign_id, worker, actor: "tester", outcome, counts: RunCounts::default(), error, now }
 }
