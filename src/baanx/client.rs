@@ -7,16 +7,14 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
-use zeroize::Zeroizing;
 
 use super::error::{ApiEndpoint, BaanxError, ConsentReason, TransportKind, scrub_excerpt};
 use super::limiter::{Limiter, LimiterStats};
-use super::model::{
-    TokenGrant, UserProfile, error_message, oauth_error_code, parse_session, salvage_refresh_token, session_limit,
-};
+use super::model::{UserProfile, error_message, oauth_error_code, parse_session, session_limit};
 use super::observer::{ApiObserver, Unobserved};
+use super::refresh::{AccessTokens, TokenEndpoint, lease_lost};
 use super::retry::{ApiRetryPolicy, parse_retry_after};
-use super::tokens::{CachedToken, Checkout, Grant, LeasedRefresh, StoredAccess, TokenCache, TokenVault, usable_for};
+use super::tokens::{TokenCache, TokenVault};
 use crate::config::{Secret, Settings};
 use crate::domain::endpoint::{redact_url, require_https};
 use crate::domain::{Clock, Region, SessionUrl, SystemClock, UserId};
@@ -149,15 +147,10 @@ struct Inner {
     base: url::Url,
     client_key: HeaderValue,
     retry: ApiRetryPolicy,
-    refresh_margin: Duration,
-    refresh_lease: Duration,
-    /// Names this client's refresh leases in the vault: unique per process.
-    owner: String,
-    clock: Arc<dyn Clock>,
     observer: Arc<dyn ApiObserver>,
     limiter: Arc<Limiter>,
-    vault: Arc<dyn TokenVault>,
-    cache: TokenCache,
+    /// The token dance: cache, vault, refresh lease.
+    tokens: AccessTokens,
 }
 
 impl std::fmt::Debug for BaanxClient {
@@ -251,14 +244,16 @@ impl BaanxClient {
                 base,
                 client_key,
                 retry: cfg.retry,
-                refresh_margin: cfg.refresh_margin,
-                refresh_lease: cfg.refresh_lease.max(Duration::from_millis(100)),
-                owner: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]),
-                clock: cfg.clock,
                 observer: cfg.observer,
                 limiter: Arc::new(Limiter::new(cfg.requests_per_second, cfg.burst, cfg.max_concurrency)),
-                vault,
-                cache: TokenCache::default(),
+                tokens: AccessTokens {
+                    refresh_margin: cfg.refresh_margin,
+                    refresh_lease: cfg.refresh_lease.max(Duration::from_millis(100)),
+                    owner: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]),
+                    clock: cfg.clock,
+                    vault,
+                    cache: TokenCache::default(),
+                },
             }),
         })
     }
@@ -276,7 +271,7 @@ impl BaanxClient {
 
     /// Forgets every cached access token; the next call for a user mints one.
     pub fn forget_access_tokens(&self) {
-        self.inner.cache.clear();
+        self.inner.tokens.cache.clear();
     }
 
     /// `GET /v1/user`: the user's current profile and verification state.
@@ -351,218 +346,19 @@ impl BaanxClient {
         region: Region,
         pace: Option<&dyn Pacer>,
     ) -> Result<Answer, BaanxError> {
-        let (token, generation) = self.access_token(user, region, None, pace).await?;
+        let tokens = &self.inner.tokens;
+        let http = TokenCall { client: self, region, pace };
+        let (token, generation) = tokens.access_token(user, None, &http).await?;
         match self.with_retries(endpoint, || self.send(Request::user_call(endpoint, user, region, &token, pace))).await
         {
             Err(BaanxError::Unauthorized { .. }) => {
                 tracing::debug!(endpoint = endpoint.as_str(), "401: minting a new access token and retrying once");
-                let (token, _) = self.access_token(user, region, Some(generation), pace).await?;
+                let (token, _) = tokens.access_token(user, Some(generation), &http).await?;
                 self.with_retries(endpoint, || self.send(Request::user_call(endpoint, user, region, &token, pace)))
                     .await
             }
             other => other,
         }
-    }
-
-    /// The user's access token: the cached one while fresh (and not the one a 401
-    /// just refused, `stale`), else the one another process (or an earlier run)
-    /// stored while it is usable, else a new one minted from the refresh token under
-    /// the user's refresh lease (see [`super::tokens`]). Runs under the user's
-    /// single-flight lock.
-    async fn access_token(
-        &self,
-        user: &UserId,
-        region: Region,
-        stale: Option<u64>,
-        pace: Option<&dyn Pacer>,
-    ) -> Result<(Zeroizing<String>, u64), BaanxError> {
-        let inner = &self.inner;
-        let slot = inner.cache.slot(user);
-        let mut cached = slot.lock().await;
-        // the token a 401 refused, so that the vault's copy of it is not taken again
-        let mut refused: Option<Zeroizing<String>> = None;
-        if let Some(c) = cached.as_ref() {
-            if Some(c.generation) == stale {
-                refused = Some(c.token.clone());
-            } else if c.fresh_until > inner.clock.now() {
-                return Ok((c.token.clone(), c.generation));
-            }
-        }
-        *cached = None;
-        let mut force = refused.is_some();
-        let waiting_since = Instant::now();
-        let mut pause = Duration::from_millis(20);
-        let mut newer_tokens = 0u32;
-        loop {
-            let now = inner.clock.now();
-            let lease_until = now + chrono::Duration::from_std(inner.refresh_lease).unwrap_or_default();
-            let found = inner
-                .vault
-                .checkout(user, &inner.owner, now, lease_until, force)
-                .await
-                .map_err(vault_err(user, "check out tokens"))?;
-            let minted = match found {
-                Checkout::Fresh(a) if refused.as_ref().is_some_and(|r| r.as_str() == a.token.as_str()) => {
-                    force = true;
-                    continue;
-                }
-                Checkout::Fresh(a) => a,
-                Checkout::NoToken => {
-                    return Err(BaanxError::ConsentRequired {
-                        user_id: user.to_string(),
-                        reason: ConsentReason::NoToken,
-                    });
-                }
-                Checkout::Busy { until } => {
-                    // another process is refreshing this user: take its result
-                    if waiting_since.elapsed() > inner.refresh_lease * 3 {
-                        return Err(BaanxError::Vault {
-                            user_id: user.to_string(),
-                            action: "wait for another process's refresh",
-                            source: "the user's refresh lease stayed taken".into(),
-                        });
-                    }
-                    force = false;
-                    let left = (until - now).to_std().unwrap_or_default();
-                    tokio::time::sleep(left.min(pause).max(Duration::from_millis(1))).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                    continue;
-                }
-                Checkout::Leased(leased) => match self.refresh_under_lease(user, region, &leased, pace).await? {
-                    Some(minted) => minted,
-                    None => {
-                        // refused, but a newer token was stored meanwhile: use that
-                        newer_tokens += 1;
-                        if newer_tokens > 3 {
-                            return Err(BaanxError::ConsentRequired {
-                                user_id: user.to_string(),
-                                reason: ConsentReason::InvalidGrant,
-                            });
-                        }
-                        force = false;
-                        continue;
-                    }
-                },
-            };
-            let generation = inner.cache.next_generation();
-            *cached = Some(CachedToken { token: minted.token.clone(), fresh_until: minted.fresh_until, generation });
-            return Ok((minted.token, generation));
-        }
-    }
-
-    /// One refresh, made while this process holds the user's refresh lease (renewed
-    /// while the call lasts). `None` when the token was refused but a newer one had
-    /// been stored meanwhile by another process (consent is not lost then).
-    async fn refresh_under_lease(
-        &self,
-        user: &UserId,
-        region: Region,
-        leased: &LeasedRefresh,
-        pace: Option<&dyn Pacer>,
-    ) -> Result<Option<StoredAccess>, BaanxError> {
-        let inner = &self.inner;
-        let lease = inner.refresh_lease;
-        // When the lease was last known to be ours, on the monotonic clock: a process
-        // frozen past its lease (a paused VM, SIGSTOP) must not present the refresh
-        // token on waking, since another process may have rotated it meanwhile.
-        let held_since = std::sync::Mutex::new(Instant::now());
-        let lease_alive = || held_since.lock().map(|t| t.elapsed() < lease.mul_f64(0.8)).unwrap_or(false);
-        let call = self.with_retries(ApiEndpoint::Token, || async {
-            if !lease_alive() {
-                return Err(lease_lost(user));
-            }
-            let req = Request {
-                endpoint: ApiEndpoint::Token,
-                user,
-                region,
-                bearer: None,
-                refresh_token: Some(&leased.token),
-                fence: Some(&lease_alive),
-                pace,
-            };
-            self.send(req).await
-        });
-        tokio::pin!(call);
-        let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
-        let answer = loop {
-            tokio::select! {
-                answer = &mut call => break answer,
-                _ = renew.tick() => {
-                    let until = inner.clock.now() + chrono::Duration::from_std(lease).unwrap_or_default();
-                    match inner.vault.renew(user, &inner.owner, until).await {
-                        Ok(true) => {
-                            if let Ok(mut t) = held_since.lock() {
-                                *t = Instant::now();
-                            }
-                        }
-                        Ok(false) => tracing::warn!("the refresh lease was lost while the token call went on"),
-                        Err(e) => tracing::warn!(error = %e, "could not renew the refresh lease"),
-                    }
-                }
-            }
-        };
-        let release = || async {
-            if let Err(e) = inner.vault.release(user, &inner.owner).await {
-                tracing::debug!(error = %e, "could not release the refresh lease; it will run out");
-            }
-        };
-        let grant = match answer {
-            Ok(answer) => match TokenGrant::parse(answer.status, &answer.body) {
-                Ok(grant) => grant,
-                Err(e) => {
-                    // the server has rotated: keep the new refresh token if it can be read
-                    if let Some(rotated) = salvage_refresh_token(&answer.body) {
-                        let now = inner.clock.now();
-                        let keep = Grant { refresh: Some(&rotated), access: None, fresh_until: now, expires_at: now };
-                        inner
-                            .vault
-                            .store_grant(user, &inner.owner, &keep)
-                            .await
-                            .map_err(vault_err(user, "store rotated refresh token"))?;
-                    } else {
-                        release().await;
-                    }
-                    return Err(e);
-                }
-            },
-            Err(e @ BaanxError::ConsentRequired { .. }) => {
-                let marked = inner
-                    .vault
-                    .refused(user, &inner.owner, leased.version, inner.clock.now())
-                    .await
-                    .map_err(vault_err(user, "mark consent required"))?;
-                if !marked {
-                    tracing::debug!("refresh token refused, but a newer one is stored: using it");
-                    return Ok(None);
-                }
-                tracing::warn!("refresh token refused (invalid_grant): the user must consent again");
-                return Err(e);
-            }
-            Err(e) => {
-                release().await;
-                return Err(e);
-            }
-        };
-        inner.limiter.count_token_refresh();
-        let now = inner.clock.now();
-        let fresh_until =
-            now + chrono::Duration::from_std(usable_for(grant.expires_in, inner.refresh_margin)).unwrap_or_default();
-        let expires_at = now + chrono::Duration::from_std(grant.expires_in).unwrap_or_default();
-        // Invariant 4: the rotated refresh token is durable before the new access
-        // token is used; the old one is already dead on the server.
-        let stored = Grant {
-            refresh: grant.refresh_token.as_deref().map(|t| t.as_str()),
-            access: Some(grant.access_token.as_str()),
-            fresh_until,
-            expires_at,
-        };
-        inner
-            .vault
-            .store_grant(user, &inner.owner, &stored)
-            .await
-            .map_err(vault_err(user, "store rotated refresh token"))?;
-        tracing::trace!(expires_in_s = grant.expires_in.as_secs(), "minted access token");
-        Ok(Some(StoredAccess { token: grant.access_token, fresh_until }))
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the budget is spent.
@@ -708,18 +504,44 @@ impl BaanxClient {
     }
 }
 
-/// Wraps a vault failure with the user and what was being done.
-fn vault_err(user: &UserId, action: &'static str) -> impl FnOnce(super::error::VaultError) -> BaanxError {
-    let user_id = user.to_string();
-    move |source| BaanxError::Vault { user_id, action, source }
+/// The client's side of a refresh for one call: the token request, sent in the
+/// call's region and paced as it is.
+struct TokenCall<'a> {
+    client: &'a BaanxClient,
+    region: Region,
+    pace: Option<&'a dyn Pacer>,
 }
 
-/// The refresh lease ran out before the token could be presented.
-fn lease_lost(user: &UserId) -> BaanxError {
-    BaanxError::Vault {
-        user_id: user.to_string(),
-        action: "present the refresh token",
-        source: "the refresh lease ran out before the token call (the process was stalled)".into(),
+impl TokenEndpoint for TokenCall<'_> {
+    async fn present(
+        &self,
+        user: &UserId,
+        refresh_token: &str,
+        alive: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(StatusCode, Vec<u8>), BaanxError> {
+        let answer = self
+            .client
+            .with_retries(ApiEndpoint::Token, || async {
+                if !alive() {
+                    return Err(lease_lost(user));
+                }
+                let req = Request {
+                    endpoint: ApiEndpoint::Token,
+                    user,
+                    region: self.region,
+                    bearer: None,
+                    refresh_token: Some(refresh_token),
+                    fence: Some(alive),
+                    pace: self.pace,
+                };
+                self.client.send(req).await
+            })
+            .await?;
+        Ok((answer.status, answer.body))
+    }
+
+    fn minted(&self) {
+        self.client.inner.limiter.count_token_refresh();
     }
 }
 

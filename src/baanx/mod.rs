@@ -17,6 +17,7 @@ mod error;
 mod limiter;
 mod model;
 mod observer;
+mod refresh;
 mod retry;
 mod tokens;
 

@@ -14,7 +14,7 @@ use crate::notify::{Message, Notifier, Recipient};
 
 mod vault;
 
-pub use vault::{StoreTokenVault, TokenSnapshots};
+pub use vault::StoreTokenVault;
 
 /// [`VerificationApi`] over the Baanx client.
 #[derive(Debug, Clone)]

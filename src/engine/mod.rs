@@ -40,7 +40,7 @@ use crate::store::targets::{ClaimBatchParams, ClaimCursor, ClaimedTarget};
 /// A background claim's outcome, and the cursor it leaves.
 type ClaimDone = (Result<Vec<ClaimedTarget>, StoreError>, ClaimCursor);
 use crate::store::{Store, StoreError};
-pub use adapters::TokenSnapshots;
+use adapters::StoreTokenVault;
 pub use ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, VerificationApi};
 pub use worker::Worker;
 
@@ -275,8 +275,9 @@ pub struct Run {
     /// The approval this run checked and runs under (`require_approval`), recorded
     /// in its `run.started` event.
     pub approval: Option<approval::RunApproval>,
-    /// Where the run hands its claims' token reads to the API's vault.
-    pub snapshots: TokenSnapshots,
+    /// The API client's token vault, primed with what the run's claims read of their
+    /// users' tokens (see [`StoreTokenVault::prime`]).
+    pub vault: Arc<StoreTokenVault>,
 }
 
 /// Why a run runs.
@@ -355,8 +356,8 @@ pub(crate) struct RunShared {
     campaign_zone: chrono_tz::Tz,
     /// The campaign's `ends_at`: no message leaves after it.
     ends_at: Option<DateTime<Utc>>,
-    /// See [`Run::snapshots`].
-    snapshots: TokenSnapshots,
+    /// See [`Run::vault`].
+    vault: Arc<StoreTokenVault>,
     /// How recent a stored state must be to skip `GET /v1/user`, for this run.
     fresh_age: crate::domain::freshness::FreshStateAge,
     /// Who the campaign's email cannot or must not reach, and what then.
@@ -650,7 +651,7 @@ impl Run {
             campaign_zone: self.spec.timezone.parse().unwrap_or(chrono_tz::Tz::UTC),
             // no claim after the campaign's end
             ends_at: self.spec.ends_at.map(|e| e.0),
-            snapshots: self.snapshots.clone(),
+            vault: self.vault.clone(),
         })
     }
 

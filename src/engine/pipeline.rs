@@ -23,7 +23,7 @@ pub(crate) async fn process(shared: Arc<RunShared>, mut target: ClaimedTarget) -
     let span = info_span!("user", user_id = %target.user_id, step = target.step);
     async move {
         // the claim read the user's tokens: the vault's first checkout starts there
-        shared.snapshots.put(&target.user_id, std::mem::take(&mut target.tokens));
+        shared.vault.prime(&target.user_id, std::mem::take(&mut target.tokens));
         let outcome = match process_inner(&shared, &target).await {
             Ok(o) => o,
             Err(e) => {
@@ -37,7 +37,7 @@ pub(crate) async fn process(shared: Arc<RunShared>, mut target: ClaimedTarget) -
                 UserOutcome::Abandoned
             }
         };
-        shared.snapshots.take(&target.user_id);
+        shared.vault.unprime(&target.user_id);
         count_outcome(&shared.campaign_name, outcome);
         outcome
     }

@@ -14,7 +14,7 @@ use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
 use crate::crypto::TokenCipher;
 use crate::domain::{Clock, SystemClock};
-use crate::engine::adapters::{StoreTokenVault, TokenSnapshots};
+use crate::engine::adapters::StoreTokenVault;
 use crate::notify::{DeliveryRetryPolicy, Notifier};
 use crate::store::Store;
 use crate::store::campaigns::CampaignRecord;
@@ -28,8 +28,9 @@ pub struct Worker {
     pub notifier: Notifier,
     pub clock: Arc<dyn Clock>,
     pub config: EngineConfig,
-    /// What the runs' claims read of their users' tokens, for the client's vault.
-    pub snapshots: TokenSnapshots,
+    /// The client's token vault, which the runs prime with what their claims read
+    /// of their users' tokens. A client built anew must be built over it.
+    pub vault: Arc<StoreTokenVault>,
 }
 
 impl Worker {
@@ -44,12 +45,10 @@ impl Worker {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
             .map_err(|e| EngineError::Setup(e.to_string()))?;
-        let snapshots = TokenSnapshots::default();
-        let vault =
-            StoreTokenVault::new(store.clone(), Arc::new(cipher), clock.clone()).with_snapshots(snapshots.clone());
+        let vault = Arc::new(StoreTokenVault::new(store.clone(), Arc::new(cipher), clock.clone()));
         let mut baanx = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
         baanx.observer = Arc::new(Metered);
-        let client = BaanxClient::new(baanx, Arc::new(vault)).map_err(|e| EngineError::Setup(e.to_string()))?;
+        let client = BaanxClient::new(baanx, vault.clone()).map_err(|e| EngineError::Setup(e.to_string()))?;
         let notifier = Notifier::from_settings(settings, DeliveryRetryPolicy::default())
             .map_err(|e| EngineError::Setup(format!("notifications: {e}")))?
             .observed_by(Arc::new(Metered));
@@ -70,7 +69,7 @@ impl Worker {
             },
             ..EngineConfig::default()
         };
-        Ok(Self { store, client: Arc::new(client), notifier, clock, config, snapshots })
+        Ok(Self { store, client: Arc::new(client), notifier, clock, config, vault })
     }
 
     /// Runs one campaign until nothing is due or `stop` is cancelled, and counts the
@@ -231,7 +230,7 @@ impl Worker {
             progress,
             kind,
             approval,
-            snapshots: self.snapshots.clone(),
+            vault: self.vault.clone(),
         }
         .execute(stop)
         .await

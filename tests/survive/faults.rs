@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use reverify::Settings;
 use reverify::baanx::{BaanxClient, BaanxConfig};
-use reverify::crypto::TokenCipher;
-use reverify::engine::adapters::StoreTokenVault;
 use reverify::engine::observe::Metered;
 use reverify::engine::{Progress, RunReport, Worker};
 use reverify::notify::Notifier;
@@ -26,9 +24,6 @@ use crate::summary::{Counts, report};
 /// A worker whose retries are quick: a cell is about the outcome, not the wait.
 fn quick_worker(rig: &Rig, settings: &Settings) -> Worker {
     let mut w = Worker::from_settings(settings, rig.db.store.clone()).expect("worker");
-    let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), None).unwrap();
-    let vault = StoreTokenVault::new(rig.db.store.clone(), Arc::new(cipher), w.clock.clone())
-        .with_snapshots(w.snapshots.clone());
     let mut cfg = BaanxConfig::from_settings(settings).unwrap();
     cfg.retry = reverify::baanx::ApiRetryPolicy {
         max_attempts: 3,
@@ -38,7 +33,7 @@ fn quick_worker(rig: &Rig, settings: &Settings) -> Worker {
         max_delay: Duration::from_millis(200),
     };
     cfg.observer = Arc::new(Metered);
-    w.client = Arc::new(BaanxClient::new(cfg, Arc::new(vault)).unwrap());
+    w.client = Arc::new(BaanxClient::new(cfg, w.vault.clone()).unwrap());
     w.notifier = Notifier::from_settings(
         settings,
         reverify::notify::DeliveryRetryPolicy {

@@ -1,10 +1,11 @@
 //! The token vault over the store: the Baanx client's [`TokenVault`] with tokens
 //! sealed by [`TokenCipher`] in `users` (the statements are `store::users::tokens`).
 //!
-//! A checkout starts from the user's tokens as they stand: a run hands the vault
-//! what its claim read of them ([`TokenSnapshots`]), so that its first checkout of a
-//! user needs no statement of its own; any other checkout reads them from the pool.
-//! Either way, taking the refresh lease is a write that checks everything again.
+//! A checkout starts from the user's tokens as they stand: a run primes the vault
+//! with what its claim read of them ([`StoreTokenVault::prime`]), so that its first
+//! checkout of a user needs no statement of its own; any other checkout reads them
+//! from the pool. Either way, taking the refresh lease is a write that checks
+//! everything again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,44 +24,43 @@ fn access_ad(user: &UserId) -> String {
     crate::crypto::access_token_ad(user.as_str())
 }
 
-/// Users' tokens as a run's claim read them, by user id: each is taken by the first
-/// checkout of its user (or dropped when the user is done), so that it is never
-/// used twice. Shared by a worker's runs and its vault.
-#[derive(Debug, Clone, Default)]
-pub struct TokenSnapshots(Arc<Mutex<HashMap<String, TokenRow>>>);
-
-impl TokenSnapshots {
-    /// Hands over `tokens` of `user_id` for its next checkout.
-    pub fn put(&self, user_id: &str, tokens: TokenRow) {
-        self.0.lock().expect("snapshots lock poisoned").insert(user_id.to_owned(), tokens);
-    }
-
-    /// Takes (and forgets) what was handed over for `user_id`.
-    pub fn take(&self, user_id: &str) -> Option<TokenRow> {
-        self.0.lock().expect("snapshots lock poisoned").remove(user_id)
-    }
-}
+/// Users' token rows as a run's claim read them, by user id as stored: each is taken
+/// by the first checkout of its user (or dropped when the user is done), so that it
+/// is never used twice.
+type Primed = Arc<Mutex<HashMap<String, TokenRow>>>;
 
 /// The [`TokenVault`] over the store: tokens sealed with the user id as associated
-/// data.
+/// data. Clones are the same vault: they share what it was primed with.
 #[derive(Debug, Clone)]
 pub struct StoreTokenVault {
     store: Store,
     cipher: Arc<TokenCipher>,
     clock: Arc<dyn Clock>,
-    snapshots: TokenSnapshots,
+    primed: Primed,
 }
 
 impl StoreTokenVault {
     /// A vault over `store`, sealing with `cipher`.
     pub fn new(store: Store, cipher: Arc<TokenCipher>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, cipher, clock, snapshots: TokenSnapshots::default() }
+        Self { store, cipher, clock, primed: Primed::default() }
     }
 
-    /// This vault, starting a user's first checkout from what `snapshots` holds of
-    /// them.
-    pub fn with_snapshots(self, snapshots: TokenSnapshots) -> Self {
-        Self { snapshots, ..self }
+    /// Primes the vault with the token row a claim read of `user_id` (its text as
+    /// stored): the user's next checkout starts from it instead of reading the row
+    /// again. Taken by that checkout, or dropped by [`StoreTokenVault::unprime`].
+    pub fn prime(&self, user_id: &str, tokens: TokenRow) {
+        self.primed.lock().expect("primed tokens lock poisoned").insert(user_id.to_owned(), tokens);
+    }
+
+    /// Drops what [`StoreTokenVault::prime`] left for `user_id` and no checkout took
+    /// (the user is done without an API call).
+    pub fn unprime(&self, user_id: &str) {
+        self.take_primed(user_id);
+    }
+
+    /// Takes (and forgets) what the vault was primed with for `user_id`.
+    fn take_primed(&self, user_id: &str) -> Option<TokenRow> {
+        self.primed.lock().expect("primed tokens lock poisoned").remove(user_id)
     }
 
     /// Seals and stores a newly consented token (import, re-consent), clearing the
@@ -102,8 +102,8 @@ impl TokenVault for StoreTokenVault {
         let mut force = force;
         loop {
             // what the tokens are: a usable access token needs no write at all
-            let snapshot = if force { None } else { self.snapshots.take(user.as_str()) };
-            let row = match snapshot {
+            let primed = if force { None } else { self.take_primed(user.as_str()) };
+            let row = match primed {
                 Some(row) => row,
                 None => match self.store.user_token_get(user).await? {
                     Some(row) => row,
