@@ -27,4 +27,4 @@ pub use limiter::{Admission, Limiter, LimiterStats};
 pub use model::UserProfile;
 pub use observer::{ApiObserver, Unobserved};
 pub use retry::{ApiRetryPolicy, parse_retry_after};
-pub use tokens::{Checkout, Grant, LeasedRefresh, MemoryVault, StoredAccess, TokenVault};
+pub use tokens::{Checkout, CheckoutAsk, Grant, LeasedRefresh, MemoryVault, StoredAccess, TokenVault};

@@ -12,7 +12,9 @@ use zeroize::Zeroizing;
 
 use super::error::{BaanxError, ConsentReason, VaultError};
 use super::model::{TokenGrant, salvage_refresh_token};
-use super::tokens::{CachedToken, Checkout, Grant, LeasedRefresh, StoredAccess, TokenCache, TokenVault, usable_for};
+use super::tokens::{
+    CachedToken, Checkout, CheckoutAsk, Grant, LeasedRefresh, StoredAccess, TokenCache, TokenVault, usable_for,
+};
 use crate::domain::{Clock, UserId};
 
 /// The HTTP side of a refresh, which the client provides.
@@ -80,7 +82,7 @@ impl AccessTokens {
             let lease_until = now + chrono::Duration::from_std(self.refresh_lease).unwrap_or_default();
             let found = self
                 .vault
-                .checkout(user, &self.owner, now, lease_until, force)
+                .checkout(user, CheckoutAsk { owner: &self.owner, now, lease_until, force })
                 .await
                 .map_err(vault_err(user, "check out tokens"))?;
             let minted = match found {

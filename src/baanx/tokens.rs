@@ -83,6 +83,17 @@ pub struct Grant<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What [`TokenVault::checkout`] asks for: the lease's would-be `owner` until
+/// `lease_until`, at `now`; `force` when the stored access token was just refused
+/// (a 401) and must not be used.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckoutAsk<'a> {
+    pub owner: &'a str,
+    pub now: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+    pub force: bool,
+}
+
 /// Durable storage of users' tokens, shared by every process on one database.
 ///
 /// Implementations encrypt at rest and make each write durable before returning: the
@@ -96,14 +107,7 @@ pub trait TokenVault: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// The store failed, or the refresh token does not decrypt.
-    async fn checkout(
-        &self,
-        user: &UserId,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        force: bool,
-    ) -> Result<Checkout, VaultError>;
+    async fn checkout(&self, user: &UserId, ask: CheckoutAsk<'_>) -> Result<Checkout, VaultError>;
 
     /// Extends `owner`'s lease while a slow refresh goes on; `false` when it was lost.
     ///
@@ -186,14 +190,8 @@ impl MemoryVault {
 
 #[async_trait]
 impl TokenVault for MemoryVault {
-    async fn checkout(
-        &self,
-        user: &UserId,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        force: bool,
-    ) -> Result<Checkout, VaultError> {
+    async fn checkout(&self, user: &UserId, ask: CheckoutAsk<'_>) -> Result<Checkout, VaultError> {
+        let CheckoutAsk { owner, now, lease_until, force } = ask;
         let mut m = self.inner.lock().expect("vault lock poisoned");
         let Some(e) = m.get_mut(user) else { return Ok(Checkout::NoToken) };
         if !force && let Some((token, fresh_until)) = e.access.as_ref().filter(|(_, f)| *f > now) {
@@ -354,26 +352,50 @@ mod tests {
         let u = UserId::parse("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
         let now = Utc::now();
         let later = now + chrono::Duration::seconds(30);
-        assert!(matches!(v.checkout(&u, "a", now, later, false).await.unwrap(), Checkout::NoToken));
+        assert!(matches!(
+            v.checkout(&u, CheckoutAsk { owner: "a", now, lease_until: later, force: false }).await.unwrap(),
+            Checkout::NoToken
+        ));
         v.insert(&u, "rt1");
-        let Checkout::Leased(l) = v.checkout(&u, "a", now, later, false).await.unwrap() else { panic!() };
+        let Checkout::Leased(l) =
+            v.checkout(&u, CheckoutAsk { owner: "a", now, lease_until: later, force: false }).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(l.token.as_str(), "rt1");
         // another owner waits while the lease lasts, and may take it after
-        assert!(matches!(v.checkout(&u, "b", now, later, false).await.unwrap(), Checkout::Busy { .. }));
-        assert!(matches!(v.checkout(&u, "b", later, later, false).await.unwrap(), Checkout::Leased(_)));
+        assert!(matches!(
+            v.checkout(&u, CheckoutAsk { owner: "b", now, lease_until: later, force: false }).await.unwrap(),
+            Checkout::Busy { .. }
+        ));
+        assert!(matches!(
+            v.checkout(&u, CheckoutAsk { owner: "b", now: later, lease_until: later, force: false }).await.unwrap(),
+            Checkout::Leased(_)
+        ));
         v.release(&u, "b").await.unwrap();
         let grant = Grant { refresh: Some("rt2"), access: Some("at2"), fresh_until: later, expires_at: later };
         v.store_grant(&u, "a", &grant).await.unwrap();
-        let Checkout::Fresh(a) = v.checkout(&u, "b", now, later, false).await.unwrap() else { panic!() };
+        let Checkout::Fresh(a) =
+            v.checkout(&u, CheckoutAsk { owner: "b", now, lease_until: later, force: false }).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(a.token.as_str(), "at2");
         // a refusal of an older version does not mark consent lost
         assert!(!v.refused(&u, "b", l.version, now).await.unwrap());
         assert!(!v.consent_required(&u));
-        let Checkout::Leased(l2) = v.checkout(&u, "b", now, later, true).await.unwrap() else { panic!() };
+        let Checkout::Leased(l2) =
+            v.checkout(&u, CheckoutAsk { owner: "b", now, lease_until: later, force: true }).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(l2.token.as_str(), "rt2");
         assert!(v.refused(&u, "b", l2.version, now).await.unwrap());
         assert!(v.consent_required(&u));
-        assert!(matches!(v.checkout(&u, "b", now, later, false).await.unwrap(), Checkout::NoToken));
+        assert!(matches!(
+            v.checkout(&u, CheckoutAsk { owner: "b", now, lease_until: later, force: false }).await.unwrap(),
+            Checkout::NoToken
+        ));
         assert!(!format!("{v:?}").contains("rt2"));
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::baanx::{Checkout, Grant, LeasedRefresh, StoredAccess, TokenVault, VaultError};
+use crate::baanx::{Checkout, CheckoutAsk, Grant, LeasedRefresh, StoredAccess, TokenVault, VaultError};
 use crate::crypto::TokenCipher;
 use crate::domain::{Clock, UserId};
 use crate::store::users::{GrantWrite, LeaseParams, SealedToken, TokenRow};
@@ -91,14 +91,8 @@ impl StoreTokenVault {
 
 #[async_trait]
 impl TokenVault for StoreTokenVault {
-    async fn checkout(
-        &self,
-        user: &UserId,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        force: bool,
-    ) -> Result<Checkout, VaultError> {
+    async fn checkout(&self, user: &UserId, ask: CheckoutAsk<'_>) -> Result<Checkout, VaultError> {
+        let CheckoutAsk { owner, now, lease_until, force } = ask;
         let mut force = force;
         loop {
             // what the tokens are: a usable access token needs no write at all
@@ -197,7 +191,11 @@ mod tests {
         insert_user(&db.store, ID).await;
         vault.put_consented(&user, "rt-first-token").await.unwrap();
         // a run takes the lease to refresh; meanwhile the person is forgotten
-        let Checkout::Leased(_) = vault.checkout(&user, "run", Utc::now(), later(30), false).await.unwrap() else {
+        let Checkout::Leased(_) = vault
+            .checkout(&user, CheckoutAsk { owner: "run", now: Utc::now(), lease_until: later(30), force: false })
+            .await
+            .unwrap()
+        else {
             panic!()
         };
         let forgotten = db.store.user_forget(&user, "dpo", Utc::now()).await.unwrap();
@@ -230,9 +228,15 @@ mod tests {
         let user = UserId::parse(ID).unwrap();
         let now = Utc::now();
         // unknown user: no token
-        assert!(matches!(vault.checkout(&user, "a", now, later(30), false).await.unwrap(), Checkout::NoToken));
+        assert!(matches!(
+            vault.checkout(&user, CheckoutAsk { owner: "a", now, lease_until: later(30), force: false }).await.unwrap(),
+            Checkout::NoToken
+        ));
         insert_user(&db.store, ID).await;
-        assert!(matches!(vault.checkout(&user, "a", now, later(30), false).await.unwrap(), Checkout::NoToken));
+        assert!(matches!(
+            vault.checkout(&user, CheckoutAsk { owner: "a", now, lease_until: later(30), force: false }).await.unwrap(),
+            Checkout::NoToken
+        ));
 
         vault.put_consented(&user, "rt-first-token").await.unwrap();
         let stored = db.store.user_token_get(&user).await.unwrap().unwrap().refresh.unwrap();
@@ -241,13 +245,25 @@ mod tests {
         assert!(!format!("{stored:?}").contains("rt-first"));
 
         // a takes the lease; b must wait for it, and may take it once it ran out
-        let Checkout::Leased(a) = vault.checkout(&user, "a", now, later(30), false).await.unwrap() else { panic!() };
+        let Checkout::Leased(a) =
+            vault.checkout(&user, CheckoutAsk { owner: "a", now, lease_until: later(30), force: false }).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(a.token.as_str(), "rt-first-token");
-        let Checkout::Busy { until } = vault.checkout(&user, "b", now, later(30), false).await.unwrap() else {
+        let Checkout::Busy { until } =
+            vault.checkout(&user, CheckoutAsk { owner: "b", now, lease_until: later(30), force: false }).await.unwrap()
+        else {
             panic!()
         };
         assert!(until > now);
-        assert!(matches!(vault.checkout(&user, "b", later(31), later(60), false).await.unwrap(), Checkout::Leased(_)));
+        assert!(matches!(
+            vault
+                .checkout(&user, CheckoutAsk { owner: "b", now: later(31), lease_until: later(60), force: false })
+                .await
+                .unwrap(),
+            Checkout::Leased(_)
+        ));
         assert!(!vault.renew(&user, "a", later(40)).await.unwrap(), "a lost its lease to b");
         vault.release(&user, "b").await.unwrap();
 
@@ -269,26 +285,45 @@ mod tests {
             assert!(!bytes.windows(9).any(|w| w == b"-second-"), "{col} in clear");
         }
         // anyone now takes the stored access token instead of refreshing
-        let Checkout::Fresh(f) = vault.checkout(&user, "c", now, later(30), false).await.unwrap() else { panic!() };
+        let Checkout::Fresh(f) =
+            vault.checkout(&user, CheckoutAsk { owner: "c", now, lease_until: later(30), force: false }).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(f.token.as_str(), "at-second-token");
         assert_eq!(vault.refresh_token(&user).await.unwrap().unwrap().as_str(), "rt-second-token");
 
         // a refusal of the first token, rotated away since, does not mark consent lost
-        let Checkout::Leased(c) = vault.checkout(&user, "c", now, later(30), true).await.unwrap() else { panic!() };
+        let Checkout::Leased(c) =
+            vault.checkout(&user, CheckoutAsk { owner: "c", now, lease_until: later(30), force: true }).await.unwrap()
+        else {
+            panic!()
+        };
         assert!(!vault.refused(&user, "c", a.version, now).await.unwrap());
         assert!(db.store.user_token_get(&user).await.unwrap().unwrap().consent_required_at.is_none());
         // the lease was released, and the current token's refusal marks it
-        let Checkout::Leased(c2) = vault.checkout(&user, "d", now, later(30), true).await.unwrap() else { panic!() };
+        let Checkout::Leased(c2) =
+            vault.checkout(&user, CheckoutAsk { owner: "d", now, lease_until: later(30), force: true }).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(c2.version, c.version);
         assert!(vault.refused(&user, "d", c2.version, now).await.unwrap());
-        assert!(matches!(vault.checkout(&user, "d", now, later(30), false).await.unwrap(), Checkout::NoToken));
+        assert!(matches!(
+            vault.checkout(&user, CheckoutAsk { owner: "d", now, lease_until: later(30), force: false }).await.unwrap(),
+            Checkout::NoToken
+        ));
         let first_mark = db.store.user_token_get(&user).await.unwrap().unwrap().consent_required_at.unwrap();
         assert!(vault.refused(&user, "d", c2.version, later(5)).await.unwrap());
         let again = db.store.user_token_get(&user).await.unwrap().unwrap().consent_required_at.unwrap();
         assert_eq!(first_mark, again, "the first refusal's time is kept");
 
         vault.put_consented(&user, "rt-third-token").await.unwrap();
-        let Checkout::Leased(t) = vault.checkout(&user, "d", now, later(30), false).await.unwrap() else { panic!() };
+        let Checkout::Leased(t) =
+            vault.checkout(&user, CheckoutAsk { owner: "d", now, lease_until: later(30), force: false }).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(t.token.as_str(), "rt-third-token", "a new consent drops the old access token");
         vault.release(&user, "d").await.unwrap();
 
@@ -297,6 +332,11 @@ mod tests {
         insert_user(&db.store, other.as_str()).await;
         let moved = db.store.user_token_get(&user).await.unwrap().unwrap().refresh.unwrap();
         db.store.user_token_store_rotated(&other, &moved.ciphertext, &moved.key_id, 1).await.unwrap();
-        assert!(vault.checkout(&other, "d", now, later(30), false).await.is_err());
+        assert!(
+            vault
+                .checkout(&other, CheckoutAsk { owner: "d", now, lease_until: later(30), force: false })
+                .await
+                .is_err()
+        );
     });
 }
