@@ -39,7 +39,7 @@ fn campaign(name: &str, delivery: &str, halt: &str) -> String {
 }
 
 /// A receiver of the fallback's signed webhook posts: the user ids it was sent.
-async fn fallback_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn fallback_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     use axum::body::Bytes;
     use axum::extract::State;
     use axum::http::HeaderMap;

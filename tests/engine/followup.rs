@@ -572,3 +572,64 @@ both_engines!(a_campaign_lives_from_starts_at_to_ends_at, |db: TestDb| async mov
     assert_eq!((o.next_tick, o.next_follow_up), (None, None));
     assert!(o.completed_at.is_some());
 });
+
+/// A bounced user re-queued for the fallback channel (issue 27) is taken by the
+/// scheduler when the bounce arrives: no hand-run, no tick between (the campaign's
+/// schedule ticks once a year).
+async fn a_fallback_is_sent_by_the_scheduler(db: TestDb, driver: Driver) {
+    use reverify::bounces::BounceSink as _;
+    let clock = ManualClock::new(Utc::now());
+    let mut env = env_at(db, 10, &clock).await;
+    env.settings.notify_webhook_key = Some(reverify::Secret::new("whk-fallback-key-0123456789"));
+    let (hook, posted) = crate::bounces::fallback_receiver().await;
+    let toml = campaign_toml("fallback-due", "schedule = \"0 0 1 1 *\"\n[audience]\nstates = [\"UNVERIFIED\"]\n")
+        .replace("[delivery]\n", &format!("[delivery]\nfallback = \"webhook\"\nfallback_webhook_url = \"{hook}\"\n"));
+    let c = env.apply(&toml).await;
+    worker(&env, &clock).run_campaign(&c, Arc::new(Progress::default()), CancellationToken::new()).await.unwrap();
+    let ids = [c.campaign_id];
+    let daemon = (driver == Driver::Daemon).then(|| daemon(&env, &clock, true));
+    // nothing is due once the run is done
+    driver.take(&env, &clock, &ids).await;
+    assert!(posted.lock().unwrap().is_empty());
+
+    // one message bounces, named by its VERP token
+    let row = sqlx::query("SELECT session_id, user_id FROM verification_sessions WHERE campaign_id = $1 LIMIT 1")
+        .bind(c.campaign_id)
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap();
+    let (session, user): (i64, String) = (row.get("session_id"), row.get("user_id"));
+    let token = env.settings.verp_key().unwrap().token(reverify::domain::bounce::MessageRef::Session(session));
+    let sink = reverify::engine::bounces::StoreBounceSink::new(env.store().clone(), env.settings.verp_key());
+    let report = reverify::domain::bounce::BounceReport {
+        source: reverify::domain::bounce::BounceSource::Mailbox,
+        dedupe_id: "dsn-due".into(),
+        keys: vec![reverify::domain::bounce::BounceKey::Token(token)],
+        kind: reverify::domain::bounce::BounceKind::Hard,
+        status_code: Some("5.1.1".into()),
+        diagnostic: None,
+        occurred_at: None,
+    };
+    assert_eq!(sink.record(report).await.unwrap(), reverify::bounces::Recorded::Applied);
+
+    // the scheduler takes it as it is: the clock does not move
+    match driver {
+        Driver::RunDue => driver.take(&env, &clock, &ids).await,
+        Driver::Daemon => until("the fallback", || async { !posted.lock().unwrap().is_empty() }).await,
+    }
+    assert_eq!(*posted.lock().unwrap(), vec![user.clone()], "the bounced user, through the fallback");
+    assert_eq!(status_of(&env, c.campaign_id, &user).await, "notified");
+    if let Some((stop, task)) = daemon {
+        stop.cancel();
+        task.await.unwrap();
+    }
+    assert_eq!(env.sandbox.stats().await.violations, 0);
+}
+
+both_engines!(a_fallback_is_sent_through_run_due_passes, |db: TestDb| async move {
+    a_fallback_is_sent_by_the_scheduler(db, Driver::RunDue).await;
+});
+
+both_engines!(a_fallback_is_sent_through_the_daemon, |db: TestDb| async move {
+    a_fallback_is_sent_by_the_scheduler(db, Driver::Daemon).await;
+});
