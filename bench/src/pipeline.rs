@@ -22,6 +22,7 @@
 mod child;
 mod dashboard;
 mod followup;
+mod pgstat;
 mod probe;
 
 use std::path::{Path, PathBuf};
@@ -129,6 +130,9 @@ impl Sizes {
 /// The worker's rate limit in the rate scenario, and its default burst.
 const RATE_LIMIT: f64 = 200.0;
 const DEFAULT_BURST: u64 = 10;
+/// The share of a long run at each end whose cost per user is compared (issue 30):
+/// a tenth, 100,000 users of the 1,000,000-user campaign.
+const WINDOW_SHARE: u64 = 10;
 /// Above this many users the outbox is emptied during the run, not only after it.
 const DRAIN_DURING_RUN_ABOVE: usize = 200_000;
 /// The latency scenario: sandbox latency per request and campaign concurrency.
@@ -182,6 +186,7 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<()> {
         say(format!("throughput_postgres: {:.0} users/s", o.users_per_second()));
         say(format!("cpu_per_1k_users: {:.3} s", o.measured.cpu() / (o.report.notified as f64 / 1000.0)));
         say(o.evidence("throughput_postgres"));
+        o.postgres_breakdown();
     }
     if wanted(Scenario::ThroughputSqlite) {
         let o = run_scenario(&exe, rt, &Setup::throughput("throughput-sqlite", sizes.throughput, Backend::Sqlite))?;
@@ -196,10 +201,12 @@ fn pipeline(args: &PipelineArgs, rt: &Handle) -> anyhow::Result<()> {
         latency(&exe, rt, sizes.latency)?;
     }
     if wanted(Scenario::PeakRss1m) {
-        let o = run_scenario(&exe, rt, &Setup::throughput("peak-rss-1m", sizes.million, Backend::Postgres))?;
+        let setup = Setup { growth: true, ..Setup::throughput("peak-rss-1m", sizes.million, Backend::Postgres) };
+        let o = run_scenario(&exe, rt, &setup)?;
         o.expect_all_notified(sizes.million)?;
         say(format!("peak_rss_1m: {:.0} MB", o.measured.max_rss_mb));
         say(o.evidence("peak_rss_1m"));
+        o.growth_figures();
     }
     if wanted(Scenario::Targeting1m) {
         let secs = rt.block_on(targeting(sizes.million))?;
@@ -274,6 +281,8 @@ struct Setup {
     regions: Option<&'static str>,
     /// After the first campaign, apply and run a second one over the same users.
     second_campaign: bool,
+    /// Compare the cost per user at the campaign's ends (the growth figures).
+    growth: bool,
     /// The campaigns' `[audience] fresh_state_max_age`, when set.
     fresh_state_max_age: Option<&'static str>,
     /// What the messages carry.
@@ -310,6 +319,7 @@ impl Setup {
             campaign_concurrency: 384,
             regions: None,
             second_campaign: false,
+            growth: false,
             fresh_state_max_age: None,
             link: LinkSetup::Session,
         }
@@ -356,6 +366,8 @@ struct ScenarioOutcome {
     sampled: Sampled,
     /// Postgres transactions committed in the bench database during the run.
     pg_commits: Option<i64>,
+    /// The largest tables' sizes after the run (Postgres).
+    table_sizes: Option<String>,
     import_seconds: f64,
     /// The second campaign's report and the API requests it made, by kind.
     second: Option<(Report, Requests)>,
@@ -375,6 +387,69 @@ impl ScenarioOutcome {
             self.report
         );
         Ok(())
+    }
+
+    /// `# ` lines: Postgres's cost per user over the whole run, by statement.
+    fn postgres_breakdown(&self) {
+        let marks = &self.sampled.marks;
+        if let (Some(first), Some(last)) = (marks.first(), marks.last())
+            && let (Some(a), Some(b)) = (&first.counters, &last.counters)
+        {
+            for line in pgstat::window_lines("whole run", a, b, last.done - first.done) {
+                say(line);
+            }
+        }
+        if let Some(sizes) = &self.table_sizes {
+            say(format!("# postgres whole run: after {} users, {sizes}", self.report.notified));
+        }
+    }
+
+    /// The 1,000,000-user campaign's growth figures (issue 30): the rate over the
+    /// whole campaign and over its last tenth (100,000 users), and Postgres's CPU per
+    /// user over the last tenth against the first, with each tenth's breakdown.
+    fn growth_figures(&self) {
+        say(format!("throughput_1m_postgres: {:.0} users/s", self.users_per_second()));
+        if let Some(sizes) = &self.table_sizes {
+            say(format!("# throughput_1m_postgres: after {} users, {sizes}", self.report.notified));
+        }
+        let marks = &self.sampled.marks;
+        let [start, first, second, last_from, end] = marks.as_slice() else {
+            say(format!("# throughput_1m_postgres_last_100k, cost_growth_1m: not measured ({} marks)", marks.len()));
+            return;
+        };
+        let window = |a: &probe::Mark, b: &probe::Mark| {
+            let users = (b.done - a.done).max(1);
+            (users, users as f64 / (b.secs - a.secs).max(1e-9), (b.postgres_cpu - a.postgres_cpu) / users as f64)
+        };
+        let (head, head_rate, cpu_first) = window(start, first);
+        let (_, second_rate, cpu_second) = window(first, second);
+        let (tail, rate, cpu_last) = window(last_from, end);
+        say(format!("throughput_1m_postgres_last_100k: {rate:.0} users/s"));
+        // 0 when no CPU was seen in the first tenth (a run too small to measure)
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        say(format!("cost_growth_1m: {:.2}", ratio(cpu_last, cpu_first)));
+        say(format!(
+            "# cost_growth_1m: Postgres backends CPU per user {:.3} ms over users 0-{} ({head_rate:.0} users/s; \
+             targeting and cold caches included), {:.3} ms over users {}-{} ({second_rate:.0} users/s), {:.3} ms over \
+             users {}-{} ({rate:.0} users/s; the run's end and its audit seal included): {:.2} against the second \
+             100k; goals: throughput_1m_postgres >= 1000 users/s, cost_growth_1m <= 1.5",
+            cpu_first * 1e3,
+            first.done,
+            cpu_second * 1e3,
+            first.done,
+            second.done,
+            cpu_last * 1e3,
+            last_from.done,
+            end.done,
+            ratio(cpu_last, cpu_second),
+        ));
+        for (label, a, b, n) in [("first 100k", start, first, head), ("last 100k", last_from, end, tail)] {
+            if let (Some(x), Some(y)) = (&a.counters, &b.counters) {
+                for line in pgstat::window_lines(label, x, y, n) {
+                    say(line);
+                }
+            }
+        }
     }
 
     /// The `# ` line beside a figure: where the time went.
@@ -595,11 +670,33 @@ fn run_scenario_with<T>(
     let commits = |rt: &Handle| pg_name.as_deref().and_then(|n| rt.block_on(probe::pg_commits(&admin, n)));
     let commits_before = commits(rt);
     let sandbox_cpu_before = probe::process_cpu(sandbox.pid());
-    let sampler = probe::Sampler::start(pg_name.clone());
     // 200,000 messages are about 1 GB: past that, delete them as they come
     let drain = probe::OutboxDrain::start(&outbox, setup.users > DRAIN_DURING_RUN_ABOVE);
+    // the database's counters at the start and the end, and where the scenario
+    // measures growth, after the first and second tenth and before the last
+    let watch = pg_name.as_ref().map(|_| probe::Watch {
+        // the sessions the sandbox issued: each user's last step before the message,
+        // read at once (the outbox drain counts once a second, and lags by thousands)
+        done: {
+            let (rt, url) = (rt.clone(), format!("{}_sandbox/stats", sandbox.base_url));
+            Box::new(move || {
+                rt.block_on(async {
+                    let stats: reverify::sandbox::Stats = reqwest::get(&url).await.ok()?.json().await.ok()?;
+                    Some(stats.requests_to(SandboxRoute::Verification))
+                })
+                .unwrap_or(0)
+            })
+        },
+        at: match setup.users as u64 / WINDOW_SHARE {
+            w if setup.growth && w > 0 => vec![w, 2 * w, setup.users as u64 - w],
+            _ => vec![],
+        },
+        admin_url: admin.clone(),
+        rt: rt.clone(),
+    });
+    let sampler = probe::Sampler::start(pg_name.clone(), watch);
     let worked = child::run_worker(exe, dir.path(), &campaign, &env);
-    let sampled = sampler.finish();
+    let mut sampled = sampler.finish();
     let links = match &serve {
         Some(serve) => outbox_links(&outbox, &serve.url)?,
         None => Vec::new(),
@@ -609,7 +706,16 @@ fn run_scenario_with<T>(
     let (measured, report) = worked.with_context(|| format!("{}: the worker", setup.name))?;
     // the worker's backends report their counts as they exit; give the stats a moment
     std::thread::sleep(Duration::from_millis(600));
+    if let (Some(last), Some(name)) = (sampled.marks.last_mut(), pg_name.as_deref()) {
+        // the end: every user, and the counters once the worker's backends flushed theirs
+        last.done = report.notified;
+        last.counters = rt.block_on(pgstat::snapshot(&admin, name)).or(last.counters.take());
+    }
     let pg_commits = commits_before.zip(commits(rt)).map(|(a, b)| b - a);
+    let table_sizes = match setup.backend {
+        Backend::Postgres => rt.block_on(pgstat::table_sizes(&db.url)),
+        Backend::Sqlite => None,
+    };
     let stats = rt.block_on(sandbox.stats())?;
     ensure!(stats.violations == 0, "{}: the sandbox counted {} limit violations", setup.name, stats.violations);
     let second = if setup.second_campaign {
@@ -647,6 +753,7 @@ fn run_scenario_with<T>(
         sandbox_cpu,
         sampled,
         pg_commits,
+        table_sizes,
         import_seconds: import_took.as_secs_f64(),
         second,
     };
@@ -886,7 +993,7 @@ async fn click_posts(scene: Scene<'_>) -> anyhow::Result<ClickFigures> {
     let session_prefix = format!("{}session/", scene.sandbox.base_url);
     let serve_cpu_before = probe::process_cpu(serve.pid());
     let sandbox_cpu_before = probe::process_cpu(scene.sandbox.pid());
-    let sampler = probe::Sampler::start(scene.pg_name.clone());
+    let sampler = probe::Sampler::start(scene.pg_name.clone(), None);
     let started = Instant::now();
     let answers: Vec<(Result<String, String>, Duration)> = {
         use futures::StreamExt as _;

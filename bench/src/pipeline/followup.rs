@@ -242,7 +242,7 @@ pub fn idle(exe: &Path, rt: &Handle, targets: usize, times: Times) -> anyhow::Re
     let pid = daemon.0.id();
     let before = probe::process_cpu_precise(pid).context("the daemon's CPU time")?;
     let window = times.window;
-    let sampler = probe::Sampler::start(database_name(&scene.db.url));
+    let sampler = probe::Sampler::start(database_name(&scene.db.url), None);
     std::thread::sleep(window);
     let after = probe::process_cpu_precise(pid).context("the daemon's CPU time")?;
     let sampled = sampler.finish();

@@ -9,7 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+
+use super::pgstat::{self, PgCounters};
 
 /// Clock ticks per second of `/proc/*/stat` times: the kernel's USER_HZ, 100 on
 /// every Linux this runs on (reading `sysconf` would need the libc crate).
@@ -111,34 +115,62 @@ pub async fn pg_commits(admin_url: &str, database: &str) -> Option<i64> {
 }
 
 /// What a [`Sampler`] saw between its start and its end.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Sampled {
     /// CPU seconds of the bench database's Postgres backends (those born during the
     /// run count from zero; one that lived less than a sampling period is missed).
     pub postgres_cpu: Option<f64>,
     /// Average busy cores of the whole machine (every process, neighbours included).
     pub machine_busy_cores: Option<f64>,
+    /// The marks the run passed ([`Watch`]): the start, each mark, the end.
+    pub marks: Vec<Mark>,
 }
+
+/// Where a run stood at one moment: users done, seconds since the start, the
+/// Postgres backends' CPU seconds so far, and the database's counters.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub done: u64,
+    pub secs: f64,
+    pub postgres_cpu: f64,
+    pub counters: Option<PgCounters>,
+}
+
+/// What a [`Sampler`] watches beyond CPU: a count of users done so far, and the
+/// counts at which to snapshot the database's counters.
+pub struct Watch {
+    pub done: Box<dyn Fn() -> u64 + Send>,
+    pub at: Vec<u64>,
+    pub admin_url: String,
+    pub rt: Handle,
+}
+
+/// Each backend's CPU seconds: when first seen, when last seen, by pid.
+type Backends = HashMap<u32, (f64, f64)>;
 
 /// Samples Postgres backends every 200 ms on a thread of its own while a run goes.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<HashMap<u32, (f64, f64)>>,
+    thread: JoinHandle<(Backends, Vec<Mark>)>,
     database: Option<String>,
     machine_start: Option<(u64, u64)>,
 }
 
 impl Sampler {
     /// Starts sampling; `database` is the Postgres database to watch, if any.
-    pub fn start(database: Option<String>) -> Self {
+    pub fn start(database: Option<String>, watch: Option<Watch>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let machine_start = machine_jiffies();
         let thread = {
             let (stop, database) = (stop.clone(), database.clone());
             std::thread::spawn(move || {
+                let started = Instant::now();
                 // pid -> (CPU when first seen, CPU when last seen)
-                let mut seen: HashMap<u32, (f64, f64)> = HashMap::new();
-                let Some(db) = database else { return seen };
+                let mut seen: Backends = HashMap::new();
+                let mut marks = Vec::new();
+                let Some(db) = database else { return (seen, marks) };
+                let snap = |w: &Watch| w.rt.block_on(pgstat::snapshot(&w.admin_url, &db));
+                let mut next_mark = 0;
                 let mut first_pass = true;
                 loop {
                     let done = stop.load(Ordering::Relaxed);
@@ -147,9 +179,26 @@ impl Sampler {
                         let base = if first_pass { cpu } else { 0.0 };
                         seen.entry(pid).and_modify(|e| e.1 = cpu).or_insert((base, cpu));
                     }
+                    if let Some(w) = &watch {
+                        let count = (w.done)();
+                        let due = first_pass || done || w.at.get(next_mark).is_some_and(|&m| count >= m);
+                        if due {
+                            if !first_pass && !done {
+                                next_mark += 1;
+                            }
+                            let postgres_cpu = seen.values().map(|(a, b)| b - a).sum::<f64>();
+                            let counters = snap(w);
+                            marks.push(Mark {
+                                done: count,
+                                secs: started.elapsed().as_secs_f64(),
+                                postgres_cpu,
+                                counters,
+                            });
+                        }
+                    }
                     first_pass = false;
                     if done {
-                        return seen;
+                        return (seen, marks);
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -161,13 +210,13 @@ impl Sampler {
     /// Stops sampling and sums up.
     pub fn finish(self) -> Sampled {
         self.stop.store(true, Ordering::Relaxed);
-        let seen = self.thread.join().unwrap_or_default();
+        let (seen, marks) = self.thread.join().unwrap_or_default();
         let postgres_cpu = self.database.is_some().then(|| seen.values().map(|(a, b)| b - a).sum::<f64>());
         let machine_busy_cores = self.machine_start.zip(machine_jiffies()).and_then(|((b0, t0), (b1, t1))| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             (t1 > t0).then(|| cores * (b1 - b0) as f64 / (t1 - t0) as f64)
         });
-        Sampled { postgres_cpu, machine_busy_cores }
+        Sampled { postgres_cpu, machine_busy_cores, marks }
     }
 }
 
