@@ -206,15 +206,7 @@ struct ReserveArgs {
 
 impl ReserveArgs {
     fn ask(&self) -> Ask<'_> {
-        let c = &self.claim;
-        Ask {
-            campaign_id: c.campaign_id,
-            user_id: c.user_id.as_str(),
-            step: self.step,
-            worker: &c.worker,
-            now: self.now,
-            life: self.life,
-        }
+        Ask { claim: &self.claim, step: self.step, now: self.now, life: self.life }
     }
 }
 

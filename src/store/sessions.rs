@@ -135,10 +135,9 @@ impl DeliveryRecord {
 /// One claimed user asking the ledger for a session, as its batched statements
 /// take it.
 pub(crate) struct Ask<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     pub step: i64,
-    pub worker: &'a str,
     pub now: DateTime<Utc>,
     pub life: SessionLife,
 }
@@ -342,7 +341,7 @@ pub(crate) async fn session_read_standings(
     let rows = json_rows(writes.iter().map(|w| {
         let now_ms = to_millis(w.now);
         let window_start = now_ms - policy::session_window().num_milliseconds();
-        serde_json::json!([w.user_id, w.campaign_id, w.worker, window_start, now_ms])
+        serde_json::json!([w.claim.user_id.as_str(), w.claim.campaign_id, w.claim.worker, window_start, now_ms])
     }));
     let from =
         json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text), ("ws", Arg::Int), ("now", Arg::Int)]);
@@ -388,7 +387,7 @@ pub(crate) async fn session_insert_reserved(
     let rows = json_rows(eligible.iter().map(|w| {
         let now_ms = to_millis(w.now);
         let (counted, expires) = w.life.counted_and_expiry(now_ms);
-        serde_json::json!([w.user_id, w.campaign_id, w.step, now_ms, expires, counted])
+        serde_json::json!([w.claim.user_id.as_str(), w.claim.campaign_id, w.step, now_ms, expires, counted])
     }));
     let args = json_args(
         backend,
