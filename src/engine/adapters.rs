@@ -116,7 +116,7 @@ impl Deliverer for NotifierDeliverer {
             delivery.channel = crate::domain::spec::Channel::Webhook;
             delivery.webhook_url = delivery.fallback_webhook_url.clone();
         }
-        // the claim parsed the user, the CLI the campaign's name: taken as they are
+        // the claim parsed the user, and the name is the run's CampaignName: taken as they are
         let message = Message {
             recipient: m.recipient.clone(),
             session_url: m.url,
