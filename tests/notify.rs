@@ -45,9 +45,10 @@ fn message(email: &str, step: u32) -> Message {
             email: EmailAddress::parse(email).unwrap(),
             first_name: Some("Ada".into()),
             last_name: Some("Lovelace".into()),
-            locale: Some("en-US".into()),
+            locale: Some(reverify::domain::Locale::parse("en-US").unwrap()),
             time_zone: Some("America/New_York".into()),
             region: Region::Us,
+            verification_state: reverify::domain::VerificationState::Unverified,
         },
         bounce_token: None,
         session_url: SessionUrl::new(link()),
@@ -149,13 +150,13 @@ async fn campaign_subject_overrides_and_reminder_uses_its_template() {
     notifier.send(&reminded).await.unwrap();
     // one per locale: the German line for a German reader, the template's own French
     let mut de = message("de@example.com", 1);
-    de.recipient.locale = Some("de-DE".into());
+    de.recipient.locale = Some(reverify::domain::Locale::parse("de-DE").unwrap());
     de.delivery.subject = Some(reverify::domain::subject::Subject::PerLocale(
         [("en".to_owned(), "Verify now".to_owned()), ("de".to_owned(), "Jetzt bestätigen".to_owned())].into(),
     ));
     notifier.send(&de).await.unwrap();
     let mut fr = de.clone();
-    fr.recipient.locale = Some("fr-FR".into());
+    fr.recipient.locale = Some(reverify::domain::Locale::parse("fr-FR").unwrap());
     notifier.send(&fr).await.unwrap();
 
     // trace headers, when the campaign asks for them

@@ -144,7 +144,7 @@ pub enum CampaignCommand {
         user: Option<reverify::domain::UserId>,
         /// Render in this locale instead of the user's (the fallback chain applies).
         #[arg(long, value_name = "L", value_parser = super::parse_locale)]
-        locale: Option<String>,
+        locale: Option<reverify::domain::Locale>,
         /// 0 for the first message, N for the N-th reminder.
         #[arg(long, value_name = "N", default_value_t = 0)]
         step: u32,

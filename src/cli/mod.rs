@@ -307,11 +307,8 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// `--locale L`: a locale tag (`de-DE`, `pt_br`), checked by clap (exit 2).
-pub fn parse_locale(s: &str) -> Result<String, String> {
-    match reverify::domain::locale::normalize(s) {
-        Some(_) => Ok(s.to_owned()),
-        None => Err(format!("{s:?} is not a locale tag like \"de-DE\"")),
-    }
+pub fn parse_locale(s: &str) -> Result<reverify::domain::Locale, String> {
+    reverify::domain::Locale::parse(s).map_err(|_| format!("{s:?} is not a locale tag like \"de-DE\""))
 }
 
 async fn run(command: Command, ctx: Context) -> anyhow::Result<u8> {

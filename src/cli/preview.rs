@@ -32,7 +32,7 @@ pub enum PreviewFormat {
 pub struct PreviewArgs {
     pub name: CampaignName,
     pub user: Option<UserId>,
-    pub locale: Option<String>,
+    pub locale: Option<reverify::domain::Locale>,
     pub step: u32,
     pub format: PreviewFormat,
     pub output: Option<PathBuf>,
@@ -44,7 +44,7 @@ pub async fn preview(ctx: &Context, args: PreviewArgs) -> anyhow::Result<u8> {
     let templates = Templates::from_settings(&ctx.settings).context("failed to load the templates")?;
     let mut recipient = super::sample::recipient(&store, args.user.as_ref(), &spec).await?;
     if let Some(l) = &args.locale {
-        // checked by clap (super::parse_locale)
+        // parsed by clap (super::parse_locale)
         recipient.locale = Some(l.clone());
     }
     let msg = super::sample::message(&spec, args.step, recipient, PREVIEW_LINK)?;

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use reverify::domain::spec::LinkMode;
-use reverify::domain::{CampaignSpec, EmailAddress, Region, SessionUrl, UserId};
+use reverify::domain::{CampaignSpec, EmailAddress, Locale, Region, SessionUrl, TimeZone, UserId, VerificationState};
 use reverify::notify::{Message, Recipient};
 use reverify::store::Store;
 
@@ -24,9 +24,11 @@ pub async fn recipient(store: &Store, user: Option<&UserId>, spec: &CampaignSpec
                 email: u.email,
                 first_name: u.first_name,
                 last_name: u.last_name,
-                locale: u.locale,
-                time_zone: u.timezone,
+                // as a claim reads them (`store::targets::claims`)
+                locale: u.locale.as_deref().map(Locale::parse).transpose()?,
+                time_zone: u.timezone.map(TimeZone::from),
                 region: u.region,
+                verification_state: u.verification_state,
             }
         }
         None => Recipient {
@@ -34,9 +36,10 @@ pub async fn recipient(store: &Store, user: Option<&UserId>, spec: &CampaignSpec
             email: EmailAddress::parse("sample.user@example.com")?,
             first_name: Some("Alex".into()),
             last_name: Some("Example".into()),
-            locale: Some("en-GB".into()),
-            time_zone: Some(spec.timezone.clone()),
+            locale: Some(Locale::parse("en-GB")?),
+            time_zone: Some(TimeZone::from(spec.timezone.as_str())),
             region: Region::Intl,
+            verification_state: VerificationState::Unverified,
         },
     })
 }

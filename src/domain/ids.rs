@@ -13,6 +13,8 @@ pub enum IdError {
     UserId(String),
     #[error("email address {0:?} is not valid: {1}")]
     Email(String, &'static str),
+    #[error("locale {0:?} is not a locale tag like en-GB")]
+    Locale(String),
     #[error("region {0:?} is not one of intl, us")]
     Region(String),
     #[error("verification state {0:?} is not one of UNVERIFIED, PENDING, VERIFIED, REJECTED")]

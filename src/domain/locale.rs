@@ -50,8 +50,10 @@ use icu::calendar::{Date, Gregorian};
 use icu::datetime::FixedCalendarDateTimeFormatter;
 use icu::datetime::fieldsets::{self, Combo, zone};
 use icu::datetime::input::{Time, UtcOffset, ZonedDateTime};
-use icu::locale::Locale;
+use icu::locale::Locale as IcuLocale;
 use icu::time::zone::{IanaParser, ZoneNameTimestamp};
+
+use super::ids::IdError;
 
 /// The languages the pages are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +165,7 @@ pub fn cldr_locale(tag: &str) -> String {
 
 /// ICU4X's text for the local time `local` in `tz`, in the CLDR locale `cldr`.
 fn icu_format(local: &DateTime<Tz>, tz: Tz, cldr: &str) -> Option<String> {
-    let locale = Locale::try_from_str(cldr).ok()?;
+    let locale = IcuLocale::try_from_str(cldr).ok()?;
     let formatter =
         Formatter::try_new((&locale).into(), fieldsets::YMDE::long().with_time_hm().with_zone(zone::SpecificShort))
             .ok()?;
@@ -194,6 +196,37 @@ fn french_first_of_month(text: &str) -> String {
         return text.to_owned();
     }
     format!("{}1er{}", &text[..start], &rest[1..])
+}
+
+/// A user's locale: a tag [`normalize`] can read (`en-GB`, `de_at`), kept as written
+/// (the import writes it normalized), since templates and webhooks are given it as
+/// is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Locale(String);
+
+impl Locale {
+    /// Checks a tag.
+    ///
+    /// # Errors
+    /// [`IdError::Locale`] when it is empty or not made of letters, digits, `-` and
+    /// `_`.
+    pub fn parse(tag: &str) -> Result<Self, IdError> {
+        match normalize(tag) {
+            Some(_) => Ok(Self(tag.to_owned())),
+            None => Err(IdError::Locale(tag.to_owned())),
+        }
+    }
+
+    /// The tag, as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Locale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A locale tag in its usual spelling: `de_at` → `de-AT`, `EN` → `en`. `None` when it

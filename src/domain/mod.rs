@@ -12,6 +12,7 @@ pub mod locale;
 pub mod personal;
 pub mod policy;
 pub mod proxies;
+pub mod recipient;
 pub mod schedule;
 pub mod session_url;
 pub mod spec;
@@ -22,7 +23,9 @@ pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{CampaignName, EmailAddress, IdError, Region, UserId, VerificationState};
+pub use locale::Locale;
 pub use policy::{DeferReason, SessionSlot, SkipReason, UserStanding, Verdict};
+pub use recipient::{Recipient, TimeZone};
 pub use schedule::{CronSchedule, Due, ScheduleError};
 pub use session_url::SessionUrl;
 pub use status::{SessionStatus, TargetReason, TargetStatus, Transition};

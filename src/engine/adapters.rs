@@ -5,16 +5,43 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::debug;
 
+use super::EngineError;
+use super::observe::Metered;
 use super::ports::{ApiFailure, ApiUser, Deliverer, DeliveryFailure, Outgoing, Pacer, VerificationApi};
-use crate::baanx::{BaanxClient, BaanxError};
-use crate::crypto::CryptoError;
+use crate::baanx::{BaanxClient, BaanxConfig, BaanxError};
+use crate::config::Settings;
+use crate::crypto::{CryptoError, TokenCipher};
+use crate::domain::Clock;
 use crate::domain::spec::{Delivery, Reminders};
-use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, TargetReason, UserId, VerificationState};
-use crate::notify::{Message, Notifier, Recipient};
+use crate::domain::{SessionUrl, TargetReason, VerificationState};
+use crate::notify::{Message, Notifier};
+use crate::store::Store;
 
 mod vault;
 
 pub use vault::StoreTokenVault;
+
+/// The Baanx client and its token vault over `store`, from the settings: the one
+/// place they are built, for a worker's runs ([`super::Worker::from_settings`]) and
+/// for the client alone ([`super::sync::baanx_api_from_settings`]). The client
+/// reports to [`Metered`]; the vault is returned so that a run can prime it with
+/// what its claims read of the users' tokens.
+///
+/// # Errors
+/// [`EngineError::Setup`] naming the setting that is missing or wrong.
+pub fn baanx_from_settings(
+    settings: &Settings,
+    store: Store,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<BaanxClient>, Arc<StoreTokenVault>), EngineError> {
+    let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
+        .map_err(|e| EngineError::Setup(e.to_string()))?;
+    let vault = Arc::new(StoreTokenVault::new(store, Arc::new(cipher), clock));
+    let mut cfg = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
+    cfg.observer = Arc::new(Metered);
+    let client = BaanxClient::new(cfg, vault.clone()).map_err(|e| EngineError::Setup(e.to_string()))?;
+    Ok((Arc::new(client), vault))
+}
 
 /// [`VerificationApi`] over the Baanx client.
 #[derive(Debug, Clone)]
@@ -82,37 +109,20 @@ pub struct NotifierDeliverer {
 #[async_trait]
 impl Deliverer for NotifierDeliverer {
     async fn deliver(&self, m: Outgoing<'_>) -> Result<Option<crate::domain::MessageDigest>, DeliveryFailure> {
-        let t = m.target;
-        let bad = |why: String| Err(DeliveryFailure::Permanent(why));
-        let (Ok(user_id), Ok(email), Ok(region), Ok(campaign)) = (
-            UserId::parse(&t.user_id),
-            EmailAddress::parse(&t.email),
-            t.region.parse::<Region>(),
-            CampaignName::parse(m.campaign),
-        ) else {
-            return bad("the stored user record is not valid".into());
-        };
-        let step = u32::try_from(t.step).unwrap_or(0);
+        let step = u32::try_from(m.step).unwrap_or(0);
         let mut delivery = self.delivery.for_step(step, self.reminders.as_ref());
         if m.fallback {
             // the user's email bounced: the partner's SMS or push gateway instead
             delivery.channel = crate::domain::spec::Channel::Webhook;
             delivery.webhook_url = delivery.fallback_webhook_url.clone();
         }
+        // the claim parsed the user, and the name is the run's CampaignName: taken as they are
         let message = Message {
-            recipient: Recipient {
-                user_id,
-                email,
-                first_name: t.first_name.clone(),
-                last_name: t.last_name.clone(),
-                locale: t.locale.clone(),
-                time_zone: t.timezone.clone(),
-                region,
-            },
+            recipient: m.recipient.clone(),
             session_url: m.url,
             bounce_token: m.bounce_token,
             expires_at: m.expires_at,
-            campaign,
+            campaign: m.campaign.clone(),
             step,
             delivery,
         };

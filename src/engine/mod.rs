@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::domain::freshness::FreshStateSettings;
-use crate::domain::{CampaignSpec, Clock, TargetReason, TargetStatus, Transition};
+use crate::domain::{CampaignName, CampaignSpec, Clock, TargetReason, TargetStatus, Transition};
 use crate::store::campaigns::CANARY_REVIEW;
 use crate::store::campaigns::WorkerPauseParams;
 use crate::store::runs::{RunCounts, RunFinishParams, RunOutcome, RunStartParams};
@@ -347,8 +347,7 @@ pub(crate) struct RunShared {
     deliverer: Arc<dyn Deliverer>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    campaign_id: i64,
-    campaign_name: String,
+    campaign_name: CampaignName,
     limiter: DefaultDirectRateLimiter,
     /// Cancelled when a failure makes going on pointless (a misconfigured channel).
     abort: CancellationToken,
@@ -648,8 +647,7 @@ impl Run {
             deliverer: self.deliverer.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
-            campaign_id: self.campaign_id,
-            campaign_name: self.spec.name.to_string(),
+            campaign_name: self.spec.name.clone(),
             limiter: RateLimiter::direct(campaign_quota(&self.spec, self.config.rate_share)),
             abort: CancellationToken::new(),
             abort_reason: std::sync::Mutex::new(None),
@@ -691,7 +689,7 @@ impl Run {
             queue.clear();
         }
         if !queue.is_empty() {
-            let ids: Vec<String> = queue.drain(..).map(|t| t.user_id).collect();
+            let ids: Vec<String> = queue.drain(..).map(|t| String::from(t.claim.user_id)).collect();
             if let Err(e) =
                 self.store.target_release(self.campaign_id, &self.config.worker_id, &ids, self.clock.now()).await
             {

@@ -10,7 +10,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::ports::{ApiFailure, ApiUser, DeliveryFailure, Outgoing};
 use super::{ClickLinks, RunShared, UserOutcome};
 use crate::domain::bounce::MessageRef;
-use crate::domain::{Region, SessionUrl, TargetReason, Transition, UserId};
+use crate::domain::{SessionUrl, TargetReason, Transition};
 use crate::store::clicks::{LinkIssue, LinkIssueParams};
 use crate::store::ledger::{ApiFailureParams, Reservation, ReserveParams, SettleIfAmbiguousParams};
 use crate::store::links::{link_token_hash, new_link_token};
@@ -20,10 +20,10 @@ use crate::store::targets::{ClaimedTarget, SettleParams};
 
 /// Processes one claimed target to a recorded outcome.
 pub(crate) async fn process(shared: Arc<RunShared>, mut target: ClaimedTarget) -> UserOutcome {
-    let span = info_span!("user", user_id = %target.user_id, step = target.step);
+    let span = info_span!("user", user_id = %target.claim.user_id, step = target.step);
     async move {
         // the claim read the user's tokens: the vault's first checkout starts there
-        shared.vault.prime(&target.user_id, std::mem::take(&mut target.tokens));
+        shared.vault.prime(target.claim.user_id.as_str(), std::mem::take(&mut target.tokens));
         let outcome = match process_inner(&shared, &target).await {
             Ok(o) => o,
             Err(e) => {
@@ -37,8 +37,8 @@ pub(crate) async fn process(shared: Arc<RunShared>, mut target: ClaimedTarget) -
                 UserOutcome::Abandoned
             }
         };
-        shared.vault.unprime(&target.user_id);
-        count_outcome(&shared.campaign_name, outcome);
+        shared.vault.unprime(target.claim.user_id.as_str());
+        count_outcome(shared.campaign_name.as_str(), outcome);
         outcome
     }
     .instrument(span)
@@ -46,10 +46,8 @@ pub(crate) async fn process(shared: Arc<RunShared>, mut target: ClaimedTarget) -
 }
 
 async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, crate::store::StoreError> {
-    let user = match (UserId::parse(&t.user_id), t.region.parse::<Region>()) {
-        (Ok(user_id), Ok(region)) => ApiUser { user_id, region },
-        _ => return settle(s, t, Transition::fail(TargetReason::InvalidUserRecord)).await,
-    };
+    // the claim parsed the user: a row that does not parse failed the claim itself
+    let user = ApiUser { user_id: t.recipient.user_id.clone(), region: t.recipient.region };
 
     // 0. an earlier attempt that died after fetching a session may have reached the
     // user: record that before any API call can settle the target otherwise. A first
@@ -57,13 +55,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
     // back, and a re-queued target starts again at 0 with its old rows final).
     if t.attempts > 1
         && s.store
-            .session_settle_if_ambiguous(SettleIfAmbiguousParams {
-                campaign_id: s.campaign_id,
-                user_id: &t.user_id,
-                step: t.step,
-                worker: &s.config.worker_id,
-                now: s.now(),
-            })
+            .session_settle_if_ambiguous(SettleIfAmbiguousParams { claim: &t.claim, step: t.step, now: s.now() })
             .await?
     {
         return Ok(UserOutcome::Failed(TargetReason::DeliveryUnknown));
@@ -108,15 +100,7 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
     }
 
     // 2. record it and reserve a ledger row under every per-user limit, in one write
-    let reserve = ReserveParams {
-        campaign_id: s.campaign_id,
-        user_id: &t.user_id,
-        step: t.step,
-        worker: &s.config.worker_id,
-        now: s.now(),
-        life: life(s),
-        fresh,
-    };
+    let reserve = ReserveParams { claim: &t.claim, step: t.step, now: s.now(), life: life(s), fresh };
     let session_id = match s.store.session_reserve(reserve).await? {
         Reservation::Reserved { session_id } => session_id,
         Reservation::Deferred { reason, .. } => return Ok(UserOutcome::Deferred(reason.into())),
@@ -133,11 +117,9 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
             let (definite, to) = on_api_failure(s, t, &f);
             s.store
                 .session_record_api_failure(ApiFailureParams {
-                    campaign_id: s.campaign_id,
-                    user_id: &t.user_id,
+                    claim: &t.claim,
                     session_id,
                     definite,
-                    worker: &s.config.worker_id,
                     to,
                     now: s.now(),
                     life: life(s),
@@ -149,17 +131,9 @@ async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, 
     let issued_at = s.now();
     let still_ours = s
         .store
-        .session_mark_issued(IssuedParams {
-            campaign_id: s.campaign_id,
-            user_id: &t.user_id,
-            step: t.step,
-            worker: &s.config.worker_id,
-            session_id,
-            now: issued_at,
-            life: life(s),
-        })
+        .session_mark_issued(IssuedParams { claim: &t.claim, step: t.step, session_id, now: issued_at, life: life(s) })
         .await?;
-    crate::telemetry::global().session_issued(&s.campaign_name);
+    crate::telemetry::global().session_issued(s.campaign_name.as_str());
     if !still_ours {
         // Invariant 7: the lease ran out (a stall) and another worker took the target
         // over; it will find this session and send nothing either. The URL is dropped
@@ -222,21 +196,14 @@ async fn send_and_record(
     });
     let delivered = deliver(s, t, Sending { url, expires_at, bounce_token: token, fallback }).await;
     let (Carrier::Session(id) | Carrier::Link(id)) = carrier;
-    let p = DeliveryParams {
-        campaign_id: s.campaign_id,
-        user_id: &t.user_id,
-        id,
-        outcome: delivered.clone(),
-        worker: &s.config.worker_id,
-        now: s.now(),
-    };
+    let p = DeliveryParams { claim: &t.claim, id, outcome: delivered.clone(), now: s.now() };
     let kept = match carrier {
         Carrier::Session(_) => s.store.session_record_delivery(p).await?,
         Carrier::Link(_) => s.store.link_record_delivery(p).await?,
     };
     let delivered = delivered.record;
     if fallback && kept && delivered == DeliveryRecord::Delivered {
-        s.store.target_fallback_sent(s.campaign_id, &t.user_id, s.now()).await?;
+        s.store.target_fallback_sent(&t.claim, s.now()).await?;
     }
     if !kept {
         warn!(?carrier, "the claim expired while the message was being sent; the record stands");
@@ -267,7 +234,8 @@ struct Sending {
 async fn deliver(s: &RunShared, t: &ClaimedTarget, m: Sending) -> DeliveryOutcome {
     let out = Outgoing {
         campaign: &s.campaign_name,
-        target: t,
+        recipient: &t.recipient,
+        step: t.step,
         url: m.url,
         expires_at: m.expires_at,
         bounce_token: m.bounce_token,
@@ -317,10 +285,8 @@ async fn send_link(
     let issued = s
         .store
         .link_issue(LinkIssueParams {
-            campaign_id: s.campaign_id,
-            user_id: &t.user_id,
+            claim: &t.claim,
             step: t.step,
-            worker: &s.config.worker_id,
             now: s.now(),
             expires_at,
             token_hash: &hash,
@@ -344,10 +310,10 @@ async fn send_link(
 /// or unknown, counted in `reverify_timezone_fallbacks_total`).
 fn outside_window(s: &RunShared, t: &ClaimedTarget) -> Option<DateTime<Utc>> {
     let window = s.window.as_ref()?;
-    let (tz, fell_back) = crate::domain::window::user_zone(t.timezone.as_deref(), s.campaign_zone);
-    if fell_back {
-        crate::telemetry::global().timezone_fallback(&s.campaign_name);
-    }
+    let tz = t.recipient.zone().unwrap_or_else(|| {
+        crate::telemetry::global().timezone_fallback(s.campaign_name.as_str());
+        s.campaign_zone
+    });
     window.next_opening(s.now(), tz)
 }
 
@@ -358,15 +324,7 @@ fn life(s: &RunShared) -> SessionLife {
 
 /// Records `to` for the target (still this worker's claim).
 async fn settle(s: &RunShared, t: &ClaimedTarget, to: Transition) -> Result<UserOutcome, crate::store::StoreError> {
-    s.store
-        .target_settle(SettleParams {
-            campaign_id: s.campaign_id,
-            user_id: &t.user_id,
-            worker: &s.config.worker_id,
-            to,
-            now: s.now(),
-        })
-        .await?;
+    s.store.target_settle(SettleParams { claim: &t.claim, to, now: s.now() }).await?;
     Ok(to.into())
 }
 

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use crate::baanx::Pacer;
-use crate::domain::{MessageDigest, Region, SessionUrl, TargetReason, UserId, VerificationState};
-use crate::store::targets::ClaimedTarget;
+use crate::domain::{
+    CampaignName, MessageDigest, Recipient, Region, SessionUrl, TargetReason, UserId, VerificationState,
+};
 
 /// A user as the API needs to address them.
 #[derive(Debug, Clone)]
@@ -61,8 +62,11 @@ pub trait VerificationApi: Send + Sync {
 /// What a run asks a channel to send.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
-    pub campaign: &'a str,
-    pub target: &'a ClaimedTarget,
+    pub campaign: &'a CampaignName,
+    /// Who it is for, as the claim read them.
+    pub recipient: &'a Recipient,
+    /// The campaign's step: 0 for the first message, n for the n-th reminder.
+    pub step: i64,
     pub url: SessionUrl,
     pub expires_at: DateTime<Utc>,
     /// The message's VERP token (see `notify::Message::bounce_token`).

@@ -13,13 +13,9 @@ use tracing::{info, warn};
 
 use super::EngineError;
 use super::adapters::BaanxApi;
-use super::observe::Metered;
 use super::ports::{ApiFailure, ApiUser, VerificationApi};
-use crate::baanx::{BaanxClient, BaanxConfig};
 use crate::config::Settings;
-use crate::crypto::TokenCipher;
 use crate::domain::{CampaignSpec, Clock, Region, SystemClock, UserId};
-use crate::engine::adapters::StoreTokenVault;
 use crate::store::outcomes::{StateApplied, StateSource, SyncCandidate, SyncFilter};
 use crate::store::{Store, StoreError};
 
@@ -62,20 +58,14 @@ enum SyncOne {
     Failed,
 }
 
-/// The Baanx client alone (no notifier), as [`super::Worker::from_settings`] builds
-/// it: the store is its token vault.
+/// The Baanx client alone (no notifier), built as [`super::Worker::from_settings`]
+/// builds it ([`super::adapters::baanx_from_settings`]): the store is its token vault.
 ///
 /// # Errors
 /// [`EngineError::Setup`] naming the setting that is missing or wrong.
 pub fn baanx_api_from_settings(settings: &Settings, store: Store) -> Result<BaanxApi, EngineError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
-        .map_err(|e| EngineError::Setup(e.to_string()))?;
-    let vault = StoreTokenVault::new(store, Arc::new(cipher), clock);
-    let mut cfg = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
-    cfg.observer = Arc::new(Metered);
-    let client = BaanxClient::new(cfg, Arc::new(vault)).map_err(|e| EngineError::Setup(e.to_string()))?;
-    Ok(BaanxApi(Arc::new(client)))
+    let (client, _vault) = super::adapters::baanx_from_settings(settings, store, Arc::new(SystemClock))?;
+    Ok(BaanxApi(client))
 }
 
 /// What every step of a sync works with: the store, the API, the clock and who

@@ -7,12 +7,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::adapters::{BaanxApi, NotifierDeliverer};
+use super::adapters::{BaanxApi, NotifierDeliverer, baanx_from_settings};
 use super::observe::Metered;
 use super::{EngineConfig, EngineError, Progress, Run, RunKind, RunReport, VerificationApi};
-use crate::baanx::{BaanxClient, BaanxConfig};
+use crate::baanx::BaanxClient;
 use crate::config::Settings;
-use crate::crypto::TokenCipher;
 use crate::domain::{Clock, SystemClock};
 use crate::engine::adapters::StoreTokenVault;
 use crate::notify::{DeliveryRetryPolicy, Notifier};
@@ -43,12 +42,7 @@ impl Worker {
         // the users in flight write through shared transactions (see store::group)
         let store = store.with_group_commit(GroupCommit::for_backend(store.backend()));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let cipher = TokenCipher::from_secrets(settings.token_key.as_ref(), settings.token_keys_previous.as_ref())
-            .map_err(|e| EngineError::Setup(e.to_string()))?;
-        let vault = Arc::new(StoreTokenVault::new(store.clone(), Arc::new(cipher), clock.clone()));
-        let mut baanx = BaanxConfig::from_settings(settings).map_err(|e| EngineError::Setup(e.to_string()))?;
-        baanx.observer = Arc::new(Metered);
-        let client = BaanxClient::new(baanx, vault.clone()).map_err(|e| EngineError::Setup(e.to_string()))?;
+        let (client, vault) = baanx_from_settings(settings, store.clone(), clock.clone())?;
         let notifier = Notifier::from_settings(settings, DeliveryRetryPolicy::default())
             .map_err(|e| EngineError::Setup(format!("notifications: {e}")))?
             .observed_by(Arc::new(Metered));
@@ -69,7 +63,7 @@ impl Worker {
             },
             ..EngineConfig::default()
         };
-        Ok(Self { store, client: Arc::new(client), notifier, clock, config, vault })
+        Ok(Self { store, client, notifier, clock, config, vault })
     }
 
     /// Runs one campaign until nothing is due or `stop` is cancelled, and counts the

@@ -52,21 +52,10 @@ pub use webhook::{WebhookPayload, WebhookSender, sign_webhook};
 use crate::config::Settings;
 use crate::domain::CampaignSpec;
 use crate::domain::spec::{Channel, Delivery};
-use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
+use crate::domain::{CampaignName, SessionUrl};
 
-/// The person a message is for, as the store knows them.
-#[derive(Debug, Clone)]
-pub struct Recipient {
-    pub user_id: UserId,
-    pub email: EmailAddress,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    /// A BCP 47 tag such as `en-GB`, passed to templates and webhooks as is.
-    pub locale: Option<String>,
-    /// An IANA zone such as `Europe/London`; a missing or unknown zone renders in UTC.
-    pub time_zone: Option<String>,
-    pub region: Region,
-}
+/// The person a message is for, as a claim read them (see [`crate::domain::Recipient`]).
+pub use crate::domain::Recipient;
 
 /// One notification: who, which link until when, for which campaign step, and how.
 ///

@@ -49,10 +49,10 @@ pub fn render_all(t: &Templates) -> Vec<Case> {
                 (2, Region::Us, true, LinkMode::Click),
             ] {
                 let mut m = sample_message(name, step, region, named);
-                m.recipient.locale = Some(locale.clone());
+                m.recipient.locale = Some(crate::domain::Locale::parse(locale).unwrap());
                 m.recipient.first_name = named.then(|| "Zoë".to_owned());
                 m.recipient.last_name = named.then(|| "Martín-Ødegaard".to_owned());
-                m.recipient.time_zone = Some("America/Sao_Paulo".to_owned());
+                m.recipient.time_zone = Some("America/Sao_Paulo".into());
                 m.expires_at = DateTime::from_timestamp(1_796_760_000, 0).expect("a valid time");
                 m.delivery.default_locale = locale.clone();
                 m.delivery.link = link;
@@ -215,7 +215,7 @@ mod tests {
                 let render = |locale: &str| {
                     let mut m = sample_message(&delivery.template, step, Region::Intl, true);
                     m.delivery = delivery.clone();
-                    m.recipient.locale = Some(locale.to_owned());
+                    m.recipient.locale = Some(crate::domain::Locale::parse(locale).unwrap());
                     t.render(&m).unwrap().subject
                 };
                 let english = render("en");

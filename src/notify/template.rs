@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::domain::locale::Lang;
 use crate::domain::spec::{Brand, Delivery};
-use crate::domain::{CampaignName, EmailAddress, Region, SessionUrl, UserId};
+use crate::domain::{CampaignName, EmailAddress, Locale, Region, SessionUrl, TimeZone, UserId, VerificationState};
 
 use super::error::TemplateError;
 use super::{Message, Recipient};
@@ -341,9 +341,8 @@ impl Templates {
         let name = &msg.delivery.template;
         self.require(name)?;
         let have = &self.locales[name];
-        let chain =
-            crate::domain::locale::fallback_chain(msg.recipient.locale.as_deref(), &msg.delivery.default_locale);
-        let user_tag = msg.recipient.locale.as_deref().and_then(crate::domain::locale::normalize);
+        let chain = crate::domain::locale::fallback_chain(msg.recipient.locale_tag(), &msg.delivery.default_locale);
+        let user_tag = msg.recipient.locale_tag().and_then(crate::domain::locale::normalize);
         for tag in &chain {
             if have.contains(tag) {
                 use crate::domain::locale::{home_region, language_of, region_of, regional_group};
@@ -373,8 +372,7 @@ impl Templates {
         let name = &msg.delivery.template;
         let (locale, matched) = self.locale_for(msg)?;
         // the campaign's subject for this user, where it is as near as the template
-        let chain =
-            crate::domain::locale::fallback_chain(msg.recipient.locale.as_deref(), &msg.delivery.default_locale);
+        let chain = crate::domain::locale::fallback_chain(msg.recipient.locale_tag(), &msg.delivery.default_locale);
         let campaign_subject = msg.delivery.subject.as_ref().and_then(|s| s.for_chain(&chain, &locale)).map(one_line);
         let ctx = context_of(msg, &locale, campaign_subject.as_deref(), self.brand.as_ref());
         let render = |file: &str| -> Result<String, TemplateError> {
@@ -445,7 +443,8 @@ impl Templates {
                 for (step, region, named) in [(0, Region::Intl, true), (1, Region::Us, false), (2, Region::Intl, false)]
                 {
                     let mut sample = sample_message(name, step, region, named);
-                    sample.recipient.locale = Some(locale.clone());
+                    // a shipped locale's directory: a tag, or the user's is left out
+                    sample.recipient.locale = crate::domain::Locale::parse(locale).ok();
                     sample.delivery.default_locale = locale.clone();
                     self.render(&sample).map_err(|e| match e {
                         TemplateError::Broken { location, message } => TemplateError::Broken {
@@ -640,8 +639,8 @@ pub fn processing_time(region: Region, lang: Lang) -> &'static str {
 /// The user's zone; the campaign's when theirs is missing or unknown (as the send
 /// window reads it), and UTC when neither is known.
 pub(crate) fn zone_of(msg: &Message) -> Tz {
-    let parse = |z: Option<&str>| z.and_then(|z| z.trim().parse::<Tz>().ok());
-    parse(msg.recipient.time_zone.as_deref()).or_else(|| parse(msg.delivery.zone.as_deref())).unwrap_or(Tz::UTC)
+    let campaign = || msg.delivery.zone.as_deref().and_then(|z| z.trim().parse::<Tz>().ok());
+    msg.recipient.zone().or_else(campaign).unwrap_or(Tz::UTC)
 }
 
 /// The `lang` attribute for a message in the template locale `used`: the user's own
@@ -678,8 +677,8 @@ fn context_of(msg: &Message, used: &str, campaign_subject: Option<&str>, global:
         full_name => full_name,
         email => r.email.as_str(),
         // the locale the text is in (the `lang` attribute), and the user's own tag
-        locale => lang_attribute(r.locale.as_deref(), used),
-        user_locale => r.locale.as_deref(),
+        locale => lang_attribute(r.locale_tag(), used),
+        user_locale => r.locale_tag(),
         region => r.region.as_str(),
         link => msg.session_url.expose(),
         // `click`: our own page, usable again until the expiry; `direct`: the Baanx
@@ -723,9 +722,10 @@ pub(crate) fn sample_message(template: &str, step: u32, region: Region, named: b
             email: EmailAddress::parse("sample.user@example.com").expect("valid sample email"),
             first_name: named.then(|| "Sample".to_owned()),
             last_name: named.then(|| "User".to_owned()),
-            locale: named.then(|| "en-GB".to_owned()),
-            time_zone: named.then(|| "Europe/London".to_owned()),
+            locale: named.then(|| Locale::parse("en-GB").expect("valid sample locale")),
+            time_zone: named.then(|| TimeZone::from("Europe/London")),
             region,
+            verification_state: VerificationState::Unverified,
         },
         bounce_token: None,
         session_url: SessionUrl::new("https://verify.example.invalid/sample".to_owned()),
@@ -840,7 +840,7 @@ mod tests {
 
     fn for_locale(locale: Option<&str>) -> Message {
         let mut m = sample_message("default", 0, Region::Intl, true);
-        m.recipient.locale = locale.map(str::to_owned);
+        m.recipient.locale = locale.map(|l| Locale::parse(l).unwrap());
         m.recipient.time_zone = Some("Europe/Berlin".into());
         m.expires_at = DateTime::parse_from_rfc3339("2026-11-27T15:00:00Z").unwrap().with_timezone(&Utc);
         m

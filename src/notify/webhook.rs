@@ -49,7 +49,7 @@ impl<'a> WebhookPayload<'a> {
             email: r.email.as_str(),
             first_name: r.first_name.as_deref(),
             last_name: r.last_name.as_deref(),
-            locale: r.locale.as_deref(),
+            locale: r.locale_tag(),
             session_url: msg.session_url.expose(),
             expires_at: msg.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         }

@@ -27,8 +27,9 @@ use super::group::Tx;
 use super::links::link_revoke_bounced_in_tx;
 use super::sessions::session_bounced_in_tx;
 use super::targets::{TargetBounced, target_bounced_in_tx};
-use super::users::{user_complained_in_tx, user_undeliverable_in_tx};
+use super::users::{decode, user_complained_in_tx, user_undeliverable_in_tx};
 use super::{Store, StoreError, query_err, to_millis};
+use crate::domain::UserId;
 use crate::domain::bounce::{BounceKind, BounceSource, MessageRef};
 
 /// How far back soft bounces count towards a hard one, and how old a message an
@@ -41,7 +42,8 @@ pub const SOFTS_MAKE_HARD: i64 = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BounceMatch {
     pub message: MessageRef,
-    pub user_id: String,
+    /// The user, parsed where the row is read: an id that does not parse is an error.
+    pub user_id: UserId,
     /// The campaign that sent it (`None` for a session made outside a campaign).
     pub campaign_id: Option<i64>,
     pub step: i64,
@@ -97,7 +99,7 @@ impl Store {
         row.map(|r| {
             Ok(BounceMatch {
                 message,
-                user_id: r.try_get("user_id")?,
+                user_id: UserId::parse(&r.try_get::<String, _>("user_id")?).map_err(decode)?,
                 campaign_id: r.try_get("campaign_id")?,
                 step: r.try_get("step")?,
                 email: r.try_get("email")?,
@@ -143,7 +145,10 @@ impl Store {
         let message = if kind == "l" { MessageRef::Link(id) } else { MessageRef::Session(id) };
         Ok(Some(BounceMatch {
             message,
-            user_id: r.try_get("user_id").map_err(query_err("bounce_find_by_address row"))?,
+            user_id: UserId::parse(
+                &r.try_get::<String, _>("user_id").map_err(query_err("bounce_find_by_address row"))?,
+            )
+            .map_err(|e| query_err("bounce_find_by_address row")(decode(e)))?,
             campaign_id: r.try_get("campaign_id").map_err(query_err("bounce_find_by_address row"))?,
             step: r.try_get("step").map_err(query_err("bounce_find_by_address row"))?,
             email: r.try_get("email").map_err(query_err("bounce_find_by_address row"))?,
@@ -218,7 +223,7 @@ async fn bounce_record_in_tx(tx: &mut Tx, p: &BounceParams<'_>) -> Result<Bounce
     .bind(p.source.as_str())
     .bind(p.dedupe_id)
     .bind(p.kind.as_str())
-    .bind(&m.user_id)
+    .bind(m.user_id.as_str())
     .bind(m.campaign_id)
     .bind(session_id)
     .bind(link_id)
@@ -234,7 +239,9 @@ async fn bounce_record_in_tx(tx: &mut Tx, p: &BounceParams<'_>) -> Result<Bounce
         return Ok(BounceOutcome::Duplicate);
     }
     let effective = match p.kind {
-        BounceKind::Soft if soft_count_in_tx(tx, &m.user_id, p.now).await? >= SOFTS_MAKE_HARD => BounceKind::Hard,
+        BounceKind::Soft if soft_count_in_tx(tx, m.user_id.as_str(), p.now).await? >= SOFTS_MAKE_HARD => {
+            BounceKind::Hard
+        }
         k => k,
     };
     // an address replaced since the message was sent: the new one is not at fault
@@ -251,7 +258,7 @@ async fn bounce_record_in_tx(tx: &mut Tx, p: &BounceParams<'_>) -> Result<Bounce
     match effective {
         BounceKind::Hard if current => {
             let reason = reason_text(p.status_code, p.diagnostic, p.kind);
-            undeliverable = user_undeliverable_in_tx(tx, &m.user_id, &reason, p.now).await?;
+            undeliverable = user_undeliverable_in_tx(tx, m.user_id.as_str(), &reason, p.now).await?;
             match m.message {
                 MessageRef::Session(id) => session_bounced_in_tx(tx, id, p.now).await?,
                 MessageRef::Link(id) => link_revoke_bounced_in_tx(tx, id, p.now).await?,
@@ -261,7 +268,7 @@ async fn bounce_record_in_tx(tx: &mut Tx, p: &BounceParams<'_>) -> Result<Bounce
                     tx,
                     TargetBounced {
                         campaign_id,
-                        user_id: &m.user_id,
+                        user_id: m.user_id.as_str(),
                         step: m.step,
                         diagnostic: &reason,
                         fallback: p.fallback,
@@ -275,7 +282,7 @@ async fn bounce_record_in_tx(tx: &mut Tx, p: &BounceParams<'_>) -> Result<Bounce
             }
         }
         BounceKind::Complaint if current => {
-            user_complained_in_tx(tx, &m.user_id, p.now).await?;
+            user_complained_in_tx(tx, m.user_id.as_str(), p.now).await?;
         }
         _ => {}
     }

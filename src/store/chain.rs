@@ -58,8 +58,11 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const SEAL_GRACE: chrono::Duration = chrono::Duration::minutes(10);
 
 /// Events sealed per transaction: bounds how long the sealer holds SQLite's write lock
-/// (100,000 events seal in about 4 s on Postgres in a debug build).
-const SEAL_BATCH: i64 = 5000;
+/// (100,000 events seal in about 4 s on Postgres in a debug build), and the memory a
+/// seal holds (each event's row, its link and its argument: about 3 KB), which a
+/// run's seal every few seconds adds to the users in flight (issue 30: 5,000 a
+/// batch took a million-user run's peak RSS from 68 to 75 MB).
+const SEAL_BATCH: i64 = 1000;
 
 /// An event's stored columns, as hashed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

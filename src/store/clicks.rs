@@ -18,7 +18,7 @@ use super::sessions::{
     ClickRow, DeliveryOutcome, DeliveryParams, DeliveryRecord, SessionLife, parse_slots, session_insert_click_in_tx,
     session_read_standing, session_record_click_row,
 };
-use super::targets::{Claimed, target_click_session, target_clicked_in_tx, targets_notified_by_link_in_tx};
+use super::targets::{Claim, target_click_session, target_clicked_in_tx, targets_notified_by_link_in_tx};
 use super::users::{STANDING_COLUMNS, standing_from_row, user_lock_in_tx};
 use super::{Backend, Store, StoreError, query_err};
 use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
@@ -27,11 +27,9 @@ use crate::domain::{SessionStatus, Transition};
 /// What [`Store::link_issue`] records.
 #[derive(Debug, Clone)]
 pub struct LinkIssueParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     pub step: i64,
-    /// The worker that must still hold the target's claim.
-    pub worker: &'a str,
     pub now: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// The hash of the new token ([`super::links::link_token_hash`]).
@@ -127,7 +125,8 @@ impl Store {
     pub async fn link_issue(&self, p: LinkIssueParams<'_>) -> Result<LinkIssue, StoreError> {
         self.write_batched(IssueArgs {
             backend: self.backend(),
-            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
+            claim: p.claim.clone(),
+            now: p.now,
             step: p.step,
             expires_at: p.expires_at,
             token_hash: p.token_hash.to_owned(),
@@ -138,7 +137,7 @@ impl Store {
     }
 
     /// The message carrying link `p.id` was delivered, refused, or may have
-    /// been delivered: records the link and the target (still `p.worker`'s claim) in
+    /// been delivered: records the link and the target (still `p.claim`'s) in
     /// one transaction, as [`Store::session_record_delivery`] does for a session.
     /// Returns whether the claim still held. The target has no session yet
     /// (`session_expires_at` stays empty until a click makes one), so a reminder
@@ -149,7 +148,8 @@ impl Store {
     pub async fn link_record_delivery(&self, p: DeliveryParams<'_>) -> Result<bool, StoreError> {
         self.write_batched(LinkDelivery {
             backend: self.backend(),
-            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
+            claim: p.claim.clone(),
+            now: p.now,
             link_id: p.id,
             record: p.outcome.record,
             sent: p.outcome,
@@ -175,7 +175,9 @@ impl Store {
             tx.commit().await.map_err(query_err("link_click_start commit"))?;
             return Ok(ClickStart::OnItsWay { since });
         }
-        if target_clicked_in_tx(&mut tx, link.campaign_id, &link.user_id, now).await? {
+        // the link's user, read with the link: an id that does not parse is an error
+        let user_id = super::links::link_user(link)?;
+        if target_clicked_in_tx(&mut tx, link.campaign_id, user_id.as_str(), now).await? {
             event_in_tx(
                 &mut tx,
                 now,
@@ -183,7 +185,7 @@ impl Store {
                     actor,
                     kind: "target.clicked",
                     campaign_id: Some(link.campaign_id),
-                    user_id: Some(&link.user_id),
+                    user_id: Some(&user_id),
                     detail: &serde_json::json!({ "link_id": link.link_id, "step": link.step }),
                 },
             )
@@ -270,7 +272,8 @@ impl Store {
 /// a target the user's state holds back is settled on its own (rare).
 struct IssueArgs {
     backend: Backend,
-    claim: Claimed,
+    claim: Claim,
+    now: DateTime<Utc>,
     step: i64,
     expires_at: DateTime<Utc>,
     token_hash: String,
@@ -284,7 +287,7 @@ impl BatchWrite for IssueArgs {
     /// A user's two campaigns never share a statement: the second sees the first's
     /// state.
     fn key(&self) -> Option<&str> {
-        Some(&self.claim.user_id)
+        Some(self.claim.user_id.as_str())
     }
 
     fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<LinkIssue>> {
@@ -294,10 +297,11 @@ impl BatchWrite for IssueArgs {
 
 async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>, StoreError> {
     let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
-    record_fresh_states(backend, &fresh_states(writes.iter().map(|w| (&w.claim, w.fresh))), tx).await?;
+    record_fresh_states(backend, &fresh_states(writes.iter().map(|w| (&w.claim, w.now, w.fresh))), tx).await?;
 
-    let rows =
-        json_rows(writes.iter().map(|w| serde_json::json!([w.claim.user_id, w.claim.campaign_id, w.claim.worker])));
+    let rows = json_rows(
+        writes.iter().map(|w| serde_json::json!([w.claim.user_id.as_str(), w.claim.campaign_id, w.claim.worker])),
+    );
     let from = json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text)]);
     let sql = format!(
         "SELECT u.user_id, {STANDING_COLUMNS}, \
@@ -317,19 +321,21 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
     let mut eligible: Vec<&IssueArgs> = Vec::new();
     for w in writes {
         let c = &w.claim;
-        let row = found.get(&c.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: c.user_id.clone() })?;
+        let row = found
+            .get(c.user_id.as_str())
+            .ok_or_else(|| StoreError::NotFound { what: "user", key: c.user_id.to_string() })?;
         if row.try_get::<Option<i64>, _>("mine").map_err(query_err("link_issue fence"))?.is_none() {
             out.push(Some(LinkIssue::LostClaim));
             continue;
         }
-        let verdict = policy::standing_verdict(&standing_from_row(row)?, c.now);
+        let verdict = policy::standing_verdict(&standing_from_row(row)?, w.now);
         let decided = match verdict {
             Verdict::Skip(reason) => Some(LinkIssue::Skipped(reason)),
             Verdict::Defer { reason, until } => Some(LinkIssue::Deferred { reason, until }),
             Verdict::Eligible => None,
         };
         if decided.is_some() {
-            c.hold_back(tx, verdict).await?;
+            c.hold_back(tx, verdict, w.now).await?;
         } else {
             eligible.push(w);
         }
@@ -341,9 +347,9 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
         .map(|w| LinkNew {
             token_hash: &w.token_hash,
             campaign_id: w.claim.campaign_id,
-            user_id: &w.claim.user_id,
+            user_id: w.claim.user_id.as_str(),
             step: w.step,
-            now: w.claim.now,
+            now: w.now,
             expires_at: w.expires_at,
             fresh_state_max_age: w.fresh_state_max_age,
         })
@@ -354,7 +360,7 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
         .map(|(decided, w)| match decided {
             Some(r) => Ok(r),
             None => ids
-                .get(&w.claim.user_id)
+                .get(w.claim.user_id.as_str())
                 .map(|link_id| LinkIssue::Issued { link_id: *link_id })
                 .ok_or_else(|| StoreError::Conflict(format!("no link came back for user {}", w.claim.user_id))),
         })
@@ -366,7 +372,8 @@ async fn issue_many(writes: &[&IssueArgs], tx: &mut Tx) -> Result<Vec<LinkIssue>
 /// failed or unknown delivery settles its target on its own.
 struct LinkDelivery {
     backend: Backend,
-    claim: Claimed,
+    claim: Claim,
+    now: DateTime<Utc>,
     link_id: i64,
     record: DeliveryRecord,
     sent: DeliveryOutcome,
@@ -385,24 +392,24 @@ async fn record_many(writes: &[&LinkDelivery], tx: &mut Tx) -> Result<Vec<bool>,
     let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
     // the link reached (or may have reached) the user
     let sent: Vec<(i64, DateTime<Utc>)> =
-        writes.iter().filter(|w| w.record != DeliveryRecord::Failed).map(|w| (w.link_id, w.claim.now)).collect();
+        writes.iter().filter(|w| w.record != DeliveryRecord::Failed).map(|w| (w.link_id, w.now)).collect();
     links_delivered_in_tx(backend, &sent, tx).await?;
     let delivered: Vec<&&LinkDelivery> = writes.iter().filter(|w| w.record == DeliveryRecord::Delivered).collect();
-    let notified: Vec<&Claimed> = delivered.iter().map(|w| &w.claim).collect();
+    let notified: Vec<(&Claim, DateTime<Utc>)> = delivered.iter().map(|w| (&w.claim, w.now)).collect();
     let kept: HashSet<String> = targets_notified_by_link_in_tx(backend, &notified, tx).await?;
-    let details: Vec<(&Claimed, String)> = delivered
+    let details: Vec<(&LinkDelivery, String)> = delivered
         .iter()
-        .filter(|w| kept.contains(&w.claim.user_id))
-        .map(|w| (&w.claim, w.sent.detail(serde_json::json!({ "link_id": w.link_id, "link": "click" })).to_string()))
+        .filter(|w| kept.contains(w.claim.user_id.as_str()))
+        .map(|w| (**w, w.sent.detail(serde_json::json!({ "link_id": w.link_id, "link": "click" })).to_string()))
         .collect();
     let events: Vec<NewEventRow<'_>> = details
         .iter()
-        .map(|(c, detail)| NewEventRow {
-            at: c.now,
-            actor: &c.worker,
+        .map(|(w, detail)| NewEventRow {
+            at: w.now,
+            actor: &w.claim.worker,
             kind: "target.notified",
-            campaign_id: c.campaign_id,
-            user_id: &c.user_id,
+            campaign_id: w.claim.campaign_id,
+            user_id: w.claim.user_id.as_str(),
             detail,
         })
         .collect();
@@ -410,8 +417,8 @@ async fn record_many(writes: &[&LinkDelivery], tx: &mut Tx) -> Result<Vec<bool>,
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
         out.push(match w.record.recorded().2 {
-            None => kept.contains(&w.claim.user_id),
-            Some(reason) => w.claim.settle(tx, Transition::fail(reason)).await?,
+            None => kept.contains(w.claim.user_id.as_str()),
+            Some(reason) => w.claim.settle(tx, Transition::fail(reason), w.now).await?,
         });
     }
     Ok(out)

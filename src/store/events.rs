@@ -74,21 +74,22 @@ pub async fn event_insert(
     row.try_get::<i64, _>("event_id").map_err(query_err("event_insert"))
 }
 
-/// An audit event for [`event_in_tx`]: [`NewEvent`] with the user id as stored text.
+/// An audit event for [`event_in_tx`]: [`NewEvent`] with its detail borrowed.
 #[derive(Clone, Copy)]
 pub(crate) struct TxEvent<'a> {
     pub actor: &'a str,
     pub kind: &'a str,
     pub campaign_id: Option<i64>,
-    pub user_id: Option<&'a str>,
+    /// The user, parsed where the caller read it: an id that does not parse is the
+    /// caller's error, never dropped here.
+    pub user_id: Option<&'a UserId>,
     pub detail: &'a serde_json::Value,
 }
 
 /// Appends an audit event inside a transaction (see [`event_insert`]).
 pub(crate) async fn event_in_tx(tx: &mut Tx, at: DateTime<Utc>, e: &TxEvent<'_>) -> Result<(), StoreError> {
     let TxEvent { actor, kind, campaign_id, user_id, detail } = *e;
-    let user_id = user_id.and_then(|u| UserId::parse(u).ok());
-    let event = NewEvent { actor, kind, campaign_id, user_id: user_id.as_ref(), detail: Some(detail.clone()) };
+    let event = NewEvent { actor, kind, campaign_id, user_id, detail: Some(detail.clone()) };
     event_insert(tx, &event, at).await.map(|_| ())
 }
 

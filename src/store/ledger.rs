@@ -17,7 +17,7 @@ use super::sessions::{
     session_any_sent, session_api_failed_in_tx, session_delivered_in_tx, session_earlier_attempts_in_tx,
     session_insert_reserved, session_read_standings,
 };
-use super::targets::{Claimed, TargetDelivered, delivery_target_update, target_delivered_in_tx};
+use super::targets::{Claim, TargetDelivered, delivery_target_update, target_delivered_in_tx};
 use super::users::standing_from_row;
 use super::{Backend, Store, StoreError, query_err, to_millis};
 use crate::domain::policy::{self, DeferReason, SkipReason, Verdict};
@@ -50,15 +50,12 @@ impl Reservation {
     }
 }
 
-/// What [`Store::session_reserve`] reserves for: step `step` of the target
-/// (campaign, user) that `worker` claimed.
+/// What [`Store::session_reserve`] reserves for: step `step` of the claimed target.
 #[derive(Debug, Clone)]
 pub struct ReserveParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     pub step: i64,
-    /// The worker that must still hold the target's claim.
-    pub worker: &'a str,
     pub now: DateTime<Utc>,
     pub life: SessionLife,
     /// The state `GET /v1/user` just reported, recorded first and judged on.
@@ -68,22 +65,20 @@ pub struct ReserveParams<'a> {
 /// What [`Store::session_settle_if_ambiguous`] looks at.
 #[derive(Debug, Clone)]
 pub struct SettleIfAmbiguousParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     pub step: i64,
-    pub worker: &'a str,
     pub now: DateTime<Utc>,
 }
 
 /// What [`Store::session_record_api_failure`] records.
 #[derive(Debug, Clone)]
 pub struct ApiFailureParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     pub session_id: i64,
     /// The API surely created no session (a 4xx answer).
     pub definite: bool,
-    pub worker: &'a str,
     /// Where the target goes.
     pub to: Transition,
     pub now: DateTime<Utc>,
@@ -91,7 +86,7 @@ pub struct ApiFailureParams<'a> {
 }
 
 impl Store {
-    /// Reserves a session for a target `p.worker` has claimed, if every per-user
+    /// Reserves a session for a target `p.claim` holds, if every per-user
     /// limit allows it now; otherwise settles the target as deferred or skipped. The
     /// fresh state, when given, is recorded first in the same transaction (as
     /// [`Store::user_apply_state`] does for `users sync`), so that the reservation is
@@ -103,7 +98,8 @@ impl Store {
     pub async fn session_reserve(&self, p: ReserveParams<'_>) -> Result<Reservation, StoreError> {
         self.write_batched(ReserveArgs {
             backend: self.backend(),
-            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
+            claim: p.claim.clone(),
+            now: p.now,
             step: p.step,
             life: p.life,
             fresh: p.fresh,
@@ -122,22 +118,22 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn session_settle_if_ambiguous(&self, p: SettleIfAmbiguousParams<'_>) -> Result<bool, StoreError> {
         // the common case (a first attempt) is one indexed read, no write lock
-        if !session_any_sent(self, p.campaign_id, p.user_id, p.step).await? {
+        let claim = p.claim;
+        if !session_any_sent(self, claim.campaign_id, claim.user_id.as_str(), p.step).await? {
             return Ok(false);
         }
         let mut tx = self.begin_write().await?;
         let mine = sqlx::query(concat!("SELECT attempts FROM campaign_targets WHERE ", our_target!()))
-            .bind(p.campaign_id)
-            .bind(p.user_id)
-            .bind(p.worker)
+            .bind(claim.campaign_id)
+            .bind(claim.user_id.as_str())
+            .bind(claim.worker.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(query_err("session_settle_if_ambiguous fence"))?;
         if mine.is_none() {
             return Ok(false);
         }
-        let claim = Claimed::new(p.campaign_id, p.user_id, p.worker, p.now);
-        let settled = settle_earlier_attempts(&mut tx, &claim, p.step).await?;
+        let settled = settle_earlier_attempts(&mut tx, claim, p.step, p.now).await?;
         tx.commit().await.map_err(query_err("session_settle_if_ambiguous commit"))?;
         Ok(settled)
     }
@@ -150,7 +146,8 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn session_record_api_failure(&self, p: ApiFailureParams<'_>) -> Result<bool, StoreError> {
         self.write_batched(ApiFailed {
-            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
+            claim: p.claim.clone(),
+            now: p.now,
             session_id: p.session_id,
             definite: p.definite,
             life: p.life,
@@ -171,7 +168,8 @@ impl Store {
     pub async fn session_record_delivery(&self, p: DeliveryParams<'_>) -> Result<bool, StoreError> {
         self.write_batched(DeliveryArgs {
             backend: self.backend(),
-            claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now),
+            claim: p.claim.clone(),
+            now: p.now,
             session_id: p.id,
             record: p.outcome.record,
             sent: p.outcome,
@@ -183,10 +181,15 @@ impl Store {
 /// What an earlier, interrupted attempt at this step left behind (see
 /// `sessions::session_earlier_attempts_in_tx`): when one may have reached the user,
 /// the target is failed `delivery_unknown` and `true` is returned.
-async fn settle_earlier_attempts(tx: &mut Tx, claim: &Claimed, step: i64) -> Result<bool, StoreError> {
-    let ambiguous = session_earlier_attempts_in_tx(tx, claim.campaign_id, &claim.user_id, step, claim.now).await?;
+async fn settle_earlier_attempts(
+    tx: &mut Tx,
+    claim: &Claim,
+    step: i64,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let ambiguous = session_earlier_attempts_in_tx(tx, claim.campaign_id, claim.user_id.as_str(), step, now).await?;
     if ambiguous {
-        claim.settle(tx, Transition::fail(TargetReason::DeliveryUnknown)).await?;
+        claim.settle(tx, Transition::fail(TargetReason::DeliveryUnknown), now).await?;
     }
     Ok(ambiguous)
 }
@@ -194,7 +197,8 @@ async fn settle_earlier_attempts(tx: &mut Tx, claim: &Claimed, step: i64) -> Res
 /// What [`Store::session_reserve`] writes with.
 struct ReserveArgs {
     backend: Backend,
-    claim: Claimed,
+    claim: Claim,
+    now: DateTime<Utc>,
     step: i64,
     life: SessionLife,
     fresh: Option<Fresh>,
@@ -202,15 +206,7 @@ struct ReserveArgs {
 
 impl ReserveArgs {
     fn ask(&self) -> Ask<'_> {
-        let c = &self.claim;
-        Ask {
-            campaign_id: c.campaign_id,
-            user_id: &c.user_id,
-            step: self.step,
-            worker: &c.worker,
-            now: c.now,
-            life: self.life,
-        }
+        Ask { claim: &self.claim, step: self.step, now: self.now, life: self.life }
     }
 }
 
@@ -220,7 +216,7 @@ impl BatchWrite for ReserveArgs {
     /// Two reservations for one user (two campaigns) never share a statement: the
     /// second must count the first's session.
     fn key(&self) -> Option<&str> {
-        Some(&self.claim.user_id)
+        Some(self.claim.user_id.as_str())
     }
 
     fn run_many<'a>(writes: &'a [&'a Self], tx: &'a mut Tx) -> Step<'a, Vec<Reservation>> {
@@ -233,7 +229,7 @@ impl BatchWrite for ReserveArgs {
 /// ledger rows, plus a statement for each target that is deferred or skipped.
 async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reservation>, StoreError> {
     let Some(backend) = writes.first().map(|w| w.backend) else { return Ok(Vec::new()) };
-    record_fresh_states(backend, &fresh_states(writes.iter().map(|w| (&w.claim, w.fresh))), tx).await?;
+    record_fresh_states(backend, &fresh_states(writes.iter().map(|w| (&w.claim, w.now, w.fresh))), tx).await?;
     let asks: Vec<Ask<'_>> = writes.iter().map(|w| w.ask()).collect();
     let mut standing = session_read_standings(backend, &asks, tx).await?;
 
@@ -242,8 +238,9 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
     let mut eligible: Vec<&Ask<'_>> = Vec::new();
     for (w, ask) in writes.iter().zip(&asks) {
         let c = &w.claim;
-        let row =
-            standing.remove(&c.user_id).ok_or_else(|| StoreError::NotFound { what: "user", key: c.user_id.clone() })?;
+        let row = standing
+            .remove(c.user_id.as_str())
+            .ok_or_else(|| StoreError::NotFound { what: "user", key: c.user_id.to_string() })?;
         // fence: the target must still be ours
         let Some(attempts) = row.try_get::<Option<i64>, _>("mine").map_err(query_err("session_reserve fence"))? else {
             out.push(Some(Reservation::LostClaim));
@@ -254,15 +251,15 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
         // target's old rows are already final), so only a rescued claim looks. The
         // sessions read above stay right: the rows it settles turn `unknown`, which
         // still counts.
-        if attempts > 1 && settle_earlier_attempts(tx, c, w.step).await? {
+        if attempts > 1 && settle_earlier_attempts(tx, c, w.step, w.now).await? {
             out.push(Some(Reservation::Ambiguous));
             continue;
         }
         let slots: Option<String> = row.try_get("slots").map_err(query_err("session_reserve ledger"))?;
-        let verdict = policy::evaluate(&standing_from_row(&row)?, &parse_slots(slots.as_deref().unwrap_or(""))?, c.now);
+        let verdict = policy::evaluate(&standing_from_row(&row)?, &parse_slots(slots.as_deref().unwrap_or(""))?, w.now);
         let decided = Reservation::held_back(verdict);
         if decided.is_some() {
-            c.hold_back(tx, verdict).await?;
+            c.hold_back(tx, verdict, w.now).await?;
         } else {
             eligible.push(ask);
         }
@@ -275,7 +272,7 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
         .map(|(decided, w)| match decided {
             Some(r) => Ok(r),
             None => ids
-                .remove(&w.claim.user_id)
+                .remove(w.claim.user_id.as_str())
                 .map(|session_id| Reservation::Reserved { session_id })
                 .ok_or_else(|| StoreError::Conflict(format!("no ledger row came back for user {}", w.claim.user_id))),
         })
@@ -284,7 +281,8 @@ async fn reserve_many(writes: &[&ReserveArgs], tx: &mut Tx) -> Result<Vec<Reserv
 
 /// [`Store::session_record_api_failure`]'s write: the ledger row and the target.
 struct ApiFailed {
-    claim: Claimed,
+    claim: Claim,
+    now: DateTime<Utc>,
     session_id: i64,
     definite: bool,
     life: SessionLife,
@@ -299,8 +297,8 @@ impl BatchWrite for ApiFailed {
         Box::pin(async move {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
-                session_api_failed_in_tx(tx, w.session_id, w.definite, w.claim.now, w.life).await?;
-                out.push(w.claim.settle(tx, w.to).await?);
+                session_api_failed_in_tx(tx, w.session_id, w.definite, w.now, w.life).await?;
+                out.push(w.claim.settle(tx, w.to, w.now).await?);
             }
             Ok(out)
         })
@@ -310,7 +308,8 @@ impl BatchWrite for ApiFailed {
 /// What [`Store::session_record_delivery`] writes with.
 struct DeliveryArgs {
     backend: Backend,
-    claim: Claimed,
+    claim: Claim,
+    now: DateTime<Utc>,
     session_id: i64,
     record: DeliveryRecord,
     sent: DeliveryOutcome,
@@ -354,9 +353,9 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
         let (session_status, event_kind, reason, detail) = w.recorded();
         serde_json::json!([
             w.claim.campaign_id,
-            w.claim.user_id,
+            w.claim.user_id.as_str(),
             w.claim.worker,
-            to_millis(w.claim.now),
+            to_millis(w.now),
             w.session_id,
             w.record == DeliveryRecord::Delivered,
             reason,
@@ -409,20 +408,12 @@ async fn record_deliveries_pg(writes: &[&DeliveryArgs], tx: &mut Tx) -> Result<V
 /// One delivery on SQLite: its statements one after another (SQLite runs them in
 /// process, so a statement costs little of its own).
 async fn record_delivery_sqlite(a: &DeliveryArgs, tx: &mut Tx) -> Result<bool, StoreError> {
-    let DeliveryArgs { session_id, record, .. } = *a;
-    let Claimed { campaign_id, ref user_id, ref worker, now } = a.claim;
+    let DeliveryArgs { ref claim, now, session_id, record, .. } = *a;
+    let Claim { campaign_id, ref user_id, ref worker } = *claim;
     let (_, event_kind, _, detail) = a.recorded();
     let (session_status, _, reason) = record.recorded();
     session_delivered_in_tx(tx, session_id, session_status, now).await?;
-    let delivered = TargetDelivered {
-        campaign_id,
-        user_id,
-        worker,
-        session_id,
-        ok: record == DeliveryRecord::Delivered,
-        reason,
-        now,
-    };
+    let delivered = TargetDelivered { claim, session_id, ok: record == DeliveryRecord::Delivered, reason, now };
     let kept = target_delivered_in_tx(tx, &delivered).await?;
     event_in_tx(
         tx,

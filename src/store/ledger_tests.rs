@@ -7,12 +7,17 @@ use sqlx::Row;
 
 use super::ledger::{Reservation, ReserveParams, SettleIfAmbiguousParams};
 use super::sessions::{DeliveryParams, DeliveryRecord, IssuedParams, SessionLife};
-use super::targets::{ClaimBatchParams, SettleParams};
+use super::targets::{Claim, ClaimBatchParams, SettleParams};
 use super::{Store, StoreError, to_millis};
 use crate::both_engines;
 use crate::domain::spec::Audience;
 use crate::domain::{DeferReason, Region, TargetReason, TargetStatus, Transition, VerificationState};
 use crate::store::testing::TestDb;
+
+/// The claim `worker` holds on (campaign, user).
+fn held(campaign_id: i64, user_id: &str, worker: &str) -> Claim {
+    Claim { campaign_id, user_id: crate::domain::UserId::parse(user_id).unwrap(), worker: worker.to_owned() }
+}
 
 /// [`Store::session_reserve`] with its parameters in a row.
 async fn reserve_fresh(
@@ -23,7 +28,8 @@ async fn reserve_fresh(
     fresh: Option<VerificationState>,
 ) -> Result<Reservation, StoreError> {
     let fresh = fresh.map(|state| super::outcomes::Fresh { state, asked_at: now });
-    s.session_reserve(ReserveParams { campaign_id, user_id, step, worker, now, life: life.into(), fresh }).await
+    let claim = held(campaign_id, user_id, worker);
+    s.session_reserve(ReserveParams { claim: &claim, step, now, life: life.into(), fresh }).await
 }
 
 /// [`Store::session_reserve`] without a fresh state.
@@ -44,7 +50,8 @@ async fn record_delivery(
     worker: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let p = DeliveryParams { campaign_id, user_id, id: session_id, outcome: record.into(), worker, now };
+    let claim = held(campaign_id, user_id, worker);
+    let p = DeliveryParams { claim: &claim, id: session_id, outcome: record.into(), now };
     s.session_record_delivery(p).await
 }
 
@@ -56,7 +63,7 @@ async fn settle(
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let to = Transition::new(status, reason, None);
-    s.target_settle(SettleParams { campaign_id, user_id, worker, to, now }).await
+    s.target_settle(SettleParams { claim: &held(campaign_id, user_id, worker), to, now }).await
 }
 
 /// [`Store::session_settle_if_ambiguous`] with its parameters in a row.
@@ -65,7 +72,8 @@ async fn settle_if_ambiguous(
     (campaign_id, user_id, step, worker): (i64, &str, i64, &str),
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    s.session_settle_if_ambiguous(SettleIfAmbiguousParams { campaign_id, user_id, step, worker, now }).await
+    s.session_settle_if_ambiguous(SettleIfAmbiguousParams { claim: &held(campaign_id, user_id, worker), step, now })
+        .await
 }
 
 fn t0() -> DateTime<Utc> {
@@ -230,6 +238,55 @@ both_engines!(targeting_an_unknown_campaign_is_refused, |db: TestDb| async move 
     assert_eq!(rows, 0);
 });
 
+both_engines!(a_claim_parses_its_users_and_a_row_that_does_not_parse_is_its_error, |db: TestDb| async move {
+    let s = &db.store;
+    let now = t0();
+    for n in 1..=2 {
+        user(s, n, Profile { state: "UNVERIFIED", region: "us", rejected_at: None, tags: "" }).await;
+    }
+    sqlx::query("UPDATE users SET locale = 'de-AT', timezone = 'Mars/Olympus' WHERE user_id = $1")
+        .bind(uid(1))
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let c = campaign(s, "c").await;
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    let claimed = s.target_claim_batch(claim(c, "w", 1, now)).await.unwrap();
+    let [t] = claimed.as_slice() else { panic!("one target: {claimed:?}") };
+    assert_eq!(t.claim, held(c, &uid(1), "w"));
+    let r = &t.recipient;
+    assert_eq!((r.user_id.as_str(), r.email.as_str()), (uid(1).as_str(), "u1@example.test"));
+    assert_eq!((r.region, r.verification_state), (Region::Us, VerificationState::Unverified));
+    assert_eq!(r.locale_tag(), Some("de-AT"));
+    // a zone that names none is kept as stored (the run reads the campaign's)
+    assert_eq!(r.time_zone, Some(crate::domain::TimeZone::Unknown("Mars/Olympus".into())));
+    assert_eq!(r.zone(), None);
+
+    // an address that does not parse: that target is failed `invalid_user_record`
+    // (not dropped, not claimed again), and the claim goes on with the others
+    user(s, 3, Profile { state: "UNVERIFIED", region: "us", rejected_at: None, tags: "" }).await;
+    sqlx::query("UPDATE users SET email = 'not an address' WHERE user_id = $1")
+        .bind(uid(2))
+        .execute(s.pool())
+        .await
+        .unwrap();
+    s.target_add_matching(c, &Audience::default(), now).await.unwrap();
+    let claimed = s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|t| t.claim.user_id.as_str()).collect();
+    assert_eq!(ids, vec![uid(3).as_str()], "the parsable user is claimed");
+    let row =
+        sqlx::query("SELECT status, reason, lease_owner FROM campaign_targets WHERE campaign_id = $1 AND user_id = $2")
+            .bind(c)
+            .bind(uid(2))
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    let (status, reason, owner): (String, Option<String>, Option<String>) =
+        (row.get("status"), row.get("reason"), row.get("lease_owner"));
+    assert_eq!((status.as_str(), reason.as_deref(), owner), ("failed", Some("invalid_user_record"), None));
+    assert!(s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap().is_empty(), "not claimed again");
+});
+
 both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| async move {
     let s = &db.store;
     let now = t0();
@@ -244,7 +301,7 @@ both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| 
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.len() + b.len(), 50);
-    let mut ids: Vec<&str> = a.iter().chain(&b).map(|t| t.user_id.as_str()).collect();
+    let mut ids: Vec<&str> = a.iter().chain(&b).map(|t| t.claim.user_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 50, "no user claimed twice");
@@ -259,7 +316,7 @@ both_engines!(claims_are_exclusive_and_expired_leases_are_rescued, |db: TestDb| 
     assert!(rescued.iter().all(|t| t.attempts == 2));
 
     // released claims are due at once and the attempt is not counted
-    let ids: Vec<String> = rescued.iter().map(|t| t.user_id.clone()).collect();
+    let ids: Vec<String> = rescued.iter().map(|t| t.claim.user_id.to_string()).collect();
     assert_eq!(s.target_release(c, "worker-c", &ids, after).await.unwrap(), ids.len() as u64);
     let again = s.target_claim_batch(claim(c, "worker-d", 100, after)).await.unwrap();
     assert_eq!(again.len(), ids.len());
@@ -318,7 +375,7 @@ async fn issued(s: &Store, c: i64, i: Issue<'_>) -> bool {
     let Issue { n, worker, session_id, now } = i;
     let user = uid(n);
     let life = SessionLife { ttl: DAY, margin: std::time::Duration::ZERO };
-    let p = IssuedParams { campaign_id: c, user_id: &user, step: 0, worker, session_id, now, life };
+    let p = IssuedParams { claim: &held(c, &user, worker), step: 0, session_id, now, life };
     s.session_mark_issued(p).await.unwrap()
 }
 
@@ -378,7 +435,7 @@ both_engines!(an_issued_session_counts_from_the_answer_plus_the_margin, |db: Tes
     // the API answers 40 s after the reservation (limiter, retries of other users)
     let answered = now + chrono::Duration::seconds(40);
     let user1 = uid(1);
-    let p = IssuedParams { campaign_id: c, user_id: &user1, step: 0, worker: "w", session_id, now: answered, life };
+    let p = IssuedParams { claim: &held(c, &user1, "w"), step: 0, session_id, now: answered, life };
     assert!(s.session_mark_issued(p).await.unwrap());
     let row = sqlx::query("SELECT counted_at, expires_at FROM verification_sessions WHERE session_id = $1")
         .bind(session_id)
@@ -627,7 +684,7 @@ both_engines!(claims_go_on_from_their_cursor_and_a_pass_from_the_start_finds_the
     let c = campaign(s, "c").await;
     s.target_add_matching(c, &Audience::default(), now).await.unwrap();
     let ids = |batch: &[crate::store::targets::ClaimedTarget]| {
-        let mut v: Vec<String> = batch.iter().map(|t| t.user_id.clone()).collect();
+        let mut v: Vec<String> = batch.iter().map(|t| t.claim.user_id.to_string()).collect();
         v.sort();
         v
     };

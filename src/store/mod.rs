@@ -137,6 +137,7 @@ pub struct Store {
 }
 
 pub use crate::domain::endpoint::redact_url;
+pub use targets::Claim;
 
 /// The connect parameters sqlx's Postgres driver reads; it ignores any other one
 /// with a warning that prints its value.

@@ -35,14 +35,14 @@ use sqlx::{AssertSqlSafe, Row};
 use super::events::{TxEvent, event_in_tx};
 use super::group::Tx;
 use super::links::links_revoke_user_in_tx;
-use super::targets::{AfterMessage, Claimed, targets_after_message_in_tx, targets_reminder_recheck_in_tx};
+use super::targets::{AfterMessage, Claim, targets_after_message_in_tx, targets_reminder_recheck_in_tx};
 use super::users::{
     FreshState, REACHABLE, RejectedAgain, StateChange, StateUnchanged, user_confirmed_in_tx, user_failure_in_tx,
     user_rejected_again_in_tx, user_state_change_in_tx, user_state_lock_in_tx, user_state_unchanged_in_tx,
     users_unchanged_states_in_tx,
 };
 use super::{Backend, Store, StoreError, query_err, to_millis};
-use crate::domain::VerificationState;
+use crate::domain::{UserId, VerificationState};
 
 /// Where a verification state came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,13 +212,15 @@ fn rank(s: VerificationState) -> u8 {
 }
 
 /// The fresh states of a batch's claims that carry one.
-pub(crate) fn fresh_states<'a>(claims: impl Iterator<Item = (&'a Claimed, Option<Fresh>)>) -> Vec<FreshState<'a>> {
+pub(crate) fn fresh_states<'a>(
+    claims: impl Iterator<Item = (&'a Claim, DateTime<Utc>, Option<Fresh>)>,
+) -> Vec<FreshState<'a>> {
     claims
-        .filter_map(|(c, fresh)| {
+        .filter_map(|(c, now, fresh)| {
             fresh.map(|f| FreshState {
-                user_id: &c.user_id,
-                now: c.now,
-                asked_at: f.asked_at.min(c.now),
+                user_id: c.user_id.as_str(),
+                now,
+                asked_at: f.asked_at.min(now),
                 state: f.state,
             })
         })
@@ -297,6 +299,8 @@ pub(crate) async fn apply_state_in_tx(
     let Some(stored) = user_state_lock_in_tx(tx, backend, user_id).await? else {
         return Ok(StateApplied::UnknownUser);
     };
+    // the row just locked holds this id: it names the user in the events
+    let uid = UserId::parse(user_id).map_err(|e| StoreError::Conflict(format!("user_apply_state: {e}")))?;
     let (old, changed_at) = (stored.state, stored.changed_at);
     let now_ms = to_millis(now);
     // the sender's time, but never in our future
@@ -334,7 +338,7 @@ pub(crate) async fn apply_state_in_tx(
                 actor: src.actor,
                 kind: "user.state_changed",
                 campaign_id: None,
-                user_id: Some(user_id),
+                user_id: Some(&uid),
                 detail: &detail,
             },
         )
@@ -357,17 +361,17 @@ pub(crate) async fn apply_state_in_tx(
         user_failure_in_tx(tx, user_id, src.failure_code, src.failure_reason).await?;
     }
     if news && new != VerificationState::Unverified {
-        started = target_events(tx, AfterMessage::Started, p, at_ms).await?;
+        started = target_events(tx, AfterMessage::Started, p, &uid, at_ms).await?;
     }
     match new {
         _ if !news => {}
         VerificationState::Verified => {
             // a verified user's click-through links have nothing left to do
             links_revoke_user_in_tx(tx, user_id, "verified", now).await?;
-            converted = target_events(tx, AfterMessage::Converted, p, at_ms).await?;
+            converted = target_events(tx, AfterMessage::Converted, p, &uid, at_ms).await?;
         }
         VerificationState::Rejected => {
-            rejected = target_events(tx, AfterMessage::Rejected, p, at_ms).await?;
+            rejected = target_events(tx, AfterMessage::Rejected, p, &uid, at_ms).await?;
             // a campaign that reminds the rejected does so once the cooldown is over
             let due = now + crate::domain::policy::rejection_cooldown();
             targets_reminder_recheck_in_tx(tx, user_id, due).await?;
@@ -380,7 +384,13 @@ pub(crate) async fn apply_state_in_tx(
 
 /// Moves the user's targets messaged no later than the change (see
 /// [`AfterMessage`]) and appends its event for each; how many.
-async fn target_events(tx: &mut Tx, which: AfterMessage, p: &ApplyState<'_>, at_ms: i64) -> Result<u64, StoreError> {
+async fn target_events(
+    tx: &mut Tx,
+    which: AfterMessage,
+    p: &ApplyState<'_>,
+    uid: &UserId,
+    at_ms: i64,
+) -> Result<u64, StoreError> {
     let ApplyState { user_id, now, src, .. } = *p;
     let campaigns = targets_after_message_in_tx(tx, which, user_id, at_ms, now).await?;
     let detail = serde_json::json!({
@@ -395,7 +405,7 @@ async fn target_events(tx: &mut Tx, which: AfterMessage, p: &ApplyState<'_>, at_
                 actor: src.actor,
                 kind: which.event_kind(),
                 campaign_id: Some(*c),
-                user_id: Some(user_id),
+                user_id: Some(uid),
                 detail: &detail,
             },
         )
@@ -478,10 +488,12 @@ impl Store {
                 // an unknown id is kept in the detail: the user column takes valid ids only
                 "user_id": e.user_id.chars().take(64).collect::<String>(),
             });
+            // the sender's id, read here: one that is no UUID goes in the detail only
+            let user_id = UserId::parse(&e.user_id).ok();
             event_in_tx(
                 &mut tx,
                 now,
-                &TxEvent { actor: src.actor, kind, campaign_id: None, user_id: Some(&e.user_id), detail: &detail },
+                &TxEvent { actor: src.actor, kind, campaign_id: None, user_id: user_id.as_ref(), detail: &detail },
             )
             .await?;
         }

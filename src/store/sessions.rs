@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::group::{Arg, BatchWrite, Step, Tx, json_args, json_rows};
+use super::targets::Claim;
 use super::users::STANDING_COLUMNS;
 use super::{Backend, Store, StoreError, from_millis, query_err, to_millis};
 use crate::domain::policy::{self, SessionSlot};
@@ -54,11 +55,9 @@ impl SessionLife {
 /// What [`Store::session_mark_issued`] records.
 #[derive(Debug, Clone)]
 pub struct IssuedParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     pub step: i64,
-    /// The worker that must still hold the target's claim.
-    pub worker: &'a str,
     pub session_id: i64,
     /// When the API answered.
     pub now: DateTime<Utc>,
@@ -100,13 +99,11 @@ impl From<DeliveryRecord> for DeliveryOutcome {
 /// how the message that carried session (or link) `id` of a claimed target went.
 #[derive(Debug, Clone)]
 pub struct DeliveryParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     /// The session's id (`session_record_delivery`) or the link's (`link_record_delivery`).
     pub id: i64,
     pub outcome: DeliveryOutcome,
-    /// The worker that must still hold the target's claim.
-    pub worker: &'a str,
     pub now: DateTime<Utc>,
 }
 
@@ -138,10 +135,9 @@ impl DeliveryRecord {
 /// One claimed user asking the ledger for a session, as its batched statements
 /// take it.
 pub(crate) struct Ask<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     pub step: i64,
-    pub worker: &'a str,
     pub now: DateTime<Utc>,
     pub life: SessionLife,
 }
@@ -274,9 +270,7 @@ impl Store {
         let (counted_at, expires_at) = p.life.counted_and_expiry(to_millis(p.now));
         self.write_batched(MarkIssued {
             backend: self.backend(),
-            campaign_id: p.campaign_id,
-            user_id: p.user_id.to_owned(),
-            worker: p.worker.to_owned(),
+            claim: p.claim.clone(),
             session_id: p.session_id,
             now_ms: to_millis(p.now),
             counted_at,
@@ -347,7 +341,7 @@ pub(crate) async fn session_read_standings(
     let rows = json_rows(writes.iter().map(|w| {
         let now_ms = to_millis(w.now);
         let window_start = now_ms - policy::session_window().num_milliseconds();
-        serde_json::json!([w.user_id, w.campaign_id, w.worker, window_start, now_ms])
+        serde_json::json!([w.claim.user_id.as_str(), w.claim.campaign_id, w.claim.worker, window_start, now_ms])
     }));
     let from =
         json_args(backend, &[("u", Arg::Text), ("c", Arg::Int), ("w", Arg::Text), ("ws", Arg::Int), ("now", Arg::Int)]);
@@ -393,7 +387,7 @@ pub(crate) async fn session_insert_reserved(
     let rows = json_rows(eligible.iter().map(|w| {
         let now_ms = to_millis(w.now);
         let (counted, expires) = w.life.counted_and_expiry(now_ms);
-        serde_json::json!([w.user_id, w.campaign_id, w.step, now_ms, expires, counted])
+        serde_json::json!([w.claim.user_id.as_str(), w.claim.campaign_id, w.step, now_ms, expires, counted])
     }));
     let args = json_args(
         backend,
@@ -419,9 +413,7 @@ pub(crate) async fn session_insert_reserved(
 /// the worker's claim, for many sessions in one statement; the others → `orphaned`.
 struct MarkIssued {
     backend: Backend,
-    campaign_id: i64,
-    user_id: String,
-    worker: String,
+    claim: Claim,
     session_id: i64,
     now_ms: i64,
     counted_at: i64,
@@ -439,9 +431,9 @@ impl BatchWrite for MarkIssued {
                 serde_json::json!([
                     w.session_id,
                     w.now_ms,
-                    w.campaign_id,
-                    w.user_id,
-                    w.worker,
+                    w.claim.campaign_id,
+                    w.claim.user_id.as_str(),
+                    w.claim.worker,
                     w.counted_at,
                     w.expires_at
                 ])

@@ -18,11 +18,11 @@ mod transitions;
 
 pub use audience::Targeted;
 pub(crate) use audience::{AudienceSql, bind_all};
-pub use claims::{ClaimBatchParams, ClaimCursor, ClaimedTarget};
+pub use claims::{Claim, ClaimBatchParams, ClaimCursor, ClaimedTarget};
 pub(crate) use transitions::{
-    AfterMessage, Claimed, TargetBounced, TargetDelivered, delivery_target_update, target_bounced_in_tx,
-    target_click_session, target_clicked_in_tx, target_delivered_in_tx, targets_after_message_in_tx,
-    targets_forget_user_in_tx, targets_notified_by_link_in_tx,
+    AfterMessage, TargetBounced, TargetDelivered, delivery_target_update, target_bounced_in_tx, target_click_session,
+    target_clicked_in_tx, target_delivered_in_tx, targets_after_message_in_tx, targets_forget_user_in_tx,
+    targets_notified_by_link_in_tx,
 };
 pub use transitions::{SettleParams, StatusCount};
 

@@ -142,7 +142,7 @@ const USER_COLUMNS: &str = "user_id, email, first_name, last_name, locale, timez
      last_failure_at, refresh_token_enc IS NOT NULL AS has_token, token_key_id, consent_required_at, tags, signed_up_at, \
      created_at, updated_at, synced_at, email_undeliverable_at, email_undeliverable_reason, complained_at";
 
-pub(super) fn decode<E: std::error::Error + Send + Sync + 'static>(e: E) -> sqlx::Error {
+pub(crate) fn decode<E: std::error::Error + Send + Sync + 'static>(e: E) -> sqlx::Error {
     sqlx::Error::Decode(Box::new(e))
 }
 

@@ -7,23 +7,31 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::store::users::{TokenRow, token_row};
+use crate::domain::{EmailAddress, Locale, Recipient, TimeZone, UserId};
+use crate::store::users::{TokenRow, decode, token_row};
 use crate::store::{Backend, Store, StoreError, query_err, to_millis};
+
+/// A target a worker holds: the campaign, the user and the worker whose claim it
+/// is. Every per-user write of a run takes it (with the instant), and acts only
+/// while the target is still this worker's claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub campaign_id: i64,
+    pub user_id: UserId,
+    /// The worker that must still hold the claim.
+    pub worker: String,
+}
 
 /// A target just claimed, with what the pipeline needs to know of its user.
 #[derive(Debug, Clone)]
 pub struct ClaimedTarget {
-    pub user_id: String,
+    /// Whose claim it is.
+    pub claim: Claim,
     pub step: i64,
     pub attempts: i64,
-    pub email: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub locale: Option<String>,
-    pub timezone: Option<String>,
-    pub region: String,
+    /// The user, every field parsed by the claim ([`claimed_from_row`]).
+    pub recipient: Recipient,
     pub country: Option<String>,
-    pub verification_state: String,
     /// When that state was last confirmed (a fresh-state call, a signed webhook, a
     /// sync or an import): a run trusts it within `fresh_state_max_age`.
     pub state_confirmed_at: Option<DateTime<Utc>>,
@@ -166,7 +174,7 @@ impl Store {
         cursor: &mut ClaimCursor,
     ) -> Result<Vec<ClaimedTarget>, StoreError> {
         let claimed = self.claim(p, cursor).await?;
-        if let Some(last) = claimed.iter().map(|t| t.user_id.as_str()).max()
+        if let Some(last) = claimed.iter().map(|t| t.claim.user_id.as_str()).max()
             && cursor.after.as_deref().is_none_or(|a| last > a)
         {
             cursor.after = Some(last.to_owned());
@@ -206,11 +214,7 @@ impl Store {
                 .fetch_all(self.pool())
                 .await
                 .map_err(query_err("target_claim_batch"))?;
-            return rows
-                .iter()
-                .map(claimed_from_row)
-                .collect::<Result<_, _>>()
-                .map_err(query_err("target_claim_batch row"));
+            return self.parsed(&p, &rows).await;
         }
         let sql = format!(
             "WITH {picked} \
@@ -248,7 +252,48 @@ impl Store {
             .map_err(query_err("target_claim_batch read"))?
         };
         tx.commit().await.map_err(query_err("target_claim_batch commit"))?;
-        rows.iter().map(claimed_from_row).collect::<Result<_, _>>().map_err(query_err("target_claim_batch row"))
+        self.parsed(&p, &rows).await
+    }
+
+    /// The claimed rows, parsed. A row that does not parse (an address, a region or
+    /// an id that an import would have refused, written some other way) is failed
+    /// `invalid_user_record` at once, with a warning naming the user and the field:
+    /// one bad row neither stops the run nor comes back at every claim.
+    async fn parsed(
+        &self,
+        p: &ClaimBatchParams<'_>,
+        rows: &[sqlx::any::AnyRow],
+    ) -> Result<Vec<ClaimedTarget>, StoreError> {
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in rows {
+            match claimed_from_row(r, p) {
+                Ok(t) => claimed.push(t),
+                Err(e) => {
+                    let raw: String = r.try_get("user_id").map_err(query_err("target_claim_batch row"))?;
+                    tracing::warn!(user = %raw, error = %e, "a claimed user's record does not parse: target failed");
+                    self.fail_unparsable(p, &raw).await?;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Fails the target of a claimed user whose record does not parse.
+    async fn fail_unparsable(&self, p: &ClaimBatchParams<'_>, raw_user_id: &str) -> Result<(), StoreError> {
+        let now = to_millis(p.now);
+        sqlx::query(
+            "UPDATE campaign_targets SET status = 'failed', reason = 'invalid_user_record', not_before = NULL, \
+               lease_owner = NULL, lease_expires_at = NULL, finalized_at = $4, updated_at = $4 \
+             WHERE campaign_id = $1 AND user_id = $2 AND status = 'claimed' AND lease_owner = $3",
+        )
+        .bind(p.campaign_id)
+        .bind(raw_user_id)
+        .bind(p.worker)
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("target_claim_batch invalid row"))?;
+        Ok(())
     }
 
     /// Renews every claim `worker` holds on the campaign until `now + lease`. Returns
@@ -324,19 +369,34 @@ impl Store {
     }
 }
 
-fn claimed_from_row(r: &sqlx::any::AnyRow) -> Result<ClaimedTarget, sqlx::Error> {
-    Ok(ClaimedTarget {
-        user_id: r.try_get("user_id")?,
-        step: r.try_get("step")?,
-        attempts: r.try_get("attempts")?,
-        email: r.try_get("email")?,
+/// One claimed row, its user parsed into a [`Recipient`] (the one place a claimed
+/// user's fields are parsed): a row that does not parse is an error of the claim
+/// (a decode error, so [`StoreError::Query`]), never dropped or defaulted. A time
+/// zone that names no zone is kept as [`TimeZone::Unknown`] (a run reads the
+/// campaign's zone for it, as it always has).
+fn claimed_from_row(r: &sqlx::any::AnyRow, p: &ClaimBatchParams<'_>) -> Result<ClaimedTarget, sqlx::Error> {
+    let raw_id: String = r.try_get("user_id")?;
+    let user_id = UserId::parse(&raw_id).map_err(decode)?;
+    if user_id.as_str() != raw_id {
+        // every write of the run is keyed by this id: it must be the stored text
+        return Err(decode(crate::domain::IdError::UserId(raw_id)));
+    }
+    let recipient = Recipient {
+        user_id: user_id.clone(),
+        email: EmailAddress::parse(&r.try_get::<String, _>("email")?).map_err(decode)?,
         first_name: r.try_get("first_name")?,
         last_name: r.try_get("last_name")?,
-        locale: r.try_get("locale")?,
-        timezone: r.try_get("timezone")?,
-        region: r.try_get("region")?,
+        locale: r.try_get::<Option<String>, _>("locale")?.map(|l| Locale::parse(&l)).transpose().map_err(decode)?,
+        time_zone: r.try_get::<Option<String>, _>("timezone")?.map(TimeZone::from),
+        region: r.try_get::<String, _>("region")?.parse().map_err(decode)?,
+        verification_state: r.try_get::<String, _>("verification_state")?.parse().map_err(decode)?,
+    };
+    Ok(ClaimedTarget {
+        claim: Claim { campaign_id: p.campaign_id, user_id, worker: p.worker.to_owned() },
+        step: r.try_get("step")?,
+        attempts: r.try_get("attempts")?,
+        recipient,
         country: r.try_get("country")?,
-        verification_state: r.try_get("verification_state")?,
         state_confirmed_at: r.try_get::<Option<i64>, _>("state_confirmed_at")?.map(crate::store::from_millis),
         tokens: token_row(r)?,
         email_undeliverable: r.try_get::<Option<i64>, _>("email_undeliverable_at")?.is_some(),

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::audience::{AudienceSql, bind_all};
+use super::claims::Claim;
 use super::followup::NO_REMINDER_YET;
 use crate::domain::policy::{self, Verdict};
 use crate::domain::spec::{Audience, Reminders};
@@ -71,7 +72,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn target_settle(&self, p: SettleParams<'_>) -> Result<bool, StoreError> {
-        self.write_batched(Settle { claim: Claimed::new(p.campaign_id, p.user_id, p.worker, p.now), to: p.to }).await
+        self.write_batched(Settle { claim: p.claim.clone(), to: p.to, now: p.now }).await
     }
 
     /// Re-queues notified targets for their next reminder, set-based: the user is
@@ -198,63 +199,47 @@ impl Store {
 }
 
 /// A target's settlement: what [`Store::target_settle`] and the ledger's
-/// transitions record for a target `worker` claimed.
+/// transitions record for a target its claim's worker holds.
 #[derive(Debug, Clone)]
 pub struct SettleParams<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
-    /// The worker that must still hold the target's claim.
-    pub worker: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     /// Where the target goes: `skipped`, `failed`, `deferred` (with `not_before`), or
     /// `pending` (retry later, with `not_before`).
     pub to: Transition,
     pub now: DateTime<Utc>,
 }
 
-/// A target a worker claimed, owned, as the transitions' batched writes carry it.
-#[derive(Debug, Clone)]
-pub(crate) struct Claimed {
-    pub campaign_id: i64,
-    pub user_id: String,
-    /// The worker that must still hold the claim.
-    pub worker: String,
-    pub now: DateTime<Utc>,
-}
-
-impl Claimed {
-    pub(crate) fn new(campaign_id: i64, user_id: &str, worker: &str, now: DateTime<Utc>) -> Self {
-        Self { campaign_id, user_id: user_id.to_owned(), worker: worker.to_owned(), now }
+impl Claim {
+    /// Records `to` for the target at `now` (see [`settle_in_tx`]); whether the
+    /// claim held.
+    pub(crate) async fn settle(&self, tx: &mut Tx, to: Transition, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        settle_in_tx(tx, &SettleParams { claim: self, to, now }).await
     }
 
-    /// Records `to` for the target (see [`settle_in_tx`]); whether the claim held.
-    pub(crate) async fn settle(&self, tx: &mut Tx, to: Transition) -> Result<bool, StoreError> {
-        let p = SettleParams {
-            campaign_id: self.campaign_id,
-            user_id: &self.user_id,
-            worker: &self.worker,
-            to,
-            now: self.now,
-        };
-        settle_in_tx(tx, &p).await
-    }
-
-    /// Settles the target when the policy holds its user back (deferred or
+    /// Settles the target at `now` when the policy holds its user back (deferred or
     /// skipped); whether it did.
-    pub(crate) async fn hold_back(&self, tx: &mut Tx, verdict: Verdict) -> Result<bool, StoreError> {
+    pub(crate) async fn hold_back(
+        &self,
+        tx: &mut Tx,
+        verdict: Verdict,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let to = match verdict {
             Verdict::Eligible => return Ok(false),
             Verdict::Skip(reason) => Transition::skip(reason),
             Verdict::Defer { reason, until } => Transition::defer(reason, until),
         };
-        self.settle(tx, to).await?;
+        self.settle(tx, to, now).await?;
         Ok(true)
     }
 }
 
 /// [`SettleParams`], owned, as a batched write.
 struct Settle {
-    claim: Claimed,
+    claim: Claim,
     to: Transition,
+    now: DateTime<Utc>,
 }
 
 impl BatchWrite for Settle {
@@ -265,7 +250,7 @@ impl BatchWrite for Settle {
         Box::pin(async move {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
-                out.push(w.claim.settle(tx, w.to).await?);
+                out.push(w.claim.settle(tx, w.to, w.now).await?);
             }
             Ok(out)
         })
@@ -273,9 +258,10 @@ impl BatchWrite for Settle {
 }
 
 /// [`Store::target_settle`] inside a transaction already open: the target (while
-/// still `p.worker`'s claim) and its `target.<status>` event. A wait for the send
-/// window gives the attempt back.
+/// still `p.claim`'s) and its `target.<status>` event. A wait for the send window
+/// gives the attempt back.
 pub(crate) async fn settle_in_tx(tx: &mut Tx, p: &SettleParams<'_>) -> Result<bool, StoreError> {
+    let Claim { campaign_id, ref user_id, ref worker } = *p.claim;
     let now_ms = to_millis(p.now);
     let Transition { status, reason, not_before } = p.to;
     let n = sqlx::query(concat!(
@@ -286,9 +272,9 @@ pub(crate) async fn settle_in_tx(tx: &mut Tx, p: &SettleParams<'_>) -> Result<bo
          WHERE ",
         our_target!()
     ))
-    .bind(p.campaign_id)
-    .bind(p.user_id)
-    .bind(p.worker)
+    .bind(campaign_id)
+    .bind(user_id.as_str())
+    .bind(worker.as_str())
     .bind(status.as_str())
     .bind(reason.as_str())
     .bind(not_before.map(to_millis))
@@ -302,10 +288,10 @@ pub(crate) async fn settle_in_tx(tx: &mut Tx, p: &SettleParams<'_>) -> Result<bo
             tx,
             p.now,
             &TxEvent {
-                actor: p.worker,
+                actor: worker,
                 kind: &format!("target.{status}"),
-                campaign_id: Some(p.campaign_id),
-                user_id: Some(p.user_id),
+                campaign_id: Some(campaign_id),
+                user_id: Some(user_id),
                 detail: &serde_json::json!({ "reason": reason.as_str(), "not_before": not_before }),
             },
         )
@@ -337,9 +323,8 @@ pub(crate) fn delivery_target_update(ok: &str, why: &str, at: &str, expires_at: 
 /// One delivery's target, on its own (SQLite; Postgres writes a group's in the
 /// delivery statement of `store::ledger`, from [`delivery_target_update`]).
 pub(crate) struct TargetDelivered<'a> {
-    pub campaign_id: i64,
-    pub user_id: &'a str,
-    pub worker: &'a str,
+    /// The target, which must still be this claim's.
+    pub claim: &'a Claim,
     /// The session whose expiry the target takes.
     pub session_id: i64,
     /// Delivered (`notified`), or not (`failed` with `reason`).
@@ -362,9 +347,9 @@ pub(crate) async fn target_delivered_in_tx(tx: &mut Tx, d: &TargetDelivered<'_>)
         our_target!()
     );
     let n = sqlx::query(AssertSqlSafe(sql))
-        .bind(d.campaign_id)
-        .bind(d.user_id)
-        .bind(d.worker)
+        .bind(d.claim.campaign_id)
+        .bind(d.claim.user_id.as_str())
+        .bind(d.claim.worker.as_str())
         .bind(to_millis(d.now))
         .bind(d.session_id)
         .bind(d.ok)
@@ -419,14 +404,17 @@ pub(crate) async fn target_clicked_in_tx(
 /// reminder waits only for `reminders.after`.
 pub(crate) async fn targets_notified_by_link_in_tx(
     backend: Backend,
-    notified: &[&Claimed],
+    notified: &[(&Claim, DateTime<Utc>)],
     tx: &mut Tx,
 ) -> Result<HashSet<String>, StoreError> {
     if notified.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows =
-        json_rows(notified.iter().map(|c| serde_json::json!([c.campaign_id, c.user_id, c.worker, to_millis(c.now)])));
+    let rows = json_rows(
+        notified
+            .iter()
+            .map(|(c, now)| serde_json::json!([c.campaign_id, c.user_id.as_str(), c.worker, to_millis(*now)])),
+    );
     let from = json_args(backend, &[("c", Arg::Int), ("u", Arg::Text), ("w", Arg::Text), ("at", Arg::Int)]);
     let sql = format!(
         "UPDATE campaign_targets SET status = 'notified', reason = NULL, \
@@ -599,18 +587,13 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn target_fallback_sent(
-        &self,
-        campaign_id: i64,
-        user_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn target_fallback_sent(&self, claim: &Claim, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE campaign_targets SET fallback_sent_at = COALESCE(fallback_sent_at, $3) \
              WHERE campaign_id = $1 AND user_id = $2",
         )
-        .bind(campaign_id)
-        .bind(user_id)
+        .bind(claim.campaign_id)
+        .bind(claim.user_id.as_str())
         .bind(to_millis(now))
         .execute(self.pool())
         .await
