@@ -615,7 +615,13 @@ async fn a_fallback_is_sent_by_the_scheduler(db: TestDb, driver: Driver) {
     // the scheduler takes it as it is: the clock does not move
     match driver {
         Driver::RunDue => driver.take(&env, &clock, &ids).await,
-        Driver::Daemon => until("the fallback", || async { !posted.lock().unwrap().is_empty() }).await,
+        // the webhook is posted before the delivery is recorded: wait for both
+        Driver::Daemon => {
+            until("the fallback, recorded", || async {
+                !posted.lock().unwrap().is_empty() && status_of(&env, c.campaign_id, &user).await == "notified"
+            })
+            .await
+        }
     }
     assert_eq!(*posted.lock().unwrap(), vec![user.clone()], "the bounced user, through the fallback");
     assert_eq!(status_of(&env, c.campaign_id, &user).await, "notified");
