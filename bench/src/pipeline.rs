@@ -667,8 +667,6 @@ fn run_scenario_with<T>(
     let campaign = format!("bench-{}", setup.name);
     let pg_name = (setup.backend == Backend::Postgres).then(|| database_name(&db.url)).flatten();
     let admin = reverify::store::testing::postgres_admin_url();
-    let commits = |rt: &Handle| pg_name.as_deref().and_then(|n| rt.block_on(probe::pg_commits(&admin, n)));
-    let commits_before = commits(rt);
     let sandbox_cpu_before = probe::process_cpu(sandbox.pid());
     // 200,000 messages are about 1 GB: past that, delete them as they come
     let drain = probe::OutboxDrain::start(&outbox, setup.users > DRAIN_DURING_RUN_ABOVE);
@@ -711,7 +709,11 @@ fn run_scenario_with<T>(
         last.done = report.notified;
         last.counters = rt.block_on(pgstat::snapshot(&admin, name)).or(last.counters.take());
     }
-    let pg_commits = commits_before.zip(commits(rt)).map(|(a, b)| b - a);
+    // the commits between the first mark (the run's start) and the last
+    let pg_commits = match (sampled.marks.first(), sampled.marks.last()) {
+        (Some(a), Some(b)) => a.counters.as_ref().zip(b.counters.as_ref()).map(|(a, b)| b.commits - a.commits),
+        _ => None,
+    };
     let table_sizes = match setup.backend {
         Backend::Postgres => rt.block_on(pgstat::table_sizes(&db.url)),
         Backend::Sqlite => None,

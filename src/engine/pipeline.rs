@@ -46,7 +46,7 @@ pub(crate) async fn process(shared: Arc<RunShared>, mut target: ClaimedTarget) -
 }
 
 async fn process_inner(s: &RunShared, t: &ClaimedTarget) -> Result<UserOutcome, crate::store::StoreError> {
-    // the claim parsed the user: a row that does not parse failed the claim itself
+    // the claim parsed the user (a row that does not parse was failed there, never claimed)
     let user = ApiUser { user_id: t.recipient.user_id.clone(), region: t.recipient.region };
 
     // 0. an earlier attempt that died after fetching a session may have reached the

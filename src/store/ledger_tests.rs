@@ -284,6 +284,16 @@ both_engines!(a_claim_parses_its_users_and_a_row_that_does_not_parse_is_its_erro
     let (status, reason, owner): (String, Option<String>, Option<String>) =
         (row.get("status"), row.get("reason"), row.get("lease_owner"));
     assert_eq!((status.as_str(), reason.as_deref(), owner), ("failed", Some("invalid_user_record"), None));
+    // through the shared transition: its audit event names the user and the reason
+    let detail: String =
+        sqlx::query("SELECT detail FROM events WHERE kind = 'target.failed' AND campaign_id = $1 AND user_id = $2")
+            .bind(c)
+            .bind(uid(2))
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+            .get("detail");
+    assert!(detail.contains("\"invalid_user_record\""), "{detail}");
     assert!(s.target_claim_batch(claim(c, "w", 10, now)).await.unwrap().is_empty(), "not claimed again");
 });
 

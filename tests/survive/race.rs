@@ -143,6 +143,11 @@ async fn race(db: TestDb) {
         let targets = rig.targets(*id).await;
         check_delivery(name, &targets, &mails, false);
     }
+    // every process sealed the audit chain as it went and at its end, taking turns on
+    // its head: the chain checks whole, every event in it
+    let chain = rig.db.store.audit_verify(chrono::Utc::now()).await.unwrap();
+    assert!(chain.problem.is_none(), "{:?}", chain.problem);
+    assert!(chain.checked > 0 && chain.unsealed == 0, "checked {}, unsealed {}", chain.checked, chain.unsealed);
 }
 
 // On Postgres, and with two processes per campaign on one SQLite file:

@@ -25,6 +25,9 @@ pub struct Statement {
 pub struct PgCounters {
     pub hits: i64,
     pub reads: i64,
+    /// Transactions committed (`xact_commit`): each a WAL flush with
+    /// `synchronous_commit = on`, so per user what the pipeline's commits cost.
+    pub commits: i64,
     /// By `queryid`; `None` where `pg_stat_statements` is not loaded.
     pub statements: Option<HashMap<i64, Statement>>,
 }
@@ -34,13 +37,17 @@ pub struct PgCounters {
 pub async fn snapshot(admin_url: &str, database: &str) -> Option<PgCounters> {
     let mut conn = sqlx::PgConnection::connect(admin_url).await.ok()?;
     // the counters a backend holds are flushed to the shared ones at most once a second
-    let db = sqlx::query("SELECT blks_hit, blks_read FROM pg_stat_database WHERE datname = $1")
+    let db = sqlx::query("SELECT blks_hit, blks_read, xact_commit FROM pg_stat_database WHERE datname = $1")
         .bind(database)
         .fetch_optional(&mut conn)
         .await
         .ok()??;
-    let mut counters =
-        PgCounters { hits: db.try_get("blks_hit").ok()?, reads: db.try_get("blks_read").ok()?, statements: None };
+    let mut counters = PgCounters {
+        hits: db.try_get("blks_hit").ok()?,
+        reads: db.try_get("blks_read").ok()?,
+        commits: db.try_get("xact_commit").ok()?,
+        statements: None,
+    };
     // fails (and is left out) where the extension is not created or not preloaded
     let rows = sqlx::query(
         "SELECT s.queryid, s.query, s.calls, s.total_exec_time, s.shared_blks_hit, s.shared_blks_read \
@@ -188,11 +195,13 @@ mod tests {
         let before = PgCounters {
             hits: 100,
             reads: 10,
+            commits: 0,
             statements: Some(HashMap::from([(1, stmt("SELECT 1", 10, 5.0)), (2, stmt("UPDATE t", 0, 0.0))])),
         };
         let after = PgCounters {
             hits: 2_100,
             reads: 210,
+            commits: 0,
             statements: Some(HashMap::from([
                 (1, stmt("SELECT 1", 110, 15.0)),
                 (2, stmt("UPDATE  t\n SET", 100, 50.0)),

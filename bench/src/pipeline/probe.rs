@@ -98,22 +98,6 @@ fn postgres_backends(database: &str) -> HashMap<u32, f64> {
     found
 }
 
-/// Transactions committed in `database` so far (`pg_stat_database.xact_commit`),
-/// read through the admin URL. Per user, it tells how many commits (each a WAL
-/// flush with `synchronous_commit = on`) the pipeline costs.
-pub async fn pg_commits(admin_url: &str, database: &str) -> Option<i64> {
-    use sqlx::{Connection as _, Row as _};
-    let mut conn = sqlx::PgConnection::connect(admin_url).await.ok()?;
-    let row = sqlx::query("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
-        .bind(database)
-        .fetch_optional(&mut conn)
-        .await
-        .ok()??;
-    let n = row.try_get::<i64, _>("xact_commit").ok();
-    let _ = conn.close().await;
-    n
-}
-
 /// What a [`Sampler`] saw between its start and its end.
 #[derive(Debug, Clone, Default)]
 pub struct Sampled {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::domain::{EmailAddress, Locale, Recipient, TimeZone, UserId};
+use crate::domain::{EmailAddress, Locale, Recipient, TargetReason, TimeZone, Transition, UserId};
 use crate::store::users::{TokenRow, decode, token_row};
 use crate::store::{Backend, Store, StoreError, query_err, to_millis};
 
@@ -256,8 +256,8 @@ impl Store {
     }
 
     /// The claimed rows, parsed. A row that does not parse (an address, a region or
-    /// an id that an import would have refused, written some other way) is failed
-    /// `invalid_user_record` at once, with a warning naming the user and the field:
+    /// a locale that an import would have refused, written some other way) is failed
+    /// `invalid_user_record` at once, with a warning naming the user and the error:
     /// one bad row neither stops the run nor comes back at every claim.
     async fn parsed(
         &self,
@@ -278,17 +278,29 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Fails the target of a claimed user whose record does not parse.
+    /// Fails the target of a claimed user whose record does not parse: through
+    /// [`Store::target_settle`] (its `target.failed` event included) when the id is
+    /// one, else by the same fenced update with no event, since an event names its
+    /// user by a parsed id (the warning names the stored text).
     async fn fail_unparsable(&self, p: &ClaimBatchParams<'_>, raw_user_id: &str) -> Result<(), StoreError> {
+        let to = Transition::fail(TargetReason::InvalidUserRecord);
+        if let Ok(user_id) = UserId::parse(raw_user_id)
+            && user_id.as_str() == raw_user_id
+        {
+            let claim = Claim { campaign_id: p.campaign_id, user_id, worker: p.worker.to_owned() };
+            return self.target_settle(super::SettleParams { claim: &claim, to, now: p.now }).await.map(|_| ());
+        }
         let now = to_millis(p.now);
-        sqlx::query(
-            "UPDATE campaign_targets SET status = 'failed', reason = 'invalid_user_record', not_before = NULL, \
-               lease_owner = NULL, lease_expires_at = NULL, finalized_at = $4, updated_at = $4 \
-             WHERE campaign_id = $1 AND user_id = $2 AND status = 'claimed' AND lease_owner = $3",
-        )
+        sqlx::query(concat!(
+            "UPDATE campaign_targets SET status = $4, reason = $5, not_before = NULL, lease_owner = NULL, \
+               lease_expires_at = NULL, finalized_at = $6, updated_at = $6 WHERE ",
+            our_target!()
+        ))
         .bind(p.campaign_id)
         .bind(raw_user_id)
         .bind(p.worker)
+        .bind(to.status.as_str())
+        .bind(to.reason.as_str())
         .bind(now)
         .execute(self.pool())
         .await
